@@ -1,0 +1,62 @@
+# Grantline build targets. `make demo` and `make test` are the quick start.
+GO       ?= go
+BIN      ?= bin/grantline
+PKGS     ?= ./...
+BENCHTIME ?= 1x
+BUF      ?= $(shell command -v buf 2>/dev/null || echo $(HOME)/go/bin/buf)
+SOAK_MINUTES ?= 5
+
+.PHONY: all build test test-race run demo generate checkgenerate bench lint fuzz soak clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/grantline
+
+## test: the whole suite (unit, service, CLI scripts, crash test, fuzz seed corpora).
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 15m $(PKGS)
+
+test-race:
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+## run: the service with the zero-config defaults (./grantline-data, 127.0.0.1:7800).
+run: build
+	$(BIN) serve
+
+## demo: the whole loop on synthetic IGA/PAM data.
+demo: build
+	$(BIN) demo
+
+## generate: regenerate protobuf code (needs buf v1.75.0, protoc-gen-go, protoc-gen-connect-go).
+generate:
+	cd proto && PATH="$(HOME)/go/bin:$$PATH" $(BUF) lint && PATH="$(HOME)/go/bin:$$PATH" $(BUF) generate
+
+## checkgenerate: fail if the committed generated code is stale.
+checkgenerate: generate
+	git diff --exit-code -- proto/gen
+
+## bench: Go benchmarks; figures go into docs/BENCHMARKS.md.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -count 5 $(PKGS)
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '^proto/gen/'))" || (gofmt -l $$(git ls-files '*.go' | grep -v '^proto/gen/'); exit 1)
+	$(GO) vet $(PKGS)
+
+## fuzz: run each fuzz target for FUZZTIME (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+## soak: sustained load for SOAK_MINUTES, then a full verification of the log.
+soak: build
+	$(BIN) bench --soak $(SOAK_MINUTES)m --verify
+
+clean:
+	rm -rf bin
