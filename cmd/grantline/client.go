@@ -155,4 +155,3 @@ func (c *clients) get(ctx context.Context, path string) ([]byte, error) {
 	}
 	return body, nil
 }
-
