@@ -1,0 +1,438 @@
+// Package auth keeps Grantline's principals: named bearer tokens with a role
+// (source, auditor or admin), stored in DATA/tokens.json as SHA-256 hashes
+// only. The file is written atomically (temporary file, fsync, rename) under
+// an advisory lock file, so `grantline token add` and `revoke` can run while a
+// server runs, and a Store re-reads the file whenever it changes, so a new or
+// revoked token takes effect on the server's next call. Tokens are "glt_"
+// followed by 32 random bytes in unpadded base64url; they are never logged or
+// put in error messages.
+package auth
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Role is what a principal may do.
+type Role string
+
+const (
+	// RoleSource may append events whose source.system is its own name.
+	RoleSource Role = "source"
+	// RoleAuditor may read the log, evaluate rules and export evidence.
+	RoleAuditor Role = "auditor"
+	// RoleAdmin may do everything.
+	RoleAdmin Role = "admin"
+)
+
+// ParseRole parses a role name.
+func ParseRole(s string) (Role, error) {
+	switch r := Role(s); r {
+	case RoleSource, RoleAuditor, RoleAdmin:
+		return r, nil
+	}
+	return "", fmt.Errorf("unknown role %q: want source, auditor or admin", s)
+}
+
+// Principal is one named token holder.
+type Principal struct {
+	Name    string
+	Role    Role
+	Created time.Time
+	Revoked time.Time // zero while the token is valid
+}
+
+// Active reports whether the principal's token is still accepted.
+func (p Principal) Active() bool { return p.Revoked.IsZero() }
+
+// MayAppend reports whether p may append an event with the given
+// source.system: an admin may append any, a source only its own name.
+func (p Principal) MayAppend(system string) bool {
+	return p.Role == RoleAdmin || p.Role == RoleSource && p.Name == system
+}
+
+// MayRead reports whether p may read the log, evaluate and export evidence.
+func (p Principal) MayRead() bool { return p.Role == RoleAdmin || p.Role == RoleAuditor }
+
+// Sentinel errors, checked with errors.Is.
+var (
+	// ErrUnauthenticated: the token is missing, unknown or revoked. The
+	// message never contains the token.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrUnknownPrincipal: no principal has that name.
+	ErrUnknownPrincipal = errors.New("unknown principal")
+	// ErrExists: an active principal already has that name.
+	ErrExists = errors.New("principal already exists")
+	// ErrInvalidName: the name breaks the naming rule.
+	ErrInvalidName = errors.New("invalid principal name")
+)
+
+// TokenPrefix starts every token.
+const TokenPrefix = "glt_"
+
+// File names inside the data directory.
+const (
+	TokensFile     = "tokens.json"
+	AdminTokenFile = "admin.token"
+	lockSuffix     = ".lock"
+)
+
+// ValidateName checks a principal name: 1 to 64 characters from
+// [A-Za-z0-9._-]. A source's name is the source.system it may append.
+func ValidateName(name string) error {
+	if len(name) == 0 || len(name) > 64 {
+		return fmt.Errorf("%w: %q is %d characters; use 1 to 64 of A-Z a-z 0-9 . _ -", ErrInvalidName, name, len(name))
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("%w: %q has %q at offset %d; use only A-Z a-z 0-9 . _ -", ErrInvalidName, name, c, i)
+		}
+	}
+	return nil
+}
+
+// record is a principal as stored in tokens.json.
+type record struct {
+	Name        string    `json:"name"`
+	Role        Role      `json:"role"`
+	TokenSHA256 string    `json:"token_sha256"`
+	Created     time.Time `json:"created"`
+	Revoked     time.Time `json:"revoked,omitzero"`
+
+	hash [sha256.Size]byte
+}
+
+type fileFormat struct {
+	Version    int       `json:"version"`
+	Principals []*record `json:"principals"`
+}
+
+const fileVersion = 1
+
+// Store is the principal store of one data directory. It is safe for
+// concurrent use, and several Stores (in several processes) may share a
+// directory: writes are serialised by a lock file, and every read checks
+// whether the file changed since it was last loaded.
+type Store struct {
+	path, lockPath string
+	now            func() time.Time
+
+	mu      sync.Mutex
+	fi      fs.FileInfo // of the loaded file; nil when it did not exist
+	records []*record
+}
+
+// Open returns the Store of dataDir (DATA/tokens.json). The file need not
+// exist yet; a missing file means no principals. Open fails if the file
+// exists but cannot be read or parsed.
+func Open(dataDir string) (*Store, error) {
+	s := &Store{
+		path:     filepath.Join(dataDir, TokensFile),
+		lockPath: filepath.Join(dataDir, TokensFile+lockSuffix),
+		now:      time.Now,
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.refreshLocked(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Path returns the tokens file's path.
+func (s *Store) Path() string { return s.path }
+
+// refreshLocked re-reads the file if it changed (inode, size or mtime) since
+// it was last loaded. s.mu must be held.
+func (s *Store) refreshLocked() error {
+	fi, err := os.Stat(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		s.fi, s.records = nil, nil
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading principals: %w", err)
+	}
+	if s.fi != nil && os.SameFile(s.fi, fi) && s.fi.Size() == fi.Size() && s.fi.ModTime().Equal(fi.ModTime()) {
+		return nil
+	}
+	recs, fi, err := readFile(s.path)
+	if err != nil {
+		return err
+	}
+	s.fi, s.records = fi, recs
+	return nil
+}
+
+// readFile reads and checks tokens.json, returning the FileInfo of the file
+// it read (taken from the open file, so it matches the bytes).
+func readFile(path string) ([]*record, fs.FileInfo, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading principals: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading principals: %w", err)
+	}
+	var ff fileFormat
+	dec := json.NewDecoder(f)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&ff); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w (fix or restore the file; tokens can be re-added with grantline token add)", path, err)
+	}
+	if ff.Version != fileVersion {
+		return nil, nil, fmt.Errorf("%s: version %d, want %d", path, ff.Version, fileVersion)
+	}
+	for i, r := range ff.Principals {
+		if r == nil {
+			return nil, nil, fmt.Errorf("%s: principals[%d] is null", path, i)
+		}
+		if err := ValidateName(r.Name); err != nil {
+			return nil, nil, fmt.Errorf("%s: principals[%d].name: %w", path, i, err)
+		}
+		if _, err := ParseRole(string(r.Role)); err != nil {
+			return nil, nil, fmt.Errorf("%s: principals[%d].role: %w", path, i, err)
+		}
+		h, err := hex.DecodeString(r.TokenSHA256)
+		if err != nil || len(h) != sha256.Size {
+			return nil, nil, fmt.Errorf("%s: principals[%d].token_sha256: want 64 hex digits", path, i)
+		}
+		copy(r.hash[:], h)
+	}
+	return ff.Principals, fi, nil
+}
+
+// List returns all principals, revoked ones included, in the order they were
+// added. It reflects the file as of the call; should the file have become
+// unreadable since it was last loaded, it returns what was last loaded (Open
+// reports such errors).
+func (s *Store) List() []Principal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_ = s.refreshLocked()
+	out := make([]Principal, len(s.records))
+	for i, r := range s.records {
+		out[i] = r.principal()
+	}
+	return out
+}
+
+func (r *record) principal() Principal {
+	return Principal{Name: r.Name, Role: r.Role, Created: r.Created, Revoked: r.Revoked}
+}
+
+// Authenticate returns the active principal holding token. Unknown, revoked
+// and malformed tokens all fail with ErrUnauthenticated. The comparison of
+// token hashes is constant-time, and every stored hash is compared. Changes
+// made by other processes are seen at once (the file is stat'ed on each call
+// and re-read if it changed).
+func (s *Store) Authenticate(token string) (Principal, error) {
+	h := sha256.Sum256([]byte(token))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.refreshLocked(); err != nil {
+		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	var found *record
+	for _, r := range s.records {
+		if subtle.ConstantTimeCompare(r.hash[:], h[:]) == 1 {
+			found = r
+		}
+	}
+	switch {
+	case found == nil:
+		return Principal{}, fmt.Errorf("%w: unknown token", ErrUnauthenticated)
+	case !found.Revoked.IsZero():
+		return Principal{}, fmt.Errorf("%w: the token of %q was revoked at %s", ErrUnauthenticated, found.Name, found.Revoked.Format(time.RFC3339))
+	}
+	return found.principal(), nil
+}
+
+// Add creates a principal and returns its new token, which is shown only
+// this once: only its hash is stored. The name must pass ValidateName and
+// must not belong to an active principal (ErrExists); a revoked principal's
+// name may be reused. The change is durable (fsynced) when Add returns.
+func (s *Store) Add(name string, role Role) (string, error) {
+	if err := ValidateName(name); err != nil {
+		return "", err
+	}
+	if _, err := ParseRole(string(role)); err != nil {
+		return "", err
+	}
+	token, hash := newToken()
+	err := s.update(func(recs []*record) ([]*record, error) {
+		for _, r := range recs {
+			if r.Name == name && r.Revoked.IsZero() {
+				return nil, fmt.Errorf("%w: %q (role %s); revoke it first to issue a new token", ErrExists, name, r.Role)
+			}
+		}
+		return append(recs, &record{
+			Name: name, Role: role, TokenSHA256: hex.EncodeToString(hash[:]),
+			Created: s.now().UTC().Truncate(time.Second),
+		}), nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return token, nil
+}
+
+// Revoke revokes the active principal called name; its token stops working
+// at once in every Store on the directory. It fails with ErrUnknownPrincipal
+// if no principal has the name, and does nothing if it is already revoked.
+// The change is durable when Revoke returns.
+func (s *Store) Revoke(name string) error {
+	return s.update(func(recs []*record) ([]*record, error) {
+		known, changed := false, false
+		for _, r := range recs {
+			if r.Name != name {
+				continue
+			}
+			known = true
+			if r.Revoked.IsZero() {
+				r.Revoked = s.now().UTC().Truncate(time.Second)
+				changed = true
+			}
+		}
+		if !known {
+			return nil, fmt.Errorf("%w: %q; see grantline token list", ErrUnknownPrincipal, name)
+		}
+		if !changed {
+			return nil, nil
+		}
+		return recs, nil
+	})
+}
+
+// update applies fn to the current records under the lock file and writes
+// the result atomically. fn returning nil records and nil error means no
+// change.
+func (s *Store) update(fn func([]*record) ([]*record, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	unlock, err := lockFile(s.lockPath)
+	if err != nil {
+		return fmt.Errorf("locking principals: %w", err)
+	}
+	defer unlock()
+	recs, _, err := readFile(s.path) // fresh: another process may have written
+	if err != nil {
+		return err
+	}
+	recs, err = fn(slices.Clone(recs))
+	if err != nil || recs == nil {
+		return err
+	}
+	if err := writeFile(s.path, recs); err != nil {
+		return err
+	}
+	s.fi = nil // force a reload on next use
+	return s.refreshLocked()
+}
+
+func writeFile(path string, recs []*record) error {
+	data, err := json.MarshalIndent(fileFormat{Version: fileVersion, Principals: recs}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding principals: %w", err)
+	}
+	return writeAtomic(path, append(data, '\n'), 0o600)
+}
+
+// writeAtomic replaces path with data via a synced temporary file and rename.
+func writeAtomic(path string, data []byte, mode fs.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	ok = true
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// newToken returns a fresh token and its SHA-256.
+func newToken() (string, [sha256.Size]byte) {
+	var b [32]byte
+	rand.Read(b[:]) // never fails (crypto/rand)
+	t := TokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
+	return t, sha256.Sum256([]byte(t))
+}
+
+// Bootstrap prepares dataDir's first admin: if no principals exist at all
+// it adds the admin principal "admin" and writes its token, newline-terminated,
+// to dataDir/admin.token (mode 0600), returning that path. If principals
+// already exist it changes nothing and returns "". Safe against a concurrent
+// Bootstrap or token add in another process.
+func Bootstrap(dataDir string) (string, error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", fmt.Errorf("creating data directory: %w", err)
+	}
+	s, err := Open(dataDir)
+	if err != nil {
+		return "", err
+	}
+	var token string
+	err = s.update(func(recs []*record) ([]*record, error) {
+		if len(recs) > 0 {
+			return nil, nil
+		}
+		var hash [sha256.Size]byte
+		token, hash = newToken()
+		return []*record{{
+			Name: "admin", Role: RoleAdmin, TokenSHA256: hex.EncodeToString(hash[:]),
+			Created: s.now().UTC().Truncate(time.Second),
+		}}, nil
+	})
+	if err != nil || token == "" {
+		return "", err
+	}
+	path := filepath.Join(dataDir, AdminTokenFile)
+	if err := writeAtomic(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
+}
