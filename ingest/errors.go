@@ -1,0 +1,77 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Errors of authorisation, checked with errors.Is.
+var (
+	ErrUnauthenticated = errors.New("unauthenticated")
+	ErrPermission      = errors.New("permission denied")
+)
+
+// With ResourceExhausted the server sends its retry hint twice: as the
+// standard google.rpc.RetryInfo error detail and as metadata.
+//
+// RetryAfterKey is the response metadata key (an HTTP header for the Connect
+// protocol, a trailer for gRPC) carrying how many milliseconds a client should
+// wait before retrying a ResourceExhausted append.
+const RetryAfterKey = "Retry-After-Ms"
+
+// PushbackRetryAfter is the retry hint given with ErrPushback.
+const PushbackRetryAfter = 200 * time.Millisecond
+
+// connectError is the one place where domain errors become Connect codes.
+// Errors that already carry a code pass through unchanged.
+func connectError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	var code connect.Code
+	switch {
+	case errors.Is(err, ErrInvalid), errors.Is(err, ErrTooLarge):
+		code = connect.CodeInvalidArgument
+	case errors.Is(err, ErrUnauthenticated):
+		code = connect.CodeUnauthenticated
+	case errors.Is(err, ErrPermission):
+		code = connect.CodePermissionDenied
+	case errors.Is(err, ErrPushback):
+		ce := connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("%w; nothing of this request was stored: retry after %s", err, PushbackRetryAfter))
+		ce.Meta().Set(RetryAfterKey, strconv.FormatInt(PushbackRetryAfter.Milliseconds(), 10))
+		if d, derr := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(PushbackRetryAfter)}); derr == nil {
+			ce.AddDetail(d)
+		}
+		return ce
+	case errors.Is(err, ErrNotFound):
+		code = connect.CodeNotFound
+	case errors.Is(err, ErrOutOfRange):
+		code = connect.CodeOutOfRange
+	case errors.Is(err, ErrClosed):
+		code = connect.CodeUnavailable
+	case errors.Is(err, ErrStorage):
+		code = connect.CodeUnavailable
+		err = fmt.Errorf("%w; nothing of this request was acknowledged: retry later", err)
+	case errors.Is(err, ErrCorrupt):
+		code = connect.CodeDataLoss
+	case errors.Is(err, context.Canceled):
+		code = connect.CodeCanceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = connect.CodeDeadlineExceeded
+	default:
+		code = connect.CodeInternal
+	}
+	return connect.NewError(code, err)
+}

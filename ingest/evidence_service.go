@@ -1,0 +1,194 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
+)
+
+// MaxEvaluateSubjects bounds the subjects one Evaluate request may name.
+const MaxEvaluateSubjects = 100_000
+
+// exportChunk is the largest data field of one ExportEvidenceResponse.
+const exportChunk = 1 << 20
+
+type evidenceService struct {
+	grantlinev1connect.UnimplementedEvidenceServiceHandler
+	s *Server
+}
+
+func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.EvaluateRequest]) (*connect.Response[pb.EvaluateResponse], error) {
+	ev := h.s.cfg.Evaluator
+	if ev == nil {
+		return nil, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("this server has no rule set loaded"))
+	}
+	cp, err := h.s.checkpoint(ctx, "tree_size", req.Msg.GetTreeSize())
+	if err != nil {
+		return nil, err
+	}
+	asOf, err := h.s.asOf(req.Msg.GetAsOf())
+	if err != nil {
+		return nil, err
+	}
+	want := req.Msg.GetRules()
+	known := ev.RuleIDs()
+	for i, id := range want {
+		if !slices.Contains(known, id) {
+			return nil, &FieldError{fmt.Sprintf("rules[%d]", i), fmt.Sprintf("unknown rule %q; loaded rules: %v", clip(id), known)}
+		}
+	}
+	subjects, err := h.s.subjects(ctx, cp.Size, req.Msg.GetSubjects())
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	res, err := ev.Evaluate(ctx, subjects, &chainSource{l: h.s.cfg.Ledger, size: cp.Size}, asOf)
+	h.s.m.evalSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("evaluating rules at tree size %d: %w", cp.Size, err)
+	}
+	resp := &pb.EvaluateResponse{
+		Checkpoint: string(cp.Note), AsOf: timestamppb.New(asOf),
+		SubjectsEvaluated: uint64(res.Subjects), EntriesEvaluated: uint64(res.Entries),
+	}
+	for _, f := range res.Findings {
+		if len(want) == 0 || slices.Contains(want, f.GetRule()) {
+			resp.Findings = append(resp.Findings, f)
+		}
+	}
+	for _, e := range res.Errors {
+		if len(want) == 0 || slices.Contains(want, e.GetRule()) {
+			resp.Errors = append(resp.Errors, e)
+		}
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (h *evidenceService) ExportEvidence(ctx context.Context, req *connect.Request[pb.ExportEvidenceRequest], stream *connect.ServerStream[pb.ExportEvidenceResponse]) error {
+	ex := h.s.cfg.Exporter
+	if ex == nil {
+		return connect.NewError(connect.CodeUnimplemented, fmt.Errorf("evidence export is not available on this server yet"))
+	}
+	cp, err := h.s.checkpoint(ctx, "tree_size", req.Msg.GetTreeSize())
+	if err != nil {
+		return err
+	}
+	asOf, err := h.s.asOf(req.Msg.GetAsOf())
+	if err != nil {
+		return err
+	}
+	return ex.Export(ctx, ExportRequest{
+		Checkpoint: cp, AsOf: asOf, All: req.Msg.GetAll(),
+		Chains: &chainSource{l: h.s.cfg.Ledger, size: cp.Size},
+	}, func(path string) (io.WriteCloser, error) {
+		return &exportWriter{stream: stream, path: path}, nil
+	})
+}
+
+// exportWriter sends one file of a package as ExportEvidenceResponse chunks
+// of at most exportChunk bytes; Close sends the last one, with eof set.
+type exportWriter struct {
+	stream *connect.ServerStream[pb.ExportEvidenceResponse]
+	path   string
+	buf    []byte
+	closed bool
+}
+
+func (w *exportWriter) Write(p []byte) (int, error) {
+	if w.closed {
+		return 0, fmt.Errorf("export file %s: write after close", w.path)
+	}
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), exportChunk-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p = p[k:]
+		if len(w.buf) == exportChunk {
+			if err := w.stream.Send(&pb.ExportEvidenceResponse{Path: w.path, Data: w.buf}); err != nil {
+				return 0, err
+			}
+			w.buf = nil // the sent message keeps the old slice
+		}
+	}
+	return n, nil
+}
+
+func (w *exportWriter) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	return w.stream.Send(&pb.ExportEvidenceResponse{Path: w.path, Data: w.buf, Eof: true})
+}
+
+// asOf resolves an as-of time: unset is now.
+func (s *Server) asOf(ts *timestamppb.Timestamp) (time.Time, error) {
+	if ts == nil {
+		return s.now(), nil
+	}
+	if err := ts.CheckValid(); err != nil {
+		return time.Time{}, &FieldError{"as_of", "not a valid timestamp"}
+	}
+	return ts.AsTime(), nil
+}
+
+// subjects returns the requested subjects, validated, or every subject in the
+// tree of size.
+func (s *Server) subjects(ctx context.Context, size uint64, want []string) ([]string, error) {
+	if len(want) > MaxEvaluateSubjects {
+		return nil, &FieldError{"subjects", fmt.Sprintf("%d subjects exceed the limit of %d; leave it empty for all", len(want), MaxEvaluateSubjects)}
+	}
+	if len(want) > 0 {
+		for i, sub := range want {
+			v := validator{}
+			v.id(fmt.Sprintf("subjects[%d]", i), sub, true)
+			if v.err != nil {
+				return nil, v.err
+			}
+		}
+		return want, nil
+	}
+	var all []string
+	err := s.cfg.Ledger.ForEachSubject(ctx, size, func(sub string) error {
+		all = append(all, sub)
+		return nil
+	})
+	return all, err
+}
+
+// chainSource reads subject chains from the ledger at a fixed tree size.
+type chainSource struct {
+	l    Ledger
+	size uint64
+}
+
+func (c *chainSource) Chain(ctx context.Context, subject string) ([]ChainEntry, error) {
+	var out []ChainEntry
+	start := uint64(0)
+	for {
+		ents, err := c.l.SubjectEntries(ctx, subject, c.size, start, MaxPageSize)
+		if err != nil {
+			return nil, fmt.Errorf("reading the chain of %q: %w", subject, err)
+		}
+		for _, e := range ents {
+			var ent pb.Entry
+			if err := proto.Unmarshal(e.Leaf, &ent); err != nil {
+				return nil, fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, e.Index, err)
+			}
+			out = append(out, ChainEntry{Index: e.Index, Event: ent.GetEvent()})
+		}
+		if len(ents) < MaxPageSize {
+			return out, nil
+		}
+		start = ents[len(ents)-1].Index + 1
+	}
+}

@@ -1,0 +1,198 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
+)
+
+// StreamWindow is how many batches of one AppendStream may be in the ledger
+// at once. Batch k+1 is read and submitted while batch k is being made
+// durable, so one stream feeds the group commit with several batches; acks
+// still go out in order and only after the ledger reports durability.
+const StreamWindow = 4
+
+// streamPushbackWait bounds how long a stream batch waits for room in a full
+// ledger queue before the stream fails with ResourceExhausted. Waiting slows
+// the stream down (HTTP/2 flow control does the rest) instead of killing it.
+const streamPushbackWait = 2 * time.Second
+
+type ingestService struct {
+	grantlinev1connect.UnimplementedIngestServiceHandler
+	s *Server
+}
+
+func (h *ingestService) Append(ctx context.Context, req *connect.Request[pb.AppendRequest]) (*connect.Response[pb.AppendResponse], error) {
+	evs := req.Msg.GetEvents()
+	if err := h.s.checkBatch(ctx, evs); err != nil {
+		return nil, err
+	}
+	res, size, err := h.s.append(ctx, evs)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&pb.AppendResponse{Results: toPBResults(res), TreeSize: size}), nil
+}
+
+// streamBatch is one stream message on its way through the ledger.
+type streamBatch struct {
+	seq  uint64
+	done chan struct{}
+	res  []AppendResult
+	size uint64
+	err  error
+}
+
+func (h *ingestService) AppendStream(ctx context.Context, stream *connect.BidiStream[pb.AppendStreamRequest, pb.AppendStreamResponse]) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	pending := make(chan *streamBatch, StreamWindow-1)
+	readErr := make(chan error, 1)
+	// The reader validates and submits batches; this goroutine acks them in
+	// order. If an ack fails the handler returns, which closes the request
+	// body and so ends a Receive in progress.
+	go func() {
+		defer close(pending)
+		defer h.s.recoverInto(ctx, readErr)
+		for {
+			msg, err := stream.Receive()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					readErr <- err
+				}
+				return
+			}
+			if err := h.s.checkBatch(ctx, msg.GetEvents()); err != nil {
+				readErr <- fmt.Errorf("batch seq %d: %w", msg.GetSeq(), err)
+				return
+			}
+			b := &streamBatch{seq: msg.GetSeq(), done: make(chan struct{})}
+			select {
+			case pending <- b:
+			case <-ctx.Done():
+				return
+			}
+			go func(evs []*pb.Event) {
+				defer close(b.done)
+				defer func() {
+					if p := recover(); p != nil {
+						b.err = h.s.recovered(ctx, connect.Spec{Procedure: grantlinev1connect.IngestServiceAppendStreamProcedure}, nil, p)
+					}
+				}()
+				b.res, b.size, b.err = h.s.appendWaiting(ctx, evs, streamPushbackWait)
+			}(msg.GetEvents())
+		}
+	}()
+	for b := range pending {
+		<-b.done
+		if b.err != nil {
+			return fmt.Errorf("batch seq %d: %w", b.seq, b.err)
+		}
+		if err := stream.Send(&pb.AppendStreamResponse{Seq: b.seq, Results: toPBResults(b.res), TreeSize: b.size}); err != nil {
+			return err
+		}
+	}
+	select {
+	case err := <-readErr:
+		return err
+	default:
+		return nil
+	}
+}
+
+// recoverInto turns a panic of a stream's reader goroutine (which the
+// handler's recover option cannot see) into an Internal error on errc.
+func (s *Server) recoverInto(ctx context.Context, errc chan<- error) {
+	if p := recover(); p != nil {
+		err := s.recovered(ctx, connect.Spec{Procedure: grantlinev1connect.IngestServiceAppendStreamProcedure}, nil, p)
+		select {
+		case errc <- err:
+		default:
+		}
+	}
+}
+
+// checkBatch validates a whole batch and the caller's right to append each
+// event, before anything is stored.
+func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
+	if err := ValidateBatch("events", evs, s.now()); err != nil {
+		return err
+	}
+	p, ok := PrincipalFrom(ctx)
+	if !ok {
+		return fmt.Errorf("%w: no principal", ErrUnauthenticated)
+	}
+	if p.Role == RoleSource {
+		for i, ev := range evs {
+			if sys := ev.GetSource().GetSystem(); sys != p.Name {
+				return fmt.Errorf("%w: events[%d].source.system: %q is not %q, the source this token belongs to; a source token may append only its own events",
+					ErrPermission, i, clip(sys), p.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// append sends a validated batch to the ledger and records metrics.
+func (s *Server) append(ctx context.Context, evs []*pb.Event) ([]AppendResult, uint64, error) {
+	n := len(evs)
+	s.m.inflight.Add(float64(n))
+	defer s.m.inflight.Sub(float64(n))
+	start := time.Now()
+	res, size, err := s.cfg.Ledger.Append(ctx, evs)
+	if err != nil {
+		s.m.appendErrors.Inc()
+		return nil, 0, err
+	}
+	if len(res) != n {
+		return nil, 0, fmt.Errorf("ledger returned %d results for %d events", len(res), n)
+	}
+	s.m.batchSize.Observe(float64(n))
+	s.m.appendLatency.Observe(time.Since(start).Seconds())
+	dups := 0
+	for _, r := range res {
+		if r.Duplicate {
+			dups++
+		}
+	}
+	s.m.appended.WithLabelValues("new").Add(float64(n - dups))
+	s.m.appended.WithLabelValues("duplicate").Add(float64(dups))
+	s.m.ages.age(size)
+	return res, size, nil
+}
+
+// appendWaiting is append that retries on ErrPushback, with growing pauses,
+// for at most wait.
+func (s *Server) appendWaiting(ctx context.Context, evs []*pb.Event, wait time.Duration) ([]AppendResult, uint64, error) {
+	deadline := time.Now().Add(wait)
+	pause := 5 * time.Millisecond
+	for {
+		res, size, err := s.append(ctx, evs)
+		if !errors.Is(err, ErrPushback) || time.Now().Add(pause).After(deadline) {
+			return res, size, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, 0, ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, 200*time.Millisecond)
+	}
+}
+
+func toPBResults(res []AppendResult) []*pb.AppendResult {
+	out := make([]*pb.AppendResult, len(res))
+	for i, r := range res {
+		out[i] = &pb.AppendResult{Index: r.Index, LeafHash: r.LeafHash[:], Duplicate: r.Duplicate}
+	}
+	return out
+}

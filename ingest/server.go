@@ -1,0 +1,343 @@
+package ingest
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
+)
+
+// Config wires a Server. Ledger and Auth are required.
+type Config struct {
+	Ledger    Ledger
+	Auth      Authenticator
+	Evaluator Evaluator // nil: Evaluate answers Unimplemented
+	Exporter  Exporter  // nil: ExportEvidence answers Unimplemented
+	Logger    *slog.Logger
+	// Registry receives the metrics; nil makes a new one.
+	Registry *prometheus.Registry
+	// MetricsPublic serves /metrics without a token.
+	MetricsPublic bool
+	// Now is the clock for validation and as-of defaults; nil is time.Now.
+	Now func() time.Time
+}
+
+// Server holds the services and their HTTP routes.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	reg     *prometheus.Registry
+	health  *grpchealth.StaticChecker
+	handler http.Handler
+}
+
+// serviceNames are the services reflection and health report.
+var serviceNames = []string{
+	grantlinev1connect.IngestServiceName,
+	grantlinev1connect.LogServiceName,
+	grantlinev1connect.EvidenceServiceName,
+}
+
+// New builds a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Ledger == nil || cfg.Auth == nil {
+		return nil, errors.New("ingest: Config needs a Ledger and an Authenticator")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry}
+	s.m = newMetrics(cfg.Registry, cfg.Ledger, cfg.Now)
+	s.health = grpchealth.NewStaticChecker(serviceNames...)
+
+	opts := []connect.HandlerOption{
+		connect.WithInterceptors(s.observe(), errorMapper{}, s.authorize()),
+		connect.WithRecover(s.recovered),
+		connect.WithReadMaxBytes(MaxMessageBytes),
+		connect.WithCompressMinBytes(1024),
+	}
+	mux := http.NewServeMux()
+	mux.Handle(grantlinev1connect.NewIngestServiceHandler(&ingestService{s: s}, opts...))
+	mux.Handle(grantlinev1connect.NewLogServiceHandler(&logService{s: s}, opts...))
+	mux.Handle(grantlinev1connect.NewEvidenceServiceHandler(&evidenceService{s: s}, opts...))
+	reflector := grpcreflect.NewStaticReflector(serviceNames...)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	mux.Handle(grpchealth.NewHandler(s.health))
+
+	tiles := s.requireHTTP(http.HandlerFunc(s.serveTiles))
+	mux.Handle("/checkpoint", tiles)
+	mux.Handle("/tile/", tiles)
+	var metricsH http.Handler = promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{})
+	if !cfg.MetricsPublic {
+		metricsH = s.requireHTTP(metricsH)
+	}
+	mux.Handle("/metrics", metricsH)
+	s.handler = mux
+	return s, nil
+}
+
+// Handler returns the HTTP handler of every route: the three Connect services,
+// reflection, health, the tlog-tiles read path and /metrics. Serve it over
+// HTTP/2 (h2c or TLS) for gRPC and bidirectional streams.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Registry returns the registry holding the server's metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// SetServing sets the gRPC health status of every service; call it with false
+// when shutdown begins so load balancers stop sending new calls.
+func (s *Server) SetServing(ok bool) {
+	st := grpchealth.StatusServing
+	if !ok {
+		st = grpchealth.StatusNotServing
+	}
+	s.health.SetStatus("", st)
+	for _, n := range serviceNames {
+		s.health.SetStatus(n, st)
+	}
+}
+
+// HTTP2Config is the HTTP/2 tuning the services need: receive windows large
+// enough that a stream can have several multi-megabyte batches on the wire
+// while earlier ones are being made durable (the default 1 MiB window would
+// hold one ~500 KiB batch of 1000 events at a time). Use it as
+// http.Server.HTTP2.
+func HTTP2Config() *http.HTTP2Config {
+	return &http.HTTP2Config{
+		MaxReceiveBufferPerStream:     8 << 20,
+		MaxReceiveBufferPerConnection: 32 << 20,
+		MaxConcurrentStreams:          250,
+	}
+}
+
+func (s *Server) now() time.Time { return s.cfg.Now() }
+
+// recovered is the last resort for a panic in a handler: it is logged with its
+// stack and the caller gets Internal. Validation, not this, keeps input from
+// causing panics.
+func (s *Server) recovered(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+	s.log.ErrorContext(ctx, "panic in handler", "procedure", spec.Procedure, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+	return connect.NewError(connect.CodeInternal, errors.New("internal error; the server logged the details"))
+}
+
+// ---- authorisation ----
+
+type principalKey struct{}
+
+// PrincipalFrom returns the authenticated caller of a request context.
+func PrincipalFrom(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	return p, ok
+}
+
+// allowed reports whether role may call procedure (a Connect procedure path).
+func allowed(role Role, procedure string) bool {
+	switch role {
+	case RoleAdmin:
+		return true
+	case RoleSource:
+		return procedure == grantlinev1connect.IngestServiceAppendProcedure ||
+			procedure == grantlinev1connect.IngestServiceAppendStreamProcedure
+	case RoleAuditor:
+		return strings.HasPrefix(procedure, "/"+grantlinev1connect.LogServiceName+"/") ||
+			strings.HasPrefix(procedure, "/"+grantlinev1connect.EvidenceServiceName+"/")
+	}
+	return false
+}
+
+// authenticate checks an Authorization header value. The token never appears
+// in an error or a log.
+func (s *Server) authenticate(header string) (Principal, error) {
+	if header == "" {
+		return Principal{}, fmt.Errorf("%w: no bearer token; send the header 'Authorization: Bearer <token>' (a new server writes one to DATA/admin.token)", ErrUnauthenticated)
+	}
+	scheme, tok, ok := strings.Cut(header, " ")
+	if !ok || subtle.ConstantTimeCompare([]byte(strings.ToLower(scheme)), []byte("bearer")) != 1 || strings.TrimSpace(tok) == "" {
+		return Principal{}, fmt.Errorf("%w: the Authorization header is not of the form 'Bearer <token>'", ErrUnauthenticated)
+	}
+	p, err := s.cfg.Auth.Authenticate(strings.TrimSpace(tok))
+	if err != nil {
+		return Principal{}, fmt.Errorf("%w: unknown or revoked token", ErrUnauthenticated)
+	}
+	return p, nil
+}
+
+// authorizeCall authenticates a call and checks its role.
+func (s *Server) authorizeCall(ctx context.Context, header http.Header, procedure string) (context.Context, error) {
+	p, err := s.authenticate(header.Get("Authorization"))
+	if err != nil {
+		return ctx, err
+	}
+	if ci, ok := ctx.Value(callInfoKey{}).(*callInfo); ok {
+		ci.principal = p.Name
+	}
+	if !allowed(p.Role, procedure) {
+		return ctx, fmt.Errorf("%w: %s %q may not call %s", ErrPermission, p.Role, p.Name, procedure)
+	}
+	return context.WithValue(ctx, principalKey{}, p), nil
+}
+
+func (s *Server) authorize() connect.Interceptor {
+	return interceptor{
+		unary: func(next connect.UnaryFunc) connect.UnaryFunc {
+			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+				ctx, err := s.authorizeCall(ctx, req.Header(), req.Spec().Procedure)
+				if err != nil {
+					return nil, err
+				}
+				return next(ctx, req)
+			}
+		},
+		stream: func(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+			return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+				ctx, err := s.authorizeCall(ctx, conn.RequestHeader(), conn.Spec().Procedure)
+				if err != nil {
+					return err
+				}
+				return next(ctx, conn)
+			}
+		},
+	}
+}
+
+// requireHTTP guards a plain HTTP route: auditor or admin.
+func (s *Server) requireHTTP(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.authenticate(r.Header.Get("Authorization"))
+		status := http.StatusUnauthorized
+		if err == nil && p.Role != RoleAuditor && p.Role != RoleAdmin {
+			err = fmt.Errorf("%w: %s %q may not read %s; it needs an auditor or admin token", ErrPermission, p.Role, p.Name, r.URL.Path)
+			status = http.StatusForbidden
+		}
+		if err != nil {
+			code := connect.CodeUnauthenticated
+			if status == http.StatusForbidden {
+				code = connect.CodePermissionDenied
+			}
+			s.m.refused.WithLabelValues(code.String()).Inc()
+			s.log.InfoContext(r.Context(), "http refused", "path", r.URL.Path, "status", status, "peer", r.RemoteAddr, "principal", p.Name)
+			if status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="grantline"`)
+			}
+			http.Error(w, err.Error(), status)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// ---- errors, logs and metrics ----
+
+// errorMapper turns every handler error into a Connect error (connectError).
+type errorMapper struct{}
+
+func (errorMapper) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		resp, err := next(ctx, req)
+		return resp, connectError(err)
+	}
+}
+
+func (errorMapper) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (errorMapper) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		return connectError(next(ctx, conn))
+	}
+}
+
+type callInfoKey struct{}
+
+// callInfo lets inner interceptors tell the logger who called.
+type callInfo struct{ principal string }
+
+// observe logs each call (procedure, principal, peer, code, duration; never a
+// token) and counts it.
+func (s *Server) observe() connect.Interceptor {
+	done := func(ctx context.Context, ci *callInfo, spec connect.Spec, peer connect.Peer, start time.Time, err error) {
+		d := time.Since(start)
+		code := "ok"
+		level := slog.LevelInfo
+		if err != nil {
+			c := connect.CodeOf(err)
+			code = c.String()
+			s.m.refused.WithLabelValues(code).Inc()
+			switch c {
+			case connect.CodeInternal, connect.CodeUnknown, connect.CodeDataLoss, connect.CodeUnavailable:
+				level = slog.LevelError
+			default:
+				level = slog.LevelWarn
+			}
+		}
+		s.m.requests.WithLabelValues(spec.Procedure, code).Inc()
+		s.m.duration.WithLabelValues(spec.Procedure).Observe(d.Seconds())
+		attrs := []slog.Attr{
+			slog.String("procedure", spec.Procedure), slog.String("code", code),
+			slog.Duration("duration", d), slog.String("principal", ci.principal),
+			slog.String("peer", peer.Addr), slog.String("protocol", peer.Protocol),
+		}
+		if err != nil {
+			attrs = append(attrs, slog.String("err", err.Error()))
+		}
+		s.log.LogAttrs(ctx, level, "rpc", attrs...)
+	}
+	return interceptor{
+		unary: func(next connect.UnaryFunc) connect.UnaryFunc {
+			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+				ci := &callInfo{}
+				start := time.Now()
+				resp, err := next(context.WithValue(ctx, callInfoKey{}, ci), req)
+				done(ctx, ci, req.Spec(), req.Peer(), start, err)
+				return resp, err
+			}
+		},
+		stream: func(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+			return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+				ci := &callInfo{}
+				start := time.Now()
+				err := next(context.WithValue(ctx, callInfoKey{}, ci), conn)
+				done(ctx, ci, conn.Spec(), conn.Peer(), start, err)
+				return err
+			}
+		},
+	}
+}
+
+// interceptor is a handler-side connect.Interceptor from two decorators.
+type interceptor struct {
+	unary  func(connect.UnaryFunc) connect.UnaryFunc
+	stream func(connect.StreamingHandlerFunc) connect.StreamingHandlerFunc
+}
+
+func (i interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return i.unary(next) }
+
+func (i interceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return i.stream(next)
+}

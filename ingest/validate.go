@@ -1,0 +1,284 @@
+package ingest
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+// Limits on what a caller may send. A leaf (the event plus observed_time) must
+// fit the 32 KiB leaf limit, so the event itself is kept a little below it.
+const (
+	MaxEventBytes     = 32<<10 - 64 // protobuf-encoded size of one event
+	MaxBatchEvents    = 10_000      // events per Append request or stream message
+	MaxMessageBytes   = 16 << 20    // one request or stream message, on the wire
+	MaxIDBytes        = 512         // ids, system, kind, refs, types, product, tenant
+	MaxTextBytes      = 8 << 10     // reason, display
+	MaxAttributes     = 64          // entries in attributes
+	MaxAttrKeyBytes   = 256         // one attribute key
+	MaxAttrValueBytes = 4 << 10     // one attribute value
+	MaxFutureSkew     = 24 * time.Hour
+)
+
+// ErrInvalid is the class of every validation error (errors.Is).
+var ErrInvalid = errors.New("invalid argument")
+
+// FieldError is a validation failure of one field. Path is the field path in
+// the request, e.g. "events[3].subject.id".
+type FieldError struct {
+	Path string
+	Msg  string
+}
+
+func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
+
+// Is makes every FieldError match ErrInvalid.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
+
+// eventTypes is the closed vocabulary of DESIGN.md.
+var eventTypes = map[string]bool{
+	"identity.created": true, "identity.moved": true, "identity.disabled": true,
+	"identity.enabled": true, "identity.terminated": true,
+	"access.requested": true, "access.approved": true, "access.denied": true,
+	"access.revoked": true, "access.expired": true,
+	"review.certified": true, "review.revoked": true,
+	"grant.assigned": true, "grant.activated": true, "grant.deactivated": true,
+	"grant.removed": true, "grant.expired": true,
+	"session.started": true, "session.ended": true, "session.revoked": true,
+	"credential.created": true, "credential.checked_out": true, "credential.checked_in": true,
+	"credential.rotated": true, "credential.revoked": true,
+	"breakglass.invoked": true, "breakglass.reviewed": true,
+}
+
+var identityKinds = map[string]bool{
+	"human": true, "service_account": true, "workload": true, "bot": true, "system": true,
+}
+
+// IsEventType reports whether t is in the closed type vocabulary.
+func IsEventType(t string) bool { return eventTypes[t] }
+
+// ValidateEvent checks one event against the contract of DESIGN.md: required
+// fields, the closed type vocabulary, timestamps (not before 1970, not more
+// than MaxFutureSkew ahead of now), identity kinds, UTF-8 and length bounds,
+// and the encoded size. The error is a *FieldError whose path starts at the
+// event (e.g. "subject.id").
+func ValidateEvent(ev *pb.Event) error { return validateEvent(ev, time.Now()) }
+
+// ValidateBatch validates every event of a request before anything is stored;
+// paths are prefixed with field, e.g. "events[3].type".
+func ValidateBatch(field string, evs []*pb.Event, now time.Time) error {
+	if len(evs) == 0 {
+		return &FieldError{field, "at least one event is required"}
+	}
+	if len(evs) > MaxBatchEvents {
+		return &FieldError{field, fmt.Sprintf("%d events exceed the limit of %d per request; split the batch", len(evs), MaxBatchEvents)}
+	}
+	for i, ev := range evs {
+		if err := validateEvent(ev, now); err != nil {
+			var fe *FieldError
+			if errors.As(err, &fe) {
+				return &FieldError{fmt.Sprintf("%s[%d].%s", field, i, fe.Path), fe.Msg}
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func validateEvent(ev *pb.Event, now time.Time) error {
+	if ev == nil {
+		return &FieldError{"event", "required"}
+	}
+	v := validator{}
+	v.id("id", ev.GetId(), true)
+	v.bytes += len(ev.GetType()) + 8
+	switch t := ev.GetType(); {
+	case t == "":
+		v.fail("type", "required")
+	case !eventTypes[t]:
+		v.fail("type", fmt.Sprintf("unknown event type %q; use one of the vocabulary in DESIGN.md (e.g. access.approved, grant.activated)", clip(t)))
+	}
+	v.timestamp("time", ev.GetTime(), true, now)
+	if s := ev.GetSource(); s == nil {
+		v.fail("source.system", "required")
+	} else {
+		v.id("source.system", s.GetSystem(), true)
+		v.id("source.product", s.GetProduct(), false)
+		v.id("source.tenant", s.GetTenant(), false)
+		v.id("source.raw_type", s.GetRawType(), false)
+		v.id("source.raw_id", s.GetRawId(), false)
+	}
+	if ev.GetSubject() == nil {
+		v.fail("subject.id", "required")
+	} else {
+		v.identity("subject", ev.GetSubject(), true)
+	}
+	if ev.GetActor() != nil {
+		v.identity("actor", ev.GetActor(), false)
+	}
+	if e := ev.GetEntitlement(); e != nil {
+		v.id("entitlement.id", e.GetId(), false)
+		v.text("entitlement.resource", e.GetResource(), MaxTextBytes)
+	}
+	if r := ev.GetRefs(); r != nil {
+		v.id("refs.request", r.GetRequest(), false)
+		v.id("refs.grant", r.GetGrant(), false)
+		v.id("refs.session", r.GetSession(), false)
+		v.id("refs.credential", r.GetCredential(), false)
+		v.id("refs.review", r.GetReview(), false)
+		v.id("refs.ticket", r.GetTicket(), false)
+	}
+	v.timestamp("expires_at", ev.GetExpiresAt(), false, time.Time{})
+	v.text("reason", ev.GetReason(), MaxTextBytes)
+	if n := len(ev.GetAttributes()); n > MaxAttributes {
+		v.fail("attributes", fmt.Sprintf("%d entries exceed the limit of %d", n, MaxAttributes))
+	}
+	if v.err == nil {
+		// Report the smallest bad key, so the message is deterministic
+		// without sorting every event's attributes.
+		var bad *FieldError
+		badKey := ""
+		for k, val := range ev.GetAttributes() {
+			v.bytes += len(k) + len(val) + 12
+			if bad != nil && k >= badKey {
+				continue
+			}
+			kv := validator{}
+			switch {
+			case k == "":
+				kv.fail("attributes", "empty key")
+			case len(k) > MaxAttrKeyBytes || !utf8.ValidString(k):
+				kv.fail("attributes", fmt.Sprintf("key %q: not valid UTF-8 or longer than %d bytes", clip(k), MaxAttrKeyBytes))
+			default:
+				kv.text(fmt.Sprintf("attributes[%q]", clip(k)), val, MaxAttrValueBytes)
+			}
+			if kv.err != nil {
+				bad, badKey = kv.err, k
+			}
+		}
+		if bad != nil {
+			v.err = bad
+		}
+	}
+	if v.err != nil {
+		return v.err
+	}
+	// v.bytes bounds the encoded size from above unless a message carries
+	// unknown fields; only near the limit is the exact size computed.
+	if v.bytes+eventOverhead <= MaxEventBytes && !hasUnknown(ev) {
+		return nil
+	}
+	if n := proto.Size(ev); n > MaxEventBytes {
+		return &FieldError{"event", fmt.Sprintf("encoded size %d bytes exceeds the limit of %d; move bulky data out of reason and attributes", n, MaxEventBytes)}
+	}
+	return nil
+}
+
+// eventOverhead bounds the encoded size of everything in an event that is
+// not a string: tags, lengths of the nested messages, timestamps, booleans.
+const eventOverhead = 256
+
+// hasUnknown reports whether ev or a message in it has unknown fields.
+func hasUnknown(ev *pb.Event) bool {
+	for _, m := range []proto.Message{ev, ev.GetTime(), ev.GetSource(), ev.GetSubject(), ev.GetActor(),
+		ev.GetEntitlement(), ev.GetRefs(), ev.GetExpiresAt()} {
+		if r := m.ProtoReflect(); r.IsValid() && len(r.GetUnknown()) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// validator records the first failure and a bound on the bytes of the
+// strings it saw (each plus the most a tag and length can take).
+type validator struct {
+	err   *FieldError
+	bytes int
+}
+
+func (v *validator) fail(path, msg string) {
+	if v.err == nil {
+		v.err = &FieldError{path, msg}
+	}
+}
+
+// id checks an identifier: valid UTF-8, no control characters, bounded.
+func (v *validator) id(path, s string, required bool) {
+	v.bytes += len(s) + 8
+	switch {
+	case s == "":
+		if required {
+			v.fail(path, "required")
+		}
+	case len(s) > MaxIDBytes:
+		v.fail(path, fmt.Sprintf("%d bytes exceed the limit of %d", len(s), MaxIDBytes))
+	case !utf8.ValidString(s):
+		v.fail(path, "not valid UTF-8")
+	case strings.IndexFunc(s, isControl) >= 0:
+		v.fail(path, "contains a control character")
+	}
+}
+
+func (v *validator) text(path, s string, max int) {
+	v.bytes += len(s) + 8
+	switch {
+	case len(s) > max:
+		v.fail(path, fmt.Sprintf("%d bytes exceed the limit of %d", len(s), max))
+	case !utf8.ValidString(s):
+		v.fail(path, "not valid UTF-8")
+	}
+}
+
+func (v *validator) identity(path string, id *pb.Identity, required bool) {
+	v.id(path+".id", id.GetId(), required)
+	v.bytes += len(id.GetKind()) + 8
+	if k := id.GetKind(); k != "" && !identityKinds[k] {
+		v.fail(path+".kind", fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot or system", clip(k)))
+	}
+	v.text(path+".display", id.GetDisplay(), MaxTextBytes)
+	v.id(path+".owner_id", id.GetOwnerId(), false)
+}
+
+var epoch = time.Unix(0, 0)
+
+// timestamp checks a timestamp; a zero now disables the future bound.
+func (v *validator) timestamp(path string, ts *timestamppb.Timestamp, required bool, now time.Time) {
+	if ts == nil {
+		if required {
+			v.fail(path, "required")
+		}
+		return
+	}
+	if err := ts.CheckValid(); err != nil {
+		v.fail(path, "not a valid timestamp (seconds and nanos out of range)")
+		return
+	}
+	t := ts.AsTime()
+	switch {
+	case t.Before(epoch):
+		v.fail(path, fmt.Sprintf("%s is before 1970-01-01T00:00:00Z", t.Format(time.RFC3339Nano)))
+	case !now.IsZero() && t.After(now.Add(MaxFutureSkew)):
+		v.fail(path, fmt.Sprintf("%s is more than %s in the future (server time %s); check the source's clock", t.Format(time.RFC3339Nano), MaxFutureSkew, now.UTC().Format(time.RFC3339)))
+	}
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// clip shortens a user value quoted back in an error.
+func clip(s string) string {
+	if len(s) <= 64 {
+		return s
+	}
+	s = s[:64]
+	for !utf8.ValidString(s) && len(s) > 0 {
+		s = s[:len(s)-1]
+	}
+	return s + "…"
+}
