@@ -87,7 +87,7 @@ func (h *evidenceService) ExportEvidence(ctx context.Context, req *connect.Reque
 		return err
 	}
 	return ex.Export(ctx, ExportRequest{
-		Checkpoint: cp, AsOf: asOf, All: req.Msg.GetAll(),
+		Checkpoint: cp, AsOf: asOf, All: req.Msg.GetAll(), SinceSizes: req.Msg.GetSinceSizes(),
 		Chains: &chainSource{l: h.s.cfg.Ledger, size: cp.Size},
 	}, func(path string) (io.WriteCloser, error) {
 		return &exportWriter{stream: stream, path: path}, nil

@@ -152,6 +152,7 @@ type ExportRequest struct {
 	Checkpoint Checkpoint // the resolved checkpoint the package is anchored to
 	AsOf       time.Time
 	All        bool        // every entry, not only the chains with findings
+	SinceSizes []uint64    // older checkpoint sizes to prove consistency from
 	Chains     ChainSource // subject chains at Checkpoint.Size
 }
 

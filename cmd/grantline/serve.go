@@ -504,7 +504,7 @@ type exportAdapter struct {
 
 func (x *exportAdapter) Export(ctx context.Context, req ingest.ExportRequest, create func(string) (io.WriteCloser, error)) error {
 	src := &exportSource{x: x, req: req}
-	err := verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, All: req.All, Signer: x.signer}, sinkFunc(create))
+	err := verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
 	return ledgerErr(err)
 }
 

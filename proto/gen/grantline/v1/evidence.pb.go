@@ -398,7 +398,11 @@ type ExportEvidenceRequest struct {
 	TreeSize uint64                 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
 	AsOf     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
 	// Include every entry in the tree, not only the chains with findings.
-	All           bool `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
+	All bool `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
+	// Sizes of older checkpoints the auditor kept: the package then carries a
+	// consistency proof from each to the package's checkpoint
+	// (consistency.json), which `grantline verify --since` checks.
+	SinceSizes    []uint64 `protobuf:"varint,4,rep,packed,name=since_sizes,json=sinceSizes,proto3" json:"since_sizes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -452,6 +456,13 @@ func (x *ExportEvidenceRequest) GetAll() bool {
 		return x.All
 	}
 	return false
+}
+
+func (x *ExportEvidenceRequest) GetSinceSizes() []uint64 {
+	if x != nil {
+		return x.SinceSizes
+	}
+	return nil
 }
 
 // ExportEvidenceResponse carries one chunk of one file of the package. Files
@@ -550,11 +561,13 @@ const file_grantline_v1_evidence_proto_rawDesc = "" +
 	"\bfindings\x18\x03 \x03(\v2\x15.grantline.v1.FindingR\bfindings\x12/\n" +
 	"\x06errors\x18\x04 \x03(\v2\x17.grantline.v1.RuleErrorR\x06errors\x12-\n" +
 	"\x12subjects_evaluated\x18\x05 \x01(\x04R\x11subjectsEvaluated\x12+\n" +
-	"\x11entries_evaluated\x18\x06 \x01(\x04R\x10entriesEvaluated\"w\n" +
+	"\x11entries_evaluated\x18\x06 \x01(\x04R\x10entriesEvaluated\"\x98\x01\n" +
 	"\x15ExportEvidenceRequest\x12\x1b\n" +
 	"\ttree_size\x18\x01 \x01(\x04R\btreeSize\x12/\n" +
 	"\x05as_of\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04asOf\x12\x10\n" +
-	"\x03all\x18\x03 \x01(\bR\x03all\"R\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\x12\x1f\n" +
+	"\vsince_sizes\x18\x04 \x03(\x04R\n" +
+	"sinceSizes\"R\n" +
 	"\x16ExportEvidenceResponse\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +

@@ -1,0 +1,523 @@
+package verify
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/verify/format"
+	"github.com/grantline/grantline/verify/oscal"
+	"github.com/grantline/grantline/verify/report"
+)
+
+// Checkpoint is a signed checkpoint: the note text verbatim and the values it
+// commits to.
+type Checkpoint struct {
+	Note   []byte
+	Origin string
+	Size   uint64
+	Root   [32]byte
+}
+
+// Source is what Export needs from the server side. Every method may be
+// called from one goroutine only, in this order: Checkpoint once, Evaluate
+// once, Leaf any number of times, ConsistencyProof once per requested size,
+// then Entries once, during which InclusionProof is called from inside fn.
+// The server's implementation must answer for the one checkpoint that
+// Checkpoint returned, even while the log keeps growing.
+type Source interface {
+	// Checkpoint returns the published signed checkpoint the package is
+	// anchored to (e.g. the latest, or the one at a requested size). Origin,
+	// Size and Root must be those of the note text; Export checks it.
+	Checkpoint(ctx context.Context) (Checkpoint, error)
+	// Evaluate runs the rule set over every subject's chain in the tree of
+	// the given size at the as-of time asOf, and returns the result with Rules
+	// (id, title, severity, controls, text, sha256, effective params), Params
+	// (the overrides, a JSON object or nil), the counts, Findings sorted by
+	// (rule, subject, primary index) and Errors. Export sets Format, Origin,
+	// CheckpointSize, CheckpointRoot, AsOf and All itself.
+	Evaluate(ctx context.Context, size uint64, asOf time.Time) (*format.Findings, error)
+	// Leaf returns the leaf bytes of entry index (< size) exactly as stored.
+	// A missing entry is an error.
+	Leaf(ctx context.Context, index uint64) ([]byte, error)
+	// Entries calls fn for every entry in the tree of the given size whose
+	// event's subject.id is in subjects — every entry when subjects is nil —
+	// in strictly ascending index order, with the leaf bytes as stored. fn
+	// must not retain leaf after it returns. Entries stops at and returns the
+	// first error fn returns. It must stream: Export writes a line per call.
+	Entries(ctx context.Context, size uint64, subjects []string, fn func(index uint64, leaf []byte) error) error
+	// InclusionProof returns the RFC 6962 audit path of entry index in the
+	// tree of the given size.
+	InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error)
+	// ConsistencyProof returns the RFC 6962 consistency proof from tree size
+	// from to tree size to (from <= to).
+	ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error)
+}
+
+// Sink receives the files of a package one after another. Create is called
+// for the next file only after the previous file's writer was closed; a
+// file is complete when its Close returns nil. Export never calls Create
+// twice with one name. A Sink need not be safe for concurrent use. Export
+// does not finish the sink: the caller closes or discards it (DirSink,
+// TarGzSink) after Export returns.
+type Sink interface {
+	Create(name string) (io.WriteCloser, error)
+}
+
+// ExportOptions tune an export.
+type ExportOptions struct {
+	// AsOf is the evaluation time; zero means time.Now().
+	AsOf time.Time
+	// All includes every entry of the tree, not only the chains the findings need.
+	All bool
+	// SinceSizes adds consistency.json with a proof from each of these earlier
+	// tree sizes (each <= the checkpoint size) to the checkpoint size.
+	SinceSizes []uint64
+	// Signer signs the statement. Required.
+	Signer *EvidenceSigner
+	// PackageName is how the report's verify command names the package
+	// (e.g. the output folder); "" means "evidence".
+	PackageName string
+}
+
+// ErrSource reports that the Source broke its contract (an entry out of
+// order, a proof that does not verify, a cited entry missing).
+var ErrSource = errors.New("evidence source broke its contract")
+
+// Export writes a complete evidence package to sink, streaming entries.jsonl
+// so that memory does not grow with the number of entries.
+func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) error {
+	if opts.Signer == nil {
+		return errors.New("export: no evidence signer")
+	}
+	asOf := opts.AsOf
+	if asOf.IsZero() {
+		asOf = time.Now()
+	}
+	asOf = asOf.UTC()
+	cp, err := src.Checkpoint(ctx)
+	if err != nil {
+		return fmt.Errorf("export: checkpoint: %w", err)
+	}
+	if err := checkNoteMatches(cp); err != nil {
+		return err
+	}
+	doc, err := src.Evaluate(ctx, cp.Size, asOf)
+	if err != nil {
+		return fmt.Errorf("export: evaluating rules at size %d: %w", cp.Size, err)
+	}
+	doc.Format = format.FindingsFormat
+	doc.Origin = cp.Origin
+	doc.CheckpointSize = cp.Size
+	doc.CheckpointRoot = cp.Root[:]
+	doc.AsOf = asOf
+	doc.All = opts.All
+	SortFindings(doc.Findings)
+
+	w := &pkgWriter{sink: sink}
+	var subjects []string
+	if !opts.All {
+		if subjects, err = neededSubjects(ctx, src, doc); err != nil {
+			return err
+		}
+	}
+	if err := w.file(format.FileCheckpoint, func(out io.Writer) error {
+		_, err := out.Write(cp.Note)
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(opts.SinceSizes) > 0 {
+		c := format.Consistency{Format: format.ConsistencyFormat, Size: cp.Size}
+		sizes := slices.Clone(opts.SinceSizes)
+		slices.Sort(sizes)
+		for _, from := range slices.Compact(sizes) {
+			if from > cp.Size {
+				return fmt.Errorf("export: since size %d is larger than the checkpoint size %d", from, cp.Size)
+			}
+			p, err := src.ConsistencyProof(ctx, from, cp.Size)
+			if err != nil {
+				return fmt.Errorf("export: consistency proof %d→%d: %w", from, cp.Size, err)
+			}
+			c.Proofs = append(c.Proofs, format.ConsistencyProof{From: from, To: cp.Size, Proof: p})
+		}
+		if err := w.json(format.FileConsistency, c); err != nil {
+			return err
+		}
+	}
+
+	scope := &format.Scope{Findings: doc, SourceOf: map[uint64]string{}, DisplayOf: map[string]string{}}
+	cited := map[uint64]string{} // index → event id
+	for _, f := range doc.Findings {
+		for _, e := range f.Entries {
+			cited[e.Index] = e.EventID
+		}
+	}
+	err = w.file(format.FileEntries, func(out io.Writer) error {
+		return writeEntries(ctx, src, cp, subjects, cited, scope, out)
+	})
+	if err != nil {
+		return err
+	}
+	for idx, id := range cited {
+		return fmt.Errorf("export: %w: a finding cites entry %d (event %q), which Entries did not yield", ErrSource, idx, id)
+	}
+	if err := w.json(format.FileFindings, doc); err != nil {
+		return err
+	}
+	scope.Files = w.digests
+	if err := w.file(format.FileCSV, func(out io.Writer) error { return report.WriteCSV(out, scope) }); err != nil {
+		return err
+	}
+	name := opts.PackageName
+	if name == "" {
+		name = "evidence"
+	}
+	scope.Files = w.digests
+	if err := w.file(format.FileReport, func(out io.Writer) error {
+		return report.WriteHTML(out, scope, report.Options{PackageName: name})
+	}); err != nil {
+		return err
+	}
+	scope.Files = w.digests
+	ar, err := oscal.Build(scope)
+	if err != nil {
+		return fmt.Errorf("export: assessment results: %w", err)
+	}
+	if err := w.json(format.FileAssessment, ar); err != nil {
+		return err
+	}
+
+	st := Statement{Type: StatementType, PredicateType: PredicateType}
+	for _, d := range w.digests {
+		st.Subject = append(st.Subject, Subject{Name: d.Name, Digest: map[string]string{"sha256": d.SHA256}})
+	}
+	pred, err := json.Marshal(Predicate{
+		Origin: cp.Origin, CheckpointSize: cp.Size, CheckpointRoot: cp.Root[:],
+		AsOf: asOf.Format(time.RFC3339Nano), Entries: scope.Entries, Findings: len(doc.Findings), All: opts.All,
+	})
+	if err != nil {
+		return err
+	}
+	st.Predicate = pred
+	payload, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	env, err := opts.Signer.Sign(PayloadType, payload)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	return w.json(format.FileStatement, env)
+}
+
+// checkNoteMatches checks that the note text commits to the values the
+// Source gave, without verifying the signature (the server signed it).
+func checkNoteMatches(cp Checkpoint) error {
+	body, _, ok := bytes.Cut(cp.Note, []byte("\n\n"))
+	if !ok {
+		return fmt.Errorf("export: %w: checkpoint note has no signature block", ErrSource)
+	}
+	var c log.Checkpoint
+	if _, err := c.Unmarshal(append(body, '\n')); err != nil {
+		return fmt.Errorf("export: %w: checkpoint note: %w", ErrSource, err)
+	}
+	if c.Origin != cp.Origin || c.Size != cp.Size || !bytes.Equal(c.Hash, cp.Root[:]) {
+		return fmt.Errorf("export: %w: checkpoint note says origin %q size %d, Source says origin %q size %d (or roots differ)",
+			ErrSource, c.Origin, c.Size, cp.Origin, cp.Size)
+	}
+	return nil
+}
+
+// neededSubjects returns the sorted subjects whose chains the findings need:
+// each finding's subject and the subject of every entry a finding cites
+// (e.g. an owner's termination read by orphaned-nhi).
+func neededSubjects(ctx context.Context, src Source, doc *format.Findings) ([]string, error) {
+	set := map[string]bool{}
+	for _, f := range doc.Findings {
+		set[f.Subject] = true
+	}
+	seen := map[uint64]bool{}
+	for _, f := range doc.Findings {
+		for i, e := range f.Entries {
+			if i == 0 || seen[e.Index] {
+				continue // the primary entry is the finding's subject's own
+			}
+			seen[e.Index] = true
+			leaf, err := src.Leaf(ctx, e.Index)
+			if err != nil {
+				return nil, fmt.Errorf("export: reading cited entry %d: %w", e.Index, err)
+			}
+			var ent pb.Entry
+			if err := proto.Unmarshal(leaf, &ent); err != nil {
+				return nil, fmt.Errorf("export: %w: cited entry %d does not decode: %w", ErrSource, e.Index, err)
+			}
+			set[ent.GetEvent().GetSubject().GetId()] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for s := range set {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// exportItem is one entry on its way to entries.jsonl.
+type exportItem struct {
+	index   uint64
+	leaf    []byte
+	proof   [][]byte
+	line    []byte // the encoded line, filled by a worker
+	eventID string
+	source  string
+	subject string
+	display string
+	err     error
+}
+
+type exportBatch struct {
+	items []exportItem
+	done  chan struct{}
+}
+
+// writeEntries streams entries.jsonl. The Source is read from this
+// goroutine only (Entries, and InclusionProof inside its callback); the
+// per-entry work (proof check, decoding, JSON encoding) runs on GOMAXPROCS
+// workers in batches; one goroutine writes the lines in index order.
+func writeEntries(ctx context.Context, src Source, cp Checkpoint, subjects []string, cited map[uint64]string, scope *format.Scope, out io.Writer) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	workers := max(1, runtime.GOMAXPROCS(0))
+	work := make(chan *exportBatch, workers)
+	ordered := make(chan *exportBatch, 2*workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for b := range work {
+				for i := range b.items {
+					encodeItem(&b.items[i], cp)
+				}
+				close(b.done)
+			}
+		})
+	}
+	seenSubjects := map[string]struct{}{}
+	writeErr := make(chan error, 1)
+	go func() {
+		err := writeOrdered(ctx, ordered, out, cited, scope, seenSubjects)
+		if err != nil {
+			cancel(err) // stops the producer
+		}
+		writeErr <- err
+	}()
+
+	var next uint64
+	first := true
+	cur := &exportBatch{done: make(chan struct{})}
+	send := func() bool {
+		b := cur
+		cur = &exportBatch{done: make(chan struct{})}
+		select {
+		case ordered <- b:
+		case <-ctx.Done():
+			return false
+		}
+		select {
+		case work <- b:
+		case <-ctx.Done():
+			return false
+		}
+		return true
+	}
+	err := src.Entries(ctx, cp.Size, subjects, func(index uint64, leaf []byte) error {
+		if err := ctx.Err(); err != nil {
+			return context.Cause(ctx)
+		}
+		if !first && index < next || index >= cp.Size {
+			return fmt.Errorf("%w: entry %d out of order or outside the tree of size %d", ErrSource, index, cp.Size)
+		}
+		first, next = false, index+1
+		p, err := src.InclusionProof(ctx, index, cp.Size)
+		if err != nil {
+			return fmt.Errorf("inclusion proof of entry %d at size %d: %w", index, cp.Size, err)
+		}
+		cur.items = append(cur.items, exportItem{index: index, leaf: bytes.Clone(leaf), proof: p})
+		if len(cur.items) == entryBatchSize && !send() {
+			return context.Cause(ctx)
+		}
+		return nil
+	})
+	if err == nil && len(cur.items) > 0 {
+		send()
+	}
+	if err != nil {
+		cancel(err) // the writer stops waiting for batches that will not come
+	}
+	close(work)
+	close(ordered)
+	wg.Wait()
+	if werr := <-writeErr; werr != nil {
+		err = werr // the root cause when the writer stopped the producer
+	}
+	if err != nil {
+		return fmt.Errorf("export: %s: %w", format.FileEntries, err)
+	}
+	scope.Subjects = uint64(len(seenSubjects))
+	return nil
+}
+
+// writeOrdered writes the encoded lines of each batch in order and gathers
+// the scope facts; it owns cited and scope while it runs.
+func writeOrdered(ctx context.Context, ordered <-chan *exportBatch, out io.Writer, cited map[uint64]string, scope *format.Scope, seenSubjects map[string]struct{}) error {
+	bw := bufio.NewWriterSize(out, 256<<10)
+	for b := range ordered {
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		for i := range b.items {
+			it := &b.items[i]
+			if it.err != nil {
+				return it.err
+			}
+			if id, ok := cited[it.index]; ok {
+				if id != it.eventID {
+					return fmt.Errorf("%w: a finding cites entry %d as event %q but it holds event %q", ErrSource, it.index, id, it.eventID)
+				}
+				delete(cited, it.index)
+				scope.SourceOf[it.index] = it.source
+			}
+			seenSubjects[it.subject] = struct{}{}
+			if it.display != "" {
+				if _, ok := scope.DisplayOf[it.subject]; !ok {
+					scope.DisplayOf[it.subject] = it.display
+				}
+			}
+			scope.Entries++
+			if _, err := bw.Write(it.line); err != nil {
+				return err
+			}
+		}
+	}
+	return bw.Flush()
+}
+
+// encodeItem checks one entry's proof, decodes it and encodes its line.
+// Safe for concurrent use on distinct items.
+func encodeItem(it *exportItem, cp Checkpoint) {
+	lh := rfc6962.DefaultHasher.HashLeaf(it.leaf)
+	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, it.index, cp.Size, lh, it.proof, cp.Root[:]); err != nil {
+		it.err = fmt.Errorf("%w: inclusion proof of entry %d does not lead to the checkpoint root: %w", ErrSource, it.index, err)
+		return
+	}
+	var ent pb.Entry
+	if err := proto.Unmarshal(it.leaf, &ent); err != nil {
+		it.err = fmt.Errorf("%w: entry %d does not decode: %w", ErrSource, it.index, err)
+		return
+	}
+	ev := ent.GetEvent()
+	evJSON, err := protojson.Marshal(ev)
+	if err != nil {
+		it.err = fmt.Errorf("entry %d: encoding event: %w", it.index, err)
+		return
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(format.EntryLine{Index: it.index, Leaf: it.leaf, InclusionProof: it.proof, Event: evJSON}); err != nil {
+		it.err = fmt.Errorf("entry %d: %w", it.index, err)
+		return
+	}
+	it.line = buf.Bytes()
+	it.eventID = ev.GetId()
+	it.source = ev.GetSource().GetSystem()
+	it.subject = ev.GetSubject().GetId()
+	it.display = ev.GetSubject().GetDisplay()
+	it.leaf, it.proof = nil, nil
+}
+
+// SortFindings sorts findings by (rule, subject, primary index), the order
+// of the rules engine.
+func SortFindings(fs []format.Finding) {
+	slices.SortStableFunc(fs, func(a, b format.Finding) int {
+		if c := cmp.Compare(a.Rule, b.Rule); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.Subject, b.Subject); c != 0 {
+			return c
+		}
+		ai, _ := a.Primary()
+		bi, _ := b.Primary()
+		return cmp.Compare(ai, bi)
+	})
+}
+
+// pkgWriter writes files to a sink and records their digests.
+type pkgWriter struct {
+	sink    Sink
+	digests []format.FileDigest
+}
+
+func (w *pkgWriter) file(name string, fill func(io.Writer) error) error {
+	f, err := w.sink.Create(name)
+	if err != nil {
+		return fmt.Errorf("export: creating %s: %w", name, err)
+	}
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(f, h), h: h}
+	if err := fill(cw); err != nil {
+		f.Close()
+		return fmt.Errorf("export: writing %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("export: finishing %s: %w", name, err)
+	}
+	w.digests = append(w.digests, format.FileDigest{Name: name, SHA256: hex.EncodeToString(h.Sum(nil)), Size: cw.n})
+	return nil
+}
+
+func (w *pkgWriter) json(name string, v any) error {
+	return w.file(name, func(out io.Writer) error {
+		bw := bufio.NewWriterSize(out, 256<<10)
+		enc := json.NewEncoder(bw)
+		enc.SetEscapeHTML(false)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
+}
+
+type countWriter struct {
+	w io.Writer
+	h hash.Hash
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,867 @@
+// Package verify is the Grantline evidence package: its export (Export, a
+// streaming writer over a small Source interface) and its offline
+// verification (Verify), which needs only the log's verifier key and the
+// evidence public key. A package is a folder or a .tar.gz holding the files
+// of DESIGN.md, "Evidence package" (names and JSON shapes in verify/format):
+// a C2SP signed checkpoint (https://c2sp.org/tlog-checkpoint), entries with
+// RFC 6962 inclusion proofs, the findings with the rules that produced them,
+// OSCAL assessment results, a human report, and a DSSE envelope
+// (https://github.com/secure-systems-lab/dsse) over an in-toto Statement v1
+// (https://in-toto.io/Statement/v1) listing the sha256 of every other file.
+// It imports no server code.
+package verify
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"cmp"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/grantline/grantline/ledger/checkpoint"
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/verify/format"
+)
+
+// Keys are the public keys an auditor verifies with.
+type Keys struct {
+	// LogKey is the log's signed-note verifier key (DATA/keys/log.vkey):
+	// origin+hexid+base64key.
+	LogKey string
+	// EvidenceKey is the PEM public key of the evidence signer (DATA/keys/evidence.pub).
+	EvidenceKey []byte
+}
+
+// Options tune Verify.
+type Options struct {
+	// Since is an older signed checkpoint note the auditor kept; when set the
+	// package must prove (consistency.json) that the log only grew since.
+	Since []byte
+	// Evaluator re-runs the recorded rules; nil means DefaultEvaluator.
+	Evaluator Evaluator
+	// Progress, if set, is called after each check passes.
+	Progress func(Check)
+}
+
+// Check is one passed check.
+type Check struct {
+	File   string // the package file checked
+	Name   string // what was checked, e.g. "DSSE signature"
+	Detail string // what was found, e.g. "1 signature by key 3f2a…"
+}
+
+// Report is what Verify checked.
+type Report struct {
+	Origin   string
+	Size     uint64
+	Root     [32]byte
+	AsOf     time.Time
+	Entries  uint64
+	Subjects int
+	Findings int
+	Checks   []Check
+}
+
+// CheckError is a failed check: the file, the check, and why.
+type CheckError struct {
+	File  string
+	Check string
+	Err   error
+}
+
+func (e *CheckError) Error() string { return fmt.Sprintf("%s: %s: %v", e.File, e.Check, e.Err) }
+func (e *CheckError) Unwrap() error { return e.Err }
+
+// ErrVerification is wrapped by every CheckError's Err when the package
+// itself is wrong (as opposed to an I/O error).
+var ErrVerification = errors.New("verification failed")
+
+func fail(file, check, msg string, args ...any) error {
+	return &CheckError{File: file, Check: check, Err: fmt.Errorf("%w: "+msg, append([]any{ErrVerification}, args...)...)}
+}
+
+// Evaluator re-runs the rules recorded in a findings document.
+type Evaluator interface {
+	// Evaluate builds the rule set from doc.Rules (texts) and doc.Params,
+	// evaluates it on subjects at doc.AsOf reading chains, and returns the
+	// findings in the rules engine's order. Safe for concurrent use.
+	Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains ChainSource) ([]format.Finding, error)
+}
+
+// ChainSource serves the chains of the entries in a package.
+type ChainSource interface {
+	// Chain returns the entries of subject in the package in index order;
+	// empty, not an error, for an unknown subject. Safe for concurrent use.
+	Chain(ctx context.Context, subject string) ([]ChainEntry, error)
+}
+
+// ChainEntry is one entry of a chain.
+type ChainEntry struct {
+	Index uint64
+	Event *pb.Event
+}
+
+// DefaultEvaluator is used when Options.Evaluator is nil.
+var DefaultEvaluator Evaluator
+
+// Limits on what Verify reads into memory.
+const (
+	maxSmallFile = 256 << 20 // findings.json, statement, assessment results
+	maxLine      = 4 << 20   // one entries.jsonl line
+)
+
+// Verify checks the package at path (a folder, or a .tar.gz file) offline:
+// the files present, the DSSE signature and every subject digest, the
+// checkpoint signature, the optional consistency proof from opts.Since,
+// every entry's inclusion proof and event, and the findings reproduced by
+// re-running the recorded rules. It returns the report of passed checks, or
+// a *CheckError naming the file and the check that failed.
+func Verify(ctx context.Context, pkgPath string, keys Keys, opts Options) (*Report, error) {
+	dir, cleanup, err := openPackage(pkgPath)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+	v := &verifier{dir: dir, opts: opts, rep: &Report{}}
+	if err := v.run(ctx, keys); err != nil {
+		return v.rep, err
+	}
+	return v.rep, nil
+}
+
+type verifier struct {
+	dir  string
+	opts Options
+	rep  *Report
+	// present files and their digests (hex sha256)
+	digests map[string]string
+	cp      checkpoint.Checkpoint
+	pred    Predicate
+	// chains by subject: the leaves, decoded on demand
+	chains map[string][]stored
+	events map[uint64]string // index → event id
+}
+
+type stored struct {
+	index uint64
+	leaf  []byte
+}
+
+func (v *verifier) pass(file, name, detail string, args ...any) {
+	c := Check{File: file, Name: name, Detail: fmt.Sprintf(detail, args...)}
+	v.rep.Checks = append(v.rep.Checks, c)
+	if v.opts.Progress != nil {
+		v.opts.Progress(c)
+	}
+}
+
+func (v *verifier) run(ctx context.Context, keys Keys) error {
+	if err := v.checkFiles(); err != nil {
+		return err
+	}
+	if err := v.checkStatement(keys.EvidenceKey); err != nil {
+		return err
+	}
+	if err := v.checkCheckpoint(keys.LogKey); err != nil {
+		return err
+	}
+	if err := v.checkEntries(ctx); err != nil {
+		return err
+	}
+	doc, err := v.checkFindings()
+	if err != nil {
+		return err
+	}
+	if err := v.reproduce(ctx, doc); err != nil {
+		return err
+	}
+	return v.checkAssessment()
+}
+
+// checkFiles lists the package and hashes every file.
+func (v *verifier) checkFiles() error {
+	ents, err := os.ReadDir(v.dir)
+	if err != nil {
+		return err
+	}
+	v.digests = map[string]string{}
+	for _, e := range ents {
+		if !format.Known(e.Name()) {
+			return fail(e.Name(), "no unlisted files", "%q is not a file of an evidence package (expected %s and optionally %s)", e.Name(), strings.Join(format.RequiredFiles, ", "), format.FileConsistency)
+		}
+		if !e.Type().IsRegular() {
+			return fail(e.Name(), "no unlisted files", "not a regular file")
+		}
+		d, err := fileSHA256(filepath.Join(v.dir, e.Name()))
+		if err != nil {
+			return err
+		}
+		v.digests[e.Name()] = d
+	}
+	for _, f := range format.RequiredFiles {
+		if _, ok := v.digests[f]; !ok {
+			return fail(f, "required file present", "the file is missing from the package")
+		}
+	}
+	v.pass(".", "files", "%d files, all known, none missing", len(v.digests))
+	return nil
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (v *verifier) readSmall(name string) ([]byte, error) {
+	f, err := os.Open(filepath.Join(v.dir, name))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSmallFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxSmallFile {
+		return nil, fail(name, "size", "larger than %d bytes", maxSmallFile)
+	}
+	return b, nil
+}
+
+func (v *verifier) checkStatement(evidenceKey []byte) error {
+	const file = format.FileStatement
+	ev, err := ParsePublicKey(evidenceKey)
+	if err != nil {
+		return err
+	}
+	b, err := v.readSmall(file)
+	if err != nil {
+		return err
+	}
+	var env Envelope
+	if err := json.Unmarshal(b, &env); err != nil {
+		return fail(file, "DSSE envelope", "not a DSSE JSON envelope: %v", err)
+	}
+	if env.PayloadType != PayloadType {
+		return fail(file, "DSSE envelope", "payloadType %q, want %q", env.PayloadType, PayloadType)
+	}
+	if err := ev.Verify(&env); err != nil {
+		return fail(file, "DSSE signature", "%v", err)
+	}
+	v.pass(file, "DSSE signature", "verified with the evidence key over the DSSE v1 PAE")
+	var st Statement
+	if err := json.Unmarshal(env.Payload, &st); err != nil {
+		return fail(file, "in-toto statement", "payload is not an in-toto statement: %v", err)
+	}
+	if st.Type != StatementType || st.PredicateType != PredicateType {
+		return fail(file, "in-toto statement", "_type %q predicateType %q, want %q and %q", st.Type, st.PredicateType, StatementType, PredicateType)
+	}
+	listed := map[string]bool{}
+	for _, s := range st.Subject {
+		if listed[s.Name] {
+			return fail(file, "statement subjects", "%q is listed twice", s.Name)
+		}
+		listed[s.Name] = true
+		got, ok := v.digests[s.Name]
+		if !ok || s.Name == file {
+			return fail(s.Name, "statement subjects", "the statement lists %q but the package has no such file", s.Name)
+		}
+		want := s.Digest["sha256"]
+		if got != want {
+			return fail(s.Name, "sha256 digest", "the file's sha256 is %s but the signed statement says %s: the file was altered", got, want)
+		}
+	}
+	for name := range v.digests {
+		if name != file && !listed[name] {
+			return fail(name, "statement subjects", "the file is not listed in the signed statement")
+		}
+	}
+	v.pass(file, "subject digests", "%d files, every sha256 matches", len(st.Subject))
+	if err := json.Unmarshal(st.Predicate, &v.pred); err != nil {
+		return fail(file, "in-toto statement", "predicate: %v", err)
+	}
+	return nil
+}
+
+func (v *verifier) checkCheckpoint(logKey string) error {
+	const file = format.FileCheckpoint
+	nv, err := checkpoint.NewNoteVerifier(strings.TrimSpace(logKey))
+	if err != nil {
+		return fmt.Errorf("log key: %w", err)
+	}
+	b, err := v.readSmall(file)
+	if err != nil {
+		return err
+	}
+	cp, err := checkpoint.Open(b, nv)
+	if err != nil {
+		return fail(file, "checkpoint signature", "%v", err)
+	}
+	v.cp = cp
+	if v.pred.Origin != cp.Origin || v.pred.CheckpointSize != cp.Size || !bytes.Equal(v.pred.CheckpointRoot, cp.Root[:]) {
+		return fail(format.FileStatement, "anchored to the checkpoint", "the signed statement is for origin %q size %d, the checkpoint is origin %q size %d (or the roots differ)", v.pred.Origin, v.pred.CheckpointSize, cp.Origin, cp.Size)
+	}
+	v.rep.Origin, v.rep.Size, v.rep.Root = cp.Origin, cp.Size, cp.Root
+	v.pass(file, "checkpoint signature", "origin %q, size %d, root %x", cp.Origin, cp.Size, cp.Root[:])
+
+	if v.opts.Since == nil {
+		return nil
+	}
+	old, err := checkpoint.Open(v.opts.Since, nv)
+	if err != nil {
+		return fail("--since", "checkpoint signature", "%v", err)
+	}
+	switch {
+	case old.Size > cp.Size:
+		return fail(file, "consistency", "the package's checkpoint (size %d) is older than the --since checkpoint (size %d)", cp.Size, old.Size)
+	case old.Size == cp.Size:
+		if old.Root != cp.Root {
+			return fail(file, "consistency", "same size %d as the --since checkpoint but a different root: the log forked", cp.Size)
+		}
+		v.pass(file, "consistency", "same tree as the --since checkpoint (size %d)", cp.Size)
+		return nil
+	}
+	if _, ok := v.digests[format.FileConsistency]; !ok {
+		return fail(format.FileConsistency, "consistency proof", "--since needs a proof from size %d, but the package has no %s: export with --since-size %d", old.Size, format.FileConsistency, old.Size)
+	}
+	cb, err := v.readSmall(format.FileConsistency)
+	if err != nil {
+		return err
+	}
+	var c format.Consistency
+	if err := json.Unmarshal(cb, &c); err != nil {
+		return fail(format.FileConsistency, "consistency proof", "%v", err)
+	}
+	for _, p := range c.Proofs {
+		if p.From != old.Size || p.To != cp.Size {
+			continue
+		}
+		if err := proof.VerifyConsistency(rfc6962.DefaultHasher, old.Size, cp.Size, p.Proof, old.Root[:], cp.Root[:]); err != nil {
+			return fail(format.FileConsistency, "consistency proof", "from size %d to %d: %v", old.Size, cp.Size, err)
+		}
+		v.pass(format.FileConsistency, "consistency proof", "the tree of the --since checkpoint (size %d) is a prefix of size %d", old.Size, cp.Size)
+		return nil
+	}
+	return fail(format.FileConsistency, "consistency proof", "no proof from size %d to %d: export with --since-size %d", old.Size, cp.Size, old.Size)
+}
+
+// ParseEntryLine parses one line of entries.jsonl strictly (unknown fields
+// are refused).
+func ParseEntryLine(line []byte) (format.EntryLine, error) {
+	var e format.EntryLine
+	d := json.NewDecoder(bytes.NewReader(line))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&e); err != nil {
+		return e, err
+	}
+	if d.More() {
+		return e, errors.New("more than one JSON value on the line")
+	}
+	if len(e.Leaf) == 0 {
+		return e, errors.New(`missing "leaf"`)
+	}
+	if len(e.Event) == 0 || string(e.Event) == "null" {
+		return e, errors.New(`missing "event"`)
+	}
+	return e, nil
+}
+
+// DecodeLeaf decodes leaf bytes into an entry without re-encoding them.
+func DecodeLeaf(leaf []byte) (*pb.Entry, error) {
+	var ent pb.Entry
+	if err := proto.Unmarshal(leaf, &ent); err != nil {
+		return nil, err
+	}
+	if ent.GetEvent() == nil {
+		return nil, errors.New("leaf holds no event")
+	}
+	return &ent, nil
+}
+
+// entryBatch is a run of consecutive entries.jsonl lines checked by one
+// worker; done is closed when out is filled.
+type entryBatch struct {
+	firstLine uint64
+	lines     [][]byte
+	out       []checkedEntry
+	done      chan struct{}
+}
+
+// checkedEntry is one line after the order-independent checks.
+type checkedEntry struct {
+	index   uint64
+	leaf    []byte
+	subject string
+	eventID string
+	err     error
+}
+
+const entryBatchSize = 256
+
+// checkEntries reads entries.jsonl once. Lines are checked in parallel
+// (parse, inclusion proof, leaf decoding, event comparison) in batches, and
+// the results consumed in file order (index order, chains), so memory holds
+// the chains plus a few batches.
+func (v *verifier) checkEntries(ctx context.Context) error {
+	const file = format.FileEntries
+	f, err := os.Open(filepath.Join(v.dir, file))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel() // unblocks the reader, which closes work, which ends the workers
+		wg.Wait()
+	}()
+	workers := max(1, runtime.GOMAXPROCS(0))
+	work := make(chan *entryBatch, workers)
+	ordered := make(chan *entryBatch, 2*workers)
+	for range workers {
+		wg.Go(func() {
+			for b := range work {
+				b.out = make([]checkedEntry, len(b.lines))
+				for i, line := range b.lines {
+					b.out[i] = v.checkLine(b.firstLine+uint64(i), line)
+				}
+				close(b.done)
+			}
+		})
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(ordered)
+		defer close(work)
+		readErr <- readLines(ctx, f, func(first uint64, lines [][]byte) bool {
+			b := &entryBatch{firstLine: first, lines: lines, done: make(chan struct{})}
+			select {
+			case ordered <- b:
+			case <-ctx.Done():
+				return false
+			}
+			select {
+			case work <- b:
+			case <-ctx.Done():
+				return false
+			}
+			return true
+		})
+	}()
+
+	v.chains = map[string][]stored{}
+	v.events = map[uint64]string{}
+	var count, next uint64
+	for b := range ordered {
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		for i, c := range b.out {
+			lineNo := b.firstLine + uint64(i)
+			if c.err != nil {
+				return c.err
+			}
+			if count > 0 && c.index < next {
+				return fail(file, "entry order", "line %d (index %d): indexes must be strictly ascending (previous index %d)", lineNo, c.index, next-1)
+			}
+			next = c.index + 1
+			v.chains[c.subject] = append(v.chains[c.subject], stored{index: c.index, leaf: c.leaf})
+			v.events[c.index] = c.eventID
+			count++
+		}
+	}
+	if err := <-readErr; err != nil {
+		return err
+	}
+	v.rep.Entries = count
+	v.rep.Subjects = len(v.chains)
+	v.pass(file, "inclusion proofs", "%d entries of %d subjects, each in the tree of size %d", count, len(v.chains), v.cp.Size)
+	v.pass(file, "events match leaves", "%d events equal their decoded leaves", count)
+	return nil
+}
+
+// readLines calls batch with runs of up to entryBatchSize lines (copies)
+// of r, numbering lines from 1; it stops early when batch returns false.
+func readLines(ctx context.Context, r io.Reader, batch func(first uint64, lines [][]byte) bool) error {
+	const file = format.FileEntries
+	br := bufio.NewReaderSize(r, 1<<20)
+	var lines [][]byte
+	var lineNo uint64
+	first := uint64(1)
+	for {
+		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			buf := append([]byte(nil), line...)
+			for errors.Is(err, bufio.ErrBufferFull) && len(buf) <= maxLine {
+				line, err = br.ReadSlice('\n')
+				buf = append(buf, line...)
+			}
+			if len(buf) > maxLine {
+				return fail(file, "entry line", "line %d is longer than %d bytes", lineNo+1, maxLine)
+			}
+			line = buf
+		} else {
+			line = append([]byte(nil), line...)
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
+		if len(line) > 0 {
+			lineNo++
+			lines = append(lines, line)
+		}
+		if len(lines) == entryBatchSize || err == io.EOF && len(lines) > 0 {
+			if ctx.Err() != nil || !batch(first, lines) {
+				return ctx.Err()
+			}
+			first, lines = lineNo+1, nil
+		}
+		if err == io.EOF {
+			return nil
+		}
+	}
+}
+
+// checkLine does the checks of one entries.jsonl line that need no other
+// line. Safe for concurrent use.
+func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
+	const file = format.FileEntries
+	e, perr := ParseEntryLine(line)
+	if perr != nil {
+		return checkedEntry{err: fail(file, "entry line", "line %d: %v", lineNo, perr)}
+	}
+	where := fmt.Sprintf("line %d (index %d)", lineNo, e.Index)
+	if e.Index >= v.cp.Size {
+		return checkedEntry{err: fail(file, "inclusion proof", "%s: index outside the checkpoint's tree of size %d", where, v.cp.Size)}
+	}
+	lh := rfc6962.DefaultHasher.HashLeaf(e.Leaf)
+	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, e.Index, v.cp.Size, lh, e.InclusionProof, v.cp.Root[:]); err != nil {
+		return checkedEntry{err: fail(file, "inclusion proof", "%s: the leaf is not in the checkpoint's tree: %v", where, err)}
+	}
+	ent, err := DecodeLeaf(e.Leaf)
+	if err != nil {
+		return checkedEntry{err: fail(file, "leaf decoding", "%s: %v", where, err)}
+	}
+	var shown pb.Event
+	if err := protojson.Unmarshal(e.Event, &shown); err != nil {
+		return checkedEntry{err: fail(file, "event matches leaf", "%s: \"event\" is not a valid event: %v", where, err)}
+	}
+	if !proto.Equal(&shown, ent.GetEvent()) {
+		return checkedEntry{err: fail(file, "event matches leaf", "%s: \"event\" differs from the event decoded from \"leaf\"", where)}
+	}
+	return checkedEntry{index: e.Index, leaf: e.Leaf, subject: ent.GetEvent().GetSubject().GetId(), eventID: ent.GetEvent().GetId()}
+}
+
+// ParseFindings parses findings.json strictly.
+func ParseFindings(b []byte) (*format.Findings, error) {
+	var doc format.Findings
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&doc); err != nil {
+		return nil, err
+	}
+	if doc.Format != format.FindingsFormat {
+		return nil, fmt.Errorf("format %q, want %q", doc.Format, format.FindingsFormat)
+	}
+	for i, f := range doc.Findings {
+		if len(f.Entries) == 0 {
+			return nil, fmt.Errorf("finding %d (rule %q, subject %q) cites no entries", i, f.Rule, f.Subject)
+		}
+	}
+	return &doc, nil
+}
+
+func (v *verifier) checkFindings() (*format.Findings, error) {
+	const file = format.FileFindings
+	b, err := v.readSmall(file)
+	if err != nil {
+		return nil, err
+	}
+	doc, err := ParseFindings(b)
+	if err != nil {
+		return nil, fail(file, "findings document", "%v", err)
+	}
+	if doc.Origin != v.cp.Origin || doc.CheckpointSize != v.cp.Size || !bytes.Equal(doc.CheckpointRoot, v.cp.Root[:]) {
+		return nil, fail(file, "anchored to the checkpoint", "findings are for origin %q size %d, the checkpoint is origin %q size %d (or the roots differ)", doc.Origin, doc.CheckpointSize, v.cp.Origin, v.cp.Size)
+	}
+	if doc.All && v.rep.Entries != v.cp.Size {
+		return nil, fail(format.FileEntries, "all entries present", "findings.json says the package holds every entry, but entries.jsonl has %d of %d", v.rep.Entries, v.cp.Size)
+	}
+	for _, r := range doc.Rules {
+		sum := sha256.Sum256([]byte(r.Text))
+		if got := hex.EncodeToString(sum[:]); got != r.SHA256 {
+			return nil, fail(file, "rule sha256", "rule %q: the text's sha256 is %s, the document says %s", r.ID, got, r.SHA256)
+		}
+	}
+	for i, f := range doc.Findings {
+		for _, e := range f.Entries {
+			id, ok := v.events[e.Index]
+			if !ok {
+				return nil, fail(file, "cited entries present", "finding %d (rule %q, subject %q) cites entry %d, which is not in %s", i, f.Rule, f.Subject, e.Index, format.FileEntries)
+			}
+			if id != e.EventID {
+				return nil, fail(file, "cited entries present", "finding %d (rule %q, subject %q) cites entry %d as event %q, but it is event %q", i, f.Rule, f.Subject, e.Index, e.EventID, id)
+			}
+		}
+	}
+	v.rep.AsOf = doc.AsOf
+	v.rep.Findings = len(doc.Findings)
+	v.pass(file, "rules and citations", "%d rules (texts match their sha256), %d findings citing included entries, as of %s", len(doc.Rules), len(doc.Findings), doc.AsOf.Format(time.RFC3339))
+	return doc, nil
+}
+
+// Chain implements ChainSource over the package's entries.
+func (v *verifier) Chain(_ context.Context, subject string) ([]ChainEntry, error) {
+	st := v.chains[subject]
+	out := make([]ChainEntry, 0, len(st))
+	for _, s := range st {
+		ent, err := DecodeLeaf(s.leaf)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ChainEntry{Index: s.index, Event: ent.GetEvent()})
+	}
+	return out, nil
+}
+
+func (v *verifier) reproduce(ctx context.Context, doc *format.Findings) error {
+	const file = format.FileFindings
+	ev := v.opts.Evaluator
+	if ev == nil {
+		ev = DefaultEvaluator
+	}
+	if ev == nil {
+		return fail(file, "findings reproduced", "no rules engine is built into this verifier")
+	}
+	subjects := make([]string, 0, len(v.chains))
+	for s := range v.chains {
+		subjects = append(subjects, s)
+	}
+	slices.Sort(subjects)
+	got, err := ev.Evaluate(ctx, doc, subjects, v)
+	if err != nil {
+		return fail(file, "findings reproduced", "re-running the recorded rules: %v", err)
+	}
+	if err := CompareFindings(doc.Findings, got); err != nil {
+		return fail(file, "findings reproduced", "%v", err)
+	}
+	v.pass(file, "findings reproduced", "re-running %d rules on %d subjects gives the same %d findings", len(doc.Rules), len(subjects), len(got))
+	return nil
+}
+
+// CompareFindings reports the first difference between recorded and
+// re-evaluated findings, compared in (rule, subject, primary index) order.
+func CompareFindings(recorded, got []format.Finding) error {
+	a, b := slices.Clone(recorded), slices.Clone(got)
+	SortFindings(a)
+	SortFindings(b)
+	for i := 0; i < len(a) || i < len(b); i++ {
+		switch {
+		case i >= len(a):
+			return fmt.Errorf("re-evaluation finds %s, which the package does not record", describe(b[i]))
+		case i >= len(b):
+			return fmt.Errorf("the package records %s, which re-evaluation does not find", describe(a[i]))
+		}
+		if c := compareKey(a[i], b[i]); c < 0 {
+			return fmt.Errorf("the package records %s, which re-evaluation does not find", describe(a[i]))
+		} else if c > 0 {
+			return fmt.Errorf("re-evaluation finds %s, which the package does not record", describe(b[i]))
+		}
+		if d := diffFinding(a[i], b[i]); d != "" {
+			return fmt.Errorf("%s: recorded %s", describe(a[i]), d)
+		}
+	}
+	return nil
+}
+
+func compareKey(a, b format.Finding) int {
+	if c := cmp.Compare(a.Rule, b.Rule); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Subject, b.Subject); c != 0 {
+		return c
+	}
+	ai, _ := a.Primary()
+	bi, _ := b.Primary()
+	return cmp.Compare(ai, bi)
+}
+
+func describe(f format.Finding) string {
+	p, _ := f.Primary()
+	return fmt.Sprintf("finding (rule %q, subject %q, entry %d)", f.Rule, f.Subject, p)
+}
+
+func diffFinding(a, b format.Finding) string {
+	switch {
+	case a.Severity != b.Severity:
+		return fmt.Sprintf("severity %q, re-evaluated %q", a.Severity, b.Severity)
+	case a.Title != b.Title:
+		return fmt.Sprintf("title %q, re-evaluated %q", a.Title, b.Title)
+	case !slices.Equal(a.Controls, b.Controls):
+		return fmt.Sprintf("controls %v, re-evaluated %v", a.Controls, b.Controls)
+	case !slices.Equal(a.Entries, b.Entries):
+		return fmt.Sprintf("entries %v, re-evaluated %v", a.Entries, b.Entries)
+	case a.Message != b.Message:
+		return fmt.Sprintf("message %q, re-evaluated %q", a.Message, b.Message)
+	case a.ExposureSeconds != b.ExposureSeconds:
+		return fmt.Sprintf("exposure %ds, re-evaluated %ds", a.ExposureSeconds, b.ExposureSeconds)
+	}
+	return ""
+}
+
+// checkAssessment checks that the OSCAL document is JSON whose back-matter
+// hashes agree with the files (its digest was already checked).
+func (v *verifier) checkAssessment() error {
+	const file = format.FileAssessment
+	b, err := v.readSmall(file)
+	if err != nil {
+		return err
+	}
+	var doc struct {
+		AR *struct {
+			BackMatter struct {
+				Resources []struct {
+					Title  string `json:"title"`
+					RLinks []struct {
+						Href   string `json:"href"`
+						Hashes []struct {
+							Algorithm string `json:"algorithm"`
+							Value     string `json:"value"`
+						} `json:"hashes"`
+					} `json:"rlinks"`
+				} `json:"resources"`
+			} `json:"back-matter"`
+		} `json:"assessment-results"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil || doc.AR == nil {
+		return fail(file, "OSCAL document", "not an OSCAL assessment-results JSON document (%v)", err)
+	}
+	n := 0
+	for _, r := range doc.AR.BackMatter.Resources {
+		for _, l := range r.RLinks {
+			want, ok := v.digests[l.Href]
+			if !ok {
+				continue
+			}
+			for _, h := range l.Hashes {
+				if h.Algorithm == "SHA-256" {
+					if !strings.EqualFold(h.Value, want) {
+						return fail(file, "back-matter hashes", "resource %q: SHA-256 %s, but %s has %s", r.Title, h.Value, l.Href, want)
+					}
+					n++
+				}
+			}
+		}
+	}
+	v.pass(file, "back-matter hashes", "%d package files referenced with matching SHA-256", n)
+	return nil
+}
+
+// openPackage returns a folder holding the package: p itself, or a
+// temporary folder the .tar.gz at p was safely extracted to.
+func openPackage(p string) (string, func(), error) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return "", nil, fmt.Errorf("opening package: %w", err)
+	}
+	if fi.IsDir() {
+		return p, func() {}, nil
+	}
+	tmp, err := os.MkdirTemp("", "grantline-verify-*")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup := func() { os.RemoveAll(tmp) }
+	if err := extractTarGz(p, tmp); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return tmp, cleanup, nil
+}
+
+func extractTarGz(src, dst string) error {
+	name := filepath.Base(src)
+	f, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("opening package: %w", err)
+	}
+	defer f.Close()
+	gz, err := gzip.NewReader(f)
+	if err != nil {
+		return fail(name, "archive", "not a .tar.gz file (%v): pass a package folder or the .tar.gz that export --tar wrote", err)
+	}
+	tr := tar.NewReader(gz)
+	prefix := ""
+	seen := map[string]bool{}
+	for i := 0; ; i++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fail(name, "archive", "reading member %d: %v", i+1, err)
+		}
+		if hdr.Typeflag == tar.TypeDir {
+			continue
+		}
+		clean := path.Clean(hdr.Name)
+		dir, base := path.Split(clean)
+		if i == 0 || prefix == "" && len(seen) == 0 {
+			prefix = dir
+		}
+		if dir != prefix || strings.Contains(dir, "..") || path.IsAbs(clean) {
+			return fail(name, "archive", "member %q is outside the package folder", hdr.Name)
+		}
+		if hdr.Typeflag != tar.TypeReg {
+			return fail(base, "no unlisted files", "archive member %q is not a regular file", hdr.Name)
+		}
+		if !format.Known(base) {
+			return fail(base, "no unlisted files", "%q is not a file of an evidence package", base)
+		}
+		if seen[base] {
+			return fail(base, "no unlisted files", "the archive holds %q twice", base)
+		}
+		seen[base] = true
+		out, err := os.OpenFile(filepath.Join(dst, base), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(out, tr)
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fail(name, "archive", "extracting %q: %v", hdr.Name, err)
+		}
+	}
+}
