@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+func init() {
+	register(&command{
+		name:    "evaluate",
+		usage:   "[--server URL --token T] [--as-of RFC3339] [--size N] [--subject ID ...] [--rule ID ...] [--json]",
+		summary: "run the rules over identity chains at a checkpoint and print the findings",
+		run:     runEvaluateCmd,
+	})
+}
+
+// listFlag is a repeatable flag; each use may also hold comma-separated values.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error {
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			*l = append(*l, v)
+		}
+	}
+	return nil
+}
+
+func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := newFlagSet(env, commands["evaluate"])
+	var cf clientFlags
+	cf.register(fs, env)
+	asOf := fs.String("as-of", "", "evaluate as of this RFC 3339 time (default: the server's current time)")
+	size := fs.Uint64("size", 0, "evaluate the tree of this size (0: the latest checkpoint)")
+	var subjects, ruleIDs listFlag
+	fs.Var(&subjects, "subject", "evaluate only this subject id (repeatable; default: every subject)")
+	fs.Var(&ruleIDs, "rule", "run only this rule id (repeatable; default: every loaded rule)")
+	asJSON := fs.Bool("json", false, "print one JSON object: checkpoint, as_of, findings")
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		fs.Usage()
+		return &exitError{code: 2, msg: fmt.Sprintf("unexpected argument %q: choose subjects with --subject ID", rest[0])}
+	}
+	req := &pb.EvaluateRequest{TreeSize: *size, Subjects: subjects, Rules: ruleIDs}
+	if *asOf != "" {
+		t, err := time.Parse(time.RFC3339, *asOf)
+		if err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--as-of %q: want an RFC 3339 time such as 2026-03-01T00:00:00Z", *asOf)}
+		}
+		req.AsOf = timestamppb.New(t)
+	}
+	cl, err := cf.dial()
+	if err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	resp, err := cl.evidence.Evaluate(ctx, connect.NewRequest(req))
+	if err != nil {
+		return fmt.Errorf("evaluate: %s", describeRPCError(err))
+	}
+	if *asJSON {
+		err = writeEvaluateJSON(env.stdout, resp.Msg)
+	} else {
+		err = writeEvaluateTable(env.stdout, resp.Msg)
+	}
+	if err != nil {
+		return err
+	}
+	if n := writeRuleErrors(env.stderr, resp.Msg.GetErrors()); n > 0 {
+		return &exitError{code: 1, msg: fmt.Sprintf("%d rule evaluation(s) failed; their findings are missing from the output", n)}
+	}
+	return nil
+}
+
+// evaluateJSON is the object of DESIGN.md "What scripts and other tools may
+// rely on"; field order is fixed by the struct.
+type evaluateJSON struct {
+	Checkpoint string        `json:"checkpoint"`
+	AsOf       string        `json:"as_of"`
+	Findings   []findingJSON `json:"findings"`
+}
+
+type findingJSON struct {
+	Rule            string      `json:"rule"`
+	Subject         string      `json:"subject"`
+	Severity        string      `json:"severity"`
+	Entries         []entryJSON `json:"entries"`
+	Message         string      `json:"message"`
+	ExposureSeconds int64       `json:"exposure_seconds"`
+}
+
+type entryJSON struct {
+	Index   uint64 `json:"index"`
+	EventID string `json:"event_id"`
+}
+
+// writeEvaluateJSON prints the response as the fixed JSON object.
+func writeEvaluateJSON(w io.Writer, r *pb.EvaluateResponse) error {
+	out := evaluateJSON{Checkpoint: r.GetCheckpoint(), Findings: []findingJSON{}}
+	if r.GetAsOf() != nil {
+		out.AsOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
+	}
+	for _, f := range r.GetFindings() {
+		fj := findingJSON{Rule: f.GetRule(), Subject: f.GetSubject(), Severity: f.GetSeverity(),
+			Entries: []entryJSON{}, Message: f.GetMessage(), ExposureSeconds: f.GetExposureSeconds()}
+		for _, e := range f.GetEntries() {
+			fj.Entries = append(fj.Entries, entryJSON{Index: e.GetIndex(), EventID: e.GetEventId()})
+		}
+		out.Findings = append(out.Findings, fj)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// writeEvaluateTable prints a readable table and a one-line summary.
+func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "RULE\tSEVERITY\tSUBJECT\tENTRY\tEXPOSURE\tMESSAGE")
+	for _, f := range r.GetFindings() {
+		entry := "-"
+		if es := f.GetEntries(); len(es) > 0 {
+			entry = fmt.Sprintf("%d (%s)", es[0].GetIndex(), es[0].GetEventId())
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.GetRule(), f.GetSeverity(), f.GetSubject(), entry,
+			formatExposure(f.GetExposureSeconds()), oneLine(f.GetMessage()))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	asOf := "-"
+	if r.GetAsOf() != nil {
+		asOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
+	}
+	_, err := fmt.Fprintf(w, "\n%d finding(s) over %d subject(s) and %d entries, as of %s, at %s\n",
+		len(r.GetFindings()), r.GetSubjectsEvaluated(), r.GetEntriesEvaluated(), asOf, checkpointLine(r.GetCheckpoint()))
+	return err
+}
+
+// writeRuleErrors prints rule errors and returns how many there were.
+func writeRuleErrors(w io.Writer, errs []*pb.RuleError) int {
+	for _, e := range errs {
+		fmt.Fprintf(w, "rule error: rule %s, subject %s: %s\n", e.GetRule(), e.GetSubject(), oneLine(e.GetMessage()))
+	}
+	return len(errs)
+}
+
+// formatExposure renders seconds as a duration, "-" for none.
+func formatExposure(s int64) string {
+	if s <= 0 {
+		return "-"
+	}
+	return (time.Duration(s) * time.Second).String()
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// checkpointLine summarises a signed checkpoint note by its size line.
+func checkpointLine(note string) string {
+	lines := strings.SplitN(note, "\n", 3)
+	if len(lines) < 2 {
+		return "checkpoint (none)"
+	}
+	return fmt.Sprintf("%s tree size %s", lines[0], lines[1])
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+func sampleEvaluateResponse() *pb.EvaluateResponse {
+	return &pb.EvaluateResponse{
+		Checkpoint: "grantline.example/log\n42\nq83vEjRsSIHPFAhEkl02HrC7Qb0cpWTc7BnZjW8bx6c=\n\n— grantline.example/log AAAA\n",
+		AsOf:       timestamppb.New(time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)),
+		Findings: []*pb.Finding{{
+			Rule: "grant-overstayed-expiry", Subject: "alice", Severity: "high",
+			Entries:         []*pb.EntryRef{{Index: 7, EventId: "ev-7"}, {Index: 9, EventId: "ev-9"}},
+			Message:         "grant g1 expired\nbut was not ended",
+			ExposureSeconds: 900, Title: "Grant outlived its expiry", Controls: []string{"PR.AA-05"},
+		}, {
+			Rule: "self-approval", Subject: "bob", Severity: "high",
+			Entries: []*pb.EntryRef{{Index: 3, EventId: "ev-3"}}, Message: "self",
+		}},
+		SubjectsEvaluated: 2, EntriesEvaluated: 12,
+	}
+}
+
+// TestEvaluateJSON checks the exact object DESIGN.md fixes for scripts.
+func TestEvaluateJSON(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeEvaluateJSON(&buf, sampleEvaluateResponse()); err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+		t.Fatalf("output is not one JSON object: %v\n%s", err, buf.String())
+	}
+	want := map[string]any{
+		"checkpoint": sampleEvaluateResponse().Checkpoint,
+		"as_of":      "2026-03-01T00:00:00Z",
+		"findings": []any{
+			map[string]any{"rule": "grant-overstayed-expiry", "subject": "alice", "severity": "high",
+				"entries": []any{
+					map[string]any{"index": float64(7), "event_id": "ev-7"},
+					map[string]any{"index": float64(9), "event_id": "ev-9"},
+				},
+				"message": "grant g1 expired\nbut was not ended", "exposure_seconds": float64(900)},
+			map[string]any{"rule": "self-approval", "subject": "bob", "severity": "high",
+				"entries": []any{map[string]any{"index": float64(3), "event_id": "ev-3"}},
+				"message": "self", "exposure_seconds": float64(0)},
+		},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("writeEvaluateJSON =\n%s\nwant the object\n%#v", buf.String(), want)
+	}
+}
+
+func TestEvaluateJSONEmptyFindingsIsArray(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeEvaluateJSON(&buf, &pb.EvaluateResponse{Checkpoint: "x\n0\n"}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), `"findings": []`) {
+		t.Errorf("no findings printed as %s, want \"findings\": []", buf.String())
+	}
+}
+
+func TestEvaluateTable(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeEvaluateTable(&buf, sampleEvaluateResponse()); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("table has %d lines, want header, 2 findings, blank, summary:\n%s", len(lines), out)
+	}
+	for _, want := range []string{"RULE", "SEVERITY", "SUBJECT", "ENTRY", "EXPOSURE", "MESSAGE"} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("header %q lacks %s", lines[0], want)
+		}
+	}
+	for _, want := range []string{"grant-overstayed-expiry", "high", "alice", "7 (ev-7)", "15m0s", "grant g1 expired but was not ended"} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("row %q lacks %q", lines[1], want)
+		}
+	}
+	if !strings.Contains(lines[2], "3 (ev-3)") || !strings.Contains(lines[2], " - ") {
+		t.Errorf("row %q: want entry 3 (ev-3) and no exposure (-)", lines[2])
+	}
+	if want := "2 finding(s) over 2 subject(s) and 12 entries, as of 2026-03-01T00:00:00Z, at grantline.example/log tree size 42"; lines[4] != want {
+		t.Errorf("summary = %q, want %q", lines[4], want)
+	}
+}
+
+func TestWriteRuleErrors(t *testing.T) {
+	var buf bytes.Buffer
+	n := writeRuleErrors(&buf, []*pb.RuleError{{Rule: "r", Subject: "s", Message: "cost limit\nexceeded"}})
+	if n != 1 || buf.String() != "rule error: rule r, subject s: cost limit exceeded\n" {
+		t.Errorf("writeRuleErrors = %d, %q", n, buf.String())
+	}
+}
+
+func TestEvaluateFlagErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token", "t", "--as-of", "yesterday"}, "--as-of \"yesterday\": want an RFC 3339 time"},
+		{[]string{"--token", "t", "alice"}, "unexpected argument \"alice\""},
+	} {
+		var stderr bytes.Buffer
+		env := &cmdEnv{stdin: strings.NewReader(""), stdout: &bytes.Buffer{}, stderr: &stderr, getenv: func(string) string { return "" }}
+		code := runMain(t.Context(), env, append([]string{"evaluate"}, tc.args...))
+		if code != 2 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("evaluate %v: exit %d, stderr %q; want 2 and %q", tc.args, code, stderr.String(), tc.want)
+		}
+	}
+}

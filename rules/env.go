@@ -1,0 +1,336 @@
+package rules
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
+	"github.com/google/cel-go/common/types/traits"
+	"github.com/google/cel-go/ext"
+	"github.com/google/cel-go/interpreter"
+)
+
+// CEL types of the views.
+var (
+	eventType      = cel.ObjectType("rules.Event")
+	grantType      = cel.ObjectType("rules.Grant")
+	sessionType    = cel.ObjectType("rules.Session")
+	approvalType   = cel.ObjectType("rules.Approval")
+	credentialType = cel.ObjectType("rules.Credential")
+	subjectType    = cel.ObjectType("rules.Subject")
+	ownerType      = cel.ObjectType("rules.Owner")
+	// findingType is what rule expressions build with finding(); a rule
+	// yields list(grantline.Finding).
+	findingType  = cel.OpaqueType("grantline.Finding")
+	findingsType = cel.ListType(findingType)
+)
+
+// variables are the per-subject variables every rule may read, besides
+// params.NAME.
+var variables = []struct {
+	name string
+	typ  *cel.Type
+}{
+	{"subject", subjectType},
+	{"events", cel.ListType(eventType)},
+	{"activity", cel.ListType(eventType)},
+	{"now", cel.TimestampType},
+	{"grants", cel.ListType(grantType)},
+	{"grant_by_id", cel.MapType(cel.StringType, grantType)},
+	{"grant_ends", cel.MapType(cel.StringType, eventType)},
+	{"sessions", cel.ListType(sessionType)},
+	{"approvals", cel.ListType(approvalType)},
+	{"credentials", cel.ListType(credentialType)},
+	{"terminations", cel.ListType(eventType)},
+	{"offboardings", cel.ListType(eventType)},
+	{"enablements", cel.ListType(eventType)},
+	{"moves", cel.ListType(eventType)},
+	{"reviews", cel.ListType(eventType)},
+	{"breakglass", cel.ListType(eventType)},
+	{"breakglass_reviews", cel.ListType(eventType)},
+	{"owner", ownerType},
+}
+
+// findingVal is the CEL value finding() returns.
+type findingVal struct {
+	primary  *Event
+	others   []*Event
+	message  string
+	exposure time.Duration
+}
+
+func (f *findingVal) ConvertToNative(reflect.Type) (any, error) {
+	return nil, fmt.Errorf("a finding cannot be converted")
+}
+func (f *findingVal) ConvertToType(t ref.Type) ref.Val {
+	if t == types.TypeType {
+		return findingType
+	}
+	return types.NewErr("a finding cannot be converted to %s", t.TypeName())
+}
+func (f *findingVal) Equal(other ref.Val) ref.Val {
+	o, ok := other.(*findingVal)
+	return types.Bool(ok && o == f)
+}
+func (f *findingVal) Type() ref.Type { return findingType }
+func (f *findingVal) Value() any     { return f }
+
+// asEvent unwraps a CEL value holding a *Event.
+func asEvent(v ref.Val) (*Event, bool) {
+	e, ok := v.Value().(*Event)
+	return e, ok && e != nil
+}
+
+// asEvents unwraps a CEL list of events.
+func asEvents(v ref.Val) ([]*Event, bool) {
+	if evs, ok := v.Value().([]*Event); ok {
+		return evs, true
+	}
+	l, ok := v.(traits.Lister)
+	if !ok {
+		return nil, false
+	}
+	n := int(l.Size().(types.Int))
+	out := make([]*Event, 0, n)
+	for i := range n {
+		e, ok := asEvent(l.Get(types.Int(i)))
+		if !ok {
+			return nil, false
+		}
+		out = append(out, e)
+	}
+	return out, true
+}
+
+func asGrant(v ref.Val) (*Grant, bool) {
+	g, ok := v.Value().(*Grant)
+	return g, ok && g != nil
+}
+
+func newFinding(args ...ref.Val) ref.Val {
+	primary, ok := asEvent(args[0])
+	if !ok {
+		return types.NewErr("finding: the primary entry must be an event, got %s", args[0].Type().TypeName())
+	}
+	others, ok := asEvents(args[1])
+	if !ok {
+		return types.NewErr("finding: the cited entries must be a list of events")
+	}
+	msg, ok := args[2].(types.String)
+	if !ok {
+		return types.NewErr("finding: the message must be a string")
+	}
+	f := &findingVal{primary: primary, others: others, message: string(msg)}
+	if len(args) == 4 {
+		d, ok := args[3].(types.Duration)
+		if !ok {
+			return types.NewErr("finding: the exposure must be a duration")
+		}
+		f.exposure = max(d.Duration, 0)
+	}
+	return f
+}
+
+// endedBy reports whether g has an end event with time <= t.
+func endedBy(g *Grant, t time.Time) bool { return g.HasEnd && !g.End.Time.After(t) }
+
+// inForceAt reports whether g's grant event has time <= t and g is not ended by t.
+func inForceAt(g *Grant, t time.Time) bool { return !g.Event.Time.After(t) && !endedBy(g, t) }
+
+func grantTimeFunc(name string, f func(*Grant, time.Time) bool) cel.EnvOption {
+	return cel.Function(name,
+		cel.Overload(name+"_grant_timestamp", []*cel.Type{grantType, cel.TimestampType}, cel.BoolType,
+			cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+				g, ok := asGrant(a)
+				if !ok {
+					return types.NewErr("%s: want a grant", name)
+				}
+				t, ok := b.(types.Timestamp)
+				if !ok {
+					return types.NewErr("%s: want a timestamp", name)
+				}
+				return types.Bool(f(g, t.Time))
+			})))
+}
+
+// firstAfter returns, as a list of zero or one events, the first event of
+// evs (in chain order) whose time is strictly after t.
+func firstAfter(evs []*Event, t time.Time) []*Event {
+	for i, e := range evs {
+		if e.Time.After(t) {
+			return evs[i : i+1]
+		}
+	}
+	return nil
+}
+
+// exposure is how long privilege outlived deadline: to the first late
+// event if there is one, otherwise to now; never negative.
+func exposure(deadline time.Time, late []*Event, now time.Time) time.Duration {
+	end := now
+	if len(late) > 0 {
+		end = late[0].Time
+	}
+	return max(end.Sub(deadline), 0)
+}
+
+var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
+	opts := []cel.EnvOption{
+		ext.NativeTypes(
+			reflect.TypeFor[*Event](), reflect.TypeFor[*Grant](), reflect.TypeFor[*Session](),
+			reflect.TypeFor[*Approval](), reflect.TypeFor[*Credential](), reflect.TypeFor[*Checkout](),
+			reflect.TypeFor[*Subject](), reflect.TypeFor[*Owner](),
+			ext.ParseStructTags(true)),
+		ext.Lists(),
+		ext.Strings(),
+		ext.Bindings(),
+		cel.OptionalTypes(),
+		cel.Function("finding",
+			cel.Overload("finding_event_list_string", []*cel.Type{eventType, cel.ListType(eventType), cel.StringType}, findingType,
+				cel.FunctionBinding(newFinding)),
+			cel.Overload("finding_event_list_string_duration", []*cel.Type{eventType, cel.ListType(eventType), cel.StringType, cel.DurationType}, findingType,
+				cel.FunctionBinding(newFinding))),
+		grantTimeFunc("endedBy", endedBy),
+		grantTimeFunc("inForceAt", inForceAt),
+		cel.Function("firstAfter",
+			cel.Overload("firstAfter_list_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					evs, ok := asEvents(a)
+					t, ok2 := b.(types.Timestamp)
+					if !ok || !ok2 {
+						return types.NewErr("firstAfter: want a list of events and a timestamp")
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, firstAfterVals(evs, t.Time, a))
+				}))),
+		cel.Function("lastBefore",
+			cel.Overload("lastBefore_list_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					evs, ok := asEvents(a)
+					t, ok2 := b.(types.Timestamp)
+					if !ok || !ok2 {
+						return types.NewErr("lastBefore: want a list of events and a timestamp")
+					}
+					i := searchTime(evs, t.Time, false)
+					if i == 0 {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i - 1))})
+				}))),
+		cel.Function("firstAtOrAfter",
+			cel.Overload("firstAtOrAfter_list_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					evs, ok := asEvents(a)
+					t, ok2 := b.(types.Timestamp)
+					if !ok || !ok2 {
+						return types.NewErr("firstAtOrAfter: want a list of events and a timestamp")
+					}
+					i := searchTime(evs, t.Time, false)
+					if i == len(evs) {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i))})
+				}))),
+		cel.Function("anyBetween",
+			cel.Overload("anyBetween_list_timestamp_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType, cel.TimestampType}, cel.BoolType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					evs, ok1 := asEvents(args[0])
+					from, ok2 := args[1].(types.Timestamp)
+					to, ok3 := args[2].(types.Timestamp)
+					if !ok1 || !ok2 || !ok3 {
+						return types.NewErr("anyBetween: want (list of events, timestamp, timestamp)")
+					}
+					i := searchTime(evs, from.Time, true) // first strictly after from
+					return types.Bool(i < len(evs) && evs[i].Time.Before(to.Time))
+				}))),
+		cel.Function("exposure",
+			cel.Overload("exposure_timestamp_list_timestamp", []*cel.Type{cel.TimestampType, cel.ListType(eventType), cel.TimestampType}, cel.DurationType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					d, ok1 := args[0].(types.Timestamp)
+					late, ok2 := asEvents(args[1])
+					now, ok3 := args[2].(types.Timestamp)
+					if !ok1 || !ok2 || !ok3 {
+						return types.NewErr("exposure: want (timestamp, list of events, timestamp)")
+					}
+					return types.Duration{Duration: exposure(d.Time, late, now.Time)}
+				}))),
+	}
+	for _, v := range variables {
+		opts = append(opts, cel.Variable(v.name, v.typ))
+	}
+	for _, name := range globalParamNames {
+		opts = append(opts, cel.Variable("params."+name, globalParams[name].typ))
+	}
+	opts = append(opts, fastFields()) // last: it wraps the final provider
+	return cel.NewEnv(opts...)
+})
+
+// searchTime returns the index of the first event of evs (in chain order)
+// whose time is at or after t, or strictly after t when strict.
+func searchTime(evs []*Event, t time.Time, strict bool) int {
+	i, _ := slices.BinarySearchFunc(evs, t, func(e *Event, t time.Time) int {
+		if e.Time.Before(t) || (strict && e.Time.Equal(t)) {
+			return -1
+		}
+		return 1
+	})
+	return i
+}
+
+// firstAfterVals returns the first event after t as a list of the original
+// CEL element (so later field access sees the same native object).
+func firstAfterVals(evs []*Event, t time.Time, list ref.Val) []ref.Val {
+	l := list.(traits.Lister)
+	for i, e := range evs {
+		if e.Time.After(t) {
+			return []ref.Val{l.Get(types.Int(i))}
+		}
+	}
+	return []ref.Val{}
+}
+
+// activation resolves the variables of one rule for one subject.
+type activation struct {
+	vals   map[string]ref.Val // per subject, shared by every rule
+	params map[string]ref.Val // per rule: "params.NAME" -> value
+}
+
+func (a *activation) ResolveName(name string) (any, bool) {
+	if v, ok := a.vals[name]; ok {
+		return v, true
+	}
+	v, ok := a.params[name]
+	return v, ok
+}
+
+func (a *activation) Parent() interpreter.Activation { return nil }
+
+// subjectVals converts the views of one subject to CEL values once.
+func subjectVals(adapter types.Adapter, v *views, now time.Time) map[string]ref.Val {
+	sub := v.subject
+	own := v.owner
+	return map[string]ref.Val{
+		"subject":            adapter.NativeToValue(&sub),
+		"events":             adapter.NativeToValue(v.events),
+		"activity":           adapter.NativeToValue(v.activity),
+		"now":                types.Timestamp{Time: now},
+		"grants":             adapter.NativeToValue(v.grants),
+		"grant_by_id":        adapter.NativeToValue(v.grantByID),
+		"grant_ends":         adapter.NativeToValue(v.grantEnds),
+		"sessions":           adapter.NativeToValue(v.sessions),
+		"approvals":          adapter.NativeToValue(v.approvals),
+		"credentials":        adapter.NativeToValue(v.credentials),
+		"terminations":       adapter.NativeToValue(v.terminations),
+		"offboardings":       adapter.NativeToValue(v.offboardings),
+		"enablements":        adapter.NativeToValue(v.enablements),
+		"moves":              adapter.NativeToValue(v.moves),
+		"reviews":            adapter.NativeToValue(v.reviews),
+		"breakglass":         adapter.NativeToValue(v.breakglass),
+		"breakglass_reviews": adapter.NativeToValue(v.bgReviews),
+		"owner":              adapter.NativeToValue(&own),
+	}
+}

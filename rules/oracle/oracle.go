@@ -1,0 +1,539 @@
+// Package oracle is a second, deliberately plain reading of RULES.md, written
+// in Go without CEL, loops over the chain and nothing clever. It exists only
+// to check the CEL catalog: tests run both on the same chains and demand the
+// same findings, finding for finding. It is not used by the server.
+package oracle
+
+import (
+	"sort"
+	"time"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+// Entry is one ledger entry of a chain.
+type Entry struct {
+	Index uint64
+	Event *pb.Event
+}
+
+// Finding is what a rule yields: the cited entry indices, primary first.
+type Finding struct {
+	Rule     string
+	Subject  string
+	Entries  []uint64
+	Exposure int64 // seconds; only for rules that carry exposure
+}
+
+// Params are the rule parameters of RULES.md.
+type Params struct {
+	RevokeGrace, JITGrace, DeprovisionSLA, ReviewInterval, DormantAfter      time.Duration
+	MaxCredentialAge, MaxCheckout, BreakglassReviewWithin, MoverReviewWithin time.Duration
+	SoDPairs                                                                 [][2]string
+}
+
+// Defaults are RULES.md's defaults.
+func Defaults() Params {
+	h := time.Hour
+	return Params{
+		RevokeGrace: 15 * time.Minute, JITGrace: 15 * time.Minute, DeprovisionSLA: 24 * h,
+		ReviewInterval: 2160 * h, DormantAfter: 2160 * h, MaxCredentialAge: 2160 * h,
+		MaxCheckout: 8 * h, BreakglassReviewWithin: 72 * h, MoverReviewWithin: 720 * h,
+	}
+}
+
+// Owner returns the chain of another subject (for orphaned-nhi).
+type Owner func(subject string) []Entry
+
+type chain struct {
+	subject string
+	es      []Entry
+	now     time.Time
+	p       Params
+}
+
+func tm(e Entry) time.Time { return e.Event.GetTime().AsTime() }
+
+func sorted(es []Entry) []Entry {
+	out := append([]Entry(nil), es...)
+	sort.SliceStable(out, func(i, j int) bool {
+		ti, tj := tm(out[i]), tm(out[j])
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		return out[i].Index < out[j].Index
+	})
+	return out
+}
+
+func isGrantEvent(e Entry) bool {
+	t := e.Event.GetType()
+	return (t == "grant.assigned" || t == "grant.activated") && e.Event.GetRefs().GetGrant() != ""
+}
+
+func isEnd(e Entry, g string) bool {
+	t := e.Event.GetType()
+	return (t == "grant.deactivated" || t == "grant.removed" || t == "grant.expired") && e.Event.GetRefs().GetGrant() == g
+}
+
+// endedBy reports whether grant g has an end event with time <= t.
+func (c *chain) endedBy(g string, t time.Time) bool {
+	for _, e := range c.es {
+		if isEnd(e, g) && !tm(e).After(t) {
+			return true
+		}
+	}
+	return false
+}
+
+// lateEnd is the first end event of g strictly after t.
+func (c *chain) lateEnd(g string, t time.Time) (Entry, bool) {
+	for _, e := range c.es {
+		if isEnd(e, g) && tm(e).After(t) {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
+func (c *chain) inForce(ge Entry, t time.Time) bool {
+	return !tm(ge).After(t) && !c.endedBy(ge.Event.GetRefs().GetGrant(), t)
+}
+
+func (c *chain) grantPrivileged(g string) bool {
+	for _, e := range c.es {
+		if isGrantEvent(e) && e.Event.GetRefs().GetGrant() == g && e.Event.GetEntitlement().GetPrivileged() {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *chain) privileged(e Entry) bool {
+	if e.Event.GetEntitlement().GetPrivileged() {
+		return true
+	}
+	if e.Event.GetType() == "session.started" && e.Event.GetRefs().GetGrant() != "" {
+		return c.grantPrivileged(e.Event.GetRefs().GetGrant())
+	}
+	return false
+}
+
+// grantRequests returns the requests of the grant events of g.
+func (c *chain) grantUnderRequest(g, r string) bool {
+	if g == "" || r == "" {
+		return false
+	}
+	for _, e := range c.es {
+		if isGrantEvent(e) && e.Event.GetRefs().GetGrant() == g && e.Event.GetRefs().GetRequest() == r {
+			return true
+		}
+	}
+	return false
+}
+
+// under reports whether e is under the approval with request r.
+func (c *chain) under(e Entry, r string) bool {
+	if r == "" {
+		return false
+	}
+	if e.Event.GetRefs().GetRequest() == r {
+		return true
+	}
+	return c.grantUnderRequest(e.Event.GetRefs().GetGrant(), r)
+}
+
+func (c *chain) exposure(deadline time.Time, late Entry, hasLate bool) int64 {
+	end := c.now
+	if hasLate {
+		end = tm(late)
+	}
+	return int64(end.Sub(deadline) / time.Second)
+}
+
+// Evaluate runs all 19 rules over one subject's chain.
+func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) []Finding {
+	c := &chain{subject: subject, es: sorted(es), now: now, p: p}
+	var out []Finding
+	add := func(rule string, exp int64, idx ...uint64) {
+		out = append(out, Finding{Rule: rule, Subject: subject, Entries: idx, Exposure: exp})
+	}
+	typ := func(e Entry) string { return e.Event.GetType() }
+
+	for _, a := range c.es {
+		ev := a.Event
+		switch typ(a) {
+		case "access.approved":
+			// 1 approval-without-revocation
+			if ev.GetEntitlement().GetPrivileged() {
+				r := ev.GetRefs().GetRequest()
+				var closing []Entry
+				for _, x := range c.es {
+					if tm(x).Before(tm(a)) {
+						continue
+					}
+					xt := typ(x)
+					if (xt == "access.revoked" || xt == "access.expired") && r != "" && x.Event.GetRefs().GetRequest() == r {
+						closing = append(closing, x)
+					} else if (xt == "grant.deactivated" || xt == "grant.removed" || xt == "grant.expired") && c.grantUnderRequest(x.Event.GetRefs().GetGrant(), r) {
+						closing = append(closing, x)
+					}
+				}
+				if ev.GetExpiresAt() != nil {
+					deadline := ev.GetExpiresAt().AsTime().Add(p.RevokeGrace)
+					closedBy := false
+					var late Entry
+					hasLate := false
+					for _, x := range closing {
+						if !tm(x).After(deadline) {
+							closedBy = true
+						} else if !hasLate {
+							late, hasLate = x, true
+						}
+					}
+					if !closedBy && now.After(deadline) {
+						if hasLate {
+							add("approval-without-revocation", c.exposure(deadline, late, true), a.Index, late.Index)
+						} else {
+							add("approval-without-revocation", c.exposure(deadline, late, false), a.Index)
+						}
+					}
+				} else if len(closing) == 0 {
+					add("approval-without-revocation", 0, a.Index)
+				}
+			}
+			// 9 self-approval
+			if ev.GetActor().GetId() != "" && ev.GetActor().GetId() == ev.GetSubject().GetId() {
+				add("self-approval", 0, a.Index)
+			}
+		}
+
+		if isGrantEvent(a) {
+			g := ev.GetRefs().GetGrant()
+			// 2 standing-privilege
+			if ev.GetEntitlement().GetPrivileged() && ev.GetExpiresAt() == nil {
+				any := false
+				for _, x := range c.es {
+					if isEnd(x, g) {
+						any = true
+						break
+					}
+				}
+				if !any {
+					add("standing-privilege", 0, a.Index)
+				}
+			}
+			// 3 grant-overstayed-expiry
+			if ev.GetExpiresAt() != nil {
+				deadline := ev.GetExpiresAt().AsTime().Add(p.RevokeGrace)
+				if now.After(deadline) && !c.endedBy(g, deadline) {
+					late, ok := c.lateEnd(g, deadline)
+					if ok {
+						add("grant-overstayed-expiry", c.exposure(deadline, late, true), a.Index, late.Index)
+					} else {
+						add("grant-overstayed-expiry", c.exposure(deadline, late, false), a.Index)
+					}
+				}
+			}
+			// 4 jit-outlived-session
+			if typ(a) == "grant.activated" {
+				var firstEnd Entry
+				has := false
+				for _, s := range c.es {
+					if typ(s) != "session.started" || s.Event.GetRefs().GetGrant() != g || s.Event.GetRefs().GetSession() == "" {
+						continue
+					}
+					if se, ok := c.sessionEnd(s); ok {
+						if !has || tm(se).Before(tm(firstEnd)) || (tm(se).Equal(tm(firstEnd)) && se.Index < firstEnd.Index) {
+							firstEnd, has = se, true
+						}
+					}
+				}
+				if has {
+					deadline := tm(firstEnd).Add(p.JITGrace)
+					if now.After(deadline) && !c.endedBy(g, deadline) {
+						late, ok := c.lateEnd(g, deadline)
+						add("jit-outlived-session", c.exposure(deadline, late, ok), a.Index, firstEnd.Index)
+					}
+				}
+			}
+			// 6 leaver-access-retained
+			for _, t := range c.es {
+				if typ(t) != "identity.terminated" {
+					continue
+				}
+				if !c.inForce(a, tm(t)) {
+					continue
+				}
+				deadline := tm(t).Add(p.DeprovisionSLA)
+				if now.After(deadline) && !c.endedBy(g, deadline) {
+					late, ok := c.lateEnd(g, deadline)
+					add("leaver-access-retained", c.exposure(deadline, late, ok), a.Index, t.Index)
+					break
+				}
+			}
+			// 15 review-overdue and 17 dormant-privilege
+			if typ(a) == "grant.assigned" && ev.GetEntitlement().GetPrivileged() && c.inForce(a, now) {
+				if now.Sub(tm(a)) > p.ReviewInterval {
+					reviewed := false
+					for _, r := range c.es {
+						if typ(r) == "review.certified" && r.Event.GetRefs().GetGrant() == g &&
+							now.Sub(tm(r)) <= p.ReviewInterval && !tm(r).After(now) {
+							reviewed = true
+						}
+					}
+					if !reviewed {
+						add("review-overdue", 0, a.Index)
+					}
+				}
+				if now.Sub(tm(a)) > p.DormantAfter {
+					used := false
+					for _, s := range c.es {
+						if typ(s) == "session.started" && s.Event.GetRefs().GetGrant() == g &&
+							now.Sub(tm(s)) <= p.DormantAfter && !tm(s).After(now) {
+							used = true
+						}
+					}
+					if !used {
+						add("dormant-privilege", 0, a.Index)
+					}
+				}
+			}
+			// 18 mover-access-retained
+			for _, m := range c.es {
+				if typ(m) != "identity.moved" || !c.inForce(a, tm(m)) {
+					continue
+				}
+				deadline := tm(m).Add(p.MoverReviewWithin)
+				if !now.After(deadline) || c.endedBy(g, deadline) {
+					continue
+				}
+				certified := false
+				for _, r := range c.es {
+					if typ(r) == "review.certified" && r.Event.GetRefs().GetGrant() == g &&
+						!tm(r).Before(tm(m)) && !tm(r).After(deadline) {
+						certified = true
+					}
+				}
+				if !certified {
+					add("mover-access-retained", 0, a.Index, m.Index)
+					break
+				}
+			}
+		}
+
+		switch typ(a) {
+		case "session.started", "grant.assigned", "grant.activated", "credential.checked_out":
+			// 5 activity-after-offboarding: the latest termination or disable
+			// before a, with no enable strictly between.
+			var last Entry
+			found := false
+			for _, t := range c.es {
+				if (typ(t) == "identity.terminated" || typ(t) == "identity.disabled") && tm(t).Before(tm(a)) {
+					last, found = t, true
+				}
+			}
+			if found {
+				reenabled := false
+				for _, x := range c.es {
+					if typ(x) == "identity.enabled" && tm(x).After(tm(last)) && tm(x).Before(tm(a)) {
+						reenabled = true
+					}
+				}
+				if !reenabled {
+					add("activity-after-offboarding", 0, a.Index, last.Index)
+				}
+			}
+		}
+
+		if typ(a) == "session.started" && c.privileged(a) {
+			// 7 session-without-approval
+			approved := false
+			for _, x := range c.es {
+				if typ(x) == "access.approved" && !tm(x).After(tm(a)) && c.under(a, x.Event.GetRefs().GetRequest()) {
+					approved = true
+				}
+			}
+			if !approved {
+				add("session-without-approval", 0, a.Index)
+			}
+			// 14 privileged-session-without-mfa
+			if ev.Mfa != nil && !ev.GetMfa() {
+				add("privileged-session-without-mfa", 0, a.Index)
+			}
+		}
+
+		// 8 approval-used-after-expiry
+		if typ(a) == "session.started" || typ(a) == "grant.activated" {
+			for _, x := range c.es {
+				if typ(x) == "access.approved" && x.Event.GetExpiresAt() != nil &&
+					c.under(a, x.Event.GetRefs().GetRequest()) && !x.Event.GetExpiresAt().AsTime().After(tm(a)) {
+					add("approval-used-after-expiry", 0, a.Index, x.Index)
+					break
+				}
+			}
+		}
+
+		// 11 breakglass-unreviewed
+		if typ(a) == "breakglass.invoked" || ((typ(a) == "session.started" || typ(a) == "grant.activated") && ev.GetBreakglass()) {
+			end := tm(a).Add(p.BreakglassReviewWithin)
+			if now.After(end) {
+				r := ev.GetRefs().GetRequest()
+				reviewed := false
+				for _, x := range c.es {
+					if typ(x) == "breakglass.reviewed" && r != "" && x.Event.GetRefs().GetRequest() == r &&
+						!tm(x).Before(tm(a)) && !tm(x).After(end) {
+						reviewed = true
+					}
+				}
+				if !reviewed {
+					add("breakglass-unreviewed", 0, a.Index)
+				}
+			}
+		}
+
+		// 13 checkout-not-rotated
+		if typ(a) == "credential.checked_out" && now.After(tm(a).Add(p.MaxCheckout)) {
+			cred := ev.GetRefs().GetCredential()
+			done := false
+			for _, x := range c.es {
+				if (typ(x) == "credential.rotated" || typ(x) == "credential.revoked") && x.Event.GetRefs().GetCredential() == cred && tm(x).After(tm(a)) {
+					done = true
+				}
+			}
+			if !done {
+				add("checkout-not-rotated", 0, a.Index)
+			}
+		}
+
+		// 16 review-revocation-not-enforced
+		if typ(a) == "review.revoked" && ev.GetRefs().GetGrant() != "" {
+			g := ev.GetRefs().GetGrant()
+			deadline := tm(a).Add(p.DeprovisionSLA)
+			if now.After(deadline) && !c.endedBy(g, deadline) {
+				late, ok := c.lateEnd(g, deadline)
+				// RULES.md does not say which grant event of g to cite when
+				// there are several: we cite the latest in the chain.
+				idx := []uint64{a.Index}
+				var ge Entry
+				hasGE := false
+				for _, x := range c.es {
+					if isGrantEvent(x) && x.Event.GetRefs().GetGrant() == g {
+						ge, hasGE = x, true
+					}
+				}
+				if hasGE {
+					idx = append(idx, ge.Index)
+				}
+				add("review-revocation-not-enforced", c.exposure(deadline, late, ok), idx...)
+			}
+		}
+	}
+
+	// 10 sod-conflict
+	for _, pair := range p.SoDPairs {
+		ga, oka := c.latestInForce(pair[0])
+		gb, okb := c.latestInForce(pair[1])
+		if oka && okb {
+			add("sod-conflict", 0, ga.Index, gb.Index)
+		}
+	}
+
+	// 12 credential-rotation-overdue
+	creds := map[string]bool{}
+	for _, e := range c.es {
+		if cr := e.Event.GetRefs().GetCredential(); cr != "" {
+			creds[cr] = true
+		}
+	}
+	for cr := range creds {
+		var latest Entry
+		has, revoked := false, false
+		for _, e := range c.es {
+			if e.Event.GetRefs().GetCredential() != cr {
+				continue
+			}
+			switch typ(e) {
+			case "credential.created", "credential.rotated":
+				latest, has = e, true
+			case "credential.revoked":
+				revoked = true
+			}
+		}
+		if has && !revoked && now.Sub(tm(latest)) > p.MaxCredentialAge {
+			add("credential-rotation-overdue", 0, latest.Index)
+		}
+	}
+
+	// 19 orphaned-nhi
+	kind, ownerID := "", ""
+	for _, e := range c.es {
+		if k := e.Event.GetSubject().GetKind(); k != "" {
+			kind = k
+		}
+		if o := e.Event.GetSubject().GetOwnerId(); o != "" {
+			ownerID = o
+		}
+	}
+	// A subject with an owner but no recorded kind counts as non-human: an
+	// owner is by definition the accountable human of a non-human identity.
+	// Each grant is cited once, with the owner's first termination after
+	// whose deadline it was still in force.
+	if kind != "human" && ownerID != "" && owner != nil {
+		oc := sorted(owner(ownerID))
+		for _, g := range c.es {
+			if !isGrantEvent(g) {
+				continue
+			}
+			for _, term := range oc {
+				if term.Event.GetType() != "identity.terminated" {
+					continue
+				}
+				deadline := tm(term).Add(p.DeprovisionSLA)
+				if now.After(deadline) && c.inForce(g, deadline) {
+					late, ok := c.lateEnd(g.Event.GetRefs().GetGrant(), deadline)
+					add("orphaned-nhi", c.exposure(deadline, late, ok), g.Index, term.Index)
+					break
+				}
+			}
+		}
+	}
+
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Rule != out[j].Rule {
+			return out[i].Rule < out[j].Rule
+		}
+		return out[i].Entries[0] < out[j].Entries[0]
+	})
+	return out
+}
+
+// sessionEnd is the first session.ended or session.revoked of the session
+// that start opened, after it in chain order: an end recorded before a
+// session started cannot end it.
+func (c *chain) sessionEnd(start Entry) (Entry, bool) {
+	s := start.Event.GetRefs().GetSession()
+	seen := false
+	for _, e := range c.es {
+		if e.Index == start.Index {
+			seen = true
+			continue
+		}
+		if seen && (e.Event.GetType() == "session.ended" || e.Event.GetType() == "session.revoked") && e.Event.GetRefs().GetSession() == s {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
+// latestInForce is the latest grant event of entitlement id that is in force at now.
+func (c *chain) latestInForce(id string) (Entry, bool) {
+	var best Entry
+	has := false
+	for _, e := range c.es {
+		if isGrantEvent(e) && e.Event.GetEntitlement().GetId() == id && c.inForce(e, c.now) {
+			best, has = e, true
+		}
+	}
+	return best, has
+}

@@ -1,0 +1,161 @@
+package oracle_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/rules"
+	"github.com/grantline/grantline/rules/oracle"
+)
+
+var vocabulary = []string{
+	"identity.created", "identity.moved", "identity.disabled", "identity.enabled", "identity.terminated",
+	"access.requested", "access.approved", "access.denied", "access.revoked", "access.expired",
+	"review.certified", "review.revoked",
+	"grant.assigned", "grant.activated", "grant.deactivated", "grant.removed", "grant.expired",
+	"session.started", "session.ended", "session.revoked",
+	"credential.created", "credential.checked_out", "credential.checked_in", "credential.rotated", "credential.revoked",
+	"breakglass.invoked", "breakglass.reviewed",
+}
+
+// randomChains builds small adversarial chains: refs drawn from tiny pools so
+// that events link in every way RULES.md allows, times on a coarse grid so
+// ties happen, and owners that are other subjects of the same draw.
+func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[string][]oracle.Entry, []string) {
+	subjects := []string{"alice", "bob", "svc-a", "svc-b"}
+	pick := func(pool ...string) string { return pool[r.IntN(len(pool))] }
+	when := func() time.Time { return base.Add(time.Duration(r.IntN(200)) * 12 * time.Hour) }
+	chains := map[string][]rules.Entry{}
+	ochains := map[string][]oracle.Entry{}
+	var idx uint64
+	for _, s := range subjects {
+		kind, owner := "human", ""
+		if s[:3] == "svc" {
+			kind = pick("service_account", "workload", "bot", "")
+			owner = pick("alice", "bob", "")
+		}
+		n := 5 + r.IntN(30)
+		for range n {
+			ev := &pb.Event{
+				Id:     fmt.Sprintf("e%d", idx),
+				Type:   pick(vocabulary...),
+				Time:   timestamppb.New(when()),
+				Source: &pb.Source{System: "t"},
+				Subject: &pb.Identity{Id: s, Kind: kind,
+					OwnerId: owner},
+				Actor:       &pb.Identity{Id: pick("alice", "bob", "carol", s)},
+				Entitlement: &pb.Entitlement{Id: pick("ent-a", "ent-b", "ent-c"), Privileged: r.IntN(3) > 0},
+				Refs: &pb.Refs{
+					Request:    pick("", "r1", "r2", "r3"),
+					Grant:      pick("", "g1", "g2", "g3"),
+					Session:    pick("", "s1", "s2"),
+					Credential: pick("", "c1", "c2"),
+				},
+				Breakglass: r.IntN(4) == 0,
+			}
+			if r.IntN(2) == 0 {
+				ev.ExpiresAt = timestamppb.New(when())
+			}
+			switch r.IntN(3) {
+			case 0:
+				b := true
+				ev.Mfa = &b
+			case 1:
+				b := false
+				ev.Mfa = &b
+			}
+			if r.IntN(5) == 0 {
+				ev.Subject.OwnerId = pick("alice", "bob")
+			}
+			chains[s] = append(chains[s], rules.Entry{Index: idx, Event: ev})
+			ochains[s] = append(ochains[s], oracle.Entry{Index: idx, Event: ev})
+			idx++
+		}
+	}
+	return chains, ochains, subjects
+}
+
+// TestCatalogMatchesOracleRandom is a differential test on adversarial
+// random chains: every disagreement is a misreading of RULES.md on one side.
+func TestCatalogMatchesOracleRandom(t *testing.T) {
+	builtin, err := rules.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.NewSet(builtin, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pp := oracle.Defaults()
+	pp.SoDPairs = [][2]string{{"ent-a", "ent-b"}}
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	draws := 300
+	if testing.Short() {
+		draws = 50
+	}
+	failures := 0
+	for i := range draws {
+		r := rand.New(rand.NewPCG(uint64(i), 99))
+		chains, ochains, subjects := randomChains(r, base)
+		now := base.Add(time.Duration(r.IntN(260)) * 12 * time.Hour)
+		res, err := set.Evaluate(t.Context(), subjects, memChains(chains), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range res.Errors {
+			t.Errorf("draw %d: rule error: %v", i, e)
+		}
+		var got, want []string
+		for _, f := range res.Findings {
+			got = append(got, key(f.Rule, f.Subject, refs(f.Entries), f.ExposureSeconds))
+		}
+		for _, s := range subjects {
+			for _, f := range oracle.Evaluate(s, ochains[s], now, pp, func(o string) []oracle.Entry { return ochains[o] }) {
+				want = append(want, key(f.Rule, f.Subject, f.Entries, f.Exposure))
+			}
+		}
+		sort.Strings(got)
+		sort.Strings(want)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			failures++
+			if failures <= 5 {
+				t.Errorf("draw %d (now %s): catalog and oracle disagree\n%s", i, now.Format(time.RFC3339), diff(got, want))
+			}
+		}
+	}
+	if failures > 5 {
+		t.Errorf("%d draws of %d disagree in all", failures, draws)
+	}
+}
+
+func diff(got, want []string) string {
+	g, w := map[string]bool{}, map[string]bool{}
+	for _, x := range got {
+		g[x] = true
+	}
+	for _, x := range want {
+		w[x] = true
+	}
+	out := ""
+	for _, x := range got {
+		if !w[x] {
+			out += "  catalog only: " + x + "\n"
+		}
+	}
+	for _, x := range want {
+		if !g[x] {
+			out += "  oracle only:  " + x + "\n"
+		}
+	}
+	return out
+}

@@ -1,0 +1,516 @@
+package rules
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+// The types in this file are what rule expressions see. They are plain Go
+// structs exposed to CEL with ext.NativeTypes; the `cel` tags are the field
+// names rules use. Every list is in chain order: event time, then ledger
+// index. A pointer field that may be missing has a has_* companion, because
+// CEL reads a nil pointer as an empty struct.
+
+// Identity is a subject or actor as CEL sees it.
+type Identity struct {
+	ID      string `cel:"id"`
+	Kind    string `cel:"kind"`
+	Display string `cel:"display"`
+	OwnerID string `cel:"owner_id"`
+}
+
+// Entitlement is the access an event is about.
+type Entitlement struct {
+	ID         string `cel:"id"`
+	Resource   string `cel:"resource"`
+	Privileged bool   `cel:"privileged"`
+}
+
+// Refs are the ids that chain events.
+type Refs struct {
+	Request    string `cel:"request"`
+	Grant      string `cel:"grant"`
+	Session    string `cel:"session"`
+	Credential string `cel:"credential"`
+	Review     string `cel:"review"`
+	Ticket     string `cel:"ticket"`
+}
+
+// Event is one ledger entry of the chain, with the fields of pb.Event plus
+// its ledger index and two derived fields.
+type Event struct {
+	Index       int64             `cel:"index"`
+	ID          string            `cel:"id"`
+	Type        string            `cel:"type"`
+	Time        time.Time         `cel:"time"`
+	System      string            `cel:"system"` // source.system
+	Subject     Identity          `cel:"subject"`
+	Actor       Identity          `cel:"actor"`
+	Entitlement Entitlement       `cel:"entitlement"`
+	Refs        Refs              `cel:"refs"`
+	ExpiresAt   time.Time         `cel:"expires_at"`
+	HasExpiry   bool              `cel:"has_expiry"`
+	Reason      string            `cel:"reason"`
+	MFA         bool              `cel:"mfa"`
+	MFARecorded bool              `cel:"mfa_recorded"`
+	Breakglass  bool              `cel:"breakglass"`
+	Attributes  map[string]string `cel:"attributes"`
+	// Privileged is entitlement.privileged, or, for an event with
+	// refs.grant, whether any grant event of that grant is privileged.
+	Privileged bool `cel:"privileged"`
+	// Approvals are the access.approved events this event is under
+	// (RULES.md "approval of r"), in chain order, whatever their time.
+	Approvals []*Event `cel:"approvals"`
+	// BreakglassReviews, for a break-glass use (see views.breakglass), are
+	// the breakglass.reviewed events with the same non-empty refs.request.
+	BreakglassReviews []*Event `cel:"breakglass_reviews"`
+}
+
+// Session is a session.started with its first end.
+type Session struct {
+	ID         string `cel:"id"`
+	Grant      string `cel:"grant"`
+	Start      *Event `cel:"start"`
+	HasEnd     bool   `cel:"has_end"`
+	End        *Event `cel:"end"` // first session.ended or session.revoked
+	Privileged bool   `cel:"privileged"`
+}
+
+// Grant is one grant event (grant.assigned or grant.activated with
+// refs.grant) with what hangs off its grant id.
+type Grant struct {
+	ID          string     `cel:"id"`
+	Type        string     `cel:"type"`
+	Event       *Event     `cel:"event"`
+	Time        time.Time  `cel:"time"`
+	Entitlement string     `cel:"entitlement"`
+	Privileged  bool       `cel:"privileged"` // the grant event's own entitlement.privileged
+	HasExpiry   bool       `cel:"has_expiry"`
+	ExpiresAt   time.Time  `cel:"expires_at"`
+	HasEnd      bool       `cel:"has_end"`
+	End         *Event     `cel:"end"`  // the first end event of the grant id
+	Ends        []*Event   `cel:"ends"` // every end event of the grant id
+	Request     string     `cel:"request"`
+	Approvals   []*Event   `cel:"approvals"` // approvals the grant event is under
+	Sessions    []*Session `cel:"sessions"`  // sessions that belong to the grant id
+	// HasSessionEnd and SessionEnd: the earliest end among its sessions.
+	HasSessionEnd  bool     `cel:"has_session_end"`
+	SessionEnd     *Event   `cel:"session_end"`
+	Certifications []*Event `cel:"certifications"` // review.certified with refs.grant
+	Revocations    []*Event `cel:"revocations"`    // review.revoked with refs.grant
+}
+
+// Approval is an access.approved with the events that close it.
+type Approval struct {
+	Request string `cel:"request"`
+	Event   *Event `cel:"event"`
+	// Closings are access.revoked/access.expired with the request, and end
+	// events of grants under the approval, with time >= the approval's.
+	Closings []*Event `cel:"closings"`
+	// Uses are the session.started and grant.activated events under the
+	// approval, whatever their time.
+	Uses []*Event `cel:"uses"`
+}
+
+// Checkout is a credential.checked_out with the first rotation or
+// revocation of the same credential strictly after it.
+type Checkout struct {
+	Event       *Event `cel:"event"`
+	HasRotation bool   `cel:"has_rotation"`
+	Rotation    *Event `cel:"rotation"`
+}
+
+// Credential gathers the events of one refs.credential.
+type Credential struct {
+	ID         string      `cel:"id"`
+	HasLatest  bool        `cel:"has_latest"`
+	Latest     *Event      `cel:"latest"` // latest credential.created or credential.rotated
+	Revoked    bool        `cel:"revoked"`
+	Revocation *Event      `cel:"revocation"` // first credential.revoked
+	Checkouts  []*Checkout `cel:"checkouts"`
+}
+
+// Subject is the identity being evaluated.
+type Subject struct {
+	ID       string `cel:"id"`
+	Kind     string `cel:"kind"`  // latest non-empty subject.kind
+	Owner    string `cel:"owner"` // owner_id on the latest event that has one
+	HasOwner bool   `cel:"has_owner"`
+}
+
+// Owner is the current owner's chain summary (orphaned-nhi).
+type Owner struct {
+	ID           string   `cel:"id"`
+	Known        bool     `cel:"known"` // the subject is non-human and has an owner whose chain was read
+	Terminations []*Event `cel:"terminations"`
+}
+
+// views is everything derived from one subject's chain.
+type views struct {
+	events       []*Event
+	activity     []*Event // session.started, grant.assigned, grant.activated, credential.checked_out
+	grants       []*Grant
+	grantByID    map[string]*Grant
+	grantEnds    map[string]*Event
+	sessions     []*Session
+	approvals    []*Approval
+	credentials  []*Credential
+	terminations []*Event
+	offboardings []*Event
+	enablements  []*Event
+	moves        []*Event
+	reviews      []*Event
+	breakglass   []*Event // breakglass.invoked, and session.started/grant.activated with breakglass
+	bgReviews    []*Event // breakglass.reviewed
+	subject      Subject
+	owner        Owner
+}
+
+func isGrantEvent(e *Event) bool {
+	return (e.Type == "grant.assigned" || e.Type == "grant.activated") && e.Refs.Grant != ""
+}
+
+func isEndEvent(e *Event) bool {
+	switch e.Type {
+	case "grant.deactivated", "grant.removed", "grant.expired":
+		return e.Refs.Grant != ""
+	}
+	return false
+}
+
+func toTime(ts interface{ AsTime() time.Time }, ok bool) time.Time {
+	if !ok {
+		return time.Time{}
+	}
+	return ts.AsTime()
+}
+
+func identity(i *pb.Identity) Identity {
+	return Identity{ID: i.GetId(), Kind: i.GetKind(), Display: i.GetDisplay(), OwnerID: i.GetOwnerId()}
+}
+
+func fillEvent(e *Event, en Entry) {
+	ev := en.Event
+	*e = Event{
+		Index:   int64(en.Index),
+		ID:      ev.GetId(),
+		Type:    ev.GetType(),
+		Time:    toTime(ev.GetTime(), ev.GetTime() != nil),
+		System:  ev.GetSource().GetSystem(),
+		Subject: identity(ev.GetSubject()),
+		Actor:   identity(ev.GetActor()),
+		Entitlement: Entitlement{
+			ID:         ev.GetEntitlement().GetId(),
+			Resource:   ev.GetEntitlement().GetResource(),
+			Privileged: ev.GetEntitlement().GetPrivileged(),
+		},
+		Refs: Refs{
+			Request:    ev.GetRefs().GetRequest(),
+			Grant:      ev.GetRefs().GetGrant(),
+			Session:    ev.GetRefs().GetSession(),
+			Credential: ev.GetRefs().GetCredential(),
+			Review:     ev.GetRefs().GetReview(),
+			Ticket:     ev.GetRefs().GetTicket(),
+		},
+		ExpiresAt:   toTime(ev.GetExpiresAt(), ev.GetExpiresAt() != nil),
+		HasExpiry:   ev.GetExpiresAt() != nil,
+		Reason:      ev.GetReason(),
+		MFA:         ev.GetMfa(),
+		MFARecorded: ev.Mfa != nil,
+		Breakglass:  ev.GetBreakglass(),
+		Attributes:  ev.GetAttributes(),
+	}
+	e.Privileged = e.Entitlement.Privileged
+}
+
+// chainOrder sorts events by time, then ledger index.
+func chainOrder(a, b *Event) int {
+	if c := a.Time.Compare(b.Time); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Index, b.Index)
+}
+
+// sortedEvents converts a chain and orders it by time, then index.
+func sortedEvents(chain []Entry) []*Event {
+	slab := make([]Event, len(chain)) // one allocation for the whole chain
+	evs := make([]*Event, len(chain))
+	for i, en := range chain {
+		fillEvent(&slab[i], en)
+		evs[i] = &slab[i]
+	}
+	if !slices.IsSortedFunc(evs, chainOrder) {
+		slices.SortStableFunc(evs, chainOrder)
+	}
+	return evs
+}
+
+// buildViews derives every view from one subject's chain in O(n log n).
+func buildViews(subject string, chain []Entry) *views {
+	evs := sortedEvents(chain)
+	v := &views{events: evs, subject: Subject{ID: subject}}
+
+	grantEvents := map[string][]*Grant{}        // grant id -> its grant events
+	grantRequests := map[string][]string{}      // grant id -> refs.request of its grant events
+	privilegedGrant := map[string]bool{}        // grant id -> some grant event is privileged
+	approvalsByReq := map[string][]*Approval{}  // request -> approvals
+	sessionsByID := map[string][]*Session{}     // session id -> sessions
+	endsByGrant := map[string][]*Event{}        // grant id -> end events
+	credByID := map[string]*Credential{}        // credential id -> credential
+	rotations := map[string][]*Event{}          // credential id -> rotated/revoked events
+	certsByGrant := map[string][]*Event{}       // grant id -> review.certified
+	revocationsByGrant := map[string][]*Event{} // grant id -> review.revoked
+	credential := func(id string) *Credential {
+		c := credByID[id]
+		if c == nil {
+			c = &Credential{ID: id}
+			credByID[id] = c
+			v.credentials = append(v.credentials, c)
+		}
+		return c
+	}
+
+	for _, e := range evs {
+		if e.Subject.Kind != "" {
+			v.subject.Kind = e.Subject.Kind
+		}
+		if e.Subject.OwnerID != "" {
+			v.subject.Owner = e.Subject.OwnerID
+			v.subject.HasOwner = true
+		}
+		switch e.Type {
+		case "session.started", "grant.assigned", "grant.activated", "credential.checked_out":
+			v.activity = append(v.activity, e)
+		}
+		switch e.Type {
+		case "grant.assigned", "grant.activated":
+			if e.Refs.Grant == "" {
+				break
+			}
+			g := &Grant{ID: e.Refs.Grant, Type: e.Type, Event: e, Time: e.Time,
+				Entitlement: e.Entitlement.ID, Privileged: e.Entitlement.Privileged,
+				HasExpiry: e.HasExpiry, ExpiresAt: e.ExpiresAt, Request: e.Refs.Request}
+			v.grants = append(v.grants, g)
+			grantEvents[g.ID] = append(grantEvents[g.ID], g)
+			if e.Refs.Request != "" {
+				grantRequests[g.ID] = append(grantRequests[g.ID], e.Refs.Request)
+			}
+			if e.Entitlement.Privileged {
+				privilegedGrant[g.ID] = true
+			}
+		case "grant.deactivated", "grant.removed", "grant.expired":
+			if e.Refs.Grant != "" {
+				endsByGrant[e.Refs.Grant] = append(endsByGrant[e.Refs.Grant], e)
+			}
+		case "session.started":
+			s := &Session{ID: e.Refs.Session, Grant: e.Refs.Grant, Start: e}
+			v.sessions = append(v.sessions, s)
+			if s.ID != "" {
+				sessionsByID[s.ID] = append(sessionsByID[s.ID], s)
+			}
+		case "session.ended", "session.revoked":
+			for _, s := range sessionsByID[e.Refs.Session] {
+				if !s.HasEnd {
+					s.HasEnd, s.End = true, e
+				}
+			}
+		case "access.approved":
+			a := &Approval{Request: e.Refs.Request, Event: e}
+			v.approvals = append(v.approvals, a)
+			if a.Request != "" {
+				approvalsByReq[a.Request] = append(approvalsByReq[a.Request], a)
+			}
+		case "credential.created", "credential.rotated":
+			c := credential(e.Refs.Credential)
+			c.HasLatest, c.Latest = true, e
+			if e.Type == "credential.rotated" {
+				rotations[c.ID] = append(rotations[c.ID], e)
+			}
+		case "credential.revoked":
+			c := credential(e.Refs.Credential)
+			if !c.Revoked {
+				c.Revoked, c.Revocation = true, e
+			}
+			rotations[c.ID] = append(rotations[c.ID], e)
+		case "credential.checked_out":
+			c := credential(e.Refs.Credential)
+			c.Checkouts = append(c.Checkouts, &Checkout{Event: e})
+		case "identity.terminated":
+			v.terminations = append(v.terminations, e)
+			v.offboardings = append(v.offboardings, e)
+		case "identity.disabled":
+			v.offboardings = append(v.offboardings, e)
+		case "identity.enabled":
+			v.enablements = append(v.enablements, e)
+		case "identity.moved":
+			v.moves = append(v.moves, e)
+		case "review.certified", "review.revoked":
+			v.reviews = append(v.reviews, e)
+			if e.Refs.Grant != "" {
+				if e.Type == "review.certified" {
+					certsByGrant[e.Refs.Grant] = append(certsByGrant[e.Refs.Grant], e)
+				} else {
+					revocationsByGrant[e.Refs.Grant] = append(revocationsByGrant[e.Refs.Grant], e)
+				}
+			}
+		case "breakglass.reviewed":
+			v.bgReviews = append(v.bgReviews, e)
+		}
+		if e.Type == "breakglass.invoked" || (e.Breakglass && (e.Type == "session.started" || e.Type == "grant.activated")) {
+			v.breakglass = append(v.breakglass, e)
+		}
+	}
+
+	// Session ends and grant links.
+	sessionsByGrant := map[string][]*Session{}
+	for _, s := range v.sessions {
+		s.Privileged = s.Start.Entitlement.Privileged || privilegedGrant[s.Grant]
+		if s.Grant != "" {
+			sessionsByGrant[s.Grant] = append(sessionsByGrant[s.Grant], s)
+		}
+	}
+	v.grantByID = make(map[string]*Grant, len(grantEvents))
+	v.grantEnds = make(map[string]*Event, len(endsByGrant))
+	for id, ends := range endsByGrant {
+		v.grantEnds[id] = ends[0]
+	}
+	for _, g := range v.grants {
+		v.grantByID[g.ID] = g // the latest grant event wins
+		if ends := endsByGrant[g.ID]; len(ends) > 0 {
+			g.HasEnd, g.End, g.Ends = true, ends[0], ends
+		}
+		g.Sessions = sessionsByGrant[g.ID]
+		for _, s := range g.Sessions {
+			if s.HasEnd && (!g.HasSessionEnd || chainOrder(s.End, g.SessionEnd) < 0) {
+				g.HasSessionEnd, g.SessionEnd = true, s.End
+			}
+		}
+		g.Certifications = certsByGrant[g.ID]
+		g.Revocations = revocationsByGrant[g.ID]
+	}
+
+	// Derived event fields: privileged through the grant, approvals it is under.
+	approvalOf := make(map[*Event]*Approval, len(v.approvals))
+	for _, a := range v.approvals {
+		approvalOf[a.Event] = a
+	}
+	for _, e := range evs {
+		if e.Refs.Grant != "" && privilegedGrant[e.Refs.Grant] {
+			e.Privileged = true
+		}
+		e.Approvals = approvalsUnder(e, approvalsByReq, grantRequests)
+		if len(e.Approvals) > 0 && (e.Type == "session.started" || e.Type == "grant.activated") {
+			for _, a := range e.Approvals {
+				approvalOf[a].Uses = append(approvalOf[a].Uses, e)
+			}
+		}
+	}
+	for _, g := range v.grants {
+		g.Approvals = g.Event.Approvals
+	}
+
+	// Closing events of approvals: revocations/expiries of the request and
+	// end events of grants under it, with time >= the approval's time.
+	if len(v.approvals) > 0 {
+		closersByReq := map[string][]*Event{}
+		for _, e := range evs {
+			var reqs []string
+			switch {
+			case e.Type == "access.revoked" || e.Type == "access.expired":
+				if e.Refs.Request != "" {
+					reqs = []string{e.Refs.Request}
+				}
+			case isEndEvent(e):
+				reqs = grantRequests[e.Refs.Grant]
+			}
+			for i, r := range reqs {
+				if slices.Contains(reqs[:i], r) {
+					continue
+				}
+				closersByReq[r] = append(closersByReq[r], e)
+			}
+		}
+		for _, a := range v.approvals {
+			cs := closersByReq[a.Request]
+			i, _ := slices.BinarySearchFunc(cs, a.Event.Time, func(e *Event, t time.Time) int {
+				if e.Time.Before(t) {
+					return -1
+				}
+				return 1
+			})
+			if i < len(cs) {
+				a.Closings = cs[i:]
+			}
+		}
+	}
+
+	// Checkouts: the first rotation or revocation strictly after each.
+	for _, c := range v.credentials {
+		rs := rotations[c.ID]
+		for _, k := range c.Checkouts {
+			i, _ := slices.BinarySearchFunc(rs, k.Event.Time, func(e *Event, t time.Time) int {
+				if e.Time.After(t) {
+					return 1
+				}
+				return -1
+			})
+			if i < len(rs) {
+				k.HasRotation, k.Rotation = true, rs[i]
+			}
+		}
+	}
+	if len(v.breakglass) > 0 && len(v.bgReviews) > 0 {
+		byReq := map[string][]*Event{}
+		for _, r := range v.bgReviews {
+			if r.Refs.Request != "" {
+				byReq[r.Refs.Request] = append(byReq[r.Refs.Request], r)
+			}
+		}
+		for _, b := range v.breakglass {
+			if b.Refs.Request != "" {
+				b.BreakglassReviews = byReq[b.Refs.Request]
+			}
+		}
+	}
+	v.owner.ID = v.subject.Owner
+	return v
+}
+
+// approvalsUnder returns the approvals e is under: those of its
+// refs.request, and those of the requests of its refs.grant's grant events.
+func approvalsUnder(e *Event, byReq map[string][]*Approval, grantReqs map[string][]string) []*Event {
+	var reqs []string
+	if e.Refs.Request != "" {
+		reqs = append(reqs, e.Refs.Request)
+	}
+	if e.Refs.Grant != "" {
+		for _, r := range grantReqs[e.Refs.Grant] {
+			if !slices.Contains(reqs, r) {
+				reqs = append(reqs, r)
+			}
+		}
+	}
+	var out []*Event
+	for _, r := range reqs {
+		for _, a := range byReq[r] {
+			out = append(out, a.Event)
+		}
+	}
+	if len(reqs) > 1 {
+		slices.SortFunc(out, chainOrder)
+	}
+	return out
+}
+
+// setOwner records the owner's chain (already read through the ChainSource).
+func (v *views) setOwner(chain []Entry) {
+	v.owner.Known = true
+	for _, e := range sortedEvents(chain) {
+		if e.Type == "identity.terminated" {
+			v.owner.Terminations = append(v.owner.Terminations, e)
+		}
+	}
+}
