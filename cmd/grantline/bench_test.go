@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"golang.org/x/mod/sumdb/tlog"
+	"google.golang.org/protobuf/proto"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
+)
+
+func TestTilePath(t *testing.T) {
+	// C2SP tlog-tiles paths are x/mod's tlog paths without the height.
+	for _, tt := range []struct {
+		level int
+		n, w  int64
+	}{{0, 0, 256}, {0, 5, 17}, {1, 999, 256}, {2, 1000, 3}, {0, 1234067, 256}, {-1, 1234067, 9}} {
+		lv := fmt.Sprint(tt.level)
+		if tt.level == -1 {
+			lv = "entries"
+		}
+		got := tilePath(lv, uint64(tt.n), uint64(tt.w))
+		want := "/" + strings.Replace(tlog.Tile{H: 8, L: tt.level, N: tt.n, W: int(tt.w)}.Path(), "tile/8/", "tile/", 1)
+		want = strings.Replace(want, "tile/data/", "tile/entries/", 1)
+		if got != want {
+			t.Errorf("tilePath(%s, %d, %d) = %q, want %q", lv, tt.n, tt.w, got, want)
+		}
+	}
+}
+
+func TestBenchGenDeterministicAndSized(t *testing.T) {
+	g1, g2 := newBenchGen("r", 500), newBenchGen("r", 500)
+	for _, i := range []uint64{0, 1, 99999, 1 << 40} {
+		a, b := g1.event(i), g2.event(i)
+		if !proto.Equal(a, b) {
+			t.Errorf("event %d differs between generators", i)
+		}
+		if n := proto.Size(a); n < 450 || n > 550 {
+			t.Errorf("event %d is %d bytes, want about 500", i, n)
+		}
+		if err := validateEvent(a); err != nil {
+			t.Errorf("event %d invalid: %v", i, err)
+		}
+	}
+	if g1.event(1).GetId() == g1.event(2).GetId() {
+		t.Error("events 1 and 2 share an id")
+	}
+}
+
+func TestBenchAgainstFake(t *testing.T) {
+	f := newFakeLog(t)
+	url := f.serve(t)
+	key := f.writeVkey(t)
+	// 20,000 events make 78 full level-0 tiles, a partial one, and a
+	// partial level-1 tile of 78 hashes.
+	code, out, errs := runCmd(t, "", "bench", "--server", url, "--token", "test-token", "--events", "20000",
+		"--streams", "3", "--batch", "1000", "--verify", "--log-key", key, "--run-id", "t")
+	if code != 0 {
+		t.Fatalf("bench: exit %d\nstdout %s\nstderr %s", code, out, errs)
+	}
+	if !strings.Contains(out, "bench: 20000 events (0 duplicate)") || !strings.Contains(out, "tree size 20000") {
+		t.Errorf("bench output lacks the count:\n%s", out)
+	}
+	if !strings.Contains(out, "verify: 20000 entries and 80 tiles fetched") || !strings.Contains(out, "checkpoint signature verified") {
+		t.Errorf("verify output:\n%s", out)
+	}
+	if len(f.events) != 20000 {
+		t.Errorf("fake holds %d events, want 20000", len(f.events))
+	}
+
+	// A tampered tile is caught.
+	f.tamperTile = "/tile/1/000.p/78"
+	code, out, errs = runCmd(t, "", "bench", "--server", url, "--token", "test-token", "--events", "10", "--verify", "--log-key", key)
+	if code != 1 || !strings.Contains(errs, "/tile/1/000.p/78: hash 0 is") {
+		t.Errorf("bench --verify with a tampered tile = exit %d\nstdout %s\nstderr %s\nwant exit 1 naming the tile", code, out, errs)
+	}
+}
+
+// nullIngest acknowledges every batch at once without storing anything, to
+// measure what the client and the Connect transport cost on their own.
+type nullIngest struct {
+	grantlinev1connect.UnimplementedIngestServiceHandler
+}
+
+func (nullIngest) AppendStream(ctx context.Context, st *connect.BidiStream[pb.AppendStreamRequest, pb.AppendStreamResponse]) error {
+	for {
+		req, err := st.Receive()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		res := make([]*pb.AppendResult, len(req.GetEvents()))
+		for i := range res {
+			res[i] = &pb.AppendResult{Index: uint64(i), LeafHash: make([]byte, 32)}
+		}
+		if err := st.Send(&pb.AppendStreamResponse{Seq: req.GetSeq(), Results: res}); err != nil {
+			return err
+		}
+	}
+}
+
+// BenchmarkStreamTransport measures the load generator and AppendStream over
+// loopback h2c against a server that stores nothing: the ceiling the client
+// side puts on `grantline bench`. b.N counts events.
+func BenchmarkStreamTransport(b *testing.B) {
+	mux := http.NewServeMux()
+	mux.Handle(grantlinev1connect.NewIngestServiceHandler(nullIngest{}))
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetHTTP1(true)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	defer srv.Close()
+	cf := clientFlags{server: srv.URL, token: "x"}
+	cl, err := cf.dialBench()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, streams: 4, window: 4}, events: uint64(b.N), eventSize: 500, runID: "t"}
+	b.ResetTimer()
+	res, err := runBench(b.Context(), cl.ingest, cfg, io.Discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(res.rate(), "events/s")
+	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"connectrpc.com/connect"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger/checkpoint"
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+func init() {
+	register(&command{
+		name:    "checkpoint",
+		usage:   "[--server URL --token T] [--size N] [--log-key FILE]",
+		summary: "print the latest signed checkpoint (or the one at --size), verified with --log-key",
+		run:     runCheckpointCmd,
+	})
+}
+
+func runCheckpointCmd(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := newFlagSet(env, commands["checkpoint"])
+	var cf clientFlags
+	cf.register(fs, env)
+	size := fs.Uint64("size", 0, "the checkpoint published at this tree size (0: the latest)")
+	keyFile := fs.String("log-key", "", "verify the checkpoint with this verifier key file (DATA/keys/log.vkey)")
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return &exitError{code: 2, msg: fmt.Sprintf("unexpected argument %q", rest[0])}
+	}
+	var v note.Verifier
+	if *keyFile != "" {
+		if v, err = loadLogVerifier(*keyFile); err != nil {
+			return &exitError{code: 2, msg: err.Error()}
+		}
+	}
+	cl, err := cf.dial()
+	if err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	resp, err := cl.log.GetCheckpoint(ctx, connect.NewRequest(&pb.GetCheckpointRequest{TreeSize: *size}))
+	if err != nil {
+		return fmt.Errorf("getting checkpoint: %s", describeRPCError(err))
+	}
+	fmt.Fprint(env.stdout, resp.Msg.GetCheckpoint())
+	if v == nil {
+		return nil
+	}
+	c, err := openCheckpoint("checkpoint", resp.Msg.GetCheckpoint(), v, resp.Msg.GetTreeSize())
+	if err != nil {
+		return err
+	}
+	if *size != 0 && c.Size != *size {
+		return fmt.Errorf("asked for the checkpoint at size %d, got size %d", *size, c.Size)
+	}
+	fmt.Fprintf(env.stderr, "verified: checkpoint of %s, size %d, root %x\n", c.Origin, c.Size, c.Root)
+	return nil
+}
+
+// loadLogVerifier reads a signed-note verifier key file (DATA/keys/log.vkey).
+func loadLogVerifier(file string) (note.Verifier, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("--log-key: %w", err)
+	}
+	v, err := checkpoint.NewNoteVerifier(strings.TrimSpace(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("--log-key %s: %w (want the one line of DATA/keys/log.vkey)", file, err)
+	}
+	return v, nil
+}
+
+// openCheckpoint verifies a signed checkpoint note with v and checks that it
+// is of the size the server claimed. what names it in errors.
+func openCheckpoint(what, text string, v note.Verifier, wantSize uint64) (checkpoint.Checkpoint, error) {
+	c, err := checkpoint.Open([]byte(text), v)
+	if err != nil {
+		return c, &exitError{code: 1, msg: fmt.Sprintf("%s does not verify: %v", what, err)}
+	}
+	if c.Size != wantSize {
+		return c, &exitError{code: 1, msg: fmt.Sprintf("%s is for tree size %d but the server said %d", what, c.Size, wantSize)}
+	}
+	return c, nil
+}
+
+// parseInterspersed parses flags that may come before, between or after
+// positional arguments, and returns the positional ones. Everything after
+// "--" is positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := parseFlags(fs, args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		consumed := len(args) - len(rest)
+		if consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
