@@ -1,0 +1,151 @@
+package ledger
+
+import (
+	"context"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+// benchEvent is a ~500-byte event sharing its sub-messages with a template
+// (encoding only reads them), so that making it costs little.
+func benchEvent(tmpl *pb.Event, id string) *pb.Event {
+	return &pb.Event{
+		Id: id, Type: tmpl.Type, Time: tmpl.Time, Source: tmpl.Source, Subject: tmpl.Subject,
+		Actor: tmpl.Actor, Entitlement: tmpl.Entitlement, Refs: tmpl.Refs, Reason: tmpl.Reason,
+		Attributes: tmpl.Attributes,
+	}
+}
+
+// BenchmarkAppend measures durable appends into badger (fsync per batch,
+// dedupe on) from concurrent callers, each appending chunks of ~500-byte
+// events. b.N counts events.
+func BenchmarkAppend(b *testing.B) {
+	for _, tc := range []struct {
+		name           string
+		callers, chunk int
+		memory         bool // the in-memory fake store: the ledger's own ceiling, no disk
+	}{
+		{"callers=64/chunk=100", 64, 100, false},
+		{"callers=16/chunk=1000", 16, 1000, false},
+		{"callers=256/chunk=10", 256, 10, false},
+		{"callers=64/chunk=100/store=memory", 64, 100, true},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			o := badgerOptions(filepath.Join(b.TempDir(), "ledger"))
+			if tc.memory {
+				o.Store = newFakeStore()
+			}
+			o.Now = time.Now
+			l, err := Open(context.Background(), o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			tmpl := testEvent(0)
+			if n := len(mustEncode(b, tmpl)); n < 450 || n > 600 {
+				b.Fatalf("template event encodes to %d bytes, want ~500", n)
+			}
+			var next atomic.Int64
+			b.ResetTimer()
+			start := time.Now()
+			var wg sync.WaitGroup
+			for c := 0; c < tc.callers; c++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					evs := make([]*pb.Event, 0, tc.chunk)
+					for {
+						first := next.Add(int64(tc.chunk)) - int64(tc.chunk)
+						if first >= int64(b.N) {
+							return
+						}
+						evs = evs[:0]
+						for i := first; i < min(first+int64(tc.chunk), int64(b.N)); i++ {
+							evs = append(evs, benchEvent(tmpl, "bench-"+strconv.FormatInt(i, 10)))
+						}
+						for {
+							_, _, err := l.Append(context.Background(), evs)
+							if isErr(err, ErrPushback) {
+								time.Sleep(time.Millisecond)
+								continue
+							}
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							break
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			if got := l.Latest().Size; got != uint64(b.N) {
+				b.Fatalf("size = %d, want %d", got, b.N)
+			}
+			st := l.Stats()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+			b.ReportMetric(float64(st.BatchEvents)/float64(max(st.Batches, 1)), "events/batch")
+			b.ReportMetric(float64(st.CommitTime.Milliseconds())/float64(max(st.Batches, 1)), "ms/batch")
+			b.ReportMetric(float64(st.StoreTime.Milliseconds())/float64(max(st.Batches, 1)), "store-ms/batch")
+		})
+	}
+}
+
+func mustEncode(b testing.TB, ev *pb.Event) []byte {
+	leaf, err := EncodeLeaf(ev, testNow)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return leaf
+}
+
+// BenchmarkInclusionProof measures warm inclusion proofs at the latest size
+// of a 200,000-leaf badger log, for random leaves; p50 and p99 are reported.
+func BenchmarkInclusionProof(b *testing.B) {
+	const n = 200_000
+	l, err := Open(context.Background(), badgerOptions(filepath.Join(b.TempDir(), "ledger")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	tmpl := testEvent(0)
+	for i := 0; i < n; i += 5000 {
+		evs := make([]*pb.Event, 5000)
+		for j := range evs {
+			evs[j] = benchEvent(tmpl, "p-"+strconv.Itoa(i+j))
+		}
+		mustAppend(b, l, evs)
+	}
+	ctx := context.Background()
+	size := l.Latest().Size
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 20_000 { // warm the tile cache
+		if _, err := l.InclusionProof(ctx, r.Uint64N(size), size); err != nil {
+			b.Fatal(err)
+		}
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for b.Loop() {
+		i := r.Uint64N(size)
+		t0 := time.Now()
+		if _, err := l.InclusionProof(ctx, i, size); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+}

@@ -1,0 +1,238 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/transparency-dev/merkle/compact"
+
+	"github.com/grantline/grantline/ledger/badgerstore"
+)
+
+// fsckChunk is how many leaves Fsck reads at a time.
+const fsckChunk = 4096
+
+// Fsck re-verifies the published log: it re-hashes every leaf, rebuilds
+// every tile from scratch and compares it with the stored one, checks every
+// stored checkpoint's signature and root, and the leaf-hash, dedupe and
+// subject index entries of every leaf. report (may be nil) receives
+// progress. The error names the first bad index, tile or checkpoint.
+func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any)) error {
+	return fsck(ctx, l.st, l.o, l.Latest().Size, report)
+}
+
+// Fsck checks the store of a log that is not open (it may be one Open
+// refuses), as `grantline fsck` does. o needs Dir (or Store), Origin and
+// Verifier.
+func Fsck(ctx context.Context, o Options, report func(format string, args ...any)) error {
+	st := o.Store
+	if st == nil {
+		bs, err := badgerstore.Open(o.Dir, o.Badger)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrStorage, err)
+		}
+		st = bs
+	}
+	defer st.Close()
+	if o.Verifier == nil {
+		return errors.New("fsck: Options.Verifier is required to check checkpoint signatures")
+	}
+	vals, err := st.Get(keyLatest)
+	if err != nil {
+		return storageErr(err, "reading the latest tree size")
+	}
+	if vals[0] == nil || len(vals[0]) != 8 {
+		return fmt.Errorf("%w: the latest tree size record is missing or malformed", ErrCorrupt)
+	}
+	return fsck(ctx, st, o, binary.BigEndian.Uint64(vals[0]), report)
+}
+
+// Restore loads a backup written by Log.Backup into dir, which must not hold
+// a ledger yet. Run Fsck on it afterwards.
+func Restore(ctx context.Context, dir string, r io.Reader, o badgerstore.Options) error {
+	bs, err := badgerstore.Open(dir, o)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStorage, err)
+	}
+	vals, err := bs.Get(keyLatest)
+	if err == nil && vals[0] != nil {
+		bs.Close()
+		return fmt.Errorf("restore into %s: it already holds a ledger; restore into an empty directory", dir)
+	}
+	if err := bs.Restore(r); err != nil {
+		bs.Close()
+		return fmt.Errorf("%w: restore into %s: %w", ErrStorage, dir, err)
+	}
+	return bs.Close()
+}
+
+func fsck(ctx context.Context, st Store, o Options, size uint64, report func(string, ...any)) error {
+	if report == nil {
+		report = func(string, ...any) {}
+	}
+	report("fsck: checking a tree of %d leaves: checkpoints first", size)
+	// Checkpoints: every one verifies; none beyond size.
+	var sizes []uint64
+	var roots [][32]byte
+	err := st.Scan([]byte{kCheckpoint}, []byte{kCheckpoint + 1}, func(k, v []byte) error {
+		if len(k) != 9 {
+			return fmt.Errorf("%w: malformed checkpoint key %x", ErrCorrupt, k)
+		}
+		n := binary.BigEndian.Uint64(k[1:])
+		cp, err := parseCheckpoint(v, n, o.Origin, o.Verifier)
+		if err != nil {
+			return err
+		}
+		if n > size {
+			return fmt.Errorf("%w: checkpoint %d is beyond the latest tree size %d", ErrCorrupt, n, size)
+		}
+		sizes, roots = append(sizes, n), append(roots, cp.Root)
+		return nil
+	})
+	if err != nil {
+		return storageErr(err, "reading checkpoints")
+	}
+	if len(sizes) == 0 || sizes[len(sizes)-1] != size {
+		return fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing", ErrCorrupt, size)
+	}
+	report("fsck: %d checkpoints verify; checking %d leaves", len(sizes), size)
+
+	rf := &compact.RangeFactory{Hash: hasher.HashChildren}
+	rng := rf.NewEmptyRange(0)
+	var rows [][]byte
+	var tileErr error
+	checkTile := func(level, index uint64, row []byte) {
+		if tileErr != nil {
+			return
+		}
+		vals, err := st.Get(tileKey(level, index))
+		switch {
+		case err != nil:
+			tileErr = storageErr(err, fmt.Sprintf("reading tile %d/%d", level, index))
+		case vals[0] == nil:
+			tileErr = fmt.Errorf("%w: tile %d/%d is missing", ErrCorrupt, level, index)
+		case !bytes.Equal(vals[0], row):
+			tileErr = fmt.Errorf("%w: tile %d/%d (%d bytes) differs from the one rebuilt from the leaves (%d bytes)", ErrCorrupt, level, index, len(vals[0]), len(row))
+		}
+	}
+	visit := func(id compact.NodeID, h []byte) {
+		if id.Level%TileHeight != 0 {
+			return
+		}
+		lv := id.Level / TileHeight
+		for uint(len(rows)) <= lv {
+			rows = append(rows, nil)
+		}
+		rows[lv] = append(rows[lv], h...)
+		if len(rows[lv]) == tileWidth*32 {
+			checkTile(uint64(lv), id.Index/tileWidth, rows[lv])
+			rows[lv] = nil
+		}
+	}
+	ci := 0
+	checkRoot := func() error {
+		for ci < len(sizes) && sizes[ci] == rng.End() {
+			if root := rootOf(rng); root != roots[ci] {
+				return fmt.Errorf("%w: checkpoint %d has root %x but the leaves give %x", ErrCorrupt, sizes[ci], roots[ci], root)
+			}
+			ci++
+		}
+		return nil
+	}
+	if err := checkRoot(); err != nil {
+		return err
+	}
+	for start := uint64(0); start < size; start += fsckChunk {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		end := min(start+fsckChunk, size)
+		var leaves [][]byte
+		next := start
+		err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
+			if i := binary.BigEndian.Uint64(k[1:]); i != next {
+				return fmt.Errorf("%w: leaf %d is missing", ErrCorrupt, next)
+			}
+			next++
+			leaves = append(leaves, append([]byte(nil), v...))
+			return nil
+		})
+		if err != nil {
+			return storageErr(err, "reading leaves")
+		}
+		if next != end {
+			return fmt.Errorf("%w: leaf %d is missing", ErrCorrupt, next)
+		}
+		keys := make([][]byte, 0, 3*len(leaves))
+		hashes := make([][32]byte, len(leaves))
+		dedupes := make([][32]byte, len(leaves))
+		for j, leaf := range leaves {
+			i := start + uint64(j)
+			e, err := DecodeLeaf(leaf)
+			if err != nil {
+				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
+			}
+			hashes[j] = LeafHash(leaf)
+			dedupes[j] = DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
+			keys = append(keys, hashKey(hashes[j][:]), dedupeKey(dedupes[j]))
+			if s := e.GetEvent().GetSubject().GetId(); s != "" {
+				keys = append(keys, subjectKey(s, i))
+			} else {
+				keys = append(keys, keyLatest) // placeholder that always exists
+			}
+		}
+		vals, err := st.Get(keys...)
+		if err != nil {
+			return storageErr(err, "reading indexes")
+		}
+		for j := range leaves {
+			i := start + uint64(j)
+			hv, dv, sv := vals[3*j], vals[3*j+1], vals[3*j+2]
+			if hv == nil || len(hv) != 8 || binary.BigEndian.Uint64(hv) != i {
+				return fmt.Errorf("%w: the leaf-hash index of leaf %d is missing or points elsewhere", ErrCorrupt, i)
+			}
+			if dv == nil || len(dv) != 40 || binary.BigEndian.Uint64(dv) != i || !bytes.Equal(dv[8:], hashes[j][:]) {
+				return fmt.Errorf("%w: the dedupe record of leaf %d is missing or points elsewhere", ErrCorrupt, i)
+			}
+			if sv == nil {
+				return fmt.Errorf("%w: the subject index entry of leaf %d is missing", ErrCorrupt, i)
+			}
+			if err := rng.Append(hashes[j][:], visit); err != nil {
+				return fmt.Errorf("rebuilding the tree at leaf %d: %w", i, err)
+			}
+			if tileErr != nil {
+				return tileErr
+			}
+			if err := checkRoot(); err != nil {
+				return err
+			}
+		}
+		if end%(64*fsckChunk) == 0 || end == size {
+			report("fsck: %d/%d leaves verified", end, size)
+		}
+	}
+	for lv, row := range rows {
+		if len(row) > 0 {
+			checkTile(uint64(lv), (size>>(uint(lv)*TileHeight))/tileWidth, row)
+		}
+	}
+	if tileErr != nil {
+		return tileErr
+	}
+	if ci != len(sizes) {
+		return fmt.Errorf("%w: checkpoint %d was not reached by the leaves", ErrCorrupt, sizes[ci])
+	}
+	vals, err := st.Get(leafKey(size))
+	if err != nil {
+		return storageErr(err, "reading leaves")
+	}
+	if vals[0] != nil {
+		return fmt.Errorf("%w: leaf %d exists beyond the latest checkpoint (size %d)", ErrCorrupt, size, size)
+	}
+	report("fsck: ok: %d leaves, %d checkpoints, root %x", size, len(sizes), rootOf(rng))
+	return nil
+}

@@ -1,0 +1,179 @@
+package ledger
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/compact"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// state is what readers see: the latest checkpoint and the partial tiles on
+// the right edge of its tree. It is immutable once published.
+type state struct {
+	cp   Checkpoint
+	edge edgeTiles
+}
+
+// load reads the latest checkpoint and the tree's right edge from the store,
+// checks them against each other, and primes the sequencer. On an empty store
+// it publishes the size-0 checkpoint.
+func (l *Log) load(ctx context.Context) (*state, error) {
+	vals, err := l.st.Get(keyLatest)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading the latest tree size: %w", ErrStorage, err)
+	}
+	if vals[0] == nil {
+		return l.initEmpty()
+	}
+	if len(vals[0]) != 8 {
+		return nil, fmt.Errorf("%w: latest tree size record has %d bytes, want 8; run grantline fsck", ErrCorrupt, len(vals[0]))
+	}
+	size := binary.BigEndian.Uint64(vals[0])
+	vals, err = l.st.Get(checkpointKey(size), leafKey(size))
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading checkpoint %d: %w", ErrStorage, size, err)
+	}
+	if vals[0] == nil {
+		return nil, fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing; run grantline fsck", ErrCorrupt, size)
+	}
+	if vals[1] != nil {
+		return nil, fmt.Errorf("%w: leaf %d exists beyond the latest checkpoint (size %d); run grantline fsck", ErrCorrupt, size, size)
+	}
+	cp, err := l.parseCheckpoint(vals[0], size)
+	if err != nil {
+		return nil, err
+	}
+	s := &state{cp: cp}
+	var rows [][]byte
+	for level := uint64(0); level*TileHeight < 64 && size>>(level*TileHeight) > 0; level++ {
+		row := size >> (level * TileHeight)
+		w := int(row % tileWidth)
+		if w == 0 {
+			s.edge, rows = append(s.edge, nil), append(rows, nil)
+			continue
+		}
+		v, err := l.st.Get(tileKey(level, row/tileWidth))
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading tile %d/%d: %w", ErrStorage, level, row/tileWidth, err)
+		}
+		if v[0] == nil {
+			return nil, fmt.Errorf("%w: right-edge tile %d/%d is missing (tree size %d); run grantline fsck", ErrCorrupt, level, row/tileWidth, size)
+		}
+		if len(v[0]) != w*32 {
+			return nil, fmt.Errorf("%w: right-edge tile %d/%d has %d bytes, want %d hashes (%d bytes) for tree size %d; run grantline fsck",
+				ErrCorrupt, level, row/tileWidth, len(v[0]), w, w*32, size)
+		}
+		s.edge, rows = append(s.edge, expandTile(v[0])), append(rows, v[0])
+	}
+	ids := compact.RangeNodes(0, size, nil)
+	hs, err := l.nodeHashes(s, ids)
+	if err != nil {
+		return nil, err
+	}
+	rng, err := l.rf.NewRange(0, size, hs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: rebuilding the tree edge: %w", ErrCorrupt, err)
+	}
+	root := rootOf(rng)
+	if root != cp.Root {
+		return nil, fmt.Errorf("%w: the stored tiles give root %x at size %d but the signed checkpoint says %x; the store was modified or damaged: run grantline fsck",
+			ErrCorrupt, root, size, cp.Root)
+	}
+	// The leaves of the last partial bundle must hash to the edge tile.
+	if w := size % tileWidth; w > 0 {
+		if err := l.checkLeafHashes(size-w, rows[0]); err != nil {
+			return nil, err
+		}
+	}
+	l.seq.rng = rng
+	l.seq.edge = make([][]byte, len(rows))
+	for i, r := range rows {
+		l.seq.edge[i] = append([]byte(nil), r...)
+	}
+	l.logger.Info("ledger opened", "size", size, "root", fmt.Sprintf("%x", root))
+	return s, nil
+}
+
+// checkLeafHashes checks that the leaves from start hash to hashes.
+func (l *Log) checkLeafHashes(start uint64, hashes []byte) error {
+	n := uint64(len(hashes) / 32)
+	keys := make([][]byte, n)
+	for i := range keys {
+		keys[i] = leafKey(start + uint64(i))
+	}
+	vals, err := l.st.Get(keys...)
+	if err != nil {
+		return fmt.Errorf("%w: reading leaves %d..%d: %w", ErrStorage, start, start+n, err)
+	}
+	for i, v := range vals {
+		if v == nil {
+			return fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, start+uint64(i))
+		}
+		if h := LeafHash(v); !bytes.Equal(h[:], hashes[i*32:i*32+32]) {
+			return fmt.Errorf("%w: leaf %d hashes to %x but tile 0/%d holds %x; run grantline fsck",
+				ErrCorrupt, start+uint64(i), h, (start+uint64(i))/tileWidth, hashes[i*32:i*32+32])
+		}
+	}
+	return nil
+}
+
+// initEmpty publishes the size-0 checkpoint of a new log.
+func (l *Log) initEmpty() (*state, error) {
+	nonEmpty := false
+	if err := l.st.Scan(nil, nil, func(k, v []byte) error { nonEmpty = true; return errStop }); err != nil && err != errStop {
+		return nil, fmt.Errorf("%w: scanning the store: %w", ErrStorage, err)
+	}
+	if nonEmpty {
+		return nil, fmt.Errorf("%w: the store holds data but no latest tree size; run grantline fsck", ErrCorrupt)
+	}
+	cp, err := l.sign(0, [32]byte(hasher.EmptyRoot()))
+	if err != nil {
+		return nil, err
+	}
+	if err := l.st.Commit([][]byte{checkpointKey(0), keyLatest}, [][]byte{cp.Note, be64(nil, 0)}); err != nil {
+		return nil, fmt.Errorf("%w: publishing the first checkpoint: %w", ErrStorage, err)
+	}
+	l.seq.rng = l.rf.NewEmptyRange(0)
+	l.logger.Info("ledger created", "origin", l.o.Origin)
+	return &state{cp: cp}, nil
+}
+
+func rootOf(r *compact.Range) [32]byte {
+	root, err := r.GetRootHash(nil)
+	if err != nil || root == nil {
+		return [32]byte(hasher.EmptyRoot())
+	}
+	return [32]byte(root)
+}
+
+// sign makes the signed checkpoint of a tree.
+func (l *Log) sign(size uint64, root [32]byte) (Checkpoint, error) {
+	text := log.Checkpoint{Origin: l.o.Origin, Size: size, Hash: root[:]}.Marshal()
+	n, err := note.Sign(&note.Note{Text: string(text)}, l.o.Signer)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("signing checkpoint %d: %w", size, err)
+	}
+	return Checkpoint{Size: size, Root: root, Note: n}, nil
+}
+
+// parseCheckpoint verifies a stored checkpoint note and checks its size.
+func (l *Log) parseCheckpoint(n []byte, size uint64) (Checkpoint, error) {
+	return parseCheckpoint(n, size, l.o.Origin, l.o.Verifier)
+}
+
+func parseCheckpoint(n []byte, size uint64, origin string, v note.Verifier) (Checkpoint, error) {
+	c, _, _, err := log.ParseCheckpoint(n, origin, v)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("%w: stored checkpoint %d does not verify with key %s: %v; check the log key or run grantline fsck",
+			ErrCorrupt, size, v.Name(), err)
+	}
+	if c.Size != size || len(c.Hash) != 32 {
+		return Checkpoint{}, fmt.Errorf("%w: checkpoint stored under size %d says size %d with a %d-byte root; run grantline fsck",
+			ErrCorrupt, size, c.Size, len(c.Hash))
+	}
+	return Checkpoint{Size: size, Root: [32]byte(c.Hash), Note: n}, nil
+}

@@ -1,0 +1,291 @@
+package ledger
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// CheckpointAt returns the checkpoint published at size. ErrNotFound if none
+// was (sizes between batches never had one).
+func (l *Log) CheckpointAt(ctx context.Context, size uint64) (Checkpoint, error) {
+	s := l.cur.Load()
+	if size == s.cp.Size {
+		return s.cp, nil
+	}
+	if size > s.cp.Size {
+		return Checkpoint{}, fmt.Errorf("checkpoint at size %d: the tree has %d entries: %w", size, s.cp.Size, ErrNotFound)
+	}
+	vals, err := l.st.Get(checkpointKey(size))
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("%w: reading checkpoint %d: %w", ErrStorage, size, err)
+	}
+	if vals[0] == nil {
+		return Checkpoint{}, fmt.Errorf("no checkpoint was published at size %d: %w", size, ErrNotFound)
+	}
+	return l.parseCheckpoint(vals[0], size)
+}
+
+// Entries returns the leaves [start, start+count) clipped to the tree size.
+// ErrOutOfRange when start is at or past the end of the tree.
+func (l *Log) Entries(ctx context.Context, start, count uint64) ([]Entry, error) {
+	size := l.Latest().Size
+	if start >= size {
+		return nil, fmt.Errorf("entries from %d: the tree has %d entries: %w", start, size, ErrOutOfRange)
+	}
+	end := size
+	if count < size-start {
+		end = start + count
+	}
+	return l.entries(start, end)
+}
+
+func (l *Log) entries(start, end uint64) ([]Entry, error) {
+	out := make([]Entry, 0, end-start)
+	next := start
+	err := l.st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
+		i := binary.BigEndian.Uint64(k[1:])
+		if i != next {
+			return fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, next)
+		}
+		next++
+		out = append(out, Entry{Index: i, Leaf: append([]byte(nil), v...)})
+		return nil
+	})
+	if err != nil {
+		return nil, storageErr(err, "reading leaves")
+	}
+	if next != end {
+		return nil, fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, next)
+	}
+	return out, nil
+}
+
+// storageErr wraps a store error in ErrStorage unless it already carries a
+// ledger sentinel.
+func storageErr(err error, doing string) error {
+	if isLedgerErr(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %w", ErrStorage, doing, err)
+}
+
+func isLedgerErr(err error) bool {
+	for _, s := range []error{ErrCorrupt, ErrNotFound, ErrOutOfRange, ErrStorage, ErrClosed} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// ReadEntryBundle returns tlog-tiles entry bundle index holding its first
+// width entries (1..256): per entry a big-endian uint16 length and the leaf.
+// ErrNotFound if the published tree does not have that many entries there.
+func (l *Log) ReadEntryBundle(ctx context.Context, index uint64, width int) ([]byte, error) {
+	if width < 1 || width > tileWidth {
+		return nil, fmt.Errorf("entry bundle %d: width %d must be 1..256: %w", index, width, ErrOutOfRange)
+	}
+	size := l.Latest().Size
+	if w := tileWidthAt(size, 0, index); w < width {
+		return nil, fmt.Errorf("entry bundle %d with width %d: the tree of size %d has %d entries there: %w", index, width, size, w, ErrNotFound)
+	}
+	es, err := l.entries(index*tileWidth, index*tileWidth+uint64(width))
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, e := range es {
+		n += 2 + len(e.Leaf)
+	}
+	b := make([]byte, 0, n)
+	for _, e := range es {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(e.Leaf)))
+		b = append(b, e.Leaf...)
+	}
+	return b, nil
+}
+
+// ParseEntryBundle splits a tlog-tiles entry bundle into its leaves. The
+// leaves alias data.
+func ParseEntryBundle(data []byte) ([][]byte, error) {
+	var out [][]byte
+	for off := 0; off < len(data); {
+		if len(data)-off < 2 {
+			return nil, fmt.Errorf("entry bundle: truncated length at byte %d (entry %d)", off, len(out))
+		}
+		n := int(binary.BigEndian.Uint16(data[off:]))
+		if len(data)-off-2 < n {
+			return nil, fmt.Errorf("entry bundle: entry %d at byte %d declares %d bytes but only %d remain", len(out), off, n, len(data)-off-2)
+		}
+		out = append(out, data[off+2:off+2+n])
+		off += 2 + n
+		if len(out) > tileWidth {
+			return nil, fmt.Errorf("entry bundle: more than %d entries (byte %d)", tileWidth, off)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("entry bundle: empty")
+	}
+	return out, nil
+}
+
+// LookupLeafHash returns the index of the leaf with that RFC 6962 leaf hash.
+// ErrNotFound if no published leaf has it.
+func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
+	if len(hash) != 32 {
+		return 0, fmt.Errorf("leaf hash has %d bytes, want 32: %w", len(hash), ErrNotFound)
+	}
+	vals, err := l.st.Get(hashKey(hash))
+	if err != nil {
+		return 0, storageErr(err, "looking up a leaf hash")
+	}
+	if vals[0] == nil || len(vals[0]) != 8 {
+		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
+	}
+	i := binary.BigEndian.Uint64(vals[0])
+	if i >= l.Latest().Size {
+		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
+	}
+	return i, nil
+}
+
+// SubjectEntries returns up to limit (all if limit <= 0) entries of subject
+// with start <= index < size, in index order; none (no error) for an unknown
+// subject. ErrOutOfRange if size exceeds the tree.
+func (l *Log) SubjectEntries(ctx context.Context, subject string, size, start uint64, limit int) ([]Entry, error) {
+	if latest := l.Latest().Size; size > latest {
+		return nil, fmt.Errorf("subject entries at size %d: the tree has %d entries: %w", size, latest, ErrOutOfRange)
+	}
+	if start >= size {
+		return nil, nil
+	}
+	var keys [][]byte
+	var idx []uint64
+	err := l.st.Scan(subjectKey(subject, start), subjectKey(subject, size), func(k, v []byte) error {
+		if limit > 0 && len(idx) >= limit {
+			return errStop
+		}
+		i := binary.BigEndian.Uint64(k[len(k)-8:])
+		idx = append(idx, i)
+		keys = append(keys, leafKey(i))
+		return nil
+	})
+	if err != nil && err != errStop {
+		return nil, storageErr(err, "reading the subject index")
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	vals, err := l.st.Get(keys...)
+	if err != nil {
+		return nil, storageErr(err, "reading subject entries")
+	}
+	out := make([]Entry, len(vals))
+	for j, v := range vals {
+		if v == nil {
+			return nil, fmt.Errorf("%w: leaf %d of subject %q is missing; run grantline fsck", ErrCorrupt, idx[j], subject)
+		}
+		out[j] = Entry{Index: idx[j], Leaf: v}
+	}
+	return out, nil
+}
+
+// ForEachSubject calls fn once for each distinct subject id with an entry
+// below size, in ascending byte order, stopping at fn's first error, which
+// it returns. It reads the subject index in runs of subjects and calls fn
+// outside the store's read transactions.
+func (l *Log) ForEachSubject(ctx context.Context, size uint64, fn func(subject string) error) error {
+	const run = 1024 // subjects per scan
+	from, end := []byte{kSubject}, []byte{kSubject + 1}
+	for from != nil {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var hits []string
+		var cur string
+		seen := 0
+		next := []byte(nil)
+		err := l.st.Scan(from, end, func(k, v []byte) error {
+			s, i, ok := parseSubjectKey(k)
+			if !ok {
+				return fmt.Errorf("%w: malformed subject index key %x; run grantline fsck", ErrCorrupt, k)
+			}
+			if seen > 0 && s == cur {
+				return nil // a later entry of the same subject
+			}
+			if seen == run {
+				next = subjectPrefix(s) // resume here
+				return errStop
+			}
+			cur = s
+			seen++
+			if i < size { // a subject's first entry has its lowest index
+				hits = append(hits, s)
+			}
+			return nil
+		})
+		if err != nil && err != errStop {
+			return storageErr(err, "reading the subject index")
+		}
+		for _, s := range hits {
+			if err := fn(s); err != nil {
+				return err
+			}
+		}
+		from = next
+	}
+	return nil
+}
+
+// Backup writes a backup of the store (for ledger/badgerstore, badger's
+// backup format) to w while the log keeps running. Restore it with Restore
+// and check it with Fsck.
+func (l *Log) Backup(ctx context.Context, w io.Writer) error {
+	b, ok := l.st.(interface {
+		Backup(context.Context, io.Writer) error
+	})
+	if !ok {
+		return fmt.Errorf("backup: the store %T cannot back up", l.st)
+	}
+	if err := b.Backup(ctx, w); err != nil {
+		return storageErr(err, "backup")
+	}
+	return nil
+}
+
+// Stats are counters since Open, for metrics.
+type Stats struct {
+	Appended     uint64        // new leaves
+	Duplicates   uint64        // events answered as duplicates
+	Batches      uint64        // sequencer batches
+	BatchEvents  uint64        // events over all batches
+	CommitTime   time.Duration // total time integrating batches
+	StoreTime    time.Duration // of which in the store's durable commit
+	Pushbacks    uint64        // Appends refused with ErrPushback
+	QueuedEvents int64         // events waiting now
+	Size         uint64        // latest checkpoint size
+}
+
+type stats struct {
+	appended, duplicates, batches, batchEvents, commitNanos, storeNanos, pushbacks atomic.Uint64
+}
+
+// Stats returns the log's counters.
+func (l *Log) Stats() Stats {
+	return Stats{
+		Appended:     l.stats.appended.Load(),
+		Duplicates:   l.stats.duplicates.Load(),
+		Batches:      l.stats.batches.Load(),
+		BatchEvents:  l.stats.batchEvents.Load(),
+		CommitTime:   time.Duration(l.stats.commitNanos.Load()),
+		StoreTime:    time.Duration(l.stats.storeNanos.Load()),
+		Pushbacks:    l.stats.pushbacks.Load(),
+		QueuedEvents: l.pending.Load(),
+		Size:         l.Latest().Size,
+	}
+}

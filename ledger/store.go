@@ -1,0 +1,115 @@
+package ledger
+
+import (
+	"encoding/binary"
+)
+
+// Store is the key-value storage the log needs. ledger/badgerstore implements
+// it; tests use an in-memory fake with injected faults.
+type Store interface {
+	// Get reads the values of keys from one consistent snapshot. A missing
+	// key is a nil entry in the result (a present empty value is non-nil),
+	// never an error. Returned slices belong to the caller. Safe for
+	// concurrent use.
+	Get(keys ...[]byte) ([][]byte, error)
+	// Scan calls fn for each key in [start, end) in ascending byte order (end
+	// nil: no upper bound), from one consistent snapshot; key and value are
+	// valid only during the call. An error from fn stops the scan and is
+	// returned unchanged. Safe for concurrent use.
+	Scan(start, end []byte, fn func(key, value []byte) error) error
+	// Commit writes keys[i] = values[i] for all i atomically: when it returns
+	// nil all of it is durable (fsynced); after a crash either all or none of
+	// it is present. After an error the batch may or may not have been
+	// persisted. Batches beyond Limits fail without writing anything. The
+	// log calls Commit from one goroutine at a time.
+	Commit(keys, values [][]byte) error
+	// Limits is the largest batch Commit accepts: its number of entries and
+	// the sum of badgerstore.EstimateSize over them.
+	Limits() (count int, bytes int64)
+	// Close releases the store; it is not used afterwards.
+	Close() error
+}
+
+// Key layout. Every key starts with a one-byte kind.
+const (
+	kLeaf       = 'l' // l be64(index) -> leaf bytes
+	kHash       = 'h' // h leafhash[32] -> be64(index)
+	kDedupe     = 'd' // d sha256(system 0x00 id)[32] -> be64(index) leafhash[32]
+	kSubject    = 's' // s escaped(subject) 0x00 0x01 be64(index) -> empty
+	kTile       = 't' // t level[1] be64(index) -> tile hashes (width*32 bytes)
+	kCheckpoint = 'c' // c be64(size) -> signed checkpoint note
+	kMeta       = 'm' // m "latest" -> be64(size of the latest checkpoint)
+)
+
+var keyLatest = []byte("mlatest")
+
+func be64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v) }
+
+func leafKey(i uint64) []byte       { return be64([]byte{kLeaf}, i) }
+func hashKey(h []byte) []byte       { return append([]byte{kHash}, h...) }
+func dedupeKey(d [32]byte) []byte   { return append([]byte{kDedupe}, d[:]...) }
+func checkpointKey(n uint64) []byte { return be64([]byte{kCheckpoint}, n) }
+func tileKey(level, index uint64) []byte {
+	return be64([]byte{kTile, byte(level)}, index)
+}
+
+// subjectPrefix is the key prefix of a subject's index entries. The subject
+// is escaped (0x00 -> 0x00 0xff) and terminated by 0x00 0x01 so that prefixes
+// of different subjects never overlap and keys sort by subject.
+func subjectPrefix(subject string) []byte {
+	return appendSubjectPrefix(make([]byte, 0, len(subject)+3+8), subject)
+}
+
+func appendSubjectPrefix(b []byte, subject string) []byte {
+	b = append(b, kSubject)
+	for i := 0; i < len(subject); i++ {
+		b = append(b, subject[i])
+		if subject[i] == 0 {
+			b = append(b, 0xff)
+		}
+	}
+	return append(b, 0, 1)
+}
+
+func subjectKey(subject string, index uint64) []byte {
+	return be64(subjectPrefix(subject), index)
+}
+
+func appendSubjectKey(b []byte, subject string, index uint64) []byte {
+	return be64(appendSubjectPrefix(b, subject), index)
+}
+
+// parseSubjectKey splits a subject index key.
+func parseSubjectKey(k []byte) (subject string, index uint64, ok bool) {
+	if len(k) < 1+2+8 || k[0] != kSubject {
+		return "", 0, false
+	}
+	body, idx := k[1:len(k)-8], k[len(k)-8:]
+	if body[len(body)-2] != 0 || body[len(body)-1] != 1 {
+		return "", 0, false
+	}
+	body = body[:len(body)-2]
+	out := make([]byte, 0, len(body))
+	for i := 0; i < len(body); i++ {
+		out = append(out, body[i])
+		if body[i] == 0 {
+			if i+1 >= len(body) || body[i+1] != 0xff {
+				return "", 0, false
+			}
+			i++
+		}
+	}
+	return string(out), binary.BigEndian.Uint64(idx), true
+}
+
+// prefixEnd is the first key after every key starting with p.
+func prefixEnd(p []byte) []byte {
+	e := append([]byte(nil), p...)
+	for i := len(e) - 1; i >= 0; i-- {
+		if e[i] < 0xff {
+			e[i]++
+			return e[:i+1]
+		}
+	}
+	return nil
+}
