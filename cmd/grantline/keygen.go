@@ -16,7 +16,7 @@ func init() {
 	register(&command{
 		name:    "keygen",
 		usage:   "--out DIR [--name log|evidence|NAME] [--alg ed25519|ecdsa-p256] [--origin ORIGIN]",
-		summary: "Generate a key pair: DIR/NAME.key (0600), DIR/NAME.pub, and DIR/NAME.vkey with --origin",
+		summary: "generate a key pair: DIR/NAME.key (0600), DIR/NAME.pub, and DIR/NAME.vkey with --origin",
 		run:     runKeygen,
 	})
 }

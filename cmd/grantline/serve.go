@@ -30,7 +30,7 @@ func init() {
 		name: "serve",
 		usage: "[--data DIR] [--listen HOST:PORT] [--params FILE] [--rules DIR] [--origin O] " +
 			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public]",
-		summary: "Run the ledger service (Connect/gRPC APIs, tlog-tiles, /metrics)",
+		summary: "run the ledger service (Connect/gRPC APIs, tlog-tiles, /metrics)",
 		run:     runServe,
 	})
 }

@@ -35,7 +35,7 @@ func init() {
 	register(&command{
 		name:    "token",
 		usage:   "add|list|revoke --data DIR [--name NAME] [--role source|auditor|admin]",
-		summary: "Add, list or revoke bearer tokens in DIR/tokens.json (a running server sees changes at once)",
+		summary: "add, list or revoke bearer tokens in DIR/tokens.json (a running server sees changes at once)",
 		run:     runToken,
 	})
 }
