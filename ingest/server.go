@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,6 +94,9 @@ func New(cfg Config) (*Server, error) {
 		metricsH = s.requireHTTP(metricsH)
 	}
 	mux.Handle("/metrics", metricsH)
+	if b, ok := cfg.Ledger.(Backuper); ok {
+		mux.Handle("GET /admin/backup", s.requireHTTPRole(backupHandler(b, s.log), RoleAdmin))
+	}
 	s.handler = mux
 	return s, nil
 }
@@ -223,11 +227,20 @@ func (s *Server) authorize() connect.Interceptor {
 
 // requireHTTP guards a plain HTTP route: auditor or admin.
 func (s *Server) requireHTTP(h http.Handler) http.Handler {
+	return s.requireHTTPRole(h, RoleAuditor, RoleAdmin)
+}
+
+// requireHTTPRole is requireHTTP for the given roles only.
+func (s *Server) requireHTTPRole(h http.Handler, roles ...Role) http.Handler {
+	need := string(roles[0])
+	for _, r := range roles[1:] {
+		need += " or " + string(r)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.authenticate(r.Header.Get("Authorization"))
 		status := http.StatusUnauthorized
-		if err == nil && p.Role != RoleAuditor && p.Role != RoleAdmin {
-			err = fmt.Errorf("%w: %s %q may not read %s; it needs an auditor or admin token", ErrPermission, p.Role, p.Name, r.URL.Path)
+		if err == nil && !slices.Contains(roles, p.Role) {
+			err = fmt.Errorf("%w: %s %q may not read %s; it needs an %s token", ErrPermission, p.Role, p.Name, r.URL.Path, need)
 			status = http.StatusForbidden
 		}
 		if err != nil {

@@ -3,7 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 
@@ -14,8 +17,8 @@ import (
 func init() {
 	register(&command{
 		name:    "backup",
-		usage:   "--data DIR --out FILE",
-		summary: "write a backup of a stopped server's ledger (badger backup format; keys are not included)",
+		usage:   "--out FILE (--data DIR | --server URL --token ADMIN_TOKEN)",
+		summary: "back up the ledger: of a stopped server (--data) or online from a running one (--server)",
 		run:     runBackupCmd,
 	})
 	register(&command{
@@ -28,13 +31,24 @@ func init() {
 
 func runBackupCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, commands["backup"])
-	data := fs.String("data", defaultDataDir, "the server's data directory")
+	data := fs.String("data", defaultDataDir, "the data directory of a stopped server")
 	out := fs.String("out", "", "backup file to create (must not exist)")
+	var cf clientFlags
+	cf.register(fs, env)
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
 	if *out == "" {
 		return &exitError{code: 2, msg: "--out FILE is required"}
+	}
+	online := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "server" || f.Name == "token" {
+			online = true
+		}
+	})
+	if online {
+		return onlineBackup(ctx, env, &cf, *out)
 	}
 	ldir := filepath.Join(*data, "ledger")
 	if _, err := os.Stat(ldir); err != nil {
@@ -97,4 +111,52 @@ func runRestoreCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		return nil
 	}
 	return fsckDataDir(ctx, *data, env.stderr, true, env.stdout)
+}
+
+// onlineBackup fetches GET /admin/backup from a running server (admin token)
+// into out. The file is written to a temporary name and renamed only when
+// the whole response arrived, so a cut-short backup never looks complete.
+func onlineBackup(ctx context.Context, env *cmdEnv, cf *clientFlags, out string) error {
+	c, err := cf.dial()
+	if err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	if _, err := os.Stat(out); err == nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("--out %s already exists; choose a new file", out)}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.baseURL+"/admin/backup", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("online backup from %s: %w", c.baseURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("online backup from %s: %s: %s", c.baseURL, resp.Status, string(body))
+	}
+	tmp := out + ".partial"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("--out: %w", err)
+	}
+	n, err := io.Copy(f, resp.Body)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, out)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("online backup from %s: the response was cut short or could not be written (%w); nothing was kept, try again", c.baseURL, err)
+	}
+	fmt.Fprintf(env.stdout, "online backup from %s written to %s (%d bytes); keep DATA/keys with it\n", c.baseURL, out, n)
+	return nil
 }

@@ -438,6 +438,9 @@ func (a ledgerAdapter) ReadEntryBundle(ctx context.Context, index uint64, width 
 
 func (a ledgerAdapter) QueueDepth() int { return int(a.l.Stats().QueuedEvents) }
 
+// Backup writes an online backup (ingest.Backuper).
+func (a ledgerAdapter) Backup(ctx context.Context, w io.Writer) error { return a.l.Backup(ctx, w) }
+
 type authAdapter struct{ s *auth.Store }
 
 func (a authAdapter) Authenticate(token string) (ingest.Principal, error) {
