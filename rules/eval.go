@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/cel-go/cel"
@@ -44,7 +45,10 @@ const (
 	// iteration and is scanned on each short-circuit or ternary, which makes
 	// a comprehension over n elements O(n²); longer chains run the same
 	// program without the tracker, bounded by SubjectTimeout and checked for
-	// interruption every 100 comprehension iterations.
+	// interruption every 100 comprehension iterations. Shorter chains also
+	// run without the tracker when cel-go's static cost estimate, given the
+	// subject's size bound, proves the limit cannot be reached (see
+	// costbound.go); the result is the same, only cheaper.
 	DefaultCostTrackedEntries = 5000
 )
 
@@ -57,7 +61,7 @@ type Options struct {
 	// Workers is the number of subjects evaluated in parallel; 0 is GOMAXPROCS.
 	Workers int
 	// CostTrackedEntries: see DefaultCostTrackedEntries; negative tracks
-	// cost for every chain.
+	// cost for every chain and every rule, static bound or not.
 	CostTrackedEntries int
 }
 
@@ -111,6 +115,11 @@ type compiled struct {
 	long   cel.Program // for chains longer than Options.CostTrackedEntries
 	params map[string]ref.Val
 	info   RuleInfo
+	// freeUpTo: for a subject whose chainSizeBound (and the size of
+	// every param value) is at most freeUpTo, the static cost estimate
+	// is within the cost limit and long runs instead of prg; -1: never.
+	freeUpTo   int64
+	paramBound uint64
 }
 
 // Set is a compiled rule set. It is immutable and safe for concurrent use.
@@ -214,6 +223,8 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 			}
 		}
 		c.info = info
+		c.freeUpTo = costFreeUpTo(r.env, r.ast, o.CostLimit)
+		c.paramBound = paramsSize(c.params)
 		s.rules = append(s.rules, c)
 		s.needOwner = s.needOwner || r.usesOwner
 	}
@@ -246,29 +257,26 @@ func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, 
 	results := make([]subjectResult, len(subjects))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	next := make(chan int)
+	// Workers take the next subject from a shared counter: no feeder
+	// goroutine and no channel hand-off per subject.
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(s.opts.Workers, max(len(subjects), 1)) {
 		wg.Go(func() {
-			for i := range next {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= len(subjects) {
+					return
+				}
 				r, err := s.evaluateSubject(ctx, subjects[i], src, now)
 				if err != nil {
 					cancel(err)
-					continue
+					return
 				}
 				results[i] = r
 			}
 		})
 	}
-feed:
-	for i := range subjects {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(next)
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
@@ -297,6 +305,7 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 	}
 	res.entries = len(chain)
 	v := buildViews(subject, chain)
+	defer v.release()
 	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
 		oc, err := src.Chain(ctx, v.subject.Owner)
 		if err != nil {
@@ -311,10 +320,11 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 	defer cancel()
 	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, now)}
 	tracked := s.opts.CostTrackedEntries < 0 || len(chain) <= s.opts.CostTrackedEntries
+	bound := max(chainSizeBound(subject, v.events), v.ownerBound)
 	for _, c := range s.rules {
 		act.params = c.params
 		prg := c.prg
-		if !tracked {
+		if !tracked || (s.opts.CostTrackedEntries >= 0 && c.freeUpTo >= 0 && max(bound, c.paramBound) <= uint64(c.freeUpTo)) {
 			prg = c.long
 		}
 		out, _, err := prg.ContextEval(sctx, act)

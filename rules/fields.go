@@ -32,16 +32,22 @@ var getters = map[string]map[string]getter{
 			return types.Bool(o.(*Event).MFARecorded)
 		},
 		"breakglass": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).Breakglass) },
-		"approvals":  func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Event).Approvals) },
+		"approvals":  func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Event).Approvals) },
 		"breakglass_reviews": func(a types.Adapter, o any) ref.Val {
-			return a.NativeToValue(o.(*Event).BreakglassReviews)
+			return newViewList(a, o.(*Event).BreakglassReviews)
 		},
-		"subject": func(a types.Adapter, o any) ref.Val { return a.NativeToValue(&o.(*Event).Subject) },
-		"actor":   func(a types.Adapter, o any) ref.Val { return a.NativeToValue(&o.(*Event).Actor) },
+		"subject": func(a types.Adapter, o any) ref.Val {
+			return eventSub(a, o.(*Event), func(e *Event) (*ref.Val, any) { return &e.subjectVal, &e.Subject })
+		},
+		"actor": func(a types.Adapter, o any) ref.Val {
+			return eventSub(a, o.(*Event), func(e *Event) (*ref.Val, any) { return &e.actorVal, &e.Actor })
+		},
 		"entitlement": func(a types.Adapter, o any) ref.Val {
-			return a.NativeToValue(&o.(*Event).Entitlement)
+			return eventSub(a, o.(*Event), func(e *Event) (*ref.Val, any) { return &e.entitlementVal, &e.Entitlement })
 		},
-		"refs": func(a types.Adapter, o any) ref.Val { return a.NativeToValue(&o.(*Event).Refs) },
+		"refs": func(a types.Adapter, o any) ref.Val {
+			return eventSub(a, o.(*Event), func(e *Event) (*ref.Val, any) { return &e.refsVal, &e.Refs })
+		},
 	},
 	"rules.Refs": {
 		"request":    func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Refs).Request) },
@@ -61,57 +67,57 @@ var getters = map[string]map[string]getter{
 	"rules.Grant": {
 		"id":              func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Grant).ID) },
 		"type":            func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Grant).Type) },
-		"event":           func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Grant).Event) },
+		"event":           func(a types.Adapter, o any) ref.Val { return objVal(a, o.(*Grant).Event) },
 		"time":            func(_ types.Adapter, o any) ref.Val { return types.Timestamp{Time: o.(*Grant).Time} },
 		"entitlement":     func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Grant).Entitlement) },
 		"privileged":      func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Grant).Privileged) },
 		"has_expiry":      func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Grant).HasExpiry) },
 		"expires_at":      func(_ types.Adapter, o any) ref.Val { return types.Timestamp{Time: o.(*Grant).ExpiresAt} },
 		"has_end":         func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Grant).HasEnd) },
-		"end":             func(a types.Adapter, o any) ref.Val { return a.NativeToValue(orEmpty(o.(*Grant).End)) },
-		"ends":            func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Grant).Ends) },
+		"end":             func(a types.Adapter, o any) ref.Val { return objVal(a, orEmpty(o.(*Grant).End)) },
+		"ends":            func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Grant).Ends) },
 		"request":         func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Grant).Request) },
-		"approvals":       func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Grant).Approvals) },
-		"sessions":        func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Grant).Sessions) },
+		"approvals":       func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Grant).Approvals) },
+		"sessions":        func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Grant).Sessions) },
 		"has_session_end": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Grant).HasSessionEnd) },
 		"session_end": func(a types.Adapter, o any) ref.Val {
-			return a.NativeToValue(orEmpty(o.(*Grant).SessionEnd))
+			return objVal(a, orEmpty(o.(*Grant).SessionEnd))
 		},
-		"certifications": func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Grant).Certifications) },
-		"revocations":    func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Grant).Revocations) },
+		"certifications": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Grant).Certifications) },
+		"revocations":    func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Grant).Revocations) },
 	},
 	"rules.Session": {
 		"id":         func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Session).ID) },
 		"grant":      func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Session).Grant) },
-		"start":      func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Session).Start) },
+		"start":      func(a types.Adapter, o any) ref.Val { return objVal(a, o.(*Session).Start) },
 		"has_end":    func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Session).HasEnd) },
-		"end":        func(a types.Adapter, o any) ref.Val { return a.NativeToValue(orEmpty(o.(*Session).End)) },
+		"end":        func(a types.Adapter, o any) ref.Val { return objVal(a, orEmpty(o.(*Session).End)) },
 		"privileged": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Session).Privileged) },
 	},
 	"rules.Approval": {
 		"request":  func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Approval).Request) },
-		"event":    func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Approval).Event) },
-		"closings": func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Approval).Closings) },
-		"uses":     func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Approval).Uses) },
+		"event":    func(a types.Adapter, o any) ref.Val { return objVal(a, o.(*Approval).Event) },
+		"closings": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Approval).Closings) },
+		"uses":     func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Approval).Uses) },
 	},
 	"rules.Checkout": {
-		"event":        func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Checkout).Event) },
+		"event":        func(a types.Adapter, o any) ref.Val { return objVal(a, o.(*Checkout).Event) },
 		"has_rotation": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Checkout).HasRotation) },
 		"rotation": func(a types.Adapter, o any) ref.Val {
-			return a.NativeToValue(orEmpty(o.(*Checkout).Rotation))
+			return objVal(a, orEmpty(o.(*Checkout).Rotation))
 		},
 	},
 	"rules.Credential": {
 		"id":         func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Credential).ID) },
 		"has_latest": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Credential).HasLatest) },
 		"latest": func(a types.Adapter, o any) ref.Val {
-			return a.NativeToValue(orEmpty(o.(*Credential).Latest))
+			return objVal(a, orEmpty(o.(*Credential).Latest))
 		},
 		"revoked": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Credential).Revoked) },
 		"revocation": func(a types.Adapter, o any) ref.Val {
-			return a.NativeToValue(orEmpty(o.(*Credential).Revocation))
+			return objVal(a, orEmpty(o.(*Credential).Revocation))
 		},
-		"checkouts": func(a types.Adapter, o any) ref.Val { return a.NativeToValue(o.(*Credential).Checkouts) },
+		"checkouts": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Credential).Checkouts) },
 	},
 }
 

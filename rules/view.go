@@ -3,7 +3,10 @@ package rules
 import (
 	"cmp"
 	"slices"
+	"sync"
 	"time"
+
+	"github.com/google/cel-go/common/types/ref"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -67,6 +70,9 @@ type Event struct {
 	// BreakglassReviews, for a break-glass use (see views.breakglass), are
 	// the breakglass.reviewed events with the same non-empty refs.request.
 	BreakglassReviews []*Event `cel:"breakglass_reviews"`
+
+	// CEL values, made on first use (see viewvals.go).
+	celVal, subjectVal, actorVal, entitlementVal, refsVal ref.Val
 }
 
 // Session is a session.started with its first end.
@@ -77,6 +83,8 @@ type Session struct {
 	HasEnd     bool   `cel:"has_end"`
 	End        *Event `cel:"end"` // first session.ended or session.revoked
 	Privileged bool   `cel:"privileged"`
+
+	celVal ref.Val // made on first use (see viewvals.go)
 }
 
 // Grant is one grant event (grant.assigned or grant.activated with
@@ -101,6 +109,7 @@ type Grant struct {
 	SessionEnd     *Event   `cel:"session_end"`
 	Certifications []*Event `cel:"certifications"` // review.certified with refs.grant
 	Revocations    []*Event `cel:"revocations"`    // review.revoked with refs.grant
+	celVal         ref.Val  // made on first use (see viewvals.go)
 }
 
 // Approval is an access.approved with the events that close it.
@@ -112,15 +121,17 @@ type Approval struct {
 	Closings []*Event `cel:"closings"`
 	// Uses are the session.started and grant.activated events under the
 	// approval, whatever their time.
-	Uses []*Event `cel:"uses"`
+	Uses   []*Event `cel:"uses"`
+	celVal ref.Val  // made on first use (see viewvals.go)
 }
 
 // Checkout is a credential.checked_out with the first rotation or
 // revocation of the same credential strictly after it.
 type Checkout struct {
-	Event       *Event `cel:"event"`
-	HasRotation bool   `cel:"has_rotation"`
-	Rotation    *Event `cel:"rotation"`
+	Event       *Event  `cel:"event"`
+	HasRotation bool    `cel:"has_rotation"`
+	Rotation    *Event  `cel:"rotation"`
+	celVal      ref.Val // made on first use (see viewvals.go)
 }
 
 // Credential gathers the events of one refs.credential.
@@ -131,6 +142,7 @@ type Credential struct {
 	Revoked    bool        `cel:"revoked"`
 	Revocation *Event      `cel:"revocation"` // first credential.revoked
 	Checkouts  []*Checkout `cel:"checkouts"`
+	celVal     ref.Val     // made on first use (see viewvals.go)
 }
 
 // Subject is the identity being evaluated.
@@ -167,6 +179,8 @@ type views struct {
 	bgReviews    []*Event // breakglass.reviewed
 	subject      Subject
 	owner        Owner
+	ownerBound   uint64 // chainSizeBound of the owner's chain, if read
+	slabs        []*eventSlab
 }
 
 func isGrantEvent(e *Event) bool {
@@ -192,38 +206,38 @@ func identity(i *pb.Identity) Identity {
 	return Identity{ID: i.GetId(), Kind: i.GetKind(), Display: i.GetDisplay(), OwnerID: i.GetOwnerId()}
 }
 
+// fillEvent sets every field of e (which may hold a previous subject's
+// event) from en, field by field: no temporary copy of the whole struct.
 func fillEvent(e *Event, en Entry) {
 	ev := en.Event
-	*e = Event{
-		Index:   int64(en.Index),
-		ID:      ev.GetId(),
-		Type:    ev.GetType(),
-		Time:    toTime(ev.GetTime(), ev.GetTime() != nil),
-		System:  ev.GetSource().GetSystem(),
-		Subject: identity(ev.GetSubject()),
-		Actor:   identity(ev.GetActor()),
-		Entitlement: Entitlement{
-			ID:         ev.GetEntitlement().GetId(),
-			Resource:   ev.GetEntitlement().GetResource(),
-			Privileged: ev.GetEntitlement().GetPrivileged(),
-		},
-		Refs: Refs{
-			Request:    ev.GetRefs().GetRequest(),
-			Grant:      ev.GetRefs().GetGrant(),
-			Session:    ev.GetRefs().GetSession(),
-			Credential: ev.GetRefs().GetCredential(),
-			Review:     ev.GetRefs().GetReview(),
-			Ticket:     ev.GetRefs().GetTicket(),
-		},
-		ExpiresAt:   toTime(ev.GetExpiresAt(), ev.GetExpiresAt() != nil),
-		HasExpiry:   ev.GetExpiresAt() != nil,
-		Reason:      ev.GetReason(),
-		MFA:         ev.GetMfa(),
-		MFARecorded: ev.Mfa != nil,
-		Breakglass:  ev.GetBreakglass(),
-		Attributes:  ev.GetAttributes(),
+	e.Index = int64(en.Index)
+	e.ID = ev.GetId()
+	e.Type = ev.GetType()
+	e.Time = toTime(ev.GetTime(), ev.GetTime() != nil)
+	e.System = ev.GetSource().GetSystem()
+	e.Subject = identity(ev.GetSubject())
+	e.Actor = identity(ev.GetActor())
+	ent := ev.GetEntitlement()
+	e.Entitlement = Entitlement{ID: ent.GetId(), Resource: ent.GetResource(), Privileged: ent.GetPrivileged()}
+	refs := ev.GetRefs()
+	e.Refs = Refs{
+		Request:    refs.GetRequest(),
+		Grant:      refs.GetGrant(),
+		Session:    refs.GetSession(),
+		Credential: refs.GetCredential(),
+		Review:     refs.GetReview(),
+		Ticket:     refs.GetTicket(),
 	}
+	e.ExpiresAt = toTime(ev.GetExpiresAt(), ev.GetExpiresAt() != nil)
+	e.HasExpiry = ev.GetExpiresAt() != nil
+	e.Reason = ev.GetReason()
+	e.MFA = ev.GetMfa()
+	e.MFARecorded = ev.Mfa != nil
+	e.Breakglass = ev.GetBreakglass()
+	e.Attributes = ev.GetAttributes()
 	e.Privileged = e.Entitlement.Privileged
+	e.Approvals, e.BreakglassReviews = nil, nil
+	e.celVal, e.subjectVal, e.actorVal, e.entitlementVal, e.refsVal = nil, nil, nil, nil, nil
 }
 
 // chainOrder sorts events by time, then ledger index.
@@ -234,10 +248,26 @@ func chainOrder(a, b *Event) int {
 	return cmp.Compare(a.Index, b.Index)
 }
 
-// sortedEvents converts a chain and orders it by time, then index.
-func sortedEvents(chain []Entry) []*Event {
-	slab := make([]Event, len(chain)) // one allocation for the whole chain
-	evs := make([]*Event, len(chain))
+// eventSlab is the storage of one chain's events, reused across subjects
+// through slabPool: evaluating a subject allocates no per-event memory for
+// its events.
+type eventSlab struct {
+	events []Event
+	ptrs   []*Event
+}
+
+var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
+
+// sortedEvents converts a chain and orders it by time, then index. The
+// events live in a pooled slab, recorded in v for release.
+func (v *views) sortedEvents(chain []Entry) []*Event {
+	sl := slabPool.Get().(*eventSlab)
+	v.slabs = append(v.slabs, sl)
+	if cap(sl.events) < len(chain) {
+		sl.events = make([]Event, len(chain))
+		sl.ptrs = make([]*Event, len(chain))
+	}
+	slab, evs := sl.events[:len(chain)], sl.ptrs[:len(chain)]
 	for i, en := range chain {
 		fillEvent(&slab[i], en)
 		evs[i] = &slab[i]
@@ -248,21 +278,51 @@ func sortedEvents(chain []Entry) []*Event {
 	return evs
 }
 
+// release returns the views' event storage to the pool. Nothing may use v,
+// or any view object or CEL value made from it, afterwards.
+func (v *views) release() {
+	for _, sl := range v.slabs {
+		if cap(sl.events) > maxPooledSlab {
+			continue // let a rare huge chain's storage go
+		}
+		slabPool.Put(sl)
+	}
+	v.slabs = nil
+}
+
+// maxPooledSlab is the largest chain whose storage is pooled.
+const maxPooledSlab = 1 << 16
+
+// grantAgg gathers, while building views, what hangs off one grant id.
+type grantAgg struct {
+	grantEvents int      // grant events with the id
+	requests    []string // refs.request of its grant events
+	privileged  bool     // some grant event is privileged
+	ends        []*Event // end events
+	certs       []*Event // review.certified
+	revocations []*Event // review.revoked
+	sessions    []*Session
+}
+
 // buildViews derives every view from one subject's chain in O(n log n).
 func buildViews(subject string, chain []Entry) *views {
-	evs := sortedEvents(chain)
-	v := &views{events: evs, subject: Subject{ID: subject}}
+	v := &views{subject: Subject{ID: subject}}
+	evs := v.sortedEvents(chain)
+	v.events = evs
 
-	grantEvents := map[string][]*Grant{}        // grant id -> its grant events
-	grantRequests := map[string][]string{}      // grant id -> refs.request of its grant events
-	privilegedGrant := map[string]bool{}        // grant id -> some grant event is privileged
-	approvalsByReq := map[string][]*Approval{}  // request -> approvals
-	sessionsByID := map[string][]*Session{}     // session id -> sessions
-	endsByGrant := map[string][]*Event{}        // grant id -> end events
-	credByID := map[string]*Credential{}        // credential id -> credential
-	rotations := map[string][]*Event{}          // credential id -> rotated/revoked events
-	certsByGrant := map[string][]*Event{}       // grant id -> review.certified
-	revocationsByGrant := map[string][]*Event{} // grant id -> review.revoked
+	byGrant := map[string]*grantAgg{} // grant id -> what hangs off it
+	grant := func(id string) *grantAgg {
+		a := byGrant[id]
+		if a == nil {
+			a = &grantAgg{}
+			byGrant[id] = a
+		}
+		return a
+	}
+	approvalsByReq := map[string][]*Approval{} // request -> approvals
+	sessionsByID := map[string][]*Session{}    // session id -> sessions
+	credByID := map[string]*Credential{}       // credential id -> credential
+	rotations := map[string][]*Event{}         // credential id -> rotated/revoked events
 	credential := func(id string) *Credential {
 		c := credByID[id]
 		if c == nil {
@@ -294,16 +354,18 @@ func buildViews(subject string, chain []Entry) *views {
 				Entitlement: e.Entitlement.ID, Privileged: e.Entitlement.Privileged,
 				HasExpiry: e.HasExpiry, ExpiresAt: e.ExpiresAt, Request: e.Refs.Request}
 			v.grants = append(v.grants, g)
-			grantEvents[g.ID] = append(grantEvents[g.ID], g)
+			ga := grant(g.ID)
+			ga.grantEvents++
 			if e.Refs.Request != "" {
-				grantRequests[g.ID] = append(grantRequests[g.ID], e.Refs.Request)
+				ga.requests = append(ga.requests, e.Refs.Request)
 			}
 			if e.Entitlement.Privileged {
-				privilegedGrant[g.ID] = true
+				ga.privileged = true
 			}
 		case "grant.deactivated", "grant.removed", "grant.expired":
 			if e.Refs.Grant != "" {
-				endsByGrant[e.Refs.Grant] = append(endsByGrant[e.Refs.Grant], e)
+				ga := grant(e.Refs.Grant)
+				ga.ends = append(ga.ends, e)
 			}
 		case "session.started":
 			s := &Session{ID: e.Refs.Session, Grant: e.Refs.Grant, Start: e}
@@ -351,9 +413,11 @@ func buildViews(subject string, chain []Entry) *views {
 			v.reviews = append(v.reviews, e)
 			if e.Refs.Grant != "" {
 				if e.Type == "review.certified" {
-					certsByGrant[e.Refs.Grant] = append(certsByGrant[e.Refs.Grant], e)
+					ga := grant(e.Refs.Grant)
+					ga.certs = append(ga.certs, e)
 				} else {
-					revocationsByGrant[e.Refs.Grant] = append(revocationsByGrant[e.Refs.Grant], e)
+					ga := grant(e.Refs.Grant)
+					ga.revocations = append(ga.revocations, e)
 				}
 			}
 		case "breakglass.reviewed":
@@ -365,31 +429,44 @@ func buildViews(subject string, chain []Entry) *views {
 	}
 
 	// Session ends and grant links.
-	sessionsByGrant := map[string][]*Session{}
 	for _, s := range v.sessions {
-		s.Privileged = s.Start.Entitlement.Privileged || privilegedGrant[s.Grant]
+		ga := byGrant[s.Grant]
+		s.Privileged = s.Start.Entitlement.Privileged || (ga != nil && ga.privileged)
 		if s.Grant != "" {
-			sessionsByGrant[s.Grant] = append(sessionsByGrant[s.Grant], s)
+			ga := grant(s.Grant)
+			ga.sessions = append(ga.sessions, s)
 		}
 	}
-	v.grantByID = make(map[string]*Grant, len(grantEvents))
-	v.grantEnds = make(map[string]*Event, len(endsByGrant))
-	for id, ends := range endsByGrant {
-		v.grantEnds[id] = ends[0]
+	nGrants, nEnded := 0, 0
+	for _, ga := range byGrant {
+		if ga.grantEvents > 0 {
+			nGrants++
+		}
+		if len(ga.ends) > 0 {
+			nEnded++
+		}
+	}
+	v.grantByID = make(map[string]*Grant, nGrants)
+	v.grantEnds = make(map[string]*Event, nEnded)
+	for id, ga := range byGrant {
+		if len(ga.ends) > 0 {
+			v.grantEnds[id] = ga.ends[0]
+		}
 	}
 	for _, g := range v.grants {
 		v.grantByID[g.ID] = g // the latest grant event wins
-		if ends := endsByGrant[g.ID]; len(ends) > 0 {
+		ga := byGrant[g.ID]   // every grant has one
+		if ends := ga.ends; len(ends) > 0 {
 			g.HasEnd, g.End, g.Ends = true, ends[0], ends
 		}
-		g.Sessions = sessionsByGrant[g.ID]
+		g.Sessions = ga.sessions
 		for _, s := range g.Sessions {
 			if s.HasEnd && (!g.HasSessionEnd || chainOrder(s.End, g.SessionEnd) < 0) {
 				g.HasSessionEnd, g.SessionEnd = true, s.End
 			}
 		}
-		g.Certifications = certsByGrant[g.ID]
-		g.Revocations = revocationsByGrant[g.ID]
+		g.Certifications = ga.certs
+		g.Revocations = ga.revocations
 	}
 
 	// Derived event fields: privileged through the grant, approvals it is under.
@@ -398,10 +475,14 @@ func buildViews(subject string, chain []Entry) *views {
 		approvalOf[a.Event] = a
 	}
 	for _, e := range evs {
-		if e.Refs.Grant != "" && privilegedGrant[e.Refs.Grant] {
+		var ga *grantAgg
+		if e.Refs.Grant != "" {
+			ga = byGrant[e.Refs.Grant]
+		}
+		if ga != nil && ga.privileged {
 			e.Privileged = true
 		}
-		e.Approvals = approvalsUnder(e, approvalsByReq, grantRequests)
+		e.Approvals = approvalsUnder(e, approvalsByReq, ga)
 		if len(e.Approvals) > 0 && (e.Type == "session.started" || e.Type == "grant.activated") {
 			for _, a := range e.Approvals {
 				approvalOf[a].Uses = append(approvalOf[a].Uses, e)
@@ -424,7 +505,9 @@ func buildViews(subject string, chain []Entry) *views {
 					reqs = []string{e.Refs.Request}
 				}
 			case isEndEvent(e):
-				reqs = grantRequests[e.Refs.Grant]
+				if ga := byGrant[e.Refs.Grant]; ga != nil {
+					reqs = ga.requests
+				}
 			}
 			for i, r := range reqs {
 				if slices.Contains(reqs[:i], r) {
@@ -481,13 +564,13 @@ func buildViews(subject string, chain []Entry) *views {
 
 // approvalsUnder returns the approvals e is under: those of its
 // refs.request, and those of the requests of its refs.grant's grant events.
-func approvalsUnder(e *Event, byReq map[string][]*Approval, grantReqs map[string][]string) []*Event {
+func approvalsUnder(e *Event, byReq map[string][]*Approval, ga *grantAgg) []*Event {
 	var reqs []string
 	if e.Refs.Request != "" {
 		reqs = append(reqs, e.Refs.Request)
 	}
-	if e.Refs.Grant != "" {
-		for _, r := range grantReqs[e.Refs.Grant] {
+	if ga != nil {
+		for _, r := range ga.requests {
 			if !slices.Contains(reqs, r) {
 				reqs = append(reqs, r)
 			}
@@ -508,7 +591,9 @@ func approvalsUnder(e *Event, byReq map[string][]*Approval, grantReqs map[string
 // setOwner records the owner's chain (already read through the ChainSource).
 func (v *views) setOwner(chain []Entry) {
 	v.owner.Known = true
-	for _, e := range sortedEvents(chain) {
+	evs := v.sortedEvents(chain)
+	v.ownerBound = chainSizeBound("", evs)
+	for _, e := range evs {
 		if e.Type == "identity.terminated" {
 			v.owner.Terminations = append(v.owner.Terminations, e)
 		}
