@@ -39,11 +39,9 @@ func DecodeLeaf(leaf []byte) (*pb.Entry, error) {
 // DedupeKey is the idempotency key of an event: SHA-256 of
 // source.system, a zero byte, and id.
 func DedupeKey(system, id string) [32]byte {
-	h := sha256.New()
-	h.Write([]byte(system))
-	h.Write([]byte{0})
-	h.Write([]byte(id))
-	return [32]byte(h.Sum(nil))
+	var buf [128]byte // stays on the stack for the usual short system and id
+	b := append(append(append(buf[:0], system...), 0), id...)
+	return sha256.Sum256(b)
 }
 
 // maxLeafOverhead bounds what the Entry wrapper adds to the event encoding:
@@ -53,26 +51,43 @@ const maxLeafOverhead = 1 + 3 + 1 + 1 + 17
 
 // prepared is an event encoded outside the sequencer.
 type prepared struct {
-	event   []byte // deterministic encoding of the Event
+	// leaf is 0x00 (the RFC 6962 leaf prefix) and the leaf's first field,
+	// the encoded Event behind its tag and length, with spare capacity for
+	// the observed time, which the sequencer appends in place (appendObserved).
+	leaf    []byte
 	dedupe  [32]byte
 	subject string
 }
+
+// observedRoom is the most bytes the observed-time field adds to a leaf: a
+// tag, a 1-byte length and a Timestamp of at most 11+6 bytes.
+const observedRoom = 1 + 1 + 17
 
 // prepare encodes ev and checks its size; i is its position for messages.
 func prepare(i int, ev *pb.Event) (prepared, error) {
 	if ev == nil {
 		return prepared{}, fmt.Errorf("event %d is nil: send an event", i)
 	}
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+	n := proto.MarshalOptions{Deterministic: true}.Size(ev)
+	if n+maxLeafOverhead > MaxLeafSize {
+		return prepared{}, fmt.Errorf("event %d (id %q) encodes to %d bytes, over the %d-byte leaf limit; shorten its reason or attributes: %w",
+			i, ev.GetId(), n+maxLeafOverhead, MaxLeafSize, ErrTooLarge)
+	}
+	b := make([]byte, 0, 2+protowire.SizeVarint(uint64(n))+n+observedRoom)
+	b = append(b, 0x00)
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(n))
+	head := len(b)
+	// Size above cached the sizes of ev and its sub-messages.
+	b, err := proto.MarshalOptions{Deterministic: true, UseCachedSize: true}.MarshalAppend(b, ev)
 	if err != nil {
 		return prepared{}, fmt.Errorf("event %d (id %q): encoding: %w", i, ev.GetId(), err)
 	}
-	if n := len(b) + maxLeafOverhead; n > MaxLeafSize {
-		return prepared{}, fmt.Errorf("event %d (id %q) encodes to %d bytes, over the %d-byte leaf limit; shorten its reason or attributes: %w",
-			i, ev.GetId(), n, MaxLeafSize, ErrTooLarge)
+	if len(b)-head != n {
+		return prepared{}, fmt.Errorf("event %d (id %q) changed while being encoded (%d bytes, then %d); do not modify events during Append", i, ev.GetId(), n, len(b)-head)
 	}
 	return prepared{
-		event:   b,
+		leaf:    b,
 		dedupe:  DedupeKey(ev.GetSource().GetSystem(), ev.GetId()),
 		subject: ev.GetSubject().GetId(),
 	}, nil
@@ -87,13 +102,13 @@ func encodeTimestamp(t time.Time) []byte {
 	return b
 }
 
-// appendLeaf appends the leaf for an already encoded event and observed
-// timestamp: byte-for-byte what EncodeLeaf produces, because a deterministic
-// encoding of a message is its fields in number order, each submessage
-// being its own deterministic encoding behind a tag and length.
-func appendLeaf(dst, event, observed []byte) []byte {
-	dst = protowire.AppendTag(dst, 1, protowire.BytesType)
-	dst = protowire.AppendBytes(dst, event)
-	dst = protowire.AppendTag(dst, 2, protowire.BytesType)
-	return protowire.AppendBytes(dst, observed)
+// appendObserved completes p's leaf with the encoded observed timestamp and
+// returns 0x00 || leaf, the input of the leaf hash: byte-for-byte what
+// EncodeLeaf produces behind the prefix, because a deterministic encoding of
+// a message is its fields in number order, each submessage being its own
+// deterministic encoding behind a tag and length. It writes into p.leaf's
+// spare capacity, so it is called once per event.
+func (p *prepared) appendObserved(observed []byte) []byte {
+	b := protowire.AppendTag(p.leaf, 2, protowire.BytesType)
+	return protowire.AppendBytes(b, observed)
 }

@@ -42,9 +42,16 @@ func TestEncodeLeafMatchesFastPath(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := appendLeaf(nil, p.event, encodeTimestamp(tt.t))
+			full := p.appendObserved(encodeTimestamp(tt.t))
+			if full[0] != 0x00 {
+				t.Fatalf("appendObserved starts with %#x, want the leaf prefix 0x00", full[0])
+			}
+			got := full[1:]
 			if !bytes.Equal(got, want) {
-				t.Fatalf("appendLeaf = %x, want EncodeLeaf's %x", got, want)
+				t.Fatalf("appendObserved = %x, want EncodeLeaf's %x", got, want)
+			}
+			if len(got) > cap(p.leaf) {
+				t.Errorf("the leaf (%d bytes) outgrew the room prepare left (%d bytes)", len(got), cap(p.leaf))
 			}
 			e, err := DecodeLeaf(got)
 			if err != nil || !proto.Equal(e.GetEvent(), tt.ev) || !e.GetObservedTime().AsTime().Equal(tt.t) {

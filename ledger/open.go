@@ -89,6 +89,9 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 			return nil, err
 		}
 	}
+	if err := l.checkIndexFormat(size); err != nil {
+		return nil, err
+	}
 	l.seq.rng = rng
 	l.seq.edge = make([][]byte, len(rows))
 	for i, r := range rows {
@@ -96,6 +99,31 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 	}
 	l.logger.Info("ledger opened", "size", size, "root", fmt.Sprintf("%x", root))
 	return s, nil
+}
+
+// checkIndexFormat refuses a store whose indexes use the first format's
+// full 32-byte hash keys, which this version would not find (duplicates
+// would be appended again): it looks for the last leaf's hash under such a key.
+func (l *Log) checkIndexFormat(size uint64) error {
+	if size == 0 {
+		return nil
+	}
+	vals, err := l.st.Get(leafKey(size - 1))
+	if err != nil {
+		return fmt.Errorf("%w: reading leaf %d: %w", ErrStorage, size-1, err)
+	}
+	if vals[0] == nil {
+		return fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, size-1)
+	}
+	h := LeafHash(vals[0])
+	if vals, err = l.st.Get(append([]byte{kHash}, h[:]...)); err != nil {
+		return fmt.Errorf("%w: reading the leaf-hash index: %w", ErrStorage, err)
+	}
+	if vals[0] != nil {
+		return fmt.Errorf("%w: the store's indexes use full 32-byte hash keys, the format of an older development version, "+
+			"which this version cannot read; open it with the version that wrote it, or start a new data directory", ErrCorrupt)
+	}
+	return nil
 }
 
 // checkLeafHashes checks that the leaves from start hash to hashes.

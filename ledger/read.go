@@ -151,6 +151,17 @@ func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
 	if i >= l.Latest().Size {
 		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
 	}
+	// The index key holds only a prefix of the hash: confirm it on the leaf.
+	leaves, err := l.st.Get(leafKey(i))
+	if err != nil {
+		return 0, storageErr(err, "looking up a leaf hash")
+	}
+	if leaves[0] == nil {
+		return 0, fmt.Errorf("%w: leaf %d, named by the leaf-hash index, is missing; run grantline fsck", ErrCorrupt, i)
+	}
+	if LeafHash(leaves[0]) != [32]byte(hash) {
+		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
+	}
 	return i, nil
 }
 

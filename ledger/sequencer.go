@@ -1,10 +1,12 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -37,6 +39,12 @@ type sequencerState struct {
 	carry  []item   // events collected but not fitting the last batch
 	last   *state   // the state of the last built batch
 	closed bool     // the queue is closed
+
+	// Scratch space of build, reused from batch to batch.
+	first  map[[32]byte]int // dedupe key -> first position in the batch
+	pos    []int            // positions of the dedupe keys to look up
+	keys   [][]byte         // their store keys
+	keyBuf []byte           // the bytes of keys
 }
 
 // Append appends evs and returns, in order, each event's index and leaf hash
@@ -187,9 +195,8 @@ func (l *Log) fit(batch []item) int {
 		}
 		p := &it.r.items[it.i]
 		c := int64(4)
-		b := badgerstore.EstimateSize(9, len(p.event)+maxLeafOverhead) +
-			badgerstore.EstimateSize(33, 8) +
-			badgerstore.EstimateSize(33, 40) +
+		b := badgerstore.EstimateSize(9, len(p.leaf)+observedRoom) +
+			2*badgerstore.EstimateSize(1+indexKeyLen, 8) +
 			badgerstore.EstimateSize(len(p.subject)+12, 0)
 		if i%tileWidth == 0 {
 			c++
@@ -228,10 +235,13 @@ func (l *Log) build(batch []item) *built {
 		return b
 	}
 	res := make([]AppendResult, len(batch))
-	first := make(map[[32]byte]int, len(batch)) // dedupe key -> first position in batch
+	if l.seq.first == nil {
+		l.seq.first = make(map[[32]byte]int, len(batch))
+	}
+	first := l.seq.first
+	clear(first)
 	stored := make([]bool, len(batch))
-	var keys [][]byte
-	var pos []int
+	pos := l.seq.pos[:0]
 	l.inflightMu.Lock()
 	for p, it := range batch {
 		d := it.r.items[it.i].dedupe
@@ -244,28 +254,35 @@ func (l *Log) build(batch []item) *built {
 			res[p].Duplicate = true
 			continue
 		}
-		keys = append(keys, dedupeKey(d))
 		pos = append(pos, p)
 	}
 	l.inflightMu.Unlock()
+	// In key order, consecutive lookups walk the store's index (badger's
+	// skiplist) along nearby paths that are still in the CPU cache.
+	slices.SortFunc(pos, func(p, q int) int {
+		a, b := &batch[p].r.items[batch[p].i].dedupe, &batch[q].r.items[batch[q].i].dedupe
+		return bytes.Compare(a[:], b[:])
+	})
+	keys, kb := l.seq.keys[:0], l.seq.keyBuf[:0]
+	if n := len(pos) * (1 + indexKeyLen); cap(kb) < n {
+		kb = make([]byte, 0, n)
+	}
+	for _, p := range pos {
+		o := len(kb)
+		kb = append(append(kb, kDedupe), batch[p].r.items[batch[p].i].dedupe[:indexKeyLen]...)
+		keys = append(keys, kb[o:len(kb):len(kb)])
+	}
+	l.seq.pos, l.seq.keys, l.seq.keyBuf = pos, keys, kb
 	vals, err := l.st.Get(keys...)
 	if err != nil {
 		b.err = fmt.Errorf("%w: looking up duplicates: %w", ErrStorage, err)
 		return b
 	}
-	for j, v := range vals {
-		if v == nil {
-			continue
-		}
-		if len(v) != 40 {
-			b.err = fmt.Errorf("%w: dedupe record %x has %d bytes, want 40; run grantline fsck", ErrCorrupt, keys[j][1:], len(v))
-			return b
-		}
-		p := pos[j]
-		res[p] = AppendResult{Index: binary.BigEndian.Uint64(v), LeafHash: [32]byte(v[8:]), Duplicate: true}
-		stored[p] = true
+	if b.err = l.confirmDuplicates(batch, keys, pos, vals, res, stored); b.err != nil {
+		return b
 	}
 
+	b.dedupes = make([][32]byte, 0, len(batch))
 	ts := encodeTimestamp(l.o.Now())
 	rng := l.seq.rng
 	edge := l.seq.edge
@@ -305,16 +322,15 @@ func (l *Log) build(batch []item) *built {
 		if stored[p] {
 			continue
 		}
-		// Keys, values and leaves of a batch share one arena.
-		need := 1 + len(pr.event) + maxLeafOverhead + 9 + 33 + 33 + 8 + 40 + len(pr.subject)*2 + 11
+		// The leaf is completed in the buffer prepare encoded it into; the
+		// keys of a batch share one arena.
+		full := pr.appendObserved(ts)
+		h := sha256.Sum256(full)
+		leaf := full[1:]
+		need := 9 + 2*(1+indexKeyLen) + len(pr.subject)*2 + 11
 		if cap(arena)-len(arena) < need {
-			arena = make([]byte, 0, max(need, 256<<10))
+			arena = make([]byte, 0, max(need, 64<<10))
 		}
-		off := len(arena)
-		arena = append(arena, 0x00) // RFC 6962 leaf prefix, hashed with the leaf
-		arena = appendLeaf(arena, pr.event, ts)
-		h := sha256.Sum256(arena[off:])
-		leaf := arena[off+1:]
 		idx := next
 		next++
 		res[p] = AppendResult{Index: idx, LeafHash: h}
@@ -328,11 +344,11 @@ func (l *Log) build(batch []item) *built {
 			return arena[o:len(arena):len(arena)]
 		}
 		lk := take(func(b []byte) []byte { return be64(append(b, kLeaf), idx) })
-		hk := take(func(b []byte) []byte { return append(append(b, kHash), h[:]...) })
-		dk := take(func(b []byte) []byte { return append(append(b, kDedupe), pr.dedupe[:]...) })
-		dv := take(func(b []byte) []byte { return append(be64(b, idx), h[:]...) })
+		hk := take(func(b []byte) []byte { return append(append(b, kHash), h[:indexKeyLen]...) })
+		dk := take(func(b []byte) []byte { return append(append(b, kDedupe), pr.dedupe[:indexKeyLen]...) })
+		iv := lk[1:] // be64(idx): the value of both index entries
 		ks = append(ks, lk, hk, dk)
-		vs = append(vs, leaf[:len(leaf):len(leaf)], dv[:8], dv)
+		vs = append(vs, leaf[:len(leaf):len(leaf)], iv, iv)
 		if pr.subject != "" {
 			ks = append(ks, take(func(b []byte) []byte { return appendSubjectKey(b, pr.subject, idx) }))
 			vs = append(vs, []byte{})
@@ -384,6 +400,51 @@ func (l *Log) build(batch []item) *built {
 	}
 	l.inflightMu.Unlock()
 	return b
+}
+
+// confirmDuplicates completes the results of the batch events whose dedupe
+// keys were found stored (vals[j] for keys[j], event batch[pos[j]]): the
+// records hold only the index under a key prefix, so each hit is confirmed on
+// its leaf, which also gives the leaf hash. Duplicates are rare, so reading
+// their leaves costs little.
+func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][]byte, res []AppendResult, stored []bool) error {
+	var leafKeys [][]byte
+	var hits []int
+	for j, v := range vals {
+		if v == nil {
+			continue
+		}
+		if len(v) != 8 {
+			return fmt.Errorf("%w: dedupe record %x has %d bytes, want 8; run grantline fsck", ErrCorrupt, keys[j][1:], len(v))
+		}
+		leafKeys = append(leafKeys, leafKey(binary.BigEndian.Uint64(v)))
+		hits = append(hits, j)
+	}
+	if len(hits) == 0 {
+		return nil
+	}
+	leaves, err := l.st.Get(leafKeys...)
+	if err != nil {
+		return fmt.Errorf("%w: reading the originals of duplicates: %w", ErrStorage, err)
+	}
+	for n, j := range hits {
+		idx := binary.BigEndian.Uint64(leafKeys[n][1:])
+		if leaves[n] == nil {
+			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is missing; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
+		}
+		e, err := DecodeLeaf(leaves[n])
+		if err != nil {
+			return fmt.Errorf("%w: leaf %d, named by dedupe record %x, does not decode; run grantline fsck: %w", ErrCorrupt, idx, keys[j][1:], err)
+		}
+		p := pos[j]
+		it := batch[p]
+		if DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != it.r.items[it.i].dedupe {
+			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is another event; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
+		}
+		res[p] = AppendResult{Index: idx, LeafHash: LeafHash(leaves[n]), Duplicate: true}
+		stored[p] = true
+	}
+	return nil
 }
 
 // commitBatch makes a built batch durable, publishes its checkpoint and

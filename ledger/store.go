@@ -33,8 +33,8 @@ type Store interface {
 // Key layout. Every key starts with a one-byte kind.
 const (
 	kLeaf       = 'l' // l be64(index) -> leaf bytes
-	kHash       = 'h' // h leafhash[32] -> be64(index)
-	kDedupe     = 'd' // d sha256(system 0x00 id)[32] -> be64(index) leafhash[32]
+	kHash       = 'h' // h leafhash[:16] -> be64(index)
+	kDedupe     = 'd' // d sha256(system 0x00 id)[:16] -> be64(index)
 	kSubject    = 's' // s escaped(subject) 0x00 0x01 be64(index) -> empty
 	kTile       = 't' // t level[1] be64(index) -> tile hashes (width*32 bytes)
 	kCheckpoint = 'c' // c be64(size) -> signed checkpoint note
@@ -43,11 +43,18 @@ const (
 
 var keyLatest = []byte("mlatest")
 
+// indexKeyLen is how many bytes of a leaf hash or dedupe key the index keys
+// keep. Short keys make the random index inserts of every commit cheaper. A
+// hit is always confirmed against the leaf it points to, so a truncation
+// collision (2^64 work to find one) can at worst hide an entry, never make
+// the log answer with the wrong one.
+const indexKeyLen = 16
+
 func be64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v) }
 
 func leafKey(i uint64) []byte       { return be64([]byte{kLeaf}, i) }
-func hashKey(h []byte) []byte       { return append([]byte{kHash}, h...) }
-func dedupeKey(d [32]byte) []byte   { return append([]byte{kDedupe}, d[:]...) }
+func hashKey(h []byte) []byte       { return append([]byte{kHash}, h[:indexKeyLen]...) }
+func dedupeKey(d [32]byte) []byte   { return append([]byte{kDedupe}, d[:indexKeyLen]...) }
 func checkpointKey(n uint64) []byte { return be64([]byte{kCheckpoint}, n) }
 func tileKey(level, index uint64) []byte {
 	return be64([]byte{kTile, byte(level)}, index)
