@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -180,11 +179,7 @@ func (c *chainSource) Chain(ctx context.Context, subject string) ([]ChainEntry, 
 			return nil, fmt.Errorf("reading the chain of %q: %w", subject, err)
 		}
 		for _, e := range ents {
-			var ent pb.Entry
-			if err := proto.Unmarshal(e.Leaf, &ent); err != nil {
-				return nil, fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, e.Index, err)
-			}
-			out = append(out, ChainEntry{Index: e.Index, Event: ent.GetEvent()})
+			out = append(out, ChainEntry{Index: e.Index, Leaf: e.Leaf})
 		}
 		if len(ents) < MaxPageSize {
 			return out, nil

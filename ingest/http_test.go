@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -260,9 +261,13 @@ func (fakeEvaluator) Evaluate(ctx context.Context, subjects []string, src ChainS
 		}
 		res.Entries += len(chain)
 		for _, ce := range chain {
-			if ce.Event.GetType() == "grant.activated" {
+			var ent pb.Entry
+			if err := proto.Unmarshal(ce.Leaf, &ent); err != nil {
+				return nil, err
+			}
+			if ent.GetEvent().GetType() == "grant.activated" {
 				res.Findings = append(res.Findings, &pb.Finding{Rule: "jit-outlived", Subject: s,
-					Entries: []*pb.EntryRef{{Index: ce.Index, EventId: ce.Event.GetId()}}})
+					Entries: []*pb.EntryRef{{Index: ce.Index, EventId: ent.GetEvent().GetId()}}})
 			}
 		}
 	}

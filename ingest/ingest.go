@@ -118,10 +118,13 @@ type Authenticator interface {
 	Authenticate(token string) (Principal, error)
 }
 
-// ChainEntry is one entry of a subject's chain, decoded.
+// ChainEntry is one entry of a subject's chain: its index and its leaf bytes
+// exactly as stored (the protobuf encoding of grantline.v1.Entry). Leaves are
+// passed undecoded so the rules engine can decode them straight into its own
+// views.
 type ChainEntry struct {
 	Index uint64
-	Event *pb.Event
+	Leaf  []byte
 }
 
 // ChainSource reads subject chains at a fixed tree size. Chain returns the

@@ -29,10 +29,15 @@ func TestStaticCostBoundHolds(t *testing.T) {
 		now := benchStart.Add(time.Duration(days) * 24 * time.Hour)
 		for _, subject := range subjects {
 			chain, _ := src.Chain(t.Context(), subject)
-			v := buildViews(subject, chain)
+			v, err := buildViews(subject, chain)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if v.subject.HasOwner && v.subject.Kind != "human" {
 				oc, _ := src.Chain(t.Context(), v.subject.Owner)
-				v.setOwner(oc)
+				if err := v.setOwner(oc); err != nil {
+					t.Fatal(err)
+				}
 			}
 			bound := max(chainSizeBound(subject, v.events), v.ownerBound)
 			act := &activation{vals: subjectVals(adapter, v, now)}

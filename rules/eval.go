@@ -25,6 +25,11 @@ import (
 type Entry struct {
 	Index uint64
 	Event *pb.Event
+	// Leaf, used when Event is nil, is the entry as the ledger stores it:
+	// the protobuf encoding of grantline.v1.Entry. Handing the engine leaves
+	// lets it decode straight into its own views, which is much cheaper than
+	// decoding to a pb.Event first.
+	Leaf []byte
 }
 
 // ChainSource reads chains. Implementations must be safe for concurrent use.
@@ -304,14 +309,19 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
 	res.entries = len(chain)
-	v := buildViews(subject, chain)
+	v, err := buildViews(subject, chain)
+	if err != nil {
+		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
+	}
 	defer v.release()
 	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
 		oc, err := src.Chain(ctx, v.subject.Owner)
 		if err != nil {
 			return res, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
 		}
-		v.setOwner(oc)
+		if err := v.setOwner(oc); err != nil {
+			return res, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
+		}
 	}
 	if len(s.rules) == 0 {
 		return res, nil

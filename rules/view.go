@@ -260,7 +260,7 @@ var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
 
 // sortedEvents converts a chain and orders it by time, then index. The
 // events live in a pooled slab, recorded in v for release.
-func (v *views) sortedEvents(chain []Entry) []*Event {
+func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
 	sl := slabPool.Get().(*eventSlab)
 	v.slabs = append(v.slabs, sl)
 	if cap(sl.events) < len(chain) {
@@ -269,13 +269,19 @@ func (v *views) sortedEvents(chain []Entry) []*Event {
 	}
 	slab, evs := sl.events[:len(chain)], sl.ptrs[:len(chain)]
 	for i, en := range chain {
-		fillEvent(&slab[i], en)
+		if en.Event == nil && en.Leaf != nil {
+			if err := decodeLeaf(&slab[i], en.Index, en.Leaf); err != nil {
+				return nil, err
+			}
+		} else {
+			fillEvent(&slab[i], en)
+		}
 		evs[i] = &slab[i]
 	}
 	if !slices.IsSortedFunc(evs, chainOrder) {
 		slices.SortStableFunc(evs, chainOrder)
 	}
-	return evs
+	return evs, nil
 }
 
 // release returns the views' event storage to the pool. Nothing may use v,
@@ -305,9 +311,14 @@ type grantAgg struct {
 }
 
 // buildViews derives every view from one subject's chain in O(n log n).
-func buildViews(subject string, chain []Entry) *views {
+// On an error (a leaf that does not decode) nothing is left to release.
+func buildViews(subject string, chain []Entry) (*views, error) {
 	v := &views{subject: Subject{ID: subject}}
-	evs := v.sortedEvents(chain)
+	evs, err := v.sortedEvents(chain)
+	if err != nil {
+		v.release()
+		return nil, err
+	}
 	v.events = evs
 
 	byGrant := map[string]*grantAgg{} // grant id -> what hangs off it
@@ -559,7 +570,7 @@ func buildViews(subject string, chain []Entry) *views {
 		}
 	}
 	v.owner.ID = v.subject.Owner
-	return v
+	return v, nil
 }
 
 // approvalsUnder returns the approvals e is under: those of its
@@ -589,13 +600,17 @@ func approvalsUnder(e *Event, byReq map[string][]*Approval, ga *grantAgg) []*Eve
 }
 
 // setOwner records the owner's chain (already read through the ChainSource).
-func (v *views) setOwner(chain []Entry) {
+func (v *views) setOwner(chain []Entry) error {
 	v.owner.Known = true
-	evs := v.sortedEvents(chain)
+	evs, err := v.sortedEvents(chain)
+	if err != nil {
+		return err
+	}
 	v.ownerBound = chainSizeBound("", evs)
 	for _, e := range evs {
 		if e.Type == "identity.terminated" {
 			v.owner.Terminations = append(v.owner.Terminations, e)
 		}
 	}
+	return nil
 }

@@ -14,7 +14,10 @@ import (
 func TestViewListsBehaveAsCELLists(t *testing.T) {
 	src := parseChain(t, []byte(oneEventChain+strings.ReplaceAll(oneEventChain, `"a1"`, `"a2"`)))
 	chain, _ := src.Chain(t.Context(), "alice")
-	v := buildViews("alice", chain)
+	v, err := buildViews("alice", chain)
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer v.release()
 	env, err := baseEnv()
 	if err != nil {

@@ -471,7 +471,7 @@ func (c chainAdapter) Chain(ctx context.Context, subject string) ([]rules.Entry,
 	}
 	out := make([]rules.Entry, len(ch))
 	for i, e := range ch {
-		out[i] = rules.Entry{Index: e.Index, Event: e.Event}
+		out[i] = rules.Entry{Index: e.Index, Leaf: e.Leaf}
 	}
 	return out, nil
 }

@@ -1,0 +1,171 @@
+package rules
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/grantline/grantline/ingest/synth"
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+func encodeLeaf(t testing.TB, ev *pb.Event) []byte {
+	t.Helper()
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: ev, ObservedTime: timestamppb.New(time.Unix(1767225600, 5))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// reference decodes a leaf the long way: proto.Unmarshal, then fillEvent.
+func reference(leaf []byte, index uint64) (Event, error) {
+	var ent pb.Entry
+	if err := proto.Unmarshal(leaf, &ent); err != nil {
+		return Event{}, err
+	}
+	var e Event
+	ev := ent.GetEvent()
+	if ev == nil {
+		ev = &pb.Event{}
+	}
+	fillEvent(&e, Entry{Index: index, Event: ev})
+	return e, nil
+}
+
+func TestDecodeLeafMatchesProtoUnmarshal(t *testing.T) {
+	org, err := synth.Generate(synth.Config{Seed: 3, Identities: 60, FailureRate: 0.2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfaFalse := false
+	extra := []*pb.Event{
+		{},
+		{Id: "x", Mfa: &mfaFalse, Attributes: map[string]string{"a": "1", "": ""}, ExpiresAt: &timestamppb.Timestamp{}},
+		{Id: "neg", Time: &timestamppb.Timestamp{Seconds: -5, Nanos: 999999999}, Breakglass: true,
+			Source: &pb.Source{System: "s", Product: "p", Tenant: "t", RawType: "r", RawId: "i"},
+			Actor:  &pb.Identity{Id: "a", Kind: "bot", Display: "A", OwnerId: "o"},
+			Refs:   &pb.Refs{Request: "1", Grant: "2", Session: "3", Credential: "4", Review: "5", Ticket: "6"}},
+	}
+	for i, ev := range append(extra, org.Events...) {
+		leaf := encodeLeaf(t, ev)
+		want, err := reference(leaf, uint64(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Event
+		got.Reason = "left over from a previous subject"
+		if err := decodeLeaf(&got, uint64(i), leaf); err != nil {
+			t.Fatalf("event %d (%s): decodeLeaf: %v", i, ev.GetId(), err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("event %d (%s): decodeLeaf = %+v\nwant %+v", i, ev.GetId(), got, want)
+		}
+	}
+}
+
+func TestDecodeLeafRefusesBadInput(t *testing.T) {
+	good := encodeLeaf(t, &pb.Event{Id: "a", Type: "grant.activated"})
+	for _, tc := range []struct {
+		name string
+		leaf []byte
+	}{
+		{"truncated", good[:len(good)-1]},
+		{"bad tag", []byte{0x00}},
+		{"invalid UTF-8 in id", []byte{0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe}},
+	} {
+		var e Event
+		if err := decodeLeaf(&e, 7, tc.leaf); err == nil {
+			t.Errorf("decodeLeaf(%s) = nil error, want one", tc.name)
+		}
+		if _, err := reference(tc.leaf, 7); err == nil {
+			t.Errorf("%s: proto.Unmarshal accepts it, so the test case is wrong", tc.name)
+		}
+	}
+}
+
+// FuzzDecodeLeaf: on any input, decodeLeaf and proto.Unmarshal+fillEvent
+// agree on whether it is valid and, when it is, on every field.
+func FuzzDecodeLeaf(f *testing.F) {
+	mfa := true
+	for _, ev := range []*pb.Event{
+		{Id: "e1", Type: "session.started", Time: timestamppb.Now(), Mfa: &mfa, Subject: &pb.Identity{Id: "u", Kind: "human"}},
+		{Id: "e2", Attributes: map[string]string{"k": "v"}, Entitlement: &pb.Entitlement{Id: "x", Privileged: true}},
+	} {
+		f.Add(encodeLeaf(f, ev))
+	}
+	f.Fuzz(func(t *testing.T, leaf []byte) {
+		want, werr := reference(leaf, 1)
+		var got Event
+		gerr := decodeLeaf(&got, 1, leaf)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("proto.Unmarshal error %v, decodeLeaf error %v", werr, gerr)
+		}
+		// proto.Unmarshal may leave an empty, non-nil attributes map behind
+		// a map field of the wrong wire type; empty is empty.
+		if len(want.Attributes) == 0 {
+			want.Attributes = nil
+		}
+		if werr == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("decodeLeaf = %+v\nwant %+v", got, want)
+		}
+	})
+}
+
+// leafChains serves chains as ledger leaves, as the server does.
+type leafChains map[string][]Entry
+
+func (m leafChains) Chain(_ context.Context, s string) ([]Entry, error) { return m[s], nil }
+
+// TestEvaluateFromLeaves: the catalog over leaves finds exactly what it finds
+// over decoded events.
+func TestEvaluateFromLeaves(t *testing.T) {
+	org, err := synth.Generate(synth.Config{Seed: 5, Identities: 80, FailureRate: 0.2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	params, err := ParseParams("sod.yaml", org.ParamsYAML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	builtin, err := Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := NewSet(builtin, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decoded, leaves := leafChains{}, leafChains{}
+	var subjects []string
+	for i, ev := range org.Events {
+		s := ev.GetSubject().GetId()
+		if _, ok := decoded[s]; !ok {
+			subjects = append(subjects, s)
+		}
+		decoded[s] = append(decoded[s], Entry{Index: uint64(i), Event: ev})
+		leaves[s] = append(leaves[s], Entry{Index: uint64(i), Leaf: encodeLeaf(t, ev)})
+	}
+	a, err := set.Evaluate(t.Context(), subjects, decoded, org.AsOf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := set.Evaluate(t.Context(), subjects, leaves, org.AsOf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Findings) == 0 || fmt.Sprint(a.Findings) != fmt.Sprint(b.Findings) || fmt.Sprint(a.Errors) != fmt.Sprint(b.Errors) {
+		t.Errorf("findings from leaves differ from findings from events:\n%v\n%v", b.Findings, a.Findings)
+	}
+
+	// A leaf that does not decode fails the evaluation, naming the subject.
+	leaves[subjects[0]] = append(leaves[subjects[0]], Entry{Index: 99999, Leaf: []byte{0x0a, 0x05}})
+	if _, err := set.Evaluate(t.Context(), subjects, leaves, org.AsOf); err == nil {
+		t.Error("Evaluate over a corrupt leaf = nil error, want one")
+	}
+}
