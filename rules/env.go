@@ -158,17 +158,6 @@ func grantTimeFunc(name string, f func(*Grant, time.Time) bool) cel.EnvOption {
 			})))
 }
 
-// firstAfter returns, as a list of zero or one events, the first event of
-// evs (in chain order) whose time is strictly after t.
-func firstAfter(evs []*Event, t time.Time) []*Event {
-	for i, e := range evs {
-		if e.Time.After(t) {
-			return evs[i : i+1]
-		}
-	}
-	return nil
-}
-
 // exposure is how long privilege outlived deadline: to the first late
 // event if there is one, otherwise to now; never negative.
 func exposure(deadline time.Time, late []*Event, now time.Time) time.Duration {
@@ -197,44 +186,10 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 				cel.FunctionBinding(newFinding))),
 		grantTimeFunc("endedBy", endedBy),
 		grantTimeFunc("inForceAt", inForceAt),
-		cel.Function("firstAfter",
-			cel.Overload("firstAfter_list_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType}, cel.ListType(eventType),
-				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
-					evs, ok := asEvents(a)
-					t, ok2 := b.(types.Timestamp)
-					if !ok || !ok2 {
-						return types.NewErr("firstAfter: want a list of events and a timestamp")
-					}
-					return types.NewDynamicList(types.DefaultTypeAdapter, firstAfterVals(evs, t.Time, a))
-				}))),
-		cel.Function("lastBefore",
-			cel.Overload("lastBefore_list_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType}, cel.ListType(eventType),
-				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
-					evs, ok := asEvents(a)
-					t, ok2 := b.(types.Timestamp)
-					if !ok || !ok2 {
-						return types.NewErr("lastBefore: want a list of events and a timestamp")
-					}
-					i := searchTime(evs, t.Time, false)
-					if i == 0 {
-						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
-					}
-					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i - 1))})
-				}))),
-		cel.Function("firstAtOrAfter",
-			cel.Overload("firstAtOrAfter_list_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType}, cel.ListType(eventType),
-				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
-					evs, ok := asEvents(a)
-					t, ok2 := b.(types.Timestamp)
-					if !ok || !ok2 {
-						return types.NewErr("firstAtOrAfter: want a list of events and a timestamp")
-					}
-					i := searchTime(evs, t.Time, false)
-					if i == len(evs) {
-						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
-					}
-					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i))})
-				}))),
+		// The lists these read are in chain order, so sorted by time.
+		eventNearFunc("firstAfter", func(evs []*Event, t time.Time) int { return searchTime(evs, t, true) }),
+		eventNearFunc("firstAtOrAfter", func(evs []*Event, t time.Time) int { return searchTime(evs, t, false) }),
+		eventNearFunc("lastBefore", func(evs []*Event, t time.Time) int { return searchTime(evs, t, false) - 1 }),
 		cel.Function("anyBetween",
 			cel.Overload("anyBetween_list_timestamp_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType, cel.TimestampType}, cel.BoolType,
 				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
@@ -281,16 +236,26 @@ func searchTime(evs []*Event, t time.Time, strict bool) int {
 	return i
 }
 
-// firstAfterVals returns the first event after t as a list of the original
-// CEL element (so later field access sees the same native object).
-func firstAfterVals(evs []*Event, t time.Time, list ref.Val) []ref.Val {
-	l := list.(traits.Lister)
-	for i, e := range evs {
-		if e.Time.After(t) {
-			return []ref.Val{l.Get(types.Int(i))}
-		}
-	}
-	return []ref.Val{}
+// eventNearFunc declares name(list(Event), timestamp) -> list(Event): the
+// element at the position pick finds for t (by binary search: the list is in
+// chain order), or an empty list when that position is outside the list. The
+// element is the list's own CEL value, so later field access sees the same
+// native object.
+func eventNearFunc(name string, pick func(evs []*Event, t time.Time) int) cel.EnvOption {
+	return cel.Function(name,
+		cel.Overload(name+"_list_timestamp", []*cel.Type{cel.ListType(eventType), cel.TimestampType}, cel.ListType(eventType),
+			cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+				evs, ok := asEvents(a)
+				t, ok2 := b.(types.Timestamp)
+				if !ok || !ok2 {
+					return types.NewErr("%s: want a list of events and a timestamp", name)
+				}
+				i := pick(evs, t.Time)
+				if i < 0 || i >= len(evs) {
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+				}
+				return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i))})
+			})))
 }
 
 // activation resolves the variables of one rule for one subject.
