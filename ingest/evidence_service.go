@@ -34,7 +34,7 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 	if err != nil {
 		return nil, err
 	}
-	asOf, err := h.s.asOf(req.Msg.GetAsOf())
+	from, asOf, err := h.s.period(req.Msg.GetAsOf(), req.Msg.GetFrom(), req.Msg.GetTo())
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +50,15 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 		return nil, err
 	}
 	start := time.Now()
-	res, err := ev.Evaluate(ctx, subjects, &chainSource{l: h.s.cfg.Ledger, size: cp.Size}, asOf)
+	var res *EvalResult
+	src := &chainSource{l: h.s.cfg.Ledger, size: cp.Size}
+	if from.IsZero() {
+		res, err = ev.Evaluate(ctx, subjects, src, asOf)
+	} else if pe, ok := ev.(PeriodEvaluator); ok {
+		res, err = pe.EvaluatePeriod(ctx, subjects, src, from, asOf)
+	} else {
+		return nil, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("this server's rule set cannot evaluate an audit period"))
+	}
 	h.s.m.evalSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("evaluating rules at tree size %d: %w", cp.Size, err)
@@ -58,11 +66,20 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 	resp := &pb.EvaluateResponse{
 		Checkpoint: string(cp.Note), AsOf: timestamppb.New(asOf),
 		SubjectsEvaluated: uint64(res.Subjects), EntriesEvaluated: uint64(res.Entries),
+		ExposureBySubject: res.ExposureBySubject,
 	}
+	if !from.IsZero() {
+		resp.From = timestamppb.New(from)
+	}
+	var kept []*pb.Finding
 	for _, f := range res.Findings {
 		if len(want) == 0 || slices.Contains(want, f.GetRule()) {
-			resp.Findings = append(resp.Findings, f)
+			kept = append(kept, f)
 		}
+	}
+	resp.Findings = kept
+	if len(want) > 0 {
+		resp.ExposureBySubject = exposureOf(kept, asOf)
 	}
 	for _, e := range res.Errors {
 		if len(want) == 0 || slices.Contains(want, e.GetRule()) {
@@ -81,12 +98,13 @@ func (h *evidenceService) ExportEvidence(ctx context.Context, req *connect.Reque
 	if err != nil {
 		return err
 	}
-	asOf, err := h.s.asOf(req.Msg.GetAsOf())
+	from, asOf, err := h.s.period(req.Msg.GetAsOf(), req.Msg.GetFrom(), req.Msg.GetTo())
 	if err != nil {
 		return err
 	}
 	return ex.Export(ctx, ExportRequest{
-		Checkpoint: cp, AsOf: asOf, All: req.Msg.GetAll(), SinceSizes: req.Msg.GetSinceSizes(),
+		Checkpoint: cp, AsOf: asOf, From: from, Framework: req.Msg.GetFramework(),
+		All: req.Msg.GetAll(), SinceSizes: req.Msg.GetSinceSizes(),
 		Chains: &chainSource{l: h.s.cfg.Ledger, size: cp.Size},
 	}, func(path string) (io.WriteCloser, error) {
 		return &exportWriter{stream: stream, path: path}, nil
@@ -127,6 +145,66 @@ func (w *exportWriter) Close() error {
 	}
 	w.closed = true
 	return w.stream.Send(&pb.ExportEvidenceResponse{Path: w.path, Data: w.buf, Eof: true})
+}
+
+// period resolves the as-of time and, for an audit period, its start (zero
+// for none): with from or to set, the period is [from, to] (to unset: now)
+// and as_of must be unset.
+func (s *Server) period(asOfTS, fromTS, toTS *timestamppb.Timestamp) (from, asOf time.Time, err error) {
+	if fromTS == nil && toTS == nil {
+		asOf, err = s.asOf(asOfTS)
+		return time.Time{}, asOf, err
+	}
+	if asOfTS != nil {
+		return from, asOf, &FieldError{"as_of", "give either as_of (one instant) or from/to (a period), not both"}
+	}
+	if fromTS == nil {
+		return from, asOf, &FieldError{"from", "a period needs its start: set from as well as to"}
+	}
+	if err := fromTS.CheckValid(); err != nil {
+		return from, asOf, &FieldError{"from", "not a valid timestamp"}
+	}
+	from = fromTS.AsTime()
+	if asOf, err = s.asOf(toTS); err != nil {
+		return from, asOf, &FieldError{"to", "not a valid timestamp"}
+	}
+	if asOf.Before(from) {
+		return from, asOf, &FieldError{"to", fmt.Sprintf("the period ends (%s) before it starts (%s)", asOf.Format(time.RFC3339), from.Format(time.RFC3339))}
+	}
+	return from, asOf, nil
+}
+
+// exposureOf is the union exposure per subject of findings (the rules
+// engine's definition, over the wire form).
+func exposureOf(fs []*pb.Finding, asOf time.Time) map[string]int64 {
+	by := map[string][][2]time.Time{}
+	for _, f := range fs {
+		if f.GetExposureSeconds() <= 0 {
+			continue
+		}
+		end := asOf
+		if c := f.GetClosedAt(); c != nil && c.AsTime().Before(asOf) {
+			end = c.AsTime()
+		}
+		by[f.GetSubject()] = append(by[f.GetSubject()], [2]time.Time{end.Add(-time.Duration(f.GetExposureSeconds()) * time.Second), end})
+	}
+	out := map[string]int64{}
+	for s, ivs := range by {
+		slices.SortFunc(ivs, func(a, b [2]time.Time) int { return a[0].Compare(b[0]) })
+		var total time.Duration
+		cur := ivs[0]
+		for _, iv := range ivs[1:] {
+			if iv[0].After(cur[1]) {
+				total += cur[1].Sub(cur[0])
+				cur = iv
+			} else if iv[1].After(cur[1]) {
+				cur[1] = iv[1]
+			}
+		}
+		total += cur[1].Sub(cur[0])
+		out[s] = int64(total / time.Second)
+	}
+	return out
 }
 
 // asOf resolves an as-of time: unset is now.

@@ -140,6 +140,16 @@ type EvalResult struct {
 	Errors   []*pb.RuleError
 	Subjects int
 	Entries  int
+	// ExposureBySubject: per subject, seconds in the union of its
+	// findings' exposure intervals.
+	ExposureBySubject map[string]int64
+}
+
+// PeriodEvaluator is an Evaluator that can also evaluate an audit period
+// [from, to] (docs/rules.md "Periods").
+type PeriodEvaluator interface {
+	Evaluator
+	EvaluatePeriod(ctx context.Context, subjects []string, src ChainSource, from, to time.Time) (*EvalResult, error)
 }
 
 // Evaluator runs the loaded rule set. Safe for concurrent use.
@@ -154,6 +164,8 @@ type Evaluator interface {
 type ExportRequest struct {
 	Checkpoint Checkpoint // the resolved checkpoint the package is anchored to
 	AsOf       time.Time
+	From       time.Time   // the start of an audit period ending at AsOf; zero for none
+	Framework  string      // the control catalog of the report and OSCAL; "" for the default
 	All        bool        // every entry, not only the chains with findings
 	SinceSizes []uint64    // older checkpoint sizes to prove consistency from
 	Chains     ChainSource // subject chains at Checkpoint.Size

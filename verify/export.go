@@ -73,6 +73,16 @@ type Source interface {
 	ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error)
 }
 
+// PeriodSource is a Source that can also evaluate an audit period: the
+// rules over [from, to] as rules.Set.EvaluatePeriod does, the result as
+// Evaluate's. Export needs it for ExportOptions.From.
+type PeriodSource interface {
+	EvaluatePeriod(ctx context.Context, size uint64, from, to time.Time) (*format.Findings, error)
+}
+
+// ErrNoPeriod reports a Source that cannot evaluate an audit period.
+var ErrNoPeriod = errors.New("this evidence source cannot evaluate an audit period")
+
 // Sink receives the files of a package one after another. Create is called
 // for the next file only after the previous file's writer was closed; a
 // file is complete when its Close returns nil. Export never calls Create
@@ -85,8 +95,15 @@ type Sink interface {
 
 // ExportOptions tune an export.
 type ExportOptions struct {
-	// AsOf is the evaluation time; zero means time.Now().
+	// AsOf is the evaluation time; zero means time.Now(). With From it is
+	// the end of the audit period.
 	AsOf time.Time
+	// From, when set, makes the package cover the audit period [From, AsOf]
+	// (docs/rules.md "Periods"); the Source must be a PeriodSource.
+	From time.Time
+	// Framework names the control catalog the report and OSCAL are
+	// written in ("" for the default; see verify/oscal).
+	Framework string
 	// All includes every entry of the tree, not only the chains the findings need.
 	All bool
 	// SinceSizes adds consistency.json with a proof from each of these earlier
@@ -121,7 +138,22 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 	if err := checkNoteMatches(cp); err != nil {
 		return err
 	}
-	doc, err := src.Evaluate(ctx, cp.Size, asOf)
+	var doc *format.Findings
+	if opts.From.IsZero() {
+		doc, err = src.Evaluate(ctx, cp.Size, asOf)
+	} else {
+		from := opts.From.UTC()
+		if asOf.Before(from) {
+			return fmt.Errorf("export: the period starts at %s, after its end %s", from.Format(time.RFC3339), asOf.Format(time.RFC3339))
+		}
+		ps, ok := src.(PeriodSource)
+		if !ok {
+			return fmt.Errorf("export: %w", ErrNoPeriod)
+		}
+		if doc, err = ps.EvaluatePeriod(ctx, cp.Size, from, asOf); err == nil {
+			doc.From = &from
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("export: evaluating rules at size %d: %w", cp.Size, err)
 	}
@@ -131,6 +163,7 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 	doc.CheckpointRoot = cp.Root[:]
 	doc.AsOf = asOf
 	doc.All = opts.All
+	doc.Framework = opts.Framework
 	SortFindings(doc.Findings)
 
 	w := &pkgWriter{sink: sink}

@@ -704,6 +704,13 @@ func CompareFindings(recorded, got []format.Finding) error {
 	return nil
 }
 
+func timeOrNull(t *time.Time) string {
+	if t == nil {
+		return "null"
+	}
+	return t.Format(time.RFC3339Nano)
+}
+
 func compareKey(a, b format.Finding) int {
 	if c := cmp.Compare(a.Rule, b.Rule); c != 0 {
 		return c
@@ -735,6 +742,12 @@ func diffFinding(a, b format.Finding) string {
 		return fmt.Sprintf("message %q, re-evaluated %q", a.Message, b.Message)
 	case a.ExposureSeconds != b.ExposureSeconds:
 		return fmt.Sprintf("exposure %ds, re-evaluated %ds", a.ExposureSeconds, b.ExposureSeconds)
+	case !a.OpenedAt.Equal(b.OpenedAt):
+		return fmt.Sprintf("opened_at %s, re-evaluated %s", a.OpenedAt.Format(time.RFC3339Nano), b.OpenedAt.Format(time.RFC3339Nano))
+	case (a.ClosedAt == nil) != (b.ClosedAt == nil) || (a.ClosedAt != nil && !a.ClosedAt.Equal(*b.ClosedAt)):
+		return fmt.Sprintf("closed_at %s, re-evaluated %s", timeOrNull(a.ClosedAt), timeOrNull(b.ClosedAt))
+	case a.SharesPrimaryWith != b.SharesPrimaryWith:
+		return fmt.Sprintf("shares_primary_with %q, re-evaluated %q", a.SharesPrimaryWith, b.SharesPrimaryWith)
 	}
 	return ""
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/grantline/grantline/ingest/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/verify"
+	"github.com/grantline/grantline/verify/format"
 )
 
 func init() {
@@ -407,15 +408,5 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 	fmt.Fprintf(w, "done in %s\n", s.elapsed.Round(100*time.Millisecond))
 }
 
-// humanDuration prints seconds as days and hours, e.g. "12d 4h".
-func humanDuration(sec int64) string {
-	d := time.Duration(sec) * time.Second
-	switch {
-	case d >= 24*time.Hour:
-		return fmt.Sprintf("%dd %dh", d/(24*time.Hour), (d%(24*time.Hour))/time.Hour)
-	case d >= time.Hour:
-		return fmt.Sprintf("%dh %dm", d/time.Hour, (d%time.Hour)/time.Minute)
-	default:
-		return d.Round(time.Second).String()
-	}
-}
+// humanDuration is format.Duration, the one human duration format.
+func humanDuration(sec int64) string { return format.Duration(sec) }

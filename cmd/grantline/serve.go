@@ -23,6 +23,7 @@ import (
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
 	"github.com/grantline/grantline/verify/format"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func init() {
@@ -477,14 +478,25 @@ func (c chainAdapter) Chain(ctx context.Context, subject string) ([]rules.Entry,
 }
 
 func (r *rulesAdapter) Evaluate(ctx context.Context, subjects []string, src ingest.ChainSource, asOf time.Time) (*ingest.EvalResult, error) {
-	res, err := r.set.Evaluate(ctx, subjects, chainAdapter{src}, asOf)
+	return evalResult(r.set.Evaluate(ctx, subjects, chainAdapter{src}, asOf))
+}
+
+func (r *rulesAdapter) EvaluatePeriod(ctx context.Context, subjects []string, src ingest.ChainSource, from, to time.Time) (*ingest.EvalResult, error) {
+	return evalResult(r.set.EvaluatePeriod(ctx, subjects, chainAdapter{src}, from, to))
+}
+
+func evalResult(res *rules.Result, err error) (*ingest.EvalResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &ingest.EvalResult{Subjects: res.Subjects, Entries: res.Entries}
+	out := &ingest.EvalResult{Subjects: res.Subjects, Entries: res.Entries, ExposureBySubject: res.ExposureBySubject}
 	for _, f := range res.Findings {
 		pf := &pb.Finding{Rule: f.Rule, Subject: f.Subject, Severity: f.Severity, Message: f.Message,
-			ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls}
+			ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls,
+			OpenedAt: timestamppb.New(f.OpenedAt), SharesPrimaryWith: f.SharesPrimaryWith}
+		if !f.Open() {
+			pf.ClosedAt = timestamppb.New(f.ClosedAt)
+		}
 		for _, e := range f.Entries {
 			pf.Entries = append(pf.Entries, &pb.EntryRef{Index: e.Index, EventId: e.EventID})
 		}
@@ -507,7 +519,7 @@ type exportAdapter struct {
 
 func (x *exportAdapter) Export(ctx context.Context, req ingest.ExportRequest, create func(string) (io.WriteCloser, error)) error {
 	src := &exportSource{x: x, req: req}
-	err := verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
+	err := verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, From: req.From, Framework: req.Framework, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
 	return ledgerErr(err)
 }
 
@@ -527,6 +539,14 @@ func (s *exportSource) Checkpoint(context.Context) (verify.Checkpoint, error) {
 }
 
 func (s *exportSource) Evaluate(ctx context.Context, size uint64, asOf time.Time) (*format.Findings, error) {
+	return s.evaluate(ctx, size, time.Time{}, asOf)
+}
+
+func (s *exportSource) EvaluatePeriod(ctx context.Context, size uint64, from, to time.Time) (*format.Findings, error) {
+	return s.evaluate(ctx, size, from, to)
+}
+
+func (s *exportSource) evaluate(ctx context.Context, size uint64, from, asOf time.Time) (*format.Findings, error) {
 	var subjects []string
 	if err := s.x.l.ForEachSubject(ctx, size, func(sub string) error {
 		subjects = append(subjects, sub)
@@ -534,7 +554,13 @@ func (s *exportSource) Evaluate(ctx context.Context, size uint64, asOf time.Time
 	}); err != nil {
 		return nil, err
 	}
-	res, err := s.x.set.Evaluate(ctx, subjects, chainAdapter{s.req.Chains}, asOf)
+	var res *rules.Result
+	var err error
+	if from.IsZero() {
+		res, err = s.x.set.Evaluate(ctx, subjects, chainAdapter{s.req.Chains}, asOf)
+	} else {
+		res, err = s.x.set.EvaluatePeriod(ctx, subjects, chainAdapter{s.req.Chains}, from, asOf)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/grantline/grantline/verify/format"
 )
@@ -35,7 +34,7 @@ type Options struct {
 var pageText string
 
 var page = template.Must(template.New("report").Funcs(template.FuncMap{
-	"dur":   Duration,
+	"dur":   format.Duration,
 	"lower": strings.ToLower,
 }).Parse(pageText))
 
@@ -47,28 +46,6 @@ func sevRank(s string) int {
 		return i
 	}
 	return len(severities)
-}
-
-// Duration formats seconds as days, hours and minutes ("3d 4h", "25m").
-func Duration(sec int64) string {
-	if sec <= 0 {
-		return "0"
-	}
-	d := time.Duration(sec) * time.Second
-	days := int64(d / (24 * time.Hour))
-	h := int64(d/time.Hour) % 24
-	m := int64(d/time.Minute) % 60
-	switch {
-	case days > 0 && h > 0:
-		return fmt.Sprintf("%dd %dh", days, h)
-	case days > 0:
-		return fmt.Sprintf("%dd", days)
-	case h > 0:
-		return fmt.Sprintf("%dh %dm", h, m)
-	case m > 0:
-		return fmt.Sprintf("%dm", m)
-	}
-	return fmt.Sprintf("%ds", sec)
 }
 
 type sevCount struct {
@@ -311,7 +288,7 @@ func exposureChart(title, note string, gs []*group, limit int) chart {
 		if len([]rune(label)) > 28 {
 			label = string([]rune(label)[:27]) + "…"
 		}
-		c.Bars = append(c.Bars, bar{Label: label, Value: Duration(g.Exposure), Y: y, W: max(w, 2), TextY: y + 13, ValueX: 210 + max(w, 2) + 6, Severity: g.Severity})
+		c.Bars = append(c.Bars, bar{Label: label, Value: format.Duration(g.Exposure), Y: y, W: max(w, 2), TextY: y + 13, ValueX: 210 + max(w, 2) + 6, Severity: g.Severity})
 	}
 	c.Height = len(c.Bars)*(barH+gap) + 4
 	return c
@@ -355,7 +332,7 @@ func WriteCSV(w io.Writer, scope *format.Scope) error {
 			pid = f.Entries[0].EventID
 		}
 		rec := []string{f.Rule, f.Title, f.Severity, f.Subject, scope.DisplayOf[f.Subject], strconv.FormatUint(p, 10), pid,
-			strings.Join(es, " "), strings.Join(f.Controls, " "), strconv.FormatInt(f.ExposureSeconds, 10), Duration(f.ExposureSeconds), scope.SourceOf[p], f.Message}
+			strings.Join(es, " "), strings.Join(f.Controls, " "), strconv.FormatInt(f.ExposureSeconds, 10), format.Duration(f.ExposureSeconds), scope.SourceOf[p], f.Message}
 		for i := range rec {
 			rec[i] = SafeCell(rec[i])
 		}

@@ -112,13 +112,3 @@ func TestHTMLNoFindings(t *testing.T) {
 	}
 }
 
-func TestDuration(t *testing.T) {
-	for _, tc := range []struct {
-		in   int64
-		want string
-	}{{0, "0"}, {-5, "0"}, {45, "45s"}, {60, "1m"}, {3660, "1h 1m"}, {86400, "1d"}, {90061, "1d 1h"}} {
-		if got := Duration(tc.in); got != tc.want {
-			t.Errorf("Duration(%d) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
