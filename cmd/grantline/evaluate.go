@@ -110,7 +110,7 @@ type findingJSON struct {
 	Entries         []entryJSON `json:"entries"`
 	Message         string      `json:"message"`
 	ExposureSeconds int64       `json:"exposure_seconds"`
-	OpenedAt        string      `json:"opened_at"`
+	OpenedAt        *string     `json:"opened_at"`
 	ClosedAt        *string     `json:"closed_at"` // null while open at the as-of time
 	// SharesPrimaryWith: the rule of a more specific finding on the same entry.
 	SharesPrimaryWith string `json:"shares_primary_with,omitempty"`
@@ -138,7 +138,8 @@ func writeEvaluateJSON(w io.Writer, r *pb.EvaluateResponse) error {
 			Entries: []entryJSON{}, Message: f.GetMessage(), ExposureSeconds: f.GetExposureSeconds(),
 			SharesPrimaryWith: f.GetSharesPrimaryWith()}
 		if f.GetOpenedAt() != nil {
-			fj.OpenedAt = f.GetOpenedAt().AsTime().UTC().Format(time.RFC3339)
+			o := f.GetOpenedAt().AsTime().UTC().Format(time.RFC3339)
+			fj.OpenedAt = &o
 		}
 		if f.GetClosedAt() != nil {
 			c := f.GetClosedAt().AsTime().UTC().Format(time.RFC3339)
