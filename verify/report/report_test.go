@@ -111,4 +111,3 @@ func TestHTMLNoFindings(t *testing.T) {
 		t.Error("an empty report should say there are no findings")
 	}
 }
-
