@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
@@ -51,7 +52,7 @@ type ledgerFake struct {
 
 	origin    string
 	evalTime  time.Duration // time spent in Evaluate (the server's rules evaluation)
-	cp        Checkpoint
+	cp        ledger.Checkpoint
 	evaluated bool
 	// faults
 	dropEntry     int64 // skip this index in Entries (-1 none)
@@ -148,25 +149,23 @@ func (l *ledgerFake) vkey() string { return logKeys[l] }
 // signedAt returns the signed checkpoint note at size.
 func (l *ledgerFake) signedAt(t testing.TB, size uint64) []byte {
 	t.Helper()
-	n, err := checkpoint.Sign(l.signer, size, l.tree.HashAt(size))
+	c, err := ledger.SignCheckpoint(l.signer, size, [32]byte(l.tree.HashAt(size)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return c.Note
 }
 
-func (l *ledgerFake) Checkpoint(ctx context.Context) (Checkpoint, error) {
+func (l *ledgerFake) Checkpoint(ctx context.Context) (ledger.Checkpoint, error) {
 	size := l.tree.Size()
-	n, err := checkpoint.Sign(l.signer, size, l.tree.HashAt(size))
+	c, err := ledger.SignCheckpoint(l.signer, size, [32]byte(l.tree.HashAt(size)))
 	if err != nil {
-		return Checkpoint{}, err
+		return ledger.Checkpoint{}, err
 	}
-	origin := l.origin
-	if origin == "" {
-		origin = testOrigin
+	if l.origin != "" {
+		c.Origin = l.origin // a Source that breaks its contract
 	}
-	l.cp = Checkpoint{Note: n, Origin: origin, Size: size}
-	copy(l.cp.Root[:], l.tree.HashAt(size))
+	l.cp = c
 	return l.cp, nil
 }
 

@@ -38,6 +38,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/verify/format"
@@ -155,7 +156,7 @@ type verifier struct {
 	rep  *Report
 	// present files and their digests (hex sha256)
 	digests map[string]string
-	cp      checkpoint.Checkpoint
+	cp      ledger.Checkpoint
 	pred    Predicate
 	// chains by subject: the leaves, decoded on demand
 	chains map[string][]stored
@@ -321,7 +322,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 	if err != nil {
 		return err
 	}
-	cp, err := checkpoint.Open(b, nv)
+	cp, err := ledger.OpenCheckpoint(b, nv)
 	if err != nil {
 		return fail(file, "checkpoint signature", "%v", err)
 	}
@@ -335,7 +336,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 	if v.opts.Since == nil {
 		return nil
 	}
-	old, err := checkpoint.Open(v.opts.Since, nv)
+	old, err := ledger.OpenCheckpoint(v.opts.Since, nv)
 	if err != nil {
 		return fail("--since", "checkpoint signature", "%v", err)
 	}

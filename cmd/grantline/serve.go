@@ -18,6 +18,7 @@ import (
 	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
@@ -205,13 +206,19 @@ func startServer(ctx context.Context, cfg serveConfig) (_ *runningServer, err er
 			ln.Close()
 		}
 	}()
-	l, err := ledger.Open(ctx, ledger.Options{
-		Dir: filepath.Join(cfg.DataDir, "ledger"), Origin: keys.Origin,
+	ldir := filepath.Join(cfg.DataDir, "ledger")
+	llog := cfg.Logger.With("component", "ledger")
+	bs, err := badgerstore.Open(ldir, badgerstore.Options{Logger: llog})
+	if err != nil {
+		return nil, fmt.Errorf("opening the ledger store in %s: %w: %w", ldir, ledger.ErrStorage, err)
+	}
+	l, err := ledger.Open(ctx, bs, ledger.Options{
 		Signer: keys.LogSigner, Verifier: keys.LogVerifier,
-		QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger"),
+		QueueSize: cfg.QueueSize, Logger: llog,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("opening the ledger in %s: %w", filepath.Join(cfg.DataDir, "ledger"), err)
+		bs.Close()
+		return nil, fmt.Errorf("opening the ledger in %s: %w", ldir, err)
 	}
 	la := ledgerAdapter{l}
 	api, err := ingest.New(ingest.Config{
@@ -521,9 +528,9 @@ type exportSource struct {
 	req ingest.ExportRequest
 }
 
-func (s *exportSource) Checkpoint(context.Context) (verify.Checkpoint, error) {
+func (s *exportSource) Checkpoint(context.Context) (ledger.Checkpoint, error) {
 	cp := s.req.Checkpoint
-	return verify.Checkpoint{Note: cp.Note, Origin: s.x.origin, Size: cp.Size, Root: cp.Root}, nil
+	return ledger.Checkpoint{Note: cp.Note, Origin: s.x.origin, Size: cp.Size, Root: cp.Root}, nil
 }
 
 func (s *exportSource) Evaluate(ctx context.Context, size uint64, asOf time.Time) (*format.Findings, error) {
