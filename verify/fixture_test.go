@@ -181,7 +181,7 @@ func (l *ledgerFake) Evaluate(ctx context.Context, size uint64, asOf time.Time) 
 	if l.set != nil {
 		start := time.Now()
 		defer func() { l.evalTime = time.Since(start) }()
-		res, err := l.set.Evaluate(ctx, subs, chainAdapter{l}, asOf)
+		res, err := l.set.Evaluate(ctx, subs, l, asOf)
 		if err != nil {
 			return nil, err
 		}
@@ -200,14 +200,14 @@ func (l *ledgerFake) Evaluate(ctx context.Context, size uint64, asOf time.Time) 
 	return doc, nil
 }
 
-func (l *ledgerFake) Chain(_ context.Context, subject string) ([]ChainEntry, error) {
-	var out []ChainEntry
+func (l *ledgerFake) Chain(_ context.Context, subject string) ([]rules.Entry, error) {
+	var out []rules.Entry
 	for _, i := range l.bySubject[subject] {
 		ent, err := DecodeLeaf(l.leaves[i])
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ChainEntry{Index: i, Event: ent.Event})
+		out = append(out, rules.Entry{Index: i, Event: ent.Event})
 	}
 	return out, nil
 }
@@ -278,13 +278,13 @@ func testRules() []format.Rule {
 // one of which reads a second chain (the owner's), like orphaned-nhi.
 type testEvaluator struct{}
 
-func (testEvaluator) Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains ChainSource) ([]format.Finding, error) {
+func (testEvaluator) Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains rules.ChainSource) ([]format.Finding, error) {
 	enabled := map[string]format.Rule{}
 	for _, r := range doc.Rules {
 		enabled[r.ID] = r
 	}
 	var out []format.Finding
-	add := func(rule, subject, msg string, exposure int64, es ...ChainEntry) {
+	add := func(rule, subject, msg string, exposure int64, es ...rules.Entry) {
 		r, ok := enabled[rule]
 		if !ok {
 			return

@@ -41,6 +41,7 @@ import (
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify/format"
 )
 
@@ -106,20 +107,7 @@ type Evaluator interface {
 	// Evaluate builds the rule set from doc.Rules (texts) and doc.Params,
 	// evaluates it on subjects at doc.AsOf reading chains, and returns the
 	// findings in the rules engine's order. Safe for concurrent use.
-	Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains ChainSource) ([]format.Finding, error)
-}
-
-// ChainSource serves the chains of the entries in a package.
-type ChainSource interface {
-	// Chain returns the entries of subject in the package in index order;
-	// empty, not an error, for an unknown subject. Safe for concurrent use.
-	Chain(ctx context.Context, subject string) ([]ChainEntry, error)
-}
-
-// ChainEntry is one entry of a chain.
-type ChainEntry struct {
-	Index uint64
-	Event *pb.Event
+	Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains rules.ChainSource) ([]format.Finding, error)
 }
 
 // DefaultEvaluator is used when Options.Evaluator is nil.
@@ -641,16 +629,16 @@ func (v *verifier) checkFindings() (*format.Findings, error) {
 	return doc, nil
 }
 
-// Chain implements ChainSource over the package's entries.
-func (v *verifier) Chain(_ context.Context, subject string) ([]ChainEntry, error) {
+// Chain implements rules.ChainSource over the package's entries, decoded.
+func (v *verifier) Chain(_ context.Context, subject string) ([]rules.Entry, error) {
 	st := v.chains[subject]
-	out := make([]ChainEntry, 0, len(st))
+	out := make([]rules.Entry, 0, len(st))
 	for _, s := range st {
 		ent, err := DecodeLeaf(s.leaf)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ChainEntry{Index: s.index, Event: ent.GetEvent()})
+		out = append(out, rules.Entry{Index: s.index, Event: ent.GetEvent()})
 	}
 	return out, nil
 }
