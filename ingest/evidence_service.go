@@ -12,6 +12,7 @@ import (
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
+	"github.com/grantline/grantline/rules"
 )
 
 // MaxEvaluateSubjects bounds the subjects one Evaluate request may name.
@@ -39,7 +40,10 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 		return nil, err
 	}
 	want := req.Msg.GetRules()
-	known := ev.RuleIDs()
+	var known []string
+	for _, r := range ev.Rules() {
+		known = append(known, r.ID)
+	}
 	for i, id := range want {
 		if !slices.Contains(known, id) {
 			return nil, &FieldError{fmt.Sprintf("rules[%d]", i), fmt.Sprintf("unknown rule %q; loaded rules: %v", clip(id), known)}
@@ -50,14 +54,12 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 		return nil, err
 	}
 	start := time.Now()
-	var res *EvalResult
+	var res *rules.Result
 	src := &chainSource{l: h.s.cfg.Ledger, size: cp.Size}
 	if from.IsZero() {
 		res, err = ev.Evaluate(ctx, subjects, src, asOf)
-	} else if pe, ok := ev.(PeriodEvaluator); ok {
-		res, err = pe.EvaluatePeriod(ctx, subjects, src, from, asOf)
 	} else {
-		return nil, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("this server's rule set cannot evaluate an audit period"))
+		res, err = ev.EvaluatePeriod(ctx, subjects, src, from, asOf)
 	}
 	h.s.m.evalSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -71,19 +73,29 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 	if !from.IsZero() {
 		resp.From = timestamppb.New(from)
 	}
-	var kept []*pb.Finding
+	var kept []rules.Finding
 	for _, f := range res.Findings {
-		if len(want) == 0 || slices.Contains(want, f.GetRule()) {
+		if len(want) == 0 || slices.Contains(want, f.Rule) {
 			kept = append(kept, f)
+			pf := &pb.Finding{Rule: f.Rule, Subject: f.Subject, Severity: f.Severity, Message: f.Message,
+				ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls,
+				OpenedAt: timestamppb.New(f.OpenedAt), SharesPrimaryWith: f.SharesPrimaryWith}
+			if !f.Open() {
+				pf.ClosedAt = timestamppb.New(f.ClosedAt)
+			}
+			for _, e := range f.Entries {
+				pf.Entries = append(pf.Entries, &pb.EntryRef{Index: e.Index, EventId: e.EventID})
+			}
+			resp.Findings = append(resp.Findings, pf)
 		}
 	}
-	resp.Findings = kept
 	if len(want) > 0 {
-		resp.ExposureBySubject = exposureOf(kept, asOf)
+		// Only the chosen rules' findings: their own union.
+		resp.ExposureBySubject = rules.ExposureBySubject(kept, asOf)
 	}
 	for _, e := range res.Errors {
-		if len(want) == 0 || slices.Contains(want, e.GetRule()) {
-			resp.Errors = append(resp.Errors, e)
+		if len(want) == 0 || slices.Contains(want, e.Rule) {
+			resp.Errors = append(resp.Errors, &pb.RuleError{Rule: e.Rule, Subject: e.Subject, Message: e.Message})
 		}
 	}
 	return connect.NewResponse(resp), nil
@@ -174,39 +186,6 @@ func (s *Server) period(asOfTS, fromTS, toTS *timestamppb.Timestamp) (from, asOf
 	return from, asOf, nil
 }
 
-// exposureOf is the union exposure per subject of findings (the rules
-// engine's definition, over the wire form).
-func exposureOf(fs []*pb.Finding, asOf time.Time) map[string]int64 {
-	by := map[string][][2]time.Time{}
-	for _, f := range fs {
-		if f.GetExposureSeconds() <= 0 {
-			continue
-		}
-		end := asOf
-		if c := f.GetClosedAt(); c != nil && c.AsTime().Before(asOf) {
-			end = c.AsTime()
-		}
-		by[f.GetSubject()] = append(by[f.GetSubject()], [2]time.Time{end.Add(-time.Duration(f.GetExposureSeconds()) * time.Second), end})
-	}
-	out := map[string]int64{}
-	for s, ivs := range by {
-		slices.SortFunc(ivs, func(a, b [2]time.Time) int { return a[0].Compare(b[0]) })
-		var total time.Duration
-		cur := ivs[0]
-		for _, iv := range ivs[1:] {
-			if iv[0].After(cur[1]) {
-				total += cur[1].Sub(cur[0])
-				cur = iv
-			} else if iv[1].After(cur[1]) {
-				cur[1] = iv[1]
-			}
-		}
-		total += cur[1].Sub(cur[0])
-		out[s] = int64(total / time.Second)
-	}
-	return out
-}
-
 // asOf resolves an as-of time: unset is now.
 func (s *Server) asOf(ts *timestamppb.Timestamp) (time.Time, error) {
 	if ts == nil {
@@ -242,14 +221,16 @@ func (s *Server) subjects(ctx context.Context, size uint64, want []string) ([]st
 	return all, err
 }
 
-// chainSource reads subject chains from the ledger at a fixed tree size.
+// chainSource is the rules engine's ChainSource over the ledger at a fixed
+// tree size. It hands over leaves undecoded: the engine decodes them
+// straight into its views.
 type chainSource struct {
 	l    Ledger
 	size uint64
 }
 
-func (c *chainSource) Chain(ctx context.Context, subject string) ([]ChainEntry, error) {
-	var out []ChainEntry
+func (c *chainSource) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
+	var out []rules.Entry
 	start := uint64(0)
 	for {
 		ents, err := c.l.SubjectEntries(ctx, subject, c.size, start, MaxPageSize)
@@ -257,7 +238,7 @@ func (c *chainSource) Chain(ctx context.Context, subject string) ([]ChainEntry, 
 			return nil, fmt.Errorf("reading the chain of %q: %w", subject, err)
 		}
 		for _, e := range ents {
-			out = append(out, ChainEntry{Index: e.Index, Leaf: e.Leaf})
+			out = append(out, rules.Entry{Index: e.Index, Leaf: e.Leaf})
 		}
 		if len(ents) < MaxPageSize {
 			return out, nil
