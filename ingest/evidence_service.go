@@ -13,6 +13,7 @@ import (
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 	"github.com/grantline/grantline/rules"
+	"github.com/grantline/grantline/verify/oscal"
 )
 
 // MaxEvaluateSubjects bounds the subjects one Evaluate request may name.
@@ -113,6 +114,9 @@ func (h *evidenceService) ExportEvidence(ctx context.Context, req *connect.Reque
 	from, asOf, err := h.s.period(req.Msg.GetAsOf(), req.Msg.GetFrom(), req.Msg.GetTo())
 	if err != nil {
 		return err
+	}
+	if _, err := oscal.LoadCatalog(req.Msg.GetFramework()); err != nil {
+		return &FieldError{"framework", err.Error()}
 	}
 	return ex.Export(ctx, ExportRequest{
 		Checkpoint: cp, AsOf: asOf, From: from, Framework: req.Msg.GetFramework(),

@@ -118,6 +118,9 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 	if opts.Signer == nil {
 		return errors.New("export: no evidence signer")
 	}
+	if _, err := oscal.LoadCatalog(opts.Framework); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
 	asOf := opts.AsOf
 	if asOf.IsZero() {
 		asOf = time.Now()
