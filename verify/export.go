@@ -103,6 +103,12 @@ type ExportOptions struct {
 	SinceSizes []uint64
 	// Signer signs the statement. Required.
 	Signer *EvidenceSigner
+	// GeneratedAt is the generation time the report states; zero means
+	// time.Now(). Version is the Grantline version (default: the build's).
+	GeneratedAt time.Time
+	Version     string
+	// LogKey is the log's verifier key (signed-note form), for the report.
+	LogKey string
 	// PackageName is how the report's verify command names the package
 	// (e.g. the output folder); "" means "evidence".
 	PackageName string
@@ -193,7 +199,15 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 		}
 	}
 
-	scope := &format.Scope{Findings: doc, SourceOf: map[uint64]string{}, DisplayOf: map[string]string{}}
+	scope := &format.Scope{Findings: doc, SourceOf: map[uint64]string{}, DisplayOf: map[string]string{},
+		Events: map[uint64]format.EventRow{}, ApproverOf: map[string]string{},
+		GeneratedAt: opts.GeneratedAt.UTC(), Version: opts.Version, LogKey: opts.LogKey, EvidenceKeyID: opts.Signer.KeyID()}
+	if scope.GeneratedAt.IsZero() {
+		scope.GeneratedAt = time.Now().UTC()
+	}
+	if scope.Version == "" {
+		scope.Version = BuildVersion()
+	}
 	cited := map[uint64]string{} // index → event id
 	for _, f := range doc.Findings {
 		for _, e := range f.Entries {
@@ -320,6 +334,7 @@ type exportItem struct {
 	source  string
 	subject string
 	display string
+	row     format.EventRow
 	err     error
 }
 
@@ -435,6 +450,10 @@ func writeOrdered(ctx context.Context, ordered <-chan *exportBatch, out io.Write
 				}
 				delete(cited, it.index)
 				scope.SourceOf[it.index] = it.source
+				scope.Events[it.index] = it.row
+			}
+			if it.row.Type == "access.approved" && it.row.Request != "" {
+				scope.ApproverOf[format.ApprovalKey(it.subject, it.row.Request)] = it.row.Actor
 			}
 			seenSubjects[it.subject] = struct{}{}
 			if it.display != "" {
@@ -482,6 +501,9 @@ func encodeItem(it *exportItem, cp ledger.Checkpoint) {
 	it.source = ev.GetSource().GetSystem()
 	it.subject = ev.GetSubject().GetId()
 	it.display = ev.GetSubject().GetDisplay()
+	it.row = format.EventRow{Index: it.index, EventID: ev.GetId(), Type: ev.GetType(), Time: ev.GetTime().AsTime(),
+		ObservedTime: ent.GetObservedTime().AsTime(), Source: ev.GetSource().GetSystem(), Actor: ev.GetActor().GetId(),
+		Request: ev.GetRefs().GetRequest()}
 	it.leaf, it.proof = nil, nil
 }
 

@@ -135,7 +135,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	api, err := ingest.New(ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
-		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
+		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic,
 	})
 	if err != nil {
@@ -257,11 +257,12 @@ type exporter struct {
 	set    *rules.Set
 	params []byte
 	signer *verify.EvidenceSigner
+	logKey string // the log's verifier key, for the report
 }
 
 func (x *exporter) Export(ctx context.Context, req ingest.ExportRequest, create func(string) (io.WriteCloser, error)) error {
 	src := &exportSource{x: x, req: req}
-	return verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, From: req.From, Framework: req.Framework, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
+	return verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, From: req.From, Framework: req.Framework, LogKey: x.logKey, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
 }
 
 type sinkFunc func(string) (io.WriteCloser, error)

@@ -187,4 +187,27 @@ type Scope struct {
 	SourceOf map[uint64]string
 	// DisplayOf maps a subject id to its display name, when an event gave one.
 	DisplayOf map[string]string
+	// Events describes each cited entry, for the report's rows.
+	Events map[uint64]EventRow
+	// ApproverOf maps ApprovalKey(subject, request) to the actor of the
+	// access.approved of that request in the package's entries.
+	ApproverOf map[string]string
+	// GeneratedAt is when the package was made; Version the Grantline
+	// version that made it.
+	GeneratedAt time.Time
+	Version     string
+	// LogKey is the log's verifier key (signed-note form) when known;
+	// EvidenceKeyID the SHA-256 (hex) of the evidence public key (DER).
+	LogKey, EvidenceKeyID string
 }
+
+// EventRow is what a report shows of one cited ledger entry.
+type EventRow struct {
+	Index                  uint64
+	EventID, Type          string
+	Time, ObservedTime     time.Time
+	Source, Actor, Request string
+}
+
+// ApprovalKey is the key of Scope.ApproverOf.
+func ApprovalKey(subject, request string) string { return subject + "\x00" + request }
