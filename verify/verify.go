@@ -74,10 +74,13 @@ type Check struct {
 
 // Report is what Verify checked.
 type Report struct {
-	Origin   string
-	Size     uint64
-	Root     [32]byte
-	AsOf     time.Time
+	Origin string
+	Size   uint64
+	Root   [32]byte
+	AsOf   time.Time
+	// From is the start of the audit period the package covers; zero for
+	// one instant.
+	From     time.Time
 	Entries  uint64
 	Subjects int
 	Findings int
@@ -624,6 +627,9 @@ func (v *verifier) checkFindings() (*format.Findings, error) {
 		}
 	}
 	v.rep.AsOf = doc.AsOf
+	if doc.From != nil {
+		v.rep.From = *doc.From
+	}
 	v.rep.Findings = len(doc.Findings)
 	v.pass(file, "rules and citations", "%d rules (texts match their sha256), %d findings citing included entries, as of %s", len(doc.Rules), len(doc.Findings), doc.AsOf.Format(time.RFC3339))
 	return doc, nil
