@@ -398,6 +398,26 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					}
 					return types.NewDynamicList(types.DefaultTypeAdapter, out)
 				}))),
+		cel.Function("nextAfter",
+			cel.Overload("nextAfter_list_event", []*cel.Type{cel.ListType(eventType), eventType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					evs, ok1 := asEvents(a)
+					e, ok2 := asEvent(b)
+					if !ok1 || !ok2 {
+						return types.NewErr("nextAfter: want (list of events, event)")
+					}
+					// The list is in chain order: binary search.
+					i, _ := slices.BinarySearchFunc(evs, e, func(x, e *Event) int {
+						if chainOrder(x, e) > 0 {
+							return 1
+						}
+						return -1
+					})
+					if i >= len(evs) {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i))})
+				}))),
 		cel.Function("lapses",
 			cel.Overload("lapses_grant_list_duration_timestamp_timestamp",
 				[]*cel.Type{grantType, cel.ListType(eventType), cel.DurationType, cel.TimestampType, cel.TimestampType}, cel.ListType(windowType),
