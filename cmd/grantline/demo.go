@@ -408,7 +408,7 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 			sevs = append(sevs, fmt.Sprintf("%d %s", sev[k], k))
 		}
 	}
-	fmt.Fprintf(w, "%d findings (%s), %d of them on the same entry as a more specific one; privilege outlived its purpose for %s in total over %d identities (each interval counted once)\n",
+	fmt.Fprintf(w, "%d findings (%s), %d of them on the same entry as a more specific one; privilege outlived its purpose for %s in total over %d identity(ies) (each interval counted once)\n",
 		len(s.findings), strings.Join(sevs, ", "), shared, humanDuration(exposure), len(s.exposureBySubject))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  SEVERITY\tRULE\tFINDINGS\tIDENTITIES\tEXPOSURE")

@@ -193,7 +193,7 @@ func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
 	for _, n := range r.GetExposureBySubject() {
 		exposure += n
 	}
-	_, err := fmt.Fprintf(w, "\n%d finding(s) over %d subject(s) and %d entries, %s, at %s; privilege outlived its purpose for %s over %d identities (each interval counted once)\n",
+	_, err := fmt.Fprintf(w, "\n%d finding(s) over %d subject(s) and %d entries, %s, at %s; privilege outlived its purpose for %s over %d identity(ies) (each interval counted once)\n",
 		len(r.GetFindings()), r.GetSubjectsEvaluated(), r.GetEntriesEvaluated(), when, checkpointLine(r.GetCheckpoint()),
 		format.Duration(exposure), len(r.GetExposureBySubject()))
 	return err

@@ -100,7 +100,7 @@ func TestEvaluateTable(t *testing.T) {
 	if !strings.Contains(lines[2], "3 (ev-3)") || !strings.Contains(lines[2], " - ") {
 		t.Errorf("row %q: want entry 3 (ev-3) and no exposure (-)", lines[2])
 	}
-	if want := "2 finding(s) over 2 subject(s) and 12 entries, as of 2026-03-01T00:00:00Z, at grantline.example/log tree size 42; privilege outlived its purpose for 15m over 1 identities (each interval counted once)"; lines[4] != want {
+	if want := "2 finding(s) over 2 subject(s) and 12 entries, as of 2026-03-01T00:00:00Z, at grantline.example/log tree size 42; privilege outlived its purpose for 15m over 1 identity(ies) (each interval counted once)"; lines[4] != want {
 		t.Errorf("summary = %q, want %q", lines[4], want)
 	}
 }
