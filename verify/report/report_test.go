@@ -133,6 +133,8 @@ func periodScope() *format.Scope {
 			Findings: []format.Finding{
 				{Rule: "approval-without-revocation", Severity: "high", Subject: "marco.bianchi", Entries: []format.EntryRef{{Index: 1, EventID: "jnr-2"}},
 					Message: "privileged approval not revoked", ExposureSeconds: d22, OpenedAt: at("2026-05-05T17:22:00Z")},
+				{Rule: "self-approval", Severity: "high", Subject: "marco.bianchi", Entries: []format.EntryRef{{Index: 1, EventID: "jnr-2"}},
+					Message: "approved by its own subject", OpenedAt: at("2026-05-05T09:07:00Z"), ClosedAt: ptr(at("2026-05-05T09:07:00Z")), SharesPrimaryWith: "approval-without-revocation"},
 				{Rule: "grant-overstayed-expiry", Severity: "high", Subject: "marco.bianchi", Entries: []format.EntryRef{{Index: 2, EventID: "jnr-3"}},
 					Message: "grant expired but was not ended", ExposureSeconds: d22, OpenedAt: at("2026-05-05T11:27:00Z"), SharesPrimaryWith: "jit-outlived-session"},
 				{Rule: "jit-outlived-session", Severity: "high", Subject: "marco.bianchi", Entries: []format.EntryRef{{Index: 2, EventID: "jnr-3"}, {Index: 4, EventID: "jnr-5"}},
@@ -167,8 +169,9 @@ func TestHTMLPeriodReport(t *testing.T) {
 	for _, want := range []string{
 		"period <strong>2026-05-10 00:00:00 UTC to 2026-06-01 00:00:00 UTC</strong>",
 		"<span class=\"open\">open</span> since 2026-05-05 10:17:00 UTC",
-		"3 findings</strong> open at some time in the period",
-		"2 distinct, and 1 that cite the same entry as a more specific finding",
+		"4 findings</strong> open at some time in the period",
+		"2 distinct, and 2 that cite the same entry as a more specific finding",
+		"<span class=\"closed\">occurred</span> 2026-05-05 09:07:00 UTC",
 		"<strong>22d</strong> in total within the period", // once, not 66d
 		"Same entry, also:",
 		"jnr-2", "access.approved", "2026-05-05 09:07:02 UTC", "harper.dubois",
@@ -199,3 +202,5 @@ func TestHTMLPeriodReport(t *testing.T) {
 		t.Error("a package with every entry should say so")
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
