@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"filippo.io/torchwood"
-	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -50,7 +50,7 @@ func (f *faultyWitness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !ok || err != nil || !strings.HasPrefix(lines[0], "old ") {
 		f.t.Errorf("faulty witness: malformed request %q", body)
 	}
-	cp, err := checkpoint.Open(signed, f.log)
+	cp, err := ledger.OpenCheckpoint(signed, f.log)
 	if err != nil {
 		f.t.Errorf("faulty witness: the note is not the log's: %v", err)
 	}
@@ -180,9 +180,9 @@ func TestSubmit(t *testing.T) {
 		{"newer", n8, nil, 8},
 		{"older is ignored", n5, nil, 8},
 		{"repeat is ignored", n8, nil, 8},
-		{"another key", fork, checkpoint.ErrUnknownKey, 8},
-		{"altered", tampered, checkpoint.ErrInvalidSignature, 8},
-		{"garbage", []byte("hello"), checkpoint.ErrMalformed, 8},
+		{"another key", fork, ledger.ErrUnknownKey, 8},
+		{"altered", tampered, ledger.ErrInvalidSignature, 8},
+		{"garbage", []byte("hello"), ledger.ErrMalformed, 8},
 	}
 	for _, s := range steps {
 		err := w.Submit(s.note)
@@ -199,11 +199,11 @@ func TestSubmit(t *testing.T) {
 	if err := w.Submit(sameSize); err != nil {
 		t.Fatalf("re-signed same checkpoint: %v", err)
 	}
-	forked, err := checkpoint.Sign(l.signer, 8, bytesOf(7, 32))
+	forked, err := ledger.SignCheckpoint(l.signer, 8, [32]byte(bytesOf(7, 32)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Submit(forked); !errors.Is(err, ErrFork) {
+	if err := w.Submit(forked.Note); !errors.Is(err, ErrFork) {
 		t.Errorf("Submit(another root at size 8) = %v, want ErrFork", err)
 	}
 }

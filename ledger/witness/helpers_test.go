@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -92,11 +93,11 @@ func (l *memLog) append(t *testing.T, k int) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := checkpoint.Sign(l.signer, uint64(l.n), root[:])
+	c, err := ledger.SignCheckpoint(l.signer, uint64(l.n), root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return c.Note
 }
 
 func (l *memLog) proof(ctx context.Context, old, new uint64) ([][]byte, error) {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -27,7 +27,7 @@ type Cosignature struct {
 
 // Verified is a checkpoint whose log signature and quorum VerifyQuorum checked.
 type Verified struct {
-	Checkpoint   checkpoint.Checkpoint
+	Checkpoint   ledger.Checkpoint
 	Cosignatures []Cosignature // in policy order
 }
 
@@ -36,13 +36,13 @@ type Verified struct {
 // least policy.Quorum of the policy's witnesses. It needs no network: this
 // is what an auditor runs offline. Signatures by keys that are neither the
 // log's nor a policy witness's are ignored. Errors wrap the errors of
-// checkpoint.Open for the log signature, ErrInvalidCosignature, or ErrNoQuorum
+// ledger.OpenCheckpoint for the log signature, ErrInvalidCosignature, or ErrNoQuorum
 // (naming the witnesses that did not cosign).
 func VerifyQuorum(signedNote []byte, logVerifier note.Verifier, policy *Policy) (*Verified, error) {
 	if policy == nil || len(policy.Witnesses) == 0 {
 		return nil, errors.New("verifying witness quorum: no witness policy")
 	}
-	cp, err := checkpoint.Open(signedNote, logVerifier)
+	cp, err := ledger.OpenCheckpoint(signedNote, logVerifier)
 	if err != nil {
 		return nil, fmt.Errorf("verifying witness quorum: the log's signature: %w", err)
 	}

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -214,7 +214,7 @@ func New(cfg Config) (*Witnesser, error) {
 // It never blocks on witnesses: it verifies the log's signature, remembers
 // the checkpoint if it is the newest so far, and returns. Older checkpoints
 // and repeats are ignored. Errors: the note does not verify under
-// Config.Log (checkpoint.ErrInvalidSignature and its kin), or ErrFork.
+// Config.Log (ledger.ErrInvalidSignature and its kin), or ErrFork.
 func (w *Witnesser) Submit(signedNote []byte) error {
 	c, err := w.parse(signedNote)
 	if err != nil {
@@ -246,7 +246,7 @@ func (w *Witnesser) Submit(signedNote []byte) error {
 }
 
 func (w *Witnesser) parse(signedNote []byte) (*pending, error) {
-	cp, err := checkpoint.Open(signedNote, w.cfg.Log)
+	cp, err := ledger.OpenCheckpoint(signedNote, w.cfg.Log)
 	if err != nil {
 		return nil, err
 	}

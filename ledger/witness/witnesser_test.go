@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -136,9 +136,9 @@ func TestQuorumWithLitewitness(t *testing.T) {
 		t.Errorf("witnessed size %d by %v, want %d by [one]", wd.Size, wd.Cosigners, size)
 	}
 	// The witnessed note is still the log's checkpoint ...
-	cp, err := checkpoint.Open(wd.Note, l.verifier)
+	cp, err := ledger.OpenCheckpoint(wd.Note, l.verifier)
 	if err != nil || cp.Size != size {
-		t.Fatalf("checkpoint.Open(witnessed) = %+v, %v", cp, err)
+		t.Fatalf("ledger.OpenCheckpoint(witnessed) = %+v, %v", cp, err)
 	}
 	text, sigs := noteLines(t, wd.Note)
 	if !strings.HasPrefix(string(last), text+"\n"+sigs[0]) {
@@ -354,7 +354,7 @@ func TestVerifyQuorum(t *testing.T) {
 			msg: "valid cosignatures by 1 of the policy's witnesses, the quorum is 2; not cosigned by: other"},
 		{name: "unwitnessed checkpoint", note: l.append(t, 1), policy: good + "quorum 1\n", log: l, want: ErrNoQuorum},
 		{name: "tampered cosignature", note: tamperedSig, policy: good + "quorum 1\n", log: l, want: ErrInvalidCosignature},
-		{name: "another log", note: wd.Note, policy: good + "quorum 1\n", log: otherLog, want: checkpoint.ErrUnknownKey},
+		{name: "another log", note: wd.Note, policy: good + "quorum 1\n", log: otherLog, want: ledger.ErrUnknownKey},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
