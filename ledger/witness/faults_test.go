@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"filippo.io/torchwood"
+	"github.com/grantline/grantline/internal/witnesstest"
 	"github.com/grantline/grantline/ledger"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -120,7 +121,7 @@ func TestWitnessFaults(t *testing.T) {
 			vkey := testVKey("faulty.test", seededKey(0x55).Public().(ed25519.PublicKey))
 			w := startWitnesser(t, l, mustPolicy(t, fmt.Sprintf("witness faulty %s %s\nquorum 1\n", vkey, f.srv.URL)), nil)
 			w.submit(t, l.append(t, 5))
-			waitFor(t, func() bool { return w.Status()[0].Failures >= 2 }, "two failures", func() string { return fmt.Sprintf("%+v", w.Status()) })
+			witnesstest.WaitFor(t, func() bool { return w.Status()[0].Failures >= 2 }, "two failures", func() string { return fmt.Sprintf("%+v", w.Status()) })
 			st := w.Status()[0]
 			if !strings.Contains(st.LastError, tt.lastErr) {
 				t.Errorf("LastError = %q, want it to contain %q", st.LastError, tt.lastErr)

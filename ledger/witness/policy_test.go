@@ -11,16 +11,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/grantline/grantline/internal/witnesstest"
 )
 
-// testVKey returns the cosignature/v1 verifier key of pub under name,
-// computed from the signed-note and tlog-cosignature specs (not with this
-// package's or torchwood's code).
-func testVKey(name string, pub ed25519.PublicKey) string {
-	kb := append([]byte{0x04}, pub...)
-	h := sha256.Sum256(append([]byte(name+"\n"), kb...))
-	return fmt.Sprintf("%s+%08x+%s", name, binary.BigEndian.Uint32(h[:4]), base64.StdEncoding.EncodeToString(kb))
-}
+// testVKey is the cosignature/v1 verifier key of pub under name, computed
+// from the specs (not with this package's or torchwood's code).
+var testVKey = witnesstest.VKey
 
 // seededKey returns a deterministic Ed25519 key.
 func seededKey(seed byte) ed25519.PrivateKey {

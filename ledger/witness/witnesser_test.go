@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grantline/grantline/internal/witnesstest"
 	"github.com/grantline/grantline/ledger"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -117,7 +118,7 @@ func (r *running) requests(witness, result string) float64 {
 
 func TestQuorumWithLitewitness(t *testing.T) {
 	l := newMemLog(t, testOrigin, 0x42)
-	lw := startLitewitness(t, "witness1.test", l)
+	lw := witnesstest.Start(t, "witness1.test", l.log())
 	p := mustPolicy(t, fmt.Sprintf("witness one %s %s\nquorum 1\n", lw.VKey, lw.URL))
 	w := startWitnesser(t, l, p, nil)
 
@@ -148,7 +149,7 @@ func TestQuorumWithLitewitness(t *testing.T) {
 	if len(sigs) != 2 {
 		t.Fatalf("witnessed note has %d signature lines, want 2 (log, witness):\n%s", len(sigs), wd.Note)
 	}
-	ts, err := independentVerify(text, sigs[1], "witness1.test", lw.Pub)
+	ts, err := witnesstest.Verify(text, sigs[1], "witness1.test", lw.Pub)
 	if err != nil {
 		t.Fatalf("independent cosignature/v1 verifier: %v\n%s", err, wd.Note)
 	}
@@ -162,7 +163,7 @@ func TestQuorumWithLitewitness(t *testing.T) {
 	if len(v.Cosignatures) != 1 || v.Cosignatures[0].Witness != "one" || !v.Cosignatures[0].Time.Equal(ts) {
 		t.Errorf("VerifyQuorum cosignatures = %+v, want one at %v", v.Cosignatures, ts)
 	}
-	if got := lw.size(t, testOrigin); got != fmt.Sprint(size) {
+	if got := lw.Size(t, testOrigin); got != fmt.Sprint(size) {
 		t.Errorf("witnessctl list-logs size = %s, want %d", got, size)
 	}
 	if l.proofs.Load() == 0 {
@@ -184,7 +185,7 @@ func TestQuorumWithLitewitness(t *testing.T) {
 // recover from 409 Conflict with a proof from the size the witness reports.
 func TestConflictRecovery(t *testing.T) {
 	l := newMemLog(t, testOrigin, 0x42)
-	lw := startLitewitness(t, "witness1.test", l)
+	lw := witnesstest.Start(t, "witness1.test", l.log())
 	p := mustPolicy(t, fmt.Sprintf("witness one %s %s\nquorum 1\n", lw.VKey, lw.URL))
 
 	a := startWitnesser(t, l, p, nil)
@@ -214,8 +215,8 @@ func TestConflictRecovery(t *testing.T) {
 	}
 
 	// The witness restarts too: its state is in its database.
-	lw.stop()
-	lw.start(t)
+	lw.Stop()
+	lw.Restart(t)
 	a.submit(t, l.append(t, 2))
 	if wd := a.wait(t, 14); wd.Size != 14 {
 		t.Errorf("after witness restart witnessed size %d, want 14", wd.Size)
@@ -235,7 +236,7 @@ func mustLatest(t *testing.T, w *Witnesser) Witnessed {
 // answers hold up neither Submit nor the quorum of the live witness; with a
 // quorum that needs them, the lag shows in the metrics and the log.
 func TestDeadWitness(t *testing.T) {
-	dead := "http://" + freeAddr(t) // nothing listens there
+	dead := "http://" + witnesstest.FreeAddr(t) // nothing listens there
 	stop := make(chan struct{})
 	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body) // so the server notices when the client gives up
@@ -260,7 +261,7 @@ func TestDeadWitness(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l := newMemLog(t, testOrigin, 0x42)
-			lw := startLitewitness(t, "witness1.test", l)
+			lw := witnesstest.Start(t, "witness1.test", l.log())
 			p := mustPolicy(t, fmt.Sprintf("witness live %s %s\nwitness dead %s %s\nwitness hang %s %s\nquorum %d\n",
 				lw.VKey, lw.URL, k2, dead, k3, hang.URL, tt.quorum))
 			w := startWitnesser(t, l, p, func(c *Config) {
@@ -327,7 +328,7 @@ func TestDeadWitness(t *testing.T) {
 // policies that should and should not accept them.
 func TestVerifyQuorum(t *testing.T) {
 	l := newMemLog(t, testOrigin, 0x42)
-	lw := startLitewitness(t, "witness1.test", l)
+	lw := witnesstest.Start(t, "witness1.test", l.log())
 	good := fmt.Sprintf("witness one %s %s\n", lw.VKey, lw.URL)
 	other := fmt.Sprintf("witness other %s https://other.example\n", testVKey("witness1.test", seededKey(9).Public().(ed25519.PublicKey)))
 	w := startWitnesser(t, l, mustPolicy(t, good+"quorum 1\n"), nil)
