@@ -108,15 +108,16 @@ type pending struct {
 }
 
 type witnessState struct {
-	w        *Witness
-	jobs     chan *pending // capacity 1; sent to only when !busy
-	busy     bool
-	job      *pending
-	known    uint64
-	cosigned uint64
-	failures int
-	lastErr  error
-	retryAt  time.Time
+	w         *Witness
+	jobs      chan *pending // capacity 1; sent to only when !busy
+	busy      bool
+	job       *pending
+	known     uint64
+	cosigned  uint64
+	signedAny bool // cosigned is meaningful (an empty tree is witnessed too)
+	failures  int
+	lastErr   error
+	retryAt   time.Time
 }
 
 type result struct {
@@ -402,7 +403,7 @@ func (w *Witnesser) step(now time.Time) (next time.Time, started int) {
 		}
 	}
 	for _, st := range w.ws {
-		if st.busy || st.cosigned >= w.target.size {
+		if st.busy || (st.signedAny && st.cosigned >= w.target.size) {
 			continue
 		}
 		if now.Before(st.retryAt) {
@@ -481,7 +482,7 @@ func (w *Witnesser) finish(r result) {
 		w.log.Info("witness recovered", "witness", st.w.Name, "size", c.size, "after_failures", st.failures)
 	}
 	st.failures, st.lastErr, st.retryAt = 0, nil, time.Time{}
-	st.cosigned = c.size
+	st.cosigned, st.signedAny = c.size, true
 	w.metrics.cosigned.WithLabelValues(st.w.Name).Set(float64(c.size))
 	c.cosigs[st.w.Name] = r.sig
 	if len(c.cosigs) < w.cfg.Policy.Quorum || (w.witnessedCP != nil && c.size <= w.witnessedCP.size) {
