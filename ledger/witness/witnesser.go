@@ -339,7 +339,7 @@ func (w *Witnesser) lagLocked(now time.Time) (time.Duration, uint64) {
 }
 
 // Run sends checkpoints to the witnesses until ctx is done, then waits for
-// the requests in flight to end and returns nil.
+// the requests in flight to end and returns nil. Call it once.
 func (w *Witnesser) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, st := range w.ws {
