@@ -44,7 +44,7 @@ func VKey(name string, pub ed25519.PublicKey) string {
 
 // AddLog registers a log with the witness (witnessctl add-log and add-key);
 // litewitness need not be stopped.
-func (lw *Litewitness) AddLog(t *testing.T, l Log) {
+func (lw *Litewitness) AddLog(t testing.TB, l Log) {
 	t.Helper()
 	ctl, err := tool("witnessctl")
 	if err != nil {
@@ -84,7 +84,7 @@ type Litewitness struct {
 // Ed25519 key and registers each log's origin and key with witnessctl. The
 // test is skipped when litewitness is not installed (.ci/install-witness
 // installs it); it fails when the OpenSSH client tools are missing.
-func Start(t *testing.T, name string, logs ...Log) *Litewitness {
+func Start(t testing.TB, name string, logs ...Log) *Litewitness {
 	t.Helper()
 	lwBin, err := tool("litewitness")
 	if err != nil {
@@ -151,7 +151,7 @@ func Start(t *testing.T, name string, logs ...Log) *Litewitness {
 
 // Restart starts litewitness again after Stop, on the same address and
 // database.
-func (lw *Litewitness) Restart(t *testing.T) {
+func (lw *Litewitness) Restart(t testing.TB) {
 	t.Helper()
 	logf, err := os.OpenFile(lw.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -208,7 +208,7 @@ func (lw *Litewitness) Log() string {
 }
 
 // Size returns witnessctl's view of the witness's tree size for origin.
-func (lw *Litewitness) Size(t *testing.T, origin string) string {
+func (lw *Litewitness) Size(t testing.TB, origin string) string {
 	t.Helper()
 	ctl, _ := tool("witnessctl")
 	out := run(t, "", ctl, "list-logs", "-db", lw.db)
@@ -223,7 +223,7 @@ func (lw *Litewitness) Size(t *testing.T, origin string) string {
 	return ""
 }
 
-func run(t *testing.T, agentSock, name string, args ...string) string {
+func run(t testing.TB, agentSock, name string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = os.Environ()
@@ -238,7 +238,7 @@ func run(t *testing.T, agentSock, name string, args ...string) string {
 }
 
 // readSSHEd25519 reads the Ed25519 key of an OpenSSH public key file.
-func readSSHEd25519(t *testing.T, path string) ed25519.PublicKey {
+func readSSHEd25519(t testing.TB, path string) ed25519.PublicKey {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -268,7 +268,7 @@ func readSSHEd25519(t *testing.T, path string) ed25519.PublicKey {
 }
 
 // FreeAddr returns a loopback address nothing listens on (yet).
-func FreeAddr(t *testing.T) string {
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -279,7 +279,7 @@ func FreeAddr(t *testing.T) string {
 }
 
 // WaitFor polls ok until it holds, failing the test after 15 s.
-func WaitFor(t *testing.T, ok func() bool, what string, diag func() string) {
+func WaitFor(t testing.TB, ok func() bool, what string, diag func() string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for !ok() {

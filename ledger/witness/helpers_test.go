@@ -33,7 +33,7 @@ type memLog struct {
 	proofs atomic.Int64 // ProofFunc calls
 }
 
-func newMemLog(t *testing.T, origin string, seed byte) *memLog {
+func newMemLog(t testing.TB, origin string, seed byte) *memLog {
 	t.Helper()
 	key := seededKey(seed)
 	s, err := checkpoint.NewNoteSigner(origin, key)
@@ -68,7 +68,7 @@ func (l *memLog) reader() tlog.HashReader {
 }
 
 // append adds k entries and returns the newly signed checkpoint note.
-func (l *memLog) append(t *testing.T, k int) []byte {
+func (l *memLog) append(t testing.TB, k int) []byte {
 	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
