@@ -12,11 +12,9 @@
 package verify
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"cmp"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -25,7 +23,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -61,6 +58,8 @@ type Options struct {
 	Evaluator Evaluator
 	// Progress, if set, is called after each check passes.
 	Progress func(Check)
+	// Limits bound what is unpacked from a .tar.gz; zero means DefaultLimits.
+	Limits Limits
 }
 
 // Check is one passed check.
@@ -137,7 +136,7 @@ const (
 // re-running the recorded rules. It returns the report of passed checks, or
 // a *CheckError naming the file and the check that failed.
 func Verify(ctx context.Context, pkgPath string, keys Keys, opts Options) (*Report, error) {
-	dir, cleanup, err := openPackage(pkgPath)
+	dir, cleanup, err := openPackage(pkgPath, opts.Limits)
 	if err != nil {
 		return nil, err
 	}
@@ -785,83 +784,4 @@ func (v *verifier) checkAssessment() error {
 	}
 	v.pass(file, "back-matter hashes", "%d package files referenced with matching SHA-256", n)
 	return nil
-}
-
-// openPackage returns a folder holding the package: p itself, or a
-// temporary folder the .tar.gz at p was safely extracted to.
-func openPackage(p string) (string, func(), error) {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return "", nil, fmt.Errorf("opening package: %w", err)
-	}
-	if fi.IsDir() {
-		return p, func() {}, nil
-	}
-	tmp, err := os.MkdirTemp("", "grantline-verify-*")
-	if err != nil {
-		return "", nil, err
-	}
-	cleanup := func() { os.RemoveAll(tmp) }
-	if err := extractTarGz(p, tmp); err != nil {
-		cleanup()
-		return "", nil, err
-	}
-	return tmp, cleanup, nil
-}
-
-func extractTarGz(src, dst string) error {
-	name := filepath.Base(src)
-	f, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("opening package: %w", err)
-	}
-	defer f.Close()
-	gz, err := gzip.NewReader(f)
-	if err != nil {
-		return fail(name, "archive", "not a .tar.gz file (%v): pass a package folder or the .tar.gz that export --tar wrote", err)
-	}
-	tr := tar.NewReader(gz)
-	prefix := ""
-	seen := map[string]bool{}
-	for i := 0; ; i++ {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fail(name, "archive", "reading member %d: %v", i+1, err)
-		}
-		if hdr.Typeflag == tar.TypeDir {
-			continue
-		}
-		clean := path.Clean(hdr.Name)
-		dir, base := path.Split(clean)
-		if i == 0 || prefix == "" && len(seen) == 0 {
-			prefix = dir
-		}
-		if dir != prefix || strings.Contains(dir, "..") || path.IsAbs(clean) {
-			return fail(name, "archive", "member %q is outside the package folder", hdr.Name)
-		}
-		if hdr.Typeflag != tar.TypeReg {
-			return fail(base, "no unlisted files", "archive member %q is not a regular file", hdr.Name)
-		}
-		if !format.Known(base) {
-			return fail(base, "no unlisted files", "%q is not a file of an evidence package", base)
-		}
-		if seen[base] {
-			return fail(base, "no unlisted files", "the archive holds %q twice", base)
-		}
-		seen[base] = true
-		out, err := os.OpenFile(filepath.Join(dst, base), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(out, tr)
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fail(name, "archive", "extracting %q: %v", hdr.Name, err)
-		}
-	}
 }
