@@ -35,6 +35,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/verify/format"
@@ -88,7 +89,9 @@ type CheckError struct {
 	Err   error
 }
 
-func (e *CheckError) Error() string { return fmt.Sprintf("%s: %s: %v", e.File, e.Check, e.Err) }
+func (e *CheckError) Error() string {
+	return fmt.Sprintf("%s: %s: %v", textsafe.Quote(e.File), e.Check, e.Err)
+}
 func (e *CheckError) Unwrap() error { return e.Err }
 
 // ErrVerification is wrapped by every CheckError's Err when the package
@@ -727,7 +730,7 @@ func diffFinding(a, b format.Finding) string {
 	case a.Title != b.Title:
 		return fmt.Sprintf("title %q, re-evaluated %q", a.Title, b.Title)
 	case !slices.Equal(a.Controls, b.Controls):
-		return fmt.Sprintf("controls %v, re-evaluated %v", a.Controls, b.Controls)
+		return fmt.Sprintf("controls %q, re-evaluated %q", a.Controls, b.Controls)
 	case !slices.Equal(a.Entries, b.Entries):
 		return fmt.Sprintf("entries %v, re-evaluated %v", a.Entries, b.Entries)
 	case a.Message != b.Message:
