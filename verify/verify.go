@@ -352,7 +352,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 		return nil
 	}
 	if _, ok := v.digests[format.FileConsistency]; !ok {
-		return fail(format.FileConsistency, "consistency proof", "--since needs a proof from size %d, but the package has no %s: export with --since-size %d", old.Size, format.FileConsistency, old.Size)
+		return fail(format.FileConsistency, "consistency proof", "--since needs a proof from size %d, but the package has no %s: export again with --since and the same checkpoint file ('grantline evidence export --since OLD_CHECKPOINT ...')", old.Size, format.FileConsistency)
 	}
 	cb, err := v.readSmall(format.FileConsistency)
 	if err != nil {
@@ -372,7 +372,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 		v.pass(format.FileConsistency, "consistency proof", "the tree of the --since checkpoint (size %d) is a prefix of size %d", old.Size, cp.Size)
 		return nil
 	}
-	return fail(format.FileConsistency, "consistency proof", "no proof from size %d to %d: export with --since-size %d", old.Size, cp.Size, old.Size)
+	return fail(format.FileConsistency, "consistency proof", "no proof from size %d to %d: export again with --since and the same checkpoint file ('grantline evidence export --since OLD_CHECKPOINT ...')", old.Size, cp.Size)
 }
 
 // ParseEntryLine parses one line of entries.jsonl strictly (unknown fields
