@@ -102,8 +102,16 @@ func runRestoreCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := os.MkdirAll(ldir, 0o700); err != nil {
 		return err
 	}
-	if err := ledger.Restore(ctx, ldir, bufio.NewReaderSize(f, 1<<20), badgerstore.Options{}); err != nil {
-		return err
+	st, err := badgerstore.Open(ldir, badgerstore.Options{})
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", ldir, err)
+	}
+	err = ledger.Restore(ctx, st, bufio.NewReaderSize(f, 1<<20))
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("restore into %s: %w", ldir, err)
 	}
 	fmt.Fprintf(env.stdout, "restored %s into %s\n", *in, ldir)
 	if _, err := os.Stat(filepath.Join(*data, "keys", "log.vkey")); err != nil {

@@ -24,7 +24,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ledger"
-	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -523,7 +522,7 @@ func parseBundle(data []byte) ([][]byte, error) {
 // parses its body.
 func parseCheckpointText(text []byte, v note.Verifier) (size uint64, root []byte, origin string, err error) {
 	if v != nil {
-		c, err := checkpoint.Open(text, v)
+		c, err := ledger.OpenCheckpoint(text, v)
 		if err != nil {
 			return 0, nil, "", fmt.Errorf("GET /checkpoint: %w", err)
 		}

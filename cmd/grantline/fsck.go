@@ -12,6 +12,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/checkpoint"
 )
 
@@ -42,7 +43,7 @@ func runFsckCmd(ctx context.Context, env *cmdEnv, args []string) error {
 // DIR/keys/log.vkey, printing progress to progress unless quiet, and the
 // verdict to out.
 func fsckDataDir(ctx context.Context, dir string, progress io.Writer, quiet bool, out io.Writer) error {
-	origin, v, err := dataDirVerifier(dir)
+	_, v, err := dataDirVerifier(dir)
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
@@ -55,7 +56,15 @@ func fsckDataDir(ctx context.Context, dir string, progress io.Writer, quiet bool
 			fmt.Fprintf(progress, "fsck: "+strings.TrimSuffix(format, "\n")+"\n", args...)
 		}
 	}
-	err = ledger.Fsck(ctx, ledger.Options{Dir: ldir, Origin: origin, Verifier: v}, report)
+	st, err := badgerstore.Open(ldir, badgerstore.Options{})
+	if err == nil {
+		err = ledger.Fsck(ctx, st, v, report)
+		if cerr := st.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("%w: closing the store: %w", ledger.ErrStorage, cerr)
+		}
+	} else {
+		err = fmt.Errorf("%w: %w", ledger.ErrStorage, err)
+	}
 	if err != nil {
 		hint := ""
 		if errors.Is(err, ledger.ErrStorage) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -17,12 +18,7 @@ import (
 func newDataDir(t *testing.T, n int) string {
 	t.Helper()
 	dir := t.TempDir()
-	keys, err := checkpoint.LoadOrCreateKeys(dir, "test.grantline/log", checkpoint.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := ledger.Open(t.Context(), ledger.Options{Dir: filepath.Join(dir, "ledger"), Origin: keys.Origin,
-		Signer: keys.LogSigner, Verifier: keys.LogVerifier})
+	l, err := openDataDir(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,8 +109,15 @@ func openDataDir(t *testing.T, dir string) (*ledger.Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ledger.Open(t.Context(), ledger.Options{Dir: filepath.Join(dir, "ledger"), Origin: keys.Origin,
-		Signer: keys.LogSigner, Verifier: keys.LogVerifier})
+	st, err := badgerstore.Open(filepath.Join(dir, "ledger"), badgerstore.Options{})
+	if err != nil {
+		return nil, err
+	}
+	l, err := ledger.Open(t.Context(), st, ledger.Options{Signer: keys.LogSigner, Verifier: keys.LogVerifier})
+	if err != nil {
+		st.Close()
+	}
+	return l, err
 }
 
 func openDataDirClosedAfter(t *testing.T, dir string) (ledger.Checkpoint, error) {

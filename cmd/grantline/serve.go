@@ -18,8 +18,8 @@ import (
 	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/checkpoint"
-	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
 	"github.com/grantline/grantline/verify/format"
@@ -205,19 +205,23 @@ func startServer(ctx context.Context, cfg serveConfig) (_ *runningServer, err er
 			ln.Close()
 		}
 	}()
-	l, err := ledger.Open(ctx, ledger.Options{
-		Dir: filepath.Join(cfg.DataDir, "ledger"), Origin: keys.Origin,
+	ldir := filepath.Join(cfg.DataDir, "ledger")
+	llog := cfg.Logger.With("component", "ledger")
+	bs, err := badgerstore.Open(ldir, badgerstore.Options{Logger: llog})
+	if err != nil {
+		return nil, fmt.Errorf("opening the ledger store in %s: %w: %w", ldir, ledger.ErrStorage, err)
+	}
+	l, err := ledger.Open(ctx, bs, ledger.Options{
 		Signer: keys.LogSigner, Verifier: keys.LogVerifier,
-		QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger"),
+		QueueSize: cfg.QueueSize, Logger: llog,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("opening the ledger in %s: %w", filepath.Join(cfg.DataDir, "ledger"), err)
+		bs.Close()
+		return nil, fmt.Errorf("opening the ledger in %s: %w", ldir, err)
 	}
-	la := ledgerAdapter{l}
 	api, err := ingest.New(ingest.Config{
-		Ledger: la, Auth: authAdapter{store},
-		Evaluator: &rulesAdapter{set: set},
-		Exporter:  &exportAdapter{l: l, set: set, params: paramsYAML, signer: evSigner, origin: keys.Origin},
+		Ledger: l, Auth: store, Evaluator: set,
+		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
 		Logger:    cfg.Logger, MetricsPublic: cfg.MetricsPublic,
 	})
 	if err != nil {
@@ -333,182 +337,17 @@ func loadRuleSet(dir, paramsFile string) (*rules.Set, []byte, error) {
 	return set, paramsYAML, nil
 }
 
-// ---- adapters from the real packages to ingest's interfaces ----
-
-// classified is a ledger error that also matches an ingest sentinel.
-type classified struct{ kind, err error }
-
-func (c classified) Error() string   { return c.err.Error() }
-func (c classified) Unwrap() []error { return []error{c.kind, c.err} }
-
-var ledgerKinds = []struct{ from, to error }{
-	{ledger.ErrNotFound, ingest.ErrNotFound},
-	{ledger.ErrOutOfRange, ingest.ErrOutOfRange},
-	{ledger.ErrPushback, ingest.ErrPushback},
-	{ledger.ErrClosed, ingest.ErrClosed},
-	{ledger.ErrStorage, ingest.ErrStorage},
-	{ledger.ErrCorrupt, ingest.ErrCorrupt},
-	{ledger.ErrTooLarge, ingest.ErrTooLarge},
-}
-
-// ledgerErr tags a ledger error with the ingest sentinel of its class.
-func ledgerErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, k := range ledgerKinds {
-		if errors.Is(err, k.from) {
-			return classified{k.to, err}
-		}
-	}
-	return err
-}
-
-type ledgerAdapter struct{ l *ledger.Log }
-
-func (a ledgerAdapter) Append(ctx context.Context, evs []*pb.Event) ([]ingest.AppendResult, uint64, error) {
-	res, size, err := a.l.Append(ctx, evs)
-	if err != nil {
-		return nil, 0, ledgerErr(err)
-	}
-	out := make([]ingest.AppendResult, len(res))
-	for i, r := range res {
-		out[i] = ingest.AppendResult{Index: r.Index, LeafHash: r.LeafHash, Duplicate: r.Duplicate}
-	}
-	return out, size, nil
-}
-
-func cpOf(c ledger.Checkpoint) ingest.Checkpoint {
-	return ingest.Checkpoint{Size: c.Size, Root: c.Root, Note: c.Note}
-}
-
-func entriesOf(es []ledger.Entry) []ingest.Entry {
-	out := make([]ingest.Entry, len(es))
-	for i, e := range es {
-		out[i] = ingest.Entry{Index: e.Index, Leaf: e.Leaf}
-	}
-	return out
-}
-
-func (a ledgerAdapter) Latest() ingest.Checkpoint { return cpOf(a.l.Latest()) }
-
-func (a ledgerAdapter) CheckpointAt(ctx context.Context, size uint64) (ingest.Checkpoint, error) {
-	c, err := a.l.CheckpointAt(ctx, size)
-	return cpOf(c), ledgerErr(err)
-}
-
-func (a ledgerAdapter) Entries(ctx context.Context, start, count uint64) ([]ingest.Entry, error) {
-	es, err := a.l.Entries(ctx, start, count)
-	return entriesOf(es), ledgerErr(err)
-}
-
-func (a ledgerAdapter) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
-	p, err := a.l.InclusionProof(ctx, index, size)
-	return p, ledgerErr(err)
-}
-
-func (a ledgerAdapter) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
-	i, err := a.l.LookupLeafHash(ctx, hash)
-	return i, ledgerErr(err)
-}
-
-func (a ledgerAdapter) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
-	p, err := a.l.ConsistencyProof(ctx, from, to)
-	return p, ledgerErr(err)
-}
-
-func (a ledgerAdapter) SubjectEntries(ctx context.Context, subject string, size, start uint64, limit int) ([]ingest.Entry, error) {
-	es, err := a.l.SubjectEntries(ctx, subject, size, start, limit)
-	return entriesOf(es), ledgerErr(err)
-}
-
-func (a ledgerAdapter) ForEachSubject(ctx context.Context, size uint64, fn func(string) error) error {
-	return ledgerErr(a.l.ForEachSubject(ctx, size, fn))
-}
-
-func (a ledgerAdapter) ReadTile(ctx context.Context, level, index uint64, width int) ([]byte, error) {
-	b, err := a.l.ReadTile(ctx, level, index, width)
-	return b, ledgerErr(err)
-}
-
-func (a ledgerAdapter) ReadEntryBundle(ctx context.Context, index uint64, width int) ([]byte, error) {
-	b, err := a.l.ReadEntryBundle(ctx, index, width)
-	return b, ledgerErr(err)
-}
-
-func (a ledgerAdapter) QueueDepth() int { return int(a.l.Stats().QueuedEvents) }
-
-// Backup writes an online backup (ingest.Backuper).
-func (a ledgerAdapter) Backup(ctx context.Context, w io.Writer) error { return a.l.Backup(ctx, w) }
-
-type authAdapter struct{ s *auth.Store }
-
-func (a authAdapter) Authenticate(token string) (ingest.Principal, error) {
-	p, err := a.s.Authenticate(token)
-	if err != nil {
-		return ingest.Principal{}, err
-	}
-	return ingest.Principal{Name: p.Name, Role: ingest.Role(p.Role)}, nil
-}
-
-// rulesAdapter runs the compiled rule set for EvidenceService.Evaluate.
-type rulesAdapter struct{ set *rules.Set }
-
-func (r *rulesAdapter) RuleIDs() []string {
-	var ids []string
-	for _, ri := range r.set.Rules() {
-		ids = append(ids, ri.ID)
-	}
-	return ids
-}
-
-type chainAdapter struct{ src ingest.ChainSource }
-
-func (c chainAdapter) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
-	ch, err := c.src.Chain(ctx, subject)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]rules.Entry, len(ch))
-	for i, e := range ch {
-		out[i] = rules.Entry{Index: e.Index, Leaf: e.Leaf}
-	}
-	return out, nil
-}
-
-func (r *rulesAdapter) Evaluate(ctx context.Context, subjects []string, src ingest.ChainSource, asOf time.Time) (*ingest.EvalResult, error) {
-	res, err := r.set.Evaluate(ctx, subjects, chainAdapter{src}, asOf)
-	if err != nil {
-		return nil, err
-	}
-	out := &ingest.EvalResult{Subjects: res.Subjects, Entries: res.Entries}
-	for _, f := range res.Findings {
-		pf := &pb.Finding{Rule: f.Rule, Subject: f.Subject, Severity: f.Severity, Message: f.Message,
-			ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls}
-		for _, e := range f.Entries {
-			pf.Entries = append(pf.Entries, &pb.EntryRef{Index: e.Index, EventId: e.EventID})
-		}
-		out.Findings = append(out.Findings, pf)
-	}
-	for _, e := range res.Errors {
-		out.Errors = append(out.Errors, &pb.RuleError{Rule: e.Rule, Subject: e.Subject, Message: e.Message})
-	}
-	return out, nil
-}
-
-// exportAdapter builds evidence packages with verify.Export.
-type exportAdapter struct {
+// exporter builds evidence packages with verify.Export (ingest.Exporter).
+type exporter struct {
 	l      *ledger.Log
 	set    *rules.Set
 	params []byte
 	signer *verify.EvidenceSigner
-	origin string
 }
 
-func (x *exportAdapter) Export(ctx context.Context, req ingest.ExportRequest, create func(string) (io.WriteCloser, error)) error {
+func (x *exporter) Export(ctx context.Context, req ingest.ExportRequest, create func(string) (io.WriteCloser, error)) error {
 	src := &exportSource{x: x, req: req}
-	err := verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
-	return ledgerErr(err)
+	return verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
 }
 
 type sinkFunc func(string) (io.WriteCloser, error)
@@ -517,13 +356,12 @@ func (f sinkFunc) Create(name string) (io.WriteCloser, error) { return f(name) }
 
 // exportSource is verify.Source over the ledger at one checkpoint.
 type exportSource struct {
-	x   *exportAdapter
+	x   *exporter
 	req ingest.ExportRequest
 }
 
-func (s *exportSource) Checkpoint(context.Context) (verify.Checkpoint, error) {
-	cp := s.req.Checkpoint
-	return verify.Checkpoint{Note: cp.Note, Origin: s.x.origin, Size: cp.Size, Root: cp.Root}, nil
+func (s *exportSource) Checkpoint(context.Context) (ledger.Checkpoint, error) {
+	return s.req.Checkpoint, nil
 }
 
 func (s *exportSource) Evaluate(ctx context.Context, size uint64, asOf time.Time) (*format.Findings, error) {
@@ -534,7 +372,7 @@ func (s *exportSource) Evaluate(ctx context.Context, size uint64, asOf time.Time
 	}); err != nil {
 		return nil, err
 	}
-	res, err := s.x.set.Evaluate(ctx, subjects, chainAdapter{s.req.Chains}, asOf)
+	res, err := s.x.set.Evaluate(ctx, subjects, s.req.Chains, asOf)
 	if err != nil {
 		return nil, err
 	}

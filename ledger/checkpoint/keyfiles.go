@@ -13,6 +13,8 @@ import (
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger"
 )
 
 // Key file names inside DATA/keys.
@@ -54,7 +56,7 @@ type Keys struct {
 // file does not match its private key. Files are written atomically and never
 // overwritten, so concurrent first starts agree on one key.
 func LoadOrCreateKeys(dataDir, origin string, alg Algorithm) (*Keys, error) {
-	if err := checkName(origin); err != nil {
+	if err := ledger.CheckOrigin(origin); err != nil {
 		return nil, err
 	}
 	if _, err := ParseAlgorithm(string(alg)); err != nil {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger"
 )
 
 func TestLoadOrCreateKeys(t *testing.T) {
@@ -43,11 +45,11 @@ func TestLoadOrCreateKeys(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			msg, err := Sign(k1.LogSigner, 1, testRoot("k"))
+			msg, err := sign(k1.LogSigner, 1, testRoot("k"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := Open(msg, v); err != nil {
+			if _, err := ledger.OpenCheckpoint(msg, v); err != nil {
 				t.Errorf("Open with log.vkey = %v", err)
 			}
 			if alg == Ed25519 {
@@ -168,8 +170,8 @@ func TestReadVerifierKeyFile(t *testing.T) {
 	if err != nil || vkey != k.VerifierKey || v.Name() != testOrigin {
 		t.Fatalf("ReadVerifierKeyFile = %v, %q, %v", v, vkey, err)
 	}
-	msg, _ := Sign(k.LogSigner, 2, testRoot("v"))
-	if _, err := Open(msg, v); err != nil {
+	msg, _ := sign(k.LogSigner, 2, testRoot("v"))
+	if _, err := ledger.OpenCheckpoint(msg, v); err != nil {
 		t.Errorf("Open with verifier from file = %v", err)
 	}
 	bad := filepath.Join(data, "bad.vkey")
