@@ -2,7 +2,7 @@
 // streaming writer over a small Source interface) and its offline
 // verification (Verify), which needs only the log's verifier key and the
 // evidence public key. A package is a folder or a .tar.gz holding the files
-// of DESIGN.md, "Evidence package" (names and JSON shapes in verify/format):
+// of docs/design.md, "The evidence package" (names and JSON shapes in verify/format):
 // a C2SP signed checkpoint (https://c2sp.org/tlog-checkpoint), entries with
 // RFC 6962 inclusion proofs, the findings with the rules that produced them,
 // OSCAL assessment results, a human report, and a DSSE envelope

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 )
@@ -81,7 +82,7 @@ func TestKeygenIntoDataDir(t *testing.T) {
 	}
 	vkey, _ := os.ReadFile(filepath.Join(keys, "log.vkey"))
 	evPub, _ := os.ReadFile(filepath.Join(keys, "evidence.pub"))
-	k, err := checkpoint.LoadOrCreateKeys(data, origin, "")
+	k, err := datadir.LoadOrCreateKeys(data, origin, "")
 	if err != nil {
 		t.Fatal(err)
 	}
