@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/grantline/grantline/ledger/event"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -41,7 +42,7 @@ func connectError(err error) error {
 	}
 	var code connect.Code
 	switch {
-	case errors.Is(err, ErrInvalid), errors.Is(err, ErrTooLarge):
+	case errors.Is(err, event.ErrInvalid), errors.Is(err, ErrTooLarge):
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, ErrUnauthenticated):
 		code = connect.CodeUnauthenticated

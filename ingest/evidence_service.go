@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -42,7 +43,7 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 	known := ev.RuleIDs()
 	for i, id := range want {
 		if !slices.Contains(known, id) {
-			return nil, &FieldError{fmt.Sprintf("rules[%d]", i), fmt.Sprintf("unknown rule %q; loaded rules: %v", clip(id), known)}
+			return nil, &event.FieldError{Path: fmt.Sprintf("rules[%d]", i), Msg: fmt.Sprintf("unknown rule %q; loaded rules: %v", event.Clip(id), known)}
 		}
 	}
 	subjects, err := h.s.subjects(ctx, cp.Size, req.Msg.GetSubjects())
@@ -135,7 +136,7 @@ func (s *Server) asOf(ts *timestamppb.Timestamp) (time.Time, error) {
 		return s.now(), nil
 	}
 	if err := ts.CheckValid(); err != nil {
-		return time.Time{}, &FieldError{"as_of", "not a valid timestamp"}
+		return time.Time{}, &event.FieldError{Path: "as_of", Msg: "not a valid timestamp"}
 	}
 	return ts.AsTime(), nil
 }
@@ -144,14 +145,12 @@ func (s *Server) asOf(ts *timestamppb.Timestamp) (time.Time, error) {
 // tree of size.
 func (s *Server) subjects(ctx context.Context, size uint64, want []string) ([]string, error) {
 	if len(want) > MaxEvaluateSubjects {
-		return nil, &FieldError{"subjects", fmt.Sprintf("%d subjects exceed the limit of %d; leave it empty for all", len(want), MaxEvaluateSubjects)}
+		return nil, &event.FieldError{Path: "subjects", Msg: fmt.Sprintf("%d subjects exceed the limit of %d; leave it empty for all", len(want), MaxEvaluateSubjects)}
 	}
 	if len(want) > 0 {
 		for i, sub := range want {
-			v := validator{}
-			v.id(fmt.Sprintf("subjects[%d]", i), sub, true)
-			if v.err != nil {
-				return nil, v.err
+			if err := event.ValidateID(fmt.Sprintf("subjects[%d]", i), sub); err != nil {
+				return nil, err
 			}
 		}
 		return want, nil

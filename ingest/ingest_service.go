@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -122,7 +123,7 @@ func (s *Server) recoverInto(ctx context.Context, errc chan<- error) {
 // checkBatch validates a whole batch and the caller's right to append each
 // event, before anything is stored.
 func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
-	if err := ValidateBatch("events", evs, s.now()); err != nil {
+	if err := event.ValidateBatch("events", evs, s.now()); err != nil {
 		return err
 	}
 	p, ok := PrincipalFrom(ctx)
@@ -133,7 +134,7 @@ func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
 		for i, ev := range evs {
 			if sys := ev.GetSource().GetSystem(); sys != p.Name {
 				return fmt.Errorf("%w: events[%d].source.system: %q is not %q, the source this token belongs to; a source token may append only its own events",
-					ErrPermission, i, clip(sys), p.Name)
+					ErrPermission, i, event.Clip(sys), p.Name)
 			}
 		}
 	}

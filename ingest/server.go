@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
@@ -74,7 +75,7 @@ func New(cfg Config) (*Server, error) {
 	opts := []connect.HandlerOption{
 		connect.WithInterceptors(s.observe(), errorMapper{}, s.authorize()),
 		connect.WithRecover(s.recovered),
-		connect.WithReadMaxBytes(MaxMessageBytes),
+		connect.WithReadMaxBytes(event.MaxMessageBytes),
 		connect.WithCompressMinBytes(1024),
 	}
 	mux := http.NewServeMux()

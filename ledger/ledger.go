@@ -38,6 +38,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/grantline/grantline/ledger/badgerstore"
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // Sentinel errors, checked with errors.Is. Errors returned by Log wrap them
@@ -81,7 +82,7 @@ const (
 
 // MaxLeafSize is the largest leaf (encoded entry) the log accepts: the
 // tlog-tiles entry bundle prefixes each entry with a uint16 length.
-const MaxLeafSize = 32 * 1024
+const MaxLeafSize = event.MaxLeafBytes
 
 // TileHeight is the tlog-tiles tile height: a tile holds 256 hashes.
 const TileHeight = 8

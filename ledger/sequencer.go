@@ -12,6 +12,7 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 
 	"github.com/grantline/grantline/ledger/badgerstore"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -195,7 +196,7 @@ func (l *Log) fit(batch []item) int {
 		}
 		p := &it.r.items[it.i]
 		c := int64(4)
-		b := badgerstore.EstimateSize(9, len(p.leaf)+observedRoom) +
+		b := badgerstore.EstimateSize(9, len(p.leaf)+event.ObservedRoom) +
 			2*badgerstore.EstimateSize(1+indexKeyLen, 8) +
 			badgerstore.EstimateSize(len(p.subject)+12, 0)
 		if i%tileWidth == 0 {
@@ -283,7 +284,7 @@ func (l *Log) build(batch []item) *built {
 	}
 
 	b.dedupes = make([][32]byte, 0, len(batch))
-	ts := encodeTimestamp(l.o.Now())
+	ts := event.EncodeTimestamp(l.o.Now())
 	rng := l.seq.rng
 	edge := l.seq.edge
 	next := b.first
@@ -432,13 +433,13 @@ func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][
 		if leaves[n] == nil {
 			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is missing; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
 		}
-		e, err := DecodeLeaf(leaves[n])
+		e, err := event.DecodeLeaf(leaves[n])
 		if err != nil {
 			return fmt.Errorf("%w: leaf %d, named by dedupe record %x, does not decode; run grantline fsck: %w", ErrCorrupt, idx, keys[j][1:], err)
 		}
 		p := pos[j]
 		it := batch[p]
-		if DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != it.r.items[it.i].dedupe {
+		if event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != it.r.items[it.i].dedupe {
 			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is another event; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
 		}
 		res[p] = AppendResult{Index: idx, LeafHash: LeafHash(leaves[n]), Duplicate: true}

@@ -21,9 +21,8 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
-	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/verify/format"
 	"github.com/grantline/grantline/verify/oscal"
 	"github.com/grantline/grantline/verify/report"
@@ -267,8 +266,8 @@ func neededSubjects(ctx context.Context, src Source, doc *format.Findings) ([]st
 			if err != nil {
 				return nil, fmt.Errorf("export: reading cited entry %d: %w", e.Index, err)
 			}
-			var ent pb.Entry
-			if err := proto.Unmarshal(leaf, &ent); err != nil {
+			ent, err := event.DecodeLeaf(leaf)
+			if err != nil {
 				return nil, fmt.Errorf("export: %w: cited entry %d does not decode: %w", ErrSource, e.Index, err)
 			}
 			set[ent.GetEvent().GetSubject().GetId()] = true
@@ -431,8 +430,8 @@ func encodeItem(it *exportItem, cp Checkpoint) {
 		it.err = fmt.Errorf("%w: inclusion proof of entry %d does not lead to the checkpoint root: %w", ErrSource, it.index, err)
 		return
 	}
-	var ent pb.Entry
-	if err := proto.Unmarshal(it.leaf, &ent); err != nil {
+	ent, err := event.DecodeLeaf(it.leaf)
+	if err != nil {
 		it.err = fmt.Errorf("%w: entry %d does not decode: %w", ErrSource, it.index, err)
 		return
 	}

@@ -39,6 +39,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/verify/format"
 )
@@ -394,18 +395,6 @@ func ParseEntryLine(line []byte) (format.EntryLine, error) {
 	return e, nil
 }
 
-// DecodeLeaf decodes leaf bytes into an entry without re-encoding them.
-func DecodeLeaf(leaf []byte) (*pb.Entry, error) {
-	var ent pb.Entry
-	if err := proto.Unmarshal(leaf, &ent); err != nil {
-		return nil, err
-	}
-	if ent.GetEvent() == nil {
-		return nil, errors.New("leaf holds no event")
-	}
-	return &ent, nil
-}
-
 // entryBatch is a run of consecutive entries.jsonl lines checked by one
 // worker; done is closed when out is filled.
 type entryBatch struct {
@@ -568,7 +557,7 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, e.Index, v.cp.Size, lh, e.InclusionProof, v.cp.Root[:]); err != nil {
 		return checkedEntry{err: fail(file, "inclusion proof", "%s: the leaf is not in the checkpoint's tree: %v", where, err)}
 	}
-	ent, err := DecodeLeaf(e.Leaf)
+	ent, err := event.DecodeLeaf(e.Leaf)
 	if err != nil {
 		return checkedEntry{err: fail(file, "leaf decoding", "%s: %v", where, err)}
 	}
@@ -645,7 +634,7 @@ func (v *verifier) Chain(_ context.Context, subject string) ([]ChainEntry, error
 	st := v.chains[subject]
 	out := make([]ChainEntry, 0, len(st))
 	for _, s := range st {
-		ent, err := DecodeLeaf(s.leaf)
+		ent, err := event.DecodeLeaf(s.leaf)
 		if err != nil {
 			return nil, err
 		}

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/grantline/grantline/ingest"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -43,16 +44,16 @@ const (
 	maxLineBytes       = 1 << 20 // one JSON line; events are at most 32 KiB once encoded
 	maxShownBadLines   = 10
 	// maxBatchBytes keeps a stream message well inside the server's limit
-	// (ingest.MaxMessageBytes) whatever the events' sizes.
+	// (event.MaxMessageBytes) whatever the events' sizes.
 	maxBatchBytes = 4 << 20
 )
 
 // validateEvent is the local check run on every decoded event before anything
-// is sent: the server's own validation (ingest.ValidateEvent), reported as
+// is sent: the server's own validation (event.Validate), reported as
 // "field x.y: problem".
 func validateEvent(ev *pb.Event) error {
-	err := ingest.ValidateEvent(ev)
-	var fe *ingest.FieldError
+	err := event.Validate(ev, time.Now())
+	var fe *event.FieldError
 	if errors.As(err, &fe) {
 		return fmt.Errorf("field %s: %s", fe.Path, fe.Msg)
 	}
@@ -481,8 +482,8 @@ type streamConfig struct {
 
 func (c streamConfig) check() error {
 	switch {
-	case c.batch < 1 || c.batch > ingest.MaxBatchEvents:
-		return fmt.Errorf("--batch %d: want 1..%d (the server's limit per message)", c.batch, ingest.MaxBatchEvents)
+	case c.batch < 1 || c.batch > event.MaxBatchEvents:
+		return fmt.Errorf("--batch %d: want 1..%d (the server's limit per message)", c.batch, event.MaxBatchEvents)
 	case c.streams < 1 || c.streams > 256:
 		return fmt.Errorf("--streams %d: want 1..256", c.streams)
 	case c.window < 1 || c.window > 1024:
