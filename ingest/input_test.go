@@ -15,6 +15,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -198,8 +199,8 @@ func TestLedgerFaults(t *testing.T) {
 				wantCode(t, err, tt.code, tt.fragment)
 				if tt.code == connect.CodeResourceExhausted {
 					var ce *connect.Error
-					if !asConnectError(err, &ce) || ce.Meta().Get(RetryAfterKey) != "200" {
-						t.Errorf("ResourceExhausted without %s: 200 metadata", RetryAfterKey)
+					if !asConnectError(err, &ce) || ce.Meta().Get(client.RetryAfterKey) != "200" {
+						t.Errorf("ResourceExhausted without %s: 200 metadata", client.RetryAfterKey)
 					}
 					var delay time.Duration
 					for _, d := range ce.Details() {
