@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/grantline/grantline/ingest/client"
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/event"
 )
 
@@ -25,7 +26,7 @@ var (
 // standard google.rpc.RetryInfo error detail and as metadata under
 // client.RetryAfterKey, the key the client package reads.
 
-// PushbackRetryAfter is the retry hint given with ErrPushback.
+// PushbackRetryAfter is the retry hint given with ledger.ErrPushback.
 const PushbackRetryAfter = 200 * time.Millisecond
 
 // connectError is the one place where domain errors become Connect codes.
@@ -40,13 +41,13 @@ func connectError(err error) error {
 	}
 	var code connect.Code
 	switch {
-	case errors.Is(err, event.ErrInvalid), errors.Is(err, ErrTooLarge):
+	case errors.Is(err, event.ErrInvalid), errors.Is(err, ledger.ErrTooLarge):
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, ErrUnauthenticated):
 		code = connect.CodeUnauthenticated
 	case errors.Is(err, ErrPermission):
 		code = connect.CodePermissionDenied
-	case errors.Is(err, ErrPushback):
+	case errors.Is(err, ledger.ErrPushback):
 		ce := connect.NewError(connect.CodeResourceExhausted,
 			fmt.Errorf("%w; nothing of this request was stored: retry after %s", err, PushbackRetryAfter))
 		ce.Meta().Set(client.RetryAfterKey, strconv.FormatInt(PushbackRetryAfter.Milliseconds(), 10))
@@ -54,16 +55,16 @@ func connectError(err error) error {
 			ce.AddDetail(d)
 		}
 		return ce
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, ledger.ErrNotFound):
 		code = connect.CodeNotFound
-	case errors.Is(err, ErrOutOfRange):
+	case errors.Is(err, ledger.ErrOutOfRange):
 		code = connect.CodeOutOfRange
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, ledger.ErrClosed):
 		code = connect.CodeUnavailable
-	case errors.Is(err, ErrStorage):
+	case errors.Is(err, ledger.ErrStorage):
 		code = connect.CodeUnavailable
 		err = fmt.Errorf("%w; nothing of this request was acknowledged: retry later", err)
-	case errors.Is(err, ErrCorrupt):
+	case errors.Is(err, ledger.ErrCorrupt):
 		code = connect.CodeDataLoss
 	case errors.Is(err, context.Canceled):
 		code = connect.CodeCanceled

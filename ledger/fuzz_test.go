@@ -3,8 +3,9 @@ package ledger
 import (
 	"bytes"
 	"encoding/binary"
-	"github.com/grantline/grantline/ledger/event"
 	"testing"
+
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // FuzzParseEntryBundle checks that ParseEntryBundle never panics and that

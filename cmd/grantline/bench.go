@@ -18,6 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/client"
+	"github.com/grantline/grantline/internal/datadir"
+	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
@@ -35,8 +37,8 @@ func init() {
 
 // benchServer starts the in-process server bench uses when no --server is
 // given, on a free loopback port.
-func benchServer(ctx context.Context, dataDir string) (*runningServer, error) {
-	return startServer(ctx, serveConfig{DataDir: dataDir, Listen: "127.0.0.1:0"})
+func benchServer(ctx context.Context, dataDir string) (*server.Server, error) {
+	return server.Start(ctx, server.Config{DataDir: dataDir, Listen: "127.0.0.1:0"})
 }
 
 // ledgerSummary says where the server's time went, from the ledger's counters.
@@ -100,7 +102,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			return &exitError{code: 2, msg: err.Error()}
 		}
 	}
-	var inproc *runningServer
+	var inproc *server.Server
 	if !serverSet {
 		dir := *dataDir
 		if dir == "" {
@@ -123,7 +125,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		inproc = rs
 		cf.server, cf.token = rs.URL, rs.AdminToken
 		if v == nil {
-			if _, v, err = dataDirVerifier(rs.DataDir); err != nil {
+			if _, v, err = datadir.ReadVerifier(rs.DataDir); err != nil {
 				return err
 			}
 		}
@@ -157,7 +159,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	fmt.Fprintln(env.stdout, res)
 	if inproc != nil {
-		fmt.Fprintln(env.stdout, ledgerSummary(inproc.log.Stats(), res.elapsed))
+		fmt.Fprintln(env.stdout, ledgerSummary(inproc.Ledger().Stats(), res.elapsed))
 	}
 	if !cfg.verify {
 		return nil

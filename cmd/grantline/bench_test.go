@@ -10,9 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/ledger/event"

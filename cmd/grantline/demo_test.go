@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/grantline/grantline/ingest/client"
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/synth"
 	"github.com/grantline/grantline/verify"
 )
 

@@ -15,7 +15,7 @@ import (
 	tclient "github.com/transparency-dev/tessera/client"
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger"
 )
 
 // TilesReport is what VerifyTiles checked.
@@ -52,7 +52,7 @@ func (c *Client) VerifyTiles(ctx context.Context, v note.Verifier, minSize uint6
 	}
 	r := TilesReport{Signed: v != nil}
 	if v != nil {
-		cp, err := checkpoint.Open(text, v)
+		cp, err := ledger.OpenCheckpoint(text, v)
 		if err != nil {
 			return TilesReport{}, fmt.Errorf("GET /checkpoint: %w", err)
 		}

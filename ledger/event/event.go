@@ -6,7 +6,7 @@
 // grantline.v1.Entry{Event, ObservedTime}, decoded either into that message
 // (DecodeLeaf) or, without building messages, through a Visitor (VisitLeaf).
 // It imports only the generated protobuf package, protobuf and the standard
-// library. docs/events.md describes the contract for integrators.
+// library. docs/design.md describes the contract for integrators.
 package event
 
 import (
@@ -30,7 +30,7 @@ const (
 	MaxFutureSkew     = 24 * time.Hour    // how far ahead of the server's clock an event's time may be
 )
 
-// types is the closed vocabulary (docs/events.md).
+// types is the closed vocabulary (docs/design.md).
 var types = map[string]bool{
 	"identity.created": true, "identity.moved": true, "identity.disabled": true,
 	"identity.enabled": true, "identity.terminated": true,

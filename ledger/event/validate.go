@@ -49,7 +49,7 @@ func ValidateBatch(field string, evs []*pb.Event, now time.Time) error {
 	return nil
 }
 
-// Validate checks one event against the contract of docs/events.md:
+// Validate checks one event against the contract of docs/design.md:
 // required fields, the closed type vocabulary, timestamps (not before 1970,
 // not more than MaxFutureSkew ahead of now), identity kinds, UTF-8 and length
 // bounds, and the encoded size. The error is a *FieldError whose path starts
@@ -65,7 +65,7 @@ func Validate(ev *pb.Event, now time.Time) error {
 	case t == "":
 		v.fail("type", "required")
 	case !types[t]:
-		v.fail("type", fmt.Sprintf("unknown event type %q; use one of the types in docs/events.md (e.g. access.approved, grant.activated)", Clip(t)))
+		v.fail("type", fmt.Sprintf("unknown event type %q; use one of the vocabulary in docs/design.md (e.g. access.approved, grant.activated)", Clip(t)))
 	}
 	v.timestamp("time", ev.GetTime(), true, now)
 	if s := ev.GetSource(); s == nil {
