@@ -72,11 +72,13 @@ type AckFunc func(b *Batch, resp *pb.AppendStreamResponse, latency time.Duration
 
 // AppendStream streams every batch from in over o.Streams concurrent
 // AppendStream calls of svc (Client.Ingest, or any implementation), keeping
-// up to o.Window batches unacknowledged per stream. A stream refused with ResourceExhausted or Unavailable is reopened
-// after a backoff (or the server's retry hint) and its unacknowledged batches
-// are sent again; the ledger's idempotency makes that safe (a batch stored
-// before its ack was lost comes back as duplicates). It returns nil only when
-// every batch was acknowledged.
+// up to o.Window batches unacknowledged per stream. A stream refused with
+// ResourceExhausted or Unavailable, or cut, is reopened after a backoff (or
+// the server's retry hint), up to o.Retries times in a row, and its
+// unacknowledged batches are sent again; the ledger's idempotency makes that
+// safe (a batch stored before its ack was lost comes back as duplicates).
+// onAck is called once per batch. It returns nil only when every batch was
+// acknowledged; in must be closed when the input ends.
 func AppendStream(ctx context.Context, svc grantlinev1connect.IngestServiceClient, o StreamOptions, in <-chan *Batch, onAck AckFunc) error {
 	o.Streams, o.Window = max(o.Streams, 1), max(o.Window, 1)
 	ctx, cancel := context.WithCancel(ctx)
