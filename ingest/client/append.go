@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -280,12 +281,18 @@ func sortBatches(bs []*Batch) {
 
 // retryable reports whether a stream failure may succeed when tried again:
 // the server pushed back or was unreachable, or the connection broke (a
-// reset reads as Canceled, a cut message as an unexpected EOF). Callers
-// check their own context first, so Canceled here is not the user's.
+// reset reads as Canceled, a cut message as an unexpected EOF, or, when the
+// HTTP/2 connection closes under a message being read, as connect's Internal
+// "protocol error: incomplete envelope"). Callers check their own context
+// first, so Canceled here is not the user's.
 func retryable(err error) bool {
 	switch connect.CodeOf(err) {
 	case connect.CodeResourceExhausted, connect.CodeUnavailable, connect.CodeAborted, connect.CodeCanceled:
 		return true
+	case connect.CodeInternal:
+		if strings.Contains(err.Error(), "protocol error: incomplete envelope") {
+			return true
+		}
 	}
 	return errors.Is(err, io.ErrUnexpectedEOF)
 }

@@ -51,4 +51,9 @@ func TestRetryDelay(t *testing.T) {
 	if cut := connect.NewError(connect.CodeInternal, fmt.Errorf("protocol error: %w", io.ErrUnexpectedEOF)); !retryable(cut) {
 		t.Errorf("retryable(%v) = false, want true", cut)
 	}
+	// What net/http's HTTP/2 client returns when the server closes the
+	// connection while a message is being read (a server restart).
+	if closed := connect.NewError(connect.CodeInternal, fmt.Errorf("protocol error: incomplete envelope: %w", errors.New("http2: client conn is closed"))); !retryable(closed) {
+		t.Errorf("retryable(%v) = false, want true", closed)
+	}
 }
