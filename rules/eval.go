@@ -250,6 +250,9 @@ type compiled struct {
 	// is within the cost limit and long runs instead of prg; -1: never.
 	freeUpTo   int64
 	paramBound uint64
+	// pop and popLong run the rule's population expression (nil without
+	// one), with and without the cost tracker like prg and long.
+	pop, popLong cel.Program
 }
 
 // Set is a compiled rule set. It is immutable and safe for concurrent use.
@@ -329,6 +332,11 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 			return nil, fmt.Errorf("%s: building program: %w", r.File, err)
 		}
 		c := &compiled{rule: r, prg: prg, long: long, params: map[string]ref.Val{}}
+		if r.popAst != nil {
+			if c.pop, c.popLong, err = populationPrograms(r, o); err != nil {
+				return nil, err
+			}
+		}
 		adapter := r.env.CELTypeAdapter()
 		info := RuleInfo{ID: r.ID, Title: r.Title, Severity: r.Severity, Controls: r.Controls,
 			File: r.File, Text: string(r.Text), SHA256: r.sha256(), Params: map[string]string{}}
@@ -338,7 +346,9 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 				info.Params[name] = formatParam(v)
 			}
 		}
-		reads := func(name string) bool { return strings.Contains(r.Expression, "params."+name) }
+		reads := func(name string) bool {
+			return strings.Contains(r.Expression, "params."+name) || strings.Contains(r.Population, "params."+name)
+		}
 		for name, g := range globalParams {
 			set(name, g.value, reads(name))
 		}

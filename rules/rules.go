@@ -36,6 +36,10 @@ type Rule struct {
 	Controls []string
 	// Expression is the CEL text.
 	Expression string
+	// Population, optional, is the CEL text of the rule's population: the
+	// chain entries the rule tests, a list(rules.Event) (docs/rules.md
+	// "Populations").
+	Population string
 	// File is where the rule came from; Text is the file as read.
 	File string
 	Text []byte
@@ -43,13 +47,14 @@ type Rule struct {
 	params     map[string]param // declared in the file
 	paramOrder []string
 	ast        *cel.Ast
+	popAst     *cel.Ast
 	env        *cel.Env
 	usesOwner  bool
 }
 
 var severities = []string{"low", "medium", "high", "critical"}
 
-var ruleFields = []string{"id", "title", "severity", "controls", "params", "expression"}
+var ruleFields = []string{"id", "title", "severity", "controls", "params", "expression", "population"}
 
 // ParseRule parses and type-checks one rule file. Errors read
 // "file:line:col: message", positions of CEL issues translated to the YAML file.
@@ -134,18 +139,25 @@ func ParseRule(filename string, data []byte) (*Rule, error) {
 			}
 		case "expression":
 			err = str(&r.Expression)
+		case "population":
+			err = str(&r.Population)
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
 	for _, f := range ruleFields {
-		if f != "params" && seen[f] == nil {
+		if f != "params" && f != "population" && seen[f] == nil {
 			return nil, at(m, "missing field %q", f)
 		}
 	}
 	if err := r.compile(seen["expression"]); err != nil {
 		return nil, err
+	}
+	if n := seen["population"]; n != nil {
+		if err := r.compilePopulation(n); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
 }

@@ -110,7 +110,7 @@ func BenchmarkExport(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				dir := filepath.Join(b.TempDir(), "pkg")
 				l.evaluated = false
-				if err := Export(b.Context(), l, ExportOptions{Signer: s, AsOf: benchAsOf}, DirSink{Dir: dir}); err != nil {
+				if err := Export(b.Context(), l, ExportOptions{Signer: s, Evaluator: l.eval, AsOf: benchAsOf}, DirSink{Dir: dir}); err != nil {
 					b.Fatal(err)
 				}
 				b.StopTimer()
@@ -137,7 +137,7 @@ func BenchmarkVerify(b *testing.B) {
 			s, pub, _ := evidenceKey(b, "ecdsa")
 			dir := filepath.Join(b.TempDir(), "pkg")
 			l.evaluated = false
-			if err := Export(b.Context(), l, ExportOptions{Signer: s, AsOf: benchAsOf}, DirSink{Dir: dir}); err != nil {
+			if err := Export(b.Context(), l, ExportOptions{Signer: s, Evaluator: l.eval, AsOf: benchAsOf}, DirSink{Dir: dir}); err != nil {
 				b.Fatal(err)
 			}
 			keys := Keys{LogKey: l.vkey(), EvidenceKey: pub}

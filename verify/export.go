@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"maps"
 	"runtime"
 	"slices"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/grantline/grantline/internal/pipeline"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/event"
+	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify/format"
 	"github.com/grantline/grantline/verify/oscal"
 	"github.com/grantline/grantline/verify/report"
@@ -108,6 +110,9 @@ type ExportOptions struct {
 	Version     string
 	// LogKey is the log's verifier key (signed-note form), for the report.
 	LogKey string
+	// Evaluator derives population.jsonl as verify will (a
+	// PopulationEvaluator); nil means DefaultEvaluator.
+	Evaluator Evaluator
 	// PackageName is how the report's verify command names the package
 	// (e.g. the output folder); "" means "evidence".
 	PackageName string
@@ -213,8 +218,25 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 			cited[e.Index] = e.EventID
 		}
 	}
+	// The population is derived like verify derives it: from the recorded
+	// rule texts, over the chains written to entries.jsonl (kept in memory
+	// only when some rule declares a population).
+	ev := opts.Evaluator
+	if ev == nil {
+		ev = DefaultEvaluator
+	}
+	var chains packageChains
+	if pe, ok := ev.(PopulationEvaluator); ok {
+		populated, err := pe.Populated(doc)
+		if err != nil {
+			return fmt.Errorf("export: %s: %w", format.FilePopulation, err)
+		}
+		if populated {
+			chains = packageChains{}
+		}
+	}
 	err = w.file(format.FileEntries, func(out io.Writer) error {
-		return writeEntries(ctx, src, cp, subjects, cited, scope, out)
+		return writeEntries(ctx, src, cp, subjects, cited, scope, chains, out)
 	})
 	if err != nil {
 		return err
@@ -223,6 +245,20 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 		return fmt.Errorf("export: %w: a finding cites entry %d (event %q), which Entries did not yield", ErrSource, idx, id)
 	}
 	if err := w.json(format.FileFindings, doc); err != nil {
+		return err
+	}
+	rows, err := populationOf(ctx, ev, doc, chains.subjects(), chains)
+	if err != nil {
+		return fmt.Errorf("export: %s: %w", format.FilePopulation, err)
+	}
+	pop, err := EncodePopulation(rows)
+	if err != nil {
+		return fmt.Errorf("export: %s: %w", format.FilePopulation, err)
+	}
+	if err := w.file(format.FilePopulation, func(out io.Writer) error {
+		_, err := out.Write(pop)
+		return err
+	}); err != nil {
 		return err
 	}
 	scope.Files = w.digests
@@ -341,7 +377,7 @@ type exportItem struct {
 // only (Entries, and InclusionProof inside its callback); the per-entry work
 // (proof check, decoding, JSON encoding) runs on GOMAXPROCS workers in
 // batches (pipeline.Ordered), and the lines are written in index order.
-func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subjects []string, cited map[uint64]string, scope *format.Scope, out io.Writer) error {
+func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subjects []string, cited map[uint64]string, scope *format.Scope, chains packageChains, out io.Writer) error {
 	workers := max(1, runtime.GOMAXPROCS(0))
 	bw := bufio.NewWriterSize(out, 256<<10)
 	seenSubjects := map[string]struct{}{}
@@ -377,7 +413,7 @@ func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subject
 		}
 		return items
 	}
-	write := func(items []exportItem) error { return writeItems(items, bw, cited, scope, seenSubjects) }
+	write := func(items []exportItem) error { return writeItems(items, bw, cited, scope, seenSubjects, chains) }
 	err := pipeline.Ordered(ctx, workers, 3*workers, produce, encode, write)
 	if err == nil {
 		err = bw.Flush()
@@ -391,12 +427,16 @@ func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subject
 
 // writeItems writes the encoded lines of a batch and gathers the scope
 // facts; it owns cited, scope and seenSubjects while the pipeline runs.
-func writeItems(items []exportItem, bw *bufio.Writer, cited map[uint64]string, scope *format.Scope, seenSubjects map[string]struct{}) error {
+func writeItems(items []exportItem, bw *bufio.Writer, cited map[uint64]string, scope *format.Scope, seenSubjects map[string]struct{}, chains packageChains) error {
 	for i := range items {
 		it := &items[i]
 		if it.err != nil {
 			return it.err
 		}
+		if chains != nil {
+			chains[it.subject] = append(chains[it.subject], rules.Entry{Index: it.index, Leaf: it.leaf})
+		}
+		it.leaf = nil
 		if id, ok := cited[it.index]; ok {
 			if id != it.eventID {
 				return fmt.Errorf("%w: a finding cites entry %d as event %q but it holds event %q", ErrSource, it.index, id, it.eventID)
@@ -456,8 +496,19 @@ func encodeItem(it *exportItem, cp ledger.Checkpoint) {
 	it.row = format.EventRow{Index: it.index, EventID: ev.GetId(), Type: ev.GetType(), Time: ev.GetTime().AsTime(),
 		ObservedTime: ent.GetObservedTime().AsTime(), Source: ev.GetSource().GetSystem(), Actor: ev.GetActor().GetId(),
 		Request: ev.GetRefs().GetRequest()}
-	it.leaf, it.proof = nil, nil
+	it.proof = nil // the leaf is dropped by writeItems, after the population kept it
 }
+
+// packageChains are the leaves written to entries.jsonl by subject, a
+// rules.ChainSource for the population; nil when none is needed.
+type packageChains map[string][]rules.Entry
+
+// Chain implements rules.ChainSource.
+func (c packageChains) Chain(_ context.Context, subject string) ([]rules.Entry, error) {
+	return c[subject], nil
+}
+
+func (c packageChains) subjects() []string { return slices.Sorted(maps.Keys(c)) }
 
 // SortFindings sorts findings by (rule, subject, primary index), the order
 // of the rules engine.

@@ -69,6 +69,9 @@ type Options struct {
 	// log signature verified (grantline verify --witness-policy passes
 	// witness.VerifyQuorum); it returns what it found, for the report.
 	Witnesses func(checkpointNote []byte, log note.Verifier) (string, error)
+	// Sample, if set, is an auditor's sample (grantline sample) that must be
+	// the one its seed and size draw from the package's population.
+	Sample *format.Sample
 }
 
 // Check is one passed check.
@@ -193,6 +196,9 @@ func (v *verifier) run(ctx context.Context, keys Keys) error {
 		return err
 	}
 	if err := v.reproduce(ctx, doc); err != nil {
+		return err
+	}
+	if err := v.checkPopulation(ctx, doc); err != nil {
 		return err
 	}
 	return v.checkAssessment()

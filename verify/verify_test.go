@@ -29,7 +29,7 @@ func exportFixture(t *testing.T, alg string, opts ExportOptions) *pkgFixture {
 	l := newLedgerFake(t, synthEvents(40, 6))
 	s, pub, _ := evidenceKey(t, alg)
 	dir := filepath.Join(t.TempDir(), "pkg")
-	opts.Signer, opts.AsOf = s, asOf
+	opts.Signer, opts.AsOf, opts.Evaluator = s, asOf, l.eval
 	if err := Export(t.Context(), l, opts, DirSink{Dir: dir}); err != nil {
 		t.Fatalf("Export: %v", err)
 	}
@@ -83,7 +83,7 @@ func TestExportAllAndTarGz(t *testing.T) {
 		t.Fatal(err)
 	}
 	sink := NewTarGzSink(f, asOf)
-	if err := Export(t.Context(), l, ExportOptions{Signer: s, AsOf: asOf, All: true}, sink); err != nil {
+	if err := Export(t.Context(), l, ExportOptions{Signer: s, Evaluator: l.eval, AsOf: asOf, All: true}, sink); err != nil {
 		t.Fatal(err)
 	}
 	if err := sink.Close(); err != nil {
@@ -118,7 +118,7 @@ func TestExportSourceFaults(t *testing.T) {
 			l.Checkpoint(t.Context())
 			tc.fault(l)
 			s, _, _ := evidenceKey(t, "ed25519")
-			err := Export(t.Context(), l, ExportOptions{Signer: s, AsOf: asOf}, DirSink{Dir: t.TempDir()})
+			err := Export(t.Context(), l, ExportOptions{Signer: s, Evaluator: l.eval, AsOf: asOf}, DirSink{Dir: t.TempDir()})
 			if !errors.Is(err, ErrSource) {
 				t.Fatalf("Export with %s = %v, want ErrSource", tc.name, err)
 			}
@@ -320,7 +320,7 @@ func TestVerifySince(t *testing.T) {
 	s, pub, _ := evidenceKey(t, "ecdsa")
 	keys := Keys{LogKey: l.vkey(), EvidenceKey: pub}
 	dir := filepath.Join(t.TempDir(), "pkg")
-	if err := Export(t.Context(), l, ExportOptions{Signer: s, AsOf: asOf, SinceSizes: []uint64{7, 30}}, DirSink{Dir: dir}); err != nil {
+	if err := Export(t.Context(), l, ExportOptions{Signer: s, Evaluator: l.eval, AsOf: asOf, SinceSizes: []uint64{7, 30}}, DirSink{Dir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -381,7 +381,7 @@ func TestVerifyManyBatches(t *testing.T) {
 	keys := Keys{LogKey: l.vkey(), EvidenceKey: pub}
 	fresh := func() string {
 		dir := filepath.Join(t.TempDir(), "pkg")
-		if err := Export(t.Context(), l, ExportOptions{Signer: s, AsOf: asOf, All: true}, DirSink{Dir: dir}); err != nil {
+		if err := Export(t.Context(), l, ExportOptions{Signer: s, Evaluator: l.eval, AsOf: asOf, All: true}, DirSink{Dir: dir}); err != nil {
 			t.Fatal(err)
 		}
 		return dir
@@ -451,7 +451,7 @@ func TestVerifySinceHint(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "pkg")
-			if err := Export(t.Context(), l, ExportOptions{Signer: s, AsOf: asOf, SinceSizes: tc.sizes}, DirSink{Dir: dir}); err != nil {
+			if err := Export(t.Context(), l, ExportOptions{Signer: s, Evaluator: l.eval, AsOf: asOf, SinceSizes: tc.sizes}, DirSink{Dir: dir}); err != nil {
 				t.Fatal(err)
 			}
 			o := verifyOpts()

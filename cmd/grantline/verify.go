@@ -18,7 +18,7 @@ import (
 func init() {
 	register(&command{
 		name:    "verify",
-		usage:   "DIR|FILE.tar.gz --log-key FILE --evidence-key FILE [--since OLD_CHECKPOINT] [--witness-policy FILE] [--quiet]",
+		usage:   "DIR|FILE.tar.gz --log-key FILE --evidence-key FILE [--since OLD_CHECKPOINT] [--witness-policy FILE] [--sample sample.json] [--quiet]",
 		summary: "verify an evidence package offline: signatures, digests, inclusion proofs, and the findings re-derived",
 		run:     runVerifyCmd,
 	})
@@ -31,6 +31,7 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		evidenceKey = fs.String("evidence-key", "", "the evidence signer's PEM public key (DATA/keys/evidence.pub); required")
 		since       = fs.String("since", "", "an older signed checkpoint you kept: check the log only grew since")
 		quiet       = fs.Bool("quiet", false, "print only the verdict")
+		sampleFile  = fs.String("sample", "", "an auditor's sample (grantline sample): check it is the one its seed draws from the package's population")
 		policyFile  = fs.String("witness-policy", "", "witness policy file: require the checkpoint to carry cosignatures from its quorum (docs/witnessing.md)")
 	)
 	rest, err := parseInterspersed(fs, args)
@@ -57,6 +58,15 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if *since != "" {
 		if opts.Since, err = os.ReadFile(*since); err != nil {
 			return &exitError{code: 2, msg: fmt.Sprintf("--since: %v", err)}
+		}
+	}
+	if *sampleFile != "" {
+		b, err := os.ReadFile(*sampleFile)
+		if err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--sample: %v", err)}
+		}
+		if opts.Sample, err = verify.ParseSample(b); err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--sample %s: %s", textsafe.Quote(*sampleFile), textsafe.Escape(err.Error()))}
 		}
 	}
 	if *policyFile != "" {

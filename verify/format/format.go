@@ -18,6 +18,7 @@ const (
 	FileConsistency = "consistency.json"        // optional: Consistency
 	FileEntries     = "entries.jsonl"           // one EntryLine a line, ascending index
 	FileFindings    = "findings.json"           // Findings
+	FilePopulation  = "population.jsonl"        // one PopulationRow a line
 	FileCSV         = "findings.csv"            // findings for spreadsheets
 	FileReport      = "report.html"             // the human report
 	FileAssessment  = "assessment-results.json" // OSCAL 1.1.3 assessment-results
@@ -32,7 +33,7 @@ const ConsistencyFormat = "grantline.dev/evidence/consistency/v1"
 
 // RequiredFiles are the files every package holds, in the order the exporter
 // writes them (the statement last, since it signs the digests of the others).
-var RequiredFiles = []string{FileCheckpoint, FileEntries, FileFindings, FileCSV, FileReport, FileAssessment, FileStatement}
+var RequiredFiles = []string{FileCheckpoint, FileEntries, FileFindings, FilePopulation, FileCSV, FileReport, FileAssessment, FileStatement}
 
 // Known reports whether name is a file a package may hold.
 func Known(name string) bool {
@@ -135,6 +136,60 @@ func (f *Finding) Primary() (uint64, bool) {
 	}
 	return f.Entries[0].Index, true
 }
+
+// PopulationRow is one line of population.jsonl: one item of the population
+// of one rule, under one control of the package's framework
+// (verify/FORMAT.md "Populations"). Lines are sorted by (control, rule,
+// subject, index).
+type PopulationRow struct {
+	Control string    `json:"control"`
+	Rule    string    `json:"rule"`
+	Subject string    `json:"subject"`
+	Index   uint64    `json:"index"`
+	EventID string    `json:"event_id"`
+	Time    time.Time `json:"time"`
+	// Result is "pass", or "fail" when a finding of Rule has this entry as
+	// its primary entry; Finding is then that finding's position in
+	// findings.json's findings (0-based), null for a pass.
+	Result  string `json:"result"`
+	Finding *int   `json:"finding"`
+}
+
+// RowKey identifies a population row within a package.
+type RowKey struct {
+	Control string `json:"control"`
+	Rule    string `json:"rule"`
+	Subject string `json:"subject"`
+	Index   uint64 `json:"index"`
+}
+
+// Key is the row's RowKey.
+func (r PopulationRow) Key() RowKey {
+	return RowKey{Control: r.Control, Rule: r.Rule, Subject: r.Subject, Index: r.Index}
+}
+
+// SampleFormat is the value of Sample.Format for this version.
+const SampleFormat = "grantline.dev/evidence/sample/v1"
+
+// Sample is sample.json, written by `grantline sample`: the seed and size an
+// auditor chose and the rows drawn, which `grantline verify --sample`
+// draws again from the package's population (verify/FORMAT.md "Samples").
+type Sample struct {
+	Format string `json:"format"`
+	Seed   string `json:"seed"`
+	Size   int    `json:"size"`
+	// Framework is the package's framework (findings.json), "" for the default.
+	Framework string `json:"framework,omitempty"`
+	// Population is the sha256 (hex) of the population.jsonl drawn from.
+	Population string   `json:"population_sha256"`
+	Rows       []RowKey `json:"rows"`
+}
+
+// Population results.
+const (
+	Pass = "pass"
+	Fail = "fail"
+)
 
 // EntryRef names a ledger entry a finding cites.
 type EntryRef struct {
