@@ -109,7 +109,7 @@ func TestVerifyHostilePackages(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "pkg.tar.gz")
 			os.WriteFile(p, tarGzOf(t, map[string][]byte{fakeVerified: []byte("x")}), 0o600)
 			return p
-		}, []string{`member 9 "\x1b[1A\x1b[2K\x1b[32mverified`, "not a file of an evidence package"}},
+		}, []string{`member 10 "\x1b[1A\x1b[2K\x1b[32mverified`, "not a file of an evidence package"}},
 		{"escape in the package path", func(t *testing.T) string {
 			return filepath.Join(t.TempDir(), "\x1b[32mok")
 		}, []string{`\x1b[32mok`, "no such file"}},
