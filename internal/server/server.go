@@ -46,6 +46,9 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// StreamIdleTimeout and StreamMaxLifetime bound an AppendStream (0: the
+	// ingest package's defaults, 5m and 1h).
+	StreamIdleTimeout, StreamMaxLifetime time.Duration
 }
 
 // Server is a started server.
@@ -137,6 +140,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic,
+		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
 	})
 	if err != nil {
 		l.Close()
@@ -161,7 +165,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Protocols:         protocols,
 		HTTP2:             ingest.HTTP2Config(),
 		TLSConfig:         tlsCfg,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: ingest.ReadHeaderTimeout, // before any authentication; bodies: see ingest.DefaultBodyReadTimeout
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
