@@ -17,7 +17,7 @@ func init() {
 	register(&command{
 		name: "serve",
 		usage: "[--data DIR] [--listen HOST:PORT] [--params FILE] [--rules DIR] [--origin O] " +
-			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public] " +
+			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public] [--witness-policy FILE] " +
 			"[--stream-idle-timeout D] [--stream-max-lifetime D]",
 		summary: "run the ledger service (Connect/gRPC APIs, tlog-tiles, /metrics)",
 		run:     runServe,
@@ -39,6 +39,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.Algorithm, "alg", string(checkpoint.Ed25519), "algorithm of a new log key: ed25519 or ecdsa-p256")
 	fs.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without a token")
+	fs.StringVar(&cfg.WitnessPolicy, "witness-policy", "", "witness policy file: send checkpoints to its witnesses, serve the newest witnessed one (docs/witnessing.md)")
 	fs.DurationVar(&cfg.StreamIdleTimeout, "stream-idle-timeout", ingest.DefaultStreamIdleTimeout, "close an AppendStream on which no message arrived for this long (clients reconnect)")
 	fs.DurationVar(&cfg.StreamMaxLifetime, "stream-max-lifetime", ingest.DefaultStreamMaxLifetime, "close an AppendStream this long after it opened (clients reconnect; a revoked token stops at once regardless)")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
@@ -80,6 +81,9 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "  log key:      %s\n", srv.VerifierKey)
 	fmt.Fprintf(env.stdout, "  verifier key: %s\n", srv.VerifierKeyPath)
 	fmt.Fprintf(env.stdout, "  evidence key: %s\n", srv.EvidenceKeyPath)
+	if cfg.WitnessPolicy != "" {
+		fmt.Fprintf(env.stdout, "  witnesses:    %s (GET /checkpoint serves the newest witnessed checkpoint)\n", cfg.WitnessPolicy)
+	}
 	if srv.NewAdminToken {
 		fmt.Fprintf(env.stdout, "  admin token:  written to %s (mode 0600); use it with --token or GRANTLINE_TOKEN\n", srv.AdminTokenPath)
 	}
