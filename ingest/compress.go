@@ -7,14 +7,16 @@ import (
 	"io"
 
 	"connectrpc.com/connect"
+
+	"github.com/grantline/grantline/ledger/event"
 )
 
-// Limits on compressed messages. Together with MaxMessageBytes (which
+// Limits on compressed messages. Together with event.MaxMessageBytes (which
 // connect checks on the wire and again after inflating) they bound what one
 // message can cost the server; docs/operations.md lists them.
 const (
 	// MaxInflatedBytes is the most one message may inflate to.
-	MaxInflatedBytes = MaxMessageBytes
+	MaxInflatedBytes = event.MaxMessageBytes
 	// MaxCompressionRatio is the most a compressed message may inflate,
 	// relative to its compressed size, once it is past ratioFreeBytes.
 	// Event batches compress 5 to 20 times; gzip's own maximum is about

@@ -18,17 +18,18 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
 // bomb returns a gzip-compressed AppendRequest of about 16 KiB that
-// inflates to just under 16 MiB (MaxMessageBytes) of valid protobuf: one
+// inflates to just under 16 MiB (event.MaxMessageBytes) of valid protobuf: one
 // event whose reason is 16 MiB of the same letter.
 func bomb(t *testing.T) (compressed []byte, inflated int) {
 	t.Helper()
 	ev := newEvent("okta", "bomb", "session.started", "alice")
-	ev.Reason = strings.Repeat("a", MaxMessageBytes-4096)
+	ev.Reason = strings.Repeat("a", event.MaxMessageBytes-4096)
 	raw, err := proto.Marshal(&pb.AppendRequest{Events: []*pb.Event{ev}})
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/ingest/client"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -94,12 +95,11 @@ func TestServeHostileInput(t *testing.T) {
 	})
 
 	t.Run("idle stream", func(t *testing.T) {
-		hc, err := newHTTPClient(s.url, "")
+		cl, err := client.Dial(s.url, client.Options{Token: s.token})
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := grantlinev1connect.NewIngestServiceClient(hc, s.url, connect.WithInterceptors(bearer(s.token)))
-		stream := c.AppendStream(t.Context())
+		stream := cl.Ingest().AppendStream(t.Context())
 		ev := testEvent(2, "bob")
 		ev.Source.System = "hr"
 		if err := stream.Send(&pb.AppendStreamRequest{Seq: 1, Events: []*pb.Event{ev}}); err != nil {
