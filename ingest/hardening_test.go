@@ -395,3 +395,40 @@ func TestBodyReadTimeout(t *testing.T) {
 		t.Errorf("the stalled body is not counted with reason timeout (%d %s)", resp.StatusCode, b)
 	}
 }
+
+// TestEarlyRefusalsCounted: calls refused before the interceptors see them
+// (undecodable bodies, unsupported content types) are logged and counted
+// with a reason, like the calls the interceptors refuse.
+func TestEarlyRefusalsCounted(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name   string
+		header http.Header
+		body   []byte
+		status int
+		metric string
+	}{
+		{"garbage protobuf", http.Header{"Content-Type": {"application/proto"}}, []byte{0xff, 0xff, 0xff}, 400,
+			`grantline_refused_requests_total{code="invalid_argument",reason="decode"} 1`},
+		{"garbage JSON", http.Header{"Content-Type": {"application/json"}}, []byte(`{"events":[{`), 400,
+			`grantline_refused_requests_total{code="invalid_argument",reason="decode"} 2`},
+		{"bad gzip", http.Header{"Content-Type": {"application/proto"}, "Content-Encoding": {"gzip"}}, []byte("not gzip"), 400,
+			`grantline_refused_requests_total{code="invalid_argument",reason="compression"} 1`},
+		{"unsupported compression", http.Header{"Content-Type": {"application/proto"}, "Content-Encoding": {"br"}}, []byte("x"), 501,
+			`grantline_refused_requests_total{code="unimplemented",reason="unimplemented"} 1`},
+	}
+	for _, tt := range tests {
+		h := tt.header.Clone()
+		h.Set("Authorization", "Bearer "+oktaTok)
+		if status, _, body := e.post(t, grantlinev1connect.IngestServiceAppendProcedure, h, tt.body); status != tt.status {
+			t.Errorf("%s: %d %s; want %d", tt.name, status, body, tt.status)
+		}
+		_, metrics := e.get(t, "/metrics", adminTok)
+		if !strings.Contains(string(metrics), tt.metric) {
+			t.Errorf("%s: /metrics lacks %s", tt.name, tt.metric)
+		}
+	}
+	if logs := e.logs.String(); strings.Count(logs, `"msg":"rpc refused"`) != len(tests) || !strings.Contains(logs, `"principal":"okta"`) {
+		t.Errorf("want %d rpc refused lines naming the principal:\n%s", len(tests), logs)
+	}
+}
