@@ -335,7 +335,7 @@ func TestRevokedTokenStopsStream(t *testing.T) {
 // Unavailable (the client reconnects) after acknowledging what was stored.
 func TestStreamLimits(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
-		e := newEnv(t, func(c *Config) { c.StreamIdleTimeout = 300 * time.Millisecond })
+		e := newEnv(t, func(c *Config) { c.StreamIdleTimeout = time.Second })
 		stream := e.clients(protocols[0], oktaTok).ingest.AppendStream(t.Context())
 		if err := stream.Send(&pb.AppendStreamRequest{Seq: 1, Events: []*pb.Event{newEvent("okta", "i1", "grant.activated", "alice")}}); err != nil {
 			t.Fatal(err)

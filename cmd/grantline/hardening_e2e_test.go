@@ -47,7 +47,7 @@ func peakRSS(t *testing.T, pid int) int64 {
 // --stream-idle-timeout).
 func TestServeHostileInput(t *testing.T) {
 	requireBinary(t)
-	s := startE2EServerAt(t, filepath.Join(t.TempDir(), "data"), freeAddr(t), "--stream-idle-timeout", "500ms")
+	s := startE2EServerAt(t, filepath.Join(t.TempDir(), "data"), freeAddr(t), "--stream-idle-timeout", "1s")
 	post := func(path string, h http.Header, body []byte) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, s.url+path, bytes.NewReader(body))
