@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -38,6 +39,14 @@ func (strictProtoCodec) Marshal(m any) ([]byte, error) {
 	return proto.Marshal(pm)
 }
 
+func (strictProtoCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("%T is not a protobuf message", m)
+	}
+	return proto.MarshalOptions{}.MarshalAppend(dst, pm)
+}
+
 func (strictProtoCodec) Unmarshal(data []byte, m any) error {
 	pm, ok := m.(proto.Message)
 	if !ok {
@@ -63,17 +72,10 @@ func checkUnknown(m protoreflect.Message, path string) error {
 		if num, typ, n := protowire.ConsumeTag(raw); n > 0 {
 			what = fmt.Sprintf(" number %d (wire type %d)", num, typ)
 		}
-		return fmt.Errorf("%s%w%s: this server's schema has no such field; nothing was stored (is the client's schema newer than the server's?)", at(path), ErrUnknownField, what)
+		return &pathError{path: path, err: fmt.Errorf("%w%s: this server's schema has no such field; nothing was stored (is the client's schema newer than the server's?)", ErrUnknownField, what)}
 	}
-	fields := m.Descriptor().Fields()
-	for i := 0; i < fields.Len(); i++ {
-		fd := fields.Get(i)
-		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
-			continue
-		}
-		if fd.IsMap() && fd.MapValue().Kind() != protoreflect.MessageKind {
-			continue
-		}
+	var err error
+	for _, fd := range messageFields(m.Descriptor()) {
 		if !m.Has(fd) {
 			continue
 		}
@@ -82,34 +84,76 @@ func checkUnknown(m protoreflect.Message, path string) error {
 		case fd.IsList():
 			l := m.Get(fd).List()
 			for j := 0; j < l.Len(); j++ {
-				if err := checkUnknown(l.Get(j).Message(), fmt.Sprintf("%s[%d]", name, j)); err != nil {
-					return err
+				if err = checkUnknown(l.Get(j).Message(), ""); err != nil {
+					return prefixPath(err, fmt.Sprintf("%s[%d]", name, j))
 				}
 			}
 		case fd.IsMap():
-			var err error
 			mp := m.Get(fd).Map()
 			keys := make([]string, 0, mp.Len())
 			vals := map[string]protoreflect.Message{}
 			mp.Range(func(k protoreflect.MapKey, v protoreflect.Value) bool {
-				ks := k.String()
-				keys = append(keys, ks)
-				vals[ks] = v.Message()
+				keys = append(keys, k.String())
+				vals[k.String()] = v.Message()
 				return true
 			})
 			slices.Sort(keys)
 			for _, k := range keys {
-				if err = checkUnknown(vals[k], fmt.Sprintf("%s[%s]", name, strconv.Quote(k))); err != nil {
-					return err
+				if err = checkUnknown(vals[k], ""); err != nil {
+					return prefixPath(err, fmt.Sprintf("%s[%s]", name, strconv.Quote(k)))
 				}
 			}
 		default:
-			if err := checkUnknown(m.Get(fd).Message(), name); err != nil {
-				return err
+			if err = checkUnknown(m.Get(fd).Message(), ""); err != nil {
+				return prefixPath(err, name)
 			}
 		}
 	}
 	return nil
+}
+
+// msgFieldCache maps a message's full name to its fields that hold
+// messages (singular, repeated, or map values), in field order.
+var msgFieldCache sync.Map
+
+func messageFields(md protoreflect.MessageDescriptor) []protoreflect.FieldDescriptor {
+	if v, ok := msgFieldCache.Load(md.FullName()); ok {
+		return v.([]protoreflect.FieldDescriptor)
+	}
+	var out []protoreflect.FieldDescriptor
+	fields := md.Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		switch {
+		case fd.IsMap():
+			if fd.MapValue().Kind() == protoreflect.MessageKind {
+				out = append(out, fd)
+			}
+		case fd.Kind() == protoreflect.MessageKind, fd.Kind() == protoreflect.GroupKind:
+			out = append(out, fd)
+		}
+	}
+	msgFieldCache.Store(md.FullName(), out)
+	return out
+}
+
+// pathError is an unknown-field error below the top-level message; paths
+// are built only on the way out of a failing walk.
+type pathError struct {
+	path string // "" at the message where the field was found
+	err  error  // the message, without the path
+}
+
+func (e *pathError) Error() string { return at(e.path) + e.err.Error() }
+func (e *pathError) Unwrap() error { return e.err }
+
+// prefixPath puts parent in front of err's path.
+func prefixPath(err error, parent string) error {
+	var pe *pathError
+	if errors.As(err, &pe) {
+		return &pathError{path: join(parent, pe.path), err: pe.err}
+	}
+	return err
 }
 
 // at formats an error prefix for path ("" at the top).
@@ -123,6 +167,9 @@ func at(path string) string {
 func join(path, name string) string {
 	if path == "" {
 		return name
+	}
+	if name == "" {
+		return path
 	}
 	return path + "." + name
 }
