@@ -36,7 +36,14 @@ var ErrTooBig = errors.New("batch too big for one transaction")
 var ErrDamaged = errors.New("store damaged")
 
 // damagedError is an error wrapping ErrDamaged with what was found.
-type damagedError struct{ msg string }
+type damagedError struct {
+	msg string
+	key []byte // the key whose value is damaged; nil for damaged files
+}
+
+// Key returns the key whose value is damaged (nil if the damage is not to
+// one value).
+func (e *damagedError) Key() []byte { return e.key }
 
 func (e *damagedError) Error() string  { return ErrDamaged.Error() + ": " + e.msg }
 func (e *damagedError) Unwrap() error  { return ErrDamaged }
@@ -195,7 +202,9 @@ func (s *Store) checkValue(item *badger.Item, v []byte) error {
 	if cause == "" {
 		cause = "unreadable value-log record"
 	}
-	return damaged("the value of key %x (about %d bytes) cannot be read: %s", item.Key(), want, cause)
+	err := damaged("the value of key %x (about %d bytes) cannot be read: %s", item.Key(), want, cause)
+	err.(*damagedError).key = item.KeyCopy(nil)
+	return err
 }
 
 // Scan calls fn for each key in [start, end) in ascending order (end nil means
