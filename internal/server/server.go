@@ -46,6 +46,9 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// Init starts a new, empty log under keys that already exist when the
+	// store holds none (serve --init; see datadir.Options.Init).
+	Init bool
 }
 
 // Server is a started server.
@@ -110,16 +113,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
-	dd, err := datadir.Open(cfg.DataDir, cfg.Origin, alg)
-	if err != nil {
-		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
-	}
-	keys := dd.Keys
-	evSigner, err := verify.NewEvidenceSigner(keys.Evidence)
-	if err != nil {
-		return nil, fmt.Errorf("evidence key: %w", err)
-	}
-
+	// Listen before anything is written: a taken port must not leave a
+	// half-made data directory behind.
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
@@ -129,6 +124,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			ln.Close()
 		}
 	}()
+
+	dd, err := datadir.OpenWith(cfg.DataDir, datadir.Options{Origin: cfg.Origin, Algorithm: alg, Init: cfg.Init})
+	if err != nil {
+		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
+	}
+	keys := dd.Keys
+	evSigner, err := verify.NewEvidenceSigner(keys.Evidence)
+	if err != nil {
+		return nil, fmt.Errorf("evidence key: %w", err)
+	}
 	l, err := dd.OpenLedger(ctx, ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")})
 	if err != nil {
 		return nil, err
