@@ -194,18 +194,21 @@ func OpenTokens(path string) (*auth.Store, error) {
 // log is open, DIR/keys/log.state records that it was created.
 func (d *Dir) OpenLedger(ctx context.Context, o ledger.Options) (*ledger.Log, error) {
 	ldir := filepath.Join(d.Path, LedgerDir)
+	o.MustExist = d.state != stateCreating && !d.init
+	if o.MustExist && !storeFilesExist(d.Path) {
+		// Refused before opening, which would create store files.
+		return nil, d.noLog(ldir)
+	}
 	st, err := OpenStore(d.Path, o.Logger)
 	if err != nil {
 		return nil, err
 	}
 	o.Signer, o.Verifier = d.Keys.LogSigner, d.Keys.LogVerifier
-	o.MustExist = d.state != stateCreating && !d.init
 	l, err := ledger.Open(ctx, st, o)
 	if err != nil {
 		st.Close()
 		if errors.Is(err, ledger.ErrNotFound) {
-			return nil, fmt.Errorf("%w: %s holds no log, but the keys in %s signed one (%s): restore it from a backup (grantline restore --data %s --in FILE), or start a new, empty log under these keys with --init (auditors holding its checkpoints will see a fork); see docs/operations.md",
-				ErrStoreMissing, ldir, filepath.Join(d.Path, KeysDir), d.stateWhy(), d.Path)
+			return nil, d.noLog(ldir)
 		}
 		if errors.Is(err, ledger.ErrCorrupt) {
 			return nil, fmt.Errorf("%w: opening the ledger in %s: %w; restore from a backup (grantline restore), or run grantline fsck --data %s for details; see docs/operations.md",
@@ -225,6 +228,12 @@ func (d *Dir) OpenLedger(ctx context.Context, o ledger.Options) (*ledger.Log, er
 		d.state = stateCreated
 	}
 	return l, nil
+}
+
+// noLog is the error for a store that holds no log although one was created.
+func (d *Dir) noLog(ldir string) error {
+	return fmt.Errorf("%w: %s holds no log, but the keys in %s signed one (%s): restore it from a backup (grantline restore --data %s --in FILE), or start a new, empty log under these keys with --init (auditors holding its checkpoints will see a fork); see docs/operations.md",
+		ErrStoreMissing, ldir, filepath.Join(d.Path, KeysDir), d.stateWhy(), d.Path)
 }
 
 // stateWhy says why the directory is known to have had a log.
