@@ -13,6 +13,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/grantline/grantline/ledger/badgerstore"
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // TestDamagedLeafServedAsError: a leaf the store answers altered or empty is
@@ -47,7 +48,7 @@ func TestDamagedLeafServedAsError(t *testing.T) {
 			check("Entries", err)
 			_, err = l.ReadEntryBundle(ctx, 1, tileWidth)
 			check("ReadEntryBundle", err)
-			en, _ := DecodeLeaf(v[0])
+			en, _ := event.DecodeLeaf(v[0])
 			_, err = l.SubjectEntries(ctx, en.GetEvent().GetSubject().GetId(), 600, 0, 0)
 			check("SubjectEntries", err)
 			check("Fsck", l.Fsck(ctx, nil))

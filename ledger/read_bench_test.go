@@ -48,6 +48,19 @@ func BenchmarkReadEntryBundle(b *testing.B) {
 		{"unchecked", l.entries},
 		{"checked", l.checkedEntries},
 	}
+	// check is the added work alone: a full bundle's leaves against their
+	// (cached) tile.
+	es, err := l.entries(0, tileWidth)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("check-only", func(b *testing.B) {
+		for b.Loop() {
+			if err := l.checkLeaves(es); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, rd := range reads {
 		b.Run(rd.name, func(b *testing.B) {
 			for b.Loop() {
