@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -241,8 +242,18 @@ func (d *Dir) stateWhy() string {
 	if d.state == stateCreated {
 		return filepath.Join(d.Path, KeysDir, LogStateFile) + " records its creation"
 	}
-	return "they predate this start"
+	return "a log key is only made with its log"
 }
+
+// multiError is an error with its own message that matches several
+// sentinels with errors.Is.
+type multiError struct {
+	msg  string
+	errs []error
+}
+
+func (e *multiError) Error() string   { return e.msg }
+func (e *multiError) Unwrap() []error { return e.errs }
 
 // OpenStore opens the ledger store in DIR/ledger (creating it) for a caller
 // that has no keys at hand (fsck, backup, restore). Only one process can
@@ -252,8 +263,12 @@ func OpenStore(path string, logger *slog.Logger) (*badgerstore.Store, error) {
 	dir := filepath.Join(path, LedgerDir)
 	st, err := badgerstore.Open(dir, badgerstore.Options{Logger: logger})
 	if errors.Is(err, badgerstore.ErrDamaged) {
-		return nil, fmt.Errorf("%w: %w: restore it from a backup (move %s away, then grantline restore --data %s --in FILE); see docs/operations.md",
-			ErrStoreMissing, err, dir, path)
+		what := strings.TrimPrefix(err.Error(), badgerstore.ErrDamaged.Error()+": ")
+		return nil, &multiError{
+			msg: fmt.Sprintf("%v: %s: restore it from a backup (move %s away, then grantline restore --data %s --in FILE); see docs/operations.md",
+				ErrStoreMissing, what, dir, path),
+			errs: []error{ErrStoreMissing, err},
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: opening the ledger store in %s: %w (is a server still running on it? stop it first)",
