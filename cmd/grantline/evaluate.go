@@ -16,12 +16,13 @@ import (
 	"github.com/grantline/grantline/internal/textsafe"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
+	"github.com/grantline/grantline/verify/format"
 )
 
 func init() {
 	register(&command{
 		name:    "evaluate",
-		usage:   "[--server URL --token T] [--as-of RFC3339] [--size N] [--subject ID ...] [--rule ID ...] [--json]",
+		usage:   "[--server URL --token T] [--as-of RFC3339 | --from RFC3339 --to RFC3339] [--size N] [--subject ID ...] [--rule ID ...] [--json]",
 		summary: "run the rules over identity chains at a checkpoint and print the findings",
 		run:     runEvaluateCmd,
 	})
@@ -45,6 +46,8 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	var cf clientFlags
 	cf.register(fs, env)
 	asOf := fs.String("as-of", "", "evaluate as of this RFC 3339 time (default: the server's current time)")
+	from := fs.String("from", "", "start of an audit period (RFC 3339): every finding open at some time in [--from, --to]")
+	to := fs.String("to", "", "end of the audit period (RFC 3339; default: the server's current time); the as-of time")
 	size := fs.Uint64("size", 0, "evaluate the tree of this size (0: the latest checkpoint)")
 	var subjects, ruleIDs listFlag
 	fs.Var(&subjects, "subject", "evaluate only this subject id (repeatable; default: every subject)")
@@ -65,6 +68,9 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			return &exitError{code: 2, msg: fmt.Sprintf("--as-of %q: want an RFC 3339 time such as 2026-03-01T00:00:00Z", *asOf)}
 		}
 		req.AsOf = timestamppb.New(t)
+	}
+	if req.From, req.To, err = periodFlags(*asOf, *from, *to); err != nil {
+		return err
 	}
 	cl, err := cf.dial()
 	if err != nil {
@@ -105,18 +111,18 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 const exitNoSubject = 3
 
 // subjectsWithoutEvents returns the requested subjects that have no entry in
-// the tree the evaluation ran on, in the order given. It asks the log only
-// when the counts cannot tell: no entries at all means every subject is
-// unknown; entries for a single subject mean it is known.
+// the tree the evaluation ran on, in the order given: one ListSubjectEvents
+// page of one entry per subject, unless a single subject had entries
+// evaluated.
 func subjectsWithoutEvents(ctx context.Context, log grantlinev1connect.LogServiceClient, r *pb.EvaluateResponse, subjects []string) ([]string, error) {
 	switch {
 	case len(subjects) == 0:
 		return nil, nil
-	case r.GetEntriesEvaluated() == 0:
-		return subjects, nil
-	case len(subjects) == 1:
+	case len(subjects) == 1 && r.GetEntriesEvaluated() > 0:
 		return nil, nil
 	}
+	// No entries evaluated does not prove a subject has none: the rules
+	// read a chain only up to the as-of time. Ask the log.
 	size := checkpointSize(r.GetCheckpoint())
 	var missing []string
 	for _, sub := range subjects {
@@ -147,7 +153,11 @@ func checkpointSize(note string) uint64 {
 type evaluateJSON struct {
 	Checkpoint string        `json:"checkpoint"`
 	AsOf       string        `json:"as_of"`
+	From       string        `json:"from,omitempty"` // the start of the period, with --from
 	Findings   []findingJSON `json:"findings"`
+	// ExposureBySubject: per subject, seconds in the union of its findings'
+	// exposure intervals (a grant cited by several rules counts once).
+	ExposureBySubject map[string]int64 `json:"exposure_by_subject"`
 }
 
 type findingJSON struct {
@@ -157,6 +167,10 @@ type findingJSON struct {
 	Entries         []entryJSON `json:"entries"`
 	Message         string      `json:"message"`
 	ExposureSeconds int64       `json:"exposure_seconds"`
+	OpenedAt        *string     `json:"opened_at"`
+	ClosedAt        *string     `json:"closed_at"` // null while open at the as-of time
+	// SharesPrimaryWith: the rule of a more specific finding on the same entry.
+	SharesPrimaryWith string `json:"shares_primary_with,omitempty"`
 }
 
 type entryJSON struct {
@@ -166,13 +180,28 @@ type entryJSON struct {
 
 // writeEvaluateJSON prints the response as the fixed JSON object.
 func writeEvaluateJSON(w io.Writer, r *pb.EvaluateResponse) error {
-	out := evaluateJSON{Checkpoint: r.GetCheckpoint(), Findings: []findingJSON{}}
+	out := evaluateJSON{Checkpoint: r.GetCheckpoint(), Findings: []findingJSON{}, ExposureBySubject: map[string]int64{}}
 	if r.GetAsOf() != nil {
 		out.AsOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
 	}
+	if r.GetFrom() != nil {
+		out.From = r.GetFrom().AsTime().UTC().Format(time.RFC3339)
+	}
+	for s, n := range r.GetExposureBySubject() {
+		out.ExposureBySubject[s] = n
+	}
 	for _, f := range r.GetFindings() {
 		fj := findingJSON{Rule: f.GetRule(), Subject: f.GetSubject(), Severity: f.GetSeverity(),
-			Entries: []entryJSON{}, Message: f.GetMessage(), ExposureSeconds: f.GetExposureSeconds()}
+			Entries: []entryJSON{}, Message: f.GetMessage(), ExposureSeconds: f.GetExposureSeconds(),
+			SharesPrimaryWith: f.GetSharesPrimaryWith()}
+		if f.GetOpenedAt() != nil {
+			o := f.GetOpenedAt().AsTime().UTC().Format(time.RFC3339)
+			fj.OpenedAt = &o
+		}
+		if f.GetClosedAt() != nil {
+			c := f.GetClosedAt().AsTime().UTC().Format(time.RFC3339)
+			fj.ClosedAt = &c
+		}
 		for _, e := range f.GetEntries() {
 			fj.Entries = append(fj.Entries, entryJSON{Index: e.GetIndex(), EventID: e.GetEventId()})
 		}
@@ -190,14 +219,25 @@ func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
 		return writeEvaluateSummary(w, r)
 	}
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULE\tSEVERITY\tSUBJECT\tENTRY\tEXPOSURE\tMESSAGE")
+	fmt.Fprintln(tw, "RULE\tSEVERITY\tSUBJECT\tENTRY\tOPENED\tCLOSED\tEXPOSURE\tMESSAGE")
 	for _, f := range r.GetFindings() {
 		entry := "-"
 		if es := f.GetEntries(); len(es) > 0 {
 			entry = fmt.Sprintf("%d (%s)", es[0].GetIndex(), es[0].GetEventId())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.GetRule(), f.GetSeverity(), f.GetSubject(), entry,
-			formatExposure(f.GetExposureSeconds()), oneLine(f.GetMessage()))
+		opened, closed := "-", "open"
+		if f.GetOpenedAt() != nil {
+			opened = f.GetOpenedAt().AsTime().UTC().Format(time.RFC3339)
+		}
+		if f.GetClosedAt() != nil {
+			closed = f.GetClosedAt().AsTime().UTC().Format(time.RFC3339)
+		}
+		msg := oneLine(f.GetMessage())
+		if s := f.GetSharesPrimaryWith(); s != "" {
+			msg += " (same entry as " + s + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.GetRule(), f.GetSeverity(), f.GetSubject(), entry,
+			opened, closed, formatExposure(f.GetExposureSeconds()), msg)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -212,9 +252,53 @@ func writeEvaluateSummary(w io.Writer, r *pb.EvaluateResponse) error {
 	if r.GetAsOf() != nil {
 		asOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
 	}
-	_, err := fmt.Fprintf(w, "%d finding(s) over %d subject(s) and %d entries, as of %s, at %s\n",
-		len(r.GetFindings()), r.GetSubjectsEvaluated(), r.GetEntriesEvaluated(), asOf, checkpointLine(r.GetCheckpoint()))
+	when := "as of " + asOf
+	if r.GetFrom() != nil {
+		when = "in the period " + r.GetFrom().AsTime().UTC().Format(time.RFC3339) + " to " + asOf
+	}
+	var exposure int64
+	for _, n := range r.GetExposureBySubject() {
+		exposure += n
+	}
+	_, err := fmt.Fprintf(w, "%d finding(s) over %d subject(s) and %d entries, %s, at %s; privilege outlived its purpose for %s over %d identity(ies) (each interval counted once)\n",
+		len(r.GetFindings()), r.GetSubjectsEvaluated(), r.GetEntriesEvaluated(), when, checkpointLine(r.GetCheckpoint()),
+		format.Duration(exposure), len(r.GetExposureBySubject()))
 	return err
+}
+
+// periodFlags parses --from/--to (an audit period; --to defaults to the
+// server's time) against --as-of (one instant).
+func periodFlags(asOf, from, to string) (*timestamppb.Timestamp, *timestamppb.Timestamp, error) {
+	if from == "" && to == "" {
+		return nil, nil, nil
+	}
+	if asOf != "" {
+		return nil, nil, &exitError{code: 2, msg: "give --as-of (one instant) or --from/--to (a period), not both: the as-of time of a period is --to"}
+	}
+	if from == "" {
+		return nil, nil, &exitError{code: 2, msg: "--to needs --from: a period is [--from, --to]"}
+	}
+	parse := func(name, v string) (*timestamppb.Timestamp, error) {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return nil, &exitError{code: 2, msg: fmt.Sprintf("%s %q: want an RFC 3339 time such as 2026-03-01T00:00:00Z", name, v)}
+		}
+		return timestamppb.New(t), nil
+	}
+	f, err := parse("--from", from)
+	if err != nil {
+		return nil, nil, err
+	}
+	var t *timestamppb.Timestamp
+	if to != "" {
+		if t, err = parse("--to", to); err != nil {
+			return nil, nil, err
+		}
+		if t.AsTime().Before(f.AsTime()) {
+			return nil, nil, &exitError{code: 2, msg: fmt.Sprintf("--to %s is before --from %s", to, from)}
+		}
+	}
+	return f, t, nil
 }
 
 // writeRuleErrors prints rule errors and returns how many there were.
@@ -230,7 +314,7 @@ func formatExposure(s int64) string {
 	if s <= 0 {
 		return "-"
 	}
-	return (time.Duration(s) * time.Second).String()
+	return format.Duration(s)
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
