@@ -122,7 +122,7 @@ func runMain(ctx context.Context, env *cmdEnv, args []string) int {
 		if err == errFlagHelp {
 			return 0
 		}
-		fmt.Fprintf(env.stderr, "grantline %s: %v\n", c.name, err)
+		fmt.Fprintf(env.stderr, "grantline %s: %s\n", c.name, strings.TrimSpace(err.Error()))
 		return 1
 	}
 	return 0
