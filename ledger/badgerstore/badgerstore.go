@@ -105,7 +105,10 @@ func scaleMemory(bo badger.Options, limit int64) badger.Options {
 // its estimated size in bytes (keys, in-tree values and per-entry overhead, as
 // EstimateSize computes it).
 func (s *Store) Limits() (count int, bytes int64) {
-	return int(s.db.MaxBatchCount()), s.db.MaxBatchSize()
+	// Badger refuses a transaction that reaches either of its maxima, and
+	// counts one extra entry (its commit marker, "!badger!txn" + 10 bytes)
+	// into every transaction.
+	return int(s.db.MaxBatchCount()) - 2, s.db.MaxBatchSize() - 1 - int64(len("!badger!txn")+10)
 }
 
 // EstimateSize is the size an entry with a key and value of these lengths
