@@ -191,7 +191,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 	s := &Store{
 		url: url, start: time.Now(), node: o.Node, holder: o.Node + "/" + randomSuffix(), ttl: o.LeaseTTL, timeout: o.Timeout,
 		metrics: o.Metrics, logger: o.Logger.With("node", o.Node),
-		commitSQL: "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8)",
+		commitSQL: "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
 	}
 	from, err := migrate(ctx, conn, s.holder)
 	if err != nil {
@@ -385,13 +385,19 @@ func (s *Store) Commit(keys, values [][]byte) error {
 		return s.fence(fmt.Errorf("%w: this store does not hold the sequencing lease (acquire it first)", ErrFenced), false)
 	}
 
-	// The tree size goes through compare-and-set, the rest through one
-	// upsert; a later duplicate of a key replaces an earlier one.
+	// The tree size goes through compare-and-set; keys of the kinds the
+	// ledger writes once go through a plain insert, the rest through an
+	// upsert. A later duplicate of a key replaces an earlier one.
 	var latest []byte
-	ks, vs := make([][]byte, 0, len(keys)), make([][]byte, 0, len(keys))
-	var seen map[string]int
+	ks, vs := make([][]byte, 0, 16), make([][]byte, 0, 16)
+	nks, nvs := make([][]byte, 0, len(keys)), make([][]byte, 0, len(keys))
+	type pos struct {
+		once bool
+		i    int
+	}
+	var seen map[string]pos
 	if len(keys) > 1 {
-		seen = make(map[string]int, len(keys))
+		seen = make(map[string]pos, len(keys))
 	}
 	for i, k := range keys {
 		v := values[i]
@@ -403,13 +409,26 @@ func (s *Store) Commit(keys, values [][]byte) error {
 			continue
 		}
 		if seen != nil {
-			if j, ok := seen[string(k)]; ok {
-				vs[j] = v
+			if p, ok := seen[string(k)]; ok {
+				if p.once {
+					nvs[p.i] = v
+				} else {
+					vs[p.i] = v
+				}
 				continue
 			}
-			seen[string(k)] = len(ks)
 		}
-		ks, vs = append(ks, k), append(vs, v)
+		if writtenOnce(k) {
+			if seen != nil {
+				seen[string(k)] = pos{true, len(nks)}
+			}
+			nks, nvs = append(nks, k), append(nvs, v)
+		} else {
+			if seen != nil {
+				seen[string(k)] = pos{false, len(ks)}
+			}
+			ks, vs = append(ks, k), append(vs, v)
+		}
 	}
 	var expect, newLatest any
 	if s.present {
@@ -422,7 +441,7 @@ func (s *Store) Commit(keys, values [][]byte) error {
 	defer cancel()
 	t0 := time.Now()
 	s.inCommit.Store(true)
-	_, err := s.ctl.Exec(ctx, s.commitSQL, s.holder, epoch, s.ttl.Milliseconds(), []byte(TreeSizeKey), expect, newLatest, ks, vs)
+	_, err := s.ctl.Exec(ctx, s.commitSQL, s.holder, epoch, s.ttl.Milliseconds(), []byte(TreeSizeKey), expect, newLatest, ks, vs, nks, nvs)
 	s.inCommit.Store(false)
 	if err != nil {
 		var pe *pgconn.PgError
@@ -445,6 +464,22 @@ func (s *Store) Commit(keys, values [][]byte) error {
 		s.present, s.latest = true, append(s.latest[:0:0], latest...)
 	}
 	return nil
+}
+
+// writtenOnce reports whether k is of a kind the ledger writes once and
+// never changes (ledger/store.go: leaves, leaf-hash, dedupe and subject
+// index entries, checkpoints), as opposed to tiles (partial tiles grow)
+// and the tree size. It is only a guess that makes commits cheaper: a batch
+// in which such a key exists already is upserted whole, with the same result.
+func writtenOnce(k []byte) bool {
+	if len(k) == 0 {
+		return false
+	}
+	switch k[0] {
+	case 'l', 'h', 'd', 's', 'c':
+		return true
+	}
+	return false
 }
 
 // fence makes err sticky (s.fmu held) and, when the lease was found taken,

@@ -278,7 +278,7 @@ func TestTakeoverWaitsForCommitInFlight(t *testing.T) {
 	url := newURL(t)
 	ttl := time.Second
 	a := leader(t, url, Options{Node: "a", LeaseTTL: ttl})
-	a.commitSQL = "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8), pg_sleep(3)"
+	a.commitSQL = "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), pg_sleep(3)"
 	a.renewPaused.Store(true)
 	done := make(chan error, 1)
 	go func() {
@@ -322,7 +322,7 @@ func TestCrashMidCommit(t *testing.T) {
 	}
 
 	// Killed after every row was written, before the commit: nothing.
-	s.commitSQL = "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8), pg_sleep(2)"
+	s.commitSQL = "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), pg_sleep(2)"
 	ks, vs := batch(0, 1000)
 	go kill(500 * time.Millisecond)
 	if err := s.Commit(ks, vs); err == nil || errors.Is(err, ErrFenced) {
@@ -333,7 +333,7 @@ func TestCrashMidCommit(t *testing.T) {
 	}
 
 	// Killed at random points of large commits: all or nothing each time.
-	s.commitSQL = "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8)"
+	s.commitSQL = "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 	for gen, ms := range []int{10, 50, 100, 200, 400, 800, 1600, 3200} {
 		ks, vs := batch(gen+1, 20000)
 		go kill(time.Duration(ms) * time.Millisecond)
@@ -450,5 +450,31 @@ func TestMetrics(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.sequencer.WithLabelValues("n1")); got != 0 {
 		t.Errorf("sequencer = %v after Close, want 0", got)
+	}
+}
+
+// TestCommitOverwritesWriteOnceKinds: keys of the kinds the ledger writes
+// once take a plain insert; if one exists after all, the batch is upserted
+// with the same result. A later duplicate in a batch wins.
+func TestCommitOverwritesWriteOnceKinds(t *testing.T) {
+	s := leader(t, newURL(t), Options{})
+	commit := func(kv ...string) {
+		t.Helper()
+		var ks, vs [][]byte
+		for i := 0; i < len(kv); i += 2 {
+			ks, vs = append(ks, []byte(kv[i])), append(vs, []byte(kv[i+1]))
+		}
+		if err := s.Commit(ks, vs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit("l1", "a", "h1", "a", "t1", "a")
+	commit("l2", "b", "l1", "b", "t1", "b", "l2", "c", "t1", "c", "x1", "d", "x1", "e")
+	got, err := s.Get([]byte("l1"), []byte("l2"), []byte("h1"), []byte("t1"), []byte("x1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[b c a c e]"; fmt.Sprintf("%s", got) != want {
+		t.Fatalf("Get = %s, want %s", got, want)
 	}
 }

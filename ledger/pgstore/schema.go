@@ -47,10 +47,13 @@ INSERT INTO grantline_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, '1
 -- at p_epoch (the row stays locked until the commit ends, so no successor
 -- can take it in between) and the tree-size key p_key must still hold
 -- p_expect (NULL: absent). p_latest, when not NULL, is the new tree size,
--- written by compare-and-set. A commit proves the holder alive, so it also
--- extends the lease by p_ttl_ms from its end.
+-- written by compare-and-set. p_new_keys are keys expected to be new: they
+-- are inserted plainly (much cheaper than an upsert), and if one exists after
+-- all, they are upserted like p_keys. A commit proves the holder alive, so it
+-- also extends the lease by p_ttl_ms from its end.
 CREATE FUNCTION grantline_commit(p_holder text, p_epoch bigint, p_ttl_ms bigint, p_key bytea,
-                                 p_expect bytea, p_latest bytea, p_keys bytea[], p_vals bytea[])
+                                 p_expect bytea, p_latest bytea, p_keys bytea[], p_vals bytea[],
+                                 p_new_keys bytea[], p_new_vals bytea[])
 RETURNS void LANGUAGE plpgsql AS $fn$
 DECLARE
 	cur bytea;
@@ -77,6 +80,12 @@ BEGIN
 			RAISE EXCEPTION 'tree size changed under this node' USING ERRCODE = 'GLF02';
 		END IF;
 	END IF;
+	BEGIN
+		INSERT INTO grantline_kv (k, v) SELECT * FROM unnest(p_new_keys, p_new_vals);
+	EXCEPTION WHEN unique_violation THEN
+		INSERT INTO grantline_kv (k, v) SELECT * FROM unnest(p_new_keys, p_new_vals)
+		ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v;
+	END;
 	INSERT INTO grantline_kv (k, v)
 	SELECT * FROM unnest(p_keys, p_vals)
 	ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v;
