@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -26,22 +27,27 @@ import (
 func BenchmarkAppend(b *testing.B) {
 	for _, store := range []string{"postgres", "badger"} {
 		b.Run("store="+store+"/callers=64/chunk=100", func(b *testing.B) {
-			o := ledgerOptions(nil)
+			var st ledger.Store
 			if store == "postgres" {
-				o.Store = leader(b, newURL(b), Options{})
+				st = leader(b, newURL(b), Options{})
 			} else {
-				o.Dir = filepath.Join(b.TempDir(), "ledger")
+				bs, err := badgerstore.Open(filepath.Join(b.TempDir(), "ledger"), badgerstore.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				st = bs
 			}
+			o := ledgerOptions()
 			o.Now = time.Now
-			l, err := ledger.Open(context.Background(), o)
+			l, err := ledger.Open(context.Background(), st, o)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer l.Close()
 			benchAppend(b, l, 64, 100)
-			st := l.Stats()
-			if st.Batches > 0 {
-				b.ReportMetric(float64(st.BatchEvents)/float64(st.Batches), "events/batch")
+			stats := l.Stats()
+			if stats.Batches > 0 {
+				b.ReportMetric(float64(stats.BatchEvents)/float64(stats.Batches), "events/batch")
 			}
 		})
 	}

@@ -37,8 +37,8 @@ var testSigner, testVerifier = func() (note.Signer, note.Verifier) {
 	return s, v
 }()
 
-func ledgerOptions(st ledger.Store) ledger.Options {
-	return ledger.Options{Origin: testOrigin, Signer: testSigner, Verifier: testVerifier, Store: st}
+func ledgerOptions() ledger.Options {
+	return ledger.Options{Signer: testSigner, Verifier: testVerifier}
 }
 
 // event is a ~500-byte event; i chooses its id and subject.
@@ -59,7 +59,7 @@ func event(prefix string, i int) *pb.Event {
 
 func openLedger(t testing.TB, st *Store) *ledger.Log {
 	t.Helper()
-	l, err := ledger.Open(context.Background(), ledgerOptions(st))
+	l, err := ledger.Open(context.Background(), st, ledgerOptions())
 	if err != nil {
 		t.Fatalf("ledger.Open on PostgreSQL: %v", err)
 	}
@@ -171,8 +171,7 @@ func TestLedgerOnPostgres(t *testing.T) {
 		t.Fatalf("fsck of the open log: %v", err)
 	}
 	// Offline fsck on its own store, as grantline fsck would.
-	o := ledgerOptions(openStore(t, url, Options{}))
-	if err := ledger.Fsck(t.Context(), o, nil); err != nil {
+	if err := ledger.Fsck(t.Context(), openStore(t, url, Options{}), testVerifier, nil); err != nil {
 		t.Fatalf("fsck of the store: %v", err)
 	}
 }

@@ -30,7 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/grantline/grantline/ledger/badgerstore"
+	"github.com/grantline/grantline/ledger"
 )
 
 // TreeSizeKey is the ledger's key of the latest tree size (kind 'm', see
@@ -60,13 +60,13 @@ const (
 	DefaultTimeout = time.Minute
 )
 
-// Limits of one Commit: entries, and bytes as the ledger estimates them
-// (badgerstore.EstimateSize). The actual bytes of a batch are capped
-// separately below PostgreSQL's 1 GiB limit on one array parameter.
+// Limits of one Commit: entries, and bytes counted as ledger.Store says
+// (key, value and ledger.EntryOverhead per entry), well below PostgreSQL's
+// 1 GiB limit on one array parameter. The ledger's own batches (at most
+// DefaultMaxBatch events, four entries each) stay far below both.
 const (
-	maxCount       = 1 << 17
-	maxBytes       = 256 << 20
-	maxActualBytes = 512 << 20
+	maxCount = 1 << 17
+	maxBytes = 256 << 20
 )
 
 // Options configures Open.
@@ -224,7 +224,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 func (s *Store) Node() string { return s.holder }
 
 // Limits is the largest batch Commit accepts: its number of entries and the
-// sum of badgerstore.EstimateSize over them.
+// sum over them of len(key) + len(value) + ledger.EntryOverhead.
 func (s *Store) Limits() (count int, bytes int64) { return maxCount, maxBytes }
 
 // Get reads the values of keys from one snapshot (one statement). A missing
@@ -364,13 +364,12 @@ func (s *Store) Commit(keys, values [][]byte) error {
 	if len(keys) > maxCount {
 		return fmt.Errorf("commit of %d entries (limit %d): %w", len(keys), maxCount, ErrTooBig)
 	}
-	var est, actual int64
+	var size int64
 	for i, k := range keys {
-		est += badgerstore.EstimateSize(len(k), len(values[i]))
-		actual += int64(len(k) + len(values[i]))
+		size += int64(len(k) + len(values[i]) + ledger.EntryOverhead)
 	}
-	if est > maxBytes || actual > maxActualBytes {
-		return fmt.Errorf("commit of %d entries, %d bytes (limit %d estimated, %d actual): %w", len(keys), actual, maxBytes, maxActualBytes, ErrTooBig)
+	if size > maxBytes {
+		return fmt.Errorf("commit of %d entries, %d bytes (limit %d): %w", len(keys), size, maxBytes, ErrTooBig)
 	}
 	s.fmu.Lock()
 	defer s.fmu.Unlock()
