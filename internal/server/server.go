@@ -18,12 +18,16 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/pgstore"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
 	"github.com/grantline/grantline/verify/format"
@@ -46,7 +50,17 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// Store, when set, is the PostgreSQL URL (postgres://USER@HOST:PORT/DB?...)
+	// that keeps the ledger instead of DATA/ledger. Start then waits until
+	// this node holds the sequencing lease (docs/operations-postgres.md),
+	// and the server stops with ErrLeaseLost if another node takes it over.
+	Store string
 }
+
+// ErrLeaseLost is returned by Close when the server stopped because another
+// node took the PostgreSQL sequencing lease over (this node was paused or cut
+// off for longer than the lease lasts). Restarting rejoins as a standby.
+var ErrLeaseLost = errors.New("another node took over sequencing the log")
 
 // Server is a started server.
 type Server struct {
@@ -60,6 +74,9 @@ type Server struct {
 	Origin                           string
 
 	log      *ledger.Log
+	pg       *pgstore.Store // nil: badger
+	closing  atomic.Bool
+	lost     atomic.Bool
 	api      *ingest.Server
 	http     *http.Server
 	stopped  chan struct{} // closed when the HTTP server stopped serving
@@ -129,12 +146,21 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			ln.Close()
 		}
 	}()
-	l, err := dd.OpenLedger(ctx, ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")})
+	lo := ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")}
+	var l *ledger.Log
+	var pg *pgstore.Store
+	var reg *prometheus.Registry
+	if cfg.Store == "" {
+		l, err = dd.OpenLedger(ctx, lo)
+	} else {
+		reg = prometheus.NewRegistry()
+		l, pg, err = openPostgres(ctx, cfg.Store, dd, lo, reg, cfg.Logger)
+	}
 	if err != nil {
 		return nil, err
 	}
 	api, err := ingest.New(ingest.Config{
-		Ledger: l, Auth: dd.Tokens, Evaluator: set,
+		Ledger: l, Auth: dd.Tokens, Evaluator: set, Registry: reg,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic,
 	})
@@ -147,7 +173,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		DataDir: cfg.DataDir, VerifierKey: keys.VerifierKey, Origin: keys.Origin,
 		VerifierKeyPath: keys.VerifierKeyPath, EvidenceKeyPath: keys.EvidencePubKeyPath,
 		AdminTokenPath: dd.AdminTokenPath, NewAdminToken: dd.NewAdminToken,
-		log: l, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+		log: l, pg: pg, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+	}
+	if pg != nil {
+		go rs.watchLease()
 	}
 	if b, err := os.ReadFile(rs.AdminTokenPath); err == nil {
 		rs.AdminToken = strings.TrimSpace(string(b))
@@ -191,6 +220,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 // Close stops accepting calls, waits for in-flight ones until ctx ends (then
 // cuts them off), and closes the ledger, which drains queued batches.
 func (r *Server) Close(ctx context.Context) error {
+	r.closing.Store(true)
 	r.api.SetServing(false)
 	herr := r.http.Shutdown(ctx)
 	if herr != nil {
@@ -204,7 +234,56 @@ func (r *Server) Close(ctx context.Context) error {
 		return fmt.Errorf("closing the ledger: %w", lerr)
 	}
 	r.logger.Info("stopped")
+	if r.lost.Load() {
+		return fmt.Errorf("%w: stopped serving; restart to rejoin as a standby", ErrLeaseLost)
+	}
 	return r.serveErr
+}
+
+// openPostgres opens the ledger in PostgreSQL once this node holds the
+// sequencing lease, waiting for it as long as ctx allows.
+func openPostgres(ctx context.Context, url string, dd *datadir.Dir, o ledger.Options, reg *prometheus.Registry, logger *slog.Logger) (*ledger.Log, *pgstore.Store, error) {
+	if !strings.HasPrefix(url, "postgres://") && !strings.HasPrefix(url, "postgresql://") {
+		return nil, nil, fmt.Errorf("%w: --store %q: want a PostgreSQL URL, postgres://USER@HOST:PORT/DB?...", ErrConfig, url)
+	}
+	m, err := pgstore.NewMetrics(reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := pgstore.Open(ctx, url, pgstore.Options{Metrics: m, Logger: logger.With("component", "pgstore")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("--store: %w", err)
+	}
+	if l, err := st.Lease(ctx); err == nil && l.Valid {
+		logger.Info("standing by: another node sequences the log; taking over when its lease expires",
+			"holder", l.Holder, "epoch", l.Epoch)
+	}
+	if err := st.Acquire(ctx); err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	o.Signer, o.Verifier = dd.Keys.LogSigner, dd.Keys.LogVerifier
+	lg, err := ledger.Open(ctx, st, o)
+	if err != nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("opening the ledger in PostgreSQL: %w", err)
+	}
+	epoch, _ := st.Holding()
+	logger.Info("sequencing the log", "node", st.Node(), "epoch", epoch)
+	return lg, st, nil
+}
+
+// watchLease stops the server when another node takes the lease over: this
+// node's appends would all be fenced from then on.
+func (r *Server) watchLease() {
+	<-r.pg.Lost()
+	if r.closing.Load() {
+		return
+	}
+	r.lost.Store(true)
+	r.logger.Error("lost the sequencing lease to another node; stopping", "node", r.pg.Node())
+	r.api.SetServing(false)
+	r.http.Close()
 }
 
 // displayAddr shows a listener address as a client would dial it.
