@@ -65,7 +65,7 @@ const (
 // 1 GiB limit on one array parameter. The ledger's own batches (at most
 // DefaultMaxBatch events, four entries each) stay far below both.
 const (
-	maxCount = 1 << 17
+	maxCount = 1 << 16
 	maxBytes = 256 << 20
 )
 
