@@ -137,12 +137,23 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("evidence key: %w", err)
 	}
 
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+	// With PostgreSQL, a standby waits for the lease before it listens, so
+	// that load balancers see it down until it can serve.
+	var ln net.Listener
+	listen := func() error {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+		}
+		return nil
+	}
+	if cfg.Store == "" {
+		if err := listen(); err != nil {
+			return nil, err
+		}
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && ln != nil {
 			ln.Close()
 		}
 	}()
@@ -158,6 +169,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if ln == nil {
+		if err = listen(); err != nil {
+			l.Close()
+			return nil, err
+		}
 	}
 	api, err := ingest.New(ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set, Registry: reg,
