@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -166,4 +167,49 @@ func commitCopy(s *Store, keys, values [][]byte) error {
 		_, err = tx.Exec(ctx, "INSERT INTO grantline_kv SELECT * FROM gl_batch ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v")
 		return err
 	})
+}
+
+// BenchmarkFailover measures how long the log is without a sequencer when
+// the sequencing node dies without releasing the lease (as under kill -9, at
+// a random moment of its renewal cycle): from its death until the next node
+// holds the lease and has opened the ledger, with the default lease TTL.
+// b.N counts failovers; p50 and p99 are reported in seconds.
+func BenchmarkFailover(b *testing.B) {
+	url := newURL(b)
+	open := func() (*Store, *ledger.Log) {
+		s, err := Open(context.Background(), url, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Acquire(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		l, err := ledger.Open(context.Background(), s, ledgerOptions())
+		if err != nil {
+			b.Fatal(err)
+		}
+		return s, l
+	}
+	s, l := open()
+	appendAll(b, l, "fo", 0, 1000, 100)
+	var times []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		time.Sleep(time.Duration(i%10) * DefaultLeaseTTL / 30) // die at varied points of the renewal cycle
+		s.renewPaused.Store(true)
+		died := time.Now()
+		next, nl := open()
+		times = append(times, time.Since(died))
+		s.noRelease.Store(true)
+		l.Close()
+		s, l = next, nl
+		if _, _, err := l.Append(context.Background(), []*pb.Event{event("fo-after", i)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	l.Close()
+	slices.Sort(times)
+	b.ReportMetric(times[len(times)/2].Seconds(), "p50-s")
+	b.ReportMetric(times[min(len(times)-1, len(times)*99/100)].Seconds(), "p99-s")
 }

@@ -209,7 +209,7 @@ func (s *Store) lose(why string) {
 func (s *Store) release() error {
 	s.lmu.Lock()
 	epoch := s.epoch
-	if epoch == 0 {
+	if epoch == 0 || s.noRelease.Load() {
 		s.lmu.Unlock()
 		return nil
 	}

@@ -123,6 +123,7 @@ type Store struct {
 
 	commitSQL   string      // tests may add a delay inside the commit
 	renewPaused atomic.Bool // tests freeze renewals
+	noRelease   atomic.Bool // tests close as a crashed process would
 }
 
 // Open connects to the database at url (a PostgreSQL URL or key=value
