@@ -150,4 +150,13 @@ func TestPostgresFailover(t *testing.T) {
 	if !strings.Contains(b.logs.String(), "standing by") {
 		t.Errorf("B did not log that it stood by; log:\n%s", b.logs)
 	}
+
+	// fsck refuses while B sequences, and passes once B stopped.
+	if code, _, errs := runBin(t, "fsck", "--data", dir, "--store", url, "--quiet"); code != 2 || !strings.Contains(errs, "sequences this log") {
+		t.Errorf("fsck while B sequences: exit %d, %q; want 2 and a refusal", code, errs)
+	}
+	b.stop(t)
+	if code, out, errs := runBin(t, "fsck", "--data", dir, "--store", url, "--quiet"); code != 0 || !strings.Contains(out, ": ok") {
+		t.Fatalf("fsck after failover: exit %d\n%s%s", code, out, errs)
+	}
 }
