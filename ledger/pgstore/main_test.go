@@ -92,8 +92,8 @@ func leader(t testing.TB, url string, o Options) *Store {
 	if err := s.Acquire(ctx); err != nil {
 		t.Fatalf("Acquire: %v", err)
 	}
-	if _, err := s.Get([]byte(TreeSizeKey)); err != nil {
-		t.Fatalf("reading the tree size: %v", err)
+	if _, err := s.Get([]byte(TreeSizeKey), []byte(IntegratedSizeKey)); err != nil {
+		t.Fatalf("reading the tree sizes: %v", err)
 	}
 	return s
 }

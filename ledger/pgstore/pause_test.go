@@ -33,7 +33,7 @@ func childMain(url string) int {
 		fmt.Println("error", err)
 		return 1
 	}
-	if _, err := s.Get([]byte(TreeSizeKey)); err != nil {
+	if _, err := s.Get([]byte(TreeSizeKey), []byte(IntegratedSizeKey)); err != nil {
 		fmt.Println("error", err)
 		return 1
 	}
@@ -107,7 +107,7 @@ func TestPausedSequencer(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("B took over after %v", time.Since(t0))
-	got, err := b.Get([]byte(TreeSizeKey))
+	got, err := b.Get([]byte(TreeSizeKey), []byte(IntegratedSizeKey))
 	if err != nil {
 		t.Fatal(err)
 	}

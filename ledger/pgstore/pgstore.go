@@ -7,8 +7,8 @@
 // Every Commit is fenced, in the transaction that writes the batch: the
 // store must hold the lease at the epoch it acquired (the lease row is
 // share-locked until the commit ends, so no other node can take over in
-// between), and the ledger's tree size (the key TreeSizeKey) must still hold
-// the value this store last read or wrote (compare-and-set). A store that
+// between), and the ledger's tree sizes (the keys FenceKeys) must still hold
+// the values this store last read or wrote (compare-and-set). A store that
 // lost the lease, or whose view of the tree is stale, gets ErrFenced and
 // writes nothing, even if it was paused for a long time and resumes in the
 // middle of a commit. docs/operations-postgres.md describes the schema, the
@@ -33,9 +33,25 @@ import (
 	"github.com/grantline/grantline/ledger"
 )
 
-// TreeSizeKey is the ledger's key of the latest tree size (kind 'm', see
-// ledger/store.go). It is the compare-and-set fencing token of Commit.
-const TreeSizeKey = "mlatest"
+// TreeSizeKey is the ledger's key of the size of its latest checkpoint
+// (kind 'm', see ledger/store.go), IntegratedSizeKey that of the tree as
+// integrated, written by every commit of appends. Together they are
+// FenceKeys, the compare-and-set fencing tokens of Commit.
+const (
+	TreeSizeKey       = "mlatest"
+	IntegratedSizeKey = "mtree"
+)
+
+// FenceKeys are the keys whose values Commit compares and sets; the ledger
+// reads them when it opens.
+var FenceKeys = []string{TreeSizeKey, IntegratedSizeKey}
+
+// fence is the state of one fencing key as this store last saw it.
+type fence struct {
+	known   bool   // read (or committed) by this store
+	present bool   // ... and present
+	value   []byte // ... with this value
+}
 
 // ErrFenced is returned by Commit, which then writes nothing, when this store
 // may not write: it does not hold the sequencing lease (never acquired, lost
@@ -105,11 +121,9 @@ type Store struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the renewal goroutine
 
-	fmu     sync.Mutex
-	known   bool   // the tree size was read (or committed)
-	present bool   // ... and the key was present
-	latest  []byte // ... with this value
-	fenced  error  // sticky ErrFenced
+	fmu    sync.Mutex
+	fences []fence // by FenceKeys
+	fenced error   // sticky ErrFenced
 
 	lmu      sync.Mutex
 	epoch    int64         // the lease epoch held; 0 none
@@ -190,7 +204,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 		cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
 	}
 	s := &Store{
-		url: url, start: time.Now(), node: o.Node, holder: o.Node + "/" + randomSuffix(), ttl: o.LeaseTTL, timeout: o.Timeout,
+		url: url, start: time.Now(), fences: make([]fence, len(FenceKeys)), node: o.Node, holder: o.Node + "/" + randomSuffix(), ttl: o.LeaseTTL, timeout: o.Timeout,
 		metrics: o.Metrics, logger: o.Logger.With("node", o.Node),
 		commitSQL: "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
 	}
@@ -230,8 +244,8 @@ func (s *Store) Limits() (count int, bytes int64) { return maxCount, maxBytes }
 
 // Get reads the values of keys from one snapshot (one statement). A missing
 // key is a nil entry (a present empty value is non-nil), never an error; the
-// returned slices belong to the caller. The first Get that reads
-// TreeSizeKey sets the tree size Commit expects (see Commit).
+// returned slices belong to the caller. The first Get that reads a key of
+// FenceKeys sets the value Commit expects of it (see Commit).
 func (s *Store) Get(keys ...[]byte) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	if len(keys) == 0 {
@@ -269,23 +283,35 @@ func (s *Store) Get(keys ...[]byte) ([][]byte, error) {
 		}
 	}
 	for i, k := range keys {
-		if string(k) == TreeSizeKey {
-			s.observe(out[i])
-			break
+		if f := fenceIndex(k); f >= 0 {
+			s.observe(f, out[i])
 		}
 	}
 	return out, nil
 }
 
-// observe records the tree size read by the first Get of it, before any
-// commit: the state the ledger built its in-memory tree from.
-func (s *Store) observe(v []byte) {
+// fenceIndex is k's index in FenceKeys, -1 if none.
+func fenceIndex(k []byte) int {
+	if len(k) == 0 || k[0] != 'm' {
+		return -1
+	}
+	for i, f := range FenceKeys {
+		if string(k) == f {
+			return i
+		}
+	}
+	return -1
+}
+
+// observe records the value of fencing key f read by the first Get of it,
+// before any commit: the state the ledger built its in-memory tree from.
+func (s *Store) observe(f int, v []byte) {
 	s.fmu.Lock()
 	defer s.fmu.Unlock()
-	if s.known {
+	if s.fences[f].known {
 		return
 	}
-	s.known, s.present, s.latest = true, v != nil, append([]byte(nil), v...)
+	s.fences[f] = fence{known: true, present: v != nil, value: append([]byte(nil), v...)}
 }
 
 // scanPage is the first page size of Scan; pages grow to scanMaxPage, so
@@ -350,10 +376,10 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 
 // Commit writes keys[i] = values[i] for all i (a later duplicate key wins)
 // in one transaction, fenced: it fails with ErrFenced, writing nothing, unless
-// this store holds the sequencing lease at the epoch Acquire got and the
-// stored TreeSizeKey still holds the value this store first read (Get) or
-// last committed. A batch that writes TreeSizeKey sets it by
-// compare-and-set; Commit refuses to run before the tree size was read.
+// this store holds the sequencing lease at the epoch Acquire got and every
+// key of FenceKeys still holds the value this store first read (Get) or last
+// committed. A batch that writes such a key sets it by compare-and-set;
+// Commit refuses to run before the fencing keys were read.
 // When Commit returns nil the batch is durable (PostgreSQL flushed its
 // WAL); after a crash or a dropped connection either all or none of it is
 // present. After an error other than ErrFenced or ErrTooBig, the batch may or
@@ -377,18 +403,20 @@ func (s *Store) Commit(keys, values [][]byte) error {
 	if s.fenced != nil {
 		return s.fenced
 	}
-	if !s.known {
-		return errors.New("pgstore: Commit before the tree size was read: read TreeSizeKey with Get first (ledger.Open does), so that Commit can check no other node wrote since")
+	for i, f := range s.fences {
+		if !f.known {
+			return fmt.Errorf("pgstore: Commit before the tree size %q was read: read FenceKeys with Get first (ledger.Open does), so that Commit can check no other node wrote since", FenceKeys[i])
+		}
 	}
 	epoch := s.heldEpoch()
 	if epoch == 0 {
 		return s.fence(fmt.Errorf("%w: this store does not hold the sequencing lease (acquire it first)", ErrFenced), false)
 	}
 
-	// The tree size goes through compare-and-set; keys of the kinds the
+	// The tree sizes go through compare-and-set; keys of the kinds the
 	// ledger writes once go through a plain insert, the rest through an
 	// upsert. A later duplicate of a key replaces an earlier one.
-	var latest []byte
+	fnew := make([][]byte, len(FenceKeys))
 	ks, vs := make([][]byte, 0, 16), make([][]byte, 0, 16)
 	nks, nvs := make([][]byte, 0, len(keys)), make([][]byte, 0, len(keys))
 	type pos struct {
@@ -404,8 +432,8 @@ func (s *Store) Commit(keys, values [][]byte) error {
 		if v == nil {
 			v = []byte{}
 		}
-		if string(k) == TreeSizeKey {
-			latest = v
+		if f := fenceIndex(k); f >= 0 {
+			fnew[f] = v
 			continue
 		}
 		if seen != nil {
@@ -430,25 +458,25 @@ func (s *Store) Commit(keys, values [][]byte) error {
 			ks, vs = append(ks, k), append(vs, v)
 		}
 	}
-	var expect, newLatest any
-	if s.present {
-		expect = s.latest
-	}
-	if latest != nil {
-		newLatest = latest
+	fkeys, fexpect := make([][]byte, len(FenceKeys)), make([][]byte, len(FenceKeys))
+	for i, f := range s.fences {
+		fkeys[i] = []byte(FenceKeys[i])
+		if f.present {
+			fexpect[i] = nonNil(f.value)
+		}
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 	defer cancel()
 	t0 := time.Now()
 	s.inCommit.Store(true)
-	_, err := s.ctl.Exec(ctx, s.commitSQL, s.holder, epoch, s.ttl.Milliseconds(), []byte(TreeSizeKey), expect, newLatest, ks, vs, nks, nvs)
+	_, err := s.ctl.Exec(ctx, s.commitSQL, s.holder, epoch, s.ttl.Milliseconds(), fkeys, fexpect, fnew, ks, vs, nks, nvs)
 	s.inCommit.Store(false)
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && (pe.Code == "GLF01" || pe.Code == "GLF02") {
 			what := "another node took the sequencing lease over"
 			if pe.Code == "GLF02" {
-				what = "the stored tree size is no longer the one this node read or wrote (another node appended)"
+				what = "a stored tree size is no longer the one this node read or wrote (another node appended)"
 			}
 			return s.fence(fmt.Errorf("%w: committing %d entries: %s (lease epoch %d, holder %s)", ErrFenced, len(keys), what, epoch, s.holder), pe.Code == "GLF01")
 		}
@@ -460,8 +488,10 @@ func (s *Store) Commit(keys, values [][]byte) error {
 	}
 	s.count("ok")
 	s.alive(t0)
-	if latest != nil {
-		s.present, s.latest = true, append(s.latest[:0:0], latest...)
+	for i, v := range fnew {
+		if v != nil {
+			s.fences[i] = fence{known: true, present: true, value: append([]byte(nil), v...)}
+		}
 	}
 	return nil
 }

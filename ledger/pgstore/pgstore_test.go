@@ -139,7 +139,7 @@ func TestCommitPreconditions(t *testing.T) {
 	url := newURL(t)
 	// Without the lease: fenced.
 	s := openStore(t, url, Options{})
-	if _, err := s.Get([]byte(TreeSizeKey)); err != nil {
+	if _, err := s.Get([]byte(TreeSizeKey), []byte(IntegratedSizeKey)); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Commit([][]byte{[]byte("xa")}, [][]byte{[]byte("1")}); !errors.Is(err, ErrFenced) {
@@ -153,6 +153,13 @@ func TestCommitPreconditions(t *testing.T) {
 	err := s2.Commit([][]byte{[]byte("xa")}, [][]byte{[]byte("1")})
 	if err == nil || errors.Is(err, ErrFenced) || !strings.Contains(err.Error(), "tree size") {
 		t.Fatalf("Commit before reading the tree size = %v, want an error saying so", err)
+	}
+	// Reading only one of the two is not enough.
+	if _, err := s2.Get([]byte(TreeSizeKey)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Commit([][]byte{[]byte("xa")}, [][]byte{[]byte("1")}); err == nil || !strings.Contains(err.Error(), IntegratedSizeKey) {
+		t.Fatalf("Commit before reading %s = %v, want an error naming it", IntegratedSizeKey, err)
 	}
 	if got, _ := s2.Get([]byte("xa")); got[0] != nil {
 		t.Fatal("a refused commit wrote")
@@ -187,7 +194,7 @@ func TestFencing(t *testing.T) {
 	if d := time.Since(t0); d > 2*ttl {
 		t.Errorf("B took over %v after A stopped renewing, want within 2 TTLs (%v)", d, 2*ttl)
 	}
-	got, err := b.Get([]byte(TreeSizeKey))
+	got, err := b.Get([]byte(TreeSizeKey), []byte(IntegratedSizeKey))
 	if err != nil || string(got[0]) != string(be64(1)) {
 		t.Fatalf("B reads tree size %x, %v; want 1", got[0], err)
 	}
@@ -254,7 +261,7 @@ func TestFencingStaleTreeSize(t *testing.T) {
 	}
 	// A batch that does not write the tree size is fenced the same way.
 	a2 := openStore(t, url, Options{Node: "a2", LeaseTTL: ttl})
-	if _, err := a2.Get([]byte(TreeSizeKey)); err != nil { // reads 5
+	if _, err := a2.Get([]byte(TreeSizeKey), []byte(IntegratedSizeKey)); err != nil { // reads 5
 		t.Fatal(err)
 	}
 	a.Close()
@@ -476,5 +483,45 @@ func TestCommitOverwritesWriteOnceKinds(t *testing.T) {
 	}
 	if want := "[b c a c e]"; fmt.Sprintf("%s", got) != want {
 		t.Fatalf("Get = %s, want %s", got, want)
+	}
+}
+
+// TestFencingIntegratedSize: between checkpoints (a checkpoint interval) a
+// commit writes only the integrated tree size; a stale node is fenced on it.
+func TestFencingIntegratedSize(t *testing.T) {
+	url := newURL(t)
+	ttl := time.Second
+	a := leader(t, url, Options{Node: "a", LeaseTTL: ttl})
+	mtree := func(n uint64, leaf string) ([][]byte, [][]byte) {
+		return [][]byte{[]byte(IntegratedSizeKey), fmt.Appendf(nil, "l%d", n)}, [][]byte{be64(n), []byte(leaf)}
+	}
+	if err := a.Commit(mtree(1, "a")); err != nil {
+		t.Fatal(err)
+	}
+	a.renewPaused.Store(true)
+	b := leader(t, url, Options{Node: "b", LeaseTTL: ttl})
+	if err := b.Commit(mtree(2, "b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a.renewPaused.Store(false)
+	<-a.Lost()
+	if err := a.Acquire(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Commit(mtree(2, "a")); !errors.Is(err, ErrFenced) {
+		t.Fatalf("a stale node's commit of the integrated size = %v, want ErrFenced", err)
+	}
+	var leaf string
+	query(t, url, "SELECT convert_from(v, 'UTF8') FROM grantline_kv WHERE k = 'l2'", &leaf)
+	if leaf != "b" {
+		t.Fatalf("leaf 2 = %q after the fenced commit, want B's", leaf)
+	}
+	var v []byte
+	query(t, url, "SELECT v FROM grantline_kv WHERE k = 'mtree'", &v)
+	if string(v) != string(be64(2)) {
+		t.Fatalf("mtree = %x after the fenced commit, want B's 2", v)
 	}
 }

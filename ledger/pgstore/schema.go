@@ -23,7 +23,7 @@ type migration struct {
 
 // migrations are Grantline's schema, oldest first. docs/operations-postgres.md
 // describes the tables. SQLSTATEs raised by grantline_commit: GLF01 (the
-// lease is not held at this epoch), GLF02 (the tree size is not the one this
+// lease is not held at this epoch), GLF02 (a tree size is not the one this
 // node last saw).
 var migrations = []migration{
 	{1, "key-value table, sequencing lease, fenced commit", `
@@ -45,15 +45,16 @@ INSERT INTO grantline_lease (id, holder, epoch, expires_at) VALUES (1, '', 0, '1
 
 -- grantline_commit writes one batch, fenced: the caller must hold the lease
 -- at p_epoch (the row stays locked until the commit ends, so no successor
--- can take it in between) and the tree-size key p_key must still hold
--- p_expect (NULL: absent). p_latest, when not NULL, is the new tree size,
--- written by compare-and-set. p_new_keys are keys expected to be new: they
--- are inserted plainly (much cheaper than an upsert), and if one exists after
--- all, they are upserted like p_keys. A commit proves the holder alive, so it
--- also extends the lease by p_ttl_ms from its end.
-CREATE FUNCTION grantline_commit(p_holder text, p_epoch bigint, p_ttl_ms bigint, p_key bytea,
-                                 p_expect bytea, p_latest bytea, p_keys bytea[], p_vals bytea[],
-                                 p_new_keys bytea[], p_new_vals bytea[])
+-- can take it in between), and each fencing key p_fkeys[i] (the ledger's
+-- tree sizes) must still hold p_fexpect[i] (NULL: absent): set by
+-- compare-and-set to p_fnew[i] when that is not NULL, else unchanged.
+-- p_new_keys are keys expected to be new: they are inserted plainly (much
+-- cheaper than an upsert), and if one exists after all, they are upserted
+-- like p_keys. A commit proves the holder alive, so it also extends the
+-- lease by p_ttl_ms from its end.
+CREATE FUNCTION grantline_commit(p_holder text, p_epoch bigint, p_ttl_ms bigint,
+                                 p_fkeys bytea[], p_fexpect bytea[], p_fnew bytea[],
+                                 p_keys bytea[], p_vals bytea[], p_new_keys bytea[], p_new_vals bytea[])
 RETURNS void LANGUAGE plpgsql AS $fn$
 DECLARE
 	cur bytea;
@@ -64,22 +65,25 @@ BEGIN
 		RAISE EXCEPTION 'sequencing lease (epoch %) is no longer held by %', p_epoch, p_holder
 			USING ERRCODE = 'GLF01';
 	END IF;
-	IF p_latest IS NULL THEN
-		SELECT v INTO cur FROM grantline_kv WHERE k = p_key FOR SHARE;
-		IF cur IS DISTINCT FROM p_expect THEN
-			RAISE EXCEPTION 'tree size changed under this node' USING ERRCODE = 'GLF02';
+	FOR i IN 1 .. coalesce(array_length(p_fkeys, 1), 0) LOOP
+		IF p_fnew[i] IS NULL THEN
+			cur := NULL;
+			SELECT v INTO cur FROM grantline_kv WHERE k = p_fkeys[i] FOR SHARE;
+			IF cur IS DISTINCT FROM p_fexpect[i] THEN
+				RAISE EXCEPTION 'tree size % changed under this node', encode(p_fkeys[i], 'escape') USING ERRCODE = 'GLF02';
+			END IF;
+		ELSIF p_fexpect[i] IS NULL THEN
+			INSERT INTO grantline_kv (k, v) VALUES (p_fkeys[i], p_fnew[i]) ON CONFLICT (k) DO NOTHING;
+			IF NOT FOUND THEN
+				RAISE EXCEPTION 'tree size % changed under this node', encode(p_fkeys[i], 'escape') USING ERRCODE = 'GLF02';
+			END IF;
+		ELSE
+			UPDATE grantline_kv SET v = p_fnew[i] WHERE k = p_fkeys[i] AND v = p_fexpect[i];
+			IF NOT FOUND THEN
+				RAISE EXCEPTION 'tree size % changed under this node', encode(p_fkeys[i], 'escape') USING ERRCODE = 'GLF02';
+			END IF;
 		END IF;
-	ELSIF p_expect IS NULL THEN
-		INSERT INTO grantline_kv (k, v) VALUES (p_key, p_latest) ON CONFLICT (k) DO NOTHING;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'tree size changed under this node' USING ERRCODE = 'GLF02';
-		END IF;
-	ELSE
-		UPDATE grantline_kv SET v = p_latest WHERE k = p_key AND v = p_expect;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'tree size changed under this node' USING ERRCODE = 'GLF02';
-		END IF;
-	END IF;
+	END LOOP;
 	BEGIN
 		INSERT INTO grantline_kv (k, v) SELECT * FROM unnest(p_new_keys, p_new_vals);
 	EXCEPTION WHEN unique_violation THEN
