@@ -154,7 +154,7 @@ func (s *Store) renew(epoch int64, lost chan struct{}) {
 			continue // a test froze this node's renewals; a commit renews
 		}
 		sent := time.Now()
-		ok, err := s.renewOnce(epoch, every)
+		ok, err := s.renewOnce(epoch, s.ttl/2)
 		since := time.Duration(int64(time.Since(s.start)) - s.aliveAt.Load())
 		switch {
 		case err == nil && ok:

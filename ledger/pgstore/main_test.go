@@ -72,7 +72,7 @@ func newURL(t testing.TB) string {
 func openStore(t testing.TB, url string, o Options) *Store {
 	t.Helper()
 	if o.LeaseTTL == 0 {
-		o.LeaseTTL = time.Second
+		o.LeaseTTL = 2 * time.Second
 	}
 	s, err := Open(context.Background(), url, o)
 	if err != nil {

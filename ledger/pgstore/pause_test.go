@@ -23,7 +23,7 @@ const childEnv = "GRANTLINE_PGSTORE_CHILD"
 // at a time, printing "committed N" after each, until it is fenced.
 func childMain(url string) int {
 	ctx := context.Background()
-	s, err := Open(ctx, url, Options{Node: "child", LeaseTTL: time.Second})
+	s, err := Open(ctx, url, Options{Node: "child", LeaseTTL: 2 * time.Second})
 	if err != nil {
 		fmt.Println("error", err)
 		return 1
@@ -99,7 +99,7 @@ func TestPausedSequencer(t *testing.T) {
 	}
 	t.Logf("child frozen after committing %d", last)
 
-	b := openStore(t, url, Options{Node: "b", LeaseTTL: time.Second})
+	b := openStore(t, url, Options{Node: "b", LeaseTTL: 2 * time.Second})
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()

@@ -487,7 +487,10 @@ func (s *Store) Commit(keys, values [][]byte) error {
 		s.metrics.latency.WithLabelValues(s.node).Observe(time.Since(t0).Seconds())
 	}
 	s.count("ok")
-	s.alive(t0)
+	// The commit extended the lease from its end. The local view of the
+	// lease only decides when to give it up (the database fences every
+	// commit), so it may count from when the commit returned.
+	s.alive(time.Now())
 	for i, v := range fnew {
 		if v != nil {
 			s.fences[i] = fence{known: true, present: true, value: append([]byte(nil), v...)}
