@@ -18,6 +18,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	"github.com/grantline/grantline/ledger/pgstore"
+	"github.com/grantline/grantline/ledger/witness"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
 	"github.com/grantline/grantline/verify/format"
@@ -55,6 +57,13 @@ type Config struct {
 	// this node holds the sequencing lease (docs/operations-postgres.md),
 	// and the server stops with ErrLeaseLost if another node takes it over.
 	Store string
+	// WitnessPolicy is a witness policy file (docs/witnessing.md); when set,
+	// checkpoints are sent to its witnesses, GET /checkpoint serves the
+	// newest witnessed one and evidence is anchored to it.
+	WitnessPolicy string
+	// Witnessing tunes the witnesser (its Policy, Log, Proof, Logger and
+	// Registerer are set by Start); zero fields take the defaults.
+	Witnessing witness.Config
 }
 
 // ErrLeaseLost is returned by Close when the server stopped because another
@@ -77,6 +86,8 @@ type Server struct {
 	pg       *pgstore.Store // nil: badger
 	closing  atomic.Bool
 	lost     atomic.Bool
+	wit      *witness.Witnesser // nil without a witness policy
+	witStop  func()             // stops the witnesser and waits for it
 	api      *ingest.Server
 	http     *http.Server
 	stopped  chan struct{} // closed when the HTTP server stopped serving
@@ -86,6 +97,9 @@ type Server struct {
 
 // Ledger is the server's open log, for in-process callers (bench, tests).
 func (r *Server) Ledger() *ledger.Log { return r.log }
+
+// Witnesser is the server's witnesser, nil without a witness policy.
+func (r *Server) Witnesser() *witness.Witnesser { return r.wit }
 
 // Done is closed when the HTTP server stops serving: after Close, or on its
 // own (a listener failure), which Close then returns.
@@ -117,6 +131,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	set, paramsYAML, err := loadRuleSet(cfg.RulesDir, cfg.ParamsFile)
 	if err != nil {
 		return nil, err
+	}
+	var policy *witness.Policy
+	if cfg.WitnessPolicy != "" {
+		if policy, err = witness.LoadPolicy(cfg.WitnessPolicy); err != nil {
+			return nil, fmt.Errorf("%w: --witness-policy: %w", ErrConfig, err)
+		}
 	}
 	var tlsCfg *tls.Config
 	if cfg.TLSCert != "" {
@@ -160,11 +180,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	lo := ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")}
 	var l *ledger.Log
 	var pg *pgstore.Store
-	var reg *prometheus.Registry
+	reg := prometheus.NewRegistry()
 	if cfg.Store == "" {
 		l, err = dd.OpenLedger(ctx, lo)
 	} else {
-		reg = prometheus.NewRegistry()
 		l, pg, err = openPostgres(ctx, cfg.Store, dd, lo, reg, cfg.Logger)
 	}
 	if err != nil {
@@ -176,12 +195,37 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 	}
-	api, err := ingest.New(ingest.Config{
-		Ledger: l, Auth: dd.Tokens, Evaluator: set, Registry: reg,
+	icfg := ingest.Config{
+		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
-		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic,
-	})
+		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg,
+	}
+	var wit *witness.Witnesser
+	witStop := func() {}
+	if policy != nil {
+		if keys.Algorithm != checkpoint.Ed25519 {
+			l.Close()
+			return nil, fmt.Errorf("%w: --witness-policy: the log key is %s; witnesses verify only Ed25519 log signatures (start a new data directory with --alg ed25519)", ErrConfig, keys.Algorithm)
+		}
+		wc := cfg.Witnessing
+		wc.Policy, wc.Log, wc.Proof, wc.Logger, wc.Registerer = policy, keys.LogVerifier, l.ConsistencyProof, cfg.Logger, reg
+		if wit, err = witness.New(wc); err != nil {
+			l.Close()
+			return nil, err
+		}
+		witStop = runWitnesser(wit, l, cfg.Logger, wc.MinInterval)
+		icfg.Witnessed = func() (ledger.Checkpoint, bool) {
+			wd, ok := wit.Latest()
+			if !ok {
+				return ledger.Checkpoint{}, false
+			}
+			return ledger.Checkpoint{Origin: keys.Origin, Size: wd.Size, Root: wd.Root, Note: wd.Note}, true
+		}
+		cfg.Logger.Info("witnessing", "policy", cfg.WitnessPolicy, "witnesses", len(policy.Witnesses), "quorum", policy.Quorum)
+	}
+	api, err := ingest.New(icfg)
 	if err != nil {
+		witStop()
 		l.Close()
 		return nil, err
 	}
@@ -190,7 +234,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		DataDir: cfg.DataDir, VerifierKey: keys.VerifierKey, Origin: keys.Origin,
 		VerifierKeyPath: keys.VerifierKeyPath, EvidenceKeyPath: keys.EvidencePubKeyPath,
 		AdminTokenPath: dd.AdminTokenPath, NewAdminToken: dd.NewAdminToken,
-		log: l, pg: pg, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+		log: l, pg: pg, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
 	}
 	if pg != nil {
 		go rs.watchLease()
@@ -246,6 +290,7 @@ func (r *Server) Close(ctx context.Context) error {
 		herr = nil
 	}
 	<-r.stopped
+	r.witStop()
 	lerr := r.log.Close()
 	if lerr != nil && !errors.Is(lerr, ledger.ErrClosed) {
 		return fmt.Errorf("closing the ledger: %w", lerr)
@@ -454,4 +499,41 @@ func (s *exportSource) InclusionProof(ctx context.Context, index, size uint64) (
 
 func (s *exportSource) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
 	return s.x.l.ConsistencyProof(ctx, from, to)
+}
+
+// feedInterval is how often the witnesser is handed the ledger's latest
+// checkpoint; the ledger has no checkpoint notification, and reading
+// Latest is an atomic load.
+const feedInterval = 100 * time.Millisecond
+
+// runWitnesser runs wit and hands it the ledger's latest checkpoint whenever
+// it changes. Appends never wait for it. The returned func stops both and
+// waits for them.
+func runWitnesser(wit *witness.Witnesser, l *ledger.Log, logger *slog.Logger, minInterval time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { wit.Run(ctx) })
+	wg.Go(func() {
+		every := feedInterval
+		if minInterval > 0 && minInterval < every {
+			every = minInterval
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		var fed uint64
+		for first := true; ; first = false {
+			if cp := l.Latest(); first || cp.Size != fed {
+				if err := wit.Submit(cp.Note); err != nil {
+					logger.Error("witnessing: the ledger's checkpoint was refused", "size", cp.Size, "err", err)
+				}
+				fed = cp.Size
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return func() { cancel(); wg.Wait() }
 }
