@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ledger"
+	ledgerevent "github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -236,7 +237,7 @@ func testLedgerFenced(t *testing.T, interval time.Duration) {
 		t.Fatalf("%d entries, want 200", len(got))
 	}
 	for _, e := range got {
-		d, err := ledger.DecodeLeaf(e.Leaf)
+		d, err := ledgerevent.DecodeLeaf(e.Leaf)
 		if err != nil {
 			t.Fatal(err)
 		}
