@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +28,7 @@ import (
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/pgstore"
 	"github.com/grantline/grantline/ledger/witness"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
@@ -50,6 +52,14 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// StreamIdleTimeout and StreamMaxLifetime bound an AppendStream (0: the
+	// ingest package's defaults, 5m and 1h).
+	StreamIdleTimeout, StreamMaxLifetime time.Duration
+	// Store, when set, is the PostgreSQL URL (postgres://USER@HOST:PORT/DB?...)
+	// that keeps the ledger instead of DATA/ledger. Start then waits until
+	// this node holds the sequencing lease (docs/operations-postgres.md),
+	// and the server stops with ErrLeaseLost if another node takes it over.
+	Store string
 	// WitnessPolicy is a witness policy file (docs/witnessing.md); when set,
 	// checkpoints are sent to its witnesses, GET /checkpoint serves the
 	// newest witnessed one and evidence is anchored to it.
@@ -57,7 +67,15 @@ type Config struct {
 	// Witnessing tunes the witnesser (its Policy, Log, Proof, Logger and
 	// Registerer are set by Start); zero fields take the defaults.
 	Witnessing witness.Config
+	// Init starts a new, empty log under keys that already exist when the
+	// store holds none (serve --init; see datadir.Options.Init).
+	Init bool
 }
+
+// ErrLeaseLost is returned by Close when the server stopped because another
+// node took the PostgreSQL sequencing lease over (this node was paused or cut
+// off for longer than the lease lasts). Restarting rejoins as a standby.
+var ErrLeaseLost = errors.New("another node took over sequencing the log")
 
 // Server is a started server.
 type Server struct {
@@ -71,6 +89,9 @@ type Server struct {
 	Origin                           string
 
 	log      *ledger.Log
+	pg       *pgstore.Store // nil: badger
+	closing  atomic.Bool
+	lost     atomic.Bool
 	wit      *witness.Witnesser // nil without a witness policy
 	witStop  func()             // stops the witnesser and waits for it
 	api      *ingest.Server
@@ -132,7 +153,30 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
-	dd, err := datadir.Open(cfg.DataDir, cfg.Origin, alg)
+	// Listen before anything is written: a taken port must not leave a
+	// half-made data directory behind. With PostgreSQL, a standby waits for
+	// the lease before it listens, so that load balancers see it down until
+	// it can serve.
+	var ln net.Listener
+	listen := func() error {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+		}
+		return nil
+	}
+	if cfg.Store == "" {
+		if err := listen(); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		if err != nil && ln != nil {
+			ln.Close()
+		}
+	}()
+
+	dd, err := datadir.OpenWith(cfg.DataDir, datadir.Options{Origin: cfg.Origin, Algorithm: alg, Init: cfg.Init})
 	if err != nil {
 		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
 	}
@@ -141,25 +185,29 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("evidence key: %w", err)
 	}
-
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+	lo := ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")}
+	var l *ledger.Log
+	var pg *pgstore.Store
+	reg := prometheus.NewRegistry()
+	if cfg.Store == "" {
+		l, err = dd.OpenLedger(ctx, lo)
+	} else {
+		l, pg, err = openPostgres(ctx, cfg.Store, dd, lo, reg, cfg.Logger)
 	}
-	defer func() {
-		if err != nil {
-			ln.Close()
-		}
-	}()
-	l, err := dd.OpenLedger(ctx, ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")})
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
+	if ln == nil {
+		if err = listen(); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
 	icfg := ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg,
+		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
 	}
 	var wit *witness.Witnesser
 	witStop := func() {}
@@ -195,7 +243,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		DataDir: cfg.DataDir, VerifierKey: keys.VerifierKey, Origin: keys.Origin,
 		VerifierKeyPath: keys.VerifierKeyPath, EvidenceKeyPath: keys.EvidencePubKeyPath,
 		AdminTokenPath: dd.AdminTokenPath, NewAdminToken: dd.NewAdminToken,
-		log: l, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+		log: l, pg: pg, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+	}
+	if pg != nil {
+		go rs.watchLease()
 	}
 	if b, err := os.ReadFile(rs.AdminTokenPath); err == nil {
 		rs.AdminToken = strings.TrimSpace(string(b))
@@ -209,7 +260,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Protocols:         protocols,
 		HTTP2:             ingest.HTTP2Config(),
 		TLSConfig:         tlsCfg,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: ingest.ReadHeaderTimeout, // before any authentication; bodies: see ingest.DefaultBodyReadTimeout
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
@@ -239,6 +290,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 // Close stops accepting calls, waits for in-flight ones until ctx ends (then
 // cuts them off), and closes the ledger, which drains queued batches.
 func (r *Server) Close(ctx context.Context) error {
+	r.closing.Store(true)
 	r.api.SetServing(false)
 	herr := r.http.Shutdown(ctx)
 	if herr != nil {
@@ -253,7 +305,56 @@ func (r *Server) Close(ctx context.Context) error {
 		return fmt.Errorf("closing the ledger: %w", lerr)
 	}
 	r.logger.Info("stopped")
+	if r.lost.Load() {
+		return fmt.Errorf("%w: stopped serving; restart to rejoin as a standby", ErrLeaseLost)
+	}
 	return r.serveErr
+}
+
+// openPostgres opens the ledger in PostgreSQL once this node holds the
+// sequencing lease, waiting for it as long as ctx allows.
+func openPostgres(ctx context.Context, url string, dd *datadir.Dir, o ledger.Options, reg *prometheus.Registry, logger *slog.Logger) (*ledger.Log, *pgstore.Store, error) {
+	if !strings.HasPrefix(url, "postgres://") && !strings.HasPrefix(url, "postgresql://") {
+		return nil, nil, fmt.Errorf("%w: --store %q: want a PostgreSQL URL, postgres://USER@HOST:PORT/DB?...", ErrConfig, url)
+	}
+	m, err := pgstore.NewMetrics(reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := pgstore.Open(ctx, url, pgstore.Options{Metrics: m, Logger: logger.With("component", "pgstore")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("--store: %w", err)
+	}
+	if l, err := st.Lease(ctx); err == nil && l.Valid {
+		logger.Info("standing by: another node sequences the log; taking over when its lease expires",
+			"holder", l.Holder, "epoch", l.Epoch)
+	}
+	if err := st.Acquire(ctx); err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	o.Signer, o.Verifier = dd.Keys.LogSigner, dd.Keys.LogVerifier
+	lg, err := ledger.Open(ctx, st, o)
+	if err != nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("opening the ledger in PostgreSQL: %w", err)
+	}
+	epoch, _ := st.Holding()
+	logger.Info("sequencing the log", "node", st.Node(), "epoch", epoch)
+	return lg, st, nil
+}
+
+// watchLease stops the server when another node takes the lease over: this
+// node's appends would all be fenced from then on.
+func (r *Server) watchLease() {
+	<-r.pg.Lost()
+	if r.closing.Load() {
+		return
+	}
+	r.lost.Store(true)
+	r.logger.Error("lost the sequencing lease to another node; stopping", "node", r.pg.Node())
+	r.api.SetServing(false)
+	r.http.Close()
 }
 
 // displayAddr shows a listener address as a client would dial it.
