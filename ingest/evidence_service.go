@@ -170,6 +170,18 @@ type chainSource struct {
 	size uint64
 }
 
+// Subjects lists every subject of the tree, so that rules comparing entries
+// across subjects (backdated-closure) see them all even when only some
+// subjects are evaluated.
+func (c *chainSource) Subjects(ctx context.Context) ([]string, error) {
+	var all []string
+	err := c.l.ForEachSubject(ctx, c.size, func(sub string) error {
+		all = append(all, sub)
+		return nil
+	})
+	return all, err
+}
+
 func (c *chainSource) Chain(ctx context.Context, subject string) ([]ChainEntry, error) {
 	var out []ChainEntry
 	start := uint64(0)

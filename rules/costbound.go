@@ -150,6 +150,12 @@ func valSize(v ref.Val) uint64 {
 		for it := t.Iterator(); it.HasNext() == types.True; {
 			n = max(n, valSize(it.Next()))
 		}
+	case traits.Mapper:
+		n = uint64(t.Size().(types.Int))
+		for it := t.Iterator(); it.HasNext() == types.True; {
+			k := it.Next()
+			n = max(n, valSize(k), valSize(t.Get(k)))
+		}
 	case traits.Sizer:
 		n = uint64(t.Size().(types.Int))
 	}

@@ -29,13 +29,13 @@ func TestStaticCostBoundHolds(t *testing.T) {
 		now := benchStart.Add(time.Duration(days) * 24 * time.Hour)
 		for _, subject := range subjects {
 			chain, _ := src.Chain(t.Context(), subject)
-			v, err := buildViews(subject, chain)
+			v, err := buildViews(subject, chain, farFuture, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if v.subject.HasOwner && v.subject.Kind != "human" {
 				oc, _ := src.Chain(t.Context(), v.subject.Owner)
-				if err := v.setOwner(oc); err != nil {
+				if err := v.setOwner(oc, farFuture); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -136,3 +136,6 @@ func TestFlattenElemBound(t *testing.T) {
 		}
 	}
 }
+
+// farFuture is an as-of time after every generated event: nothing is cut.
+var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)

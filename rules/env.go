@@ -54,6 +54,7 @@ var variables = []struct {
 	{"breakglass", cel.ListType(eventType)},
 	{"breakglass_reviews", cel.ListType(eventType)},
 	{"owner", ownerType},
+	{"closings", cel.ListType(eventType)},
 }
 
 // findingVal is the CEL value finding() returns.
@@ -169,6 +170,9 @@ func exposure(deadline time.Time, late []*Event, now time.Time) time.Duration {
 }
 
 var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
+	// adapter, set once the environment is built, makes CEL values of
+	// events a function creates (newerFromSource).
+	var adapter types.Adapter
 	opts := []cel.EnvOption{
 		ext.NativeTypes(
 			reflect.TypeFor[*Event](), reflect.TypeFor[*Grant](), reflect.TypeFor[*Session](),
@@ -202,6 +206,23 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					i := searchTime(evs, from.Time, true) // first strictly after from
 					return types.Bool(i < len(evs) && evs[i].Time.Before(to.Time))
 				}))),
+		cel.Function("newerFromSource",
+			cel.Overload("newerFromSource_event_timestamp", []*cel.Type{eventType, cel.TimestampType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					e, ok := asEvent(a)
+					t, ok2 := b.(types.Timestamp)
+					if !ok || !ok2 {
+						return types.NewErr("newerFromSource: want an event and a timestamp")
+					}
+					rec := e.src.newerFromSource(e, t.Time)
+					if rec == nil {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					// A copy: the index is shared by every subject, and a
+					// CEL value caches itself in its event.
+					c := *rec
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{objVal(adapter, &c)})
+				}))),
 		cel.Function("exposure",
 			cel.Overload("exposure_timestamp_list_timestamp", []*cel.Type{cel.TimestampType, cel.ListType(eventType), cel.TimestampType}, cel.DurationType,
 				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
@@ -221,7 +242,12 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 		opts = append(opts, cel.Variable("params."+name, globalParams[name].typ))
 	}
 	opts = append(opts, fastFields()) // last: it wraps the final provider
-	return cel.NewEnv(opts...)
+	env, err := cel.NewEnv(opts...)
+	if err != nil {
+		return nil, err
+	}
+	adapter = env.CELTypeAdapter()
+	return env, nil
 })
 
 // searchTime returns the index of the first event of evs (in chain order)
@@ -297,5 +323,6 @@ func subjectVals(adapter types.Adapter, v *views, now time.Time) map[string]ref.
 		"breakglass":         newViewList(adapter, v.breakglass),
 		"breakglass_reviews": newViewList(adapter, v.bgReviews),
 		"owner":              adapter.NativeToValue(&own),
+		"closings":           newViewList(adapter, v.closings),
 	}
 }

@@ -30,6 +30,9 @@ type Entry struct {
 	// lets it decode straight into its own views, which is much cheaper than
 	// decoding to a pb.Event first.
 	Leaf []byte
+	// Observed, used with Event, is the entry's observed_time (the zero
+	// time when unknown); with Leaf it is read from the leaf.
+	Observed time.Time
 }
 
 // ChainSource reads chains. Implementations must be safe for concurrent use.
@@ -129,9 +132,10 @@ type compiled struct {
 
 // Set is a compiled rule set. It is immutable and safe for concurrent use.
 type Set struct {
-	rules     []*compiled
-	opts      Options
-	needOwner bool
+	rules      []*compiled
+	opts       Options
+	needOwner  bool
+	needSource bool // some rule calls newerFromSource
 }
 
 // NewSet compiles rs with params overrides and the default Options. A later
@@ -232,6 +236,7 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 		c.paramBound = paramsSize(c.params)
 		s.rules = append(s.rules, c)
 		s.needOwner = s.needOwner || r.usesOwner
+		s.needSource = s.needSource || r.usesSource
 	}
 	sort.Slice(s.rules, func(i, j int) bool { return s.rules[i].rule.ID < s.rules[j].rule.ID })
 	return s, nil
@@ -258,7 +263,19 @@ type subjectResult struct {
 // (rule, subject, primary index), one per (rule, subject, primary entry),
 // errors by (rule, subject). A ChainSource error or ctx cancellation aborts
 // the evaluation.
+//
+// Entries dated after now are in no chain. When a rule compares entries
+// with those of other subjects (newerFromSource), every chain is read
+// twice: once to index the entries of each source system (see
+// SubjectLister), once to evaluate.
 func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, now time.Time) (*Result, error) {
+	var srcIdx *sourceIndex
+	if s.needSource {
+		var err error
+		if srcIdx, err = buildSourceIndex(ctx, subjects, src, now, s.opts.Workers); err != nil {
+			return nil, err
+		}
+	}
 	results := make([]subjectResult, len(subjects))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -273,7 +290,7 @@ func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, 
 				if i >= len(subjects) {
 					return
 				}
-				r, err := s.evaluateSubject(ctx, subjects[i], src, now)
+				r, err := s.evaluateSubject(ctx, subjects[i], src, now, srcIdx)
 				if err != nil {
 					cancel(err)
 					return
@@ -302,24 +319,24 @@ func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, 
 	return res, nil
 }
 
-func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSource, now time.Time) (subjectResult, error) {
+func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSource, now time.Time, srcIdx *sourceIndex) (subjectResult, error) {
 	var res subjectResult
 	chain, err := src.Chain(ctx, subject)
 	if err != nil {
 		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
-	res.entries = len(chain)
-	v, err := buildViews(subject, chain)
+	v, err := buildViews(subject, chain, now, srcIdx)
 	if err != nil {
 		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
 	defer v.release()
+	res.entries = len(v.events)
 	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
 		oc, err := src.Chain(ctx, v.subject.Owner)
 		if err != nil {
 			return res, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
 		}
-		if err := v.setOwner(oc); err != nil {
+		if err := v.setOwner(oc, now); err != nil {
 			return res, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
 		}
 	}
@@ -331,6 +348,9 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, now)}
 	tracked := s.opts.CostTrackedEntries < 0 || len(chain) <= s.opts.CostTrackedEntries
 	bound := max(chainSizeBound(subject, v.events), v.ownerBound)
+	if srcIdx != nil {
+		bound = max(bound, srcIdx.bound)
+	}
 	for _, c := range s.rules {
 		act.params = c.params
 		prg := c.prg

@@ -36,7 +36,9 @@ func decodeLeaf(e *Event, index uint64, leaf []byte) error {
 		case num == entryEvent && typ == protowire.BytesType:
 			return decodeEvent(e, v)
 		case num == entryObservedTime && typ == protowire.BytesType:
-			_, err := mergeTime(time.Time{}, v) // not needed by rules; checked like proto.Unmarshal would
+			var err error
+			e.ObservedTime, err = mergeTime(e.ObservedTime, v)
+			e.HasObservedTime = true
 			return err
 		}
 		return nil

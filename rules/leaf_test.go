@@ -34,7 +34,7 @@ func reference(leaf []byte, index uint64) (Event, error) {
 	if ev == nil {
 		ev = &pb.Event{}
 	}
-	fillEvent(&e, Entry{Index: index, Event: ev})
+	fillEvent(&e, Entry{Index: index, Event: ev, Observed: toTime(ent.GetObservedTime(), ent.ObservedTime != nil)})
 	return e, nil
 }
 

@@ -45,6 +45,7 @@ type Rule struct {
 	ast        *cel.Ast
 	env        *cel.Env
 	usesOwner  bool
+	usesSource bool // calls newerFromSource
 }
 
 var severities = []string{"low", "medium", "high", "critical"}
@@ -206,6 +207,9 @@ func (r *Rule) compile(exprNode *yaml.Node) error {
 	celast.PostOrderVisit(native.Expr(), celast.NewExprVisitor(func(e celast.Expr) {
 		if e.Kind() == celast.IdentKind && e.AsIdent() == "owner" {
 			r.usesOwner = true
+		}
+		if e.Kind() == celast.CallKind && e.AsCall().FunctionName() == "newerFromSource" {
+			r.usesSource = true
 		}
 		if unknown != nil || e.Kind() != celast.SelectKind {
 			return

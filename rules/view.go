@@ -70,6 +70,19 @@ type Event struct {
 	// BreakglassReviews, for a break-glass use (see views.breakglass), are
 	// the breakglass.reviewed events with the same non-empty refs.request.
 	BreakglassReviews []*Event `cel:"breakglass_reviews"`
+	// ObservedTime is when the ledger received the entry (Entry's
+	// observed_time); HasObservedTime is false when the chain was handed
+	// over without it.
+	ObservedTime    time.Time `cel:"observed_time"`
+	HasObservedTime bool      `cel:"has_observed_time"`
+	// Opening, for a closing event (views.closings), is the event in the
+	// same chain that opened what it closes (docs/rules.md "Closing
+	// events"); HasOpening is false when the chain has none.
+	Opening    *Event `cel:"opening"`
+	HasOpening bool   `cel:"has_opening"`
+
+	// src answers newerFromSource for this evaluation (nil: no rule asks).
+	src *sourceIndex
 
 	// CEL values, made on first use (see viewvals.go).
 	celVal, subjectVal, actorVal, entitlementVal, refsVal ref.Val
@@ -177,6 +190,7 @@ type views struct {
 	reviews      []*Event
 	breakglass   []*Event // breakglass.invoked, and session.started/grant.activated with breakglass
 	bgReviews    []*Event // breakglass.reviewed
+	closings     []*Event // closing events (isClosingEvent)
 	subject      Subject
 	owner        Owner
 	ownerBound   uint64 // chainSizeBound of the owner's chain, if read
@@ -193,6 +207,18 @@ func isEndEvent(e *Event) bool {
 		return e.Refs.Grant != ""
 	}
 	return false
+}
+
+// isClosingEvent reports whether e is a closing event: an end event of a
+// grant, access.revoked, access.expired, session.ended, session.revoked,
+// credential.rotated or credential.revoked.
+func isClosingEvent(e *Event) bool {
+	switch e.Type {
+	case "access.revoked", "access.expired", "session.ended", "session.revoked",
+		"credential.rotated", "credential.revoked":
+		return true
+	}
+	return isEndEvent(e)
 }
 
 func toTime(ts interface{ AsTime() time.Time }, ok bool) time.Time {
@@ -237,6 +263,8 @@ func fillEvent(e *Event, en Entry) {
 	e.Attributes = ev.GetAttributes()
 	e.Privileged = e.Entitlement.Privileged
 	e.Approvals, e.BreakglassReviews = nil, nil
+	e.ObservedTime, e.HasObservedTime = en.Observed, !en.Observed.IsZero()
+	e.Opening, e.HasOpening, e.src = nil, false, nil
 	e.celVal, e.subjectVal, e.actorVal, e.entitlementVal, e.refsVal = nil, nil, nil, nil, nil
 }
 
@@ -258,9 +286,10 @@ type eventSlab struct {
 
 var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
 
-// sortedEvents converts a chain and orders it by time, then index. The
-// events live in a pooled slab, recorded in v for release.
-func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
+// sortedEvents converts a chain and orders it by time, then index, leaving
+// out the entries dated after now. The events live in a pooled slab,
+// recorded in v for release.
+func (v *views) sortedEvents(chain []Entry, now time.Time) ([]*Event, error) {
 	sl := slabPool.Get().(*eventSlab)
 	v.slabs = append(v.slabs, sl)
 	if cap(sl.events) < len(chain) {
@@ -281,7 +310,7 @@ func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
 	if !slices.IsSortedFunc(evs, chainOrder) {
 		slices.SortStableFunc(evs, chainOrder)
 	}
-	return evs, nil
+	return evs[:searchTime(evs, now, true)], nil
 }
 
 // release returns the views' event storage to the pool. Nothing may use v,
@@ -310,11 +339,13 @@ type grantAgg struct {
 	sessions    []*Session
 }
 
-// buildViews derives every view from one subject's chain in O(n log n).
-// On an error (a leaf that does not decode) nothing is left to release.
-func buildViews(subject string, chain []Entry) (*views, error) {
+// buildViews derives every view from one subject's chain in O(n log n),
+// as of now: entries dated after now are in no chain and are left out. src,
+// when not nil, answers newerFromSource. On an error (a leaf that does not
+// decode) nothing is left to release.
+func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) (*views, error) {
 	v := &views{subject: Subject{ID: subject}}
-	evs, err := v.sortedEvents(chain)
+	evs, err := v.sortedEvents(chain, now)
 	if err != nil {
 		v.release()
 		return nil, err
@@ -569,8 +600,63 @@ func buildViews(subject string, chain []Entry) (*views, error) {
 			}
 		}
 	}
+	v.linkClosings(src)
 	v.owner.ID = v.subject.Owner
 	return v, nil
+}
+
+// linkClosings gathers the closing events and links each to its opening
+// event in the chain: for an end event of a grant the grant's earliest grant
+// event; for access.revoked/access.expired the earliest access.approved of
+// its request; for session.ended/session.revoked the earliest
+// session.started of its session; for credential.rotated/credential.revoked
+// the earliest credential.created or credential.checked_out of its
+// credential. An empty ref links nothing.
+func (v *views) linkClosings(src *sourceIndex) {
+	var grants, approvals, sessions, creds map[string]*Event
+	first := func(m *map[string]*Event, id string, e *Event) {
+		if id == "" {
+			return
+		}
+		if *m == nil {
+			*m = map[string]*Event{}
+		}
+		if _, ok := (*m)[id]; !ok {
+			(*m)[id] = e
+		}
+	}
+	for _, e := range v.events {
+		e.src = src
+		switch {
+		case isGrantEvent(e):
+			first(&grants, e.Refs.Grant, e)
+		case e.Type == "access.approved":
+			first(&approvals, e.Refs.Request, e)
+		case e.Type == "session.started":
+			first(&sessions, e.Refs.Session, e)
+		case e.Type == "credential.created" || e.Type == "credential.checked_out":
+			first(&creds, e.Refs.Credential, e)
+		}
+		if isClosingEvent(e) {
+			v.closings = append(v.closings, e)
+		}
+	}
+	for _, c := range v.closings {
+		var o *Event
+		switch c.Type {
+		case "access.revoked", "access.expired":
+			o = approvals[c.Refs.Request]
+		case "session.ended", "session.revoked":
+			o = sessions[c.Refs.Session]
+		case "credential.rotated", "credential.revoked":
+			o = creds[c.Refs.Credential]
+		default:
+			o = grants[c.Refs.Grant]
+		}
+		if o != nil {
+			c.Opening, c.HasOpening = o, true
+		}
+	}
 }
 
 // approvalsUnder returns the approvals e is under: those of its
@@ -600,9 +686,9 @@ func approvalsUnder(e *Event, byReq map[string][]*Approval, ga *grantAgg) []*Eve
 }
 
 // setOwner records the owner's chain (already read through the ChainSource).
-func (v *views) setOwner(chain []Entry) error {
+func (v *views) setOwner(chain []Entry, now time.Time) error {
 	v.owner.Known = true
-	evs, err := v.sortedEvents(chain)
+	evs, err := v.sortedEvents(chain, now)
 	if err != nil {
 		return err
 	}

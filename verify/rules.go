@@ -109,7 +109,7 @@ func (a chainAdapter) Chain(ctx context.Context, subject string) ([]rules.Entry,
 	}
 	out := make([]rules.Entry, len(es))
 	for i, e := range es {
-		out[i] = rules.Entry{Index: e.Index, Event: e.Event}
+		out[i] = rules.Entry{Index: e.Index, Event: e.Event, Observed: e.Observed}
 	}
 	return out, nil
 }

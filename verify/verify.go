@@ -119,6 +119,9 @@ type ChainSource interface {
 type ChainEntry struct {
 	Index uint64
 	Event *pb.Event
+	// Observed is the entry's observed_time (zero when the leaf has none):
+	// rules may read it.
+	Observed time.Time
 }
 
 // DefaultEvaluator is used when Options.Evaluator is nil.
@@ -649,7 +652,11 @@ func (v *verifier) Chain(_ context.Context, subject string) ([]ChainEntry, error
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ChainEntry{Index: s.index, Event: ent.GetEvent()})
+		var observed time.Time
+		if ent.GetObservedTime() != nil {
+			observed = ent.GetObservedTime().AsTime()
+		}
+		out = append(out, ChainEntry{Index: s.index, Event: ent.GetEvent(), Observed: observed})
 	}
 	return out, nil
 }

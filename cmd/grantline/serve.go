@@ -464,6 +464,14 @@ func (r *rulesAdapter) RuleIDs() []string {
 
 type chainAdapter struct{ src ingest.ChainSource }
 
+// listingAdapter is a chainAdapter over a source that can list every
+// subject of the tree (rules.SubjectLister), which rules comparing entries
+// across subjects (backdated-closure) need when only some are evaluated.
+type listingAdapter struct {
+	chainAdapter
+	rules.SubjectLister
+}
+
 func (c chainAdapter) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
 	ch, err := c.src.Chain(ctx, subject)
 	if err != nil {
@@ -477,7 +485,11 @@ func (c chainAdapter) Chain(ctx context.Context, subject string) ([]rules.Entry,
 }
 
 func (r *rulesAdapter) Evaluate(ctx context.Context, subjects []string, src ingest.ChainSource, asOf time.Time) (*ingest.EvalResult, error) {
-	res, err := r.set.Evaluate(ctx, subjects, chainAdapter{src}, asOf)
+	var cs rules.ChainSource = chainAdapter{src}
+	if l, ok := src.(rules.SubjectLister); ok {
+		cs = listingAdapter{chainAdapter{src}, l}
+	}
+	res, err := r.set.Evaluate(ctx, subjects, cs, asOf)
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,9 @@ type Params struct {
 	RevokeGrace, JITGrace, DeprovisionSLA, ReviewInterval, DormantAfter      time.Duration
 	MaxCredentialAge, MaxCheckout, BreakglassReviewWithin, MoverReviewWithin time.Duration
 	SoDPairs                                                                 [][2]string
+	// Round 2 (round2.go).
+	MaxBackdate        time.Duration
+	ClosingAuthorities map[string][]string
 }
 
 // Defaults are RULES.md's defaults.
@@ -39,6 +42,7 @@ func Defaults() Params {
 		RevokeGrace: 15 * time.Minute, JITGrace: 15 * time.Minute, DeprovisionSLA: 24 * h,
 		ReviewInterval: 2160 * h, DormantAfter: 2160 * h, MaxCredentialAge: 2160 * h,
 		MaxCheckout: 8 * h, BreakglassReviewWithin: 72 * h, MoverReviewWithin: 720 * h,
+		MaxBackdate: 24 * h,
 	}
 }
 
@@ -151,9 +155,22 @@ func (c *chain) exposure(deadline time.Time, late Entry, hasLate bool) int64 {
 	return int64(end.Sub(deadline) / time.Second)
 }
 
-// Evaluate runs all 19 rules over one subject's chain.
+// cut leaves out the entries dated after now: they are in no chain.
+func cut(es []Entry, now time.Time) []Entry {
+	var out []Entry
+	for _, e := range es {
+		if !tm(e).After(now) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Evaluate runs the 19 rules of round 1 over one subject's chain, and those
+// of round 2 that read only the chain (round2.go); EvaluateLog runs them all.
+// Entries dated after now are left out of every chain.
 func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) []Finding {
-	c := &chain{subject: subject, es: sorted(es), now: now, p: p}
+	c := &chain{subject: subject, es: sorted(cut(es, now)), now: now, p: p}
 	var out []Finding
 	add := func(rule string, exp int64, idx ...uint64) {
 		out = append(out, Finding{Rule: rule, Subject: subject, Entries: idx, Exposure: exp})
@@ -480,7 +497,7 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 	// Each grant is cited once, with the owner's first termination after
 	// whose deadline it was still in force.
 	if kind != "human" && ownerID != "" && owner != nil {
-		oc := sorted(owner(ownerID))
+		oc := sorted(cut(owner(ownerID), now))
 		for _, g := range c.es {
 			if !isGrantEvent(g) {
 				continue
@@ -498,6 +515,8 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 			}
 		}
 	}
+
+	out = append(out, c.round2()...)
 
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Rule != out[j].Rule {
