@@ -155,7 +155,9 @@ type Credential struct {
 	Revoked    bool        `cel:"revoked"`
 	Revocation *Event      `cel:"revocation"` // first credential.revoked
 	Checkouts  []*Checkout `cel:"checkouts"`
-	celVal     ref.Val     // made on first use (see viewvals.go)
+	// Issues are its credential.created and credential.rotated events.
+	Issues []*Event `cel:"issues"`
+	celVal ref.Val  // made on first use (see viewvals.go)
 }
 
 // Subject is the identity being evaluated.
@@ -286,10 +288,9 @@ type eventSlab struct {
 
 var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
 
-// sortedEvents converts a chain and orders it by time, then index, leaving
-// out the entries dated after now. The events live in a pooled slab,
-// recorded in v for release.
-func (v *views) sortedEvents(chain []Entry, now time.Time) ([]*Event, error) {
+// sortedEvents converts a chain and orders it by time, then index. The
+// events live in a pooled slab, recorded in v for release.
+func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
 	sl := slabPool.Get().(*eventSlab)
 	v.slabs = append(v.slabs, sl)
 	if cap(sl.events) < len(chain) {
@@ -310,7 +311,7 @@ func (v *views) sortedEvents(chain []Entry, now time.Time) ([]*Event, error) {
 	if !slices.IsSortedFunc(evs, chainOrder) {
 		slices.SortStableFunc(evs, chainOrder)
 	}
-	return evs[:searchTime(evs, now, true)], nil
+	return evs, nil
 }
 
 // release returns the views' event storage to the pool. Nothing may use v,
@@ -339,17 +340,24 @@ type grantAgg struct {
 	sessions    []*Session
 }
 
-// buildViews derives every view from one subject's chain in O(n log n),
-// as of now: entries dated after now are in no chain and are left out. src,
-// when not nil, answers newerFromSource. On an error (a leaf that does not
-// decode) nothing is left to release.
+// asOfPrefix is the part of evs (in chain order) dated at or before now:
+// an entry whose time is after the as-of time is in no chain.
+func asOfPrefix(evs []*Event, now time.Time) []*Event {
+	return evs[:searchTime(evs, now, true)]
+}
+
+// buildViews derives every view from one subject's chain, limited to the
+// entries dated at or before now, in O(n log n). src, when not nil, answers
+// newerFromSource. On an error (a leaf that does not decode) nothing is left
+// to release.
 func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) (*views, error) {
 	v := &views{subject: Subject{ID: subject}}
-	evs, err := v.sortedEvents(chain, now)
+	evs, err := v.sortedEvents(chain)
 	if err != nil {
 		v.release()
 		return nil, err
 	}
+	evs = asOfPrefix(evs, now)
 	v.events = evs
 
 	byGrant := map[string]*grantAgg{} // grant id -> what hangs off it
@@ -430,6 +438,7 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 		case "credential.created", "credential.rotated":
 			c := credential(e.Refs.Credential)
 			c.HasLatest, c.Latest = true, e
+			c.Issues = append(c.Issues, e)
 			if e.Type == "credential.rotated" {
 				rotations[c.ID] = append(rotations[c.ID], e)
 			}
@@ -688,10 +697,11 @@ func approvalsUnder(e *Event, byReq map[string][]*Approval, ga *grantAgg) []*Eve
 // setOwner records the owner's chain (already read through the ChainSource).
 func (v *views) setOwner(chain []Entry, now time.Time) error {
 	v.owner.Known = true
-	evs, err := v.sortedEvents(chain, now)
+	evs, err := v.sortedEvents(chain)
 	if err != nil {
 		return err
 	}
+	evs = asOfPrefix(evs, now)
 	v.ownerBound = chainSizeBound("", evs)
 	for _, e := range evs {
 		if e.Type == "identity.terminated" {

@@ -62,31 +62,37 @@ func (c *chain) opening(x Entry) (Entry, bool) {
 	return Entry{}, false
 }
 
-// round2 runs the rules added in round 2 that read only this chain.
-func (c *chain) round2() []Finding {
-	var out []Finding
-	add := func(rule string, exp int64, idx ...uint64) {
-		out = append(out, Finding{Rule: rule, Subject: c.subject, Entries: idx, Exposure: exp})
-	}
+// round2 runs the rules added in round 2 that read only this chain,
+// reporting through add (evaluate's, which applies the window).
+func (c *chain) round2(add func(rule string, w window, idx ...uint64)) {
+	instant := func(e Entry) window { return window{opened: tm(e), point: true} }
 	for _, x := range c.es {
 		// 21 foreign-closure
 		if closing(x) {
 			if o, ok := c.opening(x); ok {
 				cs, os := x.Event.GetSource().GetSystem(), o.Event.GetSource().GetSystem()
 				if cs != os && !slices.Contains(c.p.ClosingAuthorities[cs], os) {
-					add("foreign-closure", 0, x.Index, o.Index)
+					add("foreign-closure", instant(x), x.Index, o.Index)
 				}
 			}
 		}
 	}
-	return out
 }
 
-// EvaluateLog runs every rule over every subject of log: all the entries of
-// the tree being evaluated, in any order. Entries dated after now are in no
-// chain. backdated-closure, which compares an entry with the entries of
-// every subject, runs only here.
+// EvaluateLog runs every rule over every subject of log (all the entries of
+// the tree being evaluated, in any order) at now. Entries dated after now
+// are in no chain. backdated-closure, which compares an entry with the
+// entries of every subject, runs only here and in EvaluateLogPeriod.
 func EvaluateLog(log []Entry, now time.Time, p Params) []Finding {
+	return evaluateLog(log, now, now, false, p)
+}
+
+// EvaluateLogPeriod is EvaluateLog over the period [from, to].
+func EvaluateLogPeriod(log []Entry, from, to time.Time, p Params) []Finding {
+	return evaluateLog(log, from, to, true, p)
+}
+
+func evaluateLog(log []Entry, from, now time.Time, period bool, p Params) []Finding {
 	chains := map[string][]Entry{}
 	for _, e := range log {
 		s := e.Event.GetSubject().GetId()
@@ -100,10 +106,10 @@ func EvaluateLog(log []Entry, now time.Time, p Params) []Finding {
 	owner := func(o string) []Entry { return chains[o] }
 	var out []Finding
 	for _, s := range subjects {
-		out = append(out, Evaluate(s, chains[s], now, p, owner)...)
+		out = append(out, evaluate(s, chains[s], from, now, period, p, owner)...)
 	}
 	// 20 backdated-closure
-	in := cut(log, now)
+	in := upTo(log, now)
 	for _, x := range in {
 		if !closing(x) {
 			continue
@@ -117,9 +123,10 @@ func EvaluateLog(log []Entry, now time.Time, p Params) []Finding {
 				newer, found = y, true
 			}
 		}
-		if found {
+		// An occurrence: a period keeps those dated in it.
+		if found && (!period || !tm(x).Before(from)) {
 			out = append(out, Finding{Rule: "backdated-closure", Subject: x.Event.GetSubject().GetId(),
-				Entries: []uint64{x.Index, newer.Index}})
+				Entries: []uint64{x.Index, newer.Index}, Opened: tm(x), Closed: tm(x)})
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool {
