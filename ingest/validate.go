@@ -55,10 +55,12 @@ var eventTypes = map[string]bool{
 	"credential.created": true, "credential.checked_out": true, "credential.checked_in": true,
 	"credential.rotated": true, "credential.revoked": true,
 	"breakglass.invoked": true, "breakglass.reviewed": true,
+	"auth.succeeded": true, "account.created": true, "account.disabled": true,
 }
 
 var identityKinds = map[string]bool{
 	"human": true, "service_account": true, "workload": true, "bot": true, "system": true,
+	"vendor": true, "contractor": true,
 }
 
 // IsEventType reports whether t is in the closed type vocabulary.
@@ -240,7 +242,7 @@ func (v *validator) identity(path string, id *pb.Identity, required bool) {
 	v.id(path+".id", id.GetId(), required)
 	v.bytes += len(id.GetKind()) + 8
 	if k := id.GetKind(); k != "" && !identityKinds[k] {
-		v.fail(path+".kind", fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot or system", clip(k)))
+		v.fail(path+".kind", fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot, system, vendor or contractor", clip(k)))
 	}
 	v.text(path+".display", id.GetDisplay(), MaxTextBytes)
 	v.id(path+".owner_id", id.GetOwnerId(), false)

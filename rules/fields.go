@@ -128,6 +128,7 @@ var getters = map[string]map[string]getter{
 			return objVal(a, orEmpty(o.(*Credential).Revocation))
 		},
 		"checkouts": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Credential).Checkouts) },
+		"rotations": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Credential).Rotations) },
 	},
 }
 

@@ -39,6 +39,8 @@ var globalParams = map[string]param{
 	"mover_review_within":      {cel.DurationType, 720 * time.Hour, ""},
 	"sod_pairs":                {sodPairsType, [][]string{}, ""},
 	"max_backdate":             {cel.DurationType, 24 * time.Hour, ""},
+	"inactive_after":           {cel.DurationType, 2160 * time.Hour, ""},
+	"breakglass_remove_within": {cel.DurationType, 24 * time.Hour, ""},
 	"closing_authorities":      {authoritiesType, map[string][]string{}, ""},
 }
 

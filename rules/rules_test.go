@@ -234,6 +234,12 @@ func TestBuiltinCatalog(t *testing.T) {
 		"orphaned-nhi": "high",
 		// Round 2.
 		"backdated-closure": "high", "foreign-closure": "high",
+		"grant-without-approval": "high", "not-independent": "high", "account-inactive": "medium",
+		"leaver-account-not-disabled": "critical", "shared-credential-not-rotated": "high",
+		"nhi-interactive-session": "high", "breakglass-access-retained": "high",
+		"breakglass-credential-not-rotated": "high", "third-party-outside-window": "high",
+		"privileged-session-mfa-unrecorded": "low", "nhi-without-owner": "medium",
+		"nhi-owner-moved": "medium", "secret-without-expiry": "medium",
 	}
 	if len(rs) != len(want) {
 		t.Fatalf("Builtin() = %d rules, want %d", len(rs), len(want))

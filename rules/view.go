@@ -157,7 +157,9 @@ type Credential struct {
 	Checkouts  []*Checkout `cel:"checkouts"`
 	// Issues are its credential.created and credential.rotated events.
 	Issues []*Event `cel:"issues"`
-	celVal ref.Val  // made on first use (see viewvals.go)
+	// Rotations are its credential.rotated and credential.revoked events.
+	Rotations []*Event `cel:"rotations"`
+	celVal    ref.Val  // made on first use (see viewvals.go)
 }
 
 // Subject is the identity being evaluated.
@@ -173,6 +175,11 @@ type Owner struct {
 	ID           string   `cel:"id"`
 	Known        bool     `cel:"known"` // the subject is non-human and has an owner whose chain was read
 	Terminations []*Event `cel:"terminations"`
+	// Moves are the owner's identity.moved events.
+	Moves []*Event `cel:"moves"`
+	// Stated is the subject's latest event carrying subject.owner_id (the
+	// one that names this owner); empty when the subject has none.
+	Stated *Event `cel:"stated"`
 }
 
 // views is everything derived from one subject's chain.
@@ -193,6 +200,7 @@ type views struct {
 	breakglass   []*Event // breakglass.invoked, and session.started/grant.activated with breakglass
 	bgReviews    []*Event // breakglass.reviewed
 	closings     []*Event // closing events (isClosingEvent)
+	r2           round2Views
 	subject      Subject
 	owner        Owner
 	ownerBound   uint64 // chainSizeBound of the owner's chain, if read
@@ -610,8 +618,93 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 		}
 	}
 	v.linkClosings(src)
+	v.buildRound2(rotations)
 	v.owner.ID = v.subject.Owner
 	return v, nil
+}
+
+// round2Views are the views the rules of round 2 read (docs/rules.md "The
+// built-in catalog"), so that each rule walks a short list or looks up a
+// map instead of scanning the chain.
+type round2Views struct {
+	logins        []*Event            // auth.succeeded
+	uses          []*Event            // auth.succeeded and session.started
+	accounts      []*Event            // account.created
+	accountOff    map[string][]*Event // entitlement.resource -> account.disabled
+	requestsByID  map[string][]*Event // refs.request -> access.requested
+	grantsByReq   map[string][]*Event // refs.request -> grant events
+	approvalByReq map[string]*Event   // refs.request -> earliest access.approved
+	approvalByEnt map[string]*Event   // entitlement.id -> earliest access.approved
+	windows       []*Event            // identity.created/identity.enabled with expires_at
+	leavings      []*Event            // identity.terminated and identity.moved
+	credByID      map[string]*Credential
+}
+
+func appendTo(m *map[string][]*Event, k string, e *Event) {
+	if *m == nil {
+		*m = map[string][]*Event{}
+	}
+	(*m)[k] = append((*m)[k], e)
+}
+
+func firstOf(m *map[string]*Event, k string, e *Event) {
+	if *m == nil {
+		*m = map[string]*Event{}
+	}
+	if _, ok := (*m)[k]; !ok {
+		(*m)[k] = e
+	}
+}
+
+// buildRound2 fills v.r2 in one pass over the chain; rotations are the
+// credential.rotated/revoked events by credential id.
+func (v *views) buildRound2(rotations map[string][]*Event) {
+	r := &v.r2
+	for _, e := range v.events {
+		switch e.Type {
+		case "auth.succeeded":
+			r.logins = append(r.logins, e)
+			r.uses = append(r.uses, e)
+		case "session.started":
+			r.uses = append(r.uses, e)
+		case "account.created":
+			r.accounts = append(r.accounts, e)
+		case "account.disabled":
+			if e.Entitlement.Resource != "" {
+				appendTo(&r.accountOff, e.Entitlement.Resource, e)
+			}
+		case "access.requested":
+			if e.Refs.Request != "" {
+				appendTo(&r.requestsByID, e.Refs.Request, e)
+			}
+		case "access.approved":
+			if e.Refs.Request != "" {
+				firstOf(&r.approvalByReq, e.Refs.Request, e)
+			}
+			if e.Entitlement.ID != "" {
+				firstOf(&r.approvalByEnt, e.Entitlement.ID, e)
+			}
+		case "identity.created", "identity.enabled":
+			if e.HasExpiry {
+				r.windows = append(r.windows, e)
+			}
+		case "identity.terminated", "identity.moved":
+			r.leavings = append(r.leavings, e)
+		}
+		if isGrantEvent(e) && e.Refs.Request != "" {
+			appendTo(&r.grantsByReq, e.Refs.Request, e)
+		}
+		if e.Subject.OwnerID != "" {
+			v.owner.Stated = e
+		}
+	}
+	if len(v.credentials) > 0 {
+		r.credByID = make(map[string]*Credential, len(v.credentials))
+		for _, c := range v.credentials {
+			r.credByID[c.ID] = c
+			c.Rotations = rotations[c.ID]
+		}
+	}
 }
 
 // linkClosings gathers the closing events and links each to its opening
@@ -706,6 +799,9 @@ func (v *views) setOwner(chain []Entry, now time.Time) error {
 	for _, e := range evs {
 		if e.Type == "identity.terminated" {
 			v.owner.Terminations = append(v.owner.Terminations, e)
+		}
+		if e.Type == "identity.moved" {
+			v.owner.Moves = append(v.owner.Moves, e)
 		}
 	}
 	return nil

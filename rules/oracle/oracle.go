@@ -42,8 +42,8 @@ type Params struct {
 	MaxCredentialAge, MaxCheckout, BreakglassReviewWithin, MoverReviewWithin time.Duration
 	SoDPairs                                                                 [][2]string
 	// Round 2 (round2.go).
-	MaxBackdate        time.Duration
-	ClosingAuthorities map[string][]string
+	MaxBackdate, InactiveAfter, BreakglassRemoveWithin time.Duration
+	ClosingAuthorities                                 map[string][]string
 }
 
 // Defaults are RULES.md's defaults.
@@ -53,7 +53,7 @@ func Defaults() Params {
 		RevokeGrace: 15 * time.Minute, JITGrace: 15 * time.Minute, DeprovisionSLA: 24 * h,
 		ReviewInterval: 2160 * h, DormantAfter: 2160 * h, MaxCredentialAge: 2160 * h,
 		MaxCheckout: 8 * h, BreakglassReviewWithin: 72 * h, MoverReviewWithin: 720 * h,
-		MaxBackdate: 24 * h,
+		MaxBackdate: 24 * h, InactiveAfter: 2160 * h, BreakglassRemoveWithin: 24 * h,
 	}
 }
 
@@ -672,7 +672,7 @@ func evaluate(subject string, es []Entry, from, now time.Time, period bool, p Pa
 	// owner is by definition the accountable human of a non-human identity.
 	// Each grant is cited once, with the owner's first termination after
 	// whose deadline it was still in force.
-	if kind != "human" && ownerID != "" && owner != nil {
+	if kind != "human" && ownerID != "" && ownerID != subject && owner != nil { // a self-owned subject has no owner chain (as the engine)
 		oc := sorted(owner(ownerID))
 		for _, g := range c.es {
 			if !isGrantEvent(g) {
@@ -692,7 +692,7 @@ func evaluate(subject string, es []Entry, from, now time.Time, period bool, p Pa
 		}
 	}
 
-	c.round2(func(rule string, w window, idx ...uint64) { add(rule, w, idx...) })
+	c.round2(func(rule string, w window, idx ...uint64) { add(rule, w, idx...) }, owner)
 
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Rule != out[j].Rule {

@@ -22,6 +22,7 @@ var vocabulary = []string{
 	"session.started", "session.ended", "session.revoked",
 	"credential.created", "credential.checked_out", "credential.checked_in", "credential.rotated", "credential.revoked",
 	"breakglass.invoked", "breakglass.reviewed",
+	"auth.succeeded", "account.created", "account.disabled",
 }
 
 // randomChains builds small adversarial chains: refs drawn from tiny pools so
@@ -35,7 +36,7 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 	ochains := map[string][]oracle.Entry{}
 	var idx uint64
 	for _, s := range subjects {
-		kind, owner := "human", ""
+		kind, owner := pick("human", "human", "vendor", "contractor"), ""
 		if s[:3] == "svc" {
 			kind = pick("service_account", "workload", "bot", "")
 			owner = pick("alice", "bob", "")
@@ -49,13 +50,14 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 				Source: &pb.Source{System: pick("t", "t", "u", "v")},
 				Subject: &pb.Identity{Id: s, Kind: kind,
 					OwnerId: owner},
-				Actor:       &pb.Identity{Id: pick("alice", "bob", "carol", s)},
-				Entitlement: &pb.Entitlement{Id: pick("ent-a", "ent-b", "ent-c"), Privileged: r.IntN(3) > 0},
+				Actor:       &pb.Identity{Id: pick("alice", "bob", "carol", s), Kind: pick("human", "", "system")},
+				Entitlement: &pb.Entitlement{Id: pick("ent-a", "ent-b", "ent-c"), Privileged: r.IntN(3) > 0, Resource: pick("", "sys-1", "sys-2")},
 				Refs: &pb.Refs{
 					Request:    pick("", "r1", "r2", "r3"),
 					Grant:      pick("", "g1", "g2", "g3"),
 					Session:    pick("", "s1", "s2"),
 					Credential: pick("", "c1", "c2"),
+					Ticket:     pick("", "", "T-1"),
 				},
 				Breakglass: r.IntN(4) == 0,
 			}
