@@ -70,6 +70,7 @@ var variables = []struct {
 	{"access_windows", cel.ListType(eventType)},
 	{"leavings", cel.ListType(eventType)},
 	{"credential_by_id", cel.MapType(cel.StringType, credentialType)},
+	{"holder_leavings", cel.MapType(cel.StringType, cel.ListType(eventType))},
 }
 
 // findingVal is the CEL value finding() returns.
@@ -559,5 +560,6 @@ func subjectVals(adapter types.Adapter, v *views, from, now time.Time) map[strin
 		"access_windows":          newViewList(adapter, v.r2.windows),
 		"leavings":                newViewList(adapter, v.r2.leavings),
 		"credential_by_id":        adapter.NativeToValue(v.r2.credByID),
+		"holder_leavings":         adapter.NativeToValue(v.r2.holderLeavings),
 	}
 }

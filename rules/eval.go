@@ -260,6 +260,9 @@ type Set struct {
 	rules     []*compiled
 	opts      Options
 	needOwner bool
+	// needHolders: some rule reads holder_leavings, so the chains of the
+	// people who checked out the subject's credentials are read too.
+	needHolders bool
 	// needSource: some rule calls newerFromSource, so Evaluate indexes the
 	// entries of each source system first (source.go).
 	needSource bool
@@ -363,6 +366,7 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 		c.paramBound = paramsSize(c.params)
 		s.rules = append(s.rules, c)
 		s.needOwner = s.needOwner || r.usesOwner
+		s.needHolders = s.needHolders || r.usesHolders
 		s.needSource = s.needSource || r.usesSource
 	}
 	sort.Slice(s.rules, func(i, j int) bool { return s.rules[i].rule.ID < s.rules[j].rule.ID })
@@ -481,6 +485,17 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 	}
 	defer v.release()
 	res.entries = len(v.events)
+	if s.needHolders {
+		for _, h := range v.holders() {
+			hc, err := src.Chain(ctx, h)
+			if err != nil {
+				return res, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			}
+			if err := v.setHolder(h, hc, now); err != nil {
+				return res, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			}
+		}
+	}
 	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
 		oc, err := src.Chain(ctx, v.subject.Owner)
 		if err != nil {

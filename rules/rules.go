@@ -40,12 +40,13 @@ type Rule struct {
 	File string
 	Text []byte
 
-	params     map[string]param // declared in the file
-	paramOrder []string
-	ast        *cel.Ast
-	env        *cel.Env
-	usesOwner  bool
-	usesSource bool // calls newerFromSource
+	params      map[string]param // declared in the file
+	paramOrder  []string
+	ast         *cel.Ast
+	env         *cel.Env
+	usesOwner   bool
+	usesSource  bool // calls newerFromSource
+	usesHolders bool // reads holder_leavings
 }
 
 var severities = []string{"low", "medium", "high", "critical"}
@@ -207,6 +208,9 @@ func (r *Rule) compile(exprNode *yaml.Node) error {
 	celast.PostOrderVisit(native.Expr(), celast.NewExprVisitor(func(e celast.Expr) {
 		if e.Kind() == celast.IdentKind && e.AsIdent() == "owner" {
 			r.usesOwner = true
+		}
+		if e.Kind() == celast.IdentKind && e.AsIdent() == "holder_leavings" {
+			r.usesHolders = true
 		}
 		if e.Kind() == celast.CallKind && e.AsCall().FunctionName() == "newerFromSource" {
 			r.usesSource = true

@@ -638,6 +638,56 @@ type round2Views struct {
 	windows       []*Event            // identity.created/identity.enabled with expires_at
 	leavings      []*Event            // identity.terminated and identity.moved
 	credByID      map[string]*Credential
+	// holderLeavings: holder id -> the holder's identity.terminated and
+	// identity.moved events (the subject's own under its id); filled for
+	// the holders of the subject's checkouts when a rule reads it.
+	holderLeavings map[string][]*Event
+}
+
+// holder is who holds a checked-out credential: the checkout's actor, or
+// the subject when the actor is not recorded.
+func holder(k *Event) string {
+	if k.Actor.ID != "" {
+		return k.Actor.ID
+	}
+	return k.Subject.ID
+}
+
+// holders are the holders of the subject's checkouts other than the
+// subject itself, each once, in chain order of their first checkout; the
+// subject's own leavings are recorded under its id.
+func (v *views) holders() []string {
+	var out []string
+	for _, c := range v.credentials {
+		for _, k := range c.Checkouts {
+			h := holder(k.Event)
+			if h != v.subject.ID && !slices.Contains(out, h) {
+				out = append(out, h)
+			}
+		}
+	}
+	if v.r2.holderLeavings == nil {
+		v.r2.holderLeavings = map[string][]*Event{v.subject.ID: v.r2.leavings}
+	}
+	return out
+}
+
+// setHolder records the leavings in a holder's chain (already read).
+func (v *views) setHolder(id string, chain []Entry, now time.Time) error {
+	evs, err := v.sortedEvents(chain)
+	if err != nil {
+		return err
+	}
+	evs = asOfPrefix(evs, now)
+	v.ownerBound = max(v.ownerBound, chainSizeBound("", evs))
+	var ls []*Event
+	for _, e := range evs {
+		if e.Type == "identity.terminated" || e.Type == "identity.moved" {
+			ls = append(ls, e)
+		}
+	}
+	v.r2.holderLeavings[id] = ls
+	return nil
 }
 
 func appendTo(m *map[string][]*Event, k string, e *Event) {

@@ -165,9 +165,17 @@ func (c *chain) round2(add func(rule string, w window, idx ...uint64), owner Own
 		// 26 shared-credential-not-rotated
 		if typ(x) == "credential.checked_out" && ev.GetRefs().GetCredential() != "" {
 			cred := ev.GetRefs().GetCredential()
+			// The holder: the checkout's actor, or the subject when none.
+			holderChain := c.es
+			if h := ev.GetActor().GetId(); h != "" && h != c.subject {
+				holderChain = nil
+				if owner != nil {
+					holderChain = sorted(owner(h))
+				}
+			}
 			var l Entry
 			hasL := false
-			for _, y := range c.es {
+			for _, y := range holderChain {
 				if (typ(y) == "identity.terminated" || typ(y) == "identity.moved") && tm(y).After(tm(x)) {
 					l, hasL = y, true
 					break
