@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// closing reports whether e is a closing event (RULES.md round 2): an end
+// closing reports whether e is a closing event (docs/rules.md "Closing events"): an end
 // event of a grant (with refs.grant), access.revoked, access.expired,
 // session.ended, session.revoked, credential.rotated or credential.revoked.
 func closing(e Entry) bool {
