@@ -106,7 +106,7 @@ func (c *chain) round2(add func(rule string, w window, idx ...uint64), owner Own
 		switch typ(x) {
 		case "access.approved":
 			r := ev.GetRefs().GetRequest()
-			if r == "" || actor == "" {
+			if r == "" || actor == "" || ev.GetActor().GetKind() == "system" {
 				break
 			}
 			done := false
