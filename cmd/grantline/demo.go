@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/internal/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -183,7 +184,7 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 	}()
 	logf("server listening on %s, data in %s", srv.URL, sum.dataDir)
 
-	store, err := auth.Open(sum.dataDir)
+	store, err := datadir.OpenTokens(sum.dataDir)
 	if err != nil {
 		return nil, fmt.Errorf("opening the token store: %w", err)
 	}
