@@ -248,12 +248,13 @@ func (c *chain) lapse(ge Entry, anchor string, d time.Duration) (window, bool) {
 	return best, found
 }
 
-// Evaluate runs all 19 rules over one subject's chain at now.
+// Evaluate runs every rule that reads one chain (all but backdated-closure,
+// see EvaluateLog) over one subject's chain at now.
 func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) []Finding {
 	return evaluate(subject, es, now, now, false, p, owner)
 }
 
-// EvaluatePeriod runs all 19 rules over [from, to]: the findings open at
+// EvaluatePeriod runs the same rules over [from, to]: the findings open at
 // some instant of it, exposure clipped to it.
 func EvaluatePeriod(subject string, es []Entry, from, to time.Time, p Params, owner Owner) []Finding {
 	return evaluate(subject, es, from, to, true, p, owner)
