@@ -1,9 +1,11 @@
 package rules
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -135,6 +137,22 @@ func genOrg(identities, perIdentity int) (*memSource, []string) {
 		}
 		m.chains[id] = genChain(rng, id, kind, owner, perIdentity, &next)
 		subjects = append(subjects, id)
+	}
+	// A ledger's indices follow arrival, and sources report roughly in time
+	// order: number the entries in time order (ties in generation order).
+	// Numbered subject by subject instead, every closing event would look
+	// backdated behind the previous subjects' later entries.
+	var all []*Entry
+	for _, s := range subjects {
+		for i := range m.chains[s] {
+			all = append(all, &m.chains[s][i])
+		}
+	}
+	slices.SortStableFunc(all, func(a, b *Entry) int {
+		return cmp.Or(a.Event.GetTime().AsTime().Compare(b.Event.GetTime().AsTime()), cmp.Compare(a.Index, b.Index))
+	})
+	for i, e := range all {
+		e.Index = uint64(i)
 	}
 	return m, subjects
 }

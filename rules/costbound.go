@@ -88,9 +88,15 @@ func (u uniformSizes) EstimateCallCost(function, overloadID string, target *chec
 		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: maxConvertedLen}}
 	}
 	switch function {
-	case "firstAfter", "firstAtOrAfter", "lastBefore":
+	case "firstAfter", "firstAtOrAfter", "lastBefore", "newerFromSource", "lapses":
+		// A list of 0 or 1 element (newerFromSource: an entry of another
+		// chain, whose strings chainSizeBound covers through the source
+		// index's bound).
 		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: 1}}
-	case "finding", "endedBy", "inForceAt", "anyBetween", "exposure":
+	case "after":
+		// A sublist of its first argument.
+		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: u.n}}
+	case "finding", "endedBy", "inForceAt", "anyBetween", "exposure", "window", "instant", "overlapIn", "overlap":
 		return &checker.CallEstimate{CostEstimate: one}
 	}
 	return nil

@@ -433,10 +433,8 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					if rec == nil {
 						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
 					}
-					// A copy: the index is shared by every subject, and a
-					// CEL value caches itself in its event.
-					c := *rec
-					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{objVal(adapter, &c)})
+					// rec is new: this subject's own CEL value caches in it.
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{objVal(adapter, rec)})
 				}))),
 		cel.Function("exposure",
 			cel.Overload("exposure_timestamp_list_timestamp", []*cel.Type{cel.TimestampType, cel.ListType(eventType), cel.TimestampType}, cel.DurationType,

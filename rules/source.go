@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -29,33 +30,65 @@ type SubjectLister interface {
 // index order ("records"). Their indices and times both increase, so the
 // lowest-index entry of a system with time after t is the first record with
 // time after t, found by binary search. It is immutable once built and safe
-// for concurrent use.
+// for concurrent use. It keeps 32 bytes and the event id per entry, with no
+// allocation per entry: ids live in one string per reading goroutine.
 type sourceIndex struct {
-	records map[string][]*Event
-	bound   uint64 // longest string of a record (see chainSizeBound)
+	records map[string][]sourceRec
+	bound   uint64 // longest string a record yields (see chainSizeBound)
 }
 
-// sourceEntry is what the index needs of an entry.
-type sourceEntry struct {
-	index          uint64
-	time           time.Time
-	system, id     string
-	subject, type_ string
+// sourceRec is one entry of the index.
+type sourceRec struct {
+	index uint64
+	sec   int64  // time: Unix seconds
+	nsec  int32  // and nanoseconds
+	sys   int32  // the system, as numbered by its reader
+	id    string // a substring of its reader's arena
 }
+
+func (r sourceRec) time() time.Time { return time.Unix(r.sec, int64(r.nsec)).UTC() }
+
+// after reports whether r's time is after (sec, nsec).
+func (r sourceRec) after(sec int64, nsec int32) bool {
+	return r.sec > sec || (r.sec == sec && r.nsec > nsec)
+}
+
+func recTime(t time.Time) (int64, int32) { return t.Unix(), int32(t.Nanosecond()) }
 
 // newerFromSource returns the entry with the lowest ledger index among those
 // of e's source system with an index lower than e's and a time after t, or
-// nil.
+// nil. The event it returns is new, holding the entry's index, id, time and
+// system: enough to cite it.
 func (x *sourceIndex) newerFromSource(e *Event, t time.Time) *Event {
 	if x == nil {
 		return nil
 	}
 	rs := x.records[e.System]
-	i := sort.Search(len(rs), func(i int) bool { return rs[i].Time.After(t) })
-	if i < len(rs) && rs[i].Index < e.Index {
-		return rs[i]
+	sec, nsec := recTime(t)
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].after(sec, nsec) })
+	if i < len(rs) && rs[i].index < uint64(e.Index) {
+		r := rs[i]
+		return &Event{Index: int64(r.index), ID: r.id, Time: r.time(), System: e.System}
 	}
 	return nil
+}
+
+// sourceReader reads the entries of some chains into recs.
+type sourceReader struct {
+	recs    []sourceRec
+	arena   []byte
+	systems []string // sys number -> name
+	sysNum  map[string]int32
+}
+
+func (r *sourceReader) system(b []byte) int32 {
+	if n, ok := r.sysNum[string(b)]; ok { // no allocation: the compiler's map lookup with string(bytes)
+		return n
+	}
+	n := int32(len(r.systems))
+	r.systems = append(r.systems, string(b))
+	r.sysNum[string(b)] = n
+	return n
 }
 
 // buildSourceIndex reads the chain of every subject (in parallel, on
@@ -68,17 +101,22 @@ func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, n
 		}
 		subjects = all
 	}
-	parts := make([][]sourceEntry, max(workers, 1))
+	readers := make([]*sourceReader, max(workers, 1))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for w := range parts {
+	nowSec, nowNsec := recTime(now)
+	for w := range readers {
+		rd := &sourceReader{sysNum: map[string]int32{}}
+		readers[w] = rd
 		wg.Go(func() {
+			type idRef struct{ off, n int }
+			var ids []idRef
 			for ctx.Err() == nil {
 				i := int(next.Add(1) - 1)
 				if i >= len(subjects) {
-					return
+					break
 				}
 				chain, err := src.Chain(ctx, subjects[i])
 				if err != nil {
@@ -86,15 +124,22 @@ func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, n
 					return
 				}
 				for _, en := range chain {
-					se, err := sourceEntryOf(en)
+					rec, id, err := rd.read(en)
 					if err != nil {
 						cancel(fmt.Errorf("reading the chain of subject %q: %w", subjects[i], err))
 						return
 					}
-					if !se.time.After(now) {
-						parts[w] = append(parts[w], se)
+					if !rec.after(nowSec, nowNsec) {
+						ids = append(ids, idRef{len(rd.arena), len(id)})
+						rd.arena = append(rd.arena, id...)
+						rd.recs = append(rd.recs, rec)
 					}
 				}
+			}
+			arena := string(rd.arena) // one copy; every id is a substring
+			rd.arena = nil
+			for k := range rd.recs {
+				rd.recs[k].id = arena[ids[k].off : ids[k].off+ids[k].n]
 			}
 		})
 	}
@@ -102,43 +147,44 @@ func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, n
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
-	bySystem := map[string][]sourceEntry{}
-	for _, p := range parts {
-		for _, se := range p {
-			bySystem[se.system] = append(bySystem[se.system], se)
+	bySystem := map[string][]sourceRec{}
+	for _, rd := range readers {
+		for _, r := range rd.recs {
+			name := rd.systems[r.sys]
+			bySystem[name] = append(bySystem[name], r)
 		}
 	}
-	x := &sourceIndex{records: make(map[string][]*Event, len(bySystem))}
+	x := &sourceIndex{records: make(map[string][]sourceRec, len(bySystem))}
 	for sys, es := range bySystem {
-		slices.SortFunc(es, func(a, b sourceEntry) int { return cmp.Compare(a.index, b.index) })
-		var rs []*Event
-		for i, se := range es {
-			if i > 0 && se.index == es[i-1].index {
+		slices.SortFunc(es, func(a, b sourceRec) int { return cmp.Compare(a.index, b.index) })
+		rs := es[:0] // records overwrite the sorted entries in place
+		for i, r := range es {
+			if i > 0 && r.index == es[i-1].index {
 				continue // the same entry read twice (a subject listed twice)
 			}
-			if len(rs) == 0 || se.time.After(rs[len(rs)-1].Time) {
-				e := &Event{Index: int64(se.index), ID: se.id, Type: se.type_, Time: se.time, System: sys,
-					Subject: Identity{ID: se.subject}, src: x}
-				rs = append(rs, e)
-				x.bound = max(x.bound, uint64(max(len(e.ID), len(e.Type), len(e.System), len(e.Subject.ID))))
+			if len(rs) == 0 || r.after(rs[len(rs)-1].sec, rs[len(rs)-1].nsec) {
+				rs = append(rs, r)
+				x.bound = max(x.bound, uint64(max(len(r.id), len(sys))))
 			}
 		}
-		x.records[sys] = rs
+		x.records[sys] = slices.Clip(rs)
 	}
 	return x, nil
 }
 
-// sourceEntryOf reads what the index needs from an entry, decoding only
-// those fields of a leaf.
-func sourceEntryOf(en Entry) (sourceEntry, error) {
-	se := sourceEntry{index: en.Index}
+// read returns what the index needs of an entry: its record (without the
+// id) and its id's bytes, decoding only those fields of a leaf.
+func (r *sourceReader) read(en Entry) (sourceRec, []byte, error) {
+	rec := sourceRec{index: en.Index}
 	if en.Event != nil || en.Leaf == nil {
 		ev := en.Event
-		se.time = toTime(ev.GetTime(), ev.GetTime() != nil)
-		se.system, se.id = ev.GetSource().GetSystem(), ev.GetId()
-		se.subject, se.type_ = ev.GetSubject().GetId(), ev.GetType()
-		return se, nil
+		rec.sec, rec.nsec = recTime(toTime(ev.GetTime(), ev.GetTime() != nil))
+		rec.sys = r.system([]byte(ev.GetSource().GetSystem()))
+		return rec, []byte(ev.GetId()), nil
 	}
+	var id []byte
+	var t time.Time
+	var sysb []byte
 	err := eachField(en.Leaf, func(num protowire.Number, typ protowire.Type, v []byte) error {
 		if num != entryEvent || typ != protowire.BytesType {
 			return nil
@@ -149,31 +195,30 @@ func sourceEntryOf(en Entry) (sourceEntry, error) {
 			}
 			switch num {
 			case evID:
-				se.id, err = str(w, "id")
-			case evType:
-				se.type_, err = str(w, "type")
+				if !utf8.Valid(w) {
+					return fmt.Errorf("field id: invalid UTF-8")
+				}
+				id = w
 			case evTime:
-				se.time, err = mergeTime(se.time, w)
+				t, err = mergeTime(t, w)
 			case evSource:
-				err = eachField(w, func(n protowire.Number, t protowire.Type, b []byte) (err error) {
-					if n == 1 && t == protowire.BytesType {
-						se.system, err = str(b, "source.system")
+				err = eachField(w, func(n protowire.Number, tp protowire.Type, b []byte) error {
+					if n == 1 && tp == protowire.BytesType {
+						if !utf8.Valid(b) {
+							return fmt.Errorf("field source.system: invalid UTF-8")
+						}
+						sysb = b
 					}
-					return err
-				})
-			case evSubject:
-				err = eachField(w, func(n protowire.Number, t protowire.Type, b []byte) (err error) {
-					if n == 1 && t == protowire.BytesType {
-						se.subject, err = str(b, "identity id")
-					}
-					return err
+					return nil
 				})
 			}
 			return err
 		})
 	})
 	if err != nil {
-		return se, fmt.Errorf("%w: leaf %d: %w", errLeaf, en.Index, err)
+		return rec, nil, fmt.Errorf("%w: leaf %d: %w", errLeaf, en.Index, err)
 	}
-	return se, nil
+	rec.sec, rec.nsec = recTime(t)
+	rec.sys = r.system(sysb)
+	return rec, id, nil
 }
