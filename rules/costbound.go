@@ -93,9 +93,6 @@ func (u uniformSizes) EstimateCallCost(function, overloadID string, target *chec
 		// chain, whose strings chainSizeBound covers through the source
 		// index's bound).
 		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: 1}}
-	case "after":
-		// A sublist of its first argument.
-		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: u.n}}
 	case "finding", "endedBy", "inForceAt", "anyBetween", "exposure", "window", "instant", "overlapIn", "overlap":
 		return &checker.CallEstimate{CostEstimate: one}
 	}
