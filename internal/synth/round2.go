@@ -34,6 +34,7 @@ const (
 // rate is 0. The stories are those of the feeds in testdata/feeds, dated
 // back from the as-of time.
 func (g *gen) round2Plants() {
+	defer g.ownerMoves()
 	if g.cfg.FailureRate == 0 {
 		return
 	}
@@ -209,5 +210,48 @@ func (g *gen) round2Plants() {
 		c := g.ev(SourcePAM, "credential.created", A.Add(-30*d), v)
 		c.Refs.Credential = g.ref("CRED")
 		g.plant(rSecretNoExpiry, v.Id, c)
+	}
+}
+
+// ownerMoves records, as planted, every nhi-owner-moved finding the
+// organisation's own moves cause: a non-human identity whose owner moved
+// after the identity's last event naming that owner. They are consequences
+// of the movers the organisation has, not injected failures, so they are
+// recorded whatever the failure rate.
+func (g *gen) ownerMoves() {
+	type at struct {
+		e   *pb.Event
+		seq int
+	}
+	later := func(a, b at) bool { // a after b in chain order (time, then generation order)
+		ta, tb := a.e.GetTime().AsTime(), b.e.GetTime().AsTime()
+		return ta.After(tb) || (ta.Equal(tb) && a.seq > b.seq)
+	}
+	stated := map[string]at{}  // non-human subject -> its latest event naming an owner
+	moves := map[string][]at{} // person -> identity.moved events
+	for i, e := range g.evs {
+		s := e.GetSubject()
+		if e.GetType() == "identity.moved" {
+			moves[s.GetId()] = append(moves[s.GetId()], at{e, i})
+		}
+		switch s.GetKind() {
+		case "service_account", "workload", "bot", "system":
+		default:
+			continue
+		}
+		if s.GetOwnerId() == "" || s.GetOwnerId() == s.GetId() {
+			continue
+		}
+		if cur, ok := stated[s.GetId()]; !ok || later(at{e, i}, cur) {
+			stated[s.GetId()] = at{e, i}
+		}
+	}
+	for subj, st := range stated {
+		for _, m := range moves[st.e.GetSubject().GetOwnerId()] {
+			if m.e.GetTime().AsTime().After(st.e.GetTime().AsTime()) {
+				g.plant(rNHIOwnerMoved, subj, st.e)
+				break
+			}
+		}
 	}
 }
