@@ -303,7 +303,9 @@ func demoStream(ctx context.Context, url, token string, evs []*pb.Event, newEven
 		in <- &batch{seq: seq, events: evs[i:min(i+size, len(evs))], where: fmt.Sprintf("event %d", i+1)}
 	}
 	close(in)
-	return sendBatches(ctx, cl.ingest, streamConfig{batch: size, streams: 1, window: defaultWindow, retries: 8}, in,
+	// One batch in flight: the ledger then keeps each source's events in the
+	// order sent, which backdated-closure relies on (docs/rules.md).
+	return sendBatches(ctx, cl.ingest, streamConfig{batch: size, streams: 1, window: 1, retries: 8}, in,
 		func(_ *batch, resp *pb.AppendStreamResponse, _ time.Duration) {
 			for _, r := range resp.GetResults() {
 				if r.GetDuplicate() {
