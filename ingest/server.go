@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
@@ -35,6 +37,12 @@ type Config struct {
 	MetricsPublic bool
 	// Now is the clock for validation and as-of defaults; nil is time.Now.
 	Now func() time.Time
+	// Witnessed, when set (a witness policy is configured), returns the
+	// newest checkpoint that reached the witnesses' quorum, its Note carrying
+	// their cosignatures, and false while there is none. GET /checkpoint then
+	// serves it (503 while there is none) and evidence is anchored to it
+	// (docs/witnessing.md). It must not block.
+	Witnessed func() (ledger.Checkpoint, bool)
 }
 
 // Server holds the services and their HTTP routes.
@@ -75,7 +83,7 @@ func New(cfg Config) (*Server, error) {
 	opts := []connect.HandlerOption{
 		connect.WithInterceptors(s.observe(), errorMapper{}, s.authorize()),
 		connect.WithRecover(s.recovered),
-		connect.WithReadMaxBytes(MaxMessageBytes),
+		connect.WithReadMaxBytes(event.MaxMessageBytes),
 		connect.WithCompressMinBytes(1024),
 	}
 	mux := http.NewServeMux()

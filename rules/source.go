@@ -9,9 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
-	"google.golang.org/protobuf/encoding/protowire"
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // SubjectLister is an optional upgrade of a ChainSource. Some rules
@@ -173,7 +172,7 @@ func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, n
 }
 
 // read returns what the index needs of an entry: its record (without the
-// id) and its id's bytes, decoding only those fields of a leaf.
+// id) and its id's bytes, reading only those fields of a leaf.
 func (r *sourceReader) read(en Entry) (sourceRec, []byte, error) {
 	rec := sourceRec{index: en.Index}
 	if en.Event != nil || en.Leaf == nil {
@@ -182,43 +181,37 @@ func (r *sourceReader) read(en Entry) (sourceRec, []byte, error) {
 		rec.sys = r.system([]byte(ev.GetSource().GetSystem()))
 		return rec, []byte(ev.GetId()), nil
 	}
-	var id []byte
-	var t time.Time
-	var sysb []byte
-	err := eachField(en.Leaf, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if num != entryEvent || typ != protowire.BytesType {
-			return nil
-		}
-		return eachField(v, func(num protowire.Number, typ protowire.Type, w []byte) (err error) {
-			if typ != protowire.BytesType {
-				return nil
-			}
-			switch num {
-			case evID:
-				if !utf8.Valid(w) {
-					return fmt.Errorf("field id: invalid UTF-8")
-				}
-				id = w
-			case evTime:
-				t, err = mergeTime(t, w)
-			case evSource:
-				err = eachField(w, func(n protowire.Number, tp protowire.Type, b []byte) error {
-					if n == 1 && tp == protowire.BytesType {
-						if !utf8.Valid(b) {
-							return fmt.Errorf("field source.system: invalid UTF-8")
-						}
-						sysb = b
-					}
-					return nil
-				})
-			}
-			return err
-		})
-	})
-	if err != nil {
+	v := &sourceVisitor{}
+	if err := event.VisitLeaf(en.Leaf, v); err != nil {
 		return rec, nil, fmt.Errorf("%w: leaf %d: %w", errLeaf, en.Index, err)
 	}
-	rec.sec, rec.nsec = recTime(t)
-	rec.sys = r.system(sysb)
-	return rec, id, nil
+	rec.sec, rec.nsec = recTime(v.time)
+	rec.sys = r.system(v.system)
+	return rec, v.id, nil
 }
+
+// sourceVisitor keeps the id, source.system and time of a leaf (aliasing
+// the leaf's bytes).
+type sourceVisitor struct {
+	id, system []byte
+	time       time.Time
+}
+
+func (v *sourceVisitor) String(f event.Field, b []byte) {
+	switch f {
+	case event.ID:
+		v.id = b
+	case event.SourceSystem:
+		v.system = b
+	}
+}
+
+func (v *sourceVisitor) Bool(event.Field, bool) {}
+
+func (v *sourceVisitor) Time(f event.Field, t time.Time) {
+	if f == event.Time {
+		v.time = t
+	}
+}
+
+func (v *sourceVisitor) Attribute(key, value []byte) {}

@@ -12,11 +12,9 @@
 package verify
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"cmp"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -25,21 +23,23 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/internal/pipeline"
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify/format"
@@ -63,6 +63,12 @@ type Options struct {
 	Evaluator Evaluator
 	// Progress, if set, is called after each check passes.
 	Progress func(Check)
+	// Limits bound what is unpacked from a .tar.gz; zero means DefaultLimits.
+	Limits Limits
+	// Witnesses, if set, must accept the package's checkpoint note once its
+	// log signature verified (grantline verify --witness-policy passes
+	// witness.VerifyQuorum); it returns what it found, for the report.
+	Witnesses func(checkpointNote []byte, log note.Verifier) (string, error)
 }
 
 // Check is one passed check.
@@ -91,7 +97,9 @@ type CheckError struct {
 	Err   error
 }
 
-func (e *CheckError) Error() string { return fmt.Sprintf("%s: %s: %v", e.File, e.Check, e.Err) }
+func (e *CheckError) Error() string {
+	return fmt.Sprintf("%s: %s: %v", textsafe.Quote(e.File), e.Check, e.Err)
+}
 func (e *CheckError) Unwrap() error { return e.Err }
 
 // ErrVerification is wrapped by every CheckError's Err when the package
@@ -126,7 +134,7 @@ const (
 // re-running the recorded rules. It returns the report of passed checks, or
 // a *CheckError naming the file and the check that failed.
 func Verify(ctx context.Context, pkgPath string, keys Keys, opts Options) (*Report, error) {
-	dir, cleanup, err := openPackage(pkgPath)
+	dir, cleanup, err := openPackage(pkgPath, opts.Limits)
 	if err != nil {
 		return nil, err
 	}
@@ -320,6 +328,13 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 	}
 	v.rep.Origin, v.rep.Size, v.rep.Root = cp.Origin, cp.Size, cp.Root
 	v.pass(file, "checkpoint signature", "origin %q, size %d, root %x", cp.Origin, cp.Size, cp.Root[:])
+	if v.opts.Witnesses != nil {
+		detail, err := v.opts.Witnesses(b, nv)
+		if err != nil {
+			return fail(file, "witness quorum", "%v", err)
+		}
+		v.pass(file, "witness quorum", "%s", detail)
+	}
 
 	if v.opts.Since == nil {
 		return nil
@@ -339,7 +354,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 		return nil
 	}
 	if _, ok := v.digests[format.FileConsistency]; !ok {
-		return fail(format.FileConsistency, "consistency proof", "--since needs a proof from size %d, but the package has no %s: export with --since-size %d", old.Size, format.FileConsistency, old.Size)
+		return fail(format.FileConsistency, "consistency proof", "--since needs a proof from size %d, but the package has no %s: export again with --since and the same checkpoint file ('grantline evidence export --since OLD_CHECKPOINT ...')", old.Size, format.FileConsistency)
 	}
 	cb, err := v.readSmall(format.FileConsistency)
 	if err != nil {
@@ -359,7 +374,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 		v.pass(format.FileConsistency, "consistency proof", "the tree of the --since checkpoint (size %d) is a prefix of size %d", old.Size, cp.Size)
 		return nil
 	}
-	return fail(format.FileConsistency, "consistency proof", "no proof from size %d to %d: export with --since-size %d", old.Size, cp.Size, old.Size)
+	return fail(format.FileConsistency, "consistency proof", "no proof from size %d to %d: export again with --since and the same checkpoint file ('grantline evidence export --since OLD_CHECKPOINT ...')", old.Size, cp.Size)
 }
 
 // ParseEntryLine parses one line of entries.jsonl strictly (unknown fields
@@ -383,25 +398,12 @@ func ParseEntryLine(line []byte) (format.EntryLine, error) {
 	return e, nil
 }
 
-// DecodeLeaf decodes leaf bytes into an entry without re-encoding them.
-func DecodeLeaf(leaf []byte) (*pb.Entry, error) {
-	var ent pb.Entry
-	if err := proto.Unmarshal(leaf, &ent); err != nil {
-		return nil, err
-	}
-	if ent.GetEvent() == nil {
-		return nil, errors.New("leaf holds no event")
-	}
-	return &ent, nil
-}
-
-// entryBatch is a run of consecutive entries.jsonl lines checked by one
-// worker; done is closed when out is filled.
+// entryBatch is a run of consecutive entries.jsonl lines, checked by one
+// worker into out.
 type entryBatch struct {
 	firstLine uint64
 	lines     [][]byte
 	out       []checkedEntry
-	done      chan struct{}
 }
 
 // checkedEntry is one line after the order-independent checks.
@@ -426,55 +428,23 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 		return err
 	}
 	defer f.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		cancel() // unblocks the reader, which closes work, which ends the workers
-		wg.Wait()
-	}()
 	workers := max(1, runtime.GOMAXPROCS(0))
-	work := make(chan *entryBatch, workers)
-	ordered := make(chan *entryBatch, 2*workers)
-	for range workers {
-		wg.Go(func() {
-			for b := range work {
-				b.out = make([]checkedEntry, len(b.lines))
-				for i, line := range b.lines {
-					b.out[i] = v.checkLine(b.firstLine+uint64(i), line)
-				}
-				close(b.done)
-			}
+	read := func(ctx context.Context, emit func(*entryBatch) error) error {
+		return readLines(ctx, f, func(first uint64, lines [][]byte) error {
+			return emit(&entryBatch{firstLine: first, lines: lines})
 		})
 	}
-	readErr := make(chan error, 1)
-	go func() {
-		defer close(ordered)
-		defer close(work)
-		readErr <- readLines(ctx, f, func(first uint64, lines [][]byte) bool {
-			b := &entryBatch{firstLine: first, lines: lines, done: make(chan struct{})}
-			select {
-			case ordered <- b:
-			case <-ctx.Done():
-				return false
-			}
-			select {
-			case work <- b:
-			case <-ctx.Done():
-				return false
-			}
-			return true
-		})
-	}()
-
+	check := func(_ context.Context, b *entryBatch) *entryBatch {
+		b.out = make([]checkedEntry, len(b.lines))
+		for i, line := range b.lines {
+			b.out[i] = v.checkLine(b.firstLine+uint64(i), line)
+		}
+		return b
+	}
 	v.chains = map[string][]stored{}
 	v.events = map[uint64]string{}
 	var count, next uint64
-	for b := range ordered {
-		select {
-		case <-b.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	collect := func(b *entryBatch) error {
 		for i, c := range b.out {
 			lineNo := b.firstLine + uint64(i)
 			if c.err != nil {
@@ -488,8 +458,9 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 			v.events[c.index] = c.eventID
 			count++
 		}
+		return nil
 	}
-	if err := <-readErr; err != nil {
+	if err := pipeline.Ordered(ctx, workers, 3*workers, read, check, collect); err != nil {
 		return err
 	}
 	v.rep.Entries = count
@@ -500,8 +471,8 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 }
 
 // readLines calls batch with runs of up to entryBatchSize lines (copies)
-// of r, numbering lines from 1; it stops early when batch returns false.
-func readLines(ctx context.Context, r io.Reader, batch func(first uint64, lines [][]byte) bool) error {
+// of r, numbering lines from 1; it stops at the first error batch returns.
+func readLines(ctx context.Context, r io.Reader, batch func(first uint64, lines [][]byte) error) error {
 	const file = format.FileEntries
 	br := bufio.NewReaderSize(r, 1<<20)
 	var lines [][]byte
@@ -530,8 +501,11 @@ func readLines(ctx context.Context, r io.Reader, batch func(first uint64, lines 
 			lines = append(lines, line)
 		}
 		if len(lines) == entryBatchSize || err == io.EOF && len(lines) > 0 {
-			if ctx.Err() != nil || !batch(first, lines) {
-				return ctx.Err()
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := batch(first, lines); err != nil {
+				return err
 			}
 			first, lines = lineNo+1, nil
 		}
@@ -557,7 +531,7 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, e.Index, v.cp.Size, lh, e.InclusionProof, v.cp.Root[:]); err != nil {
 		return checkedEntry{err: fail(file, "inclusion proof", "%s: the leaf is not in the checkpoint's tree: %v", where, err)}
 	}
-	ent, err := DecodeLeaf(e.Leaf)
+	ent, err := event.DecodeLeaf(e.Leaf)
 	if err != nil {
 		return checkedEntry{err: fail(file, "leaf decoding", "%s: %v", where, err)}
 	}
@@ -634,7 +608,7 @@ func (v *verifier) Chain(_ context.Context, subject string) ([]rules.Entry, erro
 	st := v.chains[subject]
 	out := make([]rules.Entry, 0, len(st))
 	for _, s := range st {
-		ent, err := DecodeLeaf(s.leaf)
+		ent, err := event.DecodeLeaf(s.leaf)
 		if err != nil {
 			return nil, err
 		}
@@ -721,7 +695,7 @@ func diffFinding(a, b format.Finding) string {
 	case a.Title != b.Title:
 		return fmt.Sprintf("title %q, re-evaluated %q", a.Title, b.Title)
 	case !slices.Equal(a.Controls, b.Controls):
-		return fmt.Sprintf("controls %v, re-evaluated %v", a.Controls, b.Controls)
+		return fmt.Sprintf("controls %q, re-evaluated %q", a.Controls, b.Controls)
 	case !slices.Equal(a.Entries, b.Entries):
 		return fmt.Sprintf("entries %v, re-evaluated %v", a.Entries, b.Entries)
 	case a.Message != b.Message:
@@ -778,83 +752,4 @@ func (v *verifier) checkAssessment() error {
 	}
 	v.pass(file, "back-matter hashes", "%d package files referenced with matching SHA-256", n)
 	return nil
-}
-
-// openPackage returns a folder holding the package: p itself, or a
-// temporary folder the .tar.gz at p was safely extracted to.
-func openPackage(p string) (string, func(), error) {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return "", nil, fmt.Errorf("opening package: %w", err)
-	}
-	if fi.IsDir() {
-		return p, func() {}, nil
-	}
-	tmp, err := os.MkdirTemp("", "grantline-verify-*")
-	if err != nil {
-		return "", nil, err
-	}
-	cleanup := func() { os.RemoveAll(tmp) }
-	if err := extractTarGz(p, tmp); err != nil {
-		cleanup()
-		return "", nil, err
-	}
-	return tmp, cleanup, nil
-}
-
-func extractTarGz(src, dst string) error {
-	name := filepath.Base(src)
-	f, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("opening package: %w", err)
-	}
-	defer f.Close()
-	gz, err := gzip.NewReader(f)
-	if err != nil {
-		return fail(name, "archive", "not a .tar.gz file (%v): pass a package folder or the .tar.gz that export --tar wrote", err)
-	}
-	tr := tar.NewReader(gz)
-	prefix := ""
-	seen := map[string]bool{}
-	for i := 0; ; i++ {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fail(name, "archive", "reading member %d: %v", i+1, err)
-		}
-		if hdr.Typeflag == tar.TypeDir {
-			continue
-		}
-		clean := path.Clean(hdr.Name)
-		dir, base := path.Split(clean)
-		if i == 0 || prefix == "" && len(seen) == 0 {
-			prefix = dir
-		}
-		if dir != prefix || strings.Contains(dir, "..") || path.IsAbs(clean) {
-			return fail(name, "archive", "member %q is outside the package folder", hdr.Name)
-		}
-		if hdr.Typeflag != tar.TypeReg {
-			return fail(base, "no unlisted files", "archive member %q is not a regular file", hdr.Name)
-		}
-		if !format.Known(base) {
-			return fail(base, "no unlisted files", "%q is not a file of an evidence package", base)
-		}
-		if seen[base] {
-			return fail(base, "no unlisted files", "the archive holds %q twice", base)
-		}
-		seen[base] = true
-		out, err := os.OpenFile(filepath.Join(dst, base), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(out, tr)
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fail(name, "archive", "extracting %q: %v", hdr.Name, err)
-		}
-	}
 }

@@ -8,13 +8,17 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/internal/textsafe"
+	"github.com/grantline/grantline/ledger/witness"
 	"github.com/grantline/grantline/verify"
 )
 
 func init() {
 	register(&command{
 		name:    "verify",
-		usage:   "DIR|FILE.tar.gz --log-key FILE --evidence-key FILE [--since OLD_CHECKPOINT] [--quiet]",
+		usage:   "DIR|FILE.tar.gz --log-key FILE --evidence-key FILE [--since OLD_CHECKPOINT] [--witness-policy FILE] [--quiet]",
 		summary: "verify an evidence package offline: signatures, digests, inclusion proofs, and the findings re-derived",
 		run:     runVerifyCmd,
 	})
@@ -27,6 +31,7 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		evidenceKey = fs.String("evidence-key", "", "the evidence signer's PEM public key (DATA/keys/evidence.pub); required")
 		since       = fs.String("since", "", "an older signed checkpoint you kept: check the log only grew since")
 		quiet       = fs.Bool("quiet", false, "print only the verdict")
+		policyFile  = fs.String("witness-policy", "", "witness policy file: require the checkpoint to carry cosignatures from its quorum (docs/witnessing.md)")
 	)
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -54,22 +59,41 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			return &exitError{code: 2, msg: fmt.Sprintf("--since: %v", err)}
 		}
 	}
+	if *policyFile != "" {
+		policy, err := witness.LoadPolicy(*policyFile)
+		if err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--witness-policy: %v", err)}
+		}
+		opts.Witnesses = func(n []byte, logKey note.Verifier) (string, error) {
+			v, err := witness.VerifyQuorum(n, logKey, policy)
+			if err != nil {
+				return "", err
+			}
+			var who []string
+			for _, c := range v.Cosignatures {
+				who = append(who, fmt.Sprintf("%s at %s", c.Witness, c.Time.Format(time.RFC3339)))
+			}
+			return fmt.Sprintf("cosigned by %d of %d witnesses (quorum %d): %s", len(v.Cosignatures), len(policy.Witnesses), policy.Quorum, strings.Join(who, ", ")), nil
+		}
+	}
 	if !*quiet {
 		opts.Progress = func(c verify.Check) {
-			fmt.Fprintf(env.stdout, "ok    %-24s %-22s %s\n", c.File, c.Name, c.Detail)
+			fmt.Fprintf(env.stdout, "ok    %-24s %-22s %s\n", textsafe.Quote(c.File), c.Name, textsafe.Escape(c.Detail))
 		}
 	}
 	start := time.Now()
 	rep, err := verify.Verify(ctx, rest[0], verify.Keys{LogKey: string(lk), EvidenceKey: ek}, opts)
 	var ce *verify.CheckError
 	if errors.As(err, &ce) {
-		fmt.Fprintf(env.stdout, "FAIL  %-24s %-22s %s\n", ce.File, ce.Check, strings.TrimPrefix(ce.Err.Error(), verify.ErrVerification.Error()+": "))
-		return &exitError{code: 1, msg: fmt.Sprintf("%s does not verify: %s: %s failed", rest[0], ce.File, ce.Check)}
+		// Names and messages come from the package: quoted and escaped so
+		// a hostile package cannot fake output with terminal escapes.
+		fmt.Fprintf(env.stdout, "FAIL  %-24s %-22s %s\n", textsafe.Quote(ce.File), ce.Check, textsafe.Escape(strings.TrimPrefix(ce.Err.Error(), verify.ErrVerification.Error()+": ")))
+		return &exitError{code: 1, msg: fmt.Sprintf("%s does not verify: %s: %s failed", textsafe.Quote(rest[0]), textsafe.Quote(ce.File), ce.Check)}
 	}
 	if err != nil {
-		return &exitError{code: 1, msg: fmt.Sprintf("%s: %v", rest[0], err)}
+		return &exitError{code: 1, msg: fmt.Sprintf("%s: %s", textsafe.Quote(rest[0]), textsafe.Escape(err.Error()))}
 	}
 	fmt.Fprintf(env.stdout, "verified %s: %d checks passed in %s; checkpoint %s size %d, %d entries, %d findings reproduced as of %s\n",
-		rest[0], len(rep.Checks), time.Since(start).Round(time.Millisecond), rep.Origin, rep.Size, rep.Entries, rep.Findings, rep.AsOf.Format(time.RFC3339))
+		textsafe.Quote(rest[0]), len(rep.Checks), time.Since(start).Round(time.Millisecond), textsafe.Quote(rep.Origin), rep.Size, rep.Entries, rep.Findings, rep.AsOf.Format(time.RFC3339))
 	return nil
 }
