@@ -111,6 +111,12 @@ func (w *windowVal) Equal(other ref.Val) ref.Val {
 func (w *windowVal) Type() ref.Type { return windowType }
 func (w *windowVal) Value() any     { return w }
 
+// listElem is the element of the CEL list l (over gs) that holds g, so that
+// later field access sees the list's own cached value.
+func listElem(l traits.Lister, gs []*Grant, g *Grant) ref.Val {
+	return l.Get(types.Int(slices.Index(gs, g)))
+}
+
 // earliest is the first of evs in chain order, or nil.
 func earliest(evs []*Event) *Event {
 	var best *Event
@@ -178,6 +184,30 @@ func overlapIn(g, h *Grant, from, to time.Time) bool {
 	return true
 }
 
+// sodConflict finds, among grants (in chain order), the latest grant of
+// entitlement a that was in force together with a grant of entitlement b at
+// some instant of [from, to], and the latest such grant of b; nil, nil when
+// there is none. O(|a grants| x |b grants|) plain comparisons.
+func sodConflict(grants []*Grant, a, b string, from, to time.Time) (*Grant, *Grant) {
+	var as, bs []*Grant
+	for _, g := range grants {
+		switch g.Entitlement {
+		case a:
+			as = append(as, g)
+		case b:
+			bs = append(bs, g)
+		}
+	}
+	for i := len(as) - 1; i >= 0; i-- {
+		for j := len(bs) - 1; j >= 0; j-- {
+			if overlapIn(as[i], bs[j], from, to) {
+				return as[i], bs[j]
+			}
+		}
+	}
+	return nil, nil
+}
+
 // overlap is the window in which g and h were both in force: from the later
 // grant event until the earlier first end.
 func overlap(g, h *Grant) *windowVal {
@@ -234,6 +264,27 @@ func asEvents(v ref.Val) ([]*Event, bool) {
 			return nil, false
 		}
 		out = append(out, e)
+	}
+	return out, true
+}
+
+// asGrants unwraps a CEL list of grants.
+func asGrants(v ref.Val) ([]*Grant, bool) {
+	if gs, ok := v.Value().([]*Grant); ok {
+		return gs, true
+	}
+	l, ok := v.(traits.Lister)
+	if !ok {
+		return nil, false
+	}
+	n := int(l.Size().(types.Int))
+	out := make([]*Grant, 0, n)
+	for i := range n {
+		g, ok := asGrant(l.Get(types.Int(i)))
+		if !ok {
+			return nil, false
+		}
+		out = append(out, g)
 	}
 	return out, true
 }
@@ -363,6 +414,26 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					}
 					return types.NewDynamicList(types.DefaultTypeAdapter, out)
 				}))),
+		cel.Function("nextAfter",
+			cel.Overload("nextAfter_list_event", []*cel.Type{cel.ListType(eventType), eventType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					evs, ok1 := asEvents(a)
+					e, ok2 := asEvent(b)
+					if !ok1 || !ok2 {
+						return types.NewErr("nextAfter: want (list of events, event)")
+					}
+					// The list is in chain order: binary search.
+					i, _ := slices.BinarySearchFunc(evs, e, func(x, e *Event) int {
+						if chainOrder(x, e) > 0 {
+							return 1
+						}
+						return -1
+					})
+					if i >= len(evs) {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i))})
+				}))),
 		cel.Function("lapses",
 			cel.Overload("lapses_grant_list_duration_timestamp_timestamp",
 				[]*cel.Type{grantType, cel.ListType(eventType), cel.DurationType, cel.TimestampType, cel.TimestampType}, cel.ListType(windowType),
@@ -380,6 +451,25 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 						out = append(out, w)
 					}
 					return types.NewDynamicList(types.DefaultTypeAdapter, out)
+				}))),
+		cel.Function("sodConflict",
+			cel.Overload("sodConflict_list_string_string_timestamp_timestamp",
+				[]*cel.Type{cel.ListType(grantType), cel.StringType, cel.StringType, cel.TimestampType, cel.TimestampType}, cel.ListType(grantType),
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					gs, ok1 := asGrants(args[0])
+					a, ok2 := args[1].(types.String)
+					b, ok3 := args[2].(types.String)
+					from, ok4 := asTimestamp(args[3])
+					to, ok5 := asTimestamp(args[4])
+					if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
+						return types.NewErr("sodConflict: want (grants, string, string, timestamp, timestamp)")
+					}
+					g, h := sodConflict(gs, string(a), string(b), from, to)
+					if g == nil {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					l := args[0].(traits.Lister)
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{listElem(l, gs, g), listElem(l, gs, h)})
 				}))),
 		cel.Function("overlapIn",
 			cel.Overload("overlapIn_grant_grant_timestamp_timestamp", []*cel.Type{grantType, grantType, cel.TimestampType, cel.TimestampType}, cel.BoolType,

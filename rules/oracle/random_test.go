@@ -84,8 +84,8 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 }
 
 // TestCatalogMatchesOracleRandom is a differential test on adversarial
-// random chains: every disagreement is a misreading of docs/rules.md
-// (its rules, or "Periods") on one side. Each draw is evaluated at an
+// random chains: every disagreement is a misreading of docs/rules.md on one
+// side (its catalog section, or "Periods"). Each draw is evaluated at an
 // instant and over a period, comparing the cited entries, exposure and
 // when each finding opened and closed.
 func TestCatalogMatchesOracleRandom(t *testing.T) {
