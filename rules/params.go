@@ -19,7 +19,10 @@ type param struct {
 	pos   string
 }
 
-var sodPairsType = cel.ListType(cel.ListType(cel.StringType))
+var (
+	sodPairsType   = cel.ListType(cel.ListType(cel.StringType))
+	stringListType = cel.ListType(cel.StringType)
+)
 
 // globalParams are the defaults of RULES.md; every rule may read them.
 var globalParams = map[string]param{
@@ -33,6 +36,10 @@ var globalParams = map[string]param{
 	"breakglass_review_within": {cel.DurationType, 72 * time.Hour, ""},
 	"mover_review_within":      {cel.DurationType, 720 * time.Hour, ""},
 	"sod_pairs":                {sodPairsType, [][]string{}, ""},
+	// Sources (source.system) that end grants at expires_at themselves, so
+	// grant-overstayed-expiry does not ask them for an end event
+	// (docs/rules.md, "Expiry the source enforces").
+	"expiry_enforced_by": {stringListType, []string{}, ""},
 }
 
 var globalParamNames = func() []string {
@@ -130,6 +137,18 @@ func parseParam(file, name string, n *yaml.Node, want *cel.Type) (param, error) 
 			pairs = append(pairs, []string{it.Content[0].Value, it.Content[1].Value})
 		}
 		return param{typ: sodPairsType, value: pairs}, nil
+	case want == stringListType:
+		if n.Kind != yaml.SequenceNode {
+			return param{}, fmt.Errorf("%s: want a list of strings such as [entra-pim, teleport]", where)
+		}
+		ss := []string{}
+		for _, it := range n.Content {
+			if it.Kind != yaml.ScalarNode {
+				return param{}, fmt.Errorf("%s:%d:%d: param %s: want a list of strings", file, it.Line, it.Column, name)
+			}
+			ss = append(ss, it.Value)
+		}
+		return param{typ: stringListType, value: ss}, nil
 	case want != nil:
 		return param{}, fmt.Errorf("%s: unsupported type %s", where, want)
 	case n.Kind == yaml.SequenceNode:

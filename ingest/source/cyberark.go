@@ -328,11 +328,15 @@ func cefExtension(ext string) map[string]string {
 		if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 			v = v[1 : len(v)-1]
 		}
-		r := strings.NewReplacer(`\=`, "=", `\\`, `\`, `\n`, "\n", `\r`, "\r")
-		kv[key] = r.Replace(v)
+		if strings.IndexByte(v, '\\') >= 0 {
+			v = cefUnescape.Replace(v)
+		}
+		kv[key] = v
 	}
 	return kv
 }
+
+var cefUnescape = strings.NewReplacer(`\=`, "=", `\\`, `\`, `\n`, "\n", `\r`, "\r")
 
 func isKeyByte(b byte) bool {
 	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_'

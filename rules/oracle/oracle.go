@@ -5,6 +5,7 @@
 package oracle
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -30,6 +31,9 @@ type Params struct {
 	RevokeGrace, JITGrace, DeprovisionSLA, ReviewInterval, DormantAfter      time.Duration
 	MaxCredentialAge, MaxCheckout, BreakglassReviewWithin, MoverReviewWithin time.Duration
 	SoDPairs                                                                 [][2]string
+	// ExpiryEnforcedBy lists the source systems that end grants at
+	// expires_at themselves; grant-overstayed-expiry skips their grants.
+	ExpiryEnforcedBy []string
 }
 
 // Defaults are RULES.md's defaults.
@@ -224,7 +228,7 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 				}
 			}
 			// 3 grant-overstayed-expiry
-			if ev.GetExpiresAt() != nil {
+			if ev.GetExpiresAt() != nil && !slices.Contains(p.ExpiryEnforcedBy, ev.GetSource().GetSystem()) {
 				deadline := ev.GetExpiresAt().AsTime().Add(p.RevokeGrace)
 				if now.After(deadline) && !c.endedBy(g, deadline) {
 					late, ok := c.lateEnd(g, deadline)

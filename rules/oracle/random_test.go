@@ -46,7 +46,7 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 				Id:     fmt.Sprintf("e%d", idx),
 				Type:   pick(vocabulary...),
 				Time:   timestamppb.New(when()),
-				Source: &pb.Source{System: "t"},
+				Source: &pb.Source{System: pick("t", "pim")},
 				Subject: &pb.Identity{Id: s, Kind: kind,
 					OwnerId: owner},
 				Actor:       &pb.Identity{Id: pick("alice", "bob", "carol", s)},
@@ -88,7 +88,7 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\n"))
+	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\nexpiry_enforced_by: [pim]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +98,7 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	}
 	pp := oracle.Defaults()
 	pp.SoDPairs = [][2]string{{"ent-a", "ent-b"}}
+	pp.ExpiryEnforcedBy = []string{"pim"}
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	draws := 300
 	if testing.Short() {
