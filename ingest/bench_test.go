@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -21,12 +22,12 @@ type nullLedger struct {
 	commit time.Duration
 }
 
-func (l *nullLedger) Append(ctx context.Context, evs []*pb.Event) ([]AppendResult, uint64, error) {
+func (l *nullLedger) Append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendResult, uint64, error) {
 	if l.commit > 0 {
 		time.Sleep(l.commit) // stands in for one group-commit fsync
 	}
 	end := l.next.Add(uint64(len(evs)))
-	out := make([]AppendResult, len(evs))
+	out := make([]ledger.AppendResult, len(evs))
 	for i := range out {
 		out[i].Index = end - uint64(len(evs)) + uint64(i)
 	}

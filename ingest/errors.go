@@ -10,6 +10,8 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/grantline/grantline/ledger"
 )
 
 // Errors of authorisation, checked with errors.Is.
@@ -26,7 +28,7 @@ var (
 // wait before retrying a ResourceExhausted append.
 const RetryAfterKey = "Retry-After-Ms"
 
-// PushbackRetryAfter is the retry hint given with ErrPushback.
+// PushbackRetryAfter is the retry hint given with ledger.ErrPushback.
 const PushbackRetryAfter = 200 * time.Millisecond
 
 // connectError is the one place where domain errors become Connect codes.
@@ -41,13 +43,13 @@ func connectError(err error) error {
 	}
 	var code connect.Code
 	switch {
-	case errors.Is(err, ErrInvalid), errors.Is(err, ErrTooLarge):
+	case errors.Is(err, ErrInvalid), errors.Is(err, ledger.ErrTooLarge):
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, ErrUnauthenticated):
 		code = connect.CodeUnauthenticated
 	case errors.Is(err, ErrPermission):
 		code = connect.CodePermissionDenied
-	case errors.Is(err, ErrPushback):
+	case errors.Is(err, ledger.ErrPushback):
 		ce := connect.NewError(connect.CodeResourceExhausted,
 			fmt.Errorf("%w; nothing of this request was stored: retry after %s", err, PushbackRetryAfter))
 		ce.Meta().Set(RetryAfterKey, strconv.FormatInt(PushbackRetryAfter.Milliseconds(), 10))
@@ -55,16 +57,16 @@ func connectError(err error) error {
 			ce.AddDetail(d)
 		}
 		return ce
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, ledger.ErrNotFound):
 		code = connect.CodeNotFound
-	case errors.Is(err, ErrOutOfRange):
+	case errors.Is(err, ledger.ErrOutOfRange):
 		code = connect.CodeOutOfRange
-	case errors.Is(err, ErrClosed):
+	case errors.Is(err, ledger.ErrClosed):
 		code = connect.CodeUnavailable
-	case errors.Is(err, ErrStorage):
+	case errors.Is(err, ledger.ErrStorage):
 		code = connect.CodeUnavailable
 		err = fmt.Errorf("%w; nothing of this request was acknowledged: retry later", err)
-	case errors.Is(err, ErrCorrupt):
+	case errors.Is(err, ledger.ErrCorrupt):
 		code = connect.CodeDataLoss
 	case errors.Is(err, context.Canceled):
 		code = connect.CodeCanceled

@@ -12,6 +12,7 @@ import (
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
+	"github.com/grantline/grantline/rules"
 )
 
 // MaxEvaluateSubjects bounds the subjects one Evaluate request may name.
@@ -39,7 +40,10 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 		return nil, err
 	}
 	want := req.Msg.GetRules()
-	known := ev.RuleIDs()
+	var known []string
+	for _, r := range ev.Rules() {
+		known = append(known, r.ID)
+	}
 	for i, id := range want {
 		if !slices.Contains(known, id) {
 			return nil, &FieldError{fmt.Sprintf("rules[%d]", i), fmt.Sprintf("unknown rule %q; loaded rules: %v", clip(id), known)}
@@ -60,13 +64,18 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 		SubjectsEvaluated: uint64(res.Subjects), EntriesEvaluated: uint64(res.Entries),
 	}
 	for _, f := range res.Findings {
-		if len(want) == 0 || slices.Contains(want, f.GetRule()) {
-			resp.Findings = append(resp.Findings, f)
+		if len(want) == 0 || slices.Contains(want, f.Rule) {
+			pf := &pb.Finding{Rule: f.Rule, Subject: f.Subject, Severity: f.Severity, Message: f.Message,
+				ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls}
+			for _, e := range f.Entries {
+				pf.Entries = append(pf.Entries, &pb.EntryRef{Index: e.Index, EventId: e.EventID})
+			}
+			resp.Findings = append(resp.Findings, pf)
 		}
 	}
 	for _, e := range res.Errors {
-		if len(want) == 0 || slices.Contains(want, e.GetRule()) {
-			resp.Errors = append(resp.Errors, e)
+		if len(want) == 0 || slices.Contains(want, e.Rule) {
+			resp.Errors = append(resp.Errors, &pb.RuleError{Rule: e.Rule, Subject: e.Subject, Message: e.Message})
 		}
 	}
 	return connect.NewResponse(resp), nil
@@ -164,14 +173,16 @@ func (s *Server) subjects(ctx context.Context, size uint64, want []string) ([]st
 	return all, err
 }
 
-// chainSource reads subject chains from the ledger at a fixed tree size.
+// chainSource is the rules engine's ChainSource over the ledger at a fixed
+// tree size. It hands over leaves undecoded: the engine decodes them
+// straight into its views.
 type chainSource struct {
 	l    Ledger
 	size uint64
 }
 
-func (c *chainSource) Chain(ctx context.Context, subject string) ([]ChainEntry, error) {
-	var out []ChainEntry
+func (c *chainSource) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
+	var out []rules.Entry
 	start := uint64(0)
 	for {
 		ents, err := c.l.SubjectEntries(ctx, subject, c.size, start, MaxPageSize)
@@ -179,7 +190,7 @@ func (c *chainSource) Chain(ctx context.Context, subject string) ([]ChainEntry, 
 			return nil, fmt.Errorf("reading the chain of %q: %w", subject, err)
 		}
 		for _, e := range ents {
-			out = append(out, ChainEntry{Index: e.Index, Leaf: e.Leaf})
+			out = append(out, rules.Entry{Index: e.Index, Leaf: e.Leaf})
 		}
 		if len(ents) < MaxPageSize {
 			return out, nil

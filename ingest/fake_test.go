@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -37,8 +39,8 @@ type fakeLedger struct {
 	keys     map[string]uint64
 	byHash   map[[32]byte]uint64
 	subjects map[string][]uint64
-	cps      map[uint64]Checkpoint
-	latest   Checkpoint
+	cps      map[uint64]ledger.Checkpoint
+	latest   ledger.Checkpoint
 	clock    time.Time
 
 	// Faults.
@@ -65,7 +67,7 @@ func newFakeLedger(t *testing.T) *fakeLedger {
 	l := &fakeLedger{
 		t: t, signer: signer, verifier: verifier,
 		tree: testonly.New(rfc6962.DefaultHasher), keys: map[string]uint64{},
-		byHash: map[[32]byte]uint64{}, subjects: map[string][]uint64{}, cps: map[uint64]Checkpoint{},
+		byHash: map[[32]byte]uint64{}, subjects: map[string][]uint64{}, cps: map[uint64]ledger.Checkpoint{},
 		clock: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
 	}
 	l.publishLocked()
@@ -81,12 +83,12 @@ func (l *fakeLedger) publishLocked() {
 	if err != nil {
 		l.t.Errorf("signing checkpoint: %v", err)
 	}
-	cp := Checkpoint{Size: size, Root: root, Note: signed}
+	cp := ledger.Checkpoint{Size: size, Root: root, Note: signed}
 	l.cps[size] = cp
 	l.latest = cp
 }
 
-func (l *fakeLedger) Append(ctx context.Context, evs []*pb.Event) ([]AppendResult, uint64, error) {
+func (l *fakeLedger) Append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendResult, uint64, error) {
 	for i, ev := range evs {
 		if err := validateEvent(ev, time.Now()); err != nil {
 			l.t.Errorf("contract: ledger handed an invalid event %d: %v", i, err)
@@ -107,11 +109,11 @@ func (l *fakeLedger) Append(ctx context.Context, evs []*pb.Event) ([]AppendResul
 	if l.onAppend != nil {
 		l.onAppend(len(evs))
 	}
-	out := make([]AppendResult, len(evs))
+	out := make([]ledger.AppendResult, len(evs))
 	for i, ev := range evs {
 		key := ev.GetSource().GetSystem() + "\x00" + ev.GetId()
 		if idx, ok := l.keys[key]; ok {
-			out[i] = AppendResult{Index: idx, LeafHash: LeafHashOf(l.leaves[idx]), Duplicate: true}
+			out[i] = ledger.AppendResult{Index: idx, LeafHash: LeafHashOf(l.leaves[idx]), Duplicate: true}
 			continue
 		}
 		l.clock = l.clock.Add(time.Millisecond)
@@ -127,7 +129,7 @@ func (l *fakeLedger) Append(ctx context.Context, evs []*pb.Event) ([]AppendResul
 		l.byHash[h] = idx
 		sub := ev.GetSubject().GetId()
 		l.subjects[sub] = append(l.subjects[sub], idx)
-		out[i] = AppendResult{Index: idx, LeafHash: h}
+		out[i] = ledger.AppendResult{Index: idx, LeafHash: h}
 	}
 	l.appends++
 	l.publishLocked()
@@ -140,33 +142,33 @@ func LeafHashOf(leaf []byte) (h [32]byte) {
 	return h
 }
 
-func (l *fakeLedger) Latest() Checkpoint {
+func (l *fakeLedger) Latest() ledger.Checkpoint {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.latest
 }
 
-func (l *fakeLedger) CheckpointAt(_ context.Context, size uint64) (Checkpoint, error) {
+func (l *fakeLedger) CheckpointAt(_ context.Context, size uint64) (ledger.Checkpoint, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	cp, ok := l.cps[size]
 	if !ok {
-		return Checkpoint{}, fmt.Errorf("checkpoint %d: %w", size, ErrNotFound)
+		return ledger.Checkpoint{}, fmt.Errorf("checkpoint %d: %w", size, ledger.ErrNotFound)
 	}
 	return cp, nil
 }
 
-func (l *fakeLedger) Entries(_ context.Context, start, count uint64) ([]Entry, error) {
+func (l *fakeLedger) Entries(_ context.Context, start, count uint64) ([]ledger.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := uint64(len(l.leaves))
 	if start >= n {
-		return nil, fmt.Errorf("entries from %d: %w", start, ErrOutOfRange)
+		return nil, fmt.Errorf("entries from %d: %w", start, ledger.ErrOutOfRange)
 	}
 	end := min(n, start+count)
-	var out []Entry
+	var out []ledger.Entry
 	for i := start; i < end; i++ {
-		out = append(out, Entry{Index: i, Leaf: l.leaves[i]})
+		out = append(out, ledger.Entry{Index: i, Leaf: l.leaves[i]})
 	}
 	return out, nil
 }
@@ -175,7 +177,7 @@ func (l *fakeLedger) InclusionProof(_ context.Context, index, size uint64) ([][]
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if index >= size || size > l.tree.Size() {
-		return nil, fmt.Errorf("inclusion %d in %d: %w", index, size, ErrOutOfRange)
+		return nil, fmt.Errorf("inclusion %d in %d: %w", index, size, ledger.ErrOutOfRange)
 	}
 	return l.tree.InclusionProof(index, size)
 }
@@ -187,7 +189,7 @@ func (l *fakeLedger) LookupLeafHash(_ context.Context, hash []byte) (uint64, err
 	copy(h[:], hash)
 	idx, ok := l.byHash[h]
 	if !ok {
-		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
+		return 0, fmt.Errorf("leaf hash %x: %w", hash, ledger.ErrNotFound)
 	}
 	return idx, nil
 }
@@ -196,18 +198,18 @@ func (l *fakeLedger) ConsistencyProof(_ context.Context, from, to uint64) ([][]b
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if from > to || to > l.tree.Size() {
-		return nil, fmt.Errorf("consistency %d..%d: %w", from, to, ErrOutOfRange)
+		return nil, fmt.Errorf("consistency %d..%d: %w", from, to, ledger.ErrOutOfRange)
 	}
 	return l.tree.ConsistencyProof(from, to)
 }
 
-func (l *fakeLedger) SubjectEntries(_ context.Context, subject string, size, start uint64, limit int) ([]Entry, error) {
+func (l *fakeLedger) SubjectEntries(_ context.Context, subject string, size, start uint64, limit int) ([]ledger.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var out []Entry
+	var out []ledger.Entry
 	for _, idx := range l.subjects[subject] {
 		if idx >= start && idx < size && len(out) < limit {
-			out = append(out, Entry{Index: idx, Leaf: l.leaves[idx]})
+			out = append(out, ledger.Entry{Index: idx, Leaf: l.leaves[idx]})
 		}
 	}
 	return out, nil
@@ -246,7 +248,7 @@ func (l *fakeLedger) ReadTile(_ context.Context, level, index uint64, width int)
 	span := uint64(1) << (8 * level)
 	first := index * 256
 	if (first+uint64(width))*span > l.tree.Size() {
-		return nil, fmt.Errorf("tile %d/%d.p/%d: %w", level, index, width, ErrNotFound)
+		return nil, fmt.Errorf("tile %d/%d.p/%d: %w", level, index, width, ledger.ErrNotFound)
 	}
 	var out []byte
 	for i := first; i < first+uint64(width); i++ {
@@ -260,7 +262,7 @@ func (l *fakeLedger) ReadEntryBundle(_ context.Context, index uint64, width int)
 	defer l.mu.Unlock()
 	first := index * 256
 	if first+uint64(width) > uint64(len(l.leaves)) {
-		return nil, fmt.Errorf("bundle %d.p/%d: %w", index, width, ErrNotFound)
+		return nil, fmt.Errorf("bundle %d.p/%d: %w", index, width, ledger.ErrNotFound)
 	}
 	var out []byte
 	for _, leaf := range l.leaves[first : first+uint64(width)] {
@@ -305,15 +307,15 @@ func (l *fakeLedger) checkInvariants(t *testing.T) {
 // fakeAuth is an in-memory Authenticator; revoke takes effect at once.
 type fakeAuth struct {
 	mu     sync.Mutex
-	tokens map[string]Principal
+	tokens map[string]auth.Principal
 }
 
-func (a *fakeAuth) Authenticate(tok string) (Principal, error) {
+func (a *fakeAuth) Authenticate(tok string) (auth.Principal, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	p, ok := a.tokens[tok]
 	if !ok {
-		return Principal{}, errors.New("unknown token")
+		return auth.Principal{}, errors.New("unknown token")
 	}
 	return p, nil
 }

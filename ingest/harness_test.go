@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ingest/auth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -57,11 +58,11 @@ type testEnv struct {
 func newEnv(t *testing.T, edit ...func(*Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{ledger: newFakeLedger(t), logs: &syncBuffer{}}
-	e.auth = &fakeAuth{tokens: map[string]Principal{
-		adminTok:   {Name: "root", Role: RoleAdmin},
-		auditorTok: {Name: "audit", Role: RoleAuditor},
-		oktaTok:    {Name: "okta", Role: RoleSource},
-		pamTok:     {Name: "cyberark", Role: RoleSource},
+	e.auth = &fakeAuth{tokens: map[string]auth.Principal{
+		adminTok:   {Name: "root", Role: auth.RoleAdmin},
+		auditorTok: {Name: "audit", Role: auth.RoleAuditor},
+		oktaTok:    {Name: "okta", Role: auth.RoleSource},
+		pamTok:     {Name: "cyberark", Role: auth.RoleSource},
 	}}
 	cfg := Config{
 		Ledger: e.ledger, Auth: e.auth,

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/rules"
 )
 
 func (e *testEnv) get(t *testing.T, path, token string) (*http.Response, []byte) {
@@ -247,10 +248,12 @@ func TestHealthAndReflection(t *testing.T) {
 // grant.activated event; it panics for the subject "panic".
 type fakeEvaluator struct{}
 
-func (fakeEvaluator) RuleIDs() []string { return []string{"jit-outlived", "other"} }
+func (fakeEvaluator) Rules() []rules.RuleInfo {
+	return []rules.RuleInfo{{ID: "jit-outlived"}, {ID: "other"}}
+}
 
-func (fakeEvaluator) Evaluate(ctx context.Context, subjects []string, src ChainSource, asOf time.Time) (*EvalResult, error) {
-	res := &EvalResult{Subjects: len(subjects)}
+func (fakeEvaluator) Evaluate(ctx context.Context, subjects []string, src rules.ChainSource, asOf time.Time) (*rules.Result, error) {
+	res := &rules.Result{Subjects: len(subjects)}
 	for _, s := range subjects {
 		if s == "panic" {
 			panic("rule engine bug")
@@ -266,8 +269,8 @@ func (fakeEvaluator) Evaluate(ctx context.Context, subjects []string, src ChainS
 				return nil, err
 			}
 			if ent.GetEvent().GetType() == "grant.activated" {
-				res.Findings = append(res.Findings, &pb.Finding{Rule: "jit-outlived", Subject: s,
-					Entries: []*pb.EntryRef{{Index: ce.Index, EventId: ent.GetEvent().GetId()}}})
+				res.Findings = append(res.Findings, rules.Finding{Rule: "jit-outlived", Subject: s,
+					Entries: []rules.EntryRef{{Index: ce.Index, EventID: ent.GetEvent().GetId()}}})
 			}
 		}
 	}

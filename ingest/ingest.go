@@ -5,67 +5,39 @@
 // (https://c2sp.org/tlog-tiles), gRPC reflection and health, structured logs and
 // Prometheus metrics. It knows nothing about storage: it talks to the ledger,
 // the authenticator, the rules engine and the evidence exporter through the
-// small interfaces declared in this file, which cmd/grantline adapts to the
-// real packages.
+// small interfaces declared in this file, in terms of those packages' own
+// types (ledger.Checkpoint, ledger.Entry, auth.Principal, rules.Result), so
+// *ledger.Log, *auth.Store and *rules.Set plug in as they are.
 package ingest
 
 import (
 	"context"
-	"errors"
 	"io"
 	"time"
 
+	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/rules"
 )
 
-// Sentinel errors the ledger adapter must wrap (errors.Is) so that ingest can
-// turn them into Connect codes. See connectError for the mapping.
-var (
-	ErrNotFound   = errors.New("not found")         // no such checkpoint, leaf or tile
-	ErrOutOfRange = errors.New("out of range")      // an index or size past the tree
-	ErrPushback   = errors.New("ledger is busy")    // the append queue is full; retry later
-	ErrClosed     = errors.New("ledger is closed")  // shutting down
-	ErrStorage    = errors.New("storage failure")   // disk full, failed fsync, I/O error
-	ErrCorrupt    = errors.New("ledger is corrupt") // stored data fails verification
-	ErrTooLarge   = errors.New("entry too large")   // a leaf over the size limit
-)
-
-// AppendResult is the outcome of appending one event.
-type AppendResult struct {
-	Index     uint64   // position in the log; the original one for a duplicate
-	LeafHash  [32]byte // RFC 6962 leaf hash of the stored entry
-	Duplicate bool     // (source.system, id) was already in the log
-}
-
-// Checkpoint is a published signed checkpoint.
-type Checkpoint struct {
-	Size uint64
-	Root [32]byte
-	Note []byte // the C2SP tlog-checkpoint signed note, verbatim
-}
-
-// Entry is one stored leaf: the deterministic protobuf encoding of pb.Entry.
-type Entry struct {
-	Index uint64
-	Leaf  []byte
-}
-
-// Ledger is what the services need from the log. All methods are safe for
-// concurrent use. Errors wrap the sentinels above.
+// Ledger is what the services need from the log; *ledger.Log implements it.
+// All methods are safe for concurrent use. Errors wrap the ledger package's
+// sentinels (ledger.ErrNotFound, ...), which connectError maps to codes.
 type Ledger interface {
 	// Append stores evs (already validated) and returns one result per event
 	// in order, and the tree size after integration. It returns only when
 	// every entry is durable (fsynced) and integrated. ErrPushback when the
 	// queue is full (nothing stored), ErrClosed, ErrStorage, ErrTooLarge.
-	Append(ctx context.Context, evs []*pb.Event) ([]AppendResult, uint64, error)
+	Append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendResult, uint64, error)
 	// Latest returns the latest published checkpoint; it never blocks.
-	Latest() Checkpoint
+	Latest() ledger.Checkpoint
 	// CheckpointAt returns the checkpoint published at size; ErrNotFound if
 	// none was.
-	CheckpointAt(ctx context.Context, size uint64) (Checkpoint, error)
+	CheckpointAt(ctx context.Context, size uint64) (ledger.Checkpoint, error)
 	// Entries returns up to count entries from start, clipped to the tree;
 	// ErrOutOfRange when start is at or past the tree size.
-	Entries(ctx context.Context, start, count uint64) ([]Entry, error)
+	Entries(ctx context.Context, start, count uint64) ([]ledger.Entry, error)
 	// InclusionProof returns the RFC 6962 audit path of index in the tree of
 	// size; ErrOutOfRange when index >= size or size is past the tree.
 	InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error)
@@ -77,7 +49,7 @@ type Ledger interface {
 	ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error)
 	// SubjectEntries returns up to limit entries of subject with start <=
 	// index < size, in index order; empty (not an error) for an unknown subject.
-	SubjectEntries(ctx context.Context, subject string, size, start uint64, limit int) ([]Entry, error)
+	SubjectEntries(ctx context.Context, subject string, size, start uint64, limit int) ([]ledger.Entry, error)
 	// ForEachSubject calls fn for every subject with an entry below size, in
 	// sorted order, stopping at fn's first error.
 	ForEachSubject(ctx context.Context, size uint64, fn func(subject string) error) error
@@ -89,74 +61,36 @@ type Ledger interface {
 }
 
 // LedgerStats is an optional upgrade a Ledger may implement to feed the
-// queue-depth metric. Safe for concurrent use.
+// queue-depth metric; *ledger.Log implements it. Safe for concurrent use.
 type LedgerStats interface {
-	QueueDepth() int // events accepted but not yet durable
+	Stats() ledger.Stats
 }
 
-// Role is a principal's role.
-type Role string
-
-// The roles of DESIGN.md.
-const (
-	RoleSource  Role = "source"  // may append events whose source.system is its name
-	RoleAuditor Role = "auditor" // reads, evaluates, exports
-	RoleAdmin   Role = "admin"   // everything
-)
-
-// Principal is an authenticated caller.
-type Principal struct {
-	Name string
-	Role Role
-}
-
-// Authenticator turns a bearer token into a principal. Authenticate returns
-// an error for an unknown or revoked token (any error means Unauthenticated);
-// it must compare in constant time, see revocations at once and be safe for
-// concurrent use. The token must never be logged.
+// Authenticator turns a bearer token into a principal; *auth.Store
+// implements it. Authenticate returns an error for an unknown or revoked
+// token (any error means Unauthenticated); it must compare in constant time,
+// see revocations at once and be safe for concurrent use. The token must
+// never be logged.
 type Authenticator interface {
-	Authenticate(token string) (Principal, error)
+	Authenticate(token string) (auth.Principal, error)
 }
 
-// ChainEntry is one entry of a subject's chain: its index and its leaf bytes
-// exactly as stored (the protobuf encoding of grantline.v1.Entry). Leaves are
-// passed undecoded so the rules engine can decode them straight into its own
-// views.
-type ChainEntry struct {
-	Index uint64
-	Leaf  []byte
-}
-
-// ChainSource reads subject chains at a fixed tree size. Chain returns the
-// subject's entries in index order; empty, not an error, for an unknown
-// subject. Safe for concurrent use.
-type ChainSource interface {
-	Chain(ctx context.Context, subject string) ([]ChainEntry, error)
-}
-
-// EvalResult is the outcome of an evaluation.
-type EvalResult struct {
-	Findings []*pb.Finding
-	Errors   []*pb.RuleError
-	Subjects int
-	Entries  int
-}
-
-// Evaluator runs the loaded rule set. Safe for concurrent use.
+// Evaluator runs the loaded rule set; *rules.Set implements it. Safe for
+// concurrent use.
 type Evaluator interface {
-	// RuleIDs lists the loaded rules.
-	RuleIDs() []string
+	// Rules lists the loaded rules.
+	Rules() []rules.RuleInfo
 	// Evaluate runs every rule over each subject's chain as of asOf.
-	Evaluate(ctx context.Context, subjects []string, src ChainSource, asOf time.Time) (*EvalResult, error)
+	Evaluate(ctx context.Context, subjects []string, src rules.ChainSource, asOf time.Time) (*rules.Result, error)
 }
 
 // ExportRequest asks for an evidence package.
 type ExportRequest struct {
-	Checkpoint Checkpoint // the resolved checkpoint the package is anchored to
+	Checkpoint ledger.Checkpoint // the resolved checkpoint the package is anchored to
 	AsOf       time.Time
-	All        bool        // every entry, not only the chains with findings
-	SinceSizes []uint64    // older checkpoint sizes to prove consistency from
-	Chains     ChainSource // subject chains at Checkpoint.Size
+	All        bool              // every entry, not only the chains with findings
+	SinceSizes []uint64          // older checkpoint sizes to prove consistency from
+	Chains     rules.ChainSource // subject chains at Checkpoint.Size, as leaves
 }
 
 // Exporter builds evidence packages. Export creates the package's files one

@@ -9,6 +9,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -45,7 +47,7 @@ func (h *ingestService) Append(ctx context.Context, req *connect.Request[pb.Appe
 type streamBatch struct {
 	seq  uint64
 	done chan struct{}
-	res  []AppendResult
+	res  []ledger.AppendResult
 	size uint64
 	err  error
 }
@@ -129,7 +131,7 @@ func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
 	if !ok {
 		return fmt.Errorf("%w: no principal", ErrUnauthenticated)
 	}
-	if p.Role == RoleSource {
+	if p.Role == auth.RoleSource {
 		for i, ev := range evs {
 			if sys := ev.GetSource().GetSystem(); sys != p.Name {
 				return fmt.Errorf("%w: events[%d].source.system: %q is not %q, the source this token belongs to; a source token may append only its own events",
@@ -141,7 +143,7 @@ func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
 }
 
 // append sends a validated batch to the ledger and records metrics.
-func (s *Server) append(ctx context.Context, evs []*pb.Event) ([]AppendResult, uint64, error) {
+func (s *Server) append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendResult, uint64, error) {
 	n := len(evs)
 	s.m.inflight.Add(float64(n))
 	defer s.m.inflight.Sub(float64(n))
@@ -168,14 +170,14 @@ func (s *Server) append(ctx context.Context, evs []*pb.Event) ([]AppendResult, u
 	return res, size, nil
 }
 
-// appendWaiting is append that retries on ErrPushback, with growing pauses,
+// appendWaiting is append that retries on ledger.ErrPushback, with growing pauses,
 // for at most wait.
-func (s *Server) appendWaiting(ctx context.Context, evs []*pb.Event, wait time.Duration) ([]AppendResult, uint64, error) {
+func (s *Server) appendWaiting(ctx context.Context, evs []*pb.Event, wait time.Duration) ([]ledger.AppendResult, uint64, error) {
 	deadline := time.Now().Add(wait)
 	pause := 5 * time.Millisecond
 	for {
 		res, size, err := s.append(ctx, evs)
-		if !errors.Is(err, ErrPushback) || time.Now().Add(pause).After(deadline) {
+		if !errors.Is(err, ledger.ErrPushback) || time.Now().Add(pause).After(deadline) {
 			return res, size, err
 		}
 		t := time.NewTimer(pause)
@@ -189,7 +191,7 @@ func (s *Server) appendWaiting(ctx context.Context, evs []*pb.Event, wait time.D
 	}
 }
 
-func toPBResults(res []AppendResult) []*pb.AppendResult {
+func toPBResults(res []ledger.AppendResult) []*pb.AppendResult {
 	out := make([]*pb.AppendResult, len(res))
 	for i, r := range res {
 		out[i] = &pb.AppendResult{Index: r.Index, LeafHash: r.LeafHash[:], Duplicate: r.Duplicate}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -182,10 +183,10 @@ func TestLedgerFaults(t *testing.T) {
 		code     connect.Code
 		fragment string
 	}{
-		{"pushback", fmt.Errorf("queue full (10000 events): %w", ErrPushback), connect.CodeResourceExhausted, "retry after"},
-		{"disk full", fmt.Errorf("%w: write: no space left on device", ErrStorage), connect.CodeUnavailable, "no space left"},
-		{"closed", ErrClosed, connect.CodeUnavailable, "closed"},
-		{"corrupt", ErrCorrupt, connect.CodeDataLoss, "corrupt"},
+		{"pushback", fmt.Errorf("queue full (10000 events): %w", ledger.ErrPushback), connect.CodeResourceExhausted, "retry after"},
+		{"disk full", fmt.Errorf("%w: write: no space left on device", ledger.ErrStorage), connect.CodeUnavailable, "no space left"},
+		{"closed", ledger.ErrClosed, connect.CodeUnavailable, "closed"},
+		{"corrupt", ledger.ErrCorrupt, connect.CodeDataLoss, "corrupt"},
 		{"unclassified", fmt.Errorf("surprise"), connect.CodeInternal, "surprise"},
 	}
 	for _, p := range protocols {

@@ -12,6 +12,7 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -29,17 +30,17 @@ type logService struct {
 
 // checkpoint resolves a tree size: 0 is the latest checkpoint, anything else
 // must be a published one.
-func (s *Server) checkpoint(ctx context.Context, field string, size uint64) (Checkpoint, error) {
+func (s *Server) checkpoint(ctx context.Context, field string, size uint64) (ledger.Checkpoint, error) {
 	latest := s.cfg.Ledger.Latest()
 	if size == 0 || size == latest.Size {
 		return latest, nil
 	}
 	if size > latest.Size {
-		return Checkpoint{}, fmt.Errorf("%w: %s %d is past the latest checkpoint (size %d)", ErrOutOfRange, field, size, latest.Size)
+		return ledger.Checkpoint{}, fmt.Errorf("%w: %s %d is past the latest checkpoint (size %d)", ledger.ErrOutOfRange, field, size, latest.Size)
 	}
 	cp, err := s.cfg.Ledger.CheckpointAt(ctx, size)
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("%s %d: no checkpoint was published at that size (latest is %d): %w", field, size, latest.Size, err)
+		return ledger.Checkpoint{}, fmt.Errorf("%s %d: no checkpoint was published at that size (latest is %d): %w", field, size, latest.Size, err)
 	}
 	return cp, nil
 }
@@ -57,7 +58,7 @@ func (h *logService) GetEntries(ctx context.Context, req *connect.Request[pb.Get
 	count := pageSize(req.Msg.GetCount())
 	size := h.s.cfg.Ledger.Latest().Size
 	if start >= size {
-		return nil, fmt.Errorf("%w: start %d is at or past the tree size %d", ErrOutOfRange, start, size)
+		return nil, fmt.Errorf("%w: start %d is at or past the tree size %d", ledger.ErrOutOfRange, start, size)
 	}
 	count = min(count, int(size-start))
 	ents, err := h.s.cfg.Ledger.Entries(ctx, start, uint64(count))
@@ -83,7 +84,7 @@ func (h *logService) GetInclusionProof(ctx context.Context, req *connect.Request
 	case *pb.GetInclusionProofRequest_Index:
 		index = leaf.Index
 		if index >= cp.Size {
-			return nil, fmt.Errorf("%w: index %d is not in the tree of size %d", ErrOutOfRange, index, cp.Size)
+			return nil, fmt.Errorf("%w: index %d is not in the tree of size %d", ledger.ErrOutOfRange, index, cp.Size)
 		}
 		// The leaf hash is in the level-0 tile (cached once full), which
 		// is far cheaper than reading the leaf to hash it again.
@@ -105,7 +106,7 @@ func (h *logService) GetInclusionProof(ctx context.Context, req *connect.Request
 			return nil, fmt.Errorf("leaf_hash %x: %w", leafHash, err)
 		}
 		if index >= cp.Size {
-			return nil, fmt.Errorf("%w: leaf_hash %x is at index %d, not in the tree of size %d", ErrOutOfRange, leafHash, index, cp.Size)
+			return nil, fmt.Errorf("%w: leaf_hash %x is at index %d, not in the tree of size %d", ledger.ErrOutOfRange, leafHash, index, cp.Size)
 		}
 	default:
 		return nil, &FieldError{"leaf", "set index or leaf_hash"}
@@ -127,7 +128,7 @@ func (h *logService) GetConsistencyProof(ctx context.Context, req *connect.Reque
 	if req.Msg.GetFromSize() > to.Size {
 		return nil, &FieldError{"from_size", fmt.Sprintf("%d is greater than to_size %d", req.Msg.GetFromSize(), to.Size)}
 	}
-	var from Checkpoint
+	var from ledger.Checkpoint
 	if req.Msg.GetFromSize() == 0 {
 		from, err = h.s.cfg.Ledger.CheckpointAt(ctx, 0) // the empty tree, published at first start
 	} else {
@@ -164,7 +165,7 @@ func (h *logService) ListSubjectEvents(ctx context.Context, req *connect.Request
 	if size == 0 {
 		size = h.s.cfg.Ledger.Latest().Size
 	} else if latest := h.s.cfg.Ledger.Latest().Size; size > latest {
-		return nil, fmt.Errorf("%w: tree_size %d is past the latest checkpoint (size %d)", ErrOutOfRange, size, latest)
+		return nil, fmt.Errorf("%w: tree_size %d is past the latest checkpoint (size %d)", ledger.ErrOutOfRange, size, latest)
 	}
 	ents, err := h.s.cfg.Ledger.SubjectEntries(ctx, subject, size, start, limit+1)
 	if err != nil {
@@ -227,12 +228,12 @@ func subjectSum(s string) uint32 {
 
 // logEntries decodes stored leaves for a response; the leaf bytes are passed
 // through verbatim.
-func logEntries(ents []Entry) ([]*pb.LogEntry, error) {
+func logEntries(ents []ledger.Entry) ([]*pb.LogEntry, error) {
 	out := make([]*pb.LogEntry, len(ents))
 	for i, e := range ents {
 		var ent pb.Entry
 		if err := proto.Unmarshal(e.Leaf, &ent); err != nil {
-			return nil, fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, e.Index, err)
+			return nil, fmt.Errorf("%w: leaf %d does not decode: %w", ledger.ErrCorrupt, e.Index, err)
 		}
 		out[i] = &pb.LogEntry{
 			Index: e.Index, Leaf: e.Leaf, LeafHash: rfc6962.DefaultHasher.HashLeaf(e.Leaf),

@@ -85,7 +85,7 @@ func newMetrics(reg *prometheus.Registry, l Ledger, now func() time.Time) *metri
 	if stats != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "grantline_queue_depth", Help: "Events queued in the ledger and not yet durable.",
-		}, func() float64 { return float64(stats.QueueDepth()) }))
+		}, func() float64 { return float64(stats.Stats().QueuedEvents) }))
 	}
 	// Checkpoint age: since this process first saw the latest size (on a
 	// scrape or an append).

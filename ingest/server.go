@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
@@ -95,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	mux.Handle("/metrics", metricsH)
 	if b, ok := cfg.Ledger.(Backuper); ok {
-		mux.Handle("GET /admin/backup", s.requireHTTPRole(backupHandler(b, s.log), RoleAdmin))
+		mux.Handle("GET /admin/backup", s.requireHTTPRole(backupHandler(b, s.log), auth.RoleAdmin))
 	}
 	s.handler = mux
 	return s, nil
@@ -150,20 +151,20 @@ func (s *Server) recovered(ctx context.Context, spec connect.Spec, _ http.Header
 type principalKey struct{}
 
 // PrincipalFrom returns the authenticated caller of a request context.
-func PrincipalFrom(ctx context.Context) (Principal, bool) {
-	p, ok := ctx.Value(principalKey{}).(Principal)
+func PrincipalFrom(ctx context.Context) (auth.Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(auth.Principal)
 	return p, ok
 }
 
 // allowed reports whether role may call procedure (a Connect procedure path).
-func allowed(role Role, procedure string) bool {
+func allowed(role auth.Role, procedure string) bool {
 	switch role {
-	case RoleAdmin:
+	case auth.RoleAdmin:
 		return true
-	case RoleSource:
+	case auth.RoleSource:
 		return procedure == grantlinev1connect.IngestServiceAppendProcedure ||
 			procedure == grantlinev1connect.IngestServiceAppendStreamProcedure
-	case RoleAuditor:
+	case auth.RoleAuditor:
 		return strings.HasPrefix(procedure, "/"+grantlinev1connect.LogServiceName+"/") ||
 			strings.HasPrefix(procedure, "/"+grantlinev1connect.EvidenceServiceName+"/")
 	}
@@ -172,17 +173,17 @@ func allowed(role Role, procedure string) bool {
 
 // authenticate checks an Authorization header value. The token never appears
 // in an error or a log.
-func (s *Server) authenticate(header string) (Principal, error) {
+func (s *Server) authenticate(header string) (auth.Principal, error) {
 	if header == "" {
-		return Principal{}, fmt.Errorf("%w: no bearer token; send the header 'Authorization: Bearer <token>' (a new server writes one to DATA/admin.token)", ErrUnauthenticated)
+		return auth.Principal{}, fmt.Errorf("%w: no bearer token; send the header 'Authorization: Bearer <token>' (a new server writes one to DATA/admin.token)", ErrUnauthenticated)
 	}
 	scheme, tok, ok := strings.Cut(header, " ")
 	if !ok || subtle.ConstantTimeCompare([]byte(strings.ToLower(scheme)), []byte("bearer")) != 1 || strings.TrimSpace(tok) == "" {
-		return Principal{}, fmt.Errorf("%w: the Authorization header is not of the form 'Bearer <token>'", ErrUnauthenticated)
+		return auth.Principal{}, fmt.Errorf("%w: the Authorization header is not of the form 'Bearer <token>'", ErrUnauthenticated)
 	}
 	p, err := s.cfg.Auth.Authenticate(strings.TrimSpace(tok))
 	if err != nil {
-		return Principal{}, fmt.Errorf("%w: unknown or revoked token", ErrUnauthenticated)
+		return auth.Principal{}, fmt.Errorf("%w: unknown or revoked token", ErrUnauthenticated)
 	}
 	return p, nil
 }
@@ -227,11 +228,11 @@ func (s *Server) authorize() connect.Interceptor {
 
 // requireHTTP guards a plain HTTP route: auditor or admin.
 func (s *Server) requireHTTP(h http.Handler) http.Handler {
-	return s.requireHTTPRole(h, RoleAuditor, RoleAdmin)
+	return s.requireHTTPRole(h, auth.RoleAuditor, auth.RoleAdmin)
 }
 
 // requireHTTPRole is requireHTTP for the given roles only.
-func (s *Server) requireHTTPRole(h http.Handler, roles ...Role) http.Handler {
+func (s *Server) requireHTTPRole(h http.Handler, roles ...auth.Role) http.Handler {
 	need := string(roles[0])
 	for _, r := range roles[1:] {
 		need += " or " + string(r)

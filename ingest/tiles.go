@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/grantline/grantline/ledger"
 )
 
 // tileHeight is the tlog-tiles height: 8 bits, 256 hashes or entries a tile.
@@ -77,7 +79,7 @@ func (s *Server) serveTiles(w http.ResponseWriter, r *http.Request) {
 		data, err = s.cfg.Ledger.ReadTile(r.Context(), uint64(t.L), uint64(t.N), t.W)
 	}
 	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrOutOfRange):
+	case errors.Is(err, ledger.ErrNotFound), errors.Is(err, ledger.ErrOutOfRange):
 		http.Error(w, "not found", http.StatusNotFound)
 		return
 	case err != nil:

@@ -42,7 +42,7 @@ func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
 // Is makes every FieldError match ErrInvalid.
 func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
 
-// eventTypes is the closed vocabulary of DESIGN.md.
+// eventTypes is the closed vocabulary of docs/design.md.
 var eventTypes = map[string]bool{
 	"identity.created": true, "identity.moved": true, "identity.disabled": true,
 	"identity.enabled": true, "identity.terminated": true,
@@ -64,7 +64,7 @@ var identityKinds = map[string]bool{
 // IsEventType reports whether t is in the closed type vocabulary.
 func IsEventType(t string) bool { return eventTypes[t] }
 
-// ValidateEvent checks one event against the contract of DESIGN.md: required
+// ValidateEvent checks one event against the contract of docs/design.md: required
 // fields, the closed type vocabulary, timestamps (not before 1970, not more
 // than MaxFutureSkew ahead of now), identity kinds, UTF-8 and length bounds,
 // and the encoded size. The error is a *FieldError whose path starts at the
@@ -103,7 +103,7 @@ func validateEvent(ev *pb.Event, now time.Time) error {
 	case t == "":
 		v.fail("type", "required")
 	case !eventTypes[t]:
-		v.fail("type", fmt.Sprintf("unknown event type %q; use one of the vocabulary in DESIGN.md (e.g. access.approved, grant.activated)", clip(t)))
+		v.fail("type", fmt.Sprintf("unknown event type %q; use one of the vocabulary in docs/design.md (e.g. access.approved, grant.activated)", clip(t)))
 	}
 	v.timestamp("time", ev.GetTime(), true, now)
 	if s := ev.GetSource(); s == nil {

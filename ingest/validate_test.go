@@ -91,14 +91,14 @@ func TestSizeLimitExact(t *testing.T) {
 }
 
 func TestEveryVocabularyTypeValid(t *testing.T) {
-	// The closed vocabulary of DESIGN.md, written out independently.
+	// The closed vocabulary of docs/design.md, written out independently.
 	types := strings.Fields(`identity.created identity.moved identity.disabled identity.enabled identity.terminated
 		access.requested access.approved access.denied access.revoked access.expired review.certified review.revoked
 		grant.assigned grant.activated grant.deactivated grant.removed grant.expired session.started session.ended session.revoked
 		credential.created credential.checked_out credential.checked_in credential.rotated credential.revoked
 		breakglass.invoked breakglass.reviewed`)
 	if len(types) != len(eventTypes) {
-		t.Errorf("vocabulary has %d types, DESIGN.md lists %d", len(eventTypes), len(types))
+		t.Errorf("vocabulary has %d types, docs/design.md lists %d", len(eventTypes), len(types))
 	}
 	for _, typ := range types {
 		if !IsEventType(typ) {
@@ -122,7 +122,7 @@ func ExampleValidateEvent() {
 		Source: &pb.Source{System: "pam"}, Subject: &pb.Identity{Id: "alice"},
 	}
 	fmt.Println(ValidateEvent(ev))
-	// Output: type: unknown event type "grant.teleported"; use one of the vocabulary in DESIGN.md (e.g. access.approved, grant.activated)
+	// Output: type: unknown event type "grant.teleported"; use one of the vocabulary in docs/design.md (e.g. access.approved, grant.activated)
 }
 
 // FuzzValidateEvent decodes arbitrary bytes as a binary protobuf event and

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,20 +13,52 @@ import (
 	"github.com/grantline/grantline/ledger/badgerstore"
 )
 
-func badgerOptions(dir string) Options {
-	o := testOptions(nil)
-	o.Store = nil
-	o.Dir = dir
-	return o
+// openBadgerStore opens a badger store in dir and closes it when the test
+// ends unless a Log took it over (closing twice is harmless for the test).
+func openBadgerStore(t testing.TB, dir string, o badgerstore.Options) *badgerstore.Store {
+	t.Helper()
+	bs, err := badgerstore.Open(dir, o)
+	if err != nil {
+		t.Fatalf("badgerstore.Open(%s): %v", dir, err)
+	}
+	return bs
+}
+
+// openBadgerLog opens the log in a badger store in dir with o; on error the
+// store is closed.
+func openBadgerLog(t testing.TB, dir string, bo badgerstore.Options, o Options) (*Log, error) {
+	t.Helper()
+	bs := openBadgerStore(t, dir, bo)
+	l, err := Open(context.Background(), bs, o)
+	if err != nil {
+		bs.Close()
+	}
+	return l, err
 }
 
 func openBadger(t testing.TB, dir string) *Log {
 	t.Helper()
-	l, err := Open(context.Background(), badgerOptions(dir))
+	l, err := openBadgerLog(t, dir, badgerstore.Options{}, testOptions())
 	if err != nil {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}
 	return l
+}
+
+// fsckBadger runs Fsck over the badger store in dir.
+func fsckBadger(t testing.TB, dir string) error {
+	t.Helper()
+	bs := openBadgerStore(t, dir, badgerstore.Options{})
+	defer bs.Close()
+	return Fsck(context.Background(), bs, testVerifier, nil)
+}
+
+// restoreBadger restores a backup into the badger store in dir.
+func restoreBadger(t testing.TB, dir string, r io.Reader) error {
+	t.Helper()
+	bs := openBadgerStore(t, dir, badgerstore.Options{})
+	defer bs.Close()
+	return Restore(context.Background(), bs, r)
 }
 
 func TestBadgerReopenDedupeBackup(t *testing.T) {
@@ -54,10 +87,10 @@ func TestBadgerReopenDedupeBackup(t *testing.T) {
 	want := l.Latest()
 	l.Close()
 	restored := filepath.Join(t.TempDir(), "restored")
-	if err := Restore(ctx, restored, &buf, badgerstore.Options{}); err != nil {
+	if err := restoreBadger(t, restored, &buf); err != nil {
 		t.Fatal(err)
 	}
-	if err := Fsck(ctx, badgerOptions(restored), nil); err != nil {
+	if err := fsckBadger(t, restored); err != nil {
 		t.Fatalf("Fsck(restored): %v", err)
 	}
 	l = openBadger(t, restored)
@@ -66,13 +99,13 @@ func TestBadgerReopenDedupeBackup(t *testing.T) {
 		t.Fatalf("restored checkpoint = %q, want %q", got.Note, want.Note)
 	}
 	checkInvariants(t, l, a)
-	if err := Restore(ctx, restored, bytes.NewReader(nil), badgerstore.Options{}); err == nil {
-		t.Fatal("Restore into a non-empty ledger succeeded")
+	l.Close()
+	if err := restoreBadger(t, restored, bytes.NewReader(nil)); err == nil || !strings.Contains(err.Error(), "already holds a ledger") {
+		t.Fatalf("Restore into a non-empty ledger = %v, want a refusal", err)
 	}
 }
 
 func TestBadgerCorruptTile(t *testing.T) {
-	ctx := context.Background()
 	dir := filepath.Join(t.TempDir(), "ledger")
 	l := openBadger(t, dir)
 	mustAppend(t, l, testEvents(0, 700))
@@ -92,10 +125,10 @@ func TestBadgerCorruptTile(t *testing.T) {
 	}
 	bs.Close()
 
-	if _, err := Open(ctx, badgerOptions(dir)); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "grantline fsck") {
+	if _, err := openBadgerLog(t, dir, badgerstore.Options{}, testOptions()); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "grantline fsck") {
 		t.Fatalf("Open(corrupt) = %v, want ErrCorrupt suggesting grantline fsck", err)
 	}
-	if err := Fsck(ctx, badgerOptions(dir), nil); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "tile 0/2") {
+	if err := fsckBadger(t, dir); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "tile 0/2") {
 		t.Fatalf("Fsck(corrupt) = %v, want ErrCorrupt naming tile 0/2", err)
 	}
 }
@@ -127,7 +160,7 @@ func TestBadgerFlippedFileByte(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	l2, err := Open(ctx, badgerOptions(dir))
+	l2, err := openBadgerLog(t, dir, badgerstore.Options{}, testOptions())
 	if err != nil {
 		if !isErr(err, ErrCorrupt, ErrStorage) {
 			t.Fatalf("Open(flipped byte) = %v, want ErrCorrupt or ErrStorage", err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grantline/grantline/ledger/badgerstore"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -39,12 +40,13 @@ func BenchmarkAppend(b *testing.B) {
 		{"callers=64/chunk=100/store=memory", 64, 100, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			o := badgerOptions(filepath.Join(b.TempDir(), "ledger"))
-			if tc.memory {
-				o.Store = newFakeStore()
-			}
+			o := testOptions()
 			o.Now = time.Now
-			l, err := Open(context.Background(), o)
+			var store Store = newFakeStore()
+			if !tc.memory {
+				store = openBadgerStore(b, filepath.Join(b.TempDir(), "ledger"), badgerstore.Options{})
+			}
+			l, err := Open(context.Background(), store, o)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -113,7 +115,7 @@ func mustEncode(b testing.TB, ev *pb.Event) []byte {
 // of a 200,000-leaf badger log, for random leaves; p50 and p99 are reported.
 func BenchmarkInclusionProof(b *testing.B) {
 	const n = 200_000
-	l, err := Open(context.Background(), badgerOptions(filepath.Join(b.TempDir(), "ledger")))
+	l, err := Open(context.Background(), openBadgerStore(b, filepath.Join(b.TempDir(), "ledger"), badgerstore.Options{}), testOptions())
 	if err != nil {
 		b.Fatal(err)
 	}

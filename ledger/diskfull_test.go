@@ -84,9 +84,7 @@ func TestDiskFull(t *testing.T) {
 	if err := syscall.Mount("tmpfs", mnt, "tmpfs", syscall.MS_REMOUNT, "size=256m"); err != nil {
 		t.Fatalf("growing the tmpfs: %v", err)
 	}
-	o := badgerOptions(dir)
-	o.Badger = badgerstore.Options{BadgerOptions: smallBadger}
-	l, err := Open(context.Background(), o)
+	l, err := openBadgerLog(t, dir, badgerstore.Options{BadgerOptions: smallBadger}, testOptions())
 	if err != nil {
 		t.Fatalf("reopening after disk full: %v", err)
 	}
@@ -108,9 +106,12 @@ func TestDiskFull(t *testing.T) {
 }
 
 func diskFullChild(dir string) {
-	o := badgerOptions(dir)
-	o.Badger = badgerstore.Options{BadgerOptions: smallBadger, MinFreeBytes: 3 << 20}
-	l, err := Open(context.Background(), o)
+	bs, err := badgerstore.Open(dir, badgerstore.Options{BadgerOptions: smallBadger, MinFreeBytes: 3 << 20})
+	if err != nil {
+		fmt.Printf("failed %v\n", err)
+		os.Exit(0)
+	}
+	l, err := Open(context.Background(), bs, testOptions())
 	if err != nil {
 		fmt.Printf("failed %v\n", err)
 		os.Exit(0)

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"sort"
 	"sync"
-
-	"github.com/grantline/grantline/ledger/badgerstore"
 )
 
 // Named faults of fakeStore, injected at a given operation number.
@@ -21,6 +19,9 @@ const (
 )
 
 var errInjected = errors.New("injected fault")
+
+// errTooBig is the fake's refusal of a batch beyond its Limits.
+var errTooBig = errors.New("batch beyond the store's limits")
 
 // fakeStore is an in-memory Store that enforces the Store contract and the
 // ledger's use of it, and injects faults. Its map is what survives a crash:
@@ -146,11 +147,11 @@ func (s *fakeStore) Commit(keys, values [][]byte) error {
 	}
 	var bytesEst int64
 	for i, k := range keys {
-		bytesEst += badgerstore.EstimateSize(len(k), len(values[i]))
+		bytesEst += entrySize(len(k), len(values[i]))
 	}
 	if len(keys) >= s.maxCount || bytesEst >= s.maxBytes {
 		s.violate("commit of %d entries, %d bytes exceeds limits %d, %d", len(keys), bytesEst, s.maxCount, s.maxBytes)
-		return fmt.Errorf("commit: %w", badgerstore.ErrTooBig)
+		return fmt.Errorf("commit: %w", errTooBig)
 	}
 	if f == failOp {
 		return fmt.Errorf("commit: %w", errInjected)

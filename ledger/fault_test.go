@@ -51,7 +51,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 				st.faultAt, st.kind = at, kind
 				a := acked{}
 				failed := false
-				l, err := Open(ctx, testOptions(st))
+				l, err := Open(ctx, st, testOptions())
 				if err != nil {
 					if !errors.Is(err, ErrStorage) {
 						t.Fatalf("Open with a failing store: %v, want ErrStorage", err)
@@ -147,7 +147,7 @@ func TestCorruptionDetected(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			st := base.clone()
 			tt.damage(st)
-			l, err := Open(ctx, testOptions(st.clone()))
+			l, err := Open(ctx, st.clone(), testOptions())
 			switch {
 			case tt.openErr == "" && err != nil:
 				t.Fatalf("Open = %v, want it to open (the damage is not on the right edge)", err)
@@ -160,7 +160,7 @@ func TestCorruptionDetected(t *testing.T) {
 				l.Close()
 			}
 			var progress []string
-			err = Fsck(ctx, testOptions(st), func(f string, args ...any) { progress = append(progress, fmt.Sprintf(f, args...)) })
+			err = Fsck(ctx, st, testVerifier, func(f string, args ...any) { progress = append(progress, fmt.Sprintf(f, args...)) })
 			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tt.fsckWant) {
 				t.Fatalf("Fsck error = %v, want ErrCorrupt naming %q", err, tt.fsckWant)
 			}
@@ -170,7 +170,7 @@ func TestCorruptionDetected(t *testing.T) {
 		})
 	}
 	// The undamaged store passes.
-	if err := Fsck(ctx, testOptions(base.clone()), nil); err != nil {
+	if err := Fsck(ctx, base.clone(), testVerifier, nil); err != nil {
 		t.Fatalf("Fsck(undamaged) = %v", err)
 	}
 }

@@ -9,8 +9,7 @@ import (
 	"io"
 
 	"github.com/transparency-dev/merkle/compact"
-
-	"github.com/grantline/grantline/ledger/badgerstore"
+	"golang.org/x/mod/sumdb/note"
 )
 
 // fsckChunk is how many leaves Fsck reads at a time.
@@ -22,24 +21,15 @@ const fsckChunk = 4096
 // subject index entries of every leaf. report (may be nil) receives
 // progress. The error names the first bad index, tile or checkpoint.
 func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any)) error {
-	return fsck(ctx, l.st, l.o, l.Latest().Size, report)
+	return fsck(ctx, l.st, l.o.Verifier, l.Latest().Size, report)
 }
 
 // Fsck checks the store of a log that is not open (it may be one Open
-// refuses), as `grantline fsck` does. o needs Dir (or Store), Origin and
-// Verifier.
-func Fsck(ctx context.Context, o Options, report func(format string, args ...any)) error {
-	st := o.Store
-	if st == nil {
-		bs, err := badgerstore.Open(o.Dir, o.Badger)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrStorage, err)
-		}
-		st = bs
-	}
-	defer st.Close()
-	if o.Verifier == nil {
-		return errors.New("fsck: Options.Verifier is required to check checkpoint signatures")
+// refuses), as `grantline fsck` does, with v, the verifier of the log's key.
+// It does not close st.
+func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format string, args ...any)) error {
+	if v == nil {
+		return errors.New("fsck: a verifier is required to check checkpoint signatures")
 	}
 	vals, err := st.Get(keyLatest)
 	if err != nil {
@@ -48,29 +38,37 @@ func Fsck(ctx context.Context, o Options, report func(format string, args ...any
 	if vals[0] == nil || len(vals[0]) != 8 {
 		return fmt.Errorf("%w: the latest tree size record is missing or malformed", ErrCorrupt)
 	}
-	return fsck(ctx, st, o, binary.BigEndian.Uint64(vals[0]), report)
+	return fsck(ctx, st, v, binary.BigEndian.Uint64(vals[0]), report)
 }
 
-// Restore loads a backup written by Log.Backup into dir, which must not hold
-// a ledger yet. Run Fsck on it afterwards.
-func Restore(ctx context.Context, dir string, r io.Reader, o badgerstore.Options) error {
-	bs, err := badgerstore.Open(dir, o)
+// Restorer is a Store that can load a backup written by its Backup method
+// (see Log.Backup). ledger/badgerstore implements it.
+type Restorer interface {
+	Restore(r io.Reader) error
+}
+
+// Restore loads a backup written by Log.Backup into st, which must not hold
+// a ledger yet and must implement Restorer. Run Fsck on it afterwards. It
+// does not close st.
+func Restore(ctx context.Context, st Store, r io.Reader) error {
+	rs, ok := st.(Restorer)
+	if !ok {
+		return fmt.Errorf("restore: the store %T cannot restore backups", st)
+	}
+	vals, err := st.Get(keyLatest)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrStorage, err)
+		return storageErr(err, "restore: reading the latest tree size")
 	}
-	vals, err := bs.Get(keyLatest)
-	if err == nil && vals[0] != nil {
-		bs.Close()
-		return fmt.Errorf("restore into %s: it already holds a ledger; restore into an empty directory", dir)
+	if vals[0] != nil {
+		return errors.New("restore: the store already holds a ledger; restore into an empty one")
 	}
-	if err := bs.Restore(r); err != nil {
-		bs.Close()
-		return fmt.Errorf("%w: restore into %s: %w", ErrStorage, dir, err)
+	if err := rs.Restore(r); err != nil {
+		return fmt.Errorf("%w: restore: %w", ErrStorage, err)
 	}
-	return bs.Close()
+	return nil
 }
 
-func fsck(ctx context.Context, st Store, o Options, size uint64, report func(string, ...any)) error {
+func fsck(ctx context.Context, st Store, ver note.Verifier, size uint64, report func(string, ...any)) error {
 	if report == nil {
 		report = func(string, ...any) {}
 	}
@@ -83,7 +81,7 @@ func fsck(ctx context.Context, st Store, o Options, size uint64, report func(str
 			return fmt.Errorf("%w: malformed checkpoint key %x", ErrCorrupt, k)
 		}
 		n := binary.BigEndian.Uint64(k[1:])
-		cp, err := parseCheckpoint(v, n, o.Origin, o.Verifier)
+		cp, err := parseCheckpoint(v, n, ver)
 		if err != nil {
 			return err
 		}

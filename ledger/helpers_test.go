@@ -36,19 +36,17 @@ var testSigner, testVerifier = func() (note.Signer, note.Verifier) {
 
 var testNow = time.Date(2026, 11, 29, 9, 0, 0, 123456789, time.UTC)
 
-func testOptions(st Store) Options {
+func testOptions() Options {
 	return Options{
-		Origin:   testOrigin,
 		Signer:   testSigner,
 		Verifier: testVerifier,
-		Store:    st,
 		Now:      func() time.Time { return testNow },
 	}
 }
 
 func openFake(t testing.TB, st *fakeStore) *Log {
 	t.Helper()
-	l, err := Open(context.Background(), testOptions(st))
+	l, err := Open(context.Background(), st, testOptions())
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

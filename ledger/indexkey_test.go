@@ -66,22 +66,3 @@ func TestTruncatedIndexKeyCollisions(t *testing.T) {
 		}
 	})
 }
-
-func TestOpenRefusesFullHashIndexKeys(t *testing.T) {
-	st := newFakeStore()
-	l := openFake(t, st)
-	res := mustAppend(t, l, testEvents(0, 5))
-	if err := l.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// The first format keyed the leaf-hash index by the whole hash.
-	st = st.clone()
-	st.corrupt(append([]byte{kHash}, res[4].LeafHash[:]...), be64(nil, 4))
-	l, err := Open(context.Background(), testOptions(st))
-	if err == nil {
-		l.Close()
-	}
-	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "older development version") {
-		t.Fatalf("Open of a store with a full-hash index key = %v, want ErrCorrupt naming the older format", err)
-	}
-}

@@ -7,7 +7,10 @@
 // Duplicates by (source.system, id) return the original index. Log serves
 // entries, entry bundles, tiles, inclusion and consistency proofs, a
 // per-subject index, and a full store check (Fsck). Storage is a small
-// key-value interface (Store); ledger/badgerstore is the default driver.
+// key-value interface (Store) that the caller opens and passes to Open;
+// ledger/badgerstore is the default driver. The package also owns the log's
+// vocabulary that other packages share: Checkpoint, Entry, AppendResult and
+// the error sentinels (errors.go, checkpoint.go).
 //
 // Batching: Append encodes and checks events in the caller's goroutine and
 // queues them (a bounded queue: ErrPushback when full). The sequencer takes
@@ -36,29 +39,6 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
-
-	"github.com/grantline/grantline/ledger/badgerstore"
-)
-
-// Sentinel errors, checked with errors.Is. Errors returned by Log wrap them
-// with a message saying what was wrong and where.
-var (
-	// ErrNotFound: no such checkpoint, leaf hash, tile or bundle.
-	ErrNotFound = errors.New("not found")
-	// ErrOutOfRange: an index or size beyond the current tree.
-	ErrOutOfRange = errors.New("out of range")
-	// ErrPushback: the append queue is full; retry after a short delay.
-	ErrPushback = errors.New("append queue full, retry later")
-	// ErrClosed: the log is closed.
-	ErrClosed = errors.New("ledger closed")
-	// ErrCorrupt: the store does not match its signed checkpoints.
-	ErrCorrupt = errors.New("ledger store corrupt")
-	// ErrStorage: the store failed (disk full, fsync or I/O error). Appends
-	// that fail with it were not acknowledged; retrying them is safe
-	// (duplicates are detected).
-	ErrStorage = errors.New("ledger storage failure")
-	// ErrTooLarge: an event whose leaf would exceed MaxLeafSize.
-	ErrTooLarge = errors.New("event too large")
 )
 
 // Defaults for Options fields left zero.
@@ -90,40 +70,32 @@ const tileWidth = 1 << TileHeight
 
 // Options configures Open.
 type Options struct {
-	Dir         string           // badger directory (DATA/ledger); unused when Store is set
-	Origin      string           // checkpoint origin line
-	Signer      note.Signer      // signs checkpoints; from ledger/checkpoint
-	Verifier    note.Verifier    // verifies stored checkpoints at Open and in Fsck
+	// Signer signs checkpoints (see ledger/checkpoint for sigstore-backed
+	// signers). Its key name is the log's origin. Required.
+	Signer note.Signer
+	// Verifier verifies stored checkpoints at Open and in Fsck. It must be
+	// the verifier of Signer's key (same name, same key); Open refuses
+	// another. Required.
+	Verifier    note.Verifier
 	MaxBatch    int              // DefaultMaxBatch
 	MaxBatchAge time.Duration    // DefaultMaxBatchAge
 	QueueSize   int              // events waiting; beyond it Append fails with ErrPushback
 	Logger      *slog.Logger     // nil discards
 	Now         func() time.Time // observed_time source; nil = time.Now
-
-	// Store, when set, is used instead of a badger store in Dir. Open does
-	// not take ownership of its lifetime beyond calling Close from Log.Close.
-	Store Store
-	// Badger tunes the badger store opened in Dir.
-	Badger badgerstore.Options
 	// TileCacheSize is DefaultTileCacheSize when zero.
 	TileCacheSize int
 }
 
 // AppendResult is the outcome of appending one event.
 type AppendResult struct {
-	Index     uint64
-	LeafHash  [32]byte
-	Duplicate bool // the event was already in the log at Index; nothing was stored
+	Index     uint64   // position in the log; the original's for a duplicate
+	LeafHash  [32]byte // RFC 6962 leaf hash of the stored leaf
+	Duplicate bool     // (source.system, id) was already in the log at Index; nothing was stored
 }
 
-// Checkpoint is a published signed checkpoint.
-type Checkpoint struct {
-	Size uint64
-	Root [32]byte
-	Note []byte // signed note text
-}
-
-// Entry is one leaf of the log.
+// Entry is one leaf of the log: its index and its bytes exactly as stored
+// (the deterministic protobuf encoding of grantline.v1.Entry, see
+// EncodeLeaf). Hash the bytes as they are; never re-encode them.
 type Entry struct {
 	Index uint64
 	Leaf  []byte
@@ -160,17 +132,20 @@ type Log struct {
 
 var hasher = rfc6962.DefaultHasher
 
-// Open opens the log in o.Dir (or o.Store), creating it if empty (a new log
-// publishes a checkpoint of size 0). It verifies the latest checkpoint's
-// signature, rebuilds the tree's right edge from the stored tiles and refuses
-// to open, with ErrCorrupt, if the recomputed root differs. Open starts the
-// sequencer; Close stops it.
-func Open(ctx context.Context, o Options) (*Log, error) {
-	if o.Origin == "" {
-		return nil, errors.New("ledger: Options.Origin is empty: set the checkpoint origin line")
+// Open opens the log held in st, creating it if st is empty (a new log
+// publishes a checkpoint of size 0). The origin is the signer's key name.
+// Open refuses a verifier that is not the signer's (another name or key). It
+// verifies the latest checkpoint's signature, rebuilds the tree's right edge
+// from the stored tiles and refuses to open, with ErrCorrupt, if the
+// recomputed root differs. Open starts the sequencer; Close stops it. On
+// success the Log owns st and closes it in Close; on error the caller still
+// owns st and closes it.
+func Open(ctx context.Context, st Store, o Options) (*Log, error) {
+	if st == nil {
+		return nil, errors.New("ledger: no store given: open one (e.g. ledger/badgerstore) and pass it to Open")
 	}
-	if o.Signer == nil || o.Verifier == nil {
-		return nil, errors.New("ledger: Options.Signer and Options.Verifier are required: load them with ledger/checkpoint")
+	if err := checkKeyPair(o.Signer, o.Verifier); err != nil {
+		return nil, err
 	}
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = DefaultMaxBatch
@@ -190,23 +165,8 @@ func Open(ctx context.Context, o Options) (*Log, error) {
 	if o.TileCacheSize <= 0 {
 		o.TileCacheSize = DefaultTileCacheSize
 	}
-	st := o.Store
-	if st == nil {
-		if o.Dir == "" {
-			return nil, errors.New("ledger: Options.Dir is empty: set the ledger data directory")
-		}
-		if o.Badger.Logger == nil {
-			o.Badger.Logger = o.Logger
-		}
-		bs, err := badgerstore.Open(o.Dir, o.Badger)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrStorage, err)
-		}
-		st = bs
-	}
 	l, err := newLog(ctx, o, st)
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	go l.sequence()
@@ -261,4 +221,26 @@ func (l *Log) Close() error {
 	return nil
 }
 
-var _ Store = (*badgerstore.Store)(nil)
+// checkKeyPair checks that v verifies what s signs: same key name (the
+// origin), same key hash, and a signature by s that v accepts.
+func checkKeyPair(s note.Signer, v note.Verifier) error {
+	if s == nil || v == nil {
+		return errors.New("ledger: Options.Signer and Options.Verifier are required: load them with ledger/checkpoint")
+	}
+	if err := CheckOrigin(s.Name()); err != nil {
+		return fmt.Errorf("ledger: the signer's key name is the log origin: %w", err)
+	}
+	if s.Name() != v.Name() || s.KeyHash() != v.KeyHash() {
+		return fmt.Errorf("ledger: the verifier %s+%08x is not the signer's key %s+%08x: give the verifier key of the log's signing key",
+			v.Name(), v.KeyHash(), s.Name(), s.KeyHash())
+	}
+	msg, err := note.Sign(&note.Note{Text: "grantline key check\n"}, s)
+	if err != nil {
+		return fmt.Errorf("ledger: the signer cannot sign: %w", err)
+	}
+	if _, err := note.Open(msg, note.VerifierList(v)); err != nil {
+		return fmt.Errorf("ledger: the verifier %s+%08x does not accept the signer's signatures (same name and key hash, another key): %w",
+			v.Name(), v.KeyHash(), err)
+	}
+	return nil
+}

@@ -381,9 +381,9 @@ func TestConcurrentAppenders(t *testing.T) {
 
 func TestPushbackAndCloseDrains(t *testing.T) {
 	st := newFakeStore()
-	o := testOptions(st)
+	o := testOptions()
 	o.QueueSize = 10
-	l, err := Open(context.Background(), o)
+	l, err := Open(context.Background(), st, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,39 +450,64 @@ func TestBatchesRespectStoreLimits(t *testing.T) {
 
 func TestOpenRequiresOptions(t *testing.T) {
 	ctx := context.Background()
+	_, otherKey, _ := note.GenerateKey(nil, testOrigin) // same name, another key
+	otherKeyV, _ := note.NewVerifier(otherKey)
+	_, otherName, _ := note.GenerateKey(nil, "other.example/log")
+	otherNameV, _ := note.NewVerifier(otherName)
 	for _, tt := range []struct {
 		name string
+		st   Store
 		mod  func(*Options)
 		want string
 	}{
-		{"no origin", func(o *Options) { o.Origin = "" }, "Origin"},
-		{"no signer", func(o *Options) { o.Signer = nil }, "Signer"},
-		{"no dir", func(o *Options) { o.Store = nil }, "Dir"},
+		{"no store", nil, func(*Options) {}, "no store"},
+		{"no signer", newFakeStore(), func(o *Options) { o.Signer = nil }, "Signer"},
+		{"no verifier", newFakeStore(), func(o *Options) { o.Verifier = nil }, "Verifier"},
+		{"verifier of another log", newFakeStore(), func(o *Options) { o.Verifier = otherNameV }, "is not the signer's key"},
+		{"verifier of another key", newFakeStore(), func(o *Options) { o.Verifier = otherKeyV }, "is not the signer's key"},
 	} {
-		o := testOptions(newFakeStore())
+		o := testOptions()
 		tt.mod(&o)
-		if _, err := Open(ctx, o); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%s: Open error = %v, want one naming %s", tt.name, err, tt.want)
+		if l, err := Open(ctx, tt.st, o); err == nil || !strings.Contains(err.Error(), tt.want) {
+			if l != nil {
+				l.Close()
+			}
+			t.Errorf("%s: Open error = %v, want one containing %q", tt.name, err, tt.want)
 		}
 	}
-	// A different key refuses to open the log.
+	// A log signed by another key refuses to open with this key pair.
 	st := newFakeStore()
 	openFake(t, st).Close()
-	_, vkey, _ := note.GenerateKey(nil, testOrigin)
-	v, _ := note.NewVerifier(vkey)
-	o := testOptions(st.clone())
-	o.Verifier = v
-	if _, err := Open(ctx, o); !errors.Is(err, ErrCorrupt) {
+	otherS, otherV := func() (note.Signer, note.Verifier) {
+		skey, vkey, _ := note.GenerateKey(nil, testOrigin)
+		s, _ := note.NewSigner(skey)
+		v, _ := note.NewVerifier(vkey)
+		return s, v
+	}()
+	o := testOptions()
+	o.Signer, o.Verifier = otherS, otherV
+	if _, err := Open(ctx, st.clone(), o); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("Open with another key: %v, want ErrCorrupt", err)
+	}
+}
+
+func TestOpenTakesOriginFromSigner(t *testing.T) {
+	l := openFake(t, newFakeStore())
+	defer l.Close()
+	if got := l.Latest().Origin; got != testOrigin {
+		t.Fatalf("Latest().Origin = %q, want the signer's name %q", got, testOrigin)
+	}
+	if !bytes.HasPrefix(l.Latest().Note, []byte(testOrigin+"\n")) {
+		t.Fatalf("checkpoint note %q does not start with the origin line", l.Latest().Note)
 	}
 }
 
 func TestObservedTime(t *testing.T) {
 	st := newFakeStore()
-	o := testOptions(st)
+	o := testOptions()
 	at := time.Date(2030, 5, 6, 7, 8, 9, 10, time.UTC)
 	o.Now = func() time.Time { return at }
-	l, err := Open(context.Background(), o)
+	l, err := Open(context.Background(), st, o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -89,9 +88,6 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 			return nil, err
 		}
 	}
-	if err := l.checkIndexFormat(size); err != nil {
-		return nil, err
-	}
 	l.seq.rng = rng
 	l.seq.edge = make([][]byte, len(rows))
 	for i, r := range rows {
@@ -99,31 +95,6 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 	}
 	l.logger.Info("ledger opened", "size", size, "root", fmt.Sprintf("%x", root))
 	return s, nil
-}
-
-// checkIndexFormat refuses a store whose indexes use the first format's
-// full 32-byte hash keys, which this version would not find (duplicates
-// would be appended again): it looks for the last leaf's hash under such a key.
-func (l *Log) checkIndexFormat(size uint64) error {
-	if size == 0 {
-		return nil
-	}
-	vals, err := l.st.Get(leafKey(size - 1))
-	if err != nil {
-		return fmt.Errorf("%w: reading leaf %d: %w", ErrStorage, size-1, err)
-	}
-	if vals[0] == nil {
-		return fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, size-1)
-	}
-	h := LeafHash(vals[0])
-	if vals, err = l.st.Get(append([]byte{kHash}, h[:]...)); err != nil {
-		return fmt.Errorf("%w: reading the leaf-hash index: %w", ErrStorage, err)
-	}
-	if vals[0] != nil {
-		return fmt.Errorf("%w: the store's indexes use full 32-byte hash keys, the format of an older development version, "+
-			"which this version cannot read; open it with the version that wrote it, or start a new data directory", ErrCorrupt)
-	}
-	return nil
 }
 
 // checkLeafHashes checks that the leaves from start hash to hashes.
@@ -166,7 +137,7 @@ func (l *Log) initEmpty() (*state, error) {
 		return nil, fmt.Errorf("%w: publishing the first checkpoint: %w", ErrStorage, err)
 	}
 	l.seq.rng = l.rf.NewEmptyRange(0)
-	l.logger.Info("ledger created", "origin", l.o.Origin)
+	l.logger.Info("ledger created", "origin", l.o.Signer.Name())
 	return &state{cp: cp}, nil
 }
 
@@ -180,28 +151,23 @@ func rootOf(r *compact.Range) [32]byte {
 
 // sign makes the signed checkpoint of a tree.
 func (l *Log) sign(size uint64, root [32]byte) (Checkpoint, error) {
-	text := log.Checkpoint{Origin: l.o.Origin, Size: size, Hash: root[:]}.Marshal()
-	n, err := note.Sign(&note.Note{Text: string(text)}, l.o.Signer)
-	if err != nil {
-		return Checkpoint{}, fmt.Errorf("signing checkpoint %d: %w", size, err)
-	}
-	return Checkpoint{Size: size, Root: root, Note: n}, nil
+	return SignCheckpoint(l.o.Signer, size, root)
 }
 
 // parseCheckpoint verifies a stored checkpoint note and checks its size.
 func (l *Log) parseCheckpoint(n []byte, size uint64) (Checkpoint, error) {
-	return parseCheckpoint(n, size, l.o.Origin, l.o.Verifier)
+	return parseCheckpoint(n, size, l.o.Verifier)
 }
 
-func parseCheckpoint(n []byte, size uint64, origin string, v note.Verifier) (Checkpoint, error) {
-	c, _, _, err := log.ParseCheckpoint(n, origin, v)
+func parseCheckpoint(n []byte, size uint64, v note.Verifier) (Checkpoint, error) {
+	c, err := OpenCheckpoint(n, v)
 	if err != nil {
-		return Checkpoint{}, fmt.Errorf("%w: stored checkpoint %d does not verify with key %s: %v; check the log key or run grantline fsck",
+		return Checkpoint{}, fmt.Errorf("%w: stored checkpoint %d does not verify with key %s: %w; check the log key or run grantline fsck",
 			ErrCorrupt, size, v.Name(), err)
 	}
-	if c.Size != size || len(c.Hash) != 32 {
-		return Checkpoint{}, fmt.Errorf("%w: checkpoint stored under size %d says size %d with a %d-byte root; run grantline fsck",
-			ErrCorrupt, size, c.Size, len(c.Hash))
+	if c.Size != size {
+		return Checkpoint{}, fmt.Errorf("%w: checkpoint stored under size %d says size %d; run grantline fsck",
+			ErrCorrupt, size, c.Size)
 	}
-	return Checkpoint{Size: size, Root: [32]byte(c.Hash), Note: n}, nil
+	return c, nil
 }

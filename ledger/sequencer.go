@@ -11,7 +11,6 @@ import (
 
 	"github.com/transparency-dev/merkle/compact"
 
-	"github.com/grantline/grantline/ledger/badgerstore"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -188,19 +187,19 @@ recv:
 func (l *Log) fit(batch []item) int {
 	maxCount, maxBytes := int64(l.maxCount)*9/10, l.maxBytes*9/10
 	count := int64(2*64/TileHeight + 4) // tiles of every level, twice, checkpoint, latest size
-	bytes := count * badgerstore.EstimateSize(10, 8192)
+	bytes := count * entrySize(10, 8192)
 	for i, it := range batch {
 		if i == l.o.MaxBatch {
 			return i
 		}
 		p := &it.r.items[it.i]
 		c := int64(4)
-		b := badgerstore.EstimateSize(9, len(p.leaf)+observedRoom) +
-			2*badgerstore.EstimateSize(1+indexKeyLen, 8) +
-			badgerstore.EstimateSize(len(p.subject)+12, 0)
+		b := entrySize(9, len(p.leaf)+observedRoom) +
+			2*entrySize(1+indexKeyLen, 8) +
+			entrySize(len(p.subject)+12, 0)
 		if i%tileWidth == 0 {
 			c++
-			b += badgerstore.EstimateSize(10, 8192)
+			b += entrySize(10, 8192)
 		}
 		if i > 0 && (count+c > maxCount || bytes+b > maxBytes) {
 			return i

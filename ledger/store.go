@@ -4,8 +4,11 @@ import (
 	"encoding/binary"
 )
 
-// Store is the key-value storage the log needs. ledger/badgerstore implements
-// it; tests use an in-memory fake with injected faults.
+// Store is the key-value storage the log needs: the seam between the log and
+// a storage engine. ledger/badgerstore implements it; tests use an in-memory
+// fake with injected faults. The caller opens a Store and passes it to Open.
+// Optional upgrades: Backup(ctx, io.Writer) error for Log.Backup, and
+// Restorer for Restore.
 type Store interface {
 	// Get reads the values of keys from one consistent snapshot. A missing
 	// key is a nil entry in the result (a present empty value is non-nil),
@@ -23,12 +26,23 @@ type Store interface {
 	// persisted. Batches beyond Limits fail without writing anything. The
 	// log calls Commit from one goroutine at a time.
 	Commit(keys, values [][]byte) error
-	// Limits is the largest batch Commit accepts: its number of entries and
-	// the sum of badgerstore.EstimateSize over them.
+	// Limits is the largest batch Commit accepts: its number of entries,
+	// and its size counted as the sum over its entries of
+	// len(key) + len(value) + EntryOverhead. A store whose own accounting
+	// differs states limits in these terms that its accounting never
+	// exceeds. The log keeps every batch within 90% of both.
 	Limits() (count int, bytes int64)
 	// Close releases the store; it is not used afterwards.
 	Close() error
 }
+
+// EntryOverhead is what each entry of a batch counts against the byte limit
+// of Store.Limits beyond its key and value.
+const EntryOverhead = 16
+
+// entrySize is what an entry with a key and value of these lengths counts
+// against the byte limit of Store.Limits.
+func entrySize(keyLen, valueLen int) int64 { return int64(keyLen + valueLen + EntryOverhead) }
 
 // Key layout. Every key starts with a one-byte kind.
 const (

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 

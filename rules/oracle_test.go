@@ -11,7 +11,7 @@ import (
 )
 
 // TestAgainstOracle runs the catalog and rules/oracle (a plain Go reading of
-// RULES.md, written separately) over the same generated organisation and
+// docs/rules.md, written separately) over the same generated organisation and
 // demands the same findings: (rule, subject, primary entry) and exposure.
 func TestAgainstOracle(t *testing.T) {
 	src, subjects := genOrg(150, 120)

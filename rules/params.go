@@ -24,7 +24,7 @@ var (
 	stringListType = cel.ListType(cel.StringType)
 )
 
-// globalParams are the defaults of RULES.md; every rule may read them.
+// globalParams are the defaults of docs/rules.md; every rule may read them.
 var globalParams = map[string]param{
 	"revoke_grace":             {cel.DurationType, 15 * time.Minute, ""},
 	"jit_grace":                {cel.DurationType, 15 * time.Minute, ""},

@@ -1,6 +1,6 @@
 // Package rules is Grantline's rules engine: CEL expressions (github.com/google/cel-go)
 // over each identity's event chain, the YAML rule file format, parameters,
-// the 19 built-in catalog rules of RULES.md (embedded from catalog/), and
+// the 19 built-in catalog rules of docs/rules.md (embedded from catalog/), and
 // parallel, deterministic per-subject evaluation under a cost limit and a
 // deadline. Rules read derived views built in Go in O(n log n) per chain
 // (grants with their ends and sessions, approvals with their closing
@@ -258,7 +258,7 @@ func (r *Rule) sha256() string {
 	return hex.EncodeToString(s[:])
 }
 
-// Builtin returns the 19 catalog rules of RULES.md, in id order.
+// Builtin returns the 19 catalog rules of docs/rules.md, in id order.
 func Builtin() ([]*Rule, error) {
 	ents, err := catalogFS.ReadDir("catalog")
 	if err != nil {

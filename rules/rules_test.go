@@ -102,7 +102,7 @@ func builtinByID(t testing.TB) map[string]*Rule {
 // TestCatalogCases runs testdata/rules/<rule-id>/*.txtar: each archive has
 // "now" (RFC 3339), "chain.jsonl" (protojson events of any subjects; the
 // entry index is the event's position), an optional "params.yaml", and
-// "want": the expected findings of that rule, written from RULES.md.
+// "want": the expected findings of that rule, written from docs/rules.md.
 func TestCatalogCases(t *testing.T) {
 	builtin := builtinByID(t)
 	dirs, err := filepath.Glob("../testdata/rules/*")

@@ -65,7 +65,7 @@ type Event struct {
 	// refs.grant, whether any grant event of that grant is privileged.
 	Privileged bool `cel:"privileged"`
 	// Approvals are the access.approved events this event is under
-	// (RULES.md "approval of r"), in chain order, whatever their time.
+	// (docs/rules.md, "approval of request r"), in chain order, whatever their time.
 	Approvals []*Event `cel:"approvals"`
 	// BreakglassReviews, for a break-glass use (see views.breakglass), are
 	// the breakglass.reviewed events with the same non-empty refs.request.

@@ -23,20 +23,12 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/verify/format"
 	"github.com/grantline/grantline/verify/oscal"
 	"github.com/grantline/grantline/verify/report"
 )
-
-// Checkpoint is a signed checkpoint: the note text verbatim and the values it
-// commits to.
-type Checkpoint struct {
-	Note   []byte
-	Origin string
-	Size   uint64
-	Root   [32]byte
-}
 
 // Source is what Export needs from the server side. Every method may be
 // called from one goroutine only, in this order: Checkpoint once, Evaluate
@@ -48,7 +40,7 @@ type Source interface {
 	// Checkpoint returns the published signed checkpoint the package is
 	// anchored to (e.g. the latest, or the one at a requested size). Origin,
 	// Size and Root must be those of the note text; Export checks it.
-	Checkpoint(ctx context.Context) (Checkpoint, error)
+	Checkpoint(ctx context.Context) (ledger.Checkpoint, error)
 	// Evaluate runs the rule set over every subject's chain in the tree of
 	// the given size at the as-of time asOf, and returns the result with Rules
 	// (id, title, severity, controls, text, sha256, effective params), Params
@@ -232,7 +224,7 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 
 // checkNoteMatches checks that the note text commits to the values the
 // Source gave, without verifying the signature (the server signed it).
-func checkNoteMatches(cp Checkpoint) error {
+func checkNoteMatches(cp ledger.Checkpoint) error {
 	body, _, ok := bytes.Cut(cp.Note, []byte("\n\n"))
 	if !ok {
 		return fmt.Errorf("export: %w: checkpoint note has no signature block", ErrSource)
@@ -304,7 +296,7 @@ type exportBatch struct {
 // goroutine only (Entries, and InclusionProof inside its callback); the
 // per-entry work (proof check, decoding, JSON encoding) runs on GOMAXPROCS
 // workers in batches; one goroutine writes the lines in index order.
-func writeEntries(ctx context.Context, src Source, cp Checkpoint, subjects []string, cited map[uint64]string, scope *format.Scope, out io.Writer) error {
+func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subjects []string, cited map[uint64]string, scope *format.Scope, out io.Writer) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	workers := max(1, runtime.GOMAXPROCS(0))
@@ -425,7 +417,7 @@ func writeOrdered(ctx context.Context, ordered <-chan *exportBatch, out io.Write
 
 // encodeItem checks one entry's proof, decodes it and encodes its line.
 // Safe for concurrent use on distinct items.
-func encodeItem(it *exportItem, cp Checkpoint) {
+func encodeItem(it *exportItem, cp ledger.Checkpoint) {
 	lh := rfc6962.DefaultHasher.HashLeaf(it.leaf)
 	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, it.index, cp.Size, lh, it.proof, cp.Root[:]); err != nil {
 		it.err = fmt.Errorf("%w: inclusion proof of entry %d does not lead to the checkpoint root: %w", ErrSource, it.index, err)

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
@@ -51,7 +52,7 @@ type ledgerFake struct {
 
 	origin    string
 	evalTime  time.Duration // time spent in Evaluate (the server's rules evaluation)
-	cp        Checkpoint
+	cp        ledger.Checkpoint
 	evaluated bool
 	// faults
 	dropEntry     int64 // skip this index in Entries (-1 none)
@@ -148,25 +149,23 @@ func (l *ledgerFake) vkey() string { return logKeys[l] }
 // signedAt returns the signed checkpoint note at size.
 func (l *ledgerFake) signedAt(t testing.TB, size uint64) []byte {
 	t.Helper()
-	n, err := checkpoint.Sign(l.signer, size, l.tree.HashAt(size))
+	c, err := ledger.SignCheckpoint(l.signer, size, [32]byte(l.tree.HashAt(size)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return c.Note
 }
 
-func (l *ledgerFake) Checkpoint(ctx context.Context) (Checkpoint, error) {
+func (l *ledgerFake) Checkpoint(ctx context.Context) (ledger.Checkpoint, error) {
 	size := l.tree.Size()
-	n, err := checkpoint.Sign(l.signer, size, l.tree.HashAt(size))
+	c, err := ledger.SignCheckpoint(l.signer, size, [32]byte(l.tree.HashAt(size)))
 	if err != nil {
-		return Checkpoint{}, err
+		return ledger.Checkpoint{}, err
 	}
-	origin := l.origin
-	if origin == "" {
-		origin = testOrigin
+	if l.origin != "" {
+		c.Origin = l.origin // a Source that breaks its contract
 	}
-	l.cp = Checkpoint{Note: n, Origin: origin, Size: size}
-	copy(l.cp.Root[:], l.tree.HashAt(size))
+	l.cp = c
 	return l.cp, nil
 }
 
@@ -182,7 +181,7 @@ func (l *ledgerFake) Evaluate(ctx context.Context, size uint64, asOf time.Time) 
 	if l.set != nil {
 		start := time.Now()
 		defer func() { l.evalTime = time.Since(start) }()
-		res, err := l.set.Evaluate(ctx, subs, chainAdapter{l}, asOf)
+		res, err := l.set.Evaluate(ctx, subs, l, asOf)
 		if err != nil {
 			return nil, err
 		}
@@ -201,14 +200,14 @@ func (l *ledgerFake) Evaluate(ctx context.Context, size uint64, asOf time.Time) 
 	return doc, nil
 }
 
-func (l *ledgerFake) Chain(_ context.Context, subject string) ([]ChainEntry, error) {
-	var out []ChainEntry
+func (l *ledgerFake) Chain(_ context.Context, subject string) ([]rules.Entry, error) {
+	var out []rules.Entry
 	for _, i := range l.bySubject[subject] {
 		ent, err := DecodeLeaf(l.leaves[i])
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ChainEntry{Index: i, Event: ent.Event})
+		out = append(out, rules.Entry{Index: i, Event: ent.Event})
 	}
 	return out, nil
 }
@@ -279,13 +278,13 @@ func testRules() []format.Rule {
 // one of which reads a second chain (the owner's), like orphaned-nhi.
 type testEvaluator struct{}
 
-func (testEvaluator) Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains ChainSource) ([]format.Finding, error) {
+func (testEvaluator) Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains rules.ChainSource) ([]format.Finding, error) {
 	enabled := map[string]format.Rule{}
 	for _, r := range doc.Rules {
 		enabled[r.ID] = r
 	}
 	var out []format.Finding
-	add := func(rule, subject, msg string, exposure int64, es ...ChainEntry) {
+	add := func(rule, subject, msg string, exposure int64, es ...rules.Entry) {
 		r, ok := enabled[rule]
 		if !ok {
 			return

@@ -32,12 +32,12 @@ func init() { DefaultEvaluator = RulesEvaluator{} }
 const ParamsFile = "findings.json#params"
 
 // Evaluate implements Evaluator.
-func (e RulesEvaluator) Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains ChainSource) ([]format.Finding, error) {
+func (e RulesEvaluator) Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains rules.ChainSource) ([]format.Finding, error) {
 	set, err := RebuildSet(doc, e.Options)
 	if err != nil {
 		return nil, err
 	}
-	res, err := set.Evaluate(ctx, subjects, chainAdapter{chains}, doc.AsOf)
+	res, err := set.Evaluate(ctx, subjects, chains, doc.AsOf)
 	if err != nil {
 		return nil, err
 	}
@@ -98,20 +98,6 @@ func RebuildSet(doc *format.Findings, o rules.Options) (*rules.Set, error) {
 		}
 	}
 	return set, nil
-}
-
-type chainAdapter struct{ c ChainSource }
-
-func (a chainAdapter) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
-	es, err := a.c.Chain(ctx, subject)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]rules.Entry, len(es))
-	for i, e := range es {
-		out[i] = rules.Entry{Index: e.Index, Event: e.Event}
-	}
-	return out, nil
 }
 
 // FindingsFromRules converts the rules engine's findings to the package format.

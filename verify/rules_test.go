@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/synth"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify/format"
 )

@@ -11,7 +11,7 @@ import (
 
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/synth"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	"github.com/grantline/grantline/rules"
 )

@@ -2,7 +2,7 @@
 // streaming writer over a small Source interface) and its offline
 // verification (Verify), which needs only the log's verifier key and the
 // evidence public key. A package is a folder or a .tar.gz holding the files
-// of DESIGN.md, "Evidence package" (names and JSON shapes in verify/format):
+// of docs/design.md, "The evidence package" (names and JSON shapes in verify/format):
 // a C2SP signed checkpoint (https://c2sp.org/tlog-checkpoint), entries with
 // RFC 6962 inclusion proofs, the findings with the rules that produced them,
 // OSCAL assessment results, a human report, and a DSSE envelope
@@ -38,8 +38,10 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify/format"
 )
 
@@ -105,20 +107,7 @@ type Evaluator interface {
 	// Evaluate builds the rule set from doc.Rules (texts) and doc.Params,
 	// evaluates it on subjects at doc.AsOf reading chains, and returns the
 	// findings in the rules engine's order. Safe for concurrent use.
-	Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains ChainSource) ([]format.Finding, error)
-}
-
-// ChainSource serves the chains of the entries in a package.
-type ChainSource interface {
-	// Chain returns the entries of subject in the package in index order;
-	// empty, not an error, for an unknown subject. Safe for concurrent use.
-	Chain(ctx context.Context, subject string) ([]ChainEntry, error)
-}
-
-// ChainEntry is one entry of a chain.
-type ChainEntry struct {
-	Index uint64
-	Event *pb.Event
+	Evaluate(ctx context.Context, doc *format.Findings, subjects []string, chains rules.ChainSource) ([]format.Finding, error)
 }
 
 // DefaultEvaluator is used when Options.Evaluator is nil.
@@ -155,7 +144,7 @@ type verifier struct {
 	rep  *Report
 	// present files and their digests (hex sha256)
 	digests map[string]string
-	cp      checkpoint.Checkpoint
+	cp      ledger.Checkpoint
 	pred    Predicate
 	// chains by subject: the leaves, decoded on demand
 	chains map[string][]stored
@@ -321,7 +310,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 	if err != nil {
 		return err
 	}
-	cp, err := checkpoint.Open(b, nv)
+	cp, err := ledger.OpenCheckpoint(b, nv)
 	if err != nil {
 		return fail(file, "checkpoint signature", "%v", err)
 	}
@@ -335,7 +324,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 	if v.opts.Since == nil {
 		return nil
 	}
-	old, err := checkpoint.Open(v.opts.Since, nv)
+	old, err := ledger.OpenCheckpoint(v.opts.Since, nv)
 	if err != nil {
 		return fail("--since", "checkpoint signature", "%v", err)
 	}
@@ -640,16 +629,16 @@ func (v *verifier) checkFindings() (*format.Findings, error) {
 	return doc, nil
 }
 
-// Chain implements ChainSource over the package's entries.
-func (v *verifier) Chain(_ context.Context, subject string) ([]ChainEntry, error) {
+// Chain implements rules.ChainSource over the package's entries, decoded.
+func (v *verifier) Chain(_ context.Context, subject string) ([]rules.Entry, error) {
 	st := v.chains[subject]
-	out := make([]ChainEntry, 0, len(st))
+	out := make([]rules.Entry, 0, len(st))
 	for _, s := range st {
 		ent, err := DecodeLeaf(s.leaf)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ChainEntry{Index: s.index, Event: ent.GetEvent()})
+		out = append(out, rules.Entry{Index: s.index, Event: ent.GetEvent()})
 	}
 	return out, nil
 }

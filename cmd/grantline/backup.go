@@ -10,8 +10,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
-	"github.com/grantline/grantline/ledger/badgerstore"
 )
 
 func init() {
@@ -54,9 +54,9 @@ func runBackupCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if _, err := os.Stat(ldir); err != nil {
 		return &exitError{code: 2, msg: fmt.Sprintf("--data %s: no ledger here (%v)", *data, err)}
 	}
-	st, err := badgerstore.Open(ldir, badgerstore.Options{})
+	st, err := datadir.OpenStore(*data, nil)
 	if err != nil {
-		return fmt.Errorf("opening %s: %w (is a server still running on it? stop it first)", ldir, err)
+		return err
 	}
 	defer st.Close()
 	f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -102,8 +102,16 @@ func runRestoreCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := os.MkdirAll(ldir, 0o700); err != nil {
 		return err
 	}
-	if err := ledger.Restore(ctx, ldir, bufio.NewReaderSize(f, 1<<20), badgerstore.Options{}); err != nil {
+	st, err := datadir.OpenStore(*data, nil)
+	if err != nil {
 		return err
+	}
+	err = ledger.Restore(ctx, st, bufio.NewReaderSize(f, 1<<20))
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("restore into %s: %w", ldir, err)
 	}
 	fmt.Fprintf(env.stdout, "restored %s into %s\n", *in, ldir)
 	if _, err := os.Stat(filepath.Join(*data, "keys", "log.vkey")); err != nil {

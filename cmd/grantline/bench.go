@@ -23,8 +23,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/internal/datadir"
+	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
-	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -41,8 +42,8 @@ func init() {
 
 // benchServer starts the in-process server bench uses when no --server is
 // given, on a free loopback port.
-func benchServer(ctx context.Context, dataDir string) (*runningServer, error) {
-	return startServer(ctx, serveConfig{DataDir: dataDir, Listen: "127.0.0.1:0"})
+func benchServer(ctx context.Context, dataDir string) (*server.Server, error) {
+	return server.Start(ctx, server.Config{DataDir: dataDir, Listen: "127.0.0.1:0"})
 }
 
 // ledgerSummary says where the server's time went, from the ledger's counters.
@@ -106,7 +107,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			return &exitError{code: 2, msg: err.Error()}
 		}
 	}
-	var inproc *runningServer
+	var inproc *server.Server
 	if !serverSet {
 		dir := *dataDir
 		if dir == "" {
@@ -129,7 +130,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		inproc = rs
 		cf.server, cf.token = rs.URL, rs.AdminToken
 		if v == nil {
-			if _, v, err = dataDirVerifier(rs.DataDir); err != nil {
+			if _, v, err = datadir.ReadVerifier(rs.DataDir); err != nil {
 				return err
 			}
 		}
@@ -163,7 +164,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	fmt.Fprintln(env.stdout, res)
 	if inproc != nil {
-		fmt.Fprintln(env.stdout, ledgerSummary(inproc.log.Stats(), res.elapsed))
+		fmt.Fprintln(env.stdout, ledgerSummary(inproc.Ledger().Stats(), res.elapsed))
 	}
 	if !cfg.verify {
 		return nil
@@ -523,7 +524,7 @@ func parseBundle(data []byte) ([][]byte, error) {
 // parses its body.
 func parseCheckpointText(text []byte, v note.Verifier) (size uint64, root []byte, origin string, err error) {
 	if v != nil {
-		c, err := checkpoint.Open(text, v)
+		c, err := ledger.OpenCheckpoint(text, v)
 		if err != nil {
 			return 0, nil, "", fmt.Errorf("GET /checkpoint: %w", err)
 		}

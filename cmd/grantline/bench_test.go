@@ -10,10 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"connectrpc.com/connect"
 	"golang.org/x/mod/sumdb/tlog"
 	"google.golang.org/protobuf/proto"
-
-	"connectrpc.com/connect"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"

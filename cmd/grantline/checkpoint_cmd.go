@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -80,8 +81,8 @@ func loadLogVerifier(file string) (note.Verifier, error) {
 
 // openCheckpoint verifies a signed checkpoint note with v and checks that it
 // is of the size the server claimed. what names it in errors.
-func openCheckpoint(what, text string, v note.Verifier, wantSize uint64) (checkpoint.Checkpoint, error) {
-	c, err := checkpoint.Open([]byte(text), v)
+func openCheckpoint(what, text string, v note.Verifier, wantSize uint64) (ledger.Checkpoint, error) {
+	c, err := ledger.OpenCheckpoint([]byte(text), v)
 	if err != nil {
 		return c, &exitError{code: 1, msg: fmt.Sprintf("%s does not verify: %v", what, err)}
 	}

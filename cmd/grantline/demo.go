@@ -20,7 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/auth"
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/server"
+	"github.com/grantline/grantline/internal/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/verify"
 )
@@ -171,7 +172,7 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 	logf("generated %d events for %d identities over %d months (seed %d), %d planted failures; feed in %s",
 		len(org.Events), org.Identities, org.Config.Months, org.Config.Seed, len(org.Planted), feed)
 
-	srv, err := startServer(ctx, serveConfig{DataDir: sum.dataDir, Listen: "127.0.0.1:0", ParamsFile: params})
+	srv, err := server.Start(ctx, server.Config{DataDir: sum.dataDir, Listen: "127.0.0.1:0", ParamsFile: params})
 	if err != nil {
 		return nil, fmt.Errorf("starting the server: %w", err)
 	}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/synth"
 	"github.com/grantline/grantline/verify"
 )
 

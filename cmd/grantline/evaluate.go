@@ -85,7 +85,7 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	return nil
 }
 
-// evaluateJSON is the object of DESIGN.md "What scripts and other tools may
+// evaluateJSON is the object of docs/design.md "Commands and what scripts may
 // rely on"; field order is fixed by the struct.
 type evaluateJSON struct {
 	Checkpoint string        `json:"checkpoint"`

@@ -30,7 +30,7 @@ func sampleEvaluateResponse() *pb.EvaluateResponse {
 	}
 }
 
-// TestEvaluateJSON checks the exact object DESIGN.md fixes for scripts.
+// TestEvaluateJSON checks the exact object docs/design.md fixes for scripts.
 func TestEvaluateJSON(t *testing.T) {
 	var buf bytes.Buffer
 	if err := writeEvaluateJSON(&buf, sampleEvaluateResponse()); err != nil {

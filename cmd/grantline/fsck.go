@@ -2,17 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/mod/sumdb/note"
-
+	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
-	"github.com/grantline/grantline/ledger/checkpoint"
 )
 
 func init() {
@@ -42,7 +39,7 @@ func runFsckCmd(ctx context.Context, env *cmdEnv, args []string) error {
 // DIR/keys/log.vkey, printing progress to progress unless quiet, and the
 // verdict to out.
 func fsckDataDir(ctx context.Context, dir string, progress io.Writer, quiet bool, out io.Writer) error {
-	origin, v, err := dataDirVerifier(dir)
+	_, v, err := datadir.ReadVerifier(dir)
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
@@ -55,33 +52,16 @@ func fsckDataDir(ctx context.Context, dir string, progress io.Writer, quiet bool
 			fmt.Fprintf(progress, "fsck: "+strings.TrimSuffix(format, "\n")+"\n", args...)
 		}
 	}
-	err = ledger.Fsck(ctx, ledger.Options{Dir: ldir, Origin: origin, Verifier: v}, report)
-	if err != nil {
-		hint := ""
-		if errors.Is(err, ledger.ErrStorage) {
-			hint = " (is a server still running on this data directory? stop it first)"
+	st, err := datadir.OpenStore(dir, nil)
+	if err == nil {
+		err = ledger.Fsck(ctx, st, v, report)
+		if cerr := st.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("%w: closing the store: %w", ledger.ErrStorage, cerr)
 		}
-		return &exitError{code: 1, msg: fmt.Sprintf("%s: FAILED: %v%s", dir, err, hint)}
+	}
+	if err != nil {
+		return &exitError{code: 1, msg: fmt.Sprintf("%s: FAILED: %v", dir, err)}
 	}
 	fmt.Fprintf(out, "fsck %s: ok\n", dir)
 	return nil
-}
-
-// dataDirVerifier loads DIR/keys/log.vkey.
-func dataDirVerifier(dir string) (origin string, v note.Verifier, err error) {
-	p := filepath.Join(dir, "keys", "log.vkey")
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return "", nil, fmt.Errorf("--data %s: reading the log's verifier key: %w (is this a grantline data directory?)", dir, err)
-	}
-	vkey := strings.TrimSpace(string(b))
-	origin, _, err = checkpoint.ParseVerifierKey(vkey)
-	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", p, err)
-	}
-	v, err = checkpoint.NewNoteVerifier(vkey)
-	if err != nil {
-		return "", nil, fmt.Errorf("%s: %w", p, err)
-	}
-	return origin, v, nil
 }

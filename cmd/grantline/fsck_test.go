@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/internal/datadir"
+	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -17,12 +19,7 @@ import (
 func newDataDir(t *testing.T, n int) string {
 	t.Helper()
 	dir := t.TempDir()
-	keys, err := checkpoint.LoadOrCreateKeys(dir, "test.grantline/log", checkpoint.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := ledger.Open(t.Context(), ledger.Options{Dir: filepath.Join(dir, "ledger"), Origin: keys.Origin,
-		Signer: keys.LogSigner, Verifier: keys.LogVerifier})
+	l, err := openDataDir(t, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,12 +106,11 @@ func TestBackupRestore(t *testing.T) {
 
 func openDataDir(t *testing.T, dir string) (*ledger.Log, error) {
 	t.Helper()
-	keys, err := checkpoint.LoadOrCreateKeys(dir, "test.grantline/log", checkpoint.Ed25519)
+	dd, err := datadir.Open(dir, "test.grantline/log", checkpoint.Ed25519)
 	if err != nil {
 		return nil, err
 	}
-	return ledger.Open(t.Context(), ledger.Options{Dir: filepath.Join(dir, "ledger"), Origin: keys.Origin,
-		Signer: keys.LogSigner, Verifier: keys.LogVerifier})
+	return dd.OpenLedger(t.Context(), ledger.Options{})
 }
 
 func openDataDirClosedAfter(t *testing.T, dir string) (ledger.Checkpoint, error) {
@@ -132,7 +128,7 @@ func openDataDirClosedAfter(t *testing.T, dir string) (ledger.Checkpoint, error)
 // tree is the one the server had published.
 func TestOnlineBackup(t *testing.T) {
 	dir := newDataDir(t, 300)
-	rs, err := startServer(t.Context(), serveConfig{DataDir: dir, Listen: "127.0.0.1:0"})
+	rs, err := server.Start(t.Context(), server.Config{DataDir: dir, Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +152,7 @@ func TestOnlineBackup(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "written to "+bak) {
 		t.Fatalf("online backup = exit %d, %q, %q", code, out, errs)
 	}
-	want := rs.log.Latest()
+	want := rs.Ledger().Latest()
 	if err := rs.Close(t.Context()); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/grantline/grantline/internal/datadir"
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 )
 
@@ -47,11 +49,11 @@ func TestKeygenLogKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := checkpoint.Sign(s, 0, make([]byte, 32))
+	c, err := ledger.SignCheckpoint(s, 0, [32]byte{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := note.Open(msg, note.VerifierList(v)); err != nil {
+	if _, err := note.Open(c.Note, note.VerifierList(v)); err != nil {
 		t.Errorf("checkpoint signed with log.key does not verify with log.vkey: %v", err)
 	}
 
@@ -80,7 +82,7 @@ func TestKeygenIntoDataDir(t *testing.T) {
 	}
 	vkey, _ := os.ReadFile(filepath.Join(keys, "log.vkey"))
 	evPub, _ := os.ReadFile(filepath.Join(keys, "evidence.pub"))
-	k, err := checkpoint.LoadOrCreateKeys(data, origin, "")
+	k, err := datadir.LoadOrCreateKeys(data, origin, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 
+	"github.com/grantline/grantline/internal/server"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -23,7 +24,7 @@ import (
 //	go test -run '^$' -bench GetInclusionProofRPC -benchtime 20000x -count 5 ./cmd/grantline
 func BenchmarkGetInclusionProofRPC(b *testing.B) {
 	ctx := context.Background()
-	srv, err := startServer(ctx, serveConfig{DataDir: b.TempDir(), Listen: "127.0.0.1:0"})
+	srv, err := server.Start(ctx, server.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -34,7 +35,7 @@ func BenchmarkGetInclusionProofRPC(b *testing.B) {
 		for j := range evs {
 			evs[j] = testEvent(i+j, "u"+string(rune('a'+j%26)))
 		}
-		if _, _, err := srv.log.Append(ctx, evs); err != nil {
+		if _, _, err := srv.Ledger().Append(ctx, evs); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -46,7 +47,7 @@ func BenchmarkGetInclusionProofRPC(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	root := srv.log.Latest().Root
+	root := srv.Ledger().Latest().Root
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for range b.N {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/rules"
 )
 
@@ -100,7 +101,7 @@ func readmeScript(lines []string, blocks []readmeBlock, port string) (string, []
 				skips = append(skips, readmeSkip{n, lines[n-1], first + " is not installed on this machine"})
 				skipping = true
 			case strings.Contains(l, "grantline ") && pendingCommand(l) != "":
-				skips = append(skips, readmeSkip{n, lines[n-1], "grantline " + pendingCommand(l) + " is a DESIGN.md command not built yet"})
+				skips = append(skips, readmeSkip{n, lines[n-1], "grantline " + pendingCommand(l) + " is a command of docs/design.md not built yet"})
 				skipping = true
 			case first == "grantline" && len(fields) > 1 && fields[1] == "serve" && strings.HasSuffix(strings.TrimSpace(l), "&"):
 				servers++
@@ -122,12 +123,12 @@ func readmeScript(lines []string, blocks []readmeBlock, port string) (string, []
 	return strings.Join(script, "\n") + "\n", skips, servers
 }
 
-// designCommands are the commands DESIGN.md promises. A README line using
+// designCommands are the commands docs/design.md promises. A README line using
 // one that this build does not have yet is skipped (and says so) rather
 // than failed; any other unknown command fails the test.
 var designCommands = strings.Fields("serve append checkpoint proof events evaluate evidence verify fsck keygen demo bench token")
 
-// pendingCommand returns the first DESIGN.md command the line runs that is
+// pendingCommand returns the first docs/design.md command the line runs that is
 // not registered in this build, or "".
 func pendingCommand(line string) string {
 	f := strings.Fields(line)
@@ -327,7 +328,7 @@ func TestREADMEGoClient(t *testing.T) {
 	}
 
 	// Run it, twice, against a real server: the second send is a duplicate.
-	srv, err := startServer(t.Context(), serveConfig{DataDir: filepath.Join(dir, "data"), Listen: "127.0.0.1:0"})
+	srv, err := server.Start(t.Context(), server.Config{DataDir: filepath.Join(dir, "data"), Listen: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,16 +25,17 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/internal/server"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
-func startTestServer(t *testing.T, cfg serveConfig) *runningServer {
+func startTestServer(t *testing.T, cfg server.Config) *server.Server {
 	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
-	srv, err := startServer(t.Context(), cfg)
+	srv, err := server.Start(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func serveEvent(id, subject string) *pb.Event {
 
 func TestServeFirstStartAndRestart(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
-	srv := startTestServer(t, serveConfig{DataDir: dir})
+	srv := startTestServer(t, server.Config{DataDir: dir})
 	if !strings.HasPrefix(srv.URL, "http://127.0.0.1:") || !srv.NewAdminToken || srv.AdminToken == "" {
 		t.Fatalf("first start: URL %q, new token %v, token set %v", srv.URL, srv.NewAdminToken, srv.AdminToken != "")
 	}
@@ -106,7 +107,7 @@ func TestServeFirstStartAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	again := startTestServer(t, serveConfig{DataDir: dir})
+	again := startTestServer(t, server.Config{DataDir: dir})
 	if again.NewAdminToken || again.AdminToken != srv.AdminToken || again.VerifierKey != srv.VerifierKey {
 		t.Errorf("restart changed the token or key: new %v, same token %v, same vkey %v",
 			again.NewAdminToken, again.AdminToken == srv.AdminToken, again.VerifierKey == srv.VerifierKey)
@@ -116,7 +117,7 @@ func TestServeFirstStartAndRestart(t *testing.T) {
 	if err != nil || cp.Msg.GetTreeSize() != 2 {
 		t.Fatalf("after restart: %v, %v; want size 2", cp, err)
 	}
-	_, err = startServer(t.Context(), serveConfig{DataDir: dir, Listen: "127.0.0.1:0", Origin: "other.example/log"})
+	_, err = server.Start(t.Context(), server.Config{DataDir: dir, Listen: "127.0.0.1:0", Origin: "other.example/log"})
 	if err == nil || !strings.Contains(err.Error(), "origin") {
 		t.Errorf("restart with another --origin = %v, want a refusal naming the origin", err)
 	}
@@ -128,7 +129,7 @@ func TestServeRefusesBrokenRule(t *testing.T) {
 	os.Mkdir(rulesDir, 0o755)
 	os.WriteFile(filepath.Join(rulesDir, "broken.yaml"), []byte(
 		"id: broken\ntitle: Broken\nseverity: high\ncontrols: [PR.AA-05]\nexpression: |\n  subject.nope +\n"), 0o644)
-	_, err := startServer(t.Context(), serveConfig{DataDir: filepath.Join(dir, "data"), Listen: "127.0.0.1:0", RulesDir: rulesDir})
+	_, err := server.Start(t.Context(), server.Config{DataDir: filepath.Join(dir, "data"), Listen: "127.0.0.1:0", RulesDir: rulesDir})
 	if err == nil || !strings.Contains(err.Error(), "broken.yaml:") {
 		t.Fatalf("start with a broken rule = %v, want an error naming broken.yaml:line:col", err)
 	}
@@ -140,7 +141,7 @@ func TestServeRefusesBrokenRule(t *testing.T) {
 func TestServeTLS(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile, pool := selfSigned(t, dir)
-	srv := startTestServer(t, serveConfig{DataDir: filepath.Join(dir, "data"), TLSCert: certFile, TLSKey: keyFile})
+	srv := startTestServer(t, server.Config{DataDir: filepath.Join(dir, "data"), TLSCert: certFile, TLSKey: keyFile})
 	if !strings.HasPrefix(srv.URL, "https://") {
 		t.Fatalf("URL %q, want https", srv.URL)
 	}
@@ -155,7 +156,7 @@ func TestServeTLS(t *testing.T) {
 	if _, err := h2cClient().Get(strings.Replace(srv.URL, "https", "http", 1) + "/checkpoint"); err == nil {
 		t.Errorf("cleartext request to the TLS port succeeded")
 	}
-	_, err := startServer(t.Context(), serveConfig{DataDir: filepath.Join(dir, "d2"), Listen: "127.0.0.1:0", TLSCert: certFile})
+	_, err := server.Start(t.Context(), server.Config{DataDir: filepath.Join(dir, "d2"), Listen: "127.0.0.1:0", TLSCert: certFile})
 	if err == nil || !strings.Contains(err.Error(), "--tls-key") {
 		t.Errorf("--tls-cert alone = %v, want an error naming --tls-key", err)
 	}
@@ -165,7 +166,7 @@ func TestServeTLS(t *testing.T) {
 // every acknowledged event must be in the log after a restart.
 func TestServeCloseDrains(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
-	srv := startTestServer(t, serveConfig{DataDir: dir})
+	srv := startTestServer(t, server.Config{DataDir: dir})
 	hc := h2cClient()
 	ic := grantlinev1connect.NewIngestServiceClient(hc, srv.URL, connect.WithInterceptors(bearer(srv.AdminToken)))
 	var mu sync.Mutex
@@ -203,7 +204,7 @@ func TestServeCloseDrains(t *testing.T) {
 	}
 	wg.Wait()
 
-	again := startTestServer(t, serveConfig{DataDir: dir})
+	again := startTestServer(t, server.Config{DataDir: dir})
 	lc := grantlinev1connect.NewLogServiceClient(hc, again.URL, connect.WithInterceptors(bearer(again.AdminToken)))
 	got := map[string]uint64{}
 	for start := uint64(0); ; {
@@ -277,7 +278,7 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 // over 4 AppendStream clients to a real server (ledger on disk) on loopback.
 // go test -run '^$' -bench ServeAppendStream -benchtime 100x ./cmd/grantline
 func BenchmarkServeAppendStream(b *testing.B) {
-	srv, err := startServer(context.Background(), serveConfig{DataDir: b.TempDir(), Listen: "127.0.0.1:0"})
+	srv, err := server.Start(context.Background(), server.Config{DataDir: b.TempDir(), Listen: "127.0.0.1:0"})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,9 +11,10 @@ import (
 	"time"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/internal/datadir"
 )
 
-const defaultDataDir = "grantline-data"
+const defaultDataDir = datadir.Default
 
 const tokenHelp = `usage: grantline token add|list|revoke --data DIR [flags]
 

@@ -57,15 +57,6 @@ type Principal struct {
 // Active reports whether the principal's token is still accepted.
 func (p Principal) Active() bool { return p.Revoked.IsZero() }
 
-// MayAppend reports whether p may append an event with the given
-// source.system: an admin may append any, a source only its own name.
-func (p Principal) MayAppend(system string) bool {
-	return p.Role == RoleAdmin || p.Role == RoleSource && p.Name == system
-}
-
-// MayRead reports whether p may read the log, evaluate and export evidence.
-func (p Principal) MayRead() bool { return p.Role == RoleAdmin || p.Role == RoleAuditor }
-
 // Sentinel errors, checked with errors.Is.
 var (
 	// ErrUnauthenticated: the token is missing, unknown or revoked. The

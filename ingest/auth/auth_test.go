@@ -56,27 +56,6 @@ func TestParseRole(t *testing.T) {
 	}
 }
 
-func TestPermissions(t *testing.T) {
-	tests := []struct {
-		p            Principal
-		system       string
-		append, read bool
-	}{
-		{Principal{Name: "okta", Role: RoleSource}, "okta", true, false},
-		{Principal{Name: "okta", Role: RoleSource}, "cyberark", false, false},
-		{Principal{Name: "alice", Role: RoleAuditor}, "alice", false, true},
-		{Principal{Name: "root", Role: RoleAdmin}, "anything", true, true},
-	}
-	for _, tt := range tests {
-		if got := tt.p.MayAppend(tt.system); got != tt.append {
-			t.Errorf("%+v.MayAppend(%q) = %v, want %v", tt.p, tt.system, got, tt.append)
-		}
-		if got := tt.p.MayRead(); got != tt.read {
-			t.Errorf("%+v.MayRead() = %v, want %v", tt.p, got, tt.read)
-		}
-	}
-}
-
 func TestAddAuthenticateRevoke(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir)

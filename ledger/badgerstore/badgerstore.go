@@ -101,21 +101,13 @@ func scaleMemory(bo badger.Options, limit int64) badger.Options {
 	return bo
 }
 
-// Limits reports the largest batch Commit accepts: its number of entries and
-// its estimated size in bytes (keys, in-tree values and per-entry overhead, as
-// EstimateSize computes it).
+// Limits reports the largest batch Commit accepts, in the terms of
+// ledger.Store: its number of entries and the sum over them of len(key) +
+// len(value) + 16. Badger counts an entry as its key, 12 bytes of overhead and
+// either its value (below the value threshold) or a 12-byte pointer, never
+// more than that sum, so badger's own batch size limit is returned as is.
 func (s *Store) Limits() (count int, bytes int64) {
 	return int(s.db.MaxBatchCount()), s.db.MaxBatchSize()
-}
-
-// EstimateSize is the size an entry with a key and value of these lengths
-// counts against Limits' byte limit (with the default value threshold).
-func EstimateSize(keyLen, valueLen int) int64 {
-	n := int64(keyLen) + 10 + 2
-	if valueLen < DefaultValueThreshold {
-		return n + int64(valueLen)
-	}
-	return n + 12
 }
 
 // Get reads the values of keys from one consistent snapshot. A missing key is

@@ -12,6 +12,8 @@ import (
 
 	fnote "github.com/transparency-dev/formats/note"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger"
 )
 
 const testOrigin = "example.com/grantline/test"
@@ -33,6 +35,17 @@ func newSigner(t *testing.T, alg Algorithm, origin string) (note.Signer, string)
 	return s, vkey
 }
 
+// sign and bodyOf are ledger.SignCheckpoint and ledger.CheckpointBody with
+// the root as a byte slice, as these tests build it.
+func sign(s note.Signer, size uint64, root []byte) ([]byte, error) {
+	c, err := ledger.SignCheckpoint(s, size, [32]byte(root))
+	return c.Note, err
+}
+
+func bodyOf(origin string, size uint64, root []byte) []byte {
+	return ledger.CheckpointBody(origin, size, [32]byte(root))
+}
+
 func testRoot(s string) []byte {
 	h := sha256.Sum256([]byte(s))
 	return h[:]
@@ -40,7 +53,7 @@ func testRoot(s string) []byte {
 
 func TestBodyFormat(t *testing.T) {
 	root := testRoot("x")
-	got := string(Body("o", 42, root))
+	got := string(bodyOf("o", 42, root))
 	want := "o\n42\n" + base64.StdEncoding.EncodeToString(root) + "\n"
 	if got != want {
 		t.Errorf("Body = %q, want %q", got, want)
@@ -57,11 +70,11 @@ func TestRoundTrip(t *testing.T) {
 			}
 			for _, size := range []uint64{0, 1, 1 << 40} {
 				root := testRoot(string(rune(size)))
-				msg, err := Sign(s, size, root)
+				msg, err := sign(s, size, root)
 				if err != nil {
 					t.Fatal(err)
 				}
-				c, err := Open(msg, v)
+				c, err := ledger.OpenCheckpoint(msg, v)
 				if err != nil {
 					t.Fatalf("Open(%q) = %v", msg, err)
 				}
@@ -76,7 +89,7 @@ func TestRoundTrip(t *testing.T) {
 // An Ed25519 checkpoint must verify with x/mod's own verifier built from the vkey.
 func TestEd25519VerifiesWithXMod(t *testing.T) {
 	s, vkey := newSigner(t, Ed25519, testOrigin)
-	msg, err := Sign(s, 7, testRoot("a"))
+	msg, err := sign(s, 7, testRoot("a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +101,7 @@ func TestEd25519VerifiesWithXMod(t *testing.T) {
 	if err != nil {
 		t.Fatalf("note.Open = %v", err)
 	}
-	if want := string(Body(testOrigin, 7, testRoot("a"))); n.Text != want {
+	if want := string(bodyOf(testOrigin, 7, testRoot("a"))); n.Text != want {
 		t.Errorf("note text = %q, want %q", n.Text, want)
 	}
 	if s.KeyHash() != v.KeyHash() {
@@ -99,7 +112,7 @@ func TestEd25519VerifiesWithXMod(t *testing.T) {
 // An ECDSA checkpoint must verify with transparency-dev/formats' verifier.
 func TestECDSAVerifiesWithFormats(t *testing.T) {
 	s, vkey := newSigner(t, ECDSAP256, testOrigin)
-	msg, err := Sign(s, 9, testRoot("b"))
+	msg, err := sign(s, 9, testRoot("b"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +139,7 @@ func TestXModKeyInterop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := Sign(s, 3, testRoot("c"))
+	msg, err := sign(s, 3, testRoot("c"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +147,7 @@ func TestXModKeyInterop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(msg, v); err != nil {
+	if _, err := ledger.OpenCheckpoint(msg, v); err != nil {
 		t.Errorf("Open of x/mod-signed checkpoint = %v", err)
 	}
 	if _, _, err := ParseVerifierKey(vkey); err != nil {
@@ -151,15 +164,15 @@ func TestOpenRejects(t *testing.T) {
 				t.Fatal(err)
 			}
 			other, _ := newSigner(t, alg, testOrigin)
-			good, err := Sign(s, 5, testRoot("r"))
+			good, err := sign(s, 5, testRoot("r"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			byOther, err := Sign(other, 5, testRoot("r"))
+			byOther, err := sign(other, 5, testRoot("r"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			body := Body(testOrigin, 5, testRoot("r"))
+			body := bodyOf(testOrigin, 5, testRoot("r"))
 			sigLine := good[len(body)+1:]
 			tests := []struct {
 				name    string
@@ -167,21 +180,21 @@ func TestOpenRejects(t *testing.T) {
 				want    error
 				wantMsg string
 			}{
-				{"tampered size", bytes.Replace(good, []byte("\n5\n"), []byte("\n6\n"), 1), ErrInvalidSignature, "does not verify"},
-				{"tampered root", append(Body(testOrigin, 5, testRoot("s")), append([]byte("\n"), sigLine...)...), ErrInvalidSignature, "altered"},
-				{"wrong key", byOther, ErrUnknownKey, "signed by " + testOrigin + "+"},
-				{"unsigned body", body, ErrMissingSignature, "no blank line"},
-				{"blank line but no signature", append(append([]byte{}, body...), '\n'), ErrMissingSignature, ""},
-				{"truncated signature", append(good[:len(good)-6:len(good)-6], '\n'), ErrMalformed, "line 5"},
-				{"truncated note", good[:len(good)-1], ErrMalformed, "does not end with a newline"},
-				{"no em dash", bytes.Replace(good, []byte("— "), []byte("- "), 1), ErrMalformed, "line 5: a signature line must start"},
-				{"control char", bytes.Replace(good, []byte(testOrigin+"\n5"), []byte(testOrigin+"\n\x015"), 1), ErrMalformed, "line 2: control character"},
-				{"invalid utf8", append([]byte{0xff}, good...), ErrMalformed, "line 1: invalid UTF-8"},
-				{"empty", nil, ErrMalformed, "empty input"},
+				{"tampered size", bytes.Replace(good, []byte("\n5\n"), []byte("\n6\n"), 1), ledger.ErrInvalidSignature, "does not verify"},
+				{"tampered root", append(bodyOf(testOrigin, 5, testRoot("s")), append([]byte("\n"), sigLine...)...), ledger.ErrInvalidSignature, "altered"},
+				{"wrong key", byOther, ledger.ErrUnknownKey, "signed by " + testOrigin + "+"},
+				{"unsigned body", body, ledger.ErrMissingSignature, "no blank line"},
+				{"blank line but no signature", append(append([]byte{}, body...), '\n'), ledger.ErrMissingSignature, ""},
+				{"truncated signature", append(good[:len(good)-6:len(good)-6], '\n'), ledger.ErrMalformed, "line 5"},
+				{"truncated note", good[:len(good)-1], ledger.ErrMalformed, "does not end with a newline"},
+				{"no em dash", bytes.Replace(good, []byte("— "), []byte("- "), 1), ledger.ErrMalformed, "line 5: a signature line must start"},
+				{"control char", bytes.Replace(good, []byte(testOrigin+"\n5"), []byte(testOrigin+"\n\x015"), 1), ledger.ErrMalformed, "line 2: control character"},
+				{"invalid utf8", append([]byte{0xff}, good...), ledger.ErrMalformed, "line 1: invalid UTF-8"},
+				{"empty", nil, ledger.ErrMalformed, "empty input"},
 			}
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
-					_, err := Open(tt.in, v)
+					_, err := ledger.OpenCheckpoint(tt.in, v)
 					if !errors.Is(err, tt.want) {
 						t.Fatalf("Open(%q) = %v, want %v", tt.in, err, tt.want)
 					}
@@ -206,14 +219,14 @@ func TestOpenMalformedBody(t *testing.T) {
 		body, want string
 		err        error
 	}{
-		{testOrigin + "\n5\n", "at least 3", ErrMalformed},
-		{testOrigin + "\n05\n" + root + "\n", "line 2", ErrMalformed},
-		{testOrigin + "\n-5\n" + root + "\n", "line 2", ErrMalformed},
-		{testOrigin + "\n99999999999999999999999\n" + root + "\n", "line 2: tree size", ErrMalformed},
-		{testOrigin + "\n5\nnot base64!\n", "line 3: root hash is not valid base64", ErrMalformed},
-		{testOrigin + "\n5\n" + base64.StdEncoding.EncodeToString([]byte("short")) + "\n", "line 3: root hash is 5 bytes", ErrMalformed},
+		{testOrigin + "\n5\n", "at least 3", ledger.ErrMalformed},
+		{testOrigin + "\n05\n" + root + "\n", "line 2", ledger.ErrMalformed},
+		{testOrigin + "\n-5\n" + root + "\n", "line 2", ledger.ErrMalformed},
+		{testOrigin + "\n99999999999999999999999\n" + root + "\n", "line 2: tree size", ledger.ErrMalformed},
+		{testOrigin + "\n5\nnot base64!\n", "line 3: root hash is not valid base64", ledger.ErrMalformed},
+		{testOrigin + "\n5\n" + base64.StdEncoding.EncodeToString([]byte("short")) + "\n", "line 3: root hash is 5 bytes", ledger.ErrMalformed},
 		{"\n5\n" + root + "\n", "", nil}, // empty origin: name check in x/mod sign fails or Open rejects; see below
-		{"other.example/log\n5\n" + root + "\n", "line 1: origin is \"other.example/log\"", ErrOriginMismatch},
+		{"other.example/log\n5\n" + root + "\n", "line 1: origin is \"other.example/log\"", ledger.ErrOriginMismatch},
 		{testOrigin + "\n5\n" + root + "\nextension line\n", "", nil},
 	}
 	for _, tt := range tests {
@@ -221,10 +234,10 @@ func TestOpenMalformedBody(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = Open(msg, v)
+		_, err = ledger.OpenCheckpoint(msg, v)
 		if tt.err == nil {
 			if strings.HasPrefix(tt.body, "\n") {
-				if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrMissingSignature) {
+				if !errors.Is(err, ledger.ErrMalformed) && !errors.Is(err, ledger.ErrMissingSignature) {
 					t.Errorf("Open(%q) = %v, want a malformed error", msg, err)
 				}
 			} else if err != nil {
@@ -243,11 +256,11 @@ func TestOpenIgnoresOtherSignatures(t *testing.T) {
 	s, vkey := newSigner(t, Ed25519, testOrigin)
 	w, _ := newSigner(t, Ed25519, "witness.example")
 	v, _ := NewNoteVerifier(vkey)
-	msg, err := note.Sign(&note.Note{Text: string(Body(testOrigin, 1, testRoot("w")))}, w, s)
+	msg, err := note.Sign(&note.Note{Text: string(bodyOf(testOrigin, 1, testRoot("w")))}, w, s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open(msg, v); err != nil {
+	if _, err := ledger.OpenCheckpoint(msg, v); err != nil {
 		t.Errorf("Open with a cosignature = %v", err)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"testing"
+
+	"github.com/grantline/grantline/ledger"
 )
 
 // fuzzKey is a fixed Ed25519 key so the committed corpus stays valid.
@@ -28,23 +30,23 @@ func FuzzOpen(f *testing.F) {
 		f.Fatal(err)
 	}
 	for _, size := range []uint64{0, 1, 255, 1 << 20} {
-		msg, err := Sign(s, size, bytes.Repeat([]byte{byte(size)}, 32))
+		msg, err := sign(s, size, bytes.Repeat([]byte{byte(size)}, 32))
 		if err != nil {
 			f.Fatal(err)
 		}
 		f.Add(msg)
 	}
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		c, err := Open(msg, v)
+		c, err := ledger.OpenCheckpoint(msg, v)
 		if err != nil {
-			for _, e := range []error{ErrMalformed, ErrMissingSignature, ErrUnknownKey, ErrInvalidSignature, ErrOriginMismatch} {
+			for _, e := range []error{ledger.ErrMalformed, ledger.ErrMissingSignature, ledger.ErrUnknownKey, ledger.ErrInvalidSignature, ledger.ErrOriginMismatch} {
 				if errors.Is(err, e) {
 					return
 				}
 			}
 			t.Fatalf("Open(%q) = %v, not one of the sentinel errors", msg, err)
 		}
-		body := Body(c.Origin, c.Size, c.Root[:])
+		body := bodyOf(c.Origin, c.Size, c.Root[:])
 		if !bytes.HasPrefix(msg, body) {
 			t.Fatalf("Open(%q) = %+v, but its body %q is not the note's prefix", msg, c, body)
 		}

@@ -13,8 +13,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"golang.org/x/mod/sumdb/note"
 )
 
 // Algorithm names a signing algorithm for log and evidence keys.
@@ -187,6 +189,37 @@ func WritePublicKeyFile(path string, pub crypto.PublicKey) error {
 		return err
 	}
 	return writeNew(path, data, 0o644)
+}
+
+// WriteVerifierKeyFile writes a verifier key line (see VerifierKey),
+// newline-terminated, to path with mode 0644, never replacing an existing
+// file (fs.ErrExist).
+func WriteVerifierKeyFile(path, vkey string) error {
+	if _, _, err := ParseVerifierKey(vkey); err != nil {
+		return err
+	}
+	return writeNew(path, []byte(vkey+"\n"), 0o644)
+}
+
+// ReadVerifierKeyFile reads a log.vkey file (one verifier-key line; surrounding
+// white space is ignored) and returns the note verifier and the key line.
+func ReadVerifierKeyFile(path string) (note.Verifier, string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("reading verifier key %s: %w", path, err)
+	}
+	vkey := strings.TrimSpace(string(data))
+	if strings.ContainsAny(vkey, "\n\r") {
+		return nil, "", fmt.Errorf("%s: want one verifier-key line (origin+hexid+base64key), found several lines", path)
+	}
+	if _, _, err := ParseVerifierKey(vkey); err != nil {
+		return nil, "", fmt.Errorf("%s: %w", path, err)
+	}
+	v, err := NewNoteVerifier(vkey)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", path, err)
+	}
+	return v, vkey, nil
 }
 
 // writeNew creates path holding data, atomically and without clobbering: the

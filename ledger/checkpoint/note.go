@@ -12,12 +12,12 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	fnote "github.com/transparency-dev/formats/note"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger"
 )
 
 // Signed-note algorithm identifiers (https://c2sp.org/signed-note).
@@ -51,7 +51,7 @@ func (s *noteSigner) Sign(msg []byte) ([]byte, error) {
 // signs its SHA-256 digest, ASN.1-encoded (algorithm 0x02). The signer is
 // safe for concurrent use.
 func NewNoteSigner(origin string, key crypto.PrivateKey) (note.Signer, error) {
-	if err := checkName(origin); err != nil {
+	if err := ledger.CheckOrigin(origin); err != nil {
 		return nil, err
 	}
 	priv, ok := key.(crypto.Signer)
@@ -77,7 +77,7 @@ func NewNoteSigner(origin string, key crypto.PrivateKey) (note.Signer, error) {
 // VerifierKey returns the signed-note verifier key "origin+hexid+base64key"
 // for pub, without a trailing newline.
 func VerifierKey(origin string, pub crypto.PublicKey) (string, error) {
-	if err := checkName(origin); err != nil {
+	if err := ledger.CheckOrigin(origin); err != nil {
 		return "", err
 	}
 	alg, err := AlgorithmOf(pub)
@@ -156,7 +156,7 @@ func splitVerifierKey(vkey string) (name string, alg byte, key []byte, err error
 		return "", 0, nil, fmt.Errorf("malformed verifier key %q: want name+hexid+base64key", vkey)
 	}
 	name = parts[0]
-	if err := checkName(name); err != nil {
+	if err := ledger.CheckOrigin(name); err != nil {
 		return "", 0, nil, fmt.Errorf("malformed verifier key: %w", err)
 	}
 	if len(parts[1]) != 8 {
@@ -197,20 +197,4 @@ func keyHashAndBytes(name string, alg Algorithm, pub crypto.PublicKey) (uint32, 
 		return binary.BigEndian.Uint32(sum[:]), append([]byte{algECDSAWithSHA256}, der...), nil
 	}
 	return 0, nil, fmt.Errorf("%w: %s", ErrUnsupportedKey, alg)
-}
-
-// checkName applies the signed-note key name rules: non-empty UTF-8 with no
-// spaces and no "+".
-func checkName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("empty origin: give the log a name such as example.com/grantline")
-	case !utf8.ValidString(name):
-		return fmt.Errorf("origin %q is not valid UTF-8", name)
-	case strings.IndexFunc(name, unicode.IsSpace) >= 0:
-		return fmt.Errorf("origin %q contains white space, which a signed-note key name may not", name)
-	case strings.Contains(name, "+"):
-		return fmt.Errorf("origin %q contains '+', which a signed-note key name may not", name)
-	}
-	return nil
 }

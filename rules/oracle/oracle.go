@@ -1,5 +1,6 @@
-// Package oracle is a second, deliberately plain reading of RULES.md, written
-// in Go without CEL, loops over the chain and nothing clever. It exists only
+// Package oracle is a second, deliberately plain reading of the built-in
+// catalog (docs/rules.md), written in Go without CEL, loops over the chain
+// and nothing clever. It exists only
 // to check the CEL catalog: tests run both on the same chains and demand the
 // same findings, finding for finding. It is not used by the server.
 package oracle
@@ -26,7 +27,7 @@ type Finding struct {
 	Exposure int64 // seconds; only for rules that carry exposure
 }
 
-// Params are the rule parameters of RULES.md.
+// Params are the rule parameters of docs/rules.md.
 type Params struct {
 	RevokeGrace, JITGrace, DeprovisionSLA, ReviewInterval, DormantAfter      time.Duration
 	MaxCredentialAge, MaxCheckout, BreakglassReviewWithin, MoverReviewWithin time.Duration
@@ -36,7 +37,7 @@ type Params struct {
 	ExpiryEnforcedBy []string
 }
 
-// Defaults are RULES.md's defaults.
+// Defaults are the defaults of docs/rules.md.
 func Defaults() Params {
 	h := time.Hour
 	return Params{
@@ -416,7 +417,7 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 			deadline := tm(a).Add(p.DeprovisionSLA)
 			if now.After(deadline) && !c.endedBy(g, deadline) {
 				late, ok := c.lateEnd(g, deadline)
-				// RULES.md does not say which grant event of g to cite when
+				// docs/rules.md does not say which grant event of g to cite when
 				// there are several: we cite the latest in the chain.
 				idx := []uint64{a.Index}
 				var ge Entry

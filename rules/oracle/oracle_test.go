@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/synth"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/rules/oracle"
 )
@@ -19,7 +19,7 @@ type memChains map[string][]rules.Entry
 func (m memChains) Chain(_ context.Context, s string) ([]rules.Entry, error) { return m[s], nil }
 
 // TestCatalogMatchesOracle runs the CEL catalog and the plain-Go reading of
-// RULES.md over synthetic organisations, at several as-of times, and demands
+// docs/rules.md over synthetic organisations, at several as-of times, and demands
 // the same findings: rule, subject, every cited entry in order, exposure.
 // The chains given to both are cut at the as-of time, as a checkpoint taken
 // then would be.

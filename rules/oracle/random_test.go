@@ -25,7 +25,7 @@ var vocabulary = []string{
 }
 
 // randomChains builds small adversarial chains: refs drawn from tiny pools so
-// that events link in every way RULES.md allows, times on a coarse grid so
+// that events link in every way docs/rules.md allows, times on a coarse grid so
 // ties happen, and owners that are other subjects of the same draw.
 func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[string][]oracle.Entry, []string) {
 	subjects := []string{"alice", "bob", "svc-a", "svc-b"}
@@ -82,7 +82,8 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 }
 
 // TestCatalogMatchesOracleRandom is a differential test on adversarial
-// random chains: every disagreement is a misreading of RULES.md on one side.
+// random chains: every disagreement is a misreading of docs/rules.md on one
+// side.
 func TestCatalogMatchesOracleRandom(t *testing.T) {
 	builtin, err := rules.Builtin()
 	if err != nil {

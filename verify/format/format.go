@@ -2,7 +2,7 @@
 // JSON shapes inside them: the entry lines of entries.jsonl, the findings
 // document findings.json and the consistency proofs of consistency.json. It
 // is pure data, shared by the exporter and verifier (package verify) and the
-// OSCAL and HTML renderers (verify/oscal, verify/report); see DESIGN.md,
+// OSCAL and HTML renderers (verify/oscal, verify/report); see docs/design.md,
 // "Evidence package".
 package format
 

@@ -15,8 +15,10 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"github.com/grantline/grantline/ledger/checkpoint"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/checkpoint"
 )
 
 func main() {
@@ -28,22 +30,22 @@ func main() {
 	}
 	other, _ := checkpoint.NewNoteSigner("witness.example", ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32)))
 	root := bytes.Repeat([]byte{0xab}, 32)
-	good, _ := checkpoint.Sign(s, 42, root)
-	cosigned, _ := note.Sign(&note.Note{Text: string(checkpoint.Body(origin, 42, root))}, s, other)
-	ext, _ := note.Sign(&note.Note{Text: string(checkpoint.Body(origin, 1, root)) + "ext line\n"}, s)
+	good := mustSign(s, 42, root)
+	cosigned, _ := note.Sign(&note.Note{Text: string(ledger.CheckpointBody(origin, 42, [32]byte(root)))}, s, other)
+	ext, _ := note.Sign(&note.Note{Text: string(ledger.CheckpointBody(origin, 1, [32]byte(root))) + "ext line\n"}, s)
 	badSize, _ := note.Sign(&note.Note{Text: origin + "\n007\n" + "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=\n"}, s)
 	seeds := map[string][]byte{
 		"valid":           good,
 		"cosigned":        cosigned,
 		"extension":       ext,
 		"leading_zero":    badSize,
-		"unsigned":        checkpoint.Body(origin, 42, root),
+		"unsigned":        ledger.CheckpointBody(origin, 42, [32]byte(root)),
 		"truncated_sig":   good[:len(good)-10],
 		"tampered":        bytes.Replace(good, []byte("\n42\n"), []byte("\n43\n"), 1),
 		"wrong_key":       mustSign(other, 42, root),
 		"no_dash":         bytes.Replace(good, []byte("— "), []byte("-- "), 1),
 		"control_char":    append([]byte("a\x00\n1\n\n"), good...),
-		"empty_sig_block": append(checkpoint.Body(origin, 0, root), '\n'),
+		"empty_sig_block": append(ledger.CheckpointBody(origin, 0, [32]byte(root)), '\n'),
 	}
 	dir := filepath.Join("testdata", "fuzz", "FuzzOpen")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -58,7 +60,8 @@ func main() {
 }
 
 func mustSign(s note.Signer, size uint64, root []byte) []byte {
-	b, err := checkpoint.Sign(s, size, root)
+	c, err := ledger.SignCheckpoint(s, size, [32]byte(root))
+	b := c.Note
 	if err != nil {
 		log.Fatal(err)
 	}

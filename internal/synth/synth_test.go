@@ -14,11 +14,11 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
-// vocabulary is DESIGN.md's closed type vocabulary, written out again here
+// vocabulary is docs/design.md's closed type vocabulary, written out again here
 // rather than taken from the generator.
 var vocabulary = strings.Fields(`identity.created identity.moved identity.disabled identity.enabled
 identity.terminated access.requested access.approved access.denied access.revoked access.expired

@@ -1,28 +1,28 @@
-package checkpoint_test
+package ledger_test
 
 import (
 	"fmt"
 
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 )
 
-func ExampleBody() {
-	root := make([]byte, 32)
-	fmt.Printf("%s", checkpoint.Body("example.com/log", 0, root))
+func ExampleCheckpointBody() {
+	fmt.Printf("%s", ledger.CheckpointBody("example.com/log", 0, [32]byte{}))
 	// Output:
 	// example.com/log
 	// 0
 	// AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=
 }
 
-func ExampleOpen() {
+func ExampleOpenCheckpoint() {
 	key, _ := checkpoint.GenerateKey(checkpoint.Ed25519)
 	signer, _ := checkpoint.NewNoteSigner("example.com/log", key)
 	vkey, _ := checkpoint.VerifierKey("example.com/log", key.Public())
 	verifier, _ := checkpoint.NewNoteVerifier(vkey)
 
-	msg, _ := checkpoint.Sign(signer, 3, make([]byte, 32))
-	c, err := checkpoint.Open(msg, verifier)
+	signed, _ := ledger.SignCheckpoint(signer, 3, [32]byte{})
+	c, err := ledger.OpenCheckpoint(signed.Note, verifier)
 	fmt.Println(c.Origin, c.Size, err)
 	// Output: example.com/log 3 <nil>
 }

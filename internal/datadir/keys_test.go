@@ -1,7 +1,8 @@
-package checkpoint
+package datadir
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"os"
 	"path/filepath"
@@ -11,18 +12,42 @@ import (
 
 	"github.com/sigstore/sigstore/pkg/signature"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/checkpoint"
 )
 
+const testOrigin = "example.com/grantline/test"
+
+// sign returns the signed checkpoint note of size over the root testRoot(seed).
+func sign(s note.Signer, size uint64, root [32]byte) ([]byte, error) {
+	c, err := ledger.SignCheckpoint(s, size, root)
+	return c.Note, err
+}
+
+func testRoot(seed string) [32]byte { return sha256.Sum256([]byte(seed)) }
+
+func checkMode(t *testing.T, path string, want os.FileMode) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != want {
+		t.Errorf("mode of %s = %v, want %v", path, got, want)
+	}
+}
+
 func TestLoadOrCreateKeys(t *testing.T) {
-	for _, alg := range []Algorithm{Ed25519, ECDSAP256} {
+	for _, alg := range []checkpoint.Algorithm{checkpoint.Ed25519, checkpoint.ECDSAP256} {
 		t.Run(string(alg), func(t *testing.T) {
 			data := t.TempDir()
 			k1, err := LoadOrCreateKeys(data, testOrigin, alg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if k1.Algorithm != alg || k1.EvidenceAlgorithm != ECDSAP256 {
-				t.Errorf("algorithms = %s, %s; want %s, %s", k1.Algorithm, k1.EvidenceAlgorithm, alg, ECDSAP256)
+			if k1.Algorithm != alg || k1.EvidenceAlgorithm != checkpoint.ECDSAP256 {
+				t.Errorf("algorithms = %s, %s; want %s, %s", k1.Algorithm, k1.EvidenceAlgorithm, alg, checkpoint.ECDSAP256)
 			}
 			checkMode(t, k1.LogKeyPath, 0o600)
 			checkMode(t, k1.EvidenceKeyPath, 0o600)
@@ -39,18 +64,18 @@ func TestLoadOrCreateKeys(t *testing.T) {
 				t.Errorf("log.vkey = %q, want %q plus one newline", vkeyFile, k1.VerifierKey)
 			}
 			// The vkey file alone verifies checkpoints signed by the keys.
-			v, err := NewNoteVerifier(strings.TrimSpace(string(vkeyFile)))
+			v, err := checkpoint.NewNoteVerifier(strings.TrimSpace(string(vkeyFile)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			msg, err := Sign(k1.LogSigner, 1, testRoot("k"))
+			msg, err := sign(k1.LogSigner, 1, testRoot("k"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := Open(msg, v); err != nil {
+			if _, err := ledger.OpenCheckpoint(msg, v); err != nil {
 				t.Errorf("Open with log.vkey = %v", err)
 			}
-			if alg == Ed25519 {
+			if alg == checkpoint.Ed25519 {
 				xv, err := note.NewVerifier(k1.VerifierKey)
 				if err != nil {
 					t.Fatal(err)
@@ -65,7 +90,7 @@ func TestLoadOrCreateKeys(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			pub, err := ReadPublicKeyFile(k1.EvidencePubKeyPath)
+			pub, err := checkpoint.ReadPublicKeyFile(k1.EvidencePubKeyPath)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -78,7 +103,7 @@ func TestLoadOrCreateKeys(t *testing.T) {
 			}
 
 			// Reuse: same keys on a later start, whatever algorithm is asked.
-			k2, err := LoadOrCreateKeys(data, testOrigin, Ed25519)
+			k2, err := LoadOrCreateKeys(data, testOrigin, checkpoint.Ed25519)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -97,37 +122,37 @@ func TestLoadOrCreateKeys(t *testing.T) {
 
 func TestLoadOrCreateKeysMismatch(t *testing.T) {
 	data := t.TempDir()
-	k, err := LoadOrCreateKeys(data, testOrigin, Ed25519)
+	k, err := LoadOrCreateKeys(data, testOrigin, checkpoint.Ed25519)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A vkey of another key with the same origin.
-	other, _ := GenerateKey(Ed25519)
-	vk, _ := VerifierKey(testOrigin, other.Public())
+	other, _ := checkpoint.GenerateKey(checkpoint.Ed25519)
+	vk, _ := checkpoint.VerifierKey(testOrigin, other.Public())
 	if err := os.WriteFile(k.VerifierKeyPath, []byte(vk+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateKeys(data, testOrigin, Ed25519); !errors.Is(err, ErrKeyMismatch) {
+	if _, err := LoadOrCreateKeys(data, testOrigin, checkpoint.Ed25519); !errors.Is(err, ErrKeyMismatch) {
 		t.Errorf("LoadOrCreateKeys with foreign log.vkey = %v, want ErrKeyMismatch", err)
 	}
 	os.Remove(k.VerifierKeyPath)
 	// A foreign evidence.pub.
-	other2, _ := GenerateKey(ECDSAP256)
-	pemBytes, _ := MarshalPublicKeyPEM(other2.Public())
+	other2, _ := checkpoint.GenerateKey(checkpoint.ECDSAP256)
+	pemBytes, _ := checkpoint.MarshalPublicKeyPEM(other2.Public())
 	if err := os.WriteFile(k.EvidencePubKeyPath, pemBytes, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateKeys(data, testOrigin, Ed25519); !errors.Is(err, ErrKeyMismatch) {
+	if _, err := LoadOrCreateKeys(data, testOrigin, checkpoint.Ed25519); !errors.Is(err, ErrKeyMismatch) {
 		t.Errorf("LoadOrCreateKeys with foreign evidence.pub = %v, want ErrKeyMismatch", err)
 	}
 	// A corrupt private key is reported with its path.
 	if err := os.WriteFile(k.LogKeyPath, []byte("junk"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateKeys(data, testOrigin, Ed25519); err == nil || !strings.Contains(err.Error(), k.LogKeyPath) {
+	if _, err := LoadOrCreateKeys(data, testOrigin, checkpoint.Ed25519); err == nil || !strings.Contains(err.Error(), k.LogKeyPath) {
 		t.Errorf("LoadOrCreateKeys with corrupt log.key = %v, want error naming %s", err, k.LogKeyPath)
 	}
-	if _, err := LoadOrCreateKeys(t.TempDir(), "bad origin", Ed25519); err == nil {
+	if _, err := LoadOrCreateKeys(t.TempDir(), "bad origin", checkpoint.Ed25519); err == nil {
 		t.Error("LoadOrCreateKeys with a space in the origin succeeded")
 	}
 }
@@ -140,7 +165,7 @@ func TestLoadOrCreateKeysConcurrent(t *testing.T) {
 	errs := make([]error, 8)
 	for i := range vkeys {
 		wg.Go(func() {
-			k, err := LoadOrCreateKeys(data, testOrigin, Ed25519)
+			k, err := LoadOrCreateKeys(data, testOrigin, checkpoint.Ed25519)
 			errs[i] = err
 			if err == nil {
 				vkeys[i] = k.VerifierKey
@@ -160,26 +185,26 @@ func TestLoadOrCreateKeysConcurrent(t *testing.T) {
 
 func TestReadVerifierKeyFile(t *testing.T) {
 	data := t.TempDir()
-	k, err := LoadOrCreateKeys(data, testOrigin, ECDSAP256)
+	k, err := LoadOrCreateKeys(data, testOrigin, checkpoint.ECDSAP256)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, vkey, err := ReadVerifierKeyFile(k.VerifierKeyPath)
+	v, vkey, err := checkpoint.ReadVerifierKeyFile(k.VerifierKeyPath)
 	if err != nil || vkey != k.VerifierKey || v.Name() != testOrigin {
-		t.Fatalf("ReadVerifierKeyFile = %v, %q, %v", v, vkey, err)
+		t.Fatalf("checkpoint.ReadVerifierKeyFile = %v, %q, %v", v, vkey, err)
 	}
-	msg, _ := Sign(k.LogSigner, 2, testRoot("v"))
-	if _, err := Open(msg, v); err != nil {
+	msg, _ := sign(k.LogSigner, 2, testRoot("v"))
+	if _, err := ledger.OpenCheckpoint(msg, v); err != nil {
 		t.Errorf("Open with verifier from file = %v", err)
 	}
 	bad := filepath.Join(data, "bad.vkey")
 	for _, content := range []string{"", "a+b\nc+d\n", "junk", k.VerifierKey[:len(k.VerifierKey)-4]} {
 		os.WriteFile(bad, []byte(content), 0o644)
-		if _, _, err := ReadVerifierKeyFile(bad); err == nil || !strings.Contains(err.Error(), bad) {
-			t.Errorf("ReadVerifierKeyFile(%q) = %v, want error naming the file", content, err)
+		if _, _, err := checkpoint.ReadVerifierKeyFile(bad); err == nil || !strings.Contains(err.Error(), bad) {
+			t.Errorf("checkpoint.ReadVerifierKeyFile(%q) = %v, want error naming the file", content, err)
 		}
 	}
-	if _, _, err := ReadVerifierKeyFile(filepath.Join(data, "missing")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("ReadVerifierKeyFile(missing) = %v, want ErrNotExist", err)
+	if _, _, err := checkpoint.ReadVerifierKeyFile(filepath.Join(data, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("checkpoint.ReadVerifierKeyFile(missing) = %v, want ErrNotExist", err)
 	}
 }

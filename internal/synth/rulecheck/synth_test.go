@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grantline/grantline/ingest/synth"
+	"github.com/grantline/grantline/internal/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/rules/oracle"

@@ -1,4 +1,4 @@
-package checkpoint
+package datadir
 
 import (
 	"bytes"
@@ -13,9 +13,12 @@ import (
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/checkpoint"
 )
 
-// Key file names inside DATA/keys.
+// File names inside DATA/keys.
 const (
 	LogKeyFile         = "log.key"
 	LogVerifierKeyFile = "log.vkey"
@@ -30,15 +33,15 @@ var ErrKeyMismatch = errors.New("key files do not match")
 // Keys are a data directory's signing keys, loaded or created by
 // LoadOrCreateKeys. All fields are safe for concurrent use.
 type Keys struct {
-	Origin    string    // checkpoint origin, the log key's name
-	Algorithm Algorithm // of the log key
+	Origin    string               // checkpoint origin, the log key's name
+	Algorithm checkpoint.Algorithm // of the log key
 
 	LogSigner   note.Signer   // signs checkpoints
 	LogVerifier note.Verifier // verifies them
 	VerifierKey string        // the log.vkey line, without its newline
 
 	Evidence          signature.SignerVerifier // signs evidence statements (DSSE)
-	EvidenceAlgorithm Algorithm
+	EvidenceAlgorithm checkpoint.Algorithm
 	EvidencePublicPEM []byte // contents of evidence.pub
 
 	Dir                                                              string // DATA/keys
@@ -53,14 +56,14 @@ type Keys struct {
 // ErrKeyMismatch if the stored log.vkey names another origin, or if a public
 // file does not match its private key. Files are written atomically and never
 // overwritten, so concurrent first starts agree on one key.
-func LoadOrCreateKeys(dataDir, origin string, alg Algorithm) (*Keys, error) {
-	if err := checkName(origin); err != nil {
+func LoadOrCreateKeys(dataDir, origin string, alg checkpoint.Algorithm) (*Keys, error) {
+	if err := ledger.CheckOrigin(origin); err != nil {
 		return nil, err
 	}
-	if _, err := ParseAlgorithm(string(alg)); err != nil {
+	if _, err := checkpoint.ParseAlgorithm(string(alg)); err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(dataDir, "keys")
+	dir := filepath.Join(dataDir, KeysDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating key directory: %w", err)
 	}
@@ -77,27 +80,27 @@ func LoadOrCreateKeys(dataDir, origin string, alg Algorithm) (*Keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	if k.Algorithm, err = AlgorithmOf(logKey); err != nil {
+	if k.Algorithm, err = checkpoint.AlgorithmOf(logKey); err != nil {
 		return nil, fmt.Errorf("%s: %w", k.LogKeyPath, err)
 	}
-	if k.VerifierKey, err = VerifierKey(origin, logKey.Public()); err != nil {
+	if k.VerifierKey, err = checkpoint.VerifierKey(origin, logKey.Public()); err != nil {
 		return nil, err
 	}
 	if err := loadOrCreateVerifierKey(k.VerifierKeyPath, k.VerifierKey, origin, logKey.Public()); err != nil {
 		return nil, err
 	}
-	if k.LogSigner, err = NewNoteSigner(origin, logKey); err != nil {
+	if k.LogSigner, err = checkpoint.NewNoteSigner(origin, logKey); err != nil {
 		return nil, err
 	}
-	if k.LogVerifier, err = NewNoteVerifier(k.VerifierKey); err != nil {
+	if k.LogVerifier, err = checkpoint.NewNoteVerifier(k.VerifierKey); err != nil {
 		return nil, err
 	}
 
-	evKey, err := loadOrCreatePrivate(k.EvidenceKeyPath, ECDSAP256)
+	evKey, err := loadOrCreatePrivate(k.EvidenceKeyPath, checkpoint.ECDSAP256)
 	if err != nil {
 		return nil, err
 	}
-	if k.EvidenceAlgorithm, err = AlgorithmOf(evKey); err != nil {
+	if k.EvidenceAlgorithm, err = checkpoint.AlgorithmOf(evKey); err != nil {
 		return nil, fmt.Errorf("%s: %w", k.EvidenceKeyPath, err)
 	}
 	if k.EvidencePublicPEM, err = loadOrCreatePublic(k.EvidencePubKeyPath, evKey.Public()); err != nil {
@@ -109,17 +112,17 @@ func LoadOrCreateKeys(dataDir, origin string, alg Algorithm) (*Keys, error) {
 	return k, nil
 }
 
-func loadOrCreatePrivate(path string, alg Algorithm) (crypto.Signer, error) {
-	key, err := ReadPrivateKeyFile(path)
+func loadOrCreatePrivate(path string, alg checkpoint.Algorithm) (crypto.Signer, error) {
+	key, err := checkpoint.ReadPrivateKeyFile(path)
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return key, err
 	}
-	if key, err = GenerateKey(alg); err != nil {
+	if key, err = checkpoint.GenerateKey(alg); err != nil {
 		return nil, err
 	}
-	if err := WritePrivateKeyFile(path, key); err != nil {
+	if err := checkpoint.WritePrivateKeyFile(path, key); err != nil {
 		if errors.Is(err, fs.ErrExist) { // another process won the race
-			return ReadPrivateKeyFile(path)
+			return checkpoint.ReadPrivateKeyFile(path)
 		}
 		return nil, err
 	}
@@ -129,7 +132,7 @@ func loadOrCreatePrivate(path string, alg Algorithm) (crypto.Signer, error) {
 func loadOrCreateVerifierKey(path, want, origin string, pub crypto.PublicKey) error {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		err = writeNew(path, []byte(want+"\n"), 0o644)
+		err = checkpoint.WriteVerifierKeyFile(path, want)
 		if !errors.Is(err, fs.ErrExist) {
 			return err
 		}
@@ -142,7 +145,7 @@ func loadOrCreateVerifierKey(path, want, origin string, pub crypto.PublicKey) er
 	if got == want {
 		return nil
 	}
-	gotOrigin, gotPub, err := ParseVerifierKey(got)
+	gotOrigin, gotPub, err := checkpoint.ParseVerifierKey(got)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
@@ -157,13 +160,13 @@ func loadOrCreateVerifierKey(path, want, origin string, pub crypto.PublicKey) er
 }
 
 func loadOrCreatePublic(path string, pub crypto.PublicKey) ([]byte, error) {
-	want, err := MarshalPublicKeyPEM(pub)
+	want, err := checkpoint.MarshalPublicKeyPEM(pub)
 	if err != nil {
 		return nil, err
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		err = writeNew(path, want, 0o644)
+		err = checkpoint.WritePublicKeyFile(path, pub)
 		if err == nil {
 			return want, nil
 		}
@@ -178,7 +181,7 @@ func loadOrCreatePublic(path string, pub crypto.PublicKey) ([]byte, error) {
 	if bytes.Equal(data, want) {
 		return data, nil
 	}
-	got, err := ParsePublicKeyPEM(data)
+	got, err := checkpoint.ParsePublicKeyPEM(data)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -186,25 +189,4 @@ func loadOrCreatePublic(path string, pub crypto.PublicKey) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s does not hold the public key of the private key beside it", ErrKeyMismatch, path)
 	}
 	return data, nil
-}
-
-// ReadVerifierKeyFile reads a log.vkey file (one verifier-key line; surrounding
-// white space is ignored) and returns the note verifier and the key line.
-func ReadVerifierKeyFile(path string) (note.Verifier, string, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, "", fmt.Errorf("reading verifier key: %w", err)
-	}
-	vkey := strings.TrimSpace(string(data))
-	if strings.ContainsAny(vkey, "\n\r") {
-		return nil, "", fmt.Errorf("%s: want one verifier-key line (origin+hexid+base64key), found several lines", path)
-	}
-	if _, _, err := ParseVerifierKey(vkey); err != nil {
-		return nil, "", fmt.Errorf("%s: %w", path, err)
-	}
-	v, err := NewNoteVerifier(vkey)
-	if err != nil {
-		return nil, "", fmt.Errorf("%s: %w", path, err)
-	}
-	return v, vkey, nil
 }

@@ -1,14 +1,4 @@
-// Package checkpoint reads, writes, signs and verifies Grantline's log
-// checkpoints: C2SP tlog-checkpoints (https://c2sp.org/tlog-checkpoint) as
-// signed notes (https://c2sp.org/signed-note). Signing goes through sigstore
-// signers (github.com/sigstore/sigstore/pkg/signature) with Ed25519 (the
-// default, verifiable by golang.org/x/mod/sumdb/note) or ECDSA P-256 (the
-// signed-note ECDSA algorithm of github.com/transparency-dev/formats/note).
-// The package also owns the key files of a data directory (keys/log.key,
-// keys/log.vkey, keys/evidence.key, keys/evidence.pub); see LoadOrCreateKeys.
-// Sigstore signing is confined to this package; everything here is pure
-// format and file code, safe to use from offline verifiers.
-package checkpoint
+package ledger
 
 import (
 	"bytes"
@@ -17,14 +7,15 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	flog "github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 )
 
-// Errors returned by Open, checked with errors.Is. Each is wrapped with a
-// message saying where and what.
+// Errors returned by OpenCheckpoint, checked with errors.Is. Each is wrapped
+// with a message saying where and what.
 var (
 	// ErrMalformed: the text is not a well-formed signed checkpoint.
 	ErrMalformed = errors.New("malformed checkpoint")
@@ -39,44 +30,42 @@ var (
 	ErrOriginMismatch = errors.New("checkpoint origin does not match the key")
 )
 
-// MaxNoteSize bounds the checkpoint notes Open accepts.
-const MaxNoteSize = 64 << 10
+// MaxCheckpointSize bounds the checkpoint notes OpenCheckpoint accepts.
+const MaxCheckpointSize = 64 << 10
 
-// HashSize is the size of a root hash (SHA-256).
-const HashSize = 32
-
-// Checkpoint is a verified checkpoint.
+// Checkpoint is a signed checkpoint of the log: the C2SP tlog-checkpoint
+// (https://c2sp.org/tlog-checkpoint) text as a signed note, and the values it
+// commits to. It is the one checkpoint type of Grantline: the log publishes
+// it, the services serve it, evidence packages embed it and verifiers open it.
 type Checkpoint struct {
-	Origin string
-	Size   uint64
-	Root   [HashSize]byte
+	Origin string   // the log's name: the first line, and the signer's key name
+	Size   uint64   // the tree size
+	Root   [32]byte // the RFC 6962 root hash of the tree of Size leaves
+	Note   []byte   // the signed note, verbatim
 }
 
-// Body returns the unsigned checkpoint text: the origin, the decimal size and
-// the base64 root hash, each on its own line. root should be 32 bytes.
-func Body(origin string, size uint64, root []byte) []byte {
-	return flog.Checkpoint{Origin: origin, Size: size, Hash: root}.Marshal()
+// CheckpointBody returns the unsigned checkpoint text: the origin, the
+// decimal size and the base64 root hash, each on its own line.
+func CheckpointBody(origin string, size uint64, root [32]byte) []byte {
+	return flog.Checkpoint{Origin: origin, Size: size, Hash: root[:]}.Marshal()
 }
 
-// Sign returns the signed note for a checkpoint of the given size and root,
-// signed by s. The origin is the signer's name.
-func Sign(s note.Signer, size uint64, root []byte) ([]byte, error) {
-	if len(root) != HashSize {
-		return nil, fmt.Errorf("signing checkpoint: root hash is %d bytes, want %d", len(root), HashSize)
-	}
-	msg, err := note.Sign(&note.Note{Text: string(Body(s.Name(), size, root))}, s)
+// SignCheckpoint signs the checkpoint of a tree of the given size and root
+// with s. The origin is the signer's key name.
+func SignCheckpoint(s note.Signer, size uint64, root [32]byte) (Checkpoint, error) {
+	msg, err := note.Sign(&note.Note{Text: string(CheckpointBody(s.Name(), size, root))}, s)
 	if err != nil {
-		return nil, fmt.Errorf("signing checkpoint: %w", err)
+		return Checkpoint{}, fmt.Errorf("signing checkpoint %d: %w", size, err)
 	}
-	return msg, nil
+	return Checkpoint{Origin: s.Name(), Size: size, Root: root, Note: msg}, nil
 }
 
-// Open parses a signed checkpoint note and verifies its signature by v. The
+// OpenCheckpoint parses a signed checkpoint note and verifies its signature by v. The
 // origin line must equal v's key name. Signatures by other keys (witness
 // cosignatures) are ignored; extension lines after the root are allowed and
 // ignored. Errors wrap ErrMalformed (naming the line), ErrMissingSignature,
 // ErrUnknownKey, ErrInvalidSignature or ErrOriginMismatch.
-func Open(noteText []byte, v note.Verifier) (Checkpoint, error) {
+func OpenCheckpoint(noteText []byte, v note.Verifier) (Checkpoint, error) {
 	if v == nil {
 		return Checkpoint{}, errors.New("opening checkpoint: no verifier given")
 	}
@@ -108,14 +97,15 @@ func Open(noteText []byte, v note.Verifier) (Checkpoint, error) {
 	if c.Origin != v.Name() {
 		return Checkpoint{}, fmt.Errorf("%w: line 1: origin is %q, the key is for %q", ErrOriginMismatch, c.Origin, v.Name())
 	}
+	c.Note = noteText
 	return c, nil
 }
 
 // checkNoteShape reproduces note.Open's well-formedness checks so that a
 // malformed note gets a message naming its line.
 func checkNoteShape(msg []byte) error {
-	if len(msg) > MaxNoteSize {
-		return fmt.Errorf("%w: note is %d bytes, more than the %d allowed", ErrMalformed, len(msg), MaxNoteSize)
+	if len(msg) > MaxCheckpointSize {
+		return fmt.Errorf("%w: note is %d bytes, more than the %d allowed", ErrMalformed, len(msg), MaxCheckpointSize)
 	}
 	if len(msg) == 0 {
 		return fmt.Errorf("%w: empty input", ErrMalformed)
@@ -152,7 +142,7 @@ func checkNoteShape(msg []byte) error {
 			return fmt.Errorf("%w: line %d: a signature line must start with an em dash and a space (\"— \")", ErrMalformed, ln)
 		}
 		name, b64, _ := strings.Cut(string(rest), " ")
-		if err := checkName(name); err != nil || strings.Contains(b64, " ") {
+		if err := CheckOrigin(name); err != nil || strings.Contains(b64, " ") {
 			return fmt.Errorf("%w: line %d: want \"— <key name> <base64 signature>\"", ErrMalformed, ln)
 		}
 		sig, err := base64.StdEncoding.DecodeString(b64)
@@ -184,8 +174,8 @@ func parseBody(text []byte) (Checkpoint, error) {
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("%w: line 3: root hash is not valid base64", ErrMalformed)
 	}
-	if len(root) != HashSize {
-		return Checkpoint{}, fmt.Errorf("%w: line 3: root hash is %d bytes, want %d", ErrMalformed, len(root), HashSize)
+	if len(root) != 32 {
+		return Checkpoint{}, fmt.Errorf("%w: line 3: root hash is %d bytes, want %d", ErrMalformed, len(root), 32)
 	}
 	var fc flog.Checkpoint
 	if _, err := fc.Unmarshal(text); err != nil {
@@ -194,4 +184,20 @@ func parseBody(text []byte) (Checkpoint, error) {
 	c := Checkpoint{Origin: fc.Origin, Size: fc.Size}
 	copy(c.Root[:], fc.Hash)
 	return c, nil
+}
+
+// CheckOrigin applies the signed-note key name rules to a log origin (which
+// is also its key name): non-empty UTF-8 with no spaces and no "+".
+func CheckOrigin(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty origin: give the log a name such as example.com/grantline")
+	case !utf8.ValidString(name):
+		return fmt.Errorf("origin %q is not valid UTF-8", name)
+	case strings.IndexFunc(name, unicode.IsSpace) >= 0:
+		return fmt.Errorf("origin %q contains white space, which a signed-note key name may not", name)
+	case strings.Contains(name, "+"):
+		return fmt.Errorf("origin %q contains '+', which a signed-note key name may not", name)
+	}
+	return nil
 }

@@ -1,0 +1,361 @@
+// Package server wires a Grantline server together: it opens (or creates)
+// a data directory, loads the rule set, opens the ledger on its store and
+// serves the ingest package's handler over HTTP (h2c, or TLS). It is what
+// `grantline serve`, `grantline demo`, `grantline bench` and the end-to-end
+// tests start; integrators use the public packages (ledger, ingest, rules,
+// verify) instead.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/grantline/grantline/ingest"
+	"github.com/grantline/grantline/internal/datadir"
+	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/rules"
+	"github.com/grantline/grantline/verify"
+	"github.com/grantline/grantline/verify/format"
+)
+
+// DefaultListen is the listen address when Config.Listen is empty; the
+// data directory defaults to datadir.Default.
+const DefaultListen = "127.0.0.1:7800"
+
+// ErrConfig marks an error in the Config (a usage error, not a failure).
+var ErrConfig = errors.New("invalid server configuration")
+
+// Config configures Start; zero fields take the defaults.
+type Config struct {
+	DataDir, Listen, ParamsFile, RulesDir, Origin, TLSCert, TLSKey string
+	Logger                                                         *slog.Logger
+	// MetricsPublic serves /metrics without a token.
+	MetricsPublic bool
+	// Algorithm of a new log key: ed25519 (default) or ecdsa-p256.
+	Algorithm string
+	// QueueSize is the ledger's append queue (0: its default).
+	QueueSize int
+}
+
+// Server is a started server.
+type Server struct {
+	URL                              string // http(s)://HOST:PORT, an unspecified listen host shown as 127.0.0.1
+	AdminToken                       string // contents of DATA/admin.token ("" if that file was removed)
+	AdminTokenPath                   string // DATA/admin.token
+	NewAdminToken                    bool   // this start created the admin token
+	DataDir                          string
+	VerifierKey                      string // the log.vkey line
+	VerifierKeyPath, EvidenceKeyPath string // DATA/keys/log.vkey, DATA/keys/evidence.pub
+	Origin                           string
+
+	log      *ledger.Log
+	api      *ingest.Server
+	http     *http.Server
+	stopped  chan struct{} // closed when the HTTP server stopped serving
+	serveErr error         // why it stopped; set before stopped is closed
+	logger   *slog.Logger
+}
+
+// Ledger is the server's open log, for in-process callers (bench, tests).
+func (r *Server) Ledger() *ledger.Log { return r.log }
+
+// Done is closed when the HTTP server stops serving: after Close, or on its
+// own (a listener failure), which Close then returns.
+func (r *Server) Done() <-chan struct{} { return r.stopped }
+
+// Start opens (or creates) the data directory and serves it until Close.
+// The rule set is compiled first, so that a broken rule refuses the start
+// before anything is created. Errors in cfg wrap ErrConfig.
+func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = datadir.Default
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, fmt.Errorf("%w: --tls-cert and --tls-key go together: give both, or neither for cleartext (h2c)", ErrConfig)
+	}
+	alg := checkpoint.Ed25519
+	if cfg.Algorithm != "" {
+		if alg, err = checkpoint.ParseAlgorithm(cfg.Algorithm); err != nil {
+			return nil, fmt.Errorf("%w: --alg: %w", ErrConfig, err)
+		}
+	}
+
+	set, paramsYAML, err := loadRuleSet(cfg.RulesDir, cfg.ParamsFile)
+	if err != nil {
+		return nil, err
+	}
+	var tlsCfg *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert %s / --tls-key %s: %w", cfg.TLSCert, cfg.TLSKey, err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	dd, err := datadir.Open(cfg.DataDir, cfg.Origin, alg)
+	if err != nil {
+		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
+	}
+	keys := dd.Keys
+	evSigner, err := verify.NewEvidenceSigner(keys.Evidence)
+	if err != nil {
+		return nil, fmt.Errorf("evidence key: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+	}
+	defer func() {
+		if err != nil {
+			ln.Close()
+		}
+	}()
+	l, err := dd.OpenLedger(ctx, ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")})
+	if err != nil {
+		return nil, err
+	}
+	api, err := ingest.New(ingest.Config{
+		Ledger: l, Auth: dd.Tokens, Evaluator: set,
+		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
+		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic,
+	})
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+
+	rs := &Server{
+		DataDir: cfg.DataDir, VerifierKey: keys.VerifierKey, Origin: keys.Origin,
+		VerifierKeyPath: keys.VerifierKeyPath, EvidenceKeyPath: keys.EvidencePubKeyPath,
+		AdminTokenPath: dd.AdminTokenPath, NewAdminToken: dd.NewAdminToken,
+		log: l, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+	}
+	if b, err := os.ReadFile(rs.AdminTokenPath); err == nil {
+		rs.AdminToken = strings.TrimSpace(string(b))
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // h2c: gRPC and bidi streams without TLS
+	protocols.SetHTTP2(true)
+	rs.http = &http.Server{
+		Handler:           api.Handler(),
+		Protocols:         protocols,
+		HTTP2:             ingest.HTTP2Config(),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	rs.URL = scheme + "://" + displayAddr(ln.Addr())
+	go func() {
+		var err error
+		if tlsCfg != nil {
+			err = rs.http.ServeTLS(ln, "", "")
+		} else {
+			err = rs.http.Serve(ln)
+		}
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		rs.serveErr = err
+		close(rs.stopped)
+	}()
+	cfg.Logger.Info("serving", "url", rs.URL, "origin", keys.Origin, "tree_size", l.Latest().Size, "data", cfg.DataDir)
+	return rs, nil
+}
+
+// Close stops accepting calls, waits for in-flight ones until ctx ends (then
+// cuts them off), and closes the ledger, which drains queued batches.
+func (r *Server) Close(ctx context.Context) error {
+	r.api.SetServing(false)
+	herr := r.http.Shutdown(ctx)
+	if herr != nil {
+		r.logger.Warn("in-flight calls cut off at the shutdown deadline", "err", herr)
+		r.http.Close()
+		herr = nil
+	}
+	<-r.stopped
+	lerr := r.log.Close()
+	if lerr != nil && !errors.Is(lerr, ledger.ErrClosed) {
+		return fmt.Errorf("closing the ledger: %w", lerr)
+	}
+	r.logger.Info("stopped")
+	return r.serveErr
+}
+
+// displayAddr shows a listener address as a client would dial it.
+func displayAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	ip := tcp.IP
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), fmt.Sprint(tcp.Port))
+}
+
+// loadRuleSet compiles the built-in rules plus --rules DIR with --params.
+// Errors carry file:line:col from the rules package.
+func loadRuleSet(dir, paramsFile string) (*rules.Set, []byte, error) {
+	rs, err := rules.Builtin()
+	if err != nil {
+		return nil, nil, fmt.Errorf("built-in rules: %w", err)
+	}
+	if dir != "" {
+		extra, err := rules.LoadDir(dir)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--rules %s: %w", dir, err)
+		}
+		rs = append(rs, extra...)
+	}
+	var params rules.Params
+	var paramsYAML []byte
+	if paramsFile != "" {
+		if paramsYAML, err = os.ReadFile(paramsFile); err != nil {
+			return nil, nil, fmt.Errorf("--params: %w", err)
+		}
+		if params, err = rules.ParseParams(paramsFile, paramsYAML); err != nil {
+			return nil, nil, fmt.Errorf("--params: %w", err)
+		}
+	}
+	set, err := rules.NewSet(rs, params)
+	if err != nil {
+		return nil, nil, fmt.Errorf("rule set: %w", err)
+	}
+	return set, paramsYAML, nil
+}
+
+// exporter builds evidence packages with verify.Export (ingest.Exporter).
+type exporter struct {
+	l      *ledger.Log
+	set    *rules.Set
+	params []byte
+	signer *verify.EvidenceSigner
+}
+
+func (x *exporter) Export(ctx context.Context, req ingest.ExportRequest, create func(string) (io.WriteCloser, error)) error {
+	src := &exportSource{x: x, req: req}
+	return verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
+}
+
+type sinkFunc func(string) (io.WriteCloser, error)
+
+func (f sinkFunc) Create(name string) (io.WriteCloser, error) { return f(name) }
+
+// exportSource is verify.Source over the ledger at one checkpoint.
+type exportSource struct {
+	x   *exporter
+	req ingest.ExportRequest
+}
+
+func (s *exportSource) Checkpoint(context.Context) (ledger.Checkpoint, error) {
+	return s.req.Checkpoint, nil
+}
+
+func (s *exportSource) Evaluate(ctx context.Context, size uint64, asOf time.Time) (*format.Findings, error) {
+	var subjects []string
+	if err := s.x.l.ForEachSubject(ctx, size, func(sub string) error {
+		subjects = append(subjects, sub)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	res, err := s.x.set.Evaluate(ctx, subjects, s.req.Chains, asOf)
+	if err != nil {
+		return nil, err
+	}
+	return verify.FindingsDocument(s.x.set, res, s.x.params)
+}
+
+func (s *exportSource) Leaf(ctx context.Context, index uint64) ([]byte, error) {
+	es, err := s.x.l.Entries(ctx, index, 1)
+	if err != nil {
+		return nil, err
+	}
+	if len(es) != 1 {
+		return nil, fmt.Errorf("entry %d: the ledger returned %d entries", index, len(es))
+	}
+	return es[0].Leaf, nil
+}
+
+func (s *exportSource) Entries(ctx context.Context, size uint64, subjects []string, fn func(uint64, []byte) error) error {
+	if subjects == nil {
+		for start := uint64(0); start < size; {
+			es, err := s.x.l.Entries(ctx, start, min(1000, size-start))
+			if err != nil {
+				return err
+			}
+			if len(es) == 0 {
+				return fmt.Errorf("entries from %d: the ledger returned none below size %d", start, size)
+			}
+			for _, e := range es {
+				if err := fn(e.Index, e.Leaf); err != nil {
+					return err
+				}
+			}
+			start = es[len(es)-1].Index + 1
+		}
+		return nil
+	}
+	// The chains of the named subjects, merged in index order.
+	var all []ledger.Entry
+	seen := map[string]bool{}
+	for _, sub := range subjects {
+		if seen[sub] {
+			continue
+		}
+		seen[sub] = true
+		for start := uint64(0); ; {
+			es, err := s.x.l.SubjectEntries(ctx, sub, size, start, 1000)
+			if err != nil {
+				return err
+			}
+			all = append(all, es...)
+			if len(es) < 1000 {
+				break
+			}
+			start = es[len(es)-1].Index + 1
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Index < all[j].Index })
+	for _, e := range all {
+		if err := fn(e.Index, e.Leaf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *exportSource) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
+	return s.x.l.InclusionProof(ctx, index, size)
+}
+
+func (s *exportSource) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
+	return s.x.l.ConsistencyProof(ctx, from, to)
+}
