@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/grantline/grantline/ingest"
+	"github.com/grantline/grantline/ingest/source"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -31,8 +32,8 @@ import (
 func init() {
 	register(&command{
 		name:    "append",
-		usage:   "[--server URL --token T] [--batch N] [--streams K] FILE.jsonl|- ...",
-		summary: "stream events (JSON lines) to a server over AppendStream and report what was stored",
+		usage:   "[--server URL --token T] [--batch N] [--streams K] [--format NAME --source SYSTEM] FILE|- ...",
+		summary: "stream events (JSON lines, or vendor records with --format) to a server over AppendStream and report what was stored",
 		run:     runAppendCmd,
 	})
 }
@@ -70,7 +71,13 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.IntVar(&cfg.window, "window", defaultWindow, "batches in flight per stream before waiting for an acknowledgement")
 	fs.IntVar(&cfg.retries, "retries", 8, "consecutive retries of a stream refused with ResourceExhausted or Unavailable before giving up")
 	quiet := fs.Bool("quiet", false, "no progress display even on a terminal")
+	formatName := fs.String("format", "", "read vendor records of this format (grantline adapters lists them; docs/sources.md) instead of Grantline JSON lines")
+	system := fs.String("source", "", "with --format: the source.system of every event made (the name your token may send)")
 	files, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	format, err := sourceFormat(*formatName, *system)
 	if err != nil {
 		return err
 	}
@@ -94,6 +101,7 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		in.format, in.system = format, *system
 		inputs = append(inputs, in)
 	}
 	defer func() {
@@ -204,6 +212,10 @@ type inputFile struct {
 	name string
 	f    *os.File      // nil for stdin
 	mem  *bytes.Reader // stdin contents
+	// format, when set, reads vendor records (append_format.go) whose
+	// events get source.system = system.
+	format *source.Format
+	system string
 }
 
 func openInput(name string, stdin io.Reader, stdinUsed *bool) (*inputFile, error) {
@@ -248,6 +260,9 @@ func (in *inputFile) eachEvent(fn func(line int, ev *pb.Event, lerr error) error
 	r, err := in.rewind()
 	if err != nil {
 		return err
+	}
+	if in.format != nil {
+		return in.eachRecordEvent(r, fn)
 	}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxLineBytes)

@@ -1,0 +1,45 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/grantline/grantline/ingest/source"
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+// sourceFormat checks append's --format and --source: both or neither.
+func sourceFormat(name, system string) (*source.Format, error) {
+	switch {
+	case name == "" && system == "":
+		return nil, nil
+	case name == "":
+		return nil, &exitError{code: 2, msg: "--source names the system of --format records; Grantline JSON lines carry their own source.system (add --format NAME, see grantline adapters)"}
+	case system == "":
+		return nil, &exitError{code: 2, msg: "--format needs --source SYSTEM: the source.system of the events it makes (the name your token may send)"}
+	}
+	f, err := source.Lookup(name)
+	if err != nil {
+		return nil, &exitError{code: 2, msg: err.Error()}
+	}
+	return &f, nil
+}
+
+// eachRecordEvent reads vendor records with the input's format and calls fn
+// with each event made of them, at the line its record starts on; an event
+// the server would refuse arrives as lerr. A record the adapter refuses
+// stops the read with an error naming file, line, record and field.
+func (in *inputFile) eachRecordEvent(r io.Reader, fn func(line int, ev *pb.Event, lerr error) error) error {
+	return in.format.Read(in.name, r, in.system, func(rec source.Record, evs []*pb.Event) error {
+		for _, ev := range evs {
+			var lerr error
+			if err := validateEvent(ev); err != nil {
+				lerr = fmt.Errorf("%s:%d: record %d: event %s: %w", in.name, rec.Line, rec.N, ev.GetId(), err)
+			}
+			if err := fn(rec.Line, ev, lerr); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
