@@ -98,6 +98,7 @@ func New(cfg Config) (*Server, error) {
 	if b, ok := cfg.Ledger.(Backuper); ok {
 		mux.Handle("GET /admin/backup", s.requireHTTPRole(backupHandler(b, s.log), auth.RoleAdmin))
 	}
+	mux.Handle(PushPath, s.pushHandler())
 	s.handler = mux
 	return s, nil
 }

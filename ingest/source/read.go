@@ -256,3 +256,37 @@ func (t *lineTracker) lineAt(off int64) int {
 	}
 	return t.line + 1
 }
+
+// Unwrap removes the wrapper a vendor's push delivery puts around its
+// records, so the result is something Read accepts: an Okta event hook's
+// {"data": {"events": [...]}} becomes the events array, and an Amazon
+// EventBridge event ({"detail-type": ..., "detail": {...}}, how CloudTrail
+// records are pushed) becomes its detail. Any other body is returned as it is.
+func Unwrap(format string, body []byte) []byte {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return body
+	}
+	switch format {
+	case "okta":
+		var hook struct {
+			Data struct {
+				Events json.RawMessage `json:"events"`
+			} `json:"data"`
+		}
+		if bytes.Contains(trimmed, []byte(`"events"`)) && json.Unmarshal(trimmed, &hook) == nil &&
+			len(hook.Data.Events) > 0 && hook.Data.Events[0] == '[' {
+			return hook.Data.Events
+		}
+	case "cloudtrail":
+		var eb struct {
+			DetailType string          `json:"detail-type"`
+			Detail     json.RawMessage `json:"detail"`
+		}
+		if bytes.Contains(trimmed, []byte(`"detail-type"`)) && json.Unmarshal(trimmed, &eb) == nil &&
+			eb.DetailType != "" && len(eb.Detail) > 0 && eb.Detail[0] == '{' {
+			return eb.Detail
+		}
+	}
+	return body
+}
