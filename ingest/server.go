@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
@@ -35,6 +36,9 @@ type Config struct {
 	MetricsPublic bool
 	// Now is the clock for validation and as-of defaults; nil is time.Now.
 	Now func() time.Time
+	// SSF, when set, serves POST /v1/ssf/events: Shared Signals SETs from
+	// its configured transmitters.
+	SSF *ssf.Receiver
 }
 
 // Server holds the services and their HTTP routes.
@@ -99,6 +103,9 @@ func New(cfg Config) (*Server, error) {
 		mux.Handle("GET /admin/backup", s.requireHTTPRole(backupHandler(b, s.log), auth.RoleAdmin))
 	}
 	mux.Handle(PushPath, s.pushHandler())
+	if cfg.SSF != nil {
+		mux.Handle("POST "+SSFPath, s.ssfHandler(cfg.SSF))
+	}
 	s.handler = mux
 	return s, nil
 }

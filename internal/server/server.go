@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/grantline/grantline/ingest"
+	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
@@ -46,6 +47,9 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// SSFTransmitters is a JSON file of Shared Signals transmitters
+	// (docs/sources.md, "Shared Signals"); "" serves no SET receiver.
+	SSFTransmitters string
 }
 
 // Server is a started server.
@@ -101,6 +105,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	var rcv *ssf.Receiver
+	if cfg.SSFTransmitters != "" {
+		ts, err := ssf.LoadTransmitters(cfg.SSFTransmitters)
+		if err == nil {
+			rcv, err = ssf.NewReceiver(ts)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: --ssf-transmitters: %w", ErrConfig, err)
+		}
+	}
 	var tlsCfg *tls.Config
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -136,7 +150,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	api, err := ingest.New(ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
-		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic,
+		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, SSF: rcv,
 	})
 	if err != nil {
 		l.Close()
