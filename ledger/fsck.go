@@ -20,8 +20,11 @@ const fsckChunk = 4096
 // stored checkpoint's signature and root, and the leaf-hash, dedupe and
 // subject index entries of every leaf. report (may be nil) receives
 // progress. The error names the first bad index, tile or checkpoint.
+// On an open log it checks the tree of the published checkpoint; appends
+// may go on meanwhile.
 func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any)) error {
-	return fsck(ctx, l.st, l.o.Verifier, l.Latest().Size, report)
+	size := l.Latest().Size
+	return fsck(ctx, l.st, l.o.Verifier, size, size, true, report)
 }
 
 // Fsck checks the store of a log that is not open (it may be one Open
@@ -31,14 +34,22 @@ func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format str
 	if v == nil {
 		return errors.New("fsck: a verifier is required to check checkpoint signatures")
 	}
-	vals, err := st.Get(keyLatest)
+	vals, err := st.Get(keyLatest, keyTree)
 	if err != nil {
 		return storageErr(err, "reading the latest tree size")
 	}
-	if vals[0] == nil || len(vals[0]) != 8 {
+	if vals[0] == nil || len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
 		return fmt.Errorf("%w: the latest tree size record is missing or malformed", ErrCorrupt)
 	}
-	return fsck(ctx, st, v, binary.BigEndian.Uint64(vals[0]), report)
+	cpSize := binary.BigEndian.Uint64(vals[0])
+	size := cpSize
+	if vals[1] != nil {
+		size = binary.BigEndian.Uint64(vals[1])
+	}
+	if size < cpSize {
+		return fmt.Errorf("%w: the tree size record says %d, below the latest checkpoint's %d", ErrCorrupt, size, cpSize)
+	}
+	return fsck(ctx, st, v, cpSize, size, false, report)
 }
 
 // Restorer is a Store that can load a backup written by its Backup method
@@ -68,7 +79,10 @@ func Restore(ctx context.Context, st Store, r io.Reader) error {
 	return nil
 }
 
-func fsck(ctx context.Context, st Store, ver note.Verifier, size uint64, report func(string, ...any)) error {
+// fsck checks the tree of size leaves whose latest checkpoint is at cpSize
+// (below size when leaves wait for their checkpoint). live: appends may be
+// going on, so leaves beyond size are not an error.
+func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64, live bool, report func(string, ...any)) error {
 	if report == nil {
 		report = func(string, ...any) {}
 	}
@@ -85,17 +99,23 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, size uint64, report 
 		if err != nil {
 			return err
 		}
-		if n > size {
-			return fmt.Errorf("%w: checkpoint %d is beyond the latest tree size %d", ErrCorrupt, n, size)
+		if n > cpSize && !live {
+			return fmt.Errorf("%w: checkpoint %d is beyond the latest tree size %d", ErrCorrupt, n, cpSize)
+		}
+		if n > cpSize {
+			return errStop // published after this check started
 		}
 		sizes, roots = append(sizes, n), append(roots, cp.Root)
 		return nil
 	})
-	if err != nil {
+	if err != nil && err != errStop {
 		return storageErr(err, "reading checkpoints")
 	}
-	if len(sizes) == 0 || sizes[len(sizes)-1] != size {
-		return fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing", ErrCorrupt, size)
+	if len(sizes) == 0 || sizes[len(sizes)-1] != cpSize {
+		return fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing", ErrCorrupt, cpSize)
+	}
+	if size > cpSize {
+		report("fsck: %d leaves after the latest checkpoint wait for the next one (Open signs them)", size-cpSize)
 	}
 	report("fsck: %d checkpoints verify; checking %d leaves", len(sizes), size)
 
@@ -113,7 +133,7 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, size uint64, report 
 			tileErr = storageErr(err, fmt.Sprintf("reading tile %d/%d", level, index))
 		case vals[0] == nil:
 			tileErr = fmt.Errorf("%w: tile %d/%d is missing", ErrCorrupt, level, index)
-		case !bytes.Equal(vals[0], row):
+		case !bytes.Equal(vals[0], row) && !(live && bytes.HasPrefix(vals[0], row)): // a live tile may have grown
 			tileErr = fmt.Errorf("%w: tile %d/%d (%d bytes) differs from the one rebuilt from the leaves (%d bytes)", ErrCorrupt, level, index, len(vals[0]), len(row))
 		}
 	}
@@ -228,8 +248,8 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, size uint64, report 
 	if err != nil {
 		return storageErr(err, "reading leaves")
 	}
-	if vals[0] != nil {
-		return fmt.Errorf("%w: leaf %d exists beyond the latest checkpoint (size %d)", ErrCorrupt, size, size)
+	if vals[0] != nil && !live {
+		return fmt.Errorf("%w: leaf %d exists beyond the tree (size %d)", ErrCorrupt, size, size)
 	}
 	report("fsck: ok: %d leaves, %d checkpoints, root %x", size, len(sizes), rootOf(rng))
 	return nil

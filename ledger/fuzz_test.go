@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// FuzzParseEntryBundle checks that ParseEntryBundle never panics and that
+// FuzzParseEntryBundle checks that parseEntryBundle never panics and that
 // what it accepts re-encodes to the same bytes.
 func FuzzParseEntryBundle(f *testing.F) {
 	f.Add([]byte{})
@@ -18,12 +18,12 @@ func FuzzParseEntryBundle(f *testing.F) {
 	f.Add(binary.BigEndian.AppendUint16(nil, uint16(len(leaf))))
 	f.Add(append(binary.BigEndian.AppendUint16(nil, uint16(len(leaf))), leaf...))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		leaves, err := ParseEntryBundle(data)
+		leaves, err := parseEntryBundle(data)
 		if err != nil {
 			return
 		}
 		if len(leaves) == 0 || len(leaves) > 256 {
-			t.Fatalf("ParseEntryBundle accepted %d entries", len(leaves))
+			t.Fatalf("parseEntryBundle accepted %d entries", len(leaves))
 		}
 		var re []byte
 		for _, l := range leaves {
@@ -36,7 +36,7 @@ func FuzzParseEntryBundle(f *testing.F) {
 	})
 }
 
-// FuzzParseTile checks that ParseTile never panics, accepts exactly the
+// FuzzParseTile checks that parseTile never panics, accepts exactly the
 // multiples of 32 bytes up to 8192, and returns the input's hashes.
 func FuzzParseTile(f *testing.F) {
 	f.Add([]byte{})
@@ -45,10 +45,10 @@ func FuzzParseTile(f *testing.F) {
 	f.Add(make([]byte, 8192))
 	f.Add(make([]byte, 8224))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		hs, err := ParseTile(data)
+		hs, err := parseTile(data)
 		valid := len(data) > 0 && len(data)%32 == 0 && len(data) <= 8192
 		if (err == nil) != valid {
-			t.Fatalf("ParseTile(%d bytes) error = %v, want valid=%v", len(data), err, valid)
+			t.Fatalf("parseTile(%d bytes) error = %v, want valid=%v", len(data), err, valid)
 		}
 		if err != nil {
 			return

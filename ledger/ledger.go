@@ -1,9 +1,11 @@
 // Package ledger is Grantline's verifiable append-only log: every event becomes
 // a leaf of an RFC 6962 Merkle tree (github.com/transparency-dev/merkle), the
 // tree is stored as C2SP tlog-tiles (https://c2sp.org/tlog-tiles, height 8),
-// and every append is committed, together with a newly signed C2SP checkpoint
-// (https://c2sp.org/tlog-checkpoint), in one atomic durable write by a single
-// sequencer goroutine that batches concurrent appends (group commit).
+// and every batch of appends is committed, together with a newly signed C2SP
+// checkpoint (https://c2sp.org/tlog-checkpoint; at most one per
+// Options.CheckpointInterval when that is set), in one atomic durable write
+// by a single sequencer goroutine that batches concurrent appends (group
+// commit). Every stored checkpoint is kept forever.
 // Duplicates by (source.system, id) return the original index. Log serves
 // entries, entry bundles, tiles, inclusion and consistency proofs, a
 // per-subject index, and a full store check (Fsck). Storage is a small
@@ -15,9 +17,10 @@
 // Batching: Append encodes and checks events in the caller's goroutine and
 // queues them (a bounded queue: ErrPushback when full). The sequencer takes
 // whatever is queued (up to MaxBatch and the store's transaction limits),
-// builds the batch while the committer goroutine makes the previous one
-// durable, and the committer then publishes the batch's checkpoint and
-// answers its callers. So batches grow with load on their own and an idle
+// builds the batch in four stages (dedupe, encode, edge-tile writer, seal;
+// see build) while the committer goroutine makes the previous one durable,
+// and the committer then publishes the batch's checkpoint and answers its
+// callers. So batches grow with load on their own and an idle
 // log answers a lone append after one commit.
 //
 // Failures: a failed store commit leaves the store's state unknown (the
@@ -84,6 +87,18 @@ type Options struct {
 	Now         func() time.Time // observed_time source; nil = time.Now
 	// TileCacheSize is DefaultTileCacheSize when zero.
 	TileCacheSize int
+	// CheckpointInterval, when positive, makes the log sign at most one
+	// checkpoint per interval (plus one when it opens on leaves a crash left
+	// unsigned, and one when it closes). Zero, the default, signs one per
+	// batch. Either way Append answers only once its events are durable and
+	// integrated (their index, leaf hash and tree position are final and
+	// survive a crash); with an interval, the events may not yet be covered
+	// by the published checkpoint when Append returns: Latest().Size may be
+	// below the returned tree size, and proofs for them are served once a
+	// checkpoint covers them, at most CheckpointInterval later. Every stored
+	// checkpoint is kept forever (so consistency can be proven between any
+	// two); an interval bounds how many accumulate.
+	CheckpointInterval time.Duration
 }
 
 // AppendResult is the outcome of appending one event.
@@ -147,6 +162,17 @@ func Open(ctx context.Context, st Store, o Options) (*Log, error) {
 	if err := checkKeyPair(o.Signer, o.Verifier); err != nil {
 		return nil, err
 	}
+	l, err := newLog(ctx, o.withDefaults(), st)
+	if err != nil {
+		return nil, err
+	}
+	go l.sequence()
+	go l.commit()
+	return l, nil
+}
+
+// withDefaults fills in the zero fields of o.
+func (o Options) withDefaults() Options {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = DefaultMaxBatch
 	}
@@ -165,13 +191,7 @@ func Open(ctx context.Context, st Store, o Options) (*Log, error) {
 	if o.TileCacheSize <= 0 {
 		o.TileCacheSize = DefaultTileCacheSize
 	}
-	l, err := newLog(ctx, o, st)
-	if err != nil {
-		return nil, err
-	}
-	go l.sequence()
-	go l.commit()
-	return l, nil
+	return o
 }
 
 // newLog loads (or initialises) the state from st without starting the

@@ -146,9 +146,9 @@ func TestAppendAndRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaves, err := ParseEntryBundle(b)
+	leaves, err := parseEntryBundle(b)
 	if err != nil || len(leaves) != 44 {
-		t.Fatalf("ParseEntryBundle = %d leaves, %v; want 44", len(leaves), err)
+		t.Fatalf("parseEntryBundle = %d leaves, %v; want 44", len(leaves), err)
 	}
 	for j, leaf := range leaves {
 		if LeafHash(leaf) != res[256+j].LeafHash {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/transparency-dev/merkle/compact"
 	"golang.org/x/mod/sumdb/note"
@@ -19,40 +20,51 @@ type state struct {
 
 // load reads the latest checkpoint and the tree's right edge from the store,
 // checks them against each other, and primes the sequencer. On an empty store
-// it publishes the size-0 checkpoint.
+// it publishes the size-0 checkpoint. Leaves integrated after the latest
+// checkpoint (a crash within a CheckpointInterval) are re-hashed, checked
+// against the stored tiles, and signed into a new checkpoint before the log
+// serves.
 func (l *Log) load(ctx context.Context) (*state, error) {
-	vals, err := l.st.Get(keyLatest)
+	vals, err := l.st.Get(keyLatest, keyTree)
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the latest tree size: %w", ErrStorage, err)
 	}
 	if vals[0] == nil {
 		return l.initEmpty()
 	}
-	if len(vals[0]) != 8 {
-		return nil, fmt.Errorf("%w: latest tree size record has %d bytes, want 8; run grantline fsck", ErrCorrupt, len(vals[0]))
+	if len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
+		return nil, fmt.Errorf("%w: tree size records have %d and %d bytes, want 8; run grantline fsck", ErrCorrupt, len(vals[0]), len(vals[1]))
 	}
-	size := binary.BigEndian.Uint64(vals[0])
-	vals, err = l.st.Get(checkpointKey(size), leafKey(size))
+	cpSize := binary.BigEndian.Uint64(vals[0])
+	size := cpSize // the tree as integrated
+	if vals[1] != nil {
+		size = binary.BigEndian.Uint64(vals[1])
+	}
+	if size < cpSize {
+		return nil, fmt.Errorf("%w: the tree size record says %d, below the latest checkpoint's %d; run grantline fsck", ErrCorrupt, size, cpSize)
+	}
+	vals, err = l.st.Get(checkpointKey(cpSize), leafKey(size))
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading checkpoint %d: %w", ErrStorage, size, err)
+		return nil, fmt.Errorf("%w: reading checkpoint %d: %w", ErrStorage, cpSize, err)
 	}
 	if vals[0] == nil {
-		return nil, fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing; run grantline fsck", ErrCorrupt, size)
+		return nil, fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing; run grantline fsck", ErrCorrupt, cpSize)
 	}
 	if vals[1] != nil {
-		return nil, fmt.Errorf("%w: leaf %d exists beyond the latest checkpoint (size %d); run grantline fsck", ErrCorrupt, size, size)
+		return nil, fmt.Errorf("%w: leaf %d exists beyond the tree (size %d); run grantline fsck", ErrCorrupt, size, size)
 	}
-	cp, err := l.parseCheckpoint(vals[0], size)
+	cp, err := l.parseCheckpoint(vals[0], cpSize)
 	if err != nil {
 		return nil, err
 	}
-	s := &state{cp: cp}
+	// The right edge of the tree as integrated.
+	tip := &state{cp: Checkpoint{Size: size}}
 	var rows [][]byte
 	for level := uint64(0); level*TileHeight < 64 && size>>(level*TileHeight) > 0; level++ {
 		row := size >> (level * TileHeight)
 		w := int(row % tileWidth)
 		if w == 0 {
-			s.edge, rows = append(s.edge, nil), append(rows, nil)
+			tip.edge, rows = append(tip.edge, nil), append(rows, nil)
 			continue
 		}
 		v, err := l.st.Get(tileKey(level, row/tileWidth))
@@ -66,21 +78,41 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 			return nil, fmt.Errorf("%w: right-edge tile %d/%d has %d bytes, want %d hashes (%d bytes) for tree size %d; run grantline fsck",
 				ErrCorrupt, level, row/tileWidth, len(v[0]), w, w*32, size)
 		}
-		s.edge, rows = append(s.edge, expandTile(v[0])), append(rows, v[0])
+		tip.edge, rows = append(tip.edge, expandTile(v[0])), append(rows, v[0])
 	}
-	ids := compact.RangeNodes(0, size, nil)
-	hs, err := l.nodeHashes(s, ids)
+	rng, err := l.rangeAt(tip)
 	if err != nil {
 		return nil, err
 	}
-	rng, err := l.rf.NewRange(0, size, hs)
-	if err != nil {
-		return nil, fmt.Errorf("%w: rebuilding the tree edge: %w", ErrCorrupt, err)
+	signed := rng
+	if size > cpSize {
+		// The checkpoint's tree from the stored tiles (prefixes of today's),
+		// then the unsigned tail from its leaves.
+		if signed, err = l.rangeAt(&state{cp: Checkpoint{Size: cpSize}}); err != nil {
+			return nil, err
+		}
 	}
-	root := rootOf(rng)
-	if root != cp.Root {
+	if root := rootOf(signed); root != cp.Root {
 		return nil, fmt.Errorf("%w: the stored tiles give root %x at size %d but the signed checkpoint says %x; the store was modified or damaged: run grantline fsck",
-			ErrCorrupt, root, size, cp.Root)
+			ErrCorrupt, root, cpSize, cp.Root)
+	}
+	if size > cpSize {
+		for start := cpSize; start < size; start += fsckChunk {
+			es, err := l.entries(start, min(start+fsckChunk, size))
+			if err != nil {
+				return nil, err
+			}
+			for _, e := range es {
+				h := LeafHash(e.Leaf)
+				if err := signed.Append(h[:], nil); err != nil {
+					return nil, fmt.Errorf("%w: re-hashing leaf %d: %w", ErrCorrupt, e.Index, err)
+				}
+			}
+		}
+		if a, b := rootOf(signed), rootOf(rng); a != b {
+			return nil, fmt.Errorf("%w: the %d leaves after checkpoint %d give root %x but the stored tiles give %x at size %d; run grantline fsck",
+				ErrCorrupt, size-cpSize, cpSize, a, b, size)
+		}
 	}
 	// The leaves of the last partial bundle must hash to the edge tile.
 	if w := size % tileWidth; w > 0 {
@@ -89,12 +121,38 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 		}
 	}
 	l.seq.rng = rng
-	l.seq.edge = make([][]byte, len(rows))
+	l.seq.tiles.edge = make([][]byte, len(rows))
 	for i, r := range rows {
-		l.seq.edge[i] = append([]byte(nil), r...)
+		l.seq.tiles.edge[i] = append([]byte(nil), r...)
 	}
-	l.logger.Info("ledger opened", "size", size, "root", fmt.Sprintf("%x", root))
+	s := &state{cp: cp, edge: tip.edge}
+	if size > cpSize {
+		if cp, err = l.sign(size, rootOf(rng)); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrStorage, err)
+		}
+		if err := l.st.Commit([][]byte{checkpointKey(size), keyLatest}, [][]byte{cp.Note, be64(nil, size)}); err != nil {
+			return nil, fmt.Errorf("%w: publishing checkpoint %d over the leaves after %d: %w", ErrStorage, size, cpSize, err)
+		}
+		l.logger.Info("ledger signed the leaves integrated after its last checkpoint", "from", cpSize, "size", size)
+		s.cp = cp
+	}
+	l.seq.sealedAt = time.Now()
+	l.logger.Info("ledger opened", "size", size, "root", fmt.Sprintf("%x", s.cp.Root))
 	return s, nil
+}
+
+// rangeAt rebuilds the compact range of the tree of s.cp.Size from the
+// tiles as of s.
+func (l *Log) rangeAt(s *state) (*compact.Range, error) {
+	hs, err := l.nodeHashes(s, compact.RangeNodes(0, s.cp.Size, nil))
+	if err != nil {
+		return nil, err
+	}
+	rng, err := l.rf.NewRange(0, s.cp.Size, hs)
+	if err != nil {
+		return nil, fmt.Errorf("%w: rebuilding the tree edge at size %d: %w", ErrCorrupt, s.cp.Size, err)
+	}
+	return rng, nil
 }
 
 // checkLeafHashes checks that the leaves from start hash to hashes.
@@ -137,6 +195,7 @@ func (l *Log) initEmpty() (*state, error) {
 		return nil, fmt.Errorf("%w: publishing the first checkpoint: %w", ErrStorage, err)
 	}
 	l.seq.rng = l.rf.NewEmptyRange(0)
+	l.seq.sealedAt = time.Now()
 	l.logger.Info("ledger created", "origin", l.o.Signer.Name())
 	return &state{cp: cp}, nil
 }

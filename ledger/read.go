@@ -110,9 +110,9 @@ func (l *Log) ReadEntryBundle(ctx context.Context, index uint64, width int) ([]b
 	return b, nil
 }
 
-// ParseEntryBundle splits a tlog-tiles entry bundle into its leaves. The
+// parseEntryBundle splits a tlog-tiles entry bundle into its leaves. The
 // leaves alias data.
-func ParseEntryBundle(data []byte) ([][]byte, error) {
+func parseEntryBundle(data []byte) ([][]byte, error) {
 	var out [][]byte
 	for off := 0; off < len(data); {
 		if len(data)-off < 2 {

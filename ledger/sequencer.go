@@ -34,22 +34,22 @@ type item struct {
 // sequencerState is owned by the sequencer goroutine.
 type sequencerState struct {
 	rng    *compact.Range
-	edge   [][]byte // bottom rows of the right-edge tiles, by tile level
-	carry  []item   // events collected but not fitting the last batch
-	last   *state   // the state of the last built batch
-	closed bool     // the queue is closed
+	tiles  tileWriter // the right edge of the tree as tile rows
+	carry  []item     // events collected but not fitting the last batch
+	last   *state     // the state of the last sealed batch (to be published)
+	closed bool       // the queue is closed
 
-	// Scratch space of build, reused from batch to batch.
-	first  map[[32]byte]int // dedupe key -> first position in the batch
-	pos    []int            // positions of the dedupe keys to look up
-	keys   [][]byte         // their store keys
-	keyBuf []byte           // the bytes of keys
+	sealedAt time.Time // when the last checkpoint was signed
+
+	dd dedupeScratch // reused by dedupe from batch to batch
 }
 
 // Append appends evs and returns, in order, each event's index and leaf hash
 // (for a duplicate by (source.system, id): the original's, with Duplicate
 // set), and the tree size after the batch. It returns only once the events
-// are durable and covered by a published checkpoint. Errors: ErrTooLarge (an
+// are durable and integrated, and, without Options.CheckpointInterval,
+// covered by the published checkpoint (with one, by the next checkpoint,
+// within the interval; see Options.CheckpointInterval). Errors: ErrTooLarge (an
 // event whose leaf would exceed MaxLeafSize; nothing queued), ErrPushback (the
 // queue is full; retry later), ErrClosed, ErrStorage (not acknowledged; the
 // events may or may not be stored, and retrying is safe). If ctx ends first
@@ -111,11 +111,24 @@ func (l *Log) sequence() {
 	defer close(l.commits)
 	for {
 		batch := l.collect()
-		if len(batch) == 0 {
+		if len(batch) == 0 && l.seq.closed {
+			if l.unsealed() {
+				l.commits <- l.build(nil) // Close leaves every leaf under a checkpoint
+			}
 			return
 		}
-		l.commits <- l.build(batch)
+		l.commits <- l.build(batch) // an empty batch: the checkpoint interval is up
 	}
+}
+
+// unsealed reports whether leaves were integrated after the last signed
+// checkpoint.
+func (l *Log) unsealed() bool { return l.seq.rng.End() > l.seq.last.cp.Size }
+
+// sealDue reports whether the next batch signs a checkpoint: always without
+// a CheckpointInterval, else once the interval since the last one is up.
+func (l *Log) sealDue(now time.Time) bool {
+	return l.o.CheckpointInterval <= 0 || now.Sub(l.seq.sealedAt) >= l.o.CheckpointInterval
 }
 
 // commit is the committer goroutine: it durably commits built batches in
@@ -129,7 +142,9 @@ func (l *Log) commit() {
 
 // collect returns the next batch: what is queued, up to MaxBatch events and
 // the store's transaction limits, waiting up to MaxBatchAge for more after
-// the first event. Empty means the queue is closed and drained.
+// the first event. Empty means the queue is closed and drained, or, with a
+// CheckpointInterval, that the interval is up while leaves wait for a
+// checkpoint.
 func (l *Log) collect() []item {
 	batch := l.seq.carry
 	l.seq.carry = nil
@@ -139,12 +154,22 @@ func (l *Log) collect() []item {
 		}
 	}
 	if len(batch) == 0 && !l.seq.closed {
-		r, ok := <-l.queue
-		if !ok {
-			l.seq.closed = true
+		var sealTimer <-chan time.Time
+		if l.o.CheckpointInterval > 0 && l.unsealed() {
+			t := time.NewTimer(time.Until(l.seq.sealedAt.Add(l.o.CheckpointInterval)))
+			defer t.Stop()
+			sealTimer = t.C
+		}
+		select {
+		case r, ok := <-l.queue:
+			if !ok {
+				l.seq.closed = true
+				return nil
+			}
+			add(r)
+		case <-sealTimer:
 			return nil
 		}
-		add(r)
 	}
 	var timer *time.Timer
 recv:
@@ -218,14 +243,17 @@ type built struct {
 	dedupes [][32]byte // new events' dedupe keys, in flight until committed
 	first   uint64     // tree size before
 	size    uint64     // tree size after
-	state   *state     // to publish once durable
+	state   *state     // to publish once durable; nil when the batch signed no checkpoint
+	commit  bool       // there is something to commit
 	err     error      // the batch failed before its commit
 	start   time.Time
 }
 
-// build dedupes and sequences one batch: it assigns indices, encodes leaves,
-// extends the tree and its tiles and signs the new checkpoint. Events in an
-// earlier batch still being committed count as stored.
+// build sequences one batch in four stages: dedupe (which events are new),
+// encode (indices, leaves, index keys, the tree), the edge-tile writer
+// (changed partial tiles) and seal (the signed checkpoint and the state to
+// publish, when one is due). Events in an earlier batch still being committed
+// count as stored. An empty batch only seals.
 func (l *Log) build(batch []item) *built {
 	b := &built{items: batch, start: time.Now(), first: l.seq.rng.End()}
 	b.size = b.first
@@ -233,14 +261,97 @@ func (l *Log) build(batch []item) *built {
 		b.err = *err
 		return b
 	}
-	res := make([]AppendResult, len(batch))
-	if l.seq.first == nil {
-		l.seq.first = make(map[[32]byte]int, len(batch))
+	fresh, repeatOf, res, err := l.dedupe(batch)
+	if err != nil {
+		b.err = err
+		return b
 	}
-	first := l.seq.first
+	b.res = res
+	w := newWrites(len(fresh))
+	now := l.o.Now()
+	b.dedupes, err = l.encode(batch, fresh, repeatOf, res, encodeTimestamp(now), w)
+	if err != nil {
+		l.markBroken(err)
+		b.err = fmt.Errorf("%w: %w", ErrStorage, err)
+		return b
+	}
+	size := l.seq.rng.End()
+	if size == b.first && !(l.unsealed() && (len(batch) == 0 || l.sealDue(time.Now()))) {
+		return b // only duplicates, and no checkpoint due: nothing to commit
+	}
+	l.seq.tiles.flush(size, w)
+	w.put(keyTree, be64(nil, size))
+	if l.sealDue(time.Now()) || len(batch) == 0 {
+		s, err := l.seal(size, w)
+		if err != nil {
+			l.markBroken(err)
+			b.err = fmt.Errorf("%w: %w", ErrStorage, err)
+			return b
+		}
+		b.state = s
+	}
+	b.keys, b.vals, b.size, b.commit = w.keys, w.vals, size, true
+	l.inflightMu.Lock()
+	for _, p := range fresh {
+		l.inflight[batch[p].r.items[batch[p].i].dedupe] = res[p]
+	}
+	l.inflightMu.Unlock()
+	return b
+}
+
+// writes are the key-value pairs of one commit. The keys of a batch share
+// arenas.
+type writes struct {
+	keys, vals [][]byte
+	arena      []byte
+}
+
+func newWrites(events int) *writes {
+	return &writes{keys: make([][]byte, 0, 4*events+20), vals: make([][]byte, 0, 4*events+20)}
+}
+
+func (w *writes) put(k, v []byte) {
+	w.keys = append(w.keys, k)
+	w.vals = append(w.vals, v)
+}
+
+// key appends a key built by f to the arena and returns it.
+func (w *writes) key(need int, f func([]byte) []byte) []byte {
+	if cap(w.arena)-len(w.arena) < need {
+		w.arena = make([]byte, 0, max(need, 64<<10))
+	}
+	o := len(w.arena)
+	w.arena = f(w.arena)
+	return w.arena[o:len(w.arena):len(w.arena)]
+}
+
+// dedupeScratch is dedupe's reusable space.
+type dedupeScratch struct {
+	first  map[[32]byte]int // dedupe key -> first position in the batch
+	pos    []int            // positions of the dedupe keys to look up
+	keys   [][]byte         // their store keys
+	keyBuf []byte           // the bytes of keys
+}
+
+// dedupe is the first stage: it decides which of batch's events are new.
+// It returns their positions in batch order (fresh: the first of each
+// dedupe key in the batch, not in an earlier batch still in flight, not in
+// the store); for each position the position of the first event of the
+// batch with its dedupe key, or -1 if it is that first event (repeatOf);
+// and results complete for the firsts already stored or in flight: the
+// original's index and leaf hash, Duplicate set. It reads the store once for
+// the candidates, in key order, and confirms each hit on the leaf it names
+// (ErrCorrupt if that leaf is another event). It does not change the tree.
+func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, err error) {
+	res = make([]AppendResult, len(batch))
+	sc := &l.seq.dd
+	if sc.first == nil {
+		sc.first = make(map[[32]byte]int, len(batch))
+	}
+	first := sc.first
 	clear(first)
 	stored := make([]bool, len(batch))
-	pos := l.seq.pos[:0]
+	pos := sc.pos[:0]
 	l.inflightMu.Lock()
 	for p, it := range batch {
 		d := it.r.items[it.i].dedupe
@@ -256,13 +367,13 @@ func (l *Log) build(batch []item) *built {
 		pos = append(pos, p)
 	}
 	l.inflightMu.Unlock()
-	// In key order, consecutive lookups walk the store's index (badger's
-	// skiplist) along nearby paths that are still in the CPU cache.
+	// In key order, consecutive lookups walk the store's index along nearby
+	// paths that are still in the CPU cache.
 	slices.SortFunc(pos, func(p, q int) int {
 		a, b := &batch[p].r.items[batch[p].i].dedupe, &batch[q].r.items[batch[q].i].dedupe
 		return bytes.Compare(a[:], b[:])
 	})
-	keys, kb := l.seq.keys[:0], l.seq.keyBuf[:0]
+	keys, kb := sc.keys[:0], sc.keyBuf[:0]
 	if n := len(pos) * (1 + indexKeyLen); cap(kb) < n {
 		kb = make([]byte, 0, n)
 	}
@@ -271,134 +382,165 @@ func (l *Log) build(batch []item) *built {
 		kb = append(append(kb, kDedupe), batch[p].r.items[batch[p].i].dedupe[:indexKeyLen]...)
 		keys = append(keys, kb[o:len(kb):len(kb)])
 	}
-	l.seq.pos, l.seq.keys, l.seq.keyBuf = pos, keys, kb
-	vals, err := l.st.Get(keys...)
-	if err != nil {
-		b.err = fmt.Errorf("%w: looking up duplicates: %w", ErrStorage, err)
-		return b
-	}
-	if b.err = l.confirmDuplicates(batch, keys, pos, vals, res, stored); b.err != nil {
-		return b
-	}
-
-	b.dedupes = make([][32]byte, 0, len(batch))
-	ts := encodeTimestamp(l.o.Now())
-	rng := l.seq.rng
-	edge := l.seq.edge
-	next := b.first
-	ks := make([][]byte, 0, 4*len(batch)+16)
-	vs := make([][]byte, 0, 4*len(batch)+16)
-	dirty := make([]bool, 64/TileHeight)
-	var arena []byte
-	var visitErr error
-	visit := func(id compact.NodeID, h []byte) {
-		if id.Level%TileHeight != 0 {
-			return
+	sc.pos, sc.keys, sc.keyBuf = pos, keys, kb
+	if len(keys) > 0 {
+		vals, err := l.st.Get(keys...)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("%w: looking up duplicates: %w", ErrStorage, err)
 		}
-		lv := id.Level / TileHeight
-		for uint(len(edge)) <= lv {
-			edge = append(edge, nil)
-		}
-		if want := id.Index % tileWidth; uint64(len(edge[lv])/32) != want {
-			visitErr = fmt.Errorf("internal error: node %d/%d lands at position %d of its tile", id.Level, id.Index, len(edge[lv])/32)
-		}
-		edge[lv] = append(edge[lv], h...)
-		dirty[lv] = true
-		if len(edge[lv]) == tileWidth*32 {
-			ks = append(ks, tileKey(uint64(lv), id.Index/tileWidth))
-			vs = append(vs, edge[lv])
-			edge[lv] = nil
-			dirty[lv] = false
+		if err := l.confirmDuplicates(batch, keys, pos, vals, res, stored); err != nil {
+			return nil, nil, nil, err
 		}
 	}
 	for p, it := range batch {
-		pr := &it.r.items[it.i]
-		if f := first[pr.dedupe]; f != p {
-			res[p] = res[f]
-			res[p].Duplicate = true
-			continue
+		if first[it.r.items[it.i].dedupe] == p && !stored[p] {
+			fresh = append(fresh, p)
 		}
-		if stored[p] {
-			continue
+	}
+	repeatOf = make([]int, len(batch))
+	for p, it := range batch {
+		repeatOf[p] = -1
+		if f := first[it.r.items[it.i].dedupe]; f != p {
+			repeatOf[p] = f
 		}
-		// The leaf is completed in the buffer prepare encoded it into; the
-		// keys of a batch share one arena.
+	}
+	return fresh, repeatOf, res, nil
+}
+
+// encode is the second stage: it gives each fresh event (positions into
+// batch) the next index, completes its leaf with the observed time ts,
+// appends the leaf and its leaf-hash, dedupe and subject index entries to w,
+// and the leaf hash to the tree, whose perfect nodes go to the edge-tile
+// writer. It then gives each repeat within the batch (repeatOf[p] >= 0) its
+// first occurrence's result, marked Duplicate, and returns the fresh events'
+// dedupe keys. An error leaves the tree in an unknown state: the log must
+// stop appending.
+func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts []byte, w *writes) ([][32]byte, error) {
+	dedupes := make([][32]byte, 0, len(fresh))
+	next := l.seq.rng.End()
+	tw := &l.seq.tiles
+	tw.begin()
+	visit := func(id compact.NodeID, h []byte) { tw.visit(id, h, w) }
+	for _, p := range fresh {
+		pr := &batch[p].r.items[batch[p].i]
+		// The leaf is completed in the buffer prepare encoded it into.
 		full := pr.appendObserved(ts)
 		h := sha256.Sum256(full)
 		leaf := full[1:]
-		need := 9 + 2*(1+indexKeyLen) + len(pr.subject)*2 + 11
-		if cap(arena)-len(arena) < need {
-			arena = make([]byte, 0, max(need, 64<<10))
-		}
 		idx := next
 		next++
 		res[p] = AppendResult{Index: idx, LeafHash: h}
-		b.dedupes = append(b.dedupes, pr.dedupe)
-		if err := rng.Append(h[:], visit); err != nil {
-			visitErr = err
+		dedupes = append(dedupes, pr.dedupe)
+		if err := l.seq.rng.Append(h[:], visit); err != nil {
+			return nil, fmt.Errorf("extending the tree at %d: %w", idx, err)
 		}
-		take := func(f func([]byte) []byte) []byte {
-			o := len(arena)
-			arena = f(arena)
-			return arena[o:len(arena):len(arena)]
-		}
-		lk := take(func(b []byte) []byte { return be64(append(b, kLeaf), idx) })
-		hk := take(func(b []byte) []byte { return append(append(b, kHash), h[:indexKeyLen]...) })
-		dk := take(func(b []byte) []byte { return append(append(b, kDedupe), pr.dedupe[:indexKeyLen]...) })
+		need := 9 + 2*(1+indexKeyLen) + len(pr.subject)*2 + 11
+		lk := w.key(need, func(b []byte) []byte { return be64(append(b, kLeaf), idx) })
+		hk := w.key(0, func(b []byte) []byte { return append(append(b, kHash), h[:indexKeyLen]...) })
+		dk := w.key(0, func(b []byte) []byte { return append(append(b, kDedupe), pr.dedupe[:indexKeyLen]...) })
 		iv := lk[1:] // be64(idx): the value of both index entries
-		ks = append(ks, lk, hk, dk)
-		vs = append(vs, leaf[:len(leaf):len(leaf)], iv, iv)
+		w.put(lk, leaf[:len(leaf):len(leaf)])
+		w.put(hk, iv)
+		w.put(dk, iv)
 		if pr.subject != "" {
-			ks = append(ks, take(func(b []byte) []byte { return appendSubjectKey(b, pr.subject, idx) }))
-			vs = append(vs, []byte{})
+			w.put(w.key(0, func(b []byte) []byte { return appendSubjectKey(b, pr.subject, idx) }), []byte{})
 		}
 	}
-	b.res = res
-	if visitErr != nil {
-		l.markBroken(visitErr)
-		b.err = fmt.Errorf("%w: %w", ErrStorage, visitErr)
-		return b
+	if tw.err != nil {
+		return nil, tw.err
 	}
-	if next == b.first {
-		return b // only duplicates: nothing to commit
-	}
-	for lv, d := range dirty {
-		if d && len(edge[lv]) > 0 {
-			ks = append(ks, tileKey(uint64(lv), (next>>(uint(lv)*TileHeight))/tileWidth))
-			vs = append(vs, append([]byte(nil), edge[lv]...))
+	for p, f := range repeatOf {
+		if f >= 0 {
+			res[p] = res[f]
+			res[p].Duplicate = true
 		}
 	}
-	cp, err := l.sign(next, rootOf(rng))
-	if err != nil {
-		l.markBroken(err)
-		b.err = fmt.Errorf("%w: %w", ErrStorage, err)
-		return b
+	return dedupes, nil
+}
+
+// tileWriter is the edge-tile writer: it keeps the bottom rows of the
+// tree's right-edge tiles, turns the perfect nodes a compact range emits
+// (every 8th level is a tile row) into tile hashes, writes each tile that
+// fills, and on flush the partial tiles a batch changed.
+type tileWriter struct {
+	edge     [][]byte // bottom row of the right-edge tile of each tile level
+	changed  []bool   // levels changed by the current batch
+	unsealed []bool   // levels changed since the last seal
+	err      error
+}
+
+// begin starts a batch.
+func (t *tileWriter) begin() {
+	t.changed = slices.Grow(t.changed[:0], 64/TileHeight)[:64/TileHeight]
+	clear(t.changed)
+	if t.unsealed == nil {
+		t.unsealed = make([]bool, 64/TileHeight)
 	}
-	ks = append(ks, checkpointKey(next), keyLatest)
-	vs = append(vs, cp.Note, be64(nil, next))
-	l.seq.edge = edge
-	// The state to publish: new expanded edge tiles where they changed.
-	old := l.seq.last
-	s := &state{cp: cp, edge: make(edgeTiles, len(edge))}
-	for lv := range edge {
+}
+
+// visit takes one node of the tree; a full tile goes to w at once.
+func (t *tileWriter) visit(id compact.NodeID, h []byte, w *writes) {
+	if id.Level%TileHeight != 0 {
+		return
+	}
+	lv := id.Level / TileHeight
+	for uint(len(t.edge)) <= lv {
+		t.edge = append(t.edge, nil)
+	}
+	if want := id.Index % tileWidth; uint64(len(t.edge[lv])/32) != want {
+		t.err = fmt.Errorf("internal error: node %d/%d lands at position %d of its tile", id.Level, id.Index, len(t.edge[lv])/32)
+	}
+	t.edge[lv] = append(t.edge[lv], h...)
+	t.changed[lv], t.unsealed[lv] = true, true
+	if len(t.edge[lv]) == tileWidth*32 {
+		w.put(tileKey(uint64(lv), id.Index/tileWidth), t.edge[lv])
+		t.edge[lv] = nil
+		t.changed[lv] = false
+	}
+}
+
+// flush writes to w the partial tiles of a tree of size that the batch
+// changed (copies: the rows keep growing).
+func (t *tileWriter) flush(size uint64, w *writes) {
+	for lv, c := range t.changed {
+		if c && len(t.edge[lv]) > 0 {
+			w.put(tileKey(uint64(lv), (size>>(uint(lv)*TileHeight))/tileWidth), append([]byte(nil), t.edge[lv]...))
+		}
+	}
+}
+
+// edgeState returns the expanded edge tiles of the tree as of now, reusing
+// from old those of levels unchanged since the last seal, and starts a new
+// seal period.
+func (t *tileWriter) edgeState(old edgeTiles) edgeTiles {
+	out := make(edgeTiles, len(t.edge))
+	for lv := range t.edge {
 		switch {
-		case len(edge[lv]) == 0:
-		case !dirty[lv] && lv < len(old.edge):
-			s.edge[lv] = old.edge[lv]
+		case len(t.edge[lv]) == 0:
+		case !t.unsealed[lv] && lv < len(old):
+			out[lv] = old[lv]
 		default:
-			s.edge[lv] = expandTile(append([]byte(nil), edge[lv]...))
+			out[lv] = expandTile(append([]byte(nil), t.edge[lv]...))
 		}
 	}
+	clear(t.unsealed)
+	return out
+}
+
+// seal is the last stage: it signs the checkpoint of the tree as it now
+// stands (size leaves), adds it and the latest-size record to w, and returns
+// the state to publish once w is durable.
+func (l *Log) seal(size uint64, w *writes) (*state, error) {
+	cp, err := l.sign(size, rootOf(l.seq.rng))
+	if err != nil {
+		return nil, err
+	}
+	w.put(checkpointKey(size), cp.Note)
+	w.put(keyLatest, be64(nil, size))
+	s := &state{cp: cp, edge: l.seq.tiles.edgeState(l.seq.last.edge)}
 	l.seq.last = s
-	b.keys, b.vals, b.size, b.state = ks, vs, next, s
-	l.inflightMu.Lock()
-	for p := range batch {
-		if !stored[p] && first[batch[p].r.items[batch[p].i].dedupe] == p {
-			l.inflight[batch[p].r.items[batch[p].i].dedupe] = res[p]
-		}
-	}
-	l.inflightMu.Unlock()
-	return b
+	l.seq.sealedAt = time.Now()
+	return s, nil
 }
 
 // confirmDuplicates completes the results of the batch events whose dedupe
@@ -455,14 +597,14 @@ func (l *Log) commitBatch(b *built) {
 	if err == nil {
 		if berr := l.broken.Load(); berr != nil {
 			err = *berr // built on top of a batch that failed
-		} else if b.state != nil {
+		} else if b.commit {
 			t0 := time.Now()
 			err = l.st.Commit(b.keys, b.vals)
 			l.stats.storeNanos.Add(uint64(time.Since(t0)))
 			if err != nil {
-				err = fmt.Errorf("%w: committing %d events (indices %d..%d): %w", ErrStorage, b.size-b.first, b.first, b.size-1, err)
+				err = fmt.Errorf("%w: committing %d events (up to tree size %d): %w", ErrStorage, b.size-b.first, b.size, err)
 				l.markBroken(err)
-			} else {
+			} else if b.state != nil {
 				l.cur.Store(b.state)
 			}
 		}

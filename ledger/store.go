@@ -52,10 +52,16 @@ const (
 	kSubject    = 's' // s escaped(subject) 0x00 0x01 be64(index) -> empty
 	kTile       = 't' // t level[1] be64(index) -> tile hashes (width*32 bytes)
 	kCheckpoint = 'c' // c be64(size) -> signed checkpoint note
-	kMeta       = 'm' // m "latest" -> be64(size of the latest checkpoint)
+	kMeta       = 'm' // m "latest", m "tree" -> be64(size)
 )
 
-var keyLatest = []byte("mlatest")
+var (
+	keyLatest = []byte("mlatest") // the size of the latest signed checkpoint
+	// keyTree is the size of the tree as integrated, which is beyond the
+	// latest checkpoint while leaves wait for the next one (with a
+	// checkpoint interval). Missing: the latest checkpoint's size.
+	keyTree = []byte("mtree")
+)
 
 // indexKeyLen is how many bytes of a leaf hash or dedupe key the index keys
 // keep. Short keys make the random index inserts of every commit cheaper. A

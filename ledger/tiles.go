@@ -197,8 +197,8 @@ func (l *Log) ReadTile(ctx context.Context, level, index uint64, width int) ([]b
 	return append([]byte(nil), t.rows[0][:width*32]...), nil
 }
 
-// ParseTile splits tile data into its 32-byte hashes.
-func ParseTile(data []byte) ([][32]byte, error) {
+// parseTile splits tile data into its 32-byte hashes.
+func parseTile(data []byte) ([][32]byte, error) {
 	if len(data) == 0 || len(data)%32 != 0 || len(data) > tileWidth*32 {
 		return nil, fmt.Errorf("tile data of %d bytes: want a multiple of 32 bytes, 32..8192", len(data))
 	}
