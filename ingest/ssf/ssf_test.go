@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,3 +82,50 @@ func TestMapSubjects(t *testing.T) {
 		t.Errorf("Map(two events) = %v, %v; want two events with distinct ids", evs, err)
 	}
 }
+
+// FuzzReceive: any body is refused with an *Error or verified; neither
+// Receive nor Map panics, and Map's errors are *Error too.
+func FuzzReceive(f *testing.F) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	rcv, err := NewReceiver([]Transmitter{{Issuer: "https://idp", Audience: "https://gl", System: "idp",
+		JWKS: &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1"}}}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, claims := range []string{
+		`{"iss":"https://idp","aud":"https://gl","iat":1790000000,"jti":"a","events":{"` + CAEPSessionRevoked + `":{"subject":{"format":"email","email":"a@b"}}}}`,
+		`{"iss":"https://idp","aud":["https://gl"],"iat":1790000000,"jti":"b","sub_id":{"format":"opaque","id":"u"},"events":{"` + CAEPCredentialChange + `":{"change_type":"create","credential_type":"password"}}}`,
+	} {
+		obj, err := sig.Sign([]byte(claims))
+		if err != nil {
+			f.Fatal(err)
+		}
+		s, _ := obj.CompactSerialize()
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		set, err := rcv.Receive(body)
+		if err != nil {
+			var e *Error
+			if !errorsAs(err, &e) {
+				t.Fatalf("Receive error %T %v is not an *Error", err, err)
+			}
+			return
+		}
+		if _, err := Map(set); err != nil {
+			var e *Error
+			if !errorsAs(err, &e) {
+				t.Fatalf("Map error %T %v is not an *Error", err, err)
+			}
+		}
+	})
+}
+
+func errorsAs(err error, e **Error) bool { return errors.As(err, e) }
