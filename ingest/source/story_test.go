@@ -157,3 +157,31 @@ func TestStoryTeleport(t *testing.T) {
 		t.Errorf("findings %v, want %v", got["alice@example.com"], want)
 	}
 }
+
+// TestTrustedSourcesAreRecorded: the sources declared to enforce expiry are
+// part of grant-overstayed-expiry's effective params, which the evidence
+// package records with every rule (findings.json), so an auditor sees
+// which sources were trusted to end grants themselves.
+func TestTrustedSourcesAreRecorded(t *testing.T) {
+	builtin, err := rules.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := rules.ParseParams("params.yaml", []byte("expiry_enforced_by: [entra-prod, teleport-prod]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := rules.NewSet(builtin, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range set.Rules() {
+		got, ok := r.Params["expiry_enforced_by"]
+		switch {
+		case r.ID == "grant-overstayed-expiry" && got != "[entra-prod, teleport-prod]":
+			t.Errorf("%s params = %v, want expiry_enforced_by [entra-prod, teleport-prod]", r.ID, r.Params)
+		case r.ID != "grant-overstayed-expiry" && ok:
+			t.Errorf("%s records expiry_enforced_by but does not read it", r.ID)
+		}
+	}
+}
