@@ -157,11 +157,31 @@ func entraKind(t *entraTarget) string {
 	return ""
 }
 
-// Entra maps one Graph directoryAudit record (docs/sources.md#entra).
+// azureMonitorAudit is the AuditLogs record Azure Monitor diagnostic
+// settings export (storage, Event Hubs): the directoryAudit in properties.
+type azureMonitorAudit struct {
+	Category   string          `json:"category"`
+	TenantID   string          `json:"tenantId"`
+	Properties json.RawMessage `json:"properties"`
+}
+
+// Entra maps one Graph directoryAudit record, or the Azure Monitor AuditLogs
+// record that carries one in properties (docs/sources.md#entra).
 func Entra(rec []byte, system string) ([]*pb.Event, error) {
 	var a entraAudit
 	if err := json.Unmarshal(rec, &a); err != nil {
 		return nil, &FieldError{"", "not a Graph directoryAudit record: " + err.Error()}
+	}
+	tenant := ""
+	if a.ID == "" && a.ActivityDisplayName == "" {
+		var am azureMonitorAudit
+		if json.Unmarshal(rec, &am) == nil && am.Category == "AuditLogs" && len(am.Properties) > 0 && am.Properties[0] == '{' {
+			a = entraAudit{}
+			if err := json.Unmarshal(am.Properties, &a); err != nil {
+				return nil, &FieldError{"properties", "not a directoryAudit: " + err.Error()}
+			}
+			tenant = am.TenantID
+		}
 	}
 	if err := required("id", a.ID); err != nil {
 		return nil, err
@@ -176,7 +196,7 @@ func Entra(rec []byte, system string) ([]*pb.Event, error) {
 	if !strings.EqualFold(a.Result, "success") {
 		return nil, nil // a failed operation changed no access
 	}
-	r := &record{system: system, product: "entra", tenant: a.detail("tid"), rawType: a.ActivityDisplayName, rawID: a.ID}
+	r := &record{system: system, product: "entra", tenant: first(a.detail("tid"), tenant), rawType: a.ActivityDisplayName, rawID: a.ID}
 	if a.LoggedByService == "PIM" {
 		r.product = "entra-pim"
 		return a.pim(r, t)

@@ -62,7 +62,8 @@ func (f Format) Read(name string, r io.Reader, system string, fn func(rec Record
 // input may be gzip-compressed (detected by its magic bytes) and is, after
 // that, any sequence of: a JSON array of records, JSON records one after
 // another (JSON lines, or pretty-printed), or the format's envelope object
-// (Graph `{"value": [...]}`, CloudTrail `{"Records": [...]}`). For a Lines
+// (Graph `{"value": [...]}`, Azure Monitor `{"records": [...]}`, CloudTrail
+// `{"Records": [...]}`). For a Lines
 // format an input that does not start with `[` is read as text lines, each
 // non-blank line one record. Arrays and envelopes are held in memory while
 // their records are read; JSON lines and text lines are streamed.
@@ -79,7 +80,7 @@ func (f Format) Records(name string, r io.Reader, fn func(Record) error) error {
 	if f.Lines && firstByte(br) != '[' {
 		return readLines(name, br, fn)
 	}
-	return readJSON(name, br, f.Envelope, fn)
+	return readJSON(name, br, f.Envelopes, fn)
 }
 
 // firstByte returns the first byte that is not JSON whitespace, without
@@ -123,7 +124,7 @@ func readLines(name string, br *bufio.Reader, fn func(Record) error) error {
 	return nil
 }
 
-func readJSON(name string, br *bufio.Reader, envelope string, fn func(Record) error) error {
+func readJSON(name string, br *bufio.Reader, envelopes []string, fn func(Record) error) error {
 	lt := &lineTracker{r: br}
 	dec := json.NewDecoder(lt)
 	n := 0
@@ -155,7 +156,7 @@ func readJSON(name string, br *bufio.Reader, envelope string, fn func(Record) er
 				return err
 			}
 		case '{':
-			if arr, at, ok := envelopeArray(raw, envelope); ok {
+			if arr, at, ok := envelopeArray(raw, envelopes); ok {
 				if err := elements(name, arr, line+bytes.Count(raw[:at], []byte("\n")), &n, fn); err != nil {
 					return err
 				}
@@ -171,24 +172,28 @@ func readJSON(name string, br *bufio.Reader, envelope string, fn func(Record) er
 	}
 }
 
-// envelopeArray returns the array under key in obj and its offset in obj.
-func envelopeArray(obj []byte, key string) ([]byte, int, bool) {
-	if key == "" || !bytes.Contains(obj, []byte(`"`+key+`"`)) {
-		return nil, 0, false
-	}
+// envelopeArray returns the array under one of keys in obj and its offset
+// in obj.
+func envelopeArray(obj []byte, keys []string) ([]byte, int, bool) {
 	var m map[string]json.RawMessage
-	if json.Unmarshal(obj, &m) != nil {
-		return nil, 0, false
+	for _, key := range keys {
+		if !bytes.Contains(obj, []byte(`"`+key+`"`)) {
+			continue
+		}
+		if m == nil && json.Unmarshal(obj, &m) != nil {
+			return nil, 0, false
+		}
+		arr, ok := m[key]
+		if !ok || len(arr) == 0 || arr[0] != '[' {
+			continue
+		}
+		at := bytes.Index(obj, arr)
+		if at < 0 {
+			at = 0
+		}
+		return arr, at, true
 	}
-	arr, ok := m[key]
-	if !ok || len(arr) == 0 || arr[0] != '[' {
-		return nil, 0, false
-	}
-	at := bytes.Index(obj, arr)
-	if at < 0 {
-		at = 0
-	}
-	return arr, at, true
+	return nil, 0, false
 }
 
 // elements calls fn with each element of the JSON array arr, which starts

@@ -40,10 +40,11 @@ type Format struct {
 	Name  string // the --format value
 	Title string // one line for `grantline adapters`
 	Doc   string // where the mapping table is, relative to the repository
-	// Envelope is the key of the vendor's wrapper object whose array holds
-	// the records ("value" for a Graph page, "Records" for a CloudTrail log
-	// file); empty when the format has none.
-	Envelope string
+	// Envelopes are the keys of the vendor's wrapper objects whose array
+	// holds the records ("value" for a Graph page and "records" for Azure
+	// Monitor's export, "Records" for a CloudTrail log file); none when the
+	// format has no wrapper.
+	Envelopes []string
 	// Lines means records may also be plain text lines (syslog) rather than
 	// JSON values.
 	Lines bool
@@ -75,8 +76,8 @@ func (e *FieldError) Error() string {
 func (e *FieldError) Is(target error) bool { return target == ErrRecord }
 
 var formats = []Format{
-	{Name: "entra", Title: "Microsoft Entra ID audit log with PIM (Graph directoryAudit)", Doc: "docs/sources.md#entra", Envelope: "value", Adapt: Entra},
-	{Name: "cloudtrail", Title: "AWS CloudTrail (IAM Identity Center, IAM users and keys, STS)", Doc: "docs/sources.md#cloudtrail", Envelope: "Records", Adapt: CloudTrail},
+	{Name: "entra", Title: "Microsoft Entra ID audit log with PIM (Graph directoryAudit)", Doc: "docs/sources.md#entra", Envelopes: []string{"value", "records"}, Adapt: Entra},
+	{Name: "cloudtrail", Title: "AWS CloudTrail (IAM Identity Center, IAM users and keys, STS)", Doc: "docs/sources.md#cloudtrail", Envelopes: []string{"Records"}, Adapt: CloudTrail},
 	{Name: "okta", Title: "Okta System Log (LogEvent)", Doc: "docs/sources.md#okta", Adapt: Okta},
 	{Name: "cyberark", Title: "CyberArk Vault and PSM audit over syslog (JSON or CEF)", Doc: "docs/sources.md#cyberark", Lines: true, Adapt: CyberArk},
 	{Name: "sailpoint", Title: "SailPoint Identity Security Cloud event triggers", Doc: "docs/sources.md#sailpoint", Adapt: SailPoint},
