@@ -85,6 +85,16 @@ func (o *oktaEvent) debug(key string) string {
 	}
 }
 
+var oktaLifecycle = map[string]string{
+	"user.lifecycle.create":           "identity.created",
+	"user.lifecycle.activate":         "identity.enabled",
+	"user.lifecycle.reactivate":       "identity.enabled",
+	"user.lifecycle.unsuspend":        "identity.enabled",
+	"user.lifecycle.suspend":          "identity.disabled",
+	"user.lifecycle.deactivate":       "identity.terminated",
+	"user.lifecycle.delete.initiated": "identity.terminated",
+}
+
 // Okta maps one System Log LogEvent (docs/sources.md#okta).
 func Okta(rec []byte, system string) ([]*pb.Event, error) {
 	var o oktaEvent
@@ -112,16 +122,7 @@ func Okta(rec []byte, system string) ([]*pb.Event, error) {
 		return nil, &FieldError{"target", "no target of type " + typ}
 	}
 	var ev *pb.Event
-	lifecycle := map[string]string{
-		"user.lifecycle.create":           "identity.created",
-		"user.lifecycle.activate":         "identity.enabled",
-		"user.lifecycle.reactivate":       "identity.enabled",
-		"user.lifecycle.unsuspend":        "identity.enabled",
-		"user.lifecycle.suspend":          "identity.disabled",
-		"user.lifecycle.deactivate":       "identity.terminated",
-		"user.lifecycle.delete.initiated": "identity.terminated",
-	}
-	switch typ := lifecycle[o.EventType]; {
+	switch typ := oktaLifecycle[o.EventType]; {
 	case typ != "":
 		u, err := subjectOf("User")
 		if err != nil {
