@@ -116,6 +116,7 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		in.reportRecords(env.stderr)
 		total += n
 		if nbad > 0 {
 			bad = true
@@ -214,8 +215,9 @@ type inputFile struct {
 	mem  *bytes.Reader // stdin contents
 	// format, when set, reads vendor records (append_format.go) whose
 	// events get source.system = system.
-	format *source.Format
-	system string
+	format            *source.Format
+	system            string
+	records, unmapped int // of the last read, for --format inputs
 }
 
 func openInput(name string, stdin io.Reader, stdinUsed *bool) (*inputFile, error) {

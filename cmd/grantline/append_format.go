@@ -30,7 +30,12 @@ func sourceFormat(name, system string) (*source.Format, error) {
 // the server would refuse arrives as lerr. A record the adapter refuses
 // stops the read with an error naming file, line, record and field.
 func (in *inputFile) eachRecordEvent(r io.Reader, fn func(line int, ev *pb.Event, lerr error) error) error {
+	in.records, in.unmapped = 0, 0
 	return in.format.Read(in.name, r, in.system, func(rec source.Record, evs []*pb.Event) error {
+		in.records++
+		if len(evs) == 0 {
+			in.unmapped++
+		}
 		for _, ev := range evs {
 			var lerr error
 			if err := validateEvent(ev); err != nil {
@@ -42,4 +47,14 @@ func (in *inputFile) eachRecordEvent(r io.Reader, fn func(line int, ev *pb.Event
 		}
 		return nil
 	})
+}
+
+// reportRecords tells, for a --format input, how many records were read and
+// how many of them map to no event (docs/sources.md says which and why).
+func (in *inputFile) reportRecords(w io.Writer) {
+	if in.format == nil {
+		return
+	}
+	fmt.Fprintf(w, "%s: %d %s records, %d without an event (not about access, or failed operations: %s)\n",
+		in.name, in.records, in.format.Name, in.unmapped, in.format.Doc)
 }
