@@ -25,9 +25,11 @@ test-race:
 run: build
 	$(BIN) serve
 
-## demo: the whole loop on synthetic IGA/PAM data.
+## demo: the whole loop on synthetic IGA/PAM data, kept in DEMO_OUT (replaced on each run).
+DEMO_OUT ?= grantline-demo
 demo: build
-	$(BIN) demo
+	rm -rf -- $(DEMO_OUT)
+	$(BIN) demo --out $(DEMO_OUT)
 
 ## generate: regenerate protobuf code (needs buf v1.75.0, protoc-gen-go, protoc-gen-connect-go).
 generate:

@@ -14,9 +14,11 @@ import (
 	"github.com/grantline/grantline/verify/format"
 )
 
-// DirSink writes package files into a folder, which it creates (0755) if
-// missing. Each file is written to a temporary name and renamed when closed,
-// so a file that exists is complete. Not safe for concurrent use.
+// DirSink writes package files into a folder, which it creates (0700) if
+// missing; the files are 0600, since entries and findings hold personal data.
+// The mode of a folder that already exists is left as it is. Each file is
+// written to a temporary name and renamed when closed, so a file that exists
+// is complete. Not safe for concurrent use.
 type DirSink struct {
 	Dir string
 }
@@ -26,7 +28,7 @@ func (d DirSink) Create(name string) (io.WriteCloser, error) {
 	if !format.Known(name) {
 		return nil, fmt.Errorf("%q is not a package file name", name)
 	}
-	if err := os.MkdirAll(d.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
 		return nil, err
 	}
 	f, err := os.CreateTemp(d.Dir, "."+name+".*")
@@ -46,7 +48,7 @@ func (d *dirFile) Write(p []byte) (int, error) { return d.f.Write(p) }
 func (d *dirFile) Close() error {
 	err := d.f.Close()
 	if err == nil {
-		err = os.Chmod(d.f.Name(), 0o644)
+		err = os.Chmod(d.f.Name(), 0o600)
 	}
 	if err == nil {
 		err = os.Rename(d.f.Name(), d.final)
@@ -58,7 +60,8 @@ func (d *dirFile) Close() error {
 }
 
 // TarGzSink writes the package as a gzip-compressed tar stream with the files
-// at its root, in the order they are created. Because a tar header needs the
+// at its root, in the order they are created, each with mode 0600 (the
+// caller creates the .tar.gz itself 0600). Because a tar header needs the
 // file size first, each file is buffered in memory until closed, except
 // entries.jsonl, which is spooled to a temporary file. Close finishes the
 // archive (it does not close the underlying writer). Not safe for concurrent use.
@@ -112,7 +115,7 @@ func (t *TarGzSink) Close() error {
 
 func (t *TarGzSink) add(name string, size int64, r io.Reader) error {
 	t.open = false
-	hdr := &tar.Header{Name: name, Mode: 0o644, Size: size, ModTime: t.mtime, Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+	hdr := &tar.Header{Name: name, Mode: 0o600, Size: size, ModTime: t.mtime, Typeflag: tar.TypeReg, Format: tar.FormatPAX}
 	if err := t.tw.WriteHeader(hdr); err != nil {
 		t.err = err
 		return err

@@ -1,10 +1,18 @@
 package verify
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/grantline/grantline/verify/format"
 )
 
 func TestChunkSink(t *testing.T) {
@@ -59,5 +67,59 @@ func TestChunkSink(t *testing.T) {
 	w, _ := failing.Create("findings.csv")
 	if _, err := w.Write(bytes.Repeat([]byte("x"), 5)); err == nil {
 		t.Error("Write did not report the Send error")
+	}
+}
+
+// TestSinkModes: package files hold personal data, so a new package folder
+// is 0700, its files 0600, and the members of a .tar.gz 0600.
+func TestSinkModes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "new", "pkg")
+	for _, name := range []string{format.FileCheckpoint, format.FileEntries} {
+		w, err := DirSink{Dir: dir}.Create(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte("x"))
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, %v; want 0600", name, fi.Mode(), err)
+		}
+	}
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: mode %v, %v; want 0700", d, fi.Mode(), err)
+		}
+	}
+
+	var buf bytes.Buffer
+	ts := NewTarGzSink(&buf, time.Unix(0, 0))
+	for _, name := range []string{format.FileCheckpoint, format.FileEntries} {
+		w, _ := ts.Create(name)
+		w.Write([]byte("x"))
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ts.Close(); err != nil {
+		t.Fatal(err)
+	}
+	gz, err := gzip.NewReader(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(gz)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Mode != 0o600 {
+			t.Errorf("tar member %s: mode %o, want 0600", hdr.Name, hdr.Mode)
+		}
 	}
 }

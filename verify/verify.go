@@ -12,11 +12,9 @@
 package verify
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"cmp"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -25,7 +23,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -38,6 +35,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -63,6 +61,8 @@ type Options struct {
 	Evaluator Evaluator
 	// Progress, if set, is called after each check passes.
 	Progress func(Check)
+	// Limits bound what is unpacked from a .tar.gz; zero means DefaultLimits.
+	Limits Limits
 }
 
 // Check is one passed check.
@@ -91,7 +91,9 @@ type CheckError struct {
 	Err   error
 }
 
-func (e *CheckError) Error() string { return fmt.Sprintf("%s: %s: %v", e.File, e.Check, e.Err) }
+func (e *CheckError) Error() string {
+	return fmt.Sprintf("%s: %s: %v", textsafe.Quote(e.File), e.Check, e.Err)
+}
 func (e *CheckError) Unwrap() error { return e.Err }
 
 // ErrVerification is wrapped by every CheckError's Err when the package
@@ -126,7 +128,7 @@ const (
 // re-running the recorded rules. It returns the report of passed checks, or
 // a *CheckError naming the file and the check that failed.
 func Verify(ctx context.Context, pkgPath string, keys Keys, opts Options) (*Report, error) {
-	dir, cleanup, err := openPackage(pkgPath)
+	dir, cleanup, err := openPackage(pkgPath, opts.Limits)
 	if err != nil {
 		return nil, err
 	}
@@ -339,7 +341,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 		return nil
 	}
 	if _, ok := v.digests[format.FileConsistency]; !ok {
-		return fail(format.FileConsistency, "consistency proof", "--since needs a proof from size %d, but the package has no %s: export with --since-size %d", old.Size, format.FileConsistency, old.Size)
+		return fail(format.FileConsistency, "consistency proof", "--since needs a proof from size %d, but the package has no %s: export again with --since and the same checkpoint file ('grantline evidence export --since OLD_CHECKPOINT ...')", old.Size, format.FileConsistency)
 	}
 	cb, err := v.readSmall(format.FileConsistency)
 	if err != nil {
@@ -359,7 +361,7 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 		v.pass(format.FileConsistency, "consistency proof", "the tree of the --since checkpoint (size %d) is a prefix of size %d", old.Size, cp.Size)
 		return nil
 	}
-	return fail(format.FileConsistency, "consistency proof", "no proof from size %d to %d: export with --since-size %d", old.Size, cp.Size, old.Size)
+	return fail(format.FileConsistency, "consistency proof", "no proof from size %d to %d: export again with --since and the same checkpoint file ('grantline evidence export --since OLD_CHECKPOINT ...')", old.Size, cp.Size)
 }
 
 // ParseEntryLine parses one line of entries.jsonl strictly (unknown fields
@@ -717,7 +719,7 @@ func diffFinding(a, b format.Finding) string {
 	case a.Title != b.Title:
 		return fmt.Sprintf("title %q, re-evaluated %q", a.Title, b.Title)
 	case !slices.Equal(a.Controls, b.Controls):
-		return fmt.Sprintf("controls %v, re-evaluated %v", a.Controls, b.Controls)
+		return fmt.Sprintf("controls %q, re-evaluated %q", a.Controls, b.Controls)
 	case !slices.Equal(a.Entries, b.Entries):
 		return fmt.Sprintf("entries %v, re-evaluated %v", a.Entries, b.Entries)
 	case a.Message != b.Message:
@@ -774,83 +776,4 @@ func (v *verifier) checkAssessment() error {
 	}
 	v.pass(file, "back-matter hashes", "%d package files referenced with matching SHA-256", n)
 	return nil
-}
-
-// openPackage returns a folder holding the package: p itself, or a
-// temporary folder the .tar.gz at p was safely extracted to.
-func openPackage(p string) (string, func(), error) {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return "", nil, fmt.Errorf("opening package: %w", err)
-	}
-	if fi.IsDir() {
-		return p, func() {}, nil
-	}
-	tmp, err := os.MkdirTemp("", "grantline-verify-*")
-	if err != nil {
-		return "", nil, err
-	}
-	cleanup := func() { os.RemoveAll(tmp) }
-	if err := extractTarGz(p, tmp); err != nil {
-		cleanup()
-		return "", nil, err
-	}
-	return tmp, cleanup, nil
-}
-
-func extractTarGz(src, dst string) error {
-	name := filepath.Base(src)
-	f, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("opening package: %w", err)
-	}
-	defer f.Close()
-	gz, err := gzip.NewReader(f)
-	if err != nil {
-		return fail(name, "archive", "not a .tar.gz file (%v): pass a package folder or the .tar.gz that export --tar wrote", err)
-	}
-	tr := tar.NewReader(gz)
-	prefix := ""
-	seen := map[string]bool{}
-	for i := 0; ; i++ {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fail(name, "archive", "reading member %d: %v", i+1, err)
-		}
-		if hdr.Typeflag == tar.TypeDir {
-			continue
-		}
-		clean := path.Clean(hdr.Name)
-		dir, base := path.Split(clean)
-		if i == 0 || prefix == "" && len(seen) == 0 {
-			prefix = dir
-		}
-		if dir != prefix || strings.Contains(dir, "..") || path.IsAbs(clean) {
-			return fail(name, "archive", "member %q is outside the package folder", hdr.Name)
-		}
-		if hdr.Typeflag != tar.TypeReg {
-			return fail(base, "no unlisted files", "archive member %q is not a regular file", hdr.Name)
-		}
-		if !format.Known(base) {
-			return fail(base, "no unlisted files", "%q is not a file of an evidence package", base)
-		}
-		if seen[base] {
-			return fail(base, "no unlisted files", "the archive holds %q twice", base)
-		}
-		seen[base] = true
-		out, err := os.OpenFile(filepath.Join(dst, base), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(out, tr)
-		if cerr := out.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fail(name, "archive", "extracting %q: %v", hdr.Name, err)
-		}
-	}
 }

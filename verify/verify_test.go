@@ -435,3 +435,31 @@ func TestVerifyManyBatches(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifySinceHint: when the package lacks the proof --since needs, the
+// error says how to export one, with a flag that exists.
+func TestVerifySinceHint(t *testing.T) {
+	l := newLedgerFake(t, synthEvents(20, 5))
+	s, pub, _ := evidenceKey(t, "ecdsa")
+	keys := Keys{LogKey: l.vkey(), EvidenceKey: pub}
+	for _, tc := range []struct {
+		name  string
+		sizes []uint64
+	}{
+		{"no consistency.json", nil},
+		{"no proof for that size", []uint64{7}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "pkg")
+			if err := Export(t.Context(), l, ExportOptions{Signer: s, AsOf: asOf, SinceSizes: tc.sizes}, DirSink{Dir: dir}); err != nil {
+				t.Fatal(err)
+			}
+			o := verifyOpts()
+			o.Since = l.signedAt(t, 12)
+			_, err := Verify(t.Context(), dir, keys, o)
+			if err == nil || !strings.Contains(err.Error(), "grantline evidence export --since OLD_CHECKPOINT") || strings.Contains(err.Error(), "--since-size") {
+				t.Fatalf("Verify(--since without a proof) = %v, want a hint to export with --since", err)
+			}
+		})
+	}
+}

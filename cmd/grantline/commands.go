@@ -28,6 +28,17 @@ type cmdEnv struct {
 	stdout io.Writer
 	stderr io.Writer
 	getenv func(string) string
+	// argv0 is how the binary was invoked (os.Args[0]), for commands a
+	// command prints for the user to paste; "" means "grantline".
+	argv0 string
+}
+
+// prog is the program name to print in a command for the user to run.
+func (e *cmdEnv) prog() string {
+	if e.argv0 == "" {
+		return "grantline"
+	}
+	return shellQuote(e.argv0)
 }
 
 // exitError makes the process exit with code after printing msg (if any).
@@ -125,5 +136,5 @@ func asExit(err error, target **exitError) bool {
 }
 
 func defaultEnv() *cmdEnv {
-	return &cmdEnv{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	return &cmdEnv{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, argv0: os.Args[0]}
 }

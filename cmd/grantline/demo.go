@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/internal/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -131,6 +132,8 @@ type demoSummary struct {
 	missed     []string // planted, not found: "rule subject event"
 	unexpected []string // found, not planted
 	verified   *verify.Report
+	kept       bool   // the folder stays (--out); else it is removed at the end
+	prog       string // the program name to print in commands
 	newEvents  uint64
 	elapsed    time.Duration
 }
@@ -148,11 +151,14 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 	}
 	dir := dc.out
 	if dir == "" {
+		// No folder named: work in a temporary one and remove it at the
+		// end (about 10 MB), saying so; --out keeps everything.
 		if dir, err = os.MkdirTemp("", "grantline-demo-"); err != nil {
 			return nil, fmt.Errorf("creating the demo folder: %w", err)
 		}
+		defer os.RemoveAll(dir) // runs after the server is closed
 	}
-	sum := &demoSummary{org: org, dir: dir, dataDir: filepath.Join(dir, "data"), evidence: filepath.Join(dir, "evidence")}
+	sum := &demoSummary{org: org, dir: dir, dataDir: filepath.Join(dir, "data"), evidence: filepath.Join(dir, "evidence"), kept: dc.out != "", prog: env.prog()}
 	for _, p := range []string{sum.dataDir, sum.evidence} {
 		if ents, err := os.ReadDir(p); err == nil && len(ents) > 0 {
 			return nil, &exitError{code: 1, msg: fmt.Sprintf("%s is not empty (a previous demo?): choose a new --out folder or remove it", p)}
@@ -183,7 +189,7 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 	}()
 	logf("server listening on %s, data in %s", srv.URL, sum.dataDir)
 
-	store, err := auth.Open(sum.dataDir)
+	store, err := datadir.OpenTokens(sum.dataDir)
 	if err != nil {
 		return nil, fmt.Errorf("opening the token store: %w", err)
 	}
@@ -400,11 +406,21 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 	} else {
 		fmt.Fprintf(w, "\nMISMATCH: %d planted failures not found, %d findings not planted\n", len(s.missed), len(s.unexpected))
 	}
+	if !s.kept {
+		fmt.Fprintf(w, "\nevidence package verified: %d checks passed\n", len(s.verified.Checks))
+		fmt.Fprintf(w, "the demo's temporary folder %s is removed now; run with --out DIR to keep the evidence package, its report and the data\n", s.dir)
+		fmt.Fprintf(w, "done in %s\n", s.elapsed.Round(100*time.Millisecond))
+		return
+	}
+	prog := s.prog
+	if prog == "" {
+		prog = "grantline"
+	}
 	fmt.Fprintf(w, "\nevidence package: %s (verified: %d checks passed)\n", s.evidence, len(s.verified.Checks))
 	fmt.Fprintf(w, "report:           %s\n", filepath.Join(s.evidence, "report.html"))
 	fmt.Fprintf(w, "feed:             %s\n", filepath.Join(s.dir, "feed.jsonl"))
-	fmt.Fprintf(w, "re-check it:      grantline verify %s --log-key %s --evidence-key %s\n",
-		s.evidence, filepath.Join(s.dataDir, "keys", "log.vkey"), filepath.Join(s.dataDir, "keys", "evidence.pub"))
+	fmt.Fprintf(w, "re-check it:      %s verify %s --log-key %s --evidence-key %s\n", prog,
+		shellQuote(s.evidence), shellQuote(filepath.Join(s.dataDir, "keys", "log.vkey")), shellQuote(filepath.Join(s.dataDir, "keys", "evidence.pub")))
 	fmt.Fprintf(w, "done in %s\n", s.elapsed.Round(100*time.Millisecond))
 }
 

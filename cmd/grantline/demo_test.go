@@ -31,7 +31,10 @@ func TestDemo(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "demo")
-			code, out, errOut := runCmd(t, "", append([]string{"demo", "--out", dir}, tc.args...)...)
+			var stdout, stderr bytes.Buffer
+			env := &cmdEnv{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, getenv: func(string) string { return "" }, argv0: "bin/grantline"}
+			code := runMain(t.Context(), env, append([]string{"demo", "--out", dir}, tc.args...))
+			out, errOut := stdout.String(), stderr.String()
 			if code != 0 {
 				t.Fatalf("grantline demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 			}
@@ -77,8 +80,10 @@ func TestDemo(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(dir, "evidence", "report.html")); err != nil {
 				t.Errorf("no report: %v", err)
 			}
-			// The summary's re-check command must work as printed.
-			m := regexp.MustCompile(`(?m)^re-check it:\s+grantline (verify .*)$`).FindStringSubmatch(out)
+			// The summary's re-check command names the binary as it was
+			// invoked (make demo runs bin/grantline, not on PATH) and must
+			// work as printed.
+			m := regexp.MustCompile(`(?m)^re-check it:\s+bin/grantline (verify .*)$`).FindStringSubmatch(out)
 			if m == nil {
 				t.Fatalf("no verify command in the summary:\n%s", out)
 			}
@@ -155,5 +160,29 @@ func TestDemoErrors(t *testing.T) {
 		if code != tc.code || !strings.Contains(errOut, tc.want) {
 			t.Errorf("grantline demo %v = exit %d, %q; want exit %d mentioning %q", tc.args, code, errOut, tc.code, tc.want)
 		}
+	}
+}
+
+// TestDemoRemovesItsTemporaryFolder: without --out the demo works in a
+// temporary folder and removes it at the end, saying so, instead of leaving
+// about 10 MB behind on every run.
+func TestDemoRemovesItsTemporaryFolder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the demo starts a server; skipped in -short")
+	}
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	code, out, errOut := runCmd(t, "", "demo", "--seed", "4", "--identities", "60", "--months", "4", "--quiet")
+	if code != 0 {
+		t.Fatalf("grantline demo exited %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("the demo left %d entries in TMPDIR (%s...)", len(ents), ents[0].Name())
+	}
+	if !strings.Contains(out, "is removed now; run with --out DIR to keep") {
+		t.Errorf("the summary does not say the folder is removed:\n%s", out)
+	}
+	if strings.Contains(out, "re-check it:") {
+		t.Errorf("the summary prints a command for files it removed:\n%s", out)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/internal/textsafe"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/verify"
 	"github.com/grantline/grantline/verify/format"
@@ -102,12 +103,21 @@ func runEvidenceCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		abort = func() { f.Close(); os.Remove(f.Name()) }
 	} else {
-		if ents, err := os.ReadDir(target); err == nil {
+		if ents, err := os.ReadDir(target); err == nil && len(ents) > 0 {
+			// A package folder holds the package only: anything else in it
+			// would make verify refuse the package ("no unlisted files").
 			for _, e := range ents {
 				if format.Known(e.Name()) {
 					return &exitError{code: 1, msg: fmt.Sprintf("%s already holds an evidence package (%s): choose a new folder or remove it", target, e.Name())}
 				}
 			}
+			held := textsafe.Quote(ents[0].Name())
+			if len(ents) > 1 {
+				held += fmt.Sprintf(" and %d more", len(ents)-1)
+			}
+			return &exitError{code: 1, msg: fmt.Sprintf("%s is not empty (it holds %s): export into a new or empty folder, since verify refuses a package folder holding other files", target, held)}
+		} else if err != nil && !os.IsNotExist(err) {
+			return &exitError{code: 1, msg: fmt.Sprintf("--out %s: %v", target, err)}
 		}
 		_, statErr := os.Stat(target)
 		ds := &trackingSink{sink: verify.DirSink{Dir: target}}
@@ -147,7 +157,14 @@ func runEvidenceCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	for _, f := range files {
 		fmt.Fprintf(env.stdout, "  %-24s %12d bytes\n", f.name, f.n)
 	}
-	fmt.Fprintf(env.stdout, "verify it offline with:\n  grantline verify %s --log-key DATA/keys/log.vkey --evidence-key DATA/keys/evidence.pub\n", target)
+	fmt.Fprintf(env.stdout, "verify it offline with:\n")
+	hint := fmt.Sprintf("  grantline verify %s --log-key DATA/keys/log.vkey --evidence-key DATA/keys/evidence.pub", shellQuote(target))
+	if len(since.paths) == 0 {
+		fmt.Fprintln(env.stdout, hint)
+	}
+	for _, p := range since.paths { // verify takes one --since at a time
+		fmt.Fprintf(env.stdout, "%s --since %s\n", hint, shellQuote(p))
+	}
 	return nil
 }
 
@@ -242,7 +259,10 @@ func (t *trackingSink) Create(name string) (io.WriteCloser, error) {
 // sinceFlag collects --since checkpoint files and reads the tree size from
 // each (the second line of a C2SP checkpoint). Its signature is checked by
 // `grantline verify --since`, which is where trust is decided.
-type sinceFlag struct{ sizes []uint64 }
+type sinceFlag struct {
+	sizes []uint64
+	paths []string
+}
 
 func (f *sinceFlag) String() string { return fmt.Sprint(f.sizes) }
 
@@ -260,5 +280,17 @@ func (f *sinceFlag) Set(path string) error {
 		return fmt.Errorf("%s:2: tree size %q is not a decimal number", path, lines[1])
 	}
 	f.sizes = append(f.sizes, n)
+	f.paths = append(f.paths, path)
 	return nil
+}
+
+// shellQuote quotes s for a POSIX shell when it holds anything but letters,
+// digits and -_./+:=@, so a printed command can be pasted as is.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./+:=@", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(textsafe.Escape(s), "'", `'\''`) + "'"
 }

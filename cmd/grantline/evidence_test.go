@@ -150,3 +150,79 @@ func TestEvidenceExportFailures(t *testing.T) {
 		})
 	}
 }
+
+// TestEvidenceExportFolders: a package is written 0600 into a new 0700
+// folder (or a 0600 .tar.gz), never into a folder holding other files, and
+// the printed verify command, --since included, works as printed.
+func TestEvidenceExportFolders(t *testing.T) {
+	f := &fakeEvidence{token: "tok"}
+	url := f.serve(t)
+	export := func(args ...string) (int, string, string) {
+		t.Helper()
+		return runCmd(t, "", append([]string{"evidence", "export", "--server", url, "--token", "tok"}, args...)...)
+	}
+
+	t.Run("non-empty folder", func(t *testing.T) {
+		out := t.TempDir()
+		if err := os.WriteFile(filepath.Join(out, "notes.txt"), []byte("mine"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, _, stderr := export("--out", out)
+		if code != 1 || !strings.Contains(stderr, "is not empty (it holds notes.txt)") || !strings.Contains(stderr, "new or empty folder") {
+			t.Fatalf("export into a non-empty folder: exit %d, stderr %q; want exit 1 saying it is not empty", code, stderr)
+		}
+		ents, _ := os.ReadDir(out)
+		if len(ents) != 1 {
+			t.Errorf("the folder now holds %d entries, want only notes.txt", len(ents))
+		}
+	})
+
+	t.Run("modes and the since hint", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "pkg")
+		since := filepath.Join(evidenceTestdata, "checkpoint-100")
+		code, stdout, stderr := export("--out", out, "--since", since)
+		if code != 0 {
+			t.Fatalf("export: exit %d\n%s%s", code, stdout, stderr)
+		}
+		if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("package folder mode %v, %v; want 0700", fi.Mode(), err)
+		}
+		ents, _ := os.ReadDir(out)
+		for _, e := range ents {
+			if fi, err := e.Info(); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Errorf("%s: mode %v, %v; want 0600", e.Name(), fi.Mode(), err)
+			}
+		}
+		var hint string
+		for _, line := range strings.Split(stdout, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "grantline verify ") {
+				hint = strings.TrimSpace(line)
+			}
+		}
+		if !strings.Contains(hint, "--since "+since) {
+			t.Fatalf("verify hint %q lacks --since %s:\n%s", hint, since, stdout)
+		}
+		args := strings.Fields(strings.TrimPrefix(hint, "grantline "))
+		for i, a := range args {
+			switch a {
+			case "DATA/keys/log.vkey":
+				args[i] = filepath.Join(evidenceTestdata, "log.vkey")
+			case "DATA/keys/evidence.pub":
+				args[i] = filepath.Join(evidenceTestdata, "evidence.pub")
+			}
+		}
+		if code, o, e := runCmd(t, "", args...); code != 0 || !strings.Contains(o, "consistency proof") {
+			t.Errorf("the printed verify command (%v): exit %d\n%s%s", args, code, o, e)
+		}
+	})
+
+	t.Run("tar mode", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "pkg.tar.gz")
+		if code, o, e := export("--out", out, "--tar"); code != 0 {
+			t.Fatalf("export --tar: exit %d\n%s%s", code, o, e)
+		}
+		if fi, err := os.Stat(out); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v, %v; want 0600", out, fi.Mode(), err)
+		}
+	})
+}

@@ -133,7 +133,7 @@ func TestOnlineBackup(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rs.Close(t.Context())
-	st, err := auth.Open(dir)
+	st, err := datadir.OpenTokens(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

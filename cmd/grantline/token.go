@@ -79,7 +79,7 @@ func runToken(ctx context.Context, env *cmdEnv, args []string) error {
 	if name != nil && *name == "" {
 		return &exitError{code: 2, msg: fmt.Sprintf("token %s: --name is required", verb)}
 	}
-	store, err := auth.Open(*data)
+	store, err := datadir.OpenTokens(*data)
 	if err != nil {
 		return err
 	}

@@ -9,13 +9,14 @@ import (
 	"testing"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/internal/datadir"
 )
 
 var tokenRE = regexp.MustCompile(`^glt_[A-Za-z0-9_-]{43}\n$`)
 
 func TestTokenCommands(t *testing.T) {
 	data := t.TempDir()
-	server, err := auth.Open(data) // as a running server holds it
+	server, err := datadir.OpenTokens(data) // as a running server holds it
 	if err != nil {
 		t.Fatal(err)
 	}

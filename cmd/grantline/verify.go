@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/verify"
 )
 
@@ -56,20 +57,22 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if !*quiet {
 		opts.Progress = func(c verify.Check) {
-			fmt.Fprintf(env.stdout, "ok    %-24s %-22s %s\n", c.File, c.Name, c.Detail)
+			fmt.Fprintf(env.stdout, "ok    %-24s %-22s %s\n", textsafe.Quote(c.File), c.Name, textsafe.Escape(c.Detail))
 		}
 	}
 	start := time.Now()
 	rep, err := verify.Verify(ctx, rest[0], verify.Keys{LogKey: string(lk), EvidenceKey: ek}, opts)
 	var ce *verify.CheckError
 	if errors.As(err, &ce) {
-		fmt.Fprintf(env.stdout, "FAIL  %-24s %-22s %s\n", ce.File, ce.Check, strings.TrimPrefix(ce.Err.Error(), verify.ErrVerification.Error()+": "))
-		return &exitError{code: 1, msg: fmt.Sprintf("%s does not verify: %s: %s failed", rest[0], ce.File, ce.Check)}
+		// Names and messages come from the package: quoted and escaped so
+		// a hostile package cannot fake output with terminal escapes.
+		fmt.Fprintf(env.stdout, "FAIL  %-24s %-22s %s\n", textsafe.Quote(ce.File), ce.Check, textsafe.Escape(strings.TrimPrefix(ce.Err.Error(), verify.ErrVerification.Error()+": ")))
+		return &exitError{code: 1, msg: fmt.Sprintf("%s does not verify: %s: %s failed", textsafe.Quote(rest[0]), textsafe.Quote(ce.File), ce.Check)}
 	}
 	if err != nil {
-		return &exitError{code: 1, msg: fmt.Sprintf("%s: %v", rest[0], err)}
+		return &exitError{code: 1, msg: fmt.Sprintf("%s: %s", textsafe.Quote(rest[0]), textsafe.Escape(err.Error()))}
 	}
 	fmt.Fprintf(env.stdout, "verified %s: %d checks passed in %s; checkpoint %s size %d, %d entries, %d findings reproduced as of %s\n",
-		rest[0], len(rep.Checks), time.Since(start).Round(time.Millisecond), rep.Origin, rep.Size, rep.Entries, rep.Findings, rep.AsOf.Format(time.RFC3339))
+		textsafe.Quote(rest[0]), len(rep.Checks), time.Since(start).Round(time.Millisecond), textsafe.Quote(rep.Origin), rep.Size, rep.Entries, rep.Findings, rep.AsOf.Format(time.RFC3339))
 	return nil
 }

@@ -1,5 +1,6 @@
 // Package auth keeps Grantline's principals: named bearer tokens with a role
-// (source, auditor or admin), stored in DATA/tokens.json as SHA-256 hashes
+// (source, auditor or admin), stored in a tokens file (a server's is
+// DATA/tokens.json, see internal/datadir) as SHA-256 hashes
 // only. The file is written atomically (temporary file, fsync, rename) under
 // an advisory lock file, so `grantline token add` and `revoke` can run while a
 // server runs, and a Store re-reads the file whenever it changes, so a new or
@@ -73,12 +74,8 @@ var (
 // TokenPrefix starts every token.
 const TokenPrefix = "glt_"
 
-// File names inside the data directory.
-const (
-	TokensFile     = "tokens.json"
-	AdminTokenFile = "admin.token"
-	lockSuffix     = ".lock"
-)
+// lockSuffix names the advisory lock file beside the tokens file.
+const lockSuffix = ".lock"
 
 // ValidateName checks a principal name: 1 to 64 characters from
 // [A-Za-z0-9._-]. A source's name is the source.system it may append.
@@ -126,13 +123,14 @@ type Store struct {
 	records []*record
 }
 
-// Open returns the Store of dataDir (DATA/tokens.json). The file need not
+// Open returns the Store of the tokens file at path (a server's is
+// DATA/tokens.json; internal/datadir knows the layout). The file need not
 // exist yet; a missing file means no principals. Open fails if the file
 // exists but cannot be read or parsed.
-func Open(dataDir string) (*Store, error) {
+func Open(path string) (*Store, error) {
 	s := &Store{
-		path:     filepath.Join(dataDir, TokensFile),
-		lockPath: filepath.Join(dataDir, TokensFile+lockSuffix),
+		path:     path,
+		lockPath: path + lockSuffix,
 		now:      time.Now,
 	}
 	s.mu.Lock()
@@ -393,21 +391,14 @@ func newToken() (string, [sha256.Size]byte) {
 	return t, sha256.Sum256([]byte(t))
 }
 
-// Bootstrap prepares dataDir's first admin: if no principals exist at all
-// it adds the admin principal "admin" and writes its token, newline-terminated,
-// to dataDir/admin.token (mode 0600), returning that path. If principals
-// already exist it changes nothing and returns "". Safe against a concurrent
-// Bootstrap or token add in another process.
-func Bootstrap(dataDir string) (string, error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return "", fmt.Errorf("creating data directory: %w", err)
-	}
-	s, err := Open(dataDir)
-	if err != nil {
-		return "", err
-	}
+// Bootstrap prepares the first admin: if no principals exist at all it adds
+// the admin principal "admin" and writes its token, newline-terminated, to
+// adminTokenPath (mode 0600), and reports true. If principals already exist
+// it changes nothing. Safe against a concurrent Bootstrap or Add in another
+// process.
+func (s *Store) Bootstrap(adminTokenPath string) (bool, error) {
 	var token string
-	err = s.update(func(recs []*record) ([]*record, error) {
+	err := s.update(func(recs []*record) ([]*record, error) {
 		if len(recs) > 0 {
 			return nil, nil
 		}
@@ -419,11 +410,10 @@ func Bootstrap(dataDir string) (string, error) {
 		}}, nil
 	})
 	if err != nil || token == "" {
-		return "", err
+		return false, err
 	}
-	path := filepath.Join(dataDir, AdminTokenFile)
-	if err := writeAtomic(path, []byte(token+"\n"), 0o600); err != nil {
-		return "", err
+	if err := writeAtomic(adminTokenPath, []byte(token+"\n"), 0o600); err != nil {
+		return false, err
 	}
-	return path, nil
+	return true, nil
 }

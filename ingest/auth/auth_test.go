@@ -14,9 +14,15 @@ import (
 	"time"
 )
 
+// The file names a data directory uses (internal/datadir).
+const (
+	tokensFile     = "tokens.json"
+	adminTokenFile = "admin.token"
+)
+
 func openStore(t *testing.T, dir string) *Store {
 	t.Helper()
-	s, err := Open(dir)
+	s, err := Open(filepath.Join(dir, tokensFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +85,7 @@ func TestAddAuthenticateRevoke(t *testing.T) {
 	}
 
 	// The file holds the hash, never the token, and is private.
-	data, err := os.ReadFile(filepath.Join(dir, TokensFile))
+	data, err := os.ReadFile(filepath.Join(dir, tokensFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +93,7 @@ func TestAddAuthenticateRevoke(t *testing.T) {
 	if strings.Contains(string(data), strings.TrimPrefix(tok, TokenPrefix)) || !strings.Contains(string(data), hex.EncodeToString(sum[:])) {
 		t.Errorf("tokens.json = %s; want the token's sha256 and not the token", data)
 	}
-	checkMode(t, filepath.Join(dir, TokensFile), 0o600)
+	checkMode(t, filepath.Join(dir, tokensFile), 0o600)
 
 	// Near misses are refused.
 	for _, bad := range []string{"", tok[:len(tok)-1], tok + "x", strings.ToUpper(tok), hex.EncodeToString(sum[:])} {
@@ -213,13 +219,11 @@ func TestConcurrentWritersAndReader(t *testing.T) {
 }
 
 func TestBootstrap(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "data")
-	path, err := Bootstrap(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if path != filepath.Join(dir, AdminTokenFile) {
-		t.Fatalf("Bootstrap = %q, want %s", path, filepath.Join(dir, AdminTokenFile))
+	dir := t.TempDir()
+	path := filepath.Join(dir, adminTokenFile)
+	created, err := openStore(t, dir).Bootstrap(path)
+	if err != nil || !created {
+		t.Fatalf("Bootstrap = %v, %v; want true", created, err)
 	}
 	checkMode(t, path, 0o600)
 	data, err := os.ReadFile(path)
@@ -233,9 +237,9 @@ func TestBootstrap(t *testing.T) {
 	if err != nil || p.Name != "admin" || p.Role != RoleAdmin {
 		t.Fatalf("Authenticate(admin.token) = %+v, %v", p, err)
 	}
-	again, err := Bootstrap(dir)
-	if err != nil || again != "" {
-		t.Errorf("second Bootstrap = %q, %v; want \"\", nil", again, err)
+	again, err := openStore(t, dir).Bootstrap(path)
+	if err != nil || again {
+		t.Errorf("second Bootstrap = %v, %v; want false, nil", again, err)
 	}
 	data2, _ := os.ReadFile(path)
 	if string(data2) != string(data) {
@@ -250,8 +254,8 @@ func TestBootstrap(t *testing.T) {
 	if err := s.Revoke("old"); err != nil {
 		t.Fatal(err)
 	}
-	if p, err := Bootstrap(dir2); err != nil || p != "" {
-		t.Errorf("Bootstrap with existing principals = %q, %v", p, err)
+	if created, err := s.Bootstrap(filepath.Join(dir2, adminTokenFile)); err != nil || created {
+		t.Errorf("Bootstrap with existing principals = %v, %v", created, err)
 	}
 }
 
@@ -266,12 +270,12 @@ func TestCorruptFile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, TokensFile), []byte(tt.content), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, tokensFile), []byte(tt.content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, err := Open(dir)
-		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), TokensFile) {
-			t.Errorf("Open with tokens.json %q = %v, want error naming %s and containing %q", tt.content, err, TokensFile, tt.want)
+		_, err := Open(filepath.Join(dir, tokensFile))
+		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), tokensFile) {
+			t.Errorf("Open with tokens.json %q = %v, want error naming %s and containing %q", tt.content, err, tokensFile, tt.want)
 		}
 	}
 }
@@ -284,13 +288,13 @@ func TestAuthenticateFailsClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, TokensFile), []byte("garbage!"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, tokensFile), []byte("garbage!"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Authenticate(tok); !errors.Is(err, ErrUnauthenticated) {
 		t.Errorf("Authenticate with corrupt file = %v, want ErrUnauthenticated", err)
 	}
-	if err := os.Remove(filepath.Join(dir, TokensFile)); err != nil {
+	if err := os.Remove(filepath.Join(dir, tokensFile)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Authenticate(tok); !errors.Is(err, ErrUnauthenticated) {
@@ -310,7 +314,7 @@ func checkMode(t *testing.T, path string, want os.FileMode) {
 }
 
 func BenchmarkAuthenticate(b *testing.B) {
-	s, err := Open(b.TempDir())
+	s, err := Open(filepath.Join(b.TempDir(), tokensFile))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -18,7 +19,7 @@ func TestMain(m *testing.M) {
 		parts := strings.SplitN(spec, "|", 3)
 		fmt.Sscan(parts[1], &n)
 		dir, prefix = parts[0], parts[2]
-		s, err := Open(dir)
+		s, err := Open(filepath.Join(dir, tokensFile))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)

@@ -32,6 +32,12 @@ const (
 // Default is the data directory of a command given no --data.
 const Default = "grantline-data"
 
+// File names inside a data directory.
+const (
+	TokensFile     = "tokens.json" // principals and their token hashes (ingest/auth)
+	AdminTokenFile = "admin.token" // the first admin's token, written once
+)
+
 // DefaultOrigin names a new log whose operator gave no origin.
 const DefaultOrigin = "localhost/grantline"
 
@@ -77,18 +83,23 @@ func Open(path, origin string, alg checkpoint.Algorithm) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keys in %s: %w", filepath.Join(path, KeysDir), err)
 	}
-	newToken, err := auth.Bootstrap(path)
-	if err != nil {
-		return nil, fmt.Errorf("creating the admin token: %w", err)
-	}
-	tokens, err := auth.Open(path)
+	tokens, err := OpenTokens(path)
 	if err != nil {
 		return nil, err
 	}
-	return &Dir{
-		Path: path, Keys: keys, Tokens: tokens,
-		AdminTokenPath: filepath.Join(path, auth.AdminTokenFile), NewAdminToken: newToken != "",
-	}, nil
+	adminPath := filepath.Join(path, AdminTokenFile)
+	created, err := tokens.Bootstrap(adminPath)
+	if err != nil {
+		return nil, fmt.Errorf("creating the admin token: %w", err)
+	}
+	return &Dir{Path: path, Keys: keys, Tokens: tokens, AdminTokenPath: adminPath, NewAdminToken: created}, nil
+}
+
+// OpenTokens opens the principals of the data directory at path
+// (DIR/tokens.json; it need not exist yet), as a server and `grantline
+// token` do; each sees the other's changes at once.
+func OpenTokens(path string) (*auth.Store, error) {
+	return auth.Open(filepath.Join(path, TokensFile))
 }
 
 // OpenLedger opens the log in DIR/ledger with the directory's log key; o's

@@ -6,6 +6,7 @@
 package report
 
 import (
+	"bytes"
 	"cmp"
 	_ "embed"
 	"encoding/csv"
@@ -17,7 +18,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/verify/format"
 )
 
@@ -138,10 +142,19 @@ type view struct {
 	Errors                      []format.RuleError
 }
 
-// WriteHTML writes report.html for scope.
+// WriteHTML writes report.html for scope. Beyond html/template's escaping,
+// every control, format or separator character the data brings (a bidi
+// override U+202E, a zero-width space U+200B, U+2028, U+0085, ESC...) is
+// shown as an escape such as \u202e, so nothing in the report is hidden or
+// reordered; a newline in the data is left as is (HTML shows it as a space).
 func WriteHTML(w io.Writer, scope *format.Scope, opts Options) error {
 	v := buildView(scope, opts)
-	return page.Execute(w, v)
+	var b bytes.Buffer
+	if err := page.Execute(&b, v); err != nil {
+		return err
+	}
+	_, err := io.WriteString(w, textsafe.Escape(b.String(), '\n'))
+	return err
 }
 
 func buildView(scope *format.Scope, opts Options) *view {
@@ -329,13 +342,17 @@ func shellQuote(s string) string {
 // CSVHeader is the header row of findings.csv.
 var CSVHeader = []string{"rule", "title", "severity", "subject", "subject_display", "primary_index", "primary_event_id", "entries", "controls", "exposure_seconds", "exposure", "source", "message"}
 
-// SafeCell neutralises spreadsheet formula injection: a cell that starts with
-// = + - @ tab or carriage return gets a leading single quote.
+// SafeCell neutralises spreadsheet formula injection and hidden text: a cell
+// that starts with = + - @, white space (tab, carriage return, newline,
+// space...) or a control character gets a leading single quote, and every
+// control, format or separator character in it (tab, newline, U+202E,
+// U+200B, U+2028, U+0085...) is shown as an escape such as \u202e.
+// findings.json keeps the exact text.
 func SafeCell(s string) string {
-	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
-		return "'" + s
+	if r, _ := utf8.DecodeRuneInString(s); s != "" && (strings.ContainsRune("=+-@", r) || unicode.IsSpace(r) || textsafe.Hidden(r)) {
+		s = "'" + s
 	}
-	return s
+	return textsafe.Escape(s)
 }
 
 // WriteCSV writes findings.csv: one row per finding, in findings.json order.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/verify/format"
 )
 
@@ -38,7 +39,11 @@ func scope() *format.Scope {
 func TestSafeCell(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"=1+2", "'=1+2"}, {"+1", "'+1"}, {"-1", "'-1"}, {"@SUM(A1)", "'@SUM(A1)"},
-		{"\tx", "'\tx"}, {"\rx", "'\rx"}, {"plain", "plain"}, {"", ""}, {"a=b", "a=b"},
+		{"\tx", `'\u0009x`}, {"\rx", `'\u000dx`}, {"plain", "plain"}, {"", ""}, {"a=b", "a=b"},
+		{" =1+2", "' =1+2"}, {"\n=1+2", `'\u000a=1+2`}, {"\u00a0=1", "'\u00a0=1"},
+		{"alice\u202egnp.exe", `alice\u202egnp.exe`}, {"alice\u200b", `alice\u200b`},
+		{"a\u2028b", `a\u2028b`}, {"a\u0085b", `a\u0085b`}, {"line 1\nline 2", `line 1\u000aline 2`},
+		{"\u202e=1", `'\u202e=1`}, {"\x1b[31mred", `'\u001b[31mred`}, {"Zoë", "Zoë"},
 	} {
 		if got := SafeCell(tc.in); got != tc.want {
 			t.Errorf("SafeCell(%q) = %q, want %q", tc.in, got, tc.want)
@@ -120,5 +125,40 @@ func TestDuration(t *testing.T) {
 		if got := Duration(tc.in); got != tc.want {
 			t.Errorf("Duration(%d) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestHiddenCharactersVisible: invisible and reordering characters in the
+// data are shown as escapes in report.html and findings.csv.
+func TestHiddenCharactersVisible(t *testing.T) {
+	s := scope()
+	f := &s.Findings.Findings[2]
+	f.Subject = "carol\u200b"
+	f.Message = "session \u202eafter\u202c termination\u2028at \u0085night\x1b[2J"
+	s.DisplayOf["carol\u200b"] = "Carol\u2029Admin"
+	s.SourceOf[9] = "cyber\tark"
+	var h bytes.Buffer
+	if err := WriteHTML(&h, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	var c bytes.Buffer
+	if err := WriteCSV(&c, s); err != nil {
+		t.Fatal(err)
+	}
+	for name, out := range map[string]string{"report.html": h.String(), "findings.csv": c.String()} {
+		if i := strings.IndexFunc(out, func(r rune) bool { return textsafe.Hidden(r) && r != '\n' && r != '\r' }); i >= 0 {
+			t.Errorf("%s holds a raw hidden character %q at byte %d", name, out[i:i+4], i)
+		}
+		for _, want := range []string{`carol\u200b`, `session \u202eafter\u202c termination\u2028at \u0085night\u001b[2J`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s lacks %q", name, want)
+			}
+		}
+	}
+	if !strings.Contains(h.String(), `Carol\u2029Admin`) {
+		t.Errorf("report.html lacks the escaped display name")
+	}
+	if !strings.Contains(c.String(), `cyber\u0009ark`) {
+		t.Errorf("findings.csv lacks the escaped source")
 	}
 }
