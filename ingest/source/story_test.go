@@ -151,10 +151,16 @@ func TestStoryTeleport(t *testing.T) {
 	c := loadChains(t, "teleport", "teleport-prod", "audit.jsonl")
 	now := time.Date(2026, 9, 20, 0, 0, 0, 0, time.UTC)
 	got := findings(t, c, "expiry_enforced_by: [teleport-prod]\n", now, "alice@example.com")
-	// The session records name no access request, so Grantline cannot see
-	// the approval the session ran under (docs/sources.md#teleport).
-	if want := []string{"session-without-approval"}; !slices.Equal(got["alice@example.com"], want) {
-		t.Errorf("findings %v, want %v", got["alice@example.com"], want)
+	// The root session names the access request it ran under, which was
+	// approved before it started: clean.
+	if len(got["alice@example.com"]) != 0 {
+		t.Errorf("findings %v, want none", got["alice@example.com"])
+	}
+	// Without the declaration, the elevated certificate (which expired on
+	// its own) is flagged as never ended.
+	got = findings(t, c, "", now, "alice@example.com")
+	if want := []string{"grant-overstayed-expiry"}; !slices.Equal(got["alice@example.com"], want) {
+		t.Errorf("without expiry_enforced_by: findings %v, want %v", got["alice@example.com"], want)
 	}
 }
 

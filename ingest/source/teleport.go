@@ -19,6 +19,10 @@ type tpEvent struct {
 	UserKind    any      `json:"user_kind"`
 	Login       string   `json:"login"`
 	Roles       []string `json:"roles"`
+	// UserMetadata.access_requests: the requests the user's certificate
+	// was issued under; SessionMetadata.with_mfa: the per-session MFA device.
+	AccessRequests []string `json:"access_requests"`
+	WithMFA        string   `json:"with_mfa"`
 	// access requests
 	ID            string `json:"id"`
 	State         string `json:"state"`
@@ -171,6 +175,13 @@ func Teleport(rec []byte, system string) ([]*pb.Event, error) {
 			ev.Entitlement = entitlement("ssh:"+e.Login+"@"+host, e.Login+"@"+host, e.Login == "root" || e.Login == "Administrator")
 		}
 		ev.Refs = &pb.Refs{Session: idOf(e.SID)}
+		if len(e.AccessRequests) > 0 {
+			ev.Refs.Request = idOf(e.AccessRequests[0])
+			setAttr(ev, "teleport.access_requests", strings.Join(e.AccessRequests, ","))
+		}
+		if e.WithMFA != "" {
+			ev.Mfa = boolPtr(true)
+		}
 		setAttr(ev, "teleport.login", e.Login)
 		setAttr(ev, "teleport.server_id", e.ServerID)
 		setAttr(ev, "teleport.server_addr", e.ServerAddr)
