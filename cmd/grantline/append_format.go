@@ -26,13 +26,18 @@ func sourceFormat(name, system string) (*source.Format, error) {
 }
 
 // eachRecordEvent reads vendor records with the input's format and calls fn
-// with each event made of them, at the line its record starts on; an event
-// the server would refuse arrives as lerr. A record the adapter refuses
-// stops the read with an error naming file, line, record and field.
+// with each event made of them, at the line its record starts on. A record
+// the adapter refuses, or an event the server would refuse, arrives as lerr
+// (naming file, line, record and field) and reading goes on, so every bad
+// record is reported; input that is not records at all stops the read.
 func (in *inputFile) eachRecordEvent(r io.Reader, fn func(line int, ev *pb.Event, lerr error) error) error {
 	in.records, in.unmapped = 0, 0
-	return in.format.Read(in.name, r, in.system, func(rec source.Record, evs []*pb.Event) error {
+	return in.format.Records(in.name, r, func(rec source.Record) error {
 		in.records++
+		evs, err := in.format.Adapt(rec.Raw, in.system)
+		if err != nil {
+			return fn(rec.Line, nil, &source.RecordError{File: in.name, Line: rec.Line, Record: rec.N, Err: err})
+		}
 		if len(evs) == 0 {
 			in.unmapped++
 		}
