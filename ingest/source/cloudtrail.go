@@ -95,6 +95,22 @@ type ctResponse struct {
 	Issuer                      string `json:"issuer"`
 }
 
+// ctMapped are the eventSource and eventName pairs CloudTrail maps.
+var ctMapped = map[string]bool{}
+
+func init() {
+	for _, k := range []string{
+		"sso.amazonaws.com CreateAccountAssignment", "sso.amazonaws.com DeleteAccountAssignment",
+		"iam.amazonaws.com CreateUser", "iam.amazonaws.com DeleteUser",
+		"iam.amazonaws.com CreateAccessKey", "iam.amazonaws.com DeleteAccessKey", "iam.amazonaws.com UpdateAccessKey",
+		"iam.amazonaws.com AttachUserPolicy", "iam.amazonaws.com DetachUserPolicy",
+		"iam.amazonaws.com AddUserToGroup", "iam.amazonaws.com RemoveUserFromGroup",
+		"sts.amazonaws.com AssumeRole", "sts.amazonaws.com AssumeRoleWithSAML", "sts.amazonaws.com AssumeRoleWithWebIdentity",
+	} {
+		ctMapped[k] = true
+	}
+}
+
 // CloudTrail maps one CloudTrail record (docs/sources.md#cloudtrail).
 func CloudTrail(rec []byte, system string) ([]*pb.Event, error) {
 	var c ctRecord
@@ -111,9 +127,11 @@ func CloudTrail(rec []byte, system string) ([]*pb.Event, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.ErrorCode != "" {
-		return nil, nil // a failed call changed no access
+	if c.ErrorCode != "" || !ctMapped[c.EventSource+" "+c.EventName] {
+		return nil, nil // a failed call changed no access; other calls are not read
 	}
+	// Request and response shapes differ per API: only the mapped calls'
+	// are decoded, so an unrelated record never fails a file.
 	var p ctParams
 	if len(c.RequestParameters) > 0 && string(c.RequestParameters) != "null" {
 		if err := json.Unmarshal(c.RequestParameters, &p); err != nil {

@@ -63,9 +63,29 @@ func rolesEntitlement(roles []string) *pb.Entitlement {
 
 // Teleport maps one Teleport audit event (docs/sources.md#teleport).
 func Teleport(rec []byte, system string) ([]*pb.Event, error) {
-	var e tpEvent
-	if err := json.Unmarshal(rec, &e); err != nil {
+	// Fields differ per event type: the header is read first, and only the
+	// mapped events are decoded in full, so an unrelated event never fails
+	// a file.
+	var h struct {
+		Event string `json:"event"`
+	}
+	if err := json.Unmarshal(rec, &h); err != nil {
 		return nil, &FieldError{"", "not a Teleport audit event: " + err.Error()}
+	}
+	var e tpEvent
+	switch h.Event {
+	case "access_request.create", "access_request.review", "access_request.update", "cert.create", "session.start", "session.end":
+		if err := json.Unmarshal(rec, &e); err != nil {
+			return nil, &FieldError{"", "not a Teleport " + h.Event + " event: " + err.Error()}
+		}
+	default:
+		e.Event = h.Event
+		var ids struct {
+			UID  string `json:"uid"`
+			Time string `json:"time"`
+		}
+		_ = json.Unmarshal(rec, &ids)
+		e.UID, e.Time = ids.UID, ids.Time
 	}
 	if err := required("uid", e.UID); err != nil {
 		return nil, err
