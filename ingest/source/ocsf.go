@@ -94,12 +94,18 @@ func ocsfTime(field string, raw json.RawMessage, dt string) (time.Time, error) {
 
 // OCSF maps one OCSF 1.x IAM event, classes 3001-3006 (docs/sources.md#ocsf).
 func OCSF(rec []byte, system string) ([]*pb.Event, error) {
-	var o ocsfEvent
-	if err := json.Unmarshal(rec, &o); err != nil {
+	var h struct {
+		ClassUID int `json:"class_uid"`
+	}
+	if err := json.Unmarshal(rec, &h); err != nil {
 		return nil, &FieldError{"", "not an OCSF event: " + err.Error()}
 	}
-	if o.ClassUID < 3001 || o.ClassUID > 3006 {
-		return nil, nil // not the IAM category
+	if h.ClassUID < 3001 || h.ClassUID > 3006 {
+		return nil, nil // not the IAM category: not decoded further
+	}
+	var o ocsfEvent
+	if err := json.Unmarshal(rec, &o); err != nil {
+		return nil, &FieldError{"", "not an OCSF IAM event: " + err.Error()}
 	}
 	if err := required("metadata.uid", o.Metadata.UID); err != nil {
 		return nil, err

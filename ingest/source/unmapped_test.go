@@ -12,6 +12,7 @@ func TestUnmappedRecordsNeverFail(t *testing.T) {
 		rec   string
 	}{
 		{"cloudtrail other API", CloudTrail, `{"eventID":"e1","eventName":"PutBucketTagging","eventSource":"s3.amazonaws.com","eventTime":"2026-09-15T10:00:00Z","requestParameters":{"userName":{"odd":true},"status":7,"targetId":12},"responseElements":{"credentials":"x"}}`},
+		{"ocsf other class", OCSF, `{"class_uid":4001,"metadata":{"uid":"n1"},"time":1788507000000,"user":"alice","session":"s","policy":[1]}`},
 		{"teleport other event", Teleport, `{"uid":"u1","event":"app.session.start","time":"2026-09-12T13:00:00Z","id":42,"roles":"x","identity":"y","sid":{"a":1}}`},
 	} {
 		evs, err := tc.adapt([]byte(tc.rec), "sys")
