@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 	"github.com/grantline/grantline/rules"
@@ -86,7 +88,7 @@ func (h *evidenceService) ExportEvidence(ctx context.Context, req *connect.Reque
 	if ex == nil {
 		return connect.NewError(connect.CodeUnimplemented, fmt.Errorf("evidence export is not available on this server yet"))
 	}
-	cp, err := h.s.checkpoint(ctx, "tree_size", req.Msg.GetTreeSize())
+	cp, err := h.s.anchor(ctx, req.Msg.GetTreeSize())
 	if err != nil {
 		return err
 	}
@@ -197,4 +199,23 @@ func (c *chainSource) Chain(ctx context.Context, subject string) ([]rules.Entry,
 		}
 		start = ents[len(ents)-1].Index + 1
 	}
+}
+
+// anchor resolves the checkpoint an evidence package is anchored to. With
+// witnessing configured it is the newest witnessed checkpoint (size 0 or its
+// size), so the package carries the witnesses' cosignatures; without, any
+// published checkpoint.
+func (s *Server) anchor(ctx context.Context, size uint64) (ledger.Checkpoint, error) {
+	if s.cfg.Witnessed == nil {
+		return s.checkpoint(ctx, "tree_size", size)
+	}
+	cp, ok := s.cfg.Witnessed()
+	switch {
+	case !ok:
+		return ledger.Checkpoint{}, connect.NewError(connect.CodeUnavailable,
+			errors.New("no checkpoint has reached the witnesses' quorum yet, and evidence is anchored to a witnessed checkpoint; retry shortly (see docs/witnessing.md)"))
+	case size != 0 && size != cp.Size:
+		return ledger.Checkpoint{}, &FieldError{"tree_size", fmt.Sprintf("evidence is anchored to the newest witnessed checkpoint (size %d) when witnessing is on; omit tree_size or give %d", cp.Size, cp.Size)}
+	}
+	return cp, nil
 }

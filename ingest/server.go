@@ -20,6 +20,7 @@ import (
 
 	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/ingest/ssf"
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
@@ -39,6 +40,12 @@ type Config struct {
 	// SSF, when set, serves POST /v1/ssf/events: Shared Signals SETs from
 	// its configured transmitters.
 	SSF *ssf.Receiver
+	// Witnessed, when set (a witness policy is configured), returns the
+	// newest checkpoint that reached the witnesses' quorum, its Note carrying
+	// their cosignatures, and false while there is none. GET /checkpoint then
+	// serves it (503 while there is none) and evidence is anchored to it
+	// (docs/witnessing.md). It must not block.
+	Witnessed func() (ledger.Checkpoint, bool)
 }
 
 // Server holds the services and their HTTP routes.

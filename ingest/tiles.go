@@ -57,6 +57,14 @@ func (s *Server) serveTiles(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, "/")
 	if path == "checkpoint" {
 		cp := s.cfg.Ledger.Latest()
+		if s.cfg.Witnessed != nil {
+			var ok bool
+			if cp, ok = s.cfg.Witnessed(); !ok {
+				w.Header().Set("Retry-After", "1")
+				http.Error(w, "no checkpoint has reached the witnesses' quorum yet; retry shortly (see docs/witnessing.md)", http.StatusServiceUnavailable)
+				return
+			}
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-cache")
 		w.Write(cp.Note)

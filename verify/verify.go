@@ -32,6 +32,7 @@ import (
 
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -63,6 +64,10 @@ type Options struct {
 	Progress func(Check)
 	// Limits bound what is unpacked from a .tar.gz; zero means DefaultLimits.
 	Limits Limits
+	// Witnesses, if set, must accept the package's checkpoint note once its
+	// log signature verified (grantline verify --witness-policy passes
+	// witness.VerifyQuorum); it returns what it found, for the report.
+	Witnesses func(checkpointNote []byte, log note.Verifier) (string, error)
 }
 
 // Check is one passed check.
@@ -322,6 +327,13 @@ func (v *verifier) checkCheckpoint(logKey string) error {
 	}
 	v.rep.Origin, v.rep.Size, v.rep.Root = cp.Origin, cp.Size, cp.Root
 	v.pass(file, "checkpoint signature", "origin %q, size %d, root %x", cp.Origin, cp.Size, cp.Root[:])
+	if v.opts.Witnesses != nil {
+		detail, err := v.opts.Witnesses(b, nv)
+		if err != nil {
+			return fail(file, "witness quorum", "%v", err)
+		}
+		v.pass(file, "witness quorum", "%s", detail)
+	}
 
 	if v.opts.Since == nil {
 		return nil

@@ -16,7 +16,7 @@ func init() {
 	register(&command{
 		name: "serve",
 		usage: "[--data DIR] [--listen HOST:PORT] [--params FILE] [--rules DIR] [--origin O] " +
-			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public]",
+			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public] [--witness-policy FILE]",
 		summary: "run the ledger service (Connect/gRPC APIs, tlog-tiles, /metrics)",
 		run:     runServe,
 	})
@@ -38,6 +38,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.Algorithm, "alg", string(checkpoint.Ed25519), "algorithm of a new log key: ed25519 or ecdsa-p256")
 	fs.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without a token")
+	fs.StringVar(&cfg.WitnessPolicy, "witness-policy", "", "witness policy file: send checkpoints to its witnesses, serve the newest witnessed one (docs/witnessing.md)")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -72,6 +73,9 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "  log key:      %s\n", srv.VerifierKey)
 	fmt.Fprintf(env.stdout, "  verifier key: %s\n", srv.VerifierKeyPath)
 	fmt.Fprintf(env.stdout, "  evidence key: %s\n", srv.EvidenceKeyPath)
+	if cfg.WitnessPolicy != "" {
+		fmt.Fprintf(env.stdout, "  witnesses:    %s (GET /checkpoint serves the newest witnessed checkpoint)\n", cfg.WitnessPolicy)
+	}
 	if srv.NewAdminToken {
 		fmt.Fprintf(env.stdout, "  admin token:  written to %s (mode 0600); use it with --token or GRANTLINE_TOKEN\n", srv.AdminTokenPath)
 	}

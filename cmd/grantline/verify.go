@@ -8,14 +8,17 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/grantline/grantline/internal/textsafe"
+	"github.com/grantline/grantline/ledger/witness"
 	"github.com/grantline/grantline/verify"
 )
 
 func init() {
 	register(&command{
 		name:    "verify",
-		usage:   "DIR|FILE.tar.gz --log-key FILE --evidence-key FILE [--since OLD_CHECKPOINT] [--quiet]",
+		usage:   "DIR|FILE.tar.gz --log-key FILE --evidence-key FILE [--since OLD_CHECKPOINT] [--witness-policy FILE] [--quiet]",
 		summary: "verify an evidence package offline: signatures, digests, inclusion proofs, and the findings re-derived",
 		run:     runVerifyCmd,
 	})
@@ -28,6 +31,7 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		evidenceKey = fs.String("evidence-key", "", "the evidence signer's PEM public key (DATA/keys/evidence.pub); required")
 		since       = fs.String("since", "", "an older signed checkpoint you kept: check the log only grew since")
 		quiet       = fs.Bool("quiet", false, "print only the verdict")
+		policyFile  = fs.String("witness-policy", "", "witness policy file: require the checkpoint to carry cosignatures from its quorum (docs/witnessing.md)")
 	)
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -53,6 +57,23 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if *since != "" {
 		if opts.Since, err = os.ReadFile(*since); err != nil {
 			return &exitError{code: 2, msg: fmt.Sprintf("--since: %v", err)}
+		}
+	}
+	if *policyFile != "" {
+		policy, err := witness.LoadPolicy(*policyFile)
+		if err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--witness-policy: %v", err)}
+		}
+		opts.Witnesses = func(n []byte, logKey note.Verifier) (string, error) {
+			v, err := witness.VerifyQuorum(n, logKey, policy)
+			if err != nil {
+				return "", err
+			}
+			var who []string
+			for _, c := range v.Cosignatures {
+				who = append(who, fmt.Sprintf("%s at %s", c.Witness, c.Time.Format(time.RFC3339)))
+			}
+			return fmt.Sprintf("cosigned by %d of %d witnesses (quorum %d): %s", len(v.Cosignatures), len(policy.Witnesses), policy.Quorum, strings.Join(who, ", ")), nil
 		}
 	}
 	if !*quiet {

@@ -18,13 +18,17 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/witness"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
 	"github.com/grantline/grantline/verify/format"
@@ -50,6 +54,13 @@ type Config struct {
 	// SSFTransmitters is a JSON file of Shared Signals transmitters
 	// (docs/sources.md, "Shared Signals"); "" serves no SET receiver.
 	SSFTransmitters string
+	// WitnessPolicy is a witness policy file (docs/witnessing.md); when set,
+	// checkpoints are sent to its witnesses, GET /checkpoint serves the
+	// newest witnessed one and evidence is anchored to it.
+	WitnessPolicy string
+	// Witnessing tunes the witnesser (its Policy, Log, Proof, Logger and
+	// Registerer are set by Start); zero fields take the defaults.
+	Witnessing witness.Config
 }
 
 // Server is a started server.
@@ -64,6 +75,8 @@ type Server struct {
 	Origin                           string
 
 	log      *ledger.Log
+	wit      *witness.Witnesser // nil without a witness policy
+	witStop  func()             // stops the witnesser and waits for it
 	api      *ingest.Server
 	http     *http.Server
 	stopped  chan struct{} // closed when the HTTP server stopped serving
@@ -73,6 +86,9 @@ type Server struct {
 
 // Ledger is the server's open log, for in-process callers (bench, tests).
 func (r *Server) Ledger() *ledger.Log { return r.log }
+
+// Witnesser is the server's witnesser, nil without a witness policy.
+func (r *Server) Witnesser() *witness.Witnesser { return r.wit }
 
 // Done is closed when the HTTP server stops serving: after Close, or on its
 // own (a listener failure), which Close then returns.
@@ -115,6 +131,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			return nil, fmt.Errorf("%w: --ssf-transmitters: %w", ErrConfig, err)
 		}
 	}
+	var policy *witness.Policy
+	if cfg.WitnessPolicy != "" {
+		if policy, err = witness.LoadPolicy(cfg.WitnessPolicy); err != nil {
+			return nil, fmt.Errorf("%w: --witness-policy: %w", ErrConfig, err)
+		}
+	}
 	var tlsCfg *tls.Config
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
@@ -147,12 +169,38 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	api, err := ingest.New(ingest.Config{
+	reg := prometheus.NewRegistry()
+	icfg := ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
-		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, SSF: rcv,
-	})
+		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg, SSF: rcv,
+	}
+	var wit *witness.Witnesser
+	witStop := func() {}
+	if policy != nil {
+		if keys.Algorithm != checkpoint.Ed25519 {
+			l.Close()
+			return nil, fmt.Errorf("%w: --witness-policy: the log key is %s; witnesses verify only Ed25519 log signatures (start a new data directory with --alg ed25519)", ErrConfig, keys.Algorithm)
+		}
+		wc := cfg.Witnessing
+		wc.Policy, wc.Log, wc.Proof, wc.Logger, wc.Registerer = policy, keys.LogVerifier, l.ConsistencyProof, cfg.Logger, reg
+		if wit, err = witness.New(wc); err != nil {
+			l.Close()
+			return nil, err
+		}
+		witStop = runWitnesser(wit, l, cfg.Logger, wc.MinInterval)
+		icfg.Witnessed = func() (ledger.Checkpoint, bool) {
+			wd, ok := wit.Latest()
+			if !ok {
+				return ledger.Checkpoint{}, false
+			}
+			return ledger.Checkpoint{Origin: keys.Origin, Size: wd.Size, Root: wd.Root, Note: wd.Note}, true
+		}
+		cfg.Logger.Info("witnessing", "policy", cfg.WitnessPolicy, "witnesses", len(policy.Witnesses), "quorum", policy.Quorum)
+	}
+	api, err := ingest.New(icfg)
 	if err != nil {
+		witStop()
 		l.Close()
 		return nil, err
 	}
@@ -161,7 +209,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		DataDir: cfg.DataDir, VerifierKey: keys.VerifierKey, Origin: keys.Origin,
 		VerifierKeyPath: keys.VerifierKeyPath, EvidenceKeyPath: keys.EvidencePubKeyPath,
 		AdminTokenPath: dd.AdminTokenPath, NewAdminToken: dd.NewAdminToken,
-		log: l, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+		log: l, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
 	}
 	if b, err := os.ReadFile(rs.AdminTokenPath); err == nil {
 		rs.AdminToken = strings.TrimSpace(string(b))
@@ -213,6 +261,7 @@ func (r *Server) Close(ctx context.Context) error {
 		herr = nil
 	}
 	<-r.stopped
+	r.witStop()
 	lerr := r.log.Close()
 	if lerr != nil && !errors.Is(lerr, ledger.ErrClosed) {
 		return fmt.Errorf("closing the ledger: %w", lerr)
@@ -372,4 +421,41 @@ func (s *exportSource) InclusionProof(ctx context.Context, index, size uint64) (
 
 func (s *exportSource) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
 	return s.x.l.ConsistencyProof(ctx, from, to)
+}
+
+// feedInterval is how often the witnesser is handed the ledger's latest
+// checkpoint; the ledger has no checkpoint notification, and reading
+// Latest is an atomic load.
+const feedInterval = 100 * time.Millisecond
+
+// runWitnesser runs wit and hands it the ledger's latest checkpoint whenever
+// it changes. Appends never wait for it. The returned func stops both and
+// waits for them.
+func runWitnesser(wit *witness.Witnesser, l *ledger.Log, logger *slog.Logger, minInterval time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { wit.Run(ctx) })
+	wg.Go(func() {
+		every := feedInterval
+		if minInterval > 0 && minInterval < every {
+			every = minInterval
+		}
+		t := time.NewTicker(every)
+		defer t.Stop()
+		var fed uint64
+		for first := true; ; first = false {
+			if cp := l.Latest(); first || cp.Size != fed {
+				if err := wit.Submit(cp.Note); err != nil {
+					logger.Error("witnessing: the ledger's checkpoint was refused", "size", cp.Size, "err", err)
+				}
+				fed = cp.Size
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return func() { cancel(); wg.Wait() }
 }
