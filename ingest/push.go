@@ -89,6 +89,8 @@ func (s *Server) pushHandler() http.Handler {
 			writePushError(w, status, err)
 			return
 		}
+		s.log.InfoContext(r.Context(), "push", "format", f.Name, "principal", p.Name, "peer", r.RemoteAddr,
+			"records", res.Records, "events", res.Events, "new", res.New, "duplicate", res.Duplicate)
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(res)
 	})

@@ -43,6 +43,7 @@ func (s *Server) ssfHandler(rcv *ssf.Receiver) http.Handler {
 		var se *ssf.Error
 		switch {
 		case err == nil:
+			s.log.InfoContext(r.Context(), "SET accepted", "peer", r.RemoteAddr, "issuer", set.Issuer, "jti", set.JTI)
 			w.WriteHeader(http.StatusAccepted)
 		case errors.As(err, &se):
 			s.log.InfoContext(r.Context(), "SET refused", "peer", r.RemoteAddr, "err", se.Code, "description", se.Description)
