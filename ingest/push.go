@@ -14,6 +14,7 @@ import (
 
 	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/ingest/source"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -61,11 +62,11 @@ func (s *Server) pushHandler() http.Handler {
 			writePushError(w, http.StatusMethodNotAllowed, errors.New("deliver records with POST"))
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxMessageBytes))
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, event.MaxMessageBytes))
 		if err != nil {
 			var mbe *http.MaxBytesError
 			if errors.As(err, &mbe) {
-				writePushError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("the body exceeds %d bytes; deliver fewer records at a time", MaxMessageBytes))
+				writePushError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("the body exceeds %d bytes; deliver fewer records at a time", event.MaxMessageBytes))
 				return
 			}
 			writePushError(w, http.StatusBadRequest, fmt.Errorf("reading the body: %w", err))
@@ -105,14 +106,14 @@ func (s *Server) push(ctx context.Context, f source.Format, system string, body 
 	err := f.Read("body", bytes.NewReader(source.Unwrap(f.Name, body)), system, func(_ source.Record, got []*pb.Event) error {
 		res.Records++
 		evs = append(evs, got...)
-		if len(evs) > MaxBatchEvents {
-			return fmt.Errorf("%w: more than %d; deliver fewer records at a time", errPushTooMany, MaxBatchEvents)
+		if len(evs) > event.MaxBatchEvents {
+			return fmt.Errorf("%w: more than %d; deliver fewer records at a time", errPushTooMany, event.MaxBatchEvents)
 		}
 		return nil
 	})
 	if err != nil {
 		if errors.Is(err, source.ErrRecord) {
-			return res, fmt.Errorf("%w: %w", ErrInvalid, err)
+			return res, fmt.Errorf("%w: %w", event.ErrInvalid, err)
 		}
 		return res, err
 	}

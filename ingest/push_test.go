@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -118,7 +119,7 @@ func TestPush(t *testing.T) {
 	e.ledger.setFail(nil)
 
 	// A body over the limit.
-	big := bytes.Repeat([]byte(" "), MaxMessageBytes+1)
+	big := bytes.Repeat([]byte(" "), event.MaxMessageBytes+1)
 	if code, _, _ := e.push(t, "POST", "okta", oktaTok, string(big)); code != http.StatusRequestEntityTooLarge {
 		t.Errorf("oversized push = %d, want 413", code)
 	}

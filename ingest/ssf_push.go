@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/grantline/grantline/ingest/ssf"
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // SSFPath is where transmitters push Security Event Tokens (RFC 8935).
@@ -65,7 +66,7 @@ func (s *Server) storeSET(r *http.Request, set *ssf.SET) error {
 	if err != nil || len(evs) == 0 {
 		return err
 	}
-	if err := ValidateBatch("events", evs, s.now()); err != nil {
+	if err := event.ValidateBatch("events", evs, s.now()); err != nil {
 		return &ssf.Error{Code: ssf.InvalidRequest, Description: err.Error()}
 	}
 	res, _, err := s.append(r.Context(), evs)

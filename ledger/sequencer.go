@@ -11,6 +11,7 @@ import (
 
 	"github.com/transparency-dev/merkle/compact"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -219,7 +220,7 @@ func (l *Log) fit(batch []item) int {
 		}
 		p := &it.r.items[it.i]
 		c := int64(4)
-		b := entrySize(9, len(p.leaf)+observedRoom) +
+		b := entrySize(9, len(p.leaf)+event.ObservedRoom) +
 			2*entrySize(1+indexKeyLen, 8) +
 			entrySize(len(p.subject)+12, 0)
 		if i%tileWidth == 0 {
@@ -269,7 +270,7 @@ func (l *Log) build(batch []item) *built {
 	b.res = res
 	w := newWrites(len(fresh))
 	now := l.o.Now()
-	b.dedupes, err = l.encode(batch, fresh, repeatOf, res, encodeTimestamp(now), w)
+	b.dedupes, err = l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(now), w)
 	if err != nil {
 		l.markBroken(err)
 		b.err = fmt.Errorf("%w: %w", ErrStorage, err)
@@ -573,13 +574,13 @@ func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][
 		if leaves[n] == nil {
 			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is missing; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
 		}
-		e, err := DecodeLeaf(leaves[n])
+		e, err := event.DecodeLeaf(leaves[n])
 		if err != nil {
 			return fmt.Errorf("%w: leaf %d, named by dedupe record %x, does not decode; run grantline fsck: %w", ErrCorrupt, idx, keys[j][1:], err)
 		}
 		p := pos[j]
 		it := batch[p]
-		if DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != it.r.items[it.i].dedupe {
+		if event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != it.r.items[it.i].dedupe {
 			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is another event; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
 		}
 		res[p] = AppendResult{Index: idx, LeafHash: LeafHash(leaves[n]), Duplicate: true}

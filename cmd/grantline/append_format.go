@@ -1,10 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/grantline/grantline/ingest/source"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -43,7 +46,7 @@ func (in *inputFile) eachRecordEvent(r io.Reader, fn func(line int, ev *pb.Event
 		}
 		for _, ev := range evs {
 			var lerr error
-			if err := validateEvent(ev); err != nil {
+			if err := validateRecordEvent(ev); err != nil {
 				lerr = fmt.Errorf("%s:%d: record %d: event %s: %w", in.name, rec.Line, rec.N, ev.GetId(), err)
 			}
 			if err := fn(rec.Line, ev, lerr); err != nil {
@@ -62,4 +65,15 @@ func (in *inputFile) reportRecords(w io.Writer) {
 	}
 	fmt.Fprintf(w, "%s: %d %s records, %d without an event (not about access, or failed operations: %s)\n",
 		in.name, in.records, in.format.Name, in.unmapped, in.format.Doc)
+}
+
+// validateRecordEvent is the server's validation (event.Validate), its
+// error reported as "field x.y: problem", as for JSON lines.
+func validateRecordEvent(ev *pb.Event) error {
+	err := event.Validate(ev, time.Now())
+	var fe *event.FieldError
+	if errors.As(err, &fe) {
+		return fmt.Errorf("field %s: %s", fe.Path, fe.Msg)
+	}
+	return err
 }

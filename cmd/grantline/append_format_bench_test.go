@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/ingest/source"
 	"github.com/grantline/grantline/internal/server"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -71,7 +71,7 @@ func BenchmarkFormatToDurable(b *testing.B) {
 				if len(batch) == 0 {
 					continue
 				}
-				if err := ingest.ValidateBatch("events", batch, far); err != nil {
+				if err := event.ValidateBatch("events", batch, far); err != nil {
 					b.Fatal(err)
 				}
 				if _, _, err := srv.Ledger().Append(ctx, batch); err != nil {

@@ -13,8 +13,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/ingest/source"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -31,7 +31,7 @@ func validate(evs []*pb.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	return ingest.ValidateBatch("events", evs, farFuture)
+	return event.ValidateBatch("events", evs, farFuture)
 }
 
 type goldenEntry struct {
