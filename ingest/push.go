@@ -9,7 +9,9 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
+	"connectrpc.com/authn"
 	"connectrpc.com/connect"
 
 	"github.com/grantline/grantline/ingest/auth"
@@ -43,7 +45,10 @@ func (s *Server) pushHandler() http.Handler {
 			writePushError(w, http.StatusNotFound, err)
 			return
 		}
-		p, err := s.authenticate(r.Header.Get("Authorization"))
+		// As for the Connect routes (guard), the body is read under the
+		// body read timeout.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.bodyTimeout))
+		p, tok, _, err := s.authenticate(r.Header.Get("Authorization"))
 		if err == nil && p.Role != auth.RoleSource {
 			err = fmt.Errorf("%w: %s %q may not push events; webhooks take a source token, whose name is the source.system of the events", ErrPermission, p.Role, p.Name)
 		}
@@ -72,7 +77,7 @@ func (s *Server) pushHandler() http.Handler {
 			writePushError(w, http.StatusBadRequest, fmt.Errorf("reading the body: %w", err))
 			return
 		}
-		res, err := s.push(context.WithValue(r.Context(), principalKey{}, p), f, p.Name, body)
+		res, err := s.push(authn.SetInfo(r.Context(), &caller{Principal: p, token: tok}), f, p.Name, body)
 		if err != nil {
 			s.log.InfoContext(r.Context(), "push refused", "format", f.Name, "principal", p.Name, "err", err)
 			if errors.Is(err, errPushTooMany) {

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/ledger/event"
@@ -26,6 +27,7 @@ const maxSETBytes = 64 << 10
 // already stored) is refused as invalid_request with nothing stored.
 func (s *Server) ssfHandler(rcv *ssf.Receiver) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.bodyTimeout))
 		if ct := r.Header.Get("Content-Type"); ct != "" {
 			if mt, _, _ := mime.ParseMediaType(ct); mt != "application/secevent+jwt" {
 				writeSETError(w, &ssf.Error{Code: ssf.InvalidRequest, Description: fmt.Sprintf("Content-Type %q: want application/secevent+jwt", ct)})

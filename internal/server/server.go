@@ -54,6 +54,9 @@ type Config struct {
 	// SSFTransmitters is a JSON file of Shared Signals transmitters
 	// (docs/sources.md, "Shared Signals"); "" serves no SET receiver.
 	SSFTransmitters string
+	// StreamIdleTimeout and StreamMaxLifetime bound an AppendStream (0: the
+	// ingest package's defaults, 5m and 1h).
+	StreamIdleTimeout, StreamMaxLifetime time.Duration
 	// WitnessPolicy is a witness policy file (docs/witnessing.md); when set,
 	// checkpoints are sent to its witnesses, GET /checkpoint serves the
 	// newest witnessed one and evidence is anchored to it.
@@ -174,6 +177,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg, SSF: rcv,
+		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
 	}
 	var wit *witness.Witnesser
 	witStop := func() {}
@@ -223,7 +227,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Protocols:         protocols,
 		HTTP2:             ingest.HTTP2Config(),
 		TLSConfig:         tlsCfg,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: ingest.ReadHeaderTimeout, // before any authentication; bodies: see ingest.DefaultBodyReadTimeout
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
