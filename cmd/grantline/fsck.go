@@ -49,7 +49,8 @@ func fsckDataDir(ctx context.Context, dir string, progress io.Writer, quiet bool
 	}
 	report := func(format string, args ...any) {
 		if !quiet {
-			fmt.Fprintf(progress, "fsck: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+			// ledger.Fsck may start its lines with "fsck: " itself.
+			fmt.Fprintf(progress, "fsck: "+strings.TrimPrefix(strings.TrimSuffix(format, "\n"), "fsck: ")+"\n", args...)
 		}
 	}
 	st, err := datadir.OpenStore(dir, nil)

@@ -18,7 +18,7 @@ func init() {
 		name: "serve",
 		usage: "[--data DIR] [--listen HOST:PORT] [--params FILE] [--rules DIR] [--origin O] " +
 			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public] [--witness-policy FILE] " +
-			"[--stream-idle-timeout D] [--stream-max-lifetime D]",
+			"[--stream-idle-timeout D] [--stream-max-lifetime D] [--init]",
 		summary: "run the ledger service (Connect/gRPC APIs, tlog-tiles, /metrics)",
 		run:     runServe,
 	})
@@ -43,6 +43,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfg.WitnessPolicy, "witness-policy", "", "witness policy file: send checkpoints to its witnesses, serve the newest witnessed one (docs/witnessing.md)")
 	fs.DurationVar(&cfg.StreamIdleTimeout, "stream-idle-timeout", ingest.DefaultStreamIdleTimeout, "close an AppendStream on which no message arrived for this long (clients reconnect)")
 	fs.DurationVar(&cfg.StreamMaxLifetime, "stream-max-lifetime", ingest.DefaultStreamMaxLifetime, "close an AppendStream this long after it opened (clients reconnect; a revoked token stops at once regardless)")
+	fs.BoolVar(&cfg.Init, "init", false, "start a new, empty log under the existing keys in DATA/keys when DATA/ledger holds none (never overwrites a log; see docs/operations.md)")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {

@@ -47,6 +47,13 @@ func TestValidateName(t *testing.T) {
 			t.Errorf("ValidateName(%q) = %v, want ErrInvalidName", tt.name, err)
 		}
 	}
+	// An invisible character is named by its code point, not shown raw
+	// (nor as the first byte of its UTF-8 encoding).
+	for name, want := range map[string]string{"okta\u200b": "U+200B at offset 4", "\u202eokta": "U+202E at offset 0", "ok\u2028": "U+2028 at offset 2"} {
+		if err := ValidateName(name); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ValidateName(%q) = %v, want it to say %q", name, err, want)
+		}
+	}
 }
 
 func TestParseRole(t *testing.T) {
@@ -262,7 +269,10 @@ func TestBootstrap(t *testing.T) {
 func TestCorruptFile(t *testing.T) {
 	tests := []struct{ content, want string }{
 		{"{", "unexpected EOF"},
-		{`{"version":2,"principals":[]}`, "version 2"},
+		{`{"version":3,"principals":[]}`, "version 3"},
+		{`{"version":2,"principals":[{"name":"a","role":"admin","token_sha256":"` + strings.Repeat("0", 64) + `","created":"2026-01-01T00:00:00Z"}]}`, "want a tokens list"},
+		{`{"version":2,"principals":[{"name":"a","role":"admin","tokens":[{"id":"000000000001","sha256":"` + strings.Repeat("0", 64) + `"}],"created":"2026-01-01T00:00:00Z"}]}`, "principals[0].tokens[0].id"},
+		{`{"version":2,"principals":[{"name":"a","role":"admin","tokens":[{"id":"x","sha256":"abc"}],"created":"2026-01-01T00:00:00Z"}]}`, "principals[0].tokens[0].sha256"},
 		{`{"version":1,"principals":[{"name":"a b","role":"admin","token_sha256":"` + strings.Repeat("0", 64) + `","created":"2026-01-01T00:00:00Z"}]}`, "principals[0].name"},
 		{`{"version":1,"principals":[{"name":"a","role":"root","token_sha256":"` + strings.Repeat("0", 64) + `","created":"2026-01-01T00:00:00Z"}]}`, "principals[0].role"},
 		{`{"version":1,"principals":[{"name":"a","role":"admin","token_sha256":"abc","created":"2026-01-01T00:00:00Z"}]}`, "principals[0].token_sha256"},

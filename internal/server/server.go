@@ -64,6 +64,9 @@ type Config struct {
 	// Witnessing tunes the witnesser (its Policy, Log, Proof, Logger and
 	// Registerer are set by Start); zero fields take the defaults.
 	Witnessing witness.Config
+	// Init starts a new, empty log under keys that already exist when the
+	// store holds none (serve --init; see datadir.Options.Init).
+	Init bool
 }
 
 // Server is a started server.
@@ -149,16 +152,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
-	dd, err := datadir.Open(cfg.DataDir, cfg.Origin, alg)
-	if err != nil {
-		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
-	}
-	keys := dd.Keys
-	evSigner, err := verify.NewEvidenceSigner(keys.Evidence)
-	if err != nil {
-		return nil, fmt.Errorf("evidence key: %w", err)
-	}
-
+	// Listen before anything is written: a taken port must not leave a
+	// half-made data directory behind.
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
@@ -168,6 +163,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			ln.Close()
 		}
 	}()
+
+	dd, err := datadir.OpenWith(cfg.DataDir, datadir.Options{Origin: cfg.Origin, Algorithm: alg, Init: cfg.Init})
+	if err != nil {
+		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
+	}
+	keys := dd.Keys
+	evSigner, err := verify.NewEvidenceSigner(keys.Evidence)
+	if err != nil {
+		return nil, fmt.Errorf("evidence key: %w", err)
+	}
 	l, err := dd.OpenLedger(ctx, ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")})
 	if err != nil {
 		return nil, err
