@@ -24,6 +24,7 @@ var (
 	// authoritiesType is a map from a name to a list of names, such as
 	// closing_authorities.
 	authoritiesType = cel.MapType(cel.StringType, cel.ListType(cel.StringType))
+	stringListType  = cel.ListType(cel.StringType)
 )
 
 // globalParams are the defaults of docs/rules.md; every rule may read them.
@@ -42,6 +43,10 @@ var globalParams = map[string]param{
 	"inactive_after":           {cel.DurationType, 2160 * time.Hour, ""},
 	"breakglass_remove_within": {cel.DurationType, 24 * time.Hour, ""},
 	"closing_authorities":      {authoritiesType, map[string][]string{}, ""},
+	// Sources (source.system) that end grants at expires_at themselves, so
+	// grant-overstayed-expiry does not ask them for an end event
+	// (docs/rules.md, "Expiry the source enforces").
+	"expiry_enforced_by": {stringListType, []string{}, ""},
 }
 
 var globalParamNames = func() []string {
@@ -162,6 +167,18 @@ func parseParam(file, name string, n *yaml.Node, want *cel.Type) (param, error) 
 			m[k.Value] = names
 		}
 		return param{typ: authoritiesType, value: m}, nil
+	case want == stringListType:
+		if n.Kind != yaml.SequenceNode {
+			return param{}, fmt.Errorf("%s: want a list of strings such as [entra-pim, teleport]", where)
+		}
+		ss := []string{}
+		for _, it := range n.Content {
+			if it.Kind != yaml.ScalarNode {
+				return param{}, fmt.Errorf("%s:%d:%d: param %s: want a list of strings", file, it.Line, it.Column, name)
+			}
+			ss = append(ss, it.Value)
+		}
+		return param{typ: stringListType, value: ss}, nil
 	case want != nil:
 		return param{}, fmt.Errorf("%s: unsupported type %s", where, want)
 	case n.Kind == yaml.SequenceNode:

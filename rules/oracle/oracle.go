@@ -6,6 +6,7 @@
 package oracle
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -45,6 +46,9 @@ type Params struct {
 	// Round 2 (round2.go).
 	MaxBackdate, InactiveAfter, BreakglassRemoveWithin time.Duration
 	ClosingAuthorities                                 map[string][]string
+	// ExpiryEnforcedBy lists the source systems that end grants at
+	// expires_at themselves; grant-overstayed-expiry skips their grants.
+	ExpiryEnforcedBy []string
 }
 
 // Defaults are the defaults of docs/rules.md.
@@ -379,7 +383,7 @@ func evaluate(subject string, es []Entry, from, now time.Time, period bool, p Pa
 				add("standing-privilege", window{opened: tm(a), closing: c.firstEnd(g)}, a.Index)
 			}
 			// 3 grant-overstayed-expiry
-			if ev.GetExpiresAt() != nil {
+			if ev.GetExpiresAt() != nil && !slices.Contains(p.ExpiryEnforcedBy, ev.GetSource().GetSystem()) {
 				deadline := ev.GetExpiresAt().AsTime().Add(p.RevokeGrace)
 				if now.After(deadline) && !c.endedBy(g, deadline) {
 					late, ok := c.lateEnd(g, deadline)

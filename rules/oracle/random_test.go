@@ -47,7 +47,7 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 				Id:     fmt.Sprintf("e%d", idx),
 				Type:   pick(vocabulary...),
 				Time:   timestamppb.New(when()),
-				Source: &pb.Source{System: pick("t", "t", "u", "v")},
+				Source: &pb.Source{System: pick("t", "t", "u", "v", "pim")},
 				Subject: &pb.Identity{Id: s, Kind: kind,
 					OwnerId: owner},
 				Actor:       &pb.Identity{Id: pick("alice", "bob", "carol", s), Kind: pick("human", "", "system")},
@@ -93,7 +93,7 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\nclosing_authorities: {t: [u], u: []}\n"))
+	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\nclosing_authorities: {t: [u], u: []}\nexpiry_enforced_by: [pim]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +104,7 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	pp := oracle.Defaults()
 	pp.SoDPairs = [][2]string{{"ent-a", "ent-b"}}
 	pp.ClosingAuthorities = map[string][]string{"t": {"u"}, "u": {}}
+	pp.ExpiryEnforcedBy = []string{"pim"}
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	draws := 300
 	if testing.Short() {
