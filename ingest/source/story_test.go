@@ -103,12 +103,18 @@ func TestStoryEntraPIM(t *testing.T) {
 	c := loadChains(t, "entra", entraProd, "pim-page.json", "pim-deactivate.jsonl")
 	now := time.Date(2026, 9, 20, 0, 0, 0, 0, time.UTC)
 	got := findings(t, c, "", now, pimAdmin, directGA)
-	if len(got[pimAdmin]) != 0 {
-		t.Errorf("PIM activations that ended on time: findings %v, want none", got[pimAdmin])
+	// Both activations ended on time. The first was requested and approved
+	// first; the second (pim-deactivate.jsonl) was self-activated with no
+	// approval and no eligibility record in the export, which
+	// grant-without-approval reports (docs/rules.md, rule 22): an auditor
+	// asks for the approval of that role's eligibility.
+	if want := []string{"grant-without-approval"}; !slices.Equal(got[pimAdmin], want) {
+		t.Errorf("PIM activations that ended on time: findings %v, want %v", got[pimAdmin], want)
 	}
 	// The same user's account was disabled and, three minutes later, added
-	// to a group: activity after offboarding, in the same export.
-	if want := []string{"activity-after-offboarding", "standing-privilege"}; !slices.Equal(got[directGA], want) {
+	// to a group: activity after offboarding, in the same export. The role
+	// added outside PIM had no approval either.
+	if want := []string{"activity-after-offboarding", "grant-without-approval", "standing-privilege"}; !slices.Equal(got[directGA], want) {
 		t.Errorf("Global Administrator added outside PIM: findings %v, want %v", got[directGA], want)
 	}
 }
@@ -152,14 +158,17 @@ func TestStoryTeleport(t *testing.T) {
 	now := time.Date(2026, 9, 20, 0, 0, 0, 0, time.UTC)
 	got := findings(t, c, "expiry_enforced_by: [teleport-prod]\n", now, "alice@example.com")
 	// The root session names the access request it ran under, which was
-	// approved before it started: clean.
-	if len(got["alice@example.com"]) != 0 {
-		t.Errorf("findings %v, want none", got["alice@example.com"])
+	// approved before it started. Teleport's session.start records no MFA,
+	// so the session counts against MFA coverage
+	// (privileged-session-mfa-unrecorded, docs/rules.md rule 31) and
+	// nothing else fires.
+	if want := []string{"privileged-session-mfa-unrecorded"}; !slices.Equal(got["alice@example.com"], want) {
+		t.Errorf("findings %v, want %v", got["alice@example.com"], want)
 	}
 	// Without the declaration, the elevated certificate (which expired on
 	// its own) is flagged as never ended.
 	got = findings(t, c, "", now, "alice@example.com")
-	if want := []string{"grant-overstayed-expiry"}; !slices.Equal(got["alice@example.com"], want) {
+	if want := []string{"grant-overstayed-expiry", "privileged-session-mfa-unrecorded"}; !slices.Equal(got["alice@example.com"], want) {
 		t.Errorf("without expiry_enforced_by: findings %v, want %v", got["alice@example.com"], want)
 	}
 }
