@@ -81,6 +81,12 @@ type Config struct {
 // off for longer than the lease lasts). Restarting rejoins as a standby.
 var ErrLeaseLost = errors.New("another node took over sequencing the log")
 
+// The stream limits a server applies unless Config sets others.
+const (
+	DefaultStreamIdleTimeout = ingest.DefaultStreamIdleTimeout
+	DefaultStreamMaxLifetime = ingest.DefaultStreamMaxLifetime
+)
+
 // Server is a started server.
 type Server struct {
 	URL                              string // http(s)://HOST:PORT, an unspecified listen host shown as 127.0.0.1
