@@ -93,6 +93,10 @@ func prepare(i int, ev *pb.Event) (prepared, error) {
 	}, nil
 }
 
+// event returns the leaf's event field (tag, length, event bytes), which
+// appendObserved leaves unchanged.
+func (p *prepared) event() []byte { return p.leaf[1:len(p.leaf):len(p.leaf)] }
+
 // encodeTimestamp is the deterministic encoding of a Timestamp for t.
 func encodeTimestamp(t time.Time) []byte {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(timestamppb.New(t))
