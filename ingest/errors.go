@@ -11,7 +11,9 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // Errors of authorisation, checked with errors.Is.
@@ -21,12 +23,8 @@ var (
 )
 
 // With ResourceExhausted the server sends its retry hint twice: as the
-// standard google.rpc.RetryInfo error detail and as metadata.
-//
-// RetryAfterKey is the response metadata key (an HTTP header for the Connect
-// protocol, a trailer for gRPC) carrying how many milliseconds a client should
-// wait before retrying a ResourceExhausted append.
-const RetryAfterKey = "Retry-After-Ms"
+// standard google.rpc.RetryInfo error detail and as metadata under
+// client.RetryAfterKey, the key the client package reads.
 
 // PushbackRetryAfter is the retry hint given with ledger.ErrPushback.
 const PushbackRetryAfter = 200 * time.Millisecond
@@ -43,7 +41,7 @@ func connectError(err error) error {
 	}
 	var code connect.Code
 	switch {
-	case errors.Is(err, ErrInvalid), errors.Is(err, ledger.ErrTooLarge):
+	case errors.Is(err, event.ErrInvalid), errors.Is(err, ledger.ErrTooLarge):
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, ErrUnauthenticated):
 		code = connect.CodeUnauthenticated
@@ -52,7 +50,7 @@ func connectError(err error) error {
 	case errors.Is(err, ledger.ErrPushback):
 		ce := connect.NewError(connect.CodeResourceExhausted,
 			fmt.Errorf("%w; nothing of this request was stored: retry after %s", err, PushbackRetryAfter))
-		ce.Meta().Set(RetryAfterKey, strconv.FormatInt(PushbackRetryAfter.Milliseconds(), 10))
+		ce.Meta().Set(client.RetryAfterKey, strconv.FormatInt(PushbackRetryAfter.Milliseconds(), 10))
 		if d, derr := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(PushbackRetryAfter)}); derr == nil {
 			ce.AddDetail(d)
 		}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 	"github.com/grantline/grantline/rules"
@@ -48,7 +49,7 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 	}
 	for i, id := range want {
 		if !slices.Contains(known, id) {
-			return nil, &FieldError{fmt.Sprintf("rules[%d]", i), fmt.Sprintf("unknown rule %q; loaded rules: %v", clip(id), known)}
+			return nil, &event.FieldError{Path: fmt.Sprintf("rules[%d]", i), Msg: fmt.Sprintf("unknown rule %q; loaded rules: %v", event.Clip(id), known)}
 		}
 	}
 	subjects, err := h.s.subjects(ctx, cp.Size, req.Msg.GetSubjects())
@@ -146,7 +147,7 @@ func (s *Server) asOf(ts *timestamppb.Timestamp) (time.Time, error) {
 		return s.now(), nil
 	}
 	if err := ts.CheckValid(); err != nil {
-		return time.Time{}, &FieldError{"as_of", "not a valid timestamp"}
+		return time.Time{}, &event.FieldError{Path: "as_of", Msg: "not a valid timestamp"}
 	}
 	return ts.AsTime(), nil
 }
@@ -155,14 +156,12 @@ func (s *Server) asOf(ts *timestamppb.Timestamp) (time.Time, error) {
 // tree of size.
 func (s *Server) subjects(ctx context.Context, size uint64, want []string) ([]string, error) {
 	if len(want) > MaxEvaluateSubjects {
-		return nil, &FieldError{"subjects", fmt.Sprintf("%d subjects exceed the limit of %d; leave it empty for all", len(want), MaxEvaluateSubjects)}
+		return nil, &event.FieldError{Path: "subjects", Msg: fmt.Sprintf("%d subjects exceed the limit of %d; leave it empty for all", len(want), MaxEvaluateSubjects)}
 	}
 	if len(want) > 0 {
 		for i, sub := range want {
-			v := validator{}
-			v.id(fmt.Sprintf("subjects[%d]", i), sub, true)
-			if v.err != nil {
-				return nil, v.err
+			if err := event.ValidateID(fmt.Sprintf("subjects[%d]", i), sub); err != nil {
+				return nil, err
 			}
 		}
 		return want, nil
@@ -215,7 +214,7 @@ func (s *Server) anchor(ctx context.Context, size uint64) (ledger.Checkpoint, er
 		return ledger.Checkpoint{}, connect.NewError(connect.CodeUnavailable,
 			errors.New("no checkpoint has reached the witnesses' quorum yet, and evidence is anchored to a witnessed checkpoint; retry shortly (see docs/witnessing.md)"))
 	case size != 0 && size != cp.Size:
-		return ledger.Checkpoint{}, &FieldError{"tree_size", fmt.Sprintf("evidence is anchored to the newest witnessed checkpoint (size %d) when witnessing is on; omit tree_size or give %d", cp.Size, cp.Size)}
+		return ledger.Checkpoint{}, &event.FieldError{Path: "tree_size", Msg: fmt.Sprintf("evidence is anchored to the newest witnessed checkpoint (size %d) when witnessing is on; omit tree_size or give %d", cp.Size, cp.Size)}
 	}
 	return cp, nil
 }

@@ -17,17 +17,17 @@ import (
 	"github.com/transparency-dev/merkle/testonly"
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
 // fakeLedger is an in-memory Ledger that really computes RFC 6962 trees and
 // proofs (merkle/testonly), signs checkpoints with a note key, dedupes by
 // (source.system, id), and enforces the contract: it fails the test if it is
-// handed an event that ValidateEvent refuses.
+// handed an event that event.Validate refuses.
 type fakeLedger struct {
 	t        *testing.T
 	signer   note.Signer
@@ -90,7 +90,7 @@ func (l *fakeLedger) publishLocked() {
 
 func (l *fakeLedger) Append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendResult, uint64, error) {
 	for i, ev := range evs {
-		if err := validateEvent(ev, time.Now()); err != nil {
+		if err := event.Validate(ev, time.Now()); err != nil {
 			l.t.Errorf("contract: ledger handed an invalid event %d: %v", i, err)
 		}
 	}
@@ -122,7 +122,7 @@ func (l *fakeLedger) Append(ctx context.Context, evs []*pb.Event) ([]ledger.Appe
 			continue
 		}
 		l.clock = l.clock.Add(time.Millisecond)
-		leaf, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: ev, ObservedTime: timestamppb.New(l.clock)})
+		leaf, err := event.EncodeLeaf(ev, l.clock)
 		if err != nil {
 			return nil, 0, err
 		}

@@ -11,7 +11,9 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/internal/pipeline"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -44,88 +46,106 @@ func (h *ingestService) Append(ctx context.Context, req *connect.Request[pb.Appe
 	return connect.NewResponse(&pb.AppendResponse{Results: toPBResults(res), TreeSize: size}), nil
 }
 
-// streamBatch is one stream message on its way through the ledger.
+// streamBatch is one stream message after the ledger: its results or error.
 type streamBatch struct {
 	seq  uint64
-	done chan struct{}
 	res  []ledger.AppendResult
 	size uint64
 	err  error
 }
 
+// received is one Receive of a stream: a message or the error that ended it.
+type received struct {
+	msg *pb.AppendStreamRequest
+	err error
+}
+
+// AppendStream validates and appends the batches of a stream up to
+// StreamWindow at a time and acknowledges them in order (pipeline.Ordered).
+// A read or validation error is returned after the batches before it are
+// acknowledged; a failed append or ack ends the stream at once.
 func (h *ingestService) AppendStream(ctx context.Context, stream *connect.BidiStream[pb.AppendStreamRequest, pb.AppendStreamResponse]) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	pending := make(chan *streamBatch, StreamWindow-1)
-	readErr := make(chan error, 1)
-	// The reader validates and submits batches; this goroutine acks them in
-	// order. If an ack fails the handler returns, which closes the request
-	// body and so ends a Receive in progress.
-	go func() {
-		defer close(pending)
-		defer h.s.recoverInto(ctx, readErr)
+	defer cancel() // stops the receiver; returning also ends a Receive in progress
+	msgs := h.s.receive(ctx, stream)
+	read := func(ctx context.Context, emit func(*pb.AppendStreamRequest) error) error {
 		for {
-			msg, err := stream.Receive()
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					readErr <- err
-				}
-				return
-			}
-			if err := h.s.checkBatch(ctx, msg.GetEvents()); err != nil {
-				readErr <- fmt.Errorf("batch seq %d: %w", msg.GetSeq(), err)
-				return
-			}
-			b := &streamBatch{seq: msg.GetSeq(), done: make(chan struct{})}
+			var r received
 			select {
-			case pending <- b:
+			case r = <-msgs:
 			case <-ctx.Done():
-				return
+				return context.Cause(ctx)
 			}
-			go func(evs []*pb.Event) {
-				defer close(b.done)
-				defer func() {
-					if p := recover(); p != nil {
-						b.err = h.s.recovered(ctx, connect.Spec{Procedure: grantlinev1connect.IngestServiceAppendStreamProcedure}, nil, p)
-					}
-				}()
-				b.res, b.size, b.err = h.s.appendWaiting(ctx, evs, streamPushbackWait)
-			}(msg.GetEvents())
+			if errors.Is(r.err, io.EOF) {
+				return nil
+			}
+			if r.err != nil {
+				return r.err
+			}
+			if err := h.s.checkBatch(ctx, r.msg.GetEvents()); err != nil {
+				return fmt.Errorf("batch seq %d: %w", r.msg.GetSeq(), err)
+			}
+			if err := emit(r.msg); err != nil {
+				return err
+			}
 		}
-	}()
-	for b := range pending {
-		<-b.done
+	}
+	appendBatch := func(ctx context.Context, msg *pb.AppendStreamRequest) (b streamBatch) {
+		b.seq = msg.GetSeq()
+		defer func() {
+			if p := recover(); p != nil {
+				b.err = h.s.recovered(ctx, connect.Spec{Procedure: grantlinev1connect.IngestServiceAppendStreamProcedure}, nil, p)
+			}
+		}()
+		b.res, b.size, b.err = h.s.appendWaiting(ctx, msg.GetEvents(), streamPushbackWait)
+		return b
+	}
+	ack := func(b streamBatch) error {
 		if b.err != nil {
 			return fmt.Errorf("batch seq %d: %w", b.seq, b.err)
 		}
-		if err := stream.Send(&pb.AppendStreamResponse{Seq: b.seq, Results: toPBResults(b.res), TreeSize: b.size}); err != nil {
-			return err
-		}
+		return stream.Send(&pb.AppendStreamResponse{Seq: b.seq, Results: toPBResults(b.res), TreeSize: b.size})
 	}
-	select {
-	case err := <-readErr:
-		return err
-	default:
-		return nil
-	}
+	return pipeline.Ordered(ctx, StreamWindow, StreamWindow, read, appendBatch, ack)
 }
 
-// recoverInto turns a panic of a stream's reader goroutine (which the
-// handler's recover option cannot see) into an Internal error on errc.
-func (s *Server) recoverInto(ctx context.Context, errc chan<- error) {
-	if p := recover(); p != nil {
-		err := s.recovered(ctx, connect.Spec{Procedure: grantlinev1connect.IngestServiceAppendStreamProcedure}, nil, p)
-		select {
-		case errc <- err:
-		default:
+// receive reads the stream on its own goroutine until it ends or ctx does,
+// so that the reader above can stop waiting for a message: a Receive in
+// progress ends only when the handler returns. A panic while reading
+// arrives as an Internal error.
+func (s *Server) receive(ctx context.Context, stream *connect.BidiStream[pb.AppendStreamRequest, pb.AppendStreamResponse]) <-chan received {
+	out := make(chan received)
+	go func() {
+		var r received
+		defer func() {
+			if p := recover(); p != nil {
+				r = received{err: s.recovered(ctx, connect.Spec{Procedure: grantlinev1connect.IngestServiceAppendStreamProcedure}, nil, p)}
+				select {
+				case out <- r:
+				case <-ctx.Done():
+				}
+			}
+		}()
+		for {
+			msg, err := stream.Receive()
+			r = received{msg: msg, err: err}
+			select {
+			case out <- r:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
 		}
-	}
+	}()
+	return out
 }
 
 // checkBatch validates a whole batch and the caller's right to append each
 // event, before anything is stored.
 func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
-	if err := ValidateBatch("events", evs, s.now()); err != nil {
+	if err := event.ValidateBatch("events", evs, s.now()); err != nil {
 		return err
 	}
 	p, ok := PrincipalFrom(ctx)
@@ -136,7 +156,7 @@ func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
 		for i, ev := range evs {
 			if sys := ev.GetSource().GetSystem(); sys != p.Name {
 				return fmt.Errorf("%w: events[%d].source.system: %q is not %q, the source this token belongs to; a source token may append only its own events",
-					ErrPermission, i, clip(sys), p.Name)
+					ErrPermission, i, event.Clip(sys), p.Name)
 			}
 		}
 	}

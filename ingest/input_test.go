@@ -15,7 +15,9 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -48,9 +50,9 @@ func TestBadInputRefusedAndNothingStored(t *testing.T) {
 		{"invalid timestamp", mod(func(ev *pb.Event) { ev.Time = &timestamppb.Timestamp{Seconds: 1e15} }), connect.CodeInvalidArgument, "events[1].time: not a valid timestamp"},
 		{"expires_at before 1970", mod(func(ev *pb.Event) { ev.ExpiresAt = timestamppb.New(time.Unix(-5, 0)) }), connect.CodeInvalidArgument, "events[1].expires_at"},
 		{"control char in id", mod(func(ev *pb.Event) { ev.Subject.Id = "al\x00ice" }), connect.CodeInvalidArgument, "events[1].subject.id: contains a control character"},
-		{"id too long", mod(func(ev *pb.Event) { ev.Refs.Grant = strings.Repeat("g", MaxIDBytes+1) }), connect.CodeInvalidArgument, "events[1].refs.grant"},
+		{"id too long", mod(func(ev *pb.Event) { ev.Refs.Grant = strings.Repeat("g", event.MaxIDBytes+1) }), connect.CodeInvalidArgument, "events[1].refs.grant"},
 		{"too many attributes", mod(func(ev *pb.Event) {
-			for i := range MaxAttributes + 1 {
+			for i := range event.MaxAttributes + 1 {
 				ev.Attributes[fmt.Sprint("k", i)] = "v"
 			}
 		}), connect.CodeInvalidArgument, "events[1].attributes"},
@@ -64,7 +66,7 @@ func TestBadInputRefusedAndNothingStored(t *testing.T) {
 			ev.Entitlement.Resource = big
 		}), connect.CodeInvalidArgument, "events[1].event: encoded size"},
 		{"too many events", func() []*pb.Event {
-			evs := make([]*pb.Event, MaxBatchEvents+1)
+			evs := make([]*pb.Event, event.MaxBatchEvents+1)
 			for i := range evs {
 				evs[i] = newEvent("okta", fmt.Sprint("n", i), "session.started", "alice")
 			}
@@ -198,8 +200,8 @@ func TestLedgerFaults(t *testing.T) {
 				wantCode(t, err, tt.code, tt.fragment)
 				if tt.code == connect.CodeResourceExhausted {
 					var ce *connect.Error
-					if !asConnectError(err, &ce) || ce.Meta().Get(RetryAfterKey) != "200" {
-						t.Errorf("ResourceExhausted without %s: 200 metadata", RetryAfterKey)
+					if !asConnectError(err, &ce) || ce.Meta().Get(client.RetryAfterKey) != "200" {
+						t.Errorf("ResourceExhausted without %s: 200 metadata", client.RetryAfterKey)
 					}
 					var delay time.Duration
 					for _, d := range ce.Details() {

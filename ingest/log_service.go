@@ -10,9 +10,9 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/transparency-dev/merkle/rfc6962"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -98,7 +98,7 @@ func (h *logService) GetInclusionProof(ctx context.Context, req *connect.Request
 		leafHash = tile[len(tile)-32:]
 	case *pb.GetInclusionProofRequest_LeafHash:
 		if len(leaf.LeafHash) != 32 {
-			return nil, &FieldError{"leaf_hash", fmt.Sprintf("%d bytes; want a 32-byte SHA-256 RFC 6962 leaf hash", len(leaf.LeafHash))}
+			return nil, &event.FieldError{Path: "leaf_hash", Msg: fmt.Sprintf("%d bytes; want a 32-byte SHA-256 RFC 6962 leaf hash", len(leaf.LeafHash))}
 		}
 		leafHash = leaf.LeafHash
 		index, err = l.LookupLeafHash(ctx, leafHash)
@@ -109,7 +109,7 @@ func (h *logService) GetInclusionProof(ctx context.Context, req *connect.Request
 			return nil, fmt.Errorf("%w: leaf_hash %x is at index %d, not in the tree of size %d", ledger.ErrOutOfRange, leafHash, index, cp.Size)
 		}
 	default:
-		return nil, &FieldError{"leaf", "set index or leaf_hash"}
+		return nil, &event.FieldError{Path: "leaf", Msg: "set index or leaf_hash"}
 	}
 	hashes, err := l.InclusionProof(ctx, index, cp.Size)
 	if err != nil {
@@ -126,7 +126,7 @@ func (h *logService) GetConsistencyProof(ctx context.Context, req *connect.Reque
 		return nil, err
 	}
 	if req.Msg.GetFromSize() > to.Size {
-		return nil, &FieldError{"from_size", fmt.Sprintf("%d is greater than to_size %d", req.Msg.GetFromSize(), to.Size)}
+		return nil, &event.FieldError{Path: "from_size", Msg: fmt.Sprintf("%d is greater than to_size %d", req.Msg.GetFromSize(), to.Size)}
 	}
 	var from ledger.Checkpoint
 	if req.Msg.GetFromSize() == 0 {
@@ -149,10 +149,8 @@ func (h *logService) GetConsistencyProof(ctx context.Context, req *connect.Reque
 
 func (h *logService) ListSubjectEvents(ctx context.Context, req *connect.Request[pb.ListSubjectEventsRequest]) (*connect.Response[pb.ListSubjectEventsResponse], error) {
 	subject := req.Msg.GetSubjectId()
-	v := validator{}
-	v.id("subject_id", subject, true)
-	if v.err != nil {
-		return nil, v.err
+	if err := event.ValidateID("subject_id", subject); err != nil {
+		return nil, err
 	}
 	limit := pageSize(req.Msg.GetPageSize())
 	size, start := req.Msg.GetTreeSize(), uint64(0)
@@ -199,7 +197,7 @@ func pageToken(subject string, size, next uint64) string {
 }
 
 func parsePageToken(tok, subject string, wantSize uint64) (size, next uint64, err error) {
-	bad := &FieldError{"page_token", "malformed or not from this subject; pass the next_page_token of a previous response unchanged"}
+	bad := &event.FieldError{Path: "page_token", Msg: "malformed or not from this subject; pass the next_page_token of a previous response unchanged"}
 	raw, err := base64.RawURLEncoding.DecodeString(tok)
 	if err != nil {
 		return 0, 0, bad
@@ -215,7 +213,7 @@ func parsePageToken(tok, subject string, wantSize uint64) (size, next uint64, er
 		return 0, 0, bad
 	}
 	if wantSize != 0 && wantSize != size {
-		return 0, 0, &FieldError{"page_token", fmt.Sprintf("was issued for tree_size %d, not %d; keep tree_size unchanged while paging", size, wantSize)}
+		return 0, 0, &event.FieldError{Path: "page_token", Msg: fmt.Sprintf("was issued for tree_size %d, not %d; keep tree_size unchanged while paging", size, wantSize)}
 	}
 	return size, next, nil
 }
@@ -231,8 +229,8 @@ func subjectSum(s string) uint32 {
 func logEntries(ents []ledger.Entry) ([]*pb.LogEntry, error) {
 	out := make([]*pb.LogEntry, len(ents))
 	for i, e := range ents {
-		var ent pb.Entry
-		if err := proto.Unmarshal(e.Leaf, &ent); err != nil {
+		ent, err := event.DecodeLeaf(e.Leaf)
+		if err != nil {
 			return nil, fmt.Errorf("%w: leaf %d does not decode: %w", ledger.ErrCorrupt, e.Index, err)
 		}
 		out[i] = &pb.LogEntry{

@@ -20,6 +20,7 @@ import (
 
 	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
@@ -82,7 +83,7 @@ func New(cfg Config) (*Server, error) {
 	opts := []connect.HandlerOption{
 		connect.WithInterceptors(s.observe(), errorMapper{}, s.authorize()),
 		connect.WithRecover(s.recovered),
-		connect.WithReadMaxBytes(MaxMessageBytes),
+		connect.WithReadMaxBytes(event.MaxMessageBytes),
 		connect.WithCompressMinBytes(1024),
 	}
 	mux := http.NewServeMux()

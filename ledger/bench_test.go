@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/grantline/grantline/ledger/badgerstore"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -104,7 +105,7 @@ func BenchmarkAppend(b *testing.B) {
 }
 
 func mustEncode(b testing.TB, ev *pb.Event) []byte {
-	leaf, err := EncodeLeaf(ev, testNow)
+	leaf, err := event.EncodeLeaf(ev, testNow)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -129,7 +130,7 @@ func TestCorruptionDetected(t *testing.T) {
 		{"flipped byte in a leaf", flip(leafKey(5), 30), "", "leaf 5"},
 		{"flipped byte in the last leaf", flip(leafKey(999), 30), "leaf 999", "leaf 999"},
 		{"deleted leaf", del(leafKey(7)), "", "leaf 7 is missing"},
-		{"deleted dedupe record", del(dedupeKey(DedupeKey("iga-0", "ev-000300"))), "", "dedupe record of leaf 300"},
+		{"deleted dedupe record", del(dedupeKey(event.DedupeKey("iga-0", "ev-000300"))), "", "dedupe record of leaf 300"},
 		{"deleted subject index", del(subjectKey("user-004", 4)), "", "subject index entry of leaf 4"},
 		{"bad latest checkpoint signature", flip(checkpointKey(1000), -20), "does not verify", "checkpoint 1000 does not verify"},
 		{"bad old checkpoint signature", flip(checkpointKey(600), -20), "", "checkpoint 600 does not verify"},

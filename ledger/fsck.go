@@ -10,6 +10,8 @@ import (
 
 	"github.com/transparency-dev/merkle/compact"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // fsckChunk is how many leaves Fsck reads at a time.
@@ -190,12 +192,12 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64,
 		dedupes := make([][32]byte, len(leaves))
 		for j, leaf := range leaves {
 			i := start + uint64(j)
-			e, err := DecodeLeaf(leaf)
+			e, err := event.DecodeLeaf(leaf)
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
 			}
 			hashes[j] = LeafHash(leaf)
-			dedupes[j] = DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
+			dedupes[j] = event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
 			keys = append(keys, hashKey(hashes[j][:]), dedupeKey(dedupes[j]))
 			if s := e.GetEvent().GetSubject().GetId(); s != "" {
 				keys = append(keys, subjectKey(s, i))

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // FuzzParseEntryBundle checks that parseEntryBundle never panics and that
@@ -14,7 +16,7 @@ func FuzzParseEntryBundle(f *testing.F) {
 	f.Add([]byte{0, 3, 'a', 'b', 'c', 0, 1, 'x'})
 	f.Add([]byte{0, 5, 'a'})
 	f.Add([]byte{0xff, 0xff})
-	leaf, _ := EncodeLeaf(testEvent(1), testNow)
+	leaf, _ := event.EncodeLeaf(testEvent(1), testNow)
 	f.Add(binary.BigEndian.AppendUint16(nil, uint16(len(leaf))))
 	f.Add(append(binary.BigEndian.AppendUint16(nil, uint16(len(leaf))), leaf...))
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -85,7 +86,7 @@ type acked map[[32]byte]AppendResult
 func (a acked) add(t testing.TB, evs []*pb.Event, res []AppendResult) {
 	t.Helper()
 	for i, ev := range evs {
-		k := DedupeKey(ev.GetSource().GetSystem(), ev.GetId())
+		k := event.DedupeKey(ev.GetSource().GetSystem(), ev.GetId())
 		if old, ok := a[k]; ok {
 			if old.Index != res[i].Index || old.LeafHash != res[i].LeafHash {
 				t.Fatalf("event %s/%s acknowledged at %d, now at %d", ev.GetSource().GetSystem(), ev.GetId(), old.Index, res[i].Index)
@@ -116,11 +117,11 @@ func checkInvariants(t testing.TB, l *Log, a acked) {
 			t.Fatalf("Entries(0, %d): %v", size, err)
 		}
 		for _, e := range es {
-			en, err := DecodeLeaf(e.Leaf)
+			en, err := event.DecodeLeaf(e.Leaf)
 			if err != nil {
 				t.Fatalf("leaf %d: %v", e.Index, err)
 			}
-			k := DedupeKey(en.GetEvent().GetSource().GetSystem(), en.GetEvent().GetId())
+			k := event.DedupeKey(en.GetEvent().GetSource().GetSystem(), en.GetEvent().GetId())
 			if prev, ok := seen[k]; ok {
 				t.Fatalf("event %s stored twice, at %d and %d", en.GetEvent().GetId(), prev, e.Index)
 			}

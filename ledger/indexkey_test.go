@@ -2,26 +2,12 @@ package ledger
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"strings"
 	"testing"
-)
 
-func TestDedupeKeyIsSHA256OfSystemZeroID(t *testing.T) {
-	long := strings.Repeat("s", 300) // longer than DedupeKey's stack buffer
-	for _, tt := range []struct{ system, id string }{
-		{"iga-0", "ev-1"},
-		{"", ""},
-		{long, "x"},
-		{"a", long},
-	} {
-		want := sha256.Sum256([]byte(tt.system + "\x00" + tt.id))
-		if got := DedupeKey(tt.system, tt.id); got != want {
-			t.Errorf("DedupeKey(%.10q, %.10q) = %x, want %x", tt.system, tt.id, got, want)
-		}
-	}
-}
+	"github.com/grantline/grantline/ledger/event"
+)
 
 // The index keys keep 16 bytes of a hash; these tests forge the truncation
 // collisions that are infeasible to find and check that the confirmation on
@@ -46,7 +32,7 @@ func TestTruncatedIndexKeyCollisions(t *testing.T) {
 
 	t.Run("dedupe key prefix naming another event", func(t *testing.T) {
 		ev := testEvents(10, 1)[0]
-		st.corrupt(dedupeKey(DedupeKey(ev.GetSource().GetSystem(), ev.GetId())), be64(nil, 3))
+		st.corrupt(dedupeKey(event.DedupeKey(ev.GetSource().GetSystem(), ev.GetId())), be64(nil, 3))
 		_, _, err := l.Append(ctx, testEvents(10, 1))
 		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "another event") {
 			t.Fatalf("Append of an event whose dedupe record names leaf 3 = %v, want ErrCorrupt naming another event", err)

@@ -42,6 +42,8 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // Defaults for Options fields left zero.
@@ -64,7 +66,7 @@ const (
 
 // MaxLeafSize is the largest leaf (encoded entry) the log accepts: the
 // tlog-tiles entry bundle prefixes each entry with a uint16 length.
-const MaxLeafSize = 32 * 1024
+const MaxLeafSize = event.MaxLeafBytes
 
 // TileHeight is the tlog-tiles tile height: a tile holds 256 hashes.
 const TileHeight = 8
@@ -123,7 +125,7 @@ type inflightEntry struct {
 
 // Entry is one leaf of the log: its index and its bytes exactly as stored
 // (the deterministic protobuf encoding of grantline.v1.Entry, see
-// EncodeLeaf). Hash the bytes as they are; never re-encode them.
+// event.EncodeLeaf). Hash the bytes as they are; never re-encode them.
 type Entry struct {
 	Index uint64
 	Leaf  []byte

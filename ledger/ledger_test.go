@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -34,7 +35,7 @@ func TestEncodeLeafMatchesFastPath(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			want, err := EncodeLeaf(tt.ev, tt.t)
+			want, err := event.EncodeLeaf(tt.ev, tt.t)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -42,7 +43,7 @@ func TestEncodeLeafMatchesFastPath(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			full := p.appendObserved(encodeTimestamp(tt.t))
+			full := p.appendObserved(event.EncodeTimestamp(tt.t))
 			if full[0] != 0x00 {
 				t.Fatalf("appendObserved starts with %#x, want the leaf prefix 0x00", full[0])
 			}
@@ -53,7 +54,7 @@ func TestEncodeLeafMatchesFastPath(t *testing.T) {
 			if len(got) > cap(p.leaf) {
 				t.Errorf("the leaf (%d bytes) outgrew the room prepare left (%d bytes)", len(got), cap(p.leaf))
 			}
-			e, err := DecodeLeaf(got)
+			e, err := event.DecodeLeaf(got)
 			if err != nil || !proto.Equal(e.GetEvent(), tt.ev) || !e.GetObservedTime().AsTime().Equal(tt.t) {
 				t.Fatalf("DecodeLeaf = %v, %v; want the event back", e, err)
 			}
@@ -116,7 +117,7 @@ func TestAppendAndRead(t *testing.T) {
 		t.Fatalf("Append size = %d, want 300", size)
 	}
 	for i, r := range res {
-		want, _ := EncodeLeaf(evs[i], testNow)
+		want, _ := event.EncodeLeaf(evs[i], testNow)
 		if r.Index != uint64(i) || r.Duplicate || r.LeafHash != LeafHash(want) {
 			t.Fatalf("result %d = %+v, want index %d leaf hash %x", i, r, i, LeafHash(want))
 		}
@@ -201,7 +202,7 @@ func TestAppendTooLarge(t *testing.T) {
 	}
 	// Just under the limit is accepted and fits a bundle.
 	ok := &pb.Event{Id: "fits", Source: &pb.Source{System: "s"}}
-	ok.Reason = strings.Repeat("y", MaxLeafSize-maxLeafOverhead-proto.Size(ok)-4)
+	ok.Reason = strings.Repeat("y", MaxLeafSize-event.LeafOverhead-proto.Size(ok)-4)
 	if _, _, err := l.Append(context.Background(), []*pb.Event{ok}); err != nil {
 		t.Fatalf("Append(just under the limit): %v", err)
 	}
@@ -328,7 +329,7 @@ func TestSubjects(t *testing.T) {
 		var idx []uint64
 		for _, e := range es {
 			idx = append(idx, e.Index)
-			en, _ := DecodeLeaf(e.Leaf)
+			en, _ := event.DecodeLeaf(e.Leaf)
 			if en.GetEvent().GetSubject().GetId() != tt.subject {
 				t.Errorf("SubjectEntries(%q) returned leaf %d of %q", tt.subject, e.Index, en.GetEvent().GetSubject().GetId())
 			}
@@ -512,7 +513,7 @@ func TestObservedTime(t *testing.T) {
 	defer l.Close()
 	mustAppend(t, l, testEvents(0, 1))
 	es, _ := l.Entries(context.Background(), 0, 1)
-	en, _ := DecodeLeaf(es[0].Leaf)
+	en, _ := event.DecodeLeaf(es[0].Leaf)
 	if got := en.GetObservedTime(); !proto.Equal(got, timestamppb.New(at)) {
 		t.Fatalf("observed_time = %v, want %v", got.AsTime(), at)
 	}

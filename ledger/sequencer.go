@@ -11,6 +11,7 @@ import (
 
 	"github.com/transparency-dev/merkle/compact"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -220,7 +221,7 @@ func (l *Log) fit(batch []item) int {
 		}
 		p := &it.r.items[it.i]
 		c := int64(4)
-		b := entrySize(9, len(p.leaf)+observedRoom) +
+		b := entrySize(9, len(p.leaf)+event.ObservedRoom) +
 			2*entrySize(1+indexKeyLen, 8) +
 			entrySize(len(p.subject)+12, 0)
 		if i%tileWidth == 0 {
@@ -270,7 +271,7 @@ func (l *Log) build(batch []item) *built {
 	b.res = res
 	w := newWrites(len(fresh))
 	now := l.o.Now()
-	b.dedupes, err = l.encode(batch, fresh, repeatOf, res, encodeTimestamp(now), w)
+	b.dedupes, err = l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(now), w)
 	if err != nil {
 		l.markBroken(err)
 		b.err = fmt.Errorf("%w: %w", ErrStorage, err)
@@ -295,7 +296,7 @@ func (l *Log) build(batch []item) *built {
 	l.inflightMu.Lock()
 	for _, p := range fresh {
 		pr := &batch[p].r.items[batch[p].i]
-		l.inflight[pr.dedupe] = inflightEntry{res: res[p], event: pr.event()}
+		l.inflight[pr.dedupe] = inflightEntry{res: res[p], event: pr.eventField()}
 	}
 	l.inflightMu.Unlock()
 	return b
@@ -391,7 +392,7 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 		}
 		first[d] = p
 		if e, ok := l.inflight[d]; ok {
-			res[p] = resolveRepeat(e.res, e.event, it.r.items[it.i].event())
+			res[p] = resolveRepeat(e.res, e.event, it.r.items[it.i].eventField())
 			stored[p], canon[p] = true, e.event
 			continue
 		}
@@ -461,7 +462,7 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		idx := next
 		next++
 		res[p] = AppendResult{Index: idx, LeafHash: h}
-		l.seq.dd.canon[p] = pr.event()
+		l.seq.dd.canon[p] = pr.eventField()
 		dedupes = append(dedupes, pr.dedupe)
 		if err := l.seq.rng.Append(h[:], visit); err != nil {
 			return nil, fmt.Errorf("extending the tree at %d: %w", idx, err)
@@ -486,7 +487,7 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		if f >= 0 {
 			// The first of the batch wins; a later one is a duplicate of
 			// what the log keeps for the key, or a conflict with it.
-			res[p] = resolveRepeat(res[f], canon[f], batch[p].r.items[batch[p].i].event())
+			res[p] = resolveRepeat(res[f], canon[f], batch[p].r.items[batch[p].i].eventField())
 		}
 	}
 	return dedupes, nil
@@ -608,16 +609,16 @@ func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][
 		if leaves[n] == nil {
 			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is missing; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
 		}
-		e, err := DecodeLeaf(leaves[n])
+		e, err := event.DecodeLeaf(leaves[n])
 		if err != nil {
 			return fmt.Errorf("%w: leaf %d, named by dedupe record %x, does not decode; run grantline fsck: %w", ErrCorrupt, idx, keys[j][1:], err)
 		}
 		p := pos[j]
 		it := batch[p]
-		if DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != it.r.items[it.i].dedupe {
+		if event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != it.r.items[it.i].dedupe {
 			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is another event; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
 		}
-		res[p] = resolveRepeat(AppendResult{Index: idx, LeafHash: LeafHash(leaves[n])}, leaves[n], it.r.items[it.i].event())
+		res[p] = resolveRepeat(AppendResult{Index: idx, LeafHash: LeafHash(leaves[n])}, leaves[n], it.r.items[it.i].eventField())
 		stored[p], canon[p] = true, leaves[n]
 	}
 	return nil

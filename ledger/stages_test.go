@@ -11,6 +11,7 @@ import (
 
 	"github.com/transparency-dev/merkle/compact"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -52,7 +53,7 @@ func TestDedupeStage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.inflight[p5.dedupe] = inflightEntry{res: AppendResult{Index: 3, LeafHash: [32]byte{5}}, event: p5.event()}
+	l.inflight[p5.dedupe] = inflightEntry{res: AppendResult{Index: 3, LeafHash: [32]byte{5}}, event: p5.eventField()}
 
 	batch := batchOf(t, []*pb.Event{testEvent(10), testEvent(1), testEvent(10), testEvent(5), testEvent(11), testEvent(1)})
 	fresh, repeatOf, res, err := l.dedupe(batch)
@@ -93,7 +94,7 @@ func TestDedupeStage(t *testing.T) {
 		t.Errorf("in-flight conflict: %+v, want %+v", res[1], want)
 	}
 	w := newWrites(len(fresh))
-	if _, err := l.encode(batch, fresh, repeatOf, res, encodeTimestamp(testNow), w); err != nil {
+	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w); err != nil {
 		t.Fatal(err)
 	}
 	if want := (AppendResult{Index: 3, LeafHash: res[2].LeafHash, Conflict: true}); res[3] != want {
@@ -109,7 +110,7 @@ func TestDedupeStage(t *testing.T) {
 
 	// A dedupe record naming another event's leaf is corruption.
 	bad := st.clone()
-	bad.corrupt(dedupeKey(DedupeKey(testEvent(20).GetSource().GetSystem(), testEvent(20).GetId())), be64(nil, 0))
+	bad.corrupt(dedupeKey(event.DedupeKey(testEvent(20).GetSource().GetSystem(), testEvent(20).GetId())), be64(nil, 0))
 	l = newIdleLog(t, bad, testOptions())
 	if _, _, _, err := l.dedupe(batchOf(t, []*pb.Event{testEvent(20)})); !isErr(err, ErrCorrupt) {
 		t.Fatalf("dedupe over a forged record = %v, want ErrCorrupt", err)
@@ -127,7 +128,7 @@ func TestEncodeStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := newWrites(len(fresh))
-	ts := encodeTimestamp(testNow)
+	ts := event.EncodeTimestamp(testNow)
 	dedupes, err := l.encode(batch, fresh, repeatOf, res, ts, w)
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +151,7 @@ func TestEncodeStage(t *testing.T) {
 		if LeafHash(leaf) != res[i].LeafHash {
 			t.Errorf("leaf %d hashes to %x, result says %x", i, LeafHash(leaf), res[i].LeafHash)
 		}
-		en, err := DecodeLeaf(leaf)
+		en, err := event.DecodeLeaf(leaf)
 		if err != nil || en.GetEvent().GetId() != evs[i].GetId() || !en.GetObservedTime().AsTime().Equal(testNow) {
 			t.Errorf("leaf %d decodes to %v, %v", i, en, err)
 		}
@@ -241,7 +242,7 @@ func TestSealStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := newWrites(len(fresh))
-	if _, err := l.encode(batch, fresh, repeatOf, res, encodeTimestamp(testNow), w); err != nil {
+	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w); err != nil {
 		t.Fatal(err)
 	}
 	s, err := l.seal(300, w)

@@ -7,34 +7,31 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/internal/synth"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
 func encodeLeaf(t testing.TB, ev *pb.Event) []byte {
 	t.Helper()
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: ev, ObservedTime: timestamppb.New(time.Unix(1767225600, 5))})
+	b, err := event.EncodeLeaf(ev, time.Unix(1767225600, 5))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
-// reference decodes a leaf the long way: proto.Unmarshal, then fillEvent.
+// reference decodes a leaf the long way: event.DecodeLeaf (proto.Unmarshal),
+// then fillEvent.
 func reference(leaf []byte, index uint64) (Event, error) {
-	var ent pb.Entry
-	if err := proto.Unmarshal(leaf, &ent); err != nil {
+	ent, err := event.DecodeLeaf(leaf)
+	if err != nil {
 		return Event{}, err
 	}
 	var e Event
-	ev := ent.GetEvent()
-	if ev == nil {
-		ev = &pb.Event{}
-	}
-	fillEvent(&e, Entry{Index: index, Event: ev})
+	fillEvent(&e, Entry{Index: index, Event: ent.GetEvent()})
 	return e, nil
 }
 
@@ -89,7 +86,7 @@ func TestDecodeLeafRefusesBadInput(t *testing.T) {
 	}
 }
 
-// FuzzDecodeLeaf: on any input, decodeLeaf and proto.Unmarshal+fillEvent
+// FuzzDecodeLeaf: on any input, decodeLeaf and event.DecodeLeaf+fillEvent
 // agree on whether it is valid and, when it is, on every field.
 func FuzzDecodeLeaf(f *testing.F) {
 	mfa := true

@@ -14,17 +14,16 @@ import (
 	"io"
 	"runtime"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/internal/pipeline"
 	"github.com/grantline/grantline/ledger"
-	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/verify/format"
 	"github.com/grantline/grantline/verify/oscal"
 	"github.com/grantline/grantline/verify/report"
@@ -259,8 +258,8 @@ func neededSubjects(ctx context.Context, src Source, doc *format.Findings) ([]st
 			if err != nil {
 				return nil, fmt.Errorf("export: reading cited entry %d: %w", e.Index, err)
 			}
-			var ent pb.Entry
-			if err := proto.Unmarshal(leaf, &ent); err != nil {
+			ent, err := event.DecodeLeaf(leaf)
+			if err != nil {
 				return nil, fmt.Errorf("export: %w: cited entry %d does not decode: %w", ErrSource, e.Index, err)
 			}
 			set[ent.GetEvent().GetSubject().GetId()] = true
@@ -287,89 +286,50 @@ type exportItem struct {
 	err     error
 }
 
-type exportBatch struct {
-	items []exportItem
-	done  chan struct{}
-}
-
-// writeEntries streams entries.jsonl. The Source is read from this
-// goroutine only (Entries, and InclusionProof inside its callback); the
-// per-entry work (proof check, decoding, JSON encoding) runs on GOMAXPROCS
-// workers in batches; one goroutine writes the lines in index order.
+// writeEntries streams entries.jsonl. The Source is read from one goroutine
+// only (Entries, and InclusionProof inside its callback); the per-entry work
+// (proof check, decoding, JSON encoding) runs on GOMAXPROCS workers in
+// batches (pipeline.Ordered), and the lines are written in index order.
 func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subjects []string, cited map[uint64]string, scope *format.Scope, out io.Writer) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	workers := max(1, runtime.GOMAXPROCS(0))
-	work := make(chan *exportBatch, workers)
-	ordered := make(chan *exportBatch, 2*workers)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for b := range work {
-				for i := range b.items {
-					encodeItem(&b.items[i], cp)
-				}
-				close(b.done)
-			}
-		})
-	}
+	bw := bufio.NewWriterSize(out, 256<<10)
 	seenSubjects := map[string]struct{}{}
-	writeErr := make(chan error, 1)
-	go func() {
-		err := writeOrdered(ctx, ordered, out, cited, scope, seenSubjects)
-		if err != nil {
-			cancel(err) // stops the producer
+	produce := func(ctx context.Context, emit func([]exportItem) error) error {
+		var next uint64
+		first := true
+		var cur []exportItem
+		err := src.Entries(ctx, cp.Size, subjects, func(index uint64, leaf []byte) error {
+			if !first && index < next || index >= cp.Size {
+				return fmt.Errorf("%w: entry %d out of order or outside the tree of size %d", ErrSource, index, cp.Size)
+			}
+			first, next = false, index+1
+			p, err := src.InclusionProof(ctx, index, cp.Size)
+			if err != nil {
+				return fmt.Errorf("inclusion proof of entry %d at size %d: %w", index, cp.Size, err)
+			}
+			cur = append(cur, exportItem{index: index, leaf: bytes.Clone(leaf), proof: p})
+			if len(cur) == entryBatchSize {
+				b := cur
+				cur = nil
+				return emit(b)
+			}
+			return nil
+		})
+		if err == nil && len(cur) > 0 {
+			err = emit(cur)
 		}
-		writeErr <- err
-	}()
-
-	var next uint64
-	first := true
-	cur := &exportBatch{done: make(chan struct{})}
-	send := func() bool {
-		b := cur
-		cur = &exportBatch{done: make(chan struct{})}
-		select {
-		case ordered <- b:
-		case <-ctx.Done():
-			return false
-		}
-		select {
-		case work <- b:
-		case <-ctx.Done():
-			return false
-		}
-		return true
+		return err
 	}
-	err := src.Entries(ctx, cp.Size, subjects, func(index uint64, leaf []byte) error {
-		if err := ctx.Err(); err != nil {
-			return context.Cause(ctx)
+	encode := func(_ context.Context, items []exportItem) []exportItem {
+		for i := range items {
+			encodeItem(&items[i], cp)
 		}
-		if !first && index < next || index >= cp.Size {
-			return fmt.Errorf("%w: entry %d out of order or outside the tree of size %d", ErrSource, index, cp.Size)
-		}
-		first, next = false, index+1
-		p, err := src.InclusionProof(ctx, index, cp.Size)
-		if err != nil {
-			return fmt.Errorf("inclusion proof of entry %d at size %d: %w", index, cp.Size, err)
-		}
-		cur.items = append(cur.items, exportItem{index: index, leaf: bytes.Clone(leaf), proof: p})
-		if len(cur.items) == entryBatchSize && !send() {
-			return context.Cause(ctx)
-		}
-		return nil
-	})
-	if err == nil && len(cur.items) > 0 {
-		send()
+		return items
 	}
-	if err != nil {
-		cancel(err) // the writer stops waiting for batches that will not come
-	}
-	close(work)
-	close(ordered)
-	wg.Wait()
-	if werr := <-writeErr; werr != nil {
-		err = werr // the root cause when the writer stopped the producer
+	write := func(items []exportItem) error { return writeItems(items, bw, cited, scope, seenSubjects) }
+	err := pipeline.Ordered(ctx, workers, 3*workers, produce, encode, write)
+	if err == nil {
+		err = bw.Flush()
 	}
 	if err != nil {
 		return fmt.Errorf("export: %s: %w", format.FileEntries, err)
@@ -378,41 +338,33 @@ func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subject
 	return nil
 }
 
-// writeOrdered writes the encoded lines of each batch in order and gathers
-// the scope facts; it owns cited and scope while it runs.
-func writeOrdered(ctx context.Context, ordered <-chan *exportBatch, out io.Writer, cited map[uint64]string, scope *format.Scope, seenSubjects map[string]struct{}) error {
-	bw := bufio.NewWriterSize(out, 256<<10)
-	for b := range ordered {
-		select {
-		case <-b.done:
-		case <-ctx.Done():
-			return context.Cause(ctx)
+// writeItems writes the encoded lines of a batch and gathers the scope
+// facts; it owns cited, scope and seenSubjects while the pipeline runs.
+func writeItems(items []exportItem, bw *bufio.Writer, cited map[uint64]string, scope *format.Scope, seenSubjects map[string]struct{}) error {
+	for i := range items {
+		it := &items[i]
+		if it.err != nil {
+			return it.err
 		}
-		for i := range b.items {
-			it := &b.items[i]
-			if it.err != nil {
-				return it.err
+		if id, ok := cited[it.index]; ok {
+			if id != it.eventID {
+				return fmt.Errorf("%w: a finding cites entry %d as event %q but it holds event %q", ErrSource, it.index, id, it.eventID)
 			}
-			if id, ok := cited[it.index]; ok {
-				if id != it.eventID {
-					return fmt.Errorf("%w: a finding cites entry %d as event %q but it holds event %q", ErrSource, it.index, id, it.eventID)
-				}
-				delete(cited, it.index)
-				scope.SourceOf[it.index] = it.source
+			delete(cited, it.index)
+			scope.SourceOf[it.index] = it.source
+		}
+		seenSubjects[it.subject] = struct{}{}
+		if it.display != "" {
+			if _, ok := scope.DisplayOf[it.subject]; !ok {
+				scope.DisplayOf[it.subject] = it.display
 			}
-			seenSubjects[it.subject] = struct{}{}
-			if it.display != "" {
-				if _, ok := scope.DisplayOf[it.subject]; !ok {
-					scope.DisplayOf[it.subject] = it.display
-				}
-			}
-			scope.Entries++
-			if _, err := bw.Write(it.line); err != nil {
-				return err
-			}
+		}
+		scope.Entries++
+		if _, err := bw.Write(it.line); err != nil {
+			return err
 		}
 	}
-	return bw.Flush()
+	return nil
 }
 
 // encodeItem checks one entry's proof, decodes it and encodes its line.
@@ -423,8 +375,8 @@ func encodeItem(it *exportItem, cp ledger.Checkpoint) {
 		it.err = fmt.Errorf("%w: inclusion proof of entry %d does not lead to the checkpoint root: %w", ErrSource, it.index, err)
 		return
 	}
-	var ent pb.Entry
-	if err := proto.Unmarshal(it.leaf, &ent); err != nil {
+	ent, err := event.DecodeLeaf(it.leaf)
+	if err != nil {
 		it.err = fmt.Errorf("%w: entry %d does not decode: %w", ErrSource, it.index, err)
 		return
 	}

@@ -19,11 +19,11 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/merkle/testonly"
 	"golang.org/x/mod/sumdb/note"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify/format"
@@ -115,7 +115,7 @@ func newLedgerFake(t testing.TB, evs []*pb.Event) *ledgerFake {
 	t.Helper()
 	l := &ledgerFake{bySubject: map[string][]uint64{}, tree: testonly.New(rfc6962.DefaultHasher), eval: testEvaluator{}, dropEntry: -1, badProofIndex: -1}
 	for i, ev := range evs {
-		leaf, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: ev, ObservedTime: timestamppb.New(base.Add(time.Duration(i) * time.Millisecond))})
+		leaf, err := event.EncodeLeaf(ev, base.Add(time.Duration(i)*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,7 +203,7 @@ func (l *ledgerFake) Evaluate(ctx context.Context, size uint64, asOf time.Time) 
 func (l *ledgerFake) Chain(_ context.Context, subject string) ([]rules.Entry, error) {
 	var out []rules.Entry
 	for _, i := range l.bySubject[subject] {
-		ent, err := DecodeLeaf(l.leaves[i])
+		ent, err := event.DecodeLeaf(l.leaves[i])
 		if err != nil {
 			return nil, err
 		}

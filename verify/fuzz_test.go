@@ -9,6 +9,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/verify/format"
 )
 
@@ -39,7 +40,7 @@ func FuzzParseEntryLine(f *testing.F) {
 		if err != nil || e2.Index != e.Index || !bytes.Equal(e2.Leaf, e.Leaf) || len(e2.InclusionProof) != len(e.InclusionProof) {
 			t.Fatalf("round trip of %q = %+v, %v", out, e2, err)
 		}
-		_, _ = DecodeLeaf(e.Leaf) // must not panic
+		_, _ = event.DecodeLeaf(e.Leaf) // must not panic
 	})
 }
 

@@ -27,7 +27,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/transparency-dev/merkle/proof"
@@ -36,9 +35,11 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/internal/pipeline"
 	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify/format"
@@ -397,25 +398,12 @@ func ParseEntryLine(line []byte) (format.EntryLine, error) {
 	return e, nil
 }
 
-// DecodeLeaf decodes leaf bytes into an entry without re-encoding them.
-func DecodeLeaf(leaf []byte) (*pb.Entry, error) {
-	var ent pb.Entry
-	if err := proto.Unmarshal(leaf, &ent); err != nil {
-		return nil, err
-	}
-	if ent.GetEvent() == nil {
-		return nil, errors.New("leaf holds no event")
-	}
-	return &ent, nil
-}
-
-// entryBatch is a run of consecutive entries.jsonl lines checked by one
-// worker; done is closed when out is filled.
+// entryBatch is a run of consecutive entries.jsonl lines, checked by one
+// worker into out.
 type entryBatch struct {
 	firstLine uint64
 	lines     [][]byte
 	out       []checkedEntry
-	done      chan struct{}
 }
 
 // checkedEntry is one line after the order-independent checks.
@@ -440,55 +428,23 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 		return err
 	}
 	defer f.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		cancel() // unblocks the reader, which closes work, which ends the workers
-		wg.Wait()
-	}()
 	workers := max(1, runtime.GOMAXPROCS(0))
-	work := make(chan *entryBatch, workers)
-	ordered := make(chan *entryBatch, 2*workers)
-	for range workers {
-		wg.Go(func() {
-			for b := range work {
-				b.out = make([]checkedEntry, len(b.lines))
-				for i, line := range b.lines {
-					b.out[i] = v.checkLine(b.firstLine+uint64(i), line)
-				}
-				close(b.done)
-			}
+	read := func(ctx context.Context, emit func(*entryBatch) error) error {
+		return readLines(ctx, f, func(first uint64, lines [][]byte) error {
+			return emit(&entryBatch{firstLine: first, lines: lines})
 		})
 	}
-	readErr := make(chan error, 1)
-	go func() {
-		defer close(ordered)
-		defer close(work)
-		readErr <- readLines(ctx, f, func(first uint64, lines [][]byte) bool {
-			b := &entryBatch{firstLine: first, lines: lines, done: make(chan struct{})}
-			select {
-			case ordered <- b:
-			case <-ctx.Done():
-				return false
-			}
-			select {
-			case work <- b:
-			case <-ctx.Done():
-				return false
-			}
-			return true
-		})
-	}()
-
+	check := func(_ context.Context, b *entryBatch) *entryBatch {
+		b.out = make([]checkedEntry, len(b.lines))
+		for i, line := range b.lines {
+			b.out[i] = v.checkLine(b.firstLine+uint64(i), line)
+		}
+		return b
+	}
 	v.chains = map[string][]stored{}
 	v.events = map[uint64]string{}
 	var count, next uint64
-	for b := range ordered {
-		select {
-		case <-b.done:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	collect := func(b *entryBatch) error {
 		for i, c := range b.out {
 			lineNo := b.firstLine + uint64(i)
 			if c.err != nil {
@@ -502,8 +458,9 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 			v.events[c.index] = c.eventID
 			count++
 		}
+		return nil
 	}
-	if err := <-readErr; err != nil {
+	if err := pipeline.Ordered(ctx, workers, 3*workers, read, check, collect); err != nil {
 		return err
 	}
 	v.rep.Entries = count
@@ -514,8 +471,8 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 }
 
 // readLines calls batch with runs of up to entryBatchSize lines (copies)
-// of r, numbering lines from 1; it stops early when batch returns false.
-func readLines(ctx context.Context, r io.Reader, batch func(first uint64, lines [][]byte) bool) error {
+// of r, numbering lines from 1; it stops at the first error batch returns.
+func readLines(ctx context.Context, r io.Reader, batch func(first uint64, lines [][]byte) error) error {
 	const file = format.FileEntries
 	br := bufio.NewReaderSize(r, 1<<20)
 	var lines [][]byte
@@ -544,8 +501,11 @@ func readLines(ctx context.Context, r io.Reader, batch func(first uint64, lines 
 			lines = append(lines, line)
 		}
 		if len(lines) == entryBatchSize || err == io.EOF && len(lines) > 0 {
-			if ctx.Err() != nil || !batch(first, lines) {
-				return ctx.Err()
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := batch(first, lines); err != nil {
+				return err
 			}
 			first, lines = lineNo+1, nil
 		}
@@ -571,7 +531,7 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, e.Index, v.cp.Size, lh, e.InclusionProof, v.cp.Root[:]); err != nil {
 		return checkedEntry{err: fail(file, "inclusion proof", "%s: the leaf is not in the checkpoint's tree: %v", where, err)}
 	}
-	ent, err := DecodeLeaf(e.Leaf)
+	ent, err := event.DecodeLeaf(e.Leaf)
 	if err != nil {
 		return checkedEntry{err: fail(file, "leaf decoding", "%s: %v", where, err)}
 	}
@@ -648,7 +608,7 @@ func (v *verifier) Chain(_ context.Context, subject string) ([]rules.Entry, erro
 	st := v.chains[subject]
 	out := make([]rules.Entry, 0, len(st))
 	for _, s := range st {
-		ent, err := DecodeLeaf(s.leaf)
+		ent, err := event.DecodeLeaf(s.leaf)
 		if err != nil {
 			return nil, err
 		}

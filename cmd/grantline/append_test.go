@@ -1,75 +1,14 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"connectrpc.com/connect"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/durationpb"
-
-	"github.com/grantline/grantline/ingest"
 )
-
-func TestDecodeEventLine(t *testing.T) {
-	const good = `{"id":"e1","type":"access.approved","time":"2026-01-02T03:04:05Z","source":{"system":"okta"},"subject":{"id":"alice","owner_id":"bob"},"expires_at":"2026-02-01T00:00:00Z"}`
-	tests := []struct {
-		line    string
-		wantErr string // substring; "" for success
-	}{
-		{good, ""},
-		{`{"id":"e1","type":"access.approved","time":"2026-01-02T03:04:05Z","source":{"system":"okta"},"subject":{"id":"alice","ownerId":"bob"}}`, ""},
-		{`{"id":"e1","type":"access.approved","time":"2026-01-02T03:04:05Z","source":{"system":"okta"},"subject":{"id":"alice","bogus":1}}`, `field subject.bogus: unknown field "bogus"`},
-		{`{"id":"e1","type":"access.approved","time":"yesterday","source":{"system":"okta"},"subject":{"id":"alice"}}`, "field time: "},
-		{`{"id":"e1","type":"access.approved","time":"2026-01-02T03:04:05Z","source":{"system":"okta"},"subject":{"id":"alice"},"mfa":"yes"}`, "field mfa: "},
-		{`{"id":"e1","type":"access.approved","time":"2026-01-02T03:04:05Z","source":{"system":"okta"},"subject":{"id":"alice"},"attributes":{"k":5}}`, "field attributes.k: "},
-		{`{"id":"e1",`, "byte "},
-		{`{"type":"access.approved","time":"2026-01-02T03:04:05Z","source":{"system":"okta"},"subject":{"id":"alice"}}`, "field id: required"},
-		{`{"id":"e1","type":"access.approved","time":"2026-01-02T03:04:05Z","subject":{"id":"alice"}}`, "field source.system: required"},
-		{`{"id":"e1","type":"access.approved","time":"2026-01-02T03:04:05Z","source":{"system":"okta"}}`, "field subject.id: required"},
-	}
-	for _, tt := range tests {
-		ev, err := decodeEventLine([]byte(tt.line))
-		switch {
-		case tt.wantErr == "" && err != nil:
-			t.Errorf("decodeEventLine(%s) = %v, want success", tt.line, err)
-		case tt.wantErr == "" && ev.GetSubject().GetOwnerId() != "bob" && strings.Contains(tt.line, "bob"):
-			t.Errorf("decodeEventLine(%s): owner_id = %q, want bob", tt.line, ev.GetSubject().GetOwnerId())
-		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
-			t.Errorf("decodeEventLine(%s) = %v, want error containing %q", tt.line, err, tt.wantErr)
-		}
-	}
-}
-
-func TestJSONPathAt(t *testing.T) {
-	line := `{"a":1,"b":{"c":[10,{"d":"x"}],"e":true},"f":"y"}`
-	tests := []struct {
-		at   string // the text whose first byte is probed
-		want string
-	}{
-		{`1,`, "a"},
-		{`"b"`, "b"},
-		{`"c"`, "b.c"},
-		{`10`, "b.c[0]"},
-		{`"d"`, "b.c[1].d"},
-		{`"x"`, "b.c[1].d"},
-		{`true`, "b.e"},
-		{`"y"`, "f"},
-	}
-	for _, tt := range tests {
-		off := strings.Index(line, tt.at)
-		if got := jsonPathAt([]byte(line), off); got != tt.want {
-			t.Errorf("jsonPathAt(%q at %d) = %q, want %q", tt.at, off, got, tt.want)
-		}
-	}
-}
 
 // writeEvents writes n events as JSON lines (lower_snake_case field names)
 // for subjects user-0 .. user-9 and returns the file name.
@@ -240,45 +179,4 @@ func TestAppendFailures(t *testing.T) {
 			t.Errorf("append = exit %d, stderr %q; want exit 2, 'no input'", code, errs)
 		}
 	})
-}
-
-func TestRetryDelay(t *testing.T) {
-	withInfo := connect.NewError(connect.CodeResourceExhausted, errors.New("full"))
-	d, err := connect.NewErrorDetail(&errdetails.RetryInfo{RetryDelay: durationpb.New(250 * time.Millisecond)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	withInfo.AddDetail(d)
-	withMs := connect.NewError(connect.CodeResourceExhausted, errors.New("full"))
-	withMs.Meta().Set(ingest.RetryAfterKey, "70")
-	huge := connect.NewError(connect.CodeResourceExhausted, errors.New("full"))
-	huge.Meta().Set("Retry-After", "3600")
-	plain := connect.NewError(connect.CodeUnavailable, errors.New("down"))
-	tests := []struct {
-		err     error
-		attempt int
-		want    time.Duration
-	}{
-		{withInfo, 1, 250 * time.Millisecond},
-		{withMs, 3, 70 * time.Millisecond},
-		{huge, 1, 30 * time.Second}, // capped
-		{plain, 1, 100 * time.Millisecond},
-		{plain, 3, 400 * time.Millisecond},
-		{plain, 20, 5 * time.Second},
-	}
-	for _, tt := range tests {
-		if got := retryDelay(tt.err, tt.attempt); got != tt.want {
-			t.Errorf("retryDelay(%v, %d) = %v, want %v", tt.err, tt.attempt, got, tt.want)
-		}
-	}
-	for code, want := range map[connect.Code]bool{connect.CodeResourceExhausted: true, connect.CodeUnavailable: true,
-		connect.CodeCanceled: true, connect.CodeInvalidArgument: false, connect.CodePermissionDenied: false,
-		connect.CodeInternal: false, connect.CodeUnauthenticated: false} {
-		if got := retryable(connect.NewError(code, errors.New("x"))); got != want {
-			t.Errorf("retryable(%v) = %v, want %v", code, got, want)
-		}
-	}
-	if cut := connect.NewError(connect.CodeInternal, fmt.Errorf("protocol error: %w", io.ErrUnexpectedEOF)); !retryable(cut) {
-		t.Errorf("retryable(%v) = false, want true", cut)
-	}
 }

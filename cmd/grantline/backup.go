@@ -132,19 +132,14 @@ func onlineBackup(ctx context.Context, env *cmdEnv, cf *clientFlags, out string)
 	if _, err := os.Stat(out); err == nil {
 		return &exitError{code: 2, msg: fmt.Sprintf("--out %s already exists; choose a new file", out)}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.baseURL+"/admin/backup", nil)
+	resp, err := c.Open(ctx, "/admin/backup")
 	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("online backup from %s: %w", c.baseURL, err)
+		return fmt.Errorf("online backup from %s: %w", c.URL(), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("online backup from %s: %s: %s", c.baseURL, resp.Status, string(body))
+		return fmt.Errorf("online backup from %s: %s: %s", c.URL(), resp.Status, string(body))
 	}
 	tmp := out + ".partial"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -163,8 +158,8 @@ func onlineBackup(ctx context.Context, env *cmdEnv, cf *clientFlags, out string)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("online backup from %s: the response was cut short or could not be written (%w); nothing was kept, try again", c.baseURL, err)
+		return fmt.Errorf("online backup from %s: the response was cut short or could not be written (%w); nothing was kept, try again", c.URL(), err)
 	}
-	fmt.Fprintf(env.stdout, "online backup from %s written to %s (%d bytes); keep DATA/keys with it\n", c.baseURL, out, n)
+	fmt.Fprintf(env.stdout, "online backup from %s written to %s (%d bytes); keep DATA/keys with it\n", c.URL(), out, n)
 	return nil
 }

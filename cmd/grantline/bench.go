@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/binary"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,13 +13,11 @@ import (
 	"sync"
 	"time"
 
-	"connectrpc.com/connect"
-	"github.com/transparency-dev/merkle/compact"
-	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
@@ -69,12 +64,12 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	var cf clientFlags
 	cf.register(fs, env)
 	cfg := benchConfig{}
-	fs.IntVar(&cfg.streams, "streams", 2, "concurrent AppendStream clients")
+	fs.IntVar(&cfg.Streams, "streams", 2, "concurrent AppendStream clients")
 	fs.Uint64Var(&cfg.events, "events", 200000, "events to append (ignored with --duration or --soak)")
 	fs.DurationVar(&cfg.duration, "duration", 0, "append for this long instead of a fixed number of events")
 	fs.IntVar(&cfg.batch, "batch", 1000, "events per AppendStream message")
-	fs.IntVar(&cfg.window, "window", 2, "unacknowledged batches per stream")
-	fs.IntVar(&cfg.retries, "retries", 20, "consecutive retries per stream (ResourceExhausted, Unavailable)")
+	fs.IntVar(&cfg.Window, "window", 2, "unacknowledged batches per stream")
+	fs.IntVar(&cfg.Retries, "retries", 20, "consecutive retries per stream (ResourceExhausted, Unavailable)")
 	fs.IntVar(&cfg.eventSize, "event-size", 500, "approximate encoded size of each event in bytes")
 	fs.StringVar(&cfg.runID, "run-id", "", "prefix of the event ids (default: fixed for an in-process server, time-based otherwise)")
 	fs.DurationVar(&cfg.soak, "soak", 0, "sustained load for this long, reporting every 10s (implies --duration)")
@@ -142,7 +137,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if cfg.runID == "" {
 		cfg.runID = "bench-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	}
-	cl, err := cf.dialBench()
+	cl, err := cf.dialWith(true)
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
@@ -157,8 +152,8 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	cfg.notify = func(msg string) { fmt.Fprintf(env.stderr, "bench: %s\n", msg) }
-	res, err := runBench(ctx, cl.ingest, cfg, env.stderr)
+	cfg.Notify = func(msg string) { fmt.Fprintf(env.stderr, "bench: %s\n", msg) }
+	res, err := runBench(ctx, cl.Ingest(), cfg, env.stderr)
 	if err != nil {
 		return err
 	}
@@ -169,27 +164,17 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if !cfg.verify {
 		return nil
 	}
-	vr, err := verifyLog(ctx, cl, v, res.treeSize)
+	vr, err := cl.VerifyTiles(ctx, v, res.treeSize)
 	if err != nil {
 		return &exitError{code: 1, msg: fmt.Sprintf("verify: %v", err)}
 	}
-	fmt.Fprintln(env.stdout, vr)
+	signed := "signature not checked (no --log-key)"
+	if vr.Signed {
+		signed = "checkpoint signature verified for " + vr.Origin
+	}
+	fmt.Fprintf(env.stdout, "verify: %d entries and %d tiles fetched and recomputed in %.2fs; root %x matches; %s\n",
+		vr.Size, vr.Tiles, vr.Elapsed.Seconds(), vr.Root, signed)
 	return nil
-}
-
-// dialBench is dial without request compression: on loopback gzip costs more
-// CPU than it saves.
-func (c *clientFlags) dialBench() (*clients, error) {
-	cl, err := c.dial()
-	if err != nil {
-		return nil, err
-	}
-	opts := []connect.ClientOption{connect.WithInterceptors(bearer(c.token)), connect.WithReadMaxBytes(64 << 20)}
-	if c.grpc {
-		opts = append(opts, connect.WithGRPC())
-	}
-	cl.ingest = grantlinev1connect.NewIngestServiceClient(cl.http, cl.baseURL, opts...)
-	return cl, nil
 }
 
 // benchResult is what one run measured.
@@ -213,9 +198,9 @@ func (r benchResult) String() string {
 
 // runBench appends generated events and measures throughput and per-batch
 // ack latency. Progress goes to progressW every 10 s when soaking.
-func runBench(ctx context.Context, client grantlinev1connect.IngestServiceClient, cfg benchConfig, progressW io.Writer) (benchResult, error) {
+func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, cfg benchConfig, progressW io.Writer) (benchResult, error) {
 	gen := newBenchGen(cfg.runID, cfg.eventSize)
-	batches := make(chan *batch, cfg.streams*cfg.window)
+	batches := make(chan *client.Batch, cfg.Streams*cfg.Window)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -240,9 +225,9 @@ func runBench(ctx context.Context, client grantlinev1connect.IngestServiceClient
 			if deadline.IsZero() {
 				n = min(n, cfg.events-next)
 			}
-			b := &batch{seq: seq, events: make([]*pb.Event, n), where: "event " + strconv.FormatUint(next, 10)}
-			for i := range b.events {
-				b.events[i] = gen.event(next)
+			b := &client.Batch{Seq: seq, Events: make([]*pb.Event, n), Where: "event " + strconv.FormatUint(next, 10)}
+			for i := range b.Events {
+				b.Events[i] = gen.event(next)
 				next++
 			}
 			select {
@@ -256,7 +241,7 @@ func runBench(ctx context.Context, client grantlinev1connect.IngestServiceClient
 	var (
 		mu   sync.Mutex
 		lats []time.Duration
-		st   appendStats
+		st   client.Stats
 	)
 	stopTicker := make(chan struct{})
 	if cfg.soak > 0 {
@@ -269,7 +254,7 @@ func runBench(ctx context.Context, client grantlinev1connect.IngestServiceClient
 				case <-stopTicker:
 					return
 				case now := <-t.C:
-					n := st.acked.Load()
+					n := st.Acked.Load()
 					fmt.Fprintf(progressW, "bench: %s: %d events acknowledged, %.0f/s in the last interval\n",
 						now.Sub(start).Round(time.Second), n, float64(n-last)/now.Sub(lastT).Seconds())
 					last, lastT = n, now
@@ -277,8 +262,8 @@ func runBench(ctx context.Context, client grantlinev1connect.IngestServiceClient
 			}
 		}()
 	}
-	err := sendBatches(ctx, client, cfg.streamConfig, batches, func(b *batch, resp *pb.AppendStreamResponse, lat time.Duration) {
-		st.add(resp)
+	err := client.AppendStream(ctx, svc, cfg.StreamOptions, batches, func(_ *client.Batch, resp *pb.AppendStreamResponse, lat time.Duration) {
+		st.Add(resp)
 		mu.Lock()
 		lats = append(lats, lat)
 		mu.Unlock()
@@ -286,11 +271,11 @@ func runBench(ctx context.Context, client grantlinev1connect.IngestServiceClient
 	elapsed := time.Since(start)
 	close(stopTicker)
 	if err != nil {
-		return benchResult{}, fmt.Errorf("after %d events: %s", st.acked.Load(), describeRPCError(err))
+		return benchResult{}, fmt.Errorf("after %d events: %s", st.Acked.Load(), describeRPCError(err))
 	}
 	slices.Sort(lats)
-	r := benchResult{events: st.acked.Load(), dup: st.dup.Load(), batches: len(lats), elapsed: elapsed,
-		streams: cfg.streams, batch: cfg.batch, eventSize: cfg.eventSize, treeSize: st.treeSize.Load()}
+	r := benchResult{events: st.Acked.Load(), dup: st.Dup.Load(), batches: len(lats), elapsed: elapsed,
+		streams: cfg.Streams, batch: cfg.batch, eventSize: cfg.eventSize, treeSize: st.TreeSize.Load()}
 	if len(lats) > 0 {
 		r.p50 = percentile(lats, 0.50)
 		r.p99 = percentile(lats, 0.99)
@@ -343,227 +328,4 @@ func (g *benchGen) event(i uint64) *pb.Event {
 		ev.Attributes = map[string]string{"pad": g.pad}
 	}
 	return ev
-}
-
-// verifyLog fetches the latest checkpoint and the whole log over the tiles
-// path, recomputes every leaf hash, every tile at every level and the root,
-// and compares them with what the server serves and signed. v may be nil
-// (then the checkpoint's signature is not checked, which the result says).
-// The checkpoint must cover at least minSize entries.
-func verifyLog(ctx context.Context, cl *clients, v note.Verifier, minSize uint64) (string, error) {
-	ckText, err := cl.get(ctx, "/checkpoint")
-	if err != nil {
-		return "", err
-	}
-	size, root, origin, err := parseCheckpointText(ckText, v)
-	if err != nil {
-		return "", err
-	}
-	if size < minSize {
-		return "", fmt.Errorf("the checkpoint covers %d entries, but appends were acknowledged up to tree size %d", size, minSize)
-	}
-	start := time.Now()
-	var rng = (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
-	lv := &tileLevels{cl: cl, size: size}
-	bundles := prefetch(ctx, 4, (size+255)/256, func(ctx context.Context, n uint64) ([]byte, error) {
-		return cl.get(ctx, tilePath("entries", n, bundleWidth(size, n)))
-	})
-	for n := uint64(0); n < (size+255)/256; n++ {
-		data, err := (<-bundles)()
-		if err != nil {
-			return "", err
-		}
-		w := bundleWidth(size, n)
-		leaves, err := parseBundle(data)
-		if err != nil {
-			return "", fmt.Errorf("entry bundle %d: %w", n, err)
-		}
-		if uint64(len(leaves)) != w {
-			return "", fmt.Errorf("entry bundle %d: %d entries, want %d", n, len(leaves), w)
-		}
-		for _, leaf := range leaves {
-			h := rfc6962.DefaultHasher.HashLeaf(leaf)
-			if err := rng.Append(h, nil); err != nil {
-				return "", err
-			}
-			if err := lv.push(ctx, 0, h); err != nil {
-				return "", err
-			}
-		}
-	}
-	if err := lv.finish(ctx); err != nil {
-		return "", err
-	}
-	got, err := rng.GetRootHash(nil)
-	if err != nil {
-		return "", err
-	}
-	if size == 0 {
-		got = rfc6962.DefaultHasher.EmptyRoot()
-	}
-	if string(got) != string(root) {
-		return "", fmt.Errorf("the root recomputed from %d entries is %x, the checkpoint says %x", size, got, root)
-	}
-	signed := "signature not checked (no --log-key)"
-	if v != nil {
-		signed = "checkpoint signature verified for " + origin
-	}
-	return fmt.Sprintf("verify: %d entries and %d tiles fetched and recomputed in %.2fs; root %x matches; %s",
-		size, lv.tiles, time.Since(start).Seconds(), root, signed), nil
-}
-
-// tileLevels checks tiles level by level as leaf hashes stream in: each
-// level keeps the hashes of its current tile; a full tile is fetched and
-// compared, and its subtree root becomes the next level's hash.
-type tileLevels struct {
-	cl    *clients
-	size  uint64
-	cur   [][][]byte // per level: hashes of the tile being filled
-	index []uint64   // per level: index of that tile
-	tiles int
-}
-
-func (t *tileLevels) push(ctx context.Context, level int, h []byte) error {
-	for len(t.cur) <= level {
-		t.cur = append(t.cur, nil)
-		t.index = append(t.index, 0)
-	}
-	t.cur[level] = append(t.cur[level], h)
-	if len(t.cur[level]) < 256 {
-		return nil
-	}
-	if err := t.check(ctx, level); err != nil {
-		return err
-	}
-	root := subtreeRoot(t.cur[level])
-	t.cur[level] = t.cur[level][:0]
-	t.index[level]++
-	return t.push(ctx, level+1, root)
-}
-
-func (t *tileLevels) finish(ctx context.Context) error {
-	for level := range t.cur {
-		if len(t.cur[level]) > 0 {
-			if err := t.check(ctx, level); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func (t *tileLevels) check(ctx context.Context, level int) error {
-	want := t.cur[level]
-	p := tilePath(strconv.Itoa(level), t.index[level], uint64(len(want)))
-	data, err := t.cl.get(ctx, p)
-	if err != nil {
-		return err
-	}
-	t.tiles++
-	if len(data) != 32*len(want) {
-		return fmt.Errorf("%s: %d bytes, want %d hashes", p, len(data), len(want))
-	}
-	for i, h := range want {
-		if string(data[32*i:32*i+32]) != string(h) {
-			return fmt.Errorf("%s: hash %d is %x, recomputed %x", p, i, data[32*i:32*i+32], h)
-		}
-	}
-	return nil
-}
-
-// subtreeRoot hashes a full power-of-two group of node hashes to its root.
-func subtreeRoot(hs [][]byte) []byte {
-	cur := slices.Clone(hs)
-	for len(cur) > 1 {
-		next := cur[:0:0]
-		for i := 0; i < len(cur); i += 2 {
-			next = append(next, rfc6962.DefaultHasher.HashChildren(cur[i], cur[i+1]))
-		}
-		cur = next
-	}
-	return cur[0]
-}
-
-// tilePath is the C2SP tlog-tiles path of tile n at level ("entries" for an
-// entry bundle) holding w of its 256 entries.
-func tilePath(level string, n, w uint64) string {
-	s := fmt.Sprintf("%03d", n%1000)
-	for n >= 1000 {
-		n /= 1000
-		s = fmt.Sprintf("x%03d/%s", n%1000, s)
-	}
-	p := "/tile/" + level + "/" + s
-	if w < 256 {
-		p += ".p/" + strconv.FormatUint(w, 10)
-	}
-	return p
-}
-
-// bundleWidth is how many entries entry bundle n holds in a tree of size.
-func bundleWidth(size, n uint64) uint64 { return min(256, size-256*n) }
-
-// parseBundle splits an entry bundle: big-endian uint16 length, then the leaf.
-func parseBundle(data []byte) ([][]byte, error) {
-	var out [][]byte
-	for off := 0; off < len(data); {
-		if len(data)-off < 2 {
-			return nil, fmt.Errorf("truncated length at byte %d", off)
-		}
-		n := int(binary.BigEndian.Uint16(data[off:]))
-		off += 2
-		if len(data)-off < n {
-			return nil, fmt.Errorf("entry at byte %d: %d bytes announced, %d left", off-2, n, len(data)-off)
-		}
-		out = append(out, data[off:off+n])
-		off += n
-	}
-	return out, nil
-}
-
-// parseCheckpointText opens a checkpoint with v, or without a verifier just
-// parses its body.
-func parseCheckpointText(text []byte, v note.Verifier) (size uint64, root []byte, origin string, err error) {
-	if v != nil {
-		c, err := ledger.OpenCheckpoint(text, v)
-		if err != nil {
-			return 0, nil, "", fmt.Errorf("GET /checkpoint: %w", err)
-		}
-		return c.Size, c.Root[:], c.Origin, nil
-	}
-	lines := strings.SplitN(string(text), "\n", 4)
-	if len(lines) < 4 {
-		return 0, nil, "", errors.New("checkpoint: want origin, size and root lines")
-	}
-	size, err = strconv.ParseUint(lines[1], 10, 64)
-	if err != nil {
-		return 0, nil, "", fmt.Errorf("checkpoint line 2: %w", err)
-	}
-	root, err = base64.StdEncoding.DecodeString(lines[2])
-	if err != nil || len(root) != 32 {
-		return 0, nil, "", fmt.Errorf("checkpoint line 3: want a base64 SHA-256 root")
-	}
-	return size, root, lines[0], nil
-}
-
-// prefetch fetches items 0..n-1 with up to par requests in flight and hands
-// them out in order.
-func prefetch(ctx context.Context, par int, n uint64, fetch func(context.Context, uint64) ([]byte, error)) <-chan func() ([]byte, error) {
-	out := make(chan func() ([]byte, error), par)
-	go func() {
-		defer close(out)
-		for i := uint64(0); i < n; i++ {
-			var (
-				data []byte
-				err  error
-				done = make(chan struct{})
-			)
-			go func() { defer close(done); data, err = fetch(ctx, i) }()
-			select {
-			case out <- func() ([]byte, error) { <-done; return data, err }:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return out
 }

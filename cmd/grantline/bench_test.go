@@ -3,39 +3,21 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
-	"golang.org/x/mod/sumdb/tlog"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/ingest/client"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
-
-func TestTilePath(t *testing.T) {
-	// C2SP tlog-tiles paths are x/mod's tlog paths without the height.
-	for _, tt := range []struct {
-		level int
-		n, w  int64
-	}{{0, 0, 256}, {0, 5, 17}, {1, 999, 256}, {2, 1000, 3}, {0, 1234067, 256}, {-1, 1234067, 9}} {
-		lv := fmt.Sprint(tt.level)
-		if tt.level == -1 {
-			lv = "entries"
-		}
-		got := tilePath(lv, uint64(tt.n), uint64(tt.w))
-		want := "/" + strings.Replace(tlog.Tile{H: 8, L: tt.level, N: tt.n, W: int(tt.w)}.Path(), "tile/8/", "tile/", 1)
-		want = strings.Replace(want, "tile/data/", "tile/entries/", 1)
-		if got != want {
-			t.Errorf("tilePath(%s, %d, %d) = %q, want %q", lv, tt.n, tt.w, got, want)
-		}
-	}
-}
 
 func TestBenchGenDeterministicAndSized(t *testing.T) {
 	g1, g2 := newBenchGen("r", 500), newBenchGen("r", 500)
@@ -47,7 +29,7 @@ func TestBenchGenDeterministicAndSized(t *testing.T) {
 		if n := proto.Size(a); n < 450 || n > 550 {
 			t.Errorf("event %d is %d bytes, want about 500", i, n)
 		}
-		if err := validateEvent(a); err != nil {
+		if err := event.Validate(a, time.Now()); err != nil {
 			t.Errorf("event %d invalid: %v", i, err)
 		}
 	}
@@ -123,13 +105,13 @@ func BenchmarkStreamTransport(b *testing.B) {
 	srv.Start()
 	defer srv.Close()
 	cf := clientFlags{server: srv.URL, token: "x"}
-	cl, err := cf.dialBench()
+	cl, err := cf.dialWith(true)
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, streams: 4, window: 4}, events: uint64(b.N), eventSize: 500, runID: "t"}
+	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: client.StreamOptions{Streams: 4, Window: 4}}, events: uint64(b.N), eventSize: 500, runID: "t"}
 	b.ResetTimer()
-	res, err := runBench(b.Context(), cl.ingest, cfg, io.Discard)
+	res, err := runBench(b.Context(), cl.Ingest(), cfg, io.Discard)
 	if err != nil {
 		b.Fatal(err)
 	}

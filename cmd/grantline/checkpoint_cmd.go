@@ -47,7 +47,7 @@ func runCheckpointCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
-	resp, err := cl.log.GetCheckpoint(ctx, connect.NewRequest(&pb.GetCheckpointRequest{TreeSize: *size}))
+	resp, err := cl.Log().GetCheckpoint(ctx, connect.NewRequest(&pb.GetCheckpointRequest{TreeSize: *size}))
 	if err != nil {
 		return fmt.Errorf("getting checkpoint: %s", describeRPCError(err))
 	}

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/internal/synth"
@@ -206,13 +206,13 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 
 	// One client and one AppendStream per source, all at once.
 	t0 := time.Now()
-	var newEvents, dups atomic.Uint64
+	var st client.Stats
 	var wg sync.WaitGroup
 	errs := make([]error, len(synth.Sources))
 	bySource := org.BySource()
 	for i, src := range synth.Sources {
 		wg.Go(func() {
-			errs[i] = demoStream(ctx, srv.URL, tokens[src], bySource[src], &newEvents, &dups)
+			errs[i] = demoStream(ctx, srv.URL, tokens[src], bySource[src], &st)
 			if errs[i] != nil {
 				errs[i] = fmt.Errorf("streaming %s: %w", src, errs[i])
 			}
@@ -222,10 +222,10 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	sum.newEvents = newEvents.Load()
+	sum.newEvents = st.Fresh.Load()
 	el := time.Since(t0)
 	logf("streamed %d events from %d sources in %s (%.0f events/s), %d new, %d duplicate",
-		len(org.Events), len(synth.Sources), el.Round(time.Millisecond), float64(len(org.Events))/el.Seconds(), newEvents.Load(), dups.Load())
+		len(org.Events), len(synth.Sources), el.Round(time.Millisecond), float64(len(org.Events))/el.Seconds(), st.Fresh.Load(), st.Dup.Load())
 
 	cf := clientFlags{server: srv.URL, token: tokens[demoAuditor]}
 	cl, err := cf.dial()
@@ -233,7 +233,7 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 		return nil, err
 	}
 	asOf := timestamppb.New(org.AsOf)
-	ev, err := cl.evidence.Evaluate(ctx, connect.NewRequest(&pb.EvaluateRequest{AsOf: asOf}))
+	ev, err := cl.Evidence().Evaluate(ctx, connect.NewRequest(&pb.EvaluateRequest{AsOf: asOf}))
 	if err != nil {
 		return nil, fmt.Errorf("evaluate: %s", describeRPCError(err))
 	}
@@ -246,7 +246,7 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 	logf("evaluated %d subjects, %d entries as of %s: %d findings",
 		ev.Msg.GetSubjectsEvaluated(), ev.Msg.GetEntriesEvaluated(), org.AsOf.Format(time.RFC3339), len(sum.findings))
 
-	stream, err := cl.evidence.ExportEvidence(ctx, connect.NewRequest(&pb.ExportEvidenceRequest{AsOf: asOf}))
+	stream, err := cl.Evidence().ExportEvidence(ctx, connect.NewRequest(&pb.ExportEvidenceRequest{AsOf: asOf}))
 	if err != nil {
 		return nil, fmt.Errorf("export: %s", describeRPCError(err))
 	}
@@ -296,28 +296,19 @@ func writeFile(name string, fill func(io.Writer) error) error {
 }
 
 // demoStream sends one source's events, in time order, over one AppendStream.
-func demoStream(ctx context.Context, url, token string, evs []*pb.Event, newEvents, dups *atomic.Uint64) error {
-	cf := clientFlags{server: url, token: token}
-	cl, err := cf.dial()
+func demoStream(ctx context.Context, url, token string, evs []*pb.Event, st *client.Stats) error {
+	cl, err := client.Dial(url, client.Options{Token: token})
 	if err != nil {
 		return err
 	}
 	const size = 500
-	in := make(chan *batch, (len(evs)+size-1)/size)
+	in := make(chan *client.Batch, (len(evs)+size-1)/size)
 	for i, seq := 0, uint64(0); i < len(evs); i, seq = i+size, seq+1 {
-		in <- &batch{seq: seq, events: evs[i:min(i+size, len(evs))], where: fmt.Sprintf("event %d", i+1)}
+		in <- &client.Batch{Seq: seq, Events: evs[i:min(i+size, len(evs))], Where: fmt.Sprintf("event %d", i+1)}
 	}
 	close(in)
-	return sendBatches(ctx, cl.ingest, streamConfig{batch: size, streams: 1, window: defaultWindow, retries: 8}, in,
-		func(_ *batch, resp *pb.AppendStreamResponse, _ time.Duration) {
-			for _, r := range resp.GetResults() {
-				if r.GetDuplicate() {
-					dups.Add(1)
-				} else {
-					newEvents.Add(1)
-				}
-			}
-		})
+	return client.AppendStream(ctx, cl.Ingest(), client.StreamOptions{Streams: 1, Window: defaultWindow, Retries: 8}, in,
+		func(_ *client.Batch, resp *pb.AppendStreamResponse, _ time.Duration) { st.Add(resp) })
 }
 
 // comparePlanted lists planted failures the findings miss and findings

@@ -67,7 +67,7 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
-	resp, err := cl.evidence.Evaluate(ctx, connect.NewRequest(req))
+	resp, err := cl.Evidence().Evaluate(ctx, connect.NewRequest(req))
 	if err != nil {
 		return fmt.Errorf("evaluate: %s", describeRPCError(err))
 	}

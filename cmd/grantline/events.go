@@ -48,7 +48,7 @@ func runEventsCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	token, n := "", 0
 	for {
-		resp, err := cl.log.ListSubjectEvents(ctx, connect.NewRequest(&pb.ListSubjectEventsRequest{
+		resp, err := cl.Log().ListSubjectEvents(ctx, connect.NewRequest(&pb.ListSubjectEventsRequest{
 			SubjectId: rest[0], PageSize: uint32(*pageSize), PageToken: token, TreeSize: *size}))
 		if err != nil {
 			return fmt.Errorf("listing events of %q: %s", rest[0], describeRPCError(err))

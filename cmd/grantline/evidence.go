@@ -134,7 +134,7 @@ func runEvidenceCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 	}
 
-	stream, err := c.evidence.ExportEvidence(ctx, connect.NewRequest(req))
+	stream, err := c.Evidence().ExportEvidence(ctx, connect.NewRequest(req))
 	if err != nil {
 		abort()
 		return fmt.Errorf("export: %w", err)

@@ -26,10 +26,10 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -227,7 +227,7 @@ func (f *fakeLog) appendLocked(evs []*pb.Event) []*pb.AppendResult {
 			res[i] = &pb.AppendResult{Index: idx, LeafHash: f.tree.LeafHash(idx), Duplicate: true}
 			continue
 		}
-		leaf, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: ev, ObservedTime: timestamppb.New(time.Unix(1700000000, 0))})
+		leaf, err := event.EncodeLeaf(ev, time.Unix(1700000000, 0))
 		if err != nil {
 			panic(err)
 		}

@@ -64,7 +64,7 @@ func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 
 	if verb == "consistency" {
-		resp, err := cl.log.GetConsistencyProof(ctx, connect.NewRequest(&pb.GetConsistencyProofRequest{FromSize: *from, ToSize: *to}))
+		resp, err := cl.Log().GetConsistencyProof(ctx, connect.NewRequest(&pb.GetConsistencyProofRequest{FromSize: *from, ToSize: *to}))
 		if err != nil {
 			return fmt.Errorf("getting consistency proof: %s", describeRPCError(err))
 		}
@@ -103,7 +103,7 @@ func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	default:
 		req.Leaf = &pb.GetInclusionProofRequest_Index{Index: uint64(*index)}
 		// Hash the leaf bytes ourselves rather than trusting the proof's hash.
-		er, err := cl.log.GetEntries(ctx, connect.NewRequest(&pb.GetEntriesRequest{Start: uint64(*index), Count: 1}))
+		er, err := cl.Log().GetEntries(ctx, connect.NewRequest(&pb.GetEntriesRequest{Start: uint64(*index), Count: 1}))
 		if err != nil {
 			return fmt.Errorf("getting entry %d: %s", *index, describeRPCError(err))
 		}
@@ -112,7 +112,7 @@ func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		want = rfc6962.DefaultHasher.HashLeaf(er.Msg.GetEntries()[0].GetLeaf())
 	}
-	resp, err := cl.log.GetInclusionProof(ctx, connect.NewRequest(req))
+	resp, err := cl.Log().GetInclusionProof(ctx, connect.NewRequest(req))
 	if err != nil {
 		return fmt.Errorf("getting inclusion proof: %s", describeRPCError(err))
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/rules"
 )
@@ -227,10 +228,7 @@ func TestREADMEEventExamples(t *testing.T) {
 		if b.lang != "json" {
 			continue
 		}
-		ev, err := decodeEventLine([]byte(strings.Join(b.lines, "\n")))
-		if err == nil {
-			err = validateEvent(ev)
-		}
+		ev, err := client.DecodeEventLine([]byte(strings.Join(b.lines, "\n")))
 		if err != nil {
 			t.Errorf("README.md:%d: event example refused: %v", b.start, err)
 			continue

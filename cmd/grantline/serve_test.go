@@ -25,6 +25,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/internal/server"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
@@ -79,7 +80,7 @@ func TestServeFirstStartAndRestart(t *testing.T) {
 	// The empty tree's checkpoint is published at first start.
 	hc := h2cClient()
 	for _, opts := range [][]connect.ClientOption{nil, {connect.WithGRPC()}} {
-		opts = append(opts, connect.WithInterceptors(bearer(srv.AdminToken)))
+		opts = append(opts, connect.WithInterceptors(client.Bearer(srv.AdminToken)))
 		lc := grantlinev1connect.NewLogServiceClient(hc, srv.URL, opts...)
 		cp, err := lc.GetCheckpoint(t.Context(), connect.NewRequest(&pb.GetCheckpointRequest{}))
 		if err != nil {
@@ -89,7 +90,7 @@ func TestServeFirstStartAndRestart(t *testing.T) {
 			t.Fatalf("checkpoint does not verify with keys/log.vkey: %v", err)
 		}
 	}
-	ic := grantlinev1connect.NewIngestServiceClient(hc, srv.URL, connect.WithInterceptors(bearer(srv.AdminToken)))
+	ic := grantlinev1connect.NewIngestServiceClient(hc, srv.URL, connect.WithInterceptors(client.Bearer(srv.AdminToken)))
 	resp, err := ic.Append(t.Context(), connect.NewRequest(&pb.AppendRequest{Events: []*pb.Event{serveEvent("1", "alice"), serveEvent("2", "bob")}}))
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +113,7 @@ func TestServeFirstStartAndRestart(t *testing.T) {
 		t.Errorf("restart changed the token or key: new %v, same token %v, same vkey %v",
 			again.NewAdminToken, again.AdminToken == srv.AdminToken, again.VerifierKey == srv.VerifierKey)
 	}
-	lc := grantlinev1connect.NewLogServiceClient(hc, again.URL, connect.WithInterceptors(bearer(again.AdminToken)))
+	lc := grantlinev1connect.NewLogServiceClient(hc, again.URL, connect.WithInterceptors(client.Bearer(again.AdminToken)))
 	cp, err := lc.GetCheckpoint(t.Context(), connect.NewRequest(&pb.GetCheckpointRequest{}))
 	if err != nil || cp.Msg.GetTreeSize() != 2 {
 		t.Fatalf("after restart: %v, %v; want size 2", cp, err)
@@ -147,7 +148,7 @@ func TestServeTLS(t *testing.T) {
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
 	for _, opts := range [][]connect.ClientOption{nil, {connect.WithGRPC()}} {
-		lc := grantlinev1connect.NewLogServiceClient(hc, srv.URL, append(opts, connect.WithInterceptors(bearer(srv.AdminToken)))...)
+		lc := grantlinev1connect.NewLogServiceClient(hc, srv.URL, append(opts, connect.WithInterceptors(client.Bearer(srv.AdminToken)))...)
 		if _, err := lc.GetCheckpoint(t.Context(), connect.NewRequest(&pb.GetCheckpointRequest{})); err != nil {
 			t.Fatalf("over TLS: %v", err)
 		}
@@ -168,7 +169,7 @@ func TestServeCloseDrains(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	srv := startTestServer(t, server.Config{DataDir: dir})
 	hc := h2cClient()
-	ic := grantlinev1connect.NewIngestServiceClient(hc, srv.URL, connect.WithInterceptors(bearer(srv.AdminToken)))
+	ic := grantlinev1connect.NewIngestServiceClient(hc, srv.URL, connect.WithInterceptors(client.Bearer(srv.AdminToken)))
 	var mu sync.Mutex
 	acked := map[string]uint64{}
 	first := make(chan struct{})
@@ -205,7 +206,7 @@ func TestServeCloseDrains(t *testing.T) {
 	wg.Wait()
 
 	again := startTestServer(t, server.Config{DataDir: dir})
-	lc := grantlinev1connect.NewLogServiceClient(hc, again.URL, connect.WithInterceptors(bearer(again.AdminToken)))
+	lc := grantlinev1connect.NewLogServiceClient(hc, again.URL, connect.WithInterceptors(client.Bearer(again.AdminToken)))
 	got := map[string]uint64{}
 	for start := uint64(0); ; {
 		resp, err := lc.GetEntries(t.Context(), connect.NewRequest(&pb.GetEntriesRequest{Start: start, Count: 1000}))
@@ -293,7 +294,7 @@ func BenchmarkServeAppendStream(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ic := grantlinev1connect.NewIngestServiceClient(hc, srv.URL, connect.WithInterceptors(bearer(srv.AdminToken)))
+			ic := grantlinev1connect.NewIngestServiceClient(hc, srv.URL, connect.WithInterceptors(client.Bearer(srv.AdminToken)))
 			stream := ic.AppendStream(context.Background())
 			n := b.N / streams
 			go func() {

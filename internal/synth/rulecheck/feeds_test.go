@@ -11,7 +11,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/grantline/grantline/ingest"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -72,7 +72,7 @@ func readFeed(t *testing.T, name string) []*pb.Event {
 		if err := protojson.Unmarshal(sc.Bytes(), ev); err != nil {
 			t.Fatalf("%s:%d: %v", name, n, err)
 		}
-		if err := ingest.ValidateEvent(ev); err != nil {
+		if err := event.Validate(ev, time.Now()); err != nil {
 			t.Fatalf("%s:%d: the server would refuse it: %v", name, n, err)
 		}
 		evs = append(evs, ev)
@@ -129,7 +129,7 @@ func TestFeedsMatchTheirREADME(t *testing.T) {
 func TestGeneratedEventsPassServerValidation(t *testing.T) {
 	o := generateDefault(t)
 	for i, e := range o.Events {
-		if err := ingest.ValidateEvent(e); err != nil {
+		if err := event.Validate(e, time.Now()); err != nil {
 			t.Fatalf("event %d (%s): %v", i, e.GetId(), err)
 		}
 	}

@@ -1,4 +1,4 @@
-package ingest
+package event
 
 import (
 	"errors"
@@ -11,20 +11,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
-)
-
-// Limits on what a caller may send. A leaf (the event plus observed_time) must
-// fit the 32 KiB leaf limit, so the event itself is kept a little below it.
-const (
-	MaxEventBytes     = 32<<10 - 64 // protobuf-encoded size of one event
-	MaxBatchEvents    = 10_000      // events per Append request or stream message
-	MaxMessageBytes   = 16 << 20    // one request or stream message, on the wire
-	MaxIDBytes        = 512         // ids, system, kind, refs, types, product, tenant
-	MaxTextBytes      = 8 << 10     // reason, display
-	MaxAttributes     = 64          // entries in attributes
-	MaxAttrKeyBytes   = 256         // one attribute key
-	MaxAttrValueBytes = 4 << 10     // one attribute value
-	MaxFutureSkew     = 24 * time.Hour
 )
 
 // ErrInvalid is the class of every validation error (errors.Is).
@@ -42,35 +28,6 @@ func (e *FieldError) Error() string { return e.Path + ": " + e.Msg }
 // Is makes every FieldError match ErrInvalid.
 func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
 
-// eventTypes is the closed vocabulary of docs/design.md.
-var eventTypes = map[string]bool{
-	"identity.created": true, "identity.moved": true, "identity.disabled": true,
-	"identity.enabled": true, "identity.terminated": true,
-	"access.requested": true, "access.approved": true, "access.denied": true,
-	"access.revoked": true, "access.expired": true,
-	"review.certified": true, "review.revoked": true,
-	"grant.assigned": true, "grant.activated": true, "grant.deactivated": true,
-	"grant.removed": true, "grant.expired": true,
-	"session.started": true, "session.ended": true, "session.revoked": true,
-	"credential.created": true, "credential.checked_out": true, "credential.checked_in": true,
-	"credential.rotated": true, "credential.revoked": true,
-	"breakglass.invoked": true, "breakglass.reviewed": true,
-}
-
-var identityKinds = map[string]bool{
-	"human": true, "service_account": true, "workload": true, "bot": true, "system": true,
-}
-
-// IsEventType reports whether t is in the closed type vocabulary.
-func IsEventType(t string) bool { return eventTypes[t] }
-
-// ValidateEvent checks one event against the contract of docs/design.md: required
-// fields, the closed type vocabulary, timestamps (not before 1970, not more
-// than MaxFutureSkew ahead of now), identity kinds, UTF-8 and length bounds,
-// and the encoded size. The error is a *FieldError whose path starts at the
-// event (e.g. "subject.id").
-func ValidateEvent(ev *pb.Event) error { return validateEvent(ev, time.Now()) }
-
 // ValidateBatch validates every event of a request before anything is stored;
 // paths are prefixed with field, e.g. "events[3].type".
 func ValidateBatch(field string, evs []*pb.Event, now time.Time) error {
@@ -81,7 +38,7 @@ func ValidateBatch(field string, evs []*pb.Event, now time.Time) error {
 		return &FieldError{field, fmt.Sprintf("%d events exceed the limit of %d per request; split the batch", len(evs), MaxBatchEvents)}
 	}
 	for i, ev := range evs {
-		if err := validateEvent(ev, now); err != nil {
+		if err := Validate(ev, now); err != nil {
 			var fe *FieldError
 			if errors.As(err, &fe) {
 				return &FieldError{fmt.Sprintf("%s[%d].%s", field, i, fe.Path), fe.Msg}
@@ -92,7 +49,12 @@ func ValidateBatch(field string, evs []*pb.Event, now time.Time) error {
 	return nil
 }
 
-func validateEvent(ev *pb.Event, now time.Time) error {
+// Validate checks one event against the contract of docs/design.md:
+// required fields, the closed type vocabulary, timestamps (not before 1970,
+// not more than MaxFutureSkew ahead of now), identity kinds, UTF-8 and length
+// bounds, and the encoded size. The error is a *FieldError whose path starts
+// at the event (e.g. "subject.id"); it matches ErrInvalid.
+func Validate(ev *pb.Event, now time.Time) error {
 	if ev == nil {
 		return &FieldError{"event", "required"}
 	}
@@ -102,8 +64,8 @@ func validateEvent(ev *pb.Event, now time.Time) error {
 	switch t := ev.GetType(); {
 	case t == "":
 		v.fail("type", "required")
-	case !eventTypes[t]:
-		v.fail("type", fmt.Sprintf("unknown event type %q; use one of the vocabulary in docs/design.md (e.g. access.approved, grant.activated)", clip(t)))
+	case !types[t]:
+		v.fail("type", fmt.Sprintf("unknown event type %q; use one of the vocabulary in docs/design.md (e.g. access.approved, grant.activated)", Clip(t)))
 	}
 	v.timestamp("time", ev.GetTime(), true, now)
 	if s := ev.GetSource(); s == nil {
@@ -155,9 +117,9 @@ func validateEvent(ev *pb.Event, now time.Time) error {
 			case k == "":
 				kv.fail("attributes", "empty key")
 			case len(k) > MaxAttrKeyBytes || !utf8.ValidString(k):
-				kv.fail("attributes", fmt.Sprintf("key %q: not valid UTF-8 or longer than %d bytes", clip(k), MaxAttrKeyBytes))
+				kv.fail("attributes", fmt.Sprintf("key %q: not valid UTF-8 or longer than %d bytes", Clip(k), MaxAttrKeyBytes))
 			default:
-				kv.text(fmt.Sprintf("attributes[%q]", clip(k)), val, MaxAttrValueBytes)
+				kv.text(fmt.Sprintf("attributes[%q]", Clip(k)), val, MaxAttrValueBytes)
 			}
 			if kv.err != nil {
 				bad, badKey = kv.err, k
@@ -209,6 +171,18 @@ func (v *validator) fail(path, msg string) {
 	}
 }
 
+// ValidateID checks a required identifier (a subject id, say) outside an
+// event the way Validate checks ids: present, valid UTF-8, no control
+// characters, at most MaxIDBytes. The error is a *FieldError naming path.
+func ValidateID(path, s string) error {
+	v := validator{}
+	v.id(path, s, true)
+	if v.err != nil {
+		return v.err
+	}
+	return nil
+}
+
 // id checks an identifier: valid UTF-8, no control characters, bounded.
 func (v *validator) id(path, s string, required bool) {
 	v.bytes += len(s) + 8
@@ -240,7 +214,7 @@ func (v *validator) identity(path string, id *pb.Identity, required bool) {
 	v.id(path+".id", id.GetId(), required)
 	v.bytes += len(id.GetKind()) + 8
 	if k := id.GetKind(); k != "" && !identityKinds[k] {
-		v.fail(path+".kind", fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot or system", clip(k)))
+		v.fail(path+".kind", fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot or system", Clip(k)))
 	}
 	v.text(path+".display", id.GetDisplay(), MaxTextBytes)
 	v.id(path+".owner_id", id.GetOwnerId(), false)
@@ -271,8 +245,9 @@ func (v *validator) timestamp(path string, ts *timestamppb.Timestamp, required b
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
-// clip shortens a user value quoted back in an error.
-func clip(s string) string {
+// Clip shortens a user value quoted back in an error to 64 bytes (and an
+// ellipsis), cutting on a UTF-8 boundary.
+func Clip(s string) string {
 	if len(s) <= 64 {
 		return s
 	}

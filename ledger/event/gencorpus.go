@@ -1,7 +1,7 @@
 //go:build ignore
 
-// gencorpus writes the committed seed corpora of the ingest fuzz targets to
-// testdata/fuzz. Run from ingest/: go run gencorpus.go
+// gencorpus writes the committed seed corpora of the event fuzz targets to
+// testdata/fuzz. Run from ledger/event/: go run gencorpus.go
 package main
 
 import (

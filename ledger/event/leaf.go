@@ -1,0 +1,102 @@
+package event
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+// ErrMalformedLeaf is the class of every error decoding a leaf (errors.Is).
+var ErrMalformedLeaf = errors.New("malformed leaf")
+
+// EncodeLeaf returns the leaf bytes of ev observed at t: the deterministic
+// protobuf encoding of pb.Entry{Event: ev, ObservedTime: t}.
+func EncodeLeaf(ev *pb.Event, observed time.Time) ([]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: ev, ObservedTime: timestamppb.New(observed)})
+	if err != nil {
+		return nil, fmt.Errorf("encoding leaf: %w", err)
+	}
+	return b, nil
+}
+
+// errNoEvent is the error of a leaf without an event, which the log never
+// writes.
+var errNoEvent = fmt.Errorf("%w: the leaf holds no event", ErrMalformedLeaf)
+
+// DecodeLeaf decodes leaf bytes into an Entry (proto.Unmarshal, keeping
+// unknown fields); a leaf must hold an event. VisitLeaf reads the same
+// fields without building messages.
+func DecodeLeaf(leaf []byte) (*pb.Entry, error) {
+	e := new(pb.Entry)
+	if err := proto.Unmarshal(leaf, e); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformedLeaf, err)
+	}
+	if e.GetEvent() == nil {
+		return nil, errNoEvent
+	}
+	return e, nil
+}
+
+// LeafOverhead bounds what the Entry wrapper adds to an event's encoding:
+// two tags, a length of at most 3 bytes for the event (MaxLeafBytes < 2^21),
+// a 1-byte length and a Timestamp of at most 11+6 bytes.
+const LeafOverhead = 1 + 3 + 1 + 1 + ObservedRoom
+
+// ObservedRoom is the most bytes the observed-time field adds to a leaf: a
+// tag, a 1-byte length and a Timestamp of at most 11+6 bytes.
+const ObservedRoom = 1 + 1 + 17
+
+// EventSize is the size of ev's deterministic encoding; it caches the sizes
+// of ev's messages for the StartLeaf that follows. EventSize+LeafOverhead
+// bounds the size of ev's leaf.
+func EventSize(ev *pb.Event) int {
+	return proto.MarshalOptions{Deterministic: true}.Size(ev)
+}
+
+// StartLeaf is the first half of EncodeLeaf, for a caller (the sequencer)
+// that encodes events before it knows their observed time: it returns prefix
+// followed by the leaf's first field — the deterministic encoding of ev
+// behind its tag and length — with spare capacity for FinishLeaf. size is
+// EventSize(ev), called just before with no change to ev in between.
+func StartLeaf(prefix []byte, ev *pb.Event, size int) ([]byte, error) {
+	b := make([]byte, 0, len(prefix)+1+protowire.SizeVarint(uint64(size))+size+ObservedRoom)
+	b = append(b, prefix...)
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(size))
+	head := len(b)
+	b, err := proto.MarshalOptions{Deterministic: true, UseCachedSize: true}.MarshalAppend(b, ev)
+	if err != nil {
+		return nil, fmt.Errorf("encoding event: %w", err)
+	}
+	if len(b)-head != size {
+		return nil, fmt.Errorf("event changed while being encoded (%d bytes, then %d); do not modify events during Append", size, len(b)-head)
+	}
+	return b, nil
+}
+
+// EncodeTimestamp is the deterministic encoding of a Timestamp for t, the
+// observed argument of FinishLeaf.
+func EncodeTimestamp(t time.Time) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(timestamppb.New(t))
+	if err != nil {
+		panic(err) // a Timestamp always encodes
+	}
+	return b
+}
+
+// FinishLeaf completes a StartLeaf result with the encoded observed time: the
+// bytes after the prefix are then byte-for-byte what EncodeLeaf produces,
+// because a deterministic encoding of a message is its fields in number
+// order, each submessage its own deterministic encoding behind a tag and
+// length. It writes into start's spare capacity, so it is called once per
+// StartLeaf.
+func FinishLeaf(start, observed []byte) []byte {
+	b := protowire.AppendTag(start, 2, protowire.BytesType)
+	return protowire.AppendBytes(b, observed)
+}

@@ -1,0 +1,253 @@
+package event
+
+import (
+	"crypto/sha256"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+var observedAt = time.Unix(1767225600, 5)
+
+func TestDedupeKeyIsSHA256OfSystemZeroID(t *testing.T) {
+	long := strings.Repeat("s", 300) // longer than DedupeKey's stack buffer
+	for _, tt := range []struct{ system, id string }{
+		{"iga-0", "ev-1"},
+		{"", ""},
+		{long, "x"},
+		{"a", long},
+	} {
+		want := sha256.Sum256([]byte(tt.system + "\x00" + tt.id))
+		if got := DedupeKey(tt.system, tt.id); got != want {
+			t.Errorf("DedupeKey(%.10q, %.10q) = %x, want %x", tt.system, tt.id, got, want)
+		}
+	}
+}
+
+// sampleEvents covers every field, absent and present, and edge values.
+func sampleEvents() []*pb.Event {
+	mfaFalse := false
+	return append(seedEvents(),
+		&pb.Event{},
+		&pb.Event{Id: "x", Mfa: &mfaFalse, Attributes: map[string]string{"a": "1", "": ""}, ExpiresAt: &timestamppb.Timestamp{}},
+		&pb.Event{Id: "neg", Time: &timestamppb.Timestamp{Seconds: -5, Nanos: 999999999}, Breakglass: true,
+			Source: &pb.Source{System: "s", Product: "p", Tenant: "t", RawType: "r", RawId: "i"},
+			Actor:  &pb.Identity{Id: "a", Kind: "bot", Display: "A", OwnerId: "o"},
+			Refs:   &pb.Refs{Request: "1", Grant: "2", Session: "3", Credential: "4", Review: "5", Ticket: "6"}},
+		&pb.Event{Id: "far", Time: &timestamppb.Timestamp{Seconds: 253402300799, Nanos: 999999999}, Reason: "é ✓",
+			Subject: &pb.Identity{Id: "u", Kind: "human", Display: "Ü", OwnerId: "m"}, Entitlement: &pb.Entitlement{Id: "e", Resource: "r", Privileged: true}},
+	)
+}
+
+func TestStartFinishLeafIsEncodeLeaf(t *testing.T) {
+	for i, ev := range sampleEvents() {
+		for _, at := range []time.Time{observedAt, time.Unix(0, 0), time.Unix(253402300799, 999999999)} {
+			want, err := EncodeLeaf(ev, at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start, err := StartLeaf([]byte{0x00}, ev, EventSize(ev))
+			if err != nil {
+				t.Fatalf("event %d: StartLeaf: %v", i, err)
+			}
+			if got := FinishLeaf(start, EncodeTimestamp(at)); string(got[1:]) != string(want) || got[0] != 0 {
+				t.Fatalf("event %d at %v: StartLeaf+FinishLeaf = %x, want 00 then EncodeLeaf's %x", i, at, got, want)
+			}
+			if len(want) > EventSize(ev)+LeafOverhead {
+				t.Fatalf("event %d: leaf of %d bytes, over EventSize+LeafOverhead = %d", i, len(want), EventSize(ev)+LeafOverhead)
+			}
+			back, err := DecodeLeaf(want)
+			if err != nil || !proto.Equal(back.GetEvent(), ev) || !back.GetObservedTime().AsTime().Equal(at) {
+				t.Fatalf("event %d: DecodeLeaf = %v, %v; want the event back", i, back, err)
+			}
+		}
+	}
+}
+
+func TestStartLeafRefusesAWrongSize(t *testing.T) {
+	ev := seedEvents()[0]
+	if _, err := StartLeaf(nil, ev, EventSize(ev)+1); err == nil || !strings.Contains(err.Error(), "changed while being encoded") {
+		t.Fatalf("StartLeaf with a stale size = %v, want a changed-while-encoding error", err)
+	}
+}
+
+// flat is every field VisitLeaf reports, in one comparable value.
+type flat struct {
+	Strings    map[Field]string
+	Bools      map[Field]bool
+	Times      map[Field]time.Time
+	Attributes map[string]string
+}
+
+func (f *flat) String(k Field, v []byte) { f.Strings[k] = string(v) }
+func (f *flat) Bool(k Field, v bool)     { f.Bools[k] = v }
+func (f *flat) Time(k Field, t time.Time) {
+	f.Times[k] = t
+}
+func (f *flat) Attribute(k, v []byte) { f.Attributes[string(k)] = string(v) }
+
+func newFlat() *flat {
+	return &flat{Strings: map[Field]string{}, Bools: map[Field]bool{}, Times: map[Field]time.Time{}, Attributes: map[string]string{}}
+}
+
+// flatOf is the reference: proto.Unmarshal's Entry, field by field.
+func flatOf(e *pb.Entry) *flat {
+	f := newFlat()
+	ev := e.GetEvent()
+	put := func(k Field, v string) {
+		if v != "" {
+			f.Strings[k] = v
+		}
+	}
+	put(ID, ev.GetId())
+	put(Type, ev.GetType())
+	src := ev.GetSource()
+	put(SourceSystem, src.GetSystem())
+	put(SourceProduct, src.GetProduct())
+	put(SourceTenant, src.GetTenant())
+	put(SourceRawType, src.GetRawType())
+	put(SourceRawID, src.GetRawId())
+	for _, id := range []struct {
+		m                          *pb.Identity
+		id, kind, display, ownerID Field
+	}{{ev.GetSubject(), SubjectID, SubjectKind, SubjectDisplay, SubjectOwnerID}, {ev.GetActor(), ActorID, ActorKind, ActorDisplay, ActorOwnerID}} {
+		put(id.id, id.m.GetId())
+		put(id.kind, id.m.GetKind())
+		put(id.display, id.m.GetDisplay())
+		put(id.ownerID, id.m.GetOwnerId())
+	}
+	put(EntitlementID, ev.GetEntitlement().GetId())
+	put(EntitlementResource, ev.GetEntitlement().GetResource())
+	r := ev.GetRefs()
+	put(RefsRequest, r.GetRequest())
+	put(RefsGrant, r.GetGrant())
+	put(RefsSession, r.GetSession())
+	put(RefsCredential, r.GetCredential())
+	put(RefsReview, r.GetReview())
+	put(RefsTicket, r.GetTicket())
+	put(Reason, ev.GetReason())
+	if ev.GetEntitlement().GetPrivileged() {
+		f.Bools[EntitlementPrivileged] = true
+	}
+	if ev != nil && ev.Mfa != nil {
+		f.Bools[MFA] = ev.GetMfa()
+	}
+	if ev.GetBreakglass() {
+		f.Bools[Breakglass] = true
+	}
+	for k, ts := range map[Field]*timestamppb.Timestamp{Time: ev.GetTime(), ExpiresAt: ev.GetExpiresAt(), ObservedTime: e.GetObservedTime()} {
+		if ts != nil {
+			f.Times[k] = ts.AsTime()
+		}
+	}
+	for k, v := range ev.GetAttributes() {
+		f.Attributes[k] = v
+	}
+	return f
+}
+
+// visited is VisitLeaf's view of leaf, with the zero values proto3 does not
+// distinguish from absence dropped.
+func visited(leaf []byte) (*flat, error) {
+	f := newFlat()
+	if err := VisitLeaf(leaf, f); err != nil {
+		return nil, err
+	}
+	for k, v := range f.Strings {
+		if v == "" {
+			delete(f.Strings, k)
+		}
+	}
+	for k, v := range f.Bools {
+		if !v && k != MFA {
+			delete(f.Bools, k)
+		}
+	}
+	return f, nil
+}
+
+// checkAgree fails unless VisitLeaf and DecodeLeaf agree on leaf: both
+// refuse it, or both accept it and report the same fields.
+func checkAgree(t *testing.T, leaf []byte) {
+	t.Helper()
+	want, werr := DecodeLeaf(leaf)
+	got, gerr := visited(leaf)
+	if (werr == nil) != (gerr == nil) {
+		t.Fatalf("DecodeLeaf error %v, VisitLeaf error %v", werr, gerr)
+	}
+	if gerr != nil {
+		if !errors.Is(gerr, ErrMalformedLeaf) || !errors.Is(werr, ErrMalformedLeaf) {
+			t.Fatalf("errors %v and %v do not match ErrMalformedLeaf", gerr, werr)
+		}
+		return
+	}
+	if w := flatOf(want); !reflect.DeepEqual(got, w) {
+		t.Fatalf("VisitLeaf = %+v\nDecodeLeaf = %+v", got, w)
+	}
+}
+
+func TestVisitLeafAgreesWithDecodeLeaf(t *testing.T) {
+	for _, ev := range sampleEvents() {
+		leaf, err := EncodeLeaf(ev, observedAt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkAgree(t, leaf)
+	}
+	// Merging: a second occurrence of a timestamp replaces only the fields
+	// it carries (here nanos), and a repeated string field's last value wins.
+	merged := []byte{
+		0x0a, 0x0b, // event, 11 bytes:
+		0x1a, 0x02, 0x08, 0x0a, //   time {seconds: 10}
+		0x1a, 0x02, 0x10, 0x07, //   time {nanos: 7}
+		0x0a, 0x01, 'a', //   id "a"
+		0x0a, 0x03, 0x0a, 0x01, 'b', // event again, merged: id "b"
+	}
+	got, err := visited(merged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Unix(10, 7).UTC(); got.Strings[ID] != "b" || !got.Times[Time].Equal(want) {
+		t.Fatalf("VisitLeaf(merged) = id %q time %v, want id b time %v", got.Strings[ID], got.Times[Time], want)
+	}
+	checkAgree(t, merged)
+}
+
+func TestVisitLeafRefusesBadInput(t *testing.T) {
+	good, _ := EncodeLeaf(&pb.Event{Id: "a", Type: "grant.activated"}, observedAt)
+	for _, tc := range []struct {
+		name string
+		leaf []byte
+	}{
+		{"truncated", good[:len(good)-1]},
+		{"bad tag", []byte{0x00}},
+		{"no event", []byte{0x12, 0x00}},
+		{"invalid UTF-8 in id", []byte{0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe}},
+		{"invalid UTF-8 in source.tenant", []byte{0x0a, 0x05, 0x22, 0x03, 0x1a, 0x01, 0xff}},
+		{"invalid UTF-8 in an attribute key", []byte{0x0a, 0x05, 0x6a, 0x03, 0x0a, 0x01, 0xff}},
+	} {
+		if err := VisitLeaf(tc.leaf, newFlat()); !errors.Is(err, ErrMalformedLeaf) {
+			t.Errorf("VisitLeaf(%s) = %v, want ErrMalformedLeaf", tc.name, err)
+		}
+		if _, err := DecodeLeaf(tc.leaf); err == nil {
+			t.Errorf("%s: proto.Unmarshal accepts it, so the test case is wrong", tc.name)
+		}
+	}
+}
+
+// FuzzVisitLeaf: on any input, VisitLeaf and DecodeLeaf (proto.Unmarshal)
+// agree on whether it is valid and, when it is, on every field.
+func FuzzVisitLeaf(f *testing.F) {
+	for _, ev := range sampleEvents() {
+		leaf, _ := EncodeLeaf(ev, observedAt)
+		f.Add(leaf)
+	}
+	f.Fuzz(func(t *testing.T, leaf []byte) { checkAgree(t, leaf) })
+}
