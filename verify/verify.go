@@ -69,7 +69,33 @@ type Options struct {
 	// log signature verified (grantline verify --witness-policy passes
 	// witness.VerifyQuorum); it returns what it found, for the report.
 	Witnesses func(checkpointNote []byte, log note.Verifier) (string, error)
+	// RequireComplete fails a package that does not prove, for every
+	// subject whose entries it includes, that none of the subject's entries
+	// at the checkpoint is missing (Report.Kind KindAll or
+	// KindSubjectsComplete); the failure wraps ErrIncomplete.
+	RequireComplete bool
 }
+
+// Kind is what a package proves about the chains it includes
+// (docs/completeness.md). Its value is what grantline verify prints.
+type Kind string
+
+const (
+	// KindAll: every entry of the tree is present, so every chain is
+	// complete by construction.
+	KindAll Kind = "all entries"
+	// KindSubjectsComplete: each included subject's chain is proven
+	// complete against a subject map committed into the log (designed in
+	// docs/completeness.md; no exporter produces it yet).
+	KindSubjectsComplete Kind = "subjects proven complete"
+	// KindSelected: selected entries; a signer holding the evidence key
+	// could have left out an entry that changes no finding.
+	KindSelected Kind = "selected entries without a completeness claim"
+)
+
+// ErrIncomplete is wrapped by the CheckError of Options.RequireComplete
+// when the package does not prove completeness.
+var ErrIncomplete = errors.New("the package does not prove that the chains it covers are complete")
 
 // Check is one passed check.
 type Check struct {
@@ -87,8 +113,13 @@ type Report struct {
 	Entries  uint64
 	Subjects int
 	Findings int
+	Kind     Kind // what the package proves about completeness
 	Checks   []Check
 }
+
+// Complete reports whether the package proves completeness for every
+// subject it covers.
+func (r *Report) Complete() bool { return r.Kind == KindAll || r.Kind == KindSubjectsComplete }
 
 // CheckError is a failed check: the file, the check, and why.
 type CheckError struct {
@@ -192,7 +223,24 @@ func (v *verifier) run(ctx context.Context, keys Keys) error {
 	if err := v.reproduce(ctx, doc); err != nil {
 		return err
 	}
-	return v.checkAssessment()
+	if err := v.checkAssessment(); err != nil {
+		return err
+	}
+	return v.checkComplete()
+}
+
+// checkComplete states the package's kind, and with
+// Options.RequireComplete refuses one that does not prove completeness.
+func (v *verifier) checkComplete() error {
+	if v.opts.RequireComplete && !v.rep.Complete() {
+		return &CheckError{File: format.FileFindings, Check: "completeness required", Err: fmt.Errorf(
+			"%w: %w: the package holds %s (%d of %d entries); export it with --all (or, once built, --subject ID for each subject) to prove completeness",
+			ErrVerification, ErrIncomplete, v.rep.Kind, v.rep.Entries, v.rep.Size)}
+	}
+	if v.rep.Complete() {
+		v.pass(format.FileFindings, "completeness", "%s: no entry of an included subject is missing at size %d", v.rep.Kind, v.rep.Size)
+	}
+	return nil
 }
 
 // checkFiles lists the package and hashes every file.
@@ -579,6 +627,12 @@ func (v *verifier) checkFindings() (*format.Findings, error) {
 	}
 	if doc.All && v.rep.Entries != v.cp.Size {
 		return nil, fail(format.FileEntries, "all entries present", "findings.json says the package holds every entry, but entries.jsonl has %d of %d", v.rep.Entries, v.cp.Size)
+	}
+	// Entries are strictly ascending below the size, so as many as the
+	// size are exactly 0..size-1.
+	v.rep.Kind = KindSelected
+	if doc.All {
+		v.rep.Kind = KindAll
 	}
 	for _, r := range doc.Rules {
 		sum := sha256.Sum256([]byte(r.Text))

@@ -162,3 +162,19 @@ func TestHiddenCharactersVisible(t *testing.T) {
 		t.Errorf("findings.csv lacks the escaped source")
 	}
 }
+
+// TestNoFindingsClaimsOnlyWhatThePackageProves: a clean package claims
+// "every identity's chain" only when it holds every entry.
+func TestNoFindingsClaimsOnlyWhatThePackageProves(t *testing.T) {
+	for _, all := range []bool{false, true} {
+		s := scope()
+		s.Findings.Findings, s.Findings.All = nil, all
+		var b bytes.Buffer
+		if err := WriteHTML(&b, s, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(b.String(), "every identity&#39;s chain") || strings.Contains(b.String(), "every identity's chain"); got != all {
+			t.Errorf("all=%v: the report claims every identity's chain: %v, want %v", all, got, all)
+		}
+	}
+}
