@@ -29,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
@@ -458,6 +459,8 @@ type entryBatch struct {
 type checkedEntry struct {
 	index   uint64
 	leaf    []byte
+	hash    []byte // the RFC 6962 leaf hash
+	proved  bool   // by its own inclusion proof; else only the recomputed root proves it
 	subject string
 	eventID string
 	err     error
@@ -492,6 +495,12 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 	v.chains = map[string][]stored{}
 	v.events = map[uint64]string{}
 	var count, next uint64
+	// Every leaf from index 0 on, while the lines are 0, 1, 2, ...: when
+	// they are the whole tree, the root recomputed from them proves every
+	// line, and lines may then omit their proofs.
+	rng := (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
+	contiguous := true
+	var firstUnproved uint64 // line number of the first line without a proof
 	collect := func(b *entryBatch) error {
 		for i, c := range b.out {
 			lineNo := b.firstLine + uint64(i)
@@ -502,6 +511,14 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 				return fail(file, "entry order", "line %d (index %d): indexes must be strictly ascending (previous index %d)", lineNo, c.index, next-1)
 			}
 			next = c.index + 1
+			if !c.proved && firstUnproved == 0 {
+				firstUnproved = lineNo
+			}
+			if contiguous = contiguous && c.index == count; contiguous {
+				if err := rng.Append(c.hash, nil); err != nil {
+					return err
+				}
+			}
 			v.chains[c.subject] = append(v.chains[c.subject], stored{index: c.index, leaf: c.leaf})
 			v.events[c.index] = c.eventID
 			count++
@@ -513,6 +530,19 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 	}
 	v.rep.Entries = count
 	v.rep.Subjects = len(v.chains)
+	if firstUnproved != 0 {
+		if !contiguous || count != v.cp.Size {
+			return fail(file, "inclusion proof", "line %d has no inclusion proof; only a package of every entry (0..%d, in order) may omit them, and this one has %d lines", firstUnproved, v.cp.Size-1, count)
+		}
+		root, err := rng.GetRootHash(nil)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(root, v.cp.Root[:]) {
+			return fail(file, "tree recomputed", "the %d leaves hash to root %x, the checkpoint's root is %x", count, root, v.cp.Root[:])
+		}
+		v.pass(file, "tree recomputed", "every entry 0..%d present; their leaves hash to the checkpoint's root", count-1)
+	}
 	v.pass(file, "inclusion proofs", "%d entries of %d subjects, each in the tree of size %d", count, len(v.chains), v.cp.Size)
 	v.pass(file, "events match leaves", "%d events equal their decoded leaves", count)
 	return nil
@@ -576,8 +606,13 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 		return checkedEntry{err: fail(file, "inclusion proof", "%s: index outside the checkpoint's tree of size %d", where, v.cp.Size)}
 	}
 	lh := rfc6962.DefaultHasher.HashLeaf(e.Leaf)
-	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, e.Index, v.cp.Size, lh, e.InclusionProof, v.cp.Root[:]); err != nil {
-		return checkedEntry{err: fail(file, "inclusion proof", "%s: the leaf is not in the checkpoint's tree: %v", where, err)}
+	// A line without a proof is proven only by the root recomputed from
+	// every leaf (checkEntries); in a tree of one leaf the proof is empty.
+	proved := len(e.InclusionProof) > 0 || v.cp.Size == 1
+	if proved {
+		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, e.Index, v.cp.Size, lh, e.InclusionProof, v.cp.Root[:]); err != nil {
+			return checkedEntry{err: fail(file, "inclusion proof", "%s: the leaf is not in the checkpoint's tree: %v", where, err)}
+		}
 	}
 	ent, err := event.DecodeLeaf(e.Leaf)
 	if err != nil {
@@ -590,7 +625,7 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 	if !proto.Equal(&shown, ent.GetEvent()) {
 		return checkedEntry{err: fail(file, "event matches leaf", "%s: \"event\" differs from the event decoded from \"leaf\"", where)}
 	}
-	return checkedEntry{index: e.Index, leaf: e.Leaf, subject: ent.GetEvent().GetSubject().GetId(), eventID: ent.GetEvent().GetId()}
+	return checkedEntry{index: e.Index, leaf: e.Leaf, hash: lh, proved: proved, subject: ent.GetEvent().GetSubject().GetId(), eventID: ent.GetEvent().GetId()}
 }
 
 // ParseFindings parses findings.json strictly.
