@@ -16,6 +16,7 @@ import (
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 	"github.com/grantline/grantline/rules"
+	"github.com/grantline/grantline/verify/oscal"
 )
 
 // MaxEvaluateSubjects bounds the subjects one Evaluate request may name.
@@ -38,7 +39,7 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 	if err != nil {
 		return nil, err
 	}
-	asOf, err := h.s.asOf(req.Msg.GetAsOf())
+	from, asOf, err := h.s.period(req.Msg.GetAsOf(), req.Msg.GetFrom(), req.Msg.GetTo())
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +58,13 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 		return nil, err
 	}
 	start := time.Now()
-	res, err := ev.Evaluate(ctx, subjects, &chainSource{l: h.s.cfg.Ledger, size: cp.Size}, asOf)
+	var res *rules.Result
+	src := &chainSource{l: h.s.cfg.Ledger, size: cp.Size}
+	if from.IsZero() {
+		res, err = ev.Evaluate(ctx, subjects, src, asOf)
+	} else {
+		res, err = ev.EvaluatePeriod(ctx, subjects, src, from, asOf)
+	}
 	h.s.m.evalSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("evaluating rules at tree size %d: %w", cp.Size, err)
@@ -65,16 +72,30 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 	resp := &pb.EvaluateResponse{
 		Checkpoint: string(cp.Note), AsOf: timestamppb.New(asOf),
 		SubjectsEvaluated: uint64(res.Subjects), EntriesEvaluated: uint64(res.Entries),
+		ExposureBySubject: res.ExposureBySubject,
 	}
+	if !from.IsZero() {
+		resp.From = timestamppb.New(from)
+	}
+	var kept []rules.Finding
 	for _, f := range res.Findings {
 		if len(want) == 0 || slices.Contains(want, f.Rule) {
+			kept = append(kept, f)
 			pf := &pb.Finding{Rule: f.Rule, Subject: f.Subject, Severity: f.Severity, Message: f.Message,
-				ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls}
+				ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls,
+				OpenedAt: timestamppb.New(f.OpenedAt), SharesPrimaryWith: f.SharesPrimaryWith}
+			if !f.Open() {
+				pf.ClosedAt = timestamppb.New(f.ClosedAt)
+			}
 			for _, e := range f.Entries {
 				pf.Entries = append(pf.Entries, &pb.EntryRef{Index: e.Index, EventId: e.EventID})
 			}
 			resp.Findings = append(resp.Findings, pf)
 		}
+	}
+	if len(want) > 0 {
+		// Only the chosen rules' findings: their own union.
+		resp.ExposureBySubject = rules.ExposureBySubject(kept, asOf)
 	}
 	for _, e := range res.Errors {
 		if len(want) == 0 || slices.Contains(want, e.Rule) {
@@ -93,12 +114,16 @@ func (h *evidenceService) ExportEvidence(ctx context.Context, req *connect.Reque
 	if err != nil {
 		return err
 	}
-	asOf, err := h.s.asOf(req.Msg.GetAsOf())
+	from, asOf, err := h.s.period(req.Msg.GetAsOf(), req.Msg.GetFrom(), req.Msg.GetTo())
 	if err != nil {
 		return err
 	}
+	if _, err := oscal.LoadCatalog(req.Msg.GetFramework()); err != nil {
+		return &event.FieldError{Path: "framework", Msg: err.Error()}
+	}
 	return ex.Export(ctx, ExportRequest{
-		Checkpoint: cp, AsOf: asOf, All: req.Msg.GetAll(), SinceSizes: req.Msg.GetSinceSizes(),
+		Checkpoint: cp, AsOf: asOf, From: from, Framework: req.Msg.GetFramework(),
+		All: req.Msg.GetAll(), SinceSizes: req.Msg.GetSinceSizes(),
 		Chains: &chainSource{l: h.s.cfg.Ledger, size: cp.Size},
 	}, func(path string) (io.WriteCloser, error) {
 		return &exportWriter{stream: stream, path: path}, nil
@@ -139,6 +164,33 @@ func (w *exportWriter) Close() error {
 	}
 	w.closed = true
 	return w.stream.Send(&pb.ExportEvidenceResponse{Path: w.path, Data: w.buf, Eof: true})
+}
+
+// period resolves the as-of time and, for an audit period, its start (zero
+// for none): with from or to set, the period is [from, to] (to unset: now)
+// and as_of must be unset.
+func (s *Server) period(asOfTS, fromTS, toTS *timestamppb.Timestamp) (from, asOf time.Time, err error) {
+	if fromTS == nil && toTS == nil {
+		asOf, err = s.asOf(asOfTS)
+		return time.Time{}, asOf, err
+	}
+	if asOfTS != nil {
+		return from, asOf, &event.FieldError{Path: "as_of", Msg: "give either as_of (one instant) or from/to (a period), not both"}
+	}
+	if fromTS == nil {
+		return from, asOf, &event.FieldError{Path: "from", Msg: "a period needs its start: set from as well as to"}
+	}
+	if err := fromTS.CheckValid(); err != nil {
+		return from, asOf, &event.FieldError{Path: "from", Msg: "not a valid timestamp"}
+	}
+	from = fromTS.AsTime()
+	if asOf, err = s.asOf(toTS); err != nil {
+		return from, asOf, &event.FieldError{Path: "to", Msg: "not a valid timestamp"}
+	}
+	if asOf.Before(from) {
+		return from, asOf, &event.FieldError{Path: "to", Msg: fmt.Sprintf("the period ends (%s) before it starts (%s)", asOf.Format(time.RFC3339), from.Format(time.RFC3339))}
+	}
+	return from, asOf, nil
 }
 
 // asOf resolves an as-of time: unset is now.

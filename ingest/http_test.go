@@ -252,6 +252,15 @@ func (fakeEvaluator) Rules() []rules.RuleInfo {
 	return []rules.RuleInfo{{ID: "jit-outlived"}, {ID: "other"}}
 }
 
+// EvaluatePeriod is Evaluate at to, marking the result as a period.
+func (f fakeEvaluator) EvaluatePeriod(ctx context.Context, subjects []string, src rules.ChainSource, from, to time.Time) (*rules.Result, error) {
+	res, err := f.Evaluate(ctx, subjects, src, to)
+	if err == nil {
+		res.Period, res.From = true, from
+	}
+	return res, err
+}
+
 func (fakeEvaluator) Evaluate(ctx context.Context, subjects []string, src rules.ChainSource, asOf time.Time) (*rules.Result, error) {
 	res := &rules.Result{Subjects: len(subjects)}
 	for _, s := range subjects {
@@ -311,6 +320,18 @@ func TestEvaluate(t *testing.T) {
 			wantCode(t, err, connect.CodeInvalidArgument, `rules[1]: unknown rule "nope"`)
 			_, err = c.evidence.Evaluate(t.Context(), connect.NewRequest(&pb.EvaluateRequest{TreeSize: 1}))
 			wantCode(t, err, connect.CodeNotFound, "tree_size 1")
+			// An audit period: the response says where it starts.
+			from := asOf.AddDate(0, -1, 0)
+			resp, err = c.evidence.Evaluate(t.Context(), connect.NewRequest(&pb.EvaluateRequest{From: timestampOf(from), To: timestampOf(asOf)}))
+			if err != nil || !resp.Msg.GetFrom().AsTime().Equal(from) || !resp.Msg.GetAsOf().AsTime().Equal(asOf) {
+				t.Errorf("Evaluate(from, to) = %v, %v; want from %s, as_of %s", resp, err, from, asOf)
+			}
+			_, err = c.evidence.Evaluate(t.Context(), connect.NewRequest(&pb.EvaluateRequest{From: timestampOf(from), AsOf: timestampOf(asOf)}))
+			wantCode(t, err, connect.CodeInvalidArgument, "as_of: give either as_of")
+			_, err = c.evidence.Evaluate(t.Context(), connect.NewRequest(&pb.EvaluateRequest{To: timestampOf(asOf)}))
+			wantCode(t, err, connect.CodeInvalidArgument, "from: a period needs its start")
+			_, err = c.evidence.Evaluate(t.Context(), connect.NewRequest(&pb.EvaluateRequest{From: timestampOf(asOf), To: timestampOf(from)}))
+			wantCode(t, err, connect.CodeInvalidArgument, "to: the period ends")
 			// A panic is recovered as Internal, and the server keeps serving.
 			_, err = c.evidence.Evaluate(t.Context(), connect.NewRequest(&pb.EvaluateRequest{Subjects: []string{"panic"}}))
 			wantCode(t, err, connect.CodeInternal, "internal error")

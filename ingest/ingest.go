@@ -82,12 +82,17 @@ type Evaluator interface {
 	Rules() []rules.RuleInfo
 	// Evaluate runs every rule over each subject's chain as of asOf.
 	Evaluate(ctx context.Context, subjects []string, src rules.ChainSource, asOf time.Time) (*rules.Result, error)
+	// EvaluatePeriod runs every rule over the audit period [from, to]
+	// (docs/rules.md "Periods").
+	EvaluatePeriod(ctx context.Context, subjects []string, src rules.ChainSource, from, to time.Time) (*rules.Result, error)
 }
 
 // ExportRequest asks for an evidence package.
 type ExportRequest struct {
 	Checkpoint ledger.Checkpoint // the resolved checkpoint the package is anchored to
 	AsOf       time.Time
+	From       time.Time         // the start of an audit period ending at AsOf; zero for none
+	Framework  string            // the control catalog of the report and OSCAL; "" for the default
 	All        bool              // every entry, not only the chains with findings
 	SinceSizes []uint64          // older checkpoint sizes to prove consistency from
 	Chains     rules.ChainSource // subject chains at Checkpoint.Size, as leaves

@@ -29,18 +29,18 @@ func TestStaticCostBoundHolds(t *testing.T) {
 		now := benchStart.Add(time.Duration(days) * 24 * time.Hour)
 		for _, subject := range subjects {
 			chain, _ := src.Chain(t.Context(), subject)
-			v, err := buildViews(subject, chain)
+			v, err := buildViews(subject, chain, now)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if v.subject.HasOwner && v.subject.Kind != "human" {
 				oc, _ := src.Chain(t.Context(), v.subject.Owner)
-				if err := v.setOwner(oc); err != nil {
+				if err := v.setOwner(oc, now); err != nil {
 					t.Fatal(err)
 				}
 			}
 			bound := max(chainSizeBound(subject, v.events), v.ownerBound)
-			act := &activation{vals: subjectVals(adapter, v, now)}
+			act := &activation{vals: subjectVals(adapter, v, now, now)}
 			for _, c := range set.rules {
 				act.params = c.params
 				n := max(bound, c.paramBound)

@@ -28,6 +28,9 @@ var (
 	// yields list(grantline.Finding).
 	findingType  = cel.OpaqueType("grantline.Finding")
 	findingsType = cel.ListType(findingType)
+	// windowType is when a finding was open: window(), exposure(deadline,
+	// late), instant(), lapses() and overlap() make one.
+	windowType = cel.OpaqueType("grantline.Window")
 )
 
 // variables are the per-subject variables every rule may read, besides
@@ -40,6 +43,7 @@ var variables = []struct {
 	{"events", cel.ListType(eventType)},
 	{"activity", cel.ListType(eventType)},
 	{"now", cel.TimestampType},
+	{"from", cel.TimestampType},
 	{"grants", cel.ListType(grantType)},
 	{"grant_by_id", cel.MapType(cel.StringType, grantType)},
 	{"grant_ends", cel.MapType(cel.StringType, eventType)},
@@ -62,6 +66,150 @@ type findingVal struct {
 	others   []*Event
 	message  string
 	exposure time.Duration
+	// window, when the rule gave one, is when the finding was open.
+	window *windowVal
+}
+
+// windowVal is when a finding was open (docs/rules.md "Periods"): from
+// opened until the closing event's time, or still open at now when there is
+// none. A point window is an occurrence: open and closed at opened. An
+// exposure window is also the interval in which privilege outlived its
+// purpose.
+type windowVal struct {
+	opened   time.Time
+	closing  *Event // nil: open at now (or a point)
+	point    bool
+	exposure bool
+}
+
+func (w *windowVal) ConvertToNative(reflect.Type) (any, error) {
+	return nil, fmt.Errorf("a window cannot be converted")
+}
+func (w *windowVal) ConvertToType(t ref.Type) ref.Val {
+	if t == types.TypeType {
+		return windowType
+	}
+	return types.NewErr("a window cannot be converted to %s", t.TypeName())
+}
+func (w *windowVal) Equal(other ref.Val) ref.Val {
+	o, ok := other.(*windowVal)
+	return types.Bool(ok && o == w)
+}
+func (w *windowVal) Type() ref.Type { return windowType }
+func (w *windowVal) Value() any     { return w }
+
+// listElem is the element of the CEL list l (over gs) that holds g, so that
+// later field access sees the list's own cached value.
+func listElem(l traits.Lister, gs []*Grant, g *Grant) ref.Val {
+	return l.Get(types.Int(slices.Index(gs, g)))
+}
+
+// earliest is the first of evs in chain order, or nil.
+func earliest(evs []*Event) *Event {
+	var best *Event
+	for _, e := range evs {
+		if best == nil || chainOrder(e, best) < 0 {
+			best = e
+		}
+	}
+	return best
+}
+
+// lapse is the latest interval, intersecting [from, now], in which grant g
+// was in force and no anchor (nor the grant event itself) lay within d
+// before: (x + d, next) where x is the grant event's time or an anchor's at
+// or after it, next the following anchor or g's first end, whichever comes
+// first. nil when there is none.
+func lapse(g *Grant, anchors []*Event, d time.Duration, from, now time.Time) *windowVal {
+	xs := []*Event{g.Event}
+	for _, a := range anchors {
+		if !a.Time.Before(g.Event.Time) && !a.Time.After(now) {
+			xs = append(xs, a)
+		}
+	}
+	slices.SortStableFunc(xs, chainOrder)
+	var best *windowVal
+	for i, x := range xs {
+		opened := x.Time.Add(d)
+		if !opened.Before(now) {
+			continue
+		}
+		var closing *Event
+		if i+1 < len(xs) {
+			closing = xs[i+1]
+		}
+		if g.HasEnd && !g.End.Time.After(now) && (closing == nil || g.End.Time.Before(closing.Time)) {
+			closing = g.End
+		}
+		if closing != nil && (!closing.Time.After(opened) || !closing.Time.After(from)) {
+			continue
+		}
+		best = &windowVal{opened: opened, closing: closing}
+	}
+	return best
+}
+
+// overlapIn reports whether grants g and h were both in force at some
+// instant of [from, to]: each is in force from its grant event until its
+// first end event.
+func overlapIn(g, h *Grant, from, to time.Time) bool {
+	start := g.Event.Time
+	if h.Event.Time.After(start) {
+		start = h.Event.Time
+	}
+	if from.After(start) {
+		start = from
+	}
+	if start.After(to) {
+		return false
+	}
+	for _, x := range []*Grant{g, h} {
+		if x.HasEnd && !x.End.Time.After(start) {
+			return false
+		}
+	}
+	return true
+}
+
+// sodConflict finds, among grants (in chain order), the latest grant of
+// entitlement a that was in force together with a grant of entitlement b at
+// some instant of [from, to], and the latest such grant of b; nil, nil when
+// there is none. O(|a grants| x |b grants|) plain comparisons.
+func sodConflict(grants []*Grant, a, b string, from, to time.Time) (*Grant, *Grant) {
+	var as, bs []*Grant
+	for _, g := range grants {
+		switch g.Entitlement {
+		case a:
+			as = append(as, g)
+		case b:
+			bs = append(bs, g)
+		}
+	}
+	for i := len(as) - 1; i >= 0; i-- {
+		for j := len(bs) - 1; j >= 0; j-- {
+			if overlapIn(as[i], bs[j], from, to) {
+				return as[i], bs[j]
+			}
+		}
+	}
+	return nil, nil
+}
+
+// overlap is the window in which g and h were both in force: from the later
+// grant event until the earlier first end.
+func overlap(g, h *Grant) *windowVal {
+	w := &windowVal{opened: g.Event.Time}
+	if h.Event.Time.After(w.opened) {
+		w.opened = h.Event.Time
+	}
+	var ends []*Event
+	for _, x := range []*Grant{g, h} {
+		if x.HasEnd {
+			ends = append(ends, x.End)
+		}
+	}
+	w.closing = earliest(ends)
+	return w
 }
 
 func (f *findingVal) ConvertToNative(reflect.Type) (any, error) {
@@ -107,6 +255,27 @@ func asEvents(v ref.Val) ([]*Event, bool) {
 	return out, true
 }
 
+// asGrants unwraps a CEL list of grants.
+func asGrants(v ref.Val) ([]*Grant, bool) {
+	if gs, ok := v.Value().([]*Grant); ok {
+		return gs, true
+	}
+	l, ok := v.(traits.Lister)
+	if !ok {
+		return nil, false
+	}
+	n := int(l.Size().(types.Int))
+	out := make([]*Grant, 0, n)
+	for i := range n {
+		g, ok := asGrant(l.Get(types.Int(i)))
+		if !ok {
+			return nil, false
+		}
+		out = append(out, g)
+	}
+	return out, true
+}
+
 func asGrant(v ref.Val) (*Grant, bool) {
 	g, ok := v.Value().(*Grant)
 	return g, ok && g != nil
@@ -127,13 +296,21 @@ func newFinding(args ...ref.Val) ref.Val {
 	}
 	f := &findingVal{primary: primary, others: others, message: string(msg)}
 	if len(args) == 4 {
-		d, ok := args[3].(types.Duration)
-		if !ok {
-			return types.NewErr("finding: the exposure must be a duration")
+		switch x := args[3].(type) {
+		case types.Duration:
+			f.exposure = max(x.Duration, 0)
+		case *windowVal:
+			f.window = x
+		default:
+			return types.NewErr("finding: the fourth argument must be a duration (exposure) or a window")
 		}
-		f.exposure = max(d.Duration, 0)
 	}
 	return f
+}
+
+func asTimestamp(v ref.Val) (time.Time, bool) {
+	t, ok := v.(types.Timestamp)
+	return t.Time, ok
 }
 
 // endedBy reports whether g has an end event with time <= t.
@@ -183,7 +360,123 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 			cel.Overload("finding_event_list_string", []*cel.Type{eventType, cel.ListType(eventType), cel.StringType}, findingType,
 				cel.FunctionBinding(newFinding)),
 			cel.Overload("finding_event_list_string_duration", []*cel.Type{eventType, cel.ListType(eventType), cel.StringType, cel.DurationType}, findingType,
+				cel.FunctionBinding(newFinding)),
+			cel.Overload("finding_event_list_string_window", []*cel.Type{eventType, cel.ListType(eventType), cel.StringType, windowType}, findingType,
 				cel.FunctionBinding(newFinding))),
+		cel.Function("window",
+			cel.Overload("window_timestamp_list", []*cel.Type{cel.TimestampType, cel.ListType(eventType)}, windowType,
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					t, ok1 := asTimestamp(a)
+					evs, ok2 := asEvents(b)
+					if !ok1 || !ok2 {
+						return types.NewErr("window: want (timestamp, list of events)")
+					}
+					return &windowVal{opened: t, closing: earliest(evs)}
+				}))),
+		cel.Function("instant",
+			cel.Overload("instant_event", []*cel.Type{eventType}, windowType,
+				cel.UnaryBinding(func(a ref.Val) ref.Val {
+					e, ok := asEvent(a)
+					if !ok {
+						return types.NewErr("instant: want an event")
+					}
+					return &windowVal{opened: e.Time, point: true}
+				}))),
+		cel.Function("after",
+			cel.Overload("after_list_event", []*cel.Type{cel.ListType(eventType), eventType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					evs, ok1 := asEvents(a)
+					e, ok2 := asEvent(b)
+					if !ok1 || !ok2 {
+						return types.NewErr("after: want (list of events, event)")
+					}
+					var out []ref.Val
+					for i, x := range evs {
+						if chainOrder(x, e) > 0 {
+							out = append(out, a.(traits.Lister).Get(types.Int(i)))
+						}
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, out)
+				}))),
+		cel.Function("nextAfter",
+			cel.Overload("nextAfter_list_event", []*cel.Type{cel.ListType(eventType), eventType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					evs, ok1 := asEvents(a)
+					e, ok2 := asEvent(b)
+					if !ok1 || !ok2 {
+						return types.NewErr("nextAfter: want (list of events, event)")
+					}
+					// The list is in chain order: binary search.
+					i, _ := slices.BinarySearchFunc(evs, e, func(x, e *Event) int {
+						if chainOrder(x, e) > 0 {
+							return 1
+						}
+						return -1
+					})
+					if i >= len(evs) {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i))})
+				}))),
+		cel.Function("lapses",
+			cel.Overload("lapses_grant_list_duration_timestamp_timestamp",
+				[]*cel.Type{grantType, cel.ListType(eventType), cel.DurationType, cel.TimestampType, cel.TimestampType}, cel.ListType(windowType),
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					g, ok1 := asGrant(args[0])
+					anchors, ok2 := asEvents(args[1])
+					d, ok3 := args[2].(types.Duration)
+					from, ok4 := asTimestamp(args[3])
+					now, ok5 := asTimestamp(args[4])
+					if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
+						return types.NewErr("lapses: want (grant, list of events, duration, timestamp, timestamp)")
+					}
+					var out []ref.Val
+					if w := lapse(g, anchors, d.Duration, from, now); w != nil {
+						out = append(out, w)
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, out)
+				}))),
+		cel.Function("sodConflict",
+			cel.Overload("sodConflict_list_string_string_timestamp_timestamp",
+				[]*cel.Type{cel.ListType(grantType), cel.StringType, cel.StringType, cel.TimestampType, cel.TimestampType}, cel.ListType(grantType),
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					gs, ok1 := asGrants(args[0])
+					a, ok2 := args[1].(types.String)
+					b, ok3 := args[2].(types.String)
+					from, ok4 := asTimestamp(args[3])
+					to, ok5 := asTimestamp(args[4])
+					if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
+						return types.NewErr("sodConflict: want (grants, string, string, timestamp, timestamp)")
+					}
+					g, h := sodConflict(gs, string(a), string(b), from, to)
+					if g == nil {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					l := args[0].(traits.Lister)
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{listElem(l, gs, g), listElem(l, gs, h)})
+				}))),
+		cel.Function("overlapIn",
+			cel.Overload("overlapIn_grant_grant_timestamp_timestamp", []*cel.Type{grantType, grantType, cel.TimestampType, cel.TimestampType}, cel.BoolType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					g, ok1 := asGrant(args[0])
+					h, ok2 := asGrant(args[1])
+					from, ok3 := asTimestamp(args[2])
+					to, ok4 := asTimestamp(args[3])
+					if !ok1 || !ok2 || !ok3 || !ok4 {
+						return types.NewErr("overlapIn: want (grant, grant, timestamp, timestamp)")
+					}
+					return types.Bool(overlapIn(g, h, from, to))
+				}))),
+		cel.Function("overlap",
+			cel.Overload("overlap_grant_grant", []*cel.Type{grantType, grantType}, windowType,
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					g, ok1 := asGrant(a)
+					h, ok2 := asGrant(b)
+					if !ok1 || !ok2 {
+						return types.NewErr("overlap: want (grant, grant)")
+					}
+					return overlap(g, h)
+				}))),
 		grantTimeFunc("endedBy", endedBy),
 		grantTimeFunc("inForceAt", inForceAt),
 		// The lists these read are in chain order, so sorted by time.
@@ -212,6 +505,15 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 						return types.NewErr("exposure: want (timestamp, list of events, timestamp)")
 					}
 					return types.Duration{Duration: exposure(d.Time, late, now.Time)}
+				})),
+			cel.Overload("exposure_timestamp_list", []*cel.Type{cel.TimestampType, cel.ListType(eventType)}, windowType,
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					d, ok1 := asTimestamp(a)
+					late, ok2 := asEvents(b)
+					if !ok1 || !ok2 {
+						return types.NewErr("exposure: want (timestamp, list of events)")
+					}
+					return &windowVal{opened: d, closing: earliest(late), exposure: true}
 				}))),
 	}
 	for _, v := range variables {
@@ -275,7 +577,7 @@ func (a *activation) ResolveName(name string) (any, bool) {
 func (a *activation) Parent() interpreter.Activation { return nil }
 
 // subjectVals converts the views of one subject to CEL values once.
-func subjectVals(adapter types.Adapter, v *views, now time.Time) map[string]ref.Val {
+func subjectVals(adapter types.Adapter, v *views, from, now time.Time) map[string]ref.Val {
 	sub := v.subject
 	own := v.owner
 	return map[string]ref.Val{
@@ -283,6 +585,7 @@ func subjectVals(adapter types.Adapter, v *views, now time.Time) map[string]ref.
 		"events":             newViewList(adapter, v.events),
 		"activity":           newViewList(adapter, v.activity),
 		"now":                types.Timestamp{Time: now},
+		"from":               types.Timestamp{Time: from},
 		"grants":             newViewList(adapter, v.grants),
 		"grant_by_id":        adapter.NativeToValue(v.grantByID),
 		"grant_ends":         adapter.NativeToValue(v.grantEnds),

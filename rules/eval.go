@@ -86,6 +86,16 @@ type Result struct {
 	Errors   []RuleError
 	// Subjects and Entries count what was evaluated (owner chains excluded).
 	Subjects, Entries int
+	// AsOf is the as-of time (the end of the period for a period).
+	AsOf time.Time
+	// Period: the evaluation covers [From, AsOf] (EvaluatePeriod); From
+	// is zero otherwise.
+	Period bool
+	From   time.Time
+	// ExposureBySubject is, per subject with exposure, the length in
+	// seconds of the union of its findings' exposure intervals
+	// (ExposureBySubject).
+	ExposureBySubject map[string]int64
 }
 
 // Finding is one (rule, subject, primary entry).
@@ -95,7 +105,122 @@ type Finding struct {
 	Subject               string
 	Entries               []EntryRef // the primary entry first
 	Message               string
-	ExposureSeconds       int64
+	// ExposureSeconds is how long privilege outlived its purpose: from
+	// the deadline to ClosedAt or the as-of time, clipped to the period in
+	// a period evaluation.
+	ExposureSeconds int64
+	// OpenedAt is when the finding opened; ClosedAt when it closed, zero
+	// while still open at the as-of time (docs/rules.md "Periods"). A
+	// finding about an occurrence opens and closes at its time.
+	OpenedAt, ClosedAt time.Time
+	// SharesPrimaryWith, when set, is the rule of a more specific finding
+	// about the same subject and primary entry (docs/rules.md "Findings
+	// that share a primary entry"): the two describe one thing.
+	SharesPrimaryWith string
+}
+
+// Open reports whether f is still open at the as-of time.
+func (f Finding) Open() bool { return f.ClosedAt.IsZero() }
+
+// ExposureInterval is the interval a finding's exposure covers: it ends at
+// ClosedAt, or at asOf while open, and lasts ExposureSeconds. Everything
+// that sums exposure (per subject, in totals) uses it, so that totals made
+// from findings.json reconcile with the engine's.
+func ExposureInterval(closedAt time.Time, exposureSeconds int64, asOf time.Time) (start, end time.Time) {
+	end = asOf
+	if !closedAt.IsZero() && closedAt.Before(asOf) {
+		end = closedAt
+	}
+	return end.Add(-time.Duration(exposureSeconds) * time.Second), end
+}
+
+// UnionSeconds is the length in seconds of the union of intervals.
+func UnionSeconds(ivs [][2]time.Time) int64 {
+	ivs = slices.Clone(ivs)
+	slices.SortFunc(ivs, func(a, b [2]time.Time) int { return a[0].Compare(b[0]) })
+	var total time.Duration
+	var cur [2]time.Time
+	have := false
+	for _, iv := range ivs {
+		if !iv[1].After(iv[0]) {
+			continue
+		}
+		if have && !iv[0].After(cur[1]) {
+			if iv[1].After(cur[1]) {
+				cur[1] = iv[1]
+			}
+			continue
+		}
+		if have {
+			total += cur[1].Sub(cur[0])
+		}
+		cur, have = iv, true
+	}
+	if have {
+		total += cur[1].Sub(cur[0])
+	}
+	return int64(total / time.Second)
+}
+
+// ExposureBySubject is, per subject, the union of the exposure intervals
+// of its findings (ExposureInterval): one grant cited by several rules
+// counts once. Subjects without exposure are absent.
+func ExposureBySubject(fs []Finding, asOf time.Time) map[string]int64 {
+	by := map[string][][2]time.Time{}
+	for _, f := range fs {
+		if f.ExposureSeconds <= 0 {
+			continue
+		}
+		s, e := ExposureInterval(f.ClosedAt, f.ExposureSeconds, asOf)
+		by[f.Subject] = append(by[f.Subject], [2]time.Time{s, e})
+	}
+	out := make(map[string]int64, len(by))
+	for sub, ivs := range by {
+		if n := UnionSeconds(ivs); n > 0 {
+			out[sub] = n
+		}
+	}
+	return out
+}
+
+// severityRank orders severities, most severe first.
+var severityRank = map[string]int{"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+// groupShared marks, among findings of one subject that share their primary
+// entry, every one but the most specific with SharesPrimaryWith: the most
+// specific is the most severe, then the one with exposure (it says how
+// long), then the longest open, then the lowest rule id. fs is sorted by
+// (rule, subject, primary).
+func groupShared(fs []Finding) {
+	type key struct {
+		subject string
+		index   uint64
+	}
+	lead := map[key]int{}
+	better := func(a, b Finding) bool {
+		if ra, rb := severityRank[a.Severity], severityRank[b.Severity]; ra != rb {
+			return ra < rb
+		}
+		if (a.ExposureSeconds > 0) != (b.ExposureSeconds > 0) {
+			return a.ExposureSeconds > 0
+		}
+		if !a.OpenedAt.Equal(b.OpenedAt) {
+			return a.OpenedAt.Before(b.OpenedAt)
+		}
+		return a.Rule < b.Rule
+	}
+	for i, f := range fs {
+		k := key{f.Subject, f.Entries[0].Index}
+		if j, ok := lead[k]; !ok || better(f, fs[j]) {
+			lead[k] = i
+		}
+	}
+	for i := range fs {
+		f := &fs[i]
+		if j := lead[key{f.Subject, f.Entries[0].Index}]; j != i {
+			f.SharesPrimaryWith = fs[j].Rule
+		}
+	}
 }
 
 // EntryRef cites a ledger entry.
@@ -253,12 +378,31 @@ type subjectResult struct {
 	entries  int
 }
 
-// Evaluate runs every rule over every subject's chain at now. Subjects are
-// evaluated in parallel; the result is deterministic: findings sorted by
-// (rule, subject, primary index), one per (rule, subject, primary entry),
-// errors by (rule, subject). A ChainSource error or ctx cancellation aborts
-// the evaluation.
+// Evaluate runs every rule over every subject's chain at now (the
+// one-instant view): only entries dated at or before now count. Subjects
+// are evaluated in parallel; the result is deterministic: findings sorted
+// by (rule, subject, primary index), one per (rule, subject, primary
+// entry), errors by (rule, subject). A ChainSource error or ctx
+// cancellation aborts the evaluation.
 func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, now time.Time) (*Result, error) {
+	return s.evaluate(ctx, subjects, src, now, now, false)
+}
+
+// ErrPeriod is returned for a period whose end is before its start.
+var ErrPeriod = errors.New("the period ends before it starts")
+
+// EvaluatePeriod runs every rule over [from, to] (docs/rules.md
+// "Periods"): the as-of time is to; every finding open at some instant of
+// the period is kept, with when it opened and closed, and its exposure
+// clipped to the period; findings closed before from are left out.
+func (s *Set) EvaluatePeriod(ctx context.Context, subjects []string, src ChainSource, from, to time.Time) (*Result, error) {
+	if to.Before(from) {
+		return nil, fmt.Errorf("evaluating %s to %s: %w", from.Format(time.RFC3339), to.Format(time.RFC3339), ErrPeriod)
+	}
+	return s.evaluate(ctx, subjects, src, from, to, true)
+}
+
+func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, from, now time.Time, period bool) (*Result, error) {
 	results := make([]subjectResult, len(subjects))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -273,7 +417,7 @@ func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, 
 				if i >= len(subjects) {
 					return
 				}
-				r, err := s.evaluateSubject(ctx, subjects[i], src, now)
+				r, err := s.evaluateSubject(ctx, subjects[i], src, from, now, period)
 				if err != nil {
 					cancel(err)
 					return
@@ -286,7 +430,10 @@ func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, 
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
-	res := &Result{Subjects: len(subjects), Findings: []Finding{}, Errors: []RuleError{}}
+	res := &Result{Subjects: len(subjects), Findings: []Finding{}, Errors: []RuleError{}, AsOf: now, Period: period}
+	if period {
+		res.From = from
+	}
 	for _, r := range results {
 		res.Findings = append(res.Findings, r.findings...)
 		res.Errors = append(res.Errors, r.errors...)
@@ -299,27 +446,29 @@ func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, 
 	slices.SortStableFunc(res.Errors, func(a, b RuleError) int {
 		return cmp.Or(strings.Compare(a.Rule, b.Rule), strings.Compare(a.Subject, b.Subject))
 	})
+	groupShared(res.Findings)
+	res.ExposureBySubject = ExposureBySubject(res.Findings, now)
 	return res, nil
 }
 
-func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSource, now time.Time) (subjectResult, error) {
+func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSource, from, now time.Time, period bool) (subjectResult, error) {
 	var res subjectResult
 	chain, err := src.Chain(ctx, subject)
 	if err != nil {
 		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
-	res.entries = len(chain)
-	v, err := buildViews(subject, chain)
+	v, err := buildViews(subject, chain, now)
 	if err != nil {
 		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
 	defer v.release()
+	res.entries = len(v.events)
 	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
 		oc, err := src.Chain(ctx, v.subject.Owner)
 		if err != nil {
 			return res, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
 		}
-		if err := v.setOwner(oc); err != nil {
+		if err := v.setOwner(oc, now); err != nil {
 			return res, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
 		}
 	}
@@ -328,7 +477,7 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.opts.SubjectTimeout)
 	defer cancel()
-	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, now)}
+	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, from, now)}
 	tracked := s.opts.CostTrackedEntries < 0 || len(chain) <= s.opts.CostTrackedEntries
 	bound := max(chainSizeBound(subject, v.events), v.ownerBound)
 	for _, c := range s.rules {
@@ -345,7 +494,7 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 			res.errors = append(res.errors, RuleError{Rule: c.rule.ID, Subject: subject, Message: err.Error()})
 			continue
 		}
-		fs, err := toFindings(c, subject, out)
+		fs, err := toFindings(c, subject, out, from, now, period)
 		if err != nil {
 			res.errors = append(res.errors, RuleError{Rule: c.rule.ID, Subject: subject, Message: err.Error()})
 			continue
@@ -356,8 +505,9 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 }
 
 // toFindings converts a rule's output, keeping the first finding for each
-// primary entry.
-func toFindings(c *compiled, subject string, out ref.Val) ([]Finding, error) {
+// primary entry; for a period, it leaves out findings not open at any
+// instant of [from, now] and clips exposure to it.
+func toFindings(c *compiled, subject string, out ref.Val, from, now time.Time, period bool) ([]Finding, error) {
 	l, ok := out.(traits.Lister)
 	if !ok {
 		if types.IsError(out) {
@@ -379,17 +529,73 @@ func toFindings(c *compiled, subject string, out ref.Val) ([]Finding, error) {
 		if seen[f.primary.Index] {
 			continue
 		}
+		opened, closed, exposure, ok := f.interval(from, now, period)
+		if !ok {
+			continue
+		}
 		seen[f.primary.Index] = true
-		refs := make([]EntryRef, 0, 1+len(f.others))
+		refs := make([]EntryRef, 0, 2+len(f.others))
 		refs = append(refs, EntryRef{Index: uint64(f.primary.Index), EventID: f.primary.ID})
 		for _, o := range f.others {
 			refs = append(refs, EntryRef{Index: uint64(o.Index), EventID: o.ID})
 		}
+		if w := f.window; w != nil && w.closing != nil && !slices.ContainsFunc(refs, func(r EntryRef) bool { return r.Index == uint64(w.closing.Index) }) {
+			refs = append(refs, EntryRef{Index: uint64(w.closing.Index), EventID: w.closing.ID})
+		}
 		fs = append(fs, Finding{
 			Rule: c.rule.ID, Title: c.rule.Title, Severity: c.rule.Severity, Controls: c.rule.Controls,
 			Subject: subject, Entries: refs, Message: f.message,
-			ExposureSeconds: int64(f.exposure / time.Second),
+			ExposureSeconds: int64(exposure / time.Second), OpenedAt: opened, ClosedAt: closed,
 		})
 	}
 	return fs, nil
+}
+
+// interval resolves when f was open (zero closed: open at now) and its
+// exposure, and whether it belongs to the evaluation: in a period, a
+// finding must be open at some instant of [from, now] (docs/rules.md
+// "Periods").
+func (f *findingVal) interval(from, now time.Time, period bool) (opened, closed time.Time, exposure time.Duration, ok bool) {
+	w := f.window
+	if w == nil {
+		// A rule that gives no window: open since its primary entry, never
+		// closed; a legacy exposure duration ends at now.
+		opened = f.primary.Time
+		exposure = f.exposure
+		if period {
+			exposure = min(exposure, now.Sub(from))
+		}
+		return opened, time.Time{}, exposure, true
+	}
+	opened = w.opened
+	switch {
+	case w.point:
+		closed = opened
+	case w.closing != nil:
+		closed = w.closing.Time
+		if !closed.After(opened) {
+			return opened, closed, 0, false // never open
+		}
+	}
+	if period {
+		switch {
+		case opened.After(now):
+			return opened, closed, 0, false
+		case w.point && opened.Before(from):
+			return opened, closed, 0, false
+		case !w.point && !closed.IsZero() && !closed.After(from):
+			return opened, closed, 0, false
+		}
+	}
+	if w.exposure {
+		start, end := opened, now
+		if !closed.IsZero() {
+			end = closed
+		}
+		if period && start.Before(from) {
+			start = from
+		}
+		exposure = max(end.Sub(start), 0)
+	}
+	return opened, closed, exposure, true
 }

@@ -114,6 +114,7 @@ var getters = map[string]map[string]getter{
 			return objVal(a, orEmpty(o.(*Credential).Latest))
 		},
 		"revoked": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Credential).Revoked) },
+		"issues":  func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Credential).Issues) },
 		"revocation": func(a types.Adapter, o any) ref.Val {
 			return objVal(a, orEmpty(o.(*Credential).Revocation))
 		},

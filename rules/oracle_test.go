@@ -27,9 +27,17 @@ func TestAgainstOracle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, days := range []int{30, 120, 200} {
-		now := benchStart.Add(time.Duration(days) * 24 * time.Hour)
-		res, err := set.Evaluate(t.Context(), subjects, src, now)
+	// At three instants, then over three periods (from, to in days).
+	for _, days := range [][2]int{{30, 30}, {120, 120}, {200, 200}, {0, 60}, {90, 120}, {150, 200}} {
+		from := benchStart.Add(time.Duration(days[0]) * 24 * time.Hour)
+		now := benchStart.Add(time.Duration(days[1]) * 24 * time.Hour)
+		period := days[0] != days[1]
+		var res *Result
+		if period {
+			res, err = set.EvaluatePeriod(t.Context(), subjects, src, from, now)
+		} else {
+			res, err = set.Evaluate(t.Context(), subjects, src, now)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -38,7 +46,8 @@ func TestAgainstOracle(t *testing.T) {
 		}
 		got := map[string]bool{}
 		for _, f := range res.Findings {
-			got[fmt.Sprintf("%s %s %d exposure=%d", f.Rule, f.Subject, f.Entries[0].Index, f.ExposureSeconds)] = true
+			got[fmt.Sprintf("%s %s %v exposure=%d opened=%s closed=%s", f.Rule, f.Subject, refIndices(f.Entries), f.ExposureSeconds,
+				f.OpenedAt.UTC().Format(time.RFC3339), f.ClosedAt.UTC().Format(time.RFC3339))] = true
 		}
 		op := oracle.Defaults()
 		op.SoDPairs = [][2]string{{"payments-create", "payments-approve"}, {"prod-admin", "db-admin"}}
@@ -51,8 +60,14 @@ func TestAgainstOracle(t *testing.T) {
 		}
 		want := map[string]bool{}
 		for _, s := range subjects {
-			for _, f := range oracle.Evaluate(s, conv(src.chains[s]), now, op, func(o string) []oracle.Entry { return conv(src.chains[o]) }) {
-				want[fmt.Sprintf("%s %s %d exposure=%d", f.Rule, f.Subject, f.Entries[0], f.Exposure)] = true
+			owner := func(o string) []oracle.Entry { return conv(src.chains[o]) }
+			fs := oracle.Evaluate(s, conv(src.chains[s]), now, op, owner)
+			if period {
+				fs = oracle.EvaluatePeriod(s, conv(src.chains[s]), from, now, op, owner)
+			}
+			for _, f := range fs {
+				want[fmt.Sprintf("%s %s %v exposure=%d opened=%s closed=%s", f.Rule, f.Subject, f.Entries, f.Exposure,
+					f.Opened.UTC().Format(time.RFC3339), f.Closed.UTC().Format(time.RFC3339))] = true
 			}
 		}
 		var missing, extra []string
@@ -69,12 +84,20 @@ func TestAgainstOracle(t *testing.T) {
 		sort.Strings(missing)
 		sort.Strings(extra)
 		if len(missing)+len(extra) > 0 {
-			t.Errorf("now=%s: %d findings agree; missing (oracle only) %d:\n%s\nextra (catalog only) %d:\n%s", now.Format(time.DateOnly),
-				len(got)-len(extra), len(missing), strings.Join(head(missing, 15), "\n"), len(extra), strings.Join(head(extra, 15), "\n"))
+			t.Errorf("from=%s now=%s: %d findings agree; missing (oracle only) %d:\n%s\nextra (catalog only) %d:\n%s", from.Format(time.DateOnly),
+				now.Format(time.DateOnly), len(got)-len(extra), len(missing), strings.Join(head(missing, 15), "\n"), len(extra), strings.Join(head(extra, 15), "\n"))
 		} else {
-			t.Logf("now=%s: %d findings agree", now.Format(time.DateOnly), len(got))
+			t.Logf("from=%s now=%s: %d findings agree", from.Format(time.DateOnly), now.Format(time.DateOnly), len(got))
 		}
 	}
 }
 
 func head(s []string, n int) []string { return s[:min(n, len(s))] }
+
+func refIndices(rs []EntryRef) []uint64 {
+	out := make([]uint64, len(rs))
+	for i, r := range rs {
+		out[i] = r.Index
+	}
+	return out
+}

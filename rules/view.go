@@ -142,7 +142,9 @@ type Credential struct {
 	Revoked    bool        `cel:"revoked"`
 	Revocation *Event      `cel:"revocation"` // first credential.revoked
 	Checkouts  []*Checkout `cel:"checkouts"`
-	celVal     ref.Val     // made on first use (see viewvals.go)
+	// Issues are its credential.created and credential.rotated events.
+	Issues []*Event `cel:"issues"`
+	celVal ref.Val  // made on first use (see viewvals.go)
 }
 
 // Subject is the identity being evaluated.
@@ -310,15 +312,23 @@ type grantAgg struct {
 	sessions    []*Session
 }
 
-// buildViews derives every view from one subject's chain in O(n log n).
-// On an error (a leaf that does not decode) nothing is left to release.
-func buildViews(subject string, chain []Entry) (*views, error) {
+// asOfPrefix is the part of evs (in chain order) dated at or before now:
+// an entry whose time is after the as-of time is in no chain.
+func asOfPrefix(evs []*Event, now time.Time) []*Event {
+	return evs[:searchTime(evs, now, true)]
+}
+
+// buildViews derives every view from one subject's chain, limited to the
+// entries dated at or before now, in O(n log n). On an error (a leaf that
+// does not decode) nothing is left to release.
+func buildViews(subject string, chain []Entry, now time.Time) (*views, error) {
 	v := &views{subject: Subject{ID: subject}}
 	evs, err := v.sortedEvents(chain)
 	if err != nil {
 		v.release()
 		return nil, err
 	}
+	evs = asOfPrefix(evs, now)
 	v.events = evs
 
 	byGrant := map[string]*grantAgg{} // grant id -> what hangs off it
@@ -399,6 +409,7 @@ func buildViews(subject string, chain []Entry) (*views, error) {
 		case "credential.created", "credential.rotated":
 			c := credential(e.Refs.Credential)
 			c.HasLatest, c.Latest = true, e
+			c.Issues = append(c.Issues, e)
 			if e.Type == "credential.rotated" {
 				rotations[c.ID] = append(rotations[c.ID], e)
 			}
@@ -600,12 +611,13 @@ func approvalsUnder(e *Event, byReq map[string][]*Approval, ga *grantAgg) []*Eve
 }
 
 // setOwner records the owner's chain (already read through the ChainSource).
-func (v *views) setOwner(chain []Entry) error {
+func (v *views) setOwner(chain []Entry, now time.Time) error {
 	v.owner.Known = true
 	evs, err := v.sortedEvents(chain)
 	if err != nil {
 		return err
 	}
+	evs = asOfPrefix(evs, now)
 	v.ownerBound = chainSizeBound("", evs)
 	for _, e := range evs {
 		if e.Type == "identity.terminated" {

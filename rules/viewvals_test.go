@@ -14,7 +14,7 @@ import (
 func TestViewListsBehaveAsCELLists(t *testing.T) {
 	src := parseChain(t, []byte(oneEventChain+strings.ReplaceAll(oneEventChain, `"a1"`, `"a2"`)))
 	chain, _ := src.Chain(t.Context(), "alice")
-	v, err := buildViews("alice", chain)
+	v, err := buildViews("alice", chain, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +23,7 @@ func TestViewListsBehaveAsCELLists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	act := &activation{vals: subjectVals(env.CELTypeAdapter(), v, time.Now())}
+	act := &activation{vals: subjectVals(env.CELTypeAdapter(), v, time.Now(), time.Now())}
 	for _, tc := range []struct {
 		expr, want string
 	}{

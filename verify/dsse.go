@@ -122,6 +122,9 @@ func LoadEvidenceSigner(pemBytes []byte) (*EvidenceSigner, error) {
 	return NewEvidenceSigner(s)
 }
 
+// KeyID is the SHA-256 (hex) of the signer's public key, DER-encoded.
+func (s *EvidenceSigner) KeyID() string { return s.keyID }
+
 // Sign returns the DSSE envelope over payload.
 func (s *EvidenceSigner) Sign(payloadType string, payload []byte) (*Envelope, error) {
 	sig, err := s.signer.SignMessage(bytes.NewReader(PAE(payloadType, payload)))

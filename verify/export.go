@@ -67,6 +67,16 @@ type Source interface {
 	ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error)
 }
 
+// PeriodSource is a Source that can also evaluate an audit period: the
+// rules over [from, to] as rules.Set.EvaluatePeriod does, the result as
+// Evaluate's. Export needs it for ExportOptions.From.
+type PeriodSource interface {
+	EvaluatePeriod(ctx context.Context, size uint64, from, to time.Time) (*format.Findings, error)
+}
+
+// ErrNoPeriod reports a Source that cannot evaluate an audit period.
+var ErrNoPeriod = errors.New("this evidence source cannot evaluate an audit period")
+
 // Sink receives the files of a package one after another. Create is called
 // for the next file only after the previous file's writer was closed; a
 // file is complete when its Close returns nil. Export never calls Create
@@ -79,8 +89,15 @@ type Sink interface {
 
 // ExportOptions tune an export.
 type ExportOptions struct {
-	// AsOf is the evaluation time; zero means time.Now().
+	// AsOf is the evaluation time; zero means time.Now(). With From it is
+	// the end of the audit period.
 	AsOf time.Time
+	// From, when set, makes the package cover the audit period [From, AsOf]
+	// (docs/rules.md "Periods"); the Source must be a PeriodSource.
+	From time.Time
+	// Framework names the control catalog the report and OSCAL are
+	// written in ("" for the default; see verify/oscal).
+	Framework string
 	// All includes every entry of the tree, not only the chains the findings need.
 	All bool
 	// SinceSizes adds consistency.json with a proof from each of these earlier
@@ -88,6 +105,12 @@ type ExportOptions struct {
 	SinceSizes []uint64
 	// Signer signs the statement. Required.
 	Signer *EvidenceSigner
+	// GeneratedAt is the generation time the report states; zero means
+	// time.Now(). Version is the Grantline version (default: the build's).
+	GeneratedAt time.Time
+	Version     string
+	// LogKey is the log's verifier key (signed-note form), for the report.
+	LogKey string
 	// PackageName is how the report's verify command names the package
 	// (e.g. the output folder); "" means "evidence".
 	PackageName string
@@ -103,6 +126,9 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 	if opts.Signer == nil {
 		return errors.New("export: no evidence signer")
 	}
+	if _, err := oscal.LoadCatalog(opts.Framework); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
 	asOf := opts.AsOf
 	if asOf.IsZero() {
 		asOf = time.Now()
@@ -115,7 +141,22 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 	if err := checkNoteMatches(cp); err != nil {
 		return err
 	}
-	doc, err := src.Evaluate(ctx, cp.Size, asOf)
+	var doc *format.Findings
+	if opts.From.IsZero() {
+		doc, err = src.Evaluate(ctx, cp.Size, asOf)
+	} else {
+		from := opts.From.UTC()
+		if asOf.Before(from) {
+			return fmt.Errorf("export: the period starts at %s, after its end %s", from.Format(time.RFC3339), asOf.Format(time.RFC3339))
+		}
+		ps, ok := src.(PeriodSource)
+		if !ok {
+			return fmt.Errorf("export: %w", ErrNoPeriod)
+		}
+		if doc, err = ps.EvaluatePeriod(ctx, cp.Size, from, asOf); err == nil {
+			doc.From = &from
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("export: evaluating rules at size %d: %w", cp.Size, err)
 	}
@@ -125,6 +166,7 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 	doc.CheckpointRoot = cp.Root[:]
 	doc.AsOf = asOf
 	doc.All = opts.All
+	doc.Framework = opts.Framework
 	SortFindings(doc.Findings)
 
 	w := &pkgWriter{sink: sink}
@@ -159,7 +201,15 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 		}
 	}
 
-	scope := &format.Scope{Findings: doc, SourceOf: map[uint64]string{}, DisplayOf: map[string]string{}}
+	scope := &format.Scope{Findings: doc, SourceOf: map[uint64]string{}, DisplayOf: map[string]string{},
+		Events: map[uint64]format.EventRow{}, ApproverOf: map[string]string{},
+		GeneratedAt: opts.GeneratedAt.UTC(), Version: opts.Version, LogKey: opts.LogKey, EvidenceKeyID: opts.Signer.KeyID()}
+	if scope.GeneratedAt.IsZero() {
+		scope.GeneratedAt = time.Now().UTC()
+	}
+	if scope.Version == "" {
+		scope.Version = BuildVersion()
+	}
 	cited := map[uint64]string{} // index → event id
 	for _, f := range doc.Findings {
 		for _, e := range f.Entries {
@@ -287,6 +337,7 @@ type exportItem struct {
 	source  string
 	subject string
 	display string
+	row     format.EventRow
 	err     error
 }
 
@@ -374,6 +425,10 @@ func writeItems(items []exportItem, bw *bufio.Writer, cited map[uint64]string, s
 			}
 			delete(cited, it.index)
 			scope.SourceOf[it.index] = it.source
+			scope.Events[it.index] = it.row
+		}
+		if it.row.Type == "access.approved" && it.row.Request != "" {
+			scope.ApproverOf[format.ApprovalKey(it.subject, it.row.Request)] = it.row.Actor
 		}
 		seenSubjects[it.subject] = struct{}{}
 		if it.display != "" {
@@ -442,6 +497,9 @@ func encodeItem(it *exportItem, cp ledger.Checkpoint) {
 	it.source = ev.GetSource().GetSystem()
 	it.subject = ev.GetSubject().GetId()
 	it.display = ev.GetSubject().GetDisplay()
+	it.row = format.EventRow{Index: it.index, EventID: ev.GetId(), Type: ev.GetType(), Time: ev.GetTime().AsTime(),
+		ObservedTime: ent.GetObservedTime().AsTime(), Source: ev.GetSource().GetSystem(), Actor: ev.GetActor().GetId(),
+		Request: ev.GetRefs().GetRequest()}
 	it.leaf, it.proof = nil, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -37,7 +38,12 @@ func (e RulesEvaluator) Evaluate(ctx context.Context, doc *format.Findings, subj
 	if err != nil {
 		return nil, err
 	}
-	res, err := set.Evaluate(ctx, subjects, chains, doc.AsOf)
+	var res *rules.Result
+	if doc.From != nil {
+		res, err = set.EvaluatePeriod(ctx, subjects, chains, *doc.From, doc.AsOf)
+	} else {
+		res, err = set.Evaluate(ctx, subjects, chains, doc.AsOf)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -50,7 +56,46 @@ func (e RulesEvaluator) Evaluate(ctx context.Context, doc *format.Findings, subj
 			return nil, fmt.Errorf("rule %q could not be evaluated for subject %q: %s (the export recorded no such error)", re.Rule, re.Subject, re.Message)
 		}
 	}
-	return FindingsFromRules(res.Findings), nil
+	got := FindingsFromRules(res.Findings)
+	if err := CheckExposure(doc, got); err != nil {
+		return nil, err
+	}
+	return got, nil
+}
+
+// CheckExposure checks that the recorded exposure_by_subject is the union
+// of the exposure intervals of fs (the re-evaluated findings): the totals a
+// report shows reconcile with its findings.
+func CheckExposure(doc *format.Findings, fs []format.Finding) error {
+	if doc.ExposureBySubject == nil {
+		return nil // a package from before exposure_by_subject
+	}
+	want := ExposureBySubject(fs, doc.AsOf)
+	if !maps.Equal(want, doc.ExposureBySubject) {
+		for _, s := range slices.Sorted(maps.Keys(want)) {
+			if doc.ExposureBySubject[s] != want[s] {
+				return fmt.Errorf("exposure_by_subject[%q] is %ds, but the union of its findings' exposure is %ds", s, doc.ExposureBySubject[s], want[s])
+			}
+		}
+		for s, n := range doc.ExposureBySubject {
+			if _, ok := want[s]; !ok {
+				return fmt.Errorf("exposure_by_subject[%q] is %ds, but no finding of that subject carries exposure", s, n)
+			}
+		}
+	}
+	return nil
+}
+
+// ExposureBySubject is rules.ExposureBySubject over package findings.
+func ExposureBySubject(fs []format.Finding, asOf time.Time) map[string]int64 {
+	rf := make([]rules.Finding, len(fs))
+	for i, f := range fs {
+		rf[i] = rules.Finding{Subject: f.Subject, ExposureSeconds: f.ExposureSeconds}
+		if f.ClosedAt != nil {
+			rf[i].ClosedAt = *f.ClosedAt
+		}
+	}
+	return rules.ExposureBySubject(rf, asOf)
 }
 
 // RebuildSet compiles the rule set recorded in doc and checks it is the one
@@ -109,7 +154,12 @@ func FindingsFromRules(fs []rules.Finding) []format.Finding {
 			refs[j] = format.EntryRef{Index: e.Index, EventID: e.EventID}
 		}
 		out[i] = format.Finding{Rule: f.Rule, Title: f.Title, Severity: f.Severity, Controls: f.Controls, Subject: f.Subject,
-			Entries: refs, Message: f.Message, ExposureSeconds: f.ExposureSeconds}
+			Entries: refs, Message: f.Message, ExposureSeconds: f.ExposureSeconds,
+			OpenedAt: f.OpenedAt.UTC(), SharesPrimaryWith: f.SharesPrimaryWith}
+		if !f.ClosedAt.IsZero() {
+			c := f.ClosedAt.UTC()
+			out[i].ClosedAt = &c
+		}
 	}
 	return out
 }
@@ -129,6 +179,11 @@ func FindingsDocument(set *rules.Set, res *rules.Result, paramsYAML []byte) (*fo
 			File: r.File, SHA256: r.SHA256, Text: r.Text, Params: r.Params})
 	}
 	doc.Findings = FindingsFromRules(res.Findings)
+	doc.ExposureBySubject = res.ExposureBySubject
+	if res.Period {
+		from := res.From.UTC()
+		doc.From = &from
+	}
 	for _, e := range res.Errors {
 		doc.Errors = append(doc.Errors, format.RuleError{Rule: e.Rule, Subject: e.Subject, Message: e.Message})
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 
@@ -69,7 +70,8 @@ func exportSample(t *testing.T, dir string) (vkey string, pubPEM, since100 []byt
 	if pubPEM, err = cryptoutils.MarshalPublicKeyToPEM(evKey.Public()); err != nil {
 		t.Fatal(err)
 	}
-	if err := Export(t.Context(), l, ExportOptions{Signer: s, AsOf: org.AsOf, PackageName: "sample", SinceSizes: []uint64{100}}, DirSink{Dir: dir}); err != nil {
+	if err := Export(t.Context(), l, ExportOptions{Signer: s, AsOf: org.AsOf, PackageName: "sample", SinceSizes: []uint64{100},
+		GeneratedAt: org.AsOf.Add(time.Hour), Version: "grantline (sample)", LogKey: vkey}, DirSink{Dir: dir}); err != nil {
 		t.Fatal(err)
 	}
 	return vkey, pubPEM, l.signedAt(t, 100)

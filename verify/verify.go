@@ -107,10 +107,13 @@ type Check struct {
 
 // Report is what Verify checked.
 type Report struct {
-	Origin   string
-	Size     uint64
-	Root     [32]byte
-	AsOf     time.Time
+	Origin string
+	Size   uint64
+	Root   [32]byte
+	AsOf   time.Time
+	// From is the start of the audit period the package covers; zero for
+	// one instant.
+	From     time.Time
 	Entries  uint64
 	Subjects int
 	Findings int
@@ -687,6 +690,9 @@ func (v *verifier) checkFindings() (*format.Findings, error) {
 		}
 	}
 	v.rep.AsOf = doc.AsOf
+	if doc.From != nil {
+		v.rep.From = *doc.From
+	}
 	v.rep.Findings = len(doc.Findings)
 	v.pass(file, "rules and citations", "%d rules (texts match their sha256), %d findings citing included entries, as of %s", len(doc.Rules), len(doc.Findings), doc.AsOf.Format(time.RFC3339))
 	return doc, nil
@@ -756,6 +762,13 @@ func CompareFindings(recorded, got []format.Finding) error {
 	return nil
 }
 
+func timeOrNull(t *time.Time) string {
+	if t == nil {
+		return "null"
+	}
+	return t.Format(time.RFC3339Nano)
+}
+
 func compareKey(a, b format.Finding) int {
 	if c := cmp.Compare(a.Rule, b.Rule); c != 0 {
 		return c
@@ -787,6 +800,12 @@ func diffFinding(a, b format.Finding) string {
 		return fmt.Sprintf("message %q, re-evaluated %q", a.Message, b.Message)
 	case a.ExposureSeconds != b.ExposureSeconds:
 		return fmt.Sprintf("exposure %ds, re-evaluated %ds", a.ExposureSeconds, b.ExposureSeconds)
+	case !a.OpenedAt.Equal(b.OpenedAt):
+		return fmt.Sprintf("opened_at %s, re-evaluated %s", a.OpenedAt.Format(time.RFC3339Nano), b.OpenedAt.Format(time.RFC3339Nano))
+	case (a.ClosedAt == nil) != (b.ClosedAt == nil) || (a.ClosedAt != nil && !a.ClosedAt.Equal(*b.ClosedAt)):
+		return fmt.Sprintf("closed_at %s, re-evaluated %s", timeOrNull(a.ClosedAt), timeOrNull(b.ClosedAt))
+	case a.SharesPrimaryWith != b.SharesPrimaryWith:
+		return fmt.Sprintf("shares_primary_with %q, re-evaluated %q", a.SharesPrimaryWith, b.SharesPrimaryWith)
 	}
 	return ""
 }

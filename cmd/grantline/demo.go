@@ -24,7 +24,9 @@ import (
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/internal/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
+	"github.com/grantline/grantline/verify/format"
 )
 
 func init() {
@@ -124,18 +126,21 @@ func demoGenerate(env *cmdEnv, dc demoConfig) error {
 
 // demoSummary is what a demo run found, for the summary and for tests.
 type demoSummary struct {
-	org        *synth.Org
-	dir        string
-	dataDir    string
-	evidence   string
-	findings   []*pb.Finding
-	missed     []string // planted, not found: "rule subject event"
-	unexpected []string // found, not planted
-	verified   *verify.Report
-	kept       bool   // the folder stays (--out); else it is removed at the end
-	prog       string // the program name to print in commands
-	newEvents  uint64
-	elapsed    time.Duration
+	org      *synth.Org
+	dir      string
+	dataDir  string
+	evidence string
+	findings []*pb.Finding
+	// exposureBySubject is the server's union exposure per subject.
+	exposureBySubject map[string]int64
+	asOf              time.Time
+	missed            []string // planted, not found: "rule subject event"
+	unexpected        []string // found, not planted
+	verified          *verify.Report
+	kept              bool   // the folder stays (--out); else it is removed at the end
+	prog              string // the program name to print in commands
+	newEvents         uint64
+	elapsed           time.Duration
 }
 
 func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, error) {
@@ -242,6 +247,8 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 		return nil, fmt.Errorf("evaluate: %d rule errors, the first: rule %s on %s: %s", len(errs), e.GetRule(), e.GetSubject(), e.GetMessage())
 	}
 	sum.findings = ev.Msg.GetFindings()
+	sum.exposureBySubject = ev.Msg.GetExposureBySubject()
+	sum.asOf = ev.Msg.GetAsOf().AsTime()
 	sum.missed, sum.unexpected = comparePlanted(org.Planted, sum.findings)
 	logf("evaluated %d subjects, %d entries as of %s: %d findings",
 		ev.Msg.GetSubjectsEvaluated(), ev.Msg.GetEntriesEvaluated(), org.AsOf.Format(time.RFC3339), len(sum.findings))
@@ -350,8 +357,21 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 	}
 	rows := map[string]*row{}
 	var exposure int64
+	for _, n := range s.exposureBySubject {
+		exposure += n
+	}
+	byRule := map[string][]rules.Finding{}
+	shared := 0
 	sev := map[string]int{}
 	for _, f := range s.findings {
+		if f.GetSharesPrimaryWith() != "" {
+			shared++
+		}
+		rf := rules.Finding{Subject: f.GetSubject(), ExposureSeconds: f.GetExposureSeconds()}
+		if f.GetClosedAt() != nil {
+			rf.ClosedAt = f.GetClosedAt().AsTime()
+		}
+		byRule[f.GetRule()] = append(byRule[f.GetRule()], rf)
 		r := rows[f.GetRule()]
 		if r == nil {
 			r = &row{rule: f.GetRule(), severity: f.GetSeverity(), subjectsSeen: map[string]bool{}}
@@ -359,9 +379,12 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 		}
 		r.n++
 		r.subjectsSeen[f.GetSubject()] = true
-		r.exposure += f.GetExposureSeconds()
-		exposure += f.GetExposureSeconds()
 		sev[f.GetSeverity()]++
+	}
+	for id, fs := range byRule {
+		for _, n := range rules.ExposureBySubject(fs, s.asOf) {
+			rows[id].exposure += n
+		}
 	}
 	list := make([]*row, 0, len(rows))
 	for _, r := range rows {
@@ -381,7 +404,8 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 			sevs = append(sevs, fmt.Sprintf("%d %s", sev[k], k))
 		}
 	}
-	fmt.Fprintf(w, "%d findings (%s); privilege outlived its purpose by %s in total\n", len(s.findings), strings.Join(sevs, ", "), humanDuration(exposure))
+	fmt.Fprintf(w, "%d findings (%s), %d of them on the same entry as a more specific one; privilege outlived its purpose for %s in total over %d identity(ies) (each interval counted once)\n",
+		len(s.findings), strings.Join(sevs, ", "), shared, humanDuration(exposure), len(s.exposureBySubject))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  SEVERITY\tRULE\tFINDINGS\tIDENTITIES\tEXPOSURE")
 	for _, r := range list {
@@ -415,15 +439,5 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 	fmt.Fprintf(w, "done in %s\n", s.elapsed.Round(100*time.Millisecond))
 }
 
-// humanDuration prints seconds as days and hours, e.g. "12d 4h".
-func humanDuration(sec int64) string {
-	d := time.Duration(sec) * time.Second
-	switch {
-	case d >= 24*time.Hour:
-		return fmt.Sprintf("%dd %dh", d/(24*time.Hour), (d%(24*time.Hour))/time.Hour)
-	case d >= time.Hour:
-		return fmt.Sprintf("%dh %dm", d/time.Hour, (d%time.Hour)/time.Minute)
-	default:
-		return d.Round(time.Second).String()
-	}
-}
+// humanDuration is format.Duration, the one human duration format.
+func humanDuration(sec int64) string { return format.Duration(sec) }

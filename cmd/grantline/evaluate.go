@@ -13,12 +13,13 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/verify/format"
 )
 
 func init() {
 	register(&command{
 		name:    "evaluate",
-		usage:   "[--server URL --token T] [--as-of RFC3339] [--size N] [--subject ID ...] [--rule ID ...] [--json]",
+		usage:   "[--server URL --token T] [--as-of RFC3339 | --from RFC3339 --to RFC3339] [--size N] [--subject ID ...] [--rule ID ...] [--json]",
 		summary: "run the rules over identity chains at a checkpoint and print the findings",
 		run:     runEvaluateCmd,
 	})
@@ -42,6 +43,8 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	var cf clientFlags
 	cf.register(fs, env)
 	asOf := fs.String("as-of", "", "evaluate as of this RFC 3339 time (default: the server's current time)")
+	from := fs.String("from", "", "start of an audit period (RFC 3339): every finding open at some time in [--from, --to]")
+	to := fs.String("to", "", "end of the audit period (RFC 3339; default: the server's current time); the as-of time")
 	size := fs.Uint64("size", 0, "evaluate the tree of this size (0: the latest checkpoint)")
 	var subjects, ruleIDs listFlag
 	fs.Var(&subjects, "subject", "evaluate only this subject id (repeatable; default: every subject)")
@@ -62,6 +65,9 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			return &exitError{code: 2, msg: fmt.Sprintf("--as-of %q: want an RFC 3339 time such as 2026-03-01T00:00:00Z", *asOf)}
 		}
 		req.AsOf = timestamppb.New(t)
+	}
+	if req.From, req.To, err = periodFlags(*asOf, *from, *to); err != nil {
+		return err
 	}
 	cl, err := cf.dial()
 	if err != nil {
@@ -90,7 +96,11 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 type evaluateJSON struct {
 	Checkpoint string        `json:"checkpoint"`
 	AsOf       string        `json:"as_of"`
+	From       string        `json:"from,omitempty"` // the start of the period, with --from
 	Findings   []findingJSON `json:"findings"`
+	// ExposureBySubject: per subject, seconds in the union of its findings'
+	// exposure intervals (a grant cited by several rules counts once).
+	ExposureBySubject map[string]int64 `json:"exposure_by_subject"`
 }
 
 type findingJSON struct {
@@ -100,6 +110,10 @@ type findingJSON struct {
 	Entries         []entryJSON `json:"entries"`
 	Message         string      `json:"message"`
 	ExposureSeconds int64       `json:"exposure_seconds"`
+	OpenedAt        *string     `json:"opened_at"`
+	ClosedAt        *string     `json:"closed_at"` // null while open at the as-of time
+	// SharesPrimaryWith: the rule of a more specific finding on the same entry.
+	SharesPrimaryWith string `json:"shares_primary_with,omitempty"`
 }
 
 type entryJSON struct {
@@ -109,13 +123,28 @@ type entryJSON struct {
 
 // writeEvaluateJSON prints the response as the fixed JSON object.
 func writeEvaluateJSON(w io.Writer, r *pb.EvaluateResponse) error {
-	out := evaluateJSON{Checkpoint: r.GetCheckpoint(), Findings: []findingJSON{}}
+	out := evaluateJSON{Checkpoint: r.GetCheckpoint(), Findings: []findingJSON{}, ExposureBySubject: map[string]int64{}}
 	if r.GetAsOf() != nil {
 		out.AsOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
 	}
+	if r.GetFrom() != nil {
+		out.From = r.GetFrom().AsTime().UTC().Format(time.RFC3339)
+	}
+	for s, n := range r.GetExposureBySubject() {
+		out.ExposureBySubject[s] = n
+	}
 	for _, f := range r.GetFindings() {
 		fj := findingJSON{Rule: f.GetRule(), Subject: f.GetSubject(), Severity: f.GetSeverity(),
-			Entries: []entryJSON{}, Message: f.GetMessage(), ExposureSeconds: f.GetExposureSeconds()}
+			Entries: []entryJSON{}, Message: f.GetMessage(), ExposureSeconds: f.GetExposureSeconds(),
+			SharesPrimaryWith: f.GetSharesPrimaryWith()}
+		if f.GetOpenedAt() != nil {
+			o := f.GetOpenedAt().AsTime().UTC().Format(time.RFC3339)
+			fj.OpenedAt = &o
+		}
+		if f.GetClosedAt() != nil {
+			c := f.GetClosedAt().AsTime().UTC().Format(time.RFC3339)
+			fj.ClosedAt = &c
+		}
 		for _, e := range f.GetEntries() {
 			fj.Entries = append(fj.Entries, entryJSON{Index: e.GetIndex(), EventID: e.GetEventId()})
 		}
@@ -129,14 +158,25 @@ func writeEvaluateJSON(w io.Writer, r *pb.EvaluateResponse) error {
 // writeEvaluateTable prints a readable table and a one-line summary.
 func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULE\tSEVERITY\tSUBJECT\tENTRY\tEXPOSURE\tMESSAGE")
+	fmt.Fprintln(tw, "RULE\tSEVERITY\tSUBJECT\tENTRY\tOPENED\tCLOSED\tEXPOSURE\tMESSAGE")
 	for _, f := range r.GetFindings() {
 		entry := "-"
 		if es := f.GetEntries(); len(es) > 0 {
 			entry = fmt.Sprintf("%d (%s)", es[0].GetIndex(), es[0].GetEventId())
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", f.GetRule(), f.GetSeverity(), f.GetSubject(), entry,
-			formatExposure(f.GetExposureSeconds()), oneLine(f.GetMessage()))
+		opened, closed := "-", "open"
+		if f.GetOpenedAt() != nil {
+			opened = f.GetOpenedAt().AsTime().UTC().Format(time.RFC3339)
+		}
+		if f.GetClosedAt() != nil {
+			closed = f.GetClosedAt().AsTime().UTC().Format(time.RFC3339)
+		}
+		msg := oneLine(f.GetMessage())
+		if s := f.GetSharesPrimaryWith(); s != "" {
+			msg += " (same entry as " + s + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.GetRule(), f.GetSeverity(), f.GetSubject(), entry,
+			opened, closed, formatExposure(f.GetExposureSeconds()), msg)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -145,9 +185,53 @@ func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
 	if r.GetAsOf() != nil {
 		asOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
 	}
-	_, err := fmt.Fprintf(w, "\n%d finding(s) over %d subject(s) and %d entries, as of %s, at %s\n",
-		len(r.GetFindings()), r.GetSubjectsEvaluated(), r.GetEntriesEvaluated(), asOf, checkpointLine(r.GetCheckpoint()))
+	when := "as of " + asOf
+	if r.GetFrom() != nil {
+		when = "in the period " + r.GetFrom().AsTime().UTC().Format(time.RFC3339) + " to " + asOf
+	}
+	var exposure int64
+	for _, n := range r.GetExposureBySubject() {
+		exposure += n
+	}
+	_, err := fmt.Fprintf(w, "\n%d finding(s) over %d subject(s) and %d entries, %s, at %s; privilege outlived its purpose for %s over %d identity(ies) (each interval counted once)\n",
+		len(r.GetFindings()), r.GetSubjectsEvaluated(), r.GetEntriesEvaluated(), when, checkpointLine(r.GetCheckpoint()),
+		format.Duration(exposure), len(r.GetExposureBySubject()))
 	return err
+}
+
+// periodFlags parses --from/--to (an audit period; --to defaults to the
+// server's time) against --as-of (one instant).
+func periodFlags(asOf, from, to string) (*timestamppb.Timestamp, *timestamppb.Timestamp, error) {
+	if from == "" && to == "" {
+		return nil, nil, nil
+	}
+	if asOf != "" {
+		return nil, nil, &exitError{code: 2, msg: "give --as-of (one instant) or --from/--to (a period), not both: the as-of time of a period is --to"}
+	}
+	if from == "" {
+		return nil, nil, &exitError{code: 2, msg: "--to needs --from: a period is [--from, --to]"}
+	}
+	parse := func(name, v string) (*timestamppb.Timestamp, error) {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return nil, &exitError{code: 2, msg: fmt.Sprintf("%s %q: want an RFC 3339 time such as 2026-03-01T00:00:00Z", name, v)}
+		}
+		return timestamppb.New(t), nil
+	}
+	f, err := parse("--from", from)
+	if err != nil {
+		return nil, nil, err
+	}
+	var t *timestamppb.Timestamp
+	if to != "" {
+		if t, err = parse("--to", to); err != nil {
+			return nil, nil, err
+		}
+		if t.AsTime().Before(f.AsTime()) {
+			return nil, nil, &exitError{code: 2, msg: fmt.Sprintf("--to %s is before --from %s", to, from)}
+		}
+	}
+	return f, t, nil
 }
 
 // writeRuleErrors prints rule errors and returns how many there were.
@@ -163,7 +247,7 @@ func formatExposure(s int64) string {
 	if s <= 0 {
 		return "-"
 	}
-	return (time.Duration(s) * time.Second).String()
+	return format.Duration(s)
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -22,11 +22,15 @@ func sampleEvaluateResponse() *pb.EvaluateResponse {
 			Entries:         []*pb.EntryRef{{Index: 7, EventId: "ev-7"}, {Index: 9, EventId: "ev-9"}},
 			Message:         "grant g1 expired\nbut was not ended",
 			ExposureSeconds: 900, Title: "Grant outlived its expiry", Controls: []string{"PR.AA-05"},
+			OpenedAt: timestamppb.New(time.Date(2026, 2, 28, 23, 45, 0, 0, time.UTC)),
 		}, {
 			Rule: "self-approval", Subject: "bob", Severity: "high",
 			Entries: []*pb.EntryRef{{Index: 3, EventId: "ev-3"}}, Message: "self",
+			OpenedAt: timestamppb.New(time.Date(2026, 2, 1, 9, 0, 0, 0, time.UTC)),
+			ClosedAt: timestamppb.New(time.Date(2026, 2, 1, 9, 0, 0, 0, time.UTC)),
 		}},
 		SubjectsEvaluated: 2, EntriesEvaluated: 12,
+		ExposureBySubject: map[string]int64{"alice": 900},
 	}
 }
 
@@ -49,11 +53,14 @@ func TestEvaluateJSON(t *testing.T) {
 					map[string]any{"index": float64(7), "event_id": "ev-7"},
 					map[string]any{"index": float64(9), "event_id": "ev-9"},
 				},
-				"message": "grant g1 expired\nbut was not ended", "exposure_seconds": float64(900)},
+				"message": "grant g1 expired\nbut was not ended", "exposure_seconds": float64(900),
+				"opened_at": "2026-02-28T23:45:00Z", "closed_at": nil},
 			map[string]any{"rule": "self-approval", "subject": "bob", "severity": "high",
 				"entries": []any{map[string]any{"index": float64(3), "event_id": "ev-3"}},
-				"message": "self", "exposure_seconds": float64(0)},
+				"message": "self", "exposure_seconds": float64(0),
+				"opened_at": "2026-02-01T09:00:00Z", "closed_at": "2026-02-01T09:00:00Z"},
 		},
+		"exposure_by_subject": map[string]any{"alice": float64(900)},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("writeEvaluateJSON =\n%s\nwant the object\n%#v", buf.String(), want)
@@ -85,7 +92,7 @@ func TestEvaluateTable(t *testing.T) {
 			t.Errorf("header %q lacks %s", lines[0], want)
 		}
 	}
-	for _, want := range []string{"grant-overstayed-expiry", "high", "alice", "7 (ev-7)", "15m0s", "grant g1 expired but was not ended"} {
+	for _, want := range []string{"grant-overstayed-expiry", "high", "alice", "7 (ev-7)", "2026-02-28T23:45:00Z", "open", "15m", "grant g1 expired but was not ended"} {
 		if !strings.Contains(lines[1], want) {
 			t.Errorf("row %q lacks %q", lines[1], want)
 		}
@@ -93,7 +100,7 @@ func TestEvaluateTable(t *testing.T) {
 	if !strings.Contains(lines[2], "3 (ev-3)") || !strings.Contains(lines[2], " - ") {
 		t.Errorf("row %q: want entry 3 (ev-3) and no exposure (-)", lines[2])
 	}
-	if want := "2 finding(s) over 2 subject(s) and 12 entries, as of 2026-03-01T00:00:00Z, at grantline.example/log tree size 42"; lines[4] != want {
+	if want := "2 finding(s) over 2 subject(s) and 12 entries, as of 2026-03-01T00:00:00Z, at grantline.example/log tree size 42; privilege outlived its purpose for 15m over 1 identity(ies) (each interval counted once)"; lines[4] != want {
 		t.Errorf("summary = %q, want %q", lines[4], want)
 	}
 }
@@ -113,6 +120,10 @@ func TestEvaluateFlagErrors(t *testing.T) {
 	}{
 		{[]string{"--token", "t", "--as-of", "yesterday"}, "--as-of \"yesterday\": want an RFC 3339 time"},
 		{[]string{"--token", "t", "alice"}, "unexpected argument \"alice\""},
+		{[]string{"--token", "t", "--from", "2026-01-01T00:00:00Z", "--as-of", "2026-02-01T00:00:00Z"}, "give --as-of (one instant) or --from/--to (a period), not both"},
+		{[]string{"--token", "t", "--to", "2026-02-01T00:00:00Z"}, "--to needs --from"},
+		{[]string{"--token", "t", "--from", "2026-03-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z"}, "is before --from"},
+		{[]string{"--token", "t", "--from", "last week"}, "--from \"last week\": want an RFC 3339 time"},
 	} {
 		var stderr bytes.Buffer
 		env := &cmdEnv{stdin: strings.NewReader(""), stdout: &bytes.Buffer{}, stderr: &stderr, getenv: func(string) string { return "" }}

@@ -22,7 +22,7 @@ import (
 func init() {
 	register(&command{
 		name:    "evidence",
-		usage:   "export --out DIR [--as-of RFC3339] [--size N] [--all] [--tar]",
+		usage:   "export --out DIR [--as-of RFC3339 | --from RFC3339 --to RFC3339] [--framework NAME] [--size N] [--all] [--tar]",
 		summary: "export a signed evidence package (checkpoint, entries with proofs, findings, OSCAL, report)",
 		run:     runEvidenceCmd,
 	})
@@ -38,13 +38,16 @@ func runEvidenceCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	ec := *commands["evidence"]
 	ec.name = "evidence export"
-	ec.usage = "--out DIR [--as-of RFC3339] [--size N] [--all] [--tar] [--since OLD_CHECKPOINT ...]"
+	ec.usage = "--out DIR [--as-of RFC3339 | --from RFC3339 --to RFC3339] [--framework NAME] [--size N] [--all] [--tar] [--since OLD_CHECKPOINT ...]"
 	fs := newFlagSet(env, &ec)
 	var cf clientFlags
 	cf.register(fs, env)
 	var (
 		out   = fs.String("out", "", "folder to write the package to (with --tar: the .tar.gz file); required")
 		asOf  = fs.String("as-of", "", "evaluate the rules as of this RFC 3339 time (default: the server's now)")
+		from  = fs.String("from", "", "start of an audit period (RFC 3339): the package covers [--from, --to]")
+		to    = fs.String("to", "", "end of the audit period (RFC 3339; default: the server's now)")
+		fw    = fs.String("framework", "", "control framework of the report and OSCAL (default: the default view)")
 		size  = fs.Uint64("size", 0, "anchor to the published checkpoint of this tree size (default: the latest)")
 		all   = fs.Bool("all", false, "include every entry of the tree, not only the chains the findings need")
 		tgz   = fs.Bool("tar", false, "write one .tar.gz file instead of a folder")
@@ -69,6 +72,10 @@ func runEvidenceCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		req.AsOf = timestamppb.New(t)
 	}
+	if req.From, req.To, err = periodFlags(*asOf, *from, *to); err != nil {
+		return err
+	}
+	req.Framework = *fw
 	c, err := cf.dial()
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}

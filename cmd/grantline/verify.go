@@ -94,7 +94,11 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return &exitError{code: 1, msg: fmt.Sprintf("%s: %s", textsafe.Quote(rest[0]), textsafe.Escape(err.Error()))}
 	}
-	fmt.Fprintf(env.stdout, "verified %s: %d checks passed in %s; checkpoint %s size %d, %d entries, %d findings reproduced as of %s; package: %s\n",
-		textsafe.Quote(rest[0]), len(rep.Checks), time.Since(start).Round(time.Millisecond), textsafe.Quote(rep.Origin), rep.Size, rep.Entries, rep.Findings, rep.AsOf.Format(time.RFC3339), rep.Kind)
+	when := "as of " + rep.AsOf.Format(time.RFC3339)
+	if !rep.From.IsZero() {
+		when = "over the period " + rep.From.Format(time.RFC3339) + " to " + rep.AsOf.Format(time.RFC3339)
+	}
+	fmt.Fprintf(env.stdout, "verified %s: %d checks passed in %s; checkpoint %s size %d, %d entries, %d findings reproduced %s; package: %s\n",
+		textsafe.Quote(rest[0]), len(rep.Checks), time.Since(start).Round(time.Millisecond), textsafe.Quote(rep.Origin), rep.Size, rep.Entries, rep.Findings, when, rep.Kind)
 	return nil
 }

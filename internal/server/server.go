@@ -158,7 +158,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	reg := prometheus.NewRegistry()
 	icfg := ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
-		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner},
+		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg,
 	}
 	var wit *witness.Witnesser
@@ -306,11 +306,12 @@ type exporter struct {
 	set    *rules.Set
 	params []byte
 	signer *verify.EvidenceSigner
+	logKey string // the log's verifier key, for the report
 }
 
 func (x *exporter) Export(ctx context.Context, req ingest.ExportRequest, create func(string) (io.WriteCloser, error)) error {
 	src := &exportSource{x: x, req: req}
-	return verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
+	return verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, From: req.From, Framework: req.Framework, LogKey: x.logKey, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
 }
 
 type sinkFunc func(string) (io.WriteCloser, error)
@@ -328,6 +329,15 @@ func (s *exportSource) Checkpoint(context.Context) (ledger.Checkpoint, error) {
 }
 
 func (s *exportSource) Evaluate(ctx context.Context, size uint64, asOf time.Time) (*format.Findings, error) {
+	return s.evaluate(ctx, size, time.Time{}, asOf)
+}
+
+// EvaluatePeriod makes exportSource a verify.PeriodSource.
+func (s *exportSource) EvaluatePeriod(ctx context.Context, size uint64, from, to time.Time) (*format.Findings, error) {
+	return s.evaluate(ctx, size, from, to)
+}
+
+func (s *exportSource) evaluate(ctx context.Context, size uint64, from, asOf time.Time) (*format.Findings, error) {
 	var subjects []string
 	if err := s.x.l.ForEachSubject(ctx, size, func(sub string) error {
 		subjects = append(subjects, sub)
@@ -335,7 +345,13 @@ func (s *exportSource) Evaluate(ctx context.Context, size uint64, asOf time.Time
 	}); err != nil {
 		return nil, err
 	}
-	res, err := s.x.set.Evaluate(ctx, subjects, s.req.Chains, asOf)
+	var res *rules.Result
+	var err error
+	if from.IsZero() {
+		res, err = s.x.set.Evaluate(ctx, subjects, s.req.Chains, asOf)
+	} else {
+		res, err = s.x.set.EvaluatePeriod(ctx, subjects, s.req.Chains, from, asOf)
+	}
 	if err != nil {
 		return nil, err
 	}

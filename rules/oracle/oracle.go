@@ -24,6 +24,17 @@ type Finding struct {
 	Subject  string
 	Entries  []uint64
 	Exposure int64 // seconds; only for rules that carry exposure
+	// Opened and Closed: when the finding was open (docs/rules.md
+	// "Periods"); Closed is zero while open at the as-of time.
+	Opened, Closed time.Time
+}
+
+// window is when a finding was open, as this reading works it out.
+type window struct {
+	opened   time.Time
+	closing  *Entry // nil: open at now
+	point    bool   // an occurrence: closed at opened
+	exposure bool   // privilege outlived its purpose from opened on
 }
 
 // Params are the rule parameters of docs/rules.md.
@@ -50,7 +61,48 @@ type chain struct {
 	subject string
 	es      []Entry
 	now     time.Time
+	from    time.Time
 	p       Params
+}
+
+// upTo is es without the entries dated after now: they are in no chain.
+func upTo(es []Entry, now time.Time) []Entry {
+	var out []Entry
+	for _, e := range es {
+		if !tm(e).After(now) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// before reports whether a comes before b in chain order.
+func before(a, b Entry) bool {
+	if !tm(a).Equal(tm(b)) {
+		return tm(a).Before(tm(b))
+	}
+	return a.Index < b.Index
+}
+
+// firstOf is the first of es in chain order.
+func firstOf(es ...Entry) *Entry {
+	var best *Entry
+	for i := range es {
+		if best == nil || before(es[i], *best) {
+			best = &es[i]
+		}
+	}
+	return best
+}
+
+// firstEnd is grant g's first end event in chain order.
+func (c *chain) firstEnd(g string) *Entry {
+	for i, e := range c.es {
+		if isEnd(e, g) {
+			return &c.es[i]
+		}
+	}
+	return nil
 }
 
 func tm(e Entry) time.Time { return e.Event.GetTime().AsTime() }
@@ -144,21 +196,117 @@ func (c *chain) under(e Entry, r string) bool {
 	return c.grantUnderRequest(e.Event.GetRefs().GetGrant(), r)
 }
 
-func (c *chain) exposure(deadline time.Time, late Entry, hasLate bool) int64 {
-	end := c.now
-	if hasLate {
-		end = tm(late)
+// together reports whether grant events x and y were both in force at
+// some instant of [from, now].
+func (c *chain) together(x, y Entry) bool {
+	t := c.from
+	for _, g := range []Entry{x, y} {
+		if tm(g).After(t) {
+			t = tm(g)
+		}
 	}
-	return int64(end.Sub(deadline) / time.Second)
+	return !t.After(c.now) && c.inForce(x, t) && c.inForce(y, t)
 }
 
-// Evaluate runs all 19 rules over one subject's chain.
-func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) []Finding {
-	c := &chain{subject: subject, es: sorted(es), now: now, p: p}
-	var out []Finding
-	add := func(rule string, exp int64, idx ...uint64) {
-		out = append(out, Finding{Rule: rule, Subject: subject, Entries: idx, Exposure: exp})
+// lapse is the latest stretch meeting [from, now] in which grant event
+// ge's grant was in force with neither ge nor an event of type anchor for
+// the grant (at or after ge) within d before: it opens d after ge or such
+// an event, and closes at the next one or the grant's first end.
+func (c *chain) lapse(ge Entry, anchor string, d time.Duration) (window, bool) {
+	g := ge.Event.GetRefs().GetGrant()
+	xs := []Entry{ge}
+	for _, x := range c.es {
+		if typ := x.Event.GetType(); typ == anchor && x.Event.GetRefs().GetGrant() == g && !tm(x).Before(tm(ge)) && x.Index != ge.Index {
+			xs = append(xs, x)
+		}
 	}
+	xs = sorted(xs)
+	end := c.firstEnd(g)
+	var best window
+	found := false
+	for i, x := range xs {
+		opened := tm(x).Add(d)
+		if !opened.Before(c.now) {
+			continue
+		}
+		var closing *Entry
+		if i+1 < len(xs) {
+			closing = &xs[i+1]
+		}
+		if end != nil && (closing == nil || tm(*end).Before(tm(*closing))) {
+			closing = end
+		}
+		if closing != nil && (!tm(*closing).After(opened) || !tm(*closing).After(c.from)) {
+			continue
+		}
+		best, found = window{opened: opened, closing: closing}, true
+	}
+	return best, found
+}
+
+// Evaluate runs all 19 rules over one subject's chain at now.
+func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) []Finding {
+	return evaluate(subject, es, now, now, false, p, owner)
+}
+
+// EvaluatePeriod runs all 19 rules over [from, to]: the findings open at
+// some instant of it, exposure clipped to it.
+func EvaluatePeriod(subject string, es []Entry, from, to time.Time, p Params, owner Owner) []Finding {
+	return evaluate(subject, es, from, to, true, p, owner)
+}
+
+func evaluate(subject string, es []Entry, from, now time.Time, period bool, p Params, owner Owner) []Finding {
+	c := &chain{subject: subject, es: upTo(sorted(es), now), now: now, from: from, p: p}
+	if owner != nil {
+		full := owner
+		owner = func(o string) []Entry { return upTo(full(o), now) }
+	}
+	var out []Finding
+	add := func(rule string, w window, idx ...uint64) {
+		f := Finding{Rule: rule, Subject: subject, Entries: idx, Opened: w.opened}
+		switch {
+		case w.point:
+			f.Closed = w.opened
+		case w.closing != nil:
+			f.Closed = tm(*w.closing)
+			if !f.Closed.After(w.opened) {
+				return // never open
+			}
+			cited := false
+			for _, i := range idx {
+				cited = cited || i == w.closing.Index
+			}
+			if !cited {
+				f.Entries = append(f.Entries, w.closing.Index)
+			}
+		}
+		if period {
+			if w.opened.After(now) || (w.point && w.opened.Before(from)) || (!w.point && !f.Closed.IsZero() && !f.Closed.After(from)) {
+				return
+			}
+		}
+		if w.exposure {
+			start, end := w.opened, now
+			if !f.Closed.IsZero() {
+				end = f.Closed
+			}
+			if period && start.Before(from) {
+				start = from
+			}
+			if end.After(start) {
+				f.Exposure = int64(end.Sub(start) / time.Second)
+			}
+		}
+		out = append(out, f)
+	}
+	exposed := func(deadline time.Time, late Entry, hasLate bool) window {
+		w := window{opened: deadline, exposure: true}
+		if hasLate {
+			w.closing = &late
+		}
+		return w
+	}
+	instant := func(e Entry) window { return window{opened: tm(e), point: true} }
 	typ := func(e Entry) string { return e.Event.GetType() }
 
 	for _, a := range c.es {
@@ -194,35 +342,36 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 					}
 					if !closedBy && now.After(deadline) {
 						if hasLate {
-							add("approval-without-revocation", c.exposure(deadline, late, true), a.Index, late.Index)
+							add("approval-without-revocation", exposed(deadline, late, true), a.Index, late.Index)
 						} else {
-							add("approval-without-revocation", c.exposure(deadline, late, false), a.Index)
+							add("approval-without-revocation", exposed(deadline, late, false), a.Index)
 						}
 					}
-				} else if len(closing) == 0 {
-					add("approval-without-revocation", 0, a.Index)
+				} else {
+					// A standing approval is open from A until its first
+					// closing; one closed by from was not open in the period.
+					closedByFrom := false
+					for _, x := range closing {
+						if !tm(x).After(c.from) {
+							closedByFrom = true
+						}
+					}
+					if !closedByFrom {
+						add("approval-without-revocation", window{opened: tm(a), closing: firstOf(closing...)}, a.Index)
+					}
 				}
 			}
 			// 9 self-approval
 			if ev.GetActor().GetId() != "" && ev.GetActor().GetId() == ev.GetSubject().GetId() {
-				add("self-approval", 0, a.Index)
+				add("self-approval", instant(a), a.Index)
 			}
 		}
 
 		if isGrantEvent(a) {
 			g := ev.GetRefs().GetGrant()
 			// 2 standing-privilege
-			if ev.GetEntitlement().GetPrivileged() && ev.GetExpiresAt() == nil {
-				any := false
-				for _, x := range c.es {
-					if isEnd(x, g) {
-						any = true
-						break
-					}
-				}
-				if !any {
-					add("standing-privilege", 0, a.Index)
-				}
+			if ev.GetEntitlement().GetPrivileged() && ev.GetExpiresAt() == nil && !c.endedBy(g, c.from) {
+				add("standing-privilege", window{opened: tm(a), closing: c.firstEnd(g)}, a.Index)
 			}
 			// 3 grant-overstayed-expiry
 			if ev.GetExpiresAt() != nil {
@@ -230,9 +379,9 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 				if now.After(deadline) && !c.endedBy(g, deadline) {
 					late, ok := c.lateEnd(g, deadline)
 					if ok {
-						add("grant-overstayed-expiry", c.exposure(deadline, late, true), a.Index, late.Index)
+						add("grant-overstayed-expiry", exposed(deadline, late, true), a.Index, late.Index)
 					} else {
-						add("grant-overstayed-expiry", c.exposure(deadline, late, false), a.Index)
+						add("grant-overstayed-expiry", exposed(deadline, late, false), a.Index)
 					}
 				}
 			}
@@ -254,7 +403,7 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 					deadline := tm(firstEnd).Add(p.JITGrace)
 					if now.After(deadline) && !c.endedBy(g, deadline) {
 						late, ok := c.lateEnd(g, deadline)
-						add("jit-outlived-session", c.exposure(deadline, late, ok), a.Index, firstEnd.Index)
+						add("jit-outlived-session", exposed(deadline, late, ok), a.Index, firstEnd.Index)
 					}
 				}
 			}
@@ -269,35 +418,17 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 				deadline := tm(t).Add(p.DeprovisionSLA)
 				if now.After(deadline) && !c.endedBy(g, deadline) {
 					late, ok := c.lateEnd(g, deadline)
-					add("leaver-access-retained", c.exposure(deadline, late, ok), a.Index, t.Index)
+					add("leaver-access-retained", exposed(deadline, late, ok), a.Index, t.Index)
 					break
 				}
 			}
 			// 15 review-overdue and 17 dormant-privilege
-			if typ(a) == "grant.assigned" && ev.GetEntitlement().GetPrivileged() && c.inForce(a, now) {
-				if now.Sub(tm(a)) > p.ReviewInterval {
-					reviewed := false
-					for _, r := range c.es {
-						if typ(r) == "review.certified" && r.Event.GetRefs().GetGrant() == g &&
-							now.Sub(tm(r)) <= p.ReviewInterval && !tm(r).After(now) {
-							reviewed = true
-						}
-					}
-					if !reviewed {
-						add("review-overdue", 0, a.Index)
-					}
+			if typ(a) == "grant.assigned" && ev.GetEntitlement().GetPrivileged() {
+				if w, ok := c.lapse(a, "review.certified", p.ReviewInterval); ok {
+					add("review-overdue", w, a.Index)
 				}
-				if now.Sub(tm(a)) > p.DormantAfter {
-					used := false
-					for _, s := range c.es {
-						if typ(s) == "session.started" && s.Event.GetRefs().GetGrant() == g &&
-							now.Sub(tm(s)) <= p.DormantAfter && !tm(s).After(now) {
-							used = true
-						}
-					}
-					if !used {
-						add("dormant-privilege", 0, a.Index)
-					}
+				if w, ok := c.lapse(a, "session.started", p.DormantAfter); ok {
+					add("dormant-privilege", w, a.Index)
 				}
 			}
 			// 18 mover-access-retained
@@ -317,7 +448,15 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 					}
 				}
 				if !certified {
-					add("mover-access-retained", 0, a.Index, m.Index)
+					// Closed by the first end or certification after the deadline.
+					var closers []Entry
+					for _, x := range c.es {
+						if tm(x).After(deadline) && (isEnd(x, g) ||
+							(typ(x) == "review.certified" && x.Event.GetRefs().GetGrant() == g)) {
+							closers = append(closers, x)
+						}
+					}
+					add("mover-access-retained", window{opened: deadline, closing: firstOf(closers...)}, a.Index, m.Index)
 					break
 				}
 			}
@@ -342,7 +481,7 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 					}
 				}
 				if !reenabled {
-					add("activity-after-offboarding", 0, a.Index, last.Index)
+					add("activity-after-offboarding", instant(a), a.Index, last.Index)
 				}
 			}
 		}
@@ -356,11 +495,11 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 				}
 			}
 			if !approved {
-				add("session-without-approval", 0, a.Index)
+				add("session-without-approval", instant(a), a.Index)
 			}
 			// 14 privileged-session-without-mfa
 			if ev.Mfa != nil && !ev.GetMfa() {
-				add("privileged-session-without-mfa", 0, a.Index)
+				add("privileged-session-without-mfa", instant(a), a.Index)
 			}
 		}
 
@@ -369,7 +508,7 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 			for _, x := range c.es {
 				if typ(x) == "access.approved" && x.Event.GetExpiresAt() != nil &&
 					c.under(a, x.Event.GetRefs().GetRequest()) && !x.Event.GetExpiresAt().AsTime().After(tm(a)) {
-					add("approval-used-after-expiry", 0, a.Index, x.Index)
+					add("approval-used-after-expiry", instant(a), a.Index, x.Index)
 					break
 				}
 			}
@@ -388,22 +527,30 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 					}
 				}
 				if !reviewed {
-					add("breakglass-unreviewed", 0, a.Index)
+					// A late review closes it.
+					var late []Entry
+					for _, x := range c.es {
+						if typ(x) == "breakglass.reviewed" && r != "" && x.Event.GetRefs().GetRequest() == r && tm(x).After(end) {
+							late = append(late, x)
+						}
+					}
+					add("breakglass-unreviewed", window{opened: end, closing: firstOf(late...)}, a.Index)
 				}
 			}
 		}
 
 		// 13 checkout-not-rotated
-		if typ(a) == "credential.checked_out" && now.After(tm(a).Add(p.MaxCheckout)) {
+		if deadline := tm(a).Add(p.MaxCheckout); typ(a) == "credential.checked_out" && now.After(deadline) {
 			cred := ev.GetRefs().GetCredential()
-			done := false
+			var done []Entry
 			for _, x := range c.es {
 				if (typ(x) == "credential.rotated" || typ(x) == "credential.revoked") && x.Event.GetRefs().GetCredential() == cred && tm(x).After(tm(a)) {
-					done = true
+					done = append(done, x)
 				}
 			}
-			if !done {
-				add("checkout-not-rotated", 0, a.Index)
+			first := firstOf(done...)
+			if first == nil || (tm(*first).After(deadline) && tm(*first).After(c.from)) {
+				add("checkout-not-rotated", window{opened: deadline, closing: first}, a.Index)
 			}
 		}
 
@@ -426,18 +573,47 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 				if hasGE {
 					idx = append(idx, ge.Index)
 				}
-				add("review-revocation-not-enforced", c.exposure(deadline, late, ok), idx...)
+				add("review-revocation-not-enforced", exposed(deadline, late, ok), idx...)
 			}
 		}
 	}
 
-	// 10 sod-conflict
+	// 10 sod-conflict: the latest grant of a in force together with a
+	// grant of b at some instant of [from, now], and the latest such grant
+	// of b; open from the later grant event to the earlier first end.
 	for _, pair := range p.SoDPairs {
-		ga, oka := c.latestInForce(pair[0])
-		gb, okb := c.latestInForce(pair[1])
-		if oka && okb {
-			add("sod-conflict", 0, ga.Index, gb.Index)
+		var ga, gb *Entry
+		for i, x := range c.es {
+			if !isGrantEvent(x) || x.Event.GetEntitlement().GetId() != pair[0] {
+				continue
+			}
+			for _, y := range c.es {
+				if isGrantEvent(y) && y.Event.GetEntitlement().GetId() == pair[1] && c.together(x, y) {
+					ga = &c.es[i]
+					break
+				}
+			}
 		}
+		if ga == nil {
+			continue
+		}
+		for j, y := range c.es {
+			if isGrantEvent(y) && y.Event.GetEntitlement().GetId() == pair[1] && c.together(*ga, y) {
+				gb = &c.es[j]
+			}
+		}
+		w := window{opened: tm(*ga)}
+		if tm(*gb).After(w.opened) {
+			w.opened = tm(*gb)
+		}
+		var ends []Entry
+		for _, g := range []*Entry{ga, gb} {
+			if e := c.firstEnd(g.Event.GetRefs().GetGrant()); e != nil {
+				ends = append(ends, *e)
+			}
+		}
+		w.closing = firstOf(ends...)
+		add("sod-conflict", w, ga.Index, gb.Index)
 	}
 
 	// 12 credential-rotation-overdue
@@ -447,22 +623,35 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 			creds[cr] = true
 		}
 	}
+	// Each created/rotated event L is overdue from L + max age until the
+	// next created/rotated event after it or a revocation, the earlier.
 	for cr := range creds {
-		var latest Entry
-		has, revoked := false, false
-		for _, e := range c.es {
-			if e.Event.GetRefs().GetCredential() != cr {
+		for i, l := range c.es {
+			if l.Event.GetRefs().GetCredential() != cr || (typ(l) != "credential.created" && typ(l) != "credential.rotated") {
 				continue
 			}
-			switch typ(e) {
-			case "credential.created", "credential.rotated":
-				latest, has = e, true
-			case "credential.revoked":
-				revoked = true
+			opened := tm(l).Add(p.MaxCredentialAge)
+			if !now.After(opened) {
+				continue
 			}
-		}
-		if has && !revoked && now.Sub(tm(latest)) > p.MaxCredentialAge {
-			add("credential-rotation-overdue", 0, latest.Index)
+			var closers []Entry
+			for j, x := range c.es {
+				if x.Event.GetRefs().GetCredential() != cr {
+					continue
+				}
+				if typ(x) == "credential.revoked" || (j > i && (typ(x) == "credential.created" || typ(x) == "credential.rotated")) {
+					closers = append(closers, x)
+				}
+			}
+			ok := true
+			for _, x := range closers {
+				if !tm(x).After(opened) || !tm(x).After(c.from) {
+					ok = false
+				}
+			}
+			if ok {
+				add("credential-rotation-overdue", window{opened: opened, closing: firstOf(closers...)}, l.Index)
+			}
 		}
 	}
 
@@ -493,7 +682,7 @@ func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) 
 				deadline := tm(term).Add(p.DeprovisionSLA)
 				if now.After(deadline) && c.inForce(g, deadline) {
 					late, ok := c.lateEnd(g.Event.GetRefs().GetGrant(), deadline)
-					add("orphaned-nhi", c.exposure(deadline, late, ok), g.Index, term.Index)
+					add("orphaned-nhi", exposed(deadline, late, ok), g.Index, term.Index)
 					break
 				}
 			}

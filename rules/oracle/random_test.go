@@ -83,7 +83,9 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 
 // TestCatalogMatchesOracleRandom is a differential test on adversarial
 // random chains: every disagreement is a misreading of docs/rules.md on one
-// side.
+// side (its catalog section, or "Periods"). Each draw is evaluated at an
+// instant and over a period, comparing the cited entries, exposure and
+// when each finding opened and closed.
 func TestCatalogMatchesOracleRandom(t *testing.T) {
 	builtin, err := rules.Builtin()
 	if err != nil {
@@ -104,39 +106,79 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	if testing.Short() {
 		draws = 50
 	}
-	failures := 0
-	for i := range draws {
-		r := rand.New(rand.NewPCG(uint64(i), 99))
-		chains, ochains, subjects := randomChains(r, base)
-		now := base.Add(time.Duration(r.IntN(260)) * 12 * time.Hour)
-		res, err := set.Evaluate(t.Context(), subjects, memChains(chains), now)
-		if err != nil {
-			t.Fatal(err)
+	for _, period := range []bool{false, true} {
+		name := "instant"
+		if period {
+			name = "period"
 		}
-		for _, e := range res.Errors {
-			t.Errorf("draw %d: rule error: %v", i, e)
-		}
-		var got, want []string
-		for _, f := range res.Findings {
-			got = append(got, key(f.Rule, f.Subject, refs(f.Entries), f.ExposureSeconds))
-		}
-		for _, s := range subjects {
-			for _, f := range oracle.Evaluate(s, ochains[s], now, pp, func(o string) []oracle.Entry { return ochains[o] }) {
-				want = append(want, key(f.Rule, f.Subject, f.Entries, f.Exposure))
+		t.Run(name, func(t *testing.T) {
+			failures, closed, open := 0, 0, 0
+			for i := range draws {
+				r := rand.New(rand.NewPCG(uint64(i), 99))
+				chains, ochains, subjects := randomChains(r, base)
+				now := base.Add(time.Duration(r.IntN(260)) * 12 * time.Hour)
+				from := now
+				var res *rules.Result
+				if period {
+					from = now.Add(-time.Duration(r.IntN(120)) * 12 * time.Hour)
+					res, err = set.EvaluatePeriod(t.Context(), subjects, memChains(chains), from, now)
+				} else {
+					res, err = set.Evaluate(t.Context(), subjects, memChains(chains), now)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, e := range res.Errors {
+					t.Errorf("draw %d: rule error: %v", i, e)
+				}
+				var got, want []string
+				for _, f := range res.Findings {
+					got = append(got, key(f.Rule, f.Subject, refs(f.Entries), f.ExposureSeconds)+when(f.OpenedAt, f.ClosedAt))
+					if f.Open() {
+						open++
+					} else {
+						closed++
+					}
+				}
+				owner := func(o string) []oracle.Entry { return ochains[o] }
+				for _, s := range subjects {
+					var fs []oracle.Finding
+					if period {
+						fs = oracle.EvaluatePeriod(s, ochains[s], from, now, pp, owner)
+					} else {
+						fs = oracle.Evaluate(s, ochains[s], now, pp, owner)
+					}
+					for _, f := range fs {
+						want = append(want, key(f.Rule, f.Subject, f.Entries, f.Exposure)+when(f.Opened, f.Closed))
+					}
+				}
+				sort.Strings(got)
+				sort.Strings(want)
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					failures++
+					if failures <= 5 {
+						t.Errorf("draw %d (from %s, now %s): catalog and oracle disagree\n%s", i,
+							from.Format(time.RFC3339), now.Format(time.RFC3339), diff(got, want))
+					}
+				}
 			}
-		}
-		sort.Strings(got)
-		sort.Strings(want)
-		if fmt.Sprint(got) != fmt.Sprint(want) {
-			failures++
-			if failures <= 5 {
-				t.Errorf("draw %d (now %s): catalog and oracle disagree\n%s", i, now.Format(time.RFC3339), diff(got, want))
+			if failures > 5 {
+				t.Errorf("%d draws of %d disagree in all", failures, draws)
 			}
-		}
+			// The draws must exercise both kinds, or the test proves little.
+			if closed == 0 || open == 0 {
+				t.Errorf("findings closed %d, open %d: want both", closed, open)
+			}
+		})
 	}
-	if failures > 5 {
-		t.Errorf("%d draws of %d disagree in all", failures, draws)
+}
+
+func when(opened, closed time.Time) string {
+	c := "open"
+	if !closed.IsZero() {
+		c = closed.Format(time.RFC3339)
 	}
+	return " opened=" + opened.Format(time.RFC3339) + " closed=" + c
 }
 
 func diff(got, want []string) string {

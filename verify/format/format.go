@@ -66,11 +66,18 @@ type Findings struct {
 	CheckpointSize uint64    `json:"checkpoint_size"`
 	CheckpointRoot []byte    `json:"checkpoint_root"` // base64 in JSON
 	AsOf           time.Time `json:"as_of"`
+	// From, when set, is the start of the audit period [From, AsOf] the
+	// package covers (docs/rules.md "Periods"): the findings are every one
+	// open at some instant of it. Null for a single instant (AsOf).
+	From *time.Time `json:"from"`
 	// All is true when entries.jsonl holds every entry of the tree; otherwise
 	// it holds the chains of the subjects with findings and of the subjects
 	// whose entries a finding cites.
-	All   bool   `json:"all"`
-	Rules []Rule `json:"rules"`
+	All bool `json:"all"`
+	// Framework is the control catalog the report and OSCAL were written
+	// in (verify/oscal); empty for the default.
+	Framework string `json:"framework,omitempty"`
+	Rules     []Rule `json:"rules"`
 	// Params are the parameter overrides the rule set was built with (a JSON
 	// object, the shape of `serve --params` YAML), or null.
 	Params            json.RawMessage `json:"params"`
@@ -78,6 +85,10 @@ type Findings struct {
 	EntriesEvaluated  uint64          `json:"entries_evaluated"`
 	Findings          []Finding       `json:"findings"`
 	Errors            []RuleError     `json:"errors"`
+	// ExposureBySubject is, per subject, the seconds in the union of its
+	// findings' exposure intervals (rules.ExposureBySubject): one grant
+	// cited by several rules counts once.
+	ExposureBySubject map[string]int64 `json:"exposure_by_subject"`
 }
 
 // Rule is one rule of the evaluated set: its file text and the sha256 (hex)
@@ -107,6 +118,13 @@ type Finding struct {
 	Entries         []EntryRef `json:"entries"`
 	Message         string     `json:"message"`
 	ExposureSeconds int64      `json:"exposure_seconds"`
+	// OpenedAt is when the finding opened; ClosedAt when it closed, null
+	// while still open at the as-of time.
+	OpenedAt time.Time  `json:"opened_at"`
+	ClosedAt *time.Time `json:"closed_at"`
+	// SharesPrimaryWith is the rule of a more specific finding about the
+	// same subject and primary entry, when there is one.
+	SharesPrimaryWith string `json:"shares_primary_with,omitempty"`
 }
 
 // Primary returns the index of the finding's primary entry, and false when it
@@ -169,4 +187,27 @@ type Scope struct {
 	SourceOf map[uint64]string
 	// DisplayOf maps a subject id to its display name, when an event gave one.
 	DisplayOf map[string]string
+	// Events describes each cited entry, for the report's rows.
+	Events map[uint64]EventRow
+	// ApproverOf maps ApprovalKey(subject, request) to the actor of the
+	// access.approved of that request in the package's entries.
+	ApproverOf map[string]string
+	// GeneratedAt is when the package was made; Version the Grantline
+	// version that made it.
+	GeneratedAt time.Time
+	Version     string
+	// LogKey is the log's verifier key (signed-note form) when known;
+	// EvidenceKeyID the SHA-256 (hex) of the evidence public key (DER).
+	LogKey, EvidenceKeyID string
 }
+
+// EventRow is what a report shows of one cited ledger entry.
+type EventRow struct {
+	Index                  uint64
+	EventID, Type          string
+	Time, ObservedTime     time.Time
+	Source, Actor, Request string
+}
+
+// ApprovalKey is the key of Scope.ApproverOf.
+func ApprovalKey(subject, request string) string { return subject + "\x00" + request }

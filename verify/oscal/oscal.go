@@ -13,7 +13,6 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -26,9 +25,6 @@ const OSCALVersion = "1.1.3"
 
 // NS is the namespace of Grantline's OSCAL props.
 const NS = "https://grantline.dev/ns/oscal"
-
-// baseControls are always reviewed: privileged-access management in SP 800-53.
-var baseControls = []string{"ac-2", "ac-5", "ac-6"}
 
 // Document is the top-level OSCAL JSON object.
 type Document struct {
@@ -85,11 +81,14 @@ type ReviewedControls struct {
 
 type ControlSelection struct {
 	Description     string          `json:"description,omitempty"`
-	IncludeControls []SelectControl `json:"include-controls"`
+	Props           []Prop          `json:"props,omitempty"`
+	IncludeControls []SelectControl `json:"include-controls,omitempty"`
+	ExcludeControls []SelectControl `json:"exclude-controls,omitempty"`
 }
 
 type SelectControl struct {
-	ControlID string `json:"control-id"`
+	ControlID    string   `json:"control-id"`
+	StatementIDs []string `json:"statement-ids,omitempty"`
 }
 
 type Observation struct {
@@ -179,43 +178,6 @@ func UUIDv5(ns [16]byte, name string) string {
 	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
 }
 
-var (
-	sp80053 = regexp.MustCompile(`^([A-Za-z]{2})-(\d+)(?:\((\d+)\))?(?:\(([a-z])\))?$`)
-	csf     = regexp.MustCompile(`^[A-Z]{2}\.[A-Z]{2}-\d+$`)
-)
-
-// ControlID maps a rule's control name to an OSCAL SP 800-53 rev5 control
-// id ("AC-2" → "ac-2", "AC-2(2)" → "ac-2.2", "AC-2(j)" → "ac-2"), and reports
-// false for names that are not SP 800-53 controls (CSF subcategories).
-func ControlID(name string) (string, bool) {
-	m := sp80053.FindStringSubmatch(strings.TrimSpace(name))
-	if m == nil {
-		// "AC-2(j)": a statement item, not an enhancement
-		if i := strings.IndexByte(name, '('); i > 0 {
-			if m2 := sp80053.FindStringSubmatch(name[:i]); m2 != nil {
-				return strings.ToLower(m2[1]) + "-" + m2[2], true
-			}
-		}
-		return "", false
-	}
-	id := strings.ToLower(m[1]) + "-" + m[2]
-	if m[3] != "" {
-		id += "." + m[3]
-	}
-	return id, true
-}
-
-// CSF reports whether name is a NIST CSF subcategory such as PR.AA-05.
-func CSF(name string) bool { return csf.MatchString(name) }
-
-func csfProp(name string) Prop {
-	class := "csf-2.0"
-	if strings.HasPrefix(name, "PR.AC-") {
-		class = "csf-1.1"
-	}
-	return Prop{Name: "framework-subcategory", NS: NS, Value: name, Class: class}
-}
-
 var mediaTypes = map[string]string{
 	format.FileCheckpoint:  "text/plain",
 	format.FileEntries:     "application/jsonl",
@@ -237,28 +199,23 @@ func Build(scope *format.Scope) (*Document, error) {
 	pkgNS := parse(UUIDv5(namespace, pkgID))
 	uuid := func(parts ...string) string { return UUIDv5(pkgNS, strings.Join(parts, "|")) }
 
-	// Reviewed controls: every SP 800-53 control a rule names, plus the base set.
-	ctlSet := map[string]bool{}
-	csfSet := map[string]bool{"PR.AA-05": true, "PR.AC-4": true}
-	ruleCtls := map[string][]string{}
-	for _, c := range baseControls {
-		ctlSet[c] = true
+	// Controls: the chosen framework's catalog (controls as data), each
+	// satisfied, not satisfied or not tested (controls.go).
+	cat, err := LoadCatalog(doc.Framework)
+	if err != nil {
+		return nil, err
 	}
-	for _, r := range doc.Rules {
-		for _, c := range r.Controls {
-			if id, ok := ControlID(c); ok {
-				ctlSet[id] = true
-				ruleCtls[r.ID] = append(ruleCtls[r.ID], id)
-			} else if CSF(c) {
-				csfSet[c] = true
-			}
-		}
+	statuses, err := Assess(doc, cat)
+	if err != nil {
+		return nil, err
 	}
-	ctls := sortedKeys(ctlSet)
-	var csfProps []Prop
-	for _, c := range sortedKeys(csfSet) {
-		csfProps = append(csfProps, csfProp(c))
+	period := "as of " + asOf
+	start := asOf
+	if doc.From != nil {
+		start = doc.From.UTC().Format(time.RFC3339Nano)
+		period = "over the period " + start + " to " + asOf
 	}
+	fwProps := []Prop{{Name: "framework", NS: NS, Value: cat.Framework, Remarks: cat.Title}}
 
 	// Back matter: the package files with their SHA-256.
 	var res []Resource
@@ -274,18 +231,27 @@ func Build(scope *format.Scope) (*Document, error) {
 
 	// One observation per finding.
 	obs := make([]Observation, 0, len(doc.Findings))
-	obsByCtl := map[string][]string{}
-	countByCtl := map[string]int{}
 	for _, f := range doc.Findings {
 		p, _ := f.Primary()
 		ou := uuid("observation", f.Rule, f.Subject, fmt.Sprint(p))
+		props := []Prop{
+			{Name: "rule", NS: NS, Value: f.Rule},
+			{Name: "severity", NS: NS, Value: f.Severity},
+			{Name: "exposure-seconds", NS: NS, Value: fmt.Sprint(f.ExposureSeconds)},
+			{Name: "opened-at", NS: NS, Value: f.OpenedAt.UTC().Format(time.RFC3339)},
+		}
+		if f.ClosedAt != nil {
+			props = append(props, Prop{Name: "closed-at", NS: NS, Value: f.ClosedAt.UTC().Format(time.RFC3339)})
+		} else {
+			props = append(props, Prop{Name: "state", NS: NS, Value: "open", Remarks: "Still open at the as-of time."})
+		}
+		if f.SharesPrimaryWith != "" {
+			props = append(props, Prop{Name: "shares-primary-with", NS: NS, Value: f.SharesPrimaryWith,
+				Remarks: "Same subject and primary entry as a more specific finding of that rule: one thing, counted once."})
+		}
 		o := Observation{
 			UUID: ou, Title: fmt.Sprintf("%s: %s", f.Rule, f.Subject), Description: f.Message,
-			Props: []Prop{
-				{Name: "rule", NS: NS, Value: f.Rule},
-				{Name: "severity", NS: NS, Value: f.Severity},
-				{Name: "exposure-seconds", NS: NS, Value: fmt.Sprint(f.ExposureSeconds)},
-			},
+			Props:   props,
 			Methods: []string{"TEST"}, Types: []string{"finding"},
 			Subjects:  []SubjectReference{{SubjectUUID: uuid("subject", f.Subject), Type: "party", Title: f.Subject, Props: []Prop{{Name: "identity-id", NS: NS, Value: f.Subject}}}},
 			Collected: asOf,
@@ -302,41 +268,62 @@ func Build(scope *format.Scope) (*Document, error) {
 			})
 		}
 		obs = append(obs, o)
-		seen := map[string]bool{}
-		for _, c := range ruleCtlsOf(f, ruleCtls) {
-			if !seen[c] {
-				seen[c] = true
-				obsByCtl[c] = append(obsByCtl[c], ou)
-				countByCtl[c]++
-			}
-		}
 	}
 
-	// One finding per reviewed control.
+	// One finding per tested control; not-tested controls are listed, with
+	// why, in a control selection of their own.
 	var findings []Finding
-	for _, c := range ctls {
-		fd := Finding{
-			UUID: uuid("finding", c), Title: "Control " + strings.ToUpper(c),
-			Props:  csfProps,
-			Target: Target{Type: "objective-id", TargetID: c + "_obj"},
+	var include, exclude []SelectControl
+	var notTested []Prop
+	for _, st := range statuses {
+		c := st.Control
+		sel := SelectControl{ControlID: c.OSCAL.Control}
+		if c.OSCAL.Statement != "" {
+			sel.StatementIDs = []string{c.OSCAL.Statement}
 		}
-		if n := countByCtl[c]; n > 0 {
-			fd.Description = fmt.Sprintf("%d finding(s) of rules mapped to %s at checkpoint size %d, as of %s.", n, strings.ToUpper(c), doc.CheckpointSize, asOf)
+		if st.State == NotTested {
+			exclude = appendSelect(exclude, sel)
+			notTested = append(notTested, Prop{Name: "not-tested", NS: NS, Value: c.ID, Remarks: st.Why})
+			continue
+		}
+		include = appendSelect(include, sel)
+		target := Target{Type: "objective-id", TargetID: c.OSCAL.Control + "_obj"}
+		if c.OSCAL.Statement != "" {
+			target = Target{Type: "statement-id", TargetID: c.OSCAL.Statement}
+		}
+		fd := Finding{
+			UUID: uuid("finding", cat.Framework, c.ID), Title: c.ID + ": " + c.Title,
+			Props: append(slices.Clone(fwProps), Prop{Name: "control", NS: NS, Value: c.ID},
+				Prop{Name: "tested-by", NS: NS, Value: strings.Join(st.Tested, " ")}),
+			Target: target,
+		}
+		if n := len(st.Findings); n > 0 {
+			fd.Description = fmt.Sprintf("%d finding(s) of rules mapped to %s (%s) at checkpoint size %d, %s.", n, c.ID, strings.Join(st.Mapped, ", "), doc.CheckpointSize, period)
 			fd.Target.Status = Status{State: "not-satisfied", Reason: "fail"}
-			for _, u := range obsByCtl[c] {
-				fd.RelatedObservations = append(fd.RelatedObservations, RelatedObservation{ObservationUUID: u})
+			for _, i := range st.Findings {
+				fd.RelatedObservations = append(fd.RelatedObservations, RelatedObservation{ObservationUUID: obs[i].UUID})
 			}
 		} else {
-			fd.Description = fmt.Sprintf("No findings of rules mapped to %s at checkpoint size %d, as of %s.", strings.ToUpper(c), doc.CheckpointSize, asOf)
+			fd.Description = fmt.Sprintf("No findings of %s, which test %s, at checkpoint size %d, %s.", strings.Join(st.Tested, ", "), c.ID, doc.CheckpointSize, period)
+			if st.Why != "" {
+				fd.Description += " " + st.Why + "."
+			}
 			fd.Target.Status = Status{State: "satisfied", Reason: "pass"}
 		}
 		findings = append(findings, fd)
 	}
-
-	include := make([]SelectControl, 0, len(ctls))
-	for _, c := range ctls {
-		include = append(include, SelectControl{ControlID: c})
+	selections := []ControlSelection{{Description: cat.Title + ": the controls the package's rules tested.", Props: fwProps, IncludeControls: include}}
+	if len(exclude) > 0 {
+		selections = append(selections, ControlSelection{
+			Description:     cat.Title + ": controls not tested (the rules that could test them did not run, or lacked the params they need); each not-tested prop says why.",
+			Props:           notTested,
+			ExcludeControls: exclude,
+		})
 	}
+	if len(include) == 0 {
+		selections = selections[1:]
+	}
+
 	ap := "#" + resUUID[format.FileFindings]
 	if ap == "#" {
 		ap = format.FileFindings
@@ -354,19 +341,21 @@ func Build(scope *format.Scope) (*Document, error) {
 				{Name: "log-origin", NS: NS, Value: doc.Origin},
 				{Name: "checkpoint-size", NS: NS, Value: fmt.Sprint(doc.CheckpointSize)},
 				{Name: "checkpoint-root", NS: NS, Value: hex.EncodeToString(doc.CheckpointRoot)},
-			}, csfProps...),
+				{Name: "period-start", NS: NS, Value: start},
+				{Name: "period-end", NS: NS, Value: asOf},
+			}, fwProps...),
 			Remarks: "Generated by Grantline from a signed ledger checkpoint; verify the package offline with `grantline verify`.",
 		},
 		ImportAP: ImportAP{Href: ap, Remarks: "No separate assessment plan: the rule set (texts and SHA-256) and params in findings.json define the assessment."},
 		Results: []Result{{
 			UUID: uuid("result"), Title: "Privileged access: does privilege disappear when the work is complete?",
-			Description: fmt.Sprintf("CEL rules (%s) evaluated over %s in the ledger %s at checkpoint size %d, as of %s.", strings.Join(rules, ", "), scopeOf(doc), doc.Origin, doc.CheckpointSize, asOf),
-			Start:       asOf, End: asOf,
+			Description: fmt.Sprintf("CEL rules (%s) evaluated over %s in the ledger %s at checkpoint size %d, %s.", strings.Join(rules, ", "), scopeOf(doc), doc.Origin, doc.CheckpointSize, period),
+			Start:       start, End: asOf,
 			Props: []Prop{{Name: "findings", NS: NS, Value: fmt.Sprint(len(doc.Findings))}, {Name: "subjects-evaluated", NS: NS, Value: fmt.Sprint(doc.SubjectsEvaluated)}},
 			ReviewedControls: ReviewedControls{
-				Description:       "SP 800-53 rev5 controls named by the rule set, reviewed for NIST CSF 2.0 PR.AA-05 (CSF 1.1 PR.AC-4).",
-				Props:             csfProps,
-				ControlSelections: []ControlSelection{{IncludeControls: include}},
+				Description:       "Controls of " + cat.Title + " mapped to the rule set (Grantline's control catalogs are data: verify/oscal/catalogs).",
+				Props:             fwProps,
+				ControlSelections: selections,
 			},
 			Observations: obs,
 			Findings:     findings,
@@ -386,24 +375,26 @@ func scopeOf(doc *format.Findings) string {
 	return "the event chains of the identities with findings and those the findings cite (the package holds these chains only; it does not prove them complete)"
 }
 
+// appendSelect adds sel, merging statement ids of one control.
+func appendSelect(sels []SelectControl, sel SelectControl) []SelectControl {
+	for i := range sels {
+		if sels[i].ControlID == sel.ControlID {
+			if len(sels[i].StatementIDs) == 0 || len(sel.StatementIDs) == 0 {
+				sels[i].StatementIDs = nil // the whole control
+			} else {
+				sels[i].StatementIDs = append(sels[i].StatementIDs, sel.StatementIDs...)
+			}
+			return sels
+		}
+	}
+	return append(sels, sel)
+}
+
 func backMatter(res []Resource) *BackMatter {
 	if len(res) == 0 {
 		return nil
 	}
 	return &BackMatter{Resources: res}
-}
-
-func ruleCtlsOf(f format.Finding, byRule map[string][]string) []string {
-	if c, ok := byRule[f.Rule]; ok {
-		return c
-	}
-	var out []string
-	for _, c := range f.Controls {
-		if id, ok := ControlID(c); ok {
-			out = append(out, id)
-		}
-	}
-	return out
 }
 
 func nonEmpty(s string) string {

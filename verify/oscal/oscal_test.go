@@ -3,14 +3,17 @@ package oscal
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"gopkg.in/yaml.v3"
 
 	"github.com/grantline/grantline/verify/format"
 )
@@ -143,17 +146,12 @@ func TestBuildContent(t *testing.T) {
 	r := d.AssessmentResults.Results[0]
 	var ids []string
 	for _, c := range r.ReviewedControls.ControlSelections[0].IncludeControls {
-		ids = append(ids, c.ControlID)
+		ids = append(ids, c.ControlID+strings.Join(c.StatementIDs, "+"))
 	}
-	if got, want := strings.Join(ids, ","), "ac-2,ac-2.2,ac-5,ac-6,ac-6.7,ia-5.1"; got != want {
+	// The rules in the scope test AC-2 e (self-approval), f (approval), j
+	// (review), AC-2(2), AC-5, AC-6(7) and IA-5 f (rotation), statement-level.
+	if got, want := strings.Join(ids, ","), "ac-2ac-2_smt.e+ac-2_smt.f+ac-2_smt.j,ac-2.2,ac-5,ac-6.7,ia-5ia-5_smt.f"; got != want {
 		t.Errorf("reviewed controls = %s, want %s", got, want)
-	}
-	var csf []string
-	for _, p := range r.ReviewedControls.Props {
-		csf = append(csf, p.Value)
-	}
-	if got := strings.Join(csf, ","); got != "PR.AA-01,PR.AA-05,PR.AC-4" {
-		t.Errorf("CSF props = %s, want PR.AA-01,PR.AA-05,PR.AC-4", got)
 	}
 	if len(r.Observations) != 2 {
 		t.Fatalf("observations = %d, want one per finding (2)", len(r.Observations))
@@ -171,19 +169,146 @@ func TestBuildContent(t *testing.T) {
 		obj, state string
 		related    int
 	}{
-		{"ac-2_obj", "not-satisfied", 1},
+		{"ac-2_smt.e", "not-satisfied", 1},
+		{"ac-2_smt.f", "not-satisfied", 1},
+		{"ac-2_smt.j", "satisfied", 0},
 		{"ac-2.2_obj", "not-satisfied", 1},
 		{"ac-5_obj", "not-satisfied", 1},
-		{"ac-6_obj", "satisfied", 0},
-		{"ia-5.1_obj", "satisfied", 0},
+		{"ac-6.7_obj", "satisfied", 0},
+		{"ia-5_smt.f", "satisfied", 0},
 	} {
 		if state[tc.obj] != tc.state || related[tc.obj] != tc.related {
 			t.Errorf("finding %s = %s with %d observations, want %s with %d", tc.obj, state[tc.obj], related[tc.obj], tc.state, tc.related)
 		}
 	}
+	if _, ok := state["ac-6_obj"]; ok {
+		t.Error("AC-6 has a finding, but no rule of the package tests it: want it not tested")
+	}
+	nt := r.ReviewedControls.ControlSelections[1]
+	if len(nt.ExcludeControls) == 0 || !strings.Contains(nt.Description, "not tested") {
+		t.Errorf("second control selection = %+v, want the not-tested controls", nt)
+	}
 	bm := d.AssessmentResults.BackMatter.Resources // non-nil: 3 files
 	if len(bm) != 3 || bm[1].RLinks[0].Href != format.FileEntries || bm[1].RLinks[0].Hashes[0].Value != strings.Repeat("02", 32) {
 		t.Errorf("back-matter = %+v, want the 3 files with their SHA-256", bm)
+	}
+}
+
+// TestControlNeedsParams: AC-5 is satisfied only when sod-conflict ran with
+// sod_pairs set (and self-approval found nothing); with sod_pairs empty it
+// is not tested, and says why.
+func TestControlNeedsParams(t *testing.T) {
+	cat, err := LoadCatalog("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, pairs, state, why string
+	}{
+		{"empty sod_pairs", "[]", NotTested, "sod_pairs is empty"},
+		{"sod_pairs set", "[[a, b]]", Satisfied, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			doc := &format.Findings{Rules: []format.Rule{{ID: "sod-conflict", Params: map[string]string{"sod_pairs": tc.pairs}}}}
+			sts, err := Assess(doc, cat)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, st := range sts {
+				if st.Control.ID != "AC-5" {
+					continue
+				}
+				if st.State != tc.state || !strings.Contains(st.Why, tc.why) {
+					t.Errorf("AC-5 = %s (%q), want %s (%q)", st.State, st.Why, tc.state, tc.why)
+				}
+				return
+			}
+			t.Fatal("no AC-5 in the catalog")
+		})
+	}
+	// A rule that could not be evaluated for some subject leaves its
+	// controls not tested, never satisfied.
+	doc := &format.Findings{Rules: []format.Rule{{ID: "self-approval"}}, Errors: []format.RuleError{{Rule: "self-approval", Subject: "x", Message: "cost"}}}
+	sts, _ := Assess(doc, cat)
+	for _, st := range sts {
+		if st.Control.ID == "AC-5" && st.State != NotTested {
+			t.Errorf("AC-5 with a rule error = %s, want not-tested", st.State)
+		}
+	}
+}
+
+// TestCatalogMappings pins the mappings issue 12 asked to fix, and checks
+// every catalog names only built-in rules and builds valid OSCAL.
+func TestCatalogMappings(t *testing.T) {
+	builtin := map[string]bool{}
+	ents, err := os.ReadDir(filepath.Join("..", "..", "rules", "catalog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		builtin[strings.TrimSuffix(e.Name(), ".yaml")] = true
+	}
+	maps := func(fw, control, rule string) bool {
+		cat, err := LoadCatalog(fw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cat.Controls {
+			if c.ID == control && slices.Contains(c.Rules, rule) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tc := range []struct{ fw, control, rule string }{
+		{"sp800-53r5", "IA-5 f", "credential-rotation-overdue"},
+		{"sp800-53r5", "AC-2 g", "breakglass-unreviewed"},
+		{"sp800-53r5", "AU-6 a", "breakglass-unreviewed"},
+		{"sp800-53r5", "AC-2 b", "orphaned-nhi"},
+		{"sp800-53r5", "PS-4 a", "leaver-access-retained"},
+		{"sp800-53r5", "PS-5", "mover-access-retained"},
+		{"sp800-53r5", "AC-2 h.2", "mover-access-retained"},
+		{"sp800-53r5", "AC-2 j", "review-overdue"},
+		{"csf-2.0", "PR.AA-03", "privileged-session-without-mfa"},
+		{"soc2-2017", "CC6.2", "leaver-access-retained"},
+		{"iso27001-2022", "A.8.2", "standing-privilege"},
+		{"pci-dss-4.0.1", "8.4.1", "privileged-session-without-mfa"},
+	} {
+		if !maps(tc.fw, tc.control, tc.rule) {
+			t.Errorf("%s %s does not map %s", tc.fw, tc.control, tc.rule)
+		}
+	}
+	for _, wrong := range []struct{ fw, control, rule string }{
+		{"sp800-53r5", "AC-2(2)", "breakglass-unreviewed"},
+	} {
+		if maps(wrong.fw, wrong.control, wrong.rule) {
+			t.Errorf("%s %s still maps %s", wrong.fw, wrong.control, wrong.rule)
+		}
+	}
+	if got := Frameworks(); len(got) != 6 {
+		t.Errorf("frameworks = %v, want 6", got)
+	}
+	for _, fw := range Frameworks() {
+		cat, _ := LoadCatalog(fw)
+		covered := map[string]bool{}
+		for _, c := range cat.Controls {
+			for _, r := range c.Rules {
+				if !builtin[r] {
+					t.Errorf("%s %s maps %q, which is no built-in rule", fw, c.ID, r)
+				}
+				covered[r] = true
+			}
+		}
+		t.Run(fw, func(t *testing.T) {
+			s := testScope()
+			s.Findings.Framework = fw
+			if err := validate(t, build(t, s)); err != nil {
+				t.Fatalf("assessment-results for %s not valid OSCAL 1.1.3: %v", fw, err)
+			}
+		})
+	}
+	if _, err := LoadCatalog("cobit"); !errors.Is(err, ErrUnknownFramework) || !strings.Contains(err.Error(), "pci-dss-4.0.1") {
+		t.Errorf("LoadCatalog(cobit) = %v, want ErrUnknownFramework listing the known ones", err)
 	}
 }
 
@@ -211,22 +336,43 @@ func TestUUIDv5(t *testing.T) {
 	}
 }
 
-func TestControlID(t *testing.T) {
-	for _, tc := range []struct {
-		in, want string
-		ok       bool
-	}{
-		{"AC-2", "ac-2", true},
-		{"AC-2(2)", "ac-2.2", true},
-		{"AC-2(j)", "ac-2", true},
-		{"IA-5(1)", "ia-5.1", true},
-		{"ac-6", "ac-6", true},
-		{"PR.AA-05", "", false},
-		{"", "", false},
-	} {
-		got, ok := ControlID(tc.in)
-		if got != tc.want || ok != tc.ok {
-			t.Errorf("ControlID(%q) = %q, %v, want %q, %v", tc.in, got, ok, tc.want, tc.ok)
+// TestRuleFilesAgreeWithCatalogs: the controls a built-in rule file names
+// are exactly those the CSF 2.0, CSF 1.1 and SP 800-53 catalogs map it to,
+// so that findings.json and the catalogs never tell two stories.
+func TestRuleFilesAgreeWithCatalogs(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "..", "rules", "catalog", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("rule files: %v", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct {
+			ID       string   `yaml:"id"`
+			Controls []string `yaml:"controls"`
+		}
+		if err := yaml.Unmarshal(data, &r); err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, fw := range []string{"csf-2.0", "csf-1.1", "sp800-53r5"} {
+			cat, err := LoadCatalog(fw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range cat.Controls {
+				if slices.Contains(c.Rules, r.ID) {
+					want = append(want, c.ID)
+				}
+			}
+		}
+		got := slices.Clone(r.Controls)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: controls %v, the catalogs map it to %v", f, got, want)
 		}
 	}
 }

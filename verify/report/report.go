@@ -8,12 +8,14 @@ package report
 import (
 	"bytes"
 	"cmp"
+	"crypto/sha256"
 	_ "embed"
 	"encoding/csv"
 	"encoding/hex"
 	"fmt"
 	"html/template"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,7 +24,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/grantline/grantline/internal/textsafe"
+	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify/format"
+	"github.com/grantline/grantline/verify/oscal"
 )
 
 // Options tune the report.
@@ -39,9 +43,17 @@ type Options struct {
 var pageText string
 
 var page = template.Must(template.New("report").Funcs(template.FuncMap{
-	"dur":   Duration,
+	"dur":   format.Duration,
 	"lower": strings.ToLower,
 }).Parse(pageText))
+
+// stamp formats a time for people: UTC, to the second; "" for zero.
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format("2006-01-02 15:04:05 UTC")
+}
 
 // severities in descending order.
 var severities = []string{"critical", "high", "medium", "low", "info"}
@@ -51,28 +63,6 @@ func sevRank(s string) int {
 		return i
 	}
 	return len(severities)
-}
-
-// Duration formats seconds as days, hours and minutes ("3d 4h", "25m").
-func Duration(sec int64) string {
-	if sec <= 0 {
-		return "0"
-	}
-	d := time.Duration(sec) * time.Second
-	days := int64(d / (24 * time.Hour))
-	h := int64(d/time.Hour) % 24
-	m := int64(d/time.Minute) % 60
-	switch {
-	case days > 0 && h > 0:
-		return fmt.Sprintf("%dd %dh", days, h)
-	case days > 0:
-		return fmt.Sprintf("%dd", days)
-	case h > 0:
-		return fmt.Sprintf("%dh %dm", h, m)
-	case m > 0:
-		return fmt.Sprintf("%dm", m)
-	}
-	return fmt.Sprintf("%ds", sec)
 }
 
 type sevCount struct {
@@ -108,38 +98,68 @@ type chart struct {
 }
 
 type row struct {
-	Rule, Severity, Subject, Display, Message, Source string
-	Entries                                           string
-	Exposure                                          int64
+	Rule, Title, Severity, Subject, Display, Message, Source string
+	Entries                                                  string
+	Exposure                                                 int64
+	// Opened, Closed: when the finding opened and closed ("" while open).
+	Opened, Closed string
+	// Shares is the rule of the more specific finding it is grouped under.
+	Shares string
+	// Also are the findings grouped under this one (same primary entry).
+	Also []row
+	// Events are the cited entries; Params the rule's effective params.
+	Events []eventRow
+	Params string
+}
+
+type eventRow struct {
+	Index                                        uint64
+	EventID, Type, Time, Observed, Source, Actor string
+	Approver                                     string
+	Role                                         string
+}
+
+type controlRow struct {
+	ID, Title, State, Why, Tested string
+	Findings                      int
 }
 
 type ruleRow struct {
 	ID, Title, Severity, SHA256, Short string
-	Controls                           string
+	Controls, Params                   string
 	Findings                           int
 }
 
 type view struct {
 	Origin, Root, AsOf, Package string
-	Size                        uint64
-	Entries, Subjects           uint64
-	All                         bool
-	Total                       int
-	BySeverity                  []sevCount
-	Identities                  int
-	Evaluated                   uint64
-	Exposure                    int64
-	ExposureFindings            int
-	Rules                       []ruleRow
-	ByRule                      []*group
-	ByIdentity                  []*group
-	IdentitiesShown             int
-	Charts                      []chart
-	Rows                        []row
-	RowsShown                   int
-	Files                       []format.FileDigest
-	VerifyCmd                   string
-	Errors                      []format.RuleError
+	// Period is "FROM to TO" for a period package, "" for an instant.
+	Period, From             string
+	Framework                string
+	Controls                 []controlRow
+	ControlCounts            map[string]int
+	Distinct, Grouped        int
+	Generated, Version       string
+	LogKey, LogKeySHA, EvKey string
+	Complete                 bool
+	Size                     uint64
+	Entries, Subjects        uint64
+	All                      bool
+	Total                    int
+	BySeverity               []sevCount
+	Identities               int
+	Evaluated                uint64
+	Exposure                 int64
+	ExposureFindings         int
+	Rules                    []ruleRow
+	ByRule                   []*group
+	ByIdentity               []*group
+	IdentitiesShown          int
+	Charts                   []chart
+	Rows                     []row
+	RowsShown                int
+	Files                    []format.FileDigest
+	VerifyCmd                string
+	Errors                   []format.RuleError
 }
 
 // WriteHTML writes report.html for scope. Beyond html/template's escaping,
@@ -169,10 +189,29 @@ func buildView(scope *format.Scope, opts Options) *view {
 	}
 	v := &view{
 		Origin: doc.Origin, Size: doc.CheckpointSize, Root: hex.EncodeToString(doc.CheckpointRoot),
-		AsOf: doc.AsOf.UTC().Format("2006-01-02 15:04:05 MST"), Package: name,
+		AsOf: stamp(doc.AsOf), Package: name, Complete: doc.All,
+		Generated: stamp(scope.GeneratedAt), Version: scope.Version, LogKey: scope.LogKey, EvKey: scope.EvidenceKeyID,
 		Entries: scope.Entries, Subjects: scope.Subjects, All: doc.All, Total: len(doc.Findings),
 		Files: scope.Files, Errors: doc.Errors,
 		VerifyCmd: fmt.Sprintf("grantline verify %s --log-key log.vkey --evidence-key evidence.pub", shellQuote(name)),
+	}
+	if doc.From != nil {
+		v.From = stamp(*doc.From)
+		v.Period = v.From + " to " + v.AsOf
+	}
+	if scope.LogKey != "" {
+		sum := sha256.Sum256([]byte(strings.TrimSpace(scope.LogKey)))
+		v.LogKeySHA = hex.EncodeToString(sum[:])
+	}
+	if cat, err := oscal.LoadCatalog(doc.Framework); err == nil {
+		v.Framework = cat.Title
+		sts, _ := oscal.Assess(doc, cat)
+		v.ControlCounts = map[string]int{}
+		for _, st := range sts {
+			v.Controls = append(v.Controls, controlRow{ID: st.Control.ID, Title: st.Control.Title, State: st.State,
+				Why: st.Why, Tested: strings.Join(st.Tested, ", "), Findings: len(st.Findings)})
+			v.ControlCounts[st.State]++
+		}
 	}
 	counts := map[string]int{}
 	byRule := map[string]*group{}
@@ -192,21 +231,33 @@ func buildView(scope *format.Scope, opts Options) *view {
 		return g
 	}
 	ruleFindings := map[string]int{}
+	// Exposure is a union of intervals (rules.ExposureBySubject): per
+	// identity from findings.json's exposure_by_subject, per rule and per
+	// source over their own findings, so one grant cited by several rules
+	// counts once everywhere.
+	union := map[string][]rules.Finding{}
 	for _, f := range doc.Findings {
 		counts[strings.ToLower(f.Severity)]++
 		subjects[f.Subject] = true
-		v.Exposure += f.ExposureSeconds
 		if f.ExposureSeconds > 0 {
 			v.ExposureFindings++
+		}
+		if f.SharesPrimaryWith != "" {
+			v.Grouped++
+		}
+		rf := rules.Finding{Subject: f.Subject, ExposureSeconds: f.ExposureSeconds}
+		if f.ClosedAt != nil {
+			rf.ClosedAt = *f.ClosedAt
 		}
 		ruleFindings[f.Rule]++
 		src := "unknown"
 		if p, ok := f.Primary(); ok && scope.SourceOf[p] != "" {
 			src = scope.SourceOf[p]
 		}
+		union["rule\x00"+f.Rule] = append(union["rule\x00"+f.Rule], rf)
+		union["source\x00"+src] = append(union["source\x00"+src], rf)
 		for _, g := range []*group{get(byRule, f.Rule, f.Rule), get(byID, f.Subject, f.Subject), get(bySource, src, src)} {
 			g.Count++
-			g.Exposure += f.ExposureSeconds
 			g.subjects[f.Subject] = true
 			g.rules[f.Rule] = true
 			if sevRank(f.Severity) < sevRank(g.Severity) {
@@ -214,10 +265,38 @@ func buildView(scope *format.Scope, opts Options) *view {
 			}
 		}
 	}
+	exposureOf := func(fs []rules.Finding) int64 {
+		var n int64
+		for _, e := range rules.ExposureBySubject(fs, doc.AsOf) {
+			n += e
+		}
+		return n
+	}
+	for k, g := range byRule {
+		g.Exposure = exposureOf(union["rule\x00"+k])
+	}
+	for k, g := range bySource {
+		g.Exposure = exposureOf(union["source\x00"+k])
+	}
+	for k, g := range byID {
+		g.Exposure = doc.ExposureBySubject[k]
+	}
+	for _, e := range doc.ExposureBySubject {
+		v.Exposure += e
+	}
+	v.Distinct = len(doc.Findings) - v.Grouped
 	for _, s := range severities {
 		if s != "info" || counts[s] > 0 {
 			v.BySeverity = append(v.BySeverity, sevCount{s, counts[s]})
 		}
+	}
+	params := map[string]string{}
+	for _, r := range doc.Rules {
+		var ps []string
+		for _, k := range slices.Sorted(maps.Keys(r.Params)) {
+			ps = append(ps, k+" = "+r.Params[k])
+		}
+		params[r.ID] = strings.Join(ps, ", ")
 	}
 	v.Evaluated = doc.SubjectsEvaluated
 	v.Identities = len(subjects)
@@ -226,7 +305,7 @@ func buildView(scope *format.Scope, opts Options) *view {
 		if len(short) > 12 {
 			short = short[:12]
 		}
-		v.Rules = append(v.Rules, ruleRow{ID: r.ID, Title: r.Title, Severity: strings.ToLower(r.Severity), SHA256: r.SHA256, Short: short, Controls: strings.Join(r.Controls, ", "), Findings: ruleFindings[r.ID]})
+		v.Rules = append(v.Rules, ruleRow{ID: r.ID, Title: r.Title, Severity: strings.ToLower(r.Severity), SHA256: r.SHA256, Short: short, Controls: strings.Join(r.Controls, ", "), Params: params[r.ID], Findings: ruleFindings[r.ID]})
 	}
 	finish := func(m map[string]*group) []*group {
 		out := make([]*group, 0, len(m))
@@ -265,27 +344,67 @@ func buildView(scope *format.Scope, opts Options) *view {
 	sources := finish(bySource)
 
 	v.Charts = []chart{
-		exposureChart("Exposure by rule", "How long privilege outlived its deadline, summed per rule.", byExposure(v.ByRule), 12),
+		exposureChart("Exposure by rule", "How long privilege outlived its deadline, per rule (overlapping intervals of one identity counted once).", byExposure(v.ByRule), 12),
 		exposureChart("Exposure by identity", "The identities whose privilege outlived its purpose longest.", byExposure(ids), 12),
-		exposureChart("Exposure by source", "Which system's privilege lingers: summed by the source of each finding's primary event.", byExposure(sources), 12),
+		exposureChart("Exposure by source", "Which system's privilege lingers: by the source of each finding's primary event (overlaps counted once).", byExposure(sources), 12),
 	}
 
-	fs := slices.Clone(doc.Findings)
-	slices.SortStableFunc(fs, func(a, b format.Finding) int {
+	mkRow := func(f format.Finding) row {
+		var es []string
+		r := row{Rule: f.Rule, Title: titles[f.Rule], Severity: strings.ToLower(f.Severity), Subject: f.Subject, Display: scope.DisplayOf[f.Subject],
+			Message: f.Message, Exposure: f.ExposureSeconds, Opened: stamp(f.OpenedAt), Shares: f.SharesPrimaryWith, Params: params[f.Rule]}
+		if f.ClosedAt != nil {
+			r.Closed = stamp(*f.ClosedAt)
+		}
+		for i, e := range f.Entries {
+			es = append(es, strconv.FormatUint(e.Index, 10))
+			ev, ok := scope.Events[e.Index]
+			role := "cited"
+			if i == 0 {
+				role = "primary"
+			}
+			er := eventRow{Index: e.Index, EventID: e.EventID, Role: role}
+			if ok {
+				er.Type, er.Time, er.Observed, er.Source, er.Actor = ev.Type, stamp(ev.Time), stamp(ev.ObservedTime), ev.Source, ev.Actor
+				if ev.Request != "" {
+					er.Approver = scope.ApproverOf[format.ApprovalKey(f.Subject, ev.Request)]
+				}
+			}
+			r.Events = append(r.Events, er)
+		}
+		p, _ := f.Primary()
+		r.Source = scope.SourceOf[p]
+		r.Entries = strings.Join(es, ", ")
+		return r
+	}
+	// Findings that share a primary entry with a more specific one are
+	// shown under it.
+	type key struct {
+		subject string
+		index   uint64
+	}
+	also := map[key][]row{}
+	var leads []format.Finding
+	for _, f := range doc.Findings {
+		p, _ := f.Primary()
+		if f.SharesPrimaryWith != "" {
+			also[key{f.Subject, p}] = append(also[key{f.Subject, p}], mkRow(f))
+			continue
+		}
+		leads = append(leads, f)
+	}
+	slices.SortStableFunc(leads, func(a, b format.Finding) int {
 		if c := cmp.Compare(sevRank(a.Severity), sevRank(b.Severity)); c != 0 {
 			return c
 		}
 		return cmp.Compare(b.ExposureSeconds, a.ExposureSeconds)
 	})
-	v.RowsShown = min(len(fs), maxRows)
-	for _, f := range fs[:v.RowsShown] {
-		var es []string
-		for _, e := range f.Entries {
-			es = append(es, strconv.FormatUint(e.Index, 10))
-		}
+	v.RowsShown = min(len(leads), maxRows)
+	for _, f := range leads[:v.RowsShown] {
+		r := mkRow(f)
 		p, _ := f.Primary()
-		v.Rows = append(v.Rows, row{Rule: f.Rule, Severity: strings.ToLower(f.Severity), Subject: f.Subject, Display: scope.DisplayOf[f.Subject],
-			Message: f.Message, Source: scope.SourceOf[p], Entries: strings.Join(es, ", "), Exposure: f.ExposureSeconds})
+		r.Also = also[key{f.Subject, p}]
+		v.Rows = append(v.Rows, r)
 	}
 	return v
 }
@@ -324,7 +443,7 @@ func exposureChart(title, note string, gs []*group, limit int) chart {
 		if len([]rune(label)) > 28 {
 			label = string([]rune(label)[:27]) + "…"
 		}
-		c.Bars = append(c.Bars, bar{Label: label, Value: Duration(g.Exposure), Y: y, W: max(w, 2), TextY: y + 13, ValueX: 210 + max(w, 2) + 6, Severity: g.Severity})
+		c.Bars = append(c.Bars, bar{Label: label, Value: format.Duration(g.Exposure), Y: y, W: max(w, 2), TextY: y + 13, ValueX: 210 + max(w, 2) + 6, Severity: g.Severity})
 	}
 	c.Height = len(c.Bars)*(barH+gap) + 4
 	return c
@@ -340,7 +459,7 @@ func shellQuote(s string) string {
 }
 
 // CSVHeader is the header row of findings.csv.
-var CSVHeader = []string{"rule", "title", "severity", "subject", "subject_display", "primary_index", "primary_event_id", "entries", "controls", "exposure_seconds", "exposure", "source", "message"}
+var CSVHeader = []string{"rule", "title", "severity", "subject", "subject_display", "primary_index", "primary_event_id", "entries", "controls", "exposure_seconds", "exposure", "source", "message", "opened_at", "closed_at", "shares_primary_with"}
 
 // SafeCell neutralises spreadsheet formula injection and hidden text: a cell
 // that starts with = + - @, white space (tab, carriage return, newline,
@@ -371,8 +490,13 @@ func WriteCSV(w io.Writer, scope *format.Scope) error {
 		if len(f.Entries) > 0 {
 			pid = f.Entries[0].EventID
 		}
+		closedAt := ""
+		if f.ClosedAt != nil {
+			closedAt = f.ClosedAt.UTC().Format(time.RFC3339)
+		}
 		rec := []string{f.Rule, f.Title, f.Severity, f.Subject, scope.DisplayOf[f.Subject], strconv.FormatUint(p, 10), pid,
-			strings.Join(es, " "), strings.Join(f.Controls, " "), strconv.FormatInt(f.ExposureSeconds, 10), Duration(f.ExposureSeconds), scope.SourceOf[p], f.Message}
+			strings.Join(es, " "), strings.Join(f.Controls, " "), strconv.FormatInt(f.ExposureSeconds, 10), format.Duration(f.ExposureSeconds), scope.SourceOf[p], f.Message,
+			f.OpenedAt.UTC().Format(time.RFC3339), closedAt, f.SharesPrimaryWith}
 		for i := range rec {
 			rec[i] = SafeCell(rec[i])
 		}

@@ -117,16 +117,98 @@ func TestHTMLNoFindings(t *testing.T) {
 	}
 }
 
-func TestDuration(t *testing.T) {
-	for _, tc := range []struct {
-		in   int64
-		want string
-	}{{0, "0"}, {-5, "0"}, {45, "45s"}, {60, "1m"}, {3660, "1h 1m"}, {86400, "1d"}, {90061, "1d 1h"}} {
-		if got := Duration(tc.in); got != tc.want {
-			t.Errorf("Duration(%d) = %q, want %q", tc.in, got, tc.want)
-		}
+// periodScope is the JIT story of testdata/feeds/jit-never-revoked.jsonl
+// over May 10 to June 1: three findings, two on the same grant event, each
+// clipped to 22 days, 22 days once for the identity.
+func periodScope() *format.Scope {
+	at := func(s string) time.Time { t, _ := time.Parse(time.RFC3339, s); return t }
+	from := at("2026-05-10T00:00:00Z")
+	const d22 = 22 * 86400
+	return &format.Scope{
+		Findings: &format.Findings{
+			Origin: "grantline.example/log", CheckpointSize: 5, CheckpointRoot: bytes.Repeat([]byte{1}, 32),
+			AsOf: at("2026-06-01T00:00:00Z"), From: &from,
+			Rules: []format.Rule{
+				{ID: "approval-without-revocation", Title: "Approvals with no matching revocation", Severity: "high", Params: map[string]string{"revoke_grace": "15m0s"}},
+				{ID: "grant-overstayed-expiry", Title: "Grant outlived its expiry", Severity: "high", Params: map[string]string{"revoke_grace": "15m0s"}},
+				{ID: "jit-outlived-session", Title: "JIT grant outlived its session", Severity: "high", Params: map[string]string{"jit_grace": "15m0s"}},
+				{ID: "sod-conflict", Title: "Separation-of-duties conflict", Severity: "high", Params: map[string]string{"sod_pairs": "[]"}},
+			},
+			SubjectsEvaluated: 1,
+			Findings: []format.Finding{
+				{Rule: "approval-without-revocation", Severity: "high", Subject: "marco.bianchi", Entries: []format.EntryRef{{Index: 1, EventID: "jnr-2"}},
+					Message: "privileged approval not revoked", ExposureSeconds: d22, OpenedAt: at("2026-05-05T17:22:00Z")},
+				{Rule: "self-approval", Severity: "high", Subject: "marco.bianchi", Entries: []format.EntryRef{{Index: 1, EventID: "jnr-2"}},
+					Message: "approved by its own subject", OpenedAt: at("2026-05-05T09:07:00Z"), ClosedAt: ptr(at("2026-05-05T09:07:00Z")), SharesPrimaryWith: "approval-without-revocation"},
+				{Rule: "grant-overstayed-expiry", Severity: "high", Subject: "marco.bianchi", Entries: []format.EntryRef{{Index: 2, EventID: "jnr-3"}},
+					Message: "grant expired but was not ended", ExposureSeconds: d22, OpenedAt: at("2026-05-05T11:27:00Z"), SharesPrimaryWith: "jit-outlived-session"},
+				{Rule: "jit-outlived-session", Severity: "high", Subject: "marco.bianchi", Entries: []format.EntryRef{{Index: 2, EventID: "jnr-3"}, {Index: 4, EventID: "jnr-5"}},
+					Message: "JIT grant not ended after its session", ExposureSeconds: d22, OpenedAt: at("2026-05-05T10:17:00Z")},
+			},
+			ExposureBySubject: map[string]int64{"marco.bianchi": d22},
+		},
+		Entries: 5, Subjects: 1,
+		SourceOf:  map[uint64]string{1: "sailpoint-iga", 2: "cyberark-pam"},
+		DisplayOf: map[string]string{"marco.bianchi": "Marco Bianchi"},
+		Events: map[uint64]format.EventRow{
+			1: {Index: 1, EventID: "jnr-2", Type: "access.approved", Time: at("2026-05-05T09:07:00Z"), ObservedTime: at("2026-05-05T09:07:02Z"), Source: "sailpoint-iga", Actor: "harper.dubois", Request: "REQ-jnr"},
+			2: {Index: 2, EventID: "jnr-3", Type: "grant.activated", Time: at("2026-05-05T09:12:00Z"), ObservedTime: at("2026-05-05T09:12:01Z"), Source: "cyberark-pam", Actor: "cyberark-pam", Request: "REQ-jnr"},
+			4: {Index: 4, EventID: "jnr-5", Type: "session.ended", Time: at("2026-05-05T10:02:00Z"), ObservedTime: at("2026-05-05T10:02:01Z"), Source: "cyberark-pam"},
+		},
+		ApproverOf:  map[string]string{format.ApprovalKey("marco.bianchi", "REQ-jnr"): "harper.dubois"},
+		GeneratedAt: at("2026-06-01T08:00:00Z"), Version: "grantline test",
+		LogKey: "grantline.example/log+abcd1234+AAAA", EvidenceKeyID: strings.Repeat("e", 64),
 	}
 }
+
+// TestHTMLPeriodReport checks what an auditor needs from a period report:
+// the period, open/closed and since when, cited events as rows with the
+// approver, params, union exposure counted once, grouping, keys, version,
+// generation time, controls not tested with why, and the limits of proof.
+func TestHTMLPeriodReport(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteHTML(&b, periodScope(), Options{PackageName: "evidence-2026-05"}); err != nil {
+		t.Fatal(err)
+	}
+	h := b.String()
+	for _, want := range []string{
+		"period <strong>2026-05-10 00:00:00 UTC to 2026-06-01 00:00:00 UTC</strong>",
+		"<span class=\"open\">open</span> since 2026-05-05 10:17:00 UTC",
+		"4 findings</strong> open at some time in the period",
+		"2 distinct, and 2 that cite the same entry as a more specific finding",
+		"<span class=\"closed\">occurred</span> 2026-05-05 09:07:00 UTC",
+		"<strong>22d</strong> in total within the period", // once, not 66d
+		"Same entry, also:",
+		"jnr-2", "access.approved", "2026-05-05 09:07:02 UTC", "harper.dubois",
+		"decided by jit_grace = 15m0s",
+		"grantline.example/log&#43;abcd1234&#43;AAAA", strings.Repeat("e", 64),
+		"Generated 2026-06-01 08:00:00 UTC by grantline test",
+		"sod_pairs is empty",
+		"It does not prove",
+		"that the chains included are complete",
+	} {
+		if !strings.Contains(h, want) {
+			t.Errorf("period report lacks %q", want)
+		}
+	}
+	if strings.Contains(h, "66d") {
+		t.Error("period report sums exposure over rules (66d): one grant must count once")
+	}
+	if strings.Contains(strings.ToLower(h), "<script") {
+		t.Error("report has a script")
+	}
+	s := periodScope()
+	s.Findings.All = true
+	b.Reset()
+	if err := WriteHTML(&b, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "carries every entry of the tree") {
+		t.Error("a package with every entry should say so")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
 
 // TestHiddenCharactersVisible: invisible and reordering characters in the
 // data are shown as escapes in report.html and findings.csv.
@@ -163,8 +245,9 @@ func TestHiddenCharactersVisible(t *testing.T) {
 	}
 }
 
-// TestNoFindingsClaimsOnlyWhatThePackageProves: a clean package claims
-// "every identity's chain" only when it holds every entry.
+// TestNoFindingsClaimsOnlyWhatThePackageProves: a clean package never
+// claims "every identity's chain" unless it holds every entry, and says so
+// when it does not.
 func TestNoFindingsClaimsOnlyWhatThePackageProves(t *testing.T) {
 	for _, all := range []bool{false, true} {
 		s := scope()
@@ -173,8 +256,12 @@ func TestNoFindingsClaimsOnlyWhatThePackageProves(t *testing.T) {
 		if err := WriteHTML(&b, s, Options{}); err != nil {
 			t.Fatal(err)
 		}
-		if got := strings.Contains(b.String(), "every identity&#39;s chain") || strings.Contains(b.String(), "every identity's chain"); got != all {
-			t.Errorf("all=%v: the report claims every identity's chain: %v, want %v", all, got, all)
+		h := strings.ReplaceAll(b.String(), "&#39;", "'")
+		if !all && strings.Contains(h, "every identity's chain") {
+			t.Errorf("all=false: the report claims every identity's chain")
+		}
+		if got := strings.Contains(h, "does not prove that no identity's chain is missing"); got == all {
+			t.Errorf("all=%v: the report says the chains are unproven: %v, want %v", all, got, !all)
 		}
 	}
 }
