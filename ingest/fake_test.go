@@ -29,7 +29,7 @@ import (
 // (source.system, id), and enforces the contract: it fails the test if it is
 // handed an event that event.Validate refuses.
 type fakeLedger struct {
-	t        *testing.T
+	t        testing.TB
 	signer   note.Signer
 	verifier note.Verifier
 
@@ -50,7 +50,7 @@ type fakeLedger struct {
 	appends    int           // Append calls that stored
 }
 
-func newFakeLedger(t *testing.T) *fakeLedger {
+func newFakeLedger(t testing.TB) *fakeLedger {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, "grantline.test/log")
 	if err != nil {

@@ -171,7 +171,7 @@ func TestMetrics(t *testing.T) {
 		`grantline_appended_events_total{result="duplicate"} 1`,
 		`grantline_append_batch_events_count 2`,
 		`grantline_tree_size 5`,
-		`grantline_refused_requests_total{code="unauthenticated"} 2`,
+		`grantline_refused_requests_total{code="unauthenticated",reason="no_token"} 2`,
 		`grantline_rpc_requests_total{code="ok",procedure="/grantline.v1.IngestService/Append"} 2`,
 		`grantline_checkpoint_age_seconds`,
 		`grantline_rule_evaluation_seconds_count 0`,

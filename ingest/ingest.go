@@ -68,9 +68,11 @@ type LedgerStats interface {
 
 // Authenticator turns a bearer token into a principal; *auth.Store
 // implements it. Authenticate returns an error for an unknown or revoked
-// token (any error means Unauthenticated); it must compare in constant time,
-// see revocations at once and be safe for concurrent use. The token must
-// never be logged.
+// token (any error means Unauthenticated); its timing must tell nothing
+// about valid tokens (compare hashes, or in constant time), it must see
+// revocations at once, be cheap (it runs again for every message of an
+// AppendStream) and be safe for concurrent use. The token must never be
+// logged.
 type Authenticator interface {
 	Authenticate(token string) (auth.Principal, error)
 }

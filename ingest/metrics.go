@@ -16,7 +16,7 @@ type metrics struct {
 	appendLatency prometheus.Histogram
 	inflight      prometheus.Gauge
 	requests      *prometheus.CounterVec // procedure, code
-	refused       *prometheus.CounterVec // code
+	refused       *prometheus.CounterVec // code, reason
 	duration      *prometheus.HistogramVec
 	evalSeconds   prometheus.Histogram
 	ages          *checkpointAge
@@ -64,8 +64,8 @@ func newMetrics(reg *prometheus.Registry, l Ledger, now func() time.Time) *metri
 			Name: "grantline_rpc_requests_total", Help: "RPCs handled, by procedure and Connect code.",
 		}, []string{"procedure", "code"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "grantline_refused_requests_total", Help: "RPCs and tile reads refused, by Connect code.",
-		}, []string{"code"}),
+			Name: "grantline_refused_requests_total", Help: "RPCs and tile reads refused or failed, by Connect code and reason (no_token, bad_token, permission, compression, unknown_field, decode, too_large, timeout, revoked, stream_idle, ...).",
+		}, []string{"code", "reason"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "grantline_rpc_duration_seconds", Help: "RPC duration by procedure.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"connectrpc.com/authn"
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
@@ -37,6 +38,15 @@ type Config struct {
 	MetricsPublic bool
 	// Now is the clock for validation and as-of defaults; nil is time.Now.
 	Now func() time.Time
+	// BodyReadTimeout bounds reading the body of a unary or server-streaming
+	// call; 0 is DefaultBodyReadTimeout.
+	BodyReadTimeout time.Duration
+	// StreamIdleTimeout closes a client stream (AppendStream) on which no
+	// message arrived for that long; 0 is DefaultStreamIdleTimeout.
+	StreamIdleTimeout time.Duration
+	// StreamMaxLifetime closes a client stream that long after it opened;
+	// 0 is DefaultStreamMaxLifetime.
+	StreamMaxLifetime time.Duration
 	// Witnessed, when set (a witness policy is configured), returns the
 	// newest checkpoint that reached the witnesses' quorum, its Note carrying
 	// their cosignatures, and false while there is none. GET /checkpoint then
@@ -53,6 +63,8 @@ type Server struct {
 	reg     *prometheus.Registry
 	health  *grpchealth.StaticChecker
 	handler http.Handler
+	// The time limits of calls, defaults applied.
+	bodyTimeout, idleTimeout, maxLifetime time.Duration
 }
 
 // serviceNames are the services reflection and health report.
@@ -76,24 +88,62 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry}
+	if cfg.BodyReadTimeout < 0 || cfg.StreamIdleTimeout < 0 || cfg.StreamMaxLifetime < 0 {
+		return nil, errors.New("ingest: Config timeouts must not be negative")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry,
+		bodyTimeout: orDefault(cfg.BodyReadTimeout, DefaultBodyReadTimeout),
+		idleTimeout: orDefault(cfg.StreamIdleTimeout, DefaultStreamIdleTimeout),
+		maxLifetime: orDefault(cfg.StreamMaxLifetime, DefaultStreamMaxLifetime),
+	}
 	s.m = newMetrics(cfg.Registry, cfg.Ledger, cfg.Now)
 	s.health = grpchealth.NewStaticChecker(serviceNames...)
 
-	opts := []connect.HandlerOption{
-		connect.WithInterceptors(s.observe(), errorMapper{}, s.authorize()),
+	// Authentication and the role check run in HTTP middleware (guard),
+	// before any of the body is read, decompressed or decoded; the decoders
+	// are strict (codec.go) and the decompressor capped (compress.go).
+	decoding := []connect.HandlerOption{
+		connect.WithCompression("gzip", newCappedGzip, newGzipCompressor),
+		connect.WithCodec(strictProtoCodec{}),
+		connect.WithCodec(strictJSONCodec{name: "json"}),
+		connect.WithCodec(strictJSONCodec{name: "json; charset=utf-8"}),
+	}
+	opts := append([]connect.HandlerOption{
+		connect.WithInterceptors(s.observe(), errorMapper{}, s.streamGuard()),
 		connect.WithRecover(s.recovered),
 		connect.WithReadMaxBytes(event.MaxMessageBytes),
 		connect.WithCompressMinBytes(1024),
-	}
+	}, decoding...)
+	mw := authn.NewMiddleware(s.authenticateCall, opts...)
 	mux := http.NewServeMux()
-	mux.Handle(grantlinev1connect.NewIngestServiceHandler(&ingestService{s: s}, opts...))
-	mux.Handle(grantlinev1connect.NewLogServiceHandler(&logService{s: s}, opts...))
-	mux.Handle(grantlinev1connect.NewEvidenceServiceHandler(&evidenceService{s: s}, opts...))
+	for _, route := range []func() (string, http.Handler){
+		func() (string, http.Handler) {
+			return grantlinev1connect.NewIngestServiceHandler(&ingestService{s: s}, opts...)
+		},
+		func() (string, http.Handler) {
+			return grantlinev1connect.NewLogServiceHandler(&logService{s: s}, opts...)
+		},
+		func() (string, http.Handler) {
+			return grantlinev1connect.NewEvidenceServiceHandler(&evidenceService{s: s}, opts...)
+		},
+	} {
+		path, h := route()
+		mux.Handle(path, s.guard(h, mw))
+	}
+	// Health and reflection answer without a token, within small limits.
+	public := append([]connect.HandlerOption{
+		connect.WithInterceptors(s.streamGuard()),
+		connect.WithReadMaxBytes(publicReadMaxBytes),
+	}, decoding...)
 	reflector := grpcreflect.NewStaticReflector(serviceNames...)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	mux.Handle(grpchealth.NewHandler(s.health))
+	for _, route := range []func() (string, http.Handler){
+		func() (string, http.Handler) { return grpcreflect.NewHandlerV1(reflector, public...) },
+		func() (string, http.Handler) { return grpcreflect.NewHandlerV1Alpha(reflector, public...) },
+		func() (string, http.Handler) { return grpchealth.NewHandler(s.health, public...) },
+	} {
+		path, h := route()
+		mux.Handle(path, s.guard(h, nil))
+	}
 
 	tiles := s.requireHTTP(http.HandlerFunc(s.serveTiles))
 	mux.Handle("/checkpoint", tiles)
@@ -156,14 +206,6 @@ func (s *Server) recovered(ctx context.Context, spec connect.Spec, _ http.Header
 
 // ---- authorisation ----
 
-type principalKey struct{}
-
-// PrincipalFrom returns the authenticated caller of a request context.
-func PrincipalFrom(ctx context.Context) (auth.Principal, bool) {
-	p, ok := ctx.Value(principalKey{}).(auth.Principal)
-	return p, ok
-}
-
 // allowed reports whether role may call procedure (a Connect procedure path).
 func allowed(role auth.Role, procedure string) bool {
 	switch role {
@@ -179,59 +221,30 @@ func allowed(role auth.Role, procedure string) bool {
 	return false
 }
 
-// authenticate checks an Authorization header value. The token never appears
-// in an error or a log.
-func (s *Server) authenticate(header string) (auth.Principal, error) {
+// authenticate checks an Authorization header value and returns the
+// principal, the token, and on failure the reason label of the refusal. The
+// token never appears in an error or a log.
+func (s *Server) authenticate(header string) (auth.Principal, string, string, error) {
 	if header == "" {
-		return auth.Principal{}, fmt.Errorf("%w: no bearer token; send the header 'Authorization: Bearer <token>' (a new server writes one to DATA/admin.token)", ErrUnauthenticated)
+		return auth.Principal{}, "", "no_token", fmt.Errorf("%w: no bearer token; send the header 'Authorization: Bearer <token>' (a new server writes one to DATA/admin.token)", ErrUnauthenticated)
 	}
 	scheme, tok, ok := strings.Cut(header, " ")
-	if !ok || subtle.ConstantTimeCompare([]byte(strings.ToLower(scheme)), []byte("bearer")) != 1 || strings.TrimSpace(tok) == "" {
-		return auth.Principal{}, fmt.Errorf("%w: the Authorization header is not of the form 'Bearer <token>'", ErrUnauthenticated)
+	tok = strings.TrimSpace(tok)
+	if !ok || subtle.ConstantTimeCompare([]byte(strings.ToLower(scheme)), []byte("bearer")) != 1 || tok == "" {
+		return auth.Principal{}, "", "bad_header", fmt.Errorf("%w: the Authorization header is not of the form 'Bearer <token>'", ErrUnauthenticated)
 	}
-	p, err := s.cfg.Auth.Authenticate(strings.TrimSpace(tok))
+	p, err := s.cfg.Auth.Authenticate(tok)
 	if err != nil {
-		return auth.Principal{}, fmt.Errorf("%w: unknown or revoked token", ErrUnauthenticated)
+		return auth.Principal{}, "", "bad_token", fmt.Errorf("%w: unknown or revoked token", ErrUnauthenticated)
 	}
-	return p, nil
+	return p, tok, "", nil
 }
 
-// authorizeCall authenticates a call and checks its role.
-func (s *Server) authorizeCall(ctx context.Context, header http.Header, procedure string) (context.Context, error) {
-	p, err := s.authenticate(header.Get("Authorization"))
-	if err != nil {
-		return ctx, err
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
 	}
-	if ci, ok := ctx.Value(callInfoKey{}).(*callInfo); ok {
-		ci.principal = p.Name
-	}
-	if !allowed(p.Role, procedure) {
-		return ctx, fmt.Errorf("%w: %s %q may not call %s", ErrPermission, p.Role, p.Name, procedure)
-	}
-	return context.WithValue(ctx, principalKey{}, p), nil
-}
-
-func (s *Server) authorize() connect.Interceptor {
-	return interceptor{
-		unary: func(next connect.UnaryFunc) connect.UnaryFunc {
-			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-				ctx, err := s.authorizeCall(ctx, req.Header(), req.Spec().Procedure)
-				if err != nil {
-					return nil, err
-				}
-				return next(ctx, req)
-			}
-		},
-		stream: func(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-			return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-				ctx, err := s.authorizeCall(ctx, conn.RequestHeader(), conn.Spec().Procedure)
-				if err != nil {
-					return err
-				}
-				return next(ctx, conn)
-			}
-		},
-	}
+	return d
 }
 
 // requireHTTP guards a plain HTTP route: auditor or admin.
@@ -246,19 +259,20 @@ func (s *Server) requireHTTPRole(h http.Handler, roles ...auth.Role) http.Handle
 		need += " or " + string(r)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.authenticate(r.Header.Get("Authorization"))
+		p, _, reason, err := s.authenticate(r.Header.Get("Authorization"))
 		status := http.StatusUnauthorized
 		if err == nil && !slices.Contains(roles, p.Role) {
 			err = fmt.Errorf("%w: %s %q may not read %s; it needs an %s token", ErrPermission, p.Role, p.Name, r.URL.Path, need)
 			status = http.StatusForbidden
+			reason = "permission"
 		}
 		if err != nil {
 			code := connect.CodeUnauthenticated
 			if status == http.StatusForbidden {
 				code = connect.CodePermissionDenied
 			}
-			s.m.refused.WithLabelValues(code.String()).Inc()
-			s.log.InfoContext(r.Context(), "http refused", "path", r.URL.Path, "status", status, "peer", r.RemoteAddr, "principal", p.Name)
+			s.m.refused.WithLabelValues(code.String(), reason).Inc()
+			s.log.InfoContext(r.Context(), "http refused", "path", r.URL.Path, "status", status, "reason", reason, "peer", r.RemoteAddr, "principal", p.Name)
 			if status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="grantline"`)
 			}
@@ -291,57 +305,66 @@ func (errorMapper) WrapStreamingHandler(next connect.StreamingHandlerFunc) conne
 	}
 }
 
-type callInfoKey struct{}
-
-// callInfo lets inner interceptors tell the logger who called.
-type callInfo struct{ principal string }
-
 // observe logs each call (procedure, principal, peer, code, duration; never a
-// token) and counts it.
+// token) and counts it, with the reason of a refusal.
 func (s *Server) observe() connect.Interceptor {
-	done := func(ctx context.Context, ci *callInfo, spec connect.Spec, peer connect.Peer, start time.Time, err error) {
+	done := func(ctx context.Context, spec connect.Spec, peer connect.Peer, start time.Time, err error) {
 		d := time.Since(start)
 		code := "ok"
 		level := slog.LevelInfo
+		principal := ""
+		if c := callerFrom(ctx); c != nil {
+			principal = c.Name
+		}
+		var reason string
 		if err != nil {
 			c := connect.CodeOf(err)
 			code = c.String()
-			s.m.refused.WithLabelValues(code).Inc()
+			reason = reasonOf(c, err.Error())
+			s.m.refused.WithLabelValues(code, reason).Inc()
 			switch c {
 			case connect.CodeInternal, connect.CodeUnknown, connect.CodeDataLoss, connect.CodeUnavailable:
 				level = slog.LevelError
 			default:
 				level = slog.LevelWarn
 			}
+			if errors.Is(err, ErrStreamIdle) || errors.Is(err, ErrStreamLifetime) {
+				level = slog.LevelInfo // a limit doing its job, not a failure
+			}
 		}
 		s.m.requests.WithLabelValues(spec.Procedure, code).Inc()
 		s.m.duration.WithLabelValues(spec.Procedure).Observe(d.Seconds())
 		attrs := []slog.Attr{
 			slog.String("procedure", spec.Procedure), slog.String("code", code),
-			slog.Duration("duration", d), slog.String("principal", ci.principal),
+			slog.Duration("duration", d), slog.String("principal", principal),
 			slog.String("peer", peer.Addr), slog.String("protocol", peer.Protocol),
 		}
 		if err != nil {
-			attrs = append(attrs, slog.String("err", err.Error()))
+			attrs = append(attrs, slog.String("reason", reason), slog.String("err", err.Error()))
 		}
 		s.log.LogAttrs(ctx, level, "rpc", attrs...)
+	}
+	mark := func(ctx context.Context) {
+		if rec := recordFrom(ctx); rec != nil {
+			rec.observed = true
+		}
 	}
 	return interceptor{
 		unary: func(next connect.UnaryFunc) connect.UnaryFunc {
 			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-				ci := &callInfo{}
+				mark(ctx)
 				start := time.Now()
-				resp, err := next(context.WithValue(ctx, callInfoKey{}, ci), req)
-				done(ctx, ci, req.Spec(), req.Peer(), start, err)
+				resp, err := next(ctx, req)
+				done(ctx, req.Spec(), req.Peer(), start, err)
 				return resp, err
 			}
 		},
 		stream: func(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 			return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-				ci := &callInfo{}
+				mark(ctx)
 				start := time.Now()
-				err := next(context.WithValue(ctx, callInfoKey{}, ci), conn)
-				done(ctx, ci, conn.Spec(), conn.Peer(), start, err)
+				err := next(ctx, conn)
+				done(ctx, conn.Spec(), conn.Peer(), start, err)
 				return err
 			}
 		},

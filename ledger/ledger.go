@@ -101,6 +101,11 @@ type Options struct {
 	// checkpoint is kept forever (so consistency can be proven between any
 	// two); an interval bounds how many accumulate.
 	CheckpointInterval time.Duration
+	// MustExist makes Open fail, with an error wrapping ErrNotFound,
+	// instead of creating a new log when the store is empty. Callers that
+	// know a log was created (its keys signed checkpoints) set it, so that a
+	// lost or emptied store is never silently started over at size 0.
+	MustExist bool
 }
 
 // AppendResult is the outcome of appending one event.
@@ -163,7 +168,7 @@ type Log struct {
 var hasher = rfc6962.DefaultHasher
 
 // Open opens the log held in st, creating it if st is empty (a new log
-// publishes a checkpoint of size 0). The origin is the signer's key name.
+// publishes a checkpoint of size 0) unless Options.MustExist is set. The origin is the signer's key name.
 // Open refuses a verifier that is not the signer's (another name or key). It
 // verifies the latest checkpoint's signature, rebuilds the tree's right edge
 // from the stored tiles and refuses to open, with ErrCorrupt, if the

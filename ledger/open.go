@@ -178,7 +178,8 @@ func (l *Log) checkLeafHashes(start uint64, hashes []byte) error {
 	return nil
 }
 
-// initEmpty publishes the size-0 checkpoint of a new log.
+// initEmpty publishes the size-0 checkpoint of a new log, in an empty store
+// only, and not with Options.MustExist.
 func (l *Log) initEmpty() (*state, error) {
 	nonEmpty := false
 	if err := l.st.Scan(nil, nil, func(k, v []byte) error { nonEmpty = true; return errStop }); err != nil && err != errStop {
@@ -186,6 +187,9 @@ func (l *Log) initEmpty() (*state, error) {
 	}
 	if nonEmpty {
 		return nil, fmt.Errorf("%w: the store holds data but no latest tree size; run grantline fsck", ErrCorrupt)
+	}
+	if l.o.MustExist {
+		return nil, fmt.Errorf("the store is empty although a log was created in it: %w", ErrNotFound)
 	}
 	cp, err := l.sign(0, [32]byte(hasher.EmptyRoot()))
 	if err != nil {

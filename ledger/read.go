@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -41,7 +42,62 @@ func (l *Log) Entries(ctx context.Context, start, count uint64) ([]Entry, error)
 	if count < size-start {
 		end = start + count
 	}
-	return l.entries(start, end)
+	return l.checkedEntries(start, end)
+}
+
+// checkedEntries returns the leaves [start, end) of the published tree,
+// each checked against its hash in the level-0 tile: a store that answers
+// with altered or empty bytes (badger answers a value-log record that fails
+// its checksum with no value) gets ErrCorrupt, never a wrong leaf. The
+// tiles are the ones proofs read (cached when full), so the check costs a
+// SHA-256 per leaf.
+func (l *Log) checkedEntries(start, end uint64) ([]Entry, error) {
+	es, err := l.entries(start, end)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.checkLeaves(es); err != nil {
+		return nil, err
+	}
+	return es, nil
+}
+
+// checkLeaves checks published leaves against their level-0 tile hashes.
+func (l *Log) checkLeaves(es []Entry) error {
+	s := l.cur.Load()
+	var t *tile
+	var ti uint64
+	for _, e := range es {
+		if t == nil || e.Index/tileWidth != ti {
+			ti = e.Index / tileWidth
+			var err error
+			if t, err = l.tileAt(s, 0, ti); err != nil {
+				return err
+			}
+		}
+		want := t.node(0, e.Index%tileWidth)
+		if want == nil {
+			return fmt.Errorf("%w: leaf %d has no hash in tile 0/%d (width %d); run grantline fsck", ErrCorrupt, e.Index, ti, t.width())
+		}
+		if err := checkLeaf(e, want); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkLeaf compares a leaf with its expected hash and says what is wrong.
+func checkLeaf(e Entry, want []byte) error {
+	h := LeafHash(e.Leaf)
+	if bytes.Equal(h[:], want) {
+		return nil
+	}
+	if len(e.Leaf) == 0 {
+		return fmt.Errorf("%w: leaf %d is empty in the store (its record was lost or could not be read) but tile 0/%d holds its hash %x; restore from a backup (run grantline fsck for the whole store)",
+			ErrCorrupt, e.Index, e.Index/tileWidth, want)
+	}
+	return fmt.Errorf("%w: leaf %d (%d bytes) hashes to %x but tile 0/%d holds %x: the stored leaf was altered; restore from a backup (run grantline fsck for the whole store)",
+		ErrCorrupt, e.Index, len(e.Leaf), h, e.Index/tileWidth, want)
 }
 
 func (l *Log) entries(start, end uint64) ([]Entry, error) {
@@ -66,12 +122,27 @@ func (l *Log) entries(start, end uint64) ([]Entry, error) {
 }
 
 // storageErr wraps a store error in ErrStorage unless it already carries a
-// ledger sentinel.
+// ledger sentinel; a store's own integrity failure (see Store) becomes
+// ErrCorrupt.
 func storageErr(err error, doing string) error {
 	if isLedgerErr(err) {
 		return err
 	}
+	if isStoreCorrupt(err) {
+		var k interface{ Key() []byte }
+		if errors.As(err, &k) && k.Key() != nil {
+			doing += " (" + describeKey(k.Key()) + ")"
+		}
+		return fmt.Errorf("%w: %s: %w; restore from a backup", ErrCorrupt, doing, err)
+	}
 	return fmt.Errorf("%w: %s: %w", ErrStorage, doing, err)
+}
+
+// isStoreCorrupt reports whether a store error says that stored data failed
+// the store's own integrity check (Store's doc: a Corrupt() bool method).
+func isStoreCorrupt(err error) bool {
+	var c interface{ Corrupt() bool }
+	return errors.As(err, &c) && c.Corrupt()
 }
 
 func isLedgerErr(err error) bool {
@@ -94,7 +165,7 @@ func (l *Log) ReadEntryBundle(ctx context.Context, index uint64, width int) ([]b
 	if w := tileWidthAt(size, 0, index); w < width {
 		return nil, fmt.Errorf("entry bundle %d with width %d: the tree of size %d has %d entries there: %w", index, width, size, w, ErrNotFound)
 	}
-	es, err := l.entries(index*tileWidth, index*tileWidth+uint64(width))
+	es, err := l.checkedEntries(index*tileWidth, index*tileWidth+uint64(width))
 	if err != nil {
 		return nil, err
 	}
@@ -202,6 +273,9 @@ func (l *Log) SubjectEntries(ctx context.Context, subject string, size, start ui
 			return nil, fmt.Errorf("%w: leaf %d of subject %q is missing; run grantline fsck", ErrCorrupt, idx[j], subject)
 		}
 		out[j] = Entry{Index: idx[j], Leaf: v}
+	}
+	if err := l.checkLeaves(out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

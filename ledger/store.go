@@ -2,13 +2,18 @@ package ledger
 
 import (
 	"encoding/binary"
+	"fmt"
 )
 
 // Store is the key-value storage the log needs: the seam between the log and
 // a storage engine. ledger/badgerstore implements it; tests use an in-memory
 // fake with injected faults. The caller opens a Store and passes it to Open.
 // Optional upgrades: Backup(ctx, io.Writer) error for Log.Backup, and
-// Restorer for Restore.
+// Restorer for Restore. A store that finds stored data damaged (a record
+// failing its checksum) returns an error with a method Corrupt() bool
+// returning true; the log answers it as ErrCorrupt. The log checks what it
+// reads anyway (leaves against their tile hashes, sizes of tiles and index
+// records), so a store without checksums still never serves altered data.
 type Store interface {
 	// Get reads the values of keys from one consistent snapshot. A missing
 	// key is a nil entry in the result (a present empty value is non-nil),
@@ -139,4 +144,31 @@ func prefixEnd(p []byte) []byte {
 		}
 	}
 	return nil
+}
+
+// describeKey names what a store key holds, for error messages: "leaf 7",
+// "tile 0/3", "checkpoint 12", or the key in hex.
+func describeKey(k []byte) string {
+	if len(k) == 0 {
+		return "empty key"
+	}
+	switch {
+	case k[0] == kLeaf && len(k) == 9:
+		return fmt.Sprintf("leaf %d", binary.BigEndian.Uint64(k[1:]))
+	case k[0] == kTile && len(k) == 10:
+		return fmt.Sprintf("tile %d/%d", k[1], binary.BigEndian.Uint64(k[2:]))
+	case k[0] == kCheckpoint && len(k) == 9:
+		return fmt.Sprintf("checkpoint %d", binary.BigEndian.Uint64(k[1:]))
+	case k[0] == kHash:
+		return fmt.Sprintf("leaf-hash index key %x", k)
+	case k[0] == kDedupe:
+		return fmt.Sprintf("dedupe key %x", k)
+	case k[0] == kSubject:
+		if s, i, ok := parseSubjectKey(k); ok {
+			return fmt.Sprintf("subject index entry %q/%d", s, i)
+		}
+	case k[0] == kMeta:
+		return fmt.Sprintf("record %q", k)
+	}
+	return fmt.Sprintf("key %x", k)
 }

@@ -114,8 +114,21 @@ func runRestoreCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("restore into %s: %w", ldir, err)
 	}
 	fmt.Fprintf(env.stdout, "restored %s into %s\n", *in, ldir)
-	if _, err := os.Stat(filepath.Join(*data, "keys", "log.vkey")); err != nil {
-		fmt.Fprintf(env.stderr, "note: %s has no keys/log.vkey; copy DIR/keys from the original, then run 'grantline fsck --data %s'\n", *data, *data)
+	if _, err := os.Stat(filepath.Join(*data, datadir.KeysDir, datadir.LogVerifierKeyFile)); err != nil {
+		// No keys yet: check the tree all the same, without signatures.
+		st, err := datadir.OpenStore(*data, nil)
+		if err != nil {
+			return err
+		}
+		err = ledger.Fsck(ctx, st, nil, nil)
+		if cerr := st.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("%w: closing the store: %w", ledger.ErrStorage, cerr)
+		}
+		if err != nil {
+			return &exitError{code: 1, msg: fmt.Sprintf("fsck %s: FAILED: %v", *data, err)}
+		}
+		fmt.Fprintf(env.stdout, "fsck %s: the tree is sound; checkpoint signatures were NOT checked (no %s)\n", *data, filepath.Join(datadir.KeysDir, datadir.LogVerifierKeyFile))
+		fmt.Fprintf(env.stderr, "note: copy DIR/%s from the original into %s, then run 'grantline fsck --data %s' to check the signatures\n", datadir.KeysDir, *data, *data)
 		return nil
 	}
 	return fsckDataDir(ctx, *data, env.stderr, true, env.stdout)

@@ -10,24 +10,43 @@ import (
 
 const defaultServer = "http://127.0.0.1:7800"
 
-// clientFlags are the flags every client command shares. Values default to
-// GRANTLINE_SERVER and GRANTLINE_TOKEN.
+// clientFlags are the flags every client command shares. Flags not given
+// are taken from GRANTLINE_SERVER, GRANTLINE_TOKEN and GRANTLINE_CA, read
+// only after parsing (resolve), so that help, usage lines and flag errors
+// never print their values: a token must never reach a terminal or a log.
 type clientFlags struct {
 	server string
 	token  string
 	caFile string
 	grpc   bool
+	getenv func(string) string // nil: no environment
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet, env *cmdEnv) {
-	server := env.getenv("GRANTLINE_SERVER")
-	if server == "" {
-		server = defaultServer
-	}
-	fs.StringVar(&c.server, "server", server, "server URL (env GRANTLINE_SERVER)")
-	fs.StringVar(&c.token, "token", env.getenv("GRANTLINE_TOKEN"), "bearer token (env GRANTLINE_TOKEN)")
-	fs.StringVar(&c.caFile, "ca", env.getenv("GRANTLINE_CA"), "PEM CA bundle to trust for an https server (env GRANTLINE_CA)")
+	c.getenv = env.getenv
+	fs.StringVar(&c.server, "server", "", "server URL (default $GRANTLINE_SERVER, else "+defaultServer+")")
+	fs.StringVar(&c.token, "token", "", "bearer token (default $GRANTLINE_TOKEN)")
+	fs.StringVar(&c.caFile, "ca", "", "PEM CA bundle to trust for an https server (default $GRANTLINE_CA)")
 	fs.BoolVar(&c.grpc, "grpc", false, "speak gRPC instead of the Connect protocol")
+}
+
+// resolve fills the flags that were not given from the environment and the
+// defaults. Call it after parsing; dial does.
+func (c *clientFlags) resolve() {
+	if c.getenv != nil {
+		if c.server == "" {
+			c.server = c.getenv("GRANTLINE_SERVER")
+		}
+		if c.token == "" {
+			c.token = c.getenv("GRANTLINE_TOKEN")
+		}
+		if c.caFile == "" {
+			c.caFile = c.getenv("GRANTLINE_CA")
+		}
+	}
+	if c.server == "" {
+		c.server = defaultServer
+	}
 }
 
 // dial builds the client the flags describe; it does not contact the server.
@@ -36,6 +55,7 @@ func (c *clientFlags) dial() (*client.Client, error) { return c.dialWith(false) 
 // dialWith is dial, optionally without request compression (bench: on
 // loopback gzip costs more CPU than it saves).
 func (c *clientFlags) dialWith(noGzip bool) (*client.Client, error) {
+	c.resolve()
 	if c.token == "" {
 		return nil, fmt.Errorf("no token: pass --token or set GRANTLINE_TOKEN (a new server writes one to DATA/admin.token)")
 	}

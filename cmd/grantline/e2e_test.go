@@ -135,11 +135,11 @@ func startE2EServer(t *testing.T, dir string) *e2eServer {
 	return startE2EServerAt(t, dir, freeAddr(t))
 }
 
-func startE2EServerAt(t *testing.T, dir, addr string) *e2eServer {
+func startE2EServerAt(t *testing.T, dir, addr string, flags ...string) *e2eServer {
 	t.Helper()
 	s := &e2eServer{addr: addr, dir: dir, exited: make(chan struct{}), logs: &bytes.Buffer{}}
 	s.url = "http://" + s.addr
-	s.cmd = exec.Command(grantlineBin, "serve", "--data", dir, "--listen", s.addr)
+	s.cmd = exec.Command(grantlineBin, append([]string{"serve", "--data", dir, "--listen", s.addr}, flags...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -173,3 +173,37 @@ func TestOnlineBackup(t *testing.T) {
 		t.Errorf("restored checkpoint = size %d root %x; want size %d root %x", got.Size, got.Root, want.Size, want.Root)
 	}
 }
+
+// TestRestoreWithoutKeys: restore into a directory without keys still
+// checks the restored tree (not its signatures) and says so; a damaged
+// backup fails. Before, restore skipped fsck when the keys were absent.
+func TestRestoreWithoutKeys(t *testing.T) {
+	dir := newDataDir(t, 300)
+	bak := filepath.Join(t.TempDir(), "ledger.bak")
+	if code, _, errs := runCmd(t, "", "backup", "--data", dir, "--out", bak); code != 0 {
+		t.Fatalf("backup: %s", errs)
+	}
+	dst := t.TempDir()
+	code, out, errs := runCmd(t, "", "restore", "--data", dst, "--in", bak)
+	if code != 0 || !strings.Contains(out, "signatures were NOT checked") || !strings.Contains(errs, "copy DIR/keys") {
+		t.Fatalf("restore = exit %d, stdout %q, stderr %q; want the tree checked without signatures", code, out, errs)
+	}
+
+	// A backup of a store whose leaf 5 was altered behind the log's back.
+	st, err := datadir.OpenStore(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Commit([][]byte{{'l', 0, 0, 0, 0, 0, 0, 0, 5}}, [][]byte{[]byte("altered")}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	bad := filepath.Join(t.TempDir(), "bad.bak")
+	if code, _, errs := runCmd(t, "", "backup", "--data", dir, "--out", bad); code != 0 {
+		t.Fatalf("backup: %s", errs)
+	}
+	code, out, errs = runCmd(t, "", "restore", "--data", t.TempDir(), "--in", bad)
+	if code != 1 || !strings.Contains(errs, "FAILED") || !strings.Contains(errs, "leaf 5") {
+		t.Fatalf("restore of a damaged backup = exit %d, stdout %q, stderr %q; want exit 1 naming leaf 5", code, out, errs)
+	}
+}

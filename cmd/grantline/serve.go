@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger/checkpoint"
@@ -16,7 +17,8 @@ func init() {
 	register(&command{
 		name: "serve",
 		usage: "[--data DIR] [--listen HOST:PORT] [--params FILE] [--rules DIR] [--origin O] " +
-			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public] [--witness-policy FILE]",
+			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public] [--witness-policy FILE] " +
+			"[--stream-idle-timeout D] [--stream-max-lifetime D] [--init]",
 		summary: "run the ledger service (Connect/gRPC APIs, tlog-tiles, /metrics)",
 		run:     runServe,
 	})
@@ -38,6 +40,9 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfg.Algorithm, "alg", string(checkpoint.Ed25519), "algorithm of a new log key: ed25519 or ecdsa-p256")
 	fs.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without a token")
 	fs.StringVar(&cfg.WitnessPolicy, "witness-policy", "", "witness policy file: send checkpoints to its witnesses, serve the newest witnessed one (docs/witnessing.md)")
+	fs.DurationVar(&cfg.StreamIdleTimeout, "stream-idle-timeout", ingest.DefaultStreamIdleTimeout, "close an AppendStream on which no message arrived for this long (clients reconnect)")
+	fs.DurationVar(&cfg.StreamMaxLifetime, "stream-max-lifetime", ingest.DefaultStreamMaxLifetime, "close an AppendStream this long after it opened (clients reconnect; a revoked token stops at once regardless)")
+	fs.BoolVar(&cfg.Init, "init", false, "start a new, empty log under the existing keys in DATA/keys when DATA/ledger holds none (never overwrites a log; see docs/operations.md)")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -45,6 +50,11 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return &exitError{code: 2, msg: fmt.Sprintf("unexpected argument %q; all options are flags (see -h)", fs.Arg(0))}
+	}
+	for name, d := range map[string]time.Duration{"stream-idle-timeout": cfg.StreamIdleTimeout, "stream-max-lifetime": cfg.StreamMaxLifetime} {
+		if d <= 0 {
+			return &exitError{code: 2, msg: fmt.Sprintf("--%s %s: want a positive duration such as 5m or 1h", name, d)}
+		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

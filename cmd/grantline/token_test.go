@@ -59,11 +59,12 @@ func TestTokenCommands(t *testing.T) {
 		t.Fatalf("token list output:\n%s\nwant a header and 2 rows", out)
 	}
 	okta, alice := strings.Fields(lines[1]), strings.Fields(lines[2])
-	if len(okta) != 4 || okta[0] != "okta" || okta[1] != "source" || okta[3] == "-" {
-		t.Errorf("okta row = %q, want name, role source, created, revoked time", lines[1])
+	tokenID := regexp.MustCompile(`^[0-9a-f]{12}$`)
+	if len(okta) != 5 || okta[0] != "okta" || okta[1] != "source" || okta[3] == "-" || !tokenID.MatchString(okta[4]) {
+		t.Errorf("okta row = %q, want name, role source, created, revoked time, token id", lines[1])
 	}
-	if len(alice) != 4 || alice[0] != "alice" || alice[1] != "auditor" || alice[3] != "-" {
-		t.Errorf("alice row = %q, want an active auditor", lines[2])
+	if len(alice) != 5 || alice[0] != "alice" || alice[1] != "auditor" || alice[3] != "-" || !tokenID.MatchString(alice[4]) {
+		t.Errorf("alice row = %q, want an active auditor with a token id", lines[2])
 	}
 
 	code, out, _ = runCmd(t, "", "token", "list", "--data", data, "--json")
@@ -87,7 +88,7 @@ func TestTokenCommandErrors(t *testing.T) {
 		code    int
 		wantErr string
 	}{
-		{[]string{"token"}, 2, "add, list or revoke"},
+		{[]string{"token"}, 2, "add, rotate, list or revoke"},
 		{[]string{"token", "frob"}, 2, `unknown sub-command "frob"`},
 		{[]string{"token", "add", "--data", data, "--role", "admin"}, 2, "--name is required"},
 		{[]string{"token", "add", "--data", data, "--name", "x", "--role", "root"}, 2, `unknown role "root"`},
@@ -105,5 +106,47 @@ func TestTokenCommandErrors(t *testing.T) {
 	}
 	if code, _, _ := runCmd(t, "", "token", "-h"); code != 0 {
 		t.Errorf("token -h = %d, want 0", code)
+	}
+}
+
+func TestTokenRotateCommand(t *testing.T) {
+	data := t.TempDir()
+	server, err := datadir.OpenTokens(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, old, _ := runCmd(t, "", "token", "add", "--data", data, "--name", "okta", "--role", "source")
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string // in stderr
+	}{
+		{"rotate unknown", []string{"rotate", "--name", "nobody"}, 1, "no active principal"},
+		{"rotate without name", []string{"rotate"}, 2, "--name is required"},
+		{"rotate negative", []string{"rotate", "--name", "okta", "--revoke-after", "-1h"}, 2, "--revoke-after"},
+		{"revoke both", []string{"revoke", "--name", "okta", "--token-id", "abc"}, 2, "not both"},
+		{"revoke neither", []string{"revoke"}, 2, "--token-id"},
+		{"revoke unknown id", []string{"revoke", "--token-id", "0123456789ab"}, 1, "unknown token id"},
+		{"rotate with expiry", []string{"rotate", "--name", "okta", "--revoke-after", "1h"}, 0, "stop working at"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out, errs := runCmd(t, "", append([]string{"token", tt.args[0], "--data", data}, tt.args[1:]...)...)
+			if code != tt.code || !strings.Contains(errs, tt.want) {
+				t.Fatalf("token %v = exit %d, %q, %q; want exit %d and %q", tt.args, code, out, errs, tt.code, tt.want)
+			}
+			if code == 0 && !tokenRE.MatchString(out) {
+				t.Fatalf("stdout %q: want the new token alone", out)
+			}
+		})
+	}
+	// Both tokens work; list shows the old one's expiry.
+	if _, err := server.Authenticate(strings.TrimSpace(old)); err != nil {
+		t.Fatalf("old token within --revoke-after: %v", err)
+	}
+	_, out, _ := runCmd(t, "", "token", "list", "--data", data)
+	if !strings.Contains(out, "TOKENS") || !strings.Contains(out, "(until ") {
+		t.Fatalf("token list:\n%s\nwant a TOKENS column with the old token's expiry", out)
 	}
 }

@@ -12,7 +12,6 @@ package auth
 import (
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -47,16 +46,36 @@ func ParseRole(s string) (Role, error) {
 	return "", fmt.Errorf("unknown role %q: want source, auditor or admin", s)
 }
 
-// Principal is one named token holder.
+// Principal is one named token holder. It holds one token, or several
+// while a token is being rotated (Rotate): each is accepted until it is
+// revoked or expires.
 type Principal struct {
 	Name    string
 	Role    Role
 	Created time.Time
-	Revoked time.Time // zero while the token is valid
+	Revoked time.Time // zero while the principal is valid; revoking it revokes all its tokens
+	Tokens  []Token   // in the order they were issued
 }
 
-// Active reports whether the principal's token is still accepted.
+// Active reports whether the principal is still valid (some of its tokens
+// may have expired or been revoked; see Token.Active).
 func (p Principal) Active() bool { return p.Revoked.IsZero() }
+
+// Token is one of a principal's tokens, as listed: never the token itself.
+type Token struct {
+	// ID names the token in `grantline token list` and `token revoke
+	// --token-id`: the first 12 hex digits of its SHA-256.
+	ID      string
+	Created time.Time
+	Expires time.Time // zero: no expiry
+	Revoked time.Time // zero: not revoked
+}
+
+// Active reports whether the token is accepted at now (its principal must
+// be active too).
+func (t Token) Active(now time.Time) bool {
+	return t.Revoked.IsZero() && (t.Expires.IsZero() || now.Before(t.Expires))
+}
 
 // Sentinel errors, checked with errors.Is.
 var (
@@ -69,6 +88,8 @@ var (
 	ErrExists = errors.New("principal already exists")
 	// ErrInvalidName: the name breaks the naming rule.
 	ErrInvalidName = errors.New("invalid principal name")
+	// ErrUnknownToken: no token has that id.
+	ErrUnknownToken = errors.New("unknown token id")
 )
 
 // TokenPrefix starts every token.
@@ -92,15 +113,30 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// record is a principal as stored in tokens.json.
+// record is a principal as stored in tokens.json. Version 1 files held one
+// token hash per principal (TokenSHA256); version 2 files hold Tokens.
 type record struct {
-	Name        string    `json:"name"`
-	Role        Role      `json:"role"`
-	TokenSHA256 string    `json:"token_sha256"`
-	Created     time.Time `json:"created"`
-	Revoked     time.Time `json:"revoked,omitzero"`
+	Name        string         `json:"name"`
+	Role        Role           `json:"role"`
+	TokenSHA256 string         `json:"token_sha256,omitempty"` // version 1 only
+	Tokens      []*tokenRecord `json:"tokens,omitempty"`
+	Created     time.Time      `json:"created"`
+	Revoked     time.Time      `json:"revoked,omitzero"`
+}
+
+// tokenRecord is one token hash of a principal.
+type tokenRecord struct {
+	ID      string    `json:"id"`
+	SHA256  string    `json:"sha256"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"`
+	Revoked time.Time `json:"revoked,omitzero"`
 
 	hash [sha256.Size]byte
+}
+
+func (t *tokenRecord) token() Token {
+	return Token{ID: t.ID, Created: t.Created, Expires: t.Expires, Revoked: t.Revoked}
 }
 
 type fileFormat struct {
@@ -108,7 +144,17 @@ type fileFormat struct {
 	Principals []*record `json:"principals"`
 }
 
-const fileVersion = 1
+// fileVersion is the version written; version 1 files are read too.
+const fileVersion = 2
+
+// tokenIDLen is the length of a token id in hex digits.
+const tokenIDLen = 12
+
+func tokenID(hash [sha256.Size]byte) string { return hex.EncodeToString(hash[:])[:tokenIDLen] }
+
+func newTokenRecord(hash [sha256.Size]byte, now time.Time) *tokenRecord {
+	return &tokenRecord{ID: tokenID(hash), SHA256: hex.EncodeToString(hash[:]), Created: now, hash: hash}
+}
 
 // Store is the principal store of one data directory. It is safe for
 // concurrent use, and several Stores (in several processes) may share a
@@ -121,6 +167,13 @@ type Store struct {
 	mu      sync.Mutex
 	fi      fs.FileInfo // of the loaded file; nil when it did not exist
 	records []*record
+	byHash  map[[sha256.Size]byte]heldToken // every token hash of records
+}
+
+// heldToken is a token hash's record and its token entry.
+type heldToken struct {
+	rec *record
+	tok *tokenRecord
 }
 
 // Open returns the Store of the tokens file at path (a server's is
@@ -149,7 +202,7 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) refreshLocked() error {
 	fi, err := os.Stat(s.path)
 	if errors.Is(err, fs.ErrNotExist) {
-		s.fi, s.records = nil, nil
+		s.fi, s.records, s.byHash = nil, nil, nil
 		return nil
 	}
 	if err != nil {
@@ -163,6 +216,12 @@ func (s *Store) refreshLocked() error {
 		return err
 	}
 	s.fi, s.records = fi, recs
+	s.byHash = make(map[[sha256.Size]byte]heldToken, len(recs))
+	for _, r := range recs {
+		for _, t := range r.Tokens {
+			s.byHash[t.hash] = heldToken{r, t} // a token is unique; should a hash repeat, the later one wins
+		}
+	}
 	return nil
 }
 
@@ -187,8 +246,17 @@ func readFile(path string) ([]*record, fs.FileInfo, error) {
 	if err := dec.Decode(&ff); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w (fix or restore the file; tokens can be re-added with grantline token add)", path, err)
 	}
-	if ff.Version != fileVersion {
-		return nil, nil, fmt.Errorf("%s: version %d, want %d", path, ff.Version, fileVersion)
+	if ff.Version != 1 && ff.Version != fileVersion {
+		return nil, nil, fmt.Errorf("%s: version %d, want 1 or %d", path, ff.Version, fileVersion)
+	}
+	parseHash := func(s string) ([sha256.Size]byte, bool) {
+		var hash [sha256.Size]byte
+		h, err := hex.DecodeString(s)
+		if err != nil || len(h) != sha256.Size {
+			return hash, false
+		}
+		copy(hash[:], h)
+		return hash, true
 	}
 	for i, r := range ff.Principals {
 		if r == nil {
@@ -200,11 +268,28 @@ func readFile(path string) ([]*record, fs.FileInfo, error) {
 		if _, err := ParseRole(string(r.Role)); err != nil {
 			return nil, nil, fmt.Errorf("%s: principals[%d].role: %w", path, i, err)
 		}
-		h, err := hex.DecodeString(r.TokenSHA256)
-		if err != nil || len(h) != sha256.Size {
-			return nil, nil, fmt.Errorf("%s: principals[%d].token_sha256: want 64 hex digits", path, i)
+		if ff.Version == 1 {
+			hash, ok := parseHash(r.TokenSHA256)
+			if !ok || r.Tokens != nil {
+				return nil, nil, fmt.Errorf("%s: principals[%d].token_sha256: want 64 hex digits (and no tokens list in a version 1 file)", path, i)
+			}
+			t := newTokenRecord(hash, r.Created)
+			r.TokenSHA256, r.Tokens = "", []*tokenRecord{t}
+			continue
 		}
-		copy(r.hash[:], h)
+		if r.TokenSHA256 != "" || len(r.Tokens) == 0 {
+			return nil, nil, fmt.Errorf("%s: principals[%d]: want a tokens list (and no token_sha256 in a version %d file)", path, i, fileVersion)
+		}
+		for j, t := range r.Tokens {
+			hash, ok := parseHash(t.SHA256)
+			if t == nil || !ok {
+				return nil, nil, fmt.Errorf("%s: principals[%d].tokens[%d].sha256: want 64 hex digits", path, i, j)
+			}
+			if t.ID != tokenID(hash) {
+				return nil, nil, fmt.Errorf("%s: principals[%d].tokens[%d].id: %q is not the first %d hex digits of its sha256", path, i, j, t.ID, tokenIDLen)
+			}
+			t.hash = hash
+		}
 	}
 	return ff.Principals, fi, nil
 }
@@ -225,14 +310,21 @@ func (s *Store) List() []Principal {
 }
 
 func (r *record) principal() Principal {
-	return Principal{Name: r.Name, Role: r.Role, Created: r.Created, Revoked: r.Revoked}
+	p := Principal{Name: r.Name, Role: r.Role, Created: r.Created, Revoked: r.Revoked}
+	for _, t := range r.Tokens {
+		p.Tokens = append(p.Tokens, t.token())
+	}
+	return p
 }
 
-// Authenticate returns the active principal holding token. Unknown, revoked
-// and malformed tokens all fail with ErrUnauthenticated. The comparison of
-// token hashes is constant-time, and every stored hash is compared. Changes
-// made by other processes are seen at once (the file is stat'ed on each call
-// and re-read if it changed).
+// Authenticate returns the active principal holding token. Unknown,
+// revoked, expired and malformed tokens, and tokens of a revoked principal,
+// all fail with ErrUnauthenticated. The token is looked up by its SHA-256
+// hash in a map: the time taken depends only on the hash, which tells a
+// caller nothing about any valid token, and the call is cheap enough to
+// repeat for every message of a stream. Changes made by other processes are
+// seen at once (the file is stat'ed on each call and re-read if it changed),
+// and so is an expiry.
 func (s *Store) Authenticate(token string) (Principal, error) {
 	h := sha256.Sum256([]byte(token))
 	s.mu.Lock()
@@ -241,16 +333,20 @@ func (s *Store) Authenticate(token string) (Principal, error) {
 		return Principal{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
 	}
 	var found *record
-	for _, r := range s.records {
-		if subtle.ConstantTimeCompare(r.hash[:], h[:]) == 1 {
-			found = r
-		}
+	var tok *tokenRecord
+	if t, ok := s.byHash[h]; ok {
+		found, tok = t.rec, t.tok
 	}
+	now := s.now()
 	switch {
 	case found == nil:
 		return Principal{}, fmt.Errorf("%w: unknown token", ErrUnauthenticated)
 	case !found.Revoked.IsZero():
 		return Principal{}, fmt.Errorf("%w: the token of %q was revoked at %s", ErrUnauthenticated, found.Name, found.Revoked.Format(time.RFC3339))
+	case !tok.Revoked.IsZero():
+		return Principal{}, fmt.Errorf("%w: token %s of %q was revoked at %s", ErrUnauthenticated, tok.ID, found.Name, tok.Revoked.Format(time.RFC3339))
+	case !tok.Expires.IsZero() && !now.Before(tok.Expires):
+		return Principal{}, fmt.Errorf("%w: token %s of %q expired at %s", ErrUnauthenticated, tok.ID, found.Name, tok.Expires.Format(time.RFC3339))
 	}
 	return found.principal(), nil
 }
@@ -273,9 +369,9 @@ func (s *Store) Add(name string, role Role) (string, error) {
 				return nil, fmt.Errorf("%w: %q (role %s); revoke it first to issue a new token", ErrExists, name, r.Role)
 			}
 		}
+		now := s.now().UTC().Truncate(time.Second)
 		return append(recs, &record{
-			Name: name, Role: role, TokenSHA256: hex.EncodeToString(hash[:]),
-			Created: s.now().UTC().Truncate(time.Second),
+			Name: name, Role: role, Tokens: []*tokenRecord{newTokenRecord(hash, now)}, Created: now,
 		}), nil
 	})
 	if err != nil {
@@ -309,6 +405,71 @@ func (s *Store) Revoke(name string) error {
 		}
 		return recs, nil
 	})
+}
+
+// Rotate issues a new token for the active principal called name and
+// returns it (shown only this once) with its id. The principal's other
+// tokens keep working: until revokeAfter has passed when it is positive
+// (an earlier expiry is kept), otherwise until RevokeToken. So a source can
+// switch to the new token without a gap, and the old one can be retired
+// once nothing uses it. ErrUnknownPrincipal if no active principal has the
+// name. Durable when Rotate returns.
+func (s *Store) Rotate(name string, revokeAfter time.Duration) (token, id string, err error) {
+	token, hash := newToken()
+	err = s.update(func(recs []*record) ([]*record, error) {
+		for _, r := range recs {
+			if r.Name != name || !r.Revoked.IsZero() {
+				continue
+			}
+			now := s.now().UTC()
+			if revokeAfter > 0 {
+				exp := now.Add(revokeAfter)
+				for _, t := range r.Tokens {
+					if t.Revoked.IsZero() && (t.Expires.IsZero() || exp.Before(t.Expires)) {
+						t.Expires = exp
+					}
+				}
+			}
+			t := newTokenRecord(hash, now.Truncate(time.Second))
+			r.Tokens = append(r.Tokens, t)
+			id = t.ID
+			return recs, nil
+		}
+		return nil, fmt.Errorf("%w: no active principal %q; see grantline token list", ErrUnknownPrincipal, name)
+	})
+	if err != nil {
+		return "", "", err
+	}
+	return token, id, nil
+}
+
+// RevokeToken revokes the token with that id (see Token.ID); the
+// principal's other tokens keep working. It stops working at once in every
+// Store on the directory. ErrUnknownToken if no token has the id; nothing
+// changes if it is already revoked. Durable when RevokeToken returns.
+func (s *Store) RevokeToken(id string) (principal string, err error) {
+	err = s.update(func(recs []*record) ([]*record, error) {
+		var hit *tokenRecord
+		for _, r := range recs {
+			for _, t := range r.Tokens {
+				if t.ID == id {
+					if hit != nil {
+						return nil, fmt.Errorf("%w: %q names several tokens; revoke their principal instead", ErrUnknownToken, id)
+					}
+					hit, principal = t, r.Name
+				}
+			}
+		}
+		if hit == nil {
+			return nil, fmt.Errorf("%w: %q; see grantline token list", ErrUnknownToken, id)
+		}
+		if !hit.Revoked.IsZero() {
+			return nil, nil
+		}
+		hit.Revoked = s.now().UTC().Truncate(time.Second)
+		return recs, nil
+	})
+	return principal, err
 }
 
 // update applies fn to the current records under the lock file and writes
@@ -396,24 +557,37 @@ func newToken() (string, [sha256.Size]byte) {
 // adminTokenPath (mode 0600), and reports true. If principals already exist
 // it changes nothing. Safe against a concurrent Bootstrap or Add in another
 // process.
+//
+// The token file is written (atomically, and synced with its directory)
+// before the principal: a crash in between leaves no principal, and the
+// next Bootstrap writes a new token over the unused one. So once the
+// principal exists, its token is in adminTokenPath (unless an operator
+// removed it).
 func (s *Store) Bootstrap(adminTokenPath string) (bool, error) {
-	var token string
+	created := false
 	err := s.update(func(recs []*record) ([]*record, error) {
 		if len(recs) > 0 {
 			return nil, nil
 		}
-		var hash [sha256.Size]byte
-		token, hash = newToken()
+		token, hash := newToken()
+		if err := writeAtomic(adminTokenPath, []byte(token+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		if err := bootstrapHook(); err != nil {
+			return nil, err
+		}
+		now := s.now().UTC().Truncate(time.Second)
+		created = true
 		return []*record{{
-			Name: "admin", Role: RoleAdmin, TokenSHA256: hex.EncodeToString(hash[:]),
-			Created: s.now().UTC().Truncate(time.Second),
+			Name: "admin", Role: RoleAdmin, Tokens: []*tokenRecord{newTokenRecord(hash, now)}, Created: now,
 		}}, nil
 	})
-	if err != nil || token == "" {
+	if err != nil {
 		return false, err
 	}
-	if err := writeAtomic(adminTokenPath, []byte(token+"\n"), 0o600); err != nil {
-		return false, err
-	}
-	return true, nil
+	return created, nil
 }
+
+// bootstrapHook runs between writing the admin token and the principal;
+// tests make it fail to stand for a crash there.
+var bootstrapHook = func() error { return nil }

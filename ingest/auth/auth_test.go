@@ -262,7 +262,10 @@ func TestBootstrap(t *testing.T) {
 func TestCorruptFile(t *testing.T) {
 	tests := []struct{ content, want string }{
 		{"{", "unexpected EOF"},
-		{`{"version":2,"principals":[]}`, "version 2"},
+		{`{"version":3,"principals":[]}`, "version 3"},
+		{`{"version":2,"principals":[{"name":"a","role":"admin","token_sha256":"` + strings.Repeat("0", 64) + `","created":"2026-01-01T00:00:00Z"}]}`, "want a tokens list"},
+		{`{"version":2,"principals":[{"name":"a","role":"admin","tokens":[{"id":"000000000001","sha256":"` + strings.Repeat("0", 64) + `"}],"created":"2026-01-01T00:00:00Z"}]}`, "principals[0].tokens[0].id"},
+		{`{"version":2,"principals":[{"name":"a","role":"admin","tokens":[{"id":"x","sha256":"abc"}],"created":"2026-01-01T00:00:00Z"}]}`, "principals[0].tokens[0].sha256"},
 		{`{"version":1,"principals":[{"name":"a b","role":"admin","token_sha256":"` + strings.Repeat("0", 64) + `","created":"2026-01-01T00:00:00Z"}]}`, "principals[0].name"},
 		{`{"version":1,"principals":[{"name":"a","role":"root","token_sha256":"` + strings.Repeat("0", 64) + `","created":"2026-01-01T00:00:00Z"}]}`, "principals[0].role"},
 		{`{"version":1,"principals":[{"name":"a","role":"admin","token_sha256":"abc","created":"2026-01-01T00:00:00Z"}]}`, "principals[0].token_sha256"},

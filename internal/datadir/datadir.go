@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -34,6 +35,7 @@ const Default = "grantline-data"
 
 // File names inside a data directory.
 const (
+	LogStateFile   = "log.state"   // in KeysDir: the log is being created, or was (see OpenWith)
 	TokensFile     = "tokens.json" // principals and their token hashes (ingest/auth)
 	AdminTokenFile = "admin.token" // the first admin's token, written once
 )
@@ -48,21 +50,61 @@ type Dir struct {
 	Tokens         *auth.Store // DIR/tokens.json
 	AdminTokenPath string      // DIR/admin.token
 	NewAdminToken  bool        // Open created the first admin token
+
+	state logState // of DIR/keys/log.state when Open looked
+	init  bool     // Options.Init
 }
 
-// Open opens the data directory at path, creating it and whatever is
-// missing: the keys (a new log key of algorithm alg, "" for Ed25519) and, if
-// no principal exists yet, the admin principal with its token in
-// DIR/admin.token. origin "" means the origin recorded in DIR/keys/log.vkey,
-// or DefaultOrigin for a new directory; another origin than the recorded one
-// is refused, because an origin cannot change. The ledger is opened
-// separately (OpenLedger).
+// Options configures OpenWith.
+type Options struct {
+	// Origin of a new log; "" means the origin recorded in
+	// DIR/keys/log.vkey, or DefaultOrigin for a new directory. Another
+	// origin than the recorded one is refused: an origin cannot change.
+	Origin string
+	// Algorithm of a new log key; "" for Ed25519.
+	Algorithm checkpoint.Algorithm
+	// Init allows OpenLedger to start a new, empty log under keys that
+	// already exist, when the store holds none (`grantline serve --init`):
+	// for keys restored on purpose without their ledger. Without it such a
+	// directory is refused as damaged. It never overwrites a store that
+	// holds a log.
+	Init bool
+}
+
+// Open is OpenWith with an origin and an algorithm and no Init.
 func Open(path, origin string, alg checkpoint.Algorithm) (*Dir, error) {
+	return OpenWith(path, Options{Origin: origin, Algorithm: alg})
+}
+
+// OpenWith opens the data directory at path, creating it and whatever is
+// missing: the keys (a new log key of o.Algorithm) and, if no principal
+// exists yet, the admin principal with its token in DIR/admin.token. The
+// ledger is opened separately (OpenLedger).
+//
+// A new log is only created in a new directory: one without log keys and
+// without store files. OpenWith refuses, before writing anything, store
+// files without keys (a new key cannot sign an existing log). A new
+// directory is marked in DIR/keys/log.state as being created before its keys
+// are written, and as created once its ledger holds the first checkpoint
+// (OpenLedger); a start interrupted in between resumes where it stopped.
+// From then on OpenLedger refuses a missing or empty store (see
+// ErrStoreMissing) unless o.Init is set.
+func OpenWith(path string, o Options) (*Dir, error) {
+	alg, origin := o.Algorithm, o.Origin
 	if alg == "" {
 		alg = checkpoint.Ed25519
 	}
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", path, err)
+	}
+	state, err := readLogState(path)
+	if err != nil {
+		return nil, err
+	}
+	keysPresent := exists(filepath.Join(path, KeysDir, LogKeyFile)) || exists(filepath.Join(path, KeysDir, LogVerifierKeyFile))
+	if !keysPresent && storeFilesExist(path) {
+		return nil, fmt.Errorf("%w: %s holds store files but %s has no log key: copy DIR/%s from the original data directory (a new key cannot sign an existing log), or move %s away to start a new log",
+			ErrStoreMissing, filepath.Join(path, LedgerDir), filepath.Join(path, KeysDir), KeysDir, filepath.Join(path, LedgerDir))
 	}
 	existing, _, err := ReadVerifier(path)
 	switch {
@@ -79,9 +121,25 @@ func Open(path, origin string, alg checkpoint.Algorithm) (*Dir, error) {
 	default:
 		return nil, err
 	}
+	if !keysPresent && state == stateNone {
+		// A new directory: say so before the first key exists.
+		if err := ledger.CheckOrigin(origin); err != nil {
+			return nil, err
+		}
+		if err := writeLogState(path, stateCreating, origin); err != nil {
+			return nil, err
+		}
+		state = stateCreating
+	}
+	if err := testHook("state"); err != nil {
+		return nil, err
+	}
 	keys, err := LoadOrCreateKeys(path, origin, alg)
 	if err != nil {
 		return nil, fmt.Errorf("keys in %s: %w", filepath.Join(path, KeysDir), err)
+	}
+	if err := testHook("keys"); err != nil {
+		return nil, err
 	}
 	tokens, err := OpenTokens(path)
 	if err != nil {
@@ -92,7 +150,31 @@ func Open(path, origin string, alg checkpoint.Algorithm) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating the admin token: %w", err)
 	}
-	return &Dir{Path: path, Keys: keys, Tokens: tokens, AdminTokenPath: adminPath, NewAdminToken: created}, nil
+	if err := testHook("tokens"); err != nil {
+		return nil, err
+	}
+	return &Dir{Path: path, Keys: keys, Tokens: tokens, AdminTokenPath: adminPath, NewAdminToken: created, state: state, init: o.Init}, nil
+}
+
+// ErrStoreMissing is returned by OpenWith and OpenLedger when the ledger
+// store is missing, empty or damaged although this data directory's keys
+// signed a log, or when store files exist without keys.
+var ErrStoreMissing = errors.New("store damaged or missing")
+
+// testHook is called between the steps of creating a data directory
+// ("state", "keys", "tokens", "ledger"); a test makes it fail to stand for
+// a crash there.
+var testHook = func(step string) error { return nil }
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// storeFilesExist reports whether DIR/ledger holds any file.
+func storeFilesExist(path string) bool {
+	ents, err := os.ReadDir(filepath.Join(path, LedgerDir))
+	return err == nil && len(ents) > 0
 }
 
 // OpenTokens opens the principals of the data directory at path
@@ -104,7 +186,20 @@ func OpenTokens(path string) (*auth.Store, error) {
 
 // OpenLedger opens the log in DIR/ledger with the directory's log key; o's
 // Signer and Verifier are set from Keys. The Log owns the store.
+//
+// It creates a new log only while the directory is being created (see
+// OpenWith) or with Options.Init. Otherwise a missing or empty store is
+// refused with ErrStoreMissing: the keys signed checkpoints that auditors
+// may hold, and a new log at size 0 under the same key would fork from
+// them. A damaged store (badgerstore.ErrDamaged) is refused alike. Once the
+// log is open, DIR/keys/log.state records that it was created.
 func (d *Dir) OpenLedger(ctx context.Context, o ledger.Options) (*ledger.Log, error) {
+	ldir := filepath.Join(d.Path, LedgerDir)
+	o.MustExist = d.state != stateCreating && !d.init
+	if o.MustExist && !storeFilesExist(d.Path) {
+		// Refused before opening, which would create store files.
+		return nil, d.noLog(ldir)
+	}
 	st, err := OpenStore(d.Path, o.Logger)
 	if err != nil {
 		return nil, err
@@ -113,17 +208,68 @@ func (d *Dir) OpenLedger(ctx context.Context, o ledger.Options) (*ledger.Log, er
 	l, err := ledger.Open(ctx, st, o)
 	if err != nil {
 		st.Close()
-		return nil, fmt.Errorf("opening the ledger in %s: %w", filepath.Join(d.Path, LedgerDir), err)
+		if errors.Is(err, ledger.ErrNotFound) {
+			return nil, d.noLog(ldir)
+		}
+		if errors.Is(err, ledger.ErrCorrupt) {
+			return nil, fmt.Errorf("%w: opening the ledger in %s: %w; restore from a backup (grantline restore), or run grantline fsck --data %s for details; see docs/operations.md",
+				ErrStoreMissing, ldir, err, d.Path)
+		}
+		return nil, fmt.Errorf("opening the ledger in %s: %w", ldir, err)
+	}
+	if err := testHook("ledger"); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if d.state != stateCreated {
+		if err := writeLogState(d.Path, stateCreated, d.Keys.Origin); err != nil {
+			l.Close()
+			return nil, err
+		}
+		d.state = stateCreated
 	}
 	return l, nil
 }
 
+// noLog is the error for a store that holds no log although one was created.
+func (d *Dir) noLog(ldir string) error {
+	return fmt.Errorf("%w: %s holds no log, but the keys in %s signed one (%s): restore it from a backup (grantline restore --data %s --in FILE), or start a new, empty log under these keys with --init (auditors holding its checkpoints will see a fork); see docs/operations.md",
+		ErrStoreMissing, ldir, filepath.Join(d.Path, KeysDir), d.stateWhy(), d.Path)
+}
+
+// stateWhy says why the directory is known to have had a log.
+func (d *Dir) stateWhy() string {
+	if d.state == stateCreated {
+		return filepath.Join(d.Path, KeysDir, LogStateFile) + " records its creation"
+	}
+	return "a log key is only made with its log"
+}
+
+// multiError is an error with its own message that matches several
+// sentinels with errors.Is.
+type multiError struct {
+	msg  string
+	errs []error
+}
+
+func (e *multiError) Error() string   { return e.msg }
+func (e *multiError) Unwrap() []error { return e.errs }
+
 // OpenStore opens the ledger store in DIR/ledger (creating it) for a caller
 // that has no keys at hand (fsck, backup, restore). Only one process can
 // hold it: a running server's store fails to open, with ledger.ErrStorage.
+// A damaged store fails with ErrStoreMissing (and badgerstore.ErrDamaged).
 func OpenStore(path string, logger *slog.Logger) (*badgerstore.Store, error) {
 	dir := filepath.Join(path, LedgerDir)
 	st, err := badgerstore.Open(dir, badgerstore.Options{Logger: logger})
+	if errors.Is(err, badgerstore.ErrDamaged) {
+		what := strings.TrimPrefix(err.Error(), badgerstore.ErrDamaged.Error()+": ")
+		return nil, &multiError{
+			msg: fmt.Sprintf("%v: %s: restore it from a backup (move %s away, then grantline restore --data %s --in FILE); see docs/operations.md",
+				ErrStoreMissing, what, dir, path),
+			errs: []error{ErrStoreMissing, err},
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: opening the ledger store in %s: %w (is a server still running on it? stop it first)",
 			ledger.ErrStorage, dir, err)

@@ -50,6 +50,9 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// StreamIdleTimeout and StreamMaxLifetime bound an AppendStream (0: the
+	// ingest package's defaults, 5m and 1h).
+	StreamIdleTimeout, StreamMaxLifetime time.Duration
 	// WitnessPolicy is a witness policy file (docs/witnessing.md); when set,
 	// checkpoints are sent to its witnesses, GET /checkpoint serves the
 	// newest witnessed one and evidence is anchored to it.
@@ -57,6 +60,9 @@ type Config struct {
 	// Witnessing tunes the witnesser (its Policy, Log, Proof, Logger and
 	// Registerer are set by Start); zero fields take the defaults.
 	Witnessing witness.Config
+	// Init starts a new, empty log under keys that already exist when the
+	// store holds none (serve --init; see datadir.Options.Init).
+	Init bool
 }
 
 // Server is a started server.
@@ -132,16 +138,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
-	dd, err := datadir.Open(cfg.DataDir, cfg.Origin, alg)
-	if err != nil {
-		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
-	}
-	keys := dd.Keys
-	evSigner, err := verify.NewEvidenceSigner(keys.Evidence)
-	if err != nil {
-		return nil, fmt.Errorf("evidence key: %w", err)
-	}
-
+	// Listen before anything is written: a taken port must not leave a
+	// half-made data directory behind.
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
@@ -151,6 +149,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			ln.Close()
 		}
 	}()
+
+	dd, err := datadir.OpenWith(cfg.DataDir, datadir.Options{Origin: cfg.Origin, Algorithm: alg, Init: cfg.Init})
+	if err != nil {
+		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
+	}
+	keys := dd.Keys
+	evSigner, err := verify.NewEvidenceSigner(keys.Evidence)
+	if err != nil {
+		return nil, fmt.Errorf("evidence key: %w", err)
+	}
 	l, err := dd.OpenLedger(ctx, ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")})
 	if err != nil {
 		return nil, err
@@ -160,6 +168,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg,
+		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
 	}
 	var wit *witness.Witnesser
 	witStop := func() {}
@@ -209,7 +218,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Protocols:         protocols,
 		HTTP2:             ingest.HTTP2Config(),
 		TLSConfig:         tlsCfg,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: ingest.ReadHeaderTimeout, // before any authentication; bodies: see ingest.DefaultBodyReadTimeout
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),

@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"math"
 	"runtime/debug"
+	"strings"
+	"sync"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -23,6 +25,30 @@ import (
 // transaction. Nothing of the batch is written. Callers should keep batches
 // within Limits.
 var ErrTooBig = errors.New("batch too big for one transaction")
+
+// ErrDamaged is returned by Open, and wrapped by the errors of Get and Scan,
+// when the files of the database are damaged: a MANIFEST missing or empty
+// beside data files, a table (.sst) whose footer or index does not check
+// out, a value-log record that fails its checksum. Such an error also has a
+// method Corrupt() bool that returns true, which is how ledger (which this
+// package does not import) recognises it and answers ledger.ErrCorrupt.
+// Restore the store from a backup.
+var ErrDamaged = errors.New("store damaged")
+
+// damagedError is an error wrapping ErrDamaged with what was found.
+type damagedError struct {
+	msg string
+	key []byte // the key whose value is damaged; nil for damaged files
+}
+
+// Key returns the key whose value is damaged (nil if the damage is not to
+// one value).
+func (e *damagedError) Key() []byte { return e.key }
+
+func (e *damagedError) Error() string  { return ErrDamaged.Error() + ": " + e.msg }
+func (e *damagedError) Unwrap() error  { return ErrDamaged }
+func (e *damagedError) Corrupt() bool  { return true }
+func damaged(f string, a ...any) error { return &damagedError{msg: fmt.Sprintf(f, a...)} }
 
 // ErrDiskFull is returned by Commit, without writing, when the filesystem
 // has less free space than Options.MinFreeBytes. Badger writes through
@@ -54,6 +80,7 @@ type Store struct {
 	db      *badger.DB
 	dir     string
 	minFree int64
+	reads   *readErrors
 }
 
 // Open opens (creating if needed) the badger database in dir. Writes are
@@ -61,14 +88,30 @@ type Store struct {
 // their checksums when read. Memory use follows the Go
 // runtime's memory limit (GOMEMLIMIT): when one is set, memtables and caches
 // are scaled down so that badger stays well inside it.
-func Open(dir string, o Options) (*Store, error) {
+//
+// A damaged database fails with an error wrapping ErrDamaged, before badger
+// touches it: data files without a MANIFEST (badger would start an empty
+// database and delete the tables it does not know), or a table whose footer
+// or index fails its checksum (badger would panic in a goroutine of its own,
+// killing the process). A panic of badger while opening is also returned as
+// ErrDamaged.
+func Open(dir string, o Options) (s *Store, err error) {
+	if err := checkFiles(dir); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, damaged("badger failed opening %s: %v", dir, r)
+		}
+	}()
+	reads := &readErrors{m: make(map[string]string)}
 	bo := badger.DefaultOptions(dir).
 		WithSyncWrites(true).
 		WithValueThreshold(DefaultValueThreshold).
 		WithDetectConflicts(false).
 		WithCompression(options.None).
 		WithVerifyValueChecksum(true).
-		WithLogger(logger{o.Logger})
+		WithLogger(logger{l: o.Logger, reads: reads})
 	bo = scaleMemory(bo, debug.SetMemoryLimit(-1))
 	if o.BadgerOptions != nil {
 		bo = o.BadgerOptions(bo)
@@ -81,7 +124,7 @@ func Open(dir string, o Options) (*Store, error) {
 	if minFree == 0 {
 		minFree = 2*bo.MemTableSize + 2*db.MaxBatchSize() + 16<<20
 	}
-	return &Store{db: db, dir: dir, minFree: minFree}, nil
+	return &Store{db: db, dir: dir, minFree: minFree, reads: reads}, nil
 }
 
 // scaleMemory sizes badger's memory from the Go memory limit (math.MaxInt64
@@ -127,6 +170,9 @@ func (s *Store) Get(keys ...[]byte) ([][]byte, error) {
 			if out[i], err = item.ValueCopy(nil); err != nil {
 				return err
 			}
+			if err := s.checkValue(item, out[i]); err != nil {
+				return err
+			}
 			if out[i] == nil {
 				out[i] = []byte{}
 			}
@@ -137,6 +183,28 @@ func (s *Store) Get(keys ...[]byte) ([][]byte, error) {
 		return nil, fmt.Errorf("badger read: %w", err)
 	}
 	return out, nil
+}
+
+// checkValue reports a value badger could not read. Badger answers a
+// value-log record that fails its checksum (or lies beyond the file) with
+// no value and no error, only a log line; the value pointer still says how
+// long the value should be, so an empty value where a long one is recorded
+// is such a failure. Its cause is taken from the log line.
+func (s *Store) checkValue(item *badger.Item, v []byte) error {
+	if len(v) > 0 {
+		return nil
+	}
+	want := item.ValueSize() // exact for inline values, within a few bytes for value-log ones
+	if want <= 0 {
+		return nil
+	}
+	cause := s.reads.take(item.Key())
+	if cause == "" {
+		cause = "unreadable value-log record"
+	}
+	err := damaged("the value of key %x (about %d bytes) cannot be read: %s", item.Key(), want, cause)
+	err.(*damagedError).key = item.KeyCopy(nil)
+	return err
 }
 
 // Scan calls fn for each key in [start, end) in ascending order (end nil means
@@ -156,6 +224,9 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 				return nil
 			}
 			err := item.Value(func(v []byte) error {
+				if err := s.checkValue(item, v); err != nil {
+					return err
+				}
 				fnErr = fn(k, v)
 				return fnErr
 			})
@@ -238,10 +309,22 @@ func (s *Store) Close() error {
 }
 
 // logger adapts slog to badger's Logger; badger's chatty Info/Debug lines
-// are dropped.
-type logger struct{ l *slog.Logger }
+// are dropped. It also keeps the cause of failed value reads for checkValue.
+type logger struct {
+	l     *slog.Logger
+	reads *readErrors
+}
+
+// readErrorPrefix starts the line badger logs, in the reading goroutine,
+// when it fails to read a value and answers "no value" instead.
+const readErrorPrefix = "Unable to read: Key:"
 
 func (l logger) Errorf(f string, a ...any) {
+	if l.reads != nil && strings.HasPrefix(f, readErrorPrefix) && len(a) >= 5 {
+		if k, ok := a[0].([]byte); ok {
+			l.reads.put(k, fmt.Sprint(a[4]))
+		}
+	}
 	if l.l != nil {
 		l.l.Error("badger: " + fmt.Sprintf(f, a...))
 	}
@@ -254,3 +337,30 @@ func (l logger) Warningf(f string, a ...any) {
 }
 func (l logger) Infof(string, ...any)  {}
 func (l logger) Debugf(string, ...any) {}
+
+// readErrors holds, by key, the causes badger logged for values it failed
+// to read, until checkValue takes them. Bounded: a cause nobody takes (a
+// read outside Get and Scan) is dropped when the map is full.
+type readErrors struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+const maxReadErrors = 256
+
+func (r *readErrors) put(key []byte, cause string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.m) >= maxReadErrors {
+		clear(r.m)
+	}
+	r.m[string(key)] = cause
+}
+
+func (r *readErrors) take(key []byte) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.m[string(key)]
+	delete(r.m, string(key))
+	return c
+}
