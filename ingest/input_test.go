@@ -49,7 +49,11 @@ func TestBadInputRefusedAndNothingStored(t *testing.T) {
 		{"far future", mod(func(ev *pb.Event) { ev.Time = timestamppb.New(time.Now().Add(72 * time.Hour)) }), connect.CodeInvalidArgument, "events[1].time:"},
 		{"invalid timestamp", mod(func(ev *pb.Event) { ev.Time = &timestamppb.Timestamp{Seconds: 1e15} }), connect.CodeInvalidArgument, "events[1].time: not a valid timestamp"},
 		{"expires_at before 1970", mod(func(ev *pb.Event) { ev.ExpiresAt = timestamppb.New(time.Unix(-5, 0)) }), connect.CodeInvalidArgument, "events[1].expires_at"},
-		{"control char in id", mod(func(ev *pb.Event) { ev.Subject.Id = "al\x00ice" }), connect.CodeInvalidArgument, "events[1].subject.id: contains a control character"},
+		{"control char in id", mod(func(ev *pb.Event) { ev.Subject.Id = "al\x00ice" }), connect.CodeInvalidArgument, "events[1].subject.id: contains U+0000 (control character); ids must be visible text"},
+		{"zero-width space in id", mod(func(ev *pb.Event) { ev.Subject.Id = "alice\u200b" }), connect.CodeInvalidArgument, "events[1].subject.id: contains U+200B (format character); ids must be visible text"},
+		{"bidi override in system", mod(func(ev *pb.Event) { ev.Source.System = "\u202eokta" }), connect.CodeInvalidArgument, "events[1].source.system: contains U+202E (format character)"},
+		{"line separator in ref", mod(func(ev *pb.Event) { ev.Refs.Request = "r\u2028" }), connect.CodeInvalidArgument, "events[1].refs.request: contains U+2028 (line separator)"},
+		{"NEL in actor", mod(func(ev *pb.Event) { ev.Actor.Id = "bob\u0085" }), connect.CodeInvalidArgument, "events[1].actor.id: contains U+0085 (control character)"},
 		{"id too long", mod(func(ev *pb.Event) { ev.Refs.Grant = strings.Repeat("g", event.MaxIDBytes+1) }), connect.CodeInvalidArgument, "events[1].refs.grant"},
 		{"too many attributes", mod(func(ev *pb.Event) {
 			for i := range event.MaxAttributes + 1 {

@@ -128,7 +128,7 @@ func TestPeriodsHandComputed(t *testing.T) {
 		name: "closed before from", from: "2026-01-06T00:00:00Z", to: "2026-01-10T00:00:00Z",
 		union: map[string]int64{},
 	}, {
-		// At the instant 01-10, the late grant is still a finding (RULES.md),
+		// At the instant 01-10, the late grant is still a finding (docs/rules.md),
 		// closed at 01-05 00:15 with its whole 3 days; the standing grant
 		// ended, so it is none.
 		name: "closed late, at an instant", to: "2026-01-10T00:00:00Z",

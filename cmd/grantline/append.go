@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,6 +35,7 @@ func init() {
 const (
 	defaultAppendBatch = 1000
 	defaultWindow      = 8 // batches in flight per stream
+	defaultRetryFor    = 15 * time.Second
 	maxShownBadLines   = 10
 )
 
@@ -46,6 +49,7 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.IntVar(&cfg.Streams, "streams", 1, "concurrent AppendStream streams")
 	fs.IntVar(&cfg.Window, "window", defaultWindow, "batches in flight per stream before waiting for an acknowledgement")
 	fs.IntVar(&cfg.Retries, "retries", 8, "consecutive retries of a stream refused with ResourceExhausted or Unavailable before giving up")
+	fs.DurationVar(&cfg.RetryFor, "retry-for", defaultRetryFor, "give up when the server has been unreachable or refusing with ResourceExhausted for this long")
 	quiet := fs.Bool("quiet", false, "no progress display even on a terminal")
 	files, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -100,6 +104,13 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if bad {
 		return &exitError{code: 1, msg: "refusing to send: input has bad lines"}
 	}
+	if total == 0 {
+		names := make([]string, len(inputs))
+		for i, in := range inputs {
+			names[i] = in.name
+		}
+		return &exitError{code: 1, msg: fmt.Sprintf("no events in %s (empty, or only blank lines); nothing was sent", strings.Join(names, ", "))}
+	}
 
 	// Pass 2: stream the events.
 	batches := make(chan *client.Batch, cfg.Streams*cfg.Window)
@@ -137,12 +148,16 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	acked := st.Acked.Load()
 	nconflict := st.Conflict.Load()
-	conflictNote := ""
-	if nconflict > 0 {
-		conflictNote = fmt.Sprintf(", %d conflicting", nconflict)
+	// The tree size is known only from an acknowledgement: print no
+	// summary (and no size) when nothing was acknowledged.
+	if acked > 0 {
+		conflictNote := ""
+		if nconflict > 0 {
+			conflictNote = fmt.Sprintf(", %d conflicting", nconflict)
+		}
+		fmt.Fprintf(env.stdout, "appended %d events: %d new, %d duplicate%s (tree size %d)\n",
+			acked, st.Fresh.Load(), st.Dup.Load(), conflictNote, st.TreeSize.Load())
 	}
-	fmt.Fprintf(env.stdout, "appended %d events: %d new, %d duplicate%s (tree size %d)\n",
-		acked, st.Fresh.Load(), st.Dup.Load(), conflictNote, st.TreeSize.Load())
 	// In input order: batches are numbered in input order.
 	for _, seq := range slices.Sorted(maps.Keys(conflicts)) {
 		for _, c := range conflicts[seq] {
@@ -151,7 +166,11 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 	}
 	if err != nil {
-		return &exitError{code: 1, msg: fmt.Sprintf("%d of %d events not acknowledged: %v", uint64(total)-acked, total, describeRPCError(err))}
+		lost := "nothing was appended"
+		if acked > 0 {
+			lost = fmt.Sprintf("%d of %d events not acknowledged", uint64(total)-acked, total)
+		}
+		return &exitError{code: 1, msg: fmt.Sprintf("%s: %s", lost, describeAppendError(err, cf.server, cfg))}
 	}
 	if acked != uint64(total) {
 		return &exitError{code: 1, msg: fmt.Sprintf("%d of %d events not acknowledged", uint64(total)-acked, total)}
@@ -278,12 +297,57 @@ func (c streamConfig) check() error {
 		return fmt.Errorf("--window %d: want 1..1024", c.Window)
 	case c.Retries < 0:
 		return fmt.Errorf("--retries %d: want 0 or more", c.Retries)
+	case c.RetryFor < 0:
+		return fmt.Errorf("--retry-for %s: want 0 (no time bound) or more", c.RetryFor)
 	}
 	return nil
 }
 
+// describeAppendError says why an append stream failed, in the words of
+// the usual causes: an unreachable server (after retrying for how long), a
+// refused token, a token that may not append these events, input the server
+// refused, or retries used up.
+func describeAppendError(err error, server string, cfg streamConfig) string {
+	// msg is "code: message", the code named once.
+	msg := err.Error()
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		code := ce.Code().String()
+		msg = code + ": " + strings.TrimPrefix(ce.Message(), code+": ")
+	}
+	switch code := connect.CodeOf(err); {
+	case code == connect.CodeUnauthenticated:
+		return fmt.Sprintf("the server at %s refused the token (%s); check --token or GRANTLINE_TOKEN", server, msg)
+	case code == connect.CodePermissionDenied:
+		return fmt.Sprintf("the server at %s refused these events for this token (%s); a source token may append only the source.system it is named after, an auditor token none", server, msg)
+	case code == connect.CodeInvalidArgument:
+		return fmt.Sprintf("the server at %s refused the input (%s); fix it and run again", server, msg)
+	case unreachable(err):
+		return fmt.Sprintf("server unreachable at %s (%s); gave up after retrying for up to %s (--retry-for, --retries); is grantline serve running there?", server, msg, cfg.RetryFor)
+	case code == connect.CodeResourceExhausted || code == connect.CodeUnavailable:
+		return fmt.Sprintf("%s; gave up after retrying for up to %s (--retry-for, --retries)", msg, cfg.RetryFor)
+	}
+	return describeRPCError(err)
+}
+
+// unreachable reports whether err is a failure to reach the server at all:
+// no connection (refused, no route, timeout) or an unknown host name.
+func unreachable(err error) bool {
+	var op *net.OpError
+	var dns *net.DNSError
+	return errors.As(err, &dns) || errors.As(err, &op) && op.Op == "dial"
+}
+
 // describeRPCError renders a Connect error with a hint for the usual causes.
 func describeRPCError(err error) string {
+	// The server's message often starts with its sentinel, which may be the
+	// code's own name ("unauthenticated: unauthenticated: unknown token").
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		if code := ce.Code().String(); strings.HasPrefix(ce.Message(), code+": ") {
+			err = connect.NewError(ce.Code(), errors.New(strings.TrimPrefix(ce.Message(), code+": ")))
+		}
+	}
 	switch connect.CodeOf(err) {
 	case connect.CodeUnauthenticated:
 		return err.Error() + " (check --token or GRANTLINE_TOKEN)"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -53,6 +55,9 @@ func runCheckpointCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	fmt.Fprint(env.stdout, resp.Msg.GetCheckpoint())
 	if v == nil {
+		// The note carries the root in base64, as C2SP fixes; people read
+		// hashes in hex everywhere else (proofs, verify, fsck).
+		fmt.Fprintf(env.stderr, "not verified: %s; pass --log-key DATA/keys/log.vkey to check the signature\n", noteSummary(resp.Msg.GetCheckpoint()))
 		return nil
 	}
 	c, err := openCheckpoint("checkpoint", resp.Msg.GetCheckpoint(), v, resp.Msg.GetTreeSize())
@@ -112,4 +117,18 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
+}
+
+// noteSummary reads origin, size and root (in hex) from a checkpoint note
+// without verifying it, for a human.
+func noteSummary(text string) string {
+	lines := strings.SplitN(text, "\n", 4)
+	if len(lines) < 4 {
+		return "the server sent no checkpoint note"
+	}
+	root, err := base64.StdEncoding.DecodeString(lines[2])
+	if err != nil {
+		return fmt.Sprintf("checkpoint of %s, size %s, root not base64", textsafe.Quote(lines[0]), textsafe.Quote(lines[1]))
+	}
+	return fmt.Sprintf("checkpoint of %s, size %s, root %x", textsafe.Quote(lines[0]), textsafe.Quote(lines[1]), root)
 }

@@ -103,6 +103,9 @@ func runMain(ctx context.Context, env *cmdEnv, args []string) int {
 		}
 		return 0
 	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...)
+	}
 	c, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(env.stderr, "grantline: unknown command %q; run 'grantline help' for the list\n", args[0])
@@ -119,7 +122,7 @@ func runMain(ctx context.Context, env *cmdEnv, args []string) int {
 		if err == errFlagHelp {
 			return 0
 		}
-		fmt.Fprintf(env.stderr, "grantline %s: %v\n", c.name, err)
+		fmt.Fprintf(env.stderr, "grantline %s: %s\n", c.name, strings.TrimSpace(err.Error()))
 		return 1
 	}
 	return 0

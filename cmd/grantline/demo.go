@@ -32,7 +32,7 @@ import (
 func init() {
 	register(&command{
 		name:    "demo",
-		usage:   "[--seed N] [--identities N] [--months N] [--failure-rate F] [--out DIR] | --generate-only --out FILE.jsonl",
+		usage:   "[--seed N] [--identities N] [--months N] [--failure-rate F] [--out DIR] | --generate-only --out FILE.jsonl [--params-out FILE.yaml]",
 		summary: "the whole loop on a synthetic IGA/PAM organisation: serve, stream, evaluate, export, verify",
 		run:     runDemoCmd,
 	})
@@ -45,6 +45,7 @@ type demoConfig struct {
 	org          synth.Config
 	out          string
 	generateOnly bool
+	paramsOut    string // with generateOnly: where to write the params file
 	quiet        bool
 }
 
@@ -58,6 +59,7 @@ func runDemoCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	start := fs.String("start", dc.org.Start.Format(time.DateOnly), "first day of the simulated period (YYYY-MM-DD)")
 	fs.StringVar(&dc.out, "out", "", "folder for the demo's data and evidence (default: a new temporary folder); with --generate-only, the JSON-lines file to write (- for stdout)")
 	fs.BoolVar(&dc.generateOnly, "generate-only", false, "only write the synthetic feed as JSON lines to --out; start nothing")
+	fs.StringVar(&dc.paramsOut, "params-out", "", "with --generate-only, also write the organisation's rule params (its separation-of-duties policy, sod_pairs) to this file, for serve --params")
 	fs.BoolVar(&dc.quiet, "quiet", false, "print only the summary")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -71,6 +73,9 @@ func runDemoCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if dc.generateOnly {
 		return demoGenerate(env, dc)
+	}
+	if dc.paramsOut != "" {
+		return &exitError{code: 2, msg: "--params-out goes with --generate-only (the full demo writes its own params)"}
 	}
 	sum, err := runDemo(ctx, env, dc)
 	if err != nil {
@@ -114,6 +119,16 @@ func demoGenerate(env *cmdEnv, dc demoConfig) error {
 	}
 	if err := closeOut(); err != nil {
 		return fmt.Errorf("writing %s: %w", dc.out, err)
+	}
+	if dc.paramsOut != "" {
+		if err := os.WriteFile(dc.paramsOut, org.ParamsYAML(), 0o644); err != nil {
+			return fmt.Errorf("--params-out: %w", err)
+		}
+		if dc.out != "-" {
+			fmt.Fprintf(env.stderr, "wrote %d events (%d identities, %d sources, %d planted failures) to %s, and its separation-of-duties policy to %s (for serve --params); evaluate it as of %s\n",
+				len(org.Events), org.Identities, len(synth.Sources), len(org.Planted), dc.out, dc.paramsOut, org.AsOf.Format(time.RFC3339))
+		}
+		return nil
 	}
 	if dc.out != "-" {
 		fmt.Fprintf(env.stderr, "wrote %d events (%d identities, %d sources, %d planted failures) to %s\n",
@@ -404,10 +419,16 @@ func printDemoSummary(w io.Writer, s *demoSummary) {
 			sevs = append(sevs, fmt.Sprintf("%d %s", sev[k], k))
 		}
 	}
-	fmt.Fprintf(w, "%d findings (%s), %d of them on the same entry as a more specific one; privilege outlived its purpose for %s in total over %d identity(ies) (each interval counted once)\n",
-		len(s.findings), strings.Join(sevs, ", "), shared, humanDuration(exposure), len(s.exposureBySubject))
+	if len(s.findings) == 0 {
+		fmt.Fprintln(w, "no findings")
+	} else {
+		fmt.Fprintf(w, "%d findings (%s), %d of them on the same entry as a more specific one; privilege outlived its purpose for %s in total over %d identity(ies) (each interval counted once)\n",
+			len(s.findings), strings.Join(sevs, ", "), shared, humanDuration(exposure), len(s.exposureBySubject))
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  SEVERITY\tRULE\tFINDINGS\tIDENTITIES\tEXPOSURE")
+	if len(list) > 0 {
+		fmt.Fprintln(tw, "  SEVERITY\tRULE\tFINDINGS\tIDENTITIES\tEXPOSURE")
+	}
 	for _, r := range list {
 		exp := "-"
 		if r.exposure > 0 {

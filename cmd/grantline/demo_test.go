@@ -185,3 +185,14 @@ func TestDemoRemovesItsTemporaryFolder(t *testing.T) {
 		t.Errorf("the summary prints a command for files it removed:\n%s", out)
 	}
 }
+
+// TestDemoSummaryNoFindings: no "0 findings ();" and no table header when
+// nothing was found.
+func TestDemoSummaryNoFindings(t *testing.T) {
+	var buf bytes.Buffer
+	printDemoSummary(&buf, &demoSummary{org: &synth.Org{}, verified: &verify.Report{}, dir: t.TempDir()})
+	out := buf.String()
+	if !strings.Contains(out, "\nno findings\n") || strings.Contains(out, "()") || strings.Contains(out, "SEVERITY") {
+		t.Errorf("summary without findings:\n%s\nwant 'no findings', no '()' and no table header", out)
+	}
+}

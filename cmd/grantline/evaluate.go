@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -12,7 +13,9 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/internal/textsafe"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 	"github.com/grantline/grantline/verify/format"
 )
 
@@ -75,7 +78,11 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	resp, err := cl.Evidence().Evaluate(ctx, connect.NewRequest(req))
 	if err != nil {
-		return fmt.Errorf("evaluate: %s", describeRPCError(err))
+		return fmt.Errorf("%s", describeRPCError(err))
+	}
+	missing, err := subjectsWithoutEvents(ctx, cl.Log(), resp.Msg, subjects)
+	if err != nil {
+		return err
 	}
 	if *asJSON {
 		err = writeEvaluateJSON(env.stdout, resp.Msg)
@@ -88,7 +95,57 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if n := writeRuleErrors(env.stderr, resp.Msg.GetErrors()); n > 0 {
 		return &exitError{code: 1, msg: fmt.Sprintf("%d rule evaluation(s) failed; their findings are missing from the output", n)}
 	}
+	if len(missing) > 0 {
+		quoted := make([]string, len(missing))
+		for i, m := range missing {
+			quoted[i] = textsafe.Quote(m)
+		}
+		return &exitError{code: exitNoSubject, msg: fmt.Sprintf("no events for subject %s in the tree of size %d; check the id (grantline events ID lists a subject's chain)",
+			strings.Join(quoted, ", "), checkpointSize(resp.Msg.GetCheckpoint()))}
+	}
 	return nil
+}
+
+// exitNoSubject is evaluate's exit status when a --subject has no events at
+// the checkpoint (docs/design.md): its 0 findings mean nothing.
+const exitNoSubject = 3
+
+// subjectsWithoutEvents returns the requested subjects that have no entry in
+// the tree the evaluation ran on, in the order given: one ListSubjectEvents
+// page of one entry per subject, unless a single subject had entries
+// evaluated.
+func subjectsWithoutEvents(ctx context.Context, log grantlinev1connect.LogServiceClient, r *pb.EvaluateResponse, subjects []string) ([]string, error) {
+	switch {
+	case len(subjects) == 0:
+		return nil, nil
+	case len(subjects) == 1 && r.GetEntriesEvaluated() > 0:
+		return nil, nil
+	}
+	// No entries evaluated does not prove a subject has none: the rules
+	// read a chain only up to the as-of time. Ask the log.
+	size := checkpointSize(r.GetCheckpoint())
+	var missing []string
+	for _, sub := range subjects {
+		resp, err := log.ListSubjectEvents(ctx, connect.NewRequest(&pb.ListSubjectEventsRequest{SubjectId: sub, PageSize: 1, TreeSize: size}))
+		if err != nil {
+			return nil, fmt.Errorf("checking subject %s has events: %s", textsafe.Quote(sub), describeRPCError(err))
+		}
+		if len(resp.Msg.GetEntries()) == 0 {
+			missing = append(missing, sub)
+		}
+	}
+	return missing, nil
+}
+
+// checkpointSize reads the tree size line of a checkpoint note; 0 if it has
+// none.
+func checkpointSize(note string) uint64 {
+	lines := strings.SplitN(note, "\n", 3)
+	if len(lines) < 2 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(lines[1], 10, 64)
+	return n
 }
 
 // evaluateJSON is the object of docs/design.md "Commands and what scripts may
@@ -157,6 +214,10 @@ func writeEvaluateJSON(w io.Writer, r *pb.EvaluateResponse) error {
 
 // writeEvaluateTable prints a readable table and a one-line summary.
 func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
+	if len(r.GetFindings()) == 0 {
+		// No header over an empty table: the summary says it all.
+		return writeEvaluateSummary(w, r)
+	}
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "RULE\tSEVERITY\tSUBJECT\tENTRY\tOPENED\tCLOSED\tEXPOSURE\tMESSAGE")
 	for _, f := range r.GetFindings() {
@@ -181,6 +242,12 @@ func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintln(w)
+	return writeEvaluateSummary(w, r)
+}
+
+// writeEvaluateSummary prints the one-line summary under the table.
+func writeEvaluateSummary(w io.Writer, r *pb.EvaluateResponse) error {
 	asOf := "-"
 	if r.GetAsOf() != nil {
 		asOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
@@ -193,7 +260,7 @@ func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
 	for _, n := range r.GetExposureBySubject() {
 		exposure += n
 	}
-	_, err := fmt.Fprintf(w, "\n%d finding(s) over %d subject(s) and %d entries, %s, at %s; privilege outlived its purpose for %s over %d identity(ies) (each interval counted once)\n",
+	_, err := fmt.Fprintf(w, "%d finding(s) over %d subject(s) and %d entries, %s, at %s; privilege outlived its purpose for %s over %d identity(ies) (each interval counted once)\n",
 		len(r.GetFindings()), r.GetSubjectsEvaluated(), r.GetEntriesEvaluated(), when, checkpointLine(r.GetCheckpoint()),
 		format.Duration(exposure), len(r.GetExposureBySubject()))
 	return err

@@ -133,3 +133,26 @@ func TestEvaluateFlagErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestEvaluateTableNoFindings: no header over an empty table, only the
+// summary.
+func TestEvaluateTableNoFindings(t *testing.T) {
+	var buf bytes.Buffer
+	r := sampleEvaluateResponse()
+	r.Findings = nil
+	if err := writeEvaluateTable(&buf, r); err != nil {
+		t.Fatal(err)
+	}
+	want := "0 finding(s) over 2 subject(s) and 12 entries, as of 2026-03-01T00:00:00Z, at grantline.example/log tree size 42"
+	if out := buf.String(); !strings.HasPrefix(out, want) || strings.Count(out, "\n") != 1 {
+		t.Errorf("table with no findings = %q, want only the summary line %q...", out, want)
+	}
+}
+
+func TestCheckpointSize(t *testing.T) {
+	for note, want := range map[string]uint64{"o\n42\nroot\n\nsig\n": 42, "o\n": 0, "": 0, "o\nx\n": 0} {
+		if got := checkpointSize(note); got != want {
+			t.Errorf("checkpointSize(%q) = %d, want %d", note, got, want)
+		}
+	}
+}

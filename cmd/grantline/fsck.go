@@ -4,18 +4,21 @@ import (
 	"context"
 	"fmt"
 	"io"
+	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/pgstore"
 )
 
 func init() {
 	register(&command{
 		name:    "fsck",
-		usage:   "--data DIR [--quiet]",
+		usage:   "--data DIR [--store postgres://...] [--quiet]",
 		summary: "re-verify a stopped server's whole store: every leaf, tile, index and checkpoint (exit 1 on any problem)",
 		run:     runFsckCmd,
 	})
@@ -25,6 +28,7 @@ func runFsckCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, commands["fsck"])
 	data := fs.String("data", defaultDataDir, "the server's data directory")
 	quiet := fs.Bool("quiet", false, "print only the result")
+	store := fs.String("store", "", "check the ledger in this PostgreSQL database (as given to serve --store) instead of DIR/ledger")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -32,7 +36,61 @@ func runFsckCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if len(rest) > 0 {
 		return &exitError{code: 2, msg: fmt.Sprintf("unexpected argument %q", rest[0])}
 	}
+	if *store != "" {
+		return fsckPostgres(ctx, *data, *store, env.stderr, *quiet, env.stdout)
+	}
 	return fsckDataDir(ctx, *data, env.stderr, *quiet, env.stdout)
+}
+
+// fsckPostgres runs ledger.Fsck over the ledger in PostgreSQL. It holds the
+// sequencing lease while it checks, so that no node appends meanwhile, and
+// refuses while a node sequences.
+func fsckPostgres(ctx context.Context, dir, url string, progress io.Writer, quiet bool, out io.Writer) error {
+	_, v, err := datadir.ReadVerifier(dir)
+	if err != nil {
+		return &exitError{code: 2, msg: err.Error()}
+	}
+	st, err := pgstore.Open(ctx, url, pgstore.Options{Node: "fsck"})
+	if err != nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("--store: %v", err)}
+	}
+	defer st.Close()
+	l, err := st.Lease(ctx)
+	if err != nil {
+		return &exitError{code: 1, msg: err.Error()}
+	}
+	if l.Valid {
+		return &exitError{code: 2, msg: fmt.Sprintf("--store: node %s sequences this log (lease epoch %d, until %s); fsck checks a stopped log: stop the nodes first",
+			l.Holder, l.Epoch, l.ExpiresAt.UTC().Format(time.RFC3339))}
+	}
+	actx, cancel := context.WithTimeout(ctx, 2*pgstore.DefaultLeaseTTL)
+	err = st.Acquire(actx)
+	cancel()
+	if err != nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("--store: a node started sequencing: %v", err)}
+	}
+	report := func(format string, args ...any) {
+		if !quiet {
+			fmt.Fprintf(progress, "fsck: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+		}
+	}
+	if err := ledger.Fsck(ctx, st, v, report); err != nil {
+		return &exitError{code: 1, msg: fmt.Sprintf("%s: FAILED: %v", redactURL(url), err)}
+	}
+	fmt.Fprintf(out, "fsck %s: ok\n", redactURL(url))
+	return nil
+}
+
+// redactURL drops the password from a connection URL for printing.
+func redactURL(s string) string {
+	u, err := neturl.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = neturl.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
 }
 
 // fsckDataDir runs ledger.Fsck over DIR/ledger with the verifier key in
@@ -49,7 +107,8 @@ func fsckDataDir(ctx context.Context, dir string, progress io.Writer, quiet bool
 	}
 	report := func(format string, args ...any) {
 		if !quiet {
-			fmt.Fprintf(progress, "fsck: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+			// ledger.Fsck may start its lines with "fsck: " itself.
+			fmt.Fprintf(progress, "fsck: "+strings.TrimPrefix(strings.TrimSuffix(format, "\n"), "fsck: ")+"\n", args...)
 		}
 	}
 	st, err := datadir.OpenStore(dir, nil)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -441,5 +442,25 @@ func testEvent(i int, subject string) *pb.Event {
 		Source:  &pb.Source{System: "okta"},
 		Subject: &pb.Identity{Id: subject, Kind: "human"},
 		Refs:    &pb.Refs{Request: fmt.Sprintf("req-%d", i)},
+	}
+}
+
+func TestVersionLine(t *testing.T) {
+	tests := []struct {
+		bi   debug.BuildInfo
+		want string
+	}{
+		{debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "v1.2.0"}, Settings: []debug.BuildSetting{
+			{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.time", Value: "2026-12-01T10:00:00Z"}, {Key: "vcs.modified", Value: "false"}}},
+			"grantline v1.2.0 (revision 0123abcd, 2026-12-01T10:00:00Z) go1.26.8"},
+		{debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{
+			{Key: "vcs.revision", Value: "beef"}, {Key: "vcs.modified", Value: "true"}}},
+			"grantline (devel) (revision beef, modified) go1.26.8"},
+		{debug.BuildInfo{GoVersion: "go1.26.8"}, "grantline (devel) (revision unknown) go1.26.8"},
+	}
+	for _, tt := range tests {
+		if got := versionLine(&tt.bi); got != tt.want {
+			t.Errorf("versionLine = %q, want %q", got, tt.want)
+		}
 	}
 }

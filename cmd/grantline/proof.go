@@ -5,10 +5,15 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"os"
 
 	"connectrpc.com/connect"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/internal/textsafe"
+	"github.com/grantline/grantline/ledger"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -16,10 +21,18 @@ import (
 func init() {
 	register(&command{
 		name:    "proof",
-		usage:   "inclusion (--index N | --leaf-hash HEX) [--size N] --log-key FILE | consistency --from N [--to M] --log-key FILE",
+		usage:   "inclusion (--index N | --leaf-hash HEX) [--size N] --log-key FILE | consistency (--from N | --from-checkpoint FILE) [--to M] --log-key FILE",
 		summary: "fetch an inclusion or consistency proof and verify it locally against the signed checkpoint",
 		run:     runProofCmd,
 	})
+}
+
+// proofVerbs are the usage line and summary of each proof sub-command.
+var proofVerbs = map[string]struct{ usage, summary string }{
+	"inclusion": {"(--index N | --leaf-hash HEX) [--size N] --log-key FILE [--server URL --token T]",
+		"fetch an entry's inclusion proof and verify it locally against the signed checkpoint"},
+	"consistency": {"(--from N | --from-checkpoint FILE) [--to M] --log-key FILE [--server URL --token T]",
+		"prove that the older tree (a size, or a checkpoint you kept) is a prefix of the newer one, verified locally"},
 }
 
 func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
@@ -31,19 +44,24 @@ func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		return &exitError{code: 2, msg: "want 'proof inclusion' or 'proof consistency'; run 'grantline proof inclusion -h' for flags"}
 	}
 	verb := args[0]
-	pc := *commands["proof"]
-	pc.name = "proof " + verb
+	pc := command{name: "proof " + verb, usage: proofVerbs[verb].usage, summary: proofVerbs[verb].summary}
 	fs := newFlagSet(env, &pc)
 	var cf clientFlags
 	cf.register(fs, env)
 	keyFile := fs.String("log-key", "", "verifier key file (DATA/keys/log.vkey); required")
 	var (
-		index    = fs.Int64("index", -1, "inclusion: the entry's index")
-		leafHash = fs.String("leaf-hash", "", "inclusion: the entry's RFC 6962 leaf hash, hex")
-		size     = fs.Uint64("size", 0, "inclusion: prove against the tree of this size (0: the latest checkpoint)")
-		from     = fs.Uint64("from", 0, "consistency: the older tree size")
-		to       = fs.Uint64("to", 0, "consistency: the newer tree size (0: the latest checkpoint)")
+		index, leafHash, size    = new(int64), new(string), new(uint64)
+		from, to, fromCheckpoint = new(uint64), new(uint64), new(string)
 	)
+	if verb == "inclusion" {
+		fs.Int64Var(index, "index", -1, "the entry's index")
+		fs.StringVar(leafHash, "leaf-hash", "", "the entry's RFC 6962 leaf hash, hex")
+		fs.Uint64Var(size, "size", 0, "prove against the tree of this size (0: the latest checkpoint)")
+	} else {
+		fs.Uint64Var(from, "from", 0, "the older tree size")
+		fs.StringVar(fromCheckpoint, "from-checkpoint", "", "a checkpoint you kept (the output of grantline checkpoint): verified with --log-key, then proved a prefix of the newer tree")
+		fs.Uint64Var(to, "to", 0, "the newer tree size (0: the latest checkpoint)")
+	}
 	rest, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
@@ -64,6 +82,19 @@ func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 
 	if verb == "consistency" {
+		// kept is the checkpoint the user holds, if any: the proof must end
+		// in its root, not only in the server's checkpoint at its size.
+		var kept *ledger.Checkpoint
+		if *fromCheckpoint != "" {
+			if *from != 0 {
+				return &exitError{code: 2, msg: "give --from N or --from-checkpoint FILE, not both"}
+			}
+			c, err := readKeptCheckpoint(*fromCheckpoint, v)
+			if err != nil {
+				return err
+			}
+			kept, *from = &c, c.Size
+		}
 		resp, err := cl.Log().GetConsistencyProof(ctx, connect.NewRequest(&pb.GetConsistencyProofRequest{FromSize: *from, ToSize: *to}))
 		if err != nil {
 			return fmt.Errorf("getting consistency proof: %s", describeRPCError(err))
@@ -76,6 +107,10 @@ func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		if kept != nil && kept.Root != c1.Root {
+			return &exitError{code: 1, msg: fmt.Sprintf("FORK: %s (size %d, root %x) differs from the server's checkpoint at that size (root %x); both are signed by %s: keep both files as evidence",
+				textsafe.Quote(*fromCheckpoint), kept.Size, kept.Root, c1.Root, kept.Origin)}
+		}
 		c2, err := openCheckpoint("checkpoint at --to", m.GetToCheckpoint(), v, m.GetToSize())
 		if err != nil {
 			return err
@@ -83,8 +118,12 @@ func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		if err := proof.VerifyConsistency(rfc6962.DefaultHasher, c1.Size, c2.Size, m.GetHashes(), c1.Root[:], c2.Root[:]); err != nil {
 			return &exitError{code: 1, msg: fmt.Sprintf("consistency proof %d -> %d does not verify: %v", c1.Size, c2.Size, err)}
 		}
-		fmt.Fprintf(env.stdout, "verified: the tree of size %d (root %x) is a prefix of the tree of size %d (root %x); %d proof hashes; checkpoints signed by %s\n",
-			c1.Size, c1.Root, c2.Size, c2.Root, len(m.GetHashes()), c2.Origin)
+		what := "the tree"
+		if kept != nil {
+			what = "the kept checkpoint " + textsafe.Quote(*fromCheckpoint) + ", tree"
+		}
+		fmt.Fprintf(env.stdout, "verified: %s of size %d (root %x) is a prefix of the tree of size %d (root %x); %d proof hashes; checkpoints signed by %s\n",
+			what, c1.Size, c1.Root, c2.Size, c2.Root, len(m.GetHashes()), c2.Origin)
 		return nil
 	}
 
@@ -136,4 +175,18 @@ func runProofCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "verified: entry %d (leaf hash %x) is in the tree of size %d (root %x); %d proof hashes; checkpoint signed by %s\n",
 		m.GetIndex(), want, c.Size, c.Root, len(m.GetHashes()), c.Origin)
 	return nil
+}
+
+// readKeptCheckpoint reads a checkpoint note kept in a file (what
+// `grantline checkpoint` prints) and verifies its signature with v.
+func readKeptCheckpoint(file string, v note.Verifier) (ledger.Checkpoint, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return ledger.Checkpoint{}, &exitError{code: 2, msg: fmt.Sprintf("--from-checkpoint: %v", err)}
+	}
+	c, err := ledger.OpenCheckpoint(data, v)
+	if err != nil {
+		return c, &exitError{code: 1, msg: fmt.Sprintf("--from-checkpoint %s does not verify with --log-key: %v (want the note grantline checkpoint prints, unchanged)", file, err)}
+	}
+	return c, nil
 }

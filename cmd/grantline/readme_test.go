@@ -217,6 +217,42 @@ func TestREADMEShell(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "evidence", "report.html")); err != nil {
 		t.Errorf("the README's evidence export left no report: %v", err)
 	}
+	// The walk-through shows separation of duties: the server runs with the
+	// feed's policy, so sod-conflict finds something.
+	if !strings.Contains(out.String(), "sod-conflict") {
+		t.Errorf("the README's evaluate found no sod-conflict: is serve started with the feed's --params?")
+	}
+	checkIgnored(t, repo, dir)
+}
+
+// checkIgnored fails for every file the README's walk-through left in its
+// working directory that the repository's .gitignore does not ignore: a
+// reader who follows it in a clone must not find them in `git status`.
+func checkIgnored(t *testing.T, repo, dir string) {
+	t.Helper()
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Log("git is not installed; the README's leftovers are not checked against .gitignore")
+		return
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness := map[string]bool{".readme.sh": true, "serve.log": true, ".serve.pid": true, "testdata": true}
+	for _, e := range ents {
+		if harness[e.Name()] {
+			continue
+		}
+		name := e.Name()
+		if e.IsDir() {
+			name += "/"
+		}
+		cmd := exec.Command("git", "check-ignore", "-q", "--no-index", name)
+		cmd.Dir = repo
+		if err := cmd.Run(); err != nil {
+			t.Errorf("the README's walk-through leaves %s in the working directory, and .gitignore does not ignore it", name)
+		}
+	}
 }
 
 // TestREADMEEventExamples checks every ```json block is an event that

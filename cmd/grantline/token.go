@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -48,6 +47,13 @@ func init() {
 	})
 }
 
+// tokenVerbUsage is each token sub-command's usage line: only its flags.
+var tokenVerbUsage = map[string]string{
+	"add":    "--data DIR --name NAME --role source|auditor|admin",
+	"list":   "--data DIR [--json]",
+	"revoke": "--data DIR --name NAME",
+}
+
 func runToken(ctx context.Context, env *cmdEnv, args []string) error {
 	c := commands["token"]
 	if len(args) == 0 {
@@ -58,8 +64,11 @@ func runToken(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprint(env.stderr, tokenHelp)
 		return errFlagHelp
 	}
-	flags := newFlagSet(env, c)
-	flags.Init("grantline token "+verb, flag.ContinueOnError)
+	usage, ok := tokenVerbUsage[verb]
+	if !ok {
+		return &exitError{code: 2, msg: fmt.Sprintf("unknown sub-command %q: want add, list or revoke", verb)}
+	}
+	flags := newFlagSet(env, &command{name: "token " + verb, usage: usage, summary: c.summary})
 	data := flags.String("data", defaultDataDir, "data directory of the server")
 	var name, role, tokenID *string
 	var asJSON *bool

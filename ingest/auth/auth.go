@@ -104,10 +104,11 @@ func ValidateName(name string) error {
 	if len(name) == 0 || len(name) > 64 {
 		return fmt.Errorf("%w: %q is %d characters; use 1 to 64 of A-Z a-z 0-9 . _ -", ErrInvalidName, name, len(name))
 	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
+	for i, c := range name {
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return fmt.Errorf("%w: %q has %q at offset %d; use only A-Z a-z 0-9 . _ -", ErrInvalidName, name, c, i)
+			// %U, not the character: it may be invisible (U+200B) or not
+			// valid UTF-8 (U+FFFD).
+			return fmt.Errorf("%w: %q has %U at offset %d; use only A-Z a-z 0-9 . _ -", ErrInvalidName, name, c, i)
 		}
 	}
 	return nil

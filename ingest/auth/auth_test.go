@@ -47,6 +47,13 @@ func TestValidateName(t *testing.T) {
 			t.Errorf("ValidateName(%q) = %v, want ErrInvalidName", tt.name, err)
 		}
 	}
+	// An invisible character is named by its code point, not shown raw
+	// (nor as the first byte of its UTF-8 encoding).
+	for name, want := range map[string]string{"okta\u200b": "U+200B at offset 4", "\u202eokta": "U+202E at offset 0", "ok\u2028": "U+2028 at offset 2"} {
+		if err := ValidateName(name); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ValidateName(%q) = %v, want it to say %q", name, err, want)
+		}
+	}
 }
 
 func TestParseRole(t *testing.T) {

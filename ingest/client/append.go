@@ -103,6 +103,10 @@ type StreamOptions struct {
 	Streams int // concurrent streams (at least 1)
 	Window  int // unacknowledged batches per stream (at least 1)
 	Retries int // consecutive failed attempts per stream before giving up
+	// RetryFor, if positive, also bounds the time a stream keeps retrying
+	// without an acknowledgement: a retry that would start later than
+	// RetryFor after the first failure of the run is not made.
+	RetryFor time.Duration
 	// Notify, if set, hears about each retry; it may be called concurrently.
 	Notify func(msg string)
 }
@@ -115,11 +119,14 @@ type AckFunc func(b *Batch, resp *pb.AppendStreamResponse, latency time.Duration
 // AppendStream calls of svc (Client.Ingest, or any implementation), keeping
 // up to o.Window batches unacknowledged per stream. A stream refused with
 // ResourceExhausted or Unavailable, or cut, is reopened after a backoff (or
-// the server's retry hint), up to o.Retries times in a row, and its
+// the server's retry hint), up to o.Retries times in a row (and for at most
+// o.RetryFor, if set), and its
 // unacknowledged batches are sent again; the ledger's idempotency makes that
 // safe (a batch stored before its ack was lost comes back as duplicates).
 // onAck is called once per batch. It returns nil only when every batch was
-// acknowledged; in must be closed when the input ends.
+// acknowledged; in must be closed when the input ends. Any other failure
+// (Unauthenticated, PermissionDenied, InvalidArgument, ...) is returned at
+// once: retrying cannot fix it.
 func AppendStream(ctx context.Context, svc grantlinev1connect.IngestServiceClient, o StreamOptions, in <-chan *Batch, onAck AckFunc) error {
 	o.Streams, o.Window = max(o.Streams, 1), max(o.Window, 1)
 	ctx, cancel := context.WithCancel(ctx)
@@ -160,6 +167,7 @@ type streamWorker struct {
 
 func (s *streamWorker) run(ctx context.Context) error {
 	failures := 0
+	var firstFailure time.Time
 	for {
 		progress, err := s.once(ctx)
 		if err == nil {
@@ -172,12 +180,22 @@ func (s *streamWorker) run(ctx context.Context) error {
 			failures = 0
 		}
 		failures++
+		if failures == 1 {
+			firstFailure = time.Now()
+		}
 		if !retryable(err) || failures > s.cfg.Retries {
 			return err
 		}
 		wait := retryDelay(err, failures)
+		if s.cfg.RetryFor > 0 && time.Since(firstFailure)+wait > s.cfg.RetryFor {
+			return err
+		}
 		if s.cfg.Notify != nil {
-			s.cfg.Notify(fmt.Sprintf("stream failed (%v); retrying in %s (retry %d of %d)", err, wait, failures, s.cfg.Retries))
+			bound := ""
+			if s.cfg.RetryFor > 0 {
+				bound = fmt.Sprintf(", giving up %s after the first failure", s.cfg.RetryFor)
+			}
+			s.cfg.Notify(fmt.Sprintf("stream failed (%v); retrying in %s (retry %d of %d%s)", err, wait, failures, s.cfg.Retries, bound))
 		}
 		t := time.NewTimer(wait)
 		select {

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -95,5 +98,47 @@ func TestStatsAndConflicts(t *testing.T) {
 		if st.Acked.Load() != uint64(len(tt.res)) || st.Conflict.Load() != c || st.Dup.Load() != tt.dup || st.Fresh.Load() != uint64(len(tt.res))-c-tt.dup {
 			t.Errorf("%s: Stats = acked %d fresh %d dup %d conflict %d", tt.name, st.Acked.Load(), st.Fresh.Load(), st.Dup.Load(), st.Conflict.Load())
 		}
+	}
+}
+
+// TestAppendStreamRetryFor: with nothing listening, AppendStream retries
+// Unavailable, says when it will give up, and gives up after RetryFor even
+// though Retries would allow many more attempts.
+func TestAppendStreamRetryFor(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens here now: connection refused
+	cl, err := Dial("http://"+addr, Options{Token: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := make(chan *Batch, 1)
+	in <- &Batch{Seq: 0, Events: []*pb.Event{{Id: "e"}}, Where: "x:1"}
+	close(in)
+	var mu sync.Mutex
+	var notes []string
+	const retryFor = 400 * time.Millisecond
+	start := time.Now()
+	err = AppendStream(t.Context(), cl.Ingest(), StreamOptions{Retries: 1000, RetryFor: retryFor, Notify: func(m string) {
+		mu.Lock()
+		notes = append(notes, m)
+		mu.Unlock()
+	}}, in, func(*Batch, *pb.AppendStreamResponse, time.Duration) { t.Error("acknowledged by nobody") })
+	took := time.Since(start)
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("AppendStream = %v, want Unavailable", err)
+	}
+	// The backoff reaches 100+200 ms within 400 ms; then 400 ms more would
+	// pass the bound, so it stops well before Retries' many seconds.
+	if took > 5*time.Second {
+		t.Errorf("AppendStream gave up after %s, want about %s", took, retryFor)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(notes) == 0 || !strings.Contains(notes[0], "giving up 400ms after the first failure") {
+		t.Errorf("retry notes %q: want the bound named", notes)
 	}
 }

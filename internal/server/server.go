@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +28,7 @@ import (
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/pgstore"
 	"github.com/grantline/grantline/ledger/witness"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
@@ -53,6 +55,11 @@ type Config struct {
 	// StreamIdleTimeout and StreamMaxLifetime bound an AppendStream (0: the
 	// ingest package's defaults, 5m and 1h).
 	StreamIdleTimeout, StreamMaxLifetime time.Duration
+	// Store, when set, is the PostgreSQL URL (postgres://USER@HOST:PORT/DB?...)
+	// that keeps the ledger instead of DATA/ledger. Start then waits until
+	// this node holds the sequencing lease (docs/operations-postgres.md),
+	// and the server stops with ErrLeaseLost if another node takes it over.
+	Store string
 	// WitnessPolicy is a witness policy file (docs/witnessing.md); when set,
 	// checkpoints are sent to its witnesses, GET /checkpoint serves the
 	// newest witnessed one and evidence is anchored to it.
@@ -64,6 +71,11 @@ type Config struct {
 	// store holds none (serve --init; see datadir.Options.Init).
 	Init bool
 }
+
+// ErrLeaseLost is returned by Close when the server stopped because another
+// node took the PostgreSQL sequencing lease over (this node was paused or cut
+// off for longer than the lease lasts). Restarting rejoins as a standby.
+var ErrLeaseLost = errors.New("another node took over sequencing the log")
 
 // Server is a started server.
 type Server struct {
@@ -77,6 +89,9 @@ type Server struct {
 	Origin                           string
 
 	log      *ledger.Log
+	pg       *pgstore.Store // nil: badger
+	closing  atomic.Bool
+	lost     atomic.Bool
 	wit      *witness.Witnesser // nil without a witness policy
 	witStop  func()             // stops the witnesser and waits for it
 	api      *ingest.Server
@@ -139,13 +154,24 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 
 	// Listen before anything is written: a taken port must not leave a
-	// half-made data directory behind.
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+	// half-made data directory behind. With PostgreSQL, a standby waits for
+	// the lease before it listens, so that load balancers see it down until
+	// it can serve.
+	var ln net.Listener
+	listen := func() error {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+		}
+		return nil
+	}
+	if cfg.Store == "" {
+		if err := listen(); err != nil {
+			return nil, err
+		}
 	}
 	defer func() {
-		if err != nil {
+		if err != nil && ln != nil {
 			ln.Close()
 		}
 	}()
@@ -159,11 +185,24 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("evidence key: %w", err)
 	}
-	l, err := dd.OpenLedger(ctx, ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")})
+	lo := ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")}
+	var l *ledger.Log
+	var pg *pgstore.Store
+	reg := prometheus.NewRegistry()
+	if cfg.Store == "" {
+		l, err = dd.OpenLedger(ctx, lo)
+	} else {
+		l, pg, err = openPostgres(ctx, cfg.Store, dd, lo, reg, cfg.Logger)
+	}
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
+	if ln == nil {
+		if err = listen(); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
 	icfg := ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
@@ -204,7 +243,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		DataDir: cfg.DataDir, VerifierKey: keys.VerifierKey, Origin: keys.Origin,
 		VerifierKeyPath: keys.VerifierKeyPath, EvidenceKeyPath: keys.EvidencePubKeyPath,
 		AdminTokenPath: dd.AdminTokenPath, NewAdminToken: dd.NewAdminToken,
-		log: l, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+		log: l, pg: pg, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
+	}
+	if pg != nil {
+		go rs.watchLease()
 	}
 	if b, err := os.ReadFile(rs.AdminTokenPath); err == nil {
 		rs.AdminToken = strings.TrimSpace(string(b))
@@ -248,6 +290,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 // Close stops accepting calls, waits for in-flight ones until ctx ends (then
 // cuts them off), and closes the ledger, which drains queued batches.
 func (r *Server) Close(ctx context.Context) error {
+	r.closing.Store(true)
 	r.api.SetServing(false)
 	herr := r.http.Shutdown(ctx)
 	if herr != nil {
@@ -262,7 +305,56 @@ func (r *Server) Close(ctx context.Context) error {
 		return fmt.Errorf("closing the ledger: %w", lerr)
 	}
 	r.logger.Info("stopped")
+	if r.lost.Load() {
+		return fmt.Errorf("%w: stopped serving; restart to rejoin as a standby", ErrLeaseLost)
+	}
 	return r.serveErr
+}
+
+// openPostgres opens the ledger in PostgreSQL once this node holds the
+// sequencing lease, waiting for it as long as ctx allows.
+func openPostgres(ctx context.Context, url string, dd *datadir.Dir, o ledger.Options, reg *prometheus.Registry, logger *slog.Logger) (*ledger.Log, *pgstore.Store, error) {
+	if !strings.HasPrefix(url, "postgres://") && !strings.HasPrefix(url, "postgresql://") {
+		return nil, nil, fmt.Errorf("%w: --store %q: want a PostgreSQL URL, postgres://USER@HOST:PORT/DB?...", ErrConfig, url)
+	}
+	m, err := pgstore.NewMetrics(reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := pgstore.Open(ctx, url, pgstore.Options{Metrics: m, Logger: logger.With("component", "pgstore")})
+	if err != nil {
+		return nil, nil, fmt.Errorf("--store: %w", err)
+	}
+	if l, err := st.Lease(ctx); err == nil && l.Valid {
+		logger.Info("standing by: another node sequences the log; taking over when its lease expires",
+			"holder", l.Holder, "epoch", l.Epoch)
+	}
+	if err := st.Acquire(ctx); err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	o.Signer, o.Verifier = dd.Keys.LogSigner, dd.Keys.LogVerifier
+	lg, err := ledger.Open(ctx, st, o)
+	if err != nil {
+		st.Close()
+		return nil, nil, fmt.Errorf("opening the ledger in PostgreSQL: %w", err)
+	}
+	epoch, _ := st.Holding()
+	logger.Info("sequencing the log", "node", st.Node(), "epoch", epoch)
+	return lg, st, nil
+}
+
+// watchLease stops the server when another node takes the lease over: this
+// node's appends would all be fenced from then on.
+func (r *Server) watchLease() {
+	<-r.pg.Lost()
+	if r.closing.Load() {
+		return
+	}
+	r.lost.Store(true)
+	r.logger.Error("lost the sequencing lease to another node; stopping", "node", r.pg.Node())
+	r.api.SetServing(false)
+	r.http.Close()
 }
 
 // displayAddr shows a listener address as a client would dial it.

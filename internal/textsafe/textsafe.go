@@ -12,16 +12,16 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"unicode"
 	"unicode/utf8"
+
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // Hidden reports whether r is a character that must not reach a reader raw:
 // a control (Cc), format (Cf), line separator (Zl) or paragraph separator
-// (Zp) character.
-func Hidden(r rune) bool {
-	return unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp)
-}
+// (Zp) character. It is event.Hidden, the set ids may not contain, so what
+// the ledger refuses on input and what is escaped on output stay one set.
+func Hidden(r rune) bool { return event.Hidden(r) }
 
 // Escape returns s with every Hidden character replaced by `\uXXXX` (or
 // `\UXXXXXXXX` above U+FFFF) and every byte that is not valid UTF-8 by

@@ -150,7 +150,10 @@ func scaleMemory(bo badger.Options, limit int64) badger.Options {
 // either its value (below the value threshold) or a 12-byte pointer, never
 // more than that sum, so badger's own batch size limit is returned as is.
 func (s *Store) Limits() (count int, bytes int64) {
-	return int(s.db.MaxBatchCount()), s.db.MaxBatchSize()
+	// Badger refuses a transaction that reaches either of its maxima, and
+	// counts one extra entry (its commit marker, "!badger!txn" + 10 bytes)
+	// into every transaction.
+	return int(s.db.MaxBatchCount()) - 2, s.db.MaxBatchSize() - 1 - int64(len("!badger!txn")+10)
 }
 
 // Get reads the values of keys from one consistent snapshot. A missing key is

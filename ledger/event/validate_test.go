@@ -44,7 +44,18 @@ func TestValidateEvent(t *testing.T) {
 		{"invalid utf-8 attribute value", func(e *pb.Event) { e.Attributes = map[string]string{"k": "\xff"} }, `attributes["k"]: not valid UTF-8`},
 		{"empty attribute key", func(e *pb.Event) { e.Attributes = map[string]string{"": "v"} }, "attributes: empty key"},
 		{"long attribute key", func(e *pb.Event) { e.Attributes = map[string]string{strings.Repeat("k", 300): "v"} }, "attributes: key"},
-		{"tab in subject", func(e *pb.Event) { e.Subject.Id = "a\tb" }, "subject.id: contains a control character"},
+		{"tab in subject", func(e *pb.Event) { e.Subject.Id = "a\tb" }, "subject.id: contains U+0009 (control character); ids must be visible text"},
+		{"zero-width space in subject", func(e *pb.Event) { e.Subject.Id = "alice\u200b" }, "subject.id: contains U+200B (format character); ids must be visible text"},
+		{"bidi override in event id", func(e *pb.Event) { e.Id = "e\u202e1" }, "id: contains U+202E (format character)"},
+		{"line separator in system", func(e *pb.Event) { e.Source.System = "pam\u2028" }, "source.system: contains U+2028 (line separator)"},
+		{"paragraph separator in tenant", func(e *pb.Event) { e.Source.Tenant = "t\u2029" }, "source.tenant: contains U+2029 (paragraph separator)"},
+		{"NEL in owner id", func(e *pb.Event) { e.Subject.OwnerId = "bob\u0085" }, "subject.owner_id: contains U+0085 (control character)"},
+		{"BOM in actor id", func(e *pb.Event) { e.Actor = &pb.Identity{Id: "\ufeffcarol"} }, "actor.id: contains U+FEFF (format character)"},
+		{"soft hyphen in entitlement", func(e *pb.Event) { e.Entitlement = &pb.Entitlement{Id: "ad\u00admins"} }, "entitlement.id: contains U+00AD (format character)"},
+		{"zero-width joiner in refs.grant", func(e *pb.Event) { e.Refs = &pb.Refs{Grant: "g\u200d1"} }, "refs.grant: contains U+200D (format character)"},
+		{"tag character in refs.ticket", func(e *pb.Event) { e.Refs = &pb.Refs{Ticket: "T-1\U000E0041"} }, "refs.ticket: contains U+E0041 (format character)"},
+		{"visible non-ASCII id is fine", func(e *pb.Event) { e.Subject.Id = "zoë.müller@例え.jp" }, ""},
+		{"hidden characters allowed in reason", func(e *pb.Event) { e.Reason = "see\u2028ticket" }, ""},
 		{"newline allowed in reason", func(e *pb.Event) { e.Reason = "line 1\nline 2" }, ""},
 		{"owner id too long", func(e *pb.Event) { e.Subject.OwnerId = strings.Repeat("o", 513) }, "subject.owner_id: 513 bytes exceed the limit of 512"},
 		{"reason too long", func(e *pb.Event) { e.Reason = strings.Repeat("r", MaxTextBytes+1) }, "reason: 8193 bytes"},
@@ -126,6 +137,28 @@ func TestValidateBatchPath(t *testing.T) {
 	var fe *FieldError
 	if !errors.As(err, &fe) || fe.Path != "events[1].subject.id" || fe.Msg != "required" {
 		t.Fatalf("ValidateBatch = %v, want events[1].subject.id: required", err)
+	}
+}
+
+// TestHiddenCharactersNamed checks the whole message a sender sees for an id
+// with an invisible character, in a batch and outside an event.
+func TestHiddenCharactersNamed(t *testing.T) {
+	err := ValidateBatch("events", []*pb.Event{newEvent("s", "1", "access.approved", "alice\u200b")}, time.Now())
+	if want := "events[0].subject.id: contains U+200B (format character); ids must be visible text"; err == nil || err.Error() != want {
+		t.Errorf("ValidateBatch = %v, want %s", err, want)
+	}
+	if err := ValidateID("subject_id", "\u202ealice"); err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "U+202E (format character)") {
+		t.Errorf("ValidateID = %v, want U+202E named", err)
+	}
+	for _, r := range []rune{'\t', 0x7f, 0x85, 0x200b, 0x202e, 0x2028, 0x2029, 0xfeff} {
+		if !Hidden(r) || HiddenKind(r) == "" {
+			t.Errorf("Hidden(%U) = false or no kind", r)
+		}
+	}
+	for _, r := range []rune{'a', ' ', 'é', '例', 0x1f600} {
+		if Hidden(r) || HiddenKind(r) != "" {
+			t.Errorf("Hidden(%U) = true", r)
+		}
 	}
 }
 

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/grantline/grantline/ledger/pgstore/pgtest"
+)
+
+// startPGServer starts `grantline serve --store url` without waiting for it
+// to serve (a standby does not serve until it holds the lease).
+func startPGServer(t *testing.T, dir, url string) *e2eServer {
+	t.Helper()
+	s := &e2eServer{addr: freeAddr(t), dir: dir, exited: make(chan struct{}), logs: &bytes.Buffer{}}
+	s.url = "http://" + s.addr
+	s.cmd = exec.Command(grantlineBin, "serve", "--data", dir, "--listen", s.addr, "--store", url)
+	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.cmd.Wait(); close(s.exited) }()
+	t.Cleanup(func() {
+		s.cmd.Process.Kill()
+		<-s.exited
+		if t.Failed() {
+			t.Logf("server %s log:\n%s", s.addr, s.logs)
+		}
+	})
+	return s
+}
+
+// tree reads and verifies s's checkpoint and returns its tree, with a hash
+// reader over s's tiles.
+func tree(t *testing.T, s *e2eServer) (tlog.Tree, tlog.HashReader) {
+	t.Helper()
+	vkey, err := os.ReadFile(filepath.Join(s.dir, "keys", "log.vkey"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := note.NewVerifier(strings.TrimSpace(string(vkey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := note.Open(s.get(t, "/checkpoint"), note.VerifierList(v))
+	if err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	lines := strings.Split(n.Text, "\n")
+	size, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := base64.StdEncoding.DecodeString(lines[2])
+	if err != nil || len(root) != tlog.HashSize {
+		t.Fatalf("checkpoint root %q: %v", lines[2], err)
+	}
+	tr := tlog.Tree{N: size, Hash: tlog.Hash(root)}
+	return tr, tlog.TileHashReader(tr, c2spTiles{t, s})
+}
+
+// TestPostgresFailover: two nodes on one PostgreSQL and one set of keys. A
+// sequences while B stands by; A is killed (SIGKILL) in the middle of a
+// stream of appends; B takes over, the stream is resent to B, and every
+// acknowledged event is in the log exactly once, the whole log verifies from
+// B's tiles with x/mod's tlog, and the last checkpoint seen from A is
+// consistent with B's.
+func TestPostgresFailover(t *testing.T) {
+	requireBinary(t)
+	c, err := pgtest.Start(t.Context(), pgtest.Options{})
+	if errors.Is(err, pgtest.ErrNoPostgres) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	url, err := c.NewSchema(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	a := startPGServer(t, dir, url)
+	tok, err := waitReady(t.Context(), a.addr, dir, a.exited)
+	if err != nil {
+		t.Fatalf("%v; log:\n%s", err, a.logs)
+	}
+	a.token = tok
+	b := startPGServer(t, dir, url)
+	b.token = tok
+
+	const n = 20000
+	file, ids := writeJSONL(t, "failover", n)
+	app := exec.CommandContext(t.Context(), grantlineBin, "append", "--server", a.url, "--token", a.token,
+		"--batch", "500", "--retries", "0", file)
+	var appOut, appErr bytes.Buffer
+	app.Stdout, app.Stderr = &appOut, &appErr
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	appDone := make(chan error, 1)
+	go func() { appDone <- app.Wait() }()
+	var before tlog.Tree
+	deadline := time.Now().Add(60 * time.Second)
+	for before.N < 2000 && time.Now().Before(deadline) {
+		before, _ = tree(t, a)
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := a.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	<-a.exited
+	t.Logf("killed A at checkpoint size >= %d; its append: %v %s", before.N, <-appDone, strings.TrimSpace(appErr.String()))
+
+	if _, err := waitReady(t.Context(), b.addr, dir, b.exited); err != nil {
+		t.Fatalf("B did not take over: %v; log:\n%s", err, b.logs)
+	}
+	took := time.Since(killed)
+	t.Logf("B serves %v after A was killed", took)
+	if took > 15*time.Second {
+		t.Errorf("B took %v to take over, want about the lease TTL (3 s)", took)
+	}
+	code, out, errs := runBin(t, "append", "--server", b.url, "--token", b.token, "--batch", "1000", file)
+	if code != 0 {
+		t.Fatalf("append to B: exit %d: %s", code, errs)
+	}
+	if acked, fresh, dup, size := parseSummary(t, out); acked != n || fresh+dup != n || size != n {
+		t.Fatalf("append to B %q: want all %d acknowledged in a tree of %d", out, n, n)
+	}
+	checkExactlyOnce(t, verifyC2SP(t, b), ids)
+	after, hr := tree(t, b)
+	p, err := tlog.ProveTree(after.N, before.N, hr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tlog.CheckTree(p, after.N, after.Hash, before.N, before.Hash); err != nil {
+		t.Fatalf("the checkpoint of size %d from A is not consistent with B's of size %d: %v", before.N, after.N, err)
+	}
+	if !strings.Contains(b.logs.String(), "standing by") {
+		t.Errorf("B did not log that it stood by; log:\n%s", b.logs)
+	}
+
+	// fsck refuses while B sequences, and passes once B stopped.
+	if code, _, errs := runBin(t, "fsck", "--data", dir, "--store", url, "--quiet"); code != 2 || !strings.Contains(errs, "sequences this log") {
+		t.Errorf("fsck while B sequences: exit %d, %q; want 2 and a refusal", code, errs)
+	}
+	b.stop(t)
+	if code, out, errs := runBin(t, "fsck", "--data", dir, "--store", url, "--quiet"); code != 0 || !strings.Contains(out, ": ok") {
+		t.Fatalf("fsck after failover: exit %d\n%s%s", code, out, errs)
+	}
+}
