@@ -707,7 +707,11 @@ func (v *verifier) Chain(_ context.Context, subject string) ([]rules.Entry, erro
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, rules.Entry{Index: s.index, Event: ent.GetEvent()})
+		var observed time.Time
+		if ent.GetObservedTime() != nil {
+			observed = ent.GetObservedTime().AsTime()
+		}
+		out = append(out, rules.Entry{Index: s.index, Event: ent.GetEvent(), Observed: observed})
 	}
 	return out, nil
 }

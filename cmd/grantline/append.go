@@ -18,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/grantline/grantline/ingest/client"
+	"github.com/grantline/grantline/ingest/source"
 	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -26,8 +27,8 @@ import (
 func init() {
 	register(&command{
 		name:    "append",
-		usage:   "[--server URL --token T] [--batch N] [--streams K] FILE.jsonl|- ...",
-		summary: "stream events (JSON lines) to a server over AppendStream and report what was stored",
+		usage:   "[--server URL --token T] [--batch N] [--streams K] [--format NAME --source SYSTEM] FILE|- ...",
+		summary: "stream events (JSON lines, or vendor records with --format) to a server over AppendStream and report what was stored",
 		run:     runAppendCmd,
 	})
 }
@@ -51,7 +52,13 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.IntVar(&cfg.Retries, "retries", 8, "consecutive retries of a stream refused with ResourceExhausted or Unavailable before giving up")
 	fs.DurationVar(&cfg.RetryFor, "retry-for", defaultRetryFor, "give up when the server has been unreachable or refusing with ResourceExhausted for this long")
 	quiet := fs.Bool("quiet", false, "no progress display even on a terminal")
+	formatName := fs.String("format", "", "read vendor records of this format (grantline adapters lists them; docs/sources.md) instead of Grantline JSON lines")
+	system := fs.String("source", "", "with --format: the source.system of every event made (the name your token may send)")
 	files, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	format, err := sourceFormat(*formatName, *system)
 	if err != nil {
 		return err
 	}
@@ -75,6 +82,7 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		in.format, in.system = format, *system
 		inputs = append(inputs, in)
 	}
 	defer func() {
@@ -89,6 +97,7 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		in.reportRecords(env.stderr)
 		total += n
 		if nbad > 0 {
 			bad = true
@@ -198,6 +207,11 @@ type inputFile struct {
 	name string
 	f    *os.File      // nil for stdin
 	mem  *bytes.Reader // stdin contents
+	// format, when set, reads vendor records (append_format.go) whose
+	// events get source.system = system.
+	format            *source.Format
+	system            string
+	records, unmapped int // of the last read, for --format inputs
 }
 
 func openInput(name string, stdin io.Reader, stdinUsed *bool) (*inputFile, error) {
@@ -241,6 +255,9 @@ func (in *inputFile) eachEvent(fn func(line int, ev *pb.Event, lerr error) error
 	r, err := in.rewind()
 	if err != nil {
 		return err
+	}
+	if in.format != nil {
+		return in.eachRecordEvent(r, fn)
 	}
 	return client.ReadEvents(in.name, r, fn)
 }

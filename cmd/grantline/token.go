@@ -52,7 +52,7 @@ var tokenVerbUsage = map[string]string{
 	"add":    "--data DIR --name NAME --role source|auditor|admin",
 	"rotate": "--data DIR --name NAME [--revoke-after DURATION]",
 	"list":   "--data DIR [--json]",
-	"revoke": "--data DIR --name NAME [--token-id ID]",
+	"revoke": "--data DIR --name NAME | --token-id ID",
 }
 
 func runToken(ctx context.Context, env *cmdEnv, args []string) error {

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/grantline/grantline/ingest"
+	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
@@ -52,6 +53,9 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// SSFTransmitters is a JSON file of Shared Signals transmitters
+	// (docs/sources.md, "Shared Signals"); "" serves no SET receiver.
+	SSFTransmitters string
 	// StreamIdleTimeout and StreamMaxLifetime bound an AppendStream (0: the
 	// ingest package's defaults, 5m and 1h).
 	StreamIdleTimeout, StreamMaxLifetime time.Duration
@@ -138,6 +142,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
+	var rcv *ssf.Receiver
+	if cfg.SSFTransmitters != "" {
+		ts, err := ssf.LoadTransmitters(cfg.SSFTransmitters)
+		if err == nil {
+			rcv, err = ssf.NewReceiver(ts)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: --ssf-transmitters: %w", ErrConfig, err)
+		}
+	}
 	var policy *witness.Policy
 	if cfg.WitnessPolicy != "" {
 		if policy, err = witness.LoadPolicy(cfg.WitnessPolicy); err != nil {
@@ -206,7 +220,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	icfg := ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
-		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg,
+		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg, SSF: rcv,
 		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
 	}
 	var wit *witness.Witnesser
