@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/ingest/source"
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -136,8 +139,15 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		defer notifyMu.Unlock()
 		fmt.Fprintf(env.stderr, "grantline append: %s\n", msg)
 	}
-	err = client.AppendStream(ctx, cl.Ingest(), cfg.StreamOptions, batches, func(_ *client.Batch, resp *pb.AppendStreamResponse, _ time.Duration) {
+	var conflictsMu sync.Mutex
+	conflicts := map[uint64][]client.Conflict{} // by batch seq
+	err = client.AppendStream(ctx, cl.Ingest(), cfg.StreamOptions, batches, func(b *client.Batch, resp *pb.AppendStreamResponse, _ time.Duration) {
 		st.Add(resp)
+		if c := client.Conflicts(b, resp); len(c) > 0 {
+			conflictsMu.Lock()
+			conflicts[b.Seq] = c
+			conflictsMu.Unlock()
+		}
 		prog.set(st.Acked.Load())
 	})
 	prog.done()
@@ -146,11 +156,23 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		return rerr
 	}
 	acked := st.Acked.Load()
+	nconflict := st.Conflict.Load()
 	// The tree size is known only from an acknowledgement: print no
 	// summary (and no size) when nothing was acknowledged.
 	if acked > 0 {
-		fmt.Fprintf(env.stdout, "appended %d events: %d new, %d duplicate (tree size %d)\n",
-			acked, st.Fresh.Load(), st.Dup.Load(), st.TreeSize.Load())
+		conflictNote := ""
+		if nconflict > 0 {
+			conflictNote = fmt.Sprintf(", %d conflicting", nconflict)
+		}
+		fmt.Fprintf(env.stdout, "appended %d events: %d new, %d duplicate%s (tree size %d)\n",
+			acked, st.Fresh.Load(), st.Dup.Load(), conflictNote, st.TreeSize.Load())
+	}
+	// In input order: batches are numbered in input order.
+	for _, seq := range slices.Sorted(maps.Keys(conflicts)) {
+		for _, c := range conflicts[seq] {
+			fmt.Fprintf(env.stderr, "%s: conflict: %s is already stored at index %d with other content; this event was not stored (send a new id for a new event)\n",
+				c.Where, textsafe.Quote(c.SourceID), c.Index)
+		}
 	}
 	if err != nil {
 		lost := "nothing was appended"
@@ -161,6 +183,9 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if acked != uint64(total) {
 		return &exitError{code: 1, msg: fmt.Sprintf("%d of %d events not acknowledged", uint64(total)-acked, total)}
+	}
+	if nconflict > 0 {
+		return &exitError{code: 1, msg: fmt.Sprintf("%d of %d events conflict with stored events (listed above) and were not stored", nconflict, total)}
 	}
 	return nil
 }

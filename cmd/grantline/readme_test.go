@@ -370,7 +370,7 @@ func TestREADMEGoClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close(context.WithoutCancel(t.Context()))
-	for _, want := range []string{"index 0 duplicate false", "index 0 duplicate true"} {
+	for _, want := range []string{"index 0 duplicate false conflict false", "index 0 duplicate true conflict false"} {
 		run := exec.CommandContext(t.Context(), filepath.Join(dir, "client"))
 		run.Env = append(os.Environ(), "GRANTLINE_SERVER="+srv.URL, "GRANTLINE_TOKEN="+srv.AdminToken)
 		out, err := run.CombinedOutput()
