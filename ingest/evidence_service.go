@@ -234,6 +234,18 @@ type chainSource struct {
 	size uint64
 }
 
+// Subjects lists every subject of the tree, so that rules comparing entries
+// across subjects (backdated-closure) see them all even when only some
+// subjects are evaluated (rules.SubjectLister).
+func (c *chainSource) Subjects(ctx context.Context) ([]string, error) {
+	var all []string
+	err := c.l.ForEachSubject(ctx, c.size, func(sub string) error {
+		all = append(all, sub)
+		return nil
+	})
+	return all, err
+}
+
 func (c *chainSource) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
 	var out []rules.Entry
 	start := uint64(0)

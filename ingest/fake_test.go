@@ -113,7 +113,12 @@ func (l *fakeLedger) Append(ctx context.Context, evs []*pb.Event) ([]ledger.Appe
 	for i, ev := range evs {
 		key := ev.GetSource().GetSystem() + "\x00" + ev.GetId()
 		if idx, ok := l.keys[key]; ok {
-			out[i] = ledger.AppendResult{Index: idx, LeafHash: LeafHashOf(l.leaves[idx]), Duplicate: true}
+			stored := new(pb.Entry)
+			if err := proto.Unmarshal(l.leaves[idx], stored); err != nil {
+				return nil, 0, err
+			}
+			same := proto.Equal(stored.GetEvent(), ev)
+			out[i] = ledger.AppendResult{Index: idx, LeafHash: LeafHashOf(l.leaves[idx]), Duplicate: same, Conflict: !same}
 			continue
 		}
 		l.clock = l.clock.Add(time.Millisecond)

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -178,14 +179,22 @@ func (s *Server) append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendRe
 	}
 	s.m.batchSize.Observe(float64(n))
 	s.m.appendLatency.Observe(time.Since(start).Seconds())
-	dups := 0
-	for _, r := range res {
-		if r.Duplicate {
+	dups, conflicts := 0, 0
+	for i, r := range res {
+		switch {
+		case r.Duplicate:
 			dups++
+		case r.Conflict:
+			conflicts++
+			// Ids only: the event's content may be personal data.
+			s.log.WarnContext(ctx, "append conflict: (source.system, id) is stored with other content; nothing stored",
+				"source_system", evs[i].GetSource().GetSystem(), "id", evs[i].GetId(),
+				"stored_index", r.Index, "stored_leaf_hash", hex.EncodeToString(r.LeafHash[:]))
 		}
 	}
-	s.m.appended.WithLabelValues("new").Add(float64(n - dups))
+	s.m.appended.WithLabelValues("new").Add(float64(n - dups - conflicts))
 	s.m.appended.WithLabelValues("duplicate").Add(float64(dups))
+	s.m.appended.WithLabelValues("conflict").Add(float64(conflicts))
 	s.m.ages.age(size)
 	return res, size, nil
 }
@@ -214,7 +223,7 @@ func (s *Server) appendWaiting(ctx context.Context, evs []*pb.Event, wait time.D
 func toPBResults(res []ledger.AppendResult) []*pb.AppendResult {
 	out := make([]*pb.AppendResult, len(res))
 	for i, r := range res {
-		out[i] = &pb.AppendResult{Index: r.Index, LeafHash: r.LeafHash[:], Duplicate: r.Duplicate}
+		out[i] = &pb.AppendResult{Index: r.Index, LeafHash: r.LeafHash[:], Duplicate: r.Duplicate, Conflict: r.Conflict}
 	}
 	return out
 }

@@ -44,7 +44,7 @@ func newMetrics(reg *prometheus.Registry, l Ledger, now func() time.Time) *metri
 	m := &metrics{
 		ages: &checkpointAge{now: now, size: l.Latest().Size, seen: now()},
 		appended: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "grantline_appended_events_total", Help: "Events acknowledged, by result (new or duplicate).",
+			Name: "grantline_appended_events_total", Help: "Events answered, by result (new, duplicate, or conflict: same (source.system, id), other content, not stored).",
 		}, []string{"result"}),
 		appendErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "grantline_append_errors_total", Help: "Ledger appends that failed (push-back, storage, shutdown).",

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
@@ -38,6 +39,9 @@ type Config struct {
 	MetricsPublic bool
 	// Now is the clock for validation and as-of defaults; nil is time.Now.
 	Now func() time.Time
+	// SSF, when set, serves POST /v1/ssf/events: Shared Signals SETs from
+	// its configured transmitters.
+	SSF *ssf.Receiver
 	// BodyReadTimeout bounds reading the body of a unary or server-streaming
 	// call; 0 is DefaultBodyReadTimeout.
 	BodyReadTimeout time.Duration
@@ -155,6 +159,10 @@ func New(cfg Config) (*Server, error) {
 	mux.Handle("/metrics", metricsH)
 	if b, ok := cfg.Ledger.(Backuper); ok {
 		mux.Handle("GET /admin/backup", s.requireHTTPRole(backupHandler(b, s.log), auth.RoleAdmin))
+	}
+	mux.Handle(PushPath, s.pushHandler())
+	if cfg.SSF != nil {
+		mux.Handle("POST "+SSFPath, s.ssfHandler(cfg.SSF))
 	}
 	s.handler = mux
 	return s, nil

@@ -332,3 +332,68 @@ func TestAppendStreamLedgerPanicIsInternal(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendConflict resends an id with other content through Append and
+// AppendStream: the answer is a conflict with the stored entry's index and
+// leaf hash, nothing is stored, the metric counts it, and the log line
+// names the ids but none of the content.
+func TestAppendConflict(t *testing.T) {
+	for _, p := range streamProtocols {
+		t.Run(p.name, func(t *testing.T) {
+			ctx := t.Context()
+			e := newEnv(t)
+			okta := e.clients(p, oktaTok)
+			orig := newEvent("okta", "c1", "access.requested", "alice")
+			resp, err := okta.ingest.Append(ctx, connect.NewRequest(&pb.AppendRequest{Events: []*pb.Event{orig}}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored := resp.Msg.GetResults()[0]
+			changed := newEvent("okta", "c1", "access.requested", "alice")
+			changed.Reason = "secret-reason-text"
+
+			// Unary, with the identical event after it.
+			resp, err = okta.ingest.Append(ctx, connect.NewRequest(&pb.AppendRequest{Events: []*pb.Event{changed, orig}}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := resp.Msg.GetResults()
+			if r := res[0]; !r.GetConflict() || r.GetDuplicate() || r.GetIndex() != stored.GetIndex() || string(r.GetLeafHash()) != string(stored.GetLeafHash()) {
+				t.Errorf("Append(changed) = %v, want a conflict at the stored index %d and leaf hash", r, stored.GetIndex())
+			}
+			if r := res[1]; r.GetConflict() || !r.GetDuplicate() {
+				t.Errorf("Append(identical) = %v, want a duplicate", r)
+			}
+			if resp.Msg.GetTreeSize() != 1 {
+				t.Errorf("tree size after a conflict = %d, want 1", resp.Msg.GetTreeSize())
+			}
+
+			// Streamed.
+			stream := okta.ingest.AppendStream(ctx)
+			if err := stream.Send(&pb.AppendStreamRequest{Seq: 7, Events: []*pb.Event{changed}}); err != nil {
+				t.Fatal(err)
+			}
+			ack, err := stream.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := ack.GetResults()[0]; !r.GetConflict() || r.GetIndex() != stored.GetIndex() {
+				t.Errorf("AppendStream(changed) = %v, want a conflict at %d", r, stored.GetIndex())
+			}
+			stream.CloseRequest()
+			stream.CloseResponse()
+
+			_, body := e.get(t, "/metrics", auditorTok)
+			if want := `grantline_appended_events_total{result="conflict"} 2`; !strings.Contains(string(body), want) {
+				t.Errorf("/metrics lacks %q", want)
+			}
+			logs := e.logs.String()
+			if !strings.Contains(logs, "append conflict") || !strings.Contains(logs, `"id":"c1"`) {
+				t.Errorf("no conflict log line naming the id:\n%s", logs)
+			}
+			if strings.Contains(logs, "secret-reason-text") {
+				t.Errorf("the conflict log line shows the event's content")
+			}
+		})
+	}
+}

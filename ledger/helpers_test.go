@@ -91,8 +91,9 @@ func (a acked) add(t testing.TB, evs []*pb.Event, res []AppendResult) {
 			if old.Index != res[i].Index || old.LeafHash != res[i].LeafHash {
 				t.Fatalf("event %s/%s acknowledged at %d, now at %d", ev.GetSource().GetSystem(), ev.GetId(), old.Index, res[i].Index)
 			}
-			if !res[i].Duplicate {
-				t.Fatalf("event %s/%s appended again at %d without Duplicate", ev.GetSource().GetSystem(), ev.GetId(), res[i].Index)
+			if res[i].Duplicate == res[i].Conflict {
+				t.Fatalf("event %s/%s answered again at %d with Duplicate %v and Conflict %v, want exactly one",
+					ev.GetSource().GetSystem(), ev.GetId(), res[i].Index, res[i].Duplicate, res[i].Conflict)
 			}
 			continue
 		}

@@ -44,6 +44,10 @@ func prepare(i int, ev *pb.Event) (prepared, error) {
 	}, nil
 }
 
+// eventField returns the leaf's event field (tag, length, event bytes), which
+// appendObserved leaves unchanged.
+func (p *prepared) eventField() []byte { return p.leaf[1:len(p.leaf):len(p.leaf)] }
+
 // appendObserved completes p's leaf with the encoded observed timestamp
 // (event.EncodeTimestamp) and returns 0x00 || leaf, the input of the leaf
 // hash. It writes into p.leaf's spare capacity, so it is called once per

@@ -112,7 +112,20 @@ type Options struct {
 type AppendResult struct {
 	Index     uint64   // position in the log; the original's for a duplicate
 	LeafHash  [32]byte // RFC 6962 leaf hash of the stored leaf
-	Duplicate bool     // (source.system, id) was already in the log at Index; nothing was stored
+	Duplicate bool     // (source.system, id) was already in the log at Index with the same event; nothing was stored
+	// Conflict: (source.system, id) was already in the log at Index with a
+	// different event (the observed time, set by the log, does not count);
+	// nothing was stored, and Index and LeafHash are the stored entry's.
+	// Never set together with Duplicate. See docs/design.md, "Conflicts".
+	Conflict bool
+}
+
+// inflightEntry is a new event of a built batch not yet committed: its
+// result and its event bytes (the leaf's first field with its tag and
+// length), against which a later event with its dedupe key is compared.
+type inflightEntry struct {
+	res   AppendResult
+	event []byte
 }
 
 // Entry is one leaf of the log: its index and its bytes exactly as stored
@@ -145,7 +158,7 @@ type Log struct {
 	commits chan *built   // sequencer -> committer
 
 	inflightMu sync.Mutex
-	inflight   map[[32]byte]AppendResult // dedupe keys of built, uncommitted batches
+	inflight   map[[32]byte]inflightEntry // dedupe keys of built, uncommitted batches
 
 	seq sequencerState // owned by the sequencer goroutine
 
@@ -215,7 +228,7 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 		// Unbuffered: one batch commits while the next is built, and the
 		// sequencer keeps collecting until the committer is free.
 		commits:  make(chan *built),
-		inflight: make(map[[32]byte]AppendResult),
+		inflight: make(map[[32]byte]inflightEntry),
 	}
 	l.maxCount, l.maxBytes = st.Limits()
 	s, err := l.load(ctx)

@@ -225,12 +225,10 @@ func TestDedupe(t *testing.T) {
 	}
 	a.add(t, evs, res)
 
-	// Across batches; a changed body with the same (system, id) is still a duplicate.
-	changed := testEvent(2)
-	changed.Reason = "different"
-	evs = []*pb.Event{testEvent(3), changed}
+	// Across batches.
+	evs = []*pb.Event{testEvent(3), testEvent(2)}
 	res = mustAppend(t, l, evs)
-	if !res[1].Duplicate || res[1].Index != 1 || res[0].Index != 2 {
+	if !res[1].Duplicate || res[1].Conflict || res[1].Index != 1 || res[0].Index != 2 {
 		t.Fatalf("across batches = %+v, want [2 new, 1 duplicate]", res)
 	}
 	a.add(t, evs, res)

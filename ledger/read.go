@@ -347,6 +347,7 @@ func (l *Log) Backup(ctx context.Context, w io.Writer) error {
 type Stats struct {
 	Appended     uint64        // new leaves
 	Duplicates   uint64        // events answered as duplicates
+	Conflicts    uint64        // events answered as conflicts (same key, other content)
 	Batches      uint64        // sequencer batches
 	BatchEvents  uint64        // events over all batches
 	CommitTime   time.Duration // total time integrating batches
@@ -357,7 +358,7 @@ type Stats struct {
 }
 
 type stats struct {
-	appended, duplicates, batches, batchEvents, commitNanos, storeNanos, pushbacks atomic.Uint64
+	appended, duplicates, conflicts, batches, batchEvents, commitNanos, storeNanos, pushbacks atomic.Uint64
 }
 
 // Stats returns the log's counters.
@@ -365,6 +366,7 @@ func (l *Log) Stats() Stats {
 	return Stats{
 		Appended:     l.stats.appended.Load(),
 		Duplicates:   l.stats.duplicates.Load(),
+		Conflicts:    l.stats.conflicts.Load(),
 		Batches:      l.stats.batches.Load(),
 		BatchEvents:  l.stats.batchEvents.Load(),
 		CommitTime:   time.Duration(l.stats.commitNanos.Load()),

@@ -47,7 +47,8 @@ type sequencerState struct {
 
 // Append appends evs and returns, in order, each event's index and leaf hash
 // (for a duplicate by (source.system, id): the original's, with Duplicate
-// set), and the tree size after the batch. It returns only once the events
+// set; for an event with the same key and other content: the stored entry's,
+// with Conflict set and nothing stored), and the tree size after the batch. It returns only once the events
 // are durable and integrated, and, without Options.CheckpointInterval,
 // covered by the published checkpoint (with one, by the next checkpoint,
 // within the interval; see Options.CheckpointInterval). Errors: ErrTooLarge (an
@@ -294,7 +295,8 @@ func (l *Log) build(batch []item) *built {
 	b.keys, b.vals, b.size, b.commit = w.keys, w.vals, size, true
 	l.inflightMu.Lock()
 	for _, p := range fresh {
-		l.inflight[batch[p].r.items[batch[p].i].dedupe] = res[p]
+		pr := &batch[p].r.items[batch[p].i]
+		l.inflight[pr.dedupe] = inflightEntry{res: res[p], event: pr.eventField()}
 	}
 	l.inflightMu.Unlock()
 	return b
@@ -332,6 +334,29 @@ type dedupeScratch struct {
 	pos    []int            // positions of the dedupe keys to look up
 	keys   [][]byte         // their store keys
 	keyBuf []byte           // the bytes of keys
+	// canon holds, for the first event of each dedupe key, the bytes that
+	// hold the event the log keeps for that key (see sameEvent): its own
+	// for a new event, the stored leaf's or in-flight event's otherwise.
+	canon [][]byte
+}
+
+// sameEvent reports whether canon, which starts with an event field (the
+// leaf's field 1: tag, length, event bytes) and may go on with other
+// fields, holds the event field ev. Lengths are varints in their one
+// deterministic encoding, so a prefix match is an exact match of the field.
+func sameEvent(canon, ev []byte) bool { return bytes.HasPrefix(canon, ev) }
+
+// resolveRepeat is the result of an event whose dedupe key is already held
+// by r (stored, in flight, or first in the batch) with the event bytes
+// canon: a duplicate when ev is that event, else a conflict.
+func resolveRepeat(r AppendResult, canon, ev []byte) AppendResult {
+	out := AppendResult{Index: r.Index, LeafHash: r.LeafHash}
+	if sameEvent(canon, ev) {
+		out.Duplicate = true
+	} else {
+		out.Conflict = true
+	}
+	return out
 }
 
 // dedupe is the first stage: it decides which of batch's events are new.
@@ -340,9 +365,12 @@ type dedupeScratch struct {
 // the store); for each position the position of the first event of the
 // batch with its dedupe key, or -1 if it is that first event (repeatOf);
 // and results complete for the firsts already stored or in flight: the
-// original's index and leaf hash, Duplicate set. It reads the store once for
-// the candidates, in key order, and confirms each hit on the leaf it names
-// (ErrCorrupt if that leaf is another event). It does not change the tree.
+// stored entry's index and leaf hash, with Duplicate set when the event is
+// the stored one and Conflict when it differs (anything but the observed
+// time). It reads the store once for the candidates, in key order, and
+// confirms each hit on the leaf it names (ErrCorrupt if that leaf is another
+// key's event), comparing the event bytes there: only hits cost a compare.
+// It does not change the tree.
 func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, err error) {
 	res = make([]AppendResult, len(batch))
 	sc := &l.seq.dd
@@ -352,6 +380,9 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 	first := sc.first
 	clear(first)
 	stored := make([]bool, len(batch))
+	canon := slices.Grow(sc.canon[:0], len(batch))[:len(batch)]
+	clear(canon)
+	sc.canon = canon
 	pos := sc.pos[:0]
 	l.inflightMu.Lock()
 	for p, it := range batch {
@@ -360,9 +391,9 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 			continue
 		}
 		first[d] = p
-		if r, ok := l.inflight[d]; ok {
-			res[p], stored[p] = r, true
-			res[p].Duplicate = true
+		if e, ok := l.inflight[d]; ok {
+			res[p] = resolveRepeat(e.res, e.event, it.r.items[it.i].eventField())
+			stored[p], canon[p] = true, e.event
 			continue
 		}
 		pos = append(pos, p)
@@ -389,7 +420,7 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("%w: looking up duplicates: %w", ErrStorage, err)
 		}
-		if err := l.confirmDuplicates(batch, keys, pos, vals, res, stored); err != nil {
+		if err := l.confirmDuplicates(batch, keys, pos, vals, res, stored, canon); err != nil {
 			return nil, nil, nil, err
 		}
 	}
@@ -431,6 +462,7 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		idx := next
 		next++
 		res[p] = AppendResult{Index: idx, LeafHash: h}
+		l.seq.dd.canon[p] = pr.eventField()
 		dedupes = append(dedupes, pr.dedupe)
 		if err := l.seq.rng.Append(h[:], visit); err != nil {
 			return nil, fmt.Errorf("extending the tree at %d: %w", idx, err)
@@ -450,10 +482,12 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 	if tw.err != nil {
 		return nil, tw.err
 	}
+	canon := l.seq.dd.canon
 	for p, f := range repeatOf {
 		if f >= 0 {
-			res[p] = res[f]
-			res[p].Duplicate = true
+			// The first of the batch wins; a later one is a duplicate of
+			// what the log keeps for the key, or a conflict with it.
+			res[p] = resolveRepeat(res[f], canon[f], batch[p].r.items[batch[p].i].eventField())
 		}
 	}
 	return dedupes, nil
@@ -547,9 +581,10 @@ func (l *Log) seal(size uint64, w *writes) (*state, error) {
 // confirmDuplicates completes the results of the batch events whose dedupe
 // keys were found stored (vals[j] for keys[j], event batch[pos[j]]): the
 // records hold only the index under a key prefix, so each hit is confirmed on
-// its leaf, which also gives the leaf hash. Duplicates are rare, so reading
-// their leaves costs little.
-func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][]byte, res []AppendResult, stored []bool) error {
+// its leaf, which also gives the leaf hash and the stored event, compared
+// with the sent one (duplicate or conflict; canon[p] keeps the stored leaf).
+// Resends are rare, so reading their leaves costs little.
+func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][]byte, res []AppendResult, stored []bool, canon [][]byte) error {
 	var leafKeys [][]byte
 	var hits []int
 	for j, v := range vals {
@@ -583,8 +618,8 @@ func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][
 		if event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != it.r.items[it.i].dedupe {
 			return fmt.Errorf("%w: dedupe record %x names leaf %d, which is another event; run grantline fsck", ErrCorrupt, keys[j][1:], idx)
 		}
-		res[p] = AppendResult{Index: idx, LeafHash: LeafHash(leaves[n]), Duplicate: true}
-		stored[p] = true
+		res[p] = resolveRepeat(AppendResult{Index: idx, LeafHash: LeafHash(leaves[n])}, leaves[n], it.r.items[it.i].eventField())
+		stored[p], canon[p] = true, leaves[n]
 	}
 	return nil
 }
@@ -620,8 +655,15 @@ func (l *Log) commitBatch(b *built) {
 	if err != nil {
 		l.logger.Error("ledger append failed", "events", len(b.items), "err", err)
 	} else {
+		conflicts := uint64(0)
+		for _, r := range b.res {
+			if r.Conflict {
+				conflicts++
+			}
+		}
 		l.stats.appended.Add(b.size - b.first)
-		l.stats.duplicates.Add(uint64(len(b.items)) - (b.size - b.first))
+		l.stats.conflicts.Add(conflicts)
+		l.stats.duplicates.Add(uint64(len(b.items)) - (b.size - b.first) - conflicts)
 	}
 	l.finish(b.items, b.res, b.size, err)
 	l.stats.batches.Add(1)

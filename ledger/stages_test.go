@@ -49,8 +49,11 @@ func TestDedupeStage(t *testing.T) {
 	l.Close()
 	l = newIdleLog(t, st.clone(), testOptions())
 	// Event 5 is in a batch still being committed.
-	inflight := AppendResult{Index: 3, LeafHash: [32]byte{5}}
-	l.inflight[event.DedupeKey(testEvent(5).GetSource().GetSystem(), testEvent(5).GetId())] = inflight
+	p5, err := prepare(0, testEvent(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.inflight[p5.dedupe] = inflightEntry{res: AppendResult{Index: 3, LeafHash: [32]byte{5}}, event: p5.eventField()}
 
 	batch := batchOf(t, []*pb.Event{testEvent(10), testEvent(1), testEvent(10), testEvent(5), testEvent(11), testEvent(1)})
 	fresh, repeatOf, res, err := l.dedupe(batch)
@@ -71,6 +74,38 @@ func TestDedupeStage(t *testing.T) {
 	}
 	if got := l.seq.rng.End(); got != 3 {
 		t.Errorf("dedupe changed the tree: size %d, want 3", got)
+	}
+
+	// The same keys with other content: conflicts with the stored and the
+	// in-flight entries, and within the batch the first wins.
+	changed := func(i int) *pb.Event { ev := testEvent(i); ev.Reason = "changed"; return ev }
+	batch = batchOf(t, []*pb.Event{changed(1), changed(5), testEvent(12), changed(12), testEvent(12), testEvent(1)})
+	fresh, repeatOf, res, err = l.dedupe(batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{2}; !equalInts(fresh, want) {
+		t.Errorf("fresh = %v, want %v", fresh, want)
+	}
+	if want := (AppendResult{Index: 1, LeafHash: stored[1].LeafHash, Conflict: true}); res[0] != want {
+		t.Errorf("stored conflict: %+v, want %+v", res[0], want)
+	}
+	if want := (AppendResult{Index: 3, LeafHash: [32]byte{5}, Conflict: true}); res[1] != want {
+		t.Errorf("in-flight conflict: %+v, want %+v", res[1], want)
+	}
+	w := newWrites(len(fresh))
+	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w); err != nil {
+		t.Fatal(err)
+	}
+	if want := (AppendResult{Index: 3, LeafHash: res[2].LeafHash, Conflict: true}); res[3] != want {
+		t.Errorf("second content in one batch: %+v, want %+v", res[3], want)
+	}
+	if want := (AppendResult{Index: 3, LeafHash: res[2].LeafHash, Duplicate: true}); res[4] != want {
+		t.Errorf("first content again in one batch: %+v, want %+v", res[4], want)
+	}
+	// After a conflicting first, a repeat of the stored content is a duplicate.
+	if want := (AppendResult{Index: 1, LeafHash: stored[1].LeafHash, Duplicate: true}); res[5] != want {
+		t.Errorf("stored content after a conflict in one batch: %+v, want %+v", res[5], want)
 	}
 
 	// A dedupe record naming another event's leaf is corruption.

@@ -88,9 +88,12 @@ func (u uniformSizes) EstimateCallCost(function, overloadID string, target *chec
 		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: maxConvertedLen}}
 	}
 	switch function {
-	case "firstAfter", "firstAtOrAfter", "lastBefore":
+	case "firstAfter", "firstAtOrAfter", "lastBefore", "newerFromSource", "lapses":
+		// A list of 0 or 1 element (newerFromSource: an entry of another
+		// chain, whose strings chainSizeBound covers through the source
+		// index's bound).
 		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: 1}}
-	case "finding", "endedBy", "inForceAt", "anyBetween", "exposure":
+	case "finding", "endedBy", "inForceAt", "anyBetween", "exposure", "window", "instant", "overlapIn", "overlap":
 		return &checker.CallEstimate{CostEstimate: one}
 	}
 	return nil
@@ -149,6 +152,12 @@ func valSize(v ref.Val) uint64 {
 		n = uint64(t.Size().(types.Int))
 		for it := t.Iterator(); it.HasNext() == types.True; {
 			n = max(n, valSize(it.Next()))
+		}
+	case traits.Mapper:
+		n = uint64(t.Size().(types.Int))
+		for it := t.Iterator(); it.HasNext() == types.True; {
+			k := it.Next()
+			n = max(n, valSize(k), valSize(t.Get(k)))
 		}
 	case traits.Sizer:
 		n = uint64(t.Size().(types.Int))

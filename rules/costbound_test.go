@@ -29,7 +29,7 @@ func TestStaticCostBoundHolds(t *testing.T) {
 		now := benchStart.Add(time.Duration(days) * 24 * time.Hour)
 		for _, subject := range subjects {
 			chain, _ := src.Chain(t.Context(), subject)
-			v, err := buildViews(subject, chain, now)
+			v, err := buildViews(subject, chain, now, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

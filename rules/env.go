@@ -58,6 +58,19 @@ var variables = []struct {
 	{"breakglass", cel.ListType(eventType)},
 	{"breakglass_reviews", cel.ListType(eventType)},
 	{"owner", ownerType},
+	{"closings", cel.ListType(eventType)},
+	{"logins", cel.ListType(eventType)},
+	{"uses", cel.ListType(eventType)},
+	{"accounts", cel.ListType(eventType)},
+	{"account_disables", cel.MapType(cel.StringType, cel.ListType(eventType))},
+	{"requests_by_id", cel.MapType(cel.StringType, cel.ListType(eventType))},
+	{"grant_events_by_request", cel.MapType(cel.StringType, cel.ListType(eventType))},
+	{"approval_by_request", cel.MapType(cel.StringType, eventType)},
+	{"approval_by_entitlement", cel.MapType(cel.StringType, eventType)},
+	{"access_windows", cel.ListType(eventType)},
+	{"leavings", cel.ListType(eventType)},
+	{"credential_by_id", cel.MapType(cel.StringType, credentialType)},
+	{"holder_leavings", cel.MapType(cel.StringType, cel.ListType(eventType))},
 }
 
 // findingVal is the CEL value finding() returns.
@@ -346,6 +359,9 @@ func exposure(deadline time.Time, late []*Event, now time.Time) time.Duration {
 }
 
 var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
+	// adapter, set once the environment is built, makes CEL values of
+	// events a function creates (newerFromSource).
+	var adapter types.Adapter
 	opts := []cel.EnvOption{
 		ext.NativeTypes(
 			reflect.TypeFor[*Event](), reflect.TypeFor[*Grant](), reflect.TypeFor[*Session](),
@@ -495,6 +511,21 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					i := searchTime(evs, from.Time, true) // first strictly after from
 					return types.Bool(i < len(evs) && evs[i].Time.Before(to.Time))
 				}))),
+		cel.Function("newerFromSource",
+			cel.Overload("newerFromSource_event_timestamp", []*cel.Type{eventType, cel.TimestampType}, cel.ListType(eventType),
+				cel.BinaryBinding(func(a, b ref.Val) ref.Val {
+					e, ok := asEvent(a)
+					t, ok2 := b.(types.Timestamp)
+					if !ok || !ok2 {
+						return types.NewErr("newerFromSource: want an event and a timestamp")
+					}
+					rec := e.src.newerFromSource(e, t.Time)
+					if rec == nil {
+						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					}
+					// rec is new: this subject's own CEL value caches in it.
+					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{objVal(adapter, rec)})
+				}))),
 		cel.Function("exposure",
 			cel.Overload("exposure_timestamp_list_timestamp", []*cel.Type{cel.TimestampType, cel.ListType(eventType), cel.TimestampType}, cel.DurationType,
 				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
@@ -523,7 +554,12 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 		opts = append(opts, cel.Variable("params."+name, globalParams[name].typ))
 	}
 	opts = append(opts, fastFields()) // last: it wraps the final provider
-	return cel.NewEnv(opts...)
+	env, err := cel.NewEnv(opts...)
+	if err != nil {
+		return nil, err
+	}
+	adapter = env.CELTypeAdapter()
+	return env, nil
 })
 
 // searchTime returns the index of the first event of evs (in chain order)
@@ -581,24 +617,37 @@ func subjectVals(adapter types.Adapter, v *views, from, now time.Time) map[strin
 	sub := v.subject
 	own := v.owner
 	return map[string]ref.Val{
-		"subject":            adapter.NativeToValue(&sub),
-		"events":             newViewList(adapter, v.events),
-		"activity":           newViewList(adapter, v.activity),
-		"now":                types.Timestamp{Time: now},
-		"from":               types.Timestamp{Time: from},
-		"grants":             newViewList(adapter, v.grants),
-		"grant_by_id":        adapter.NativeToValue(v.grantByID),
-		"grant_ends":         adapter.NativeToValue(v.grantEnds),
-		"sessions":           newViewList(adapter, v.sessions),
-		"approvals":          newViewList(adapter, v.approvals),
-		"credentials":        newViewList(adapter, v.credentials),
-		"terminations":       newViewList(adapter, v.terminations),
-		"offboardings":       newViewList(adapter, v.offboardings),
-		"enablements":        newViewList(adapter, v.enablements),
-		"moves":              newViewList(adapter, v.moves),
-		"reviews":            newViewList(adapter, v.reviews),
-		"breakglass":         newViewList(adapter, v.breakglass),
-		"breakglass_reviews": newViewList(adapter, v.bgReviews),
-		"owner":              adapter.NativeToValue(&own),
+		"subject":                 adapter.NativeToValue(&sub),
+		"events":                  newViewList(adapter, v.events),
+		"activity":                newViewList(adapter, v.activity),
+		"now":                     types.Timestamp{Time: now},
+		"from":                    types.Timestamp{Time: from},
+		"grants":                  newViewList(adapter, v.grants),
+		"grant_by_id":             adapter.NativeToValue(v.grantByID),
+		"grant_ends":              adapter.NativeToValue(v.grantEnds),
+		"sessions":                newViewList(adapter, v.sessions),
+		"approvals":               newViewList(adapter, v.approvals),
+		"credentials":             newViewList(adapter, v.credentials),
+		"terminations":            newViewList(adapter, v.terminations),
+		"offboardings":            newViewList(adapter, v.offboardings),
+		"enablements":             newViewList(adapter, v.enablements),
+		"moves":                   newViewList(adapter, v.moves),
+		"reviews":                 newViewList(adapter, v.reviews),
+		"breakglass":              newViewList(adapter, v.breakglass),
+		"breakglass_reviews":      newViewList(adapter, v.bgReviews),
+		"owner":                   adapter.NativeToValue(&own),
+		"closings":                newViewList(adapter, v.closings),
+		"logins":                  newViewList(adapter, v.r2.logins),
+		"uses":                    newViewList(adapter, v.r2.uses),
+		"accounts":                newViewList(adapter, v.r2.accounts),
+		"account_disables":        adapter.NativeToValue(v.r2.accountOff),
+		"requests_by_id":          adapter.NativeToValue(v.r2.requestsByID),
+		"grant_events_by_request": adapter.NativeToValue(v.r2.grantsByReq),
+		"approval_by_request":     adapter.NativeToValue(v.r2.approvalByReq),
+		"approval_by_entitlement": adapter.NativeToValue(v.r2.approvalByEnt),
+		"access_windows":          newViewList(adapter, v.r2.windows),
+		"leavings":                newViewList(adapter, v.r2.leavings),
+		"credential_by_id":        adapter.NativeToValue(v.r2.credByID),
+		"holder_leavings":         adapter.NativeToValue(v.r2.holderLeavings),
 	}
 }

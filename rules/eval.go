@@ -30,6 +30,9 @@ type Entry struct {
 	// lets it decode straight into its own views, which is much cheaper than
 	// decoding to a pb.Event first.
 	Leaf []byte
+	// Observed, used with Event, is the entry's observed_time (the zero
+	// time when unknown); with Leaf it is read from the leaf.
+	Observed time.Time
 }
 
 // ChainSource reads chains. Implementations must be safe for concurrent use.
@@ -260,6 +263,12 @@ type Set struct {
 	rules     []*compiled
 	opts      Options
 	needOwner bool
+	// needHolders: some rule reads holder_leavings, so the chains of the
+	// people who checked out the subject's credentials are read too.
+	needHolders bool
+	// needSource: some rule calls newerFromSource, so Evaluate indexes the
+	// entries of each source system first (source.go).
+	needSource bool
 }
 
 // NewSet compiles rs with params overrides and the default Options. A later
@@ -367,6 +376,8 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 		c.paramBound = paramsSize(c.params)
 		s.rules = append(s.rules, c)
 		s.needOwner = s.needOwner || r.usesOwner
+		s.needHolders = s.needHolders || r.usesHolders
+		s.needSource = s.needSource || r.usesSource
 	}
 	sort.Slice(s.rules, func(i, j int) bool { return s.rules[i].rule.ID < s.rules[j].rule.ID })
 	return s, nil
@@ -412,7 +423,18 @@ func (s *Set) EvaluatePeriod(ctx context.Context, subjects []string, src ChainSo
 	return s.evaluate(ctx, subjects, src, from, to, true)
 }
 
+// evaluate runs the rules over [from, now]. Entries dated after now are in
+// no chain. When a rule compares entries with those of other subjects
+// (newerFromSource), every chain is read twice: once to index the entries of
+// each source system (see SubjectLister), once to evaluate.
 func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, from, now time.Time, period bool) (*Result, error) {
+	var srcIdx *sourceIndex
+	if s.needSource {
+		var err error
+		if srcIdx, err = buildSourceIndex(ctx, subjects, src, now, s.opts.Workers); err != nil {
+			return nil, err
+		}
+	}
 	results := make([]subjectResult, len(subjects))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -427,7 +449,7 @@ func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, 
 				if i >= len(subjects) {
 					return
 				}
-				r, err := s.evaluateSubject(ctx, subjects[i], src, from, now, period)
+				r, err := s.evaluateSubject(ctx, subjects[i], src, from, now, period, srcIdx)
 				if err != nil {
 					cancel(err)
 					return
@@ -461,18 +483,29 @@ func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, 
 	return res, nil
 }
 
-func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSource, from, now time.Time, period bool) (subjectResult, error) {
+func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSource, from, now time.Time, period bool, srcIdx *sourceIndex) (subjectResult, error) {
 	var res subjectResult
 	chain, err := src.Chain(ctx, subject)
 	if err != nil {
 		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
-	v, err := buildViews(subject, chain, now)
+	v, err := buildViews(subject, chain, now, srcIdx)
 	if err != nil {
 		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
 	defer v.release()
 	res.entries = len(v.events)
+	if s.needHolders {
+		for _, h := range v.holders() {
+			hc, err := src.Chain(ctx, h)
+			if err != nil {
+				return res, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			}
+			if err := v.setHolder(h, hc, now); err != nil {
+				return res, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			}
+		}
+	}
 	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
 		oc, err := src.Chain(ctx, v.subject.Owner)
 		if err != nil {
@@ -490,6 +523,9 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, from, now)}
 	tracked := s.opts.CostTrackedEntries < 0 || len(chain) <= s.opts.CostTrackedEntries
 	bound := max(chainSizeBound(subject, v.events), v.ownerBound)
+	if srcIdx != nil {
+		bound = max(bound, srcIdx.bound)
+	}
 	for _, c := range s.rules {
 		act.params = c.params
 		prg := c.prg

@@ -138,6 +138,9 @@ func TestParamsOverrides(t *testing.T) {
 		{"jit_grace: soon\n", `params.yaml:1:12: param jit_grace: "soon" is not a Go duration`},
 		{"sod_pairs: [a, b]\n", "params.yaml:1:13: param sod_pairs: want a pair of entitlement ids"},
 		{"- jit_grace\n", "params.yaml:1:1: want a mapping of param name to value"},
+		{"expiry_enforced_by: [entra-pim, teleport]\n", ""},
+		{"expiry_enforced_by: entra-pim\n", "params.yaml:1:21: param expiry_enforced_by: want a list of strings"},
+		{"expiry_enforced_by: [[a]]\n", "params.yaml:1:22: param expiry_enforced_by: want a list of strings"},
 	} {
 		p, err := ParseParams("params.yaml", []byte(tc.yaml))
 		if err == nil {
@@ -201,8 +204,8 @@ expression: events.filter(e, false).map(e, finding(e, [], "never"))
 		t.Fatal(err)
 	}
 	infos := set.Rules()
-	if len(infos) != 19 {
-		t.Fatalf("%d rules, want 19", len(infos))
+	if len(infos) != len(rs) {
+		t.Fatalf("%d rules, want %d (the built-in ids)", len(infos), len(rs))
 	}
 	for _, in := range infos {
 		if in.ID == "self-approval" && (in.Title != "Never" || in.File != "mine.yaml") {

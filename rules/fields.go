@@ -32,7 +32,16 @@ var getters = map[string]map[string]getter{
 			return types.Bool(o.(*Event).MFARecorded)
 		},
 		"breakglass": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).Breakglass) },
-		"approvals":  func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Event).Approvals) },
+		"observed_time": func(_ types.Adapter, o any) ref.Val {
+			return types.Timestamp{Time: o.(*Event).ObservedTime}
+		},
+		"has_observed_time": func(_ types.Adapter, o any) ref.Val {
+			return types.Bool(o.(*Event).HasObservedTime)
+		},
+		"opening":     func(a types.Adapter, o any) ref.Val { return objVal(a, orEmpty(o.(*Event).Opening)) },
+		"has_opening": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).HasOpening) },
+		"system":      func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Event).System) },
+		"approvals":   func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Event).Approvals) },
 		"breakglass_reviews": func(a types.Adapter, o any) ref.Val {
 			return newViewList(a, o.(*Event).BreakglassReviews)
 		},
@@ -119,6 +128,7 @@ var getters = map[string]map[string]getter{
 			return objVal(a, orEmpty(o.(*Credential).Revocation))
 		},
 		"checkouts": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Credential).Checkouts) },
+		"rotations": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Credential).Rotations) },
 	},
 }
 

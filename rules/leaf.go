@@ -100,6 +100,8 @@ func (v leafVisitor) Time(f event.Field, t time.Time) {
 		v.e.Time = t
 	case event.ExpiresAt:
 		v.e.ExpiresAt, v.e.HasExpiry = t, true
+	case event.ObservedTime:
+		v.e.ObservedTime, v.e.HasObservedTime = t, true
 	}
 }
 

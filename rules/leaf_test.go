@@ -31,7 +31,7 @@ func reference(leaf []byte, index uint64) (Event, error) {
 		return Event{}, err
 	}
 	var e Event
-	fillEvent(&e, Entry{Index: index, Event: ent.GetEvent()})
+	fillEvent(&e, Entry{Index: index, Event: ent.GetEvent(), Observed: toTime(ent.GetObservedTime(), ent.ObservedTime != nil)})
 	return e, nil
 }
 

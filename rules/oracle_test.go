@@ -59,16 +59,17 @@ func TestAgainstOracle(t *testing.T) {
 			return out
 		}
 		want := map[string]bool{}
+		var log []oracle.Entry
 		for _, s := range subjects {
-			owner := func(o string) []oracle.Entry { return conv(src.chains[o]) }
-			fs := oracle.Evaluate(s, conv(src.chains[s]), now, op, owner)
-			if period {
-				fs = oracle.EvaluatePeriod(s, conv(src.chains[s]), from, now, op, owner)
-			}
-			for _, f := range fs {
-				want[fmt.Sprintf("%s %s %v exposure=%d opened=%s closed=%s", f.Rule, f.Subject, f.Entries, f.Exposure,
-					f.Opened.UTC().Format(time.RFC3339), f.Closed.UTC().Format(time.RFC3339))] = true
-			}
+			log = append(log, conv(src.chains[s])...)
+		}
+		fs := oracle.EvaluateLog(log, now, op)
+		if period {
+			fs = oracle.EvaluateLogPeriod(log, from, now, op)
+		}
+		for _, f := range fs {
+			want[fmt.Sprintf("%s %s %v exposure=%d opened=%s closed=%s", f.Rule, f.Subject, f.Entries, f.Exposure,
+				f.Opened.UTC().Format(time.RFC3339), f.Closed.UTC().Format(time.RFC3339))] = true
 		}
 		var missing, extra []string
 		for k := range want {

@@ -15,11 +15,17 @@ import (
 // param is one typed parameter value with where it was written.
 type param struct {
 	typ   *cel.Type
-	value any // time.Duration, [][]string, []string, int64, float64, bool or string
+	value any // time.Duration, [][]string, []string, map[string][]string, int64, float64, bool or string
 	pos   string
 }
 
-var sodPairsType = cel.ListType(cel.ListType(cel.StringType))
+var (
+	sodPairsType = cel.ListType(cel.ListType(cel.StringType))
+	// authoritiesType is a map from a name to a list of names, such as
+	// closing_authorities.
+	authoritiesType = cel.MapType(cel.StringType, cel.ListType(cel.StringType))
+	stringListType  = cel.ListType(cel.StringType)
+)
 
 // globalParams are the defaults of docs/rules.md; every rule may read them.
 var globalParams = map[string]param{
@@ -33,6 +39,14 @@ var globalParams = map[string]param{
 	"breakglass_review_within": {cel.DurationType, 72 * time.Hour, ""},
 	"mover_review_within":      {cel.DurationType, 720 * time.Hour, ""},
 	"sod_pairs":                {sodPairsType, [][]string{}, ""},
+	"max_backdate":             {cel.DurationType, 24 * time.Hour, ""},
+	"inactive_after":           {cel.DurationType, 2160 * time.Hour, ""},
+	"breakglass_remove_within": {cel.DurationType, 24 * time.Hour, ""},
+	"closing_authorities":      {authoritiesType, map[string][]string{}, ""},
+	// Sources (source.system) that end grants at expires_at themselves, so
+	// grant-overstayed-expiry does not ask them for an end event
+	// (docs/rules.md, "Expiry the source enforces").
+	"expiry_enforced_by": {stringListType, []string{}, ""},
 }
 
 var globalParamNames = func() []string {
@@ -130,6 +144,41 @@ func parseParam(file, name string, n *yaml.Node, want *cel.Type) (param, error) 
 			pairs = append(pairs, []string{it.Content[0].Value, it.Content[1].Value})
 		}
 		return param{typ: sodPairsType, value: pairs}, nil
+	case want == authoritiesType || (want == nil && n.Kind == yaml.MappingNode):
+		if n.Kind != yaml.MappingNode {
+			return param{}, fmt.Errorf("%s: want a mapping from a name to a list of names, such as {pam: [iga]}", where)
+		}
+		m := map[string][]string{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode || v.Kind != yaml.SequenceNode {
+				return param{}, fmt.Errorf("%s:%d:%d: param %s: want NAME: [NAME, ...]", file, k.Line, k.Column, name)
+			}
+			if _, dup := m[k.Value]; dup {
+				return param{}, fmt.Errorf("%s:%d:%d: param %s: %q appears twice", file, k.Line, k.Column, name, k.Value)
+			}
+			names := []string{}
+			for _, it := range v.Content {
+				if it.Kind != yaml.ScalarNode {
+					return param{}, fmt.Errorf("%s:%d:%d: param %s: want a list of names", file, it.Line, it.Column, name)
+				}
+				names = append(names, it.Value)
+			}
+			m[k.Value] = names
+		}
+		return param{typ: authoritiesType, value: m}, nil
+	case want == stringListType:
+		if n.Kind != yaml.SequenceNode {
+			return param{}, fmt.Errorf("%s: want a list of strings such as [entra-pim, teleport]", where)
+		}
+		ss := []string{}
+		for _, it := range n.Content {
+			if it.Kind != yaml.ScalarNode {
+				return param{}, fmt.Errorf("%s:%d:%d: param %s: want a list of strings", file, it.Line, it.Column, name)
+			}
+			ss = append(ss, it.Value)
+		}
+		return param{typ: stringListType, value: ss}, nil
 	case want != nil:
 		return param{}, fmt.Errorf("%s: unsupported type %s", where, want)
 	case n.Kind == yaml.SequenceNode:
@@ -165,7 +214,7 @@ func parseParam(file, name string, n *yaml.Node, want *cel.Type) (param, error) 
 			return param{typ: cel.StringType, value: n.Value}, nil
 		}
 	}
-	return param{}, fmt.Errorf("%s: want a duration, number, bool, string, list of strings or list of pairs", where)
+	return param{}, fmt.Errorf("%s: want a duration, number, bool, string, list of strings, list of pairs or mapping", where)
 }
 
 func isDuration(s string) bool {
@@ -186,6 +235,17 @@ func formatParam(v any) string {
 		return "[" + strings.Join(parts, ", ") + "]"
 	case []string:
 		return "[" + strings.Join(x, ", ") + "]"
+	case map[string][]string:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = k + ": " + formatParam(x[k])
+		}
+		return "{" + strings.Join(parts, ", ") + "}"
 	}
 	return fmt.Sprint(v)
 }

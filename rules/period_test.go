@@ -40,11 +40,25 @@ func periodGot(fs []Finding) []periodWant {
 	return out
 }
 
+// round2Rules are the rules added in round 2 (docs/rules.md); the hand
+// computations here are about the periods of the 19 rules of round 1, whose
+// stories the round-2 rules would add findings to.
+var round2Rules = []string{"backdated-closure", "foreign-closure", "grant-without-approval", "not-independent",
+	"account-inactive", "leaver-account-not-disabled", "shared-credential-not-rotated", "nhi-interactive-session",
+	"breakglass-access-retained", "breakglass-credential-not-rotated", "third-party-outside-window",
+	"privileged-session-mfa-unrecorded", "nhi-without-owner", "nhi-owner-moved", "secret-without-expiry"}
+
 func builtinSet(t *testing.T) *Set {
 	t.Helper()
-	rs, err := Builtin()
+	all, err := Builtin()
 	if err != nil {
 		t.Fatal(err)
+	}
+	var rs []*Rule
+	for _, r := range all {
+		if !slices.Contains(round2Rules, r.ID) {
+			rs = append(rs, r)
+		}
 	}
 	set, err := NewSet(rs, Params{})
 	if err != nil {

@@ -96,6 +96,13 @@ func (s *Set) Population(ctx context.Context, subjects []string, src ChainSource
 	if !s.HasPopulation() {
 		return []Item{}, nil
 	}
+	var srcIdx *sourceIndex
+	if s.needSource {
+		var err error
+		if srcIdx, err = buildSourceIndex(ctx, subjects, src, now, s.opts.Workers); err != nil {
+			return nil, err
+		}
+	}
 	bySubject := map[string][]Primary{}
 	for _, p := range primaries {
 		bySubject[p.Subject] = append(bySubject[p.Subject], p)
@@ -112,7 +119,7 @@ func (s *Set) Population(ctx context.Context, subjects []string, src ChainSource
 				if i >= len(subjects) {
 					return
 				}
-				items, err := s.subjectPopulation(ctx, subjects[i], src, from, now, bySubject[subjects[i]])
+				items, err := s.subjectPopulation(ctx, subjects[i], src, from, now, bySubject[subjects[i]], srcIdx)
 				if err != nil {
 					cancel(err)
 					return
@@ -137,12 +144,12 @@ func (s *Set) Population(ctx context.Context, subjects []string, src ChainSource
 	}), nil
 }
 
-func (s *Set) subjectPopulation(ctx context.Context, subject string, src ChainSource, from, now time.Time, primaries []Primary) ([]Item, error) {
+func (s *Set) subjectPopulation(ctx context.Context, subject string, src ChainSource, from, now time.Time, primaries []Primary, srcIdx *sourceIndex) ([]Item, error) {
 	chain, err := src.Chain(ctx, subject)
 	if err != nil {
 		return nil, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
-	v, err := buildViews(subject, chain, now)
+	v, err := buildViews(subject, chain, now, srcIdx)
 	if err != nil {
 		return nil, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}

@@ -1,6 +1,6 @@
 // Package rules is Grantline's rules engine: CEL expressions (github.com/google/cel-go)
 // over each identity's event chain, the YAML rule file format, parameters,
-// the 19 built-in catalog rules of docs/rules.md (embedded from catalog/), and
+// the built-in catalog rules of docs/rules.md (embedded from catalog/), and
 // parallel, deterministic per-subject evaluation under a cost limit and a
 // deadline. Rules read derived views built in Go in O(n log n) per chain
 // (grants with their ends and sessions, approvals with their closing
@@ -44,12 +44,14 @@ type Rule struct {
 	File string
 	Text []byte
 
-	params     map[string]param // declared in the file
-	paramOrder []string
-	ast        *cel.Ast
-	popAst     *cel.Ast
-	env        *cel.Env
-	usesOwner  bool
+	params      map[string]param // declared in the file
+	paramOrder  []string
+	ast         *cel.Ast
+	popAst      *cel.Ast
+	env         *cel.Env
+	usesOwner   bool
+	usesSource  bool // calls newerFromSource
+	usesHolders bool // reads holder_leavings
 }
 
 var severities = []string{"low", "medium", "high", "critical"}
@@ -219,6 +221,12 @@ func (r *Rule) compile(exprNode *yaml.Node) error {
 		if e.Kind() == celast.IdentKind && e.AsIdent() == "owner" {
 			r.usesOwner = true
 		}
+		if e.Kind() == celast.IdentKind && e.AsIdent() == "holder_leavings" {
+			r.usesHolders = true
+		}
+		if e.Kind() == celast.CallKind && e.AsCall().FunctionName() == "newerFromSource" {
+			r.usesSource = true
+		}
 		if unknown != nil || e.Kind() != celast.SelectKind {
 			return
 		}
@@ -270,7 +278,7 @@ func (r *Rule) sha256() string {
 	return hex.EncodeToString(s[:])
 }
 
-// Builtin returns the 19 catalog rules of docs/rules.md, in id order.
+// Builtin returns the built-in catalog rules of docs/rules.md, in id order.
 func Builtin() ([]*Rule, error) {
 	ents, err := catalogFS.ReadDir("catalog")
 	if err != nil {

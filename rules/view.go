@@ -70,6 +70,19 @@ type Event struct {
 	// BreakglassReviews, for a break-glass use (see views.breakglass), are
 	// the breakglass.reviewed events with the same non-empty refs.request.
 	BreakglassReviews []*Event `cel:"breakglass_reviews"`
+	// ObservedTime is when the ledger received the entry (Entry's
+	// observed_time); HasObservedTime is false when the chain was handed
+	// over without it.
+	ObservedTime    time.Time `cel:"observed_time"`
+	HasObservedTime bool      `cel:"has_observed_time"`
+	// Opening, for a closing event (views.closings), is the event in the
+	// same chain that opened what it closes (docs/rules.md "Closing
+	// events"); HasOpening is false when the chain has none.
+	Opening    *Event `cel:"opening"`
+	HasOpening bool   `cel:"has_opening"`
+
+	// src answers newerFromSource for this evaluation (nil: no rule asks).
+	src *sourceIndex
 
 	// CEL values, made on first use (see viewvals.go).
 	celVal, subjectVal, actorVal, entitlementVal, refsVal ref.Val
@@ -144,7 +157,9 @@ type Credential struct {
 	Checkouts  []*Checkout `cel:"checkouts"`
 	// Issues are its credential.created and credential.rotated events.
 	Issues []*Event `cel:"issues"`
-	celVal ref.Val  // made on first use (see viewvals.go)
+	// Rotations are its credential.rotated and credential.revoked events.
+	Rotations []*Event `cel:"rotations"`
+	celVal    ref.Val  // made on first use (see viewvals.go)
 }
 
 // Subject is the identity being evaluated.
@@ -160,6 +175,11 @@ type Owner struct {
 	ID           string   `cel:"id"`
 	Known        bool     `cel:"known"` // the subject is non-human and has an owner whose chain was read
 	Terminations []*Event `cel:"terminations"`
+	// Moves are the owner's identity.moved events.
+	Moves []*Event `cel:"moves"`
+	// Stated is the subject's latest event carrying subject.owner_id (the
+	// one that names this owner); empty when the subject has none.
+	Stated *Event `cel:"stated"`
 }
 
 // views is everything derived from one subject's chain.
@@ -179,6 +199,8 @@ type views struct {
 	reviews      []*Event
 	breakglass   []*Event // breakglass.invoked, and session.started/grant.activated with breakglass
 	bgReviews    []*Event // breakglass.reviewed
+	closings     []*Event // closing events (isClosingEvent)
+	r2           round2Views
 	subject      Subject
 	owner        Owner
 	ownerBound   uint64 // chainSizeBound of the owner's chain, if read
@@ -195,6 +217,18 @@ func isEndEvent(e *Event) bool {
 		return e.Refs.Grant != ""
 	}
 	return false
+}
+
+// isClosingEvent reports whether e is a closing event: an end event of a
+// grant, access.revoked, access.expired, session.ended, session.revoked,
+// credential.rotated or credential.revoked.
+func isClosingEvent(e *Event) bool {
+	switch e.Type {
+	case "access.revoked", "access.expired", "session.ended", "session.revoked",
+		"credential.rotated", "credential.revoked":
+		return true
+	}
+	return isEndEvent(e)
 }
 
 func toTime(ts interface{ AsTime() time.Time }, ok bool) time.Time {
@@ -239,6 +273,8 @@ func fillEvent(e *Event, en Entry) {
 	e.Attributes = ev.GetAttributes()
 	e.Privileged = e.Entitlement.Privileged
 	e.Approvals, e.BreakglassReviews = nil, nil
+	e.ObservedTime, e.HasObservedTime = en.Observed, !en.Observed.IsZero()
+	e.Opening, e.HasOpening, e.src = nil, false, nil
 	e.celVal, e.subjectVal, e.actorVal, e.entitlementVal, e.refsVal = nil, nil, nil, nil, nil
 }
 
@@ -319,9 +355,10 @@ func asOfPrefix(evs []*Event, now time.Time) []*Event {
 }
 
 // buildViews derives every view from one subject's chain, limited to the
-// entries dated at or before now, in O(n log n). On an error (a leaf that
-// does not decode) nothing is left to release.
-func buildViews(subject string, chain []Entry, now time.Time) (*views, error) {
+// entries dated at or before now, in O(n log n). src, when not nil, answers
+// newerFromSource. On an error (a leaf that does not decode) nothing is left
+// to release.
+func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) (*views, error) {
 	v := &views{subject: Subject{ID: subject}}
 	evs, err := v.sortedEvents(chain)
 	if err != nil {
@@ -580,8 +617,198 @@ func buildViews(subject string, chain []Entry, now time.Time) (*views, error) {
 			}
 		}
 	}
+	v.linkClosings(src)
+	v.buildRound2(rotations)
 	v.owner.ID = v.subject.Owner
 	return v, nil
+}
+
+// round2Views are the views the rules of round 2 read (docs/rules.md "The
+// built-in catalog"), so that each rule walks a short list or looks up a
+// map instead of scanning the chain.
+type round2Views struct {
+	logins        []*Event            // auth.succeeded
+	uses          []*Event            // auth.succeeded and session.started
+	accounts      []*Event            // account.created
+	accountOff    map[string][]*Event // entitlement.resource -> account.disabled
+	requestsByID  map[string][]*Event // refs.request -> access.requested
+	grantsByReq   map[string][]*Event // refs.request -> grant events
+	approvalByReq map[string]*Event   // refs.request -> earliest access.approved
+	approvalByEnt map[string]*Event   // entitlement.id -> earliest access.approved
+	windows       []*Event            // identity.created/identity.enabled with expires_at
+	leavings      []*Event            // identity.terminated and identity.moved
+	credByID      map[string]*Credential
+	// holderLeavings: holder id -> the holder's identity.terminated and
+	// identity.moved events (the subject's own under its id); filled for
+	// the holders of the subject's checkouts when a rule reads it.
+	holderLeavings map[string][]*Event
+}
+
+// holder is who holds a checked-out credential: the checkout's actor, or
+// the subject when the actor is not recorded.
+func holder(k *Event) string {
+	if k.Actor.ID != "" {
+		return k.Actor.ID
+	}
+	return k.Subject.ID
+}
+
+// holders are the holders of the subject's checkouts other than the
+// subject itself, each once, in chain order of their first checkout; the
+// subject's own leavings are recorded under its id.
+func (v *views) holders() []string {
+	var out []string
+	for _, c := range v.credentials {
+		for _, k := range c.Checkouts {
+			h := holder(k.Event)
+			if h != v.subject.ID && !slices.Contains(out, h) {
+				out = append(out, h)
+			}
+		}
+	}
+	if v.r2.holderLeavings == nil {
+		v.r2.holderLeavings = map[string][]*Event{v.subject.ID: v.r2.leavings}
+	}
+	return out
+}
+
+// setHolder records the leavings in a holder's chain (already read).
+func (v *views) setHolder(id string, chain []Entry, now time.Time) error {
+	evs, err := v.sortedEvents(chain)
+	if err != nil {
+		return err
+	}
+	evs = asOfPrefix(evs, now)
+	v.ownerBound = max(v.ownerBound, chainSizeBound("", evs))
+	var ls []*Event
+	for _, e := range evs {
+		if e.Type == "identity.terminated" || e.Type == "identity.moved" {
+			ls = append(ls, e)
+		}
+	}
+	v.r2.holderLeavings[id] = ls
+	return nil
+}
+
+func appendTo(m *map[string][]*Event, k string, e *Event) {
+	if *m == nil {
+		*m = map[string][]*Event{}
+	}
+	(*m)[k] = append((*m)[k], e)
+}
+
+func firstOf(m *map[string]*Event, k string, e *Event) {
+	if *m == nil {
+		*m = map[string]*Event{}
+	}
+	if _, ok := (*m)[k]; !ok {
+		(*m)[k] = e
+	}
+}
+
+// buildRound2 fills v.r2 in one pass over the chain; rotations are the
+// credential.rotated/revoked events by credential id.
+func (v *views) buildRound2(rotations map[string][]*Event) {
+	r := &v.r2
+	for _, e := range v.events {
+		switch e.Type {
+		case "auth.succeeded":
+			r.logins = append(r.logins, e)
+			r.uses = append(r.uses, e)
+		case "session.started":
+			r.uses = append(r.uses, e)
+		case "account.created":
+			r.accounts = append(r.accounts, e)
+		case "account.disabled":
+			if e.Entitlement.Resource != "" {
+				appendTo(&r.accountOff, e.Entitlement.Resource, e)
+			}
+		case "access.requested":
+			if e.Refs.Request != "" {
+				appendTo(&r.requestsByID, e.Refs.Request, e)
+			}
+		case "access.approved":
+			if e.Refs.Request != "" {
+				firstOf(&r.approvalByReq, e.Refs.Request, e)
+			}
+			if e.Entitlement.ID != "" {
+				firstOf(&r.approvalByEnt, e.Entitlement.ID, e)
+			}
+		case "identity.created", "identity.enabled":
+			if e.HasExpiry {
+				r.windows = append(r.windows, e)
+			}
+		case "identity.terminated", "identity.moved":
+			r.leavings = append(r.leavings, e)
+		}
+		if isGrantEvent(e) && e.Refs.Request != "" {
+			appendTo(&r.grantsByReq, e.Refs.Request, e)
+		}
+		if e.Subject.OwnerID != "" {
+			v.owner.Stated = e
+		}
+	}
+	if len(v.credentials) > 0 {
+		r.credByID = make(map[string]*Credential, len(v.credentials))
+		for _, c := range v.credentials {
+			r.credByID[c.ID] = c
+			c.Rotations = rotations[c.ID]
+		}
+	}
+}
+
+// linkClosings gathers the closing events and links each to its opening
+// event in the chain: for an end event of a grant the grant's earliest grant
+// event; for access.revoked/access.expired the earliest access.approved of
+// its request; for session.ended/session.revoked the earliest
+// session.started of its session; for credential.rotated/credential.revoked
+// the earliest credential.created or credential.checked_out of its
+// credential. An empty ref links nothing.
+func (v *views) linkClosings(src *sourceIndex) {
+	var grants, approvals, sessions, creds map[string]*Event
+	first := func(m *map[string]*Event, id string, e *Event) {
+		if id == "" {
+			return
+		}
+		if *m == nil {
+			*m = map[string]*Event{}
+		}
+		if _, ok := (*m)[id]; !ok {
+			(*m)[id] = e
+		}
+	}
+	for _, e := range v.events {
+		e.src = src
+		switch {
+		case isGrantEvent(e):
+			first(&grants, e.Refs.Grant, e)
+		case e.Type == "access.approved":
+			first(&approvals, e.Refs.Request, e)
+		case e.Type == "session.started":
+			first(&sessions, e.Refs.Session, e)
+		case e.Type == "credential.created" || e.Type == "credential.checked_out":
+			first(&creds, e.Refs.Credential, e)
+		}
+		if isClosingEvent(e) {
+			v.closings = append(v.closings, e)
+		}
+	}
+	for _, c := range v.closings {
+		var o *Event
+		switch c.Type {
+		case "access.revoked", "access.expired":
+			o = approvals[c.Refs.Request]
+		case "session.ended", "session.revoked":
+			o = sessions[c.Refs.Session]
+		case "credential.rotated", "credential.revoked":
+			o = creds[c.Refs.Credential]
+		default:
+			o = grants[c.Refs.Grant]
+		}
+		if o != nil {
+			c.Opening, c.HasOpening = o, true
+		}
+	}
 }
 
 // approvalsUnder returns the approvals e is under: those of its
@@ -622,6 +849,9 @@ func (v *views) setOwner(chain []Entry, now time.Time) error {
 	for _, e := range evs {
 		if e.Type == "identity.terminated" {
 			v.owner.Terminations = append(v.owner.Terminations, e)
+		}
+		if e.Type == "identity.moved" {
+			v.owner.Moves = append(v.owner.Moves, e)
 		}
 	}
 	return nil

@@ -14,7 +14,7 @@ import (
 func TestViewListsBehaveAsCELLists(t *testing.T) {
 	src := parseChain(t, []byte(oneEventChain+strings.ReplaceAll(oneEventChain, `"a1"`, `"a2"`)))
 	chain, _ := src.Chain(t.Context(), "alice")
-	v, err := buildViews("alice", chain, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC))
+	v, err := buildViews("alice", chain, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -34,7 +35,9 @@ import (
 // Source is what Export needs from the server side. Every method may be
 // called from one goroutine only, in this order: Checkpoint once, Evaluate
 // once, Leaf any number of times, ConsistencyProof once per requested size,
-// then Entries once, during which InclusionProof is called from inside fn.
+// then Entries once, during which InclusionProof is called from inside fn
+// (not for an All package: every leaf is present, so Export recomputes the
+// root from the leaves instead, and the lines carry no proofs).
 // The server's implementation must answer for the one checkpoint that
 // Checkpoint returned, even while the log keeps growing.
 type Source interface {
@@ -236,7 +239,7 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 		}
 	}
 	err = w.file(format.FileEntries, func(out io.Writer) error {
-		return writeEntries(ctx, src, cp, subjects, cited, scope, chains, out)
+		return writeEntries(ctx, src, cp, opts.All, subjects, cited, scope, chains, out)
 	})
 	if err != nil {
 		return err
@@ -364,6 +367,7 @@ type exportItem struct {
 	index   uint64
 	leaf    []byte
 	proof   [][]byte
+	noProof bool   // an export of every entry: no proof, the root proves it
 	line    []byte // the encoded line, filled by a worker
 	eventID string
 	source  string
@@ -377,7 +381,11 @@ type exportItem struct {
 // only (Entries, and InclusionProof inside its callback); the per-entry work
 // (proof check, decoding, JSON encoding) runs on GOMAXPROCS workers in
 // batches (pipeline.Ordered), and the lines are written in index order.
-func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subjects []string, cited map[uint64]string, scope *format.Scope, chains packageChains, out io.Writer) error {
+//
+// With all, every entry 0..size-1 must come, in order, without inclusion
+// proofs: the leaves folded into a compact range must give the checkpoint's
+// root, which proves every line at once (verify/FORMAT.md).
+func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, all bool, subjects []string, cited map[uint64]string, scope *format.Scope, chains packageChains, out io.Writer) error {
 	workers := max(1, runtime.GOMAXPROCS(0))
 	bw := bufio.NewWriterSize(out, 256<<10)
 	seenSubjects := map[string]struct{}{}
@@ -385,16 +393,27 @@ func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subject
 		var next uint64
 		first := true
 		var cur []exportItem
+		rng := (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
 		err := src.Entries(ctx, cp.Size, subjects, func(index uint64, leaf []byte) error {
 			if !first && index < next || index >= cp.Size {
 				return fmt.Errorf("%w: entry %d out of order or outside the tree of size %d", ErrSource, index, cp.Size)
 			}
 			first, next = false, index+1
-			p, err := src.InclusionProof(ctx, index, cp.Size)
-			if err != nil {
-				return fmt.Errorf("inclusion proof of entry %d at size %d: %w", index, cp.Size, err)
+			var p [][]byte
+			if all {
+				if index != rng.End() {
+					return fmt.Errorf("%w: entry %d came after entry %d in an export of every entry", ErrSource, index, rng.End()-1)
+				}
+				if err := rng.Append(rfc6962.DefaultHasher.HashLeaf(leaf), nil); err != nil {
+					return err
+				}
+			} else {
+				var err error
+				if p, err = src.InclusionProof(ctx, index, cp.Size); err != nil {
+					return fmt.Errorf("inclusion proof of entry %d at size %d: %w", index, cp.Size, err)
+				}
 			}
-			cur = append(cur, exportItem{index: index, leaf: bytes.Clone(leaf), proof: p})
+			cur = append(cur, exportItem{index: index, leaf: bytes.Clone(leaf), proof: p, noProof: all})
 			if len(cur) == entryBatchSize {
 				b := cur
 				cur = nil
@@ -402,6 +421,9 @@ func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, subject
 			}
 			return nil
 		})
+		if err == nil && all {
+			err = checkAllRoot(rng, cp)
+		}
 		if err == nil && len(cur) > 0 {
 			err = emit(cur)
 		}
@@ -462,13 +484,35 @@ func writeItems(items []exportItem, bw *bufio.Writer, cited map[uint64]string, s
 	return nil
 }
 
-// encodeItem checks one entry's proof, decodes it and encodes its line.
+// checkAllRoot checks that rng, every leaf of an export of every entry,
+// is the checkpoint's tree.
+func checkAllRoot(rng *compact.Range, cp ledger.Checkpoint) error {
+	if rng.End() != cp.Size {
+		return fmt.Errorf("%w: an export of every entry got %d of %d entries", ErrSource, rng.End(), cp.Size)
+	}
+	root := rfc6962.DefaultHasher.EmptyRoot()
+	if cp.Size > 0 {
+		var err error
+		if root, err = rng.GetRootHash(nil); err != nil {
+			return err
+		}
+	}
+	if !bytes.Equal(root, cp.Root[:]) {
+		return fmt.Errorf("%w: the %d leaves do not hash to the checkpoint's root", ErrSource, cp.Size)
+	}
+	return nil
+}
+
+// encodeItem checks one entry's proof (unless noProof: then the root
+// recomputed from every leaf proves it), decodes it and encodes its line.
 // Safe for concurrent use on distinct items.
 func encodeItem(it *exportItem, cp ledger.Checkpoint) {
-	lh := rfc6962.DefaultHasher.HashLeaf(it.leaf)
-	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, it.index, cp.Size, lh, it.proof, cp.Root[:]); err != nil {
-		it.err = fmt.Errorf("%w: inclusion proof of entry %d does not lead to the checkpoint root: %w", ErrSource, it.index, err)
-		return
+	if !it.noProof {
+		lh := rfc6962.DefaultHasher.HashLeaf(it.leaf)
+		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, it.index, cp.Size, lh, it.proof, cp.Root[:]); err != nil {
+			it.err = fmt.Errorf("%w: inclusion proof of entry %d does not lead to the checkpoint root: %w", ErrSource, it.index, err)
+			return
+		}
 	}
 	ent, err := event.DecodeLeaf(it.leaf)
 	if err != nil {

@@ -270,7 +270,7 @@ func TestSampleDraw(t *testing.T) {
 		{"row swapped", func(s *format.Sample) { s.Rows[0] = rows[notDrawn].Key() }},
 		{"row dropped", func(s *format.Sample) { s.Rows = s.Rows[1:] }},
 		{"seed changed", func(s *format.Sample) { s.Seed = "operator's seed" }},
-		{"size changed", func(s *format.Sample) { s.Size++ }},
+		{"size changed", func(s *format.Sample) { s.Size *= 3 }},
 		{"framework changed", func(s *format.Sample) { s.Framework = "soc2-2017" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -29,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
@@ -72,7 +73,33 @@ type Options struct {
 	// Sample, if set, is an auditor's sample (grantline sample) that must be
 	// the one its seed and size draw from the package's population.
 	Sample *format.Sample
+	// RequireComplete fails a package that does not prove, for every
+	// subject whose entries it includes, that none of the subject's entries
+	// at the checkpoint is missing (Report.Kind KindAll or
+	// KindSubjectsComplete); the failure wraps ErrIncomplete.
+	RequireComplete bool
 }
+
+// Kind is what a package proves about the chains it includes
+// (docs/completeness.md). Its value is what grantline verify prints.
+type Kind string
+
+const (
+	// KindAll: every entry of the tree is present, so every chain is
+	// complete by construction.
+	KindAll Kind = "all entries"
+	// KindSubjectsComplete: each included subject's chain is proven
+	// complete against a subject map committed into the log (designed in
+	// docs/completeness.md; no exporter produces it yet).
+	KindSubjectsComplete Kind = "subjects proven complete"
+	// KindSelected: selected entries; a signer holding the evidence key
+	// could have left out an entry that changes no finding.
+	KindSelected Kind = "selected entries without a completeness claim"
+)
+
+// ErrIncomplete is wrapped by the CheckError of Options.RequireComplete
+// when the package does not prove completeness.
+var ErrIncomplete = errors.New("the package does not prove that the chains it covers are complete")
 
 // Check is one passed check.
 type Check struct {
@@ -93,8 +120,13 @@ type Report struct {
 	Entries  uint64
 	Subjects int
 	Findings int
+	Kind     Kind // what the package proves about completeness
 	Checks   []Check
 }
+
+// Complete reports whether the package proves completeness for every
+// subject it covers.
+func (r *Report) Complete() bool { return r.Kind == KindAll || r.Kind == KindSubjectsComplete }
 
 // CheckError is a failed check: the file, the check, and why.
 type CheckError struct {
@@ -201,7 +233,24 @@ func (v *verifier) run(ctx context.Context, keys Keys) error {
 	if err := v.checkPopulation(ctx, doc); err != nil {
 		return err
 	}
-	return v.checkAssessment()
+	if err := v.checkAssessment(); err != nil {
+		return err
+	}
+	return v.checkComplete()
+}
+
+// checkComplete states the package's kind, and with
+// Options.RequireComplete refuses one that does not prove completeness.
+func (v *verifier) checkComplete() error {
+	if v.opts.RequireComplete && !v.rep.Complete() {
+		return &CheckError{File: format.FileFindings, Check: "completeness required", Err: fmt.Errorf(
+			"%w: %w: the package holds %s (%d of %d entries); export it with --all (or, once built, --subject ID for each subject) to prove completeness",
+			ErrVerification, ErrIncomplete, v.rep.Kind, v.rep.Entries, v.rep.Size)}
+	}
+	if v.rep.Complete() {
+		v.pass(format.FileFindings, "completeness", "%s: no entry of an included subject is missing at size %d", v.rep.Kind, v.rep.Size)
+	}
+	return nil
 }
 
 // checkFiles lists the package and hashes every file.
@@ -419,6 +468,8 @@ type entryBatch struct {
 type checkedEntry struct {
 	index   uint64
 	leaf    []byte
+	hash    []byte // the RFC 6962 leaf hash
+	proved  bool   // by its own inclusion proof; else only the recomputed root proves it
 	subject string
 	eventID string
 	err     error
@@ -453,6 +504,12 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 	v.chains = map[string][]stored{}
 	v.events = map[uint64]string{}
 	var count, next uint64
+	// Every leaf from index 0 on, while the lines are 0, 1, 2, ...: when
+	// they are the whole tree, the root recomputed from them proves every
+	// line, and lines may then omit their proofs.
+	rng := (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
+	contiguous := true
+	var firstUnproved uint64 // line number of the first line without a proof
 	collect := func(b *entryBatch) error {
 		for i, c := range b.out {
 			lineNo := b.firstLine + uint64(i)
@@ -463,6 +520,14 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 				return fail(file, "entry order", "line %d (index %d): indexes must be strictly ascending (previous index %d)", lineNo, c.index, next-1)
 			}
 			next = c.index + 1
+			if !c.proved && firstUnproved == 0 {
+				firstUnproved = lineNo
+			}
+			if contiguous = contiguous && c.index == count; contiguous {
+				if err := rng.Append(c.hash, nil); err != nil {
+					return err
+				}
+			}
 			v.chains[c.subject] = append(v.chains[c.subject], stored{index: c.index, leaf: c.leaf})
 			v.events[c.index] = c.eventID
 			count++
@@ -474,6 +539,19 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 	}
 	v.rep.Entries = count
 	v.rep.Subjects = len(v.chains)
+	if firstUnproved != 0 {
+		if !contiguous || count != v.cp.Size {
+			return fail(file, "inclusion proof", "line %d has no inclusion proof; only a package of every entry (0..%d, in order) may omit them, and this one has %d lines", firstUnproved, v.cp.Size-1, count)
+		}
+		root, err := rng.GetRootHash(nil)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(root, v.cp.Root[:]) {
+			return fail(file, "tree recomputed", "the %d leaves hash to root %x, the checkpoint's root is %x", count, root, v.cp.Root[:])
+		}
+		v.pass(file, "tree recomputed", "every entry 0..%d present; their leaves hash to the checkpoint's root", count-1)
+	}
 	v.pass(file, "inclusion proofs", "%d entries of %d subjects, each in the tree of size %d", count, len(v.chains), v.cp.Size)
 	v.pass(file, "events match leaves", "%d events equal their decoded leaves", count)
 	return nil
@@ -537,8 +615,13 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 		return checkedEntry{err: fail(file, "inclusion proof", "%s: index outside the checkpoint's tree of size %d", where, v.cp.Size)}
 	}
 	lh := rfc6962.DefaultHasher.HashLeaf(e.Leaf)
-	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, e.Index, v.cp.Size, lh, e.InclusionProof, v.cp.Root[:]); err != nil {
-		return checkedEntry{err: fail(file, "inclusion proof", "%s: the leaf is not in the checkpoint's tree: %v", where, err)}
+	// A line without a proof is proven only by the root recomputed from
+	// every leaf (checkEntries); in a tree of one leaf the proof is empty.
+	proved := len(e.InclusionProof) > 0 || v.cp.Size == 1
+	if proved {
+		if err := proof.VerifyInclusion(rfc6962.DefaultHasher, e.Index, v.cp.Size, lh, e.InclusionProof, v.cp.Root[:]); err != nil {
+			return checkedEntry{err: fail(file, "inclusion proof", "%s: the leaf is not in the checkpoint's tree: %v", where, err)}
+		}
 	}
 	ent, err := event.DecodeLeaf(e.Leaf)
 	if err != nil {
@@ -551,7 +634,7 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 	if !proto.Equal(&shown, ent.GetEvent()) {
 		return checkedEntry{err: fail(file, "event matches leaf", "%s: \"event\" differs from the event decoded from \"leaf\"", where)}
 	}
-	return checkedEntry{index: e.Index, leaf: e.Leaf, subject: ent.GetEvent().GetSubject().GetId(), eventID: ent.GetEvent().GetId()}
+	return checkedEntry{index: e.Index, leaf: e.Leaf, hash: lh, proved: proved, subject: ent.GetEvent().GetSubject().GetId(), eventID: ent.GetEvent().GetId()}
 }
 
 // ParseFindings parses findings.json strictly.
@@ -589,6 +672,12 @@ func (v *verifier) checkFindings() (*format.Findings, error) {
 	if doc.All && v.rep.Entries != v.cp.Size {
 		return nil, fail(format.FileEntries, "all entries present", "findings.json says the package holds every entry, but entries.jsonl has %d of %d", v.rep.Entries, v.cp.Size)
 	}
+	// Entries are strictly ascending below the size, so as many as the
+	// size are exactly 0..size-1.
+	v.rep.Kind = KindSelected
+	if doc.All {
+		v.rep.Kind = KindAll
+	}
 	for _, r := range doc.Rules {
 		sum := sha256.Sum256([]byte(r.Text))
 		if got := hex.EncodeToString(sum[:]); got != r.SHA256 {
@@ -624,7 +713,11 @@ func (v *verifier) Chain(_ context.Context, subject string) ([]rules.Entry, erro
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, rules.Entry{Index: s.index, Event: ent.GetEvent()})
+		var observed time.Time
+		if ent.GetObservedTime() != nil {
+			observed = ent.GetObservedTime().AsTime()
+		}
+		out = append(out, rules.Entry{Index: s.index, Event: ent.GetEvent(), Observed: observed})
 	}
 	return out, nil
 }

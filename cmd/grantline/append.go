@@ -7,8 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +18,8 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/grantline/grantline/ingest/client"
+	"github.com/grantline/grantline/ingest/source"
+	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -23,8 +27,8 @@ import (
 func init() {
 	register(&command{
 		name:    "append",
-		usage:   "[--server URL --token T] [--batch N] [--streams K] FILE.jsonl|- ...",
-		summary: "stream events (JSON lines) to a server over AppendStream and report what was stored",
+		usage:   "[--server URL --token T] [--batch N] [--streams K] [--format NAME --source SYSTEM] FILE|- ...",
+		summary: "stream events (JSON lines, or vendor records with --format) to a server over AppendStream and report what was stored",
 		run:     runAppendCmd,
 	})
 }
@@ -48,7 +52,13 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.IntVar(&cfg.Retries, "retries", 8, "consecutive retries of a stream refused with ResourceExhausted or Unavailable before giving up")
 	fs.DurationVar(&cfg.RetryFor, "retry-for", defaultRetryFor, "give up when the server has been unreachable or refusing with ResourceExhausted for this long")
 	quiet := fs.Bool("quiet", false, "no progress display even on a terminal")
+	formatName := fs.String("format", "", "read vendor records of this format (grantline adapters lists them; docs/sources.md) instead of Grantline JSON lines")
+	system := fs.String("source", "", "with --format: the source.system of every event made (the name your token may send)")
 	files, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	format, err := sourceFormat(*formatName, *system)
 	if err != nil {
 		return err
 	}
@@ -72,6 +82,7 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		in.format, in.system = format, *system
 		inputs = append(inputs, in)
 	}
 	defer func() {
@@ -86,6 +97,7 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		in.reportRecords(env.stderr)
 		total += n
 		if nbad > 0 {
 			bad = true
@@ -127,8 +139,15 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		defer notifyMu.Unlock()
 		fmt.Fprintf(env.stderr, "grantline append: %s\n", msg)
 	}
-	err = client.AppendStream(ctx, cl.Ingest(), cfg.StreamOptions, batches, func(_ *client.Batch, resp *pb.AppendStreamResponse, _ time.Duration) {
+	var conflictsMu sync.Mutex
+	conflicts := map[uint64][]client.Conflict{} // by batch seq
+	err = client.AppendStream(ctx, cl.Ingest(), cfg.StreamOptions, batches, func(b *client.Batch, resp *pb.AppendStreamResponse, _ time.Duration) {
 		st.Add(resp)
+		if c := client.Conflicts(b, resp); len(c) > 0 {
+			conflictsMu.Lock()
+			conflicts[b.Seq] = c
+			conflictsMu.Unlock()
+		}
 		prog.set(st.Acked.Load())
 	})
 	prog.done()
@@ -137,11 +156,23 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		return rerr
 	}
 	acked := st.Acked.Load()
+	nconflict := st.Conflict.Load()
 	// The tree size is known only from an acknowledgement: print no
 	// summary (and no size) when nothing was acknowledged.
 	if acked > 0 {
-		fmt.Fprintf(env.stdout, "appended %d events: %d new, %d duplicate (tree size %d)\n",
-			acked, st.Fresh.Load(), st.Dup.Load(), st.TreeSize.Load())
+		conflictNote := ""
+		if nconflict > 0 {
+			conflictNote = fmt.Sprintf(", %d conflicting", nconflict)
+		}
+		fmt.Fprintf(env.stdout, "appended %d events: %d new, %d duplicate%s (tree size %d)\n",
+			acked, st.Fresh.Load(), st.Dup.Load(), conflictNote, st.TreeSize.Load())
+	}
+	// In input order: batches are numbered in input order.
+	for _, seq := range slices.Sorted(maps.Keys(conflicts)) {
+		for _, c := range conflicts[seq] {
+			fmt.Fprintf(env.stderr, "%s: conflict: %s is already stored at index %d with other content; this event was not stored (send a new id for a new event)\n",
+				c.Where, textsafe.Quote(c.SourceID), c.Index)
+		}
 	}
 	if err != nil {
 		lost := "nothing was appended"
@@ -152,6 +183,9 @@ func runAppendCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if acked != uint64(total) {
 		return &exitError{code: 1, msg: fmt.Sprintf("%d of %d events not acknowledged", uint64(total)-acked, total)}
+	}
+	if nconflict > 0 {
+		return &exitError{code: 1, msg: fmt.Sprintf("%d of %d events conflict with stored events (listed above) and were not stored", nconflict, total)}
 	}
 	return nil
 }
@@ -173,6 +207,11 @@ type inputFile struct {
 	name string
 	f    *os.File      // nil for stdin
 	mem  *bytes.Reader // stdin contents
+	// format, when set, reads vendor records (append_format.go) whose
+	// events get source.system = system.
+	format            *source.Format
+	system            string
+	records, unmapped int // of the last read, for --format inputs
 }
 
 func openInput(name string, stdin io.Reader, stdinUsed *bool) (*inputFile, error) {
@@ -216,6 +255,9 @@ func (in *inputFile) eachEvent(fn func(line int, ev *pb.Event, lerr error) error
 	r, err := in.rewind()
 	if err != nil {
 		return err
+	}
+	if in.format != nil {
+		return in.eachRecordEvent(r, fn)
 	}
 	return client.ReadEvents(in.name, r, fn)
 }

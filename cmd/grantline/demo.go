@@ -329,7 +329,9 @@ func demoStream(ctx context.Context, url, token string, evs []*pb.Event, st *cli
 		in <- &client.Batch{Seq: seq, Events: evs[i:min(i+size, len(evs))], Where: fmt.Sprintf("event %d", i+1)}
 	}
 	close(in)
-	return client.AppendStream(ctx, cl.Ingest(), client.StreamOptions{Streams: 1, Window: defaultWindow, Retries: 8}, in,
+	// One batch in flight: the ledger then keeps each source's events in the
+	// order sent, which backdated-closure relies on (docs/rules.md).
+	return client.AppendStream(ctx, cl.Ingest(), client.StreamOptions{Streams: 1, Window: 1, Retries: 8}, in,
 		func(_ *client.Batch, resp *pb.AppendStreamResponse, _ time.Duration) { st.Add(resp) })
 }
 

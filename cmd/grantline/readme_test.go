@@ -116,9 +116,12 @@ func readmeScript(lines []string, blocks []readmeBlock, port string) (string, []
 			script[n-1] = l
 		}
 	}
-	// Line 1 is the title, never a command: the prelude goes there.
+	// Line 1 is the title, never a command: the prelude goes there. A server
+	// is ready when it answers HTTP, not when its port accepts connections:
+	// serve listens before it writes its data directory (a taken port must
+	// leave nothing behind), so admin.token appears only just before it answers.
 	script[0] = `set -eE -o pipefail; trap 'echo "README.md:$LINENO: exit $?: $BASH_COMMAND" >&2' ERR; ` +
-		`__wait_ready() { for i in $(seq 600); do if (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null; then return 0; fi; ` +
+		`__wait_ready() { for i in $(seq 600); do if (exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && read -t 2 -r l <&3 && [ -n "$l" ]) 2>/dev/null; then return 0; fi; ` +
 		`if ! kill -0 $(cat .serve.pid) 2>/dev/null; then echo "the server exited:" >&2; cat serve.log >&2; return 1; fi; sleep 0.05; done; ` +
 		`echo "the server did not listen within 30s" >&2; cat serve.log >&2; return 1; }`
 	return strings.Join(script, "\n") + "\n", skips, servers
@@ -367,7 +370,7 @@ func TestREADMEGoClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close(context.WithoutCancel(t.Context()))
-	for _, want := range []string{"index 0 duplicate false", "index 0 duplicate true"} {
+	for _, want := range []string{"index 0 duplicate false conflict false", "index 0 duplicate true conflict false"} {
 		run := exec.CommandContext(t.Context(), filepath.Join(dir, "client"))
 		run.Env = append(os.Environ(), "GRANTLINE_SERVER="+srv.URL, "GRANTLINE_TOKEN="+srv.AdminToken)
 		out, err := run.CombinedOutput()

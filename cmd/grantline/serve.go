@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger/checkpoint"
@@ -35,14 +34,15 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "HOST:PORT to listen on")
 	fs.StringVar(&cfg.ParamsFile, "params", "", "YAML file overriding rule params (e.g. jit_grace: 30m)")
 	fs.StringVar(&cfg.RulesDir, "rules", "", "directory of extra rule files; a file with a built-in's id replaces it")
+	fs.StringVar(&cfg.SSFTransmitters, "ssf-transmitters", "", "JSON file of Shared Signals transmitters (issuer, audience, system, jwks); serves POST /v1/ssf/events")
 	fs.StringVar(&cfg.Origin, "origin", "", "checkpoint origin of a new log (default "+datadir.DefaultOrigin+"); later starts use the one in DATA/keys/log.vkey")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate chain; serve HTTPS (with --tls-key)")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.Algorithm, "alg", string(checkpoint.Ed25519), "algorithm of a new log key: ed25519 or ecdsa-p256")
 	fs.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without a token")
 	fs.StringVar(&cfg.WitnessPolicy, "witness-policy", "", "witness policy file: send checkpoints to its witnesses, serve the newest witnessed one (docs/witnessing.md)")
-	fs.DurationVar(&cfg.StreamIdleTimeout, "stream-idle-timeout", ingest.DefaultStreamIdleTimeout, "close an AppendStream on which no message arrived for this long (clients reconnect)")
-	fs.DurationVar(&cfg.StreamMaxLifetime, "stream-max-lifetime", ingest.DefaultStreamMaxLifetime, "close an AppendStream this long after it opened (clients reconnect; a revoked token stops at once regardless)")
+	fs.DurationVar(&cfg.StreamIdleTimeout, "stream-idle-timeout", server.DefaultStreamIdleTimeout, "close an AppendStream on which no message arrived for this long (clients reconnect)")
+	fs.DurationVar(&cfg.StreamMaxLifetime, "stream-max-lifetime", server.DefaultStreamMaxLifetime, "close an AppendStream this long after it opened (clients reconnect; a revoked token stops at once regardless)")
 	fs.BoolVar(&cfg.Init, "init", false, "start a new, empty log under the existing keys in DATA/keys when DATA/ledger holds none (never overwrites a log; see docs/operations.md)")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")

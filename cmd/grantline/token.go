@@ -50,8 +50,9 @@ func init() {
 // tokenVerbUsage is each token sub-command's usage line: only its flags.
 var tokenVerbUsage = map[string]string{
 	"add":    "--data DIR --name NAME --role source|auditor|admin",
+	"rotate": "--data DIR --name NAME [--revoke-after DURATION]",
 	"list":   "--data DIR [--json]",
-	"revoke": "--data DIR --name NAME",
+	"revoke": "--data DIR --name NAME | --token-id ID",
 }
 
 func runToken(ctx context.Context, env *cmdEnv, args []string) error {
@@ -66,7 +67,7 @@ func runToken(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	usage, ok := tokenVerbUsage[verb]
 	if !ok {
-		return &exitError{code: 2, msg: fmt.Sprintf("unknown sub-command %q: want add, list or revoke", verb)}
+		return &exitError{code: 2, msg: fmt.Sprintf("unknown sub-command %q: want add, rotate, list or revoke", verb)}
 	}
 	flags := newFlagSet(env, &command{name: "token " + verb, usage: usage, summary: c.summary})
 	data := flags.String("data", defaultDataDir, "data directory of the server")

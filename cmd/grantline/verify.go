@@ -18,7 +18,7 @@ import (
 func init() {
 	register(&command{
 		name:    "verify",
-		usage:   "DIR|FILE.tar.gz --log-key FILE --evidence-key FILE [--since OLD_CHECKPOINT] [--witness-policy FILE] [--sample sample.json] [--quiet]",
+		usage:   "DIR|FILE.tar.gz --log-key FILE --evidence-key FILE [--since OLD_CHECKPOINT] [--witness-policy FILE] [--require-complete] [--sample sample.json] [--quiet]",
 		summary: "verify an evidence package offline: signatures, digests, inclusion proofs, and the findings re-derived",
 		run:     runVerifyCmd,
 	})
@@ -33,6 +33,7 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		quiet       = fs.Bool("quiet", false, "print only the verdict")
 		sampleFile  = fs.String("sample", "", "an auditor's sample (grantline sample): check it is the one its seed draws from the package's population")
 		policyFile  = fs.String("witness-policy", "", "witness policy file: require the checkpoint to carry cosignatures from its quorum (docs/witnessing.md)")
+		complete    = fs.Bool("require-complete", false, "fail unless the package proves that no entry of the subjects it covers is missing (docs/completeness.md)")
 	)
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
@@ -54,7 +55,7 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return &exitError{code: 2, msg: fmt.Sprintf("--evidence-key: %v", err)}
 	}
-	opts := verify.Options{}
+	opts := verify.Options{RequireComplete: *complete}
 	if *since != "" {
 		if opts.Since, err = os.ReadFile(*since); err != nil {
 			return &exitError{code: 2, msg: fmt.Sprintf("--since: %v", err)}
@@ -107,7 +108,7 @@ func runVerifyCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if !rep.From.IsZero() {
 		when = "over the period " + rep.From.Format(time.RFC3339) + " to " + rep.AsOf.Format(time.RFC3339)
 	}
-	fmt.Fprintf(env.stdout, "verified %s: %d checks passed in %s; checkpoint %s size %d, %d entries, %d findings reproduced %s\n",
-		textsafe.Quote(rest[0]), len(rep.Checks), time.Since(start).Round(time.Millisecond), textsafe.Quote(rep.Origin), rep.Size, rep.Entries, rep.Findings, when)
+	fmt.Fprintf(env.stdout, "verified %s: %d checks passed in %s; checkpoint %s size %d, %d entries, %d findings reproduced %s; package: %s\n",
+		textsafe.Quote(rest[0]), len(rep.Checks), time.Since(start).Round(time.Millisecond), textsafe.Quote(rep.Origin), rep.Size, rep.Entries, rep.Findings, when, rep.Kind)
 	return nil
 }

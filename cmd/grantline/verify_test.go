@@ -86,6 +86,12 @@ func TestVerifyCommand(t *testing.T) {
 			return sampleArgs(filepath.Join(evidenceTestdata, "sample"), "--since", filepath.Join(evidenceTestdata, "checkpoint-100"))
 		}, 0, []string{"consistency proof", "verified "}, nil},
 		{"quiet", func(t *testing.T) []string { return sampleArgs(filepath.Join(evidenceTestdata, "sample"), "--quiet") }, 0, []string{"verified "}, nil},
+		{"kind of a selective package", func(t *testing.T) []string { return sampleArgs(filepath.Join(evidenceTestdata, "sample"), "--quiet") }, 0,
+			[]string{"package: selected entries without a completeness claim\n"}, nil},
+		{"require-complete on a selective package", func(t *testing.T) []string {
+			return sampleArgs(filepath.Join(evidenceTestdata, "sample"), "--require-complete")
+		}, 1, []string{"FAIL  findings.json", "completeness required", "selected entries without a completeness claim", "--all"},
+			[]string{"completeness required failed"}},
 		{"altered byte", func(t *testing.T) []string {
 			dir := copySample(t)
 			p := filepath.Join(dir, "entries.jsonl")

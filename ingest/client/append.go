@@ -29,27 +29,67 @@ type Batch struct {
 	Seq    uint64 // unique per AppendStream call, increasing
 	Events []*pb.Event
 	Where  string // where the first event came from (e.g. "FILE:LINE"), for error messages
+	// Origins, when set, says where each event came from (Origins[i] for
+	// Events[i]), so that a caller can name the events the server
+	// answered with a conflict (see Conflicts). Packer sets it.
+	Origins []string
+}
+
+// Conflict is an event the server answered with a conflict: its
+// (source.system, id) is stored with other content at Index, and nothing
+// was stored for it.
+type Conflict struct {
+	Where    string // Batch.Origins[i], or "Batch.Where event i+1" without origins
+	SourceID string // source.system and id, as "system/id"
+	Index    uint64 // the stored entry's index
+	LeafHash []byte // the stored entry's leaf hash
+}
+
+// Conflicts returns the events of b that resp, b's acknowledgement,
+// answered with a conflict, in batch order.
+func Conflicts(b *Batch, resp *pb.AppendStreamResponse) []Conflict {
+	var out []Conflict
+	for i, r := range resp.GetResults() {
+		if !r.GetConflict() || i >= len(b.Events) {
+			continue
+		}
+		where := fmt.Sprintf("%s event %d", b.Where, i+1)
+		if i < len(b.Origins) {
+			where = b.Origins[i]
+		}
+		ev := b.Events[i]
+		out = append(out, Conflict{
+			Where: where, SourceID: ev.GetSource().GetSystem() + "/" + ev.GetId(),
+			Index: r.GetIndex(), LeafHash: r.GetLeafHash(),
+		})
+	}
+	return out
 }
 
 // Stats counts acknowledged events: Acked in all, Fresh newly stored, Dup
-// already stored (sent before), and the largest TreeSize acknowledged. Safe
-// for concurrent use; the zero value is ready.
+// already stored with the same content (sent before), Conflict already
+// stored with other content (not stored; see Conflicts), and the largest
+// TreeSize acknowledged. Safe for concurrent use; the zero value is ready.
 type Stats struct {
-	Acked, Fresh, Dup, TreeSize atomic.Uint64
+	Acked, Fresh, Dup, Conflict, TreeSize atomic.Uint64
 }
 
 // Add counts one acknowledgement.
 func (s *Stats) Add(resp *pb.AppendStreamResponse) {
-	var d uint64
+	var d, c uint64
 	for _, r := range resp.GetResults() {
-		if r.GetDuplicate() {
+		switch {
+		case r.GetDuplicate():
 			d++
+		case r.GetConflict():
+			c++
 		}
 	}
 	n := uint64(len(resp.GetResults()))
 	s.Acked.Add(n)
 	s.Dup.Add(d)
-	s.Fresh.Add(n - d)
+	s.Conflict.Add(c)
+	s.Fresh.Add(n - d - c)
 	for {
 		cur := s.TreeSize.Load()
 		if resp.GetTreeSize() <= cur || s.TreeSize.CompareAndSwap(cur, resp.GetTreeSize()) {

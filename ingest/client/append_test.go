@@ -63,6 +63,44 @@ func TestRetryDelay(t *testing.T) {
 	}
 }
 
+func TestStatsAndConflicts(t *testing.T) {
+	ev := func(id string) *pb.Event { return &pb.Event{Id: id, Source: &pb.Source{System: "okta"}} }
+	tests := []struct {
+		name string
+		b    *Batch
+		res  []*pb.AppendResult
+		want []Conflict
+		dup  uint64
+	}{
+		{"none", &Batch{Events: []*pb.Event{ev("a")}, Origins: []string{"f:1"}},
+			[]*pb.AppendResult{{Index: 0}}, nil, 0},
+		{"with origins", &Batch{Events: []*pb.Event{ev("a"), ev("b"), ev("c")}, Origins: []string{"f:1", "f:3", "f:4"}},
+			[]*pb.AppendResult{{Index: 9, Duplicate: true}, {Index: 2, LeafHash: []byte{1}, Conflict: true}, {Index: 10}},
+			[]Conflict{{Where: "f:3", SourceID: "okta/b", Index: 2, LeafHash: []byte{1}}}, 1},
+		{"without origins", &Batch{Where: "event 5", Events: []*pb.Event{ev("a"), ev("b")}},
+			[]*pb.AppendResult{{Index: 1}, {Index: 0, Conflict: true}},
+			[]Conflict{{Where: "event 5 event 2", SourceID: "okta/b", Index: 0}}, 0},
+	}
+	for _, tt := range tests {
+		resp := &pb.AppendStreamResponse{Results: tt.res, TreeSize: 11}
+		got := Conflicts(tt.b, resp)
+		if len(got) != len(tt.want) {
+			t.Fatalf("%s: Conflicts = %+v, want %+v", tt.name, got, tt.want)
+		}
+		for i := range got {
+			if got[i].Where != tt.want[i].Where || got[i].SourceID != tt.want[i].SourceID || got[i].Index != tt.want[i].Index || string(got[i].LeafHash) != string(tt.want[i].LeafHash) {
+				t.Errorf("%s: Conflicts[%d] = %+v, want %+v", tt.name, i, got[i], tt.want[i])
+			}
+		}
+		var st Stats
+		st.Add(resp)
+		c := uint64(len(tt.want))
+		if st.Acked.Load() != uint64(len(tt.res)) || st.Conflict.Load() != c || st.Dup.Load() != tt.dup || st.Fresh.Load() != uint64(len(tt.res))-c-tt.dup {
+			t.Errorf("%s: Stats = acked %d fresh %d dup %d conflict %d", tt.name, st.Acked.Load(), st.Fresh.Load(), st.Dup.Load(), st.Conflict.Load())
+		}
+	}
+}
+
 // TestAppendStreamRetryFor: with nothing listening, AppendStream retries
 // Unavailable, says when it will give up, and gives up after RetryFor even
 // though Retries would allow many more attempts.

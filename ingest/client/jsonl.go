@@ -94,6 +94,7 @@ func (p *Packer) Add(ctx context.Context, where string, ev *pb.Event) error {
 		p.cur.Where = where
 	}
 	p.cur.Events = append(p.cur.Events, ev)
+	p.cur.Origins = append(p.cur.Origins, where)
 	p.bytes += proto.Size(ev)
 	if len(p.cur.Events) >= p.n || p.bytes >= MaxBatchBytes {
 		p.bytes = 0
@@ -112,7 +113,7 @@ func (p *Packer) Flush(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	p.cur = &Batch{Seq: p.cur.Seq + 1, Events: make([]*pb.Event, 0, p.n)}
+	p.cur = &Batch{Seq: p.cur.Seq + 1, Events: make([]*pb.Event, 0, p.n), Origins: make([]string, 0, p.n)}
 	return nil
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/grantline/grantline/ingest"
+	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
@@ -52,6 +53,9 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// SSFTransmitters is a JSON file of Shared Signals transmitters
+	// (docs/sources.md, "Shared Signals"); "" serves no SET receiver.
+	SSFTransmitters string
 	// StreamIdleTimeout and StreamMaxLifetime bound an AppendStream (0: the
 	// ingest package's defaults, 5m and 1h).
 	StreamIdleTimeout, StreamMaxLifetime time.Duration
@@ -76,6 +80,12 @@ type Config struct {
 // node took the PostgreSQL sequencing lease over (this node was paused or cut
 // off for longer than the lease lasts). Restarting rejoins as a standby.
 var ErrLeaseLost = errors.New("another node took over sequencing the log")
+
+// The stream limits a server applies unless Config sets others.
+const (
+	DefaultStreamIdleTimeout = ingest.DefaultStreamIdleTimeout
+	DefaultStreamMaxLifetime = ingest.DefaultStreamMaxLifetime
+)
 
 // Server is a started server.
 type Server struct {
@@ -137,6 +147,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	set, paramsYAML, err := loadRuleSet(cfg.RulesDir, cfg.ParamsFile)
 	if err != nil {
 		return nil, err
+	}
+	var rcv *ssf.Receiver
+	if cfg.SSFTransmitters != "" {
+		ts, err := ssf.LoadTransmitters(cfg.SSFTransmitters)
+		if err == nil {
+			rcv, err = ssf.NewReceiver(ts)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: --ssf-transmitters: %w", ErrConfig, err)
+		}
 	}
 	var policy *witness.Policy
 	if cfg.WitnessPolicy != "" {
@@ -206,7 +226,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	icfg := ingest.Config{
 		Ledger: l, Auth: dd.Tokens, Evaluator: set,
 		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
-		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg,
+		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg, SSF: rcv,
 		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
 	}
 	var wit *witness.Witnesser

@@ -344,9 +344,10 @@ func (g *gen) standingSessions(h *human, gr *grant) {
 }
 
 func (g *gen) mfa() *bool {
-	if g.chance(0.2) {
-		return nil // not recorded by this connector
-	}
+	// The connector records MFA on every session: an unrecorded one is a
+	// finding (privileged-session-mfa-unrecorded), planted on its own. The
+	// draw is kept so that the rest of the organisation stays the same.
+	_ = g.chance(0.2)
 	return tr(true)
 }
 
@@ -641,6 +642,7 @@ func (g *gen) nonHuman(n *nhi) {
 	cred := g.ref("CRED")
 	t := n.created.Add(3 * time.Hour)
 	last := g.ev(SourcePAM, "credential.created", t, n.identityAt(t))
+	last.ExpiresAt = ts(t.Add(year))
 	last.Refs.Credential = cred
 	last.Attributes = map[string]string{"credential_type": pick(g, []string{"api-key", "client-secret", "ssh-key"})}
 	stop := g.asOf.Add(-time.Hour)
@@ -687,6 +689,7 @@ func (g *gen) vault(v *nhi) {
 	c.Attributes = map[string]string{"platform": v.app, "safe": "prod-" + v.app}
 	cred := g.ref("CRED")
 	cr := g.ev(SourcePAM, "credential.created", v.created.Add(time.Hour), v.identityAt(v.created))
+	cr.ExpiresAt = ts(v.created.Add(time.Hour + year))
 	cr.Refs.Credential = cred
 	lastRot := v.created.Add(time.Hour)
 	users := g.filter(func(h *human) bool { return h.priv })

@@ -46,7 +46,9 @@ const (
 var Rules = []string{rApprovalNoRevocation, rStanding, rOverstayed, rJITOutlived, rActivityAfterOff,
 	rLeaverRetained, rSessionNoApproval, rApprovalAfterExpiry, rSelfApproval, rSoD, rBreakglass,
 	rRotationOverdue, rCheckoutNotRotated, rNoMFA, rReviewOverdue, rReviewNotEnforced, rDormant,
-	rMoverRetained, rOrphanedNHI}
+	rMoverRetained, rOrphanedNHI, rBackdated, rForeign, rGrantNoApproval, rNotIndependent, rInactive,
+	rAccountRetained, rSharedCred, rNHIInteractive, rBreakglassRetained, rBreakglassCred,
+	rThirdParty, rMFAUnrecorded, rNHINoOwner, rNHIOwnerMoved, rSecretNoExpiry}
 
 // Generate builds the organisation described by cfg. It fails only for an
 // invalid Config (ErrConfig, naming the field and the accepted range). It is
@@ -77,6 +79,7 @@ func Generate(cfg Config) (*Org, error) {
 	for _, v := range g.vaulted {
 		g.vault(v)
 	}
+	g.round2Plants()
 	return g.finish()
 }
 
@@ -87,6 +90,7 @@ type gen struct {
 	campaigns   []time.Time
 
 	evs    []*pb.Event
+	late   []*pb.Event // reported after every other event (backdated-closure plants)
 	plants []plant
 	ids    map[string]int // ref counters by prefix
 
@@ -174,6 +178,13 @@ func (g *gen) finish() (*Org, error) {
 		ks[i] = keyed{e, i}
 	}
 	slices.SortStableFunc(ks, func(a, b keyed) int {
+		// A late event comes after every other, whatever its time.
+		if la, lb := slices.Contains(g.late, a.e), slices.Contains(g.late, b.e); la != lb {
+			if la {
+				return 1
+			}
+			return -1
+		}
 		if c := a.e.GetTime().AsTime().Compare(b.e.GetTime().AsTime()); c != 0 {
 			return c
 		}

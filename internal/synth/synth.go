@@ -5,7 +5,9 @@
 // approvals, just-in-time grants, sessions, reviews, movers, leavers,
 // credential checkouts and rotations, break-glass). The organisation is
 // mostly clean, with a configurable share of each failure the 19 built-in
-// rules (rules/catalog) describe planted in it; Org.Planted lists every
+// rules of round 1 (rules/catalog) describe planted in it, and one plant of
+// each rule added in round 2 on identities of its own (round2.go, "r2."
+// and "r2-" ids); Org.Planted lists every
 // planted finding, so tests can check that evaluating at Org.AsOf finds
 // exactly those (see the rulecheck subpackage). The same Config always yields
 // the same events, byte for byte (math/rand/v2 PCG seeded from Config.Seed).

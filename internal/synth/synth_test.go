@@ -16,6 +16,7 @@ import (
 
 	"github.com/grantline/grantline/internal/synth"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	catalog "github.com/grantline/grantline/rules"
 )
 
 // vocabulary is docs/design.md's closed type vocabulary, written out again here
@@ -25,9 +26,9 @@ identity.terminated access.requested access.approved access.denied access.revoke
 review.certified review.revoked grant.assigned grant.activated grant.deactivated grant.removed
 grant.expired session.started session.ended session.revoked credential.created
 credential.checked_out credential.checked_in credential.rotated credential.revoked
-breakglass.invoked breakglass.reviewed`)
+breakglass.invoked breakglass.reviewed auth.succeeded account.created account.disabled`)
 
-var kinds = []string{"human", "service_account", "workload", "bot", "system"}
+var kinds = []string{"human", "service_account", "workload", "bot", "system", "vendor", "contractor"}
 
 var tokenName = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
 
@@ -76,6 +77,17 @@ func TestEventsAreValid(t *testing.T) {
 			start = synth.DefaultStart
 		}
 		seen := map[string]bool{}
+		// Two plants break the organisation's habits on purpose: a closing
+		// event reported late (backdated-closure) and a bot with no owner.
+		late, ownerless := map[string]bool{}, map[string]bool{}
+		for _, p := range o.Planted {
+			switch p.Rule {
+			case "backdated-closure":
+				late[p.EventID] = true
+			case "nhi-without-owner":
+				ownerless[p.Subject] = true
+			}
+		}
 		var prev time.Time
 		for i, e := range o.Events {
 			where := func(format string, args ...any) {
@@ -98,13 +110,16 @@ func TestEventsAreValid(t *testing.T) {
 				where("no subject.id")
 			case !slices.Contains(kinds, e.GetSubject().GetKind()):
 				where("subject.kind %q", e.GetSubject().GetKind())
-			case e.GetSubject().GetKind() != "human" && e.GetSubject().GetOwnerId() == "":
+			case e.GetSubject().GetKind() != "human" && e.GetSubject().GetOwnerId() == "" && !ownerless[e.GetSubject().GetId()]:
 				where("non-human subject without owner_id")
 			case e.GetActor() != nil && !slices.Contains(kinds, e.GetActor().GetKind()):
 				where("actor.kind %q", e.GetActor().GetKind())
 			}
 			seen[key] = true
 			tm := e.GetTime().AsTime()
+			if late[e.GetId()] {
+				continue // reported late on purpose; the time checks below still apply to the rest
+			}
 			if tm.Before(prev) {
 				where("out of time order")
 			}
@@ -147,8 +162,12 @@ func TestCoversVocabularyAndRules(t *testing.T) {
 			t.Errorf("incomplete plant %+v", p)
 		}
 	}
-	if len(synth.Rules) != 19 {
-		t.Errorf("synth.Rules has %d rules, want the catalog's 19", len(synth.Rules))
+	builtin, err := catalog.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(synth.Rules) != len(builtin) {
+		t.Errorf("synth.Rules has %d rules, want the catalog's %d", len(synth.Rules), len(builtin))
 	}
 	for _, r := range synth.Rules {
 		if rules[r] == 0 {

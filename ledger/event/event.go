@@ -43,11 +43,13 @@ var types = map[string]bool{
 	"credential.created": true, "credential.checked_out": true, "credential.checked_in": true,
 	"credential.rotated": true, "credential.revoked": true,
 	"breakglass.invoked": true, "breakglass.reviewed": true,
+	"auth.succeeded": true, "account.created": true, "account.disabled": true,
 }
 
 // identityKinds are the values identity.kind may take (or empty).
 var identityKinds = map[string]bool{
 	"human": true, "service_account": true, "workload": true, "bot": true, "system": true,
+	"vendor": true, "contractor": true,
 }
 
 // IsType reports whether t is in the closed type vocabulary.

@@ -218,7 +218,7 @@ func (v *validator) identity(path string, id *pb.Identity, required bool) {
 	v.id(path+".id", id.GetId(), required)
 	v.bytes += len(id.GetKind()) + 8
 	if k := id.GetKind(); k != "" && !identityKinds[k] {
-		v.fail(path+".kind", fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot or system", Clip(k)))
+		v.fail(path+".kind", fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot, system, vendor or contractor", Clip(k)))
 	}
 	v.text(path+".display", id.GetDisplay(), MaxTextBytes)
 	v.id(path+".owner_id", id.GetOwnerId(), false)

@@ -309,9 +309,26 @@ func TestTakeoverWaitsForCommitInFlight(t *testing.T) {
 func TestCrashMidCommit(t *testing.T) {
 	url := newURL(t)
 	s := leader(t, url, Options{})
-	kill := func(after time.Duration) {
-		time.Sleep(after)
-		execSQL(t, url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT grantline_commit%' AND pid <> pg_backend_pid()")
+	// kill terminates the committing backend after a delay, in a goroutine
+	// whose end the caller waits for: it must not outlive the test (it
+	// reports through t).
+	kill := func(after time.Duration) (wait func()) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			time.Sleep(after)
+			// Not execSQL: t.Fatal may only be called from the test's goroutine.
+			conn, err := pgx.Connect(context.Background(), url)
+			if err != nil {
+				t.Errorf("connecting to kill the commit: %v", err)
+				return
+			}
+			defer conn.Close(context.Background())
+			if _, err := conn.Exec(context.Background(), "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT grantline_commit%' AND pid <> pg_backend_pid()"); err != nil {
+				t.Errorf("killing the commit: %v", err)
+			}
+		}()
+		return func() { <-done }
 	}
 	batch := func(gen, n int) ([][]byte, [][]byte) {
 		ks, vs := make([][]byte, n), make([][]byte, n)
@@ -331,8 +348,10 @@ func TestCrashMidCommit(t *testing.T) {
 	// Killed after every row was written, before the commit: nothing.
 	s.commitSQL = "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10), pg_sleep(2)"
 	ks, vs := batch(0, 1000)
-	go kill(500 * time.Millisecond)
-	if err := s.Commit(ks, vs); err == nil || errors.Is(err, ErrFenced) {
+	waitKill := kill(500 * time.Millisecond)
+	err := s.Commit(ks, vs)
+	waitKill()
+	if err == nil || errors.Is(err, ErrFenced) {
 		t.Fatalf("Commit whose connection was killed = %v, want a storage error", err)
 	}
 	if n := count(0); n != 0 {
@@ -343,8 +362,9 @@ func TestCrashMidCommit(t *testing.T) {
 	s.commitSQL = "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 	for gen, ms := range []int{10, 50, 100, 200, 400, 800, 1600} {
 		ks, vs := batch(gen+1, 20000)
-		go kill(time.Duration(ms) * time.Millisecond)
+		waitKill := kill(time.Duration(ms) * time.Millisecond)
 		err := s.Commit(ks, vs)
+		waitKill()
 		n := count(gen + 1)
 		t.Logf("kill after %d ms: commit error %v; %d entries present", ms, err, n)
 		if n != 0 && n != len(ks) {

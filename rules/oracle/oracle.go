@@ -6,6 +6,7 @@
 package oracle
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -42,6 +43,12 @@ type Params struct {
 	RevokeGrace, JITGrace, DeprovisionSLA, ReviewInterval, DormantAfter      time.Duration
 	MaxCredentialAge, MaxCheckout, BreakglassReviewWithin, MoverReviewWithin time.Duration
 	SoDPairs                                                                 [][2]string
+	// Round 2 (round2.go).
+	MaxBackdate, InactiveAfter, BreakglassRemoveWithin time.Duration
+	ClosingAuthorities                                 map[string][]string
+	// ExpiryEnforcedBy lists the source systems that end grants at
+	// expires_at themselves; grant-overstayed-expiry skips their grants.
+	ExpiryEnforcedBy []string
 }
 
 // Defaults are the defaults of docs/rules.md.
@@ -51,6 +58,7 @@ func Defaults() Params {
 		RevokeGrace: 15 * time.Minute, JITGrace: 15 * time.Minute, DeprovisionSLA: 24 * h,
 		ReviewInterval: 2160 * h, DormantAfter: 2160 * h, MaxCredentialAge: 2160 * h,
 		MaxCheckout: 8 * h, BreakglassReviewWithin: 72 * h, MoverReviewWithin: 720 * h,
+		MaxBackdate: 24 * h, InactiveAfter: 2160 * h, BreakglassRemoveWithin: 24 * h,
 	}
 }
 
@@ -244,12 +252,13 @@ func (c *chain) lapse(ge Entry, anchor string, d time.Duration) (window, bool) {
 	return best, found
 }
 
-// Evaluate runs all 19 rules over one subject's chain at now.
+// Evaluate runs every rule that reads one chain (all but backdated-closure,
+// see EvaluateLog) over one subject's chain at now.
 func Evaluate(subject string, es []Entry, now time.Time, p Params, owner Owner) []Finding {
 	return evaluate(subject, es, now, now, false, p, owner)
 }
 
-// EvaluatePeriod runs all 19 rules over [from, to]: the findings open at
+// EvaluatePeriod runs the same rules over [from, to]: the findings open at
 // some instant of it, exposure clipped to it.
 func EvaluatePeriod(subject string, es []Entry, from, to time.Time, p Params, owner Owner) []Finding {
 	return evaluate(subject, es, from, to, true, p, owner)
@@ -374,7 +383,7 @@ func evaluate(subject string, es []Entry, from, now time.Time, period bool, p Pa
 				add("standing-privilege", window{opened: tm(a), closing: c.firstEnd(g)}, a.Index)
 			}
 			// 3 grant-overstayed-expiry
-			if ev.GetExpiresAt() != nil {
+			if ev.GetExpiresAt() != nil && !slices.Contains(p.ExpiryEnforcedBy, ev.GetSource().GetSystem()) {
 				deadline := ev.GetExpiresAt().AsTime().Add(p.RevokeGrace)
 				if now.After(deadline) && !c.endedBy(g, deadline) {
 					late, ok := c.lateEnd(g, deadline)
@@ -669,7 +678,7 @@ func evaluate(subject string, es []Entry, from, now time.Time, period bool, p Pa
 	// owner is by definition the accountable human of a non-human identity.
 	// Each grant is cited once, with the owner's first termination after
 	// whose deadline it was still in force.
-	if kind != "human" && ownerID != "" && owner != nil {
+	if kind != "human" && ownerID != "" && ownerID != subject && owner != nil { // a self-owned subject has no owner chain (as the engine)
 		oc := sorted(owner(ownerID))
 		for _, g := range c.es {
 			if !isGrantEvent(g) {
@@ -688,6 +697,8 @@ func evaluate(subject string, es []Entry, from, now time.Time, period bool, p Pa
 			}
 		}
 	}
+
+	c.round2(func(rule string, w window, idx ...uint64) { add(rule, w, idx...) }, owner)
 
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Rule != out[j].Rule {

@@ -22,6 +22,7 @@ var vocabulary = []string{
 	"session.started", "session.ended", "session.revoked",
 	"credential.created", "credential.checked_out", "credential.checked_in", "credential.rotated", "credential.revoked",
 	"breakglass.invoked", "breakglass.reviewed",
+	"auth.succeeded", "account.created", "account.disabled",
 }
 
 // randomChains builds small adversarial chains: refs drawn from tiny pools so
@@ -35,7 +36,7 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 	ochains := map[string][]oracle.Entry{}
 	var idx uint64
 	for _, s := range subjects {
-		kind, owner := "human", ""
+		kind, owner := pick("human", "human", "vendor", "contractor"), ""
 		if s[:3] == "svc" {
 			kind = pick("service_account", "workload", "bot", "")
 			owner = pick("alice", "bob", "")
@@ -46,16 +47,17 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 				Id:     fmt.Sprintf("e%d", idx),
 				Type:   pick(vocabulary...),
 				Time:   timestamppb.New(when()),
-				Source: &pb.Source{System: "t"},
+				Source: &pb.Source{System: pick("t", "t", "u", "v", "pim")},
 				Subject: &pb.Identity{Id: s, Kind: kind,
 					OwnerId: owner},
-				Actor:       &pb.Identity{Id: pick("alice", "bob", "carol", s)},
-				Entitlement: &pb.Entitlement{Id: pick("ent-a", "ent-b", "ent-c"), Privileged: r.IntN(3) > 0},
+				Actor:       &pb.Identity{Id: pick("alice", "bob", "carol", s), Kind: pick("human", "", "system")},
+				Entitlement: &pb.Entitlement{Id: pick("ent-a", "ent-b", "ent-c"), Privileged: r.IntN(3) > 0, Resource: pick("", "sys-1", "sys-2")},
 				Refs: &pb.Refs{
 					Request:    pick("", "r1", "r2", "r3"),
 					Grant:      pick("", "g1", "g2", "g3"),
 					Session:    pick("", "s1", "s2"),
 					Credential: pick("", "c1", "c2"),
+					Ticket:     pick("", "", "T-1"),
 				},
 				Breakglass: r.IntN(4) == 0,
 			}
@@ -91,7 +93,7 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\n"))
+	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\nclosing_authorities: {t: [u], u: []}\nexpiry_enforced_by: [pim]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,11 +103,14 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	}
 	pp := oracle.Defaults()
 	pp.SoDPairs = [][2]string{{"ent-a", "ent-b"}}
+	pp.ClosingAuthorities = map[string][]string{"t": {"u"}, "u": {}}
+	pp.ExpiryEnforcedBy = []string{"pim"}
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	draws := 300
 	if testing.Short() {
 		draws = 50
 	}
+	perRule := map[string]int{}
 	for _, period := range []bool{false, true} {
 		name := "instant"
 		if period {
@@ -134,23 +139,25 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 				var got, want []string
 				for _, f := range res.Findings {
 					got = append(got, key(f.Rule, f.Subject, refs(f.Entries), f.ExposureSeconds)+when(f.OpenedAt, f.ClosedAt))
+					perRule[f.Rule]++
 					if f.Open() {
 						open++
 					} else {
 						closed++
 					}
 				}
-				owner := func(o string) []oracle.Entry { return ochains[o] }
+				var log []oracle.Entry
 				for _, s := range subjects {
-					var fs []oracle.Finding
-					if period {
-						fs = oracle.EvaluatePeriod(s, ochains[s], from, now, pp, owner)
-					} else {
-						fs = oracle.Evaluate(s, ochains[s], now, pp, owner)
-					}
-					for _, f := range fs {
-						want = append(want, key(f.Rule, f.Subject, f.Entries, f.Exposure)+when(f.Opened, f.Closed))
-					}
+					log = append(log, ochains[s]...)
+				}
+				var fs []oracle.Finding
+				if period {
+					fs = oracle.EvaluateLogPeriod(log, from, now, pp)
+				} else {
+					fs = oracle.EvaluateLog(log, now, pp)
+				}
+				for _, f := range fs {
+					want = append(want, key(f.Rule, f.Subject, f.Entries, f.Exposure)+when(f.Opened, f.Closed))
 				}
 				sort.Strings(got)
 				sort.Strings(want)
@@ -169,8 +176,16 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 			if closed == 0 || open == 0 {
 				t.Errorf("findings closed %d, open %d: want both", closed, open)
 			}
+
 		})
 	}
+	// The generator must exercise every rule, or agreement proves little.
+	for _, r := range builtin {
+		if perRule[r.ID] == 0 {
+			t.Errorf("no draw yields a %s finding: extend randomChains", r.ID)
+		}
+	}
+	t.Logf("findings per rule: %v", perRule)
 }
 
 func when(opened, closed time.Time) string {

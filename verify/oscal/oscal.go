@@ -349,7 +349,7 @@ func Build(scope *format.Scope) (*Document, error) {
 		ImportAP: ImportAP{Href: ap, Remarks: "No separate assessment plan: the rule set (texts and SHA-256) and params in findings.json define the assessment."},
 		Results: []Result{{
 			UUID: uuid("result"), Title: "Privileged access: does privilege disappear when the work is complete?",
-			Description: fmt.Sprintf("CEL rules (%s) evaluated over the event chains of the identities in the package, in the ledger %s at checkpoint size %d, %s.", strings.Join(rules, ", "), doc.Origin, doc.CheckpointSize, period),
+			Description: fmt.Sprintf("CEL rules (%s) evaluated over %s in the ledger %s at checkpoint size %d, %s.", strings.Join(rules, ", "), scopeOf(doc), doc.Origin, doc.CheckpointSize, period),
 			Start:       start, End: asOf,
 			Props: []Prop{{Name: "findings", NS: NS, Value: fmt.Sprint(len(doc.Findings))}, {Name: "subjects-evaluated", NS: NS, Value: fmt.Sprint(doc.SubjectsEvaluated)}},
 			ReviewedControls: ReviewedControls{
@@ -362,6 +362,17 @@ func Build(scope *format.Scope) (*Document, error) {
 		}},
 		BackMatter: backMatter(res),
 	}}, nil
+}
+
+// scopeOf says which chains the package's evidence covers: "every
+// identity's event chain" only when the package proves it (every entry
+// present); otherwise the included chains, without a completeness claim
+// (docs/completeness.md).
+func scopeOf(doc *format.Findings) string {
+	if doc.All {
+		return "every identity's event chain (the package holds every entry, so every chain is complete)"
+	}
+	return "the event chains of the identities with findings and those the findings cite (the package holds these chains only; it does not prove them complete)"
 }
 
 // appendSelect adds sel, merging statement ids of one control.

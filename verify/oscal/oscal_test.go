@@ -376,3 +376,23 @@ func TestRuleFilesAgreeWithCatalogs(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildClaimsOnlyWhatThePackageProves: "every identity's event chain"
+// only for a package that holds every entry (docs/completeness.md).
+func TestBuildClaimsOnlyWhatThePackageProves(t *testing.T) {
+	for _, all := range []bool{false, true} {
+		s := testScope()
+		s.Findings.All = all
+		d, err := Build(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		desc := d.AssessmentResults.Results[0].Description
+		if got := strings.Contains(desc, "every identity's event chain"); got != all {
+			t.Errorf("all=%v: description %q claims every chain: %v, want %v", all, desc, got, all)
+		}
+		if !all && !strings.Contains(desc, "does not prove them complete") {
+			t.Errorf("all=false: description %q does not say the chains are unproven", desc)
+		}
+	}
+}

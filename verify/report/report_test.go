@@ -244,3 +244,24 @@ func TestHiddenCharactersVisible(t *testing.T) {
 		t.Errorf("findings.csv lacks the escaped source")
 	}
 }
+
+// TestNoFindingsClaimsOnlyWhatThePackageProves: a clean package never
+// claims "every identity's chain" unless it holds every entry, and says so
+// when it does not.
+func TestNoFindingsClaimsOnlyWhatThePackageProves(t *testing.T) {
+	for _, all := range []bool{false, true} {
+		s := scope()
+		s.Findings.Findings, s.Findings.All = nil, all
+		var b bytes.Buffer
+		if err := WriteHTML(&b, s, Options{}); err != nil {
+			t.Fatal(err)
+		}
+		h := strings.ReplaceAll(b.String(), "&#39;", "'")
+		if !all && strings.Contains(h, "every identity's chain") {
+			t.Errorf("all=false: the report claims every identity's chain")
+		}
+		if got := strings.Contains(h, "does not prove that no identity's chain is missing"); got == all {
+			t.Errorf("all=%v: the report says the chains are unproven: %v, want %v", all, got, !all)
+		}
+	}
+}

@@ -108,8 +108,12 @@ func TestFeedsMatchTheirREADME(t *testing.T) {
 			}
 		})
 	}
-	// All feeds in one ledger, as the README suggests: the same findings.
-	cel, _ := evaluate(t, all, asOf, nil)
+	// All feeds in one ledger, appended in README order as the README
+	// says: the same findings, on the catalog and on the oracle.
+	cel, orc := evaluate(t, all, asOf, nil)
+	if len(missing(cel, orc)) != 0 || len(missing(orc, cel)) != 0 {
+		t.Errorf("all feeds together: catalog %v, oracle %v", cel, orc)
+	}
 	want := sorted(wantAll)
 	if len(missing(want, cel)) != 0 || len(missing(cel, want)) != 0 {
 		t.Errorf("all feeds together: got %v, want %v", cel, want)

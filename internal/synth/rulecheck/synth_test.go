@@ -96,10 +96,12 @@ func evaluate(t *testing.T, evs []*pb.Event, now time.Time, sod [][2]string) (ce
 	}
 	op := oracle.Defaults()
 	op.SoDPairs = sod
+	var log []oracle.Entry
 	for _, s := range src.order {
-		for _, f := range oracle.Evaluate(s, src.oracleChain(s), now, op, src.oracleChain) {
-			orc = append(orc, finding{f.Rule, f.Subject, evs[f.Entries[0]].GetId()})
-		}
+		log = append(log, src.oracleChain(s)...)
+	}
+	for _, f := range oracle.EvaluateLog(log, now, op) {
+		orc = append(orc, finding{f.Rule, f.Subject, evs[f.Entries[0]].GetId()})
 	}
 	return sorted(cel), sorted(orc)
 }
