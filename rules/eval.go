@@ -435,31 +435,10 @@ func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, 
 			return nil, err
 		}
 	}
-	results := make([]subjectResult, len(subjects))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	// Workers take the next subject from a shared counter: no feeder
-	// goroutine and no channel hand-off per subject.
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(s.opts.Workers, max(len(subjects), 1)) {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= len(subjects) {
-					return
-				}
-				r, err := s.evaluateSubject(ctx, subjects[i], src, from, now, period, srcIdx)
-				if err != nil {
-					cancel(err)
-					return
-				}
-				results[i] = r
-			}
-		})
-	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
+	results, err := perSubject(ctx, s.opts.Workers, subjects, func(ctx context.Context, subject string) (subjectResult, error) {
+		return s.evaluateSubject(ctx, subject, src, from, now, period, srcIdx)
+	})
+	if err != nil {
 		return nil, err
 	}
 	res := &Result{Subjects: len(subjects), Findings: []Finding{}, Errors: []RuleError{}, AsOf: now, Period: period}
@@ -644,4 +623,37 @@ func (f *findingVal) interval(from, now time.Time, period bool) (opened, closed 
 		exposure = max(end.Sub(start), 0)
 	}
 	return opened, closed, exposure, true
+}
+
+// perSubject calls fn for every subject on up to workers goroutines and
+// returns the results in the order of subjects. Workers take the next
+// subject from a shared counter: no feeder goroutine and no channel hand-off
+// per subject. The first error cancels the rest and is returned.
+func perSubject[T any](ctx context.Context, workers int, subjects []string, fn func(ctx context.Context, subject string) (T, error)) ([]T, error) {
+	results := make([]T, len(subjects))
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, max(len(subjects), 1)) {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= len(subjects) {
+					return
+				}
+				r, err := fn(ctx, subjects[i])
+				if err != nil {
+					cancel(err)
+					return
+				}
+				results[i] = r
+			}
+		})
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil {
+		return nil, err
+	}
+	return results, nil
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/cel-go/cel"
@@ -107,29 +105,10 @@ func (s *Set) Population(ctx context.Context, subjects []string, src ChainSource
 	for _, p := range primaries {
 		bySubject[p.Subject] = append(bySubject[p.Subject], p)
 	}
-	results := make([][]Item, len(subjects))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(s.opts.Workers, max(len(subjects), 1)) {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				i := int(next.Add(1) - 1)
-				if i >= len(subjects) {
-					return
-				}
-				items, err := s.subjectPopulation(ctx, subjects[i], src, from, now, bySubject[subjects[i]], srcIdx)
-				if err != nil {
-					cancel(err)
-					return
-				}
-				results[i] = items
-			}
-		})
-	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
+	results, err := perSubject(ctx, s.opts.Workers, subjects, func(ctx context.Context, subject string) ([]Item, error) {
+		return s.subjectPopulation(ctx, subject, src, from, now, bySubject[subject], srcIdx)
+	})
+	if err != nil {
 		return nil, err
 	}
 	out := []Item{}
