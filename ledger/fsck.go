@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 
+	"filippo.io/torchwood/prefix"
 	"github.com/transparency-dev/merkle/compact"
 	"golang.org/x/mod/sumdb/note"
 
@@ -136,6 +137,15 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64,
 		report("fsck: %d leaves after the latest checkpoint wait for the next one (Open signs them)", size-cpSize)
 	}
 	report("fsck: %d checkpoints verify; checking %d leaves", len(sizes), size)
+	mapOn, err := readMapMode(st)
+	if err != nil {
+		return err
+	}
+	var fm *fsckMap
+	if mapOn {
+		fm = newFsckMap(sizes)
+		report("fsck: the log has a subject map: re-deriving it from the leaves")
+	}
 
 	rf := &compact.RangeFactory{Hash: hasher.HashChildren}
 	rng := rf.NewEmptyRange(0)
@@ -222,13 +232,27 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64,
 		keys := make([][]byte, 0, 3*len(leaves))
 		hashes := make([][32]byte, len(leaves))
 		dedupes := make([][32]byte, len(leaves))
+		isMap := make([]bool, len(leaves))
 		for j, leaf := range leaves {
 			i := start + uint64(j)
+			hashes[j] = LeafHash(leaf)
 			e, err := event.DecodeLeaf(leaf)
+			if errors.Is(err, event.ErrMapLeaf) && fm != nil {
+				if err := fm.mapLeaf(i, leaf); err != nil {
+					return err
+				}
+				isMap[j] = true
+				keys = append(keys, hashKey(hashes[j][:]), keyLatest, keyLatest) // no dedupe record, no subject
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
 			}
-			hashes[j] = LeafHash(leaf)
+			if fm != nil {
+				if err := fm.event(i, e.GetEvent().GetSubject().GetId(), hashes[j]); err != nil {
+					return err
+				}
+			}
 			dedupes[j] = event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
 			keys = append(keys, hashKey(hashes[j][:]), dedupeKey(dedupes[j]))
 			if s := e.GetEvent().GetSubject().GetId(); s != "" {
@@ -247,7 +271,7 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64,
 			if hv == nil || len(hv) != 8 || binary.BigEndian.Uint64(hv) != i {
 				return fmt.Errorf("%w: the leaf-hash index of leaf %d is missing or points elsewhere", ErrCorrupt, i)
 			}
-			if dv == nil || len(dv) != 8 || binary.BigEndian.Uint64(dv) != i {
+			if !isMap[j] && (dv == nil || len(dv) != 8 || binary.BigEndian.Uint64(dv) != i) {
 				return fmt.Errorf("%w: the dedupe record of leaf %d is missing or points elsewhere", ErrCorrupt, i)
 			}
 			if sv == nil {
@@ -277,6 +301,12 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64,
 	}
 	if ci != len(sizes) {
 		return fmt.Errorf("%w: checkpoint %d was not reached by the leaves", ErrCorrupt, sizes[ci])
+	}
+	if fm != nil {
+		if err := fm.checkStored(ctx, st, cpSize, size == cpSize && !live); err != nil {
+			return err
+		}
+		report("fsck: the subject map of %d subjects matches the leaves at every checkpoint", len(fm.states))
 	}
 	vals, err := st.Get(leafKey(size))
 	if err != nil {
@@ -312,4 +342,122 @@ func parseUnverified(n []byte, size uint64) (Checkpoint, error) {
 	}
 	c.Note = n
 	return c, nil
+}
+
+// fsckMap re-derives the subject map from the leaves: each map leaf must
+// sit at the end of a checkpoint, cover its own index, and hold the root
+// of the prefix tree of the subjects' states over the leaves before it.
+type fsckMap struct {
+	cps     map[uint64]bool // checkpoint sizes
+	tree    *prefix.Tree
+	states  map[[32]byte]subjectState
+	changed map[[32]byte]bool // since the last map leaf
+	root    [32]byte          // the newest map leaf's
+	next    uint64            // leaves seen
+}
+
+func newFsckMap(sizes []uint64) *fsckMap {
+	m := &fsckMap{cps: make(map[uint64]bool, len(sizes)), states: make(map[[32]byte]subjectState), changed: make(map[[32]byte]bool)}
+	for _, s := range sizes {
+		m.cps[s] = true
+	}
+	st := prefix.NewMemoryStorage()
+	if err := prefix.InitStorage(context.Background(), mapHash, st); err != nil {
+		panic(err)
+	}
+	m.tree = prefix.NewTree(mapHash, st)
+	return m
+}
+
+// event takes event leaf i of subject with leaf hash h.
+func (m *fsckMap) event(i uint64, subject string, h [32]byte) error {
+	m.next = i + 1
+	if m.cps[i+1] {
+		return fmt.Errorf("%w: leaf %d, the last of checkpoint %d, is an event, not the map leaf a log with a subject map ends every checkpoint with", ErrCorrupt, i, i+1)
+	}
+	if subject == "" {
+		return nil
+	}
+	lb := SubjectLabel(subject)
+	s := m.states[lb]
+	s.count++
+	s.last = i
+	s.chain = ChainNext(s.chain, h)
+	m.states[lb] = s
+	m.changed[lb] = true
+	return nil
+}
+
+// mapLeaf takes map leaf i.
+func (m *fsckMap) mapLeaf(i uint64, leaf []byte) error {
+	m.next = i + 1
+	root, covers, err := event.DecodeMapLeaf(leaf)
+	if err != nil {
+		return fmt.Errorf("%w: map leaf %d: %w", ErrCorrupt, i, err)
+	}
+	if covers != i {
+		return fmt.Errorf("%w: map leaf %d says it covers the leaves up to %d, not its own index", ErrCorrupt, i, covers)
+	}
+	if !m.cps[i+1] {
+		return fmt.Errorf("%w: map leaf %d is not the last leaf of a checkpoint (none was signed at size %d)", ErrCorrupt, i, i+1)
+	}
+	ctx := context.Background()
+	for lb := range m.changed {
+		if err := m.tree.Insert(ctx, lb, m.states[lb].value()); err != nil {
+			return fmt.Errorf("re-deriving the subject map at leaf %d: %w", i, err)
+		}
+	}
+	clear(m.changed)
+	want, err := m.tree.RootHash(ctx)
+	if err != nil {
+		return fmt.Errorf("re-deriving the subject map at leaf %d: %w", i, err)
+	}
+	if root != want {
+		return fmt.Errorf("%w: map leaf %d holds subject map root %x, but the subjects of the leaves before it give %x", ErrCorrupt, i, root, want)
+	}
+	m.root = root
+	return nil
+}
+
+// checkStored compares what the log stored for proofs with the map
+// re-derived: the root node as of the latest checkpoint (cpSize), and, when
+// states is set (no leaves wait for a checkpoint and no appends go on),
+// every subject's state record.
+func (m *fsckMap) checkStored(ctx context.Context, st Store, cpSize uint64, states bool) error {
+	n, err := versionedNodes{st, cpSize}.Load(ctx, prefix.RootLabel)
+	if err != nil {
+		return err
+	}
+	if cpSize > 0 && n.Hash != m.root {
+		return fmt.Errorf("%w: the stored subject map root as of checkpoint %d is %x, but the leaves give %x", ErrCorrupt, cpSize, n.Hash, m.root)
+	}
+	if !states {
+		return nil
+	}
+	labels := make([][32]byte, 0, len(m.states))
+	keys := make([][]byte, 0, len(m.states))
+	for lb := range m.states {
+		labels, keys = append(labels, lb), append(keys, subjStateKey(lb))
+	}
+	for start := 0; start < len(keys); start += fsckChunk {
+		end := min(start+fsckChunk, len(keys))
+		vals, err := st.Get(keys[start:end]...)
+		if err != nil {
+			return storageErr(err, "reading subject states")
+		}
+		for j, v := range vals {
+			lb := labels[start+j]
+			if v == nil {
+				return fmt.Errorf("%w: the subject state record %x is missing", ErrCorrupt, lb)
+			}
+			got, err := decodeSubjectState(v)
+			if err != nil {
+				return err
+			}
+			if got != m.states[lb] {
+				return fmt.Errorf("%w: the subject state record %x says count %d, last %d, but the leaves give count %d, last %d", ErrCorrupt, lb, got.count, got.last, m.states[lb].count, m.states[lb].last)
+			}
+		}
+	}
+	return nil
 }

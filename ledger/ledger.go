@@ -106,6 +106,15 @@ type Options struct {
 	// know a log was created (its keys signed checkpoints) set it, so that a
 	// lost or emptied store is never silently started over at size 0.
 	MustExist bool
+	// SubjectMap creates a new log with a subject map (docs/completeness.md):
+	// the seal stage appends a map leaf as the last leaf of every
+	// checkpointed batch, committing a Merkle prefix tree from each subject
+	// to its chain summary, so that SubjectProof can prove a subject's chain
+	// complete. A batch of k new events then grows the tree by k+1 when it
+	// is sealed. It is a property of the log fixed at its creation and
+	// recorded in the store: for an existing log it is ignored (a mismatch
+	// is logged), so a log's mode never changes between runs.
+	SubjectMap bool
 }
 
 // AppendResult is the outcome of appending one event.
@@ -161,6 +170,8 @@ type Log struct {
 	inflight   map[[32]byte]inflightEntry // dedupe keys of built, uncommitted batches
 
 	seq sequencerState // owned by the sequencer goroutine
+
+	smapOn bool // the log has a subject map (fixed at creation)
 
 	stats stats
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/transparency-dev/merkle/compact"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // state is what readers see: the latest checkpoint and the partial tiles on
@@ -31,6 +33,15 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 	}
 	if vals[0] == nil {
 		return l.initEmpty()
+	}
+	if l.smapOn, err = readMapMode(l.st); err != nil {
+		return nil, err
+	}
+	if l.smapOn != l.o.SubjectMap {
+		l.logger.Warn("ledger: the subject map is fixed when a log is created; this log keeps its own", "subject_map", l.smapOn)
+	}
+	if l.smapOn {
+		l.seq.smap = newSubjectMap(l.st)
 	}
 	if len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
 		return nil, fmt.Errorf("%w: tree size records have %d and %d bytes, want 8; run grantline fsck", ErrCorrupt, len(vals[0]), len(vals[1]))
@@ -104,6 +115,13 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 			}
 			for _, e := range es {
 				h := LeafHash(e.Leaf)
+				if l.seq.smap != nil {
+					ev, err := event.DecodeLeaf(e.Leaf)
+					if err != nil {
+						return nil, fmt.Errorf("%w: leaf %d, after the latest checkpoint %d, does not decode as an event (a map leaf is only ever the last leaf of a checkpoint); run grantline fsck: %w", ErrCorrupt, e.Index, cpSize, err)
+					}
+					l.seq.smap.add(ev.GetEvent().GetSubject().GetId(), e.Index, h)
+				}
 				if err := signed.Append(h[:], nil); err != nil {
 					return nil, fmt.Errorf("%w: re-hashing leaf %d: %w", ErrCorrupt, e.Index, err)
 				}
@@ -126,7 +144,11 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 		l.seq.tiles.edge[i] = append([]byte(nil), r...)
 	}
 	s := &state{cp: cp, edge: tip.edge}
-	if size > cpSize {
+	if size > cpSize && l.seq.smap != nil {
+		if s, err = l.sealTail(cpSize, s); err != nil {
+			return nil, err
+		}
+	} else if size > cpSize {
 		if cp, err = l.sign(size, rootOf(rng)); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrStorage, err)
 		}
@@ -195,7 +217,12 @@ func (l *Log) initEmpty() (*state, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.st.Commit([][]byte{checkpointKey(0), keyLatest}, [][]byte{cp.Note, be64(nil, 0)}); err != nil {
+	keys, vals := [][]byte{checkpointKey(0), keyLatest}, [][]byte{cp.Note, be64(nil, 0)}
+	if l.o.SubjectMap {
+		keys, vals = append(keys, keySubjectMap), append(vals, []byte{1})
+		l.smapOn, l.seq.smap = true, newSubjectMap(l.st)
+	}
+	if err := l.st.Commit(keys, vals); err != nil {
 		return nil, fmt.Errorf("%w: publishing the first checkpoint: %w", ErrStorage, err)
 	}
 	l.seq.rng = l.rf.NewEmptyRange(0)
@@ -233,4 +260,30 @@ func parseCheckpoint(n []byte, size uint64, v note.Verifier) (Checkpoint, error)
 			ErrCorrupt, size, c.Size)
 	}
 	return c, nil
+}
+
+// sealTail signs the leaves a crash left after the latest checkpoint (at
+// cpSize; published is its state) in a log with a subject map: like the
+// seal stage, it appends the map leaf over them (their subjects are
+// pending in the sequencer's map) and commits it with the checkpoint in one
+// Store.Commit, so a crash here only repeats it at the next Open.
+func (l *Log) sealTail(cpSize uint64, published *state) (*state, error) {
+	l.seq.last = published
+	w := newWrites(0)
+	l.seq.tiles.begin()
+	size, err := l.appendMapLeaf(w)
+	if err != nil {
+		return nil, fmt.Errorf("%w: sealing the leaves after checkpoint %d: %w", ErrStorage, cpSize, err)
+	}
+	l.seq.tiles.flush(size, w)
+	w.put(keyTree, be64(nil, size))
+	s, err := l.seal(size, w)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrStorage, err)
+	}
+	if err := l.st.Commit(w.keys, w.vals); err != nil {
+		return nil, fmt.Errorf("%w: publishing checkpoint %d over the leaves after %d: %w", ErrStorage, size, cpSize, err)
+	}
+	l.logger.Info("ledger signed the leaves integrated after its last checkpoint", "from", cpSize, "size", size)
+	return s, nil
 }

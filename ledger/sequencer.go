@@ -43,6 +43,8 @@ type sequencerState struct {
 	sealedAt time.Time // when the last checkpoint was signed
 
 	dd dedupeScratch // reused by dedupe from batch to batch
+
+	smap *subjectMap // nil: the log has no subject map
 }
 
 // Append appends evs and returns, in order, each event's index and leaf hash
@@ -215,6 +217,8 @@ func (l *Log) fit(batch []item) int {
 	maxCount, maxBytes := int64(l.maxCount)*9/10, l.maxBytes*9/10
 	count := int64(2*64/TileHeight + 4) // tiles of every level, twice, checkpoint, latest size
 	bytes := count * entrySize(10, 8192)
+	mapCount, mapBytes := l.mapBudget()
+	count, bytes = count+2, bytes+entrySize(9, 64)+entrySize(1+indexKeyLen, 8) // the map leaf
 	for i, it := range batch {
 		if i == l.o.MaxBatch {
 			return i
@@ -224,6 +228,7 @@ func (l *Log) fit(batch []item) int {
 		b := entrySize(9, len(p.leaf)+event.ObservedRoom) +
 			2*entrySize(1+indexKeyLen, 8) +
 			entrySize(len(p.subject)+12, 0)
+		c, b = c+mapCount, b+mapBytes
 		if i%tileWidth == 0 {
 			c++
 			b += entrySize(10, 8192)
@@ -281,9 +286,17 @@ func (l *Log) build(batch []item) *built {
 	if size == b.first && !(l.unsealed() && (len(batch) == 0 || l.sealDue(time.Now()))) {
 		return b // only duplicates, and no checkpoint due: nothing to commit
 	}
+	sealing := l.sealDue(time.Now()) || len(batch) == 0
+	if sealing && l.seq.smap != nil {
+		if size, err = l.appendMapLeaf(w); err != nil {
+			l.markBroken(err)
+			b.err = fmt.Errorf("%w: %w", ErrStorage, err)
+			return b
+		}
+	}
 	l.seq.tiles.flush(size, w)
 	w.put(keyTree, be64(nil, size))
-	if l.sealDue(time.Now()) || len(batch) == 0 {
+	if sealing {
 		s, err := l.seal(size, w)
 		if err != nil {
 			l.markBroken(err)
@@ -477,6 +490,9 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		w.put(dk, iv)
 		if pr.subject != "" {
 			w.put(w.key(0, func(b []byte) []byte { return appendSubjectKey(b, pr.subject, idx) }), []byte{})
+		}
+		if l.seq.smap != nil {
+			l.seq.smap.add(pr.subject, idx, h)
 		}
 	}
 	if tw.err != nil {

@@ -25,22 +25,72 @@ func EncodeLeaf(ev *pb.Event, observed time.Time) ([]byte, error) {
 	return b, nil
 }
 
-// errNoEvent is the error of a leaf without an event, which the log never
-// writes.
+// errNoEvent is the error of a leaf without an event or map root, which
+// the log never writes.
 var errNoEvent = fmt.Errorf("%w: the leaf holds no event", ErrMalformedLeaf)
 
+// errBoth is the error of a leaf holding both an event and a map root,
+// which the log never writes.
+var errBoth = fmt.Errorf("%w: the leaf holds both an event and a map root", ErrMalformedLeaf)
+
+// ErrMapLeaf is what DecodeLeaf and VisitLeaf return for a map leaf: a
+// valid leaf, written by a log with a subject map (docs/completeness.md),
+// that holds the subject map's root instead of an event. It does not match
+// ErrMalformedLeaf. Readers of events skip it (it has no subject and is in
+// no chain); DecodeMapLeaf reads it.
+var ErrMapLeaf = errors.New("the leaf is a subject-map leaf, not an event")
+
 // DecodeLeaf decodes leaf bytes into an Entry (proto.Unmarshal, keeping
-// unknown fields); a leaf must hold an event. VisitLeaf reads the same
-// fields without building messages.
+// unknown fields); a leaf must hold an event, or be a map leaf, for which it
+// returns ErrMapLeaf. VisitLeaf reads the same fields without building
+// messages.
 func DecodeLeaf(leaf []byte) (*pb.Entry, error) {
 	e := new(pb.Entry)
 	if err := proto.Unmarshal(leaf, e); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformedLeaf, err)
 	}
-	if e.GetEvent() == nil {
+	switch {
+	case e.GetEvent() != nil && e.MapRoot != nil:
+		return nil, errBoth
+	case e.MapRoot != nil:
+		return nil, ErrMapLeaf
+	case e.GetEvent() == nil:
 		return nil, errNoEvent
 	}
 	return e, nil
+}
+
+// EncodeMapLeaf returns the leaf bytes of a map leaf at index covers holding
+// the subject map's root over the leaves [0, covers): the deterministic
+// encoding of pb.Entry{MapRoot: {Root: root, Covers: covers}}.
+func EncodeMapLeaf(root [32]byte, covers uint64) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{MapRoot: &pb.MapRoot{Root: root[:], Covers: covers}})
+	if err != nil {
+		panic(err) // a MapRoot always encodes
+	}
+	return b
+}
+
+// DecodeMapLeaf decodes a map leaf: its root and the index it covers up to
+// (its own index). It refuses, with an error matching ErrMalformedLeaf, a
+// leaf that is not exactly what EncodeMapLeaf writes (an event leaf, an
+// observed time, unknown fields, a root that is not 32 bytes).
+func DecodeMapLeaf(leaf []byte) (root [32]byte, covers uint64, err error) {
+	e := new(pb.Entry)
+	if err := proto.Unmarshal(leaf, e); err != nil {
+		return root, 0, fmt.Errorf("%w: %w", ErrMalformedLeaf, err)
+	}
+	m := e.GetMapRoot()
+	if m == nil || e.Event != nil {
+		return root, 0, fmt.Errorf("%w: not a map leaf (it holds an event or no map root)", ErrMalformedLeaf)
+	}
+	if len(m.GetRoot()) != 32 {
+		return root, 0, fmt.Errorf("%w: map leaf root has %d bytes, want 32", ErrMalformedLeaf, len(m.GetRoot()))
+	}
+	if again := EncodeMapLeaf([32]byte(m.GetRoot()), m.GetCovers()); string(again) != string(leaf) {
+		return root, 0, fmt.Errorf("%w: map leaf is not in its one deterministic encoding (extra or unknown fields)", ErrMalformedLeaf)
+	}
+	return [32]byte(m.GetRoot()), m.GetCovers(), nil
 }
 
 // LeafOverhead bounds what the Entry wrapper adds to an event's encoding:

@@ -65,7 +65,7 @@ type Visitor interface {
 
 // Field numbers of Entry, Event and the messages inside it.
 const (
-	entryEvent, entryObservedTime = 1, 2
+	entryEvent, entryObservedTime, entryMapRoot = 1, 2, 3
 
 	evID, evType, evTime, evSource, evSubject, evActor, evEntitlement, evRefs = 1, 2, 3, 4, 5, 6, 7, 8
 	evExpiresAt, evReason, evMFA, evBreakglass, evAttributes                  = 9, 10, 11, 12, 13
@@ -85,10 +85,12 @@ var (
 // It follows proto.Unmarshal's rules (last value wins, repeated
 // sub-messages merge, a field with an unexpected wire type is skipped as
 // unknown, strings must be valid UTF-8), and like DecodeLeaf refuses a
-// leaf without an event: it accepts exactly the leaves DecodeLeaf accepts; a fuzz test checks both report the same fields. An
+// leaf without an event (ErrMapLeaf for a map leaf, which v may have seen
+// nothing of): it accepts exactly the leaves DecodeLeaf accepts; a fuzz test checks both report the same fields. An
 // error matches ErrMalformedLeaf; v may have seen some fields by then.
 func VisitLeaf(leaf []byte, v Visitor) error {
 	d := decoder{v: v}
+	sawMap := false
 	err := eachField(leaf, func(num protowire.Number, typ protowire.Type, b []byte) error {
 		switch {
 		case num == entryEvent && typ == protowire.BytesType:
@@ -96,13 +98,20 @@ func VisitLeaf(leaf []byte, v Visitor) error {
 			return d.event(b)
 		case num == entryObservedTime && typ == protowire.BytesType:
 			return d.stamp(ObservedTime, &d.observed, b)
+		case num == entryMapRoot && typ == protowire.BytesType:
+			sawMap = true
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrMalformedLeaf, err)
 	}
-	if !d.sawEvent {
+	switch {
+	case d.sawEvent && sawMap:
+		return errBoth
+	case sawMap:
+		return ErrMapLeaf
+	case !d.sawEvent:
 		return errNoEvent
 	}
 	return nil
