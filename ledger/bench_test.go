@@ -28,21 +28,28 @@ func benchEvent(tmpl *pb.Event, id string) *pb.Event {
 
 // BenchmarkAppend measures durable appends into badger (fsync per batch,
 // dedupe on) from concurrent callers, each appending chunks of ~500-byte
-// events. b.N counts events.
+// events. b.N counts events. The subjects=10000 pair spreads the events
+// over 10,000 subjects, without and with the subject map (map=on), to
+// measure the map's cost in the same run (docs/BENCHMARKS.md).
 func BenchmarkAppend(b *testing.B) {
 	for _, tc := range []struct {
 		name           string
 		callers, chunk int
 		memory         bool // the in-memory fake store: the ledger's own ceiling, no disk
+		subjects       int  // distinct subjects, round robin; 0: one
+		smap           bool // Options.SubjectMap
 	}{
-		{"callers=64/chunk=100", 64, 100, false},
-		{"callers=16/chunk=1000", 16, 1000, false},
-		{"callers=256/chunk=10", 256, 10, false},
-		{"callers=64/chunk=100/store=memory", 64, 100, true},
+		{"callers=64/chunk=100", 64, 100, false, 0, false},
+		{"callers=16/chunk=1000", 16, 1000, false, 0, false},
+		{"callers=256/chunk=10", 256, 10, false, 0, false},
+		{"callers=64/chunk=100/store=memory", 64, 100, true, 0, false},
+		{"callers=64/chunk=100/subjects=10000/map=off", 64, 100, false, 10000, false},
+		{"callers=64/chunk=100/subjects=10000/map=on", 64, 100, false, 10000, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			o := testOptions()
 			o.Now = time.Now
+			o.SubjectMap = tc.smap
 			var store Store = newFakeStore()
 			if !tc.memory {
 				store = openBadgerStore(b, filepath.Join(b.TempDir(), "ledger"), badgerstore.Options{})
@@ -55,6 +62,13 @@ func BenchmarkAppend(b *testing.B) {
 			tmpl := testEvent(0)
 			if n := len(mustEncode(b, tmpl)); n < 450 || n > 600 {
 				b.Fatalf("template event encodes to %d bytes, want ~500", n)
+			}
+			subjects := make([]*pb.Identity, max(tc.subjects, 1))
+			for i := range subjects {
+				subjects[i] = &pb.Identity{Id: "user-" + strconv.Itoa(i), Kind: "human", Display: "Some User"}
+			}
+			if tc.subjects == 0 {
+				subjects[0] = tmpl.Subject
 			}
 			var next atomic.Int64
 			b.ResetTimer()
@@ -72,7 +86,9 @@ func BenchmarkAppend(b *testing.B) {
 						}
 						evs = evs[:0]
 						for i := first; i < min(first+int64(tc.chunk), int64(b.N)); i++ {
-							evs = append(evs, benchEvent(tmpl, "bench-"+strconv.FormatInt(i, 10)))
+							ev := benchEvent(tmpl, "bench-"+strconv.FormatInt(i, 10))
+							ev.Subject = subjects[i%int64(len(subjects))]
+							evs = append(evs, ev)
 						}
 						for {
 							_, _, err := l.Append(context.Background(), evs)
@@ -92,10 +108,10 @@ func BenchmarkAppend(b *testing.B) {
 			wg.Wait()
 			elapsed := time.Since(start)
 			b.StopTimer()
-			if got := l.Latest().Size; got != uint64(b.N) {
-				b.Fatalf("size = %d, want %d", got, b.N)
-			}
 			st := l.Stats()
+			if got := l.Latest().Size; got != uint64(b.N) && (!tc.smap || got != uint64(b.N)+st.Batches) {
+				b.Fatalf("size = %d, want %d events (and a map leaf for each of %d batches with a subject map)", got, b.N, st.Batches)
+			}
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 			b.ReportMetric(float64(st.BatchEvents)/float64(max(st.Batches, 1)), "events/batch")
 			b.ReportMetric(float64(st.CommitTime.Milliseconds())/float64(max(st.Batches, 1)), "ms/batch")
