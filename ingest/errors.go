@@ -55,6 +55,8 @@ func connectError(err error) error {
 			ce.AddDetail(d)
 		}
 		return ce
+	case errors.Is(err, ledger.ErrNoSubjectMap):
+		code = connect.CodeFailedPrecondition
 	case errors.Is(err, ledger.ErrNotFound):
 		code = connect.CodeNotFound
 	case errors.Is(err, ledger.ErrOutOfRange):

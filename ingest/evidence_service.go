@@ -121,9 +121,17 @@ func (h *evidenceService) ExportEvidence(ctx context.Context, req *connect.Reque
 	if _, err := oscal.LoadCatalog(req.Msg.GetFramework()); err != nil {
 		return &event.FieldError{Path: "framework", Msg: err.Error()}
 	}
+	for i, s := range req.Msg.GetSubjects() {
+		if s == "" {
+			return &event.FieldError{Path: fmt.Sprintf("subjects[%d]", i), Msg: "empty: name each subject to prove complete"}
+		}
+	}
+	if len(req.Msg.GetSubjects()) > 0 && req.Msg.GetAll() {
+		return &event.FieldError{Path: "subjects", Msg: "a package of every entry (all) and one of chosen subjects exclude each other: ask for one"}
+	}
 	return ex.Export(ctx, ExportRequest{
 		Checkpoint: cp, AsOf: asOf, From: from, Framework: req.Msg.GetFramework(),
-		All: req.Msg.GetAll(), SinceSizes: req.Msg.GetSinceSizes(),
+		All: req.Msg.GetAll(), SinceSizes: req.Msg.GetSinceSizes(), Subjects: req.Msg.GetSubjects(),
 		Chains: &chainSource{l: h.s.cfg.Ledger, size: cp.Size},
 	}, func(path string) (io.WriteCloser, error) {
 		return &exportWriter{stream: stream, path: path}, nil

@@ -97,6 +97,7 @@ type ExportRequest struct {
 	Framework  string            // the control catalog of the report and OSCAL; "" for the default
 	All        bool              // every entry, not only the chains with findings
 	SinceSizes []uint64          // older checkpoint sizes to prove consistency from
+	Subjects   []string          // subjects to prove complete (a package of subjects proven complete); nil for none
 	Chains     rules.ChainSource // subject chains at Checkpoint.Size, as leaves
 }
 

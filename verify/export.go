@@ -76,6 +76,22 @@ type PeriodSource interface {
 	EvaluatePeriod(ctx context.Context, size uint64, from, to time.Time) (*format.Findings, error)
 }
 
+// SubjectSource is a Source over a log with a subject map
+// (docs/completeness.md), which ExportOptions.Subjects needs.
+type SubjectSource interface {
+	// EvaluateSubjects runs the rule set, as Evaluate (or with from set, as
+	// EvaluatePeriod over [from, asOf]), over the chains of subjects only,
+	// and returns the result and the other subjects whose chains the rules
+	// read (owners, credential holders), sorted.
+	EvaluateSubjects(ctx context.Context, size uint64, subjects []string, from, asOf time.Time) (*format.Findings, []string, error)
+	// SubjectProof returns the proof of subject's chain summary in the
+	// subject map at the checkpoint of size (ledger.Log.SubjectProof).
+	SubjectProof(ctx context.Context, subject string, size uint64) (ledger.SubjectProof, error)
+}
+
+// ErrNoSubjectSource reports a Source that cannot prove subjects complete.
+var ErrNoSubjectSource = errors.New("this evidence source has no subject map to prove subjects complete")
+
 // ErrNoPeriod reports a Source that cannot evaluate an audit period.
 var ErrNoPeriod = errors.New("this evidence source cannot evaluate an audit period")
 
@@ -102,6 +118,13 @@ type ExportOptions struct {
 	Framework string
 	// All includes every entry of the tree, not only the chains the findings need.
 	All bool
+	// Subjects, when set, makes a package of subjects proven complete: the
+	// chains of these subjects, of every subject their findings cite and of
+	// every subject whose chain their rules read (owners, holders), each
+	// with a proof in the log's subject map that none of its entries is
+	// missing (completeness.json; the Source must be a SubjectSource), and
+	// the findings of those subjects only. Not with All.
+	Subjects []string
 	// SinceSizes adds consistency.json with a proof from each of these earlier
 	// tree sizes (each <= the checkpoint size) to the checkpoint size.
 	SinceSizes []uint64
@@ -147,7 +170,15 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 		return err
 	}
 	var doc *format.Findings
-	if opts.From.IsZero() {
+	var proven []string // the subjects proven complete
+	if len(opts.Subjects) > 0 {
+		if opts.All {
+			return errors.New("export: a package of every entry (All) and one of chosen subjects (Subjects) exclude each other")
+		}
+		if doc, proven, err = evaluateSubjects(ctx, src, cp.Size, opts.Subjects, opts.From, asOf); err != nil {
+			return err
+		}
+	} else if opts.From.IsZero() {
 		doc, err = src.Evaluate(ctx, cp.Size, asOf)
 	} else {
 		from := opts.From.UTC()
@@ -171,12 +202,16 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 	doc.CheckpointRoot = cp.Root[:]
 	doc.AsOf = asOf
 	doc.All = opts.All
+	doc.CompleteSubjects = proven
 	doc.Framework = opts.Framework
 	SortFindings(doc.Findings)
 
 	w := &pkgWriter{sink: sink}
 	var subjects []string
-	if !opts.All {
+	switch {
+	case proven != nil:
+		subjects = proven
+	case !opts.All:
 		if subjects, err = neededSubjects(ctx, src, doc); err != nil {
 			return err
 		}
@@ -238,11 +273,24 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 			chains = packageChains{}
 		}
 	}
+	// The proofs first: a log without a subject map fails before any
+	// entry is written.
+	var complete *format.Completeness
+	if proven != nil {
+		if complete, err = completeness(ctx, src, cp, proven); err != nil {
+			return err
+		}
+	}
 	err = w.file(format.FileEntries, func(out io.Writer) error {
-		return writeEntries(ctx, src, cp, opts.All, subjects, cited, scope, chains, out)
+		return writeEntries(ctx, src, cp, opts.All, subjects, proven != nil, cited, scope, chains, out)
 	})
 	if err != nil {
 		return err
+	}
+	if proven != nil {
+		if err := w.json(format.FileCompleteness, complete); err != nil {
+			return err
+		}
 	}
 	for idx, id := range cited {
 		return fmt.Errorf("export: %w: a finding cites entry %d (event %q), which Entries did not yield", ErrSource, idx, id)
@@ -368,6 +416,7 @@ type exportItem struct {
 	leaf    []byte
 	proof   [][]byte
 	noProof bool   // an export of every entry: no proof, the root proves it
+	isMap   bool   // a map leaf: no event, in no chain
 	line    []byte // the encoded line, filled by a worker
 	eventID string
 	source  string
@@ -385,7 +434,10 @@ type exportItem struct {
 // With all, every entry 0..size-1 must come, in order, without inclusion
 // proofs: the leaves folded into a compact range must give the checkpoint's
 // root, which proves every line at once (verify/FORMAT.md).
-func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, all bool, subjects []string, cited map[uint64]string, scope *format.Scope, chains packageChains, out io.Writer) error {
+//
+// With mapLeaf (a package of subjects proven complete) the checkpoint's last
+// leaf, its map leaf, follows the subjects' entries, with its proof.
+func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, all bool, subjects []string, mapLeaf bool, cited map[uint64]string, scope *format.Scope, chains packageChains, out io.Writer) error {
 	workers := max(1, runtime.GOMAXPROCS(0))
 	bw := bufio.NewWriterSize(out, 256<<10)
 	seenSubjects := map[string]struct{}{}
@@ -394,7 +446,7 @@ func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, all boo
 		first := true
 		var cur []exportItem
 		rng := (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
-		err := src.Entries(ctx, cp.Size, subjects, func(index uint64, leaf []byte) error {
+		entry := func(index uint64, leaf []byte) error {
 			if !first && index < next || index >= cp.Size {
 				return fmt.Errorf("%w: entry %d out of order or outside the tree of size %d", ErrSource, index, cp.Size)
 			}
@@ -420,7 +472,14 @@ func writeEntries(ctx context.Context, src Source, cp ledger.Checkpoint, all boo
 				return emit(b)
 			}
 			return nil
-		})
+		}
+		err := src.Entries(ctx, cp.Size, subjects, entry)
+		if err == nil && mapLeaf && cp.Size > 0 {
+			var leaf []byte
+			if leaf, err = src.Leaf(ctx, cp.Size-1); err == nil {
+				err = entry(cp.Size-1, leaf)
+			}
+		}
 		if err == nil && all {
 			err = checkAllRoot(rng, cp)
 		}
@@ -454,6 +513,14 @@ func writeItems(items []exportItem, bw *bufio.Writer, cited map[uint64]string, s
 		it := &items[i]
 		if it.err != nil {
 			return it.err
+		}
+		if it.isMap {
+			it.leaf = nil
+			scope.Entries++
+			if _, err := bw.Write(it.line); err != nil {
+				return err
+			}
+			continue
 		}
 		if chains != nil {
 			chains[it.subject] = append(chains[it.subject], rules.Entry{Index: it.index, Leaf: it.leaf})
@@ -515,6 +582,10 @@ func encodeItem(it *exportItem, cp ledger.Checkpoint) {
 		}
 	}
 	ent, err := event.DecodeLeaf(it.leaf)
+	if errors.Is(err, event.ErrMapLeaf) {
+		encodeMapItem(it)
+		return
+	}
 	if err != nil {
 		it.err = fmt.Errorf("%w: entry %d does not decode: %w", ErrSource, it.index, err)
 		return
@@ -617,4 +688,107 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// encodeMapItem encodes the line of a map leaf (its proof already checked):
+// no event.
+func encodeMapItem(it *exportItem) {
+	if _, _, err := event.DecodeMapLeaf(it.leaf); err != nil {
+		it.err = fmt.Errorf("%w: entry %d: %w", ErrSource, it.index, err)
+		return
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(format.EntryLine{Index: it.index, Leaf: it.leaf, InclusionProof: it.proof, Event: json.RawMessage("null")}); err != nil {
+		it.err = fmt.Errorf("entry %d: %w", it.index, err)
+		return
+	}
+	it.line, it.isMap, it.proof = buf.Bytes(), true, nil
+}
+
+// maxSubjectRounds bounds how many times evaluateSubjects widens the set of
+// subjects to the chains the rules read.
+const maxSubjectRounds = 16
+
+// evaluateSubjects evaluates the rules over the requested subjects, widened
+// until it is closed: every subject whose chain the rules read (an owner, a
+// credential holder) or whose entry a finding cites is in the set, and so is
+// evaluated and proven complete too. It returns the findings document of the
+// final set and the set, sorted.
+func evaluateSubjects(ctx context.Context, src Source, size uint64, requested []string, from, asOf time.Time) (*format.Findings, []string, error) {
+	ss, ok := src.(SubjectSource)
+	if !ok {
+		return nil, nil, fmt.Errorf("export: %w", ErrNoSubjectSource)
+	}
+	set := map[string]bool{}
+	for _, s := range requested {
+		if s == "" {
+			return nil, nil, errors.New("export: an empty subject id: name each subject to prove complete")
+		}
+		set[s] = true
+	}
+	for range maxSubjectRounds {
+		subjects := slices.Sorted(maps.Keys(set))
+		doc, read, err := ss.EvaluateSubjects(ctx, size, subjects, from, asOf)
+		if err != nil {
+			return nil, nil, fmt.Errorf("export: evaluating rules for %d subjects at size %d: %w", len(subjects), size, err)
+		}
+		if !from.IsZero() {
+			f := from.UTC()
+			doc.From = &f
+		}
+		cited, err := neededSubjects(ctx, src, doc)
+		if err != nil {
+			return nil, nil, err
+		}
+		grew := false
+		for _, s := range slices.Concat(read, cited) {
+			if !set[s] {
+				set[s], grew = true, true
+			}
+		}
+		if !grew {
+			return doc, subjects, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("export: the chains the rules read kept widening the set of subjects after %d rounds (%d subjects); export them with --all", maxSubjectRounds, len(set))
+}
+
+// completeness builds completeness.json: each subject's proof in the
+// subject map at the checkpoint, checked against the map leaf's root before
+// it is written.
+func completeness(ctx context.Context, src Source, cp ledger.Checkpoint, subjects []string) (*format.Completeness, error) {
+	c := &format.Completeness{Format: format.CompletenessFormat, Subjects: []format.SubjectComplete{}}
+	var root [32]byte
+	if cp.Size > 0 {
+		c.MapIndex = cp.Size - 1
+		leaf, err := src.Leaf(ctx, cp.Size-1)
+		if err != nil {
+			return nil, fmt.Errorf("export: reading the map leaf %d: %w", cp.Size-1, err)
+		}
+		if root, _, err = event.DecodeMapLeaf(leaf); err != nil {
+			return nil, fmt.Errorf("export: %w: leaf %d, the last of the checkpoint, is not a map leaf (was the log created with a subject map?): %w", ErrSource, cp.Size-1, err)
+		}
+	}
+	for _, s := range subjects {
+		p, err := src.(SubjectSource).SubjectProof(ctx, s, cp.Size)
+		if err != nil {
+			return nil, fmt.Errorf("export: completeness proof of subject %q at size %d: %w", s, cp.Size, err)
+		}
+		if p.Subject != s || p.Size != cp.Size || (cp.Size > 0 && p.MapIndex != cp.Size-1) {
+			return nil, fmt.Errorf("export: %w: the completeness proof of subject %q is for subject %q at size %d", ErrSource, s, p.Subject, p.Size)
+		}
+		if cp.Size > 0 {
+			if err := ledger.VerifySubjectProof(p, root); err != nil {
+				return nil, fmt.Errorf("export: %w: %w", ErrSource, err)
+			}
+		}
+		sc := format.SubjectComplete{Subject: s, Count: p.Count, Last: p.Last, Chain: p.Chain[:], Proof: []format.MapProofNode{}}
+		for _, n := range p.Proof {
+			sc.Proof = append(sc.Proof, format.MapProofNode{Label: n.Label[:], Bits: n.Bits, Hash: n.Hash[:]})
+		}
+		c.Subjects = append(c.Subjects, sc)
+	}
+	return c, nil
 }

@@ -89,8 +89,8 @@ const (
 	// complete by construction.
 	KindAll Kind = "all entries"
 	// KindSubjectsComplete: each included subject's chain is proven
-	// complete against a subject map committed into the log (designed in
-	// docs/completeness.md; no exporter produces it yet).
+	// complete against the subject map committed into the log
+	// (docs/completeness.md; evidence export --subject).
 	KindSubjectsComplete Kind = "subjects proven complete"
 	// KindSelected: selected entries; a signer holding the evidence key
 	// could have left out an entry that changes no finding.
@@ -193,8 +193,9 @@ type verifier struct {
 	cp      ledger.Checkpoint
 	pred    Predicate
 	// chains by subject: the leaves, decoded on demand
-	chains map[string][]stored
-	events map[uint64]string // index → event id
+	chains   map[string][]stored
+	events   map[uint64]string   // index → event id
+	mapRoots map[uint64][32]byte // index → root, of the map leaves present
 }
 
 type stored struct {
@@ -227,6 +228,9 @@ func (v *verifier) run(ctx context.Context, keys Keys) error {
 	if err != nil {
 		return err
 	}
+	if err := v.checkSubjectsComplete(doc); err != nil {
+		return err
+	}
 	if err := v.reproduce(ctx, doc); err != nil {
 		return err
 	}
@@ -244,7 +248,7 @@ func (v *verifier) run(ctx context.Context, keys Keys) error {
 func (v *verifier) checkComplete() error {
 	if v.opts.RequireComplete && !v.rep.Complete() {
 		return &CheckError{File: format.FileFindings, Check: "completeness required", Err: fmt.Errorf(
-			"%w: %w: the package holds %s (%d of %d entries); export it with --all (or, once built, --subject ID for each subject) to prove completeness",
+			"%w: %w: the package holds %s (%d of %d entries); export it with --all, or with --subject ID for each subject (from a log with a subject map), to prove completeness",
 			ErrVerification, ErrIncomplete, v.rep.Kind, v.rep.Entries, v.rep.Size)}
 	}
 	if v.rep.Complete() {
@@ -472,6 +476,8 @@ type checkedEntry struct {
 	proved  bool   // by its own inclusion proof; else only the recomputed root proves it
 	subject string
 	eventID string
+	isMap   bool     // a map leaf (docs/completeness.md): no event, in no chain
+	mapRoot [32]byte // its subject map root
 	err     error
 }
 
@@ -503,6 +509,7 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 	}
 	v.chains = map[string][]stored{}
 	v.events = map[uint64]string{}
+	v.mapRoots = map[uint64][32]byte{}
 	var count, next uint64
 	// Every leaf from index 0 on, while the lines are 0, 1, 2, ...: when
 	// they are the whole tree, the root recomputed from them proves every
@@ -528,9 +535,13 @@ func (v *verifier) checkEntries(ctx context.Context) error {
 					return err
 				}
 			}
+			count++
+			if c.isMap {
+				v.mapRoots[c.index] = c.mapRoot
+				continue
+			}
 			v.chains[c.subject] = append(v.chains[c.subject], stored{index: c.index, leaf: c.leaf})
 			v.events[c.index] = c.eventID
-			count++
 		}
 		return nil
 	}
@@ -624,6 +635,19 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 		}
 	}
 	ent, err := event.DecodeLeaf(e.Leaf)
+	if errors.Is(err, event.ErrMapLeaf) {
+		root, covers, err := event.DecodeMapLeaf(e.Leaf)
+		if err != nil {
+			return checkedEntry{err: fail(file, "leaf decoding", "%s: %v", where, err)}
+		}
+		if covers != e.Index {
+			return checkedEntry{err: fail(file, "leaf decoding", "%s: a map leaf must cover the leaves before its own index, this one says %d", where, covers)}
+		}
+		if !bytes.Equal(bytes.TrimSpace(e.Event), []byte("null")) {
+			return checkedEntry{err: fail(file, "event matches leaf", "%s: the leaf is a map leaf, so \"event\" must be null", where)}
+		}
+		return checkedEntry{index: e.Index, leaf: e.Leaf, hash: lh, proved: proved, isMap: true, mapRoot: root}
+	}
 	if err != nil {
 		return checkedEntry{err: fail(file, "leaf decoding", "%s: %v", where, err)}
 	}
@@ -865,5 +889,103 @@ func (v *verifier) checkAssessment() error {
 		}
 	}
 	v.pass(file, "back-matter hashes", "%d package files referenced with matching SHA-256", n)
+	return nil
+}
+
+// checkSubjectsComplete checks completeness.json of a package of subjects
+// proven complete (docs/completeness.md): the map leaf at the checkpoint's
+// last index is present and proven, and each subject's chain as the package
+// holds it (count, newest index, chain of leaf hashes) is the one the
+// subject map commits to. Every subject with entries in the package must
+// have a proof, else the package is selected without a completeness claim.
+func (v *verifier) checkSubjectsComplete(doc *format.Findings) error {
+	const file = format.FileCompleteness
+	_, present := v.digests[file]
+	claimed := len(doc.CompleteSubjects) > 0
+	switch {
+	case !present && !claimed:
+		return nil
+	case !present:
+		return fail(format.FileFindings, "subjects proven complete", "findings.json names %d subjects proven complete, but the package has no %s", len(doc.CompleteSubjects), file)
+	case !claimed:
+		return fail(file, "subjects proven complete", "the package holds %s, but findings.json names no complete_subjects", file)
+	case doc.All:
+		return fail(format.FileFindings, "subjects proven complete", "a package of every entry (all) has no complete_subjects")
+	}
+	b, err := v.readSmall(file)
+	if err != nil {
+		return err
+	}
+	var c format.Completeness
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&c); err != nil {
+		return fail(file, "completeness document", "%v", err)
+	}
+	if c.Format != format.CompletenessFormat {
+		return fail(file, "completeness document", "format %q, want %q", c.Format, format.CompletenessFormat)
+	}
+	var root [32]byte
+	if v.cp.Size > 0 {
+		if c.MapIndex != v.cp.Size-1 {
+			return fail(file, "map leaf", "map_index is %d; the map leaf of a checkpoint of size %d is its last leaf, %d", c.MapIndex, v.cp.Size, v.cp.Size-1)
+		}
+		r, ok := v.mapRoots[c.MapIndex]
+		if !ok {
+			return fail(file, "map leaf", "the map leaf %d is not in %s; without it no subject is proven complete", c.MapIndex, format.FileEntries)
+		}
+		root = r
+	} else if c.MapIndex != 0 {
+		return fail(file, "map leaf", "map_index is %d at checkpoint size 0, which has no map leaf", c.MapIndex)
+	}
+	names := make([]string, len(c.Subjects))
+	for i, s := range c.Subjects {
+		names[i] = s.Subject
+	}
+	if !slices.Equal(names, doc.CompleteSubjects) {
+		return fail(file, "subjects proven complete", "the proofs are for subjects %q, findings.json names %q", names, doc.CompleteSubjects)
+	}
+	for i, s := range c.Subjects {
+		where := fmt.Sprintf("subject %d (%s)", i, textsafe.Quote(s.Subject))
+		if i > 0 && s.Subject <= c.Subjects[i-1].Subject {
+			return fail(file, "subjects proven complete", "%s: subjects must be sorted and distinct", where)
+		}
+		// The chain as the package holds it.
+		var count, last uint64
+		var chain [32]byte
+		for _, e := range v.chains[s.Subject] {
+			count++
+			last = e.index
+			chain = ledger.ChainNext(chain, ledger.LeafHash(e.leaf))
+		}
+		if count != s.Count || last != s.Last || !bytes.Equal(chain[:], s.Chain) {
+			return fail(file, "subject chain complete", "%s: the package holds %d of its entries (newest %d) chaining to %x, the proof is for %d entries (newest %d) chaining to %x: an entry is missing, added or altered",
+				where, count, last, chain, s.Count, s.Last, s.Chain)
+		}
+		if v.cp.Size == 0 {
+			if s.Count != 0 || len(s.Proof) != 0 {
+				return fail(file, "subject chain complete", "%s: at checkpoint size 0 every subject has no entries and an empty proof", where)
+			}
+			continue
+		}
+		p := ledger.SubjectProof{Subject: s.Subject, Size: v.cp.Size, MapIndex: c.MapIndex, Root: root, Count: s.Count, Last: s.Last, Chain: chain}
+		for j, n := range s.Proof {
+			if len(n.Label) != 32 || len(n.Hash) != 32 {
+				return fail(file, "subject map proof", "%s: proof node %d has a %d-byte label and a %d-byte hash, want 32 each", where, j, len(n.Label), len(n.Hash))
+			}
+			p.Proof = append(p.Proof, ledger.MapProofNode{Label: [32]byte(n.Label), Bits: n.Bits, Hash: [32]byte(n.Hash)})
+		}
+		if err := ledger.VerifySubjectProof(p, root); err != nil {
+			return fail(file, "subject map proof", "%s: %v", where, err)
+		}
+	}
+	for s := range v.chains {
+		if !slices.Contains(doc.CompleteSubjects, s) {
+			v.pass(file, "subjects proven complete", "%d subjects proven complete, but the package also holds entries of subject %s without a proof: selected entries without a completeness claim", len(c.Subjects), textsafe.Quote(s))
+			return nil
+		}
+	}
+	v.rep.Kind = KindSubjectsComplete
+	v.pass(file, "subjects proven complete", "%d subjects: each chain as included matches its count, newest index and chain hash, proven in the subject map of map leaf %d", len(c.Subjects), c.MapIndex)
 	return nil
 }

@@ -198,7 +198,7 @@ func runDemo(ctx context.Context, env *cmdEnv, dc demoConfig) (*demoSummary, err
 	logf("generated %d events for %d identities over %d months (seed %d), %d planted failures; feed in %s",
 		len(org.Events), org.Identities, org.Config.Months, org.Config.Seed, len(org.Planted), feed)
 
-	srv, err := server.Start(ctx, server.Config{DataDir: sum.dataDir, Listen: "127.0.0.1:0", ParamsFile: params})
+	srv, err := server.Start(ctx, server.Config{DataDir: sum.dataDir, Listen: "127.0.0.1:0", ParamsFile: params, SubjectMap: true})
 	if err != nil {
 		return nil, fmt.Errorf("starting the server: %w", err)
 	}

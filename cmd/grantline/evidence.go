@@ -22,7 +22,7 @@ import (
 func init() {
 	register(&command{
 		name:    "evidence",
-		usage:   "export --out DIR [--as-of RFC3339 | --from RFC3339 --to RFC3339] [--framework NAME] [--size N] [--all] [--tar]",
+		usage:   "export --out DIR [--as-of RFC3339 | --from RFC3339 --to RFC3339] [--framework NAME] [--size N] [--all | --subject ID ...] [--tar]",
 		summary: "export a signed evidence package (checkpoint, entries with proofs, findings, OSCAL, report)",
 		run:     runEvidenceCmd,
 	})
@@ -38,7 +38,7 @@ func runEvidenceCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	ec := *commands["evidence"]
 	ec.name = "evidence export"
-	ec.usage = "--out DIR [--as-of RFC3339 | --from RFC3339 --to RFC3339] [--framework NAME] [--size N] [--all] [--tar] [--since OLD_CHECKPOINT ...]"
+	ec.usage = "--out DIR [--as-of RFC3339 | --from RFC3339 --to RFC3339] [--framework NAME] [--size N] [--all | --subject ID ...] [--tar] [--since OLD_CHECKPOINT ...]"
 	fs := newFlagSet(env, &ec)
 	var cf clientFlags
 	cf.register(fs, env)
@@ -52,7 +52,9 @@ func runEvidenceCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		all   = fs.Bool("all", false, "include every entry of the tree, not only the chains the findings need")
 		tgz   = fs.Bool("tar", false, "write one .tar.gz file instead of a folder")
 		since sinceFlag
+		subs  subjectsFlag
 	)
+	fs.Var(&subs, "subject", "prove this subject's chain complete (repeatable): the package holds the chains of these subjects (and of those their findings cite or their rules read), each with a proof in the log's subject map (docs/completeness.md); not with --all")
 	fs.Var(&since, "since", "an older checkpoint file you kept (repeatable): the package proves the log grew from it consistently")
 	rest, err := parseInterspersed(fs, args[1:])
 	if err != nil {
@@ -64,7 +66,10 @@ func runEvidenceCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if *out == "" {
 		return &exitError{code: 2, msg: "--out is required: the folder (or with --tar the .tar.gz file) to write the package to"}
 	}
-	req := &pb.ExportEvidenceRequest{TreeSize: *size, All: *all, SinceSizes: since.sizes}
+	if *all && len(subs) > 0 {
+		return &exitError{code: 2, msg: "--all and --subject exclude each other: --all exports every entry, --subject the chains of chosen subjects with completeness proofs"}
+	}
+	req := &pb.ExportEvidenceRequest{TreeSize: *size, All: *all, SinceSizes: since.sizes, Subjects: subs}
 	if *asOf != "" {
 		t, err := time.Parse(time.RFC3339, *asOf)
 		if err != nil {
@@ -300,4 +305,17 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(textsafe.Escape(s), "'", `'\''`) + "'"
+}
+
+// subjectsFlag is the repeatable --subject ID.
+type subjectsFlag []string
+
+func (f *subjectsFlag) String() string { return strings.Join(*f, ",") }
+
+func (f *subjectsFlag) Set(id string) error {
+	if id == "" {
+		return fmt.Errorf("empty subject id: name the subject whose chain to prove complete")
+	}
+	*f = append(*f, id)
+	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -53,6 +54,11 @@ type Config struct {
 	Algorithm string
 	// QueueSize is the ledger's append queue (0: its default).
 	QueueSize int
+	// SubjectMap creates a new log with a subject map, so that evidence
+	// export --subject can prove subjects complete (docs/completeness.md).
+	// A property of the log fixed at its creation: ignored for an existing
+	// log, which keeps its own.
+	SubjectMap bool
 	// SSFTransmitters is a JSON file of Shared Signals transmitters
 	// (docs/sources.md, "Shared Signals"); "" serves no SET receiver.
 	SSFTransmitters string
@@ -205,7 +211,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("evidence key: %w", err)
 	}
-	lo := ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")}
+	lo := ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger"), SubjectMap: cfg.SubjectMap}
 	var l *ledger.Log
 	var pg *pgstore.Store
 	reg := prometheus.NewRegistry()
@@ -432,7 +438,7 @@ type exporter struct {
 
 func (x *exporter) Export(ctx context.Context, req ingest.ExportRequest, create func(string) (io.WriteCloser, error)) error {
 	src := &exportSource{x: x, req: req}
-	return verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, From: req.From, Framework: req.Framework, LogKey: x.logKey, All: req.All, SinceSizes: req.SinceSizes, Signer: x.signer}, sinkFunc(create))
+	return verify.Export(ctx, src, verify.ExportOptions{AsOf: req.AsOf, From: req.From, Framework: req.Framework, LogKey: x.logKey, All: req.All, SinceSizes: req.SinceSizes, Subjects: req.Subjects, Signer: x.signer}, sinkFunc(create))
 }
 
 type sinkFunc func(string) (io.WriteCloser, error)
@@ -477,6 +483,62 @@ func (s *exportSource) evaluate(ctx context.Context, size uint64, from, asOf tim
 		return nil, err
 	}
 	return verify.FindingsDocument(s.x.set, res, s.x.params)
+}
+
+// EvaluateSubjects makes exportSource a verify.SubjectSource: the rules
+// over subjects only, recording the other chains they read.
+func (s *exportSource) EvaluateSubjects(ctx context.Context, size uint64, subjects []string, from, asOf time.Time) (*format.Findings, []string, error) {
+	rec := &readChains{src: s.req.Chains, given: subjects, read: map[string]bool{}}
+	var res *rules.Result
+	var err error
+	if from.IsZero() {
+		res, err = s.x.set.Evaluate(ctx, subjects, rec, asOf)
+	} else {
+		res, err = s.x.set.EvaluatePeriod(ctx, subjects, rec, from, asOf)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	doc, err := verify.FindingsDocument(s.x.set, res, s.x.params)
+	if err != nil {
+		return nil, nil, err
+	}
+	return doc, rec.others(), nil
+}
+
+// SubjectProof makes exportSource a verify.SubjectSource.
+func (s *exportSource) SubjectProof(ctx context.Context, subject string, size uint64) (ledger.SubjectProof, error) {
+	return s.x.l.SubjectProof(ctx, subject, size)
+}
+
+// readChains is a rules.ChainSource that records the subjects whose chains
+// were read beyond the given ones. Safe for concurrent use.
+type readChains struct {
+	src   rules.ChainSource
+	given []string
+	mu    sync.Mutex
+	read  map[string]bool
+}
+
+func (r *readChains) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
+	r.mu.Lock()
+	r.read[subject] = true
+	r.mu.Unlock()
+	return r.src.Chain(ctx, subject)
+}
+
+// others are the subjects read that were not given, sorted.
+func (r *readChains) others() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for s := range r.read {
+		if !slices.Contains(r.given, s) {
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (s *exportSource) Leaf(ctx context.Context, index uint64) ([]byte, error) {

@@ -12,21 +12,26 @@ import (
 )
 
 // File names inside a package. A package holds exactly the required files,
-// plus FileConsistency when the exporter was asked for consistency proofs.
+// plus FileConsistency when the exporter was asked for consistency proofs,
+// and FileCompleteness in a package of subjects proven complete.
 const (
-	FileCheckpoint  = "checkpoint"              // the signed checkpoint note, verbatim
-	FileConsistency = "consistency.json"        // optional: Consistency
-	FileEntries     = "entries.jsonl"           // one EntryLine a line, ascending index
-	FileFindings    = "findings.json"           // Findings
-	FilePopulation  = "population.jsonl"        // one PopulationRow a line
-	FileCSV         = "findings.csv"            // findings for spreadsheets
-	FileReport      = "report.html"             // the human report
-	FileAssessment  = "assessment-results.json" // OSCAL 1.1.3 assessment-results
-	FileStatement   = "statement.dsse.json"     // DSSE envelope over an in-toto Statement v1
+	FileCheckpoint   = "checkpoint"              // the signed checkpoint note, verbatim
+	FileConsistency  = "consistency.json"        // optional: Consistency
+	FileCompleteness = "completeness.json"       // optional: Completeness
+	FileEntries      = "entries.jsonl"           // one EntryLine a line, ascending index
+	FileFindings     = "findings.json"           // Findings
+	FilePopulation   = "population.jsonl"        // one PopulationRow a line
+	FileCSV          = "findings.csv"            // findings for spreadsheets
+	FileReport       = "report.html"             // the human report
+	FileAssessment   = "assessment-results.json" // OSCAL 1.1.3 assessment-results
+	FileStatement    = "statement.dsse.json"     // DSSE envelope over an in-toto Statement v1
 )
 
 // FindingsFormat is the value of Findings.Format for this version.
 const FindingsFormat = "grantline.dev/evidence/findings/v1"
+
+// CompletenessFormat is the value of Completeness.Format for this version.
+const CompletenessFormat = "grantline.dev/evidence/completeness/v1"
 
 // ConsistencyFormat is the value of Consistency.Format for this version.
 const ConsistencyFormat = "grantline.dev/evidence/consistency/v1"
@@ -37,7 +42,7 @@ var RequiredFiles = []string{FileCheckpoint, FileEntries, FileFindings, FilePopu
 
 // Known reports whether name is a file a package may hold.
 func Known(name string) bool {
-	if name == FileConsistency {
+	if name == FileConsistency || name == FileCompleteness {
 		return true
 	}
 	for _, f := range RequiredFiles {
@@ -51,7 +56,8 @@ func Known(name string) bool {
 // EntryLine is one line of entries.jsonl. Leaf is the ledger leaf exactly as
 // stored (base64 in JSON); InclusionProof is the RFC 6962 audit path from the
 // leaf to the checkpoint's root; Event is the protojson encoding of the event
-// decoded from Leaf, for reading — the leaf is authoritative.
+// decoded from Leaf, for reading — the leaf is authoritative. A map leaf
+// (docs/completeness.md) has no event: Event is null.
 type EntryLine struct {
 	Index          uint64          `json:"index"`
 	Leaf           []byte          `json:"leaf"`
@@ -75,6 +81,11 @@ type Findings struct {
 	// it holds the chains of the subjects with findings and of the subjects
 	// whose entries a finding cites.
 	All bool `json:"all"`
+	// CompleteSubjects, in a package exported with --subject, are the
+	// subjects whose chains the package holds, each proven complete in
+	// completeness.json (sorted; a subject without entries has none).
+	// Absent otherwise.
+	CompleteSubjects []string `json:"complete_subjects,omitempty"`
 	// Framework is the control catalog the report and OSCAL were written
 	// in (verify/oscal); empty for the default.
 	Framework string `json:"framework,omitempty"`
@@ -266,3 +277,35 @@ type EventRow struct {
 
 // ApprovalKey is the key of Scope.ApproverOf.
 func ApprovalKey(subject, request string) string { return subject + "\x00" + request }
+
+// Completeness is completeness.json: for each subject of a package exported
+// with --subject, its chain's summary in the subject map committed by the map
+// leaf at MapIndex (the checkpoint's last leaf, present in entries.jsonl with
+// its inclusion proof), and the prefix-tree proof (docs/completeness.md). At
+// checkpoint size 0 there is no map leaf: MapIndex is 0, every count 0, every
+// proof empty.
+type Completeness struct {
+	Format   string            `json:"format"`
+	MapIndex uint64            `json:"map_index"`
+	Subjects []SubjectComplete `json:"subjects"`
+}
+
+// SubjectComplete is one subject's proof: Count entries, the newest at
+// index Last, whose leaf hashes chain (SHA-256(chain || leaf hash) from 32
+// zero bytes) to Chain; a membership proof of that summary, or for Count 0 a
+// non-membership proof.
+type SubjectComplete struct {
+	Subject string         `json:"subject"`
+	Count   uint64         `json:"count"`
+	Last    uint64         `json:"last"`
+	Chain   []byte         `json:"chain"` // base64 in JSON
+	Proof   []MapProofNode `json:"proof"`
+}
+
+// MapProofNode is one sibling of a subject-map proof: the first Bits bits of
+// Label, and the node's hash.
+type MapProofNode struct {
+	Label []byte `json:"label"` // 32 bytes, base64 in JSON
+	Bits  uint32 `json:"bits"`
+	Hash  []byte `json:"hash"` // 32 bytes, base64 in JSON
+}

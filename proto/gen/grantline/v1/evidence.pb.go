@@ -476,7 +476,13 @@ type ExportEvidenceRequest struct {
 	To   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=to,proto3" json:"to,omitempty"`
 	// The control framework the report and OSCAL are written in (empty: the
 	// default view).
-	Framework     string `protobuf:"bytes,12,opt,name=framework,proto3" json:"framework,omitempty"`
+	Framework string `protobuf:"bytes,12,opt,name=framework,proto3" json:"framework,omitempty"`
+	// Subjects to prove complete: the package holds their chains (and those
+	// of the subjects their findings cite or their rules read), each with a
+	// proof in the log's subject map that none of its entries is missing
+	// (completeness.json), and their findings only. The log must have a
+	// subject map; not with all.
+	Subjects      []string `protobuf:"bytes,13,rep,name=subjects,proto3" json:"subjects,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -558,6 +564,13 @@ func (x *ExportEvidenceRequest) GetFramework() string {
 		return x.Framework
 	}
 	return ""
+}
+
+func (x *ExportEvidenceRequest) GetSubjects() []string {
+	if x != nil {
+		return x.Subjects
+	}
+	return nil
 }
 
 // ExportEvidenceResponse carries one chunk of one file of the package. Files
@@ -669,7 +682,7 @@ const file_grantline_v1_evidence_proto_rawDesc = "" +
 	"\x13exposure_by_subject\x18\v \x03(\v25.grantline.v1.EvaluateResponse.ExposureBySubjectEntryR\x11exposureBySubject\x1aD\n" +
 	"\x16ExposureBySubjectEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x92\x02\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xae\x02\n" +
 	"\x15ExportEvidenceRequest\x12\x1b\n" +
 	"\ttree_size\x18\x01 \x01(\x04R\btreeSize\x12/\n" +
 	"\x05as_of\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04asOf\x12\x10\n" +
@@ -679,7 +692,8 @@ const file_grantline_v1_evidence_proto_rawDesc = "" +
 	"\x04from\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\x04from\x12*\n" +
 	"\x02to\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x02to\x12\x1c\n" +
-	"\tframework\x18\f \x01(\tR\tframework\"R\n" +
+	"\tframework\x18\f \x01(\tR\tframework\x12\x1a\n" +
+	"\bsubjects\x18\r \x03(\tR\bsubjects\"R\n" +
 	"\x16ExportEvidenceResponse\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
