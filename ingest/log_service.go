@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"strconv"
@@ -225,11 +226,15 @@ func subjectSum(s string) uint32 {
 }
 
 // logEntries decodes stored leaves for a response; the leaf bytes are passed
-// through verbatim.
+// through verbatim. A map leaf (docs/completeness.md) has no event.
 func logEntries(ents []ledger.Entry) ([]*pb.LogEntry, error) {
 	out := make([]*pb.LogEntry, len(ents))
 	for i, e := range ents {
 		ent, err := event.DecodeLeaf(e.Leaf)
+		if errors.Is(err, event.ErrMapLeaf) {
+			out[i] = &pb.LogEntry{Index: e.Index, Leaf: e.Leaf, LeafHash: rfc6962.DefaultHasher.HashLeaf(e.Leaf)}
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: leaf %d does not decode: %w", ledger.ErrCorrupt, e.Index, err)
 		}

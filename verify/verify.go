@@ -454,8 +454,8 @@ func ParseEntryLine(line []byte) (format.EntryLine, error) {
 	if len(e.Leaf) == 0 {
 		return e, errors.New(`missing "leaf"`)
 	}
-	if len(e.Event) == 0 || string(e.Event) == "null" {
-		return e, errors.New(`missing "event"`)
+	if len(e.Event) == 0 {
+		return e, errors.New(`missing "event"`) // null only for a map leaf, which checkLine checks
 	}
 	return e, nil
 }
@@ -650,6 +650,9 @@ func (v *verifier) checkLine(lineNo uint64, line []byte) checkedEntry {
 	}
 	if err != nil {
 		return checkedEntry{err: fail(file, "leaf decoding", "%s: %v", where, err)}
+	}
+	if bytes.Equal(bytes.TrimSpace(e.Event), []byte("null")) {
+		return checkedEntry{err: fail(file, "entry line", "line %d: missing \"event\" (null is only for a map leaf)", lineNo)}
 	}
 	var shown pb.Event
 	if err := protojson.Unmarshal(e.Event, &shown); err != nil {

@@ -133,8 +133,10 @@ type LogEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Index uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	// The leaf bytes exactly as hashed into the tree.
-	Leaf          []byte                 `protobuf:"bytes,2,opt,name=leaf,proto3" json:"leaf,omitempty"`
-	LeafHash      []byte                 `protobuf:"bytes,3,opt,name=leaf_hash,json=leafHash,proto3" json:"leaf_hash,omitempty"`
+	Leaf     []byte `protobuf:"bytes,2,opt,name=leaf,proto3" json:"leaf,omitempty"`
+	LeafHash []byte `protobuf:"bytes,3,opt,name=leaf_hash,json=leafHash,proto3" json:"leaf_hash,omitempty"`
+	// Unset for a map leaf of a log with a subject map (docs/completeness.md),
+	// which holds the subject map's root instead of an event.
 	Event         *Event                 `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
 	ObservedTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=observed_time,json=observedTime,proto3" json:"observed_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
