@@ -760,6 +760,13 @@ func evaluateSubjects(ctx context.Context, src Source, size uint64, requested []
 // it is written.
 func completeness(ctx context.Context, src Source, cp ledger.Checkpoint, subjects []string) (*format.Completeness, error) {
 	c := &format.Completeness{Format: format.CompletenessFormat, Subjects: []format.SubjectComplete{}}
+	proofs := make([]ledger.SubjectProof, len(subjects))
+	for i, s := range subjects {
+		var err error
+		if proofs[i], err = src.(SubjectSource).SubjectProof(ctx, s, cp.Size); err != nil {
+			return nil, fmt.Errorf("export: completeness proof of subject %q at size %d: %w", s, cp.Size, err)
+		}
+	}
 	var root [32]byte
 	if cp.Size > 0 {
 		c.MapIndex = cp.Size - 1
@@ -768,14 +775,11 @@ func completeness(ctx context.Context, src Source, cp ledger.Checkpoint, subject
 			return nil, fmt.Errorf("export: reading the map leaf %d: %w", cp.Size-1, err)
 		}
 		if root, _, err = event.DecodeMapLeaf(leaf); err != nil {
-			return nil, fmt.Errorf("export: %w: leaf %d, the last of the checkpoint, is not a map leaf (was the log created with a subject map?): %w", ErrSource, cp.Size-1, err)
+			return nil, fmt.Errorf("export: %w: leaf %d, the last of the checkpoint, is not a map leaf: %w", ErrSource, cp.Size-1, err)
 		}
 	}
-	for _, s := range subjects {
-		p, err := src.(SubjectSource).SubjectProof(ctx, s, cp.Size)
-		if err != nil {
-			return nil, fmt.Errorf("export: completeness proof of subject %q at size %d: %w", s, cp.Size, err)
-		}
+	for i, s := range subjects {
+		p := proofs[i]
 		if p.Subject != s || p.Size != cp.Size || (cp.Size > 0 && p.MapIndex != cp.Size-1) {
 			return nil, fmt.Errorf("export: %w: the completeness proof of subject %q is for subject %q at size %d", ErrSource, s, p.Subject, p.Size)
 		}

@@ -36,6 +36,13 @@ type mapLog struct {
 
 func newMapLog(t testing.TB, o ledger.Options) *mapLog {
 	t.Helper()
+	o.SubjectMap = true
+	return newLedgerLog(t, o)
+}
+
+// newLedgerLog is newMapLog with o's SubjectMap as given.
+func newLedgerLog(t testing.TB, o ledger.Options) *mapLog {
+	t.Helper()
 	key, err := checkpoint.GenerateKey(checkpoint.Ed25519)
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +57,6 @@ func newMapLog(t testing.TB, o ledger.Options) *mapLog {
 	if o.Verifier, err = checkpoint.NewNoteVerifier(m.vkey); err != nil {
 		t.Fatal(err)
 	}
-	o.SubjectMap = true
 	m.o = o
 	m.open()
 	return m
@@ -436,5 +442,21 @@ func removeFile(t *testing.T, dir, name string) {
 	t.Helper()
 	if err := os.Remove(filepath.Join(dir, name)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSubjectsWithoutMap: a log created without a subject map cannot make
+// a package of subjects proven complete, and says why.
+func TestSubjectsWithoutMap(t *testing.T) {
+	m := newLedgerLog(t, ledger.Options{})
+	m.append(synthEvents(5, 3))
+	s, _, _ := evidenceKey(t, "ed25519")
+	err := Export(t.Context(), m, ExportOptions{Signer: s, AsOf: asOf, Evaluator: testEvaluator{}, Subjects: []string{"user-00001"}}, DirSink{Dir: t.TempDir()})
+	if !errors.Is(err, ledger.ErrNoSubjectMap) {
+		t.Fatalf("Export --subject from a log without a map = %v, want ErrNoSubjectMap", err)
+	}
+	err = Export(t.Context(), m, ExportOptions{Signer: s, AsOf: asOf, Subjects: []string{"user-00001"}, All: true}, DirSink{Dir: t.TempDir()})
+	if err == nil {
+		t.Fatal("Export with both All and Subjects succeeded")
 	}
 }

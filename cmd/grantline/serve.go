@@ -43,7 +43,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfg.WitnessPolicy, "witness-policy", "", "witness policy file: send checkpoints to its witnesses, serve the newest witnessed one (docs/witnessing.md)")
 	fs.DurationVar(&cfg.StreamIdleTimeout, "stream-idle-timeout", server.DefaultStreamIdleTimeout, "close an AppendStream on which no message arrived for this long (clients reconnect)")
 	fs.DurationVar(&cfg.StreamMaxLifetime, "stream-max-lifetime", server.DefaultStreamMaxLifetime, "close an AppendStream this long after it opened (clients reconnect; a revoked token stops at once regardless)")
-	fs.BoolVar(&cfg.SubjectMap, "subject-map", true, "create a new log with a subject map, so that evidence export --subject proves subjects complete (docs/completeness.md); fixed when the log is created, ignored afterwards")
+	fs.BoolVar(&cfg.SubjectMap, "subject-map", false, "create a new log with a subject map (recommended), so that evidence export --subject can prove subjects complete (docs/completeness.md); fixed when the log is created, ignored afterwards")
 	fs.BoolVar(&cfg.Init, "init", false, "start a new, empty log under the existing keys in DATA/keys when DATA/ledger holds none (never overwrites a log; see docs/operations.md)")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")

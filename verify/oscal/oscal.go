@@ -372,6 +372,9 @@ func scopeOf(doc *format.Findings) string {
 	if doc.All {
 		return "every identity's event chain (the package holds every entry, so every chain is complete)"
 	}
+	if n := len(doc.CompleteSubjects); n > 0 {
+		return fmt.Sprintf("the event chains of %d chosen identities and of those their findings cite or their rules read (each proven complete against the log's subject map; completeness.json)", n)
+	}
 	return "the event chains of the identities with findings and those the findings cite (the package holds these chains only; it does not prove them complete)"
 }
 

@@ -144,6 +144,7 @@ type view struct {
 	Size                     uint64
 	Entries, Subjects        uint64
 	All                      bool
+	Proven                   int // subjects proven complete (a package exported with --subject)
 	Total                    int
 	BySeverity               []sevCount
 	Identities               int
@@ -191,7 +192,7 @@ func buildView(scope *format.Scope, opts Options) *view {
 		Origin: doc.Origin, Size: doc.CheckpointSize, Root: hex.EncodeToString(doc.CheckpointRoot),
 		AsOf: stamp(doc.AsOf), Package: name, Complete: doc.All,
 		Generated: stamp(scope.GeneratedAt), Version: scope.Version, LogKey: scope.LogKey, EvKey: scope.EvidenceKeyID,
-		Entries: scope.Entries, Subjects: scope.Subjects, All: doc.All, Total: len(doc.Findings),
+		Entries: scope.Entries, Subjects: scope.Subjects, All: doc.All, Proven: len(doc.CompleteSubjects), Total: len(doc.Findings),
 		Files: scope.Files, Errors: doc.Errors,
 		VerifyCmd: fmt.Sprintf("grantline verify %s --log-key log.vkey --evidence-key evidence.pub", shellQuote(name)),
 	}
