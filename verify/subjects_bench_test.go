@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -68,7 +69,9 @@ func BenchmarkExportSubject(b *testing.B) {
 	}
 	opts := verifyOpts()
 	opts.RequireComplete = true
+	t0 := time.Now()
 	rep, err := Verify(b.Context(), dir, keys, opts)
+	verifyTime := time.Since(t0)
 	if err != nil {
 		b.Fatalf("Verify --require-complete: %v", err)
 	}
@@ -80,4 +83,5 @@ func BenchmarkExportSubject(b *testing.B) {
 	b.ReportMetric(float64(pkgBytes)/1e6, "pkg-MB")
 	b.ReportMetric(float64(entryBytes)/float64(rep.Entries), "bytes/entry")
 	b.ReportMetric(float64(complBytes), "completeness-bytes")
+	b.ReportMetric(float64(verifyTime.Milliseconds()), "verify-ms")
 }
