@@ -57,7 +57,10 @@ const (
 	kSubject    = 's' // s escaped(subject) 0x00 0x01 be64(index) -> empty
 	kTile       = 't' // t level[1] be64(index) -> tile hashes (width*32 bytes)
 	kCheckpoint = 'c' // c be64(size) -> signed checkpoint note
-	kMeta       = 'm' // m "latest", m "tree" -> be64(size)
+	kMeta       = 'm' // m "latest", m "tree" -> be64(size); m "subjectmap" -> 0x01
+	// With a subject map (ledger/submap.go, docs/completeness.md):
+	// kMapNode 'p' be32(bits) label[32] ^be64(size) -> prefix-tree node, and
+	// kSubjState 'v' SHA-256(subject) -> be64(count) be64(last) chain[32].
 )
 
 var (
@@ -167,6 +170,10 @@ func describeKey(k []byte) string {
 		if s, i, ok := parseSubjectKey(k); ok {
 			return fmt.Sprintf("subject index entry %q/%d", s, i)
 		}
+	case k[0] == kMapNode && len(k) == 1+36+8:
+		return fmt.Sprintf("subject map node %x as of checkpoint %d", k[1:37], ^binary.BigEndian.Uint64(k[37:]))
+	case k[0] == kSubjState && len(k) == 33:
+		return fmt.Sprintf("subject state %x", k[1:])
 	case k[0] == kMeta:
 		return fmt.Sprintf("record %q", k)
 	}
