@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -238,6 +239,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		wc := cfg.Witnessing
 		wc.Policy, wc.Log, wc.Proof, wc.Logger, wc.Registerer = policy, keys.LogVerifier, l.ConsistencyProof, cfg.Logger, reg
+		wc.StateFile, wc.Holds = filepath.Join(cfg.DataDir, WitnessedFile), holds(ctx, l)
 		if wit, err = witness.New(wc); err != nil {
 			l.Close()
 			return nil, err
@@ -544,6 +546,29 @@ func (s *exportSource) InclusionProof(ctx context.Context, index, size uint64) (
 
 func (s *exportSource) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
 	return s.x.l.ConsistencyProof(ctx, from, to)
+}
+
+// WitnessedFile, in the data directory, keeps the newest witnessed
+// checkpoint across restarts (witness.Config.StateFile).
+const WitnessedFile = "witnessed.checkpoint"
+
+// holds tells whether l holds the checkpoint (size, root): a data directory
+// restored from an older backup, or a stored note of another log, must not
+// be served as this log's witnessed checkpoint.
+func holds(ctx context.Context, l *ledger.Log) func(uint64, [32]byte) error {
+	return func(size uint64, root [32]byte) error {
+		if n := l.Latest().Size; size > n {
+			return fmt.Errorf("the log has %d entries, the stored checkpoint %d (was the data directory restored from an older backup?)", n, size)
+		}
+		cp, err := l.CheckpointAt(ctx, size)
+		if err != nil {
+			return err
+		}
+		if cp.Root != root {
+			return fmt.Errorf("the log's checkpoint of size %d has root %x, the stored one %x: it is another history", size, cp.Root, root)
+		}
+		return nil
+	}
 }
 
 // feedInterval is how often the witnesser is handed the ledger's latest
