@@ -141,7 +141,7 @@ func TestWitnessedCheckpointSurvivesRestart(t *testing.T) {
 	// A tampered note is refused; the server says so and serves none.
 	text, sigs, _ := strings.Cut(string(wd.Note), "\n\n")
 	lines := strings.SplitAfter(sigs, "\n")
-	cosig := lines[len(lines)-2] // the last line is empty after the final newline
+	cosig := lines[len(lines)-2]            // the last line is empty after the final newline
 	i := strings.LastIndex(cosig, " ") + 20 // inside the signature, past the key hash
 	flip := "A"
 	if cosig[i] == 'A' {
