@@ -105,6 +105,7 @@ type Server struct {
 	lost     atomic.Bool
 	wit      *witness.Witnesser // nil without a witness policy
 	witStop  func()             // stops the witnesser and waits for it
+	pollStop func()             // stops the SSF pollers and waits for them
 	api      *ingest.Server
 	http     *http.Server
 	stopped  chan struct{} // closed when the HTTP server stopped serving
@@ -153,7 +154,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.SSFTransmitters != "" {
 		ts, err := ssf.LoadTransmitters(cfg.SSFTransmitters)
 		if err == nil {
-			rcv, err = ssf.NewReceiver(ts)
+			rcv, err = ssf.NewReceiverWith(ts, ssf.Options{Logger: cfg.Logger})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: --ssf-transmitters: %w", ErrConfig, err)
@@ -270,6 +271,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if pg != nil {
 		go rs.watchLease()
 	}
+	pctx, pcancel := context.WithCancel(context.Background())
+	var pwg sync.WaitGroup
+	pwg.Go(func() { api.PollSSF(pctx) })
+	rs.pollStop = func() { pcancel(); pwg.Wait() }
 	if b, err := os.ReadFile(rs.AdminTokenPath); err == nil {
 		rs.AdminToken = strings.TrimSpace(string(b))
 	}
@@ -321,6 +326,7 @@ func (r *Server) Close(ctx context.Context) error {
 		herr = nil
 	}
 	<-r.stopped
+	r.pollStop() // before the ledger closes: a SET in flight is stored or left unacknowledged
 	r.witStop()
 	lerr := r.log.Close()
 	if lerr != nil && !errors.Is(lerr, ledger.ErrClosed) {
