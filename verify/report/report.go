@@ -151,18 +151,19 @@ type view struct {
 	Exposure                 int64
 	ExposureFindings         int
 	Rules                    []ruleRow
+	ByRule                   []*group
+	ByIdentity               []*group
+	IdentitiesShown          int
+	Charts                   []chart
+	Rows                     []row
+	RowsShown                int
+	Files                    []format.FileDigest
+	VerifyCmd                string
+	Errors                   []format.RuleError
+
 	// TrustedExpiry are the source systems the rule set trusts to end
 	// access at its expiry (the expiry_enforced_by param, docs/rules.md).
-	TrustedExpiry   []string
-	ByRule          []*group
-	ByIdentity      []*group
-	IdentitiesShown int
-	Charts          []chart
-	Rows            []row
-	RowsShown       int
-	Files           []format.FileDigest
-	VerifyCmd       string
-	Errors          []format.RuleError
+	TrustedExpiry []string
 }
 
 // WriteHTML writes report.html for scope. Beyond html/template's escaping,
