@@ -24,8 +24,9 @@ const (
 	// MinJWKSRefresh is the shortest jwks_refresh accepted.
 	MinJWKSRefresh = time.Minute
 	// JWKSUnknownKidWait is the least time between two fetches caused by a
-	// SET whose kid is not among the keys (a key rotation): forged kids
-	// cannot make Grantline hammer the transmitter.
+	// SET whose kid is not among the keys (a key rotation), or by a refresh
+	// that keeps failing: forged kids or a dead endpoint cannot make
+	// Grantline hammer the transmitter, or wait on it for every SET.
 	JWKSUnknownKidWait = 10 * time.Second
 	// MaxJWKSBytes bounds a fetched JWKS document.
 	MaxJWKSBytes = 256 << 10
@@ -88,8 +89,9 @@ type keySet struct {
 
 // get returns the keys to verify a SET with key id kid (may be ""). Fetched
 // keys are fetched again when older than refresh, or when kid is not among
-// them and the last attempt is at least JWKSUnknownKidWait old. A failed
-// fetch keeps the keys fetched before; with none, ErrKeysUnavailable.
+// them, each time only if the last attempt is at least JWKSUnknownKidWait
+// old. A failed fetch keeps the keys fetched before; with none (retried at
+// most once a second), ErrKeysUnavailable.
 func (k *keySet) get(ctx context.Context, kid string) (*jose.JSONWebKeySet, error) {
 	if k.fixed != nil {
 		return k.fixed, nil
@@ -98,7 +100,7 @@ func (k *keySet) get(ctx context.Context, kid string) (*jose.JSONWebKeySet, erro
 	defer k.mu.Unlock()
 	now := k.now()
 	due := k.keys == nil && (k.triedAt.IsZero() || now.Sub(k.triedAt) >= time.Second) ||
-		k.keys != nil && now.Sub(k.fetchedAt) >= k.refresh && now.Sub(k.triedAt) >= time.Second ||
+		k.keys != nil && now.Sub(k.fetchedAt) >= k.refresh && now.Sub(k.triedAt) >= JWKSUnknownKidWait ||
 		k.keys != nil && kid != "" && len(k.keys.Key(kid)) == 0 && now.Sub(k.triedAt) >= JWKSUnknownKidWait
 	if due {
 		k.triedAt = now
