@@ -129,6 +129,28 @@ func TestWitnessedCheckpointSurvivesRestart(t *testing.T) {
 	if err != nil || resp.Msg.GetCheckpoint() != string(wd.Note) || resp.Msg.GetTreeSize() != size {
 		t.Fatalf("GetCheckpoint(witnessed) after restart = %v, %v; want the stored note of size %d", resp, err, size)
 	}
+	otherPolicy := filepath.Join(dir, "other.policy")
+	if err := os.WriteFile(otherPolicy, []byte("witness two "+witnesstest.VKey("witness1.test", make([]byte, 32))+" https://other.example\nquorum 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cpCases := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantOut  string
+		wantErr  string
+	}{
+		{"witnessed", []string{"--witnessed"}, 0, string(wd.Note), "not verified"},
+		{"under the policy", []string{"--log-key", b.VerifierKeyPath, "--witness-policy", policyPath}, 0, string(wd.Note), "cosigned by 1 of 1 witnesses (quorum 1): one at "},
+		{"under another policy", []string{"--log-key", b.VerifierKeyPath, "--witness-policy", otherPolicy}, 1, "", "is not cosigned by a quorum"},
+		{"a policy without the log key", []string{"--witness-policy", policyPath}, 2, "", "needs --log-key"},
+	}
+	for _, tc := range cpCases {
+		code, out, errs := runCmd(t, "", append([]string{"checkpoint", "--server", b.URL, "--token", b.AdminToken}, tc.args...)...)
+		if code != tc.wantCode || !strings.Contains(out, tc.wantOut) || !strings.Contains(errs, tc.wantErr) {
+			t.Errorf("checkpoint %s (%v) = %d\n%s%s\nwant %d, stderr containing %q", tc.name, tc.args, code, out, errs, tc.wantCode, tc.wantErr)
+		}
+	}
 	pkg := filepath.Join(dir, "pkg")
 	if code, out, errs := runCmd(t, "", "evidence", "export", "--server", b.URL, "--token", b.AdminToken, "--out", pkg, "--all"); code != 0 {
 		t.Fatalf("evidence export after restart = %d\n%s%s", code, out, errs)
