@@ -206,7 +206,7 @@ func (d *Dir) OpenLedger(ctx context.Context, o ledger.Options) (*ledger.Log, er
 	}
 	so := d.store
 	so.Logger = o.Logger
-	st, err := openStore(d.Path, so)
+	st, err := OpenStoreWith(d.Path, so)
 	if err != nil {
 		return nil, err
 	}
@@ -266,10 +266,12 @@ func (e *multiError) Unwrap() []error { return e.errs }
 // hold it: a running server's store fails to open, with ledger.ErrStorage.
 // A damaged store fails with ErrStoreMissing (and badgerstore.ErrDamaged).
 func OpenStore(path string, logger *slog.Logger) (*badgerstore.Store, error) {
-	return openStore(path, badgerstore.Options{Logger: logger})
+	return OpenStoreWith(path, badgerstore.Options{Logger: logger})
 }
 
-func openStore(path string, o badgerstore.Options) (*badgerstore.Store, error) {
+// OpenStoreWith is OpenStore with the store's options (memory budget,
+// bound on mapped files), as `grantline fsck` opens it.
+func OpenStoreWith(path string, o badgerstore.Options) (*badgerstore.Store, error) {
 	dir := filepath.Join(path, LedgerDir)
 	st, err := badgerstore.Open(dir, o)
 	if errors.Is(err, badgerstore.ErrDamaged) {
