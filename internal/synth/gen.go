@@ -245,7 +245,7 @@ func rawType(src, typ string) string {
 		"review.revoked": "CERTIFICATION_REVOKE", "review.opened": "CAMPAIGN_ACTIVATED",
 		"review.signed_off": "CERTIFICATION_SIGNED_OFF", "review.closed": "CAMPAIGN_COMPLETED",
 		"grant.assigned": "PROVISIONING_ADD",
-		"grant.removed": "PROVISIONING_REMOVE", "grant.expired": "PROVISIONING_EXPIRE",
+		"grant.removed":  "PROVISIONING_REMOVE", "grant.expired": "PROVISIONING_EXPIRE",
 		"identity.created": "IDENTITY_CREATED", "identity.terminated": "IDENTITY_DELETED"}[typ]
 }
 
