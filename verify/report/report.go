@@ -163,6 +163,10 @@ type view struct {
 	// MFA is the MFA coverage of privileged sessions (PCI DSS 8.4.1):
 	// nil when the package's population has none.
 	MFA *mfaCoverage
+
+	// TrustedExpiry are the source systems the rule set trusts to end
+	// access at its expiry (the expiry_enforced_by param, docs/rules.md).
+	TrustedExpiry []string
 }
 
 // mfaCoverage counts the privileged sessions of the MFA rules'
@@ -339,6 +343,7 @@ func buildView(scope *format.Scope, opts Options) *view {
 	}
 	v.Evaluated = doc.SubjectsEvaluated
 	v.MFA = mfaCoverageOf(scope.Population)
+	v.TrustedExpiry = trustedExpiry(doc.Rules)
 	v.Identities = len(subjects)
 	for _, r := range doc.Rules {
 		short := r.SHA256
@@ -546,4 +551,23 @@ func WriteCSV(w io.Writer, scope *format.Scope) error {
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// trustedExpiry reads the expiry_enforced_by param ("[a, b]", as the rules
+// engine formats a list) of the rules that read it, and returns the systems
+// named, sorted and unique.
+func trustedExpiry(rs []format.Rule) []string {
+	seen := map[string]bool{}
+	for _, r := range rs {
+		v, ok := r.Params["expiry_enforced_by"]
+		if !ok {
+			continue
+		}
+		for _, sys := range strings.Split(strings.TrimSuffix(strings.TrimPrefix(v, "["), "]"), ",") {
+			if sys = strings.TrimSpace(sys); sys != "" {
+				seen[sys] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }
