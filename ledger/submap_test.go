@@ -284,6 +284,11 @@ func TestSubjectMapFsck(t *testing.T) {
 			s.corrupt(mapNodeKey(bad.Label, 102), encodeNode(&bad))
 		},
 		"mode record": func(s *fakeStore) { s.corrupt(keySubjectMap, []byte{2}) },
+		"map leaf's leaf-hash index": func(s *fakeStore) {
+			vals, _ := s.Get(leafKey(101))
+			h := LeafHash(vals[0])
+			s.corrupt(hashKey(h[:]), be64(nil, 7))
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			bad := st.clone()
