@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/cel-go/cel"
+	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/types"
 	"gopkg.in/yaml.v3"
 )
@@ -41,6 +42,18 @@ func (r *Rule) compilePopulation(n *yaml.Node) error {
 		return fmt.Errorf("%s: population: the expression yields %s; a population must yield the entries the rule tests, a list(rules.Event), e.g. grants.filter(g, g.privileged).map(g, g.event)",
 			where, ast.OutputType())
 	}
+	// A population may read the owner's or the holders' chains, or the
+	// source index, like a rule: the set then reads them for it too.
+	celast.PostOrderVisit(ast.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		switch {
+		case e.Kind() == celast.IdentKind && e.AsIdent() == "owner":
+			r.usesOwner = true
+		case e.Kind() == celast.IdentKind && e.AsIdent() == "holder_leavings":
+			r.usesHolders = true
+		case e.Kind() == celast.CallKind && e.AsCall().FunctionName() == "newerFromSource":
+			r.usesSource = true
+		}
+	}))
 	r.popAst = ast
 	return nil
 }
@@ -133,6 +146,29 @@ func (s *Set) subjectPopulation(ctx context.Context, subject string, src ChainSo
 		return nil, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
 	defer v.release()
+	// The chains a population reads beyond the subject's, as evaluation
+	// reads them (Set.evaluateSubject): holders' for holder_leavings, the
+	// owner's for owner.
+	if s.needHolders {
+		for _, h := range v.holders() {
+			hc, err := src.Chain(ctx, h)
+			if err != nil {
+				return nil, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			}
+			if err := v.setHolder(h, hc, now); err != nil {
+				return nil, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			}
+		}
+	}
+	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
+		oc, err := src.Chain(ctx, v.subject.Owner)
+		if err != nil {
+			return nil, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
+		}
+		if err := v.setOwner(oc, now); err != nil {
+			return nil, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, s.opts.SubjectTimeout)
 	defer cancel()
 	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, from, now)}
