@@ -254,6 +254,9 @@ type Scope struct {
 	// LogKey is the log's verifier key (signed-note form) when known;
 	// EvidenceKeyID the SHA-256 (hex) of the evidence public key (DER).
 	LogKey, EvidenceKeyID string
+	// Population are the rows of population.jsonl, for the report's and
+	// OSCAL's population tables (nil: no population).
+	Population []PopulationRow
 }
 
 // EventRow is what a report shows of one cited ledger entry.

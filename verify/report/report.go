@@ -122,6 +122,19 @@ type eventRow struct {
 type controlRow struct {
 	ID, Title, State, Why, Tested string
 	Findings                      int
+	// Population is "N items, K exceptions" when the control's rules
+	// tested a population.
+	Population string
+}
+
+// popRow is one population (control, rule) of the report's table.
+type popRow struct {
+	Control, ControlTitle, Rule, Title string
+	Items, Passes, Exceptions, Subjects int
+	Rate                                string
+	// First is set on the first row of a control (the control cell).
+	First bool
+	Span  int
 }
 
 type ruleRow struct {
@@ -160,6 +173,11 @@ type view struct {
 	Files                    []format.FileDigest
 	VerifyCmd                string
 	Errors                   []format.RuleError
+	// Populations are the population tables (population.jsonl), with
+	// their totals.
+	Populations                        []popRow
+	PopItems, PopExceptions, PopGroups int
+	SampleCmd                          string
 }
 
 // WriteHTML writes report.html for scope. Beyond html/template's escaping,
@@ -194,6 +212,7 @@ func buildView(scope *format.Scope, opts Options) *view {
 		Entries: scope.Entries, Subjects: scope.Subjects, All: doc.All, Total: len(doc.Findings),
 		Files: scope.Files, Errors: doc.Errors,
 		VerifyCmd: fmt.Sprintf("grantline verify %s --log-key log.vkey --evidence-key evidence.pub", shellQuote(name)),
+		SampleCmd: fmt.Sprintf("grantline sample %s --seed SEED --size N", shellQuote(name)),
 	}
 	if doc.From != nil {
 		v.From = stamp(*doc.From)
@@ -203,13 +222,43 @@ func buildView(scope *format.Scope, opts Options) *view {
 		sum := sha256.Sum256([]byte(strings.TrimSpace(scope.LogKey)))
 		v.LogKeySHA = hex.EncodeToString(sum[:])
 	}
+	ruleTitles := map[string]string{}
+	for _, r := range doc.Rules {
+		ruleTitles[r.ID] = r.Title
+	}
 	if cat, err := oscal.LoadCatalog(doc.Framework); err == nil {
 		v.Framework = cat.Title
+		controlTitles := map[string]string{}
+		for _, c := range cat.Controls {
+			controlTitles[c.ID] = c.Title
+		}
+		pop := map[string][2]int{}
+		groups := oscal.SummarizePopulation(scope.Population, cat)
+		for i, g := range groups {
+			r := popRow{Control: g.Control, ControlTitle: controlTitles[g.Control], Rule: g.Rule, Title: ruleTitles[g.Rule],
+				Items: g.Items, Passes: g.Passes(), Exceptions: g.Exceptions, Subjects: g.Subjects, Rate: rate(g.Exceptions, g.Items)}
+			if i == 0 || groups[i-1].Control != g.Control {
+				r.First = true
+				for j := i; j < len(groups) && groups[j].Control == g.Control; j++ {
+					r.Span++
+				}
+			}
+			v.Populations = append(v.Populations, r)
+			c := pop[g.Control]
+			pop[g.Control] = [2]int{c[0] + g.Items, c[1] + g.Exceptions}
+			v.PopItems += g.Items
+			v.PopExceptions += g.Exceptions
+		}
+		v.PopGroups = len(groups)
 		sts, _ := oscal.Assess(doc, cat)
 		v.ControlCounts = map[string]int{}
 		for _, st := range sts {
-			v.Controls = append(v.Controls, controlRow{ID: st.Control.ID, Title: st.Control.Title, State: st.State,
-				Why: st.Why, Tested: strings.Join(st.Tested, ", "), Findings: len(st.Findings)})
+			cr := controlRow{ID: st.Control.ID, Title: st.Control.Title, State: st.State,
+				Why: st.Why, Tested: strings.Join(st.Tested, ", "), Findings: len(st.Findings)}
+			if p, ok := pop[st.Control.ID]; ok {
+				cr.Population = fmt.Sprintf("%d items, %d exception%s", p[0], p[1], plural(p[1]))
+			}
+			v.Controls = append(v.Controls, cr)
 			v.ControlCounts[st.State]++
 		}
 	}
@@ -407,6 +456,26 @@ func buildView(scope *format.Scope, opts Options) *view {
 		v.Rows = append(v.Rows, r)
 	}
 	return v
+}
+
+// rate is the share of exceptions, "0%" to "100%" with one decimal when
+// it is not whole.
+func rate(exceptions, items int) string {
+	if items == 0 {
+		return "—"
+	}
+	p := float64(exceptions) * 100 / float64(items)
+	if p == float64(int(p)) {
+		return fmt.Sprintf("%d%%", int(p))
+	}
+	return fmt.Sprintf("%.1f%%", p)
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }
 
 func byExposure(gs []*group) []*group {

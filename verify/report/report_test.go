@@ -265,3 +265,57 @@ func TestNoFindingsClaimsOnlyWhatThePackageProves(t *testing.T) {
 		}
 	}
 }
+
+// TestHTMLPopulations: the report's population table has one row per
+// (control, rule) with its size, passes, exceptions and rate, the controls
+// table the totals per control, and the page says how complete the
+// population is and how to sample it.
+func TestHTMLPopulations(t *testing.T) {
+	s := periodScope()
+	row := func(control, rule, subject string, index uint64, fail bool) format.PopulationRow {
+		r := format.PopulationRow{Control: control, Rule: rule, Subject: subject, Index: index, EventID: "e", Result: format.Pass}
+		if fail {
+			r.Result = format.Fail
+		}
+		return r
+	}
+	for _, c := range []string{"AC-2(2)", "AC-6"} {
+		s.Population = append(s.Population,
+			row(c, "jit-outlived-session", "marco.bianchi", 2, true),
+			row(c, "jit-outlived-session", "ana", 20, false),
+			row(c, "jit-outlived-session", "ana", 21, false))
+	}
+	s.Population = append(s.Population,
+		row("AC-2(2)", "grant-overstayed-expiry", "marco.bianchi", 2, true),
+		row("AC-2(2)", "grant-overstayed-expiry", "ana", 20, false))
+	var b bytes.Buffer
+	if err := WriteHTML(&b, s, Options{PackageName: "evidence 2026-05"}); err != nil {
+		t.Fatal(err)
+	}
+	h := b.String()
+	for _, want := range []string{
+		"<h2>Populations</h2>",
+		"8 rows in 3 populations, 3 exceptions",
+		// AC-2(2): grant-overstayed-expiry 2 items (1 exception, 50%), jit 3 (1, 33.3%).
+		`<td rowspan="2"><strong>AC-2(2)</strong>`,
+		`<code>grant-overstayed-expiry</code></td><td class="n">2</td><td class="n">1</td><td class="n">1</td><td class="n">50%</td><td class="n">2</td>`,
+		`<code>jit-outlived-session</code></td><td class="n">3</td><td class="n">2</td><td class="n">1</td><td class="n">33.3%</td><td class="n">2</td>`,
+		`<td rowspan="1"><strong>AC-6</strong>`,
+		"5 items, 2 exceptions", // AC-2(2) in the controls table
+		"3 items, 1 exception<",  // AC-6
+		"complete for those identities only",
+		"grantline sample &#39;evidence 2026-05&#39; --seed SEED --size N",
+	} {
+		if !strings.Contains(h, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	s.Population = nil
+	b.Reset()
+	if err := WriteHTML(&b, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "No population:") {
+		t.Error("a package without a population should say so")
+	}
+}
