@@ -129,7 +129,7 @@ type controlRow struct {
 
 // popRow is one population (control, rule) of the report's table.
 type popRow struct {
-	Control, ControlTitle, Rule, Title string
+	Control, ControlTitle, Rule, Title  string
 	Items, Passes, Exceptions, Subjects int
 	Rate                                string
 	// First is set on the first row of a control (the control cell).

@@ -302,7 +302,7 @@ func TestHTMLPopulations(t *testing.T) {
 		`<code>jit-outlived-session</code></td><td class="n">3</td><td class="n">2</td><td class="n">1</td><td class="n">33.3%</td><td class="n">2</td>`,
 		`<td rowspan="1"><strong>AC-6</strong>`,
 		"5 items, 2 exceptions", // AC-2(2) in the controls table
-		"3 items, 1 exception<",  // AC-6
+		"3 items, 1 exception<", // AC-6
 		"complete for those identities only",
 		"grantline sample &#39;evidence 2026-05&#39; --seed SEED --size N",
 	} {
