@@ -265,6 +265,8 @@ type EventRow struct {
 	EventID, Type          string
 	Time, ObservedTime     time.Time
 	Source, Actor, Request string
+	// Breakglass is the event's breakglass flag.
+	Breakglass bool
 }
 
 // ApprovalKey is the key of Scope.ApproverOf.

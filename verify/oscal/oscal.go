@@ -231,9 +231,11 @@ func Build(scope *format.Scope) (*Document, error) {
 		})
 	}
 
-	// One observation per finding.
+	// One observation per finding; the findings of one break-glass
+	// incident say so (incident.go).
+	incident := BreakglassIncidents(doc, scope.Events)
 	obs := make([]Observation, 0, len(doc.Findings))
-	for _, f := range doc.Findings {
+	for i, f := range doc.Findings {
 		p, _ := f.Primary()
 		ou := uuid("observation", f.Rule, f.Subject, fmt.Sprint(p))
 		props := []Prop{
@@ -250,6 +252,12 @@ func Build(scope *format.Scope) (*Document, error) {
 		if f.SharesPrimaryWith != "" {
 			props = append(props, Prop{Name: "shares-primary-with", NS: NS, Value: f.SharesPrimaryWith,
 				Remarks: "Same subject and primary entry as a more specific finding of that rule: one thing, counted once."})
+		}
+		if lead, ok := incident[i]; ok {
+			lf := doc.Findings[lead]
+			lp, _ := lf.Primary()
+			props = append(props, Prop{Name: "breakglass-incident", NS: NS, Value: nonEmpty(scope.Events[p].Request),
+				Remarks: fmt.Sprintf("One break-glass incident (one request) with %s's finding of %s on entry %d, which leads it: one thing, counted once.", lf.Subject, lf.Rule, lp)})
 		}
 		o := Observation{
 			UUID: ou, Title: fmt.Sprintf("%s: %s", f.Rule, f.Subject), Description: f.Message,

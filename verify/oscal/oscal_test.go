@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -501,5 +503,52 @@ func TestBuildPopulations(t *testing.T) {
 		if n := len(f.RelatedObservations); n != 2 { // the self-approval finding and its population
 			t.Errorf("AC-5 finding relates %d observations, want 2", n)
 		}
+	}
+}
+
+// TestBreakglassIncidents: findings whose primary entries are break-glass
+// uses with one request are one incident, led by the most specific one;
+// their observations say so; a use with another request or no request,
+// or an entry that is no break-glass use, is in none.
+func TestBreakglassIncidents(t *testing.T) {
+	f := func(rule string, index uint64, exposure int64, shares string) format.Finding {
+		return format.Finding{Rule: rule, Severity: "high", Subject: "omar", Entries: []format.EntryRef{{Index: index, EventID: fmt.Sprint("e", index)}},
+			ExposureSeconds: exposure, SharesPrimaryWith: shares}
+	}
+	s := testScope()
+	s.Findings.Findings = []format.Finding{
+		f("breakglass-unreviewed", 1, 0, ""),
+		f("breakglass-access-retained", 2, 60, ""),
+		f("breakglass-unreviewed", 2, 0, "breakglass-access-retained"),
+		f("breakglass-unreviewed", 3, 0, ""),
+		f("breakglass-unreviewed", 4, 0, ""), // another request
+		f("breakglass-unreviewed", 5, 0, ""), // no request
+		f("session-without-approval", 6, 0, ""),
+	}
+	s.Events = map[uint64]format.EventRow{
+		1: {Type: "breakglass.invoked", Request: "BG-1"},
+		2: {Type: "grant.activated", Request: "BG-1", Breakglass: true},
+		3: {Type: "session.started", Request: "BG-1", Breakglass: true},
+		4: {Type: "breakglass.invoked", Request: "BG-2"},
+		5: {Type: "breakglass.invoked"},
+		6: {Type: "session.started", Request: "BG-1"}, // not a break-glass use
+	}
+	got := BreakglassIncidents(s.Findings, s.Events)
+	want := map[int]int{0: 1, 1: 1, 2: 1, 3: 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("incidents = %v, want %v", got, want)
+	}
+	d, err := Build(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range d.AssessmentResults.Results[0].Observations[:len(s.Findings.Findings)] {
+		has := slices.ContainsFunc(o.Props, func(p Prop) bool { return p.Name == "breakglass-incident" && p.Value == "BG-1" })
+		if _, in := want[i]; has != in {
+			t.Errorf("observation %d (%s) has the incident prop: %v, want %v", i, o.Title, has, in)
+		}
+	}
+	if err := validate(t, build(t, s)); err != nil {
+		t.Fatalf("not valid OSCAL 1.1.3: %v", err)
 	}
 }

@@ -105,8 +105,13 @@ type row struct {
 	Opened, Closed string
 	// Shares is the rule of the more specific finding it is grouped under.
 	Shares string
-	// Also are the findings grouped under this one (same primary entry).
+	// Also are the findings grouped under this one (same primary entry,
+	// or the same break-glass incident); Why says which, on those.
 	Also []row
+	Why  string
+	// Incident is the request of the break-glass incident this finding
+	// leads ("" when none).
+	Incident string
 	// Events are the cited entries; Params the rule's effective params.
 	Events []eventRow
 	Params string
@@ -146,11 +151,14 @@ type ruleRow struct {
 type view struct {
 	Origin, Root, AsOf, Package string
 	// Period is "FROM to TO" for a period package, "" for an instant.
-	Period, From             string
-	Framework                string
-	Controls                 []controlRow
-	ControlCounts            map[string]int
-	Distinct, Grouped        int
+	Period, From      string
+	Framework         string
+	Controls          []controlRow
+	ControlCounts     map[string]int
+	Distinct, Grouped int
+	// Incidents counts the findings that belong to a break-glass
+	// incident of two or more findings.
+	Incidents                int
 	Generated, Version       string
 	LogKey, LogKeySHA, EvKey string
 	Complete                 bool
@@ -285,14 +293,27 @@ func buildView(scope *format.Scope, opts Options) *view {
 	// source over their own findings, so one grant cited by several rules
 	// counts once everywhere.
 	union := map[string][]rules.Finding{}
-	for _, f := range doc.Findings {
+	// A finding is grouped under another when it shares its primary entry
+	// with a more specific one, or belongs to a break-glass incident led by
+	// another finding (oscal.BreakglassIncidents).
+	incident := oscal.BreakglassIncidents(doc, scope.Events)
+	groupedUnder := func(i int) (lead int, ok bool) {
+		if l, in := incident[i]; in {
+			return l, l != i
+		}
+		return -1, doc.Findings[i].SharesPrimaryWith != ""
+	}
+	for i, f := range doc.Findings {
 		counts[strings.ToLower(f.Severity)]++
 		subjects[f.Subject] = true
 		if f.ExposureSeconds > 0 {
 			v.ExposureFindings++
 		}
-		if f.SharesPrimaryWith != "" {
+		if _, ok := groupedUnder(i); ok {
 			v.Grouped++
+		}
+		if _, ok := incident[i]; ok {
+			v.Incidents++
 		}
 		rf := rules.Finding{Subject: f.Subject, ExposureSeconds: f.ExposureSeconds}
 		if f.ClosedAt != nil {
@@ -433,26 +454,43 @@ func buildView(scope *format.Scope, opts Options) *view {
 		index   uint64
 	}
 	also := map[key][]row{}
-	var leads []format.Finding
-	for _, f := range doc.Findings {
+	alsoIncident := map[int][]row{} // lead finding -> its incident's others
+	var leads []int
+	for i, f := range doc.Findings {
 		p, _ := f.Primary()
-		if f.SharesPrimaryWith != "" {
-			also[key{f.Subject, p}] = append(also[key{f.Subject, p}], mkRow(f))
-			continue
+		lead, grouped := groupedUnder(i)
+		switch {
+		case grouped && lead >= 0:
+			r := mkRow(f)
+			r.Why = "Same entry"
+			if lp, _ := doc.Findings[lead].Primary(); lp != p {
+				r.Why = "Same break-glass incident (request " + scope.Events[p].Request + ")"
+			}
+			alsoIncident[lead] = append(alsoIncident[lead], r)
+		case grouped:
+			r := mkRow(f)
+			r.Why = "Same entry"
+			also[key{f.Subject, p}] = append(also[key{f.Subject, p}], r)
+		default:
+			leads = append(leads, i)
 		}
-		leads = append(leads, f)
 	}
-	slices.SortStableFunc(leads, func(a, b format.Finding) int {
+	slices.SortStableFunc(leads, func(i, j int) int {
+		a, b := doc.Findings[i], doc.Findings[j]
 		if c := cmp.Compare(sevRank(a.Severity), sevRank(b.Severity)); c != 0 {
 			return c
 		}
 		return cmp.Compare(b.ExposureSeconds, a.ExposureSeconds)
 	})
 	v.RowsShown = min(len(leads), maxRows)
-	for _, f := range leads[:v.RowsShown] {
+	for _, i := range leads[:v.RowsShown] {
+		f := doc.Findings[i]
 		r := mkRow(f)
 		p, _ := f.Primary()
-		r.Also = also[key{f.Subject, p}]
+		r.Also = append(also[key{f.Subject, p}], alsoIncident[i]...)
+		if _, ok := incident[i]; ok {
+			r.Incident = scope.Events[p].Request
+		}
 		v.Rows = append(v.Rows, r)
 	}
 	return v

@@ -319,3 +319,61 @@ func TestHTMLPopulations(t *testing.T) {
 		t.Error("a package without a population should say so")
 	}
 }
+
+// TestHTMLBreakglassIncident: one break-glass incident (invoked, the
+// firecall grant, its session: one request) that fires four findings shows
+// as one, the others under it; another incident of the same identity (its
+// own request) stays apart.
+func TestHTMLBreakglassIncident(t *testing.T) {
+	at := func(s string) time.Time { t, _ := time.Parse(time.RFC3339, s); return t }
+	bu := func(index uint64, id, shares string) format.Finding {
+		return format.Finding{Rule: "breakglass-unreviewed", Severity: "high", Subject: "omar", Entries: []format.EntryRef{{Index: index, EventID: id}},
+			Message: "break-glass " + id + " not reviewed", OpenedAt: at("2026-05-12T02:14:00Z"), SharesPrimaryWith: shares}
+	}
+	s := &format.Scope{
+		Findings: &format.Findings{Origin: "grantline.example/log", CheckpointSize: 9, CheckpointRoot: bytes.Repeat([]byte{2}, 32), AsOf: at("2026-06-01T00:00:00Z"),
+			Rules: []format.Rule{{ID: "breakglass-unreviewed", Title: "Break-glass use not reviewed", Severity: "high"},
+				{ID: "breakglass-access-retained", Title: "Break-glass access retained", Severity: "high"}},
+			Findings: []format.Finding{
+				{Rule: "breakglass-access-retained", Severity: "high", Subject: "omar", Entries: []format.EntryRef{{Index: 2, EventID: "bg-grant"}},
+					Message: "break-glass grant not ended", ExposureSeconds: 3600, OpenedAt: at("2026-05-10T02:16:00Z")},
+				bu(1, "bg-invoked", ""),
+				bu(2, "bg-grant", "breakglass-access-retained"),
+				bu(3, "bg-session", ""),
+				bu(7, "bg-other", ""),
+			},
+		},
+		Events: map[uint64]format.EventRow{
+			1: {Index: 1, EventID: "bg-invoked", Type: "breakglass.invoked", Request: "BG-1"},
+			2: {Index: 2, EventID: "bg-grant", Type: "grant.activated", Request: "BG-1", Breakglass: true},
+			3: {Index: 3, EventID: "bg-session", Type: "session.started", Request: "BG-1", Breakglass: true},
+			7: {Index: 7, EventID: "bg-other", Type: "breakglass.invoked", Request: "BG-2"},
+		},
+	}
+	var b bytes.Buffer
+	if err := WriteHTML(&b, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	h := b.String()
+	for _, want := range []string{
+		"5 findings</strong> across <strong>1 identity</strong>: 2 distinct, and 3 that cite the same entry as a more specific finding or belong to the same break-glass incident",
+		"break-glass incident, request <code>BG-1</code>",
+		"Same break-glass incident (request BG-1), also:",
+		"Same entry, also:",
+	} {
+		if !strings.Contains(h, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if n := strings.Count(h, `<div class="finding">`); n != 2 {
+		t.Errorf("%d findings shown on their own, want 2 (the incident, led by the grant retained, and BG-2)", n)
+	}
+	if n := strings.Count(h, "Same break-glass incident (request BG-1)"); n != 2 {
+		t.Errorf("%d findings shown under the incident as other entries of it, want 2 (invoked, session)", n)
+	}
+	// The finding that leads the incident is the one with exposure.
+	lead := h[strings.Index(h, "request <code>BG-1</code>")-300:]
+	if !strings.Contains(lead[:300], "break-glass grant not ended") {
+		t.Errorf("the incident is led by %q, want the retained grant (it has exposure)", lead[:300])
+	}
+}
