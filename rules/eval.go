@@ -256,6 +256,7 @@ type compiled struct {
 	// pop and popLong run the rule's population expression (nil without
 	// one), with and without the cost tracker like prg and long.
 	pop, popLong cel.Program
+	popFreeUpTo  int64 // freeUpTo of the population expression
 }
 
 // Set is a compiled rule set. It is immutable and safe for concurrent use.
@@ -342,7 +343,7 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 		}
 		c := &compiled{rule: r, prg: prg, long: long, params: map[string]ref.Val{}}
 		if r.popAst != nil {
-			if c.pop, c.popLong, err = populationPrograms(r, o); err != nil {
+			if c.pop, c.popLong, c.popFreeUpTo, err = populationPrograms(r, o); err != nil {
 				return nil, err
 			}
 		}

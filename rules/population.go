@@ -59,16 +59,18 @@ func (r *Rule) compilePopulation(n *yaml.Node) error {
 }
 
 // populationPrograms builds the population programs of r under o's cost
-// limit, like the rule's own (NewSetWithOptions).
-func populationPrograms(r *Rule, o Options) (tracked, long cel.Program, err error) {
+// limit, like the rule's own (NewSetWithOptions), and the largest input
+// size for which the static cost estimate stays under the limit
+// (costFreeUpTo: within it, the untracked program gives the same result).
+func populationPrograms(r *Rule, o Options) (tracked, long cel.Program, freeUpTo int64, err error) {
 	if tracked, err = r.env.Program(r.popAst, cel.CostLimit(o.CostLimit), cel.InterruptCheckFrequency(100),
 		cel.EvalOptions(cel.OptOptimize)); err != nil {
-		return nil, nil, fmt.Errorf("%s: building the population program: %w", r.File, err)
+		return nil, nil, 0, fmt.Errorf("%s: building the population program: %w", r.File, err)
 	}
 	if long, err = r.env.Program(r.popAst, cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize)); err != nil {
-		return nil, nil, fmt.Errorf("%s: building the population program: %w", r.File, err)
+		return nil, nil, 0, fmt.Errorf("%s: building the population program: %w", r.File, err)
 	}
-	return tracked, long, nil
+	return tracked, long, costFreeUpTo(r.env, r.popAst, o.CostLimit), nil
 }
 
 // HasPopulation reports whether some rule of the set declares a population.
@@ -173,6 +175,12 @@ func (s *Set) subjectPopulation(ctx context.Context, subject string, src ChainSo
 	defer cancel()
 	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, from, now)}
 	tracked := s.opts.CostTrackedEntries < 0 || len(chain) <= s.opts.CostTrackedEntries
+	// As in evaluation: a subject whose inputs are within the bound where
+	// the static estimate stays under the cost limit runs untracked.
+	bound := max(chainSizeBound(subject, v.events), v.ownerBound)
+	if srcIdx != nil {
+		bound = max(bound, srcIdx.bound)
+	}
 	var items []Item
 	var byIndex map[uint64]*Event
 	if len(primaries) > 0 {
@@ -187,7 +195,7 @@ func (s *Set) subjectPopulation(ctx context.Context, subject string, src ChainSo
 		}
 		act.params = c.params
 		prg := c.popLong
-		if tracked {
+		if tracked && !(s.opts.CostTrackedEntries >= 0 && c.popFreeUpTo >= 0 && max(bound, c.paramBound) <= uint64(c.popFreeUpTo)) {
 			prg = c.pop
 		}
 		out, _, err := prg.ContextEval(sctx, act)

@@ -151,3 +151,68 @@ func populationCase(t *testing.T, r *Rule, file string) string {
 	}
 	return got
 }
+
+// TestPopulationStaticCostBoundHolds is TestStaticCostBoundHolds for the
+// population expressions: the runtime cost is at most the static estimate
+// for the subject's size bound, which is what lets a population run without
+// the cost tracker within that bound.
+func TestPopulationStaticCostBoundHolds(t *testing.T) {
+	src, subjects := genOrg(60, 150)
+	rs, err := Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ParseParams("params.yaml", []byte("sod_pairs: [[payments-create, payments-approve], [prod-admin, db-admin]]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := NewSet(rs, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adapter := set.rules[0].rule.env.CELTypeAdapter()
+	checked := 0
+	for _, days := range []int{30, 200} {
+		now := benchStart.Add(time.Duration(days) * 24 * time.Hour)
+		for _, from := range []time.Time{now, now.Add(-20 * 24 * time.Hour)} {
+			for _, subject := range subjects {
+				chain, _ := src.Chain(t.Context(), subject)
+				v, err := buildViews(subject, chain, now, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if v.subject.HasOwner && v.subject.Kind != "human" {
+					oc, _ := src.Chain(t.Context(), v.subject.Owner)
+					if err := v.setOwner(oc, now); err != nil {
+						t.Fatal(err)
+					}
+				}
+				bound := max(chainSizeBound(subject, v.events), v.ownerBound)
+				act := &activation{vals: subjectVals(adapter, v, from, now)}
+				for _, c := range set.rules {
+					if c.pop == nil {
+						continue
+					}
+					act.params = c.params
+					n := max(bound, c.paramBound)
+					est, err := c.rule.env.EstimateCost(c.rule.popAst, sizesFor(c.rule.popAst.NativeRep(), n))
+					if err != nil {
+						t.Fatalf("%s population: estimating: %v", c.rule.ID, err)
+					}
+					_, det, err := c.pop.ContextEval(t.Context(), act)
+					if err != nil {
+						t.Fatalf("%s population over %s: %v", c.rule.ID, subject, err)
+					}
+					if got := *det.ActualCost(); got > est.Max {
+						t.Errorf("%s population over %s (size bound %d): runtime cost %d > static estimate %d", c.rule.ID, subject, n, got, est.Max)
+					}
+					checked++
+				}
+				v.release()
+			}
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no population was checked")
+	}
+}
