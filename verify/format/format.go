@@ -255,7 +255,8 @@ type Scope struct {
 	// EvidenceKeyID the SHA-256 (hex) of the evidence public key (DER).
 	LogKey, EvidenceKeyID string
 	// Population are the rows of population.jsonl, for the report's and
-	// OSCAL's population tables (nil: no population).
+	// OSCAL's population tables and the report's MFA coverage (nil: no
+	// population).
 	Population []PopulationRow
 }
 
