@@ -213,4 +213,4 @@ func (b *backupSource) Next() bool {
 }
 
 func (b *backupSource) Values() ([]any, error) { return b.row, nil }
-func (b *backupSource) Err() error              { return b.err }
+func (b *backupSource) Err() error             { return b.err }
