@@ -98,6 +98,17 @@ type cluster struct {
 
 	proxies sync.Map // advertised URL -> *httputil.ReverseProxy
 	fwd     *prometheus.CounterVec
+
+	fmu      sync.Mutex
+	forwards map[*forwardCall]struct{} // calls being forwarded
+}
+
+// forwardCall is a call being forwarded under the lease of holder at epoch;
+// cancel ends it.
+type forwardCall struct {
+	holder string
+	epoch  int64
+	cancel context.CancelFunc
 }
 
 // role is what a node is: exactly one field is set.
@@ -129,7 +140,7 @@ func openCluster(ctx context.Context, dsn, advertise string, dd *datadir.Dir, lo
 	if err != nil {
 		return nil, fmt.Errorf("--store: %w", err)
 	}
-	c := &cluster{st: st, dd: dd, lo: lo, where: "the PostgreSQL store " + redact(dsn), self: advertise, logger: logger,
+	c := &cluster{st: st, dd: dd, lo: lo, forwards: make(map[*forwardCall]struct{}), where: "the PostgreSQL store " + redact(dsn), self: advertise, logger: logger,
 		fwd: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "grantline_forwarded_appends_total",
 			Help: "Append calls a follower forwarded to the sequencer, by result: ok (a response came back) or unavailable.",
@@ -237,6 +248,22 @@ func (c *cluster) pollLease() {
 	defer cancel()
 	if l, err := c.st.Lease(ctx); err == nil {
 		c.lease.Store(&l)
+		c.cutForwards(&l)
+	}
+}
+
+// cutForwards ends the calls forwarded under a lease other than l (nil:
+// all of them): a forwarded stream ends when the lease of the sequencer it
+// goes to ends, whether or not its connection noticed the sequencer's death
+// (a frozen host keeps its TCP connections open). The caller gets an error
+// for what was not acknowledged, and resends it.
+func (c *cluster) cutForwards(l *pgstore.Lease) {
+	c.fmu.Lock()
+	defer c.fmu.Unlock()
+	for fc := range c.forwards {
+		if l == nil || !l.Valid || l.Holder != fc.holder || l.Epoch != fc.epoch {
+			fc.cancel()
+		}
 	}
 }
 
@@ -272,6 +299,7 @@ func (c *cluster) takeOver() {
 		return
 	}
 	c.cur.Store(&role{log: l})
+	c.cutForwards(nil)
 	c.pollLease()
 	epoch, _ := c.st.Holding()
 	c.logger.Info("took over sequencing the log", "node", c.st.Node(), "epoch", epoch, "tree_size", l.Latest().Size,
@@ -478,7 +506,27 @@ func (c *cluster) forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Header.Set(headerForwarded, c.st.Node())
-	p.ServeHTTP(w, r)
+	ctx, cancel := context.WithCancel(r.Context())
+	fc := &forwardCall{holder: l.Holder, epoch: l.Epoch, cancel: cancel}
+	c.fmu.Lock()
+	c.forwards[fc] = struct{}{}
+	c.fmu.Unlock()
+	defer func() {
+		c.fmu.Lock()
+		delete(c.forwards, fc)
+		c.fmu.Unlock()
+		cancel()
+	}()
+	// Ending the call must also end a read of the caller's body: the
+	// HTTP/2 transport writes the body to the sequencer until that read
+	// returns (the reverse proxy never closes the caller's body), and only
+	// then fails the response it relays, so a stream whose caller waits
+	// for acknowledgements would hang on a dead sequencer forever.
+	if r.Body != nil {
+		body := r.Body
+		defer context.AfterFunc(ctx, func() { body.Close() })()
+	}
+	p.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // proxy returns the reverse proxy to an advertised URL: HTTP/2 to it (h2c
@@ -498,9 +546,13 @@ func (c *cluster) proxy(target string) (*httputil.ReverseProxy, error) {
 	} else {
 		protos.SetHTTP2(true)
 	}
+	h2 := ingest.HTTP2Config()
+	// Pings notice a sequencer whose host froze or vanished while a call
+	// is forwarded to it (cutForwards notices its lease ending).
+	h2.SendPingTimeout, h2.PingTimeout = 2*time.Second, 2*time.Second
 	tr := &http.Transport{
 		Protocols:           &protos,
-		HTTP2:               ingest.HTTP2Config(),
+		HTTP2:               h2,
 		TLSHandshakeTimeout: 10 * time.Second,
 		IdleConnTimeout:     2 * time.Minute,
 	}
