@@ -21,7 +21,9 @@ import (
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
-func startPG(t *testing.T) *pgtest.Cluster {
+func startPG(t *testing.T) *pgtest.Cluster { return startPGB(t) }
+
+func startPGB(t testing.TB) *pgtest.Cluster {
 	t.Helper()
 	c, err := pgtest.Start(t.Context(), pgtest.Options{})
 	if errors.Is(err, pgtest.ErrNoPostgres) {
@@ -52,6 +54,15 @@ func events(prefix string, from, n int) []*pb.Event {
 		}
 	}
 	return evs
+}
+
+func dialB(t testing.TB, s *Server) *client.Client {
+	t.Helper()
+	c, err := client.Dial(s.URL, client.Options{Token: s.AdminToken, GRPC: true, NoGzip: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func dial(t *testing.T, s *Server, grpc bool) *client.Client {
