@@ -211,3 +211,69 @@ func TestPostgresFailover(t *testing.T) {
 		t.Fatalf("fsck after failover: exit %d\n%s%s", code, out, errs)
 	}
 }
+
+// TestPostgresBackupRestore: `grantline backup --store` takes an online
+// backup while a node serves; it restores into an empty schema (restore
+// --store, which runs fsck --store) and into a badger data directory, and a
+// node serves the restored log from PostgreSQL. Restoring into a database a
+// node runs on is refused.
+func TestPostgresBackupRestore(t *testing.T) {
+	requireBinary(t)
+	c, err := pgtest.Start(t.Context(), pgtest.Options{})
+	if errors.Is(err, pgtest.ErrNoPostgres) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	url, err := c.NewSchema(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	a := startPGServer(t, dir, url)
+	tok, err := waitReady(t.Context(), a.addr, dir, a.exited)
+	if err != nil {
+		t.Fatalf("%v; log:\n%s", err, a.logs)
+	}
+	a.token = tok
+	file, _ := writeJSONL(t, "backup", 1000)
+	if code, _, errs := runBin(t, "append", "--server", a.url, "--token", a.token, file); code != 0 {
+		t.Fatalf("append: exit %d: %s", code, errs)
+	}
+	want, _ := tree(t, a)
+	bak := filepath.Join(t.TempDir(), "log.bak")
+	if code, out, errs := runBin(t, "backup", "--store", url, "--out", bak); code != 0 || !strings.Contains(out, "written to") {
+		t.Fatalf("backup --store: exit %d: %s%s", code, out, errs)
+	}
+	if code, _, errs := runBin(t, "restore", "--data", dir, "--store", url, "--in", bak); code != 2 || !strings.Contains(errs, "runs on this database") {
+		t.Fatalf("restore into the database a node runs on: exit %d, %q; want 2 and a refusal", code, errs)
+	}
+	a.stop(t)
+
+	url2, err := c.NewSchema(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runBin(t, "restore", "--data", dir, "--store", url2, "--in", bak); code != 0 || !strings.Contains(out, ": ok") {
+		t.Fatalf("restore --store: exit %d\n%s%s", code, out, errs)
+	}
+	b := startPGServer(t, dir, url2)
+	if _, err := waitReady(t.Context(), b.addr, dir, b.exited); err != nil {
+		t.Fatalf("%v; log:\n%s", err, b.logs)
+	}
+	b.token = tok
+	if got, _ := tree(t, b); got != want {
+		t.Fatalf("the restored log serves %+v, want %+v", got, want)
+	}
+	b.stop(t)
+
+	bdir := t.TempDir()
+	if err := os.CopyFS(filepath.Join(bdir, "keys"), os.DirFS(filepath.Join(dir, "keys"))); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runBin(t, "restore", "--data", bdir, "--in", bak); code != 0 || !strings.Contains(out, "ok") {
+		t.Fatalf("restore of a PostgreSQL backup into badger: exit %d\n%s%s", code, out, errs)
+	}
+}
