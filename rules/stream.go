@@ -208,7 +208,7 @@ func inOrder[T any](ctx context.Context, workers, window int, subjects iter.Seq2
 			continue // draining: the workers are stopping
 		}
 		pending[r.i] = r.v
-		for {
+		for ctx.Err() == nil {
 			v, ok := pending[want]
 			if !ok {
 				break
