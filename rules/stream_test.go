@@ -164,10 +164,10 @@ func (c *countingChains) Chain(ctx context.Context, s string) ([]Entry, error) {
 func TestStreamStops(t *testing.T) {
 	const workers = 2
 	leaves, subjects, params, asOf := synthOrg(t, 200)
-	// Only rules that read the subject's own chain: backdated-closure's
-	// source index reads every chain up front, which is not what is
-	// measured here.
-	set := catalogSet(t, params, Options{Workers: workers}, func(r *Rule) bool { return r.usesSource })
+	// Only rules that read the subject's own chain alone, so that chains
+	// read count subjects begun: backdated-closure's source index reads
+	// every chain up front, and some rules read owners' and holders' chains.
+	set := catalogSet(t, params, Options{Workers: workers}, func(r *Rule) bool { return r.usesSource || r.usesOwner || r.usesHolders })
 	errEmit := errors.New("client went away")
 	errList := errors.New("index unreadable")
 	listFailing := func(yield func(string, error) bool) {
