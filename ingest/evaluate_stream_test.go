@@ -28,7 +28,7 @@ import (
 
 // synthLedger is a real badger ledger holding a synthetic org, the built-in
 // rule set with the org's params, and the org's as-of time.
-func synthLedger(t *testing.T, identities int) (*ledger.Log, *rules.Set, time.Time) {
+func synthLedger(t testing.TB, identities int) (*ledger.Log, *rules.Set, time.Time) {
 	t.Helper()
 	org, err := synth.Generate(synth.Config{Seed: 21, Identities: identities, FailureRate: 0.2})
 	if err != nil {
