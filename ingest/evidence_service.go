@@ -403,12 +403,18 @@ func (s *Server) subjects(ctx context.Context, size uint64, want []string) ([]st
 // errStopSubjects ends ForEachSubject when the evaluation stops pulling.
 var errStopSubjects = errors.New("stop listing subjects")
 
-// eachSubject yields every subject of the tree of size from the subject
-// index, as the index reads them (by subject id), without listing them all
-// first.
+// eachSubject yields every subject of the tree of size (LedgerSubjects).
 func (s *Server) eachSubject(ctx context.Context, size uint64) iter.Seq2[string, error] {
+	return LedgerSubjects(ctx, s.cfg.Ledger, size)
+}
+
+// LedgerSubjects yields every subject of the tree of size from l's subject
+// index, as the index reads them (by subject id, in byte order), without
+// listing them all first: evaluation pulls them as it goes
+// (rules.Set.Stream).
+func LedgerSubjects(ctx context.Context, l Ledger, size uint64) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
-		err := s.cfg.Ledger.ForEachSubject(ctx, size, func(sub string) error {
+		err := l.ForEachSubject(ctx, size, func(sub string) error {
 			if !yield(sub, nil) {
 				return errStopSubjects
 			}

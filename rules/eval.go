@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"runtime"
 	"slices"
 	"sort"
@@ -428,8 +429,14 @@ func (s *Set) EvaluatePeriod(ctx context.Context, subjects []string, src ChainSo
 // (newerFromSource), every chain is read twice: once to index the entries of
 // each source system (see SubjectLister), once to evaluate.
 func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, from, now time.Time, period bool) (*Result, error) {
+	return s.Collect(ctx, Subjects(subjects), src, from, now, period)
+}
+
+// Collect runs Stream and gathers what it emits into one Result, in
+// Evaluate's order. Memory grows with the findings, not with the chains.
+func (s *Set) Collect(ctx context.Context, subjects iter.Seq2[string, error], src ChainSource, from, now time.Time, period bool) (*Result, error) {
 	res := &Result{Findings: []Finding{}, Errors: []RuleError{}, AsOf: now, Period: period, ExposureBySubject: map[string]int64{}}
-	sum, err := s.Stream(ctx, Subjects(subjects), src, from, now, period, func(r *SubjectResult) error {
+	sum, err := s.Stream(ctx, subjects, src, from, now, period, func(r *SubjectResult) error {
 		res.Findings = append(res.Findings, r.Findings...)
 		res.Errors = append(res.Errors, r.Errors...)
 		if r.Exposure > 0 {
