@@ -10,6 +10,7 @@ import (
 	rtmetrics "runtime/metrics"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,6 +59,7 @@ func BenchmarkEvaluate(b *testing.B) {
 			for _, path := range []string{"stream", "unary", "inprocess"} {
 				b.Run(fmt.Sprintf("identities=%d/catalog=%s/path=%s", ids, catalog, path), func(b *testing.B) {
 					var entries, findings uint64
+					cpu0 := cpuTime()
 					peak := heapPeak(b, func() {
 						for b.Loop() {
 							if path == "inprocess" {
@@ -68,6 +70,8 @@ func BenchmarkEvaluate(b *testing.B) {
 						}
 					})
 					b.ReportMetric(float64(entries)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+					// CPU time is the figure that survives a loaded machine.
+					b.ReportMetric(float64(entries)*float64(b.N)/(cpuTime()-cpu0).Seconds(), "events/cpu-s")
 					b.ReportMetric(float64(peak)/(1<<20), "peak-live-MiB")
 					b.ReportMetric(float64(entries), "entries")
 					b.ReportMetric(float64(findings), "findings")
@@ -142,6 +146,15 @@ func benchInProcess(b *testing.B, srv *Server, set *rules.Set, asOf time.Time) (
 		b.Fatal(err)
 	}
 	return uint64(sum.Entries), uint64(sum.Findings)
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // heapPeak runs f and returns the highest live heap seen at the end of a
