@@ -25,7 +25,13 @@ const (
 type GetCheckpointRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 0 means the latest checkpoint.
-	TreeSize      uint64 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	TreeSize uint64 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	// Return the newest witnessed checkpoint: the note that GET /checkpoint
+	// serves with a witness policy, the log's signature followed by the
+	// cosignature/v1 lines of the witnesses that cosigned it. tree_size must
+	// then be 0 or the witnessed size. FAILED_PRECONDITION when the server has
+	// no witness policy; UNAVAILABLE while no checkpoint has reached the quorum.
+	Witnessed     bool `protobuf:"varint,2,opt,name=witnessed,proto3" json:"witnessed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -65,6 +71,13 @@ func (x *GetCheckpointRequest) GetTreeSize() uint64 {
 		return x.TreeSize
 	}
 	return 0
+}
+
+func (x *GetCheckpointRequest) GetWitnessed() bool {
+	if x != nil {
+		return x.Witnessed
+	}
+	return false
 }
 
 type GetCheckpointResponse struct {
@@ -728,9 +741,10 @@ var File_grantline_v1_log_proto protoreflect.FileDescriptor
 
 const file_grantline_v1_log_proto_rawDesc = "" +
 	"\n" +
-	"\x16grantline/v1/log.proto\x12\fgrantline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18grantline/v1/event.proto\"3\n" +
+	"\x16grantline/v1/log.proto\x12\fgrantline.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18grantline/v1/event.proto\"Q\n" +
 	"\x14GetCheckpointRequest\x12\x1b\n" +
-	"\ttree_size\x18\x01 \x01(\x04R\btreeSize\"q\n" +
+	"\ttree_size\x18\x01 \x01(\x04R\btreeSize\x12\x1c\n" +
+	"\twitnessed\x18\x02 \x01(\bR\twitnessed\"q\n" +
 	"\x15GetCheckpointResponse\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\tR\n" +
