@@ -224,6 +224,54 @@ func TestEvaluateStreamMatchesEvaluate(t *testing.T) {
 }
 
 // checkpointSizeOf reads the tree size line of a checkpoint note.
+// TestEvaluateStreamRules: with rules named, only their findings are sent
+// and the trailer counts those.
+func TestEvaluateStreamRules(t *testing.T) {
+	l, set, asOf := synthLedger(t, 40)
+	chains, subjects := readChains(t, l)
+	all, err := set.Evaluate(t.Context(), subjects, chains, asOf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := all.Findings[0].Rule
+	want := 0
+	for _, f := range all.Findings {
+		if f.Rule == rule {
+			want++
+		}
+	}
+	if want == len(all.Findings) {
+		t.Fatal("every finding is of one rule: the filter would prove nothing")
+	}
+	e := newEnv(t, func(c *Config) { c.Ledger, c.Evaluator = l, set })
+	stream, err := e.clients(protocols[0], auditorTok).evidence.EvaluateStream(t.Context(), connect.NewRequest(&pb.EvaluateStreamRequest{
+		Request: &pb.EvaluateRequest{AsOf: timestamppb.New(asOf), Rules: []string{rule}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	got := 0
+	var trailer *pb.EvaluateTrailer
+	for stream.Receive() {
+		for _, f := range stream.Msg().GetChunk().GetFindings() {
+			if f.GetRule() != rule {
+				t.Errorf("a finding of rule %s, asked for %s only", f.GetRule(), rule)
+			}
+			got++
+		}
+		if tr := stream.Msg().GetTrailer(); tr != nil {
+			trailer = tr
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got != want || trailer.GetFindings() != uint64(want) {
+		t.Errorf("received %d findings, trailer says %d; want %d of rule %s", got, trailer.GetFindings(), want, rule)
+	}
+}
+
+// checkpointSizeOf reads the tree size line of a checkpoint note.
 func checkpointSizeOf(note string) uint64 {
 	lines := strings.SplitN(note, "\n", 3)
 	if len(lines) < 2 {

@@ -88,6 +88,7 @@ func (h *evidenceService) plan(ctx context.Context, req *pb.EvaluateRequest) (*e
 // rules, to emit in subject order.
 func (h *evidenceService) run(ctx context.Context, e *evaluation, emit func(*rules.SubjectResult) error) (rules.Summary, error) {
 	start := time.Now()
+	findings, errs := 0, 0 // of the wanted rules
 	sum, err := h.s.cfg.Evaluator.Stream(ctx, e.subjects, e.src, e.from, e.asOf, !e.from.IsZero(), func(r *rules.SubjectResult) error {
 		if len(e.want) > 0 {
 			r.Findings = slices.DeleteFunc(r.Findings, func(f rules.Finding) bool { return !slices.Contains(e.want, f.Rule) })
@@ -95,8 +96,11 @@ func (h *evidenceService) run(ctx context.Context, e *evaluation, emit func(*rul
 			// Only the chosen rules' findings: their own union.
 			r.Exposure = rules.ExposureBySubject(r.Findings, e.asOf)[r.Subject]
 		}
+		findings += len(r.Findings)
+		errs += len(r.Errors)
 		return emit(r)
 	})
+	sum.Findings, sum.Errors = findings, errs
 	h.s.m.evalSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return sum, fmt.Errorf("evaluating rules at tree size %d: %w", e.cp.Size, err)
