@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 
 	"github.com/grantline/grantline/internal/datadir"
+	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 )
 
 func init() {
@@ -131,7 +133,7 @@ func runRestoreCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "note: copy DIR/%s from the original into %s, then run 'grantline fsck --data %s' to check the signatures\n", datadir.KeysDir, *data, *data)
 		return nil
 	}
-	return fsckDataDir(ctx, *data, env.stderr, true, env.stdout)
+	return fsckDataDir(ctx, *data, badgerstore.Options{MaxMappedBytes: server.DefaultMaxMappedBytes}, env.stderr, true, env.stdout)
 }
 
 // onlineBackup fetches GET /admin/backup from a running server (admin token)

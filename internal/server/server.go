@@ -15,8 +15,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -29,6 +31,7 @@ import (
 	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/checkpoint"
 	"github.com/grantline/grantline/ledger/pgstore"
 	"github.com/grantline/grantline/ledger/witness"
@@ -75,6 +78,43 @@ type Config struct {
 	// Init starts a new, empty log under keys that already exist when the
 	// store holds none (serve --init; see datadir.Options.Init).
 	Init bool
+	// MemoryBudget, when positive, is the anonymous memory the server is
+	// meant to stay within, in bytes (serve --memory-budget): the Go
+	// runtime's memory limit is set to GoMemoryLimit of it unless the
+	// GOMEMLIMIT environment variable is set, and the badger store's
+	// memtables and caches are sized from it. Zero leaves both as the
+	// process has them. See docs/operations.md, "Memory".
+	MemoryBudget int64
+	// MaxMappedBytes, when positive, bounds the file-backed resident memory
+	// of the process, which the badger store's mapped files make grow with
+	// the log (serve --max-mapped; badgerstore.Options.MaxMappedBytes).
+	MaxMappedBytes int64
+}
+
+// The memory defaults of `grantline serve` (docs/operations.md, "Memory").
+const (
+	DefaultMemoryBudget   = 512 << 20
+	DefaultMaxMappedBytes = 1 << 30
+)
+
+// GoMemoryLimit is the Go runtime memory limit a budget sets: 15/16 of it,
+// leaving room for memory the Go runtime does not count (thread stacks
+// and the like) and for the collector to react.
+func GoMemoryLimit(budget int64) int64 { return budget / 16 * 15 }
+
+// applyMemoryBudget sets the Go runtime's memory limit from cfg unless
+// GOMEMLIMIT is set, and says what it did.
+func applyMemoryBudget(cfg Config) {
+	if cfg.MemoryBudget <= 0 {
+		return
+	}
+	if env := os.Getenv("GOMEMLIMIT"); env != "" {
+		cfg.Logger.Info("memory budget", "budget_bytes", cfg.MemoryBudget, "go_memory_limit", "GOMEMLIMIT="+env, "max_mapped_bytes", cfg.MaxMappedBytes)
+		return
+	}
+	limit := GoMemoryLimit(cfg.MemoryBudget)
+	debug.SetMemoryLimit(limit)
+	cfg.Logger.Info("memory budget", "budget_bytes", cfg.MemoryBudget, "go_memory_limit_bytes", limit, "max_mapped_bytes", cfg.MaxMappedBytes)
 }
 
 // ErrLeaseLost is returned by Close when the server stopped because another
@@ -198,7 +238,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}()
 
-	dd, err := datadir.OpenWith(cfg.DataDir, datadir.Options{Origin: cfg.Origin, Algorithm: alg, Init: cfg.Init})
+	if cfg.MemoryBudget < 0 || cfg.MaxMappedBytes < 0 {
+		return nil, fmt.Errorf("%w: --memory-budget and --max-mapped must not be negative", ErrConfig)
+	}
+	applyMemoryBudget(cfg)
+	dd, err := datadir.OpenWith(cfg.DataDir, datadir.Options{Origin: cfg.Origin, Algorithm: alg, Init: cfg.Init,
+		Store: badgerstore.Options{MemoryBudget: cfg.MemoryBudget, MaxMappedBytes: cfg.MaxMappedBytes}})
 	if err != nil {
 		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
 	}
@@ -283,7 +328,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	protocols.SetUnencryptedHTTP2(true) // h2c: gRPC and bidi streams without TLS
 	protocols.SetHTTP2(true)
 	rs.http = &http.Server{
-		Handler:           api.Handler(),
+		Handler:           withPprof(api),
 		Protocols:         protocols,
 		HTTP2:             ingest.HTTP2Config(),
 		TLSConfig:         tlsCfg,
@@ -312,6 +357,26 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}()
 	cfg.Logger.Info("serving", "url", rs.URL, "origin", keys.Origin, "tree_size", l.Latest().Size, "data", cfg.DataDir)
 	return rs, nil
+}
+
+// PprofPath is where the server serves the Go runtime's profiles
+// (net/http/pprof) to admin tokens only: GET /debug/pprof/heap for the heap,
+// /debug/pprof/profile?seconds=N for the CPU. See docs/operations.md,
+// "Memory".
+const PprofPath = "/debug/pprof/"
+
+// withPprof serves api's routes and, behind the admin token, the profiles.
+func withPprof(api *ingest.Server) http.Handler {
+	prof := http.NewServeMux()
+	prof.HandleFunc(PprofPath, pprof.Index) // and every named profile: heap, goroutine, allocs, ...
+	prof.HandleFunc(PprofPath+"cmdline", pprof.Cmdline)
+	prof.HandleFunc(PprofPath+"profile", pprof.Profile)
+	prof.HandleFunc(PprofPath+"symbol", pprof.Symbol)
+	prof.HandleFunc(PprofPath+"trace", pprof.Trace)
+	mux := http.NewServeMux()
+	mux.Handle(PprofPath, api.RequireAdmin(prof))
+	mux.Handle("/", api.Handler())
+	return mux
 }
 
 // Close stops accepting calls, waits for in-flight ones until ctx ends (then

@@ -28,8 +28,9 @@ type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The source's own event id. Required.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// One of the closed type vocabulary (identity.*, access.*, review.*,
-	// grant.*, session.*, credential.*, breakglass.*). Required.
+	// One of the closed type vocabulary of docs/design.md (identity.*,
+	// access.*, review.*, grant.*, session.*, credential.*, breakglass.*,
+	// auth.succeeded, account.*). Required.
 	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
 	// When it happened at the source. Required.
 	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
