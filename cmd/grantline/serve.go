@@ -17,7 +17,7 @@ import (
 func init() {
 	register(&command{
 		name: "serve",
-		usage: "[--data DIR] [--store postgres://...] [--listen HOST:PORT] [--params FILE] [--rules DIR] [--origin O] " +
+		usage: "[--data DIR] [--store postgres://... [--advertise-url URL]] [--listen HOST:PORT] [--params FILE] [--rules DIR] [--origin O] " +
 			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public] [--witness-policy FILE] " +
 			"[--stream-idle-timeout D] [--stream-max-lifetime D] [--memory-budget SIZE] [--max-mapped SIZE] [--init]",
 		summary: "run the ledger service (Connect/gRPC APIs, tlog-tiles, /metrics)",
@@ -33,6 +33,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	var cfg server.Config
 	fs.StringVar(&cfg.DataDir, "data", defaultDataDir, "data directory: ledger, keys, tokens")
 	fs.StringVar(&cfg.Store, "store", "", "keep the ledger in PostgreSQL (postgres://USER@HOST:PORT/DB?...) instead of DATA/ledger; see docs/operations-postgres.md")
+	fs.StringVar(&cfg.Advertise, "advertise-url", "", "with --store: the URL other nodes reach this one at, to forward appends while it sequences (default: the --listen address; the host name if it listens on all addresses)")
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "HOST:PORT to listen on")
 	fs.StringVar(&cfg.ParamsFile, "params", "", "YAML file overriding rule params (e.g. jit_grace: 30m)")
 	fs.StringVar(&cfg.RulesDir, "rules", "", "directory of extra rule files; a file with a built-in's id replaces it")

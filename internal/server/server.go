@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -34,7 +35,6 @@ import (
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/checkpoint"
-	"github.com/grantline/grantline/ledger/pgstore"
 	"github.com/grantline/grantline/ledger/witness"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
@@ -70,10 +70,17 @@ type Config struct {
 	// ingest package's defaults, 5m and 1h).
 	StreamIdleTimeout, StreamMaxLifetime time.Duration
 	// Store, when set, is the PostgreSQL URL (postgres://USER@HOST:PORT/DB?...)
-	// that keeps the ledger instead of DATA/ledger. Start then waits until
-	// this node holds the sequencing lease (docs/operations-postgres.md),
-	// and the server stops with ErrLeaseLost if another node takes it over.
+	// that keeps the ledger instead of DATA/ledger. The node sequences if
+	// it can take the lease, and otherwise follows the log: it serves reads
+	// from the database, forwards appends to the sequencer and takes over
+	// when the sequencer's lease expires (docs/operations-postgres.md). A
+	// sequencer stops with ErrLeaseLost if another node takes it over.
 	Store string
+	// Advertise is the URL at which other nodes of a PostgreSQL log reach
+	// this one (serve --advertise-url), recorded in the lease while it
+	// sequences. Empty: the listen address, with the host name for an
+	// unspecified listen host.
+	Advertise string
 	// WitnessPolicy is a witness policy file (docs/witnessing.md); when set,
 	// checkpoints are sent to its witnesses, GET /checkpoint serves the
 	// newest witnessed one and evidence is anchored to it.
@@ -145,13 +152,14 @@ type Server struct {
 	VerifierKeyPath, EvidenceKeyPath string // DATA/keys/log.vkey, DATA/keys/evidence.pub
 	Origin                           string
 
-	log      *ledger.Log
-	pg       *pgstore.Store // nil: badger
+	log      *ledger.Log // badger; nil with PostgreSQL
+	cl       *cluster    // PostgreSQL; nil with badger
 	closing  atomic.Bool
 	lost     atomic.Bool
-	wit      *witness.Witnesser // nil without a witness policy
-	witStop  func()             // stops the witnesser and waits for it
-	pollStop func()             // stops the SSF pollers and waits for them
+	failed   atomic.Pointer[error] // taking over sequencing failed
+	wit      *witness.Witnesser    // nil without a witness policy
+	witStop  func()                // stops the witnesser and waits for it
+	pollStop func()                // stops the SSF pollers and waits for them
 	api      *ingest.Server
 	http     *http.Server
 	stopped  chan struct{} // closed when the HTTP server stopped serving
@@ -159,8 +167,18 @@ type Server struct {
 	logger   *slog.Logger
 }
 
-// Ledger is the server's open log, for in-process callers (bench, tests).
-func (r *Server) Ledger() *ledger.Log { return r.log }
+// Ledger is the server's open log, for in-process callers (bench, tests);
+// nil while a node of a PostgreSQL log follows another node.
+func (r *Server) Ledger() *ledger.Log {
+	if r.cl != nil {
+		return r.cl.sequencer()
+	}
+	return r.log
+}
+
+// Sequencing reports whether this server writes its log: always with
+// badger; with PostgreSQL while it holds the sequencing lease.
+func (r *Server) Sequencing() bool { return r.Ledger() != nil }
 
 // Witnesser is the server's witnesser, nil without a witness policy.
 func (r *Server) Witnesser() *witness.Witnesser { return r.wit }
@@ -222,21 +240,15 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 
 	// Listen before anything is written: a taken port must not leave a
-	// half-made data directory behind. With PostgreSQL, a standby waits for
-	// the lease before it listens, so that load balancers see it down until
-	// it can serve.
-	var ln net.Listener
-	listen := func() error {
-		var err error
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
-		}
-		return nil
+	// half-made data directory behind. With PostgreSQL the address is
+	// also what the node advertises to the others.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	if cfg.Store == "" {
-		if err := listen(); err != nil {
-			return nil, err
-		}
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
 	}
 	defer func() {
 		if err != nil && ln != nil {
@@ -260,25 +272,31 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	lo := ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger"), SubjectMap: cfg.SubjectMap}
 	var l *ledger.Log
-	var pg *pgstore.Store
+	var cl *cluster
+	var led interface {
+		ingest.Ledger
+		Close() error
+	}
 	reg := prometheus.NewRegistry()
 	if cfg.Store == "" {
 		l, err = dd.OpenLedger(ctx, lo)
+		led = l
 	} else {
-		l, pg, err = openPostgres(ctx, cfg.Store, dd, lo, reg, cfg.Logger)
+		adv := cfg.Advertise
+		if adv == "" {
+			adv = advertiseURL(scheme, ln.Addr())
+		} else if err := checkAdvertise(adv); err != nil {
+			return nil, fmt.Errorf("%w: --advertise-url: %w", ErrConfig, err)
+		}
+		cl, err = openCluster(ctx, cfg.Store, adv, dd, lo, reg, cfg.Logger)
+		led = clusterCloser{cl}
 	}
 	if err != nil {
 		return nil, err
 	}
-	if ln == nil {
-		if err = listen(); err != nil {
-			l.Close()
-			return nil, err
-		}
-	}
 	icfg := ingest.Config{
-		Ledger: l, Auth: dd.Tokens, Evaluator: set,
-		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
+		Ledger: led, Auth: dd.Tokens, Evaluator: set,
+		Exporter: &exporter{l: led, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg, SSF: rcv,
 		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
 	}
@@ -286,17 +304,17 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	witStop := func() {}
 	if policy != nil {
 		if keys.Algorithm != checkpoint.Ed25519 {
-			l.Close()
+			led.Close()
 			return nil, fmt.Errorf("%w: --witness-policy: the log key is %s; witnesses verify only Ed25519 log signatures (start a new data directory with --alg ed25519)", ErrConfig, keys.Algorithm)
 		}
 		wc := cfg.Witnessing
-		wc.Policy, wc.Log, wc.Proof, wc.Logger, wc.Registerer = policy, keys.LogVerifier, l.ConsistencyProof, cfg.Logger, reg
-		wc.StateFile, wc.Holds = filepath.Join(cfg.DataDir, WitnessedFile), holds(ctx, l)
+		wc.Policy, wc.Log, wc.Proof, wc.Logger, wc.Registerer = policy, keys.LogVerifier, led.ConsistencyProof, cfg.Logger, reg
+		wc.StateFile, wc.Holds = filepath.Join(cfg.DataDir, WitnessedFile), holds(ctx, led)
 		if wit, err = witness.New(wc); err != nil {
-			l.Close()
+			led.Close()
 			return nil, err
 		}
-		witStop = runWitnesser(wit, l, cfg.Logger, wc.MinInterval)
+		witStop = runWitnesser(wit, led, cfg.Logger, wc.MinInterval)
 		icfg.Witnessed = func() (ledger.Checkpoint, bool) {
 			wd, ok := wit.Latest()
 			if !ok {
@@ -309,7 +327,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	api, err := ingest.New(icfg)
 	if err != nil {
 		witStop()
-		l.Close()
+		led.Close()
 		return nil, err
 	}
 
@@ -317,10 +335,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		DataDir: cfg.DataDir, VerifierKey: keys.VerifierKey, Origin: keys.Origin,
 		VerifierKeyPath: keys.VerifierKeyPath, EvidenceKeyPath: keys.EvidencePubKeyPath,
 		AdminTokenPath: dd.AdminTokenPath, NewAdminToken: dd.NewAdminToken,
-		log: l, pg: pg, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
-	}
-	if pg != nil {
-		go rs.watchLease()
+		log: l, cl: cl, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
 	}
 	pctx, pcancel := context.WithCancel(context.Background())
 	var pwg sync.WaitGroup
@@ -333,8 +348,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true) // h2c: gRPC and bidi streams without TLS
 	protocols.SetHTTP2(true)
+	handler := api.Handler()
+	if cl != nil {
+		handler = cl.handler(handler)
+	}
 	rs.http = &http.Server{
-		Handler:           withPprof(api),
+		Handler:           withPprof(api, handler),
 		Protocols:         protocols,
 		HTTP2:             ingest.HTTP2Config(),
 		TLSConfig:         tlsCfg,
@@ -343,11 +362,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
-	scheme := "http"
-	if tlsCfg != nil {
-		scheme = "https"
-	}
 	rs.URL = scheme + "://" + displayAddr(ln.Addr())
+	if cl != nil {
+		cl.start(rs.leaseLost, rs.takeOverFailed)
+	}
 	go func() {
 		var err error
 		if tlsCfg != nil {
@@ -361,7 +379,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		rs.serveErr = err
 		close(rs.stopped)
 	}()
-	cfg.Logger.Info("serving", "url", rs.URL, "origin", keys.Origin, "tree_size", l.Latest().Size, "data", cfg.DataDir)
+	cfg.Logger.Info("serving", "url", rs.URL, "origin", keys.Origin, "tree_size", led.Latest().Size, "data", cfg.DataDir)
 	return rs, nil
 }
 
@@ -371,8 +389,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 // "Memory".
 const PprofPath = "/debug/pprof/"
 
-// withPprof serves api's routes and, behind the admin token, the profiles.
-func withPprof(api *ingest.Server) http.Handler {
+// withPprof serves next and, behind api's admin token, this node's
+// profiles (never forwarded to the sequencer).
+func withPprof(api *ingest.Server, next http.Handler) http.Handler {
 	prof := http.NewServeMux()
 	prof.HandleFunc(PprofPath, pprof.Index) // and every named profile: heap, goroutine, allocs, ...
 	prof.HandleFunc(PprofPath+"cmdline", pprof.Cmdline)
@@ -381,7 +400,7 @@ func withPprof(api *ingest.Server) http.Handler {
 	prof.HandleFunc(PprofPath+"trace", pprof.Trace)
 	mux := http.NewServeMux()
 	mux.Handle(PprofPath, api.RequireAdmin(prof))
-	mux.Handle("/", api.Handler())
+	mux.Handle("/", next)
 	return mux
 }
 
@@ -399,7 +418,12 @@ func (r *Server) Close(ctx context.Context) error {
 	<-r.stopped
 	r.pollStop() // before the ledger closes: a SET in flight is stored or left unacknowledged
 	r.witStop()
-	lerr := r.log.Close()
+	var lerr error
+	if r.cl != nil {
+		lerr = r.cl.close()
+	} else {
+		lerr = r.log.Close()
+	}
 	if lerr != nil && !errors.Is(lerr, ledger.ErrClosed) {
 		return fmt.Errorf("closing the ledger: %w", lerr)
 	}
@@ -407,53 +431,59 @@ func (r *Server) Close(ctx context.Context) error {
 	if r.lost.Load() {
 		return fmt.Errorf("%w: stopped serving; restart to rejoin as a standby", ErrLeaseLost)
 	}
+	if p := r.failed.Load(); p != nil {
+		return *p
+	}
 	return r.serveErr
 }
 
-// openPostgres opens the ledger in PostgreSQL once this node holds the
-// sequencing lease, waiting for it as long as ctx allows.
-func openPostgres(ctx context.Context, url string, dd *datadir.Dir, o ledger.Options, reg *prometheus.Registry, logger *slog.Logger) (*ledger.Log, *pgstore.Store, error) {
-	if !strings.HasPrefix(url, "postgres://") && !strings.HasPrefix(url, "postgresql://") {
-		return nil, nil, fmt.Errorf("%w: --store %q: want a PostgreSQL URL, postgres://USER@HOST:PORT/DB?...", ErrConfig, url)
-	}
-	m, err := pgstore.NewMetrics(reg)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := pgstore.Open(ctx, url, pgstore.Options{Metrics: m, Logger: logger.With("component", "pgstore")})
-	if err != nil {
-		return nil, nil, fmt.Errorf("--store: %w", err)
-	}
-	if l, err := st.Lease(ctx); err == nil && l.Valid {
-		logger.Info("standing by: another node sequences the log; taking over when its lease expires",
-			"holder", l.Holder, "epoch", l.Epoch)
-	}
-	if err := st.Acquire(ctx); err != nil {
-		st.Close()
-		return nil, nil, err
-	}
-	o.Signer, o.Verifier = dd.Keys.LogSigner, dd.Keys.LogVerifier
-	lg, err := ledger.Open(ctx, st, o)
-	if err != nil {
-		st.Close()
-		return nil, nil, fmt.Errorf("opening the ledger in PostgreSQL: %w", err)
-	}
-	epoch, _ := st.Holding()
-	logger.Info("sequencing the log", "node", st.Node(), "epoch", epoch)
-	return lg, st, nil
-}
+// clusterCloser gives a cluster the Close of a ledger for Start's error
+// paths.
+type clusterCloser struct{ *cluster }
 
-// watchLease stops the server when another node takes the lease over: this
+func (c clusterCloser) Close() error { return c.close() }
+
+// leaseLost stops the server when another node took the lease over: this
 // node's appends would all be fenced from then on.
-func (r *Server) watchLease() {
-	<-r.pg.Lost()
+func (r *Server) leaseLost() {
 	if r.closing.Load() {
 		return
 	}
 	r.lost.Store(true)
-	r.logger.Error("lost the sequencing lease to another node; stopping", "node", r.pg.Node())
+	r.logger.Error("lost the sequencing lease to another node; stopping", "node", r.cl.st.Node())
 	r.api.SetServing(false)
 	r.http.Close()
+}
+
+// takeOverFailed stops the server when a follower holding the lease could
+// not open the ledger for writing; Close releases the lease for another node.
+func (r *Server) takeOverFailed(err error) {
+	if r.closing.Load() {
+		return
+	}
+	r.failed.Store(&err)
+	r.api.SetServing(false)
+	r.http.Close()
+}
+
+// advertiseURL is the URL other nodes reach a listener at: its address, or
+// the host name for an unspecified listen host.
+func advertiseURL(scheme string, a net.Addr) string {
+	if tcp, ok := a.(*net.TCPAddr); ok && (tcp.IP == nil || tcp.IP.IsUnspecified()) {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			return scheme + "://" + net.JoinHostPort(h, fmt.Sprint(tcp.Port))
+		}
+	}
+	return scheme + "://" + displayAddr(a)
+}
+
+// checkAdvertise checks an --advertise-url.
+func checkAdvertise(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return fmt.Errorf("%q: want http://HOST:PORT or https://HOST:PORT, the address other nodes reach this one at", s)
+	}
+	return nil
 }
 
 // displayAddr shows a listener address as a client would dial it.
@@ -502,7 +532,7 @@ func loadRuleSet(dir, paramsFile string) (*rules.Set, []byte, error) {
 
 // exporter builds evidence packages with verify.Export (ingest.Exporter).
 type exporter struct {
-	l      *ledger.Log
+	l      ingest.Ledger
 	set    *rules.Set
 	params []byte
 	signer *verify.EvidenceSigner
@@ -538,20 +568,9 @@ func (s *exportSource) EvaluatePeriod(ctx context.Context, size uint64, from, to
 }
 
 func (s *exportSource) evaluate(ctx context.Context, size uint64, from, asOf time.Time) (*format.Findings, error) {
-	var subjects []string
-	if err := s.x.l.ForEachSubject(ctx, size, func(sub string) error {
-		subjects = append(subjects, sub)
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	var res *rules.Result
-	var err error
-	if from.IsZero() {
-		res, err = s.x.set.Evaluate(ctx, subjects, s.req.Chains, asOf)
-	} else {
-		res, err = s.x.set.EvaluatePeriod(ctx, subjects, s.req.Chains, from, asOf)
-	}
+	// The same evaluation as EvaluateStream: subjects pulled from the index
+	// as the workers need them, chains read one by one.
+	res, err := s.x.set.Collect(ctx, ingest.LedgerSubjects(ctx, s.x.l, size), s.req.Chains, from, asOf, !from.IsZero())
 	if err != nil {
 		return nil, err
 	}
@@ -580,8 +599,16 @@ func (s *exportSource) EvaluateSubjects(ctx context.Context, size uint64, subjec
 }
 
 // SubjectProof makes exportSource a verify.SubjectSource.
+// A ledger that cannot prove subjects (a follower) answers as a log
+// without a subject map would.
 func (s *exportSource) SubjectProof(ctx context.Context, subject string, size uint64) (ledger.SubjectProof, error) {
-	return s.x.l.SubjectProof(ctx, subject, size)
+	sp, ok := s.x.l.(interface {
+		SubjectProof(ctx context.Context, subject string, size uint64) (ledger.SubjectProof, error)
+	})
+	if !ok {
+		return ledger.SubjectProof{}, fmt.Errorf("this node cannot prove subjects complete (export from the sequencing node): %w", ledger.ErrNoSubjectMap)
+	}
+	return sp.SubjectProof(ctx, subject, size)
 }
 
 // readChains is a rules.ChainSource that records the subjects whose chains
@@ -688,7 +715,7 @@ const WitnessedFile = "witnessed.checkpoint"
 // holds tells whether l holds the checkpoint (size, root): a data directory
 // restored from an older backup, or a stored note of another log, must not
 // be served as this log's witnessed checkpoint.
-func holds(ctx context.Context, l *ledger.Log) func(uint64, [32]byte) error {
+func holds(ctx context.Context, l ingest.Ledger) func(uint64, [32]byte) error {
 	return func(size uint64, root [32]byte) error {
 		if n := l.Latest().Size; size > n {
 			return fmt.Errorf("the log has %d entries, the stored checkpoint %d (was the data directory restored from an older backup?)", n, size)
@@ -712,7 +739,7 @@ const feedInterval = 100 * time.Millisecond
 // runWitnesser runs wit and hands it the ledger's latest checkpoint whenever
 // it changes. Appends never wait for it. The returned func stops both and
 // waits for them.
-func runWitnesser(wit *witness.Witnesser, l *ledger.Log, logger *slog.Logger, minInterval time.Duration) (stop func()) {
+func runWitnesser(wit *witness.Witnesser, l interface{ Latest() ledger.Checkpoint }, logger *slog.Logger, minInterval time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { wit.Run(ctx) })
