@@ -83,16 +83,25 @@ func testEvents(from, n int) []*pb.Event {
 // acked records acknowledged appends by dedupe key.
 type acked map[[32]byte]AppendResult
 
+// add records the results of one append and checks that an event answered
+// before keeps its index and is a duplicate or a conflict, never both.
+// It reports with t.Errorf, never t.Fatalf: workers call it from their own
+// goroutines, under a lock, where FailNow would leave the lock held and hang
+// the test instead of showing the failure.
 func (a acked) add(t testing.TB, evs []*pb.Event, res []AppendResult) {
 	t.Helper()
+	if len(res) != len(evs) {
+		t.Errorf("%d results for %d events", len(res), len(evs))
+		return
+	}
 	for i, ev := range evs {
 		k := event.DedupeKey(ev.GetSource().GetSystem(), ev.GetId())
 		if old, ok := a[k]; ok {
 			if old.Index != res[i].Index || old.LeafHash != res[i].LeafHash {
-				t.Fatalf("event %s/%s acknowledged at %d, now at %d", ev.GetSource().GetSystem(), ev.GetId(), old.Index, res[i].Index)
+				t.Errorf("event %s/%s acknowledged at %d, now at %d", ev.GetSource().GetSystem(), ev.GetId(), old.Index, res[i].Index)
 			}
 			if res[i].Duplicate == res[i].Conflict {
-				t.Fatalf("event %s/%s answered again at %d with Duplicate %v and Conflict %v, want exactly one",
+				t.Errorf("event %s/%s answered again at %d with Duplicate %v and Conflict %v, want exactly one",
 					ev.GetSource().GetSystem(), ev.GetId(), res[i].Index, res[i].Duplicate, res[i].Conflict)
 			}
 			continue
