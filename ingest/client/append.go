@@ -176,6 +176,16 @@ func (s *streamWorker) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if len(s.pending) == 0 && retryable(err) {
+			// The server ended the stream with every batch acknowledged:
+			// its idle timeout or the stream's maximum lifetime, or a
+			// restart between batches. Nothing is lost and nothing waits,
+			// so it is not a failure: the next call opens a new stream
+			// only when the next batch arrives, so a feed silent for
+			// hours reconnects once, not every idle timeout.
+			failures = 0
+			continue
+		}
 		if progress {
 			failures = 0
 		}
@@ -214,7 +224,23 @@ type inflight struct {
 
 // once runs one AppendStream call until the input is drained and acked, or
 // the stream fails. progress reports whether any batch was acknowledged.
+// With no batch left over from a failed stream, it opens the stream only
+// once the next batch arrives (and returns nil at once if the input ends
+// first), so that a silent feed holds no stream open for the server to
+// close as idle.
 func (s *streamWorker) once(ctx context.Context) (progress bool, err error) {
+	var first *Batch
+	if len(s.pending) == 0 {
+		select {
+		case b, more := <-s.in:
+			if !more {
+				return false, nil
+			}
+			first = b
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream := s.client.AppendStream(ctx)
@@ -273,6 +299,9 @@ func (s *streamWorker) once(ctx context.Context) (progress bool, err error) {
 
 	ok := true
 	pending := s.pending
+	if first != nil {
+		pending = []*Batch{first}
+	}
 	s.pending = nil
 	for i, b := range pending {
 		if ok = send(b); !ok {
