@@ -282,3 +282,21 @@ func (s *Server) anchor(ctx context.Context, size uint64) (ledger.Checkpoint, er
 	}
 	return cp, nil
 }
+
+// witnessed answers GetCheckpoint with witnessed set: the newest witnessed
+// checkpoint, whose size must be size when size is not 0.
+func (s *Server) witnessed(size uint64) (ledger.Checkpoint, error) {
+	if s.cfg.Witnessed == nil {
+		return ledger.Checkpoint{}, connect.NewError(connect.CodeFailedPrecondition,
+			errors.New("witnessed: this server has no witness policy (serve --witness-policy), so no checkpoint is witnessed; ask without witnessed for the log's own checkpoint"))
+	}
+	cp, ok := s.cfg.Witnessed()
+	switch {
+	case !ok:
+		return ledger.Checkpoint{}, connect.NewError(connect.CodeUnavailable,
+			errors.New("no checkpoint has reached the witnesses' quorum yet; retry shortly (see docs/witnessing.md)"))
+	case size != 0 && size != cp.Size:
+		return ledger.Checkpoint{}, &event.FieldError{Path: "tree_size", Msg: fmt.Sprintf("the newest witnessed checkpoint has size %d; with witnessed, omit tree_size or give %d (older witnessed checkpoints are not kept)", cp.Size, cp.Size)}
+	}
+	return cp, nil
+}

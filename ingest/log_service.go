@@ -46,7 +46,13 @@ func (s *Server) checkpoint(ctx context.Context, field string, size uint64) (led
 }
 
 func (h *logService) GetCheckpoint(ctx context.Context, req *connect.Request[pb.GetCheckpointRequest]) (*connect.Response[pb.GetCheckpointResponse], error) {
-	cp, err := h.s.checkpoint(ctx, "tree_size", req.Msg.GetTreeSize())
+	var cp ledger.Checkpoint
+	var err error
+	if req.Msg.GetWitnessed() {
+		cp, err = h.s.witnessed(req.Msg.GetTreeSize())
+	} else {
+		cp, err = h.s.checkpoint(ctx, "tree_size", req.Msg.GetTreeSize())
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,12 +40,21 @@ func (s *Server) ssfHandler(rcv *ssf.Receiver) http.Handler {
 			writeSETError(w, &ssf.Error{Code: ssf.InvalidRequest, Description: fmt.Sprintf("reading the SET (at most %d bytes): %v", maxSETBytes, err)})
 			return
 		}
-		set, err := rcv.Receive(body)
+		set, err := rcv.Receive(r.Context(), body)
 		if err == nil {
-			err = s.storeSET(r, set)
+			var dup bool
+			if dup, err = s.storeSET(r.Context(), set); err == nil && dup {
+				err = &ssf.Error{Code: ssf.InvalidRequest, Description: fmt.Sprintf("jti %q was already received; nothing was stored", set.JTI)}
+			}
 		}
 		var se *ssf.Error
 		switch {
+		case errors.Is(err, ssf.ErrKeysUnavailable):
+			// Neither accepted nor refused: a 5xx makes the transmitter
+			// deliver it again (RFC 8935 section 2.3).
+			s.log.WarnContext(r.Context(), "SET not checked: the transmitter's keys are unavailable", "peer", r.RemoteAddr, "err", err)
+			w.Header().Set("Retry-After", "30")
+			http.Error(w, "the transmitter's keys could not be fetched; retry", http.StatusServiceUnavailable)
 		case err == nil:
 			s.log.InfoContext(r.Context(), "SET accepted", "peer", r.RemoteAddr, "issuer", set.Issuer, "jti", set.JTI)
 			w.WriteHeader(http.StatusAccepted)
@@ -63,24 +73,45 @@ func (s *Server) ssfHandler(rcv *ssf.Receiver) http.Handler {
 	})
 }
 
-func (s *Server) storeSET(r *http.Request, set *ssf.SET) error {
+// storeSET maps and appends the events of a verified SET; dup reports that
+// they were stored before (a redelivered jti). The events of a jti received
+// before with other content are a conflict: refused, nothing stored.
+func (s *Server) storeSET(ctx context.Context, set *ssf.SET) (dup bool, err error) {
 	evs, err := ssf.Map(set)
 	if err != nil || len(evs) == 0 {
-		return err
+		return false, err
 	}
 	if err := event.ValidateBatch("events", evs, s.now()); err != nil {
-		return &ssf.Error{Code: ssf.InvalidRequest, Description: err.Error()}
+		return false, &ssf.Error{Code: ssf.InvalidRequest, Description: err.Error()}
 	}
-	res, _, err := s.append(r.Context(), evs)
+	res, _, err := s.append(ctx, evs)
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, x := range res {
-		if x.Duplicate {
-			return &ssf.Error{Code: ssf.InvalidRequest, Description: fmt.Sprintf("jti %q was already received; nothing was stored", set.JTI)}
+		switch {
+		case x.Conflict:
+			return false, &ssf.Error{Code: ssf.InvalidRequest, Description: fmt.Sprintf("jti %q was received before with other content; nothing was stored", set.JTI)}
+		case x.Duplicate:
+			dup = true
 		}
 	}
-	return nil
+	return dup, nil
+}
+
+// PollSSF polls the Shared Signals transmitters configured for poll
+// delivery (RFC 8936) until ctx is done, storing their SETs as pushed ones
+// are stored; a SET is acknowledged once its events are durable, and a
+// redelivered one (already stored) is acknowledged again. It returns at
+// once when no transmitter is polled.
+func (s *Server) PollSSF(ctx context.Context) {
+	if s.cfg.SSF == nil || !s.cfg.SSF.Polls() {
+		return
+	}
+	s.cfg.SSF.RunPolls(ctx, func(ctx context.Context, set *ssf.SET) error {
+		_, err := s.storeSET(ctx, set)
+		return err
+	})
 }
 
 func writeSETError(w http.ResponseWriter, e *ssf.Error) {

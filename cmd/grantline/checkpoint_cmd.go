@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"golang.org/x/mod/sumdb/note"
@@ -14,14 +15,15 @@ import (
 	"github.com/grantline/grantline/internal/textsafe"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/checkpoint"
+	"github.com/grantline/grantline/ledger/witness"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
 func init() {
 	register(&command{
 		name:    "checkpoint",
-		usage:   "[--server URL --token T] [--size N] [--log-key FILE]",
-		summary: "print the latest signed checkpoint (or the one at --size), verified with --log-key",
+		usage:   "[--server URL --token T] [--size N] [--witnessed] [--log-key FILE [--witness-policy FILE]]",
+		summary: "print the latest signed checkpoint (or the one at --size, or the newest witnessed one), verified with --log-key",
 		run:     runCheckpointCmd,
 	})
 }
@@ -32,6 +34,8 @@ func runCheckpointCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	cf.register(fs, env)
 	size := fs.Uint64("size", 0, "the checkpoint published at this tree size (0: the latest)")
 	keyFile := fs.String("log-key", "", "verify the checkpoint with this verifier key file (DATA/keys/log.vkey)")
+	witnessed := fs.Bool("witnessed", false, "the newest checkpoint that reached the server's witness quorum, with the cosignatures (docs/witnessing.md)")
+	policyFile := fs.String("witness-policy", "", "require a quorum of this witness policy's cosignatures (implies --witnessed; needs --log-key)")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -45,11 +49,21 @@ func runCheckpointCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			return &exitError{code: 2, msg: err.Error()}
 		}
 	}
+	var policy *witness.Policy
+	if *policyFile != "" {
+		if v == nil {
+			return &exitError{code: 2, msg: "--witness-policy needs --log-key DATA/keys/log.vkey: the quorum is checked on a checkpoint the log signed"}
+		}
+		if policy, err = witness.LoadPolicy(*policyFile); err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--witness-policy: %v", err)}
+		}
+		*witnessed = true
+	}
 	cl, err := cf.dial()
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
-	resp, err := cl.Log().GetCheckpoint(ctx, connect.NewRequest(&pb.GetCheckpointRequest{TreeSize: *size}))
+	resp, err := cl.Log().GetCheckpoint(ctx, connect.NewRequest(&pb.GetCheckpointRequest{TreeSize: *size, Witnessed: *witnessed}))
 	if err != nil {
 		return fmt.Errorf("getting checkpoint: %s", describeRPCError(err))
 	}
@@ -66,6 +80,19 @@ func runCheckpointCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if *size != 0 && c.Size != *size {
 		return fmt.Errorf("asked for the checkpoint at size %d, got size %d", *size, c.Size)
+	}
+	if policy != nil {
+		wv, err := witness.VerifyQuorum([]byte(resp.Msg.GetCheckpoint()), v, policy)
+		if err != nil {
+			return &exitError{code: 1, msg: fmt.Sprintf("checkpoint of size %d: %v", c.Size, err)}
+		}
+		var names []string
+		for _, cs := range wv.Cosignatures {
+			names = append(names, cs.Witness+" at "+cs.Time.UTC().Format(time.RFC3339))
+		}
+		fmt.Fprintf(env.stderr, "verified: checkpoint of %s, size %d, root %x, cosigned by %d of %d witnesses (quorum %d): %s\n",
+			c.Origin, c.Size, c.Root, len(wv.Cosignatures), len(policy.Witnesses), policy.Quorum, strings.Join(names, ", "))
+		return nil
 	}
 	fmt.Fprintf(env.stderr, "verified: checkpoint of %s, size %d, root %x\n", c.Origin, c.Size, c.Root)
 	return nil

@@ -34,7 +34,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfg.Listen, "listen", server.DefaultListen, "HOST:PORT to listen on")
 	fs.StringVar(&cfg.ParamsFile, "params", "", "YAML file overriding rule params (e.g. jit_grace: 30m)")
 	fs.StringVar(&cfg.RulesDir, "rules", "", "directory of extra rule files; a file with a built-in's id replaces it")
-	fs.StringVar(&cfg.SSFTransmitters, "ssf-transmitters", "", "JSON file of Shared Signals transmitters (issuer, audience, system, jwks); serves POST /v1/ssf/events")
+	fs.StringVar(&cfg.SSFTransmitters, "ssf-transmitters", "", "JSON file of Shared Signals transmitters (issuer, audience, system, jwks, jwks_file or jwks_uri, poll); serves POST /v1/ssf/events and polls those with poll (docs/sources.md)")
 	fs.StringVar(&cfg.Origin, "origin", "", "checkpoint origin of a new log (default "+datadir.DefaultOrigin+"); later starts use the one in DATA/keys/log.vkey")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate chain; serve HTTPS (with --tls-key)")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key of --tls-cert")

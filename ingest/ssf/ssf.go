@@ -4,15 +4,22 @@
 // checks the signature (go-jose, with an allow-list of algorithms), the
 // issuer, the audience and the claims, and Map turns the CAEP and RISC
 // events Grantline understands into events (docs/sources.md, "Shared
-// Signals"). Errors carry the RFC 8935 error codes. Replay of a jti is
-// caught by the ledger: the event id is the jti, so a replayed SET is a
-// duplicate and the HTTP handler in package ingest refuses it.
+// Signals"). Errors carry the RFC 8935 error codes. Keys come inline, from
+// a file, or from a jwks_uri (cached, refreshed, fetched early for an
+// unknown kid); RunPolls fetches SETs from transmitters that offer poll
+// delivery (RFC 8936) and acknowledges each once it is stored. Replay of a
+// jti is caught by the ledger: the event id is the jti, so a replayed SET
+// is a duplicate, which the push handler in package ingest refuses and a
+// poller acknowledges again (a redelivery after a lost acknowledgement).
 package ssf
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,10 +34,38 @@ type Transmitter struct {
 	Issuer   string `json:"issuer"`   // the SETs' iss
 	Audience string `json:"audience"` // must be in the SETs' aud
 	System   string `json:"system"`   // source.system of the events made
-	// JWKS is the transmitter's public keys (inline), or JWKSFile a file
-	// holding them, relative to the configuration file.
-	JWKS     *jose.JSONWebKeySet `json:"jwks,omitempty"`
-	JWKSFile string              `json:"jwks_file,omitempty"`
+	// The transmitter's public keys, exactly one of: JWKS inline, JWKSFile
+	// a file holding them (relative to the configuration file), or JWKSURI
+	// where they are fetched (https; http only for a loopback host), kept
+	// for JWKSRefresh (DefaultJWKSRefresh when zero, at least
+	// MinJWKSRefresh) and fetched again early for an unknown kid.
+	JWKS        *jose.JSONWebKeySet `json:"jwks,omitempty"`
+	JWKSFile    string              `json:"jwks_file,omitempty"`
+	JWKSURI     string              `json:"jwks_uri,omitempty"`
+	JWKSRefresh Duration            `json:"jwks_refresh,omitempty"`
+	// Poll, when set, makes Grantline fetch this transmitter's SETs from
+	// its poll endpoint (RFC 8936) besides accepting pushes.
+	Poll *Poll `json:"poll,omitempty"`
+
+	keys *keySet
+}
+
+// Poll configures poll delivery (RFC 8936) from one transmitter.
+type Poll struct {
+	// URL is the transmitter's poll endpoint (https; http only for a
+	// loopback host).
+	URL string `json:"url"`
+	// TokenFile, relative to the configuration file, holds the bearer
+	// token the endpoint requires; Token is that token (set from TokenFile
+	// by LoadTransmitters, never read from JSON).
+	TokenFile string `json:"token_file,omitempty"`
+	Token     string `json:"-"`
+	// Interval is the wait after a poll that returned nothing or failed
+	// (DefaultPollInterval when zero; at least MinPollInterval).
+	Interval Duration `json:"interval,omitempty"`
+	// MaxEvents is the most SETs asked for at once (DefaultPollMaxEvents
+	// when zero; at most MaxPollMaxEvents).
+	MaxEvents int `json:"max_events,omitempty"`
 }
 
 // Error is a refusal with an RFC 8935 section 2.4 error code.
@@ -65,10 +100,23 @@ func LoadTransmitters(path string) ([]Transmitter, error) {
 	dec := json.NewDecoder(strings.NewReader(string(data)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&doc); err != nil {
-		return nil, fmt.Errorf("%s: %w (want {\"transmitters\": [{\"issuer\", \"audience\", \"system\", \"jwks\" or \"jwks_file\"}]})", path, err)
+		return nil, fmt.Errorf("%s: %w (want {\"transmitters\": [{\"issuer\", \"audience\", \"system\", \"jwks\", \"jwks_file\" or \"jwks_uri\"}]})", path, err)
 	}
 	for i := range doc.Transmitters {
 		t := &doc.Transmitters[i]
+		if p := t.Poll; p != nil && p.TokenFile != "" {
+			f := p.TokenFile
+			if !filepath.IsAbs(f) {
+				f = filepath.Join(filepath.Dir(path), f)
+			}
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return nil, fmt.Errorf("%s: transmitters[%d].poll.token_file: %w", path, i, err)
+			}
+			if p.Token = strings.TrimSpace(string(b)); p.Token == "" {
+				return nil, fmt.Errorf("%s: transmitters[%d].poll.token_file %s is empty; put the poll endpoint's bearer token in it", path, i, f)
+			}
+		}
 		if t.JWKS == nil && t.JWKSFile != "" {
 			f := t.JWKSFile
 			if !filepath.IsAbs(f) {
@@ -87,32 +135,86 @@ func LoadTransmitters(path string) ([]Transmitter, error) {
 	return doc.Transmitters, nil
 }
 
-// Receiver checks SETs against the configured transmitters; safe for
-// concurrent use (it is read-only after NewReceiver).
+// Receiver checks SETs against the configured transmitters and polls those
+// configured for poll delivery; safe for concurrent use.
 type Receiver struct {
 	byIssuer map[string]*Transmitter
+	ts       []*Transmitter // in configuration order
+	opts     Options
+	hc       *http.Client
 }
 
-// NewReceiver checks the configuration: every transmitter has an issuer,
-// an audience, a system and at least one public key, and issuers are unique.
-func NewReceiver(ts []Transmitter) (*Receiver, error) {
-	r := &Receiver{byIssuer: map[string]*Transmitter{}}
+// Options tunes a Receiver; zero fields take the defaults.
+type Options struct {
+	// HTTPClient fetches jwks_uri and polls (http.DefaultClient when nil;
+	// redirects are limited and checked whatever it says).
+	HTTPClient *http.Client
+	Logger     *slog.Logger     // nil discards
+	Now        func() time.Time // time.Now when nil
+}
+
+// NewReceiver is NewReceiverWith(ts, Options{}).
+func NewReceiver(ts []Transmitter) (*Receiver, error) { return NewReceiverWith(ts, Options{}) }
+
+// NewReceiverWith checks the configuration: every transmitter has an
+// issuer, an audience, a system and exactly one source of public keys (a
+// non-empty jwks or jwks_file, or a jwks_uri), issuers are unique, URLs are
+// https (or http to a loopback host). Keys at a jwks_uri are fetched when
+// the first SET needs them, not here.
+func NewReceiverWith(ts []Transmitter, o Options) (*Receiver, error) {
+	if o.HTTPClient == nil {
+		o.HTTPClient = http.DefaultClient
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	r := &Receiver{byIssuer: map[string]*Transmitter{}, opts: o, hc: fetchClient(o.HTTPClient)}
 	for i := range ts {
 		t := ts[i]
 		switch {
 		case t.Issuer == "" || t.Audience == "" || t.System == "":
 			return nil, fmt.Errorf("transmitters[%d]: issuer, audience and system are required", i)
-		case t.JWKS == nil || len(t.JWKS.Keys) == 0:
-			return nil, fmt.Errorf("transmitters[%d] (%s): no keys: give jwks or jwks_file", i, t.Issuer)
+		case t.JWKSURI != "" && t.JWKS != nil:
+			return nil, fmt.Errorf("transmitters[%d] (%s): give one of jwks, jwks_file and jwks_uri", i, t.Issuer)
+		case t.JWKSURI == "" && (t.JWKS == nil || len(t.JWKS.Keys) == 0):
+			return nil, fmt.Errorf("transmitters[%d] (%s): no keys: give jwks, jwks_file or jwks_uri", i, t.Issuer)
+		case t.JWKSURI == "" && t.JWKSRefresh != 0:
+			return nil, fmt.Errorf("transmitters[%d] (%s): jwks_refresh applies to jwks_uri only", i, t.Issuer)
 		case r.byIssuer[t.Issuer] != nil:
 			return nil, fmt.Errorf("transmitters[%d]: issuer %s configured twice", i, t.Issuer)
 		}
-		for _, k := range t.JWKS.Keys {
-			if !k.IsPublic() {
-				return nil, fmt.Errorf("transmitters[%d] (%s): key %q is not a public key; configure the transmitter's public JWKS only", i, t.Issuer, k.KeyID)
+		if t.JWKSURI != "" {
+			if _, err := checkFetchURL(t.JWKSURI); err != nil {
+				return nil, fmt.Errorf("transmitters[%d] (%s): jwks_uri %w", i, t.Issuer, err)
 			}
+			refresh := time.Duration(t.JWKSRefresh)
+			switch {
+			case refresh == 0:
+				refresh = DefaultJWKSRefresh
+			case refresh < MinJWKSRefresh:
+				return nil, fmt.Errorf("transmitters[%d] (%s): jwks_refresh %v is shorter than %v", i, t.Issuer, refresh, MinJWKSRefresh)
+			}
+			t.keys = &keySet{uri: t.JWKSURI, refresh: refresh, hc: r.hc, now: o.Now}
+		} else {
+			for _, k := range t.JWKS.Keys {
+				if !k.IsPublic() {
+					return nil, fmt.Errorf("transmitters[%d] (%s): key %q is not a public key; configure the transmitter's public JWKS only", i, t.Issuer, k.KeyID)
+				}
+			}
+			t.keys = &keySet{fixed: t.JWKS}
+		}
+		if t.Poll != nil {
+			p := *t.Poll
+			if err := p.check(); err != nil {
+				return nil, fmt.Errorf("transmitters[%d] (%s): poll.%w", i, t.Issuer, err)
+			}
+			t.Poll = &p
 		}
 		r.byIssuer[t.Issuer] = &t
+		r.ts = append(r.ts, &t)
 	}
 	return r, nil
 }
@@ -132,8 +234,10 @@ type SET struct {
 	System   string                     // the transmitter's configured source.system
 }
 
-// Receive verifies one compact-serialized SET. A failure is an *Error.
-func (r *Receiver) Receive(token []byte) (*SET, error) {
+// Receive verifies one compact-serialized SET. A refusal is an *Error;
+// ErrKeysUnavailable (wrapped) when the transmitter's keys could not be
+// fetched, which is neither an acceptance nor a refusal.
+func (r *Receiver) Receive(ctx context.Context, token []byte) (*SET, error) {
 	jws, err := jose.ParseSigned(strings.TrimSpace(string(token)), algorithms)
 	if err != nil {
 		return nil, refuse(InvalidRequest, "not a signed JWT with an accepted algorithm (%s): %v", algNames(), err)
@@ -163,7 +267,11 @@ func (r *Receiver) Receive(token []byte) (*SET, error) {
 	if t == nil {
 		return nil, refuse(InvalidIssuer, "issuer %q is not a configured transmitter", claims.Iss)
 	}
-	payload, err := verify(jws, t.JWKS, hdr.KeyID)
+	keys, err := t.keys.get(ctx, hdr.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := verify(jws, keys, hdr.KeyID)
 	if err != nil {
 		return nil, refuse(InvalidKey, "signature does not verify with %s's keys: %v", t.Issuer, err)
 	}

@@ -32,6 +32,8 @@ func TestLoadTransmitters(t *testing.T) {
 	}
 	write("pub.json", string(pub))
 	write("priv.json", string(priv))
+	write("tok", "s3cret\n")
+	write("empty", "\n")
 	for _, tc := range []struct{ name, conf, wantErr string }{
 		{"jwks file", `{"transmitters": [{"issuer": "https://idp", "audience": "https://gl", "system": "idp", "jwks_file": "pub.json"}]}`, ""},
 		{"inline", `{"transmitters": [{"issuer": "https://idp", "audience": "https://gl", "system": "idp", "jwks": ` + string(pub) + `}]}`, ""},
@@ -40,6 +42,10 @@ func TestLoadTransmitters(t *testing.T) {
 		{"no system", `{"transmitters": [{"issuer": "https://idp", "audience": "https://gl", "jwks_file": "pub.json"}]}`, "system are required"},
 		{"twice", `{"transmitters": [{"issuer": "https://idp", "audience": "a", "system": "s", "jwks_file": "pub.json"}, {"issuer": "https://idp", "audience": "a", "system": "s", "jwks_file": "pub.json"}]}`, "configured twice"},
 		{"unknown field", `{"transmitters": [{"issuer": "https://idp", "jwks_url": "https://idp/jwks"}]}`, `unknown field "jwks_url"`},
+		{"poll token file", `{"transmitters": [{"issuer": "https://idp", "audience": "a", "system": "s", "jwks_file": "pub.json", "poll": {"url": "https://idp/poll", "token_file": "tok"}}]}`, ""},
+		{"poll token file missing", `{"transmitters": [{"issuer": "https://idp", "audience": "a", "system": "s", "jwks_file": "pub.json", "poll": {"url": "https://idp/poll", "token_file": "nope"}}]}`, "poll.token_file"},
+		{"poll token file empty", `{"transmitters": [{"issuer": "https://idp", "audience": "a", "system": "s", "jwks_file": "pub.json", "poll": {"url": "https://idp/poll", "token_file": "empty"}}]}`, "is empty"},
+		{"bad duration", `{"transmitters": [{"issuer": "https://idp", "audience": "a", "system": "s", "jwks_uri": "https://idp/k", "jwks_refresh": "soon"}]}`, "want a duration"},
 		{"missing file", `{"transmitters": [{"issuer": "https://idp", "audience": "a", "system": "s", "jwks_file": "nope.json"}]}`, "jwks_file"},
 	} {
 		ts, err := LoadTransmitters(write("conf.json", tc.conf))
@@ -111,7 +117,7 @@ func FuzzReceive(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		set, err := rcv.Receive(body)
+		set, err := rcv.Receive(t.Context(), body)
 		if err != nil {
 			var e *Error
 			if !errorsAs(err, &e) {

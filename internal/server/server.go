@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -104,6 +105,7 @@ type Server struct {
 	lost     atomic.Bool
 	wit      *witness.Witnesser // nil without a witness policy
 	witStop  func()             // stops the witnesser and waits for it
+	pollStop func()             // stops the SSF pollers and waits for them
 	api      *ingest.Server
 	http     *http.Server
 	stopped  chan struct{} // closed when the HTTP server stopped serving
@@ -152,7 +154,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if cfg.SSFTransmitters != "" {
 		ts, err := ssf.LoadTransmitters(cfg.SSFTransmitters)
 		if err == nil {
-			rcv, err = ssf.NewReceiver(ts)
+			rcv, err = ssf.NewReceiverWith(ts, ssf.Options{Logger: cfg.Logger})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: --ssf-transmitters: %w", ErrConfig, err)
@@ -238,6 +240,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		wc := cfg.Witnessing
 		wc.Policy, wc.Log, wc.Proof, wc.Logger, wc.Registerer = policy, keys.LogVerifier, l.ConsistencyProof, cfg.Logger, reg
+		wc.StateFile, wc.Holds = filepath.Join(cfg.DataDir, WitnessedFile), holds(ctx, l)
 		if wit, err = witness.New(wc); err != nil {
 			l.Close()
 			return nil, err
@@ -268,6 +271,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if pg != nil {
 		go rs.watchLease()
 	}
+	pctx, pcancel := context.WithCancel(context.Background())
+	var pwg sync.WaitGroup
+	pwg.Go(func() { api.PollSSF(pctx) })
+	rs.pollStop = func() { pcancel(); pwg.Wait() }
 	if b, err := os.ReadFile(rs.AdminTokenPath); err == nil {
 		rs.AdminToken = strings.TrimSpace(string(b))
 	}
@@ -319,6 +326,7 @@ func (r *Server) Close(ctx context.Context) error {
 		herr = nil
 	}
 	<-r.stopped
+	r.pollStop() // before the ledger closes: a SET in flight is stored or left unacknowledged
 	r.witStop()
 	lerr := r.log.Close()
 	if lerr != nil && !errors.Is(lerr, ledger.ErrClosed) {
@@ -544,6 +552,29 @@ func (s *exportSource) InclusionProof(ctx context.Context, index, size uint64) (
 
 func (s *exportSource) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
 	return s.x.l.ConsistencyProof(ctx, from, to)
+}
+
+// WitnessedFile, in the data directory, keeps the newest witnessed
+// checkpoint across restarts (witness.Config.StateFile).
+const WitnessedFile = "witnessed.checkpoint"
+
+// holds tells whether l holds the checkpoint (size, root): a data directory
+// restored from an older backup, or a stored note of another log, must not
+// be served as this log's witnessed checkpoint.
+func holds(ctx context.Context, l *ledger.Log) func(uint64, [32]byte) error {
+	return func(size uint64, root [32]byte) error {
+		if n := l.Latest().Size; size > n {
+			return fmt.Errorf("the log has %d entries, the stored checkpoint %d (was the data directory restored from an older backup?)", n, size)
+		}
+		cp, err := l.CheckpointAt(ctx, size)
+		if err != nil {
+			return err
+		}
+		if cp.Root != root {
+			return fmt.Errorf("the log's checkpoint of size %d has root %x, the stored one %x: it is another history", size, cp.Root, root)
+		}
+		return nil
+	}
 }
 
 // feedInterval is how often the witnesser is handed the ledger's latest

@@ -67,6 +67,20 @@ type Config struct {
 	// (docs/witnessing.md lists them).
 	Registerer prometheus.Registerer
 	Now        func() time.Time // time.Now when nil
+
+	// StateFile, when set, keeps the newest witnessed checkpoint across
+	// restarts: each checkpoint that reaches the quorum is written there
+	// (the signed note with its cosignatures; atomically: a synced
+	// temporary file renamed over it), and New reads it back and serves it
+	// until a newer one reaches the quorum. A stored note that does not
+	// verify under Log and Policy (VerifyQuorum), or that Holds refuses, is
+	// logged and ignored. A failed write is logged; witnessing goes on.
+	StateFile string
+	// Holds, when set, tells whether the log holds the checkpoint of this
+	// size and root; New asks it about the checkpoint read from StateFile
+	// (a data directory restored from an older backup holds a shorter log).
+	// It returns nil when the log holds it, an error saying why not.
+	Holds func(size uint64, root [32]byte) error
 }
 
 // Witnessed is a checkpoint that reached the policy's quorum.
@@ -208,6 +222,9 @@ func New(cfg Config) (*Witnesser, error) {
 			return nil, fmt.Errorf("new witnesser: registering metrics: %w", err)
 		}
 	}
+	if cfg.StateFile != "" {
+		w.restore()
+	}
 	return w, nil
 }
 
@@ -236,6 +253,11 @@ func (w *Witnesser) Submit(signedNote []byte) error {
 		return nil
 	default:
 		prev.superseded = c.arrived
+	}
+	if wc := w.witnessedCP; wc != nil && wc.superseded.IsZero() && c.size > wc.size {
+		// A witnessed checkpoint restored from Config.StateFile was never
+		// the newest submitted: the lag runs from its first successor.
+		wc.superseded = c.arrived
 	}
 	w.latest = c
 	w.metrics.latestSize.Set(float64(c.size))
@@ -271,9 +293,8 @@ func (w *Witnesser) parse(signedNote []byte) (*pending, error) {
 	}, nil
 }
 
-// Latest returns the newest checkpoint that reached the quorum, and false
-// before any did (witnessed checkpoints are not kept across restarts; the
-// witnesses cosign the log's current checkpoint again within a round).
+// Latest returns the newest checkpoint that reached the quorum (or the one
+// restored from Config.StateFile), and false before any did.
 func (w *Witnesser) Latest() (Witnessed, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -377,8 +398,16 @@ func (w *Witnesser) Run(ctx context.Context) error {
 		case r := <-w.results:
 			inflight--
 			w.mu.Lock()
-			w.finish(r)
+			stored := w.finish(r)
 			w.mu.Unlock()
+			if stored != nil && w.cfg.StateFile != "" {
+				// Outside the lock; Run is the only writer, so writes
+				// happen in order.
+				if err := writeState(w.cfg.StateFile, stored); err != nil {
+					w.log.Error("could not store the witnessed checkpoint; it is served, but a restart serves an older one until the quorum is reached again",
+						"size", r.c.size, "err", err)
+				}
+			}
 		}
 	}
 }
@@ -454,8 +483,9 @@ func (w *Witnesser) roundOver() bool {
 	return true
 }
 
-// finish records the outcome of one job. w.mu is held.
-func (w *Witnesser) finish(r result) {
+// finish records the outcome of one job, and returns the witnessed note
+// when this job made a newer checkpoint reach the quorum. w.mu is held.
+func (w *Witnesser) finish(r result) []byte {
 	st, c := r.st, r.c
 	st.busy, st.job = false, nil
 	if r.size > 0 || r.err == nil {
@@ -476,7 +506,7 @@ func (w *Witnesser) finish(r result) {
 		}
 		w.log.Log(context.Background(), level, "witness failed", "witness", st.w.Name, "url", st.w.URL,
 			"size", c.size, "witness_size", st.known, "failures", st.failures, "retry_in", backoff, "err", r.err)
-		return
+		return nil
 	}
 	if st.failures > 0 {
 		w.log.Info("witness recovered", "witness", st.w.Name, "size", c.size, "after_failures", st.failures)
@@ -486,7 +516,7 @@ func (w *Witnesser) finish(r result) {
 	w.metrics.cosigned.WithLabelValues(st.w.Name).Set(float64(c.size))
 	c.cosigs[st.w.Name] = r.sig
 	if len(c.cosigs) < w.cfg.Policy.Quorum || (w.witnessedCP != nil && c.size <= w.witnessedCP.size) {
-		return
+		return nil
 	}
 	wd := &Witnessed{Size: c.size, Root: c.root}
 	var b strings.Builder
@@ -510,6 +540,7 @@ func (w *Witnesser) finish(r result) {
 			w.log.Info("witnessing caught up with the log", "size", c.size)
 		}
 	}
+	return wd.Note
 }
 
 // witness sends c to one witness, answering 409 Conflict with a proof from

@@ -160,6 +160,10 @@ type view struct {
 	Files                    []format.FileDigest
 	VerifyCmd                string
 	Errors                   []format.RuleError
+
+	// TrustedExpiry are the source systems the rule set trusts to end
+	// access at its expiry (the expiry_enforced_by param, docs/rules.md).
+	TrustedExpiry []string
 }
 
 // WriteHTML writes report.html for scope. Beyond html/template's escaping,
@@ -299,6 +303,7 @@ func buildView(scope *format.Scope, opts Options) *view {
 		params[r.ID] = strings.Join(ps, ", ")
 	}
 	v.Evaluated = doc.SubjectsEvaluated
+	v.TrustedExpiry = trustedExpiry(doc.Rules)
 	v.Identities = len(subjects)
 	for _, r := range doc.Rules {
 		short := r.SHA256
@@ -506,4 +511,23 @@ func WriteCSV(w io.Writer, scope *format.Scope) error {
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// trustedExpiry reads the expiry_enforced_by param ("[a, b]", as the rules
+// engine formats a list) of the rules that read it, and returns the systems
+// named, sorted and unique.
+func trustedExpiry(rs []format.Rule) []string {
+	seen := map[string]bool{}
+	for _, r := range rs {
+		v, ok := r.Params["expiry_enforced_by"]
+		if !ok {
+			continue
+		}
+		for _, sys := range strings.Split(strings.TrimSuffix(strings.TrimPrefix(v, "["), "]"), ",") {
+			if sys = strings.TrimSpace(sys); sys != "" {
+				seen[sys] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(seen))
 }

@@ -52,7 +52,8 @@ const (
 // LogServiceClient is a client for the grantline.v1.LogService service.
 type LogServiceClient interface {
 	// GetCheckpoint returns the latest signed checkpoint, or the one published
-	// at tree_size.
+	// at tree_size, or (witnessed) the newest one that reached the witness
+	// policy's quorum, with the witnesses' cosignatures (docs/witnessing.md).
 	GetCheckpoint(context.Context, *connect.Request[v1.GetCheckpointRequest]) (*connect.Response[v1.GetCheckpointResponse], error)
 	// GetEntries returns a contiguous range of entries.
 	GetEntries(context.Context, *connect.Request[v1.GetEntriesRequest]) (*connect.Response[v1.GetEntriesResponse], error)
@@ -146,7 +147,8 @@ func (c *logServiceClient) ListSubjectEvents(ctx context.Context, req *connect.R
 // LogServiceHandler is an implementation of the grantline.v1.LogService service.
 type LogServiceHandler interface {
 	// GetCheckpoint returns the latest signed checkpoint, or the one published
-	// at tree_size.
+	// at tree_size, or (witnessed) the newest one that reached the witness
+	// policy's quorum, with the witnesses' cosignatures (docs/witnessing.md).
 	GetCheckpoint(context.Context, *connect.Request[v1.GetCheckpointRequest]) (*connect.Response[v1.GetCheckpointResponse], error)
 	// GetEntries returns a contiguous range of entries.
 	GetEntries(context.Context, *connect.Request[v1.GetEntriesRequest]) (*connect.Response[v1.GetEntriesResponse], error)
