@@ -77,22 +77,26 @@ func (u uniformSizes) EstimateSize(node checker.AstNode) *checker.SizeEstimate {
 }
 
 // maxConvertedLen bounds the length of string(timestamp) (RFC 3339 with
-// nanoseconds, years 0001-9999: 30 characters) and string(duration)
-// (seconds with up to 9 decimals, at most about 23 characters).
+// nanoseconds, years 0001-9999: 30 characters), string(duration)
+// (seconds with up to 9 decimals, at most about 23 characters) and
+// string(int) or string(uint) (at most 20 characters).
 const maxConvertedLen = 64
 
 func (u uniformSizes) EstimateCallCost(function, overloadID string, target *checker.AstNode, args []checker.AstNode) *checker.CallEstimate {
 	one := checker.CostEstimate{Min: 1, Max: 1} // what the runtime tracker charges for these calls
 	switch overloadID {
-	case overloads.TimestampToString, overloads.DurationToString:
+	case overloads.TimestampToString, overloads.DurationToString, overloads.IntToString, overloads.UintToString:
 		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: maxConvertedLen}}
 	}
 	switch function {
-	case "firstAfter", "firstAtOrAfter", "lastBefore", "newerFromSource", "lapses":
+	case "firstAfter", "firstAtOrAfter", "lastBefore", "newerFromSource", "lapses", "nextAfter":
 		// A list of 0 or 1 element (newerFromSource: an entry of another
 		// chain, whose strings chainSizeBound covers through the source
 		// index's bound).
 		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: 1}}
+	case "sodConflict":
+		// [] or [ga, gb]: grants of the subject's views.
+		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: 2}}
 	case "finding", "endedBy", "inForceAt", "anyBetween", "exposure", "window", "instant", "overlapIn", "overlap":
 		return &checker.CallEstimate{CostEstimate: one}
 	}
@@ -300,8 +304,10 @@ func (b listSizeBounder) size(e celast.Expr) (uint64, bool) {
 			x, ok1 := b.size(c.Args()[1])
 			y, ok2 := b.size(c.Args()[2])
 			return max(x, y), ok1 && ok2
-		case "firstAfter", "firstAtOrAfter", "lastBefore":
+		case "firstAfter", "firstAtOrAfter", "lastBefore", "nextAfter", "newerFromSource", "lapses":
 			return 1, true
+		case "sodConflict":
+			return 2, true
 		}
 	case celast.ComprehensionKind:
 		c := e.AsComprehension()

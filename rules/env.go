@@ -71,6 +71,11 @@ var variables = []struct {
 	{"leavings", cel.ListType(eventType)},
 	{"credential_by_id", cel.MapType(cel.StringType, credentialType)},
 	{"holder_leavings", cel.MapType(cel.StringType, cel.ListType(eventType))},
+	{"campaigns", cel.ListType(eventType)},
+	{"campaign_events", cel.MapType(cel.StringType, cel.ListType(eventType))},
+	{"signed_decisions_by_grant", cel.MapType(cel.StringType, cel.ListType(eventType))},
+	{"signed_decisions_by_account", cel.MapType(cel.StringType, cel.ListType(eventType))},
+	{"credential_uses", cel.MapType(cel.StringType, cel.ListType(eventType))},
 }
 
 // findingVal is the CEL value finding() returns.
@@ -134,9 +139,19 @@ func earliest(evs []*Event) *Event {
 // or after it, next the following anchor or g's first end, whichever comes
 // first. nil when there is none.
 func lapse(g *Grant, anchors []*Event, d time.Duration, from, now time.Time) *windowVal {
-	xs := []*Event{g.Event}
+	var end *Event
+	if g.HasEnd {
+		end = g.End
+	}
+	return lapseOf(g.Event, end, anchors, d, from, now)
+}
+
+// lapseOf is lapse for an item that starts at the event start and is in
+// force until end (nil: never ended).
+func lapseOf(start, end *Event, anchors []*Event, d time.Duration, from, now time.Time) *windowVal {
+	xs := []*Event{start}
 	for _, a := range anchors {
-		if !a.Time.Before(g.Event.Time) && !a.Time.After(now) {
+		if !a.Time.Before(start.Time) && !a.Time.After(now) {
 			xs = append(xs, a)
 		}
 	}
@@ -151,8 +166,8 @@ func lapse(g *Grant, anchors []*Event, d time.Duration, from, now time.Time) *wi
 		if i+1 < len(xs) {
 			closing = xs[i+1]
 		}
-		if g.HasEnd && !g.End.Time.After(now) && (closing == nil || g.End.Time.Before(closing.Time)) {
-			closing = g.End
+		if end != nil && !end.Time.After(now) && (closing == nil || end.Time.Before(closing.Time)) {
+			closing = end
 		}
 		if closing != nil && (!closing.Time.After(opened) || !closing.Time.After(from)) {
 			continue
@@ -451,6 +466,32 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 						out = append(out, w)
 					}
 					return types.NewDynamicList(types.DefaultTypeAdapter, out)
+				})),
+			// An item that is an event, in force until the first of ends
+			// after it in chain order (docs/rules.md rules 35 and 38).
+			cel.Overload("lapses_event_list_list_duration_timestamp_timestamp",
+				[]*cel.Type{eventType, cel.ListType(eventType), cel.ListType(eventType), cel.DurationType, cel.TimestampType, cel.TimestampType}, cel.ListType(windowType),
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					start, ok1 := asEvent(args[0])
+					ends, ok2 := asEvents(args[1])
+					anchors, ok3 := asEvents(args[2])
+					d, ok4 := args[3].(types.Duration)
+					from, ok5 := asTimestamp(args[4])
+					now, ok6 := asTimestamp(args[5])
+					if !ok1 || !ok2 || !ok3 || !ok4 || !ok5 || !ok6 {
+						return types.NewErr("lapses: want (event, list of events, list of events, duration, timestamp, timestamp)")
+					}
+					var end *Event
+					for _, e := range ends {
+						if chainOrder(e, start) > 0 && (end == nil || chainOrder(e, end) < 0) {
+							end = e
+						}
+					}
+					var out []ref.Val
+					if w := lapseOf(start, end, anchors, d.Duration, from, now); w != nil {
+						out = append(out, w)
+					}
+					return types.NewDynamicList(types.DefaultTypeAdapter, out)
 				}))),
 		cel.Function("sodConflict",
 			cel.Overload("sodConflict_list_string_string_timestamp_timestamp",
@@ -617,37 +658,42 @@ func subjectVals(adapter types.Adapter, v *views, from, now time.Time) map[strin
 	sub := v.subject
 	own := v.owner
 	return map[string]ref.Val{
-		"subject":                 adapter.NativeToValue(&sub),
-		"events":                  newViewList(adapter, v.events),
-		"activity":                newViewList(adapter, v.activity),
-		"now":                     types.Timestamp{Time: now},
-		"from":                    types.Timestamp{Time: from},
-		"grants":                  newViewList(adapter, v.grants),
-		"grant_by_id":             adapter.NativeToValue(v.grantByID),
-		"grant_ends":              adapter.NativeToValue(v.grantEnds),
-		"sessions":                newViewList(adapter, v.sessions),
-		"approvals":               newViewList(adapter, v.approvals),
-		"credentials":             newViewList(adapter, v.credentials),
-		"terminations":            newViewList(adapter, v.terminations),
-		"offboardings":            newViewList(adapter, v.offboardings),
-		"enablements":             newViewList(adapter, v.enablements),
-		"moves":                   newViewList(adapter, v.moves),
-		"reviews":                 newViewList(adapter, v.reviews),
-		"breakglass":              newViewList(adapter, v.breakglass),
-		"breakglass_reviews":      newViewList(adapter, v.bgReviews),
-		"owner":                   adapter.NativeToValue(&own),
-		"closings":                newViewList(adapter, v.closings),
-		"logins":                  newViewList(adapter, v.r2.logins),
-		"uses":                    newViewList(adapter, v.r2.uses),
-		"accounts":                newViewList(adapter, v.r2.accounts),
-		"account_disables":        adapter.NativeToValue(v.r2.accountOff),
-		"requests_by_id":          adapter.NativeToValue(v.r2.requestsByID),
-		"grant_events_by_request": adapter.NativeToValue(v.r2.grantsByReq),
-		"approval_by_request":     adapter.NativeToValue(v.r2.approvalByReq),
-		"approval_by_entitlement": adapter.NativeToValue(v.r2.approvalByEnt),
-		"access_windows":          newViewList(adapter, v.r2.windows),
-		"leavings":                newViewList(adapter, v.r2.leavings),
-		"credential_by_id":        adapter.NativeToValue(v.r2.credByID),
-		"holder_leavings":         adapter.NativeToValue(v.r2.holderLeavings),
+		"subject":                     adapter.NativeToValue(&sub),
+		"events":                      newViewList(adapter, v.events),
+		"activity":                    newViewList(adapter, v.activity),
+		"now":                         types.Timestamp{Time: now},
+		"from":                        types.Timestamp{Time: from},
+		"grants":                      newViewList(adapter, v.grants),
+		"grant_by_id":                 adapter.NativeToValue(v.grantByID),
+		"grant_ends":                  adapter.NativeToValue(v.grantEnds),
+		"sessions":                    newViewList(adapter, v.sessions),
+		"approvals":                   newViewList(adapter, v.approvals),
+		"credentials":                 newViewList(adapter, v.credentials),
+		"terminations":                newViewList(adapter, v.terminations),
+		"offboardings":                newViewList(adapter, v.offboardings),
+		"enablements":                 newViewList(adapter, v.enablements),
+		"moves":                       newViewList(adapter, v.moves),
+		"reviews":                     newViewList(adapter, v.reviews),
+		"breakglass":                  newViewList(adapter, v.breakglass),
+		"breakglass_reviews":          newViewList(adapter, v.bgReviews),
+		"owner":                       adapter.NativeToValue(&own),
+		"closings":                    newViewList(adapter, v.closings),
+		"logins":                      newViewList(adapter, v.r2.logins),
+		"uses":                        newViewList(adapter, v.r2.uses),
+		"accounts":                    newViewList(adapter, v.r2.accounts),
+		"account_disables":            adapter.NativeToValue(v.r2.accountOff),
+		"requests_by_id":              adapter.NativeToValue(v.r2.requestsByID),
+		"grant_events_by_request":     adapter.NativeToValue(v.r2.grantsByReq),
+		"approval_by_request":         adapter.NativeToValue(v.r2.approvalByReq),
+		"approval_by_entitlement":     adapter.NativeToValue(v.r2.approvalByEnt),
+		"access_windows":              newViewList(adapter, v.r2.windows),
+		"leavings":                    newViewList(adapter, v.r2.leavings),
+		"credential_by_id":            adapter.NativeToValue(v.r2.credByID),
+		"holder_leavings":             adapter.NativeToValue(v.r2.holderLeavings),
+		"campaigns":                   newViewList(adapter, v.r2.campaigns),
+		"campaign_events":             adapter.NativeToValue(v.r2.campaignEvents),
+		"signed_decisions_by_grant":   adapter.NativeToValue(v.r2.signedByGrant),
+		"signed_decisions_by_account": adapter.NativeToValue(v.r2.signedByAccount),
+		"credential_uses":             adapter.NativeToValue(v.r2.credUses),
 	}
 }

@@ -240,6 +240,8 @@ func TestBuiltinCatalog(t *testing.T) {
 		"breakglass-credential-not-rotated": "high", "third-party-outside-window": "high",
 		"privileged-session-mfa-unrecorded": "low", "nhi-without-owner": "medium",
 		"nhi-owner-moved": "medium", "secret-without-expiry": "medium",
+		"access-review-missing": "medium", "review-campaign-incomplete": "medium",
+		"review-account-revocation-not-enforced": "high", "secret-old-and-unused": "medium",
 	}
 	if len(rs) != len(want) {
 		t.Fatalf("Builtin() = %d rules, want %d", len(rs), len(want))

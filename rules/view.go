@@ -638,6 +638,12 @@ type round2Views struct {
 	windows       []*Event            // identity.created/identity.enabled with expires_at
 	leavings      []*Event            // identity.terminated and identity.moved
 	credByID      map[string]*Credential
+	// Access-review campaigns (docs/rules.md rules 35-38).
+	campaigns       []*Event            // review.opened with refs.review
+	campaignEvents  map[string][]*Event // refs.review -> its review.* events
+	signedByGrant   map[string][]*Event // refs.grant -> signed-off decisions about it
+	signedByAccount map[string][]*Event // entitlement.resource -> signed-off account decisions
+	credUses        map[string][]*Event // refs.credential -> checkouts, logins, sessions with it
 	// holderLeavings: holder id -> the holder's identity.terminated and
 	// identity.moved events (the subject's own under its id); filled for
 	// the holders of the subject's checkouts when a rule reads it.
@@ -744,8 +750,50 @@ func (v *views) buildRound2(rotations map[string][]*Event) {
 		if isGrantEvent(e) && e.Refs.Request != "" {
 			appendTo(&r.grantsByReq, e.Refs.Request, e)
 		}
+		switch e.Type {
+		case "review.opened", "review.certified", "review.revoked", "review.signed_off", "review.closed":
+			if e.Refs.Review != "" {
+				appendTo(&r.campaignEvents, e.Refs.Review, e)
+				if e.Type == "review.opened" {
+					r.campaigns = append(r.campaigns, e)
+				}
+			}
+		case "credential.checked_out", "auth.succeeded", "session.started":
+			if e.Refs.Credential != "" {
+				appendTo(&r.credUses, e.Refs.Credential, e)
+			}
+		}
 		if e.Subject.OwnerID != "" {
 			v.owner.Stated = e
+		}
+	}
+	// A decision is signed off when its campaign has a review.signed_off
+	// at or after it: its campaign's latest sign-off is late enough.
+	for _, es := range r.campaignEvents {
+		var last *Event
+		for _, e := range es {
+			if e.Type == "review.signed_off" {
+				last = e
+			}
+		}
+		if last == nil {
+			continue
+		}
+		for _, e := range es {
+			if (e.Type != "review.certified" && e.Type != "review.revoked") || e.Time.After(last.Time) {
+				continue
+			}
+			switch {
+			case e.Refs.Grant != "":
+				appendTo(&r.signedByGrant, e.Refs.Grant, e)
+			case e.Entitlement.Resource != "":
+				appendTo(&r.signedByAccount, e.Entitlement.Resource, e)
+			}
+		}
+	}
+	for _, m := range []map[string][]*Event{r.signedByGrant, r.signedByAccount} {
+		for _, es := range m {
+			slices.SortStableFunc(es, chainOrder)
 		}
 	}
 	if len(v.credentials) > 0 {

@@ -264,7 +264,7 @@ func Export(ctx context.Context, src Source, opts ExportOptions, sink Sink) erro
 	}); err != nil {
 		return err
 	}
-	scope.Files = w.digests
+	scope.Files, scope.Population = w.digests, rows
 	if err := w.file(format.FileCSV, func(out io.Writer) error { return report.WriteCSV(out, scope) }); err != nil {
 		return err
 	}

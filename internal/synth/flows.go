@@ -645,6 +645,7 @@ func (g *gen) nonHuman(n *nhi) {
 	last.ExpiresAt = ts(t.Add(year))
 	last.Refs.Credential = cred
 	last.Attributes = map[string]string{"credential_type": pick(g, []string{"api-key", "client-secret", "ssh-key"})}
+	created := last
 	stop := g.asOf.Add(-time.Hour)
 	if n.plant == rRotationOverdue {
 		stop = g.asOf.Add(-g.dur(95*day, 130*day))
@@ -658,6 +659,9 @@ func (g *gen) nonHuman(n *nhi) {
 	}
 	if n.plant == rRotationOverdue {
 		g.plant(rRotationOverdue, n.idn, last)
+		// The organisation records no use of its NHIs' keys, so a key
+		// left unrotated is also old and unused.
+		g.plant(rSecretOldUnused, n.idn, created)
 	}
 	if !n.decomAt.IsZero() {
 		d := n.decomAt

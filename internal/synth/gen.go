@@ -48,7 +48,8 @@ var Rules = []string{rApprovalNoRevocation, rStanding, rOverstayed, rJITOutlived
 	rRotationOverdue, rCheckoutNotRotated, rNoMFA, rReviewOverdue, rReviewNotEnforced, rDormant,
 	rMoverRetained, rOrphanedNHI, rBackdated, rForeign, rGrantNoApproval, rNotIndependent, rInactive,
 	rAccountRetained, rSharedCred, rNHIInteractive, rBreakglassRetained, rBreakglassCred,
-	rThirdParty, rMFAUnrecorded, rNHINoOwner, rNHIOwnerMoved, rSecretNoExpiry}
+	rThirdParty, rMFAUnrecorded, rNHINoOwner, rNHIOwnerMoved, rSecretNoExpiry,
+	rAccessReview, rCampaign, rAccountRevoke, rSecretOldUnused}
 
 // Generate builds the organisation described by cfg. It fails only for an
 // invalid Config (ErrConfig, naming the field and the accepted range). It is
@@ -79,6 +80,7 @@ func Generate(cfg Config) (*Org, error) {
 	for _, v := range g.vaulted {
 		g.vault(v)
 	}
+	g.accessReviews()
 	g.round2Plants()
 	return g.finish()
 }
@@ -240,8 +242,10 @@ func rawType(src, typ string) string {
 	return map[string]string{"access.requested": "ACCESS_REQUEST_CREATED", "access.approved": "ACCESS_REQUEST_APPROVED",
 		"access.denied": "ACCESS_REQUEST_REJECTED", "access.revoked": "ACCESS_REQUEST_REVOKED",
 		"access.expired": "ACCESS_REQUEST_EXPIRED", "review.certified": "CERTIFICATION_APPROVE",
-		"review.revoked": "CERTIFICATION_REVOKE", "grant.assigned": "PROVISIONING_ADD",
-		"grant.removed": "PROVISIONING_REMOVE", "grant.expired": "PROVISIONING_EXPIRE",
+		"review.revoked": "CERTIFICATION_REVOKE", "review.opened": "CAMPAIGN_ACTIVATED",
+		"review.signed_off": "CERTIFICATION_SIGNED_OFF", "review.closed": "CAMPAIGN_COMPLETED",
+		"grant.assigned": "PROVISIONING_ADD",
+		"grant.removed":  "PROVISIONING_REMOVE", "grant.expired": "PROVISIONING_EXPIRE",
 		"identity.created": "IDENTITY_CREATED", "identity.terminated": "IDENTITY_DELETED"}[typ]
 }
 

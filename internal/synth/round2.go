@@ -211,6 +211,7 @@ func (g *gen) round2Plants() {
 		c.Refs.Credential = g.ref("CRED")
 		g.plant(rSecretNoExpiry, v.Id, c)
 	}
+	g.reviewPlants(steward)
 }
 
 // ownerMoves records, as planted, every nhi-owner-moved finding the

@@ -142,6 +142,18 @@ func (o *Org) ParamsYAML() []byte {
 	return b.Bytes()
 }
 
+// Plantable reports whether the organisation's period is long enough to
+// plant a failure of rule: access-review-missing needs an item older than
+// its six-month review interval (docs/rules.md rule 35), which a shorter
+// period cannot hold. Every other rule of Rules is always planted (when the
+// failure rate is not 0).
+func (o *Org) Plantable(rule string) bool {
+	if rule == rAccessReview {
+		return o.Config.Start.Add(12 * time.Hour).Add(accessReviewEvery).Before(o.AsOf)
+	}
+	return true
+}
+
 // MarshalEvent encodes one event as a single line of compact protojson with
 // lower_snake_case field names, the form `grantline append` reads. The
 // output is stable: the same event always gives the same bytes.

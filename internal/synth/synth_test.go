@@ -26,7 +26,8 @@ identity.terminated access.requested access.approved access.denied access.revoke
 review.certified review.revoked grant.assigned grant.activated grant.deactivated grant.removed
 grant.expired session.started session.ended session.revoked credential.created
 credential.checked_out credential.checked_in credential.rotated credential.revoked
-breakglass.invoked breakglass.reviewed auth.succeeded account.created account.disabled`)
+breakglass.invoked breakglass.reviewed auth.succeeded account.created account.disabled
+review.opened review.signed_off review.closed`)
 
 var kinds = []string{"human", "service_account", "workload", "bot", "system", "vendor", "contractor"}
 

@@ -37,6 +37,7 @@ var types = map[string]bool{
 	"access.requested": true, "access.approved": true, "access.denied": true,
 	"access.revoked": true, "access.expired": true,
 	"review.certified": true, "review.revoked": true,
+	"review.opened": true, "review.signed_off": true, "review.closed": true,
 	"grant.assigned": true, "grant.activated": true, "grant.deactivated": true,
 	"grant.removed": true, "grant.expired": true,
 	"session.started": true, "session.ended": true, "session.revoked": true,

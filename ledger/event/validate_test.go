@@ -108,7 +108,8 @@ func TestEveryVocabularyTypeValid(t *testing.T) {
 		grant.assigned grant.activated grant.deactivated grant.removed grant.expired session.started session.ended session.revoked
 		credential.created credential.checked_out credential.checked_in credential.rotated credential.revoked
 		breakglass.invoked breakglass.reviewed
-		auth.succeeded account.created account.disabled`)
+		auth.succeeded account.created account.disabled
+		review.opened review.signed_off review.closed`)
 	if len(types) != len(Types()) {
 		t.Errorf("vocabulary has %d types, docs/design.md lists %d", len(Types()), len(types))
 	}

@@ -46,6 +46,8 @@ type Params struct {
 	// Round 2 (round2.go).
 	MaxBackdate, InactiveAfter, BreakglassRemoveWithin time.Duration
 	ClosingAuthorities                                 map[string][]string
+	// Reviews of everything in scope (rules 35, 36; round2.go).
+	AccessReviewInterval, ReviewCampaignWithin time.Duration
 	// ExpiryEnforcedBy lists the source systems that end grants at
 	// expires_at themselves; grant-overstayed-expiry skips their grants.
 	ExpiryEnforcedBy []string
@@ -59,6 +61,7 @@ func Defaults() Params {
 		ReviewInterval: 2160 * h, DormantAfter: 2160 * h, MaxCredentialAge: 2160 * h,
 		MaxCheckout: 8 * h, BreakglassReviewWithin: 72 * h, MoverReviewWithin: 720 * h,
 		MaxBackdate: 24 * h, InactiveAfter: 2160 * h, BreakglassRemoveWithin: 24 * h,
+		AccessReviewInterval: 4380 * h, ReviewCampaignWithin: 720 * h,
 	}
 }
 
@@ -699,6 +702,7 @@ func evaluate(subject string, es []Entry, from, now time.Time, period bool, p Pa
 	}
 
 	c.round2(func(rule string, w window, idx ...uint64) { add(rule, w, idx...) }, owner)
+	c.reviews(func(rule string, w window, idx ...uint64) { add(rule, w, idx...) })
 
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Rule != out[j].Rule {

@@ -23,6 +23,7 @@ var vocabulary = []string{
 	"credential.created", "credential.checked_out", "credential.checked_in", "credential.rotated", "credential.revoked",
 	"breakglass.invoked", "breakglass.reviewed",
 	"auth.succeeded", "account.created", "account.disabled",
+	"review.opened", "review.signed_off", "review.closed",
 }
 
 // randomChains builds small adversarial chains: refs drawn from tiny pools so
@@ -58,6 +59,7 @@ func randomChains(r *rand.Rand, base time.Time) (map[string][]rules.Entry, map[s
 					Session:    pick("", "s1", "s2"),
 					Credential: pick("", "c1", "c2"),
 					Ticket:     pick("", "", "T-1"),
+					Review:     pick("", "K1", "K2"),
 				},
 				Breakglass: r.IntN(4) == 0,
 			}
@@ -93,7 +95,8 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\nclosing_authorities: {t: [u], u: []}\nexpiry_enforced_by: [pim]\n"))
+	params, err := rules.ParseParams("sod.yaml", []byte("sod_pairs: [[ent-a, ent-b]]\nclosing_authorities: {t: [u], u: []}\nexpiry_enforced_by: [pim]\n"+
+		"access_review_interval: 720h\nreview_campaign_within: 240h\nmax_credential_age: 720h\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,6 +108,7 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 	pp.SoDPairs = [][2]string{{"ent-a", "ent-b"}}
 	pp.ClosingAuthorities = map[string][]string{"t": {"u"}, "u": {}}
 	pp.ExpiryEnforcedBy = []string{"pim"}
+	pp.AccessReviewInterval, pp.ReviewCampaignWithin, pp.MaxCredentialAge = 720*time.Hour, 240*time.Hour, 720*time.Hour
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	draws := 300
 	if testing.Short() {

@@ -254,6 +254,9 @@ type Scope struct {
 	// LogKey is the log's verifier key (signed-note form) when known;
 	// EvidenceKeyID the SHA-256 (hex) of the evidence public key (DER).
 	LogKey, EvidenceKeyID string
+	// Population is population.jsonl's rows (the report's MFA coverage
+	// reads them).
+	Population []PopulationRow
 }
 
 // EventRow is what a report shows of one cited ledger entry.

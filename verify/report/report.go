@@ -160,10 +160,49 @@ type view struct {
 	Files                    []format.FileDigest
 	VerifyCmd                string
 	Errors                   []format.RuleError
+	// MFA is the MFA coverage of privileged sessions (PCI DSS 8.4.1):
+	// nil when the package's population has none.
+	MFA *mfaCoverage
 
 	// TrustedExpiry are the source systems the rule set trusts to end
 	// access at its expiry (the expiry_enforced_by param, docs/rules.md).
 	TrustedExpiry []string
+}
+
+// mfaCoverage counts the privileged sessions of the MFA rules'
+// population (docs/rules.md "Populations") and those with MFA recorded
+// and used: the items neither rule fails.
+type mfaCoverage struct {
+	Covered, Total int
+	Percent        string
+}
+
+// mfaRules are the rules whose populations are the privileged sessions.
+var mfaRules = []string{"privileged-session-without-mfa", "privileged-session-mfa-unrecorded"}
+
+func mfaCoverageOf(rows []format.PopulationRow) *mfaCoverage {
+	type item struct {
+		subject string
+		index   uint64
+	}
+	failed := map[item]bool{}
+	for _, r := range rows {
+		if slices.Contains(mfaRules, r.Rule) {
+			k := item{r.Subject, r.Index}
+			failed[k] = failed[k] || r.Result == format.Fail
+		}
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	c := &mfaCoverage{Total: len(failed)}
+	for _, f := range failed {
+		if !f {
+			c.Covered++
+		}
+	}
+	c.Percent = strconv.FormatFloat(100*float64(c.Covered)/float64(c.Total), 'f', 1, 64) + "%"
+	return c
 }
 
 // WriteHTML writes report.html for scope. Beyond html/template's escaping,
@@ -303,6 +342,7 @@ func buildView(scope *format.Scope, opts Options) *view {
 		params[r.ID] = strings.Join(ps, ", ")
 	}
 	v.Evaluated = doc.SubjectsEvaluated
+	v.MFA = mfaCoverageOf(scope.Population)
 	v.TrustedExpiry = trustedExpiry(doc.Rules)
 	v.Identities = len(subjects)
 	for _, r := range doc.Rules {
