@@ -255,6 +255,13 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
+// RequireAdmin guards an HTTP handler meant for the server's operator only
+// (the server's profiling endpoint): a request without an admin token is
+// refused with 401 or 403, logged and counted like every refusal.
+func (s *Server) RequireAdmin(h http.Handler) http.Handler {
+	return s.requireHTTPRole(h, auth.RoleAdmin)
+}
+
 // requireHTTP guards a plain HTTP route: auditor or admin.
 func (s *Server) requireHTTP(h http.Handler) http.Handler {
 	return s.requireHTTPRole(h, auth.RoleAuditor, auth.RoleAdmin)

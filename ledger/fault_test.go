@@ -117,21 +117,34 @@ func TestCorruptionDetected(t *testing.T) {
 		}
 	}
 	del := func(key []byte) func(*fakeStore) { return func(s *fakeStore) { s.corrupt(key, nil) } }
+	plant := func(key, v []byte) func(*fakeStore) {
+		return func(s *fakeStore) {
+			if err := s.Commit([][]byte{key}, [][]byte{v}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	tests := []struct {
 		name     string
 		damage   func(*fakeStore)
 		openErr  string // "" if Open cannot see it
 		fsckWant string
 	}{
-		{"flipped byte in edge tile", flip(tileKey(0, 3), 100), "root", "tile 0/3"},
-		{"flipped byte in full tile", flip(tileKey(0, 1), 40), "", "tile 0/1"},
+		{"flipped byte in edge tile", flip(tileKey(0, 3), 100), "root", "tile 0/3 was altered"},
+		{"flipped byte in full tile", flip(tileKey(0, 1), 40), "", "tile 0/1 was altered"},
 		{"deleted level-1 tile", del(tileKey(1, 0)), "tile 1/0 is missing", "tile 1/0 is missing"},
 		{"deleted full tile", del(tileKey(0, 0)), "", "tile 0/0 is missing"},
-		{"flipped byte in a leaf", flip(leafKey(5), 30), "", "leaf 5"},
-		{"flipped byte in the last leaf", flip(leafKey(999), 30), "leaf 999", "leaf 999"},
+		{"flipped byte in a leaf", flip(leafKey(5), 30), "", "the stored leaf was altered"},
+		{"flipped byte in the last leaf", flip(leafKey(999), 30), "leaf 999", "leaf 999 ("},
 		{"deleted leaf", del(leafKey(7)), "", "leaf 7 is missing"},
 		{"deleted dedupe record", del(dedupeKey(event.DedupeKey("iga-0", "ev-000300"))), "", "dedupe record of leaf 300"},
 		{"deleted subject index", del(subjectKey("user-004", 4)), "", "subject index entry of leaf 4"},
+		// Found only since fsck compares the whole indexes with the leaves:
+		// an entry no leaf needs (a dedupe record for an event never
+		// logged would answer its append as a duplicate).
+		{"stray dedupe record", plant(dedupeKey(event.DedupeKey("iga-0", "never-logged")), be64(nil, 5)), "", "dedupe index holds an entry"},
+		{"stray subject index entry", plant(subjectKey("user-004", 5), []byte{}), "", "subject index holds an entry"},
+		{"malformed leaf-hash entry", plant(hashKey(make([]byte, 32)), []byte{1, 2, 3}), "", "leaf-hash index holds a malformed entry"},
 		{"bad latest checkpoint signature", flip(checkpointKey(1000), -20), "does not verify", "checkpoint 1000 does not verify"},
 		{"bad old checkpoint signature", flip(checkpointKey(600), -20), "", "checkpoint 600 does not verify"},
 		{"validly signed old checkpoint with a wrong root", func(s *fakeStore) {

@@ -3,10 +3,14 @@ package ledger
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
+	"runtime"
+	"sync"
 
 	"github.com/transparency-dev/merkle/compact"
 	"golang.org/x/mod/sumdb/note"
@@ -14,8 +18,8 @@ import (
 	"github.com/grantline/grantline/ledger/event"
 )
 
-// fsckChunk is how many leaves Fsck reads at a time.
-const fsckChunk = 4096
+// fsckChunk is how many leaves one fsck job reads: 16 level-0 tiles.
+const fsckChunk = 16 * tileWidth
 
 // Fsck re-verifies the published log: it re-hashes every leaf, rebuilds
 // every tile from scratch and compares it with the stored one, checks every
@@ -94,14 +98,145 @@ func Restore(ctx context.Context, st Store, r io.Reader) error {
 
 // fsck checks the tree of size leaves whose latest checkpoint is at cpSize
 // (below size when leaves wait for their checkpoint). live: appends may be
-// going on, so leaves beyond size are not an error. The index entries of
-// every leaf are checked in ix (nil: not checked).
+// going on, so leaves and index entries beyond size are not an error.
+//
+// It is one pass over the leaves, in chunks of fsckChunk checked by a
+// bounded pool of workers (fsckWorkers), each chunk read by its own scan:
+// a worker hashes and decodes its leaves, compares their hashes with the
+// stored level-0 tiles and adds the index entries they need to a digest.
+// This goroutine takes the chunks' leaf hashes in order, rebuilds the tree
+// above level 0 and checks the higher tiles and every checkpoint's root.
+// The three indexes are then read by range scans, not looked up leaf by
+// leaf, and their digests compared with the leaves' (fsckIndexes); only
+// when they differ does fsck look entries up one by one to name the first
+// bad one. Memory stays bounded: at most 2 x workers chunks of leaf hashes
+// (128 KiB each) are in flight, never the leaves of the whole log.
+//
+// The index entries are read from ix: st itself, or a separate index store
+// (Options.Index); nil: the indexes are not checked.
 func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size uint64, live bool, report func(string, ...any)) error {
 	if report == nil {
 		report = func(string, ...any) {}
 	}
 	report("fsck: checking a tree of %d leaves: checkpoints first", size)
-	// Checkpoints: every one verifies; none beyond size.
+	sizes, roots, err := fsckCheckpoints(st, ver, cpSize, live)
+	if err != nil {
+		return err
+	}
+	if size > cpSize {
+		report("fsck: %d leaves after the latest checkpoint wait for the next one (Open signs them)", size-cpSize)
+	}
+	report("fsck: %d checkpoints verify; checking %d leaves", len(sizes), size)
+
+	ctx, cancel := context.WithCancel(ctx)
+	workers := fsckWorkers()
+	jobs := make(chan func())
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for job := range jobs {
+				job()
+			}
+		})
+	}
+	// Stop the workers before returning, on every path: the caller may
+	// close st next.
+	defer func() { cancel(); wg.Wait() }()
+
+	// The leaf chunks in order, then the index scans. slots holds each
+	// chunk's result channel in order; its capacity bounds the chunks
+	// checked ahead of the tree rebuild.
+	slots := make(chan chan fsckChunkResult, 2*workers)
+	var idx fsckIndexes
+	ranges := indexScanRanges()
+	if ix == nil {
+		ranges = nil
+	}
+	idx.scanned = make([]indexScan, len(ranges))
+	go func() {
+		defer close(jobs)
+		defer close(slots)
+		for start := uint64(0); start < size; start += fsckChunk {
+			end := min(start+fsckChunk, size)
+			res := make(chan fsckChunkResult, 1)
+			select {
+			case slots <- res:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case jobs <- func() { res <- checkChunk(ctx, st, start, end, size, live) }:
+			case <-ctx.Done():
+				return
+			}
+		}
+		for n, r := range ranges {
+			select {
+			case jobs <- func() { idx.scanned[n] = scanIndex(ctx, ix, r, size) }:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	t := &fsckTree{st: st, live: live, sizes: sizes, roots: roots, rng: (&compact.RangeFactory{Hash: hasher.HashChildren}).NewEmptyRange(0)}
+	if err := t.checkRoots(); err != nil {
+		return err
+	}
+	for res := range slots {
+		var r fsckChunkResult
+		select {
+		case r = <-res:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := t.add(r); err != nil {
+			return err
+		}
+		idx.leaves.add(&r.digest)
+		if end := r.start + uint64(len(r.hashes)); end%(64*fsckChunk) == 0 || end == size {
+			report("fsck: %d/%d leaves verified", end, size)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := t.finish(size); err != nil {
+		return err
+	}
+	wg.Wait() // the producer queued every index scan; the workers finish them
+	for _, s := range idx.scanned {
+		if s.err != nil {
+			return storageErr(s.err, "reading indexes")
+		}
+		idx.stored.add(&s.digest)
+	}
+	if ix != nil {
+		if idx.leaves != idx.stored {
+			report("fsck: the indexes do not match the leaves; looking for the first bad entry")
+			return findIndexFault(context.WithoutCancel(ctx), st, ix, size, idx)
+		}
+		report("fsck: leaf-hash, dedupe and subject indexes match the leaves")
+	}
+
+	vals, err := st.Get(leafKey(size))
+	if err != nil {
+		return storageErr(err, "reading leaves")
+	}
+	if vals[0] != nil && !live {
+		return fmt.Errorf("%w: leaf %d exists beyond the tree (size %d)", ErrCorrupt, size, size)
+	}
+	report("fsck: ok: %d leaves, %d checkpoints, root %x", size, len(sizes), rootOf(t.rng))
+	return nil
+}
+
+// fsckWorkers is how many goroutines fsck checks chunks with.
+func fsckWorkers() int { return max(2, runtime.GOMAXPROCS(0)) }
+
+// fsckCheckpoints reads every stored checkpoint up to cpSize and checks
+// its signature (its text only when ver is nil) and origin; it returns
+// their sizes and roots in order.
+func fsckCheckpoints(st Store, ver note.Verifier, cpSize uint64, live bool) ([]uint64, [][32]byte, error) {
 	var sizes []uint64
 	var roots [][32]byte
 	origin := ""
@@ -135,169 +270,495 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size uin
 		return nil
 	})
 	if err != nil && err != errStop {
-		return storageErr(err, "reading checkpoints")
+		return nil, nil, storageErr(err, "reading checkpoints")
 	}
 	if len(sizes) == 0 || sizes[len(sizes)-1] != cpSize {
-		return fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing", ErrCorrupt, cpSize)
+		return nil, nil, fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing", ErrCorrupt, cpSize)
 	}
-	if size > cpSize {
-		report("fsck: %d leaves after the latest checkpoint wait for the next one (Open signs them)", size-cpSize)
-	}
-	report("fsck: %d checkpoints verify; checking %d leaves", len(sizes), size)
+	return sizes, roots, nil
+}
 
-	rf := &compact.RangeFactory{Hash: hasher.HashChildren}
-	rng := rf.NewEmptyRange(0)
-	var rows [][]byte
-	var tileErr error
-	checkTile := func(level, index uint64, row []byte) {
-		if tileErr != nil {
-			return
-		}
-		vals, err := st.Get(tileKey(level, index))
-		switch {
-		case err != nil:
-			tileErr = storageErr(err, fmt.Sprintf("reading tile %d/%d", level, index))
-		case vals[0] == nil:
-			tileErr = fmt.Errorf("%w: tile %d/%d is missing", ErrCorrupt, level, index)
-		case !bytes.Equal(vals[0], row) && !(live && bytes.HasPrefix(vals[0], row)): // a live tile may have grown
-			tileErr = fmt.Errorf("%w: tile %d/%d (%d bytes) differs from the one rebuilt from the leaves (%d bytes)", ErrCorrupt, level, index, len(vals[0]), len(row))
+// fsckChunkResult is what a worker found in the leaves [start, start+len(hashes)).
+type fsckChunkResult struct {
+	start  uint64
+	hashes [][32]byte // of the leaves read, in order
+	digest indexDigest
+	// err is the first fault found, at leaf errAt; hashes stop there or
+	// go on past it (a leaf that does not decode still has a hash).
+	err   error
+	errAt uint64
+	// suspect is the first leaf whose hash differs from its entry in the
+	// stored level-0 tile, when that comes before err.
+	suspect *leafSuspect
+}
+
+// leafSuspect is a leaf whose hash differs from its entry in the level-0
+// tile. Either was altered; the signed tree above tells which: if the
+// leaves give a checkpoint's root, the tile is wrong, otherwise the leaf.
+type leafSuspect struct {
+	index     uint64
+	leafBytes int // -1: unknown
+	hash      [32]byte
+	stored    []byte // the tile's entry
+}
+
+func (s *leafSuspect) leafAltered(why string) error {
+	if s.leafBytes == 0 {
+		return fmt.Errorf("%w: leaf %d is empty in the store (its record was lost or could not be read) but tile 0/%d holds its hash %x, and %s; restore from a backup",
+			ErrCorrupt, s.index, s.index/tileWidth, s.stored, why)
+	}
+	return fmt.Errorf("%w: leaf %d (%d bytes) hashes to %x but tile 0/%d holds %x, and %s: the stored leaf was altered; restore from a backup",
+		ErrCorrupt, s.index, s.leafBytes, s.hash, s.index/tileWidth, s.stored, why)
+}
+
+func (s *leafSuspect) tileAltered(cp uint64) error {
+	return fmt.Errorf("%w: tile 0/%d was altered: it holds %x for leaf %d, but that leaf hashes to %x and the leaves give the signed root of checkpoint %d; restore from a backup",
+		ErrCorrupt, s.index/tileWidth, s.stored, s.index, s.hash, cp)
+}
+
+func (s *leafSuspect) unresolved() error {
+	return fmt.Errorf("%w: leaf %d (%d bytes) hashes to %x but tile 0/%d holds %x: the leaf or the tile was altered (no signed checkpoint covers the leaf to tell which); restore from a backup",
+		ErrCorrupt, s.index, s.leafBytes, s.hash, s.index/tileWidth, s.stored)
+}
+
+// checkChunk reads the leaves [start, end) of a tree of size leaves in one
+// scan, hashes and decodes each, adds the index entries each needs to the
+// digest, and compares the hashes with the stored level-0 tiles.
+func checkChunk(ctx context.Context, st Store, start, end, size uint64, live bool) fsckChunkResult {
+	r := fsckChunkResult{start: start, hashes: make([][32]byte, 0, end-start), errAt: end}
+	fail := func(at uint64, err error) {
+		if r.err == nil || at < r.errAt {
+			r.err, r.errAt = err, at
 		}
 	}
-	visit := func(id compact.NodeID, h []byte) {
-		if id.Level%TileHeight != 0 {
-			return
+	next := start
+	var key []byte
+	var val [8]byte
+	err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
+		i := binary.BigEndian.Uint64(k[1:])
+		if i != next {
+			fail(next, fmt.Errorf("%w: leaf %d is missing", ErrCorrupt, next))
+			return errStop
 		}
-		lv := id.Level / TileHeight
-		for uint(len(rows)) <= lv {
-			rows = append(rows, nil)
-		}
-		rows[lv] = append(rows[lv], h...)
-		if len(rows[lv]) == tileWidth*32 {
-			checkTile(uint64(lv), id.Index/tileWidth, rows[lv])
-			rows[lv] = nil
-		}
-	}
-	ci := 0
-	checkRoot := func() error {
-		for ci < len(sizes) && sizes[ci] == rng.End() {
-			if root := rootOf(rng); root != roots[ci] {
-				return fmt.Errorf("%w: checkpoint %d has root %x but the leaves give %x", ErrCorrupt, sizes[ci], roots[ci], root)
+		if i%tileWidth == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			ci++
+		}
+		next++
+		h := LeafHash(v)
+		r.hashes = append(r.hashes, h)
+		e, err := event.DecodeLeaf(v)
+		if err != nil {
+			fail(i, fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err))
+			return nil
+		}
+		binary.BigEndian.PutUint64(val[:], i)
+		key = append(append(key[:0], kHash), h[:indexKeyLen]...)
+		r.digest.addEntry(key, val[:])
+		d := event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
+		key = append(append(key[:0], kDedupe), d[:indexKeyLen]...)
+		r.digest.addEntry(key, val[:])
+		if s := e.GetEvent().GetSubject().GetId(); s != "" {
+			key = appendSubjectKey(key[:0], s, i)
+			r.digest.addEntry(key, nil)
 		}
 		return nil
+	})
+	switch {
+	case err == errStop:
+	case err != nil && ctx.Err() != nil:
+		fail(start, ctx.Err())
+		return r
+	case err != nil:
+		fail(start, storageErr(err, "reading leaves"))
+		return r
+	case next != end:
+		fail(next, fmt.Errorf("%w: leaf %d is missing", ErrCorrupt, next))
 	}
-	if err := checkRoot(); err != nil {
-		return err
+	read := start + uint64(len(r.hashes)) // the hashes known
+	if read == start {
+		return r
 	}
+	// The level-0 tiles over the leaves read. A stored tile is the leaf
+	// hashes of its 256 leaves (fewer in the tree's last, partial tile,
+	// which may have grown since on a live log).
+	first, last := start/tileWidth, (read-1)/tileWidth
+	keys := make([][]byte, 0, last-first+1)
+	for ti := first; ti <= last; ti++ {
+		keys = append(keys, tileKey(0, ti))
+	}
+	tiles, err := st.Get(keys...)
+	if err != nil {
+		fail(start, storageErr(err, fmt.Sprintf("reading tiles 0/%d-0/%d", first, last)))
+		return r
+	}
+	for n, stored := range tiles {
+		ti := first + uint64(n)
+		lo, hi := ti*tileWidth, min((ti+1)*tileWidth, size)
+		if lo >= read {
+			break
+		}
+		if stored == nil {
+			fail(lo, fmt.Errorf("%w: tile 0/%d is missing", ErrCorrupt, ti))
+			continue
+		}
+		want := int(hi-lo) * 32 // the tile's length in a tree of size leaves
+		if len(stored) < want || (len(stored) > want && !live) || len(stored)%32 != 0 {
+			fail(lo, fmt.Errorf("%w: tile 0/%d (%d bytes) differs from the one rebuilt from the leaves (%d bytes)", ErrCorrupt, ti, len(stored), want))
+			continue
+		}
+		for i := lo; i < min(hi, read); i++ {
+			p := (i - lo) * 32
+			if h := r.hashes[i-start]; !bytes.Equal(h[:], stored[p:p+32]) {
+				if r.err == nil || i <= r.errAt {
+					r.suspect = &leafSuspect{index: i, leafBytes: -1, hash: h, stored: append([]byte(nil), stored[p:p+32]...)}
+					if vals, err := st.Get(leafKey(i)); err == nil && vals[0] != nil {
+						r.suspect.leafBytes = len(vals[0])
+					}
+					if r.errAt == i {
+						// The leaf's hash not matching explains why it
+						// does not decode; the suspect is resolved to an
+						// error in any case.
+						r.err, r.errAt = nil, end
+					}
+				}
+				break
+			}
+		}
+		if r.suspect != nil {
+			break
+		}
+	}
+	return r
+}
+
+// fsckTree rebuilds the tree above level 0 from the leaf hashes, in order,
+// and checks the stored tiles of the higher levels and each checkpoint's
+// root against it.
+type fsckTree struct {
+	st      Store
+	live    bool
+	sizes   []uint64
+	roots   [][32]byte
+	ci      int // the next checkpoint to reach
+	rng     *compact.Range
+	rows    [][]byte // the tile row being rebuilt at each level
+	tileErr error
+	suspect *leafSuspect // pending: resolved by the next checkpoint
+}
+
+// add appends the leaf hashes of r.
+func (t *fsckTree) add(r fsckChunkResult) error {
+	if r.suspect != nil && t.suspect == nil {
+		t.suspect = r.suspect
+	}
+	for j, h := range r.hashes {
+		i := r.start + uint64(j)
+		if r.err != nil && i >= r.errAt {
+			break
+		}
+		if err := t.rng.Append(h[:], t.visit); err != nil {
+			return fmt.Errorf("rebuilding the tree at leaf %d: %w", i, err)
+		}
+		if t.tileErr != nil {
+			if t.suspect != nil {
+				return t.suspect.leafAltered("the tiles above it agree with the tile")
+			}
+			return t.tileErr
+		}
+		if err := t.checkRoots(); err != nil {
+			return err
+		}
+	}
+	if r.err != nil {
+		if t.suspect != nil {
+			return t.suspect.unresolved()
+		}
+		return r.err
+	}
+	return nil
+}
+
+// checkRoots checks the roots of the checkpoints at the current size.
+func (t *fsckTree) checkRoots() error {
+	for t.ci < len(t.sizes) && t.sizes[t.ci] == t.rng.End() {
+		n, want := t.sizes[t.ci], t.roots[t.ci]
+		root := rootOf(t.rng)
+		if s := t.suspect; s != nil && n > s.index {
+			// The signed root says whether the leaf or the tile is right.
+			if root == want {
+				return s.tileAltered(n)
+			}
+			return s.leafAltered(fmt.Sprintf("the leaves do not give the root of signed checkpoint %d", n))
+		}
+		if root != want {
+			return fmt.Errorf("%w: checkpoint %d has root %x but the leaves give %x", ErrCorrupt, n, want, root)
+		}
+		t.ci++
+	}
+	return nil
+}
+
+// visit collects the tree's nodes into tile rows of level 1 and up (the
+// workers checked level 0) and checks each full row.
+func (t *fsckTree) visit(id compact.NodeID, h []byte) {
+	if id.Level%TileHeight != 0 || id.Level == 0 {
+		return
+	}
+	lv := id.Level / TileHeight
+	for uint(len(t.rows)) <= lv {
+		t.rows = append(t.rows, nil)
+	}
+	t.rows[lv] = append(t.rows[lv], h...)
+	if len(t.rows[lv]) == tileWidth*32 {
+		t.checkTile(uint64(lv), id.Index/tileWidth, t.rows[lv])
+		t.rows[lv] = t.rows[lv][:0]
+	}
+}
+
+func (t *fsckTree) checkTile(level, index uint64, row []byte) {
+	if t.tileErr != nil {
+		return
+	}
+	vals, err := t.st.Get(tileKey(level, index))
+	switch {
+	case err != nil:
+		t.tileErr = storageErr(err, fmt.Sprintf("reading tile %d/%d", level, index))
+	case vals[0] == nil:
+		t.tileErr = fmt.Errorf("%w: tile %d/%d is missing", ErrCorrupt, level, index)
+	case !bytes.Equal(vals[0], row) && !(t.live && bytes.HasPrefix(vals[0], row)): // a live tile may have grown
+		t.tileErr = fmt.Errorf("%w: tile %d/%d (%d bytes) differs from the one rebuilt from the leaves (%d bytes)", ErrCorrupt, level, index, len(vals[0]), len(row))
+	}
+}
+
+// finish checks the partial tiles at the right edge of a tree of size
+// leaves and that every checkpoint was reached.
+func (t *fsckTree) finish(size uint64) error {
+	for lv, row := range t.rows {
+		if lv > 0 && len(row) > 0 {
+			t.checkTile(uint64(lv), (size>>(uint(lv)*TileHeight))/tileWidth, row)
+		}
+	}
+	if t.suspect != nil {
+		if t.tileErr != nil {
+			return t.suspect.leafAltered("the tiles above it agree with the tile")
+		}
+		return t.suspect.unresolved()
+	}
+	if t.tileErr != nil {
+		return t.tileErr
+	}
+	if t.ci != len(t.sizes) {
+		return fmt.Errorf("%w: checkpoint %d was not reached by the leaves", ErrCorrupt, t.sizes[t.ci])
+	}
+	return nil
+}
+
+// indexDigest is a digest of a multiset of index entries (key, value): the
+// sum modulo 2^256 of the SHA-256 of each entry's length-prefixed key and
+// value. Two sets of entries have the same digest if, and (but with
+// negligible probability for damage that is not crafted) only if, they are
+// equal; the order the entries are added in does not matter.
+type indexDigest [4]uint64
+
+func (d *indexDigest) addEntry(k, v []byte) {
+	var buf [128]byte
+	b := binary.BigEndian.AppendUint32(buf[:0], uint32(len(k)))
+	b = append(append(b, k...), v...)
+	h := sha256.Sum256(b)
+	var carry uint64
+	for w := range d {
+		d[w], carry = bits.Add64(d[w], binary.LittleEndian.Uint64(h[8*w:]), carry)
+	}
+}
+
+func (d *indexDigest) add(o *indexDigest) {
+	var carry uint64
+	for w := range d {
+		d[w], carry = bits.Add64(d[w], o[w], carry)
+	}
+}
+
+// fsckIndexes are the digests of the index entries the leaves need and of
+// those stored.
+type fsckIndexes struct {
+	leaves, stored indexDigest
+	scanned        []indexScan
+}
+
+// indexScan is what scanIndex found in one key range.
+type indexScan struct {
+	digest indexDigest
+	err    error
+}
+
+// indexScanRanges splits the key ranges of the three indexes into ranges
+// that workers scan in parallel: by the first byte after the kind, in 16
+// ranges for the leaf-hash and dedupe indexes (random keys), 4 for the
+// subject index.
+func indexScanRanges() [][2][]byte {
+	var out [][2][]byte
+	for _, k := range []struct {
+		kind byte
+		n    int
+	}{{kHash, 16}, {kDedupe, 16}, {kSubject, 4}} {
+		step := 256 / k.n
+		for p := 0; p < k.n; p++ {
+			lo, hi := []byte{k.kind, byte(p * step)}, []byte{k.kind, byte((p + 1) * step)}
+			if p == 0 {
+				lo = []byte{k.kind}
+			}
+			if p == k.n-1 {
+				hi = []byte{k.kind + 1}
+			}
+			out = append(out, [2][]byte{lo, hi})
+		}
+	}
+	return out
+}
+
+// indexTarget is the leaf an index entry points to, ok false if the entry
+// is malformed.
+func indexTarget(k, v []byte) (uint64, bool) {
+	switch k[0] {
+	case kHash, kDedupe:
+		if len(k) != 1+indexKeyLen || len(v) != 8 {
+			return 0, false
+		}
+		return binary.BigEndian.Uint64(v), true
+	case kSubject:
+		_, i, ok := parseSubjectKey(k)
+		return i, ok && len(v) == 0
+	}
+	return 0, false
+}
+
+// scanIndex adds the index entries in r that point into the tree of size
+// leaves (and malformed ones) to a digest. Entries for leaves at or beyond
+// size belong to appends after this check started (or to a batch that
+// never completed) and are left out.
+func scanIndex(ctx context.Context, st Store, r [2][]byte, size uint64) indexScan {
+	var s indexScan
+	n := 0
+	s.err = st.Scan(r[0], r[1], func(k, v []byte) error {
+		if n++; n%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		if i, ok := indexTarget(k, v); ok && i >= size {
+			return nil
+		}
+		s.digest.addEntry(k, v)
+		return nil
+	})
+	return s
+}
+
+// findIndexFault names the first index fault once the digests differ:
+// first a leaf whose entries are missing or point elsewhere (looked up
+// leaf by leaf), then an entry that no leaf needs. It always returns an
+// error. The leaves are read from st, the index entries from ix.
+func findIndexFault(ctx context.Context, st, ix Store, size uint64, idx fsckIndexes) error {
 	for start := uint64(0); start < size; start += fsckChunk {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		end := min(start+fsckChunk, size)
-		var leaves [][]byte
-		next := start
+		var keys [][]byte
 		err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
-			if i := binary.BigEndian.Uint64(k[1:]); i != next {
-				return fmt.Errorf("%w: leaf %d is missing", ErrCorrupt, next)
+			i := binary.BigEndian.Uint64(k[1:])
+			e, err := event.DecodeLeaf(v)
+			if err != nil {
+				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
 			}
-			next++
-			leaves = append(leaves, append([]byte(nil), v...))
+			h := LeafHash(v)
+			sk := hashKey(h[:]) // placeholder: checked to exist just before
+			if s := e.GetEvent().GetSubject().GetId(); s != "" {
+				sk = subjectKey(s, i)
+			}
+			keys = append(keys, hashKey(h[:]), dedupeKey(event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())), sk)
 			return nil
 		})
 		if err != nil {
 			return storageErr(err, "reading leaves")
 		}
-		if next != end {
-			return fmt.Errorf("%w: leaf %d is missing", ErrCorrupt, next)
+		vals, err := ix.Get(keys...)
+		if err != nil {
+			return storageErr(err, "reading indexes")
 		}
-		// Each leaf against its hash in the stored level-0 tile first, to
-		// name a damaged leaf as such (a missing or short tile is reported
-		// when the tiles are rebuilt below).
-		for ti := start / tileWidth; ti <= (end-1)/tileWidth; ti++ {
-			tv, err := st.Get(tileKey(0, ti))
-			if err != nil {
-				return storageErr(err, fmt.Sprintf("reading tile 0/%d", ti))
-			}
-			for i := max(start, ti*tileWidth); i < min(end, (ti+1)*tileWidth); i++ {
-				if p := (i % tileWidth) * 32; uint64(len(tv[0])) >= p+32 {
-					if err := checkLeaf(Entry{Index: i, Leaf: leaves[i-start]}, tv[0][p:p+32]); err != nil {
-						return err
-					}
-				}
-			}
-		}
-		keys := make([][]byte, 0, 3*len(leaves))
-		hashes := make([][32]byte, len(leaves))
-		dedupes := make([][32]byte, len(leaves))
-		noSubject := make([]bool, len(leaves))
-		for j, leaf := range leaves {
-			i := start + uint64(j)
-			e, err := event.DecodeLeaf(leaf)
-			if err != nil {
-				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
-			}
-			hashes[j] = LeafHash(leaf)
-			dedupes[j] = event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
-			keys = append(keys, hashKey(hashes[j][:]), dedupeKey(dedupes[j]))
-			if s := e.GetEvent().GetSubject().GetId(); s != "" {
-				keys = append(keys, subjectKey(s, i))
-			} else {
-				keys = append(keys, keyLatest) // placeholder, not checked
-				noSubject[j] = true
-			}
-		}
-		vals := make([][]byte, len(keys))
-		if ix != nil {
-			if vals, err = ix.Get(keys...); err != nil {
-				return storageErr(err, "reading indexes")
-			}
-		}
-		for j := range leaves {
-			i := start + uint64(j)
-			hv, dv, sv := vals[3*j], vals[3*j+1], vals[3*j+2]
-			if ix == nil {
-				// not checked
-			} else if hv == nil || len(hv) != 8 || binary.BigEndian.Uint64(hv) != i {
+		for j := 0; j < len(vals); j += 3 {
+			i := start + uint64(j/3)
+			hv, dv, sv := vals[j], vals[j+1], vals[j+2]
+			if hv == nil || len(hv) != 8 || binary.BigEndian.Uint64(hv) != i {
 				return fmt.Errorf("%w: the leaf-hash index of leaf %d is missing or points elsewhere", ErrCorrupt, i)
-			} else if dv == nil || len(dv) != 8 || binary.BigEndian.Uint64(dv) != i {
+			}
+			if dv == nil || len(dv) != 8 || binary.BigEndian.Uint64(dv) != i {
 				return fmt.Errorf("%w: the dedupe record of leaf %d is missing or points elsewhere", ErrCorrupt, i)
-			} else if sv == nil && !noSubject[j] {
+			}
+			if sv == nil {
 				return fmt.Errorf("%w: the subject index entry of leaf %d is missing", ErrCorrupt, i)
 			}
-			if err := rng.Append(hashes[j][:], visit); err != nil {
-				return fmt.Errorf("rebuilding the tree at leaf %d: %w", i, err)
-			}
-			if tileErr != nil {
-				return tileErr
-			}
-			if err := checkRoot(); err != nil {
-				return err
-			}
-		}
-		if end%(64*fsckChunk) == 0 || end == size {
-			report("fsck: %d/%d leaves verified", end, size)
 		}
 	}
-	for lv, row := range rows {
-		if len(row) > 0 {
-			checkTile(uint64(lv), (size>>(uint(lv)*TileHeight))/tileWidth, row)
+	// Every leaf has its entries: some entry belongs to no leaf.
+	for _, kind := range []byte{kHash, kDedupe, kSubject} {
+		if err := findStrayEntry(ctx, ix, kind, size); err != nil {
+			return err
 		}
 	}
-	if tileErr != nil {
-		return tileErr
+	return fmt.Errorf("%w: the index entries do not match the leaves, but no single entry could be named (did the store change during the check?); run fsck again", ErrCorrupt)
+}
+
+// indexNames name the indexes in errors.
+var indexNames = map[byte]string{kHash: "leaf-hash index", kDedupe: "dedupe index", kSubject: "subject index"}
+
+// findStrayEntry returns an error for the first entry of an index that
+// points into the tree but not to a leaf that needs it, or is malformed.
+func findStrayEntry(ctx context.Context, st Store, kind byte, size uint64) error {
+	var stray error
+	err := st.Scan([]byte{kind}, []byte{kind + 1}, func(k, v []byte) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		i, ok := indexTarget(k, v)
+		if !ok {
+			stray = fmt.Errorf("%w: the %s holds a malformed entry (key %x, %d-byte value)", ErrCorrupt, indexNames[kind], k, len(v))
+			return errStop
+		}
+		if i >= size {
+			return nil
+		}
+		vals, err := st.Get(leafKey(i))
+		if err != nil {
+			return err
+		}
+		var want []byte
+		if e, err := event.DecodeLeaf(vals[0]); err == nil {
+			switch kind {
+			case kHash:
+				h := LeafHash(vals[0])
+				want = hashKey(h[:])
+			case kDedupe:
+				want = dedupeKey(event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()))
+			case kSubject:
+				want = subjectKey(e.GetEvent().GetSubject().GetId(), i)
+			}
+		}
+		if !bytes.Equal(k, want) {
+			stray = fmt.Errorf("%w: the %s holds an entry (key %x) pointing to leaf %d, which is not that leaf's: an entry was altered or added; restore from a backup",
+				ErrCorrupt, indexNames[kind], k, i)
+			return errStop
+		}
+		return nil
+	})
+	if stray != nil {
+		return stray
 	}
-	if ci != len(sizes) {
-		return fmt.Errorf("%w: checkpoint %d was not reached by the leaves", ErrCorrupt, sizes[ci])
-	}
-	vals, err := st.Get(leafKey(size))
 	if err != nil {
-		return storageErr(err, "reading leaves")
+		return storageErr(err, "reading indexes")
 	}
-	if vals[0] != nil && !live {
-		return fmt.Errorf("%w: leaf %d exists beyond the tree (size %d)", ErrCorrupt, size, size)
-	}
-	report("fsck: ok: %d leaves, %d checkpoints, root %x", size, len(sizes), rootOf(rng))
 	return nil
 }
 

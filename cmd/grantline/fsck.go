@@ -7,18 +7,21 @@ import (
 	neturl "net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
 	"github.com/grantline/grantline/internal/datadir"
+	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/pgstore"
 )
 
 func init() {
 	register(&command{
 		name:    "fsck",
-		usage:   "--data DIR [--store postgres://...] [--quiet]",
+		usage:   "--data DIR [--store postgres://...] [--memory-budget SIZE] [--max-mapped SIZE] [--quiet]",
 		summary: "re-verify a stopped server's whole store: every leaf, tile, index and checkpoint (exit 1 on any problem)",
 		run:     runFsckCmd,
 	})
@@ -29,6 +32,8 @@ func runFsckCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	data := fs.String("data", defaultDataDir, "the server's data directory")
 	quiet := fs.Bool("quiet", false, "print only the result")
 	store := fs.String("store", "", "check the ledger in this PostgreSQL database (as given to serve --store) instead of DIR/ledger")
+	memBudget := fs.String("memory-budget", sizeString(server.DefaultMemoryBudget), "anonymous memory to stay within (0: none): sets the Go memory limit unless GOMEMLIMIT is set, and sizes the store's caches; see docs/operations.md")
+	maxMapped := fs.String("max-mapped", sizeString(server.DefaultMaxMappedBytes), "bound on the file-backed resident memory of the store's mapped files (0: none)")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -36,10 +41,24 @@ func runFsckCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if len(rest) > 0 {
 		return &exitError{code: 2, msg: fmt.Sprintf("unexpected argument %q", rest[0])}
 	}
+	var mem badgerstore.Options
+	for name, p := range map[string]struct {
+		v   string
+		dst *int64
+	}{"memory-budget": {*memBudget, &mem.MemoryBudget}, "max-mapped": {*maxMapped, &mem.MaxMappedBytes}} {
+		n, err := parseSize(p.v)
+		if err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--%s %q: %v", name, p.v, err)}
+		}
+		*p.dst = n
+	}
+	if mem.MemoryBudget > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(server.GoMemoryLimit(mem.MemoryBudget))
+	}
 	if *store != "" {
 		return fsckPostgres(ctx, *data, *store, env.stderr, *quiet, env.stdout)
 	}
-	return fsckDataDir(ctx, *data, env.stderr, *quiet, env.stdout)
+	return fsckDataDir(ctx, *data, mem, env.stderr, *quiet, env.stdout)
 }
 
 // fsckPostgres runs ledger.Fsck over the ledger in PostgreSQL. It holds the
@@ -94,9 +113,9 @@ func redactURL(s string) string {
 }
 
 // fsckDataDir runs ledger.Fsck over DIR/ledger with the verifier key in
-// DIR/keys/log.vkey, printing progress to progress unless quiet, and the
-// verdict to out.
-func fsckDataDir(ctx context.Context, dir string, progress io.Writer, quiet bool, out io.Writer) error {
+// DIR/keys/log.vkey, the store opened with mem's budget and bound on mapped
+// files, printing progress to progress unless quiet, and the verdict to out.
+func fsckDataDir(ctx context.Context, dir string, mem badgerstore.Options, progress io.Writer, quiet bool, out io.Writer) error {
 	_, v, err := datadir.ReadVerifier(dir)
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
@@ -111,7 +130,7 @@ func fsckDataDir(ctx context.Context, dir string, progress io.Writer, quiet bool
 			fmt.Fprintf(progress, "fsck: "+strings.TrimPrefix(strings.TrimSuffix(format, "\n"), "fsck: ")+"\n", args...)
 		}
 	}
-	st, err := datadir.OpenStore(dir, nil)
+	st, err := datadir.OpenStoreWith(dir, mem)
 	if err == nil {
 		err = ledger.Fsck(ctx, st, v, report)
 		if cerr := st.Close(); err == nil && cerr != nil {

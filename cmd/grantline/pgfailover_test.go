@@ -2,8 +2,11 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +22,7 @@ import (
 )
 
 // startPGServer starts `grantline serve --store url` without waiting for it
-// to serve (a standby does not serve until it holds the lease).
+// to serve.
 func startPGServer(t *testing.T, dir, url string) *e2eServer {
 	t.Helper()
 	s := &e2eServer{addr: freeAddr(t), dir: dir, exited: make(chan struct{}), logs: &bytes.Buffer{}}
@@ -69,12 +72,28 @@ func tree(t *testing.T, s *e2eServer) (tlog.Tree, tlog.HashReader) {
 	return tr, tlog.TileHashReader(tr, c2spTiles{t, s})
 }
 
+// role is the role a node of a PostgreSQL log reports at /cluster.
+func role(t *testing.T, s *e2eServer) string {
+	t.Helper()
+	resp, err := http.Get(s.url + "/cluster")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var st struct{ Role string }
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatalf("GET /cluster: %v", err)
+	}
+	return st.Role
+}
+
 // TestPostgresFailover: two nodes on one PostgreSQL and one set of keys. A
-// sequences while B stands by; A is killed (SIGKILL) in the middle of a
-// stream of appends; B takes over, the stream is resent to B, and every
-// acknowledged event is in the log exactly once, the whole log verifies from
-// B's tiles with x/mod's tlog, and the last checkpoint seen from A is
-// consistent with B's.
+// sequences while B follows: both serve the same checkpoint, and a stream
+// of appends is sent through B, which forwards it to A. A is killed
+// (SIGKILL) in the middle of the stream; B takes over, the stream is resent
+// to B, and every acknowledged event is in the log exactly once, the whole
+// log verifies from B's tiles with x/mod's tlog, and the last checkpoint
+// seen from A is consistent with B's.
 func TestPostgresFailover(t *testing.T) {
 	requireBinary(t)
 	c, err := pgtest.Start(t.Context(), pgtest.Options{})
@@ -98,10 +117,34 @@ func TestPostgresFailover(t *testing.T) {
 	a.token = tok
 	b := startPGServer(t, dir, url)
 	b.token = tok
+	if _, err := waitReady(t.Context(), b.addr, dir, b.exited); err != nil {
+		t.Fatalf("B does not serve while A sequences: %v; log:\n%s", err, b.logs)
+	}
+	if ra, rb := role(t, a), role(t, b); ra != "sequencer" || rb != "follower" {
+		t.Fatalf("roles: A %q, B %q; want sequencer and follower", ra, rb)
+	}
+
+	// The first events of the stream through B; then both serve the same
+	// checkpoint.
+	warm, _ := writeJSONL(t, "failover", 100)
+	if code, _, errs := runBin(t, "append", "--server", b.url, "--token", b.token, warm); code != 0 {
+		t.Fatalf("append through B: exit %d: %s", code, errs)
+	}
+	ta, _ := tree(t, a)
+	same := time.Now().Add(10 * time.Second)
+	for tb, _ := tree(t, b); tb != ta; tb, _ = tree(t, b) {
+		if time.Now().After(same) {
+			t.Fatalf("B serves %+v, A %+v", tb, ta)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	const n = 20000
 	file, ids := writeJSONL(t, "failover", n)
-	app := exec.CommandContext(t.Context(), grantlineBin, "append", "--server", a.url, "--token", a.token,
+	// Bounded: a stream through B must end when A dies, never hang.
+	appCtx, appCancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer appCancel()
+	app := exec.CommandContext(appCtx, grantlineBin, "append", "--server", b.url, "--token", b.token,
 		"--batch", "500", "--retries", "0", file)
 	var appOut, appErr bytes.Buffer
 	app.Stdout, app.Stderr = &appOut, &appErr
@@ -123,8 +166,16 @@ func TestPostgresFailover(t *testing.T) {
 	<-a.exited
 	t.Logf("killed A at checkpoint size >= %d; its append: %v %s", before.N, <-appDone, strings.TrimSpace(appErr.String()))
 
-	if _, err := waitReady(t.Context(), b.addr, dir, b.exited); err != nil {
-		t.Fatalf("B did not take over: %v; log:\n%s", err, b.logs)
+	for role(t, b) != "sequencer" {
+		select {
+		case <-b.exited:
+			t.Fatalf("B exited; log:\n%s", b.logs)
+		default:
+		}
+		if time.Since(killed) > 30*time.Second {
+			t.Fatalf("B did not take over; log:\n%s", b.logs)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	took := time.Since(killed)
 	t.Logf("B serves %v after A was killed", took)
@@ -158,5 +209,71 @@ func TestPostgresFailover(t *testing.T) {
 	b.stop(t)
 	if code, out, errs := runBin(t, "fsck", "--data", dir, "--store", url, "--quiet"); code != 0 || !strings.Contains(out, ": ok") {
 		t.Fatalf("fsck after failover: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// TestPostgresBackupRestore: `grantline backup --store` takes an online
+// backup while a node serves; it restores into an empty schema (restore
+// --store, which runs fsck --store) and into a badger data directory, and a
+// node serves the restored log from PostgreSQL. Restoring into a database a
+// node runs on is refused.
+func TestPostgresBackupRestore(t *testing.T) {
+	requireBinary(t)
+	c, err := pgtest.Start(t.Context(), pgtest.Options{})
+	if errors.Is(err, pgtest.ErrNoPostgres) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	url, err := c.NewSchema(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	a := startPGServer(t, dir, url)
+	tok, err := waitReady(t.Context(), a.addr, dir, a.exited)
+	if err != nil {
+		t.Fatalf("%v; log:\n%s", err, a.logs)
+	}
+	a.token = tok
+	file, _ := writeJSONL(t, "backup", 1000)
+	if code, _, errs := runBin(t, "append", "--server", a.url, "--token", a.token, file); code != 0 {
+		t.Fatalf("append: exit %d: %s", code, errs)
+	}
+	want, _ := tree(t, a)
+	bak := filepath.Join(t.TempDir(), "log.bak")
+	if code, out, errs := runBin(t, "backup", "--store", url, "--out", bak); code != 0 || !strings.Contains(out, "written to") {
+		t.Fatalf("backup --store: exit %d: %s%s", code, out, errs)
+	}
+	if code, _, errs := runBin(t, "restore", "--data", dir, "--store", url, "--in", bak); code != 2 || !strings.Contains(errs, "runs on this database") {
+		t.Fatalf("restore into the database a node runs on: exit %d, %q; want 2 and a refusal", code, errs)
+	}
+	a.stop(t)
+
+	url2, err := c.NewSchema(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runBin(t, "restore", "--data", dir, "--store", url2, "--in", bak); code != 0 || !strings.Contains(out, ": ok") {
+		t.Fatalf("restore --store: exit %d\n%s%s", code, out, errs)
+	}
+	b := startPGServer(t, dir, url2)
+	if _, err := waitReady(t.Context(), b.addr, dir, b.exited); err != nil {
+		t.Fatalf("%v; log:\n%s", err, b.logs)
+	}
+	b.token = tok
+	if got, _ := tree(t, b); got != want {
+		t.Fatalf("the restored log serves %+v, want %+v", got, want)
+	}
+	b.stop(t)
+
+	bdir := t.TempDir()
+	if err := os.CopyFS(filepath.Join(bdir, "keys"), os.DirFS(filepath.Join(dir, "keys"))); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runBin(t, "restore", "--data", bdir, "--in", bak); code != 0 || !strings.Contains(out, "ok") {
+		t.Fatalf("restore of a PostgreSQL backup into badger: exit %d\n%s%s", code, out, errs)
 	}
 }

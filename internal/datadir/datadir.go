@@ -58,6 +58,7 @@ type Dir struct {
 
 	state logState // of DIR/keys/log.state when Open looked
 	init  bool     // Options.Init
+	store badgerstore.Options
 }
 
 // Options configures OpenWith.
@@ -74,6 +75,9 @@ type Options struct {
 	// directory is refused as damaged. It never overwrites a store that
 	// holds a log.
 	Init bool
+	// Store tunes the badger store OpenLedger opens (memory budget, bound
+	// on mapped files); its Logger is the ledger's.
+	Store badgerstore.Options
 }
 
 // Open is OpenWith with an origin and an algorithm and no Init.
@@ -158,7 +162,7 @@ func OpenWith(path string, o Options) (*Dir, error) {
 	if err := testHook("tokens"); err != nil {
 		return nil, err
 	}
-	return &Dir{Path: path, Keys: keys, Tokens: tokens, AdminTokenPath: adminPath, NewAdminToken: created, state: state, init: o.Init}, nil
+	return &Dir{Path: path, Keys: keys, Tokens: tokens, AdminTokenPath: adminPath, NewAdminToken: created, state: state, init: o.Init, store: o.Store}, nil
 }
 
 // ErrStoreMissing is returned by OpenWith and OpenLedger when the ledger
@@ -205,7 +209,9 @@ func (d *Dir) OpenLedger(ctx context.Context, o ledger.Options) (*ledger.Log, er
 		// Refused before opening, which would create store files.
 		return nil, d.noLog(ldir)
 	}
-	st, err := OpenStore(d.Path, o.Logger)
+	so := d.store
+	so.Logger = o.Logger
+	st, err := OpenStoreWith(d.Path, so)
 	if err != nil {
 		return nil, err
 	}
@@ -272,8 +278,14 @@ func (e *multiError) Unwrap() []error { return e.errs }
 // hold it: a running server's store fails to open, with ledger.ErrStorage.
 // A damaged store fails with ErrStoreMissing (and badgerstore.ErrDamaged).
 func OpenStore(path string, logger *slog.Logger) (*badgerstore.Store, error) {
+	return OpenStoreWith(path, badgerstore.Options{Logger: logger})
+}
+
+// OpenStoreWith is OpenStore with the store's options (memory budget,
+// bound on mapped files), as `grantline fsck` opens it.
+func OpenStoreWith(path string, o badgerstore.Options) (*badgerstore.Store, error) {
 	dir := filepath.Join(path, LedgerDir)
-	st, err := badgerstore.Open(dir, badgerstore.Options{Logger: logger})
+	st, err := badgerstore.Open(dir, o)
 	if errors.Is(err, badgerstore.ErrDamaged) {
 		what := strings.TrimPrefix(err.Error(), badgerstore.ErrDamaged.Error()+": ")
 		return nil, &multiError{

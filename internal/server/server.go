@@ -15,8 +15,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -29,8 +32,8 @@ import (
 	"github.com/grantline/grantline/ingest/ssf"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/checkpoint"
-	"github.com/grantline/grantline/ledger/pgstore"
 	"github.com/grantline/grantline/ledger/witness"
 	"github.com/grantline/grantline/rules"
 	"github.com/grantline/grantline/verify"
@@ -61,10 +64,17 @@ type Config struct {
 	// ingest package's defaults, 5m and 1h).
 	StreamIdleTimeout, StreamMaxLifetime time.Duration
 	// Store, when set, is the PostgreSQL URL (postgres://USER@HOST:PORT/DB?...)
-	// that keeps the ledger instead of DATA/ledger. Start then waits until
-	// this node holds the sequencing lease (docs/operations-postgres.md),
-	// and the server stops with ErrLeaseLost if another node takes it over.
+	// that keeps the ledger instead of DATA/ledger. The node sequences if
+	// it can take the lease, and otherwise follows the log: it serves reads
+	// from the database, forwards appends to the sequencer and takes over
+	// when the sequencer's lease expires (docs/operations-postgres.md). A
+	// sequencer stops with ErrLeaseLost if another node takes it over.
 	Store string
+	// Advertise is the URL at which other nodes of a PostgreSQL log reach
+	// this one (serve --advertise-url), recorded in the lease while it
+	// sequences. Empty: the listen address, with the host name for an
+	// unspecified listen host.
+	Advertise string
 	// WitnessPolicy is a witness policy file (docs/witnessing.md); when set,
 	// checkpoints are sent to its witnesses, GET /checkpoint serves the
 	// newest witnessed one and evidence is anchored to it.
@@ -75,6 +85,43 @@ type Config struct {
 	// Init starts a new, empty log under keys that already exist when the
 	// store holds none (serve --init; see datadir.Options.Init).
 	Init bool
+	// MemoryBudget, when positive, is the anonymous memory the server is
+	// meant to stay within, in bytes (serve --memory-budget): the Go
+	// runtime's memory limit is set to GoMemoryLimit of it unless the
+	// GOMEMLIMIT environment variable is set, and the badger store's
+	// memtables and caches are sized from it. Zero leaves both as the
+	// process has them. See docs/operations.md, "Memory".
+	MemoryBudget int64
+	// MaxMappedBytes, when positive, bounds the file-backed resident memory
+	// of the process, which the badger store's mapped files make grow with
+	// the log (serve --max-mapped; badgerstore.Options.MaxMappedBytes).
+	MaxMappedBytes int64
+}
+
+// The memory defaults of `grantline serve` (docs/operations.md, "Memory").
+const (
+	DefaultMemoryBudget   = 512 << 20
+	DefaultMaxMappedBytes = 1 << 30
+)
+
+// GoMemoryLimit is the Go runtime memory limit a budget sets: 15/16 of it,
+// leaving room for memory the Go runtime does not count (thread stacks
+// and the like) and for the collector to react.
+func GoMemoryLimit(budget int64) int64 { return budget / 16 * 15 }
+
+// applyMemoryBudget sets the Go runtime's memory limit from cfg unless
+// GOMEMLIMIT is set, and says what it did.
+func applyMemoryBudget(cfg Config) {
+	if cfg.MemoryBudget <= 0 {
+		return
+	}
+	if env := os.Getenv("GOMEMLIMIT"); env != "" {
+		cfg.Logger.Info("memory budget", "budget_bytes", cfg.MemoryBudget, "go_memory_limit", "GOMEMLIMIT="+env, "max_mapped_bytes", cfg.MaxMappedBytes)
+		return
+	}
+	limit := GoMemoryLimit(cfg.MemoryBudget)
+	debug.SetMemoryLimit(limit)
+	cfg.Logger.Info("memory budget", "budget_bytes", cfg.MemoryBudget, "go_memory_limit_bytes", limit, "max_mapped_bytes", cfg.MaxMappedBytes)
 }
 
 // ErrLeaseLost is returned by Close when the server stopped because another
@@ -99,13 +146,14 @@ type Server struct {
 	VerifierKeyPath, EvidenceKeyPath string // DATA/keys/log.vkey, DATA/keys/evidence.pub
 	Origin                           string
 
-	log      *ledger.Log
-	pg       *pgstore.Store // nil: badger
+	log      *ledger.Log // badger; nil with PostgreSQL
+	cl       *cluster    // PostgreSQL; nil with badger
 	closing  atomic.Bool
 	lost     atomic.Bool
-	wit      *witness.Witnesser // nil without a witness policy
-	witStop  func()             // stops the witnesser and waits for it
-	pollStop func()             // stops the SSF pollers and waits for them
+	failed   atomic.Pointer[error] // taking over sequencing failed
+	wit      *witness.Witnesser    // nil without a witness policy
+	witStop  func()                // stops the witnesser and waits for it
+	pollStop func()                // stops the SSF pollers and waits for them
 	api      *ingest.Server
 	http     *http.Server
 	stopped  chan struct{} // closed when the HTTP server stopped serving
@@ -113,8 +161,18 @@ type Server struct {
 	logger   *slog.Logger
 }
 
-// Ledger is the server's open log, for in-process callers (bench, tests).
-func (r *Server) Ledger() *ledger.Log { return r.log }
+// Ledger is the server's open log, for in-process callers (bench, tests);
+// nil while a node of a PostgreSQL log follows another node.
+func (r *Server) Ledger() *ledger.Log {
+	if r.cl != nil {
+		return r.cl.sequencer()
+	}
+	return r.log
+}
+
+// Sequencing reports whether this server writes its log: always with
+// badger; with PostgreSQL while it holds the sequencing lease.
+func (r *Server) Sequencing() bool { return r.Ledger() != nil }
 
 // Witnesser is the server's witnesser, nil without a witness policy.
 func (r *Server) Witnesser() *witness.Witnesser { return r.wit }
@@ -176,21 +234,15 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 
 	// Listen before anything is written: a taken port must not leave a
-	// half-made data directory behind. With PostgreSQL, a standby waits for
-	// the lease before it listens, so that load balancers see it down until
-	// it can serve.
-	var ln net.Listener
-	listen := func() error {
-		var err error
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
-		}
-		return nil
+	// half-made data directory behind. With PostgreSQL the address is
+	// also what the node advertises to the others.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %s: %w", cfg.Listen, err)
 	}
-	if cfg.Store == "" {
-		if err := listen(); err != nil {
-			return nil, err
-		}
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
 	}
 	defer func() {
 		if err != nil && ln != nil {
@@ -198,7 +250,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	}()
 
-	dd, err := datadir.OpenWith(cfg.DataDir, datadir.Options{Origin: cfg.Origin, Algorithm: alg, Init: cfg.Init})
+	if cfg.MemoryBudget < 0 || cfg.MaxMappedBytes < 0 {
+		return nil, fmt.Errorf("%w: --memory-budget and --max-mapped must not be negative", ErrConfig)
+	}
+	applyMemoryBudget(cfg)
+	dd, err := datadir.OpenWith(cfg.DataDir, datadir.Options{Origin: cfg.Origin, Algorithm: alg, Init: cfg.Init,
+		Store: badgerstore.Options{MemoryBudget: cfg.MemoryBudget, MaxMappedBytes: cfg.MaxMappedBytes}})
 	if err != nil {
 		return nil, fmt.Errorf("--data %s: %w", cfg.DataDir, err)
 	}
@@ -209,25 +266,31 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	lo := ledger.Options{QueueSize: cfg.QueueSize, Logger: cfg.Logger.With("component", "ledger")}
 	var l *ledger.Log
-	var pg *pgstore.Store
+	var cl *cluster
+	var led interface {
+		ingest.Ledger
+		Close() error
+	}
 	reg := prometheus.NewRegistry()
 	if cfg.Store == "" {
 		l, err = dd.OpenLedger(ctx, lo)
+		led = l
 	} else {
-		l, pg, err = openPostgres(ctx, cfg.Store, dd, lo, reg, cfg.Logger)
+		adv := cfg.Advertise
+		if adv == "" {
+			adv = advertiseURL(scheme, ln.Addr())
+		} else if err := checkAdvertise(adv); err != nil {
+			return nil, fmt.Errorf("%w: --advertise-url: %w", ErrConfig, err)
+		}
+		cl, err = openCluster(ctx, cfg.Store, adv, dd, lo, reg, cfg.Logger)
+		led = clusterCloser{cl}
 	}
 	if err != nil {
 		return nil, err
 	}
-	if ln == nil {
-		if err = listen(); err != nil {
-			l.Close()
-			return nil, err
-		}
-	}
 	icfg := ingest.Config{
-		Ledger: l, Auth: dd.Tokens, Evaluator: set,
-		Exporter: &exporter{l: l, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
+		Ledger: led, Auth: dd.Tokens, Evaluator: set,
+		Exporter: &exporter{l: led, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg, SSF: rcv,
 		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
 	}
@@ -235,17 +298,17 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	witStop := func() {}
 	if policy != nil {
 		if keys.Algorithm != checkpoint.Ed25519 {
-			l.Close()
+			led.Close()
 			return nil, fmt.Errorf("%w: --witness-policy: the log key is %s; witnesses verify only Ed25519 log signatures (start a new data directory with --alg ed25519)", ErrConfig, keys.Algorithm)
 		}
 		wc := cfg.Witnessing
-		wc.Policy, wc.Log, wc.Proof, wc.Logger, wc.Registerer = policy, keys.LogVerifier, l.ConsistencyProof, cfg.Logger, reg
-		wc.StateFile, wc.Holds = filepath.Join(cfg.DataDir, WitnessedFile), holds(ctx, l)
+		wc.Policy, wc.Log, wc.Proof, wc.Logger, wc.Registerer = policy, keys.LogVerifier, led.ConsistencyProof, cfg.Logger, reg
+		wc.StateFile, wc.Holds = filepath.Join(cfg.DataDir, WitnessedFile), holds(ctx, led)
 		if wit, err = witness.New(wc); err != nil {
-			l.Close()
+			led.Close()
 			return nil, err
 		}
-		witStop = runWitnesser(wit, l, cfg.Logger, wc.MinInterval)
+		witStop = runWitnesser(wit, led, cfg.Logger, wc.MinInterval)
 		icfg.Witnessed = func() (ledger.Checkpoint, bool) {
 			wd, ok := wit.Latest()
 			if !ok {
@@ -258,7 +321,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	api, err := ingest.New(icfg)
 	if err != nil {
 		witStop()
-		l.Close()
+		led.Close()
 		return nil, err
 	}
 
@@ -266,10 +329,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		DataDir: cfg.DataDir, VerifierKey: keys.VerifierKey, Origin: keys.Origin,
 		VerifierKeyPath: keys.VerifierKeyPath, EvidenceKeyPath: keys.EvidencePubKeyPath,
 		AdminTokenPath: dd.AdminTokenPath, NewAdminToken: dd.NewAdminToken,
-		log: l, pg: pg, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
-	}
-	if pg != nil {
-		go rs.watchLease()
+		log: l, cl: cl, wit: wit, witStop: witStop, api: api, stopped: make(chan struct{}), logger: cfg.Logger,
 	}
 	pctx, pcancel := context.WithCancel(context.Background())
 	var pwg sync.WaitGroup
@@ -282,8 +342,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true) // h2c: gRPC and bidi streams without TLS
 	protocols.SetHTTP2(true)
+	handler := api.Handler()
+	if cl != nil {
+		handler = cl.handler(handler)
+	}
 	rs.http = &http.Server{
-		Handler:           api.Handler(),
+		Handler:           withPprof(api, handler),
 		Protocols:         protocols,
 		HTTP2:             ingest.HTTP2Config(),
 		TLSConfig:         tlsCfg,
@@ -292,11 +356,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
-	scheme := "http"
-	if tlsCfg != nil {
-		scheme = "https"
-	}
 	rs.URL = scheme + "://" + displayAddr(ln.Addr())
+	if cl != nil {
+		cl.start(rs.leaseLost, rs.takeOverFailed)
+	}
 	go func() {
 		var err error
 		if tlsCfg != nil {
@@ -310,8 +373,29 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		rs.serveErr = err
 		close(rs.stopped)
 	}()
-	cfg.Logger.Info("serving", "url", rs.URL, "origin", keys.Origin, "tree_size", l.Latest().Size, "data", cfg.DataDir)
+	cfg.Logger.Info("serving", "url", rs.URL, "origin", keys.Origin, "tree_size", led.Latest().Size, "data", cfg.DataDir)
 	return rs, nil
+}
+
+// PprofPath is where the server serves the Go runtime's profiles
+// (net/http/pprof) to admin tokens only: GET /debug/pprof/heap for the heap,
+// /debug/pprof/profile?seconds=N for the CPU. See docs/operations.md,
+// "Memory".
+const PprofPath = "/debug/pprof/"
+
+// withPprof serves next and, behind api's admin token, this node's
+// profiles (never forwarded to the sequencer).
+func withPprof(api *ingest.Server, next http.Handler) http.Handler {
+	prof := http.NewServeMux()
+	prof.HandleFunc(PprofPath, pprof.Index) // and every named profile: heap, goroutine, allocs, ...
+	prof.HandleFunc(PprofPath+"cmdline", pprof.Cmdline)
+	prof.HandleFunc(PprofPath+"profile", pprof.Profile)
+	prof.HandleFunc(PprofPath+"symbol", pprof.Symbol)
+	prof.HandleFunc(PprofPath+"trace", pprof.Trace)
+	mux := http.NewServeMux()
+	mux.Handle(PprofPath, api.RequireAdmin(prof))
+	mux.Handle("/", next)
+	return mux
 }
 
 // Close stops accepting calls, waits for in-flight ones until ctx ends (then
@@ -328,7 +412,12 @@ func (r *Server) Close(ctx context.Context) error {
 	<-r.stopped
 	r.pollStop() // before the ledger closes: a SET in flight is stored or left unacknowledged
 	r.witStop()
-	lerr := r.log.Close()
+	var lerr error
+	if r.cl != nil {
+		lerr = r.cl.close()
+	} else {
+		lerr = r.log.Close()
+	}
 	if lerr != nil && !errors.Is(lerr, ledger.ErrClosed) {
 		return fmt.Errorf("closing the ledger: %w", lerr)
 	}
@@ -336,53 +425,59 @@ func (r *Server) Close(ctx context.Context) error {
 	if r.lost.Load() {
 		return fmt.Errorf("%w: stopped serving; restart to rejoin as a standby", ErrLeaseLost)
 	}
+	if p := r.failed.Load(); p != nil {
+		return *p
+	}
 	return r.serveErr
 }
 
-// openPostgres opens the ledger in PostgreSQL once this node holds the
-// sequencing lease, waiting for it as long as ctx allows.
-func openPostgres(ctx context.Context, url string, dd *datadir.Dir, o ledger.Options, reg *prometheus.Registry, logger *slog.Logger) (*ledger.Log, *pgstore.Store, error) {
-	if !strings.HasPrefix(url, "postgres://") && !strings.HasPrefix(url, "postgresql://") {
-		return nil, nil, fmt.Errorf("%w: --store %q: want a PostgreSQL URL, postgres://USER@HOST:PORT/DB?...", ErrConfig, url)
-	}
-	m, err := pgstore.NewMetrics(reg)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := pgstore.Open(ctx, url, pgstore.Options{Metrics: m, Logger: logger.With("component", "pgstore")})
-	if err != nil {
-		return nil, nil, fmt.Errorf("--store: %w", err)
-	}
-	if l, err := st.Lease(ctx); err == nil && l.Valid {
-		logger.Info("standing by: another node sequences the log; taking over when its lease expires",
-			"holder", l.Holder, "epoch", l.Epoch)
-	}
-	if err := st.Acquire(ctx); err != nil {
-		st.Close()
-		return nil, nil, err
-	}
-	o.Signer, o.Verifier = dd.Keys.LogSigner, dd.Keys.LogVerifier
-	lg, err := ledger.Open(ctx, st, o)
-	if err != nil {
-		st.Close()
-		return nil, nil, fmt.Errorf("opening the ledger in PostgreSQL: %w", err)
-	}
-	epoch, _ := st.Holding()
-	logger.Info("sequencing the log", "node", st.Node(), "epoch", epoch)
-	return lg, st, nil
-}
+// clusterCloser gives a cluster the Close of a ledger for Start's error
+// paths.
+type clusterCloser struct{ *cluster }
 
-// watchLease stops the server when another node takes the lease over: this
+func (c clusterCloser) Close() error { return c.close() }
+
+// leaseLost stops the server when another node took the lease over: this
 // node's appends would all be fenced from then on.
-func (r *Server) watchLease() {
-	<-r.pg.Lost()
+func (r *Server) leaseLost() {
 	if r.closing.Load() {
 		return
 	}
 	r.lost.Store(true)
-	r.logger.Error("lost the sequencing lease to another node; stopping", "node", r.pg.Node())
+	r.logger.Error("lost the sequencing lease to another node; stopping", "node", r.cl.st.Node())
 	r.api.SetServing(false)
 	r.http.Close()
+}
+
+// takeOverFailed stops the server when a follower holding the lease could
+// not open the ledger for writing; Close releases the lease for another node.
+func (r *Server) takeOverFailed(err error) {
+	if r.closing.Load() {
+		return
+	}
+	r.failed.Store(&err)
+	r.api.SetServing(false)
+	r.http.Close()
+}
+
+// advertiseURL is the URL other nodes reach a listener at: its address, or
+// the host name for an unspecified listen host.
+func advertiseURL(scheme string, a net.Addr) string {
+	if tcp, ok := a.(*net.TCPAddr); ok && (tcp.IP == nil || tcp.IP.IsUnspecified()) {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			return scheme + "://" + net.JoinHostPort(h, fmt.Sprint(tcp.Port))
+		}
+	}
+	return scheme + "://" + displayAddr(a)
+}
+
+// checkAdvertise checks an --advertise-url.
+func checkAdvertise(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return fmt.Errorf("%q: want http://HOST:PORT or https://HOST:PORT, the address other nodes reach this one at", s)
+	}
+	return nil
 }
 
 // displayAddr shows a listener address as a client would dial it.
@@ -431,7 +526,7 @@ func loadRuleSet(dir, paramsFile string) (*rules.Set, []byte, error) {
 
 // exporter builds evidence packages with verify.Export (ingest.Exporter).
 type exporter struct {
-	l      *ledger.Log
+	l      ingest.Ledger
 	set    *rules.Set
 	params []byte
 	signer *verify.EvidenceSigner
@@ -561,7 +656,7 @@ const WitnessedFile = "witnessed.checkpoint"
 // holds tells whether l holds the checkpoint (size, root): a data directory
 // restored from an older backup, or a stored note of another log, must not
 // be served as this log's witnessed checkpoint.
-func holds(ctx context.Context, l *ledger.Log) func(uint64, [32]byte) error {
+func holds(ctx context.Context, l ingest.Ledger) func(uint64, [32]byte) error {
 	return func(size uint64, root [32]byte) error {
 		if n := l.Latest().Size; size > n {
 			return fmt.Errorf("the log has %d entries, the stored checkpoint %d (was the data directory restored from an older backup?)", n, size)
@@ -585,7 +680,7 @@ const feedInterval = 100 * time.Millisecond
 // runWitnesser runs wit and hands it the ledger's latest checkpoint whenever
 // it changes. Appends never wait for it. The returned func stops both and
 // waits for them.
-func runWitnesser(wit *witness.Witnesser, l *ledger.Log, logger *slog.Logger, minInterval time.Duration) (stop func()) {
+func runWitnesser(wit *witness.Witnesser, l interface{ Latest() ledger.Checkpoint }, logger *slog.Logger, minInterval time.Duration) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { wit.Run(ctx) })

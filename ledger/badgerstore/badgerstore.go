@@ -7,6 +7,7 @@
 package badgerstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -79,7 +81,26 @@ type Options struct {
 	// write (ErrDiskFull). Zero means twice the memtable size plus twice
 	// the largest batch plus 16 MiB; negative disables the check.
 	MinFreeBytes int64
+	// MemoryBudget is the Go heap the store's memtables and caches are
+	// sized from (see scaleMemory): zero means the Go runtime's memory
+	// limit (GOMEMLIMIT, or what debug.SetMemoryLimit set), and badger's
+	// defaults (about 600 MiB) when there is none.
+	MemoryBudget int64
+	// MaxMappedBytes bounds the file-backed resident memory of the process
+	// (RssFile in /proc/self/status), which badger's memory-mapped tables
+	// and value-log files make grow with every value read: above it, the
+	// store asks the kernel to reclaim the pages of its mapped files
+	// (madvise MADV_PAGEOUT, Linux 5.4 and later), checked every
+	// MappedCheckInterval. Zero: no bound. See docs/operations.md, "Memory".
+	MaxMappedBytes int64
+	// MappedCheckInterval is how often MaxMappedBytes is checked; zero
+	// means DefaultMappedCheckInterval.
+	MappedCheckInterval time.Duration
 }
+
+// DefaultMappedCheckInterval is how often the store checks the bound on
+// its mapped files unless Options says otherwise.
+const DefaultMappedCheckInterval = 2 * time.Second
 
 // Store is a badger database. All methods are safe for concurrent use.
 type Store struct {
@@ -87,6 +108,7 @@ type Store struct {
 	dir     string
 	minFree int64
 	reads   *readErrors
+	mapped  *mappedBound // nil without Options.MaxMappedBytes
 }
 
 // Open opens (creating if needed) the badger database in dir. Writes are
@@ -118,7 +140,11 @@ func Open(dir string, o Options) (s *Store, err error) {
 		WithCompression(options.None).
 		WithVerifyValueChecksum(true).
 		WithLogger(logger{l: o.Logger, reads: reads})
-	bo = scaleMemory(bo, debug.SetMemoryLimit(-1))
+	budget := o.MemoryBudget
+	if budget <= 0 {
+		budget = debug.SetMemoryLimit(-1)
+	}
+	bo = scaleMemory(bo, budget)
 	if o.BadgerOptions != nil {
 		bo = o.BadgerOptions(bo)
 	}
@@ -130,23 +156,35 @@ func Open(dir string, o Options) (s *Store, err error) {
 	if minFree == 0 {
 		minFree = 2*bo.MemTableSize + 2*db.MaxBatchSize() + 16<<20
 	}
-	return &Store{db: db, dir: dir, minFree: minFree, reads: reads}, nil
+	s = &Store{db: db, dir: dir, minFree: minFree, reads: reads}
+	if o.MaxMappedBytes > 0 {
+		s.mapped = startMappedBound(dir, o.MaxMappedBytes, cmp.Or(o.MappedCheckInterval, DefaultMappedCheckInterval), o.Logger)
+	}
+	return s, nil
 }
 
-// scaleMemory sizes badger's memory from the Go memory limit (math.MaxInt64
-// means none). Badger's defaults (64 MiB memtables x5, 256 MiB block cache)
-// apply when there is no limit or it is large.
-func scaleMemory(bo badger.Options, limit int64) badger.Options {
-	if limit <= 0 || limit == math.MaxInt64 {
+// scaleMemory sizes badger's memory from a budget, the Go heap the store
+// may take (math.MaxInt64 means none). Badger's defaults (64 MiB memtables
+// x5, 256 MiB block cache, 1 GiB value-log files) apply when there is no
+// budget. With one, the store takes about a fifth of it: three memtables
+// of budget/32 (8-64 MiB), a block cache of budget/16 (8-256 MiB) and a
+// table-index cache of budget/32 (4-64 MiB); value-log files are
+// budget/2 (64 MiB-1 GiB; badger maps the file it writes at twice that).
+// Badger v4 always memory-maps its tables and value-log files (it has no
+// table loading mode any more): their pages count as file-backed memory,
+// bounded by Options.MaxMappedBytes, not by this budget.
+func scaleMemory(bo badger.Options, budget int64) badger.Options {
+	if budget <= 0 || budget == math.MaxInt64 {
 		return bo
 	}
 	clamp := func(v, lo, hi int64) int64 { return max(lo, min(v, hi)) }
-	mem := clamp(limit/32, 8<<20, 64<<20)
+	mem := clamp(budget/32, 8<<20, 64<<20)
 	bo = bo.WithMemTableSize(mem).
 		WithNumMemtables(3).
-		WithBlockCacheSize(clamp(limit/16, 8<<20, 256<<20)).
-		WithIndexCacheSize(clamp(limit/32, 4<<20, 64<<20)).
-		WithBaseTableSize(min(mem/4, 2<<20))
+		WithBlockCacheSize(clamp(budget/16, 8<<20, 256<<20)).
+		WithIndexCacheSize(clamp(budget/32, 4<<20, 64<<20)).
+		WithBaseTableSize(min(mem/4, 2<<20)).
+		WithValueLogFileSize(clamp(budget/2, 64<<20, 1<<30-1))
 	return bo
 }
 
@@ -320,6 +358,7 @@ func (s *Store) DropAll() error {
 
 // Close flushes and closes the database. The store is unusable afterwards.
 func (s *Store) Close() error {
+	s.mapped.stop()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("closing badger: %w", err)
 	}

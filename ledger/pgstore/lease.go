@@ -25,6 +25,7 @@ import (
 // Lease is the state of the lease row as the database has it.
 type Lease struct {
 	Holder    string    // Node() of the holder; empty if never taken
+	Advertise string    // the holder's Options.Advertise: where it serves; may be empty
 	Epoch     int64     // incremented by every take-over
 	ExpiresAt time.Time // when another node may take it, unless renewed
 	Valid     bool      // not yet expired, by the database's clock
@@ -65,6 +66,23 @@ func (s *Store) Acquire(ctx context.Context) error {
 	}
 }
 
+// TryAcquire takes the sequencing lease if it is free (expired, released or
+// never taken) and then keeps renewing it as Acquire does; it reports
+// whether this store holds the lease. It does not wait for another node's
+// lease to expire.
+func (s *Store) TryAcquire(ctx context.Context) (bool, error) {
+	if e := s.heldEpoch(); e != 0 {
+		return true, nil
+	}
+	sent := time.Now()
+	epoch, _, err := s.tryAcquire(ctx)
+	if err != nil || epoch == 0 {
+		return false, err
+	}
+	s.took(epoch, sent)
+	return true, nil
+}
+
 // tryAcquire takes the lease if it has expired. Otherwise it returns how
 // long the current one has left (at most half a TTL, to notice a release).
 func (s *Store) tryAcquire(ctx context.Context) (epoch int64, wait time.Duration, err error) {
@@ -77,10 +95,10 @@ func (s *Store) tryAcquire(ctx context.Context) (epoch int64, wait time.Duration
 			return err
 		}
 		err := tx.QueryRow(ctx, `UPDATE grantline_lease
-			SET holder = $1, epoch = epoch + 1, acquired_at = clock_timestamp(),
+			SET holder = $1, epoch = epoch + 1, acquired_at = clock_timestamp(), advertise = $3,
 			    expires_at = clock_timestamp() + $2 * interval '1 millisecond'
 			WHERE id = 1 AND expires_at <= clock_timestamp()
-			RETURNING epoch`, s.holder, s.ttl.Milliseconds()).Scan(&epoch)
+			RETURNING epoch`, s.holder, s.ttl.Milliseconds(), s.advertise).Scan(&epoch)
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
@@ -260,8 +278,8 @@ func (s *Store) Lost() <-chan struct{} {
 // Lease reads the lease row: who sequences, at which epoch, until when.
 func (s *Store) Lease(ctx context.Context) (Lease, error) {
 	var l Lease
-	err := s.read.QueryRow(ctx, `SELECT holder, epoch, expires_at, expires_at > clock_timestamp() FROM grantline_lease WHERE id = 1`).
-		Scan(&l.Holder, &l.Epoch, &l.ExpiresAt, &l.Valid)
+	err := s.read.QueryRow(ctx, `SELECT holder, advertise, epoch, expires_at, expires_at > clock_timestamp() FROM grantline_lease WHERE id = 1`).
+		Scan(&l.Holder, &l.Advertise, &l.Epoch, &l.ExpiresAt, &l.Valid)
 	if err != nil {
 		return Lease{}, fmt.Errorf("reading the sequencing lease: %w", err)
 	}

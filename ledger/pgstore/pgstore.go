@@ -103,6 +103,10 @@ type Options struct {
 	Metrics *Metrics
 	// Logger receives lease changes and failures; nil discards.
 	Logger *slog.Logger
+	// Advertise is the URL at which this node serves (serve
+	// --advertise-url), recorded in the lease row while it holds the
+	// lease, so that other nodes can forward appends to it (Lease).
+	Advertise string
 }
 
 // Store is a ledger store in PostgreSQL. All methods are safe for
@@ -112,6 +116,7 @@ type Store struct {
 	url       string
 	node      string
 	holder    string
+	advertise string
 	ttl       time.Duration
 	timeout   time.Duration
 	metrics   *Metrics
@@ -204,7 +209,7 @@ func Open(ctx context.Context, url string, o Options) (*Store, error) {
 		cfg.ConnConfig.RuntimeParams["synchronous_commit"] = "on"
 	}
 	s := &Store{
-		url: url, start: time.Now(), fences: make([]fence, len(FenceKeys)), node: o.Node, holder: o.Node + "/" + randomSuffix(), ttl: o.LeaseTTL, timeout: o.Timeout,
+		url: url, start: time.Now(), fences: make([]fence, len(FenceKeys)), node: o.Node, holder: o.Node + "/" + randomSuffix(), advertise: o.Advertise, ttl: o.LeaseTTL, timeout: o.Timeout,
 		metrics: o.Metrics, logger: o.Logger.With("node", o.Node),
 		commitSQL: "SELECT grantline_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
 	}
@@ -312,6 +317,23 @@ func (s *Store) observe(f int, v []byte) {
 		return
 	}
 	s.fences[f] = fence{known: true, present: v != nil, value: append([]byte(nil), v...)}
+}
+
+// ResetFences forgets the tree sizes this store has read, so that the next
+// Get of FenceKeys sets what Commit expects. A node that followed the log
+// read-only (ledger.Follower) calls it after it acquired the lease and
+// stopped following, and before it opens the ledger for writing: the
+// values its follower read were the log of another sequencer, while those
+// read after the lease was taken are final (a take-over waits for any
+// commit in flight, and later ones by the old holder are fenced). Never
+// call it while a ledger that wrote through this store is still open. It
+// does not clear a sticky ErrFenced.
+func (s *Store) ResetFences() {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	for i := range s.fences {
+		s.fences[i] = fence{}
+	}
 }
 
 // scanPage is the first page size of Scan; pages grow to scanMaxPage, so

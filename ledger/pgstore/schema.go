@@ -98,6 +98,11 @@ BEGIN
 END
 $fn$;
 `},
+	{2, "the sequencer's advertised URL in the lease row", `
+-- advertise is the URL at which the lease holder serves (serve
+-- --advertise-url): other nodes forward appends there.
+ALTER TABLE grantline_lease ADD COLUMN advertise text NOT NULL DEFAULT '';
+`},
 }
 
 // SchemaVersion is the schema version this binary writes and understands.
