@@ -1,14 +1,20 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"slices"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ledger"
@@ -30,20 +36,32 @@ type evidenceService struct {
 	s *Server
 }
 
-func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.EvaluateRequest]) (*connect.Response[pb.EvaluateResponse], error) {
+// evaluation is a validated Evaluate or EvaluateStream request.
+type evaluation struct {
+	cp       ledger.Checkpoint
+	from     time.Time // zero: one instant
+	asOf     time.Time
+	want     []string // rules whose results are kept; empty: all
+	subjects iter.Seq2[string, error]
+	src      rules.ChainSource
+}
+
+// plan validates an evaluation request. The subjects are not listed here:
+// with none named, evaluation reads them from the subject index as it goes.
+func (h *evidenceService) plan(ctx context.Context, req *pb.EvaluateRequest) (*evaluation, error) {
 	ev := h.s.cfg.Evaluator
 	if ev == nil {
 		return nil, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("this server has no rule set loaded"))
 	}
-	cp, err := h.s.checkpoint(ctx, "tree_size", req.Msg.GetTreeSize())
+	cp, err := h.s.checkpoint(ctx, "tree_size", req.GetTreeSize())
 	if err != nil {
 		return nil, err
 	}
-	from, asOf, err := h.s.period(req.Msg.GetAsOf(), req.Msg.GetFrom(), req.Msg.GetTo())
+	from, asOf, err := h.s.period(req.GetAsOf(), req.GetFrom(), req.GetTo())
 	if err != nil {
 		return nil, err
 	}
-	want := req.Msg.GetRules()
+	want := req.GetRules()
 	var known []string
 	for _, r := range ev.Rules() {
 		known = append(known, r.ID)
@@ -53,56 +71,216 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 			return nil, &event.FieldError{Path: fmt.Sprintf("rules[%d]", i), Msg: fmt.Sprintf("unknown rule %q; loaded rules: %v", event.Clip(id), known)}
 		}
 	}
-	subjects, err := h.s.subjects(ctx, cp.Size, req.Msg.GetSubjects())
+	e := &evaluation{cp: cp, from: from, asOf: asOf, want: want, src: &chainSource{l: h.s.cfg.Ledger, size: cp.Size}}
+	if named := req.GetSubjects(); len(named) > 0 {
+		list, err := h.s.subjects(ctx, cp.Size, named)
+		if err != nil {
+			return nil, err
+		}
+		e.subjects = rules.Subjects(list)
+	} else {
+		e.subjects = h.s.eachSubject(ctx, cp.Size)
+	}
+	return e, nil
+}
+
+// run evaluates e, handing each subject's results, reduced to the wanted
+// rules, to emit in subject order.
+func (h *evidenceService) run(ctx context.Context, e *evaluation, emit func(*rules.SubjectResult) error) (rules.Summary, error) {
+	start := time.Now()
+	findings, errs := 0, 0 // of the wanted rules
+	sum, err := h.s.cfg.Evaluator.Stream(ctx, e.subjects, e.src, e.from, e.asOf, !e.from.IsZero(), func(r *rules.SubjectResult) error {
+		if len(e.want) > 0 {
+			r.Findings = slices.DeleteFunc(r.Findings, func(f rules.Finding) bool { return !slices.Contains(e.want, f.Rule) })
+			r.Errors = slices.DeleteFunc(r.Errors, func(x rules.RuleError) bool { return !slices.Contains(e.want, x.Rule) })
+			// Only the chosen rules' findings: their own union.
+			r.Exposure = rules.ExposureBySubject(r.Findings, e.asOf)[r.Subject]
+		}
+		findings += len(r.Findings)
+		errs += len(r.Errors)
+		return emit(r)
+	})
+	sum.Findings, sum.Errors = findings, errs
+	h.s.m.evalSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return sum, fmt.Errorf("evaluating rules at tree size %d: %w", e.cp.Size, err)
+	}
+	return sum, nil
+}
+
+// ErrEvaluateTooLarge is Evaluate's refusal of a result larger than one
+// response may be (Config.UnaryEvaluateMaxBytes): EvaluateStream has no
+// such limit.
+var ErrEvaluateTooLarge = errors.New("the result is too large for one Evaluate response")
+
+func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.EvaluateRequest]) (*connect.Response[pb.EvaluateResponse], error) {
+	e, err := h.plan(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
-	start := time.Now()
-	var res *rules.Result
-	src := &chainSource{l: h.s.cfg.Ledger, size: cp.Size}
-	if from.IsZero() {
-		res, err = ev.Evaluate(ctx, subjects, src, asOf)
-	} else {
-		res, err = ev.EvaluatePeriod(ctx, subjects, src, from, asOf)
+	resp := &pb.EvaluateResponse{Checkpoint: string(e.cp.Note), AsOf: timestamppb.New(e.asOf), ExposureBySubject: map[string]int64{}}
+	if !e.from.IsZero() {
+		resp.From = timestamppb.New(e.from)
 	}
-	h.s.m.evalSeconds.Observe(time.Since(start).Seconds())
-	if err != nil {
-		return nil, fmt.Errorf("evaluating rules at tree size %d: %w", cp.Size, err)
-	}
-	resp := &pb.EvaluateResponse{
-		Checkpoint: string(cp.Note), AsOf: timestamppb.New(asOf),
-		SubjectsEvaluated: uint64(res.Subjects), EntriesEvaluated: uint64(res.Entries),
-		ExposureBySubject: res.ExposureBySubject,
-	}
-	if !from.IsZero() {
-		resp.From = timestamppb.New(from)
-	}
-	var kept []rules.Finding
-	for _, f := range res.Findings {
-		if len(want) == 0 || slices.Contains(want, f.Rule) {
-			kept = append(kept, f)
-			pf := &pb.Finding{Rule: f.Rule, Subject: f.Subject, Severity: f.Severity, Message: f.Message,
-				ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls,
-				OpenedAt: timestamppb.New(f.OpenedAt), SharesPrimaryWith: f.SharesPrimaryWith}
-			if !f.Open() {
-				pf.ClosedAt = timestamppb.New(f.ClosedAt)
-			}
-			for _, e := range f.Entries {
-				pf.Entries = append(pf.Entries, &pb.EntryRef{Index: e.Index, EventId: e.EventID})
-			}
+	limit := h.s.unaryEvalMax
+	size, subjects := proto.Size(resp), 0
+	sum, err := h.run(ctx, e, func(r *rules.SubjectResult) error {
+		subjects++
+		for _, f := range r.Findings {
+			pf := findingPB(f)
+			size += protowire.SizeTag(3) + protowire.SizeBytes(proto.Size(pf))
 			resp.Findings = append(resp.Findings, pf)
 		}
+		for _, x := range r.Errors {
+			pe := &pb.RuleError{Rule: x.Rule, Subject: x.Subject, Message: x.Message}
+			size += protowire.SizeTag(4) + protowire.SizeBytes(proto.Size(pe))
+			resp.Errors = append(resp.Errors, pe)
+		}
+		if r.Exposure > 0 {
+			resp.ExposureBySubject[r.Subject] = r.Exposure
+			size += exposureEntrySize(11, r.Subject, r.Exposure)
+		}
+		if size > limit {
+			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%w: it exceeds %d bytes after %d subject(s); call EvaluateStream, which sends it in chunks (grantline evaluate does), or name fewer subjects or rules (docs/design.md \"API\")", ErrEvaluateTooLarge, limit, subjects))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	if len(want) > 0 {
-		// Only the chosen rules' findings: their own union.
-		resp.ExposureBySubject = rules.ExposureBySubject(kept, asOf)
+	resp.SubjectsEvaluated, resp.EntriesEvaluated = uint64(sum.Subjects), uint64(sum.Entries)
+	// One response keeps Evaluate's documented order: by (rule, subject,
+	// primary index); errors by (rule, subject).
+	slices.SortStableFunc(resp.Findings, func(a, b *pb.Finding) int {
+		return cmp.Or(strings.Compare(a.GetRule(), b.GetRule()), strings.Compare(a.GetSubject(), b.GetSubject()),
+			cmp.Compare(a.GetEntries()[0].GetIndex(), b.GetEntries()[0].GetIndex()))
+	})
+	slices.SortStableFunc(resp.Errors, func(a, b *pb.RuleError) int {
+		return cmp.Or(strings.Compare(a.GetRule(), b.GetRule()), strings.Compare(a.GetSubject(), b.GetSubject()))
+	})
+	return connect.NewResponse(resp), nil
+}
+
+// EvaluateStream sends a header, the results subject by subject in chunks
+// of at most Config.EvaluateChunkBytes, and a trailer (docs/design.md
+// "API"). The server holds only the subjects being evaluated and one
+// chunk.
+func (h *evidenceService) EvaluateStream(ctx context.Context, req *connect.Request[pb.EvaluateStreamRequest], stream *connect.ServerStream[pb.EvaluateStreamResponse]) error {
+	if req.Msg.GetRequest() == nil {
+		return &event.FieldError{Path: "request", Msg: "missing: EvaluateStream takes the EvaluateRequest in its request field"}
 	}
-	for _, e := range res.Errors {
-		if len(want) == 0 || slices.Contains(want, e.Rule) {
-			resp.Errors = append(resp.Errors, &pb.RuleError{Rule: e.Rule, Subject: e.Subject, Message: e.Message})
+	e, err := h.plan(ctx, req.Msg.GetRequest())
+	if err != nil {
+		return err
+	}
+	head := &pb.EvaluateHeader{Checkpoint: string(e.cp.Note), AsOf: timestamppb.New(e.asOf)}
+	if !e.from.IsZero() {
+		head.From = timestamppb.New(e.from)
+	}
+	if err := stream.Send(&pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Header{Header: head}}); err != nil {
+		return err
+	}
+	c := &chunker{limit: h.s.evalChunk, send: func(ch *pb.EvaluateChunk) error {
+		return stream.Send(&pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Chunk{Chunk: ch}})
+	}}
+	sum, err := h.run(ctx, e, c.add)
+	if err == nil {
+		err = c.flush()
+	}
+	if err != nil {
+		return err
+	}
+	return stream.Send(&pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Trailer{Trailer: &pb.EvaluateTrailer{
+		SubjectsEvaluated: uint64(sum.Subjects), EntriesEvaluated: uint64(sum.Entries),
+		Findings: uint64(sum.Findings), Errors: uint64(sum.Errors),
+	}}})
+}
+
+// chunkOverhead is what an EvaluateStreamResponse adds around its chunk:
+// the oneof field's tag and length.
+const chunkOverhead = 1 + binary.MaxVarintLen64
+
+// chunker packs subjects' results into EvaluateChunks whose
+// EvaluateStreamResponse stays within limit bytes; a single finding or
+// error larger than that travels alone.
+type chunker struct {
+	limit int
+	send  func(*pb.EvaluateChunk) error
+	cur   *pb.EvaluateChunk
+	size  int
+}
+
+// room makes room for n more bytes, sending the current chunk if they
+// would not fit and it is not empty.
+func (c *chunker) room(n int) error {
+	if c.cur != nil && c.size+n+chunkOverhead > c.limit {
+		if err := c.flush(); err != nil {
+			return err
 		}
 	}
-	return connect.NewResponse(resp), nil
+	if c.cur == nil {
+		c.cur = &pb.EvaluateChunk{}
+	}
+	c.size += n
+	return nil
+}
+
+func (c *chunker) add(r *rules.SubjectResult) error {
+	for _, f := range r.Findings {
+		pf := findingPB(f)
+		if err := c.room(protowire.SizeTag(1) + protowire.SizeBytes(proto.Size(pf))); err != nil {
+			return err
+		}
+		c.cur.Findings = append(c.cur.Findings, pf)
+	}
+	for _, x := range r.Errors {
+		pe := &pb.RuleError{Rule: x.Rule, Subject: x.Subject, Message: x.Message}
+		if err := c.room(protowire.SizeTag(2) + protowire.SizeBytes(proto.Size(pe))); err != nil {
+			return err
+		}
+		c.cur.Errors = append(c.cur.Errors, pe)
+	}
+	if r.Exposure > 0 {
+		if err := c.room(exposureEntrySize(3, r.Subject, r.Exposure)); err != nil {
+			return err
+		}
+		if c.cur.ExposureBySubject == nil {
+			c.cur.ExposureBySubject = map[string]int64{}
+		}
+		c.cur.ExposureBySubject[r.Subject] = r.Exposure
+	}
+	return nil
+}
+
+// flush sends the current chunk, if any.
+func (c *chunker) flush() error {
+	if c.cur == nil {
+		return nil
+	}
+	ch := c.cur
+	c.cur, c.size = nil, 0
+	return c.send(ch)
+}
+
+// exposureEntrySize is the encoded size of one entry of a map<string,
+// int64> field.
+func exposureEntrySize(field protowire.Number, key string, v int64) int {
+	n := protowire.SizeTag(1) + protowire.SizeBytes(len(key)) + protowire.SizeTag(2) + protowire.SizeVarint(uint64(v))
+	return protowire.SizeTag(field) + protowire.SizeBytes(n)
+}
+
+// findingPB is a finding on the wire.
+func findingPB(f rules.Finding) *pb.Finding {
+	pf := &pb.Finding{Rule: f.Rule, Subject: f.Subject, Severity: f.Severity, Message: f.Message,
+		ExposureSeconds: f.ExposureSeconds, Title: f.Title, Controls: f.Controls,
+		OpenedAt: timestamppb.New(f.OpenedAt), SharesPrimaryWith: f.SharesPrimaryWith}
+	if !f.Open() {
+		pf.ClosedAt = timestamppb.New(f.ClosedAt)
+	}
+	for _, e := range f.Entries {
+		pf.Entries = append(pf.Entries, &pb.EntryRef{Index: e.Index, EventId: e.EventID})
+	}
+	return pf
 }
 
 func (h *evidenceService) ExportEvidence(ctx context.Context, req *connect.Request[pb.ExportEvidenceRequest], stream *connect.ServerStream[pb.ExportEvidenceResponse]) error {
@@ -224,6 +402,32 @@ func (s *Server) subjects(ctx context.Context, size uint64, want []string) ([]st
 		return nil
 	})
 	return all, err
+}
+
+// errStopSubjects ends ForEachSubject when the evaluation stops pulling.
+var errStopSubjects = errors.New("stop listing subjects")
+
+// eachSubject yields every subject of the tree of size (LedgerSubjects).
+func (s *Server) eachSubject(ctx context.Context, size uint64) iter.Seq2[string, error] {
+	return LedgerSubjects(ctx, s.cfg.Ledger, size)
+}
+
+// LedgerSubjects yields every subject of the tree of size from l's subject
+// index, as the index reads them (by subject id, in byte order), without
+// listing them all first: evaluation pulls them as it goes
+// (rules.Set.Stream).
+func LedgerSubjects(ctx context.Context, l Ledger, size uint64) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) {
+		err := l.ForEachSubject(ctx, size, func(sub string) error {
+			if !yield(sub, nil) {
+				return errStopSubjects
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errStopSubjects) {
+			yield("", fmt.Errorf("reading the subject index: %w", err))
+		}
+	}
 }
 
 // chainSource is the rules engine's ChainSource over the ledger at a fixed

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"iter"
 	"net/http"
 	"strings"
 	"testing"
@@ -284,6 +285,30 @@ func (fakeEvaluator) Evaluate(ctx context.Context, subjects []string, src rules.
 		}
 	}
 	return res, nil
+}
+
+// Stream is Evaluate subject by subject.
+func (f fakeEvaluator) Stream(ctx context.Context, subjects iter.Seq2[string, error], src rules.ChainSource, from, asOf time.Time, period bool, emit func(*rules.SubjectResult) error) (rules.Summary, error) {
+	sum := rules.Summary{AsOf: asOf, Period: period}
+	if period {
+		sum.From = from
+	}
+	for s, err := range subjects {
+		if err != nil {
+			return sum, err
+		}
+		res, err := f.Evaluate(ctx, []string{s}, src, asOf)
+		if err != nil {
+			return sum, err
+		}
+		sum.Subjects++
+		sum.Entries += res.Entries
+		sum.Findings += len(res.Findings)
+		if err := emit(&rules.SubjectResult{Subject: s, Findings: res.Findings, Entries: res.Entries}); err != nil {
+			return sum, err
+		}
+	}
+	return sum, nil
 }
 
 func TestEvaluate(t *testing.T) {

@@ -13,6 +13,7 @@ package ingest
 import (
 	"context"
 	"io"
+	"iter"
 	"time"
 
 	"github.com/grantline/grantline/ingest/auth"
@@ -82,11 +83,12 @@ type Authenticator interface {
 type Evaluator interface {
 	// Rules lists the loaded rules.
 	Rules() []rules.RuleInfo
-	// Evaluate runs every rule over each subject's chain as of asOf.
-	Evaluate(ctx context.Context, subjects []string, src rules.ChainSource, asOf time.Time) (*rules.Result, error)
-	// EvaluatePeriod runs every rule over the audit period [from, to]
-	// (docs/rules.md "Periods").
-	EvaluatePeriod(ctx context.Context, subjects []string, src rules.ChainSource, from, to time.Time) (*rules.Result, error)
+	// Stream evaluates every rule over the chain of each subject yielded,
+	// as of asOf or over the period [from, asOf] when period is set
+	// (docs/rules.md "Periods"), and hands each subject's results to emit
+	// in the order the subjects were yielded (rules.Set.Stream). It stops
+	// at the first error, emit's included, and returns it.
+	Stream(ctx context.Context, subjects iter.Seq2[string, error], src rules.ChainSource, from, asOf time.Time, period bool, emit func(*rules.SubjectResult) error) (rules.Summary, error)
 }
 
 // ExportRequest asks for an evidence package.

@@ -57,7 +57,20 @@ type Config struct {
 	// serves it (503 while there is none) and evidence is anchored to it
 	// (docs/witnessing.md). It must not block.
 	Witnessed func() (ledger.Checkpoint, bool)
+	// EvaluateChunkBytes bounds each message of an EvaluateStream (a chunk
+	// of findings); 0 is DefaultEvaluateChunkBytes.
+	EvaluateChunkBytes int
+	// UnaryEvaluateMaxBytes bounds an Evaluate response: a larger result is
+	// refused with ErrEvaluateTooLarge, pointing at EvaluateStream; 0 is
+	// DefaultUnaryEvaluateMaxBytes.
+	UnaryEvaluateMaxBytes int
 }
+
+// Defaults for Config.
+const (
+	DefaultEvaluateChunkBytes    = 1 << 20
+	DefaultUnaryEvaluateMaxBytes = 32 << 20
+)
 
 // Server holds the services and their HTTP routes.
 type Server struct {
@@ -69,6 +82,8 @@ type Server struct {
 	handler http.Handler
 	// The time limits of calls, defaults applied.
 	bodyTimeout, idleTimeout, maxLifetime time.Duration
+	// The size limits of evaluation results, defaults applied.
+	evalChunk, unaryEvalMax int
 }
 
 // serviceNames are the services reflection and health report.
@@ -95,10 +110,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.BodyReadTimeout < 0 || cfg.StreamIdleTimeout < 0 || cfg.StreamMaxLifetime < 0 {
 		return nil, errors.New("ingest: Config timeouts must not be negative")
 	}
+	if cfg.EvaluateChunkBytes < 0 || cfg.UnaryEvaluateMaxBytes < 0 {
+		return nil, errors.New("ingest: Config evaluation limits must not be negative")
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry,
-		bodyTimeout: orDefault(cfg.BodyReadTimeout, DefaultBodyReadTimeout),
-		idleTimeout: orDefault(cfg.StreamIdleTimeout, DefaultStreamIdleTimeout),
-		maxLifetime: orDefault(cfg.StreamMaxLifetime, DefaultStreamMaxLifetime),
+		bodyTimeout:  orDefault(cfg.BodyReadTimeout, DefaultBodyReadTimeout),
+		idleTimeout:  orDefault(cfg.StreamIdleTimeout, DefaultStreamIdleTimeout),
+		maxLifetime:  orDefault(cfg.StreamMaxLifetime, DefaultStreamMaxLifetime),
+		evalChunk:    orDefault(cfg.EvaluateChunkBytes, DefaultEvaluateChunkBytes),
+		unaryEvalMax: orDefault(cfg.UnaryEvaluateMaxBytes, DefaultUnaryEvaluateMaxBytes),
 	}
 	s.m = newMetrics(cfg.Registry, cfg.Ledger, cfg.Now)
 	s.health = grpchealth.NewStaticChecker(serviceNames...)
@@ -248,7 +268,7 @@ func (s *Server) authenticate(header string) (auth.Principal, string, string, er
 	return p, tok, "", nil
 }
 
-func orDefault(d, def time.Duration) time.Duration {
+func orDefault[T time.Duration | int](d, def T) T {
 	if d == 0 {
 		return def
 	}

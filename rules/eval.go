@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"runtime"
 	"slices"
 	"sort"
@@ -256,6 +257,7 @@ type compiled struct {
 	// pop and popLong run the rule's population expression (nil without
 	// one), with and without the cost tracker like prg and long.
 	pop, popLong cel.Program
+	popFreeUpTo  int64 // freeUpTo of the population expression
 }
 
 // Set is a compiled rule set. It is immutable and safe for concurrent use.
@@ -342,7 +344,7 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 		}
 		c := &compiled{rule: r, prg: prg, long: long, params: map[string]ref.Val{}}
 		if r.popAst != nil {
-			if c.pop, c.popLong, err = populationPrograms(r, o); err != nil {
+			if c.pop, c.popLong, c.popFreeUpTo, err = populationPrograms(r, o); err != nil {
 				return nil, err
 			}
 		}
@@ -428,28 +430,26 @@ func (s *Set) EvaluatePeriod(ctx context.Context, subjects []string, src ChainSo
 // (newerFromSource), every chain is read twice: once to index the entries of
 // each source system (see SubjectLister), once to evaluate.
 func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, from, now time.Time, period bool) (*Result, error) {
-	var srcIdx *sourceIndex
-	if s.needSource {
-		var err error
-		if srcIdx, err = buildSourceIndex(ctx, subjects, src, now, s.opts.Workers); err != nil {
-			return nil, err
+	return s.Collect(ctx, Subjects(subjects), src, from, now, period)
+}
+
+// Collect runs Stream and gathers what it emits into one Result, in
+// Evaluate's order. Memory grows with the findings, not with the chains.
+func (s *Set) Collect(ctx context.Context, subjects iter.Seq2[string, error], src ChainSource, from, now time.Time, period bool) (*Result, error) {
+	res := &Result{Findings: []Finding{}, Errors: []RuleError{}, AsOf: now, Period: period, ExposureBySubject: map[string]int64{}}
+	sum, err := s.Stream(ctx, subjects, src, from, now, period, func(r *SubjectResult) error {
+		res.Findings = append(res.Findings, r.Findings...)
+		res.Errors = append(res.Errors, r.Errors...)
+		if r.Exposure > 0 {
+			res.ExposureBySubject[r.Subject] = r.Exposure
 		}
-	}
-	results, err := perSubject(ctx, s.opts.Workers, subjects, func(ctx context.Context, subject string) (subjectResult, error) {
-		return s.evaluateSubject(ctx, subject, src, from, now, period, srcIdx)
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Subjects: len(subjects), Findings: []Finding{}, Errors: []RuleError{}, AsOf: now, Period: period}
-	if period {
-		res.From = from
-	}
-	for _, r := range results {
-		res.Findings = append(res.Findings, r.findings...)
-		res.Errors = append(res.Errors, r.errors...)
-		res.Entries += r.entries
-	}
+	res.Subjects, res.Entries, res.From = sum.Subjects, sum.Entries, sum.From
+	// Stream's order is subject by subject; a Result's is rule by rule.
 	slices.SortStableFunc(res.Findings, func(a, b Finding) int {
 		return cmp.Or(strings.Compare(a.Rule, b.Rule), strings.Compare(a.Subject, b.Subject),
 			cmp.Compare(a.Entries[0].Index, b.Entries[0].Index))
@@ -457,8 +457,6 @@ func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, 
 	slices.SortStableFunc(res.Errors, func(a, b RuleError) int {
 		return cmp.Or(strings.Compare(a.Rule, b.Rule), strings.Compare(a.Subject, b.Subject))
 	})
-	groupShared(res.Findings)
-	res.ExposureBySubject = ExposureBySubject(res.Findings, now)
 	return res, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/cel-go/cel"
+	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/types"
 	"gopkg.in/yaml.v3"
 )
@@ -41,21 +42,35 @@ func (r *Rule) compilePopulation(n *yaml.Node) error {
 		return fmt.Errorf("%s: population: the expression yields %s; a population must yield the entries the rule tests, a list(rules.Event), e.g. grants.filter(g, g.privileged).map(g, g.event)",
 			where, ast.OutputType())
 	}
+	// A population may read the owner's or the holders' chains, or the
+	// source index, like a rule: the set then reads them for it too.
+	celast.PostOrderVisit(ast.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		switch {
+		case e.Kind() == celast.IdentKind && e.AsIdent() == "owner":
+			r.usesOwner = true
+		case e.Kind() == celast.IdentKind && e.AsIdent() == "holder_leavings":
+			r.usesHolders = true
+		case e.Kind() == celast.CallKind && e.AsCall().FunctionName() == "newerFromSource":
+			r.usesSource = true
+		}
+	}))
 	r.popAst = ast
 	return nil
 }
 
 // populationPrograms builds the population programs of r under o's cost
-// limit, like the rule's own (NewSetWithOptions).
-func populationPrograms(r *Rule, o Options) (tracked, long cel.Program, err error) {
+// limit, like the rule's own (NewSetWithOptions), and the largest input
+// size for which the static cost estimate stays under the limit
+// (costFreeUpTo: within it, the untracked program gives the same result).
+func populationPrograms(r *Rule, o Options) (tracked, long cel.Program, freeUpTo int64, err error) {
 	if tracked, err = r.env.Program(r.popAst, cel.CostLimit(o.CostLimit), cel.InterruptCheckFrequency(100),
 		cel.EvalOptions(cel.OptOptimize)); err != nil {
-		return nil, nil, fmt.Errorf("%s: building the population program: %w", r.File, err)
+		return nil, nil, 0, fmt.Errorf("%s: building the population program: %w", r.File, err)
 	}
 	if long, err = r.env.Program(r.popAst, cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize)); err != nil {
-		return nil, nil, fmt.Errorf("%s: building the population program: %w", r.File, err)
+		return nil, nil, 0, fmt.Errorf("%s: building the population program: %w", r.File, err)
 	}
-	return tracked, long, nil
+	return tracked, long, costFreeUpTo(r.env, r.popAst, o.CostLimit), nil
 }
 
 // HasPopulation reports whether some rule of the set declares a population.
@@ -133,10 +148,39 @@ func (s *Set) subjectPopulation(ctx context.Context, subject string, src ChainSo
 		return nil, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
 	defer v.release()
+	// The chains a population reads beyond the subject's, as evaluation
+	// reads them (Set.evaluateSubject): holders' for holder_leavings, the
+	// owner's for owner.
+	if s.needHolders {
+		for _, h := range v.holders() {
+			hc, err := src.Chain(ctx, h)
+			if err != nil {
+				return nil, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			}
+			if err := v.setHolder(h, hc, now); err != nil {
+				return nil, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			}
+		}
+	}
+	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
+		oc, err := src.Chain(ctx, v.subject.Owner)
+		if err != nil {
+			return nil, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
+		}
+		if err := v.setOwner(oc, now); err != nil {
+			return nil, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, s.opts.SubjectTimeout)
 	defer cancel()
 	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, from, now)}
 	tracked := s.opts.CostTrackedEntries < 0 || len(chain) <= s.opts.CostTrackedEntries
+	// As in evaluation: a subject whose inputs are within the bound where
+	// the static estimate stays under the cost limit runs untracked.
+	bound := max(chainSizeBound(subject, v.events), v.ownerBound)
+	if srcIdx != nil {
+		bound = max(bound, srcIdx.bound)
+	}
 	var items []Item
 	var byIndex map[uint64]*Event
 	if len(primaries) > 0 {
@@ -151,7 +195,7 @@ func (s *Set) subjectPopulation(ctx context.Context, subject string, src ChainSo
 		}
 		act.params = c.params
 		prg := c.popLong
-		if tracked {
+		if tracked && !(s.opts.CostTrackedEntries >= 0 && c.popFreeUpTo >= 0 && max(bound, c.paramBound) <= uint64(c.popFreeUpTo)) {
 			prg = c.pop
 		}
 		out, _, err := prg.ContextEval(sctx, act)

@@ -276,3 +276,12 @@ func typeName(t byte) string {
 	}
 	return fmt.Sprintf("type %q", t)
 }
+
+// OpenPackage returns a folder holding the package at p: p itself when it
+// is a folder, otherwise a private temporary folder that the .tar.gz at p
+// was extracted to within lim (as Verify extracts it: the same refusals and
+// limits, errors a *CheckError naming the member). Call cleanup when done;
+// it removes the temporary folder.
+func OpenPackage(p string, lim Limits) (dir string, cleanup func(), err error) {
+	return openPackage(p, lim)
+}

@@ -539,7 +539,7 @@ func encodeItem(it *exportItem, cp ledger.Checkpoint) {
 	it.display = ev.GetSubject().GetDisplay()
 	it.row = format.EventRow{Index: it.index, EventID: ev.GetId(), Type: ev.GetType(), Time: ev.GetTime().AsTime(),
 		ObservedTime: ent.GetObservedTime().AsTime(), Source: ev.GetSource().GetSystem(), Actor: ev.GetActor().GetId(),
-		Request: ev.GetRefs().GetRequest()}
+		Request: ev.GetRefs().GetRequest(), Breakglass: ev.GetBreakglass()}
 	it.proof = nil // the leaf is dropped by writeItems, after the population kept it
 }
 

@@ -52,7 +52,7 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	var subjects, ruleIDs listFlag
 	fs.Var(&subjects, "subject", "evaluate only this subject id (repeatable; default: every subject)")
 	fs.Var(&ruleIDs, "rule", "run only this rule id (repeatable; default: every loaded rule)")
-	asJSON := fs.Bool("json", false, "print one JSON object: checkpoint, as_of, findings")
+	asJSON := fs.Bool("json", false, "print one JSON object: checkpoint, as_of, findings, exposure_by_subject (written as findings arrive)")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -76,23 +76,24 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
-	resp, err := cl.Evidence().Evaluate(ctx, connect.NewRequest(req))
+	stream, err := cl.Evidence().EvaluateStream(ctx, connect.NewRequest(&pb.EvaluateStreamRequest{Request: req}))
 	if err != nil {
 		return fmt.Errorf("%s", describeRPCError(err))
 	}
-	missing, err := subjectsWithoutEvents(ctx, cl.Log(), resp.Msg, subjects)
-	if err != nil {
-		return err
-	}
+	defer stream.Close()
+	var out evalSink = &tableSink{w: env.stdout}
 	if *asJSON {
-		err = writeEvaluateJSON(env.stdout, resp.Msg)
-	} else {
-		err = writeEvaluateTable(env.stdout, resp.Msg)
+		out = &jsonSink{w: env.stdout}
 	}
+	res, err := receiveEvaluation(stream, out, env.stderr)
 	if err != nil {
 		return err
 	}
-	if n := writeRuleErrors(env.stderr, resp.Msg.GetErrors()); n > 0 {
+	missing, err := subjectsWithoutEvents(ctx, cl.Log(), res.size, res.trailer.GetEntriesEvaluated(), subjects)
+	if err != nil {
+		return err
+	}
+	if n := res.trailer.GetErrors(); n > 0 {
 		return &exitError{code: 1, msg: fmt.Sprintf("%d rule evaluation(s) failed; their findings are missing from the output", n)}
 	}
 	if len(missing) > 0 {
@@ -101,7 +102,7 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			quoted[i] = textsafe.Quote(m)
 		}
 		return &exitError{code: exitNoSubject, msg: fmt.Sprintf("no events for subject %s in the tree of size %d; check the id (grantline events ID lists a subject's chain)",
-			strings.Join(quoted, ", "), checkpointSize(resp.Msg.GetCheckpoint()))}
+			strings.Join(quoted, ", "), res.size)}
 	}
 	return nil
 }
@@ -111,19 +112,18 @@ func runEvaluateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 const exitNoSubject = 3
 
 // subjectsWithoutEvents returns the requested subjects that have no entry in
-// the tree the evaluation ran on, in the order given: one ListSubjectEvents
-// page of one entry per subject, unless a single subject had entries
-// evaluated.
-func subjectsWithoutEvents(ctx context.Context, log grantlinev1connect.LogServiceClient, r *pb.EvaluateResponse, subjects []string) ([]string, error) {
+// the tree of size the evaluation ran on, in the order given: one
+// ListSubjectEvents page of one entry per subject, unless a single subject
+// had entries evaluated.
+func subjectsWithoutEvents(ctx context.Context, log grantlinev1connect.LogServiceClient, size, entriesEvaluated uint64, subjects []string) ([]string, error) {
 	switch {
 	case len(subjects) == 0:
 		return nil, nil
-	case len(subjects) == 1 && r.GetEntriesEvaluated() > 0:
+	case len(subjects) == 1 && entriesEvaluated > 0:
 		return nil, nil
 	}
 	// No entries evaluated does not prove a subject has none: the rules
 	// read a chain only up to the as-of time. Ask the log.
-	size := checkpointSize(r.GetCheckpoint())
 	var missing []string
 	for _, sub := range subjects {
 		resp, err := log.ListSubjectEvents(ctx, connect.NewRequest(&pb.ListSubjectEventsRequest{SubjectId: sub, PageSize: 1, TreeSize: size}))
@@ -148,18 +148,9 @@ func checkpointSize(note string) uint64 {
 	return n
 }
 
-// evaluateJSON is the object of docs/design.md "Commands and what scripts may
-// rely on"; field order is fixed by the struct.
-type evaluateJSON struct {
-	Checkpoint string        `json:"checkpoint"`
-	AsOf       string        `json:"as_of"`
-	From       string        `json:"from,omitempty"` // the start of the period, with --from
-	Findings   []findingJSON `json:"findings"`
-	// ExposureBySubject: per subject, seconds in the union of its findings'
-	// exposure intervals (a grant cited by several rules counts once).
-	ExposureBySubject map[string]int64 `json:"exposure_by_subject"`
-}
-
+// findingJSON is one finding of the object evaluate --json prints
+// (docs/design.md "Commands and what scripts may rely on"); field order is
+// fixed by the struct.
 type findingJSON struct {
 	Rule            string      `json:"rule"`
 	Subject         string      `json:"subject"`
@@ -178,59 +169,211 @@ type entryJSON struct {
 	EventID string `json:"event_id"`
 }
 
-// writeEvaluateJSON prints the response as the fixed JSON object.
-func writeEvaluateJSON(w io.Writer, r *pb.EvaluateResponse) error {
-	out := evaluateJSON{Checkpoint: r.GetCheckpoint(), Findings: []findingJSON{}, ExposureBySubject: map[string]int64{}}
-	if r.GetAsOf() != nil {
-		out.AsOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
-	}
-	if r.GetFrom() != nil {
-		out.From = r.GetFrom().AsTime().UTC().Format(time.RFC3339)
-	}
-	for s, n := range r.GetExposureBySubject() {
-		out.ExposureBySubject[s] = n
-	}
-	for _, f := range r.GetFindings() {
-		fj := findingJSON{Rule: f.GetRule(), Subject: f.GetSubject(), Severity: f.GetSeverity(),
-			Entries: []entryJSON{}, Message: f.GetMessage(), ExposureSeconds: f.GetExposureSeconds(),
-			SharesPrimaryWith: f.GetSharesPrimaryWith()}
-		if f.GetOpenedAt() != nil {
-			o := f.GetOpenedAt().AsTime().UTC().Format(time.RFC3339)
-			fj.OpenedAt = &o
-		}
-		if f.GetClosedAt() != nil {
-			c := f.GetClosedAt().AsTime().UTC().Format(time.RFC3339)
-			fj.ClosedAt = &c
-		}
-		for _, e := range f.GetEntries() {
-			fj.Entries = append(fj.Entries, entryJSON{Index: e.GetIndex(), EventID: e.GetEventId()})
-		}
-		out.Findings = append(out.Findings, fj)
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(out)
+// evalStream is the part of a Connect server stream receiveEvaluation
+// reads.
+type evalStream interface {
+	Receive() bool
+	Msg() *pb.EvaluateStreamResponse
+	Err() error
 }
 
-// writeEvaluateTable prints a readable table and a one-line summary.
-func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
-	if len(r.GetFindings()) == 0 {
-		// No header over an empty table: the summary says it all.
-		return writeEvaluateSummary(w, r)
+// evalSink prints an evaluation as its parts arrive: the header, findings
+// in the order received, then the end with the totals.
+type evalSink interface {
+	header(h *pb.EvaluateHeader) error
+	findings(fs []*pb.Finding) error
+	end(e *evalEnd) error
+}
+
+// evalEnd is what is known once the stream is complete.
+type evalEnd struct {
+	head     *pb.EvaluateHeader
+	trailer  *pb.EvaluateTrailer
+	size     uint64 // the evaluated tree's size, from the checkpoint
+	findings uint64 // findings received
+	// exposure is per subject, gathered from the chunks: the only part of
+	// the result the client keeps until the end (exposure_by_subject closes
+	// the JSON object).
+	exposure map[string]int64
+}
+
+// receiveEvaluation reads an EvaluateStream into out as it arrives, rule
+// errors to errw, and checks the stream is whole: a header first, a
+// trailer last whose counts match what arrived. A stream cut short leaves
+// out incomplete and returns why.
+func receiveEvaluation(stream evalStream, out evalSink, errw io.Writer) (*evalEnd, error) {
+	e := &evalEnd{exposure: map[string]int64{}}
+	var errs uint64
+	for stream.Receive() {
+		m := stream.Msg()
+		if e.trailer != nil {
+			return nil, fmt.Errorf("the server sent more after the evaluation's trailer; its output is not trustworthy")
+		}
+		switch p := m.GetPart().(type) {
+		case *pb.EvaluateStreamResponse_Header:
+			if e.head != nil {
+				return nil, fmt.Errorf("the server sent a second evaluation header")
+			}
+			e.head = p.Header
+			e.size = checkpointSize(p.Header.GetCheckpoint())
+			if err := out.header(p.Header); err != nil {
+				return nil, err
+			}
+		case *pb.EvaluateStreamResponse_Chunk:
+			if e.head == nil {
+				return nil, fmt.Errorf("the server sent findings before the evaluation header")
+			}
+			e.findings += uint64(len(p.Chunk.GetFindings()))
+			errs += uint64(writeRuleErrors(errw, p.Chunk.GetErrors()))
+			for s, n := range p.Chunk.GetExposureBySubject() {
+				e.exposure[s] = n
+			}
+			if err := out.findings(p.Chunk.GetFindings()); err != nil {
+				return nil, err
+			}
+		case *pb.EvaluateStreamResponse_Trailer:
+			if e.head == nil {
+				return nil, fmt.Errorf("the server sent the evaluation trailer before its header")
+			}
+			e.trailer = p.Trailer
+		default:
+			return nil, fmt.Errorf("the server sent an evaluation message of an unknown kind; upgrade grantline")
+		}
 	}
-	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULE\tSEVERITY\tSUBJECT\tENTRY\tOPENED\tCLOSED\tEXPOSURE\tMESSAGE")
-	for _, f := range r.GetFindings() {
+	if err := stream.Err(); err != nil {
+		return nil, fmt.Errorf("evaluation cut short, the output above is incomplete: %s", describeRPCError(err))
+	}
+	switch {
+	case e.trailer == nil:
+		return nil, fmt.Errorf("evaluation cut short: the stream ended without its trailer, so the output above is incomplete; run it again")
+	case e.trailer.GetFindings() != e.findings || e.trailer.GetErrors() != errs:
+		return nil, fmt.Errorf("evaluation incomplete: received %d finding(s) and %d rule error(s), the server counted %d and %d; run it again",
+			e.findings, errs, e.trailer.GetFindings(), e.trailer.GetErrors())
+	}
+	return e, out.end(e)
+}
+
+// jsonSink writes the object of docs/design.md "Commands and what scripts
+// may rely on" as it receives it, byte for byte what encoding the whole
+// evaluateJSON with two-space indentation gives: the fields before
+// "findings", each finding as it arrives, then exposure_by_subject.
+type jsonSink struct {
+	w io.Writer
+	n int // findings written
+}
+
+func (j *jsonSink) header(h *pb.EvaluateHeader) error {
+	var b strings.Builder
+	b.WriteString("{\n")
+	field := func(name, v string) {
+		q, _ := json.Marshal(v) // a string always marshals
+		fmt.Fprintf(&b, "  %q: %s,\n", name, q)
+	}
+	field("checkpoint", h.GetCheckpoint())
+	field("as_of", rfc3339(h.GetAsOf()))
+	if h.GetFrom() != nil {
+		field("from", rfc3339(h.GetFrom()))
+	}
+	b.WriteString(`  "findings": [`)
+	_, err := io.WriteString(j.w, b.String())
+	return err
+}
+
+func (j *jsonSink) findings(fs []*pb.Finding) error {
+	for _, f := range fs {
+		sep := ",\n    "
+		if j.n == 0 {
+			sep = "\n    "
+		}
+		b, err := json.MarshalIndent(findingOf(f), "    ", "  ")
+		if err != nil {
+			return err
+		}
+		if _, err := io.WriteString(j.w, sep); err != nil {
+			return err
+		}
+		if _, err := j.w.Write(b); err != nil {
+			return err
+		}
+		j.n++
+	}
+	return nil
+}
+
+func (j *jsonSink) end(e *evalEnd) error {
+	closing := "]"
+	if j.n > 0 {
+		closing = "\n  ]"
+	}
+	b, err := json.MarshalIndent(e.exposure, "  ", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(j.w, "%s,\n  \"exposure_by_subject\": %s\n}\n", closing, b)
+	return err
+}
+
+// findingOf is a finding in the JSON object.
+func findingOf(f *pb.Finding) findingJSON {
+	fj := findingJSON{Rule: f.GetRule(), Subject: f.GetSubject(), Severity: f.GetSeverity(),
+		Entries: []entryJSON{}, Message: f.GetMessage(), ExposureSeconds: f.GetExposureSeconds(),
+		SharesPrimaryWith: f.GetSharesPrimaryWith()}
+	if f.GetOpenedAt() != nil {
+		o := rfc3339(f.GetOpenedAt())
+		fj.OpenedAt = &o
+	}
+	if f.GetClosedAt() != nil {
+		c := rfc3339(f.GetClosedAt())
+		fj.ClosedAt = &c
+	}
+	for _, e := range f.GetEntries() {
+		fj.Entries = append(fj.Entries, entryJSON{Index: e.GetIndex(), EventID: e.GetEventId()})
+	}
+	return fj
+}
+
+// rfc3339 formats a timestamp in UTC; "" when unset.
+func rfc3339(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return ts.AsTime().UTC().Format(time.RFC3339)
+}
+
+// tableSink prints a readable table as findings arrive, aligned within
+// each chunk the server sends (a chunk holds up to about a megabyte of
+// findings), then a one-line summary.
+type tableSink struct {
+	w    io.Writer
+	head *pb.EvaluateHeader
+	n    int
+}
+
+func (t *tableSink) header(h *pb.EvaluateHeader) error {
+	t.head = h
+	return nil
+}
+
+func (t *tableSink) findings(fs []*pb.Finding) error {
+	if len(fs) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(t.w, 2, 8, 2, ' ', 0)
+	if t.n == 0 {
+		// No header over an empty table: the summary says it all.
+		fmt.Fprintln(tw, "RULE\tSEVERITY\tSUBJECT\tENTRY\tOPENED\tCLOSED\tEXPOSURE\tMESSAGE")
+	}
+	for _, f := range fs {
 		entry := "-"
 		if es := f.GetEntries(); len(es) > 0 {
 			entry = fmt.Sprintf("%d (%s)", es[0].GetIndex(), es[0].GetEventId())
 		}
 		opened, closed := "-", "open"
 		if f.GetOpenedAt() != nil {
-			opened = f.GetOpenedAt().AsTime().UTC().Format(time.RFC3339)
+			opened = rfc3339(f.GetOpenedAt())
 		}
 		if f.GetClosedAt() != nil {
-			closed = f.GetClosedAt().AsTime().UTC().Format(time.RFC3339)
+			closed = rfc3339(f.GetClosedAt())
 		}
 		msg := oneLine(f.GetMessage())
 		if s := f.GetSharesPrimaryWith(); s != "" {
@@ -239,30 +382,30 @@ func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.GetRule(), f.GetSeverity(), f.GetSubject(), entry,
 			opened, closed, formatExposure(f.GetExposureSeconds()), msg)
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintln(w)
-	return writeEvaluateSummary(w, r)
+	t.n += len(fs)
+	return tw.Flush()
 }
 
-// writeEvaluateSummary prints the one-line summary under the table.
-func writeEvaluateSummary(w io.Writer, r *pb.EvaluateResponse) error {
+// end prints the one-line summary under the table.
+func (t *tableSink) end(e *evalEnd) error {
+	if t.n > 0 {
+		fmt.Fprintln(t.w)
+	}
 	asOf := "-"
-	if r.GetAsOf() != nil {
-		asOf = r.GetAsOf().AsTime().UTC().Format(time.RFC3339)
+	if e.head.GetAsOf() != nil {
+		asOf = rfc3339(e.head.GetAsOf())
 	}
 	when := "as of " + asOf
-	if r.GetFrom() != nil {
-		when = "in the period " + r.GetFrom().AsTime().UTC().Format(time.RFC3339) + " to " + asOf
+	if e.head.GetFrom() != nil {
+		when = "in the period " + rfc3339(e.head.GetFrom()) + " to " + asOf
 	}
 	var exposure int64
-	for _, n := range r.GetExposureBySubject() {
+	for _, n := range e.exposure {
 		exposure += n
 	}
-	_, err := fmt.Fprintf(w, "%d finding(s) over %d subject(s) and %d entries, %s, at %s; privilege outlived its purpose for %s over %d identity(ies) (each interval counted once)\n",
-		len(r.GetFindings()), r.GetSubjectsEvaluated(), r.GetEntriesEvaluated(), when, checkpointLine(r.GetCheckpoint()),
-		format.Duration(exposure), len(r.GetExposureBySubject()))
+	_, err := fmt.Fprintf(t.w, "%d finding(s) over %d subject(s) and %d entries, %s, at %s; privilege outlived its purpose for %s over %d identity(ies) (each interval counted once)\n",
+		e.findings, e.trailer.GetSubjectsEvaluated(), e.trailer.GetEntriesEvaluated(), when, checkpointLine(e.head.GetCheckpoint()),
+		format.Duration(exposure), len(e.exposure))
 	return err
 }
 

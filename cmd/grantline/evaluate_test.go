@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -31,6 +35,132 @@ func sampleEvaluateResponse() *pb.EvaluateResponse {
 		}},
 		SubjectsEvaluated: 2, EntriesEvaluated: 12,
 		ExposureBySubject: map[string]int64{"alice": 900},
+	}
+}
+
+// evaluateJSON is the whole object of docs/design.md "Commands and what
+// scripts may rely on", encoded at once: the reference the streamed output
+// must equal byte for byte.
+type evaluateJSON struct {
+	Checkpoint        string           `json:"checkpoint"`
+	AsOf              string           `json:"as_of"`
+	From              string           `json:"from,omitempty"`
+	Findings          []findingJSON    `json:"findings"`
+	ExposureBySubject map[string]int64 `json:"exposure_by_subject"`
+}
+
+func oneShotJSON(t *testing.T, r *pb.EvaluateResponse) string {
+	t.Helper()
+	out := evaluateJSON{Checkpoint: r.GetCheckpoint(), AsOf: rfc3339(r.GetAsOf()), From: rfc3339(r.GetFrom()),
+		Findings: []findingJSON{}, ExposureBySubject: map[string]int64{}}
+	for _, f := range r.GetFindings() {
+		out.Findings = append(out.Findings, findingOf(f))
+	}
+	for s, n := range r.GetExposureBySubject() {
+		out.ExposureBySubject[s] = n
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+// partsOf is r as an EvaluateStream would send it, perChunk findings to a
+// chunk (the exposure and errors in the last), with the trailer.
+func partsOf(r *pb.EvaluateResponse, perChunk int) []*pb.EvaluateStreamResponse {
+	parts := []*pb.EvaluateStreamResponse{{Part: &pb.EvaluateStreamResponse_Header{Header: &pb.EvaluateHeader{
+		Checkpoint: r.GetCheckpoint(), AsOf: r.GetAsOf(), From: r.GetFrom()}}}}
+	fs := r.GetFindings()
+	for len(fs) > 0 {
+		n := min(perChunk, len(fs))
+		parts = append(parts, &pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Chunk{Chunk: &pb.EvaluateChunk{Findings: fs[:n]}}})
+		fs = fs[n:]
+	}
+	parts = append(parts, &pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Chunk{Chunk: &pb.EvaluateChunk{
+		Errors: r.GetErrors(), ExposureBySubject: r.GetExposureBySubject()}}})
+	return append(parts, &pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Trailer{Trailer: &pb.EvaluateTrailer{
+		SubjectsEvaluated: r.GetSubjectsEvaluated(), EntriesEvaluated: r.GetEntriesEvaluated(),
+		Findings: uint64(len(r.GetFindings())), Errors: uint64(len(r.GetErrors()))}}})
+}
+
+// fakeEvalStream replays parts, then fails with err (nil: ends cleanly).
+type fakeEvalStream struct {
+	parts []*pb.EvaluateStreamResponse
+	i     int
+	err   error
+}
+
+func (f *fakeEvalStream) Receive() bool {
+	if f.i >= len(f.parts) {
+		return false
+	}
+	f.i++
+	return true
+}
+func (f *fakeEvalStream) Msg() *pb.EvaluateStreamResponse { return f.parts[f.i-1] }
+func (f *fakeEvalStream) Err() error                      { return f.err }
+
+// writeEvaluateJSON and writeEvaluateTable print r through the streaming
+// path, one finding per chunk.
+func writeEvaluateJSON(w io.Writer, r *pb.EvaluateResponse) error {
+	_, err := receiveEvaluation(&fakeEvalStream{parts: partsOf(r, 1)}, &jsonSink{w: w}, io.Discard)
+	return err
+}
+
+func writeEvaluateTable(w io.Writer, r *pb.EvaluateResponse) error {
+	_, err := receiveEvaluation(&fakeEvalStream{parts: partsOf(r, 1)}, &tableSink{w: w}, io.Discard)
+	return err
+}
+
+// TestEvaluateJSONStreamedEqualsOneShot: whatever the chunking, the
+// streamed object is byte for byte the one encoded at once.
+func TestEvaluateJSONStreamedEqualsOneShot(t *testing.T) {
+	period := sampleEvaluateResponse()
+	period.From = timestamppb.New(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC))
+	period.Findings[1].SharesPrimaryWith = "grant-overstayed-expiry"
+	period.Findings[0].Message = "<html> & \"quotes\" \u2028"
+	empty := sampleEvaluateResponse()
+	empty.Findings, empty.ExposureBySubject = nil, nil
+	for name, r := range map[string]*pb.EvaluateResponse{"instant": sampleEvaluateResponse(), "period": period, "empty": empty} {
+		for _, per := range []int{1, 2, 100} {
+			var buf bytes.Buffer
+			if _, err := receiveEvaluation(&fakeEvalStream{parts: partsOf(r, per)}, &jsonSink{w: &buf}, io.Discard); err != nil {
+				t.Fatalf("%s, %d per chunk: %v", name, per, err)
+			}
+			if want := oneShotJSON(t, r); buf.String() != want {
+				t.Errorf("%s, %d per chunk: streamed\n%s\nwant\n%s", name, per, buf.String(), want)
+			}
+		}
+	}
+}
+
+// TestEvaluateStreamBroken: a stream cut short, out of order or whose
+// trailer disagrees is an error, never a quiet partial result.
+func TestEvaluateStreamBroken(t *testing.T) {
+	whole := partsOf(sampleEvaluateResponse(), 1)
+	badCount := partsOf(sampleEvaluateResponse(), 1)
+	badCount[len(badCount)-1] = &pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Trailer{Trailer: &pb.EvaluateTrailer{Findings: 3}}}
+	for _, tc := range []struct {
+		name  string
+		parts []*pb.EvaluateStreamResponse
+		err   error
+		want  string
+	}{
+		{"no trailer", whole[:len(whole)-1], nil, "ended without its trailer"},
+		{"cut by an error", whole[:2], connect.NewError(connect.CodeUnavailable, errors.New("connection reset")), "cut short"},
+		{"chunk first", whole[1:], nil, "before the evaluation header"},
+		{"counts differ", badCount, nil, "received 2 finding(s) and 0 rule error(s), the server counted 3 and 0"},
+		{"after the trailer", append(slices.Clone(whole), whole[1]), nil, "after the evaluation's trailer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := receiveEvaluation(&fakeEvalStream{parts: tc.parts, err: tc.err}, &jsonSink{w: io.Discard}, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("receiveEvaluation = %v, want an error containing %q", err, tc.want)
+			}
+		})
 	}
 }
 

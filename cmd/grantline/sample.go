@@ -19,7 +19,7 @@ import (
 func init() {
 	register(&command{
 		name:    "sample",
-		usage:   "DIR --seed SEED --size N [--framework F] [--out sample.json]",
+		usage:   "DIR|FILE.tar.gz --seed SEED --size N [--framework F] [--out sample.json]",
 		summary: "draw an auditor's reproducible sample of a package's population, stratified by control (check it with verify --sample)",
 		run:     runSampleCmd,
 	})
@@ -39,18 +39,23 @@ func runSampleCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	switch {
 	case len(rest) != 1:
-		return &exitError{code: 2, msg: "want one package folder, e.g. 'grantline sample evidence --seed 'my seed' --size 25'"}
+		return &exitError{code: 2, msg: "want one package: a folder or a .tar.gz, e.g. 'grantline sample evidence --seed 'my seed' --size 25'"}
 	case *seed == "":
 		return &exitError{code: 2, msg: "--seed is required: the auditor picks it (any text, e.g. the day's lottery numbers), so the operator cannot choose the sample"}
 	case *size < 1:
 		return &exitError{code: 2, msg: fmt.Sprintf("--size %d: want the number of rows to draw, at least 1", *size)}
 	}
-	dir := rest[0]
-	if fi, err := os.Stat(dir); err != nil {
-		return &exitError{code: 2, msg: fmt.Sprintf("%s: %v", textsafe.Quote(dir), err)}
-	} else if !fi.IsDir() {
-		return &exitError{code: 2, msg: fmt.Sprintf("%s is not a folder: sample reads an unpacked package (extract a .tar.gz with tar first)", textsafe.Quote(dir))}
+	pkg := rest[0]
+	if _, err := os.Stat(pkg); err != nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("%s: %v", textsafe.Quote(pkg), err)}
 	}
+	// A .tar.gz is unpacked as verify unpacks it (same refusals and
+	// limits) into a private temporary folder, removed afterwards.
+	dir, cleanup, err := verify.OpenPackage(pkg, verify.Limits{})
+	if err != nil {
+		return &exitError{code: 1, msg: fmt.Sprintf("reading the package: %s", textsafe.Escape(err.Error()))}
+	}
+	defer cleanup()
 	fb, err := os.ReadFile(filepath.Join(dir, format.FileFindings))
 	if err != nil {
 		return &exitError{code: 1, msg: fmt.Sprintf("reading the package: %v", err)}
@@ -78,7 +83,7 @@ func runSampleCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	pop, err := os.ReadFile(filepath.Join(dir, format.FilePopulation))
 	if errors.Is(err, os.ErrNotExist) {
-		return &exitError{code: 1, msg: fmt.Sprintf("%s has no %s: export it again with this version of grantline", textsafe.Quote(dir), format.FilePopulation)}
+		return &exitError{code: 1, msg: fmt.Sprintf("%s has no %s: export it again with this version of grantline", textsafe.Quote(pkg), format.FilePopulation)}
 	}
 	if err != nil {
 		return &exitError{code: 1, msg: fmt.Sprintf("reading the package: %v", err)}
@@ -88,7 +93,7 @@ func runSampleCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		return &exitError{code: 1, msg: textsafe.Escape(err.Error())}
 	}
 	if len(rows) == 0 {
-		return &exitError{code: 1, msg: fmt.Sprintf("%s: the population is empty (no rule of the package declares one, or no subject has an item): nothing to sample", textsafe.Quote(dir))}
+		return &exitError{code: 1, msg: fmt.Sprintf("%s: the population is empty (no rule of the package declares one, or no subject has an item): nothing to sample", textsafe.Quote(pkg))}
 	}
 	s, err := verify.NewSample(pop, pkgFramework, *seed, *size)
 	if err != nil {
@@ -116,6 +121,6 @@ func runSampleCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "drew %d of %d rows with seed %s into %s; check it with: %s verify %s --log-key log.vkey --evidence-key evidence.pub --sample %s\n",
-		len(s.Rows), len(rows), textsafe.Quote(*seed), textsafe.Quote(*out), env.prog(), shellQuote(dir), shellQuote(*out))
+		len(s.Rows), len(rows), textsafe.Quote(*seed), textsafe.Quote(*out), env.prog(), shellQuote(pkg), shellQuote(*out))
 	return nil
 }

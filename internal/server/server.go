@@ -562,20 +562,9 @@ func (s *exportSource) EvaluatePeriod(ctx context.Context, size uint64, from, to
 }
 
 func (s *exportSource) evaluate(ctx context.Context, size uint64, from, asOf time.Time) (*format.Findings, error) {
-	var subjects []string
-	if err := s.x.l.ForEachSubject(ctx, size, func(sub string) error {
-		subjects = append(subjects, sub)
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	var res *rules.Result
-	var err error
-	if from.IsZero() {
-		res, err = s.x.set.Evaluate(ctx, subjects, s.req.Chains, asOf)
-	} else {
-		res, err = s.x.set.EvaluatePeriod(ctx, subjects, s.req.Chains, from, asOf)
-	}
+	// The same evaluation as EvaluateStream: subjects pulled from the index
+	// as the workers need them, chains read one by one.
+	res, err := s.x.set.Collect(ctx, ingest.LedgerSubjects(ctx, s.x.l, size), s.req.Chains, from, asOf, !from.IsZero())
 	if err != nil {
 		return nil, err
 	}

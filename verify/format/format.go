@@ -254,8 +254,9 @@ type Scope struct {
 	// LogKey is the log's verifier key (signed-note form) when known;
 	// EvidenceKeyID the SHA-256 (hex) of the evidence public key (DER).
 	LogKey, EvidenceKeyID string
-	// Population is population.jsonl's rows (the report's MFA coverage
-	// reads them).
+	// Population are the rows of population.jsonl, for the report's and
+	// OSCAL's population tables and the report's MFA coverage (nil: no
+	// population).
 	Population []PopulationRow
 }
 
@@ -265,6 +266,8 @@ type EventRow struct {
 	EventID, Type          string
 	Time, ObservedTime     time.Time
 	Source, Actor, Request string
+	// Breakglass is the event's breakglass flag.
+	Breakglass bool
 }
 
 // ApprovalKey is the key of Scope.ApproverOf.

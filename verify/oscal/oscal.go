@@ -3,8 +3,9 @@
 // the reviewed controls (SP 800-53 rev5 control ids such as ac-2, ac-2.2,
 // ac-5, ac-6, with NIST CSF 2.0 PR.AA-05 and CSF 1.1 PR.AC-4 as props), one
 // observation per finding whose relevant evidence points at the ledger
-// entries in entries.jsonl, one finding per control with the objective status
-// satisfied or not-satisfied, and the package files as back-matter resources
+// entries in entries.jsonl, one observation per population (control, rule)
+// with its size and exceptions, one finding per control with the objective
+// status satisfied or not-satisfied, and the package files as back-matter resources
 // with their SHA-256. The output is deterministic: every UUID is a version 5
 // UUID derived from the content, and every time is the as-of time.
 package oscal
@@ -182,6 +183,7 @@ var mediaTypes = map[string]string{
 	format.FileCheckpoint:  "text/plain",
 	format.FileEntries:     "application/jsonl",
 	format.FileFindings:    "application/json",
+	format.FilePopulation:  "application/jsonl",
 	format.FileCSV:         "text/csv",
 	format.FileReport:      "text/html",
 	format.FileConsistency: "application/json",
@@ -229,9 +231,11 @@ func Build(scope *format.Scope) (*Document, error) {
 		})
 	}
 
-	// One observation per finding.
+	// One observation per finding; the findings of one break-glass
+	// incident say so (incident.go).
+	incident := BreakglassIncidents(doc, scope.Events)
 	obs := make([]Observation, 0, len(doc.Findings))
-	for _, f := range doc.Findings {
+	for i, f := range doc.Findings {
 		p, _ := f.Primary()
 		ou := uuid("observation", f.Rule, f.Subject, fmt.Sprint(p))
 		props := []Prop{
@@ -248,6 +252,12 @@ func Build(scope *format.Scope) (*Document, error) {
 		if f.SharesPrimaryWith != "" {
 			props = append(props, Prop{Name: "shares-primary-with", NS: NS, Value: f.SharesPrimaryWith,
 				Remarks: "Same subject and primary entry as a more specific finding of that rule: one thing, counted once."})
+		}
+		if lead, ok := incident[i]; ok {
+			lf := doc.Findings[lead]
+			lp, _ := lf.Primary()
+			props = append(props, Prop{Name: "breakglass-incident", NS: NS, Value: nonEmpty(scope.Events[p].Request),
+				Remarks: fmt.Sprintf("One break-glass incident (one request) with %s's finding of %s on entry %d, which leads it: one thing, counted once.", lf.Subject, lf.Rule, lp)})
 		}
 		o := Observation{
 			UUID: ou, Title: fmt.Sprintf("%s: %s", f.Rule, f.Subject), Description: f.Message,
@@ -268,6 +278,17 @@ func Build(scope *format.Scope) (*Document, error) {
 			})
 		}
 		obs = append(obs, o)
+	}
+
+	// One observation per population (control, rule), after the
+	// findings' observations (population.go).
+	popGroups := SummarizePopulation(scope.Population, cat)
+	popObs, popByControl := populationObservations(popGroups, uuid, resUUID[format.FilePopulation], asOf, period)
+	obs = append(obs, popObs...)
+	popCount := map[string][2]int{} // control -> items, exceptions
+	for _, g := range popGroups {
+		c := popCount[g.Control]
+		popCount[g.Control] = [2]int{c[0] + g.Items, c[1] + g.Exceptions}
 	}
 
 	// One finding per tested control; not-tested controls are listed, with
@@ -297,6 +318,12 @@ func Build(scope *format.Scope) (*Document, error) {
 				Prop{Name: "tested-by", NS: NS, Value: strings.Join(st.Tested, " ")}),
 			Target: target,
 		}
+		popNote := ""
+		if pc, ok := popCount[c.ID]; ok {
+			fd.Props = append(fd.Props, Prop{Name: "population-size", NS: NS, Value: fmt.Sprint(pc[0])},
+				Prop{Name: "exceptions", NS: NS, Value: fmt.Sprint(pc[1])})
+			popNote = fmt.Sprintf(" Tested on a population of %d item(s), %d exception(s) (%s).", pc[0], pc[1], format.FilePopulation)
+		}
 		if n := len(st.Findings); n > 0 {
 			fd.Description = fmt.Sprintf("%d finding(s) of rules mapped to %s (%s) at checkpoint size %d, %s.", n, c.ID, strings.Join(st.Mapped, ", "), doc.CheckpointSize, period)
 			fd.Target.Status = Status{State: "not-satisfied", Reason: "fail"}
@@ -309,6 +336,10 @@ func Build(scope *format.Scope) (*Document, error) {
 				fd.Description += " " + st.Why + "."
 			}
 			fd.Target.Status = Status{State: "satisfied", Reason: "pass"}
+		}
+		fd.Description += popNote
+		for _, u := range popByControl[c.ID] {
+			fd.RelatedObservations = append(fd.RelatedObservations, RelatedObservation{ObservationUUID: u})
 		}
 		findings = append(findings, fd)
 	}
@@ -351,7 +382,8 @@ func Build(scope *format.Scope) (*Document, error) {
 			UUID: uuid("result"), Title: "Privileged access: does privilege disappear when the work is complete?",
 			Description: fmt.Sprintf("CEL rules (%s) evaluated over %s in the ledger %s at checkpoint size %d, %s.", strings.Join(rules, ", "), scopeOf(doc), doc.Origin, doc.CheckpointSize, period),
 			Start:       start, End: asOf,
-			Props: []Prop{{Name: "findings", NS: NS, Value: fmt.Sprint(len(doc.Findings))}, {Name: "subjects-evaluated", NS: NS, Value: fmt.Sprint(doc.SubjectsEvaluated)}},
+			Props: []Prop{{Name: "findings", NS: NS, Value: fmt.Sprint(len(doc.Findings))}, {Name: "subjects-evaluated", NS: NS, Value: fmt.Sprint(doc.SubjectsEvaluated)},
+				{Name: "population-rows", NS: NS, Value: fmt.Sprint(len(scope.Population)), Remarks: "Rows of " + format.FilePopulation + ": one per (control, rule, item)."}},
 			ReviewedControls: ReviewedControls{
 				Description:       "Controls of " + cat.Title + " mapped to the rule set (Grantline's control catalogs are data: verify/oscal/catalogs).",
 				Props:             fwProps,

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -394,5 +396,159 @@ func TestBuildClaimsOnlyWhatThePackageProves(t *testing.T) {
 		if !all && !strings.Contains(desc, "does not prove them complete") {
 			t.Errorf("all=false: description %q does not say the chains are unproven", desc)
 		}
+	}
+}
+
+// popScope is testScope with a population: approval-without-revocation
+// tested three approvals (alice's fails: the first finding), self-approval
+// two (bob's fails: the second finding), under each control the catalog
+// maps the rules to.
+func popScope(t *testing.T) *format.Scope {
+	t.Helper()
+	s := testScope()
+	cat, err := LoadCatalog(s.Findings.Framework)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC)
+	items := []format.PopulationRow{
+		{Rule: "approval-without-revocation", Subject: "alice", Index: 7, EventID: "ev-7", Result: format.Fail, Finding: ptrInt(0)},
+		{Rule: "approval-without-revocation", Subject: "alice", Index: 12, EventID: "ev-12", Result: format.Pass},
+		{Rule: "approval-without-revocation", Subject: "carol", Index: 15, EventID: "ev-15", Result: format.Pass},
+		{Rule: "self-approval", Subject: "bob\u00e9", Index: 11, EventID: "ev-11", Result: format.Fail, Finding: ptrInt(1)},
+		{Rule: "self-approval", Subject: "carol", Index: 16, EventID: "ev-16", Result: format.Pass},
+	}
+	for _, c := range cat.Controls {
+		for _, it := range items {
+			if slices.Contains(c.Rules, it.Rule) {
+				it.Control, it.Time = c.ID, at
+				s.Population = append(s.Population, it)
+			}
+		}
+	}
+	s.Files = append(s.Files, format.FileDigest{Name: format.FilePopulation, SHA256: strings.Repeat("04", 32), Size: 800})
+	return s
+}
+
+func ptrInt(i int) *int { return &i }
+
+// TestBuildPopulations: one observation per population (control, rule)
+// with its size and exceptions, population.jsonl as its resource subject,
+// the identities with exceptions as parties, each control's finding
+// related to its populations and carrying their totals; valid OSCAL.
+func TestBuildPopulations(t *testing.T) {
+	s := popScope(t)
+	b := build(t, s)
+	if err := validate(t, b); err != nil {
+		t.Fatalf("assessment-results with populations not valid OSCAL 1.1.3: %v", err)
+	}
+	d, err := Build(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.AssessmentResults.Results[0]
+	prop := func(ps []Prop, name string) string {
+		for _, p := range ps {
+			if p.Name == name {
+				return p.Value
+			}
+		}
+		return ""
+	}
+	var popRes string
+	for _, res := range d.AssessmentResults.BackMatter.Resources {
+		if res.Title == format.FilePopulation {
+			popRes = res.UUID
+		}
+	}
+	pops := map[string]Observation{} // control|rule
+	for _, o := range r.Observations[2:] {
+		pops[prop(o.Props, "control")+"|"+prop(o.Props, "rule")] = o
+	}
+	for _, tc := range []struct {
+		control, rule, size, exceptions string
+		failed                          []string
+	}{
+		{"AC-2 f", "approval-without-revocation", "3", "1", []string{"alice"}},
+		{"AC-2(2)", "approval-without-revocation", "3", "1", []string{"alice"}},
+		{"AC-2 e", "self-approval", "2", "1", []string{"bob\u00e9"}},
+		{"AC-5", "self-approval", "2", "1", []string{"bob\u00e9"}},
+	} {
+		o, ok := pops[tc.control+"|"+tc.rule]
+		if !ok {
+			t.Errorf("no population observation for %s, %s (have %d)", tc.control, tc.rule, len(pops))
+			continue
+		}
+		if prop(o.Props, "population-size") != tc.size || prop(o.Props, "exceptions") != tc.exceptions {
+			t.Errorf("%s, %s: size %s, exceptions %s; want %s, %s", tc.control, tc.rule, prop(o.Props, "population-size"), prop(o.Props, "exceptions"), tc.size, tc.exceptions)
+		}
+		var parties []string
+		for _, sub := range o.Subjects[1:] {
+			parties = append(parties, sub.Title)
+		}
+		if o.Subjects[0].Type != "resource" || o.Subjects[0].SubjectUUID != popRes || !slices.Equal(parties, tc.failed) {
+			t.Errorf("%s, %s: subjects %+v; want population.jsonl's resource %s, then %v", tc.control, tc.rule, o.Subjects, popRes, tc.failed)
+		}
+	}
+	if len(pops) != len(SummarizePopulation(s.Population, nil)) {
+		t.Errorf("%d population observations, want one per (control, rule): %d", len(pops), len(SummarizePopulation(s.Population, nil)))
+	}
+	for _, f := range r.Findings {
+		if f.Target.TargetID != "ac-5_obj" {
+			continue
+		}
+		if prop(f.Props, "population-size") != "2" || prop(f.Props, "exceptions") != "1" || !strings.Contains(f.Description, "population of 2 item(s), 1 exception(s)") {
+			t.Errorf("AC-5 finding = %+v; want its population's totals", f)
+		}
+		if n := len(f.RelatedObservations); n != 2 { // the self-approval finding and its population
+			t.Errorf("AC-5 finding relates %d observations, want 2", n)
+		}
+	}
+}
+
+// TestBreakglassIncidents: findings whose primary entries are break-glass
+// uses with one request are one incident, led by the most specific one;
+// their observations say so; a use with another request or no request,
+// or an entry that is no break-glass use, is in none.
+func TestBreakglassIncidents(t *testing.T) {
+	f := func(rule string, index uint64, exposure int64, shares string) format.Finding {
+		return format.Finding{Rule: rule, Severity: "high", Subject: "omar", Entries: []format.EntryRef{{Index: index, EventID: fmt.Sprint("e", index)}},
+			ExposureSeconds: exposure, SharesPrimaryWith: shares}
+	}
+	s := testScope()
+	s.Findings.Findings = []format.Finding{
+		f("breakglass-unreviewed", 1, 0, ""),
+		f("breakglass-access-retained", 2, 60, ""),
+		f("breakglass-unreviewed", 2, 0, "breakglass-access-retained"),
+		f("breakglass-unreviewed", 3, 0, ""),
+		f("breakglass-unreviewed", 4, 0, ""), // another request
+		f("breakglass-unreviewed", 5, 0, ""), // no request
+		f("session-without-approval", 6, 0, ""),
+	}
+	s.Events = map[uint64]format.EventRow{
+		1: {Type: "breakglass.invoked", Request: "BG-1"},
+		2: {Type: "grant.activated", Request: "BG-1", Breakglass: true},
+		3: {Type: "session.started", Request: "BG-1", Breakglass: true},
+		4: {Type: "breakglass.invoked", Request: "BG-2"},
+		5: {Type: "breakglass.invoked"},
+		6: {Type: "session.started", Request: "BG-1"}, // not a break-glass use
+	}
+	got := BreakglassIncidents(s.Findings, s.Events)
+	want := map[int]int{0: 1, 1: 1, 2: 1, 3: 1}
+	if !maps.Equal(got, want) {
+		t.Errorf("incidents = %v, want %v", got, want)
+	}
+	d, err := Build(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range d.AssessmentResults.Results[0].Observations[:len(s.Findings.Findings)] {
+		has := slices.ContainsFunc(o.Props, func(p Prop) bool { return p.Name == "breakglass-incident" && p.Value == "BG-1" })
+		if _, in := want[i]; has != in {
+			t.Errorf("observation %d (%s) has the incident prop: %v, want %v", i, o.Title, has, in)
+		}
+	}
+	if err := validate(t, build(t, s)); err != nil {
+		t.Fatalf("not valid OSCAL 1.1.3: %v", err)
 	}
 }

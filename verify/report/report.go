@@ -105,8 +105,13 @@ type row struct {
 	Opened, Closed string
 	// Shares is the rule of the more specific finding it is grouped under.
 	Shares string
-	// Also are the findings grouped under this one (same primary entry).
+	// Also are the findings grouped under this one (same primary entry,
+	// or the same break-glass incident); Why says which, on those.
 	Also []row
+	Why  string
+	// Incident is the request of the break-glass incident this finding
+	// leads ("" when none).
+	Incident string
 	// Events are the cited entries; Params the rule's effective params.
 	Events []eventRow
 	Params string
@@ -122,6 +127,19 @@ type eventRow struct {
 type controlRow struct {
 	ID, Title, State, Why, Tested string
 	Findings                      int
+	// Population is "N items, K exceptions" when the control's rules
+	// tested a population.
+	Population string
+}
+
+// popRow is one population (control, rule) of the report's table.
+type popRow struct {
+	Control, ControlTitle, Rule, Title  string
+	Items, Passes, Exceptions, Subjects int
+	Rate                                string
+	// First is set on the first row of a control (the control cell).
+	First bool
+	Span  int
 }
 
 type ruleRow struct {
@@ -133,11 +151,14 @@ type ruleRow struct {
 type view struct {
 	Origin, Root, AsOf, Package string
 	// Period is "FROM to TO" for a period package, "" for an instant.
-	Period, From             string
-	Framework                string
-	Controls                 []controlRow
-	ControlCounts            map[string]int
-	Distinct, Grouped        int
+	Period, From      string
+	Framework         string
+	Controls          []controlRow
+	ControlCounts     map[string]int
+	Distinct, Grouped int
+	// Incidents counts the findings that belong to a break-glass
+	// incident of two or more findings.
+	Incidents                int
 	Generated, Version       string
 	LogKey, LogKeySHA, EvKey string
 	Complete                 bool
@@ -160,6 +181,11 @@ type view struct {
 	Files                    []format.FileDigest
 	VerifyCmd                string
 	Errors                   []format.RuleError
+	// Populations are the population tables (population.jsonl), with
+	// their totals.
+	Populations                        []popRow
+	PopItems, PopExceptions, PopGroups int
+	SampleCmd                          string
 	// MFA is the MFA coverage of privileged sessions (PCI DSS 8.4.1):
 	// nil when the package's population has none.
 	MFA *mfaCoverage
@@ -237,6 +263,7 @@ func buildView(scope *format.Scope, opts Options) *view {
 		Entries: scope.Entries, Subjects: scope.Subjects, All: doc.All, Total: len(doc.Findings),
 		Files: scope.Files, Errors: doc.Errors,
 		VerifyCmd: fmt.Sprintf("grantline verify %s --log-key log.vkey --evidence-key evidence.pub", shellQuote(name)),
+		SampleCmd: fmt.Sprintf("grantline sample %s --seed SEED --size N", shellQuote(name)),
 	}
 	if doc.From != nil {
 		v.From = stamp(*doc.From)
@@ -246,13 +273,43 @@ func buildView(scope *format.Scope, opts Options) *view {
 		sum := sha256.Sum256([]byte(strings.TrimSpace(scope.LogKey)))
 		v.LogKeySHA = hex.EncodeToString(sum[:])
 	}
+	ruleTitles := map[string]string{}
+	for _, r := range doc.Rules {
+		ruleTitles[r.ID] = r.Title
+	}
 	if cat, err := oscal.LoadCatalog(doc.Framework); err == nil {
 		v.Framework = cat.Title
+		controlTitles := map[string]string{}
+		for _, c := range cat.Controls {
+			controlTitles[c.ID] = c.Title
+		}
+		pop := map[string][2]int{}
+		groups := oscal.SummarizePopulation(scope.Population, cat)
+		for i, g := range groups {
+			r := popRow{Control: g.Control, ControlTitle: controlTitles[g.Control], Rule: g.Rule, Title: ruleTitles[g.Rule],
+				Items: g.Items, Passes: g.Passes(), Exceptions: g.Exceptions, Subjects: g.Subjects, Rate: rate(g.Exceptions, g.Items)}
+			if i == 0 || groups[i-1].Control != g.Control {
+				r.First = true
+				for j := i; j < len(groups) && groups[j].Control == g.Control; j++ {
+					r.Span++
+				}
+			}
+			v.Populations = append(v.Populations, r)
+			c := pop[g.Control]
+			pop[g.Control] = [2]int{c[0] + g.Items, c[1] + g.Exceptions}
+			v.PopItems += g.Items
+			v.PopExceptions += g.Exceptions
+		}
+		v.PopGroups = len(groups)
 		sts, _ := oscal.Assess(doc, cat)
 		v.ControlCounts = map[string]int{}
 		for _, st := range sts {
-			v.Controls = append(v.Controls, controlRow{ID: st.Control.ID, Title: st.Control.Title, State: st.State,
-				Why: st.Why, Tested: strings.Join(st.Tested, ", "), Findings: len(st.Findings)})
+			cr := controlRow{ID: st.Control.ID, Title: st.Control.Title, State: st.State,
+				Why: st.Why, Tested: strings.Join(st.Tested, ", "), Findings: len(st.Findings)}
+			if p, ok := pop[st.Control.ID]; ok {
+				cr.Population = fmt.Sprintf("%d items, %d exception%s", p[0], p[1], plural(p[1]))
+			}
+			v.Controls = append(v.Controls, cr)
 			v.ControlCounts[st.State]++
 		}
 	}
@@ -279,14 +336,27 @@ func buildView(scope *format.Scope, opts Options) *view {
 	// source over their own findings, so one grant cited by several rules
 	// counts once everywhere.
 	union := map[string][]rules.Finding{}
-	for _, f := range doc.Findings {
+	// A finding is grouped under another when it shares its primary entry
+	// with a more specific one, or belongs to a break-glass incident led by
+	// another finding (oscal.BreakglassIncidents).
+	incident := oscal.BreakglassIncidents(doc, scope.Events)
+	groupedUnder := func(i int) (lead int, ok bool) {
+		if l, in := incident[i]; in {
+			return l, l != i
+		}
+		return -1, doc.Findings[i].SharesPrimaryWith != ""
+	}
+	for i, f := range doc.Findings {
 		counts[strings.ToLower(f.Severity)]++
 		subjects[f.Subject] = true
 		if f.ExposureSeconds > 0 {
 			v.ExposureFindings++
 		}
-		if f.SharesPrimaryWith != "" {
+		if _, ok := groupedUnder(i); ok {
 			v.Grouped++
+		}
+		if _, ok := incident[i]; ok {
+			v.Incidents++
 		}
 		rf := rules.Finding{Subject: f.Subject, ExposureSeconds: f.ExposureSeconds}
 		if f.ClosedAt != nil {
@@ -429,29 +499,66 @@ func buildView(scope *format.Scope, opts Options) *view {
 		index   uint64
 	}
 	also := map[key][]row{}
-	var leads []format.Finding
-	for _, f := range doc.Findings {
+	alsoIncident := map[int][]row{} // lead finding -> its incident's others
+	var leads []int
+	for i, f := range doc.Findings {
 		p, _ := f.Primary()
-		if f.SharesPrimaryWith != "" {
-			also[key{f.Subject, p}] = append(also[key{f.Subject, p}], mkRow(f))
-			continue
+		lead, grouped := groupedUnder(i)
+		switch {
+		case grouped && lead >= 0:
+			r := mkRow(f)
+			r.Why = "Same entry"
+			if lp, _ := doc.Findings[lead].Primary(); lp != p {
+				r.Why = "Same break-glass incident (request " + scope.Events[p].Request + ")"
+			}
+			alsoIncident[lead] = append(alsoIncident[lead], r)
+		case grouped:
+			r := mkRow(f)
+			r.Why = "Same entry"
+			also[key{f.Subject, p}] = append(also[key{f.Subject, p}], r)
+		default:
+			leads = append(leads, i)
 		}
-		leads = append(leads, f)
 	}
-	slices.SortStableFunc(leads, func(a, b format.Finding) int {
+	slices.SortStableFunc(leads, func(i, j int) int {
+		a, b := doc.Findings[i], doc.Findings[j]
 		if c := cmp.Compare(sevRank(a.Severity), sevRank(b.Severity)); c != 0 {
 			return c
 		}
 		return cmp.Compare(b.ExposureSeconds, a.ExposureSeconds)
 	})
 	v.RowsShown = min(len(leads), maxRows)
-	for _, f := range leads[:v.RowsShown] {
+	for _, i := range leads[:v.RowsShown] {
+		f := doc.Findings[i]
 		r := mkRow(f)
 		p, _ := f.Primary()
-		r.Also = also[key{f.Subject, p}]
+		r.Also = append(also[key{f.Subject, p}], alsoIncident[i]...)
+		if _, ok := incident[i]; ok {
+			r.Incident = scope.Events[p].Request
+		}
 		v.Rows = append(v.Rows, r)
 	}
 	return v
+}
+
+// rate is the share of exceptions, "0%" to "100%" with one decimal when
+// it is not whole.
+func rate(exceptions, items int) string {
+	if items == 0 {
+		return "—"
+	}
+	p := float64(exceptions) * 100 / float64(items)
+	if p == float64(int(p)) {
+		return fmt.Sprintf("%d%%", int(p))
+	}
+	return fmt.Sprintf("%.1f%%", p)
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }
 
 func byExposure(gs []*group) []*group {

@@ -265,3 +265,115 @@ func TestNoFindingsClaimsOnlyWhatThePackageProves(t *testing.T) {
 		}
 	}
 }
+
+// TestHTMLPopulations: the report's population table has one row per
+// (control, rule) with its size, passes, exceptions and rate, the controls
+// table the totals per control, and the page says how complete the
+// population is and how to sample it.
+func TestHTMLPopulations(t *testing.T) {
+	s := periodScope()
+	row := func(control, rule, subject string, index uint64, fail bool) format.PopulationRow {
+		r := format.PopulationRow{Control: control, Rule: rule, Subject: subject, Index: index, EventID: "e", Result: format.Pass}
+		if fail {
+			r.Result = format.Fail
+		}
+		return r
+	}
+	for _, c := range []string{"AC-2(2)", "AC-6"} {
+		s.Population = append(s.Population,
+			row(c, "jit-outlived-session", "marco.bianchi", 2, true),
+			row(c, "jit-outlived-session", "ana", 20, false),
+			row(c, "jit-outlived-session", "ana", 21, false))
+	}
+	s.Population = append(s.Population,
+		row("AC-2(2)", "grant-overstayed-expiry", "marco.bianchi", 2, true),
+		row("AC-2(2)", "grant-overstayed-expiry", "ana", 20, false))
+	var b bytes.Buffer
+	if err := WriteHTML(&b, s, Options{PackageName: "evidence 2026-05"}); err != nil {
+		t.Fatal(err)
+	}
+	h := b.String()
+	for _, want := range []string{
+		"<h2>Populations</h2>",
+		"8 rows in 3 populations, 3 exceptions",
+		// AC-2(2): grant-overstayed-expiry 2 items (1 exception, 50%), jit 3 (1, 33.3%).
+		`<td rowspan="2"><strong>AC-2(2)</strong>`,
+		`<code>grant-overstayed-expiry</code></td><td class="n">2</td><td class="n">1</td><td class="n">1</td><td class="n">50%</td><td class="n">2</td>`,
+		`<code>jit-outlived-session</code></td><td class="n">3</td><td class="n">2</td><td class="n">1</td><td class="n">33.3%</td><td class="n">2</td>`,
+		`<td rowspan="1"><strong>AC-6</strong>`,
+		"5 items, 2 exceptions", // AC-2(2) in the controls table
+		"3 items, 1 exception<", // AC-6
+		"complete for those identities only",
+		"grantline sample &#39;evidence 2026-05&#39; --seed SEED --size N",
+	} {
+		if !strings.Contains(h, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	s.Population = nil
+	b.Reset()
+	if err := WriteHTML(&b, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "No population:") {
+		t.Error("a package without a population should say so")
+	}
+}
+
+// TestHTMLBreakglassIncident: one break-glass incident (invoked, the
+// firecall grant, its session: one request) that fires four findings shows
+// as one, the others under it; another incident of the same identity (its
+// own request) stays apart.
+func TestHTMLBreakglassIncident(t *testing.T) {
+	at := func(s string) time.Time { t, _ := time.Parse(time.RFC3339, s); return t }
+	bu := func(index uint64, id, shares string) format.Finding {
+		return format.Finding{Rule: "breakglass-unreviewed", Severity: "high", Subject: "omar", Entries: []format.EntryRef{{Index: index, EventID: id}},
+			Message: "break-glass " + id + " not reviewed", OpenedAt: at("2026-05-12T02:14:00Z"), SharesPrimaryWith: shares}
+	}
+	s := &format.Scope{
+		Findings: &format.Findings{Origin: "grantline.example/log", CheckpointSize: 9, CheckpointRoot: bytes.Repeat([]byte{2}, 32), AsOf: at("2026-06-01T00:00:00Z"),
+			Rules: []format.Rule{{ID: "breakglass-unreviewed", Title: "Break-glass use not reviewed", Severity: "high"},
+				{ID: "breakglass-access-retained", Title: "Break-glass access retained", Severity: "high"}},
+			Findings: []format.Finding{
+				{Rule: "breakglass-access-retained", Severity: "high", Subject: "omar", Entries: []format.EntryRef{{Index: 2, EventID: "bg-grant"}},
+					Message: "break-glass grant not ended", ExposureSeconds: 3600, OpenedAt: at("2026-05-10T02:16:00Z")},
+				bu(1, "bg-invoked", ""),
+				bu(2, "bg-grant", "breakglass-access-retained"),
+				bu(3, "bg-session", ""),
+				bu(7, "bg-other", ""),
+			},
+		},
+		Events: map[uint64]format.EventRow{
+			1: {Index: 1, EventID: "bg-invoked", Type: "breakglass.invoked", Request: "BG-1"},
+			2: {Index: 2, EventID: "bg-grant", Type: "grant.activated", Request: "BG-1", Breakglass: true},
+			3: {Index: 3, EventID: "bg-session", Type: "session.started", Request: "BG-1", Breakglass: true},
+			7: {Index: 7, EventID: "bg-other", Type: "breakglass.invoked", Request: "BG-2"},
+		},
+	}
+	var b bytes.Buffer
+	if err := WriteHTML(&b, s, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	h := b.String()
+	for _, want := range []string{
+		"5 findings</strong> across <strong>1 identity</strong>: 2 distinct, and 3 that cite the same entry as a more specific finding or belong to the same break-glass incident",
+		"break-glass incident, request <code>BG-1</code>",
+		"Same break-glass incident (request BG-1), also:",
+		"Same entry, also:",
+	} {
+		if !strings.Contains(h, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if n := strings.Count(h, `<div class="finding">`); n != 2 {
+		t.Errorf("%d findings shown on their own, want 2 (the incident, led by the grant retained, and BG-2)", n)
+	}
+	if n := strings.Count(h, "Same break-glass incident (request BG-1)"); n != 2 {
+		t.Errorf("%d findings shown under the incident as other entries of it, want 2 (invoked, session)", n)
+	}
+	// The finding that leads the incident is the one with exposure.
+	lead := h[strings.Index(h, "request <code>BG-1</code>")-300:]
+	if !strings.Contains(lead[:300], "break-glass grant not ended") {
+		t.Errorf("the incident is led by %q, want the retained grant (it has exposure)", lead[:300])
+	}
+}

@@ -461,6 +461,352 @@ func (x *EvaluateResponse) GetExposureBySubject() map[string]int64 {
 	return nil
 }
 
+// EvaluateStreamRequest asks for an EvaluateStream: the same request as
+// Evaluate.
+type EvaluateStreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *EvaluateRequest       `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvaluateStreamRequest) Reset() {
+	*x = EvaluateStreamRequest{}
+	mi := &file_grantline_v1_evidence_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateStreamRequest) ProtoMessage() {}
+
+func (x *EvaluateStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_grantline_v1_evidence_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateStreamRequest.ProtoReflect.Descriptor instead.
+func (*EvaluateStreamRequest) Descriptor() ([]byte, []int) {
+	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *EvaluateStreamRequest) GetRequest() *EvaluateRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// EvaluateStreamResponse is one message of an EvaluateStream: exactly one
+// header first, any number of chunks, exactly one trailer last. A stream
+// that ends without its trailer is incomplete (the call's error says why).
+type EvaluateStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Part:
+	//
+	//	*EvaluateStreamResponse_Header
+	//	*EvaluateStreamResponse_Chunk
+	//	*EvaluateStreamResponse_Trailer
+	Part          isEvaluateStreamResponse_Part `protobuf_oneof:"part"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvaluateStreamResponse) Reset() {
+	*x = EvaluateStreamResponse{}
+	mi := &file_grantline_v1_evidence_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateStreamResponse) ProtoMessage() {}
+
+func (x *EvaluateStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_grantline_v1_evidence_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateStreamResponse.ProtoReflect.Descriptor instead.
+func (*EvaluateStreamResponse) Descriptor() ([]byte, []int) {
+	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *EvaluateStreamResponse) GetPart() isEvaluateStreamResponse_Part {
+	if x != nil {
+		return x.Part
+	}
+	return nil
+}
+
+func (x *EvaluateStreamResponse) GetHeader() *EvaluateHeader {
+	if x != nil {
+		if x, ok := x.Part.(*EvaluateStreamResponse_Header); ok {
+			return x.Header
+		}
+	}
+	return nil
+}
+
+func (x *EvaluateStreamResponse) GetChunk() *EvaluateChunk {
+	if x != nil {
+		if x, ok := x.Part.(*EvaluateStreamResponse_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+func (x *EvaluateStreamResponse) GetTrailer() *EvaluateTrailer {
+	if x != nil {
+		if x, ok := x.Part.(*EvaluateStreamResponse_Trailer); ok {
+			return x.Trailer
+		}
+	}
+	return nil
+}
+
+type isEvaluateStreamResponse_Part interface {
+	isEvaluateStreamResponse_Part()
+}
+
+type EvaluateStreamResponse_Header struct {
+	Header *EvaluateHeader `protobuf:"bytes,1,opt,name=header,proto3,oneof"`
+}
+
+type EvaluateStreamResponse_Chunk struct {
+	Chunk *EvaluateChunk `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+type EvaluateStreamResponse_Trailer struct {
+	Trailer *EvaluateTrailer `protobuf:"bytes,3,opt,name=trailer,proto3,oneof"`
+}
+
+func (*EvaluateStreamResponse_Header) isEvaluateStreamResponse_Part() {}
+
+func (*EvaluateStreamResponse_Chunk) isEvaluateStreamResponse_Part() {}
+
+func (*EvaluateStreamResponse_Trailer) isEvaluateStreamResponse_Part() {}
+
+// EvaluateHeader says what is being evaluated, before any finding.
+type EvaluateHeader struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint string                 `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	AsOf       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=as_of,json=asOf,proto3" json:"as_of,omitempty"`
+	// The start of the period, when the request gave one (as_of is its end).
+	From          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvaluateHeader) Reset() {
+	*x = EvaluateHeader{}
+	mi := &file_grantline_v1_evidence_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateHeader) ProtoMessage() {}
+
+func (x *EvaluateHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_grantline_v1_evidence_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateHeader.ProtoReflect.Descriptor instead.
+func (*EvaluateHeader) Descriptor() ([]byte, []int) {
+	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EvaluateHeader) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *EvaluateHeader) GetAsOf() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AsOf
+	}
+	return nil
+}
+
+func (x *EvaluateHeader) GetFrom() *timestamppb.Timestamp {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+// EvaluateChunk carries the results of whole consecutive subjects, in the
+// order the server evaluates them (by subject id); within a subject,
+// findings are by (rule, primary index). A chunk's encoding stays under the
+// server's chunk limit unless a single subject's results exceed it; such a
+// subject's findings are then split over several chunks, each with at least
+// one finding.
+type EvaluateChunk struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Findings []*Finding             `protobuf:"bytes,1,rep,name=findings,proto3" json:"findings,omitempty"`
+	Errors   []*RuleError           `protobuf:"bytes,2,rep,name=errors,proto3" json:"errors,omitempty"`
+	// Per subject of this chunk with exposure: seconds in the union of its
+	// findings' exposure intervals. A subject appears in at most one chunk.
+	ExposureBySubject map[string]int64 `protobuf:"bytes,3,rep,name=exposure_by_subject,json=exposureBySubject,proto3" json:"exposure_by_subject,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *EvaluateChunk) Reset() {
+	*x = EvaluateChunk{}
+	mi := &file_grantline_v1_evidence_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateChunk) ProtoMessage() {}
+
+func (x *EvaluateChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_grantline_v1_evidence_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateChunk.ProtoReflect.Descriptor instead.
+func (*EvaluateChunk) Descriptor() ([]byte, []int) {
+	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *EvaluateChunk) GetFindings() []*Finding {
+	if x != nil {
+		return x.Findings
+	}
+	return nil
+}
+
+func (x *EvaluateChunk) GetErrors() []*RuleError {
+	if x != nil {
+		return x.Errors
+	}
+	return nil
+}
+
+func (x *EvaluateChunk) GetExposureBySubject() map[string]int64 {
+	if x != nil {
+		return x.ExposureBySubject
+	}
+	return nil
+}
+
+// EvaluateTrailer closes a complete evaluation.
+type EvaluateTrailer struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	SubjectsEvaluated uint64                 `protobuf:"varint,1,opt,name=subjects_evaluated,json=subjectsEvaluated,proto3" json:"subjects_evaluated,omitempty"`
+	EntriesEvaluated  uint64                 `protobuf:"varint,2,opt,name=entries_evaluated,json=entriesEvaluated,proto3" json:"entries_evaluated,omitempty"`
+	Findings          uint64                 `protobuf:"varint,3,opt,name=findings,proto3" json:"findings,omitempty"`
+	Errors            uint64                 `protobuf:"varint,4,opt,name=errors,proto3" json:"errors,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *EvaluateTrailer) Reset() {
+	*x = EvaluateTrailer{}
+	mi := &file_grantline_v1_evidence_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateTrailer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateTrailer) ProtoMessage() {}
+
+func (x *EvaluateTrailer) ProtoReflect() protoreflect.Message {
+	mi := &file_grantline_v1_evidence_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateTrailer.ProtoReflect.Descriptor instead.
+func (*EvaluateTrailer) Descriptor() ([]byte, []int) {
+	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EvaluateTrailer) GetSubjectsEvaluated() uint64 {
+	if x != nil {
+		return x.SubjectsEvaluated
+	}
+	return 0
+}
+
+func (x *EvaluateTrailer) GetEntriesEvaluated() uint64 {
+	if x != nil {
+		return x.EntriesEvaluated
+	}
+	return 0
+}
+
+func (x *EvaluateTrailer) GetFindings() uint64 {
+	if x != nil {
+		return x.Findings
+	}
+	return 0
+}
+
+func (x *EvaluateTrailer) GetErrors() uint64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
 type ExportEvidenceRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	TreeSize uint64                 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
@@ -483,7 +829,7 @@ type ExportEvidenceRequest struct {
 
 func (x *ExportEvidenceRequest) Reset() {
 	*x = ExportEvidenceRequest{}
-	mi := &file_grantline_v1_evidence_proto_msgTypes[5]
+	mi := &file_grantline_v1_evidence_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +841,7 @@ func (x *ExportEvidenceRequest) String() string {
 func (*ExportEvidenceRequest) ProtoMessage() {}
 
 func (x *ExportEvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_grantline_v1_evidence_proto_msgTypes[5]
+	mi := &file_grantline_v1_evidence_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +854,7 @@ func (x *ExportEvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportEvidenceRequest.ProtoReflect.Descriptor instead.
 func (*ExportEvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{5}
+	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExportEvidenceRequest) GetTreeSize() uint64 {
@@ -573,7 +919,7 @@ type ExportEvidenceResponse struct {
 
 func (x *ExportEvidenceResponse) Reset() {
 	*x = ExportEvidenceResponse{}
-	mi := &file_grantline_v1_evidence_proto_msgTypes[6]
+	mi := &file_grantline_v1_evidence_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +931,7 @@ func (x *ExportEvidenceResponse) String() string {
 func (*ExportEvidenceResponse) ProtoMessage() {}
 
 func (x *ExportEvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_grantline_v1_evidence_proto_msgTypes[6]
+	mi := &file_grantline_v1_evidence_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +944,7 @@ func (x *ExportEvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportEvidenceResponse.ProtoReflect.Descriptor instead.
 func (*ExportEvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{6}
+	return file_grantline_v1_evidence_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExportEvidenceResponse) GetPath() string {
@@ -669,7 +1015,32 @@ const file_grantline_v1_evidence_proto_rawDesc = "" +
 	"\x13exposure_by_subject\x18\v \x03(\v25.grantline.v1.EvaluateResponse.ExposureBySubjectEntryR\x11exposureBySubject\x1aD\n" +
 	"\x16ExposureBySubjectEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x92\x02\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"P\n" +
+	"\x15EvaluateStreamRequest\x127\n" +
+	"\arequest\x18\x01 \x01(\v2\x1d.grantline.v1.EvaluateRequestR\arequest\"\xc8\x01\n" +
+	"\x16EvaluateStreamResponse\x126\n" +
+	"\x06header\x18\x01 \x01(\v2\x1c.grantline.v1.EvaluateHeaderH\x00R\x06header\x123\n" +
+	"\x05chunk\x18\x02 \x01(\v2\x1b.grantline.v1.EvaluateChunkH\x00R\x05chunk\x129\n" +
+	"\atrailer\x18\x03 \x01(\v2\x1d.grantline.v1.EvaluateTrailerH\x00R\atrailerB\x06\n" +
+	"\x04part\"\x91\x01\n" +
+	"\x0eEvaluateHeader\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\x12/\n" +
+	"\x05as_of\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04asOf\x12.\n" +
+	"\x04from\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04from\"\x9d\x02\n" +
+	"\rEvaluateChunk\x121\n" +
+	"\bfindings\x18\x01 \x03(\v2\x15.grantline.v1.FindingR\bfindings\x12/\n" +
+	"\x06errors\x18\x02 \x03(\v2\x17.grantline.v1.RuleErrorR\x06errors\x12b\n" +
+	"\x13exposure_by_subject\x18\x03 \x03(\v22.grantline.v1.EvaluateChunk.ExposureBySubjectEntryR\x11exposureBySubject\x1aD\n" +
+	"\x16ExposureBySubjectEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xa1\x01\n" +
+	"\x0fEvaluateTrailer\x12-\n" +
+	"\x12subjects_evaluated\x18\x01 \x01(\x04R\x11subjectsEvaluated\x12+\n" +
+	"\x11entries_evaluated\x18\x02 \x01(\x04R\x10entriesEvaluated\x12\x1a\n" +
+	"\bfindings\x18\x03 \x01(\x04R\bfindings\x12\x16\n" +
+	"\x06errors\x18\x04 \x01(\x04R\x06errors\"\x92\x02\n" +
 	"\x15ExportEvidenceRequest\x12\x1b\n" +
 	"\ttree_size\x18\x01 \x01(\x04R\btreeSize\x12/\n" +
 	"\x05as_of\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04asOf\x12\x10\n" +
@@ -683,9 +1054,10 @@ const file_grantline_v1_evidence_proto_rawDesc = "" +
 	"\x16ExportEvidenceResponse\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
-	"\x03eof\x18\x03 \x01(\bR\x03eof2\xbf\x01\n" +
+	"\x03eof\x18\x03 \x01(\bR\x03eof2\xa0\x02\n" +
 	"\x0fEvidenceService\x12K\n" +
 	"\bEvaluate\x12\x1d.grantline.v1.EvaluateRequest\x1a\x1e.grantline.v1.EvaluateResponse\"\x00\x12_\n" +
+	"\x0eEvaluateStream\x12#.grantline.v1.EvaluateStreamRequest\x1a$.grantline.v1.EvaluateStreamResponse\"\x000\x01\x12_\n" +
 	"\x0eExportEvidence\x12#.grantline.v1.ExportEvidenceRequest\x1a$.grantline.v1.ExportEvidenceResponse\"\x000\x01BCZAgithub.com/grantline/grantline/proto/gen/grantline/v1;grantlinev1b\x06proto3"
 
 var (
@@ -700,42 +1072,59 @@ func file_grantline_v1_evidence_proto_rawDescGZIP() []byte {
 	return file_grantline_v1_evidence_proto_rawDescData
 }
 
-var file_grantline_v1_evidence_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_grantline_v1_evidence_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_grantline_v1_evidence_proto_goTypes = []any{
 	(*EvaluateRequest)(nil),        // 0: grantline.v1.EvaluateRequest
 	(*EntryRef)(nil),               // 1: grantline.v1.EntryRef
 	(*Finding)(nil),                // 2: grantline.v1.Finding
 	(*RuleError)(nil),              // 3: grantline.v1.RuleError
 	(*EvaluateResponse)(nil),       // 4: grantline.v1.EvaluateResponse
-	(*ExportEvidenceRequest)(nil),  // 5: grantline.v1.ExportEvidenceRequest
-	(*ExportEvidenceResponse)(nil), // 6: grantline.v1.ExportEvidenceResponse
-	nil,                            // 7: grantline.v1.EvaluateResponse.ExposureBySubjectEntry
-	(*timestamppb.Timestamp)(nil),  // 8: google.protobuf.Timestamp
+	(*EvaluateStreamRequest)(nil),  // 5: grantline.v1.EvaluateStreamRequest
+	(*EvaluateStreamResponse)(nil), // 6: grantline.v1.EvaluateStreamResponse
+	(*EvaluateHeader)(nil),         // 7: grantline.v1.EvaluateHeader
+	(*EvaluateChunk)(nil),          // 8: grantline.v1.EvaluateChunk
+	(*EvaluateTrailer)(nil),        // 9: grantline.v1.EvaluateTrailer
+	(*ExportEvidenceRequest)(nil),  // 10: grantline.v1.ExportEvidenceRequest
+	(*ExportEvidenceResponse)(nil), // 11: grantline.v1.ExportEvidenceResponse
+	nil,                            // 12: grantline.v1.EvaluateResponse.ExposureBySubjectEntry
+	nil,                            // 13: grantline.v1.EvaluateChunk.ExposureBySubjectEntry
+	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
 }
 var file_grantline_v1_evidence_proto_depIdxs = []int32{
-	8,  // 0: grantline.v1.EvaluateRequest.as_of:type_name -> google.protobuf.Timestamp
-	8,  // 1: grantline.v1.EvaluateRequest.from:type_name -> google.protobuf.Timestamp
-	8,  // 2: grantline.v1.EvaluateRequest.to:type_name -> google.protobuf.Timestamp
+	14, // 0: grantline.v1.EvaluateRequest.as_of:type_name -> google.protobuf.Timestamp
+	14, // 1: grantline.v1.EvaluateRequest.from:type_name -> google.protobuf.Timestamp
+	14, // 2: grantline.v1.EvaluateRequest.to:type_name -> google.protobuf.Timestamp
 	1,  // 3: grantline.v1.Finding.entries:type_name -> grantline.v1.EntryRef
-	8,  // 4: grantline.v1.Finding.opened_at:type_name -> google.protobuf.Timestamp
-	8,  // 5: grantline.v1.Finding.closed_at:type_name -> google.protobuf.Timestamp
-	8,  // 6: grantline.v1.EvaluateResponse.as_of:type_name -> google.protobuf.Timestamp
+	14, // 4: grantline.v1.Finding.opened_at:type_name -> google.protobuf.Timestamp
+	14, // 5: grantline.v1.Finding.closed_at:type_name -> google.protobuf.Timestamp
+	14, // 6: grantline.v1.EvaluateResponse.as_of:type_name -> google.protobuf.Timestamp
 	2,  // 7: grantline.v1.EvaluateResponse.findings:type_name -> grantline.v1.Finding
 	3,  // 8: grantline.v1.EvaluateResponse.errors:type_name -> grantline.v1.RuleError
-	8,  // 9: grantline.v1.EvaluateResponse.from:type_name -> google.protobuf.Timestamp
-	7,  // 10: grantline.v1.EvaluateResponse.exposure_by_subject:type_name -> grantline.v1.EvaluateResponse.ExposureBySubjectEntry
-	8,  // 11: grantline.v1.ExportEvidenceRequest.as_of:type_name -> google.protobuf.Timestamp
-	8,  // 12: grantline.v1.ExportEvidenceRequest.from:type_name -> google.protobuf.Timestamp
-	8,  // 13: grantline.v1.ExportEvidenceRequest.to:type_name -> google.protobuf.Timestamp
-	0,  // 14: grantline.v1.EvidenceService.Evaluate:input_type -> grantline.v1.EvaluateRequest
-	5,  // 15: grantline.v1.EvidenceService.ExportEvidence:input_type -> grantline.v1.ExportEvidenceRequest
-	4,  // 16: grantline.v1.EvidenceService.Evaluate:output_type -> grantline.v1.EvaluateResponse
-	6,  // 17: grantline.v1.EvidenceService.ExportEvidence:output_type -> grantline.v1.ExportEvidenceResponse
-	16, // [16:18] is the sub-list for method output_type
-	14, // [14:16] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	14, // 9: grantline.v1.EvaluateResponse.from:type_name -> google.protobuf.Timestamp
+	12, // 10: grantline.v1.EvaluateResponse.exposure_by_subject:type_name -> grantline.v1.EvaluateResponse.ExposureBySubjectEntry
+	0,  // 11: grantline.v1.EvaluateStreamRequest.request:type_name -> grantline.v1.EvaluateRequest
+	7,  // 12: grantline.v1.EvaluateStreamResponse.header:type_name -> grantline.v1.EvaluateHeader
+	8,  // 13: grantline.v1.EvaluateStreamResponse.chunk:type_name -> grantline.v1.EvaluateChunk
+	9,  // 14: grantline.v1.EvaluateStreamResponse.trailer:type_name -> grantline.v1.EvaluateTrailer
+	14, // 15: grantline.v1.EvaluateHeader.as_of:type_name -> google.protobuf.Timestamp
+	14, // 16: grantline.v1.EvaluateHeader.from:type_name -> google.protobuf.Timestamp
+	2,  // 17: grantline.v1.EvaluateChunk.findings:type_name -> grantline.v1.Finding
+	3,  // 18: grantline.v1.EvaluateChunk.errors:type_name -> grantline.v1.RuleError
+	13, // 19: grantline.v1.EvaluateChunk.exposure_by_subject:type_name -> grantline.v1.EvaluateChunk.ExposureBySubjectEntry
+	14, // 20: grantline.v1.ExportEvidenceRequest.as_of:type_name -> google.protobuf.Timestamp
+	14, // 21: grantline.v1.ExportEvidenceRequest.from:type_name -> google.protobuf.Timestamp
+	14, // 22: grantline.v1.ExportEvidenceRequest.to:type_name -> google.protobuf.Timestamp
+	0,  // 23: grantline.v1.EvidenceService.Evaluate:input_type -> grantline.v1.EvaluateRequest
+	5,  // 24: grantline.v1.EvidenceService.EvaluateStream:input_type -> grantline.v1.EvaluateStreamRequest
+	10, // 25: grantline.v1.EvidenceService.ExportEvidence:input_type -> grantline.v1.ExportEvidenceRequest
+	4,  // 26: grantline.v1.EvidenceService.Evaluate:output_type -> grantline.v1.EvaluateResponse
+	6,  // 27: grantline.v1.EvidenceService.EvaluateStream:output_type -> grantline.v1.EvaluateStreamResponse
+	11, // 28: grantline.v1.EvidenceService.ExportEvidence:output_type -> grantline.v1.ExportEvidenceResponse
+	26, // [26:29] is the sub-list for method output_type
+	23, // [23:26] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_grantline_v1_evidence_proto_init() }
@@ -743,13 +1132,18 @@ func file_grantline_v1_evidence_proto_init() {
 	if File_grantline_v1_evidence_proto != nil {
 		return
 	}
+	file_grantline_v1_evidence_proto_msgTypes[6].OneofWrappers = []any{
+		(*EvaluateStreamResponse_Header)(nil),
+		(*EvaluateStreamResponse_Chunk)(nil),
+		(*EvaluateStreamResponse_Trailer)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_grantline_v1_evidence_proto_rawDesc), len(file_grantline_v1_evidence_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,9 @@ const (
 	// EvidenceServiceEvaluateProcedure is the fully-qualified name of the EvidenceService's Evaluate
 	// RPC.
 	EvidenceServiceEvaluateProcedure = "/grantline.v1.EvidenceService/Evaluate"
+	// EvidenceServiceEvaluateStreamProcedure is the fully-qualified name of the EvidenceService's
+	// EvaluateStream RPC.
+	EvidenceServiceEvaluateStreamProcedure = "/grantline.v1.EvidenceService/EvaluateStream"
 	// EvidenceServiceExportEvidenceProcedure is the fully-qualified name of the EvidenceService's
 	// ExportEvidence RPC.
 	EvidenceServiceExportEvidenceProcedure = "/grantline.v1.EvidenceService/ExportEvidence"
@@ -44,7 +47,14 @@ const (
 // EvidenceServiceClient is a client for the grantline.v1.EvidenceService service.
 type EvidenceServiceClient interface {
 	// Evaluate runs the rules over subject chains at a checkpoint and an as-of time.
+	// The whole result is one message, findings by (rule, subject, primary
+	// index): a result larger than the server's unary limit is refused with
+	// RESOURCE_EXHAUSTED naming EvaluateStream (docs/design.md "API").
 	Evaluate(context.Context, *connect.Request[v1.EvaluateRequest]) (*connect.Response[v1.EvaluateResponse], error)
+	// EvaluateStream is Evaluate for results of any size: a header, then
+	// findings and rule errors in bounded chunks, subject by subject, then a
+	// trailer with the totals (docs/design.md "API").
+	EvaluateStream(context.Context, *connect.Request[v1.EvaluateStreamRequest]) (*connect.ServerStreamForClient[v1.EvaluateStreamResponse], error)
 	// ExportEvidence streams a signed evidence package, file by file, in chunks.
 	ExportEvidence(context.Context, *connect.Request[v1.ExportEvidenceRequest]) (*connect.ServerStreamForClient[v1.ExportEvidenceResponse], error)
 }
@@ -66,6 +76,12 @@ func NewEvidenceServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(evidenceServiceMethods.ByName("Evaluate")),
 			connect.WithClientOptions(opts...),
 		),
+		evaluateStream: connect.NewClient[v1.EvaluateStreamRequest, v1.EvaluateStreamResponse](
+			httpClient,
+			baseURL+EvidenceServiceEvaluateStreamProcedure,
+			connect.WithSchema(evidenceServiceMethods.ByName("EvaluateStream")),
+			connect.WithClientOptions(opts...),
+		),
 		exportEvidence: connect.NewClient[v1.ExportEvidenceRequest, v1.ExportEvidenceResponse](
 			httpClient,
 			baseURL+EvidenceServiceExportEvidenceProcedure,
@@ -78,12 +94,18 @@ func NewEvidenceServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 // evidenceServiceClient implements EvidenceServiceClient.
 type evidenceServiceClient struct {
 	evaluate       *connect.Client[v1.EvaluateRequest, v1.EvaluateResponse]
+	evaluateStream *connect.Client[v1.EvaluateStreamRequest, v1.EvaluateStreamResponse]
 	exportEvidence *connect.Client[v1.ExportEvidenceRequest, v1.ExportEvidenceResponse]
 }
 
 // Evaluate calls grantline.v1.EvidenceService.Evaluate.
 func (c *evidenceServiceClient) Evaluate(ctx context.Context, req *connect.Request[v1.EvaluateRequest]) (*connect.Response[v1.EvaluateResponse], error) {
 	return c.evaluate.CallUnary(ctx, req)
+}
+
+// EvaluateStream calls grantline.v1.EvidenceService.EvaluateStream.
+func (c *evidenceServiceClient) EvaluateStream(ctx context.Context, req *connect.Request[v1.EvaluateStreamRequest]) (*connect.ServerStreamForClient[v1.EvaluateStreamResponse], error) {
+	return c.evaluateStream.CallServerStream(ctx, req)
 }
 
 // ExportEvidence calls grantline.v1.EvidenceService.ExportEvidence.
@@ -94,7 +116,14 @@ func (c *evidenceServiceClient) ExportEvidence(ctx context.Context, req *connect
 // EvidenceServiceHandler is an implementation of the grantline.v1.EvidenceService service.
 type EvidenceServiceHandler interface {
 	// Evaluate runs the rules over subject chains at a checkpoint and an as-of time.
+	// The whole result is one message, findings by (rule, subject, primary
+	// index): a result larger than the server's unary limit is refused with
+	// RESOURCE_EXHAUSTED naming EvaluateStream (docs/design.md "API").
 	Evaluate(context.Context, *connect.Request[v1.EvaluateRequest]) (*connect.Response[v1.EvaluateResponse], error)
+	// EvaluateStream is Evaluate for results of any size: a header, then
+	// findings and rule errors in bounded chunks, subject by subject, then a
+	// trailer with the totals (docs/design.md "API").
+	EvaluateStream(context.Context, *connect.Request[v1.EvaluateStreamRequest], *connect.ServerStream[v1.EvaluateStreamResponse]) error
 	// ExportEvidence streams a signed evidence package, file by file, in chunks.
 	ExportEvidence(context.Context, *connect.Request[v1.ExportEvidenceRequest], *connect.ServerStream[v1.ExportEvidenceResponse]) error
 }
@@ -112,6 +141,12 @@ func NewEvidenceServiceHandler(svc EvidenceServiceHandler, opts ...connect.Handl
 		connect.WithSchema(evidenceServiceMethods.ByName("Evaluate")),
 		connect.WithHandlerOptions(opts...),
 	)
+	evidenceServiceEvaluateStreamHandler := connect.NewServerStreamHandler(
+		EvidenceServiceEvaluateStreamProcedure,
+		svc.EvaluateStream,
+		connect.WithSchema(evidenceServiceMethods.ByName("EvaluateStream")),
+		connect.WithHandlerOptions(opts...),
+	)
 	evidenceServiceExportEvidenceHandler := connect.NewServerStreamHandler(
 		EvidenceServiceExportEvidenceProcedure,
 		svc.ExportEvidence,
@@ -122,6 +157,8 @@ func NewEvidenceServiceHandler(svc EvidenceServiceHandler, opts ...connect.Handl
 		switch r.URL.Path {
 		case EvidenceServiceEvaluateProcedure:
 			evidenceServiceEvaluateHandler.ServeHTTP(w, r)
+		case EvidenceServiceEvaluateStreamProcedure:
+			evidenceServiceEvaluateStreamHandler.ServeHTTP(w, r)
 		case EvidenceServiceExportEvidenceProcedure:
 			evidenceServiceExportEvidenceHandler.ServeHTTP(w, r)
 		default:
@@ -135,6 +172,10 @@ type UnimplementedEvidenceServiceHandler struct{}
 
 func (UnimplementedEvidenceServiceHandler) Evaluate(context.Context, *connect.Request[v1.EvaluateRequest]) (*connect.Response[v1.EvaluateResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("grantline.v1.EvidenceService.Evaluate is not implemented"))
+}
+
+func (UnimplementedEvidenceServiceHandler) EvaluateStream(context.Context, *connect.Request[v1.EvaluateStreamRequest], *connect.ServerStream[v1.EvaluateStreamResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("grantline.v1.EvidenceService.EvaluateStream is not implemented"))
 }
 
 func (UnimplementedEvidenceServiceHandler) ExportEvidence(context.Context, *connect.Request[v1.ExportEvidenceRequest], *connect.ServerStream[v1.ExportEvidenceResponse]) error {
