@@ -6,7 +6,7 @@ BENCHTIME ?= 1x
 BUF      ?= $(shell command -v buf 2>/dev/null || echo $(HOME)/go/bin/buf)
 SOAK_MINUTES ?= 5
 
-.PHONY: all build test test-race run demo generate checkgenerate bench lint fuzz soak clean
+.PHONY: all build test test-race run demo generate checkgenerate bench bench-compare lint fuzz soak clean
 
 all: build
 
@@ -38,6 +38,12 @@ generate:
 ## checkgenerate: fail if the committed generated code is stale.
 checkgenerate: generate
 	git diff --exit-code -- proto/gen
+
+## bench-compare: Grantline's ledger against Tessera's POSIX driver, in process, interleaved
+## rounds (a module of its own, bench/compare; not part of test). COMPARE_FLAGS e.g. -rounds 7.
+COMPARE_FLAGS ?=
+bench-compare:
+	cd bench/compare && $(GO) run . $(COMPARE_FLAGS)
 
 ## bench: Go benchmarks; figures go into docs/BENCHMARKS.md.
 bench:

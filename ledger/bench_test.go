@@ -38,13 +38,17 @@ func BenchmarkAppend(b *testing.B) {
 		memory         bool // the in-memory fake store: the ledger's own ceiling, no disk
 		subjects       int  // distinct subjects, round robin; 0: one
 		smap           bool // Options.SubjectMap
+		split          bool // the indexes in a separate badger store (Options.Index)
 	}{
-		{"callers=64/chunk=100", 64, 100, false, 0, false},
-		{"callers=16/chunk=1000", 16, 1000, false, 0, false},
-		{"callers=256/chunk=10", 256, 10, false, 0, false},
-		{"callers=64/chunk=100/store=memory", 64, 100, true, 0, false},
-		{"callers=64/chunk=100/subjects=10000/map=off", 64, 100, false, 10000, false},
-		{"callers=64/chunk=100/subjects=10000/map=on", 64, 100, false, 10000, true},
+		{"callers=64/chunk=100", 64, 100, false, 0, false, false},
+		{"callers=64/chunk=100/index=separate", 64, 100, false, 0, false, true},
+		{"callers=16/chunk=1000", 16, 1000, false, 0, false, false},
+		{"callers=16/chunk=1000/index=separate", 16, 1000, false, 0, false, true},
+		{"callers=256/chunk=10", 256, 10, false, 0, false, false},
+		{"callers=256/chunk=10/index=separate", 256, 10, false, 0, false, true},
+		{"callers=64/chunk=100/store=memory", 64, 100, true, 0, false, false},
+		{"callers=64/chunk=100/subjects=10000/map=off", 64, 100, false, 10000, false, true},
+		{"callers=64/chunk=100/subjects=10000/map=on", 64, 100, false, 10000, true, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			o := testOptions()
@@ -52,7 +56,11 @@ func BenchmarkAppend(b *testing.B) {
 			o.SubjectMap = tc.smap
 			var store Store = newFakeStore()
 			if !tc.memory {
-				store = openBadgerStore(b, filepath.Join(b.TempDir(), "ledger"), badgerstore.Options{})
+				dir := filepath.Join(b.TempDir(), "ledger")
+				store = openBadgerStore(b, dir, badgerstore.Options{})
+				if tc.split {
+					o.Index = openBadgerStore(b, filepath.Join(dir, "index"), badgerstore.Options{NoSync: true})
+				}
 			}
 			l, err := Open(context.Background(), store, o)
 			if err != nil {

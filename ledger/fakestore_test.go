@@ -42,7 +42,34 @@ type fakeStore struct {
 	maxCount int
 	maxBytes int64
 
+	// history, when not nil, receives the store's state after each
+	// commit: a store that need not be durable (a separate index store)
+	// may come back from a crash as any of them.
+	history []*fakeStore
+	drops   int // DropAll calls
+
 	violations []string
+}
+
+// lazy returns a fake for a store that need not be durable: it records its
+// state after every commit (see history).
+func lazy() *fakeStore {
+	s := newFakeStore()
+	s.history = []*fakeStore{}
+	return s
+}
+
+// DropAll empties the store, as badgerstore's does.
+func (s *fakeStore) DropAll() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, err := s.op(); err != nil {
+		return err
+	}
+	clear(s.data)
+	s.keys = nil
+	s.drops++
+	return nil
 }
 
 func newFakeStore() *fakeStore {
@@ -53,6 +80,10 @@ func newFakeStore() *fakeStore {
 func (s *fakeStore) clone() *fakeStore {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.cloneLocked()
+}
+
+func (s *fakeStore) cloneLocked() *fakeStore {
 	c := newFakeStore()
 	for k, v := range s.data {
 		c.data[k] = v
@@ -196,6 +227,9 @@ func (s *fakeStore) Commit(keys, values [][]byte) error {
 		}
 	}
 	s.keys = merged
+	if s.history != nil {
+		s.history = append(s.history, s.cloneLocked())
+	}
 	if f == failCommitButPersist {
 		return fmt.Errorf("commit (written): %w", errInjected)
 	}

@@ -85,7 +85,7 @@ func OpenFollower(ctx context.Context, st Store, o FollowerOptions) (*Follower, 
 	lo := Options{Verifier: o.Verifier, TileCacheSize: o.TileCacheSize}.withDefaults()
 	f := &Follower{
 		l: &Log{
-			o: lo, st: st, logger: lo.Logger,
+			o: lo, st: st, ix: st, logger: lo.Logger, // a follower reads the indexes from the shared store
 			rf:    &compact.RangeFactory{Hash: hasher.HashChildren},
 			cache: newTileCache(lo.TileCacheSize),
 		},

@@ -31,7 +31,7 @@ const fsckChunk = 16 * tileWidth
 // may go on meanwhile.
 func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any)) error {
 	size := l.Latest().Size
-	return fsck(ctx, l.st, l.o.Verifier, size, size, true, report)
+	return fsck(ctx, l.st, l.ix, l.o.Verifier, size, size, true, report)
 }
 
 // Fsck checks the store of a log that is not open (it may be one Open
@@ -45,9 +45,16 @@ func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format str
 	if v == nil && report != nil {
 		report("fsck: no log verifier key: checkpoint signatures are NOT checked, only the tree's structure")
 	}
-	vals, err := st.Get(keyLatest, keyTree)
+	vals, err := st.Get(keyLatest, keyTree, keySeparateIndex)
 	if err != nil {
 		return storageErr(err, "reading the latest tree size")
+	}
+	ix := st
+	if vals[2] != nil {
+		ix = nil
+		if report != nil {
+			report("fsck: the log keeps its indexes in a separate index store, which Open rebuilds from the leaves: indexes not checked")
+		}
 	}
 	if vals[0] == nil || len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
 		return fmt.Errorf("%w: the latest tree size record is missing or malformed", ErrCorrupt)
@@ -60,7 +67,7 @@ func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format str
 	if size < cpSize {
 		return fmt.Errorf("%w: the tree size record says %d, below the latest checkpoint's %d", ErrCorrupt, size, cpSize)
 	}
-	return fsck(ctx, st, v, cpSize, size, false, report)
+	return fsck(ctx, st, ix, v, cpSize, size, false, report)
 }
 
 // Restorer is a Store that can load a backup written by its Backup method
@@ -105,7 +112,10 @@ func Restore(ctx context.Context, st Store, r io.Reader) error {
 // when they differ does fsck look entries up one by one to name the first
 // bad one. Memory stays bounded: at most 2 x workers chunks of leaf hashes
 // (128 KiB each) are in flight, never the leaves of the whole log.
-func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64, live bool, report func(string, ...any)) error {
+//
+// The index entries are read from ix: st itself, or a separate index store
+// (Options.Index); nil: the indexes are not checked.
+func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size uint64, live bool, report func(string, ...any)) error {
 	if report == nil {
 		report = func(string, ...any) {}
 	}
@@ -149,6 +159,9 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64,
 	slots := make(chan chan fsckChunkResult, 2*workers)
 	var idx fsckIndexes
 	ranges := indexScanRanges()
+	if ix == nil {
+		ranges = nil
+	}
 	idx.scanned = make([]indexScan, len(ranges))
 	go func() {
 		defer close(jobs)
@@ -169,7 +182,7 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64,
 		}
 		for n, r := range ranges {
 			select {
-			case jobs <- func() { idx.scanned[n] = scanIndex(ctx, st, r, size) }:
+			case jobs <- func() { idx.scanned[n] = scanIndex(ctx, ix, r, size) }:
 			case <-ctx.Done():
 				return
 			}
@@ -217,11 +230,13 @@ func fsck(ctx context.Context, st Store, ver note.Verifier, cpSize, size uint64,
 		}
 		idx.stored.add(&s.digest)
 	}
-	if idx.leaves != idx.stored {
-		report("fsck: the indexes do not match the leaves; looking for the first bad entry")
-		return findIndexFault(context.WithoutCancel(ctx), st, size, idx)
+	if ix != nil {
+		if idx.leaves != idx.stored {
+			report("fsck: the indexes do not match the leaves; looking for the first bad entry")
+			return findIndexFault(context.WithoutCancel(ctx), st, ix, size, idx)
+		}
+		report("fsck: leaf-hash, dedupe and subject indexes match the leaves")
 	}
-	report("fsck: leaf-hash, dedupe and subject indexes match the leaves")
 
 	vals, err := st.Get(leafKey(size))
 	if err != nil {
@@ -684,8 +699,8 @@ func scanIndex(ctx context.Context, st Store, r [2][]byte, size uint64) indexSca
 // findIndexFault names the first index fault once the digests differ:
 // first a leaf whose entries are missing or point elsewhere (looked up
 // leaf by leaf), then an entry that no leaf needs. It always returns an
-// error.
-func findIndexFault(ctx context.Context, st Store, size uint64, idx fsckIndexes) error {
+// error. The leaves are read from st, the index entries from ix.
+func findIndexFault(ctx context.Context, st, ix Store, size uint64, idx fsckIndexes) error {
 	for start := uint64(0); start < size; start += fsckChunk {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -703,7 +718,7 @@ func findIndexFault(ctx context.Context, st Store, size uint64, idx fsckIndexes)
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
 			}
-			sk := keyLatest // placeholder that always exists
+			sk := hashKey(h[:]) // placeholder: its own entry, checked below
 			if s := e.GetEvent().GetSubject().GetId(); s != "" {
 				sk = subjectKey(s, i)
 			}
@@ -717,10 +732,11 @@ func findIndexFault(ctx context.Context, st Store, size uint64, idx fsckIndexes)
 		for j := range isMap {
 			if keys[3*j+1] == nil {
 				isMap[j] = true
-				keys[3*j+1], keys[3*j+2] = keyLatest, keyLatest // placeholders that always exist
+				// placeholders: the map leaf's own leaf-hash entry, checked below
+				keys[3*j+1], keys[3*j+2] = keys[3*j], keys[3*j]
 			}
 		}
-		vals, err := st.Get(keys...)
+		vals, err := ix.Get(keys...)
 		if err != nil {
 			return storageErr(err, "reading indexes")
 		}
@@ -743,7 +759,7 @@ func findIndexFault(ctx context.Context, st Store, size uint64, idx fsckIndexes)
 	}
 	// Every leaf has its entries: some entry belongs to no leaf.
 	for _, kind := range []byte{kHash, kDedupe, kSubject} {
-		if err := findStrayEntry(ctx, st, kind, size); err != nil {
+		if err := findStrayEntry(ctx, ix, kind, size); err != nil {
 			return err
 		}
 	}

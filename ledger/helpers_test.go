@@ -120,6 +120,7 @@ func checkInvariants(t testing.TB, l *Log, a acked) {
 	}
 	size := l.Latest().Size
 	seen := map[[32]byte]uint64{}
+	subjects := map[uint64]string{}
 	if size > 0 {
 		es, err := l.Entries(ctx, 0, size)
 		if err != nil {
@@ -138,6 +139,7 @@ func checkInvariants(t testing.TB, l *Log, a acked) {
 				t.Fatalf("event %s stored twice, at %d and %d", en.GetEvent().GetId(), prev, e.Index)
 			}
 			seen[k] = e.Index
+			subjects[e.Index] = en.GetEvent().GetSubject().GetId()
 		}
 	}
 	for k, r := range a {
@@ -151,6 +153,12 @@ func checkInvariants(t testing.TB, l *Log, a acked) {
 		got, err := l.LookupLeafHash(ctx, r.LeafHash[:])
 		if err != nil || got != r.Index {
 			t.Fatalf("LookupLeafHash(%x) = %d, %v, want %d", r.LeafHash, got, err, r.Index)
+		}
+		if s := subjects[i]; s != "" {
+			es, err := l.SubjectEntries(ctx, s, size, i, 1)
+			if err != nil || len(es) != 1 || es[0].Index != i {
+				t.Fatalf("SubjectEntries(%q, from %d) = %d entries, %v; want the acknowledged entry %d", s, i, len(es), err, i)
+			}
 		}
 	}
 }

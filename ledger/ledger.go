@@ -18,9 +18,11 @@
 // queues them (a bounded queue: ErrPushback when full). The sequencer takes
 // whatever is queued (up to MaxBatch and the store's transaction limits),
 // builds the batch in four stages (dedupe, encode, edge-tile writer, seal;
-// see build) while the committer goroutine makes the previous one durable,
-// and the committer then publishes the batch's checkpoint and answers its
-// callers. So batches grow with load on their own and an idle
+// see build) while the committer goroutine makes the previous one durable;
+// the indexer goroutine then commits that batch's index entries (to a
+// separate index store, Options.Index, while the committer makes the next
+// batch durable; with the indexes in the main store they were part of the
+// durable commit), publishes its checkpoint and answers its callers. So batches grow with load on their own and an idle
 // log answers a lone append after one commit.
 //
 // Failures: a failed store commit leaves the store's state unknown (the
@@ -101,6 +103,23 @@ type Options struct {
 	// checkpoint is kept forever (so consistency can be proven between any
 	// two); an interval bounds how many accumulate.
 	CheckpointInterval time.Duration
+	// Index, when set, is a store of its own for the log's indexes (the
+	// leaf-hash, dedupe and subject entries of every leaf), which then stay
+	// out of the main store's durable commits: each batch commits its
+	// leaves, tiles and checkpoint durably to the main store, then its
+	// index entries to Index, while the next batch commits to the main
+	// store. Appends are answered, and the checkpoint covering them
+	// published, only once both commits are done. Index need not be
+	// durable when Commit returns: after a crash it may have lost a suffix
+	// of its commits (each commit all or nothing), and Open rebuilds the
+	// entries of the leaves it lacks from the leaves, before serving (see
+	// docs/design.md, "Indexes off the durable commit"). An Index holding
+	// entries beyond the main store's tree (the main store was restored
+	// from an older backup) is emptied through its DropAll() error method
+	// and rebuilt; without one Open fails with ErrCorrupt. A main store once
+	// used with an Index is refused without one. The Log closes Index in
+	// Close; on an error from Open the caller still owns it.
+	Index Store
 	// MustExist makes Open fail, with an error wrapping ErrNotFound,
 	// instead of creating a new log when the store is empty. Callers that
 	// know a log was created (its keys signed checkpoints) set it, so that a
@@ -149,6 +168,8 @@ type Entry struct {
 type Log struct {
 	o      Options
 	st     Store
+	ix     Store // where the indexes are: Options.Index, else st
+	split  bool  // the indexes are in a store of their own
 	logger *slog.Logger
 	rf     *compact.RangeFactory
 	cache  *tileCache
@@ -163,8 +184,9 @@ type Log struct {
 	queue   chan *request
 	pending atomic.Int64 // events accepted but not yet integrated
 	broken  atomic.Pointer[error]
-	done    chan struct{} // closed when the committer has finished
+	done    chan struct{} // closed when the indexer has finished
 	commits chan *built   // sequencer -> committer
+	indexes chan *built   // committer -> indexer
 
 	inflightMu sync.Mutex
 	inflight   map[[32]byte]inflightEntry // dedupe keys of built, uncommitted batches
@@ -199,6 +221,7 @@ func Open(ctx context.Context, st Store, o Options) (*Log, error) {
 	}
 	go l.sequence()
 	go l.commit()
+	go l.index()
 	return l, nil
 }
 
@@ -239,11 +262,26 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 		// Unbuffered: one batch commits while the next is built, and the
 		// sequencer keeps collecting until the committer is free.
 		commits:  make(chan *built),
+		indexes:  make(chan *built),
 		inflight: make(map[[32]byte]inflightEntry),
 	}
+	l.ix = st
+	if o.Index != nil {
+		l.ix, l.split = o.Index, true
+	}
 	l.maxCount, l.maxBytes = st.Limits()
+	if l.split {
+		// Index entries go to the index store: a batch's main commit holds
+		// the leaves, and each commit's index entries stay within the index
+		// store's limits too.
+		c, b := o.Index.Limits()
+		l.maxCount, l.maxBytes = min(l.maxCount, c), min(l.maxBytes, b)
+	}
 	s, err := l.load(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := l.openIndex(ctx); err != nil {
 		return nil, err
 	}
 	l.cur.Store(s)
@@ -266,7 +304,13 @@ func (l *Log) Close() error {
 	close(l.queue)
 	l.mu.Unlock()
 	<-l.done
-	if err := l.st.Close(); err != nil {
+	err := l.st.Close()
+	if l.split {
+		if ierr := l.ix.Close(); err == nil {
+			err = ierr
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("%w: %w", ErrStorage, err)
 	}
 	return nil

@@ -270,8 +270,14 @@ func parseCheckpoint(n []byte, size uint64, v note.Verifier) (Checkpoint, error)
 func (l *Log) sealTail(cpSize uint64, published *state) (*state, error) {
 	l.seq.last = published
 	w := newWrites(0)
+	ix := w
+	if l.split {
+		// The index store is brought up to the tree size after load
+		// (openIndex), the map leaf's entry included.
+		ix = newWrites(0)
+	}
 	l.seq.tiles.begin()
-	size, err := l.appendMapLeaf(w)
+	size, err := l.appendMapLeaf(w, ix)
 	if err != nil {
 		return nil, fmt.Errorf("%w: sealing the leaves after checkpoint %d: %w", ErrStorage, cpSize, err)
 	}

@@ -211,7 +211,7 @@ func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
 	if len(hash) != 32 {
 		return 0, fmt.Errorf("leaf hash has %d bytes, want 32: %w", len(hash), ErrNotFound)
 	}
-	vals, err := l.st.Get(hashKey(hash))
+	vals, err := l.ix.Get(hashKey(hash))
 	if err != nil {
 		return 0, storageErr(err, "looking up a leaf hash")
 	}
@@ -248,7 +248,7 @@ func (l *Log) SubjectEntries(ctx context.Context, subject string, size, start ui
 	}
 	var keys [][]byte
 	var idx []uint64
-	err := l.st.Scan(subjectKey(subject, start), subjectKey(subject, size), func(k, v []byte) error {
+	err := l.ix.Scan(subjectKey(subject, start), subjectKey(subject, size), func(k, v []byte) error {
 		if limit > 0 && len(idx) >= limit {
 			return errStop
 		}
@@ -295,7 +295,7 @@ func (l *Log) ForEachSubject(ctx context.Context, size uint64, fn func(subject s
 		var cur string
 		seen := 0
 		next := []byte(nil)
-		err := l.st.Scan(from, end, func(k, v []byte) error {
+		err := l.ix.Scan(from, end, func(k, v []byte) error {
 			s, i, ok := parseSubjectKey(k)
 			if !ok {
 				return fmt.Errorf("%w: malformed subject index key %x; run grantline fsck", ErrCorrupt, k)
@@ -352,13 +352,14 @@ type Stats struct {
 	BatchEvents  uint64        // events over all batches
 	CommitTime   time.Duration // total time integrating batches
 	StoreTime    time.Duration // of which in the store's durable commit
+	IndexTime    time.Duration // in the separate index store's commits (Options.Index)
 	Pushbacks    uint64        // Appends refused with ErrPushback
 	QueuedEvents int64         // events waiting now
 	Size         uint64        // latest checkpoint size
 }
 
 type stats struct {
-	appended, duplicates, conflicts, batches, batchEvents, commitNanos, storeNanos, pushbacks atomic.Uint64
+	appended, duplicates, conflicts, batches, batchEvents, commitNanos, storeNanos, indexNanos, pushbacks atomic.Uint64
 }
 
 // Stats returns the log's counters.
@@ -371,6 +372,7 @@ func (l *Log) Stats() Stats {
 		BatchEvents:  l.stats.batchEvents.Load(),
 		CommitTime:   time.Duration(l.stats.commitNanos.Load()),
 		StoreTime:    time.Duration(l.stats.storeNanos.Load()),
+		IndexTime:    time.Duration(l.stats.indexNanos.Load()),
 		Pushbacks:    l.stats.pushbacks.Load(),
 		QueuedEvents: l.pending.Load(),
 		Size:         l.Latest().Size,

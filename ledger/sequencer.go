@@ -136,11 +136,22 @@ func (l *Log) sealDue(now time.Time) bool {
 }
 
 // commit is the committer goroutine: it durably commits built batches in
-// order, publishes their checkpoints and completes their requests.
+// order and hands each to the indexer.
 func (l *Log) commit() {
-	defer close(l.done)
+	defer close(l.indexes)
 	for b := range l.commits {
 		l.commitBatch(b)
+		l.indexes <- b
+	}
+}
+
+// index is the indexer goroutine: in order, it commits each durable batch's
+// index entries to the index store (when separate), then publishes the
+// batch's checkpoint and completes its requests.
+func (l *Log) index() {
+	defer close(l.done)
+	for b := range l.indexes {
+		l.indexBatch(b)
 	}
 }
 
@@ -247,7 +258,9 @@ type built struct {
 	res     []AppendResult
 	keys    [][]byte
 	vals    [][]byte
-	dedupes [][32]byte // new events' dedupe keys, in flight until committed
+	ixKeys  [][]byte   // index entries for a separate index store
+	ixVals  [][]byte   // (empty when the indexes are in keys)
+	dedupes [][32]byte // new events' dedupe keys, in flight until indexed
 	first   uint64     // tree size before
 	size    uint64     // tree size after
 	state   *state     // to publish once durable; nil when the batch signed no checkpoint
@@ -275,8 +288,12 @@ func (l *Log) build(batch []item) *built {
 	}
 	b.res = res
 	w := newWrites(len(fresh))
+	ix := w
+	if l.split {
+		ix = newWrites(len(fresh))
+	}
 	now := l.o.Now()
-	b.dedupes, err = l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(now), w)
+	b.dedupes, err = l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(now), w, ix)
 	if err != nil {
 		l.markBroken(err)
 		b.err = fmt.Errorf("%w: %w", ErrStorage, err)
@@ -288,7 +305,7 @@ func (l *Log) build(batch []item) *built {
 	}
 	sealing := l.sealDue(time.Now()) || len(batch) == 0
 	if sealing && l.seq.smap != nil {
-		if size, err = l.appendMapLeaf(w); err != nil {
+		if size, err = l.appendMapLeaf(w, ix); err != nil {
 			l.markBroken(err)
 			b.err = fmt.Errorf("%w: %w", ErrStorage, err)
 			return b
@@ -304,6 +321,10 @@ func (l *Log) build(batch []item) *built {
 			return b
 		}
 		b.state = s
+	}
+	if l.split && size > b.first {
+		ix.put(keyIndexed, be64(nil, size))
+		b.ixKeys, b.ixVals = ix.keys, ix.vals
 	}
 	b.keys, b.vals, b.size, b.commit = w.keys, w.vals, size, true
 	l.inflightMu.Lock()
@@ -329,6 +350,18 @@ func newWrites(events int) *writes {
 func (w *writes) put(k, v []byte) {
 	w.keys = append(w.keys, k)
 	w.vals = append(w.vals, v)
+}
+
+// putIndexes adds the leaf-hash, dedupe and subject index entries of leaf
+// idx (iv: be64(idx), the value of the first two; hk, dk: the prefixes of
+// its leaf hash and dedupe key; subject may be empty).
+func (w *writes) putIndexes(idx uint64, iv, hk, dk []byte, subject string) {
+	need := 2*(1+indexKeyLen) + len(subject)*2 + 11
+	w.put(w.key(need, func(b []byte) []byte { return append(append(b, kHash), hk...) }), iv)
+	w.put(w.key(0, func(b []byte) []byte { return append(append(b, kDedupe), dk...) }), iv)
+	if subject != "" {
+		w.put(w.key(0, func(b []byte) []byte { return appendSubjectKey(b, subject, idx) }), []byte{})
+	}
 }
 
 // key appends a key built by f to the arena and returns it.
@@ -429,7 +462,7 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 	}
 	sc.pos, sc.keys, sc.keyBuf = pos, keys, kb
 	if len(keys) > 0 {
-		vals, err := l.st.Get(keys...)
+		vals, err := l.ix.Get(keys...)
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("%w: looking up duplicates: %w", ErrStorage, err)
 		}
@@ -454,13 +487,14 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 
 // encode is the second stage: it gives each fresh event (positions into
 // batch) the next index, completes its leaf with the observed time ts,
-// appends the leaf and its leaf-hash, dedupe and subject index entries to w,
-// and the leaf hash to the tree, whose perfect nodes go to the edge-tile
+// appends the leaf to w and its leaf-hash, dedupe and subject index entries
+// to ix (w itself when the indexes are in the main store), and the leaf
+// hash to the tree, whose perfect nodes go to the edge-tile
 // writer. It then gives each repeat within the batch (repeatOf[p] >= 0) its
 // first occurrence's result, marked Duplicate, and returns the fresh events'
 // dedupe keys. An error leaves the tree in an unknown state: the log must
 // stop appending.
-func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts []byte, w *writes) ([][32]byte, error) {
+func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts []byte, w, ix *writes) ([][32]byte, error) {
 	dedupes := make([][32]byte, 0, len(fresh))
 	next := l.seq.rng.End()
 	tw := &l.seq.tiles
@@ -480,17 +514,9 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		if err := l.seq.rng.Append(h[:], visit); err != nil {
 			return nil, fmt.Errorf("extending the tree at %d: %w", idx, err)
 		}
-		need := 9 + 2*(1+indexKeyLen) + len(pr.subject)*2 + 11
-		lk := w.key(need, func(b []byte) []byte { return be64(append(b, kLeaf), idx) })
-		hk := w.key(0, func(b []byte) []byte { return append(append(b, kHash), h[:indexKeyLen]...) })
-		dk := w.key(0, func(b []byte) []byte { return append(append(b, kDedupe), pr.dedupe[:indexKeyLen]...) })
-		iv := lk[1:] // be64(idx): the value of both index entries
+		lk := w.key(9, func(b []byte) []byte { return be64(append(b, kLeaf), idx) })
 		w.put(lk, leaf[:len(leaf):len(leaf)])
-		w.put(hk, iv)
-		w.put(dk, iv)
-		if pr.subject != "" {
-			w.put(w.key(0, func(b []byte) []byte { return appendSubjectKey(b, pr.subject, idx) }), []byte{})
-		}
+		ix.putIndexes(idx, lk[1:], h[:indexKeyLen], pr.dedupe[:indexKeyLen], pr.subject)
 		if l.seq.smap != nil {
 			l.seq.smap.add(pr.subject, idx, h)
 		}
@@ -640,26 +666,52 @@ func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][
 	return nil
 }
 
-// commitBatch makes a built batch durable, publishes its checkpoint and
-// completes its events. A failed commit marks the log broken: the store's
-// state is unknown, so appends stop until it is reopened (and re-checked)
-// while reads go on from the last published state.
+// commitBatch makes a built batch durable in the main store (b.err on
+// failure). A failed commit marks the log broken: the store's state is
+// unknown, so appends stop until it is reopened (and re-checked) while
+// reads go on from the last published state.
 func (l *Log) commitBatch(b *built) {
+	if b.err != nil {
+		return
+	}
+	if berr := l.broken.Load(); berr != nil {
+		b.err = *berr // built on top of a batch that failed
+		return
+	}
+	if !b.commit {
+		return
+	}
+	t0 := time.Now()
+	err := l.st.Commit(b.keys, b.vals)
+	l.stats.storeNanos.Add(uint64(time.Since(t0)))
+	if err != nil {
+		b.err = fmt.Errorf("%w: committing %d events (up to tree size %d): %w", ErrStorage, b.size-b.first, b.size, err)
+		l.markBroken(b.err)
+	}
+}
+
+// indexBatch commits a durable batch's entries to a separate index store,
+// then publishes its checkpoint and completes its events. A failed index
+// commit marks the log broken like a failed main commit: the batch's
+// leaves are durable but unanswered, and the next Open rebuilds their index
+// entries (retries are then answered as duplicates).
+func (l *Log) indexBatch(b *built) {
 	err := b.err
-	if err == nil {
+	if err == nil && len(b.ixKeys) > 0 {
 		if berr := l.broken.Load(); berr != nil {
-			err = *berr // built on top of a batch that failed
-		} else if b.commit {
+			err = *berr
+		} else {
 			t0 := time.Now()
-			err = l.st.Commit(b.keys, b.vals)
-			l.stats.storeNanos.Add(uint64(time.Since(t0)))
+			err = l.ix.Commit(b.ixKeys, b.ixVals)
+			l.stats.indexNanos.Add(uint64(time.Since(t0)))
 			if err != nil {
-				err = fmt.Errorf("%w: committing %d events (up to tree size %d): %w", ErrStorage, b.size-b.first, b.size, err)
+				err = fmt.Errorf("%w: committing the index entries of %d events (up to tree size %d): %w", ErrStorage, b.size-b.first, b.size, err)
 				l.markBroken(err)
-			} else if b.state != nil {
-				l.cur.Store(b.state)
 			}
 		}
+	}
+	if err == nil && b.state != nil {
+		l.cur.Store(b.state)
 	}
 	if len(b.dedupes) > 0 {
 		l.inflightMu.Lock()

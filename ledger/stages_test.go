@@ -94,7 +94,7 @@ func TestDedupeStage(t *testing.T) {
 		t.Errorf("in-flight conflict: %+v, want %+v", res[1], want)
 	}
 	w := newWrites(len(fresh))
-	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w); err != nil {
+	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w, w); err != nil {
 		t.Fatal(err)
 	}
 	if want := (AppendResult{Index: 3, LeafHash: res[2].LeafHash, Conflict: true}); res[3] != want {
@@ -129,7 +129,7 @@ func TestEncodeStage(t *testing.T) {
 	}
 	w := newWrites(len(fresh))
 	ts := event.EncodeTimestamp(testNow)
-	dedupes, err := l.encode(batch, fresh, repeatOf, res, ts, w)
+	dedupes, err := l.encode(batch, fresh, repeatOf, res, ts, w, w)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +242,7 @@ func TestSealStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := newWrites(len(fresh))
-	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w); err != nil {
+	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w, w); err != nil {
 		t.Fatal(err)
 	}
 	s, err := l.seal(300, w)

@@ -65,6 +65,15 @@ const (
 
 var (
 	keyLatest = []byte("mlatest") // the size of the latest signed checkpoint
+	// keyIndexed, in a separate index store (Options.Index), is the tree
+	// size below which every leaf's index entries are in that store; it is
+	// written in the same commit as the entries. Open rebuilds the entries
+	// of the leaves from it up to the tree size.
+	keyIndexed = []byte("mindexed")
+	// keySeparateIndex, in the main store, says that the log keeps its
+	// indexes in a separate index store: the main store lacks index entries
+	// of the leaves appended since, so Open refuses it without one.
+	keySeparateIndex = []byte("mindex-separate")
 	// keyTree is the size of the tree as integrated, which is beyond the
 	// latest checkpoint while leaves wait for the next one (with a
 	// checkpoint interval). Missing: the latest checkpoint's size.

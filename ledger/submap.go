@@ -312,9 +312,11 @@ func (m *subjectMap) add(subject string, index uint64, hash [32]byte) {
 // events integrated since the last seal into their subjects' states and
 // the prefix tree, writes the changed states and node versions (as of the
 // checkpoint about to be signed) to w, and appends the map leaf holding the
-// new root as the tree's next leaf. It returns the tree size after it. An
-// error leaves the tree in an unknown state: the log must stop appending.
-func (l *Log) appendMapLeaf(w *writes) (uint64, error) {
+// new root as the tree's next leaf, with its leaf-hash index entry in ix
+// (w itself, unless the indexes live in a separate store). It returns the
+// tree size after it. An error leaves the tree in an unknown state: the log
+// must stop appending.
+func (l *Log) appendMapLeaf(w, ix *writes) (uint64, error) {
 	m := l.seq.smap
 	idx := l.seq.rng.End()
 	cpSize := idx + 1
@@ -386,7 +388,7 @@ func (l *Log) appendMapLeaf(w *writes) (uint64, error) {
 		return 0, tw.err
 	}
 	w.put(leafKey(idx), leaf)
-	w.put(hashKey(h[:]), be64(nil, idx))
+	ix.put(hashKey(h[:]), be64(nil, idx))
 	return cpSize, nil
 }
 

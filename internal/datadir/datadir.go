@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
@@ -27,7 +28,11 @@ import (
 // Directory names inside a data directory.
 const (
 	LedgerDir = "ledger" // the ledger store (badger)
-	KeysDir   = "keys"   // LogKeyFile, LogVerifierKeyFile, EvidenceKeyFile, EvidencePubFile
+	// IndexDir, inside LedgerDir, is the ledger's index store (badger,
+	// not fsynced: the ledger rebuilds it from the leaves; see
+	// docs/design.md, "Indexes off the durable commit").
+	IndexDir = "index"
+	KeysDir  = "keys" // LogKeyFile, LogVerifierKeyFile, EvidenceKeyFile, EvidencePubFile
 )
 
 // Default is the data directory of a command given no --data.
@@ -210,10 +215,17 @@ func (d *Dir) OpenLedger(ctx context.Context, o ledger.Options) (*ledger.Log, er
 	if err != nil {
 		return nil, err
 	}
+	ix, err := OpenIndexStore(d.Path, o.Logger)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	o.Index = ix
 	o.Signer, o.Verifier = d.Keys.LogSigner, d.Keys.LogVerifier
 	l, err := ledger.Open(ctx, st, o)
 	if err != nil {
 		st.Close()
+		ix.Close()
 		if errors.Is(err, ledger.ErrNotFound) {
 			return nil, d.noLog(ldir)
 		}
@@ -284,6 +296,31 @@ func OpenStoreWith(path string, o badgerstore.Options) (*badgerstore.Store, erro
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: opening the ledger store in %s: %w (is a server still running on it? stop it first)",
+			ledger.ErrStorage, dir, err)
+	}
+	return st, nil
+}
+
+// OpenIndexStore opens the ledger's index store in DIR/ledger/index
+// (creating it; it need not exist: the ledger rebuilds it from the
+// leaves). A damaged one is moved aside to DIR/ledger/index.damaged-UNIXTIME
+// and started afresh, since nothing in it is lost.
+func OpenIndexStore(path string, logger *slog.Logger) (*badgerstore.Store, error) {
+	dir := filepath.Join(path, LedgerDir, IndexDir)
+	o := badgerstore.Options{Logger: logger, NoSync: true}
+	st, err := badgerstore.Open(dir, o)
+	if errors.Is(err, badgerstore.ErrDamaged) {
+		aside := fmt.Sprintf("%s.damaged-%d", dir, time.Now().Unix())
+		if rerr := os.Rename(dir, aside); rerr != nil {
+			return nil, fmt.Errorf("%w: the index store in %s is damaged (%w) and could not be moved aside: %w", ledger.ErrStorage, dir, err, rerr)
+		}
+		if logger != nil {
+			logger.Warn("the ledger's index store was damaged: moved aside, it is rebuilt from the leaves", "dir", dir, "moved_to", aside, "err", err)
+		}
+		st, err = badgerstore.Open(dir, o)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: opening the ledger's index store in %s: %w (is a server still running on it? stop it first)",
 			ledger.ErrStorage, dir, err)
 	}
 	return st, nil

@@ -116,6 +116,13 @@ func TestStoreMissingOrDamaged(t *testing.T) {
 			os.RemoveAll(filepath.Join(p, LedgerDir))
 		}, false, "holds no log", 0},
 		{"state file removed (an older directory)", func(t *testing.T, p string) { os.Remove(filepath.Join(p, KeysDir, LogStateFile)) }, false, "", 3},
+		// The index store is rebuilt from the leaves: losing or damaging it loses nothing.
+		{"index store removed", func(t *testing.T, p string) { os.RemoveAll(filepath.Join(p, LedgerDir, IndexDir)) }, false, "", 3},
+		{"index store damaged (MANIFEST removed)", func(t *testing.T, p string) {
+			if err := os.Remove(filepath.Join(p, LedgerDir, IndexDir, "MANIFEST")); err != nil {
+				t.Fatal(err)
+			}
+		}, false, "", 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,6 +138,10 @@ func TestStoreMissingOrDamaged(t *testing.T) {
 				}
 				if s, _ := readLogState(path); s != stateCreated {
 					t.Fatalf("log state = %v, want created", s)
+				}
+				aside, _ := filepath.Glob(filepath.Join(path, LedgerDir, IndexDir+".damaged-*"))
+				if want := strings.Contains(tt.name, "index store damaged"); want != (len(aside) == 1) {
+					t.Fatalf("index stores moved aside: %v; want one: %v", aside, want)
 				}
 				return
 			}

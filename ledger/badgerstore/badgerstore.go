@@ -71,6 +71,12 @@ type Options struct {
 	// and may change any of them (an escape hatch for tuning and tests).
 	// SyncWrites must stay true for the durability contract to hold.
 	BadgerOptions func(badger.Options) badger.Options
+	// NoSync makes Commit return without waiting for fsync: after a crash
+	// the database holds a prefix of its commits (each all or nothing) and
+	// may have lost the rest. Only for data that can be rebuilt from
+	// elsewhere, such as the ledger's separate index store (ledger
+	// Options.Index); never for the ledger's main store.
+	NoSync bool
 	// MinFreeBytes is the free disk space below which Commit refuses to
 	// write (ErrDiskFull). Zero means twice the memtable size plus twice
 	// the largest batch plus 16 MiB; negative disables the check.
@@ -128,7 +134,7 @@ func Open(dir string, o Options) (s *Store, err error) {
 	}()
 	reads := &readErrors{m: make(map[string]string)}
 	bo := badger.DefaultOptions(dir).
-		WithSyncWrites(true).
+		WithSyncWrites(!o.NoSync).
 		WithValueThreshold(DefaultValueThreshold).
 		WithDetectConflicts(false).
 		WithCompression(options.None).
@@ -337,6 +343,15 @@ func (s *Store) Restore(r io.Reader) error {
 	}
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("badger sync after restore: %w", err)
+	}
+	return nil
+}
+
+// DropAll deletes every key of the database (badger's DropAll). The
+// ledger empties a separate index store with it before rebuilding it.
+func (s *Store) DropAll() error {
+	if err := s.db.DropAll(); err != nil {
+		return fmt.Errorf("badger drop all: %w", err)
 	}
 	return nil
 }

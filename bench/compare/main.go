@@ -1,0 +1,305 @@
+// Command compare measures durable in-process appends of Grantline's ledger
+// (badger, dedupe and every index on) and of Tessera's POSIX driver
+// (github.com/transparency-dev/tessera/storage/posix, fsync on, in-memory
+// antispam) on the same entries, in interleaved rounds in one process, and
+// prints each system's events/s and their ratio per round and the medians.
+// It is a module of its own so that Grantline does not depend on Tessera's
+// storage drivers; `make bench-compare` runs it. See docs/BENCHMARKS.md.
+//
+// Both systems get the same entries: the deterministic protobuf encoding of
+// ~500-byte Grantline events. Grantline appends the events (each call
+// answers once its events are durable, integrated into the tree and under a
+// signed checkpoint); Tessera adds the encoded bytes and each caller waits
+// for the index futures of its chunk (resolved once Tessera's sequencer has
+// durably assigned the index), the weaker condition of the two.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/storage/posix"
+	"golang.org/x/mod/sumdb/note"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"k8s.io/klog/v2"
+
+	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/badgerstore"
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+)
+
+func main() {
+	events := flag.Int("events", 200_000, "events appended per system per round")
+	rounds := flag.Int("rounds", 5, "rounds; each runs both systems, in alternating order")
+	callers := flag.Int("callers", 64, "concurrent appending goroutines")
+	chunk := flag.Int("chunk", 100, "events per append call (Grantline) or per awaited group of adds (Tessera)")
+	batch := flag.Int("batch", 4096, "largest batch of either system (Grantline MaxBatch, Tessera WithBatching)")
+	batchAge := flag.Duration("tessera-batch-age", 100*time.Millisecond, "Tessera's batch age (WithBatching); Grantline needs none (group commit)")
+	dir := flag.String("dir", "", "where the rounds' stores are made (and removed); default the system's temporary directory")
+	separate := flag.Bool("separate-index", true, "Grantline keeps its indexes in a separate index store (ledger Options.Index), as grantline serve does")
+	verbose := flag.Bool("v", false, "show Tessera's log lines")
+	flag.Parse()
+	if !*verbose {
+		klog.LogToStderr(false)
+		klog.SetOutput(io.Discard)
+	}
+	if *events <= 0 || *rounds <= 0 || *callers <= 0 || *chunk <= 0 {
+		log.Fatal("-events, -rounds, -callers and -chunk must be positive")
+	}
+	base, err := os.MkdirTemp(*dir, "bench-compare-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(base)
+
+	skey, vkey, err := note.GenerateKey(rand.Reader, "bench.grantline.example/compare")
+	if err != nil {
+		log.Fatal(err)
+	}
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	verifier, err := note.NewVerifier(vkey)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// The entries: the same for both systems, new ids every round.
+	tmpl := templateEvent()
+	size := len(mustMarshal(tmpl))
+	fmt.Printf("# %s; load average %s\n", time.Now().UTC().Format(time.RFC3339), loadAvg())
+	fmt.Printf("# %d events of ~%d bytes per system per round, %d callers x %d, batch %d, fsync on\n",
+		*events, size, *callers, *chunk, *batch)
+	fmt.Printf("%-6s %16s %16s %8s\n", "round", "grantline ev/s", "tessera ev/s", "ratio")
+	var gs, ts, rs []float64
+	ctx := context.Background()
+	for r := range *rounds {
+		evs := make([]*pb.Event, *events)
+		raw := make([][]byte, *events)
+		for i := range evs {
+			evs[i] = withID(tmpl, fmt.Sprintf("r%d-%d", r, i), i)
+			raw[i] = mustMarshal(evs[i])
+		}
+		var g, t float64
+		runG := func() {
+			g, err = runGrantline(ctx, filepath.Join(base, fmt.Sprintf("grantline-%d", r)), signer, verifier, evs, *callers, *chunk, *batch, *separate)
+			if err != nil {
+				log.Fatalf("grantline, round %d: %v", r, err)
+			}
+		}
+		runT := func() {
+			t, err = runTessera(ctx, filepath.Join(base, fmt.Sprintf("tessera-%d", r)), signer, raw, *callers, *chunk, *batch, *batchAge)
+			if err != nil {
+				log.Fatalf("tessera, round %d: %v", r, err)
+			}
+		}
+		if r%2 == 0 {
+			runG()
+			runT()
+		} else {
+			runT()
+			runG()
+		}
+		gs, ts, rs = append(gs, g), append(ts, t), append(rs, g/t)
+		fmt.Printf("%-6d %16.0f %16.0f %8.2f\n", r+1, g, t, g/t)
+	}
+	fmt.Printf("%-6s %16.0f %16.0f %8.2f\n", "median", median(gs), median(ts), median(rs))
+	fmt.Printf("# load average at the end %s\n", loadAvg())
+}
+
+// runGrantline appends evs to a new ledger in dir from callers goroutines
+// and returns events/s until the last append is answered.
+func runGrantline(ctx context.Context, dir string, s note.Signer, v note.Verifier, evs []*pb.Event, callers, chunk, batch int, separate bool) (float64, error) {
+	st, err := badgerstore.Open(filepath.Join(dir, "ledger"), badgerstore.Options{})
+	if err != nil {
+		return 0, err
+	}
+	o := ledger.Options{Signer: s, Verifier: v, MaxBatch: batch}
+	if separate {
+		ix, err := badgerstore.Open(filepath.Join(dir, "ledger", "index"), badgerstore.Options{NoSync: true})
+		if err != nil {
+			st.Close()
+			return 0, err
+		}
+		o.Index = ix
+	}
+	l, err := ledger.Open(ctx, st, o)
+	if err != nil {
+		st.Close()
+		if o.Index != nil {
+			o.Index.Close()
+		}
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	defer l.Close()
+	elapsed, err := drive(len(evs), callers, chunk, func(from, to int) error {
+		for {
+			_, _, err := l.Append(ctx, evs[from:to])
+			if errors.Is(err, ledger.ErrPushback) {
+				time.Sleep(time.Millisecond)
+				continue
+			}
+			return err
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	if got := l.Latest().Size; got != uint64(len(evs)) {
+		return 0, fmt.Errorf("tree size %d after %d appends", got, len(evs))
+	}
+	return float64(len(evs)) / elapsed.Seconds(), nil
+}
+
+// runTessera adds raw to a new Tessera POSIX log in dir from callers
+// goroutines and returns events/s until the last index future resolved.
+func runTessera(ctx context.Context, dir string, s note.Signer, raw [][]byte, callers, chunk, batch int, age time.Duration) (float64, error) {
+	defer os.RemoveAll(dir)
+	// Tessera's background loops (integration, publishing) run until ctx
+	// ends: cancelled after the shutdown below, before dir is removed.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	driver, err := posix.New(ctx, posix.Config{Path: dir})
+	if err != nil {
+		return 0, err
+	}
+	app, shutdown, _, err := tessera.NewAppender(ctx, driver, tessera.NewAppendOptions().
+		WithCheckpointSigner(s).
+		WithCheckpointInterval(time.Second).
+		WithBatching(uint(batch), age).
+		WithPushback(64*1024).
+		WithAntispam(tessera.DefaultAntispamInMemorySize, nil))
+	if err != nil {
+		return 0, err
+	}
+	elapsed, err := drive(len(raw), callers, chunk, func(from, to int) error {
+		fs := make([]tessera.IndexFuture, 0, to-from)
+		for _, b := range raw[from:to] {
+			fs = append(fs, app.Add(ctx, tessera.NewEntry(b)))
+		}
+		for _, f := range fs {
+			for {
+				_, err := f()
+				if errors.Is(err, tessera.ErrPushback) {
+					// Not expected with the pushback limit above; counted
+					// as a failure rather than retried silently.
+					return err
+				}
+				if err != nil {
+					return err
+				}
+				break
+			}
+		}
+		return nil
+	})
+	if serr := shutdown(ctx); err == nil && serr != nil {
+		err = serr
+	}
+	cancel()
+	time.Sleep(100 * time.Millisecond) // let the loops see it before dir goes
+	if err != nil {
+		return 0, err
+	}
+	return float64(len(raw)) / elapsed.Seconds(), nil
+}
+
+// drive runs n events through add in chunks from callers goroutines and
+// returns the wall time.
+func drive(n, callers, chunk int, add func(from, to int) error) (time.Duration, error) {
+	var next atomic.Int64
+	var mu sync.Mutex
+	var first error
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for {
+				from := int(next.Add(int64(chunk))) - chunk
+				if from >= n {
+					return
+				}
+				if err := add(from, min(from+chunk, n)); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start), first
+}
+
+// templateEvent is a ~500-byte event like the ledger's benchmarks use.
+func templateEvent() *pb.Event {
+	return &pb.Event{
+		Type:        "access.approved",
+		Time:        timestamppb.New(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
+		Source:      &pb.Source{System: "iga-1", Product: "sailpoint", Tenant: "acme"},
+		Subject:     &pb.Identity{Id: "user-042", Kind: "human", Display: "Some User"},
+		Actor:       &pb.Identity{Id: "approver-1", Kind: "human"},
+		Entitlement: &pb.Entitlement{Id: "role-7", Resource: "aws:prod", Privileged: true},
+		Refs:        &pb.Refs{Request: "req-1", Ticket: "CHG-1234"},
+		Reason:      strings.Repeat("quarterly access for on-call duty ", 9),
+		Attributes:  map[string]string{"region": "eu-west-1", "cost_center": "4711"},
+	}
+}
+
+// withID is a copy of tmpl with its id set and the subject of event i,
+// one of 1,000 identities.
+func withID(tmpl *pb.Event, id string, i int) *pb.Event {
+	ev := proto.CloneOf(tmpl)
+	ev.Id = id
+	ev.Subject.Id = "user-" + strconv.Itoa(i*7919%1000)
+	return ev
+}
+
+func mustMarshal(ev *pb.Event) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return b
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// loadAvg is the first three fields of /proc/loadavg ("?" elsewhere).
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}

@@ -1,0 +1,277 @@
+package ledger
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/grantline/grantline/ledger/badgerstore"
+)
+
+// openSplit opens a log in st with its indexes in ix.
+func openSplit(t testing.TB, st, ix Store) (*Log, error) {
+	t.Helper()
+	o := testOptions()
+	o.Index = ix
+	return Open(t.Context(), st, o)
+}
+
+func mustOpenSplit(t testing.TB, st, ix Store) *Log {
+	t.Helper()
+	l, err := openSplit(t, st, ix)
+	if err != nil {
+		t.Fatalf("Open with a separate index store: %v", err)
+	}
+	return l
+}
+
+// TestSplitIndexCrashAtEveryStep is TestCrashAtEveryStep with the indexes
+// in a separate index store that need not be durable: a fault at every
+// operation of either store, then a restart on the main store's durable
+// state and the index store as it was, without its last commit, or empty
+// (a crash may lose any suffix of its commits). The restarted log must
+// rebuild what the index store lacks: every acknowledged event present
+// once at its index, found by leaf hash and by subject, and the workload
+// appended again answered as duplicates.
+func TestSplitIndexCrashAtEveryStep(t *testing.T) {
+	ctx := t.Context()
+	st, ix := newFakeStore(), lazy()
+	l := mustOpenSplit(t, st, ix)
+	for _, evs := range crashWorkload() {
+		mustAppend(t, l, evs)
+	}
+	l.Close()
+	checkViolations(t, st)
+	checkViolations(t, ix)
+	if n := len(ix.history); n < len(crashWorkload()) {
+		t.Fatalf("the index store saw %d commits for %d appends", n, len(crashWorkload()))
+	}
+	for _, target := range []string{"main", "index"} {
+		total := map[string]int{"main": st.ops, "index": ix.ops}[target]
+		for at := 1; at <= total; at++ {
+			for _, kind := range []fault{failOp, failCommitButPersist} {
+				t.Run(fmt.Sprintf("%s/op%d/%v", target, at, map[fault]string{failOp: "fail", failCommitButPersist: "persist"}[kind]), func(t *testing.T) {
+					st, ix := newFakeStore(), lazy()
+					f := map[string]*fakeStore{"main": st, "index": ix}[target]
+					f.faultAt, f.kind = at, kind
+					a := acked{}
+					failed := false
+					l, err := openSplit(t, st, ix)
+					if err != nil {
+						if !errors.Is(err, ErrStorage) {
+							t.Fatalf("Open with a failing store: %v, want ErrStorage", err)
+						}
+						failed = true
+					} else {
+						for _, evs := range crashWorkload() {
+							res, _, err := l.Append(ctx, evs)
+							if err != nil {
+								if !errors.Is(err, ErrStorage) {
+									t.Fatalf("Append with a failing store: %v, want ErrStorage", err)
+								}
+								failed = true
+								if _, _, err := l.Append(ctx, testEvents(1000, 1)); !errors.Is(err, ErrStorage) {
+									t.Fatalf("Append after a storage failure: %v, want ErrStorage", err)
+								}
+								break
+							}
+							a.add(t, evs, res)
+						}
+						l.Close()
+					}
+					if !failed {
+						t.Fatalf("fault at operation %d of the %s store did not surface", at, target)
+					}
+					checkViolations(t, st)
+					checkViolations(t, ix)
+					kept := map[string]func() *fakeStore{
+						"kept":      ix.clone,
+						"last-lost": func() *fakeStore { return historyAt(ix, len(ix.history)-2) },
+						"all-lost":  newFakeStore,
+					}
+					for _, loss := range []string{"kept", "last-lost", "all-lost"} {
+						m, x := st.clone(), kept[loss]()
+						l2, err := openSplit(t, m, x)
+						if err != nil {
+							t.Fatalf("restart with the index store %s: %v", loss, err)
+						}
+						b := acked{}
+						for k, v := range a {
+							b[k] = v
+						}
+						checkInvariants(t, l2, b)
+						for _, evs := range crashWorkload() {
+							b.add(t, evs, mustAppend(t, l2, evs))
+						}
+						checkInvariants(t, l2, b)
+						if got, want := l2.Latest().Size, uint64(3+2+300+2+1); got != want {
+							t.Fatalf("index store %s: size after retry = %d, want %d", loss, got, want)
+						}
+						l2.Close()
+						checkViolations(t, m)
+						checkViolations(t, x)
+					}
+				})
+			}
+		}
+	}
+}
+
+// historyAt is the index store as it was after commit i (empty before the
+// first).
+func historyAt(s *fakeStore, i int) *fakeStore {
+	if i < 0 {
+		return newFakeStore()
+	}
+	return s.history[i].clone()
+}
+
+// noDrop hides a store's DropAll.
+type noDrop struct{ Store }
+
+// TestSplitIndexOpen covers how Open treats the index store it is given:
+// a new one for an existing log (rebuilt from the leaves), one ahead of the
+// tree (emptied and rebuilt, or refused when it cannot be emptied), and a
+// main store used with an index store and opened without one (refused).
+func TestSplitIndexOpen(t *testing.T) {
+	ctx := t.Context()
+	// A log with its indexes in the main store.
+	st := newFakeStore()
+	l := openFake(t, st)
+	a := acked{}
+	a.add(t, testEvents(0, 50), mustAppend(t, l, testEvents(0, 50)))
+	l.Close()
+
+	t.Run("new index store for an existing log", func(t *testing.T) {
+		m, x := st.clone(), lazy()
+		l := mustOpenSplit(t, m, x)
+		checkInvariants(t, l, a)
+		b := acked{}
+		b.add(t, testEvents(0, 60), mustAppend(t, l, testEvents(0, 60)))
+		for i, r := range mustAppend(t, l, testEvents(0, 60)) {
+			if !r.Duplicate {
+				t.Fatalf("event %d appended again: %+v, want a duplicate", i, r)
+			}
+		}
+		l.Close()
+		if err := Fsck(ctx, m.clone(), testVerifier, nil); err != nil {
+			t.Fatalf("Fsck of the main store: %v", err)
+		}
+		// The main store is now marked: refused without its index store.
+		if _, err := Open(ctx, m.clone(), testOptions()); err == nil || !strings.Contains(err.Error(), "Options.Index") {
+			t.Fatalf("Open of a separately indexed store without an index store: %v, want a refusal naming Options.Index", err)
+		}
+		checkViolations(t, m)
+		checkViolations(t, x)
+	})
+
+	t.Run("index store ahead of the tree", func(t *testing.T) {
+		// An index store of a longer log.
+		m, x := newFakeStore(), lazy()
+		l := mustOpenSplit(t, m, x)
+		mustAppend(t, l, testEvents(0, 80))
+		l.Close()
+		small := newFakeStore()
+		l = mustOpenSplit(t, small, lazy())
+		b := acked{}
+		b.add(t, testEvents(100, 20), mustAppend(t, l, testEvents(100, 20)))
+		l.Close()
+
+		if _, err := openSplit(t, small.clone(), noDrop{x.clone()}); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Open with an index store ahead of the tree that cannot be emptied: %v, want ErrCorrupt", err)
+		}
+		x2 := x.clone()
+		l = mustOpenSplit(t, small.clone(), x2)
+		defer l.Close()
+		if x2.drops != 1 {
+			t.Fatalf("the index store ahead of the tree was emptied %d times, want 1", x2.drops)
+		}
+		checkInvariants(t, l, b)
+		// Events of the other log are new here.
+		for i, r := range mustAppend(t, l, testEvents(0, 5)) {
+			if r.Duplicate || r.Conflict {
+				t.Fatalf("event %d of another log answered %+v here, want new", i, r)
+			}
+		}
+	})
+}
+
+// TestSplitIndexBadger runs a log with its indexes in a second, unsynced
+// badger database inside the ledger's directory: reopened as is, and with
+// the index database deleted, it answers resends as duplicates and finds
+// every entry by subject.
+func TestSplitIndexBadger(t *testing.T) {
+	for _, smap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("subject-map=%v", smap), func(t *testing.T) { testSplitIndexBadger(t, smap) })
+	}
+}
+
+// testSplitIndexBadger: a log with its indexes in a separate badger store,
+// with or without a subject map (whose map leaves have a leaf-hash entry
+// only), survives reopening and losing its index store entirely.
+func testSplitIndexBadger(t *testing.T, smap bool) {
+	dir := filepath.Join(t.TempDir(), "ledger")
+	idir := filepath.Join(dir, "index")
+	open := func() *Log {
+		t.Helper()
+		st := openBadgerStore(t, dir, badgerstore.Options{})
+		ix := openBadgerStore(t, idir, badgerstore.Options{NoSync: true})
+		o := testOptions()
+		o.Index, o.SubjectMap = ix, smap
+		l, err := Open(t.Context(), st, o)
+		if err != nil {
+			st.Close()
+			ix.Close()
+			t.Fatalf("Open: %v", err)
+		}
+		return l
+	}
+	subject := testEvents(0, 1)[0].GetSubject().GetId()
+	checkProof := func(l *Log, step string) {
+		t.Helper()
+		if !smap {
+			return
+		}
+		p, err := l.SubjectProof(t.Context(), subject, l.Latest().Size)
+		if err != nil {
+			t.Fatalf("%s: SubjectProof(%q): %v", step, subject, err)
+		}
+		if p.Count == 0 {
+			t.Fatalf("%s: SubjectProof(%q) counts no entries", step, subject)
+		}
+	}
+	l := open()
+	a := acked{}
+	for i := 0; i < 3; i++ {
+		evs := testEvents(i*400, 500) // overlapping: duplicates within and across batches
+		a.add(t, evs, mustAppend(t, l, evs))
+	}
+	checkInvariants(t, l, a)
+	checkProof(l, "first open")
+	l.Close()
+	for _, step := range []string{"reopened", "index deleted"} {
+		if step == "index deleted" {
+			if err := os.RemoveAll(idir); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l := open()
+		checkInvariants(t, l, a)
+		checkProof(l, step)
+		for i := 0; i < 3; i++ {
+			evs := testEvents(i*400, 500)
+			for j, r := range mustAppend(t, l, evs) {
+				if !r.Duplicate {
+					t.Fatalf("%s: event %d appended again: %+v, want a duplicate", step, j, r)
+				}
+			}
+		}
+		l.Close()
+	}
+	if err := fsckBadger(t, dir); err != nil {
+		t.Fatalf("Fsck of the main store: %v", err)
+	}
+}
