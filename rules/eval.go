@@ -411,15 +411,17 @@ func (s *Set) Evaluate(ctx context.Context, subjects []string, src ChainSource, 
 	return s.evaluate(ctx, subjects, src, now, now, false)
 }
 
-// ErrPeriod is returned for a period whose end is before its start.
-var ErrPeriod = errors.New("the period ends before it starts")
+// ErrPeriod is returned for a period that does not end after it starts:
+// one ending before its start, or an empty one (a single instant is
+// evaluated with Evaluate, the as-of view, not as a period).
+var ErrPeriod = errors.New("the period must end after it starts (for one instant, evaluate as of that time instead)")
 
 // EvaluatePeriod runs every rule over [from, to] (docs/rules.md
 // "Periods"): the as-of time is to; every finding open at some instant of
 // the period is kept, with when it opened and closed, and its exposure
 // clipped to the period; findings closed before from are left out.
 func (s *Set) EvaluatePeriod(ctx context.Context, subjects []string, src ChainSource, from, to time.Time) (*Result, error) {
-	if to.Before(from) {
+	if !to.After(from) {
 		return nil, fmt.Errorf("evaluating %s to %s: %w", from.Format(time.RFC3339), to.Format(time.RFC3339), ErrPeriod)
 	}
 	return s.evaluate(ctx, subjects, src, from, to, true)

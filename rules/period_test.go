@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -194,11 +195,19 @@ func TestPeriodsHandComputed(t *testing.T) {
 	}
 }
 
+// TestEvaluatePeriodRefusesReversedPeriod: a period ending before it starts,
+// or empty (from == to, which population expressions would read as one
+// instant while findings are a period's), is refused.
 func TestEvaluatePeriodRefusesReversedPeriod(t *testing.T) {
 	set := builtinSet(t)
-	_, err := set.EvaluatePeriod(t.Context(), nil, &memSource{}, at("2026-02-01T00:00:00Z"), at("2026-01-01T00:00:00Z"))
-	if err == nil || !strings.Contains(err.Error(), "ends before it starts") {
-		t.Fatalf("err = %v, want ErrPeriod", err)
+	for _, p := range [][2]string{
+		{"2026-02-01T00:00:00Z", "2026-01-01T00:00:00Z"},
+		{"2026-02-01T00:00:00Z", "2026-02-01T00:00:00Z"},
+	} {
+		_, err := set.EvaluatePeriod(t.Context(), nil, &memSource{}, at(p[0]), at(p[1]))
+		if !errors.Is(err, ErrPeriod) || !strings.Contains(err.Error(), "must end after it starts") {
+			t.Errorf("EvaluatePeriod(%s, %s) = %v, want ErrPeriod", p[0], p[1], err)
+		}
 	}
 }
 

@@ -70,7 +70,7 @@ func (s *Set) Stream(ctx context.Context, subjects iter.Seq2[string, error], src
 	if !period {
 		from = asOf
 	} else {
-		if asOf.Before(from) {
+		if !asOf.After(from) {
 			return sum, fmt.Errorf("evaluating %s to %s: %w", from.Format(time.RFC3339), asOf.Format(time.RFC3339), ErrPeriod)
 		}
 		sum.From = from

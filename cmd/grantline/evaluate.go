@@ -437,8 +437,8 @@ func periodFlags(asOf, from, to string) (*timestamppb.Timestamp, *timestamppb.Ti
 		if t, err = parse("--to", to); err != nil {
 			return nil, nil, err
 		}
-		if t.AsTime().Before(f.AsTime()) {
-			return nil, nil, &exitError{code: 2, msg: fmt.Sprintf("--to %s is before --from %s", to, from)}
+		if !t.AsTime().After(f.AsTime()) {
+			return nil, nil, &exitError{code: 2, msg: fmt.Sprintf("--to %s must be after --from %s (for one instant, use --as-of)", to, from)}
 		}
 	}
 	return f, t, nil

@@ -252,7 +252,8 @@ func TestEvaluateFlagErrors(t *testing.T) {
 		{[]string{"--token", "t", "alice"}, "unexpected argument \"alice\""},
 		{[]string{"--token", "t", "--from", "2026-01-01T00:00:00Z", "--as-of", "2026-02-01T00:00:00Z"}, "give --as-of (one instant) or --from/--to (a period), not both"},
 		{[]string{"--token", "t", "--to", "2026-02-01T00:00:00Z"}, "--to needs --from"},
-		{[]string{"--token", "t", "--from", "2026-03-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z"}, "is before --from"},
+		{[]string{"--token", "t", "--from", "2026-03-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z"}, "must be after --from"},
+		{[]string{"--token", "t", "--from", "2026-03-01T00:00:00Z", "--to", "2026-03-01T00:00:00Z"}, "for one instant, use --as-of"},
 		{[]string{"--token", "t", "--from", "last week"}, "--from \"last week\": want an RFC 3339 time"},
 	} {
 		var stderr bytes.Buffer

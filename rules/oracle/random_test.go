@@ -129,7 +129,7 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 				from := now
 				var res *rules.Result
 				if period {
-					from = now.Add(-time.Duration(r.IntN(120)) * 12 * time.Hour)
+					from = now.Add(-time.Duration(1+r.IntN(119)) * 12 * time.Hour) // a period ends after it starts
 					res, err = set.EvaluatePeriod(t.Context(), subjects, memChains(chains), from, now)
 				} else {
 					res, err = set.Evaluate(t.Context(), subjects, memChains(chains), now)
