@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/grantline/grantline/internal/atomicfile"
 )
 
 // logState is what DIR/keys/log.state records about the directory's log.
@@ -52,39 +54,7 @@ func writeLogState(path string, s logState, origin string) error {
 	return writeFileAtomic(filepath.Join(dir, LogStateFile), []byte(body), 0o644)
 }
 
-// writeFileAtomic replaces p with data via a synced temporary file, a
-// rename and a sync of the directory.
+// writeFileAtomic replaces p with data, durably (internal/atomicfile).
 func writeFileAtomic(p string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(p)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", p, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename: nothing to remove
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", p, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.WriteFile(p, data, mode)
 }

@@ -12,8 +12,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/grantline/grantline/internal/atomicfile"
 
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"golang.org/x/mod/sumdb/note"
@@ -222,42 +223,9 @@ func ReadVerifierKeyFile(path string) (note.Verifier, string, error) {
 	return v, vkey, nil
 }
 
-// writeNew creates path holding data, atomically and without clobbering: the
-// bytes go to a synced temporary file that is then hard-linked into place, so
-// a reader (or a second process racing to create the same key) sees either no
-// file or the whole file.
+// writeNew creates path holding data, atomically and without clobbering,
+// so that a reader (or a second process racing to create the same key) sees
+// either no file or the whole file.
 func writeNew(path string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Link(tmp, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s already exists; remove it or choose another location: %w", path, fs.ErrExist)
-		}
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.WriteNew(path, data, mode)
 }

@@ -6,7 +6,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
+
+	"github.com/grantline/grantline/internal/atomicfile"
 )
 
 // maxStateFile bounds the state file read at start: a checkpoint note with
@@ -86,40 +87,8 @@ func readState(path string) ([]byte, error) {
 	return b, nil
 }
 
-// writeState replaces path with data via a synced temporary file in the
-// same directory, a rename and a sync of the directory, so that a crash
-// leaves either the old checkpoint or the new one, never a torn file.
+// writeState replaces path with data durably, so that a crash leaves
+// either the old checkpoint or the new one, never a torn file.
 func writeState(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename: nothing to remove
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.WriteFile(path, data, 0o644)
 }
