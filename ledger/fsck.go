@@ -31,7 +31,7 @@ const fsckChunk = 16 * tileWidth
 // may go on meanwhile.
 func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any)) error {
 	size := l.Latest().Size
-	return fsck(ctx, l.st, l.ix, l.o.Verifier, size, size, true, report)
+	return fsck(ctx, l.st, l.ix, l.o.Verifier, size, size, size, true, report)
 }
 
 // Fsck checks the store of a log that is not open (it may be one Open
@@ -42,6 +42,17 @@ func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any))
 // origin; report is told that signatures were not checked. It does not
 // close st.
 func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format string, args ...any)) error {
+	return FsckWithIndex(ctx, st, nil, v, report)
+}
+
+// FsckWithIndex is Fsck for a log that keeps its indexes in a separate
+// index store (Options.Index): ix, which it does not close either. The
+// index entries of the leaves below the index store's watermark must match
+// them exactly; the leaves above it are not indexed yet (the next Open
+// indexes them), which it reports. With ix nil such a log's indexes are
+// not checked, and report is told so; for a log whose indexes live in st,
+// ix is ignored.
+func FsckWithIndex(ctx context.Context, st, ix Store, v note.Verifier, report func(format string, args ...any)) error {
 	if v == nil && report != nil {
 		report("fsck: no log verifier key: checkpoint signatures are NOT checked, only the tree's structure")
 	}
@@ -49,12 +60,11 @@ func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format str
 	if err != nil {
 		return storageErr(err, "reading the latest tree size")
 	}
-	ix := st
-	if vals[2] != nil {
-		ix = nil
-		if report != nil {
-			report("fsck: the log keeps its indexes in a separate index store, which Open rebuilds from the leaves: indexes not checked")
-		}
+	separate := vals[2] != nil
+	if !separate {
+		ix = st
+	} else if ix == nil && report != nil {
+		report("fsck: the log keeps its indexes in a separate index store, which was not given: indexes not checked")
 	}
 	if vals[0] == nil || len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
 		return fmt.Errorf("%w: the latest tree size record is missing or malformed", ErrCorrupt)
@@ -67,7 +77,28 @@ func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format str
 	if size < cpSize {
 		return fmt.Errorf("%w: the tree size record says %d, below the latest checkpoint's %d", ErrCorrupt, size, cpSize)
 	}
-	return fsck(ctx, st, ix, v, cpSize, size, false, report)
+	indexed := size
+	if separate && ix != nil {
+		w, err := ix.Get(keyIndexed)
+		if err != nil {
+			return storageErr(err, "reading the index store's watermark")
+		}
+		switch {
+		case w[0] == nil:
+			indexed = 0
+		case len(w[0]) != 8:
+			return fmt.Errorf("%w: the index store's watermark has %d bytes, want 8 (the next Open rebuilds the index store)", ErrCorrupt, len(w[0]))
+		default:
+			indexed = binary.BigEndian.Uint64(w[0])
+		}
+		if indexed > size {
+			return fmt.Errorf("%w: the index store indexes %d leaves but the tree has %d: it belongs to a longer log (was the main store restored from an older backup?); the next Open empties and rebuilds it", ErrCorrupt, indexed, size)
+		}
+		if indexed < size && report != nil {
+			report("fsck: the index store covers %d of %d leaves; the next Open indexes the rest from the leaves", indexed, size)
+		}
+	}
+	return fsck(ctx, st, ix, v, cpSize, size, indexed, false, report)
 }
 
 // Restorer is a Store that can load a backup written by its Backup method
@@ -114,8 +145,10 @@ func Restore(ctx context.Context, st Store, r io.Reader) error {
 // (128 KiB each) are in flight, never the leaves of the whole log.
 //
 // The index entries are read from ix: st itself, or a separate index store
-// (Options.Index); nil: the indexes are not checked.
-func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size uint64, live bool, report func(string, ...any)) error {
+// (Options.Index); nil: the indexes are not checked. Only the entries of the
+// leaves below indexed (size, or a separate index store's watermark) are
+// checked: above it, a separate index store has not indexed them yet.
+func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, indexed uint64, live bool, report func(string, ...any)) error {
 	if report == nil {
 		report = func(string, ...any) {}
 	}
@@ -175,14 +208,14 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size uin
 				return
 			}
 			select {
-			case jobs <- func() { res <- checkChunk(ctx, st, start, end, size, live) }:
+			case jobs <- func() { res <- checkChunk(ctx, st, start, end, size, indexed, live) }:
 			case <-ctx.Done():
 				return
 			}
 		}
 		for n, r := range ranges {
 			select {
-			case jobs <- func() { idx.scanned[n] = scanIndex(ctx, ix, r, size) }:
+			case jobs <- func() { idx.scanned[n] = scanIndex(ctx, ix, r, indexed) }:
 			case <-ctx.Done():
 				return
 			}
@@ -233,7 +266,7 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size uin
 	if ix != nil {
 		if idx.leaves != idx.stored {
 			report("fsck: the indexes do not match the leaves; looking for the first bad entry")
-			return findIndexFault(context.WithoutCancel(ctx), st, ix, size, idx)
+			return findIndexFault(context.WithoutCancel(ctx), st, ix, indexed, idx)
 		}
 		report("fsck: leaf-hash, dedupe and subject indexes match the leaves")
 	}
@@ -353,7 +386,7 @@ func (s *leafSuspect) unresolved() error {
 // checkChunk reads the leaves [start, end) of a tree of size leaves in one
 // scan, hashes and decodes each, adds the index entries each needs to the
 // digest, and compares the hashes with the stored level-0 tiles.
-func checkChunk(ctx context.Context, st Store, start, end, size uint64, live bool) fsckChunkResult {
+func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64, live bool) fsckChunkResult {
 	r := fsckChunkResult{start: start, hashes: make([][32]byte, 0, end-start), errAt: end}
 	fail := func(at uint64, err error) {
 		if r.err == nil || at < r.errAt {
@@ -375,6 +408,7 @@ func checkChunk(ctx context.Context, st Store, start, end, size uint64, live boo
 			}
 		}
 		next++
+		inIndex := i < indexed // above a separate index store's watermark: not indexed yet
 		h := LeafHash(v)
 		r.hashes = append(r.hashes, h)
 		e, err := event.DecodeLeaf(v)
@@ -382,7 +416,9 @@ func checkChunk(ctx context.Context, st Store, start, end, size uint64, live boo
 			// A map leaf has a leaf-hash entry only; fsckMap checks it.
 			binary.BigEndian.PutUint64(val[:], i)
 			key = append(append(key[:0], kHash), h[:indexKeyLen]...)
-			r.digest.addEntry(key, val[:])
+			if inIndex {
+				r.digest.addEntry(key, val[:])
+			}
 			r.subjects = append(r.subjects, "")
 			r.mapLeaves = append(r.mapLeaves, fsckMapLeaf{i, bytes.Clone(v)})
 			return nil
@@ -395,13 +431,19 @@ func checkChunk(ctx context.Context, st Store, start, end, size uint64, live boo
 		r.subjects = append(r.subjects, e.GetEvent().GetSubject().GetId())
 		binary.BigEndian.PutUint64(val[:], i)
 		key = append(append(key[:0], kHash), h[:indexKeyLen]...)
-		r.digest.addEntry(key, val[:])
+		if inIndex {
+			r.digest.addEntry(key, val[:])
+		}
 		d := event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
 		key = append(append(key[:0], kDedupe), d[:indexKeyLen]...)
-		r.digest.addEntry(key, val[:])
+		if inIndex {
+			r.digest.addEntry(key, val[:])
+		}
 		if s := e.GetEvent().GetSubject().GetId(); s != "" {
 			key = appendSubjectKey(key[:0], s, i)
-			r.digest.addEntry(key, nil)
+			if inIndex {
+				r.digest.addEntry(key, nil)
+			}
 		}
 		return nil
 	})

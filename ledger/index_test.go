@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/grantline/grantline/ledger/badgerstore"
+	"github.com/grantline/grantline/ledger/event"
 )
 
 // openSplit opens a log in st with its indexes in ix.
@@ -273,5 +275,62 @@ func testSplitIndexBadger(t *testing.T, smap bool) {
 	}
 	if err := fsckBadger(t, dir); err != nil {
 		t.Fatalf("Fsck of the main store: %v", err)
+	}
+}
+
+// TestFsckWithIndex: the offline fsck of a log with a separate index store
+// checks the index store up to its watermark: a missing or misdirected
+// entry below it is corruption, named; leaves above it are not indexed yet
+// (the next Open indexes them) and are reported, not refused; a watermark
+// beyond the tree is refused.
+func TestFsckWithIndex(t *testing.T) {
+	st, ix := newFakeStore(), newFakeStore()
+	l := mustOpenSplit(t, st, ix)
+	mustAppend(t, l, testEvents(0, 600))
+	mustAppend(t, l, testEvents(600, 400))
+	l.Close()
+	st = st.clone() // the stores after the log closed them, open again
+	ix = ix.clone()
+	ev := testEvent(10)
+	d := event.DedupeKey(ev.GetSource().GetSystem(), ev.GetId())
+	tests := []struct {
+		name   string
+		damage func(ix *fakeStore)
+		want   string // "" for ok
+		report string // a line report must have heard
+	}{
+		{"intact", func(*fakeStore) {}, "", "indexes match the leaves"},
+		{"dedupe record lost", func(ix *fakeStore) { ix.corrupt(dedupeKey(d), nil) }, "dedupe record of leaf 10", ""},
+		{"dedupe record misdirected", func(ix *fakeStore) { ix.corrupt(dedupeKey(d), be64(nil, 11)) }, "leaf 10", ""},
+		{"leaves above the watermark", func(ix *fakeStore) {
+			ix.corrupt(keyIndexed, be64(nil, 700))
+			ix.corrupt(dedupeKey(event.DedupeKey(testEvent(800).GetSource().GetSystem(), testEvent(800).GetId())), nil)
+		}, "", "covers 700 of 1000 leaves"},
+		{"watermark beyond the tree", func(ix *fakeStore) { ix.corrupt(keyIndexed, be64(nil, 1001)) }, "indexes 1001 leaves but the tree has 1000", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			damaged := ix.clone()
+			tc.damage(damaged)
+			var heard []string
+			err := FsckWithIndex(t.Context(), st, damaged, nil, func(f string, a ...any) { heard = append(heard, fmt.Sprintf(f, a...)) })
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("FsckWithIndex = %v, want ok", err)
+			case tc.want != "" && (!errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("FsckWithIndex = %v, want ErrCorrupt naming %q", err, tc.want)
+			}
+			if tc.report != "" && !slices.ContainsFunc(heard, func(s string) bool { return strings.Contains(s, tc.report) }) {
+				t.Errorf("report heard %q, want a line with %q", heard, tc.report)
+			}
+		})
+	}
+	// Without the index store the indexes are not checked, and it says so.
+	var heard []string
+	if err := Fsck(t.Context(), st, nil, func(f string, a ...any) { heard = append(heard, fmt.Sprintf(f, a...)) }); err != nil {
+		t.Fatalf("Fsck without the index store = %v", err)
+	}
+	if !slices.ContainsFunc(heard, func(s string) bool { return strings.Contains(s, "indexes not checked") }) {
+		t.Errorf("Fsck without the index store heard %q, want \"indexes not checked\"", heard)
 	}
 }
