@@ -366,3 +366,47 @@ func TestEvaluateStreamCancel(t *testing.T) {
 		t.Errorf("%d chain reads for %d subjects: the evaluation ran to the end", n, len(subjects))
 	}
 }
+
+// TestChunkerMaxAge: a chunk is sent when it is full, and also, after a
+// subject's results, once it is maxAge old, so that a slow evaluation with
+// few findings reaches the client as it goes; with no age bound, small
+// results share one chunk until flushed.
+func TestChunkerMaxAge(t *testing.T) {
+	results := make([]*rules.SubjectResult, 5)
+	for i := range results {
+		s := "user-" + strconv.Itoa(i)
+		results[i] = &rules.SubjectResult{Subject: s, Entries: 1, Findings: []rules.Finding{{Rule: "r", Subject: s, Message: "m"}}}
+	}
+	for _, tc := range []struct {
+		name   string
+		maxAge time.Duration
+		want   int // chunks before the final flush
+	}{
+		{"no age bound", 0, 0},
+		{"every subject is old enough", time.Nanosecond, 5},
+		{"an hour", time.Hour, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var sent []*pb.EvaluateChunk
+			c := &chunker{limit: 1 << 20, maxAge: tc.maxAge, send: func(ch *pb.EvaluateChunk) error { sent = append(sent, ch); return nil }}
+			for _, r := range results {
+				if err := c.add(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if len(sent) != tc.want {
+				t.Fatalf("%d chunks sent before the flush, want %d", len(sent), tc.want)
+			}
+			if err := c.flush(); err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for _, ch := range sent {
+				n += len(ch.GetFindings())
+			}
+			if n != len(results) {
+				t.Fatalf("%d findings sent in %d chunks, want %d", n, len(sent), len(results))
+			}
+		})
+	}
+}

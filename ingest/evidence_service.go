@@ -180,7 +180,7 @@ func (h *evidenceService) EvaluateStream(ctx context.Context, req *connect.Reque
 	if err := stream.Send(&pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Header{Header: head}}); err != nil {
 		return err
 	}
-	c := &chunker{limit: h.s.evalChunk, send: func(ch *pb.EvaluateChunk) error {
+	c := &chunker{limit: h.s.evalChunk, maxAge: evalChunkMaxAge, send: func(ch *pb.EvaluateChunk) error {
 		return stream.Send(&pb.EvaluateStreamResponse{Part: &pb.EvaluateStreamResponse_Chunk{Chunk: ch}})
 	}}
 	sum, err := h.run(ctx, e, c.add)
@@ -200,14 +200,22 @@ func (h *evidenceService) EvaluateStream(ctx context.Context, req *connect.Reque
 // the oneof field's tag and length.
 const chunkOverhead = 1 + binary.MaxVarintLen64
 
+// evalChunkMaxAge is how long a chunk of findings may wait to fill up: on a
+// large log with few findings a client hears of them within about this
+// long instead of when a whole chunk's worth has been found.
+const evalChunkMaxAge = time.Second
+
 // chunker packs subjects' results into EvaluateChunks whose
 // EvaluateStreamResponse stays within limit bytes; a single finding or
-// error larger than that travels alone.
+// error larger than that travels alone. A chunk is also sent, after a
+// subject's results, once it is maxAge old (0: only when full).
 type chunker struct {
-	limit int
-	send  func(*pb.EvaluateChunk) error
-	cur   *pb.EvaluateChunk
-	size  int
+	limit   int
+	maxAge  time.Duration
+	send    func(*pb.EvaluateChunk) error
+	cur     *pb.EvaluateChunk
+	size    int
+	started time.Time // when cur was begun
 }
 
 // room makes room for n more bytes, sending the current chunk if they
@@ -219,7 +227,7 @@ func (c *chunker) room(n int) error {
 		}
 	}
 	if c.cur == nil {
-		c.cur = &pb.EvaluateChunk{}
+		c.cur, c.started = &pb.EvaluateChunk{}, time.Now()
 	}
 	c.size += n
 	return nil
@@ -248,6 +256,9 @@ func (c *chunker) add(r *rules.SubjectResult) error {
 			c.cur.ExposureBySubject = map[string]int64{}
 		}
 		c.cur.ExposureBySubject[r.Subject] = r.Exposure
+	}
+	if c.cur != nil && c.maxAge > 0 && time.Since(c.started) >= c.maxAge {
+		return c.flush()
 	}
 	return nil
 }
