@@ -80,11 +80,15 @@ func testEvents(from, n int) []*pb.Event {
 	return evs
 }
 
-// acked records acknowledged appends by dedupe key.
+// acked records acknowledged appends by dedupe key. A value's Duplicate
+// field means that no answer has called the event new yet (the first answer
+// seen was a repeat: concurrent appends of one event may be answered in
+// either order).
 type acked map[[32]byte]AppendResult
 
-// add records the results of one append and checks that an event answered
-// before keeps its index and is a duplicate or a conflict, never both.
+// add records the results of one append and checks them against earlier
+// answers: an event keeps its index and leaf hash, an answer is never both
+// a duplicate and a conflict, and at most one answer calls an event new.
 // It reports with t.Errorf, never t.Fatalf: workers call it from their own
 // goroutines, under a lock, where FailNow would leave the lock held and hang
 // the test instead of showing the failure.
@@ -96,17 +100,27 @@ func (a acked) add(t testing.TB, evs []*pb.Event, res []AppendResult) {
 	}
 	for i, ev := range evs {
 		k := event.DedupeKey(ev.GetSource().GetSystem(), ev.GetId())
-		if old, ok := a[k]; ok {
-			if old.Index != res[i].Index || old.LeafHash != res[i].LeafHash {
-				t.Errorf("event %s/%s acknowledged at %d, now at %d", ev.GetSource().GetSystem(), ev.GetId(), old.Index, res[i].Index)
-			}
-			if res[i].Duplicate == res[i].Conflict {
-				t.Errorf("event %s/%s answered again at %d with Duplicate %v and Conflict %v, want exactly one",
-					ev.GetSource().GetSystem(), ev.GetId(), res[i].Index, res[i].Duplicate, res[i].Conflict)
-			}
+		r := res[i]
+		name := ev.GetSource().GetSystem() + "/" + ev.GetId()
+		if r.Duplicate && r.Conflict {
+			t.Errorf("event %s answered at %d as both a duplicate and a conflict", name, r.Index)
+		}
+		repeat := r.Duplicate || r.Conflict
+		old, ok := a[k]
+		if !ok {
+			a[k] = AppendResult{Index: r.Index, LeafHash: r.LeafHash, Duplicate: repeat}
 			continue
 		}
-		a[k] = AppendResult{Index: res[i].Index, LeafHash: res[i].LeafHash}
+		if old.Index != r.Index || old.LeafHash != r.LeafHash {
+			t.Errorf("event %s acknowledged at %d, now at %d", name, old.Index, r.Index)
+		}
+		if !repeat {
+			if !old.Duplicate {
+				t.Errorf("event %s answered as new twice (at %d)", name, r.Index)
+			}
+			old.Duplicate = false
+			a[k] = old
+		}
 	}
 }
 
