@@ -462,45 +462,69 @@ func (s *Set) Collect(ctx context.Context, subjects iter.Seq2[string, error], sr
 	return res, nil
 }
 
-func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSource, from, now time.Time, period bool, srcIdx *sourceIndex) (subjectResult, error) {
-	var res subjectResult
+// loadViews reads subject's chain into its views, with the other chains
+// the set's rules read beside it: the holders' of its credentials when a
+// rule uses holder_leavings, its owner's (a non-human subject with an owner
+// other than itself) when a rule uses owner. Evaluation and populations
+// read the same chains through it. It also returns the length of the
+// subject's chain as read (before the views leave anything out). The
+// caller releases the views.
+func (s *Set) loadViews(ctx context.Context, subject string, src ChainSource, now time.Time, srcIdx *sourceIndex) (*views, int, error) {
 	chain, err := src.Chain(ctx, subject)
 	if err != nil {
-		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
+		return nil, 0, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
 	v, err := buildViews(subject, chain, now, srcIdx)
 	if err != nil {
-		return res, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
+		return nil, 0, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
 	}
-	defer v.release()
-	res.entries = len(v.events)
+	if err := s.loadRelated(ctx, v, subject, src, now); err != nil {
+		v.release()
+		return nil, 0, err
+	}
+	return v, len(chain), nil
+}
+
+// loadRelated reads the holders' and owner's chains into v (see loadViews).
+func (s *Set) loadRelated(ctx context.Context, v *views, subject string, src ChainSource, now time.Time) error {
 	if s.needHolders {
 		for _, h := range v.holders() {
 			hc, err := src.Chain(ctx, h)
-			if err != nil {
-				return res, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			if err == nil {
+				err = v.setHolder(h, hc, now)
 			}
-			if err := v.setHolder(h, hc, now); err != nil {
-				return res, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
+			if err != nil {
+				return fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
 			}
 		}
 	}
 	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
 		oc, err := src.Chain(ctx, v.subject.Owner)
-		if err != nil {
-			return res, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
+		if err == nil {
+			err = v.setOwner(oc, now)
 		}
-		if err := v.setOwner(oc, now); err != nil {
-			return res, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
+		if err != nil {
+			return fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
 		}
 	}
+	return nil
+}
+
+func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSource, from, now time.Time, period bool, srcIdx *sourceIndex) (subjectResult, error) {
+	var res subjectResult
+	v, chainLen, err := s.loadViews(ctx, subject, src, now, srcIdx)
+	if err != nil {
+		return res, err
+	}
+	defer v.release()
+	res.entries = len(v.events)
 	if len(s.rules) == 0 {
 		return res, nil
 	}
 	sctx, cancel := context.WithTimeout(ctx, s.opts.SubjectTimeout)
 	defer cancel()
 	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, from, now)}
-	tracked := s.opts.CostTrackedEntries < 0 || len(chain) <= s.opts.CostTrackedEntries
+	tracked := s.opts.CostTrackedEntries < 0 || chainLen <= s.opts.CostTrackedEntries
 	bound := max(chainSizeBound(subject, v.events), v.ownerBound)
 	if srcIdx != nil {
 		bound = max(bound, srcIdx.bound)

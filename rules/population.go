@@ -139,42 +139,15 @@ func (s *Set) Population(ctx context.Context, subjects []string, src ChainSource
 }
 
 func (s *Set) subjectPopulation(ctx context.Context, subject string, src ChainSource, from, now time.Time, primaries []Primary, srcIdx *sourceIndex) ([]Item, error) {
-	chain, err := src.Chain(ctx, subject)
+	v, chainLen, err := s.loadViews(ctx, subject, src, now, srcIdx)
 	if err != nil {
-		return nil, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
-	}
-	v, err := buildViews(subject, chain, now, srcIdx)
-	if err != nil {
-		return nil, fmt.Errorf("reading the chain of subject %q: %w", subject, err)
+		return nil, err
 	}
 	defer v.release()
-	// The chains a population reads beyond the subject's, as evaluation
-	// reads them (Set.evaluateSubject): holders' for holder_leavings, the
-	// owner's for owner.
-	if s.needHolders {
-		for _, h := range v.holders() {
-			hc, err := src.Chain(ctx, h)
-			if err != nil {
-				return nil, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
-			}
-			if err := v.setHolder(h, hc, now); err != nil {
-				return nil, fmt.Errorf("reading the chain of holder %q of a credential of subject %q: %w", h, subject, err)
-			}
-		}
-	}
-	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
-		oc, err := src.Chain(ctx, v.subject.Owner)
-		if err != nil {
-			return nil, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
-		}
-		if err := v.setOwner(oc, now); err != nil {
-			return nil, fmt.Errorf("reading the chain of owner %q of subject %q: %w", v.subject.Owner, subject, err)
-		}
-	}
 	sctx, cancel := context.WithTimeout(ctx, s.opts.SubjectTimeout)
 	defer cancel()
 	act := &activation{vals: subjectVals(s.rules[0].rule.env.CELTypeAdapter(), v, from, now)}
-	tracked := s.opts.CostTrackedEntries < 0 || len(chain) <= s.opts.CostTrackedEntries
+	tracked := s.opts.CostTrackedEntries < 0 || chainLen <= s.opts.CostTrackedEntries
 	// As in evaluation: a subject whose inputs are within the bound where
 	// the static estimate stays under the cost limit runs untracked.
 	bound := max(chainSizeBound(subject, v.events), v.ownerBound)
