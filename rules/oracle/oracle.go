@@ -225,34 +225,13 @@ func (c *chain) together(x, y Entry) bool {
 // an event, and closes at the next one or the grant's first end.
 func (c *chain) lapse(ge Entry, anchor string, d time.Duration) (window, bool) {
 	g := ge.Event.GetRefs().GetGrant()
-	xs := []Entry{ge}
+	var anchors []Entry
 	for _, x := range c.es {
-		if typ := x.Event.GetType(); typ == anchor && x.Event.GetRefs().GetGrant() == g && !tm(x).Before(tm(ge)) && x.Index != ge.Index {
-			xs = append(xs, x)
+		if x.Event.GetType() == anchor && x.Event.GetRefs().GetGrant() == g {
+			anchors = append(anchors, x)
 		}
 	}
-	xs = sorted(xs)
-	end := c.firstEnd(g)
-	var best window
-	found := false
-	for i, x := range xs {
-		opened := tm(x).Add(d)
-		if !opened.Before(c.now) {
-			continue
-		}
-		var closing *Entry
-		if i+1 < len(xs) {
-			closing = &xs[i+1]
-		}
-		if end != nil && (closing == nil || tm(*end).Before(tm(*closing))) {
-			closing = end
-		}
-		if closing != nil && (!tm(*closing).After(opened) || !tm(*closing).After(c.from)) {
-			continue
-		}
-		best, found = window{opened: opened, closing: closing}, true
-	}
-	return best, found
+	return c.lapseOf(ge, c.firstEnd(g), anchors, d)
 }
 
 // Evaluate runs every rule that reads one chain (all but backdated-closure,
