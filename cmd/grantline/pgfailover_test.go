@@ -87,14 +87,11 @@ func role(t *testing.T, s *e2eServer) string {
 	return st.Role
 }
 
-// TestPostgresFailover: two nodes on one PostgreSQL and one set of keys. A
-// sequences while B follows: both serve the same checkpoint, and a stream
-// of appends is sent through B, which forwards it to A. A is killed
-// (SIGKILL) in the middle of the stream; B takes over, the stream is resent
-// to B, and every acknowledged event is in the log exactly once, the whole
-// log verifies from B's tiles with x/mod's tlog, and the last checkpoint
-// seen from A is consistent with B's.
-func TestPostgresFailover(t *testing.T) {
+// startPGCluster starts a throwaway PostgreSQL (skipping the test without
+// one), a schema in it, and a first `grantline serve` node on it, ready and
+// holding the admin token. The cluster stops when the test ends.
+func startPGCluster(t *testing.T) (c *pgtest.Cluster, url, dir string, a *e2eServer) {
+	t.Helper()
 	requireBinary(t)
 	c, err := pgtest.Start(t.Context(), pgtest.Options{})
 	if errors.Is(err, pgtest.ErrNoPostgres) {
@@ -103,18 +100,31 @@ func TestPostgresFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Stop()
-	url, err := c.NewSchema(t.Context())
+	t.Cleanup(func() { _ = c.Stop() })
+	url, err = c.NewSchema(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	a := startPGServer(t, dir, url)
+	dir = t.TempDir()
+	a = startPGServer(t, dir, url)
 	tok, err := waitReady(t.Context(), a.addr, dir, a.exited)
 	if err != nil {
 		t.Fatalf("%v; log:\n%s", err, a.logs)
 	}
 	a.token = tok
+	return c, url, dir, a
+}
+
+// TestPostgresFailover: two nodes on one PostgreSQL and one set of keys. A
+// sequences while B follows: both serve the same checkpoint, and a stream
+// of appends is sent through B, which forwards it to A. A is killed
+// (SIGKILL) in the middle of the stream; B takes over, the stream is resent
+// to B, and every acknowledged event is in the log exactly once, the whole
+// log verifies from B's tiles with x/mod's tlog, and the last checkpoint
+// seen from A is consistent with B's.
+func TestPostgresFailover(t *testing.T) {
+	_, url, dir, a := startPGCluster(t)
+	tok := a.token
 	b := startPGServer(t, dir, url)
 	b.token = tok
 	if _, err := waitReady(t.Context(), b.addr, dir, b.exited); err != nil {
@@ -218,26 +228,8 @@ func TestPostgresFailover(t *testing.T) {
 // node serves the restored log from PostgreSQL. Restoring into a database a
 // node runs on is refused.
 func TestPostgresBackupRestore(t *testing.T) {
-	requireBinary(t)
-	c, err := pgtest.Start(t.Context(), pgtest.Options{})
-	if errors.Is(err, pgtest.ErrNoPostgres) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Stop()
-	url, err := c.NewSchema(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	a := startPGServer(t, dir, url)
-	tok, err := waitReady(t.Context(), a.addr, dir, a.exited)
-	if err != nil {
-		t.Fatalf("%v; log:\n%s", err, a.logs)
-	}
-	a.token = tok
+	c, url, dir, a := startPGCluster(t)
+	tok := a.token
 	file, _ := writeJSONL(t, "backup", 1000)
 	if code, _, errs := runBin(t, "append", "--server", a.url, "--token", a.token, file); code != 0 {
 		t.Fatalf("append: exit %d: %s", code, errs)
