@@ -23,44 +23,11 @@ func fsckSerial(ctx context.Context, st Store, ver note.Verifier, cpSize, size u
 		report = func(string, ...any) {}
 	}
 	report("fsck: checking a tree of %d leaves: checkpoints first", size)
-	// Checkpoints: every one verifies; none beyond size.
-	var sizes []uint64
-	var roots [][32]byte
-	origin := ""
-	err := st.Scan([]byte{kCheckpoint}, []byte{kCheckpoint + 1}, func(k, v []byte) error {
-		if len(k) != 9 {
-			return fmt.Errorf("%w: malformed checkpoint key %x", ErrCorrupt, k)
-		}
-		n := binary.BigEndian.Uint64(k[1:])
-		var cp Checkpoint
-		var err error
-		if ver != nil {
-			cp, err = parseCheckpoint(v, n, ver)
-		} else {
-			cp, err = parseUnverified(v, n)
-		}
-		if err != nil {
-			return err
-		}
-		if origin == "" {
-			origin = cp.Origin
-		} else if cp.Origin != origin {
-			return fmt.Errorf("%w: checkpoint %d is of origin %q but earlier ones of %q", ErrCorrupt, n, cp.Origin, origin)
-		}
-		if n > cpSize && !live {
-			return fmt.Errorf("%w: checkpoint %d is beyond the latest tree size %d", ErrCorrupt, n, cpSize)
-		}
-		if n > cpSize {
-			return errStop // published after this check started
-		}
-		sizes, roots = append(sizes, n), append(roots, cp.Root)
-		return nil
-	})
-	if err != nil && err != errStop {
-		return storageErr(err, "reading checkpoints")
-	}
-	if len(sizes) == 0 || sizes[len(sizes)-1] != cpSize {
-		return fmt.Errorf("%w: the checkpoint of the latest tree size %d is missing", ErrCorrupt, cpSize)
+	// Checkpoints: every one verifies; none beyond size (shared with the
+	// parallel pass: the benchmark compares the leaf and index passes).
+	sizes, roots, err := fsckCheckpoints(st, ver, cpSize, live)
+	if err != nil {
+		return err
 	}
 	if size > cpSize {
 		report("fsck: %d leaves after the latest checkpoint wait for the next one (Open signs them)", size-cpSize)
