@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -168,12 +169,37 @@ func onlineBackup(ctx context.Context, env *cmdEnv, cf *clientFlags, out string)
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("online backup from %s: %s: %s", c.URL(), resp.Status, string(body))
 	}
+	n, err := writePartial(out, func(w io.Writer) error { _, err := io.Copy(w, resp.Body); return err })
+	if errors.Is(err, errOutFile) {
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("online backup from %s: the response was cut short or could not be written (%w); nothing was kept, try again", c.URL(), err)
+	}
+	fmt.Fprintf(env.stdout, "online backup from %s written to %s (%d bytes); keep DATA/keys with it\n", c.URL(), out, n)
+	return nil
+}
+
+// errOutFile marks writePartial's failure to create its temporary file.
+var errOutFile = errors.New("--out")
+
+// writePartial writes a backup through write into OUT.partial (created
+// exclusively, buffered, synced) and renames it to out only when write and
+// the sync succeed, so that an interrupted backup never leaves a file under
+// the name of a whole one. It returns the bytes written; on failure it
+// removes the temporary file, and an error creating it matches errOutFile.
+func writePartial(out string, write func(io.Writer) error) (int64, error) {
 	tmp := out + ".partial"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return fmt.Errorf("--out: %w", err)
+		return 0, fmt.Errorf("%w: %w", errOutFile, err)
 	}
-	n, err := io.Copy(f, resp.Body)
+	cw := &countingWriter{w: f}
+	w := bufio.NewWriterSize(cw, 1<<20)
+	err = write(w)
+	if err == nil {
+		err = w.Flush()
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -185,10 +211,20 @@ func onlineBackup(ctx context.Context, env *cmdEnv, cf *clientFlags, out string)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("online backup from %s: the response was cut short or could not be written (%w); nothing was kept, try again", c.URL(), err)
+		return 0, err
 	}
-	fmt.Fprintf(env.stdout, "online backup from %s written to %s (%d bytes); keep DATA/keys with it\n", c.URL(), out, n)
-	return nil
+	return cw.n, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // backupPostgres writes a backup of the ledger in PostgreSQL, from one
@@ -204,27 +240,11 @@ func backupPostgres(ctx context.Context, env *cmdEnv, url, out string) error {
 		return &exitError{code: 2, msg: fmt.Sprintf("--store: %v", err)}
 	}
 	defer st.Close()
-	tmp := out + ".partial"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("--out: %w", err)
-	}
-	w := bufio.NewWriterSize(f, 1<<20)
-	err = st.Backup(ctx, w)
-	if err == nil {
-		err = w.Flush()
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, out)
+	_, err = writePartial(out, func(w io.Writer) error { return st.Backup(ctx, w) })
+	if errors.Is(err, errOutFile) {
+		return err
 	}
 	if err != nil {
-		os.Remove(tmp)
 		return fmt.Errorf("backup of %s: %w; nothing was kept, try again", redactURL(url), err)
 	}
 	fi, _ := os.Stat(out)
