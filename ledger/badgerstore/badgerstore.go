@@ -90,11 +90,13 @@ type Options struct {
 	// (RssFile in /proc/self/status), which badger's memory-mapped tables
 	// and value-log files make grow with every value read: above it, the
 	// store asks the kernel to reclaim the pages of its mapped files
-	// (madvise MADV_PAGEOUT, Linux 5.4 and later), checked every
-	// MappedCheckInterval. Zero: no bound. See docs/operations.md, "Memory".
+	// (madvise MADV_PAGEOUT, Linux 5.4 and later), and those of any store
+	// opened in a subdirectory of its own (the ledger's index store),
+	// checked at most MappedCheckInterval apart and more often as RssFile
+	// nears the bound. Zero: no bound. See docs/operations.md, "Memory".
 	MaxMappedBytes int64
-	// MappedCheckInterval is how often MaxMappedBytes is checked; zero
-	// means DefaultMappedCheckInterval.
+	// MappedCheckInterval is the longest interval between two checks of
+	// MaxMappedBytes; zero means DefaultMappedCheckInterval.
 	MappedCheckInterval time.Duration
 }
 

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# bench-scale.sh: the scale run of docs/BENCHMARKS.md, "Memory (issue 16)".
+#
+# Starts `grantline serve` with its defaults on a temporary data directory,
+# appends EVENTS events with `grantline bench --server`, runs `evaluate --json`
+# over all rules, stops the server and runs `grantline fsck` under
+# /usr/bin/time -v. A sampler reads the server's RssAnon and RssFile from
+# /proc every second; heap profiles are fetched from /debug/pprof with the
+# admin token at the end of the appends and during evaluate. Prints a table.
+#
+# Usage: scripts/bench-scale.sh [EVENTS]        (make bench-scale EVENTS=N)
+# Environment:
+#   GRANTLINE   a grantline binary to measure (default: built from this tree)
+#   OUT         where the samples, profiles and outputs go (default: a temporary directory, kept)
+#   KEEP_DATA=1 keep the data directory (default: removed at the end; it is large)
+#   SERVE_FLAGS extra flags for serve (e.g. "--max-mapped 256MiB")
+#   EVAL_TIMEOUT  stop evaluate after this long (default 3600s)
+#   PORT        the server's port (default 7871)
+set -euo pipefail
+
+EVENTS=${1:-${EVENTS:-1000000}}
+PORT=${PORT:-7871}
+EVAL_TIMEOUT=${EVAL_TIMEOUT:-3600}
+OUT=${OUT:-$(mktemp -d -t grantline-scale.XXXXXX)}
+mkdir -p "$OUT"
+DATA=$(mktemp -d -t grantline-scale-data.XXXXXX)
+URL=http://127.0.0.1:$PORT
+
+if [[ -z "${GRANTLINE:-}" ]]; then
+	GRANTLINE=$OUT/grantline
+	go build -o "$GRANTLINE" ./cmd/grantline
+fi
+
+say() { printf 'bench-scale: %s\n' "$*" >&2; }
+
+SERVER=
+SAMPLER=
+cleanup() {
+	[[ -n "$SAMPLER" ]] && kill "$SAMPLER" 2>/dev/null || true
+	[[ -n "$SERVER" ]] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null || true
+	if [[ "${KEEP_DATA:-0}" != 1 ]]; then rm -rf -- "$DATA"; else say "data kept in $DATA"; fi
+}
+trap cleanup EXIT
+
+say "$EVENTS events; binary $GRANTLINE; outputs in $OUT; data in $DATA; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+# shellcheck disable=SC2086
+"$GRANTLINE" serve --data "$DATA" --listen "127.0.0.1:$PORT" ${SERVE_FLAGS:-} >"$OUT/serve.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 100); do
+	[[ -s "$DATA/admin.token" ]] && curl -s -o /dev/null "$URL/" && break
+	sleep 0.2
+done
+TOKEN=$(cat "$DATA/admin.token")
+
+# The sampler: one line a second, "seconds phase rss_anon_kib rss_file_kib".
+echo append >"$OUT/phase"
+(
+	t0=$(date +%s)
+	while kill -0 "$SERVER" 2>/dev/null; do
+		read -r anon file < <(awk '/^RssAnon:/{a=$2} /^RssFile:/{f=$2} END{print a, f}' "/proc/$SERVER/status" 2>/dev/null || echo "0 0")
+		echo "$(($(date +%s) - t0)) $(cat "$OUT/phase") $anon $file"
+		sleep 1
+	done
+) >"$OUT/samples.txt" &
+SAMPLER=$!
+
+heap() { curl -fsS -H "Authorization: Bearer $TOKEN" "$URL/debug/pprof/heap" -o "$OUT/$1" || say "heap profile $1 failed"; }
+
+LOAD_APPEND=$(cut -d' ' -f1 /proc/loadavg)
+"$GRANTLINE" bench --server "$URL" --token "$TOKEN" --events "$EVENTS" --streams 2 | tee "$OUT/bench.txt" >&2
+heap heap-append.pb.gz
+LOAD_APPEND="$LOAD_APPEND-$(cut -d' ' -f1 /proc/loadavg)"
+
+echo evaluate >"$OUT/phase"
+LOAD_EVAL=$(cut -d' ' -f1 /proc/loadavg)
+e0=$(date +%s.%N)
+timeout "$EVAL_TIMEOUT" "$GRANTLINE" evaluate --server "$URL" --token "$TOKEN" --json >"$OUT/evaluate.json" 2>"$OUT/evaluate.err" &
+EVAL=$!
+# Heap profiles while evaluating: after 5 s, then every 30 s (the last one kept as heap-evaluate.pb.gz).
+(
+	sleep 5
+	k=0
+	while kill -0 "$EVAL" 2>/dev/null; do
+		heap "heap-evaluate-$k.pb.gz" && cp "$OUT/heap-evaluate-$k.pb.gz" "$OUT/heap-evaluate.pb.gz"
+		k=$((k + 1))
+		sleep 30
+	done
+) &
+PROFILER=$!
+EVAL_RC=0
+wait "$EVAL" || EVAL_RC=$?
+e1=$(date +%s.%N)
+kill "$PROFILER" 2>/dev/null || true
+LOAD_EVAL="$LOAD_EVAL-$(cut -d' ' -f1 /proc/loadavg)"
+if [[ $EVAL_RC == 0 ]]; then
+	FINDINGS=$(jq '.findings | length' "$OUT/evaluate.json")
+else
+	FINDINGS="failed (exit $EVAL_RC: $(tail -c 200 "$OUT/evaluate.err"))"
+fi
+EVAL_S=$(echo "$e1 - $e0" | bc)
+
+echo stop >"$OUT/phase"
+kill -INT "$SERVER"
+wait "$SERVER" 2>/dev/null || true
+SERVER=
+kill "$SAMPLER" 2>/dev/null || true
+SAMPLER=
+
+DISK=$(du -sb "$DATA" | cut -f1)
+LOAD_FSCK=$(cut -d' ' -f1 /proc/loadavg)
+/usr/bin/time -v "$GRANTLINE" fsck --data "$DATA" --quiet >"$OUT/fsck.txt" 2>"$OUT/fsck.time" || say "fsck failed: $(tail -5 "$OUT/fsck.time")"
+FSCK_WALL=$(awk -F': ' '/Elapsed \(wall clock\)/{print $2}' "$OUT/fsck.time")
+FSCK_RSS=$(awk -F': ' '/Maximum resident set size/{printf "%.0f MiB", $2/1024}' "$OUT/fsck.time")
+
+peak() { # peak <phase> <column: 3 anon, 4 file>, in MiB
+	awk -v p="$1" -v c="$2" '$2==p && $c+0>m {m=$c+0} END{printf "%.0f MiB", m/1024}' "$OUT/samples.txt"
+}
+RATE=$(grep -o '[0-9]* events/s' "$OUT/bench.txt" | head -1)
+P99=$(grep -o 'p99 [^ ]*' "$OUT/bench.txt" | head -1)
+
+cat <<EOF
+
+| $EVENTS events ($(date -u +'%d %b %Y %H:%M UTC'), $(nproc) cores) | measured |
+|---|---|
+| append rate, ack p99 (load $LOAD_APPEND) | $RATE, $P99 |
+| peak RssAnon / RssFile appending | $(peak append 3) / $(peak append 4) |
+| evaluate --json, all rules (load $LOAD_EVAL) | $(printf '%.1f' "$EVAL_S") s, $FINDINGS findings |
+| peak RssAnon / RssFile evaluating | $(peak evaluate 3) / $(peak evaluate 4) |
+| fsck --data (load $LOAD_FSCK) | $FSCK_WALL wall, peak RSS $FSCK_RSS |
+| disk | $DISK bytes, $((DISK / EVENTS)) bytes per event |
+
+samples (s phase anon_kib file_kib): $OUT/samples.txt
+heap profiles: go tool pprof -top -sample_index=inuse_space $OUT/heap-append.pb.gz ($OUT/heap-evaluate*.pb.gz)
+EOF
