@@ -13,6 +13,9 @@
 #   GRANTLINE   a grantline binary to measure (default: built from this tree)
 #   OUT         where the samples, profiles and outputs go (default: a temporary directory, kept)
 #   KEEP_DATA=1 keep the data directory (default: removed at the end; it is large)
+#   DATA        use this data directory (kept) instead of a new one; with
+#   SKIP_APPEND=1 measure evaluate and fsck of the ledger it holds (before and
+#               after binaries on the same ledger: run twice with GRANTLINE set)
 #   SERVE_FLAGS extra flags for serve (e.g. "--max-mapped 256MiB")
 #   EVAL_TIMEOUT  stop evaluate after this long (default 3600s)
 #   PORT        the server's port (default 7871)
@@ -23,7 +26,11 @@ PORT=${PORT:-7871}
 EVAL_TIMEOUT=${EVAL_TIMEOUT:-3600}
 OUT=${OUT:-$(mktemp -d -t grantline-scale.XXXXXX)}
 mkdir -p "$OUT"
-DATA=$(mktemp -d -t grantline-scale-data.XXXXXX)
+if [[ -n "${DATA:-}" ]]; then
+	KEEP_DATA=1
+else
+	DATA=$(mktemp -d -t grantline-scale-data.XXXXXX)
+fi
 URL=http://127.0.0.1:$PORT
 
 if [[ -z "${GRANTLINE:-}" ]]; then
@@ -67,8 +74,12 @@ SAMPLER=$!
 heap() { curl -fsS -H "Authorization: Bearer $TOKEN" "$URL/debug/pprof/heap" -o "$OUT/$1" || say "heap profile $1 failed"; }
 
 LOAD_APPEND=$(cut -d' ' -f1 /proc/loadavg)
-"$GRANTLINE" bench --server "$URL" --token "$TOKEN" --events "$EVENTS" --streams 2 | tee "$OUT/bench.txt" >&2
-heap heap-append.pb.gz
+if [[ "${SKIP_APPEND:-0}" == 1 ]]; then
+	echo "bench: skipped (SKIP_APPEND=1)" >"$OUT/bench.txt"
+else
+	"$GRANTLINE" bench --server "$URL" --token "$TOKEN" --events "$EVENTS" --streams 2 | tee "$OUT/bench.txt" >&2
+	heap heap-append.pb.gz
+fi
 LOAD_APPEND="$LOAD_APPEND-$(cut -d' ' -f1 /proc/loadavg)"
 
 echo evaluate >"$OUT/phase"
