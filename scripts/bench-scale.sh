@@ -126,6 +126,10 @@ FSCK_RSS=$(awk -F': ' '/Maximum resident set size/{printf "%.0f MiB", $2/1024}' 
 peak() { # peak <phase> <column: 3 anon, 4 file>, in MiB
 	awk -v p="$1" -v c="$2" '$2==p && $c+0>m {m=$c+0} END{printf "%.0f MiB", m/1024}' "$OUT/samples.txt"
 }
+pct() { # pct <phase> <column>: median and 95th percentile, in MiB
+	awk -v p="$1" -v c="$2" '$2==p {print $c+0}' "$OUT/samples.txt" | sort -n |
+		awk '{v[NR]=$1} END{if (NR==0) {print "-"; exit} k=int(NR*0.95+0.5); if (k<1) k=1; printf "%.0f / %.0f MiB", v[int((NR+1)/2)]/1024, v[k]/1024}'
+}
 RATE=$(grep -o '[0-9]* events/s' "$OUT/bench.txt" | head -1)
 P99=$(grep -o 'p99 [^ ]*' "$OUT/bench.txt" | head -1)
 
@@ -137,6 +141,7 @@ cat <<EOF
 | peak RssAnon / RssFile appending | $(peak append 3) / $(peak append 4) |
 | evaluate --json, all rules (load $LOAD_EVAL) | $(printf '%.1f' "$EVAL_S") s, $FINDINGS findings |
 | peak RssAnon / RssFile evaluating | $(peak evaluate 3) / $(peak evaluate 4) |
+| RssFile evaluating, median / 95th percentile of the samples | $(pct evaluate 4) |
 | fsck --data (load $LOAD_FSCK) | $FSCK_WALL wall, peak RSS $FSCK_RSS |
 | disk | $DISK bytes, $((DISK / EVENTS)) bytes per event |
 
