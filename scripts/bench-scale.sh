@@ -73,17 +73,19 @@ SAMPLER=$!
 
 heap() { curl -fsS -H "Authorization: Bearer $TOKEN" "$URL/debug/pprof/heap" -o "$OUT/$1" || say "heap profile $1 failed"; }
 
-LOAD_APPEND=$(cut -d' ' -f1 /proc/loadavg)
+loadavg() { echo "$1 $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/load.txt"; }
+: >"$OUT/load.txt"
+loadavg append
 if [[ "${SKIP_APPEND:-0}" == 1 ]]; then
 	echo "bench: skipped (SKIP_APPEND=1)" >"$OUT/bench.txt"
 else
 	"$GRANTLINE" bench --server "$URL" --token "$TOKEN" --events "$EVENTS" --streams 2 | tee "$OUT/bench.txt" >&2
 	heap heap-append.pb.gz
 fi
-LOAD_APPEND="$LOAD_APPEND-$(cut -d' ' -f1 /proc/loadavg)"
+loadavg append
 
 echo evaluate >"$OUT/phase"
-LOAD_EVAL=$(cut -d' ' -f1 /proc/loadavg)
+loadavg evaluate
 e0=$(date +%s.%N)
 timeout "$EVAL_TIMEOUT" "$GRANTLINE" evaluate --server "$URL" --token "$TOKEN" --json >"$OUT/evaluate.json" 2>"$OUT/evaluate.err" &
 EVAL=$!
@@ -102,13 +104,9 @@ EVAL_RC=0
 wait "$EVAL" || EVAL_RC=$?
 e1=$(date +%s.%N)
 kill "$PROFILER" 2>/dev/null || true
-LOAD_EVAL="$LOAD_EVAL-$(cut -d' ' -f1 /proc/loadavg)"
-if [[ $EVAL_RC == 0 ]]; then
-	FINDINGS=$(jq '.findings | length' "$OUT/evaluate.json")
-else
-	FINDINGS="failed (exit $EVAL_RC: $(tail -c 200 "$OUT/evaluate.err"))"
-fi
-EVAL_S=$(echo "$e1 - $e0" | bc)
+loadavg evaluate
+echo "$EVAL_RC" >"$OUT/evaluate.rc"
+printf '%.1f\n' "$(echo "$e1 - $e0" | bc)" >"$OUT/evaluate.seconds"
 
 echo stop >"$OUT/phase"
 kill -INT "$SERVER"
@@ -117,34 +115,9 @@ SERVER=
 kill "$SAMPLER" 2>/dev/null || true
 SAMPLER=
 
-DISK=$(du -sb "$DATA" | cut -f1)
-LOAD_FSCK=$(cut -d' ' -f1 /proc/loadavg)
+du -sb "$DATA" >"$OUT/disk.txt"
+loadavg fsck
 /usr/bin/time -v "$GRANTLINE" fsck --data "$DATA" --quiet >"$OUT/fsck.txt" 2>"$OUT/fsck.time" || say "fsck failed: $(tail -5 "$OUT/fsck.time")"
-FSCK_WALL=$(awk -F': ' '/Elapsed \(wall clock\)/{print $2}' "$OUT/fsck.time")
-FSCK_RSS=$(awk -F': ' '/Maximum resident set size/{printf "%.0f MiB", $2/1024}' "$OUT/fsck.time")
+loadavg fsck
 
-peak() { # peak <phase> <column: 3 anon, 4 file>, in MiB
-	awk -v p="$1" -v c="$2" '$2==p && $c+0>m {m=$c+0} END{printf "%.0f MiB", m/1024}' "$OUT/samples.txt"
-}
-pct() { # pct <phase> <column>: median and 95th percentile, in MiB
-	awk -v p="$1" -v c="$2" '$2==p {print $c+0}' "$OUT/samples.txt" | sort -n |
-		awk '{v[NR]=$1} END{if (NR==0) {print "-"; exit} k=int(NR*0.95+0.5); if (k<1) k=1; printf "%.0f / %.0f MiB", v[int((NR+1)/2)]/1024, v[k]/1024}'
-}
-RATE=$(grep -o '[0-9]* events/s' "$OUT/bench.txt" | head -1)
-P99=$(grep -o 'p99 [^ ]*' "$OUT/bench.txt" | head -1)
-
-cat <<EOF
-
-| $EVENTS events ($(date -u +'%d %b %Y %H:%M UTC'), $(nproc) cores) | measured |
-|---|---|
-| append rate, ack p99 (load $LOAD_APPEND) | $RATE, $P99 |
-| peak RssAnon / RssFile appending | $(peak append 3) / $(peak append 4) |
-| evaluate --json, all rules (load $LOAD_EVAL) | $(printf '%.1f' "$EVAL_S") s, $FINDINGS findings |
-| peak RssAnon / RssFile evaluating | $(peak evaluate 3) / $(peak evaluate 4) |
-| RssFile evaluating, median / 95th percentile of the samples | $(pct evaluate 4) |
-| fsck --data (load $LOAD_FSCK) | $FSCK_WALL wall, peak RSS $FSCK_RSS |
-| disk | $DISK bytes, $((DISK / EVENTS)) bytes per event |
-
-samples (s phase anon_kib file_kib): $OUT/samples.txt
-heap profiles: go tool pprof -top -sample_index=inuse_space $OUT/heap-append.pb.gz ($OUT/heap-evaluate*.pb.gz)
-EOF
+"$(dirname "$0")/bench-scale-report.sh" "$OUT" "$EVENTS"
