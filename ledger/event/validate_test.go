@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -160,6 +161,42 @@ func TestHiddenCharactersNamed(t *testing.T) {
 	for _, r := range []rune{'a', ' ', 'é', '例', 0x1f600} {
 		if Hidden(r) || HiddenKind(r) != "" {
 			t.Errorf("Hidden(%U) = true", r)
+		}
+	}
+}
+
+// TestIDFastPathAgrees checks that an id of any single byte or ASCII
+// character gets the same verdict whether or not the printable-ASCII fast
+// path takes it: the fast path accepts exactly what the full check accepts.
+func TestIDFastPathAgrees(t *testing.T) {
+	for c := range 256 {
+		s := "a" + string([]byte{byte(c)}) + "b"
+		full := utf8.ValidString(s) && strings.IndexFunc(s, Hidden) < 0
+		v := validator{}
+		v.id("id", s, true)
+		if got := v.err == nil; got != full {
+			t.Errorf("id %q: accepted = %v, want %v", s, got, full)
+		}
+		if visibleASCII(s) && !full {
+			t.Errorf("visibleASCII(%q) is true but the full check refuses it", s)
+		}
+	}
+}
+
+// BenchmarkValidateBatch validates a batch of 1000 ~500-byte events as the
+// AppendStream handler does. b.N counts events.
+func BenchmarkValidateBatch(b *testing.B) {
+	evs := make([]*pb.Event, 1000)
+	for i := range evs {
+		ev := newEvent("pam-prod", fmt.Sprint("evt-", i), "grant.activated", fmt.Sprint("user-", i%100))
+		ev.Reason = strings.Repeat("r", 250)
+		evs[i] = ev
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i += len(evs) {
+		if err := ValidateBatch("events", evs, now); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
