@@ -136,7 +136,7 @@ func Validate(ev *pb.Event, now time.Time) error {
 	}
 	// v.bytes bounds the encoded size from above unless a message carries
 	// unknown fields; only near the limit is the exact size computed.
-	if v.bytes+eventOverhead <= MaxEventBytes && !hasUnknown(ev) {
+	if v.bytes+eventOverhead <= MaxEventBytes && !HasUnknown(ev) {
 		return nil
 	}
 	if n := proto.Size(ev); n > MaxEventBytes {
@@ -149,8 +149,11 @@ func Validate(ev *pb.Event, now time.Time) error {
 // not a string: tags, lengths of the nested messages, timestamps, booleans.
 const eventOverhead = 256
 
-// hasUnknown reports whether ev or a message in it has unknown fields.
-func hasUnknown(ev *pb.Event) bool {
+// HasUnknown reports whether ev or a message in it carries fields unknown
+// to this schema: a fast check of every message an Event can hold (a test
+// keeps the list complete), for a decoder that refuses unknown fields and
+// walks the message by reflection only to name the field of a refusal.
+func HasUnknown(ev *pb.Event) bool {
 	for _, m := range []proto.Message{ev, ev.GetTime(), ev.GetSource(), ev.GetSubject(), ev.GetActor(),
 		ev.GetEntitlement(), ev.GetRefs(), ev.GetExpiresAt()} {
 		if r := m.ProtoReflect(); r.IsValid() && len(r.GetUnknown()) > 0 {
