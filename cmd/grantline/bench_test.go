@@ -149,3 +149,38 @@ func BenchmarkStreamTransport(b *testing.B) {
 	b.ReportMetric(res.rate(), "events/s")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 }
+
+// BenchmarkBenchInProcess is `grantline bench` as a benchmark: the load
+// generator and AppendStream over loopback h2c against the in-process
+// server (badger, fsync, dedupe) on a temporary data directory, with the
+// command's defaults (2 streams, window 2, batches of 1000 ~500-byte
+// events). b.N counts events. With -cpuprofile, -memprofile, -blockprofile
+// or -mutexprofile it profiles client and server together:
+//
+//	go test -run '^$' -bench BenchInProcess -benchtime 300000x -count 3 ./cmd/grantline/
+func BenchmarkBenchInProcess(b *testing.B) {
+	rs, err := benchServer(b.Context(), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = rs.Close(context.Background()) }()
+	cf := clientFlags{server: rs.URL, token: rs.AdminToken}
+	cl, err := cf.dialWith(true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: client.StreamOptions{Streams: 2, Window: 2, Retries: 20}},
+		events: uint64(b.N), eventSize: 500, runID: "bench"}
+	b.ResetTimer()
+	res, err := runBench(b.Context(), cl.Ingest(), cfg, io.Discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	if res.events != uint64(b.N) || res.dup != 0 {
+		b.Fatalf("%d events acknowledged (%d duplicate), want %d new", res.events, res.dup, b.N)
+	}
+	b.ReportMetric(res.rate(), "events/s")
+	b.ReportMetric(float64(res.p50.Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
+}
