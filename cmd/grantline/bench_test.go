@@ -153,7 +153,7 @@ func BenchmarkStreamTransport(b *testing.B) {
 // BenchmarkBenchInProcess is `grantline bench` as a benchmark: the load
 // generator and AppendStream over loopback h2c against the in-process
 // server (badger, fsync, dedupe) on a temporary data directory, with the
-// command's defaults (2 streams, window 2, batches of 1000 ~500-byte
+// command's defaults (2 streams, window 1, batches of 1000 ~500-byte
 // events). b.N counts events. With -cpuprofile, -memprofile, -blockprofile
 // or -mutexprofile it profiles client and server together:
 //
@@ -169,7 +169,7 @@ func BenchmarkBenchInProcess(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: client.StreamOptions{Streams: 2, Window: 2, Retries: 20}},
+	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: client.StreamOptions{Streams: 2, Window: 1, Retries: 20}},
 		events: uint64(b.N), eventSize: 500, runID: "bench"}
 	b.ResetTimer()
 	res, err := runBench(b.Context(), cl.Ingest(), cfg, io.Discard)
