@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,5 +181,70 @@ func TestSourceIndexFromLogErrors(t *testing.T) {
 	cancel()
 	if _, err := buildSourceIndex(ctx, nil, ls, now, 2); !errors.Is(err, context.Canceled) {
 		t.Fatalf("a cancelled context: got %v", err)
+	}
+}
+
+// countingSource counts the chains read per subject.
+type countingSource struct {
+	mem   *memSource
+	mu    sync.Mutex
+	reads map[string]int
+}
+
+func (c *countingSource) Chain(ctx context.Context, subject string) ([]Entry, error) {
+	c.mu.Lock()
+	c.reads[subject]++
+	c.mu.Unlock()
+	return c.mem.Chain(ctx, subject)
+}
+
+func TestRelatedCache(t *testing.T) {
+	mem := &memSource{chains: map[string][]Entry{}, fail: "broken"}
+	for i, n := range []int{10, 20, 30, 50} {
+		for j := range n {
+			mem.chains[fmt.Sprintf("p%d", i)] = append(mem.chains[fmt.Sprintf("p%d", i)], Entry{Index: uint64(j)})
+		}
+	}
+	src := &countingSource{mem: mem, reads: map[string]int{}}
+	c := newRelatedCache(src, 120) // keeps chains of up to 30 entries, 120 in all
+	read := func(s string, wantLen int) {
+		t.Helper()
+		ch, err := c.related(t.Context(), s)
+		if err != nil || len(ch) != wantLen {
+			t.Fatalf("related(%s): %d entries, %v; want %d", s, len(ch), err, wantLen)
+		}
+	}
+	for range 3 {
+		read("p0", 10)
+		read("p1", 20)
+	}
+	read("p3", 50) // too long to keep
+	read("p3", 50)
+	if src.reads["p0"] != 1 || src.reads["p1"] != 1 || src.reads["p3"] != 2 {
+		t.Fatalf("reads %v: want p0 and p1 once, p3 (never kept) twice", src.reads)
+	}
+	read("p2", 30)
+	read("p0", 10) // most recent: p0, p2, p1
+	for _, s := range []string{"q1", "q2", "q3", "q4"} {
+		mem.chains[s] = make([]Entry, 20)
+		read(s, 20) // 80 more entries: p1, the least recently used, goes
+	}
+	if c.entries > 120 {
+		t.Fatalf("the cache holds %d entries, over its bound of 120", c.entries)
+	}
+	before := maps.Clone(src.reads)
+	read("p0", 10)
+	read("p1", 20)
+	if src.reads["p0"] != before["p0"] || src.reads["p1"] != before["p1"]+1 {
+		t.Fatalf("reads %v after %v: want p0 kept (recently used) and p1 read again (evicted)", src.reads, before)
+	}
+	if _, err := c.related(t.Context(), "broken"); err == nil {
+		t.Fatal("a failing read gave no error")
+	}
+	if _, ok := c.byID["broken"]; ok {
+		t.Fatal("a failing read was cached")
+	}
+	if ch, err := c.Chain(t.Context(), "p0"); err != nil || len(ch) != 10 || src.reads["p0"] != before["p0"]+1 {
+		t.Fatalf("Chain passes through uncached: got %d entries, %v, reads %v", len(ch), err, src.reads)
 	}
 }

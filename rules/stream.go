@@ -96,6 +96,9 @@ func (s *Set) Stream(ctx context.Context, subjects iter.Seq2[string, error], src
 			return sum, err
 		}
 	}
+	if s.needHolders || s.needOwner {
+		src = newRelatedCache(src, defaultRelatedEntries)
+	}
 	err := inOrder(ctx, s.opts.Workers, 4*s.opts.Workers, subjects,
 		func(ctx context.Context, subject string) (*SubjectResult, error) {
 			r, err := s.evaluateSubject(ctx, subject, src, from, asOf, period, srcIdx)
