@@ -54,14 +54,19 @@ type LogScanner interface {
 // least as late.
 //
 // Records are stored delta-encoded in blocks of stairBlock (stairs), in
-// memory without pointers, so the garbage collector never scans it: about
-// 10 bytes plus the event id per record, against 56 or more before. It is
+// memory without pointers, so the garbage collector never scans it. Built
+// from a LogScanner it keeps no event ids (about 9 bytes per record): the id
+// of an entry newerFromSource returns is read back from the log by its
+// index. Built from chains it keeps them (9 bytes plus the id). It is
 // immutable once built and safe for concurrent use.
 type sourceIndex struct {
 	systems map[string]*stairs
 	bound   uint64 // longest string a record yields (see chainSizeBound)
 	records int    // over all systems
 	bytes   int    // held by the records, blocks and data
+	// readID, when set, reads the id of the entry at an index: the
+	// records hold none.
+	readID func(index uint64) (string, error)
 }
 
 // stairBlock is the number of records per block of stairs.
@@ -69,9 +74,10 @@ const stairBlock = 32
 
 // stairs are the records of one system. data holds, per record, the
 // uvarint deltas of its index and Unix seconds from the previous record of
-// its block (from the block's head for its first), its nanoseconds, and its
-// event id, length first.
+// its block (from the block's head for its first), its nanoseconds, and,
+// with ids, its event id, length first.
 type stairs struct {
+	ids   bool
 	heads []stairHead
 	data  []byte
 	// last is the latest record appended (valid when heads is non-empty).
@@ -119,8 +125,10 @@ func (s *stairs) add(r stairRec) {
 	s.data = binary.AppendUvarint(s.data, r.index-prev.index)
 	s.data = binary.AppendUvarint(s.data, uint64(r.sec)-uint64(prev.sec))
 	s.data = binary.AppendUvarint(s.data, uint64(r.nsec))
-	s.data = binary.AppendUvarint(s.data, uint64(len(r.id)))
-	s.data = append(s.data, r.id...)
+	if s.ids {
+		s.data = binary.AppendUvarint(s.data, uint64(len(r.id)))
+		s.data = append(s.data, r.id...)
+	}
 	s.inBlock++
 	s.recordsAppended++
 	s.maxID = max(s.maxID, len(r.id))
@@ -128,10 +136,12 @@ func (s *stairs) add(r stairRec) {
 }
 
 // offer appends r if it is a record: if its time is after the last one's.
-func (s *stairs) offer(r stairRec) {
+func (s *stairs) offer(r stairRec) bool {
 	if len(s.heads) == 0 || r.after(s.last.sec, s.last.nsec) {
 		s.add(r)
+		return true
 	}
+	return false
 }
 
 // firstAfter returns the first record with time after (sec, nsec).
@@ -151,7 +161,7 @@ func (s *stairs) firstAfter(sec int64, nsec int32) (stairRec, bool) {
 		for p := s.data[h[b-1].off:end]; len(p) > 0; {
 			var r stairRec
 			var ok bool
-			if r, p, ok = decodeStair(prev, p); !ok {
+			if r, p, ok = s.decode(prev, p); !ok {
 				break // cannot happen: add wrote it
 			}
 			if r.after(sec, nsec) {
@@ -161,21 +171,25 @@ func (s *stairs) firstAfter(sec int64, nsec int32) (stairRec, bool) {
 		}
 	}
 	if b < len(h) {
-		r, _, _ := decodeStair(stairRec{index: h[b].index, sec: h[b].sec}, s.data[h[b].off:])
+		r, _, _ := s.decode(stairRec{index: h[b].index, sec: h[b].sec}, s.data[h[b].off:])
 		return r, true
 	}
 	return stairRec{}, false
 }
 
-// decodeStair reads the record at the start of p, which follows prev.
-func decodeStair(prev stairRec, p []byte) (stairRec, []byte, bool) {
+// decode reads the record at the start of p, which follows prev.
+func (s *stairs) decode(prev stairRec, p []byte) (stairRec, []byte, bool) {
 	var v [4]uint64
-	for i := range v {
-		x, n := binary.Uvarint(p)
-		if n <= 0 {
+	n := 3
+	if s.ids {
+		n = 4
+	}
+	for i := range n {
+		x, k := binary.Uvarint(p)
+		if k <= 0 {
 			return stairRec{}, nil, false
 		}
-		v[i], p = x, p[n:]
+		v[i], p = x, p[k:]
 	}
 	if uint64(len(p)) < v[3] {
 		return stairRec{}, nil, false
@@ -187,39 +201,49 @@ func decodeStair(prev stairRec, p []byte) (stairRec, []byte, bool) {
 // newerFromSource returns the entry with the lowest ledger index among those
 // of e's source system with an index lower than e's and a time after t, or
 // nil. The event it returns is new, holding the entry's index, id, time and
-// system: enough to cite it.
-func (x *sourceIndex) newerFromSource(e *Event, t time.Time) *Event {
+// system: enough to cite it. The error is one reading the entry's id back
+// from the log.
+func (x *sourceIndex) newerFromSource(e *Event, t time.Time) (*Event, error) {
 	if x == nil {
-		return nil
+		return nil, nil
 	}
 	s := x.systems[e.System]
 	if s == nil {
-		return nil
+		return nil, nil
 	}
 	r, ok := s.firstAfter(recTime(t))
-	if ok && r.index < uint64(e.Index) {
-		return &Event{Index: int64(r.index), ID: string(r.id), Time: r.time(), System: e.System}
+	if !ok || r.index >= uint64(e.Index) {
+		return nil, nil
 	}
-	return nil
+	id := string(r.id)
+	if x.readID != nil {
+		var err error
+		if id, err = x.readID(r.index); err != nil {
+			return nil, err
+		}
+	}
+	return &Event{Index: int64(r.index), ID: id, Time: r.time(), System: e.System}, nil
 }
 
 // indexBuilder collects the records of every system.
 type indexBuilder struct {
 	systems map[string]*stairs
+	ids     bool // the records keep event ids
+	maxID   int  // the longest id seen, when they do not
 }
 
 func (b *indexBuilder) system(name []byte) *stairs {
 	if s, ok := b.systems[string(name)]; ok { // no allocation: the compiler's map lookup with string(bytes)
 		return s
 	}
-	s := &stairs{}
+	s := &stairs{ids: b.ids}
 	b.systems[string(name)] = s
 	return s
 }
 
 // index finishes the build.
 func (b *indexBuilder) index() *sourceIndex {
-	x := &sourceIndex{systems: b.systems}
+	x := &sourceIndex{systems: b.systems, bound: uint64(b.maxID)}
 	for name, s := range b.systems {
 		s.data = slices.Clip(s.data)
 		s.heads = slices.Clip(s.heads)
@@ -259,16 +283,8 @@ type chunkStairs struct {
 }
 
 type chunkSys struct {
-	recs  []chunkRec
-	arena []byte
-}
-
-type chunkRec struct {
-	index uint64
-	sec   int64
-	nsec  int32
-	idLen int32
-	idOff int
+	recs   []stairRec // without ids
+	idLens []int32    // the length of each one's id
 }
 
 // buildSourceIndexFromLog reads the log in chunks of scanChunk entries on
@@ -278,6 +294,7 @@ type chunkRec struct {
 // chunks are read and not yet merged, so beside the index itself the build
 // holds a bounded number of entries.
 func buildSourceIndexFromLog(ctx context.Context, sc LogScanner, now time.Time, workers int) (*sourceIndex, error) {
+	parent := ctx // the evaluation's: ids are read back while it runs
 	size := sc.LogSize()
 	chunks := int((size + scanChunk - 1) / scanChunk)
 	workers = max(1, min(workers, chunks))
@@ -327,8 +344,10 @@ func buildSourceIndexFromLog(ctx context.Context, sc LogScanner, now time.Time, 
 		}
 		for name, cy := range cs.systems {
 			s := b.system([]byte(name))
-			for _, r := range cy.recs {
-				s.offer(stairRec{index: r.index, sec: r.sec, nsec: r.nsec, id: cy.arena[r.idOff : r.idOff+int(r.idLen)]})
+			for i, r := range cy.recs {
+				if s.offer(r) {
+					b.maxID = max(b.maxID, int(cy.idLens[i]))
+				}
 			}
 		}
 	}
@@ -337,7 +356,28 @@ func buildSourceIndexFromLog(ctx context.Context, sc LogScanner, now time.Time, 
 	if err != nil {
 		return nil, err
 	}
-	return b.index(), nil
+	x := b.index()
+	x.readID = func(index uint64) (string, error) { return readEntryID(parent, sc, index) }
+	return x, nil
+}
+
+// readEntryID reads the event id of the entry at index from the log.
+func readEntryID(ctx context.Context, sc LogScanner, index uint64) (string, error) {
+	var id string
+	found := false
+	var v sourceVisitor
+	err := sc.ScanLog(ctx, index, index+1, func(en Entry) error {
+		_, _, b, err := v.read(en)
+		id, found = string(b), err == nil
+		return err
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("no entry %d in the log", index)
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading the id of entry %d of the log: %w", index, err)
+	}
+	return id, nil
 }
 
 // scanChunkStairs reads the entries [start, end) of the log.
@@ -363,8 +403,8 @@ func scanChunkStairs(ctx context.Context, sc LogScanner, start, end uint64, nowS
 		if n := len(cy.recs); n > 0 && !rec.after(cy.recs[n-1].sec, cy.recs[n-1].nsec) {
 			return nil
 		}
-		cy.recs = append(cy.recs, chunkRec{index: rec.index, sec: rec.sec, nsec: rec.nsec, idLen: int32(len(id)), idOff: len(cy.arena)})
-		cy.arena = append(cy.arena, id...)
+		cy.recs = append(cy.recs, rec)
+		cy.idLens = append(cy.idLens, int32(len(id)))
 		return nil
 	})
 	return cs
@@ -454,7 +494,7 @@ func buildSourceIndexFromChains(ctx context.Context, subjects []string, src Chai
 			bySystem[name] = append(bySystem[name], ref{&rd.ents[k], rd})
 		}
 	}
-	b := indexBuilder{systems: map[string]*stairs{}}
+	b := indexBuilder{systems: map[string]*stairs{}, ids: true}
 	for name, es := range bySystem {
 		slices.SortFunc(es, func(a, b ref) int { return cmp.Compare(a.e.index, b.e.index) })
 		s := b.system([]byte(name))

@@ -148,7 +148,10 @@ func TestSourceIndexMatchesDefinition(t *testing.T) {
 				}
 				want := newerByDefinition(mem, e, tq, now)
 				for name, x := range map[string]*sourceIndex{"log": fromLog, "chains": fromChains} {
-					got := x.newerFromSource(e, tq)
+					got, err := x.newerFromSource(e, tq)
+					if err != nil {
+						t.Fatal(err)
+					}
 					if (got == nil) != (want == nil) || got != nil && (got.Index != want.Index || got.ID != want.ID || !got.Time.Equal(want.Time) || got.System != want.System) {
 						t.Fatalf("from the %s, newerFromSource(index %d of %s, %s) = %+v, want %+v", name, e.Index, e.System, tq, got, want)
 					}
@@ -176,6 +179,28 @@ func TestSourceIndexFromLogErrors(t *testing.T) {
 		t.Fatalf("a malformed leaf: got %v, want errLeaf naming leaf 200", err)
 	}
 	ls.log[200] = bad
+
+	// An index built from the log reads a cited entry's id back from it.
+	x, err := buildSourceIndex(t.Context(), nil, ls, now, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q *Event
+	for _, e := range ls.log[400:] {
+		if ev, err := decodeForTest(e); err == nil {
+			q = &Event{Index: int64(e.Index), System: ev.System}
+			break
+		}
+	}
+	got, err := x.newerFromSource(q, now.Add(-1000*time.Hour))
+	if err != nil || got == nil {
+		t.Fatalf("newerFromSource: %v, %v; want an entry", got, err)
+	}
+	ls.failAt, ls.fail = true, uint64(got.Index)
+	if _, err := x.newerFromSource(q, now.Add(-1000*time.Hour)); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("reading the id of entry %d", got.Index)) {
+		t.Fatalf("newerFromSource when the log cannot be read: got %v", err)
+	}
+	ls.failAt = false
 
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -247,4 +272,9 @@ func TestRelatedCache(t *testing.T) {
 	if ch, err := c.Chain(t.Context(), "p0"); err != nil || len(ch) != 10 || src.reads["p0"] != before["p0"]+1 {
 		t.Fatalf("Chain passes through uncached: got %d entries, %v, reads %v", len(ch), err, src.reads)
 	}
+}
+
+func decodeForTest(en Entry) (*Event, error) {
+	var e Event
+	return &e, decodeLeaf(&e, en.Index, en.Leaf)
 }
