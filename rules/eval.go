@@ -430,8 +430,9 @@ func (s *Set) EvaluatePeriod(ctx context.Context, subjects []string, src ChainSo
 
 // evaluate runs the rules over [from, now]. Entries dated after now are in
 // no chain. When a rule compares entries with those of other subjects
-// (newerFromSource), every chain is read twice: once to index the entries of
-// each source system (see SubjectLister), once to evaluate.
+// (newerFromSource), the entries of each source system are indexed first:
+// from one read of the log when src is a LogScanner, else from every chain
+// (see SubjectLister), which is then read twice.
 func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, from, now time.Time, period bool) (*Result, error) {
 	return s.Collect(ctx, Subjects(subjects), src, from, now, period)
 }
