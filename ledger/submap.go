@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 
 	"filippo.io/torchwood/prefix"
 	"github.com/transparency-dev/merkle/compact"
@@ -249,17 +250,51 @@ func (s versionedNodes) Store(context.Context, ...*prefix.Node) error {
 }
 
 // subjectMap is the sequencer's side of the subject map: the events
-// integrated since the last seal and the newest nodes and subject states
-// (in memory once read or written, so that batches still being committed
-// are seen, and each seal reads the store only for what it never saw).
+// integrated since the last seal, and a bounded cache of the newest nodes
+// and subject states, which holds at least everything written by the seals
+// whose writes may not be in the store yet (see evict).
+//
+// The map's records (nodes, states, and with a separate index store its
+// watermark keyMapped) go where the indexes go: into the index store when
+// the log has one (Options.Index), off the durable commit, since they can
+// be re-derived from the leaves (Log.openMap); else into the main commit.
 type subjectMap struct {
-	st      Store
-	tree    *prefix.Tree
-	nodes   map[prefix.Label]*prefix.Node
-	states  map[[32]byte]subjectState
-	dirty   map[prefix.Label]*prefix.Node // nodes changed by the seal being built
-	pending []mapItem                     // fresh events since the last seal, in index order
+	st      Store // where the map's records are: the index store, else the main store
+	nodes   map[prefix.Label]cachedNode
+	states  map[[32]byte]cachedState
+	seals   uint64    // seals folded since Open, the one being built included
+	pending []mapItem // fresh events since the last seal, in index order
+	changed []*prefix.Node
+	limit   int // entries of each cache (mapCacheLimit)
 }
+
+type cachedNode struct {
+	n    *prefix.Node
+	seal uint64 // the seal that wrote it; 0: read from the store
+}
+
+type cachedState struct {
+	s    subjectState
+	seal uint64
+}
+
+// mapCacheLimit bounds the entries of each of the sequencer's two map
+// caches (nodes, subject states): about 200 bytes each with the map's
+// overhead, so about 100 MB for both at the limit.
+const mapCacheLimit = 1 << 18
+
+// mapSettledSeals is how many seals after its own a seal's writes are
+// surely in the store. The sequencer hands batch n to the committer only
+// once the committer has handed batch n-1 to the indexer, which takes it
+// only once it finished committing batch n-2 (the channels are
+// unbuffered). So while batch n is built, every batch up to n-3 is
+// committed to both stores, and a seal (at most one per batch) three seals
+// back is there too. Four leaves a margin.
+const mapSettledSeals = 4
+
+// keyMapped, in a separate index store, is the size of the latest
+// checkpoint whose subject map records the index store holds (be64).
+var keyMapped = []byte("mmapped")
 
 // mapItem is one event waiting for the next map leaf.
 type mapItem struct {
@@ -269,36 +304,29 @@ type mapItem struct {
 }
 
 func newSubjectMap(st Store) *subjectMap {
-	m := &subjectMap{
+	return &subjectMap{
 		st:     st,
-		nodes:  make(map[prefix.Label]*prefix.Node),
-		states: make(map[[32]byte]subjectState),
-		dirty:  make(map[prefix.Label]*prefix.Node),
+		nodes:  make(map[prefix.Label]cachedNode),
+		states: make(map[[32]byte]cachedState),
+		limit:  mapCacheLimit,
 	}
-	m.tree = prefix.NewTree(mapHash, m)
-	return m
 }
 
-// Load is prefix.Storage's: the newest version of a node.
-func (m *subjectMap) Load(ctx context.Context, l prefix.Label) (*prefix.Node, error) {
-	if n, ok := m.nodes[l]; ok {
-		return n, nil
+// load returns the newest version of a node: from the cache, else from the
+// store (ErrCorrupt if a node the tree names is missing).
+func (m *subjectMap) load(l prefix.Label) (*prefix.Node, error) {
+	if c, ok := m.nodes[l]; ok {
+		return c.n, nil
 	}
-	n, err := versionedNodes{m.st, math.MaxUint64}.Load(ctx, l)
+	n, err := versionedNodes{m.st, math.MaxUint64}.Load(context.Background(), l)
+	if errors.Is(err, prefix.ErrNodeNotFound) {
+		return nil, fmt.Errorf("%w: subject map node %s is missing; run grantline fsck", ErrCorrupt, l)
+	}
 	if err != nil {
 		return nil, err
 	}
-	m.nodes[l] = n
+	m.nodes[l] = cachedNode{n, 0}
 	return n, nil
-}
-
-// Store is prefix.Storage's: nodes changed by the seal being built.
-func (m *subjectMap) Store(ctx context.Context, ns ...*prefix.Node) error {
-	for _, n := range ns {
-		m.nodes[n.Label] = n
-		m.dirty[n.Label] = n
-	}
-	return nil
 }
 
 // add notes a fresh event for the next map leaf.
@@ -308,75 +336,290 @@ func (m *subjectMap) add(subject string, index uint64, hash [32]byte) {
 	}
 }
 
-// appendMapLeaf is the subject map's part of the seal stage: it folds the
-// events integrated since the last seal into their subjects' states and
-// the prefix tree, writes the changed states and node versions (as of the
-// checkpoint about to be signed) to w, and appends the map leaf holding the
-// new root as the tree's next leaf, with its leaf-hash index entry in ix
-// (w itself, unless the indexes live in a separate store). It returns the
-// tree size after it. An error leaves the tree in an unknown state: the log
-// must stop appending.
-func (l *Log) appendMapLeaf(w, ix *writes) (uint64, error) {
-	m := l.seq.smap
-	idx := l.seq.rng.End()
-	cpSize := idx + 1
-	// The states of the subjects changed, read once for those never seen.
+// mapKV is a leaf to (re)write: a subject's label and new value.
+type mapKV struct{ label, value [32]byte }
+
+// apply folds items (events in index order) into their subjects' states
+// and the prefix tree as of the checkpoint of size cpSize, puts the
+// changed states and node versions to w, and returns the new root hash.
+//
+// It updates the tree once per seal, not once per subject as
+// prefix.Tree.Insert would: with the changed leaves sorted, it walks the
+// tree from the root, descends only into subtrees that hold a changed
+// leaf, and hashes every changed node once, so the upper nodes that all
+// subjects share are hashed once per seal. The nodes and hashes are
+// exactly prefix.Tree.Insert's (TestSubjectMapBatchedUpdate). An error
+// leaves the map in an unknown state: the log must stop appending.
+func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte, error) {
+	m.seals++
+	// The states of the subjects changed, read once for those not cached.
 	var miss [][]byte
 	var missLabels [][32]byte
 	seen := make(map[[32]byte]bool)
-	for _, it := range m.pending {
+	for _, it := range items {
 		if _, ok := m.states[it.label]; !ok && !seen[it.label] {
 			seen[it.label] = true
 			miss, missLabels = append(miss, subjStateKey(it.label)), append(missLabels, it.label)
 		}
 	}
 	if len(miss) > 0 {
-		vals, err := l.st.Get(miss...)
+		vals, err := m.st.Get(miss...)
 		if err != nil {
-			return 0, fmt.Errorf("reading subject states: %w", err)
+			return [32]byte{}, storageErr(err, "reading subject states")
 		}
 		for j, v := range vals {
 			s := subjectState{}
 			if v != nil {
 				if s, err = decodeSubjectState(v); err != nil {
-					return 0, err
+					return [32]byte{}, err
 				}
 			}
-			m.states[missLabels[j]] = s
+			m.states[missLabels[j]] = cachedState{s, 0}
 		}
 	}
-	changed := make([][32]byte, 0, len(m.pending))
-	inChanged := make(map[[32]byte]bool, len(m.pending))
-	for _, it := range m.pending {
-		s := m.states[it.label]
-		if s.count > 0 && s.last >= it.index {
-			return 0, fmt.Errorf("internal error: subject map: event %d comes after the subject's last entry %d", it.index, s.last)
+	kvs := make([]mapKV, 0, len(items))
+	for _, it := range items {
+		c := m.states[it.label]
+		if c.s.count > 0 && c.s.last >= it.index {
+			return [32]byte{}, fmt.Errorf("internal error: subject map: event %d comes after the subject's last entry %d", it.index, c.s.last)
 		}
-		if !inChanged[it.label] {
-			inChanged[it.label] = true
-			changed = append(changed, it.label)
+		if c.seal != m.seals {
+			kvs = append(kvs, mapKV{label: it.label})
 		}
-		s.count++
-		s.last = it.index
-		s.chain = ChainNext(s.chain, it.hash)
-		m.states[it.label] = s
+		c.s.count++
+		c.s.last = it.index
+		c.s.chain = ChainNext(c.s.chain, it.hash)
+		m.states[it.label] = cachedState{c.s, m.seals}
 	}
-	ctx := context.Background()
-	for _, lb := range changed {
-		s := m.states[lb]
-		w.put(subjStateKey(lb), s.encode())
-		if err := m.tree.Insert(ctx, lb, s.value()); err != nil {
-			return 0, fmt.Errorf("updating the subject map: %w", err)
-		}
+	for i := range kvs {
+		s := m.states[kvs[i].label].s
+		kvs[i].value = s.value()
+		w.put(subjStateKey(kvs[i].label), s.encode())
 	}
-	for lb, n := range m.dirty {
-		w.put(mapNodeKey(lb, cpSize), encodeNode(n))
-	}
-	clear(m.dirty)
-	m.pending = m.pending[:0]
-	root, err := m.tree.RootHash(ctx)
+	slices.SortFunc(kvs, func(a, b mapKV) int { return bytes.Compare(a.label[:], b.label[:]) })
+	root, err := m.load(prefix.RootLabel)
 	if err != nil {
-		return 0, fmt.Errorf("reading the subject map root: %w", err)
+		return [32]byte{}, err
+	}
+	if len(kvs) > 0 {
+		m.changed = m.changed[:0]
+		k := splitAt(kvs, 0)
+		var sides [2]*prefix.Node
+		for i, part := range [2][]mapKV{kvs[:k], kvs[k:]} {
+			child := root.Left
+			if i == 1 {
+				child = root.Right
+			}
+			if sides[i], err = m.load(child); err != nil {
+				return [32]byte{}, err
+			}
+			if len(part) > 0 {
+				if sides[i], err = m.insert(sides[i], part); err != nil {
+					return [32]byte{}, err
+				}
+			}
+		}
+		root = &prefix.Node{Label: prefix.RootLabel, Left: sides[0].Label, Right: sides[1].Label,
+			Hash: mapNodeHash(prefix.RootLabel, mapHash(append(sides[0].Hash[:], sides[1].Hash[:]...)))}
+		m.changed = append(m.changed, root)
+		for _, n := range m.changed {
+			m.nodes[n.Label] = cachedNode{n, m.seals}
+			w.put(mapNodeKey(n.Label, cpSize), encodeNode(n))
+		}
+	}
+	m.evict()
+	return root.Hash, nil
+}
+
+// insert returns the subtree n with the leaves kvs (sorted, distinct, all
+// below n's parent on n's side) set, noting every new node in m.changed.
+func (m *subjectMap) insert(n *prefix.Node, kvs []mapKV) (*prefix.Node, error) {
+	switch {
+	case n.Label == prefix.EmptyNodeLabel:
+		return m.build(kvs, nil)
+	case n.Label.IsLeaf():
+		for _, kv := range kvs {
+			if bytes.Equal(kv.label[:], n.Label.Bytes()) {
+				return m.build(kvs, nil) // the leaf's new value replaces it
+			}
+		}
+		return m.build(kvs, n)
+	}
+	// An internal node: the leaves below it are a contiguous run of kvs.
+	i := 0
+	for i < len(kvs) && !leafLabel(kvs[i].label).HasPrefix(n.Label) {
+		i++
+	}
+	j := i
+	for j < len(kvs) && leafLabel(kvs[j].label).HasPrefix(n.Label) {
+		j++
+	}
+	if i == j {
+		return m.build(kvs, n) // none below n
+	}
+	if i > 0 || j < len(kvs) {
+		// Some leaves go beside n: n (updated with those below it) becomes
+		// a unit of a new subtree with them.
+		sub, err := m.insert(n, kvs[i:j])
+		if err != nil {
+			return nil, err
+		}
+		units := make([]*prefix.Node, 0, len(kvs)-(j-i)+1)
+		units = m.leaves(units, kvs[:i])
+		units = append(units, sub)
+		units = m.leaves(units, kvs[j:])
+		return m.join(units), nil
+	}
+	k := splitAt(kvs, n.Label.BitLen())
+	var sides [2]*prefix.Node
+	for s, part := range [2][]mapKV{kvs[:k], kvs[k:]} {
+		child := n.Left
+		if s == 1 {
+			child = n.Right
+		}
+		var err error
+		if sides[s], err = m.load(child); err != nil {
+			return nil, err
+		}
+		if len(part) > 0 {
+			if sides[s], err = m.insert(sides[s], part); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m.parent(n.Label, sides[0], sides[1]), nil
+}
+
+// build returns the subtree of the new leaves kvs and, if not nil, the
+// existing subtree extra (whose label no leaf of kvs has as a prefix).
+func (m *subjectMap) build(kvs []mapKV, extra *prefix.Node) (*prefix.Node, error) {
+	units := make([]*prefix.Node, 0, len(kvs)+1)
+	placed := extra == nil
+	for _, kv := range kvs {
+		if !placed && bytes.Compare(extra.Label.Bytes(), kv.label[:]) < 0 {
+			units, placed = append(units, extra), true
+		}
+		units = m.leaves(units, []mapKV{kv})
+	}
+	if !placed {
+		units = append(units, extra)
+	}
+	return m.join(units), nil
+}
+
+// leaves appends the new leaf nodes of kvs to units.
+func (m *subjectMap) leaves(units []*prefix.Node, kvs []mapKV) []*prefix.Node {
+	for _, kv := range kvs {
+		l := leafLabel(kv.label)
+		n := &prefix.Node{Label: l, Hash: mapNodeHash(l, kv.value)}
+		m.changed = append(m.changed, n)
+		units = append(units, n)
+	}
+	return units
+}
+
+// join returns the compressed subtree over units: subtrees sorted by
+// label, none a prefix of another.
+func (m *subjectMap) join(units []*prefix.Node) *prefix.Node {
+	if len(units) == 1 {
+		return units[0]
+	}
+	lcp := prefix.LongestCommonPrefix(units[0].Label, units[len(units)-1].Label)
+	k := 1
+	for k < len(units) && units[k].Label.SideOf(lcp) == prefix.Left {
+		k++
+	}
+	return m.parent(lcp, m.join(units[:k]), m.join(units[k:]))
+}
+
+// parent returns the new internal node l over left and right.
+func (m *subjectMap) parent(l prefix.Label, left, right *prefix.Node) *prefix.Node {
+	n := &prefix.Node{Label: l, Left: left.Label, Right: right.Label,
+		Hash: mapNodeHash(l, mapHash(append(left.Hash[:], right.Hash[:]...)))}
+	m.changed = append(m.changed, n)
+	return n
+}
+
+// splitAt returns the index of the first of kvs (sorted) whose bit at
+// position bit is 1.
+func splitAt(kvs []mapKV, bit uint32) int {
+	i, _ := slices.BinarySearchFunc(kvs, 1, func(kv mapKV, _ int) int {
+		if kv.label[bit/8]>>(7-bit%8)&1 == 0 {
+			return -1
+		}
+		return 1
+	})
+	return i
+}
+
+func leafLabel(label [32]byte) prefix.Label {
+	l, err := prefix.NewLabel(256, label[:])
+	if err != nil {
+		panic(err) // 256 bits of 32 bytes are always a label
+	}
+	return l
+}
+
+// mapNodeHash is the prefix tree's node hash (torchwood's nodeHash):
+// H(value || H(be32(bits) || label bytes)).
+func mapNodeHash(l prefix.Label, value [32]byte) [32]byte {
+	var b [36 + 32]byte
+	binary.BigEndian.PutUint32(b[:4], l.BitLen())
+	copy(b[4:36], l.Bytes())
+	lh := mapHash(b[:36])
+	copy(b[:32], value[:])
+	copy(b[32:64], lh[:])
+	return mapHash(b[:64])
+}
+
+// evict bounds the caches: beyond m.limit entries it drops entries
+// read from the store and entries written by settled seals (whose writes
+// are in the store, mapSettledSeals), down to three quarters of the limit
+// or to what is unsettled.
+func (m *subjectMap) evict() {
+	settled := func(seal uint64) bool { return seal == 0 || seal+mapSettledSeals <= m.seals }
+	if len(m.nodes) > m.limit {
+		for l, c := range m.nodes {
+			if len(m.nodes) <= m.limit*3/4 {
+				break
+			}
+			if settled(c.seal) {
+				delete(m.nodes, l)
+			}
+		}
+	}
+	if len(m.states) > m.limit {
+		for l, c := range m.states {
+			if len(m.states) <= m.limit*3/4 {
+				break
+			}
+			if settled(c.seal) {
+				delete(m.states, l)
+			}
+		}
+	}
+}
+
+// appendMapLeaf is the subject map's part of the seal stage: it folds the
+// events integrated since the last seal into their subjects' states and
+// the prefix tree, puts the changed states and node versions (as of the
+// checkpoint about to be signed) to ix, with the map's watermark when ix
+// is a separate index store, and appends the map leaf holding the new root
+// as the tree's next leaf (to w), with its leaf-hash index entry in ix (w
+// itself, unless the indexes live in a separate store). It returns the
+// tree size after it. An error leaves the tree in an unknown state: the log
+// must stop appending.
+func (l *Log) appendMapLeaf(w, ix *writes) (uint64, error) {
+	m := l.seq.smap
+	idx := l.seq.rng.End()
+	cpSize := idx + 1
+	root, err := m.apply(m.pending, cpSize, ix)
+	if err != nil {
+		return 0, fmt.Errorf("updating the subject map: %w", err)
+	}
+	m.pending = m.pending[:0]
+	if l.split {
+		ix.put(keyMapped, be64(nil, cpSize))
 	}
 	leaf := event.EncodeMapLeaf(root, idx)
 	h := LeafHash(leaf)
@@ -390,6 +633,112 @@ func (l *Log) appendMapLeaf(w, ix *writes) (uint64, error) {
 	w.put(leafKey(idx), leaf)
 	ix.put(hashKey(h[:]), be64(nil, idx))
 	return cpSize, nil
+}
+
+// mappedTo reads the separate index store's subject map watermark: the
+// size of the latest checkpoint whose map records it holds (0 if none).
+func mappedTo(ix Store) (uint64, error) {
+	vals, err := ix.Get(keyMapped)
+	if err != nil {
+		return 0, storageErr(err, "reading the index store's subject map watermark")
+	}
+	switch v := vals[0]; {
+	case v == nil:
+		return 0, nil
+	case len(v) != 8:
+		return 0, fmt.Errorf("%w: the index store's subject map watermark has %d bytes, want 8; move the index store aside (it is rebuilt from the leaves)", ErrCorrupt, len(v))
+	default:
+		return binary.BigEndian.Uint64(v), nil
+	}
+}
+
+// openMap completes Open for a log with a subject map and a separate index
+// store, after openIndex: the index store's map records may lag the main
+// store's checkpoints (they are written without fsync, and after the
+// durable commit), or be missing (a new, emptied or moved-aside index
+// store, or a log whose map records were kept in the main store before),
+// so it re-derives them from the leaves, checkpoint by checkpoint, from
+// the map's watermark up to the latest checkpoint (rebuildMap), then signs
+// the leaves a crash left after that checkpoint (sealTail), which load
+// left for now. published is the latest checkpoint's state; it returns the
+// state to serve.
+func (l *Log) openMap(ctx context.Context, published *state) (*state, error) {
+	m := l.seq.smap
+	if m == nil || !l.split {
+		return published, nil
+	}
+	cpSize := published.cp.Size
+	from, err := mappedTo(l.ix)
+	if err != nil {
+		return nil, err
+	}
+	if from > cpSize {
+		return nil, fmt.Errorf("%w: the index store holds the subject map of checkpoint %d but the log's latest is %d (was the main store restored from an older backup?); move the index store aside (it is rebuilt from the leaves)", ErrCorrupt, from, cpSize)
+	}
+	if from < cpSize {
+		if err := l.rebuildMap(ctx, from, cpSize); err != nil {
+			return nil, err
+		}
+		l.logger.Info("ledger rebuilt the subject map records the index store lacked", "from", from, "size", cpSize)
+	}
+	if l.seq.rng.End() > cpSize {
+		return l.sealTail(cpSize, published)
+	}
+	return published, nil
+}
+
+// rebuildMap re-derives the subject map records of the checkpoints in
+// (from, to] from their leaves into the separate index store: from is the
+// map's watermark and to the latest checkpoint, both sizes of checkpoints,
+// so leaf from-1 and leaf to-1 are map leaves. Each map leaf's root must
+// be the re-derived one (else ErrCorrupt). One commit per checkpoint, each
+// advancing the watermark.
+func (l *Log) rebuildMap(ctx context.Context, from, to uint64) error {
+	m := l.seq.smap
+	var items []mapItem
+	for start := from; start < to; start += fsckChunk {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		es, err := l.entries(start, min(start+fsckChunk, to))
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			h := LeafHash(e.Leaf)
+			ev, err := event.DecodeLeaf(e.Leaf)
+			if errors.Is(err, event.ErrMapLeaf) {
+				want, covers, err := event.DecodeMapLeaf(e.Leaf)
+				if err != nil || covers != e.Index {
+					return fmt.Errorf("%w: map leaf %d does not decode or covers %d, not its own index (%v); run grantline fsck", ErrCorrupt, e.Index, covers, err)
+				}
+				w := newWrites(0)
+				root, err := m.apply(items, e.Index+1, w)
+				if err != nil {
+					return fmt.Errorf("%w: rebuilding the subject map at leaf %d: %w", ErrStorage, e.Index, err)
+				}
+				if root != want {
+					return fmt.Errorf("%w: map leaf %d holds subject map root %x, but the leaves before it give %x; run grantline fsck", ErrCorrupt, e.Index, want, root)
+				}
+				w.put(keyMapped, be64(nil, e.Index+1))
+				if err := l.ix.Commit(w.keys, w.vals); err != nil {
+					return fmt.Errorf("%w: writing the subject map records of checkpoint %d: %w", ErrStorage, e.Index+1, err)
+				}
+				items = items[:0]
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("%w: leaf %d does not decode while rebuilding the subject map; run grantline fsck: %w", ErrCorrupt, e.Index, err)
+			}
+			if s := ev.GetEvent().GetSubject().GetId(); s != "" {
+				items = append(items, mapItem{SubjectLabel(s), e.Index, h})
+			}
+		}
+	}
+	if len(items) > 0 {
+		return fmt.Errorf("%w: checkpoint %d does not end with a map leaf; run grantline fsck", ErrCorrupt, to)
+	}
+	return nil
 }
 
 // readMapMode reads whether the log in st has a subject map.
@@ -459,7 +808,7 @@ func (l *Log) SubjectProof(ctx context.Context, subject string, size uint64) (Su
 		}
 		start = es[len(es)-1].Index + 1
 	}
-	_, nodes, err := prefix.NewTree(mapHash, versionedNodes{l.st, size}).Lookup(ctx, SubjectLabel(subject))
+	_, nodes, err := prefix.NewTree(mapHash, versionedNodes{l.ix, size}).Lookup(ctx, SubjectLabel(subject))
 	if err != nil {
 		if isLedgerErr(err) {
 			return SubjectProof{}, err

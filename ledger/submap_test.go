@@ -1,8 +1,13 @@
 package ledger
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -295,6 +300,253 @@ func TestSubjectMapFsck(t *testing.T) {
 			damage(bad)
 			if err := Fsck(ctx, bad, testVerifier, nil); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("Fsck after damage to the %s = %v, want ErrCorrupt", name, err)
+			}
+		})
+	}
+}
+
+// TestSubjectMapBatchedUpdate: the sequencer's batched update gives, seal
+// after seal, exactly the root and the proofs of torchwood's
+// prefix.Tree.Insert of the same values one subject at a time, also as of
+// older checkpoints, with a cache so small that nodes are evicted and read
+// back from the store, and with the store lagging the seals as far as the
+// pipeline lets it (mapSettledSeals - 1 seals not yet committed).
+func TestSubjectMapBatchedUpdate(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		pool, rounds   int
+		perRound       int
+		limit          int
+		lag            int // seals whose writes are not committed yet
+		emptySubjectAt int // round with no events (an empty seal); -1 none
+	}{
+		{"one subject", 1, 4, 3, 1 << 18, 0, -1},
+		{"small", 8, 6, 5, 1 << 18, 0, 2},
+		{"spread", 500, 8, 200, 1 << 18, 0, -1},
+		{"spread, tiny cache, lagging store", 500, 10, 150, 16, mapSettledSeals - 1, 3},
+		{"dense, tiny cache", 64, 12, 64, 8, mapSettledSeals - 1, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			st := newFakeStore()
+			m := newSubjectMap(st)
+			m.limit = tc.limit
+			ref := prefix.NewMemoryStorage()
+			if err := prefix.InitStorage(ctx, mapHash, ref); err != nil {
+				t.Fatal(err)
+			}
+			tree := prefix.NewTree(mapHash, ref)
+			states := map[[32]byte]subjectState{}
+			rnd := rand.New(rand.NewPCG(uint64(tc.pool), uint64(tc.rounds)))
+			var unflushed []*writes
+			type version struct {
+				size  uint64
+				root  [32]byte
+				proof map[[32]byte][]prefix.ProofNode
+			}
+			var versions []version
+			index := uint64(0)
+			for r := range tc.rounds {
+				var items []mapItem
+				if r != tc.emptySubjectAt {
+					for range tc.perRound {
+						lb := SubjectLabel(fmt.Sprintf("s%d", rnd.IntN(tc.pool)))
+						h := sha256.Sum256([]byte(fmt.Sprint(index)))
+						items = append(items, mapItem{lb, index, h})
+						s := states[lb]
+						s.count, s.last, s.chain = s.count+1, index, ChainNext(s.chain, h)
+						states[lb] = s
+						index++
+					}
+				}
+				changed := map[[32]byte]bool{}
+				for _, it := range items {
+					if !changed[it.label] {
+						changed[it.label] = true
+						if err := tree.Insert(ctx, it.label, states[it.label].value()); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+				index++ // the map leaf
+				w := newWrites(0)
+				root, err := m.apply(items, index, w)
+				if err != nil {
+					t.Fatalf("round %d: apply: %v", r, err)
+				}
+				want, err := tree.RootHash(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if root != want {
+					t.Fatalf("round %d: batched root %x, one at a time %x", r, root, want)
+				}
+				if len(m.nodes) > max(tc.limit, 4*tc.perRound*8) {
+					t.Fatalf("round %d: %d cached nodes, limit %d", r, len(m.nodes), tc.limit)
+				}
+				unflushed = append(unflushed, w)
+				for len(unflushed) > tc.lag {
+					if err := st.Commit(unflushed[0].keys, unflushed[0].vals); err != nil {
+						t.Fatal(err)
+					}
+					unflushed = unflushed[1:]
+				}
+				v := version{index, want, map[[32]byte][]prefix.ProofNode{}}
+				for lb := range states {
+					_, p, err := tree.Lookup(ctx, lb)
+					if err != nil {
+						t.Fatal(err)
+					}
+					v.proof[lb] = p
+				}
+				versions = append(versions, v)
+			}
+			for _, w := range unflushed {
+				if err := st.Commit(w.keys, w.vals); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Every version's proofs, read from the stored node versions.
+			for _, v := range versions {
+				old := prefix.NewTree(mapHash, versionedNodes{st, v.size})
+				if got, err := old.RootHash(ctx); err != nil || got != v.root {
+					t.Fatalf("stored root as of %d = %x (%v), want %x", v.size, got, err, v.root)
+				}
+				for lb, want := range v.proof {
+					_, got, err := old.Lookup(ctx, lb)
+					if err != nil {
+						t.Fatalf("lookup as of %d: %v", v.size, err)
+					}
+					if !slices.Equal(got, want) {
+						t.Fatalf("proof of %x as of %d from the store differs from one-at-a-time insertion", lb, v.size)
+					}
+				}
+			}
+			// The stored states are the newest.
+			for lb, s := range states {
+				vals, err := st.Get(subjStateKey(lb))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := decodeSubjectState(vals[0])
+				if err != nil || got != s {
+					t.Fatalf("stored state of %x = %+v (%v), want %+v", lb, got, err, s)
+				}
+			}
+		})
+	}
+}
+
+// TestSubjectMapSplitIndex: with a separate index store the map's records
+// live there, off the durable commit, and Open re-derives whatever it
+// lacks from the leaves: after a crash that lost the index store's last
+// commits or all of it, between batches of a CheckpointInterval (the tail
+// is sealed once the map is complete), and for a log whose map records are
+// in the main store (made before they moved). Proofs at every checkpoint
+// and fsck agree afterwards.
+func TestSubjectMapSplitIndex(t *testing.T) {
+	for _, interval := range []time.Duration{0, time.Hour} {
+		t.Run(fmt.Sprintf("interval %v", interval), func(t *testing.T) {
+			ctx := t.Context()
+			st, ix := newFakeStore(), lazy()
+			o := mapOptions()
+			o.CheckpointInterval = interval
+			o.Index = ix
+			l, err := Open(ctx, st, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := acked{}
+			for b := range 4 {
+				evs := testEvents(b*60, 60)
+				a.add(t, evs, mustAppend(t, l, evs))
+			}
+			sizes := []uint64{l.Latest().Size}
+			main := st.clone()
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			vals, _ := main.Get(keyLatest, keyTree)
+			cpSize, tree := binary.BigEndian.Uint64(vals[0]), binary.BigEndian.Uint64(vals[1])
+			if interval == 0 {
+				if tree != cpSize || cpSize != 244 {
+					t.Fatalf("checkpoint %d, tree %d, want 244 (4 batches of 60 and their map leaves)", cpSize, tree)
+				}
+				// Nothing of the map on the durable commit.
+				n := 0
+				main.Scan([]byte{kMapNode}, []byte{kMapNode + 1}, func(k, v []byte) error { n++; return nil })
+				main.Scan([]byte{kSubjState}, []byte{kSubjState + 1}, func(k, v []byte) error { n++; return nil })
+				if n != 0 {
+					t.Fatalf("the main store holds %d subject map records; they belong in the index store", n)
+				}
+			} else if cpSize != 0 || tree != 240 {
+				t.Fatalf("checkpoint %d, tree %d, want 0 and 240 unsigned leaves", cpSize, tree)
+			}
+			var losses = map[string]func() *fakeStore{
+				"kept":      ix.clone,
+				"last-lost": func() *fakeStore { return historyAt(ix, len(ix.history)-2) },
+				"two-lost":  func() *fakeStore { return historyAt(ix, len(ix.history)-3) },
+				"all-lost":  newFakeStore,
+				// A log whose map records are in the main store: the
+				// index store without them, as a log made before.
+				"map-in-main": func() *fakeStore {
+					x := ix.clone()
+					x.Scan(nil, nil, func(k, v []byte) error {
+						if k[0] == kMapNode || k[0] == kSubjState || bytes.Equal(k, keyMapped) {
+							x.corrupt(k, nil)
+						}
+						return nil
+					})
+					return x
+				},
+			}
+			for name, idx := range losses {
+				t.Run(name, func(t *testing.T) {
+					m, x := main.clone(), idx()
+					o := o
+					o.Index = x
+					l2, err := Open(ctx, m, o)
+					if err != nil {
+						t.Fatalf("restart: %v", err)
+					}
+					b := acked{}
+					for k, v := range a {
+						b[k] = v
+					}
+					checkInvariants(t, l2, b)
+					size := l2.Latest().Size
+					if size != 244 && size != 241 {
+						t.Fatalf("size after restart %d, want 244, or 241 when the 240 leaves were sealed at Open", size)
+					}
+					for _, s := range append(sizes, size) {
+						if s <= size && (interval == 0 || s == size) {
+							checkSubjectProofs(t, l2, s)
+						}
+					}
+					evs := testEvents(500, 30)
+					b.add(t, evs, mustAppend(t, l2, evs))
+					if err := l2.Close(); err != nil {
+						t.Fatal(err)
+					}
+					checkViolations(t, m)
+					checkViolations(t, x)
+					m, x = m.clone(), x.clone()
+					o.Index = x
+					l3, err := Open(ctx, m, o)
+					if err != nil {
+						t.Fatalf("second restart: %v", err)
+					}
+					checkInvariants(t, l3, b)
+					checkSubjectProofs(t, l3, l3.Latest().Size)
+					if err := l3.Close(); err != nil {
+						t.Fatal(err)
+					}
+					if err := FsckWithIndex(ctx, m.clone(), x.clone(), testVerifier, nil); err != nil {
+						t.Fatalf("FsckWithIndex after the restart: %v", err)
+					}
+					checkViolations(t, m)
+					checkViolations(t, x)
+				})
 			}
 		})
 	}
