@@ -161,12 +161,12 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 		report("fsck: %d leaves after the latest checkpoint wait for the next one (Open signs them)", size-cpSize)
 	}
 	report("fsck: %d checkpoints verify; checking %d leaves", len(sizes), size)
-	mapOn, err := readMapMode(st)
+	mapFmt, err := readMapFormat(st)
 	if err != nil {
 		return err
 	}
 	var fm *fsckMap
-	if mapOn {
+	if mapFmt != mapNone {
 		fm = newFsckMap(sizes)
 		report("fsck: the log has a subject map: re-deriving it from the leaves")
 	}
@@ -266,7 +266,7 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 		case mapped < cpSize:
 			report("fsck: the index store holds the subject map records up to checkpoint %d of %d; the next Open re-derives the rest from the leaves", mapped, cpSize)
 		default:
-			if err := fm.checkStored(ctx, ix, cpSize, size == cpSize && mapped == cpSize && !live); err != nil {
+			if err := fm.checkStored(ctx, ix, mapFmt, cpSize, size == cpSize && mapped == cpSize && !live); err != nil {
 				return err
 			}
 		}
@@ -1011,8 +1011,8 @@ func (m *fsckMap) mapLeaf(i uint64, leaf []byte) error {
 // re-derived: the root node as of the latest checkpoint (cpSize), and, when
 // states is set (no leaves wait for a checkpoint and no appends go on),
 // every subject's state record.
-func (m *fsckMap) checkStored(ctx context.Context, st Store, cpSize uint64, states bool) error {
-	n, err := versionedNodes{st, cpSize}.Load(ctx, prefix.RootLabel)
+func (m *fsckMap) checkStored(ctx context.Context, st Store, f mapFormat, cpSize uint64, states bool) error {
+	n, err := versionedNodes{st, cpSize, f}.Load(ctx, prefix.RootLabel)
 	if err != nil {
 		return err
 	}

@@ -34,14 +34,16 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 	if vals[0] == nil {
 		return l.initEmpty()
 	}
-	if l.smapOn, err = readMapMode(l.st); err != nil {
+	format, err := readMapFormat(l.st)
+	if err != nil {
 		return nil, err
 	}
+	l.smapOn = format != mapNone
 	if l.smapOn != l.o.SubjectMap {
 		l.logger.Warn("ledger: the subject map is fixed when a log is created; this log keeps its own", "subject_map", l.smapOn)
 	}
 	if l.smapOn {
-		l.seq.smap = newSubjectMap(l.ix)
+		l.seq.smap = newSubjectMap(l.ix, format)
 	}
 	if len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
 		return nil, fmt.Errorf("%w: tree size records have %d and %d bytes, want 8; run grantline fsck", ErrCorrupt, len(vals[0]), len(vals[1]))
@@ -222,8 +224,8 @@ func (l *Log) initEmpty() (*state, error) {
 	}
 	keys, vals := [][]byte{checkpointKey(0), keyLatest}, [][]byte{cp.Note, be64(nil, 0)}
 	if l.o.SubjectMap {
-		keys, vals = append(keys, keySubjectMap), append(vals, []byte{1})
-		l.smapOn, l.seq.smap = true, newSubjectMap(l.ix)
+		keys, vals = append(keys, keySubjectMap), append(vals, []byte{byte(mapCompact)})
+		l.smapOn, l.seq.smap = true, newSubjectMap(l.ix, mapCompact)
 	}
 	if err := l.st.Commit(keys, vals); err != nil {
 		return nil, fmt.Errorf("%w: publishing the first checkpoint: %w", ErrStorage, err)

@@ -26,11 +26,14 @@ import (
 //
 // Store keys (ledger/store.go):
 //
-//	p be32(bits) label[32] ^be64(size) -> node: the prefix-tree node as of
-//	  the checkpoint of that size (versions are kept, newest first in key
-//	  order, so a proof can be made at any checkpoint)
+//	q be16(bits) label[(bits+7)/8] ^be64(size) -> node: the prefix-tree
+//	  node as of the checkpoint of that size (versions are kept, newest
+//	  first in key order, so a proof can be made at any checkpoint); see
+//	  kMapNodeC (logs made before it: p be32(bits) label[32] ^be64(size),
+//	  mapWide)
 //	v SHA-256(subject) -> be64(count) be64(last) chain[32]: the newest state
-//	msubjectmap -> 0x01: the log was created with a subject map
+//	msubjectmap -> the log was created with a subject map whose nodes
+//	  are stored as mapWide (0x01) or mapCompact (0x02)
 const (
 	kMapNode   = 'p'
 	kSubjState = 'v'
@@ -145,8 +148,33 @@ func decodeSubjectState(v []byte) (subjectState, error) {
 
 func subjStateKey(label [32]byte) []byte { return append([]byte{kSubjState}, label[:]...) }
 
+// mapFormat is how a log stores its map's nodes: fixed when the log is
+// created and recorded in its msubjectmap record (docs/completeness.md).
+type mapFormat byte
+
+const (
+	mapNone    mapFormat = 0 // no subject map
+	mapWide    mapFormat = 1 // p keys, 140-byte nodes: logs made before mapCompact
+	mapCompact mapFormat = 2 // q keys, labels cut to their bits: new logs
+)
+
+// kMapNodeC is the key kind of mapCompact nodes:
+//
+//	q be16(bits) label[(bits+7)/8] ^be64(size) -> hash[32], then for an
+//	  internal node (bits < 256) its left and right child labels, each
+//	  be16(bits) label[(bits+7)/8], or be16(0xffff) for the root's empty
+//	  child
+const kMapNodeC = 'q'
+
 // mapNodePrefix is the key prefix of every version of the node labelled l.
-func mapNodePrefix(l prefix.Label) []byte {
+func mapNodePrefix(l prefix.Label, f mapFormat) []byte {
+	if f == mapCompact {
+		n := (l.BitLen() + 7) / 8
+		b := make([]byte, 0, 1+2+n+8)
+		b = append(b, kMapNodeC)
+		b = binary.BigEndian.AppendUint16(b, uint16(l.BitLen()))
+		return append(b, l.Bytes()[:n]...)
+	}
 	b := make([]byte, 0, 1+4+32+8)
 	b = append(b, kMapNode)
 	b = binary.BigEndian.AppendUint32(b, l.BitLen())
@@ -154,7 +182,9 @@ func mapNodePrefix(l prefix.Label) []byte {
 }
 
 // mapNodeKey is the key of the version of node l as of checkpoint size.
-func mapNodeKey(l prefix.Label, size uint64) []byte { return be64(mapNodePrefix(l), ^size) }
+func mapNodeKey(l prefix.Label, size uint64, f mapFormat) []byte {
+	return be64(mapNodePrefix(l, f), ^size)
+}
 
 func encodeLabel(b []byte, l prefix.Label) []byte {
 	b = binary.BigEndian.AppendUint32(b, l.BitLen())
@@ -165,15 +195,35 @@ func decodeLabel(b []byte) (prefix.Label, error) {
 	return prefix.NewLabel(binary.BigEndian.Uint32(b), b[4:36]) // bits 0: the root, or the empty node
 }
 
-// encodeNode is a node's stored value: label, left, right (36 bytes each)
-// and hash.
-func encodeNode(n *prefix.Node) []byte {
+// encodeNode is a node's stored value. mapWide: label, left, right (36
+// bytes each) and hash; mapCompact: see kMapNodeC.
+func encodeNode(n *prefix.Node, f mapFormat) []byte {
+	if f == mapCompact {
+		b := make([]byte, 0, 32+2*(2+32))
+		b = append(b, n.Hash[:]...)
+		if n.Label.IsLeaf() {
+			return b
+		}
+		for _, c := range []prefix.Label{n.Left, n.Right} {
+			if c == prefix.EmptyNodeLabel {
+				b = binary.BigEndian.AppendUint16(b, 0xffff)
+				continue
+			}
+			b = binary.BigEndian.AppendUint16(b, uint16(c.BitLen()))
+			b = append(b, c.Bytes()[:(c.BitLen()+7)/8]...)
+		}
+		return b
+	}
 	b := make([]byte, 0, 3*36+32)
 	b = encodeLabel(encodeLabel(encodeLabel(b, n.Label), n.Left), n.Right)
 	return append(b, n.Hash[:]...)
 }
 
-func decodeNode(v []byte) (*prefix.Node, error) {
+// decodeNode decodes the stored value v of node l.
+func decodeNode(l prefix.Label, v []byte, f mapFormat) (*prefix.Node, error) {
+	if f == mapCompact {
+		return decodeCompactNode(l, v)
+	}
 	if len(v) != 3*36+32 {
 		return nil, fmt.Errorf("%w: subject map node has %d bytes, want %d; run grantline fsck", ErrCorrupt, len(v), 3*36+32)
 	}
@@ -185,7 +235,54 @@ func decodeNode(v []byte) (*prefix.Node, error) {
 		}
 	}
 	n.Hash = [32]byte(v[108:])
+	if n.Label != l {
+		return nil, fmt.Errorf("%w: subject map node stored under %s holds %s; run grantline fsck", ErrCorrupt, l, n.Label)
+	}
 	return &n, nil
+}
+
+func decodeCompactNode(l prefix.Label, v []byte) (*prefix.Node, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("%w: subject map node %s: %s; run grantline fsck", ErrCorrupt, l, why)
+	}
+	if len(v) < 32 {
+		return nil, bad(fmt.Sprintf("%d bytes, want at least 32", len(v)))
+	}
+	n := &prefix.Node{Label: l, Hash: [32]byte(v[:32])}
+	rest := v[32:]
+	if l.IsLeaf() {
+		if len(rest) != 0 {
+			return nil, bad(fmt.Sprintf("a leaf of %d bytes, want 32", len(v)))
+		}
+		return n, nil
+	}
+	for _, c := range []*prefix.Label{&n.Left, &n.Right} {
+		if len(rest) < 2 {
+			return nil, bad("a child label is cut short")
+		}
+		bits := binary.BigEndian.Uint16(rest)
+		rest = rest[2:]
+		if bits == 0xffff {
+			if l != prefix.RootLabel {
+				return nil, bad("an empty child below the root")
+			}
+			*c = prefix.EmptyNodeLabel
+			continue
+		}
+		k := (int(bits) + 7) / 8
+		if len(rest) < k || bits <= uint16(l.BitLen()) {
+			return nil, bad(fmt.Sprintf("child label of %d bits is cut short or not below the node", bits))
+		}
+		var err error
+		if *c, err = prefix.NewLabel(uint32(bits), rest[:k]); err != nil {
+			return nil, bad(fmt.Sprintf("child label: %v", err))
+		}
+		rest = rest[k:]
+	}
+	if len(rest) != 0 {
+		return nil, bad(fmt.Sprintf("%d bytes after the child labels", len(rest)))
+	}
+	return n, nil
 }
 
 // initialNodes are the root and empty node of an empty prefix tree, which
@@ -209,23 +306,20 @@ var initialNodes = func() map[prefix.Label]*prefix.Node {
 // versionedNodes reads the prefix tree as of the checkpoint of size from
 // the store: a prefix.Storage for Lookup. Store fails.
 type versionedNodes struct {
-	st   Store
-	size uint64
+	st     Store
+	size   uint64
+	format mapFormat
 }
 
 func (s versionedNodes) Load(ctx context.Context, l prefix.Label) (*prefix.Node, error) {
 	if l == prefix.EmptyNodeLabel {
 		return initialNodes[l], nil
 	}
-	p := mapNodePrefix(l)
+	p := mapNodePrefix(l, s.format)
 	var n *prefix.Node
 	err := s.st.Scan(be64(p, ^s.size), prefixEnd(p), func(k, v []byte) error {
 		var err error
-		n, err = decodeNode(v)
-		if err == nil && n.Label != l {
-			err = fmt.Errorf("%w: subject map node stored under %s holds %s; run grantline fsck", ErrCorrupt, l, n.Label)
-		}
-		if err != nil {
+		if n, err = decodeNode(l, v, s.format); err != nil {
 			return err
 		}
 		return errStop
@@ -260,6 +354,7 @@ func (s versionedNodes) Store(context.Context, ...*prefix.Node) error {
 // be re-derived from the leaves (Log.openMap); else into the main commit.
 type subjectMap struct {
 	st      Store // where the map's records are: the index store, else the main store
+	format  mapFormat
 	nodes   map[prefix.Label]cachedNode
 	states  map[[32]byte]cachedState
 	seals   uint64    // seals folded since Open, the one being built included
@@ -303,9 +398,10 @@ type mapItem struct {
 	hash  [32]byte
 }
 
-func newSubjectMap(st Store) *subjectMap {
+func newSubjectMap(st Store, f mapFormat) *subjectMap {
 	return &subjectMap{
 		st:     st,
+		format: f,
 		nodes:  make(map[prefix.Label]cachedNode),
 		states: make(map[[32]byte]cachedState),
 		limit:  mapCacheLimit,
@@ -318,7 +414,7 @@ func (m *subjectMap) load(l prefix.Label) (*prefix.Node, error) {
 	if c, ok := m.nodes[l]; ok {
 		return c.n, nil
 	}
-	n, err := versionedNodes{m.st, math.MaxUint64}.Load(context.Background(), l)
+	n, err := versionedNodes{m.st, math.MaxUint64, m.format}.Load(context.Background(), l)
 	if errors.Is(err, prefix.ErrNodeNotFound) {
 		return nil, fmt.Errorf("%w: subject map node %s is missing; run grantline fsck", ErrCorrupt, l)
 	}
@@ -424,7 +520,7 @@ func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte,
 		m.changed = append(m.changed, root)
 		for _, n := range m.changed {
 			m.nodes[n.Label] = cachedNode{n, m.seals}
-			w.put(mapNodeKey(n.Label, cpSize), encodeNode(n))
+			w.put(mapNodeKey(n.Label, cpSize, m.format), encodeNode(n, m.format))
 		}
 	}
 	m.evict()
@@ -741,19 +837,20 @@ func (l *Log) rebuildMap(ctx context.Context, from, to uint64) error {
 	return nil
 }
 
-// readMapMode reads whether the log in st has a subject map.
-func readMapMode(st Store) (bool, error) {
+// readMapFormat reads whether the log in st has a subject map, and how it
+// stores its nodes: mapNone, mapWide or mapCompact.
+func readMapFormat(st Store) (mapFormat, error) {
 	vals, err := st.Get(keySubjectMap)
 	if err != nil {
-		return false, storageErr(err, "reading the subject map mode")
+		return mapNone, storageErr(err, "reading the subject map mode")
 	}
 	switch {
 	case vals[0] == nil:
-		return false, nil
-	case bytes.Equal(vals[0], []byte{1}):
-		return true, nil
+		return mapNone, nil
+	case len(vals[0]) == 1 && (vals[0][0] == byte(mapWide) || vals[0][0] == byte(mapCompact)):
+		return mapFormat(vals[0][0]), nil
 	}
-	return false, fmt.Errorf("%w: the subject map mode record holds %x, want 01; run grantline fsck", ErrCorrupt, vals[0])
+	return mapNone, fmt.Errorf("%w: the subject map mode record holds %x, want 01 or 02; run grantline fsck", ErrCorrupt, vals[0])
 }
 
 // HasSubjectMap reports whether the log has a subject map: fixed when the
@@ -808,7 +905,7 @@ func (l *Log) SubjectProof(ctx context.Context, subject string, size uint64) (Su
 		}
 		start = es[len(es)-1].Index + 1
 	}
-	_, nodes, err := prefix.NewTree(mapHash, versionedNodes{l.ix, size}).Lookup(ctx, SubjectLabel(subject))
+	_, nodes, err := prefix.NewTree(mapHash, versionedNodes{l.ix, size, l.seq.smap.format}).Lookup(ctx, SubjectLabel(subject))
 	if err != nil {
 		if isLedgerErr(err) {
 			return SubjectProof{}, err

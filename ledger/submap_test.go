@@ -283,12 +283,12 @@ func TestSubjectMapFsck(t *testing.T) {
 			s.corrupt(state, v)
 		},
 		"map root node": func(s *fakeStore) {
-			n, _ := versionedNodes{s, 102}.Load(ctx, prefix.RootLabel)
+			n, _ := versionedNodes{s, 102, mapCompact}.Load(ctx, prefix.RootLabel)
 			bad := *n
 			bad.Hash[0] ^= 1
-			s.corrupt(mapNodeKey(bad.Label, 102), encodeNode(&bad))
+			s.corrupt(mapNodeKey(bad.Label, 102, mapCompact), encodeNode(&bad, mapCompact))
 		},
-		"mode record": func(s *fakeStore) { s.corrupt(keySubjectMap, []byte{2}) },
+		"mode record": func(s *fakeStore) { s.corrupt(keySubjectMap, []byte{3}) },
 		"map leaf's leaf-hash index": func(s *fakeStore) {
 			vals, _ := s.Get(leafKey(101))
 			h := LeafHash(vals[0])
@@ -326,114 +326,116 @@ func TestSubjectMapBatchedUpdate(t *testing.T) {
 		{"spread, tiny cache, lagging store", 500, 10, 150, 16, mapSettledSeals - 1, 3},
 		{"dense, tiny cache", 64, 12, 64, 8, mapSettledSeals - 1, -1},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx := t.Context()
-			st := newFakeStore()
-			m := newSubjectMap(st)
-			m.limit = tc.limit
-			ref := prefix.NewMemoryStorage()
-			if err := prefix.InitStorage(ctx, mapHash, ref); err != nil {
-				t.Fatal(err)
-			}
-			tree := prefix.NewTree(mapHash, ref)
-			states := map[[32]byte]subjectState{}
-			rnd := rand.New(rand.NewPCG(uint64(tc.pool), uint64(tc.rounds)))
-			var unflushed []*writes
-			type version struct {
-				size  uint64
-				root  [32]byte
-				proof map[[32]byte][]prefix.ProofNode
-			}
-			var versions []version
-			index := uint64(0)
-			for r := range tc.rounds {
-				var items []mapItem
-				if r != tc.emptySubjectAt {
-					for range tc.perRound {
-						lb := SubjectLabel(fmt.Sprintf("s%d", rnd.IntN(tc.pool)))
-						h := sha256.Sum256([]byte(fmt.Sprint(index)))
-						items = append(items, mapItem{lb, index, h})
-						s := states[lb]
-						s.count, s.last, s.chain = s.count+1, index, ChainNext(s.chain, h)
-						states[lb] = s
-						index++
+		for _, f := range []mapFormat{mapWide, mapCompact} {
+			t.Run(fmt.Sprintf("%s/format %d", tc.name, f), func(t *testing.T) {
+				ctx := t.Context()
+				st := newFakeStore()
+				m := newSubjectMap(st, f)
+				m.limit = tc.limit
+				ref := prefix.NewMemoryStorage()
+				if err := prefix.InitStorage(ctx, mapHash, ref); err != nil {
+					t.Fatal(err)
+				}
+				tree := prefix.NewTree(mapHash, ref)
+				states := map[[32]byte]subjectState{}
+				rnd := rand.New(rand.NewPCG(uint64(tc.pool), uint64(tc.rounds)))
+				var unflushed []*writes
+				type version struct {
+					size  uint64
+					root  [32]byte
+					proof map[[32]byte][]prefix.ProofNode
+				}
+				var versions []version
+				index := uint64(0)
+				for r := range tc.rounds {
+					var items []mapItem
+					if r != tc.emptySubjectAt {
+						for range tc.perRound {
+							lb := SubjectLabel(fmt.Sprintf("s%d", rnd.IntN(tc.pool)))
+							h := sha256.Sum256([]byte(fmt.Sprint(index)))
+							items = append(items, mapItem{lb, index, h})
+							s := states[lb]
+							s.count, s.last, s.chain = s.count+1, index, ChainNext(s.chain, h)
+							states[lb] = s
+							index++
+						}
+					}
+					changed := map[[32]byte]bool{}
+					for _, it := range items {
+						if !changed[it.label] {
+							changed[it.label] = true
+							if err := tree.Insert(ctx, it.label, states[it.label].value()); err != nil {
+								t.Fatal(err)
+							}
+						}
+					}
+					index++ // the map leaf
+					w := newWrites(0)
+					root, err := m.apply(items, index, w)
+					if err != nil {
+						t.Fatalf("round %d: apply: %v", r, err)
+					}
+					want, err := tree.RootHash(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if root != want {
+						t.Fatalf("round %d: batched root %x, one at a time %x", r, root, want)
+					}
+					if len(m.nodes) > max(tc.limit, 4*tc.perRound*8) {
+						t.Fatalf("round %d: %d cached nodes, limit %d", r, len(m.nodes), tc.limit)
+					}
+					unflushed = append(unflushed, w)
+					for len(unflushed) > tc.lag {
+						if err := st.Commit(unflushed[0].keys, unflushed[0].vals); err != nil {
+							t.Fatal(err)
+						}
+						unflushed = unflushed[1:]
+					}
+					v := version{index, want, map[[32]byte][]prefix.ProofNode{}}
+					for lb := range states {
+						_, p, err := tree.Lookup(ctx, lb)
+						if err != nil {
+							t.Fatal(err)
+						}
+						v.proof[lb] = p
+					}
+					versions = append(versions, v)
+				}
+				for _, w := range unflushed {
+					if err := st.Commit(w.keys, w.vals); err != nil {
+						t.Fatal(err)
 					}
 				}
-				changed := map[[32]byte]bool{}
-				for _, it := range items {
-					if !changed[it.label] {
-						changed[it.label] = true
-						if err := tree.Insert(ctx, it.label, states[it.label].value()); err != nil {
-							t.Fatal(err)
+				// Every version's proofs, read from the stored node versions.
+				for _, v := range versions {
+					old := prefix.NewTree(mapHash, versionedNodes{st, v.size, f})
+					if got, err := old.RootHash(ctx); err != nil || got != v.root {
+						t.Fatalf("stored root as of %d = %x (%v), want %x", v.size, got, err, v.root)
+					}
+					for lb, want := range v.proof {
+						_, got, err := old.Lookup(ctx, lb)
+						if err != nil {
+							t.Fatalf("lookup as of %d: %v", v.size, err)
+						}
+						if !slices.Equal(got, want) {
+							t.Fatalf("proof of %x as of %d from the store differs from one-at-a-time insertion", lb, v.size)
 						}
 					}
 				}
-				index++ // the map leaf
-				w := newWrites(0)
-				root, err := m.apply(items, index, w)
-				if err != nil {
-					t.Fatalf("round %d: apply: %v", r, err)
-				}
-				want, err := tree.RootHash(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if root != want {
-					t.Fatalf("round %d: batched root %x, one at a time %x", r, root, want)
-				}
-				if len(m.nodes) > max(tc.limit, 4*tc.perRound*8) {
-					t.Fatalf("round %d: %d cached nodes, limit %d", r, len(m.nodes), tc.limit)
-				}
-				unflushed = append(unflushed, w)
-				for len(unflushed) > tc.lag {
-					if err := st.Commit(unflushed[0].keys, unflushed[0].vals); err != nil {
-						t.Fatal(err)
-					}
-					unflushed = unflushed[1:]
-				}
-				v := version{index, want, map[[32]byte][]prefix.ProofNode{}}
-				for lb := range states {
-					_, p, err := tree.Lookup(ctx, lb)
+				// The stored states are the newest.
+				for lb, s := range states {
+					vals, err := st.Get(subjStateKey(lb))
 					if err != nil {
 						t.Fatal(err)
 					}
-					v.proof[lb] = p
-				}
-				versions = append(versions, v)
-			}
-			for _, w := range unflushed {
-				if err := st.Commit(w.keys, w.vals); err != nil {
-					t.Fatal(err)
-				}
-			}
-			// Every version's proofs, read from the stored node versions.
-			for _, v := range versions {
-				old := prefix.NewTree(mapHash, versionedNodes{st, v.size})
-				if got, err := old.RootHash(ctx); err != nil || got != v.root {
-					t.Fatalf("stored root as of %d = %x (%v), want %x", v.size, got, err, v.root)
-				}
-				for lb, want := range v.proof {
-					_, got, err := old.Lookup(ctx, lb)
-					if err != nil {
-						t.Fatalf("lookup as of %d: %v", v.size, err)
-					}
-					if !slices.Equal(got, want) {
-						t.Fatalf("proof of %x as of %d from the store differs from one-at-a-time insertion", lb, v.size)
+					got, err := decodeSubjectState(vals[0])
+					if err != nil || got != s {
+						t.Fatalf("stored state of %x = %+v (%v), want %+v", lb, got, err, s)
 					}
 				}
-			}
-			// The stored states are the newest.
-			for lb, s := range states {
-				vals, err := st.Get(subjStateKey(lb))
-				if err != nil {
-					t.Fatal(err)
-				}
-				got, err := decodeSubjectState(vals[0])
-				if err != nil || got != s {
-					t.Fatalf("stored state of %x = %+v (%v), want %+v", lb, got, err, s)
-				}
-			}
-		})
+			})
+		}
 	}
 }
 
@@ -474,7 +476,7 @@ func TestSubjectMapSplitIndex(t *testing.T) {
 				}
 				// Nothing of the map on the durable commit.
 				n := 0
-				main.Scan([]byte{kMapNode}, []byte{kMapNode + 1}, func(k, v []byte) error { n++; return nil })
+				main.Scan([]byte{kMapNodeC}, []byte{kMapNodeC + 1}, func(k, v []byte) error { n++; return nil })
 				main.Scan([]byte{kSubjState}, []byte{kSubjState + 1}, func(k, v []byte) error { n++; return nil })
 				if n != 0 {
 					t.Fatalf("the main store holds %d subject map records; they belong in the index store", n)
@@ -492,7 +494,7 @@ func TestSubjectMapSplitIndex(t *testing.T) {
 				"map-in-main": func() *fakeStore {
 					x := ix.clone()
 					x.Scan(nil, nil, func(k, v []byte) error {
-						if k[0] == kMapNode || k[0] == kSubjState || bytes.Equal(k, keyMapped) {
+						if k[0] == kMapNodeC || k[0] == kSubjState || bytes.Equal(k, keyMapped) {
 							x.corrupt(k, nil)
 						}
 						return nil
