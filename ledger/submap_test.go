@@ -553,3 +553,81 @@ func TestSubjectMapSplitIndex(t *testing.T) {
 		})
 	}
 }
+
+// TestSubjectMapWideFormat: a log created before the compact node records
+// (msubjectmap 01) keeps storing and reading its 140-byte p records.
+func TestSubjectMapWideFormat(t *testing.T) {
+	ctx := t.Context()
+	st := newFakeStore()
+	l, err := Open(ctx, st, mapOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	st = st.clone()
+	st.corrupt(keySubjectMap, []byte{byte(mapWide)}) // as such a log was created
+	l, err = Open(ctx, st, mapOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := acked{}
+	for b := range 3 {
+		evs := testEvents(b*70, 70)
+		a.add(t, evs, mustAppend(t, l, evs))
+	}
+	checkInvariants(t, l, a)
+	for _, size := range []uint64{71, 142, 213} {
+		checkSubjectProofs(t, l, size)
+	}
+	l.Close()
+	wide, compact := 0, 0
+	st.clone().Scan(nil, nil, func(k, v []byte) error {
+		switch k[0] {
+		case kMapNode:
+			wide++
+		case kMapNodeC:
+			compact++
+		}
+		return nil
+	})
+	if wide == 0 || compact != 0 {
+		t.Fatalf("%d wide and %d compact node records, want only wide", wide, compact)
+	}
+}
+
+// TestCompactNodeDecode: a damaged compact node record is ErrCorrupt, and
+// every node round-trips.
+func TestCompactNodeDecode(t *testing.T) {
+	leaf := leafLabel(SubjectLabel("alice"))
+	inner, _ := prefix.NewLabel(3, []byte{0xa0})
+	left, _ := prefix.NewLabel(9, []byte{0xa0, 0x80})
+	right, _ := prefix.NewLabel(256, bytes.Repeat([]byte{0xb0}, 32))
+	h := [32]byte{1, 2, 3}
+	for _, n := range []*prefix.Node{
+		{Label: leaf, Hash: h},
+		{Label: inner, Left: left, Right: right, Hash: h},
+		{Label: prefix.RootLabel, Left: left, Right: prefix.EmptyNodeLabel, Hash: h},
+	} {
+		got, err := decodeNode(n.Label, encodeNode(n, mapCompact), mapCompact)
+		if err != nil || *got != *n {
+			t.Fatalf("round trip of %v = %v, %v", n, got, err)
+		}
+	}
+	good := encodeNode(&prefix.Node{Label: inner, Left: left, Right: right, Hash: h}, mapCompact)
+	for name, tc := range map[string]struct {
+		l prefix.Label
+		v []byte
+	}{
+		"short hash":             {inner, good[:20]},
+		"leaf with children":     {leaf, good},
+		"cut child label":        {inner, good[:len(good)-1]},
+		"trailing bytes":         {inner, append(bytes.Clone(good), 0)},
+		"empty child not root":   {inner, append(bytes.Clone(good[:32]), 0xff, 0xff, 0xff, 0xff)},
+		"child above the node":   {inner, append(bytes.Clone(good[:32]), 0, 2, 0x80, 0, 2, 0xc0)},
+		"child label stray bits": {inner, append(bytes.Clone(good[:32]), 0, 4, 0xaf, 0, 4, 0xb0)},
+	} {
+		if _, err := decodeNode(tc.l, tc.v, mapCompact); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: decode = %v, want ErrCorrupt", name, err)
+		}
+	}
+}
