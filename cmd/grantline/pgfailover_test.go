@@ -27,7 +27,7 @@ func startPGServer(t *testing.T, dir, url string) *e2eServer {
 	t.Helper()
 	s := &e2eServer{addr: freeAddr(t), dir: dir, exited: make(chan struct{}), logs: &bytes.Buffer{}}
 	s.url = "http://" + s.addr
-	s.cmd = exec.Command(grantlineBin, "serve", "--data", dir, "--listen", s.addr, "--store", url)
+	s.cmd = exec.Command(grantlineBin, "serve", "--data", dir, "--listen", s.addr, "--store", url, "--subject-map")
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)

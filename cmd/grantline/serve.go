@@ -46,7 +46,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	fs.StringVar(&cfg.WitnessPolicy, "witness-policy", "", "witness policy file: send checkpoints to its witnesses, serve the newest witnessed one (docs/witnessing.md)")
 	fs.DurationVar(&cfg.StreamIdleTimeout, "stream-idle-timeout", server.DefaultStreamIdleTimeout, "close an AppendStream on which no message arrived for this long (clients reconnect)")
 	fs.DurationVar(&cfg.StreamMaxLifetime, "stream-max-lifetime", server.DefaultStreamMaxLifetime, "close an AppendStream this long after it opened (clients reconnect; a revoked token stops at once regardless)")
-	fs.BoolVar(&cfg.SubjectMap, "subject-map", true, "create a new log with a subject map, so that evidence export --subject can prove subjects complete (docs/completeness.md; --subject-map=false: without); fixed when the log is created, ignored afterwards")
+	fs.BoolVar(&cfg.SubjectMap, "subject-map", false, "create a new log with a subject map (recommended), so that evidence export --subject can prove subjects complete (docs/completeness.md); fixed when the log is created, ignored afterwards")
 	fs.BoolVar(&cfg.Init, "init", false, "start a new, empty log under the existing keys in DATA/keys when DATA/ledger holds none (never overwrites a log; see docs/operations.md)")
 	memBudget := fs.String("memory-budget", sizeString(server.DefaultMemoryBudget), "anonymous memory to stay within (e.g. 512MiB, 2GiB; 0: none): sets the Go memory limit unless GOMEMLIMIT is set, and sizes the store's caches; see docs/operations.md")
 	maxMapped := fs.String("max-mapped", sizeString(server.DefaultMaxMappedBytes), "bound on the file-backed resident memory of the store's mapped files (e.g. 1GiB; 0: none); see docs/operations.md")
