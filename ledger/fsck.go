@@ -1023,15 +1023,14 @@ func (m *fsckMap) checkStored(ctx context.Context, st Store, f mapFormat, cpSize
 		return nil
 	}
 	labels := make([][32]byte, 0, len(m.states))
-	keys := make([][]byte, 0, len(m.states))
 	for lb := range m.states {
-		labels, keys = append(labels, lb), append(keys, subjStateKey(lb))
+		labels = append(labels, lb)
 	}
-	for start := 0; start < len(keys); start += fsckChunk {
-		end := min(start+fsckChunk, len(keys))
-		vals, err := st.Get(keys[start:end]...)
+	for start := 0; start < len(labels); start += fsckChunk {
+		end := min(start+fsckChunk, len(labels))
+		vals, err := readStates(st, f, labels[start:end])
 		if err != nil {
-			return storageErr(err, "reading subject states")
+			return err
 		}
 		for j, v := range vals {
 			lb := labels[start+j]

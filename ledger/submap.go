@@ -148,6 +148,35 @@ func decodeSubjectState(v []byte) (subjectState, error) {
 
 func subjStateKey(label [32]byte) []byte { return append([]byte{kSubjState}, label[:]...) }
 
+// readStates reads the newest stored state of each subject labelled in
+// labels: nil for one without. mapWide keeps them in v records; mapCompact
+// in the newest version of the subject's leaf.
+func readStates(st Store, f mapFormat, labels [][32]byte) ([][]byte, error) {
+	if f != mapCompact {
+		keys := make([][]byte, len(labels))
+		for i, lb := range labels {
+			keys[i] = subjStateKey(lb)
+		}
+		vals, err := st.Get(keys...)
+		if err != nil {
+			return nil, storageErr(err, "reading subject states")
+		}
+		return vals, nil
+	}
+	out := make([][]byte, len(labels))
+	for i, lb := range labels {
+		p := mapNodePrefix(leafLabel(lb), f)
+		err := st.Scan(p, prefixEnd(p), func(k, v []byte) error {
+			out[i] = bytes.Clone(v)
+			return errStop
+		})
+		if err != nil && err != errStop {
+			return nil, storageErr(err, "reading subject states")
+		}
+	}
+	return out, nil
+}
+
 // mapFormat is how a log stores its map's nodes: fixed when the log is
 // created and recorded in its msubjectmap record (docs/completeness.md).
 type mapFormat byte
@@ -160,10 +189,13 @@ const (
 
 // kMapNodeC is the key kind of mapCompact nodes:
 //
-//	q be16(bits) label[(bits+7)/8] ^be64(size) -> hash[32], then for an
-//	  internal node (bits < 256) its left and right child labels, each
+//	q be16(bits) label[(bits+7)/8] ^be64(size) -> for an internal node
+//	  (bits < 256) hash[32] and its left and right child labels, each
 //	  be16(bits) label[(bits+7)/8], or be16(0xffff) for the root's empty
-//	  child
+//	  child; for a leaf, the subject's state as of that checkpoint,
+//	  be64(count) be64(last) chain[32], from which its hash follows (so a
+//	  mapCompact log has no v records: its newest state is the newest
+//	  version of its leaf)
 const kMapNodeC = 'q'
 
 // mapNodePrefix is the key prefix of every version of the node labelled l.
@@ -199,11 +231,11 @@ func decodeLabel(b []byte) (prefix.Label, error) {
 // bytes each) and hash; mapCompact: see kMapNodeC.
 func encodeNode(n *prefix.Node, f mapFormat) []byte {
 	if f == mapCompact {
+		if n.Label.IsLeaf() {
+			panic("internal error: a compact leaf record is its subject's state")
+		}
 		b := make([]byte, 0, 32+2*(2+32))
 		b = append(b, n.Hash[:]...)
-		if n.Label.IsLeaf() {
-			return b
-		}
 		for _, c := range []prefix.Label{n.Left, n.Right} {
 			if c == prefix.EmptyNodeLabel {
 				b = binary.BigEndian.AppendUint16(b, 0xffff)
@@ -245,17 +277,18 @@ func decodeCompactNode(l prefix.Label, v []byte) (*prefix.Node, error) {
 	bad := func(why string) error {
 		return fmt.Errorf("%w: subject map node %s: %s; run grantline fsck", ErrCorrupt, l, why)
 	}
+	if l.IsLeaf() {
+		st, err := decodeSubjectState(v)
+		if err != nil {
+			return nil, err
+		}
+		return &prefix.Node{Label: l, Hash: mapNodeHash(l, st.value())}, nil
+	}
 	if len(v) < 32 {
 		return nil, bad(fmt.Sprintf("%d bytes, want at least 32", len(v)))
 	}
 	n := &prefix.Node{Label: l, Hash: [32]byte(v[:32])}
 	rest := v[32:]
-	if l.IsLeaf() {
-		if len(rest) != 0 {
-			return nil, bad(fmt.Sprintf("a leaf of %d bytes, want 32", len(v)))
-		}
-		return n, nil
-	}
 	for _, c := range []*prefix.Label{&n.Left, &n.Right} {
 		if len(rest) < 2 {
 			return nil, bad("a child label is cut short")
@@ -455,13 +488,13 @@ func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte,
 	for _, it := range items {
 		if _, ok := m.states[it.label]; !ok && !seen[it.label] {
 			seen[it.label] = true
-			miss, missLabels = append(miss, subjStateKey(it.label)), append(missLabels, it.label)
+			miss, missLabels = append(miss, it.label[:]), append(missLabels, it.label)
 		}
 	}
 	if len(miss) > 0 {
-		vals, err := m.st.Get(miss...)
+		vals, err := readStates(m.st, m.format, missLabels)
 		if err != nil {
-			return [32]byte{}, storageErr(err, "reading subject states")
+			return [32]byte{}, err
 		}
 		for j, v := range vals {
 			s := subjectState{}
@@ -490,7 +523,9 @@ func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte,
 	for i := range kvs {
 		s := m.states[kvs[i].label].s
 		kvs[i].value = s.value()
-		w.put(subjStateKey(kvs[i].label), s.encode())
+		if m.format != mapCompact {
+			w.put(subjStateKey(kvs[i].label), s.encode())
+		}
 	}
 	slices.SortFunc(kvs, func(a, b mapKV) int { return bytes.Compare(a.label[:], b.label[:]) })
 	root, err := m.load(prefix.RootLabel)
@@ -520,6 +555,12 @@ func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte,
 		m.changed = append(m.changed, root)
 		for _, n := range m.changed {
 			m.nodes[n.Label] = cachedNode{n, m.seals}
+			if n.Label.IsLeaf() && m.format == mapCompact {
+				var lb [32]byte
+				copy(lb[:], n.Label.Bytes())
+				w.put(mapNodeKey(n.Label, cpSize, m.format), m.states[lb].s.encode())
+				continue
+			}
 			w.put(mapNodeKey(n.Label, cpSize, m.format), encodeNode(n, m.format))
 		}
 	}

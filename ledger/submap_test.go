@@ -271,14 +271,19 @@ func TestSubjectMapFsck(t *testing.T) {
 	if err := Fsck(ctx, st.clone(), testVerifier, nil); err != nil {
 		t.Fatalf("Fsck of a good log: %v", err)
 	}
-	state := subjStateKey(SubjectLabel("user-001"))
-	vals, _ := st.clone().Get(state)
-	if vals[0] == nil {
+	// user-001's newest state: its leaf's newest version (mapCompact).
+	var state, val []byte
+	p := mapNodePrefix(leafLabel(SubjectLabel("user-001")), mapCompact)
+	st.clone().Scan(p, prefixEnd(p), func(k, v []byte) error {
+		state, val = bytes.Clone(k), bytes.Clone(v)
+		return errStop
+	})
+	if state == nil {
 		t.Fatal("no state record for user-001")
 	}
 	for name, damage := range map[string]func(s *fakeStore){
 		"state count": func(s *fakeStore) {
-			v := append([]byte(nil), vals[0]...)
+			v := append([]byte(nil), val...)
 			v[7]++
 			s.corrupt(state, v)
 		},
@@ -425,7 +430,7 @@ func TestSubjectMapBatchedUpdate(t *testing.T) {
 				}
 				// The stored states are the newest.
 				for lb, s := range states {
-					vals, err := st.Get(subjStateKey(lb))
+					vals, err := readStates(st, f, [][32]byte{lb})
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -603,8 +608,11 @@ func TestCompactNodeDecode(t *testing.T) {
 	left, _ := prefix.NewLabel(9, []byte{0xa0, 0x80})
 	right, _ := prefix.NewLabel(256, bytes.Repeat([]byte{0xb0}, 32))
 	h := [32]byte{1, 2, 3}
+	state := subjectState{3, 42, [32]byte{9}}
+	if got, err := decodeNode(leaf, state.encode(), mapCompact); err != nil || got.Hash != mapNodeHash(leaf, state.value()) {
+		t.Fatalf("a compact leaf record holding a state decodes to %v, %v; want its hash", got, err)
+	}
 	for _, n := range []*prefix.Node{
-		{Label: leaf, Hash: h},
 		{Label: inner, Left: left, Right: right, Hash: h},
 		{Label: prefix.RootLabel, Left: left, Right: prefix.EmptyNodeLabel, Hash: h},
 	} {
