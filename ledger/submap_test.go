@@ -13,6 +13,7 @@ import (
 
 	"filippo.io/torchwood/prefix"
 	"github.com/grantline/grantline/ledger/event"
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
 // mapOptions are testOptions with a subject map.
@@ -636,6 +637,91 @@ func TestCompactNodeDecode(t *testing.T) {
 	} {
 		if _, err := decodeNode(tc.l, tc.v, mapCompact); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s: decode = %v, want ErrCorrupt", name, err)
+		}
+	}
+}
+
+// TestSubjectMapSplitCrashAtEveryStep: with the subject map and a separate
+// index store, a fault at every operation of either store (failed, or
+// written but reported failed), then a restart on the main store's durable
+// state with the index store as it was, without its last commit, or empty.
+// The restarted log must have every acknowledged event once, a map leaf
+// ending each checkpoint, fsck clean, and proofs for every subject.
+func TestSubjectMapSplitCrashAtEveryStep(t *testing.T) {
+	ctx := t.Context()
+	work := [][]*pb.Event{testEvents(0, 30), testEvents(20, 40), testEvents(100, 5)}
+	o := mapOptions()
+	run := func(st, ix *fakeStore) (acked, bool) {
+		a := acked{}
+		o := o
+		o.Index = ix
+		l, err := Open(ctx, st, o)
+		if err != nil {
+			if !errors.Is(err, ErrStorage) {
+				t.Fatalf("Open with a failing store: %v, want ErrStorage", err)
+			}
+			return a, true
+		}
+		defer l.Close()
+		for _, evs := range work {
+			res, _, err := l.Append(ctx, evs)
+			if err != nil {
+				if !errors.Is(err, ErrStorage) {
+					t.Fatalf("Append with a failing store: %v, want ErrStorage", err)
+				}
+				return a, true
+			}
+			a.add(t, evs, res)
+		}
+		return a, false
+	}
+	st, ix := newFakeStore(), lazy()
+	if _, failed := run(st, ix); failed {
+		t.Fatal("the workload failed without a fault")
+	}
+	for _, target := range []string{"main", "index"} {
+		total := map[string]int{"main": st.ops, "index": ix.ops}[target]
+		for at := 1; at <= total; at++ {
+			for _, kind := range []fault{failOp, failCommitButPersist} {
+				t.Run(fmt.Sprintf("%s/op%d/%v", target, at, kind), func(t *testing.T) {
+					st, ix := newFakeStore(), lazy()
+					f := map[string]*fakeStore{"main": st, "index": ix}[target]
+					f.faultAt, f.kind = at, kind
+					a, failed := run(st, ix)
+					if !failed {
+						t.Fatalf("fault at operation %d of the %s store did not surface", at, target)
+					}
+					for _, loss := range []string{"kept", "last-lost", "all-lost"} {
+						m := st.clone()
+						x := map[string]func() *fakeStore{
+							"kept":      ix.clone,
+							"last-lost": func() *fakeStore { return historyAt(ix, len(ix.history)-2) },
+							"all-lost":  newFakeStore,
+						}[loss]()
+						o := o
+						o.Index = x
+						l, err := Open(ctx, m, o)
+						if err != nil {
+							t.Fatalf("restart with the index store %s: %v", loss, err)
+						}
+						checkInvariants(t, l, a)
+						size := l.Latest().Size
+						checkSubjectProofs(t, l, size)
+						b := acked{}
+						for k, v := range a {
+							b[k] = v
+						}
+						for _, evs := range work {
+							b.add(t, evs, mustAppend(t, l, evs))
+						}
+						checkInvariants(t, l, b)
+						checkSubjectProofs(t, l, l.Latest().Size)
+						l.Close()
+						checkViolations(t, m)
+						checkViolations(t, x)
+					}
+				})
+			}
 		}
 	}
 }
