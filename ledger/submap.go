@@ -913,6 +913,11 @@ func (l *Log) SubjectProof(ctx context.Context, subject string, size uint64) (Su
 	if !l.smapOn {
 		return SubjectProof{}, ErrNoSubjectMap
 	}
+	return l.subjectProof(ctx, subject, size, l.seq.smap.format)
+}
+
+// subjectProof is SubjectProof for a log whose map stores its nodes as f.
+func (l *Log) subjectProof(ctx context.Context, subject string, size uint64, f mapFormat) (SubjectProof, error) {
 	if _, err := l.CheckpointAt(ctx, size); err != nil {
 		return SubjectProof{}, err
 	}
@@ -946,7 +951,7 @@ func (l *Log) SubjectProof(ctx context.Context, subject string, size uint64) (Su
 		}
 		start = es[len(es)-1].Index + 1
 	}
-	_, nodes, err := prefix.NewTree(mapHash, versionedNodes{l.ix, size, l.seq.smap.format}).Lookup(ctx, SubjectLabel(subject))
+	_, nodes, err := prefix.NewTree(mapHash, versionedNodes{l.ix, size, f}).Lookup(ctx, SubjectLabel(subject))
 	if err != nil {
 		if isLedgerErr(err) {
 			return SubjectProof{}, err
