@@ -482,16 +482,15 @@ type mapKV struct{ label, value [32]byte }
 func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte, error) {
 	m.seals++
 	// The states of the subjects changed, read once for those not cached.
-	var miss [][]byte
 	var missLabels [][32]byte
 	seen := make(map[[32]byte]bool)
 	for _, it := range items {
 		if _, ok := m.states[it.label]; !ok && !seen[it.label] {
 			seen[it.label] = true
-			miss, missLabels = append(miss, it.label[:]), append(missLabels, it.label)
+			missLabels = append(missLabels, it.label)
 		}
 	}
-	if len(miss) > 0 {
+	if len(missLabels) > 0 {
 		vals, err := readStates(m.st, m.format, missLabels)
 		if err != nil {
 			return [32]byte{}, err
