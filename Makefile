@@ -6,7 +6,7 @@ BENCHTIME ?= 1x
 BUF      ?= $(shell command -v buf 2>/dev/null || echo $(HOME)/go/bin/buf)
 SOAK_MINUTES ?= 5
 
-.PHONY: all build test test-race run demo generate checkgenerate bench bench-compare lint fuzz soak clean
+.PHONY: all build test test-race run demo generate checkgenerate bench bench-compare bench-scale lint fuzz soak clean
 
 all: build
 
@@ -44,6 +44,15 @@ checkgenerate: generate
 COMPARE_FLAGS ?=
 bench-compare:
 	cd bench/compare && $(GO) run . $(COMPARE_FLAGS)
+
+## bench-scale: the scale run of docs/BENCHMARKS.md "Memory (issue 16)": serve with its defaults
+## on a temporary data directory, bench EVENTS events, evaluate --json, fsck, with RssAnon/RssFile
+## sampled every second and heap profiles (scripts/bench-scale.sh; opt-in, not part of test).
+## SCALE_FLAGS e.g. SERVE_FLAGS="--max-mapped 256MiB" OUT=DIR.
+EVENTS ?= 1000000
+SCALE_FLAGS ?=
+bench-scale: build
+	GRANTLINE=$(abspath $(BIN)) $(SCALE_FLAGS) scripts/bench-scale.sh $(EVENTS)
 
 ## bench: Go benchmarks; figures go into docs/BENCHMARKS.md.
 bench:

@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -671,33 +670,11 @@ func (s *exportSource) Entries(ctx context.Context, size uint64, subjects []stri
 		}
 		return nil
 	}
-	// The chains of the named subjects, merged in index order.
-	var all []ledger.Entry
-	seen := map[string]bool{}
-	for _, sub := range subjects {
-		if seen[sub] {
-			continue
-		}
-		seen[sub] = true
-		for start := uint64(0); ; {
-			es, err := s.x.l.SubjectEntries(ctx, sub, size, start, 1000)
-			if err != nil {
-				return err
-			}
-			all = append(all, es...)
-			if len(es) < 1000 {
-				break
-			}
-			start = es[len(es)-1].Index + 1
-		}
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i].Index < all[j].Index })
-	for _, e := range all {
-		if err := fn(e.Index, e.Leaf); err != nil {
-			return err
-		}
-	}
-	return nil
+	// The chains of the named subjects, merged in index order a page of
+	// each at a time (not held whole: docs/operations.md, "Memory").
+	return mergeSubjects(ctx, subjects, func(ctx context.Context, sub string, start uint64, n int) ([]ledger.Entry, error) {
+		return s.x.l.SubjectEntries(ctx, sub, size, start, n)
+	}, fn)
 }
 
 func (s *exportSource) InclusionProof(ctx context.Context, index, size uint64) ([][]byte, error) {
