@@ -10,8 +10,8 @@ import (
 )
 
 // TestLeafCheckUncachedTile: reading leaves whose level-0 tile is not in
-// the tile cache checks them against the tile as stored, without expanding
-// (and caching) it, and a damaged or missing stored tile is ErrCorrupt
+// the tile cache checks them against the tile as stored, kept as read
+// without expanding it, and a damaged or missing stored tile is ErrCorrupt
 // naming it.
 func TestLeafCheckUncachedTile(t *testing.T) {
 	tests := []struct {
@@ -62,6 +62,9 @@ func TestLeafCheckUncachedTile(t *testing.T) {
 			}
 			if l.cache.get(0, 1) != nil {
 				t.Error("checking leaves expanded and cached tile 0/1; want only its stored leaf hashes read")
+			}
+			if l.rows.get(0, 1) == nil {
+				t.Error("tile 0/1's leaf hashes are not kept for the next read")
 			}
 		})
 	}
