@@ -469,6 +469,34 @@ func (c *chainSource) Subjects(ctx context.Context) ([]string, error) {
 	return all, err
 }
 
+// LogSize and ScanLog let rules comparing entries across subjects
+// (backdated-closure) index them from one sequential read of the log
+// rather than from every subject's chain (rules.LogScanner).
+func (c *chainSource) LogSize() uint64 { return c.size }
+
+func (c *chainSource) ScanLog(ctx context.Context, start, end uint64, fn func(rules.Entry) error) error {
+	const page = 1024 // leaves per read: bounds what one scan holds
+	for start < end {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ents, err := c.l.Entries(ctx, start, min(page, end-start))
+		if err != nil {
+			return fmt.Errorf("reading the log from entry %d: %w", start, err)
+		}
+		if len(ents) == 0 {
+			return fmt.Errorf("reading the log from entry %d: no entries below %d", start, end)
+		}
+		for _, e := range ents {
+			if err := fn(rules.Entry{Index: e.Index, Leaf: e.Leaf}); err != nil {
+				return err
+			}
+		}
+		start = ents[len(ents)-1].Index + 1
+	}
+	return nil
+}
+
 func (c *chainSource) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
 	var out []rules.Entry
 	start := uint64(0)

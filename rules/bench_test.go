@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"syscall"
 	"testing"
@@ -192,37 +193,59 @@ func BenchmarkCatalog100kUntracked(b *testing.B) { benchOrg(b, 1_000, Options{Co
 // leaf decoding is part of what is measured. This keeps
 // a million events from sitting on the heap as pointer-rich messages that
 // every GC cycle would have to scan.
+//
+// Like the ledger's, it is a LogScanner: it reads the whole log in index
+// order, which is how backdated-closure's source index is built.
 type leafSource struct {
-	leaves map[string][][]byte
-	index  map[string][]uint64
+	index map[string][]uint64 // each subject's entries
+	log   [][]byte            // the leaves, by index
 }
 
 func newLeafSource(b *testing.B, m *memSource) *leafSource {
-	ls := &leafSource{leaves: map[string][][]byte{}, index: map[string][]uint64{}}
+	ls := &leafSource{index: map[string][]uint64{}}
 	for s, es := range m.chains {
 		for _, e := range es {
 			data, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: e.Event})
 			if err != nil {
 				b.Fatal(err)
 			}
-			ls.leaves[s] = append(ls.leaves[s], data)
 			ls.index[s] = append(ls.index[s], e.Index)
+			if e.Index >= uint64(len(ls.log)) {
+				ls.log = append(ls.log, make([][]byte, e.Index+1-uint64(len(ls.log)))...)
+			}
+			ls.log[e.Index] = data
 		}
 	}
 	return ls
 }
 
+func (l *leafSource) LogSize() uint64 { return uint64(len(l.log)) }
+
+func (l *leafSource) ScanLog(ctx context.Context, start, end uint64, fn func(Entry) error) error {
+	for i := start; i < end; i++ {
+		if err := fn(Entry{Index: i, Leaf: l.log[i]}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (l *leafSource) Chain(ctx context.Context, subject string) ([]Entry, error) {
-	out := make([]Entry, len(l.leaves[subject]))
-	for i, data := range l.leaves[subject] {
-		out[i] = Entry{Index: l.index[subject][i], Leaf: data}
+	out := make([]Entry, len(l.index[subject]))
+	for i, index := range l.index[subject] {
+		out[i] = Entry{Index: index, Leaf: l.log[index]}
 	}
 	return out, nil
 }
 
-func benchOrg(b *testing.B, identities int, o Options) {
+func benchOrg(b *testing.B, identities int, o Options) { benchOrgSource(b, identities, o, false) }
+
+func benchOrgSource(b *testing.B, identities int, o Options, chainsOnlySource bool) {
 	mem, subjects := genOrg(identities, 100)
-	src := newLeafSource(b, mem)
+	var src ChainSource = newLeafSource(b, mem)
+	if chainsOnlySource {
+		src = chainsOnly{src}
+	}
 	mem = nil
 	s := benchSetOptions(b, o)
 	now := benchStart.Add(200 * 24 * time.Hour)
@@ -320,3 +343,66 @@ func BenchmarkRule(b *testing.B) {
 		b.Run(r.ID, func(b *testing.B) { run(b, []*Rule{r}) })
 	}
 }
+
+// genLogSource is a LogScanner over a synthetic log of n entries from three
+// source systems, each reporting in time order (so, the worst case for the
+// source index, every entry is a record), with 24-character event ids,
+// generated as they are read: no memory grows with n but the index.
+type genLogSource struct{ n uint64 }
+
+func (g genLogSource) Chain(ctx context.Context, subject string) ([]Entry, error) { return nil, nil }
+
+func (g genLogSource) LogSize() uint64 { return g.n }
+
+func (g genLogSource) ScanLog(ctx context.Context, start, end uint64, fn func(Entry) error) error {
+	ev := &pb.Event{Type: "session.started", Source: &pb.Source{}, Subject: &pb.Identity{Id: "user-1"}, Time: &timestamppb.Timestamp{}}
+	ent := &pb.Entry{Event: ev}
+	var buf []byte
+	systems := []string{"okta", "cyberark", "aws"}
+	for i := start; i < end; i++ {
+		ev.Id = fmt.Sprintf("evt-%020d", i)
+		ev.Source.System = systems[i%3]
+		t := benchStart.Add(time.Duration(i) * 37 * time.Millisecond)
+		ev.Time.Seconds, ev.Time.Nanos = t.Unix(), int32(t.Nanosecond())
+		var err error
+		if buf, err = (proto.MarshalOptions{}).MarshalAppend(buf[:0], ent); err != nil {
+			return err
+		}
+		if err := fn(Entry{Index: i, Leaf: buf}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BenchmarkSourceIndex builds backdated-closure's source index from logs of
+// 1M and 10M entries and reports what it holds: records, MiB and bytes per
+// record. Run: go test -run '^$' -bench 'SourceIndex' -benchtime 1x ./rules/
+func BenchmarkSourceIndex(b *testing.B) {
+	for _, n := range []uint64{1_000_000, 10_000_000} {
+		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
+			var x *sourceIndex
+			for b.Loop() {
+				var err error
+				if x, err = buildSourceIndex(b.Context(), nil, genLogSource{n}, benchStart.Add(1000*24*time.Hour), runtime.GOMAXPROCS(0)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(x.records), "records")
+			b.ReportMetric(float64(x.bytes)/(1<<20), "index-MiB")
+			b.ReportMetric(float64(x.bytes)/float64(x.records), "bytes/record")
+		})
+	}
+}
+
+// chainsOnly hides a ChainSource's upgrades: only its chains can be read.
+type chainsOnly struct{ src ChainSource }
+
+func (c chainsOnly) Chain(ctx context.Context, subject string) ([]Entry, error) {
+	return c.src.Chain(ctx, subject)
+}
+
+// BenchmarkCatalog1MChains is BenchmarkCatalog1M over a ChainSource that
+// cannot scan the log, so backdated-closure's source index is built from
+// every subject's chain (the path of sources other than the ledger).
+func BenchmarkCatalog1MChains(b *testing.B) { benchOrgSource(b, 10_000, Options{}, true) }

@@ -560,7 +560,10 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					if !ok || !ok2 {
 						return types.NewErr("newerFromSource: want an event and a timestamp")
 					}
-					rec := e.src.newerFromSource(e, t.Time)
+					rec, err := e.src.newerFromSource(e, t.Time)
+					if err != nil {
+						return types.WrapErr(fmt.Errorf("newerFromSource: %w", err))
+					}
 					if rec == nil {
 						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
 					}

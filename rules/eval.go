@@ -2,6 +2,7 @@ package rules
 
 import (
 	"cmp"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -429,8 +430,9 @@ func (s *Set) EvaluatePeriod(ctx context.Context, subjects []string, src ChainSo
 
 // evaluate runs the rules over [from, now]. Entries dated after now are in
 // no chain. When a rule compares entries with those of other subjects
-// (newerFromSource), every chain is read twice: once to index the entries of
-// each source system (see SubjectLister), once to evaluate.
+// (newerFromSource), the entries of each source system are indexed first:
+// from one read of the log when src is a LogScanner, else from every chain
+// (see SubjectLister), which is then read twice.
 func (s *Set) evaluate(ctx context.Context, subjects []string, src ChainSource, from, now time.Time, period bool) (*Result, error) {
 	return s.Collect(ctx, Subjects(subjects), src, from, now, period)
 }
@@ -485,11 +487,16 @@ func (s *Set) loadViews(ctx context.Context, subject string, src ChainSource, no
 	return v, len(chain), nil
 }
 
-// loadRelated reads the holders' and owner's chains into v (see loadViews).
+// loadRelated reads the holders' and owner's chains into v (see loadViews),
+// through src's cache when src is a *relatedCache.
 func (s *Set) loadRelated(ctx context.Context, v *views, subject string, src ChainSource, now time.Time) error {
+	read := src.Chain
+	if rc, ok := src.(*relatedCache); ok {
+		read = rc.related
+	}
 	if s.needHolders {
 		for _, h := range v.holders() {
-			hc, err := src.Chain(ctx, h)
+			hc, err := read(ctx, h)
 			if err == nil {
 				err = v.setHolder(h, hc, now)
 			}
@@ -499,7 +506,7 @@ func (s *Set) loadRelated(ctx context.Context, v *views, subject string, src Cha
 		}
 	}
 	if s.needOwner && v.subject.HasOwner && v.subject.Kind != "human" && v.subject.Owner != subject {
-		oc, err := src.Chain(ctx, v.subject.Owner)
+		oc, err := read(ctx, v.subject.Owner)
 		if err == nil {
 			err = v.setOwner(oc, now)
 		}
@@ -680,4 +687,67 @@ func perSubject[T any](ctx context.Context, workers int, subjects []string, fn f
 		return nil, err
 	}
 	return results, nil
+}
+
+// relatedCache is a ChainSource for one evaluation that keeps the chains
+// read as related chains (holders' and owners', loadRelated): one person
+// who checks out the credentials of many service accounts, or owns many,
+// has their chain read for each, which on a ledger-backed source is a
+// store read per entry every time. It keeps the most recently used chains
+// up to maxEntries entries in all (longer chains are never kept), so its
+// memory is bounded whatever the log's size. Chain passes through
+// uncached. Safe for concurrent use; the chains it hands out are shared
+// and read-only (the engine never modifies a chain).
+type relatedCache struct {
+	ChainSource
+	maxEntries int
+
+	mu      sync.Mutex
+	entries int
+	lru     list.List // of *cachedChain, most recent first
+	byID    map[string]*list.Element
+}
+
+type cachedChain struct {
+	subject string
+	chain   []Entry
+}
+
+// defaultRelatedEntries bounds a relatedCache: about 32 MiB of 500-byte
+// leaves.
+const defaultRelatedEntries = 1 << 16
+
+func newRelatedCache(src ChainSource, maxEntries int) *relatedCache {
+	return &relatedCache{ChainSource: src, maxEntries: maxEntries, byID: map[string]*list.Element{}}
+}
+
+// related returns subject's chain, from the cache or read and kept.
+func (c *relatedCache) related(ctx context.Context, subject string) ([]Entry, error) {
+	c.mu.Lock()
+	if el, ok := c.byID[subject]; ok {
+		c.lru.MoveToFront(el)
+		ch := el.Value.(*cachedChain).chain
+		c.mu.Unlock()
+		return ch, nil
+	}
+	c.mu.Unlock()
+	chain, err := c.ChainSource.Chain(ctx, subject)
+	if err != nil || len(chain) > c.maxEntries/4 {
+		return chain, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.byID[subject]; ok {
+		return chain, nil // read meanwhile by another worker
+	}
+	c.byID[subject] = c.lru.PushFront(&cachedChain{subject, chain})
+	c.entries += len(chain)
+	for c.entries > c.maxEntries {
+		old := c.lru.Back()
+		cc := old.Value.(*cachedChain)
+		c.lru.Remove(old)
+		delete(c.byID, cc.subject)
+		c.entries -= len(cc.chain)
+	}
+	return chain, nil
 }

@@ -3,6 +3,8 @@ package rules
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -15,69 +17,416 @@ import (
 
 // SubjectLister is an optional upgrade of a ChainSource. Some rules
 // (backdated-closure) compare an entry with every entry of the same source
-// system, whatever its subject; Evaluate gathers those from the chains of
-// every subject Subjects lists, or, when the ChainSource does not implement
-// SubjectLister, from the chains of the subjects being evaluated.
+// system, whatever its subject. Evaluate reads those from the log in index
+// order when the ChainSource is a LogScanner; otherwise from the chains of
+// every subject Subjects lists, or, when the ChainSource implements neither,
+// from the chains of the subjects being evaluated.
 type SubjectLister interface {
 	// Subjects returns every subject that has an entry in the tree being
 	// evaluated, in any order. Safe for concurrent use.
 	Subjects(ctx context.Context) ([]string, error)
 }
 
-// sourceIndex answers newerFromSource: for each source system, the entries
-// that set a new latest time when the system's entries are read in ledger
-// index order ("records"). Their indices and times both increase, so the
-// lowest-index entry of a system with time after t is the first record with
-// time after t, found by binary search. It is immutable once built and safe
-// for concurrent use. It keeps 32 bytes and the event id per entry, with no
-// allocation per entry: ids live in one string per reading goroutine.
+// LogScanner is an optional upgrade of a ChainSource backed by a whole log
+// (the ledger): it reads the entries of the tree being evaluated in ledger
+// index order. Rules that compare entries across subjects (backdated-closure)
+// then index them from a sequential read of the log, in bounded pieces read
+// in parallel, instead of reading every subject's chain and sorting all its
+// entries. The entries of the log must be exactly those of all the chains,
+// plus entries that are not events (map leaves), which are skipped.
+type LogScanner interface {
+	// LogSize is the number of entries of the tree being evaluated.
+	LogSize() uint64
+	// ScanLog calls fn for each entry with start <= index < end (end at
+	// most LogSize), in index order, stopping at fn's first error, which it
+	// returns. The entry is valid only during the call. Safe for
+	// concurrent use.
+	ScanLog(ctx context.Context, start, end uint64, fn func(Entry) error) error
+}
+
+// sourceIndex answers newerFromSource. For each source system it keeps the
+// system's "records": the entries that set a new latest time when the
+// system's entries (dated at or before the as-of time) are read in ledger
+// index order. Their indices and times both increase, so the lowest-index
+// entry of a system with time after t is the first record with time after
+// t, found by binary search. That staircase of high-water marks is all the
+// rule needs: an entry that is not a record is preceded by a record at
+// least as late.
+//
+// Records are stored delta-encoded in blocks of stairBlock (stairs), in
+// memory without pointers, so the garbage collector never scans it. Built
+// from a LogScanner it keeps no event ids (about 9 bytes per record): the id
+// of an entry newerFromSource returns is read back from the log by its
+// index. Built from chains it keeps them (9 bytes plus the id). It is
+// immutable once built and safe for concurrent use.
 type sourceIndex struct {
-	records map[string][]sourceRec
+	systems map[string]*stairs
 	bound   uint64 // longest string a record yields (see chainSizeBound)
+	records int    // over all systems
+	bytes   int    // held by the records, blocks and data
+	// readID, when set, reads the id of the entry at an index: the
+	// records hold none.
+	readID func(index uint64) (string, error)
 }
 
-// sourceRec is one entry of the index.
-type sourceRec struct {
+// stairBlock is the number of records per block of stairs.
+const stairBlock = 32
+
+// stairs are the records of one system. data holds, per record, the
+// uvarint deltas of its index and Unix seconds from the previous record of
+// its block (from the block's head for its first), its nanoseconds, and,
+// with ids, its event id, length first.
+type stairs struct {
+	ids   bool
+	heads []stairHead
+	data  []byte
+	// last is the latest record appended (valid when heads is non-empty).
+	last            stairRec
+	inBlock         int // records in the last block
+	maxID           int // longest id
+	recordsAppended int
+}
+
+// stairHead is the first record of a block.
+type stairHead struct {
 	index uint64
-	sec   int64  // time: Unix seconds
-	nsec  int32  // and nanoseconds
-	sys   int32  // the system, as numbered by its reader
-	id    string // a substring of its reader's arena
+	sec   int64
+	nsec  int32
+	off   uint64 // of the block's first record in data
 }
 
-func (r sourceRec) time() time.Time { return time.Unix(r.sec, int64(r.nsec)).UTC() }
+// stairRec is one record while building or reading stairs; id aliases the
+// bytes it was read from.
+type stairRec struct {
+	index uint64
+	sec   int64
+	nsec  int32
+	id    []byte
+}
+
+func (r stairRec) time() time.Time { return time.Unix(r.sec, int64(r.nsec)).UTC() }
 
 // after reports whether r's time is after (sec, nsec).
-func (r sourceRec) after(sec int64, nsec int32) bool {
+func (r stairRec) after(sec int64, nsec int32) bool {
 	return r.sec > sec || (r.sec == sec && r.nsec > nsec)
 }
 
 func recTime(t time.Time) (int64, int32) { return t.Unix(), int32(t.Nanosecond()) }
 
+// add appends r, whose index and time must both be above the last
+// record's.
+func (s *stairs) add(r stairRec) {
+	prev := s.last
+	if len(s.heads) == 0 || s.inBlock == stairBlock {
+		s.heads = append(s.heads, stairHead{index: r.index, sec: r.sec, nsec: r.nsec, off: uint64(len(s.data))})
+		s.inBlock = 0
+		prev = stairRec{index: r.index, sec: r.sec}
+	}
+	s.data = binary.AppendUvarint(s.data, r.index-prev.index)
+	s.data = binary.AppendUvarint(s.data, uint64(r.sec)-uint64(prev.sec))
+	s.data = binary.AppendUvarint(s.data, uint64(r.nsec))
+	if s.ids {
+		s.data = binary.AppendUvarint(s.data, uint64(len(r.id)))
+		s.data = append(s.data, r.id...)
+	}
+	s.inBlock++
+	s.recordsAppended++
+	s.maxID = max(s.maxID, len(r.id))
+	s.last = stairRec{index: r.index, sec: r.sec, nsec: r.nsec}
+}
+
+// offer appends r if it is a record: if its time is after the last one's.
+func (s *stairs) offer(r stairRec) bool {
+	if len(s.heads) == 0 || r.after(s.last.sec, s.last.nsec) {
+		s.add(r)
+		return true
+	}
+	return false
+}
+
+// firstAfter returns the first record with time after (sec, nsec).
+func (s *stairs) firstAfter(sec int64, nsec int32) (stairRec, bool) {
+	h := s.heads
+	// The first block whose head is after t; the answer is in the block
+	// before it, or is that block's head.
+	b := sort.Search(len(h), func(i int) bool {
+		return h[i].sec > sec || (h[i].sec == sec && h[i].nsec > nsec)
+	})
+	if b > 0 {
+		end := uint64(len(s.data))
+		if b < len(h) {
+			end = h[b].off
+		}
+		prev := stairRec{index: h[b-1].index, sec: h[b-1].sec}
+		for p := s.data[h[b-1].off:end]; len(p) > 0; {
+			var r stairRec
+			var ok bool
+			if r, p, ok = s.decode(prev, p); !ok {
+				break // cannot happen: add wrote it
+			}
+			if r.after(sec, nsec) {
+				return r, true
+			}
+			prev = r
+		}
+	}
+	if b < len(h) {
+		r, _, _ := s.decode(stairRec{index: h[b].index, sec: h[b].sec}, s.data[h[b].off:])
+		return r, true
+	}
+	return stairRec{}, false
+}
+
+// decode reads the record at the start of p, which follows prev.
+func (s *stairs) decode(prev stairRec, p []byte) (stairRec, []byte, bool) {
+	var v [4]uint64
+	n := 3
+	if s.ids {
+		n = 4
+	}
+	for i := range n {
+		x, k := binary.Uvarint(p)
+		if k <= 0 {
+			return stairRec{}, nil, false
+		}
+		v[i], p = x, p[k:]
+	}
+	if uint64(len(p)) < v[3] {
+		return stairRec{}, nil, false
+	}
+	r := stairRec{index: prev.index + v[0], sec: int64(uint64(prev.sec) + v[1]), nsec: int32(v[2]), id: p[:v[3]]}
+	return r, p[v[3]:], true
+}
+
 // newerFromSource returns the entry with the lowest ledger index among those
 // of e's source system with an index lower than e's and a time after t, or
 // nil. The event it returns is new, holding the entry's index, id, time and
-// system: enough to cite it.
-func (x *sourceIndex) newerFromSource(e *Event, t time.Time) *Event {
+// system: enough to cite it. The error is one reading the entry's id back
+// from the log.
+func (x *sourceIndex) newerFromSource(e *Event, t time.Time) (*Event, error) {
 	if x == nil {
-		return nil
+		return nil, nil
 	}
-	rs := x.records[e.System]
-	sec, nsec := recTime(t)
-	i := sort.Search(len(rs), func(i int) bool { return rs[i].after(sec, nsec) })
-	if i < len(rs) && rs[i].index < uint64(e.Index) {
-		r := rs[i]
-		return &Event{Index: int64(r.index), ID: r.id, Time: r.time(), System: e.System}
+	s := x.systems[e.System]
+	if s == nil {
+		return nil, nil
 	}
-	return nil
+	r, ok := s.firstAfter(recTime(t))
+	if !ok || r.index >= uint64(e.Index) {
+		return nil, nil
+	}
+	id := string(r.id)
+	if x.readID != nil {
+		var err error
+		if id, err = x.readID(r.index); err != nil {
+			return nil, err
+		}
+	}
+	return &Event{Index: int64(r.index), ID: id, Time: r.time(), System: e.System}, nil
 }
 
-// sourceReader reads the entries of some chains into recs.
+// indexBuilder collects the records of every system.
+type indexBuilder struct {
+	systems map[string]*stairs
+	ids     bool // the records keep event ids
+	maxID   int  // the longest id seen, when they do not
+}
+
+func (b *indexBuilder) system(name []byte) *stairs {
+	if s, ok := b.systems[string(name)]; ok { // no allocation: the compiler's map lookup with string(bytes)
+		return s
+	}
+	s := &stairs{ids: b.ids}
+	b.systems[string(name)] = s
+	return s
+}
+
+// index finishes the build.
+func (b *indexBuilder) index() *sourceIndex {
+	x := &sourceIndex{systems: b.systems, bound: uint64(b.maxID)}
+	for name, s := range b.systems {
+		s.data = slices.Clip(s.data)
+		s.heads = slices.Clip(s.heads)
+		x.bound = max(x.bound, uint64(max(s.maxID, len(name))))
+		x.records += s.recordsAppended
+		x.bytes += len(s.data) + len(s.heads)*32 + len(name)
+	}
+	return x
+}
+
+// buildSourceIndex indexes the entries dated at or before now of every
+// source system: from the log when src is a LogScanner, else from the
+// chains of every subject (see SubjectLister), read on workers goroutines.
+func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, now time.Time, workers int) (*sourceIndex, error) {
+	if sc, ok := src.(LogScanner); ok {
+		return buildSourceIndexFromLog(ctx, sc, now, workers)
+	}
+	if l, ok := src.(SubjectLister); ok {
+		all, err := l.Subjects(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing the subjects of the tree: %w", err)
+		}
+		subjects = all
+	}
+	return buildSourceIndexFromChains(ctx, subjects, src, now, workers)
+}
+
+// scanChunk is how many entries of the log one worker reads at a time.
+var scanChunk uint64 = 1 << 15 // a variable for tests
+
+// chunkStairs are the records of one chunk of the log relative to the
+// chunk alone (each system's entries that are later than every earlier
+// entry of the chunk), in index order per system.
+type chunkStairs struct {
+	systems map[string]*chunkSys
+	err     error
+}
+
+type chunkSys struct {
+	recs   []stairRec // without ids
+	idLens []int32    // the length of each one's id
+}
+
+// buildSourceIndexFromLog reads the log in chunks of scanChunk entries on
+// workers goroutines. Each chunk's records relative to the chunk are found
+// in parallel; merged in index order, a chunk record is a record of the log
+// when it is later than every record before the chunk. At most 2×workers
+// chunks are read and not yet merged, so beside the index itself the build
+// holds a bounded number of entries.
+func buildSourceIndexFromLog(ctx context.Context, sc LogScanner, now time.Time, workers int) (*sourceIndex, error) {
+	parent := ctx // the evaluation's: ids are read back while it runs
+	size := sc.LogSize()
+	chunks := int((size + scanChunk - 1) / scanChunk)
+	workers = max(1, min(workers, chunks))
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	nowSec, nowNsec := recTime(now)
+	results := make([]chan *chunkStairs, chunks)
+	for i := range results {
+		results[i] = make(chan *chunkStairs, 1)
+	}
+	tokens := make(chan struct{}, 2*workers)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				select {
+				case tokens <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+				c := int(next.Add(1) - 1)
+				if c >= chunks {
+					return
+				}
+				start := uint64(c) * scanChunk
+				results[c] <- scanChunkStairs(ctx, sc, start, min(start+scanChunk, size), nowSec, nowNsec)
+			}
+		})
+	}
+	b := indexBuilder{systems: map[string]*stairs{}}
+	var err error
+	for c := range chunks {
+		var cs *chunkStairs
+		select {
+		case cs = <-results[c]:
+		case <-ctx.Done():
+		}
+		if cs == nil {
+			err = context.Cause(ctx)
+			break
+		}
+		<-tokens
+		if cs.err != nil {
+			err = cs.err
+			break
+		}
+		for name, cy := range cs.systems {
+			s := b.system([]byte(name))
+			for i, r := range cy.recs {
+				if s.offer(r) {
+					b.maxID = max(b.maxID, int(cy.idLens[i]))
+				}
+			}
+		}
+	}
+	cancel(err)
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	x := b.index()
+	x.readID = func(index uint64) (string, error) { return readEntryID(parent, sc, index) }
+	return x, nil
+}
+
+// readEntryID reads the event id of the entry at index from the log.
+func readEntryID(ctx context.Context, sc LogScanner, index uint64) (string, error) {
+	var id string
+	found := false
+	var v sourceVisitor
+	err := sc.ScanLog(ctx, index, index+1, func(en Entry) error {
+		_, _, b, err := v.read(en)
+		id, found = string(b), err == nil
+		return err
+	})
+	if err == nil && !found {
+		err = fmt.Errorf("no entry %d in the log", index)
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading the id of entry %d of the log: %w", index, err)
+	}
+	return id, nil
+}
+
+// scanChunkStairs reads the entries [start, end) of the log.
+func scanChunkStairs(ctx context.Context, sc LogScanner, start, end uint64, nowSec int64, nowNsec int32) *chunkStairs {
+	cs := &chunkStairs{systems: map[string]*chunkSys{}}
+	var v sourceVisitor
+	cs.err = sc.ScanLog(ctx, start, end, func(en Entry) error {
+		rec, sys, id, err := v.read(en)
+		if errors.Is(err, event.ErrMapLeaf) {
+			return nil // not an event: in no chain
+		}
+		if err != nil {
+			return fmt.Errorf("reading the log: %w", err)
+		}
+		if rec.after(nowSec, nowNsec) {
+			return nil
+		}
+		cy, ok := cs.systems[string(sys)]
+		if !ok {
+			cy = &chunkSys{}
+			cs.systems[string(sys)] = cy
+		}
+		if n := len(cy.recs); n > 0 && !rec.after(cy.recs[n-1].sec, cy.recs[n-1].nsec) {
+			return nil
+		}
+		cy.recs = append(cy.recs, rec)
+		cy.idLens = append(cy.idLens, int32(len(id)))
+		return nil
+	})
+	return cs
+}
+
+// sourceEntry is an entry read from a chain, while building from chains.
+type sourceEntry struct {
+	index uint64
+	sec   int64
+	nsec  int32
+	sys   int32 // numbered by the reader
+	idOff int
+	idLen int
+}
+
+// sourceReader reads the entries of some chains.
 type sourceReader struct {
-	recs    []sourceRec
+	ents    []sourceEntry
 	arena   []byte
 	systems []string // sys number -> name
 	sysNum  map[string]int32
+	v       sourceVisitor
 }
 
 func (r *sourceReader) system(b []byte) int32 {
@@ -90,16 +439,11 @@ func (r *sourceReader) system(b []byte) int32 {
 	return n
 }
 
-// buildSourceIndex reads the chain of every subject (in parallel, on
-// workers goroutines) and indexes the entries dated at or before now.
-func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, now time.Time, workers int) (*sourceIndex, error) {
-	if l, ok := src.(SubjectLister); ok {
-		all, err := l.Subjects(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("listing the subjects of the tree: %w", err)
-		}
-		subjects = all
-	}
+// buildSourceIndexFromChains reads the chain of every subject (in
+// parallel, on workers goroutines), then sorts each system's entries by
+// index to find its records. It holds every entry of the chains while it
+// sorts them.
+func buildSourceIndexFromChains(ctx context.Context, subjects []string, src ChainSource, now time.Time, workers int) (*sourceIndex, error) {
 	readers := make([]*sourceReader, max(workers, 1))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -110,12 +454,10 @@ func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, n
 		rd := &sourceReader{sysNum: map[string]int32{}}
 		readers[w] = rd
 		wg.Go(func() {
-			type idRef struct{ off, n int }
-			var ids []idRef
 			for ctx.Err() == nil {
 				i := int(next.Add(1) - 1)
 				if i >= len(subjects) {
-					break
+					return
 				}
 				chain, err := src.Chain(ctx, subjects[i])
 				if err != nil {
@@ -123,22 +465,17 @@ func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, n
 					return
 				}
 				for _, en := range chain {
-					rec, id, err := rd.read(en)
+					rec, sys, id, err := rd.v.read(en)
 					if err != nil {
 						cancel(fmt.Errorf("reading the chain of subject %q: %w", subjects[i], err))
 						return
 					}
 					if !rec.after(nowSec, nowNsec) {
-						ids = append(ids, idRef{len(rd.arena), len(id)})
+						rd.ents = append(rd.ents, sourceEntry{index: rec.index, sec: rec.sec, nsec: rec.nsec,
+							sys: rd.system(sys), idOff: len(rd.arena), idLen: len(id)})
 						rd.arena = append(rd.arena, id...)
-						rd.recs = append(rd.recs, rec)
 					}
 				}
-			}
-			arena := string(rd.arena) // one copy; every id is a substring
-			rd.arena = nil
-			for k := range rd.recs {
-				rd.recs[k].id = arena[ids[k].off : ids[k].off+ids[k].n]
 			}
 		})
 	}
@@ -146,48 +483,47 @@ func buildSourceIndex(ctx context.Context, subjects []string, src ChainSource, n
 	if err := context.Cause(ctx); err != nil {
 		return nil, err
 	}
-	bySystem := map[string][]sourceRec{}
+	type ref struct {
+		e  *sourceEntry
+		rd *sourceReader
+	}
+	bySystem := map[string][]ref{}
 	for _, rd := range readers {
-		for _, r := range rd.recs {
-			name := rd.systems[r.sys]
-			bySystem[name] = append(bySystem[name], r)
+		for k := range rd.ents {
+			name := rd.systems[rd.ents[k].sys]
+			bySystem[name] = append(bySystem[name], ref{&rd.ents[k], rd})
 		}
 	}
-	x := &sourceIndex{records: make(map[string][]sourceRec, len(bySystem))}
-	for sys, es := range bySystem {
-		slices.SortFunc(es, func(a, b sourceRec) int { return cmp.Compare(a.index, b.index) })
-		rs := es[:0] // records overwrite the sorted entries in place
+	b := indexBuilder{systems: map[string]*stairs{}, ids: true}
+	for name, es := range bySystem {
+		slices.SortFunc(es, func(a, b ref) int { return cmp.Compare(a.e.index, b.e.index) })
+		s := b.system([]byte(name))
 		for i, r := range es {
-			if i > 0 && r.index == es[i-1].index {
+			if i > 0 && r.e.index == es[i-1].e.index {
 				continue // the same entry read twice (a subject listed twice)
 			}
-			if len(rs) == 0 || r.after(rs[len(rs)-1].sec, rs[len(rs)-1].nsec) {
-				rs = append(rs, r)
-				x.bound = max(x.bound, uint64(max(len(r.id), len(sys))))
-			}
+			s.offer(stairRec{index: r.e.index, sec: r.e.sec, nsec: r.e.nsec, id: r.rd.arena[r.e.idOff : r.e.idOff+r.e.idLen]})
 		}
-		x.records[sys] = slices.Clip(rs)
 	}
-	return x, nil
+	return b.index(), nil
 }
 
-// read returns what the index needs of an entry: its record (without the
-// id) and its id's bytes, reading only those fields of a leaf.
-func (r *sourceReader) read(en Entry) (sourceRec, []byte, error) {
-	rec := sourceRec{index: en.Index}
+// read returns what the index needs of an entry: its index and time, its
+// source system and its id (aliasing the leaf or the visitor), reading only
+// those fields of a leaf.
+func (v *sourceVisitor) read(en Entry) (stairRec, []byte, []byte, error) {
+	rec := stairRec{index: en.Index}
 	if en.Event != nil || en.Leaf == nil {
 		ev := en.Event
 		rec.sec, rec.nsec = recTime(toTime(ev.GetTime(), ev.GetTime() != nil))
-		rec.sys = r.system([]byte(ev.GetSource().GetSystem()))
-		return rec, []byte(ev.GetId()), nil
+		return rec, []byte(ev.GetSource().GetSystem()), []byte(ev.GetId()), nil
 	}
-	v := &sourceVisitor{}
+	*v = sourceVisitor{}
 	if err := event.VisitLeaf(en.Leaf, v); err != nil {
-		return rec, nil, fmt.Errorf("%w: leaf %d: %w", errLeaf, en.Index, err)
+		return rec, nil, nil, fmt.Errorf("%w: leaf %d: %w", errLeaf, en.Index, err)
 	}
 	rec.sec, rec.nsec = recTime(v.time)
-	rec.sys = r.system(v.system)
-	return rec, v.id, nil
+	return rec, v.system, v.id, nil
 }
 
 // sourceVisitor keeps the id, source.system and time of a leaf (aliasing

@@ -61,8 +61,9 @@ func Subjects(list []string) iter.Seq2[string, error] {
 // emitted, so memory grows with the longest chains and the worker count,
 // not with the number of subjects or entries. The one exception is a rule
 // set that compares entries across subjects (backdated-closure): it first
-// indexes the entries of every source system (source.go), which grows with
-// the log. A yielded error, a ChainSource error, an emit error or ctx
+// indexes, per source system, the entries later than every earlier entry
+// of that system (source.go): about 10 bytes and the event id per such
+// entry, read from the log in bounded pieces when src is a LogScanner. A yielded error, a ChainSource error, an emit error or ctx
 // cancellation stops the evaluation and is returned; results already
 // emitted stand.
 func (s *Set) Stream(ctx context.Context, subjects iter.Seq2[string, error], src ChainSource, from, asOf time.Time, period bool, emit func(*SubjectResult) error) (Summary, error) {
@@ -78,7 +79,9 @@ func (s *Set) Stream(ctx context.Context, subjects iter.Seq2[string, error], src
 	var srcIdx *sourceIndex
 	if s.needSource {
 		var list []string
-		if _, ok := src.(SubjectLister); !ok {
+		_, lister := src.(SubjectLister)
+		_, scanner := src.(LogScanner)
+		if !lister && !scanner {
 			// The index is built from the evaluated subjects: list them.
 			for sub, err := range subjects {
 				if err != nil {
@@ -92,6 +95,9 @@ func (s *Set) Stream(ctx context.Context, subjects iter.Seq2[string, error], src
 		if srcIdx, err = buildSourceIndex(ctx, list, src, asOf, s.opts.Workers); err != nil {
 			return sum, err
 		}
+	}
+	if s.needHolders || s.needOwner {
+		src = newRelatedCache(src, defaultRelatedEntries)
 	}
 	err := inOrder(ctx, s.opts.Workers, 4*s.opts.Workers, subjects,
 		func(ctx context.Context, subject string) (*SubjectResult, error) {
