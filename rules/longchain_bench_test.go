@@ -43,16 +43,16 @@ func feedEvent(i uint64, subjects uint64) *pb.Event {
 // leaves, as the server hands them to the engine.
 func feedSource(b *testing.B, subjects, perSubject int) (*leafSource, []string) {
 	b.Helper()
-	ls := &leafSource{leaves: map[string][][]byte{}, index: map[string][]uint64{}}
-	for i := range uint64(subjects * perSubject) {
+	total := uint64(subjects * perSubject)
+	ls := &leafSource{index: map[string][]uint64{}, log: make([][]byte, total)}
+	for i := range total {
 		ev := feedEvent(i, uint64(subjects))
 		data, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: ev})
 		if err != nil {
 			b.Fatal(err)
 		}
-		s := ev.Subject.Id
-		ls.leaves[s] = append(ls.leaves[s], data)
-		ls.index[s] = append(ls.index[s], i)
+		ls.log[i] = data
+		ls.index[ev.Subject.Id] = append(ls.index[ev.Subject.Id], i)
 	}
 	names := make([]string, subjects)
 	for i := range names {
