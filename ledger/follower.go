@@ -88,6 +88,7 @@ func OpenFollower(ctx context.Context, st Store, o FollowerOptions) (*Follower, 
 			o: lo, st: st, ix: st, logger: lo.Logger, // a follower reads the indexes from the shared store
 			rf:    &compact.RangeFactory{Hash: hasher.HashChildren},
 			cache: newTileCache(lo.TileCacheSize),
+			rows:  newTileCache(lo.TileCacheSize),
 		},
 		o:    o,
 		stop: make(chan struct{}),

@@ -62,7 +62,8 @@ const (
 	// it Append fails with ErrPushback.
 	DefaultQueueSize = 64 * 1024
 	// DefaultTileCacheSize is the number of tiles (with their inner nodes,
-	// about 16 KiB each) kept in memory for proofs.
+	// about 16 KiB each) kept in memory for proofs, and of level-0 tiles
+	// as stored (8 KiB each) kept for checking the leaves reads return.
 	DefaultTileCacheSize = 1024
 )
 
@@ -173,6 +174,9 @@ type Log struct {
 	logger *slog.Logger
 	rf     *compact.RangeFactory
 	cache  *tileCache
+	// rows caches level-0 tiles as stored, without their inner nodes, for
+	// leaf checks (leafRow).
+	rows *tileCache
 
 	maxCount int   // store limit: entries per commit
 	maxBytes int64 // store limit: estimated bytes per commit
@@ -257,6 +261,7 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 		logger: o.Logger,
 		rf:     &compact.RangeFactory{Hash: hasher.HashChildren},
 		cache:  newTileCache(o.TileCacheSize),
+		rows:   newTileCache(o.TileCacheSize),
 		queue:  make(chan *request, o.QueueSize),
 		done:   make(chan struct{}),
 		// Unbuffered: one batch commits while the next is built, and the

@@ -108,6 +108,49 @@ func (l *Log) storedTile(level, index uint64, w int) (*tile, error) {
 	return t, nil
 }
 
+// leafRow returns the leaf hashes of level-0 tile index as of state s: the
+// bottom row of the cached or edge tile, else the stored tile's bytes as
+// read, kept in l.rows without computing its inner nodes. Checking a leaf
+// needs only its hash; expanding a tile costs 255 hashes, which a chain
+// whose entries lie in more tiles than a cache holds (a long chain
+// interleaved with thousands of others, docs/BENCHMARKS.md "Long chains")
+// would otherwise pay for every entry it reads.
+func (l *Log) leafRow(s *state, index uint64) ([]byte, error) {
+	w := tileWidthAt(s.cp.Size, 0, index)
+	if w < tileWidth {
+		t, err := l.tileAt(s, 0, index)
+		if err != nil {
+			return nil, err
+		}
+		return t.rows[0], nil
+	}
+	if t := l.cache.get(0, index); t != nil {
+		return t.rows[0], nil
+	}
+	if l.rows != nil {
+		if t := l.rows.get(0, index); t != nil {
+			return t.rows[0], nil
+		}
+	}
+	vals, err := l.st.Get(tileKey(0, index))
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading tile 0/%d: %w", ErrStorage, index, err)
+	}
+	v := vals[0]
+	if v == nil {
+		return nil, fmt.Errorf("%w: tile 0/%d is missing (want %d hashes); run grantline fsck", ErrCorrupt, index, w)
+	}
+	if len(v) != tileWidth*32 {
+		return nil, fmt.Errorf("%w: tile 0/%d holds %d bytes, want %d hashes of 32 bytes; run grantline fsck", ErrCorrupt, index, len(v), w)
+	}
+	if l.rows != nil {
+		t := &tile{}
+		t.rows[0] = v
+		l.rows.put(0, index, t)
+	}
+	return v, nil
+}
+
 // nodeHash returns the hash of the perfect tree node id as of state s.
 func (l *Log) nodeHash(s *state, id compact.NodeID) ([]byte, error) {
 	level, k := uint64(id.Level/TileHeight), id.Level%TileHeight
