@@ -269,12 +269,12 @@ func parseCheckpoint(n []byte, size uint64, v note.Verifier) (Checkpoint, error)
 // Store.Commit, so a crash here only repeats it at the next Open.
 func (l *Log) sealTail(cpSize uint64, published *state) (*state, error) {
 	l.seq.last = published
-	w := newWrites(0)
+	w := newWrites(0, 0)
 	ix := w
 	if l.split {
 		// The index store is brought up to the tree size after load
 		// (openIndex), the map leaf's entry included.
-		ix = newWrites(0)
+		ix = newWrites(0, 0)
 	}
 	l.seq.tiles.begin()
 	size, err := l.appendMapLeaf(w, ix)
