@@ -176,6 +176,8 @@ type Log struct {
 
 	maxCount int   // store limit: entries per commit
 	maxBytes int64 // store limit: estimated bytes per commit
+	ixCount  int   // the same for the index store (the main store's without one)
+	ixBytes  int64
 
 	cur atomic.Pointer[state] // the published state
 
@@ -270,12 +272,12 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 		l.ix, l.split = o.Index, true
 	}
 	l.maxCount, l.maxBytes = st.Limits()
+	l.ixCount, l.ixBytes = l.maxCount, l.maxBytes
 	if l.split {
 		// Index entries go to the index store: a batch's main commit holds
-		// the leaves, and each commit's index entries stay within the index
-		// store's limits too.
-		c, b := o.Index.Limits()
-		l.maxCount, l.maxBytes = min(l.maxCount, c), min(l.maxBytes, b)
+		// the leaves, its index commit the index entries, each within its
+		// own store's limits (see fit).
+		l.ixCount, l.ixBytes = o.Index.Limits()
 	}
 	s, err := l.load(ctx)
 	if err != nil {

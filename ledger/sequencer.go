@@ -224,32 +224,56 @@ recv:
 	return batch[:n]
 }
 
+// commitRoom tracks what a commit holds against 90% of a store's limits.
+type commitRoom struct{ count, bytes, maxCount, maxBytes int64 }
+
+func newCommitRoom(maxCount int, maxBytes int64) commitRoom {
+	return commitRoom{maxCount: int64(maxCount) * 9 / 10, maxBytes: maxBytes * 9 / 10}
+}
+
+// fits reports whether c more entries of b bytes stay within the limits.
+func (r *commitRoom) fits(c, b int64) bool { return r.count+c <= r.maxCount && r.bytes+b <= r.maxBytes }
+
+func (r *commitRoom) add(c, b int64) { r.count, r.bytes = r.count+c, r.bytes+b }
+
 // fit is how many of batch's events one commit takes: at most MaxBatch and
-// within 90% of the store's limits (at least one event).
+// within 90% of the store's limits (at least one event). With a separate
+// index store the main commit (leaves, tiles, checkpoint, subject map) and
+// the index commit (three index entries per event) are counted against
+// their own store's limits, so that a small index store (its memtable
+// sized for the CPU cache) does not shrink the batches of the main one.
 func (l *Log) fit(batch []item) int {
-	maxCount, maxBytes := int64(l.maxCount)*9/10, l.maxBytes*9/10
-	count := int64(2*64/TileHeight + 4) // tiles of every level, twice, checkpoint, latest size
-	bytes := count * entrySize(10, 8192)
+	main := newCommitRoom(l.maxCount, l.maxBytes)
+	ix := &main
+	if l.split {
+		r := newCommitRoom(l.ixCount, l.ixBytes)
+		ix = &r
+	}
+	tiles := int64(2*64/TileHeight + 4) // tiles of every level, twice, checkpoint, latest size
+	main.add(tiles, tiles*entrySize(10, 8192))
 	mapCount, mapBytes := l.mapBudget()
-	count, bytes = count+2, bytes+entrySize(9, 64)+entrySize(1+indexKeyLen, 8) // the map leaf
+	main.add(1, entrySize(9, 64))            // the map leaf
+	ix.add(2, 2*entrySize(1+indexKeyLen, 8)) // its hash entry, the watermark
 	for i, it := range batch {
 		if i == l.o.MaxBatch {
 			return i
 		}
 		p := &it.r.items[it.i]
-		c := int64(4)
-		b := entrySize(9, len(p.leaf)+event.ObservedRoom) +
-			2*entrySize(1+indexKeyLen, 8) +
-			entrySize(len(p.subject)+12, 0)
-		c, b = c+mapCount, b+mapBytes
+		mc, mb := 1+mapCount, entrySize(9, len(p.leaf)+event.ObservedRoom)+mapBytes
 		if i%tileWidth == 0 {
-			c++
-			b += entrySize(10, 8192)
+			mc++
+			mb += entrySize(10, 8192)
 		}
-		if i > 0 && (count+c > maxCount || bytes+b > maxBytes) {
+		ic, ib := int64(3), 2*entrySize(1+indexKeyLen, 8)+entrySize(len(p.subject)+12, 0)
+		if l.split {
+			if i > 0 && !(main.fits(mc, mb) && ix.fits(ic, ib)) {
+				return i
+			}
+		} else if i > 0 && !main.fits(mc+ic, mb+ib) {
 			return i
 		}
-		count, bytes = count+c, bytes+b
+		main.add(mc, mb)
+		ix.add(ic, ib)
 	}
 	return len(batch)
 }
