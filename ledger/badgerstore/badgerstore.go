@@ -139,6 +139,9 @@ func Open(dir string, o Options) (s *Store, err error) {
 		WithDetectConflicts(false).
 		WithCompression(options.None).
 		WithVerifyValueChecksum(true).
+		// Badger's expvar counters (several map updates per read and write)
+		// are read by nothing in Grantline.
+		WithMetricsEnabled(false).
 		WithLogger(logger{l: o.Logger, reads: reads})
 	budget := o.MemoryBudget
 	if budget <= 0 {
