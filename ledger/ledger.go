@@ -110,10 +110,13 @@ type Options struct {
 	// index entries to Index, while the next batch commits to the main
 	// store. Appends are answered, and the checkpoint covering them
 	// published, only once both commits are done. Index need not be
-	// durable when Commit returns: after a crash it may have lost a suffix
-	// of its commits (each commit all or nothing), and Open rebuilds the
-	// entries of the leaves it lacks from the leaves, before serving (see
-	// docs/design.md, "Indexes off the durable commit"). An Index holding
+	// durable when Commit returns, nor atomic: after a crash it may hold a
+	// prefix of its commits and any part of the next one, provided a
+	// commit's last entry (the log puts its watermark there) is kept only
+	// with all of that commit (badgerstore with NoSync applies a commit in
+	// key-ordered transactions, the last entry alone and last). Open
+	// rebuilds the entries of the leaves it lacks from the leaves, before
+	// serving (see docs/design.md, "Indexes off the durable commit"). An Index holding
 	// entries beyond the main store's tree (the main store was restored
 	// from an older backup) is emptied through its DropAll() error method
 	// and rebuilt; without one Open fails with ErrCorrupt. A main store once
