@@ -240,8 +240,8 @@ func (r *commitRoom) add(c, b int64) { r.count, r.bytes = r.count+c, r.bytes+b }
 // within 90% of the store's limits (at least one event). With a separate
 // index store the main commit (leaves, tiles, checkpoint, subject map) and
 // the index commit (three index entries per event) are counted against
-// their own store's limits, so that a small index store (its memtable
-// sized for the CPU cache) does not shrink the batches of the main one.
+// their own store's limits, so that the smaller store does not bound the
+// other's commits too.
 func (l *Log) fit(batch []item) int {
 	main := newCommitRoom(l.maxCount, l.maxBytes)
 	ix := &main
