@@ -382,17 +382,27 @@ func (s *Store) commitOrdered(keys, values [][]byte) error {
 			first = err
 		}
 	}
+	// All transactions are made before any commits: a new transaction
+	// waits until every committed one is applied, which would make each
+	// chunk wait for the one before. Nothing reads in them, and badger
+	// applies transactions in the order they commit, so they are committed
+	// without waiting and the writer applies them in a few writes.
+	txns := make([]*badger.Txn, 0, (len(order)+orderedChunk-1)/orderedChunk)
+	defer func() {
+		for _, txn := range txns {
+			txn.Discard()
+		}
+	}()
 	for from := 0; from < len(order); from += orderedChunk {
 		txn := s.db.NewTransaction(true)
+		txns = append(txns, txn)
 		for _, i := range order[from:min(from+orderedChunk, len(order))] {
 			if err := txn.Set(keys[i], values[i]); err != nil {
-				txn.Discard()
-				wg.Wait()
 				return fmt.Errorf("badger set: %w", err)
 			}
 		}
-		// Transactions are applied in the order they are committed, so
-		// they need not be waited for one by one.
+	}
+	for _, txn := range txns {
 		wg.Add(1)
 		txn.CommitWith(func(err error) {
 			if err != nil {
