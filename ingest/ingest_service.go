@@ -221,9 +221,12 @@ func (s *Server) appendWaiting(ctx context.Context, evs []*pb.Event, wait time.D
 }
 
 func toPBResults(res []ledger.AppendResult) []*pb.AppendResult {
-	out := make([]*pb.AppendResult, len(res))
+	// One allocation for the messages, instead of one per event.
+	out, msgs := make([]*pb.AppendResult, len(res)), make([]pb.AppendResult, len(res))
 	for i, r := range res {
-		out[i] = &pb.AppendResult{Index: r.Index, LeafHash: r.LeafHash[:], Duplicate: r.Duplicate, Conflict: r.Conflict}
+		m := &msgs[i]
+		m.Index, m.LeafHash, m.Duplicate, m.Conflict = r.Index, r.LeafHash[:], r.Duplicate, r.Conflict
+		out[i] = m
 	}
 	return out
 }

@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
+	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
 func TestDialRefuses(t *testing.T) {
@@ -131,5 +134,44 @@ func TestPacker(t *testing.T) {
 	p := NewPacker(1, make(chan *Batch)) // nobody receives
 	if err := p.Add(ctx, "x", ev("a", 0)); !errors.Is(err, context.Canceled) {
 		t.Errorf("Add on a cancelled context with nobody receiving = %v, want context.Canceled", err)
+	}
+}
+
+// TestNoGzipAsksForPlainResponses: a client with NoGzip neither compresses
+// its stream messages nor offers gzip for the server's, so acknowledgements
+// on loopback are not gzipped by the server and inflated here; without it,
+// it does both.
+func TestNoGzipAsksForPlainResponses(t *testing.T) {
+	headers := make(chan http.Header, 1)
+	mux := http.NewServeMux()
+	mux.Handle(grantlinev1connect.NewIngestServiceHandler(grantlinev1connect.UnimplementedIngestServiceHandler{}))
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case headers <- r.Header.Clone():
+		default:
+		}
+		mux.ServeHTTP(w, r)
+	}))
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	for _, tt := range []struct {
+		noGzip bool
+		want   string // the stream's Connect-Content-Encoding and Connect-Accept-Encoding
+	}{{false, "gzip gzip"}, {true, " "}} {
+		cl, err := Dial(srv.URL, Options{Token: "t", NoGzip: tt.noGzip})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := cl.Ingest().AppendStream(t.Context())
+		_ = st.Send(&pb.AppendStreamRequest{Seq: 1, Events: []*pb.Event{{Id: strings.Repeat("x", 2000)}}})
+		_ = st.CloseRequest()
+		_, _ = st.Receive()
+		_ = st.CloseResponse()
+		h := <-headers
+		if got := h.Get("Connect-Content-Encoding") + " " + h.Get("Connect-Accept-Encoding"); got != tt.want {
+			t.Errorf("NoGzip %v: stream encodings %q, want %q", tt.noGzip, got, tt.want)
+		}
 	}
 }

@@ -81,10 +81,10 @@ func Validate(ev *pb.Event, now time.Time) error {
 	if ev.GetSubject() == nil {
 		v.fail("subject.id", "required")
 	} else {
-		v.identity("subject", ev.GetSubject(), true)
+		v.identity(subjectPaths, ev.GetSubject(), true)
 	}
 	if ev.GetActor() != nil {
-		v.identity("actor", ev.GetActor(), false)
+		v.identity(actorPaths, ev.GetActor(), false)
 	}
 	if e := ev.GetEntitlement(); e != nil {
 		v.id("entitlement.id", e.GetId(), false)
@@ -119,7 +119,8 @@ func Validate(ev *pb.Event, now time.Time) error {
 				kv.fail("attributes", "empty key")
 			case len(k) > MaxAttrKeyBytes || !utf8.ValidString(k):
 				kv.fail("attributes", fmt.Sprintf("key %q: not valid UTF-8 or longer than %d bytes", Clip(k), MaxAttrKeyBytes))
-			default:
+			case len(val) > MaxAttrValueBytes || !utf8.ValidString(val):
+				// The path is built only for a value that fails.
 				kv.text(fmt.Sprintf("attributes[%q]", Clip(k)), val, MaxAttrValueBytes)
 			}
 			if kv.err != nil {
@@ -135,7 +136,7 @@ func Validate(ev *pb.Event, now time.Time) error {
 	}
 	// v.bytes bounds the encoded size from above unless a message carries
 	// unknown fields; only near the limit is the exact size computed.
-	if v.bytes+eventOverhead <= MaxEventBytes && !hasUnknown(ev) {
+	if v.bytes+eventOverhead <= MaxEventBytes && !HasUnknown(ev) {
 		return nil
 	}
 	if n := proto.Size(ev); n > MaxEventBytes {
@@ -148,8 +149,11 @@ func Validate(ev *pb.Event, now time.Time) error {
 // not a string: tags, lengths of the nested messages, timestamps, booleans.
 const eventOverhead = 256
 
-// hasUnknown reports whether ev or a message in it has unknown fields.
-func hasUnknown(ev *pb.Event) bool {
+// HasUnknown reports whether ev or a message in it carries fields unknown
+// to this schema: a fast check of every message an Event can hold (a test
+// keeps the list complete), for a decoder that refuses unknown fields and
+// walks the message by reflection only to name the field of a refusal.
+func HasUnknown(ev *pb.Event) bool {
 	for _, m := range []proto.Message{ev, ev.GetTime(), ev.GetSource(), ev.GetSubject(), ev.GetActor(),
 		ev.GetEntitlement(), ev.GetRefs(), ev.GetExpiresAt()} {
 		if r := m.ProtoReflect(); r.IsValid() && len(r.GetUnknown()) > 0 {
@@ -194,6 +198,9 @@ func (v *validator) id(path, s string, required bool) {
 		}
 	case len(s) > MaxIDBytes:
 		v.fail(path, fmt.Sprintf("%d bytes exceed the limit of %d", len(s), MaxIDBytes))
+	case visibleASCII(s):
+		// The common case, without decoding runes: printable ASCII is
+		// valid UTF-8 and holds no Hidden character.
 	case !utf8.ValidString(s):
 		v.fail(path, "not valid UTF-8")
 	default:
@@ -202,6 +209,17 @@ func (v *validator) id(path, s string, required bool) {
 			v.fail(path, fmt.Sprintf("contains %U (%s); ids must be visible text", r, HiddenKind(r)))
 		}
 	}
+}
+
+// visibleASCII reports whether every byte of s is printable ASCII (0x20 to
+// 0x7e): no control character (Cc), and ASCII has no Cf, Zl or Zp.
+func visibleASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 func (v *validator) text(path, s string, max int) {
@@ -214,14 +232,24 @@ func (v *validator) text(path, s string, max int) {
 	}
 }
 
-func (v *validator) identity(path string, id *pb.Identity, required bool) {
-	v.id(path+".id", id.GetId(), required)
+// identityPaths are the field paths of one Identity field, built once
+// rather than per event.
+type identityPaths struct{ id, kind, display, ownerID string }
+
+func pathsOf(field string) identityPaths {
+	return identityPaths{field + ".id", field + ".kind", field + ".display", field + ".owner_id"}
+}
+
+var subjectPaths, actorPaths = pathsOf("subject"), pathsOf("actor")
+
+func (v *validator) identity(p identityPaths, id *pb.Identity, required bool) {
+	v.id(p.id, id.GetId(), required)
 	v.bytes += len(id.GetKind()) + 8
 	if k := id.GetKind(); k != "" && !identityKinds[k] {
-		v.fail(path+".kind", fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot, system, vendor or contractor", Clip(k)))
+		v.fail(p.kind, fmt.Sprintf("unknown kind %q; want human, service_account, workload, bot, system, vendor or contractor", Clip(k)))
 	}
-	v.text(path+".display", id.GetDisplay(), MaxTextBytes)
-	v.id(path+".owner_id", id.GetOwnerId(), false)
+	v.text(p.display, id.GetDisplay(), MaxTextBytes)
+	v.id(p.ownerID, id.GetOwnerId(), false)
 }
 
 var epoch = time.Unix(0, 0)

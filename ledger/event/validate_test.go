@@ -3,12 +3,16 @@ package event
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -164,6 +168,42 @@ func TestHiddenCharactersNamed(t *testing.T) {
 	}
 }
 
+// TestIDFastPathAgrees checks that an id of any single byte or ASCII
+// character gets the same verdict whether or not the printable-ASCII fast
+// path takes it: the fast path accepts exactly what the full check accepts.
+func TestIDFastPathAgrees(t *testing.T) {
+	for c := range 256 {
+		s := "a" + string([]byte{byte(c)}) + "b"
+		full := utf8.ValidString(s) && strings.IndexFunc(s, Hidden) < 0
+		v := validator{}
+		v.id("id", s, true)
+		if got := v.err == nil; got != full {
+			t.Errorf("id %q: accepted = %v, want %v", s, got, full)
+		}
+		if visibleASCII(s) && !full {
+			t.Errorf("visibleASCII(%q) is true but the full check refuses it", s)
+		}
+	}
+}
+
+// BenchmarkValidateBatch validates a batch of 1000 ~500-byte events as the
+// AppendStream handler does. b.N counts events.
+func BenchmarkValidateBatch(b *testing.B) {
+	evs := make([]*pb.Event, 1000)
+	for i := range evs {
+		ev := newEvent("pam-prod", fmt.Sprint("evt-", i), "grant.activated", fmt.Sprint("user-", i%100))
+		ev.Reason = strings.Repeat("r", 250)
+		evs[i] = ev
+	}
+	now := time.Now()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i += len(evs) {
+		if err := ValidateBatch("events", evs, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func ExampleValidate() {
 	ev := &pb.Event{
 		Id: "evt-1", Type: "grant.teleported", Time: timestamppb.Now(),
@@ -255,5 +295,55 @@ func seedEvents() []*pb.Event {
 		{Id: "3", Type: "grant.nope", Time: t0, Source: &pb.Source{System: "pam"}, Subject: &pb.Identity{Id: "a"}},
 		{Id: "4", Type: "session.started", Time: &timestamppb.Timestamp{Seconds: -1}, Source: &pb.Source{System: "pam"}, Subject: &pb.Identity{Id: "a"}},
 		{Id: "5", Type: "breakglass.invoked", Time: t0, Source: &pb.Source{System: "pam"}, Subject: &pb.Identity{Id: "a"}, Reason: strings.Repeat("x", 9000)},
+	}
+}
+
+// TestHasUnknownCoversEveryMessage: HasUnknown looks at a fixed list of the
+// messages an Event holds; a message field added to the schema must be
+// added there too, or unknown fields in it would pass the fast check.
+func TestHasUnknownCoversEveryMessage(t *testing.T) {
+	var got []string
+	var walk func(md protoreflect.MessageDescriptor, path string, depth int)
+	walk = func(md protoreflect.MessageDescriptor, path string, depth int) {
+		fields := md.Fields()
+		for i := range fields.Len() {
+			fd := fields.Get(i)
+			var sub protoreflect.MessageDescriptor
+			switch {
+			case fd.IsMap():
+				sub = fd.MapValue().Message()
+			default:
+				sub = fd.Message()
+			}
+			if sub == nil {
+				continue
+			}
+			p := path + string(fd.Name())
+			got = append(got, p)
+			if depth < 4 {
+				walk(sub, p+".", depth+1)
+			}
+		}
+	}
+	walk((&pb.Event{}).ProtoReflect().Descriptor(), "", 0)
+	want := []string{"time", "source", "subject", "actor", "entitlement", "refs", "expires_at"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the messages an Event holds are %v; HasUnknown checks %v: update it", got, want)
+	}
+	// And each of them is seen.
+	ev := newEvent("s", "1", "grant.activated", "alice")
+	ev.ExpiresAt = timestamppb.Now()
+	unknown := protowire.AppendTag(nil, 99, protowire.VarintType)
+	unknown = protowire.AppendVarint(unknown, 1)
+	for _, m := range []proto.Message{ev, ev.GetTime(), ev.GetSource(), ev.GetSubject(), ev.GetActor(), ev.GetEntitlement(), ev.GetRefs(), ev.GetExpiresAt()} {
+		r := m.ProtoReflect()
+		r.SetUnknown(unknown)
+		if !HasUnknown(ev) {
+			t.Errorf("HasUnknown misses an unknown field in %s", r.Descriptor().FullName())
+		}
+		r.SetUnknown(nil)
+	}
+	if HasUnknown(ev) {
+		t.Error("HasUnknown of an event without unknown fields = true")
 	}
 }
