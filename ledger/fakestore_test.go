@@ -213,7 +213,11 @@ func (s *fakeStore) Commit(keys, values [][]byte) error {
 			if exists && !bytes.HasPrefix(v, old) || len(v) == 0 || len(v)%32 != 0 || len(v) > 8192 {
 				s.violate("tile key %q: %d bytes replace %d bytes; tiles only grow, in 32-byte hashes, up to 256", ks, len(v), len(old))
 			}
-		case kMeta:
+		case kMapNode, kMapNodeC: // versions: rewritten only with the same node
+			if exists && !bytes.Equal(v, old) {
+				s.violate("subject map node version %q was modified", ks)
+			}
+		case kMeta, kSubjState:
 		default:
 			s.violate("unknown key kind %q", ks)
 		}

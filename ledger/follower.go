@@ -267,6 +267,25 @@ func (f *Follower) LookupLeafHash(ctx context.Context, hash []byte) (uint64, err
 	return f.l.LookupLeafHash(ctx, hash)
 }
 
+// SubjectProof is Log.SubjectProof, read from the shared store: the
+// sequencer commits the subject map's records with each batch in the same
+// store transaction (a follower's store keeps its indexes with the leaves),
+// so a follower proves subjects complete at any checkpoint it serves.
+// ErrNoSubjectMap for a log created without a subject map.
+func (f *Follower) SubjectProof(ctx context.Context, subject string, size uint64) (SubjectProof, error) {
+	format, err := readMapFormat(f.l.st)
+	if err != nil {
+		return SubjectProof{}, err
+	}
+	if format == mapNone {
+		return SubjectProof{}, ErrNoSubjectMap
+	}
+	if size > f.l.Latest().Size {
+		return SubjectProof{}, fmt.Errorf("subject proof at size %d, beyond the follower's latest checkpoint %d: %w", size, f.l.Latest().Size, ErrNotFound)
+	}
+	return f.l.subjectProof(ctx, subject, size, format)
+}
+
 // SubjectEntries is Log.SubjectEntries as of Latest.
 func (f *Follower) SubjectEntries(ctx context.Context, subject string, size, start uint64, limit int) ([]Entry, error) {
 	return f.l.SubjectEntries(ctx, subject, size, start, limit)

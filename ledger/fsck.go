@@ -161,12 +161,12 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 		report("fsck: %d leaves after the latest checkpoint wait for the next one (Open signs them)", size-cpSize)
 	}
 	report("fsck: %d checkpoints verify; checking %d leaves", len(sizes), size)
-	mapOn, err := readMapMode(st)
+	mapFmt, err := readMapFormat(st)
 	if err != nil {
 		return err
 	}
 	var fm *fsckMap
-	if mapOn {
+	if mapFmt != mapNone {
 		fm = newFsckMap(sizes)
 		report("fsck: the log has a subject map: re-deriving it from the leaves")
 	}
@@ -251,8 +251,24 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 		return err
 	}
 	if fm != nil {
-		if err := fm.checkStored(ctx, st, cpSize, size == cpSize && !live); err != nil {
-			return err
+		// The map's records are where the indexes are; a separate index
+		// store holds them up to its own watermark (keyMapped), and the
+		// next Open re-derives the rest from the leaves.
+		mapped := cpSize
+		if ix != nil && ix != st {
+			if mapped, err = mappedTo(ix); err != nil {
+				return err
+			}
+		}
+		switch {
+		case ix == nil:
+			report("fsck: the subject map's records are in the index store, which was not given: not checked")
+		case mapped < cpSize:
+			report("fsck: the index store holds the subject map records up to checkpoint %d of %d; the next Open re-derives the rest from the leaves", mapped, cpSize)
+		default:
+			if err := fm.checkStored(ctx, ix, mapFmt, cpSize, size == cpSize && mapped == cpSize && !live); err != nil {
+				return err
+			}
 		}
 		report("fsck: the subject map of %d subjects matches the leaves at every checkpoint", len(fm.states))
 	}
@@ -995,8 +1011,8 @@ func (m *fsckMap) mapLeaf(i uint64, leaf []byte) error {
 // re-derived: the root node as of the latest checkpoint (cpSize), and, when
 // states is set (no leaves wait for a checkpoint and no appends go on),
 // every subject's state record.
-func (m *fsckMap) checkStored(ctx context.Context, st Store, cpSize uint64, states bool) error {
-	n, err := versionedNodes{st, cpSize}.Load(ctx, prefix.RootLabel)
+func (m *fsckMap) checkStored(ctx context.Context, st Store, f mapFormat, cpSize uint64, states bool) error {
+	n, err := versionedNodes{st, cpSize, f}.Load(ctx, prefix.RootLabel)
 	if err != nil {
 		return err
 	}
@@ -1007,15 +1023,14 @@ func (m *fsckMap) checkStored(ctx context.Context, st Store, cpSize uint64, stat
 		return nil
 	}
 	labels := make([][32]byte, 0, len(m.states))
-	keys := make([][]byte, 0, len(m.states))
 	for lb := range m.states {
-		labels, keys = append(labels, lb), append(keys, subjStateKey(lb))
+		labels = append(labels, lb)
 	}
-	for start := 0; start < len(keys); start += fsckChunk {
-		end := min(start+fsckChunk, len(keys))
-		vals, err := st.Get(keys[start:end]...)
+	for start := 0; start < len(labels); start += fsckChunk {
+		end := min(start+fsckChunk, len(labels))
+		vals, err := readStates(st, f, labels[start:end])
 		if err != nil {
-			return storageErr(err, "reading subject states")
+			return err
 		}
 		for j, v := range vals {
 			lb := labels[start+j]

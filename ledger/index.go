@@ -106,7 +106,7 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 		if err != nil {
 			return err
 		}
-		w := newWrites(len(es), 3)
+		w := newWritesPer(len(es), 3)
 		for _, e := range es {
 			h := LeafHash(e.Leaf)
 			en, err := event.DecodeLeaf(e.Leaf)

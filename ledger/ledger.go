@@ -289,6 +289,9 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 	if err := l.openIndex(ctx); err != nil {
 		return nil, err
 	}
+	if s, err = l.openMap(ctx, s); err != nil {
+		return nil, err
+	}
 	l.cur.Store(s)
 	l.seq.last = s
 	return l, nil

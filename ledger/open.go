@@ -34,14 +34,16 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 	if vals[0] == nil {
 		return l.initEmpty()
 	}
-	if l.smapOn, err = readMapMode(l.st); err != nil {
+	format, err := readMapFormat(l.st)
+	if err != nil {
 		return nil, err
 	}
+	l.smapOn = format != mapNone
 	if l.smapOn != l.o.SubjectMap {
 		l.logger.Warn("ledger: the subject map is fixed when a log is created; this log keeps its own", "subject_map", l.smapOn)
 	}
 	if l.smapOn {
-		l.seq.smap = newSubjectMap(l.st)
+		l.seq.smap = newSubjectMap(l.ix, format)
 	}
 	if len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
 		return nil, fmt.Errorf("%w: tree size records have %d and %d bytes, want 8; run grantline fsck", ErrCorrupt, len(vals[0]), len(vals[1]))
@@ -144,7 +146,10 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 		l.seq.tiles.edge[i] = append([]byte(nil), r...)
 	}
 	s := &state{cp: cp, edge: tip.edge}
-	if size > cpSize && l.seq.smap != nil {
+	if size > cpSize && l.seq.smap != nil && l.split {
+		// openMap signs them, once the index store's subject map reaches
+		// the latest checkpoint.
+	} else if size > cpSize && l.seq.smap != nil {
 		if s, err = l.sealTail(cpSize, s); err != nil {
 			return nil, err
 		}
@@ -219,8 +224,8 @@ func (l *Log) initEmpty() (*state, error) {
 	}
 	keys, vals := [][]byte{checkpointKey(0), keyLatest}, [][]byte{cp.Note, be64(nil, 0)}
 	if l.o.SubjectMap {
-		keys, vals = append(keys, keySubjectMap), append(vals, []byte{1})
-		l.smapOn, l.seq.smap = true, newSubjectMap(l.st)
+		keys, vals = append(keys, keySubjectMap), append(vals, []byte{byte(mapCompact)})
+		l.smapOn, l.seq.smap = true, newSubjectMap(l.ix, mapCompact)
 	}
 	if err := l.st.Commit(keys, vals); err != nil {
 		return nil, fmt.Errorf("%w: publishing the first checkpoint: %w", ErrStorage, err)
@@ -269,12 +274,12 @@ func parseCheckpoint(n []byte, size uint64, v note.Verifier) (Checkpoint, error)
 // Store.Commit, so a crash here only repeats it at the next Open.
 func (l *Log) sealTail(cpSize uint64, published *state) (*state, error) {
 	l.seq.last = published
-	w := newWrites(0, 0)
+	w := newWrites(0)
 	ix := w
 	if l.split {
-		// The index store is brought up to the tree size after load
-		// (openIndex), the map leaf's entry included.
-		ix = newWrites(0, 0)
+		// Called by openMap: the index store is complete up to the tree
+		// size, and takes the map leaf's records after the main commit.
+		ix = newWrites(0)
 	}
 	l.seq.tiles.begin()
 	size, err := l.appendMapLeaf(w, ix)
@@ -289,6 +294,15 @@ func (l *Log) sealTail(cpSize uint64, published *state) (*state, error) {
 	}
 	if err := l.st.Commit(w.keys, w.vals); err != nil {
 		return nil, fmt.Errorf("%w: publishing checkpoint %d over the leaves after %d: %w", ErrStorage, size, cpSize, err)
+	}
+	if l.split {
+		// A crash before this commit leaves the index store one leaf
+		// short and its map one checkpoint behind: the next Open redoes
+		// both from the leaves.
+		ix.put(keyIndexed, be64(nil, size))
+		if err := l.ix.Commit(ix.keys, ix.vals); err != nil {
+			return nil, fmt.Errorf("%w: indexing the map leaf of checkpoint %d: %w", ErrStorage, size, err)
+		}
 	}
 	l.logger.Info("ledger signed the leaves integrated after its last checkpoint", "from", cpSize, "size", size)
 	return s, nil

@@ -315,9 +315,9 @@ func (l *Log) build(batch []item) *built {
 	b.res = res
 	var w, ix *writes
 	if l.split {
-		w, ix = newWrites(len(fresh), 1), newWrites(len(fresh), 3)
+		w, ix = newWritesPer(len(fresh), 1), newWritesPer(len(fresh), 3)
 	} else {
-		w = newWrites(len(fresh), 4)
+		w = newWrites(len(fresh))
 		ix = w
 	}
 	now := l.o.Now()
@@ -371,9 +371,13 @@ type writes struct {
 	arena      []byte
 }
 
-// newWrites makes room for perEvent entries for each of events events,
+// newWrites makes room for the entries of events events when one store
+// takes them all (a leaf and three index entries each).
+func newWrites(events int) *writes { return newWritesPer(events, 4) }
+
+// newWritesPer makes room for perEvent entries for each of events events,
 // and for the tiles, checkpoint and size records of a batch.
-func newWrites(events, perEvent int) *writes {
+func newWritesPer(events, perEvent int) *writes {
 	n := perEvent*events + events/tileWidth + 20
 	return &writes{keys: make([][]byte, 0, n), vals: make([][]byte, 0, n)}
 }

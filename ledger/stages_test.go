@@ -93,7 +93,7 @@ func TestDedupeStage(t *testing.T) {
 	if want := (AppendResult{Index: 3, LeafHash: [32]byte{5}, Conflict: true}); res[1] != want {
 		t.Errorf("in-flight conflict: %+v, want %+v", res[1], want)
 	}
-	w := newWrites(len(fresh), 4)
+	w := newWrites(len(fresh))
 	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w, w); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestEncodeStage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWrites(len(fresh), 4)
+	w := newWrites(len(fresh))
 	ts := event.EncodeTimestamp(testNow)
 	dedupes, err := l.encode(batch, fresh, repeatOf, res, ts, w, w)
 	if err != nil {
@@ -182,7 +182,7 @@ func TestTileWriter(t *testing.T) {
 	last := map[string][]byte{} // the last value written under each tile key
 	for i, step := 0, 1; i < n; step = step*3%1000 + 1 {
 		end := min(i+step, n)
-		w := newWrites(0, 0)
+		w := newWrites(0)
 		tw.begin()
 		for ; i < end; i++ {
 			if err := rng.Append(leaves[i][:], func(id compact.NodeID, h []byte) { tw.visit(id, h, w) }); err != nil {
@@ -241,7 +241,7 @@ func TestSealStage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := newWrites(len(fresh), 4)
+	w := newWrites(len(fresh))
 	if _, err := l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(testNow), w, w); err != nil {
 		t.Fatal(err)
 	}

@@ -59,7 +59,8 @@ const (
 	kCheckpoint = 'c' // c be64(size) -> signed checkpoint note
 	kMeta       = 'm' // m "latest", m "tree" -> be64(size); m "subjectmap" -> 0x01
 	// With a subject map (ledger/submap.go, docs/completeness.md):
-	// kMapNode 'p' be32(bits) label[32] ^be64(size) -> prefix-tree node, and
+	// kMapNode 'p' be32(bits) label[32] ^be64(size) -> prefix-tree node
+	// (kMapNodeC 'q' in logs made since: ledger/submap.go), and
 	// kSubjState 'v' SHA-256(subject) -> be64(count) be64(last) chain[32].
 )
 
@@ -181,6 +182,8 @@ func describeKey(k []byte) string {
 		}
 	case k[0] == kMapNode && len(k) == 1+36+8:
 		return fmt.Sprintf("subject map node %x as of checkpoint %d", k[1:37], ^binary.BigEndian.Uint64(k[37:]))
+	case k[0] == kMapNodeC && len(k) >= 1+2+8:
+		return fmt.Sprintf("subject map node %x as of checkpoint %d", k[1:len(k)-8], ^binary.BigEndian.Uint64(k[len(k)-8:]))
 	case k[0] == kSubjState && len(k) == 33:
 		return fmt.Sprintf("subject state %x", k[1:])
 	case k[0] == kMeta:

@@ -1,13 +1,19 @@
 package ledger
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
 	"filippo.io/torchwood/prefix"
 	"github.com/grantline/grantline/ledger/event"
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
 // mapOptions are testOptions with a subject map.
@@ -266,24 +272,29 @@ func TestSubjectMapFsck(t *testing.T) {
 	if err := Fsck(ctx, st.clone(), testVerifier, nil); err != nil {
 		t.Fatalf("Fsck of a good log: %v", err)
 	}
-	state := subjStateKey(SubjectLabel("user-001"))
-	vals, _ := st.clone().Get(state)
-	if vals[0] == nil {
+	// user-001's newest state: its leaf's newest version (mapCompact).
+	var state, val []byte
+	p := mapNodePrefix(leafLabel(SubjectLabel("user-001")), mapCompact)
+	st.clone().Scan(p, prefixEnd(p), func(k, v []byte) error {
+		state, val = bytes.Clone(k), bytes.Clone(v)
+		return errStop
+	})
+	if state == nil {
 		t.Fatal("no state record for user-001")
 	}
 	for name, damage := range map[string]func(s *fakeStore){
 		"state count": func(s *fakeStore) {
-			v := append([]byte(nil), vals[0]...)
+			v := append([]byte(nil), val...)
 			v[7]++
 			s.corrupt(state, v)
 		},
 		"map root node": func(s *fakeStore) {
-			n, _ := versionedNodes{s, 102}.Load(ctx, prefix.RootLabel)
+			n, _ := versionedNodes{s, 102, mapCompact}.Load(ctx, prefix.RootLabel)
 			bad := *n
 			bad.Hash[0] ^= 1
-			s.corrupt(mapNodeKey(bad.Label, 102), encodeNode(&bad))
+			s.corrupt(mapNodeKey(bad.Label, 102, mapCompact), encodeNode(&bad, mapCompact))
 		},
-		"mode record": func(s *fakeStore) { s.corrupt(keySubjectMap, []byte{2}) },
+		"mode record": func(s *fakeStore) { s.corrupt(keySubjectMap, []byte{3}) },
 		"map leaf's leaf-hash index": func(s *fakeStore) {
 			vals, _ := s.Get(leafKey(101))
 			h := LeafHash(vals[0])
@@ -297,5 +308,420 @@ func TestSubjectMapFsck(t *testing.T) {
 				t.Fatalf("Fsck after damage to the %s = %v, want ErrCorrupt", name, err)
 			}
 		})
+	}
+}
+
+// TestSubjectMapBatchedUpdate: the sequencer's batched update gives, seal
+// after seal, exactly the root and the proofs of torchwood's
+// prefix.Tree.Insert of the same values one subject at a time, also as of
+// older checkpoints, with a cache so small that nodes are evicted and read
+// back from the store, and with the store lagging the seals as far as the
+// pipeline lets it (mapSettledSeals - 1 seals not yet committed).
+func TestSubjectMapBatchedUpdate(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		pool, rounds   int
+		perRound       int
+		limit          int
+		lag            int // seals whose writes are not committed yet
+		emptySubjectAt int // round with no events (an empty seal); -1 none
+	}{
+		{"one subject", 1, 4, 3, 1 << 18, 0, -1},
+		{"small", 8, 6, 5, 1 << 18, 0, 2},
+		{"spread", 500, 8, 200, 1 << 18, 0, -1},
+		{"spread, tiny cache, lagging store", 500, 10, 150, 16, mapSettledSeals - 1, 3},
+		{"dense, tiny cache", 64, 12, 64, 8, mapSettledSeals - 1, -1},
+	} {
+		for _, f := range []mapFormat{mapWide, mapCompact} {
+			t.Run(fmt.Sprintf("%s/format %d", tc.name, f), func(t *testing.T) {
+				ctx := t.Context()
+				st := newFakeStore()
+				m := newSubjectMap(st, f)
+				m.limit = tc.limit
+				ref := prefix.NewMemoryStorage()
+				if err := prefix.InitStorage(ctx, mapHash, ref); err != nil {
+					t.Fatal(err)
+				}
+				tree := prefix.NewTree(mapHash, ref)
+				states := map[[32]byte]subjectState{}
+				rnd := rand.New(rand.NewPCG(uint64(tc.pool), uint64(tc.rounds)))
+				var unflushed []*writes
+				type version struct {
+					size  uint64
+					root  [32]byte
+					proof map[[32]byte][]prefix.ProofNode
+				}
+				var versions []version
+				index := uint64(0)
+				for r := range tc.rounds {
+					var items []mapItem
+					if r != tc.emptySubjectAt {
+						for range tc.perRound {
+							lb := SubjectLabel(fmt.Sprintf("s%d", rnd.IntN(tc.pool)))
+							h := sha256.Sum256([]byte(fmt.Sprint(index)))
+							items = append(items, mapItem{lb, index, h})
+							s := states[lb]
+							s.count, s.last, s.chain = s.count+1, index, ChainNext(s.chain, h)
+							states[lb] = s
+							index++
+						}
+					}
+					changed := map[[32]byte]bool{}
+					for _, it := range items {
+						if !changed[it.label] {
+							changed[it.label] = true
+							if err := tree.Insert(ctx, it.label, states[it.label].value()); err != nil {
+								t.Fatal(err)
+							}
+						}
+					}
+					index++ // the map leaf
+					w := newWrites(0)
+					root, err := m.apply(items, index, w)
+					if err != nil {
+						t.Fatalf("round %d: apply: %v", r, err)
+					}
+					want, err := tree.RootHash(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if root != want {
+						t.Fatalf("round %d: batched root %x, one at a time %x", r, root, want)
+					}
+					if len(m.nodes) > max(tc.limit, 4*tc.perRound*8) {
+						t.Fatalf("round %d: %d cached nodes, limit %d", r, len(m.nodes), tc.limit)
+					}
+					unflushed = append(unflushed, w)
+					for len(unflushed) > tc.lag {
+						if err := st.Commit(unflushed[0].keys, unflushed[0].vals); err != nil {
+							t.Fatal(err)
+						}
+						unflushed = unflushed[1:]
+					}
+					v := version{index, want, map[[32]byte][]prefix.ProofNode{}}
+					for lb := range states {
+						_, p, err := tree.Lookup(ctx, lb)
+						if err != nil {
+							t.Fatal(err)
+						}
+						v.proof[lb] = p
+					}
+					versions = append(versions, v)
+				}
+				for _, w := range unflushed {
+					if err := st.Commit(w.keys, w.vals); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Every version's proofs, read from the stored node versions.
+				for _, v := range versions {
+					old := prefix.NewTree(mapHash, versionedNodes{st, v.size, f})
+					if got, err := old.RootHash(ctx); err != nil || got != v.root {
+						t.Fatalf("stored root as of %d = %x (%v), want %x", v.size, got, err, v.root)
+					}
+					for lb, want := range v.proof {
+						_, got, err := old.Lookup(ctx, lb)
+						if err != nil {
+							t.Fatalf("lookup as of %d: %v", v.size, err)
+						}
+						if !slices.Equal(got, want) {
+							t.Fatalf("proof of %x as of %d from the store differs from one-at-a-time insertion", lb, v.size)
+						}
+					}
+				}
+				// The stored states are the newest.
+				for lb, s := range states {
+					vals, err := readStates(st, f, [][32]byte{lb})
+					if err != nil {
+						t.Fatal(err)
+					}
+					got, err := decodeSubjectState(vals[0])
+					if err != nil || got != s {
+						t.Fatalf("stored state of %x = %+v (%v), want %+v", lb, got, err, s)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestSubjectMapSplitIndex: with a separate index store the map's records
+// live there, off the durable commit, and Open re-derives whatever it
+// lacks from the leaves: after a crash that lost the index store's last
+// commits or all of it, between batches of a CheckpointInterval (the tail
+// is sealed once the map is complete), and for a log whose map records are
+// in the main store (made before they moved). Proofs at every checkpoint
+// and fsck agree afterwards.
+func TestSubjectMapSplitIndex(t *testing.T) {
+	for _, interval := range []time.Duration{0, time.Hour} {
+		t.Run(fmt.Sprintf("interval %v", interval), func(t *testing.T) {
+			ctx := t.Context()
+			st, ix := newFakeStore(), lazy()
+			o := mapOptions()
+			o.CheckpointInterval = interval
+			o.Index = ix
+			l, err := Open(ctx, st, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := acked{}
+			for b := range 4 {
+				evs := testEvents(b*60, 60)
+				a.add(t, evs, mustAppend(t, l, evs))
+			}
+			sizes := []uint64{l.Latest().Size}
+			main := st.clone()
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			vals, _ := main.Get(keyLatest, keyTree)
+			cpSize, tree := binary.BigEndian.Uint64(vals[0]), binary.BigEndian.Uint64(vals[1])
+			if interval == 0 {
+				if tree != cpSize || cpSize != 244 {
+					t.Fatalf("checkpoint %d, tree %d, want 244 (4 batches of 60 and their map leaves)", cpSize, tree)
+				}
+				// Nothing of the map on the durable commit.
+				n := 0
+				main.Scan([]byte{kMapNodeC}, []byte{kMapNodeC + 1}, func(k, v []byte) error { n++; return nil })
+				main.Scan([]byte{kSubjState}, []byte{kSubjState + 1}, func(k, v []byte) error { n++; return nil })
+				if n != 0 {
+					t.Fatalf("the main store holds %d subject map records; they belong in the index store", n)
+				}
+			} else if cpSize != 0 || tree != 240 {
+				t.Fatalf("checkpoint %d, tree %d, want 0 and 240 unsigned leaves", cpSize, tree)
+			}
+			var losses = map[string]func() *fakeStore{
+				"kept":      ix.clone,
+				"last-lost": func() *fakeStore { return historyAt(ix, len(ix.history)-2) },
+				"two-lost":  func() *fakeStore { return historyAt(ix, len(ix.history)-3) },
+				"all-lost":  newFakeStore,
+				// A log whose map records are in the main store: the
+				// index store without them, as a log made before.
+				"map-in-main": func() *fakeStore {
+					x := ix.clone()
+					x.Scan(nil, nil, func(k, v []byte) error {
+						if k[0] == kMapNodeC || k[0] == kSubjState || bytes.Equal(k, keyMapped) {
+							x.corrupt(k, nil)
+						}
+						return nil
+					})
+					return x
+				},
+			}
+			for name, idx := range losses {
+				t.Run(name, func(t *testing.T) {
+					m, x := main.clone(), idx()
+					o := o
+					o.Index = x
+					l2, err := Open(ctx, m, o)
+					if err != nil {
+						t.Fatalf("restart: %v", err)
+					}
+					b := acked{}
+					for k, v := range a {
+						b[k] = v
+					}
+					checkInvariants(t, l2, b)
+					size := l2.Latest().Size
+					if size != 244 && size != 241 {
+						t.Fatalf("size after restart %d, want 244, or 241 when the 240 leaves were sealed at Open", size)
+					}
+					for _, s := range append(sizes, size) {
+						if s <= size && (interval == 0 || s == size) {
+							checkSubjectProofs(t, l2, s)
+						}
+					}
+					evs := testEvents(500, 30)
+					b.add(t, evs, mustAppend(t, l2, evs))
+					if err := l2.Close(); err != nil {
+						t.Fatal(err)
+					}
+					checkViolations(t, m)
+					checkViolations(t, x)
+					m, x = m.clone(), x.clone()
+					o.Index = x
+					l3, err := Open(ctx, m, o)
+					if err != nil {
+						t.Fatalf("second restart: %v", err)
+					}
+					checkInvariants(t, l3, b)
+					checkSubjectProofs(t, l3, l3.Latest().Size)
+					if err := l3.Close(); err != nil {
+						t.Fatal(err)
+					}
+					if err := FsckWithIndex(ctx, m.clone(), x.clone(), testVerifier, nil); err != nil {
+						t.Fatalf("FsckWithIndex after the restart: %v", err)
+					}
+					checkViolations(t, m)
+					checkViolations(t, x)
+				})
+			}
+		})
+	}
+}
+
+// TestSubjectMapWideFormat: a log created before the compact node records
+// (msubjectmap 01) keeps storing and reading its 140-byte p records.
+func TestSubjectMapWideFormat(t *testing.T) {
+	ctx := t.Context()
+	st := newFakeStore()
+	l, err := Open(ctx, st, mapOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	st = st.clone()
+	st.corrupt(keySubjectMap, []byte{byte(mapWide)}) // as such a log was created
+	l, err = Open(ctx, st, mapOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := acked{}
+	for b := range 3 {
+		evs := testEvents(b*70, 70)
+		a.add(t, evs, mustAppend(t, l, evs))
+	}
+	checkInvariants(t, l, a)
+	for _, size := range []uint64{71, 142, 213} {
+		checkSubjectProofs(t, l, size)
+	}
+	l.Close()
+	wide, compact := 0, 0
+	st.clone().Scan(nil, nil, func(k, v []byte) error {
+		switch k[0] {
+		case kMapNode:
+			wide++
+		case kMapNodeC:
+			compact++
+		}
+		return nil
+	})
+	if wide == 0 || compact != 0 {
+		t.Fatalf("%d wide and %d compact node records, want only wide", wide, compact)
+	}
+}
+
+// TestCompactNodeDecode: a damaged compact node record is ErrCorrupt, and
+// every node round-trips.
+func TestCompactNodeDecode(t *testing.T) {
+	leaf := leafLabel(SubjectLabel("alice"))
+	inner, _ := prefix.NewLabel(3, []byte{0xa0})
+	left, _ := prefix.NewLabel(9, []byte{0xa0, 0x80})
+	right, _ := prefix.NewLabel(256, bytes.Repeat([]byte{0xb0}, 32))
+	h := [32]byte{1, 2, 3}
+	state := subjectState{3, 42, [32]byte{9}}
+	if got, err := decodeNode(leaf, state.encode(), mapCompact); err != nil || got.Hash != mapNodeHash(leaf, state.value()) {
+		t.Fatalf("a compact leaf record holding a state decodes to %v, %v; want its hash", got, err)
+	}
+	for _, n := range []*prefix.Node{
+		{Label: inner, Left: left, Right: right, Hash: h},
+		{Label: prefix.RootLabel, Left: left, Right: prefix.EmptyNodeLabel, Hash: h},
+	} {
+		got, err := decodeNode(n.Label, encodeNode(n, mapCompact), mapCompact)
+		if err != nil || *got != *n {
+			t.Fatalf("round trip of %v = %v, %v", n, got, err)
+		}
+	}
+	good := encodeNode(&prefix.Node{Label: inner, Left: left, Right: right, Hash: h}, mapCompact)
+	for name, tc := range map[string]struct {
+		l prefix.Label
+		v []byte
+	}{
+		"short hash":             {inner, good[:20]},
+		"leaf with children":     {leaf, good},
+		"cut child label":        {inner, good[:len(good)-1]},
+		"trailing bytes":         {inner, append(bytes.Clone(good), 0)},
+		"empty child not root":   {inner, append(bytes.Clone(good[:32]), 0xff, 0xff, 0xff, 0xff)},
+		"child above the node":   {inner, append(bytes.Clone(good[:32]), 0, 2, 0x80, 0, 2, 0xc0)},
+		"child label stray bits": {inner, append(bytes.Clone(good[:32]), 0, 4, 0xaf, 0, 4, 0xb0)},
+	} {
+		if _, err := decodeNode(tc.l, tc.v, mapCompact); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: decode = %v, want ErrCorrupt", name, err)
+		}
+	}
+}
+
+// TestSubjectMapSplitCrashAtEveryStep: with the subject map and a separate
+// index store, a fault at every operation of either store (failed, or
+// written but reported failed), then a restart on the main store's durable
+// state with the index store as it was, without its last commit, or empty.
+// The restarted log must have every acknowledged event once, a map leaf
+// ending each checkpoint, fsck clean, and proofs for every subject.
+func TestSubjectMapSplitCrashAtEveryStep(t *testing.T) {
+	ctx := t.Context()
+	work := [][]*pb.Event{testEvents(0, 30), testEvents(20, 40), testEvents(100, 5)}
+	o := mapOptions()
+	run := func(st, ix *fakeStore) (acked, bool) {
+		a := acked{}
+		o := o
+		o.Index = ix
+		l, err := Open(ctx, st, o)
+		if err != nil {
+			if !errors.Is(err, ErrStorage) {
+				t.Fatalf("Open with a failing store: %v, want ErrStorage", err)
+			}
+			return a, true
+		}
+		defer l.Close()
+		for _, evs := range work {
+			res, _, err := l.Append(ctx, evs)
+			if err != nil {
+				if !errors.Is(err, ErrStorage) {
+					t.Fatalf("Append with a failing store: %v, want ErrStorage", err)
+				}
+				return a, true
+			}
+			a.add(t, evs, res)
+		}
+		return a, false
+	}
+	st, ix := newFakeStore(), lazy()
+	if _, failed := run(st, ix); failed {
+		t.Fatal("the workload failed without a fault")
+	}
+	for _, target := range []string{"main", "index"} {
+		total := map[string]int{"main": st.ops, "index": ix.ops}[target]
+		for at := 1; at <= total; at++ {
+			for _, kind := range []fault{failOp, failCommitButPersist} {
+				t.Run(fmt.Sprintf("%s/op%d/%v", target, at, kind), func(t *testing.T) {
+					st, ix := newFakeStore(), lazy()
+					f := map[string]*fakeStore{"main": st, "index": ix}[target]
+					f.faultAt, f.kind = at, kind
+					a, failed := run(st, ix)
+					if !failed {
+						t.Fatalf("fault at operation %d of the %s store did not surface", at, target)
+					}
+					for _, loss := range []string{"kept", "last-lost", "all-lost"} {
+						m := st.clone()
+						x := map[string]func() *fakeStore{
+							"kept":      ix.clone,
+							"last-lost": func() *fakeStore { return historyAt(ix, len(ix.history)-2) },
+							"all-lost":  newFakeStore,
+						}[loss]()
+						o := o
+						o.Index = x
+						l, err := Open(ctx, m, o)
+						if err != nil {
+							t.Fatalf("restart with the index store %s: %v", loss, err)
+						}
+						checkInvariants(t, l, a)
+						size := l.Latest().Size
+						checkSubjectProofs(t, l, size)
+						b := acked{}
+						for k, v := range a {
+							b[k] = v
+						}
+						for _, evs := range work {
+							b.add(t, evs, mustAppend(t, l, evs))
+						}
+						checkInvariants(t, l, b)
+						checkSubjectProofs(t, l, l.Latest().Size)
+						l.Close()
+						checkViolations(t, m)
+						checkViolations(t, x)
+					}
+				})
+			}
+		}
 	}
 }

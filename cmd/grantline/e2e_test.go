@@ -139,7 +139,9 @@ func startE2EServerAt(t *testing.T, dir, addr string, flags ...string) *e2eServe
 	t.Helper()
 	s := &e2eServer{addr: addr, dir: dir, exited: make(chan struct{}), logs: &bytes.Buffer{}}
 	s.url = "http://" + s.addr
-	s.cmd = exec.Command(grantlineBin, append([]string{"serve", "--data", dir, "--listen", s.addr}, flags...)...)
+	// With a subject map, so that these tests hold with it: sizes count
+	// map leaves (checkSize, checkExactlyOnce).
+	s.cmd = exec.Command(grantlineBin, append([]string{"serve", "--data", dir, "--listen", s.addr, "--subject-map"}, flags...)...)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -335,8 +337,11 @@ func parseSummary(t *testing.T, out string) (acked, fresh, dup, size int) {
 	return
 }
 
-// checkExactlyOnce fails unless entries hold each id once and nothing else.
-func checkExactlyOnce(t *testing.T, entries []*pb.Entry, ids []string) {
+// checkExactlyOnce fails unless entries hold each id once and nothing else
+// but map leaves (a log with a subject map ends each checkpoint with one,
+// covering its own index: docs/completeness.md). It returns how many map
+// leaves there are.
+func checkExactlyOnce(t *testing.T, entries []*pb.Entry, ids []string) (mapLeaves int) {
 	t.Helper()
 	want := make(map[string]bool, len(ids))
 	for _, id := range ids {
@@ -344,6 +349,13 @@ func checkExactlyOnce(t *testing.T, entries []*pb.Entry, ids []string) {
 	}
 	seen := make(map[string]bool, len(entries))
 	for i, e := range entries {
+		if m := e.GetMapRoot(); m != nil {
+			if e.GetEvent() != nil || m.GetCovers() != uint64(i) {
+				t.Fatalf("entry %d: a map leaf covering %d, with event %v", i, m.GetCovers(), e.GetEvent())
+			}
+			mapLeaves++
+			continue
+		}
 		id := e.GetEvent().GetId()
 		if seen[id] {
 			t.Fatalf("entry %d: event %s stored twice", i, id)
@@ -356,6 +368,20 @@ func checkExactlyOnce(t *testing.T, entries []*pb.Entry, ids []string) {
 	if len(seen) != len(ids) {
 		t.Fatalf("log holds %d of the %d events", len(seen), len(ids))
 	}
+	return mapLeaves
+}
+
+// checkSize fails unless the tree size an append reported is the size of
+// the published checkpoint, whose leaves are entries (verifyC2SP): the
+// events and, with a subject map, one map leaf per checkpoint.
+func checkSize(t *testing.T, s *e2eServer, entries []*pb.Entry, size int) {
+	t.Helper()
+	if size != len(entries) {
+		t.Fatalf("append reported tree size %d, the published checkpoint has %d leaves", size, len(entries))
+	}
+	if ck := s.get(t, "/checkpoint"); !bytes.Contains(ck, []byte(fmt.Sprintf("\n%d\n", size))) {
+		t.Fatalf("after the acknowledged append the checkpoint is\n%s\nwant size %d", ck, size)
+	}
 }
 
 func TestC2SPClient(t *testing.T) {
@@ -367,14 +393,17 @@ func TestC2SPClient(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("append: exit %d: %s", code, errs)
 	}
-	if acked, fresh, dup, size := parseSummary(t, out); acked != 3000 || fresh != 3000 || dup != 0 || size != 3000 {
-		t.Fatalf("summary %q: want 3000 new in a tree of 3000", out)
+	acked, fresh, dup, size := parseSummary(t, out)
+	if acked != 3000 || fresh != 3000 || dup != 0 {
+		t.Fatalf("summary %q: want 3000 new", out)
 	}
 	// An acknowledged append is covered by a published checkpoint already.
-	if ck := s.get(t, "/checkpoint"); !bytes.Contains(ck, []byte("\n3000\n")) {
-		t.Fatalf("after the acknowledged append the checkpoint is\n%s\nwant size 3000", ck)
+	entries := verifyC2SP(t, s)
+	checkSize(t, s, entries, size)
+	// serve --subject-map: a map leaf ends each checkpoint.
+	if m := checkExactlyOnce(t, entries, ids); m == 0 || size != 3000+m {
+		t.Fatalf("tree of %d leaves with %d map leaves for 3000 events; want a map leaf per checkpoint", size, m)
 	}
-	checkExactlyOnce(t, verifyC2SP(t, s), ids)
 }
 
 func TestCrashDuringAppend(t *testing.T) {
@@ -435,14 +464,13 @@ poll:
 		t.Fatalf("second append: exit %d: %s", code, errs)
 	}
 	acked, fresh, dup, size := parseSummary(t, out)
-	if acked != n || fresh+dup != n || size != n {
-		t.Fatalf("second append %q: want all %d acknowledged (new+duplicate) in a tree of %d", out, n, n)
+	if acked != n || fresh+dup != n {
+		t.Fatalf("second append %q: want all %d acknowledged (new+duplicate)", out, n)
 	}
 	step(fmt.Sprintf("appended again: %d new, %d duplicate", fresh, dup))
-	if ck := s2.get(t, "/checkpoint"); !bytes.Contains(ck, []byte(fmt.Sprintf("\n%d\n", n))) {
-		t.Fatalf("after the acknowledged append the checkpoint is\n%s\nwant size %d", ck, n)
-	}
-	checkExactlyOnce(t, verifyC2SP(t, s2), ids)
+	entries := verifyC2SP(t, s2)
+	checkSize(t, s2, entries, size)
+	checkExactlyOnce(t, entries, ids)
 	step("verified over tiles")
 
 	s2.stop(t)
@@ -485,8 +513,10 @@ func TestAppendRidesOutRestart(t *testing.T) {
 		t.Logf("append finished without a retry (the kill came too late?): %s", appErr.String())
 	}
 	acked, fresh, dup, size := parseSummary(t, appOut.String())
-	if acked != n || fresh+dup != n || size != n {
-		t.Fatalf("append summary %q: want %d acknowledged in a tree of %d", appOut.String(), n, n)
+	if acked != n || fresh+dup != n {
+		t.Fatalf("append summary %q: want %d acknowledged", appOut.String(), n)
 	}
-	checkExactlyOnce(t, verifyC2SP(t, s2), ids)
+	entries := verifyC2SP(t, s2)
+	checkSize(t, s2, entries, size)
+	checkExactlyOnce(t, entries, ids)
 }

@@ -599,14 +599,14 @@ func (s *exportSource) EvaluateSubjects(ctx context.Context, size uint64, subjec
 }
 
 // SubjectProof makes exportSource a verify.SubjectSource.
-// A ledger that cannot prove subjects (a follower) answers as a log
-// without a subject map would.
+// Sequencers and followers both prove subjects when the log has a subject
+// map; a ledger type without SubjectProof answers as a log without a map would.
 func (s *exportSource) SubjectProof(ctx context.Context, subject string, size uint64) (ledger.SubjectProof, error) {
 	sp, ok := s.x.l.(interface {
 		SubjectProof(ctx context.Context, subject string, size uint64) (ledger.SubjectProof, error)
 	})
 	if !ok {
-		return ledger.SubjectProof{}, fmt.Errorf("this node cannot prove subjects complete (export from the sequencing node): %w", ledger.ErrNoSubjectMap)
+		return ledger.SubjectProof{}, fmt.Errorf("this node's ledger cannot prove subjects complete: %w", ledger.ErrNoSubjectMap)
 	}
 	return sp.SubjectProof(ctx, subject, size)
 }

@@ -135,3 +135,62 @@ func TestFollowerRefusesRollback(t *testing.T) {
 		t.Fatalf("after a refused refresh the follower serves %d, want %d", f.Latest().Size, now.Size)
 	}
 }
+
+// TestFollowerSubjectProof: a follower of a log with a subject map proves
+// subjects complete at the checkpoints it serves, exactly as the
+// sequencer does, from the map records the sequencer commits with each
+// batch; one of a log without a map answers ErrNoSubjectMap.
+func TestFollowerSubjectProof(t *testing.T) {
+	for _, withMap := range []bool{true, false} {
+		t.Run(fmt.Sprintf("map=%v", withMap), func(t *testing.T) {
+			url := newURL(t)
+			o := ledgerOptions()
+			o.SubjectMap = withMap
+			a, err := ledger.Open(t.Context(), leader(t, url, Options{Node: "a"}), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			appendAll(t, a, "ev", 0, 300, 50)
+			older := a.Latest().Size
+			appendAll(t, a, "ev", 300, 200, 50)
+			fst := openStore(t, url, Options{Node: "f"})
+			f, err := ledger.OpenFollower(t.Context(), fst, ledger.FollowerOptions{Verifier: testVerifier, Interval: time.Hour})
+			if err != nil {
+				t.Fatalf("OpenFollower: %v", err)
+			}
+			defer f.Close()
+			latest := f.Latest().Size
+			if !withMap {
+				if _, err := f.SubjectProof(t.Context(), "user-001", latest); !errors.Is(err, ledger.ErrNoSubjectMap) {
+					t.Fatalf("follower SubjectProof of a log without a map = %v, want ErrNoSubjectMap", err)
+				}
+				return
+			}
+			for _, size := range []uint64{older, latest} {
+				for _, s := range []string{"user-001", "user-096", "nobody"} {
+					pf, err := f.SubjectProof(t.Context(), s, size)
+					if err != nil {
+						t.Fatalf("follower SubjectProof(%s, %d): %v", s, size, err)
+					}
+					pa, err := a.SubjectProof(t.Context(), s, size)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if fmt.Sprint(pf) != fmt.Sprint(pa) {
+						t.Fatalf("follower's proof of %s at %d differs from the sequencer's", s, size)
+					}
+					if err := ledger.VerifySubjectProof(pf, pf.Root); err != nil {
+						t.Fatal(err)
+					}
+					if s != "nobody" && pf.Count == 0 {
+						t.Fatalf("follower's proof of %s at %d counts no entries", s, size)
+					}
+				}
+			}
+			if _, err := f.SubjectProof(t.Context(), "user-001", latest+10); !errors.Is(err, ledger.ErrNotFound) {
+				t.Fatalf("follower SubjectProof beyond its checkpoint = %v, want ErrNotFound", err)
+			}
+		})
+	}
+}
