@@ -80,6 +80,7 @@ func BenchmarkAppend(b *testing.B) {
 			}
 			var next atomic.Int64
 			b.ResetTimer()
+			cpu0 := processCPU()
 			start := time.Now()
 			var wg sync.WaitGroup
 			for c := 0; c < tc.callers; c++ {
@@ -115,6 +116,7 @@ func BenchmarkAppend(b *testing.B) {
 			}
 			wg.Wait()
 			elapsed := time.Since(start)
+			cpu := processCPU() - cpu0
 			b.StopTimer()
 			st := l.Stats()
 			if got := l.Latest().Size; got != uint64(b.N) && (!tc.smap || got != uint64(b.N)+st.Batches) {
@@ -124,6 +126,7 @@ func BenchmarkAppend(b *testing.B) {
 			b.ReportMetric(float64(st.BatchEvents)/float64(max(st.Batches, 1)), "events/batch")
 			b.ReportMetric(float64(st.CommitTime.Milliseconds())/float64(max(st.Batches, 1)), "ms/batch")
 			b.ReportMetric(float64(st.StoreTime.Milliseconds())/float64(max(st.Batches, 1)), "store-ms/batch")
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
 		})
 	}
 }
@@ -175,4 +178,91 @@ func BenchmarkInclusionProof(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+}
+
+// BenchmarkAppendGrowth appends b.N events (at least 2,000,000 are
+// meant: -benchtime 2000000x) to one badger log with the separate index
+// store, 64 callers x 100 ~500-byte events, and reports the rate of every
+// 250,000-event segment (seg1-events/s, seg2-events/s, ...), so that a
+// slowdown as the store grows shows (docs/BENCHMARKS.md, "Appends at the
+// limit"). Opt-in: the plain Append pattern does not match it.
+func BenchmarkAppendGrowth(b *testing.B) {
+	const segment, callers, chunk = 250_000, 64, 100
+	o := testOptions()
+	o.Now = time.Now
+	dir := filepath.Join(b.TempDir(), "ledger")
+	store := openBadgerStore(b, dir, badgerstore.Options{})
+	o.Index = openBadgerStore(b, filepath.Join(dir, "index"), badgerstore.Options{NoSync: true})
+	l, err := Open(context.Background(), store, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	tmpl := testEvent(0)
+	subjects := make([]*pb.Identity, 5000)
+	for i := range subjects {
+		subjects[i] = &pb.Identity{Id: "user-" + strconv.Itoa(i), Kind: "human", Display: "Some User"}
+	}
+	var next, done atomic.Int64
+	segs := make([]time.Duration, (b.N+segment-1)/segment)
+	cpus := make([]time.Duration, len(segs))
+	var segMu sync.Mutex
+	b.ResetTimer()
+	start, cpu0 := time.Now(), processCPU()
+	segStart, segCPU := start, cpu0
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			evs := make([]*pb.Event, 0, chunk)
+			for {
+				first := next.Add(chunk) - chunk
+				if first >= int64(b.N) {
+					return
+				}
+				evs = evs[:0]
+				for i := first; i < min(first+chunk, int64(b.N)); i++ {
+					ev := benchEvent(tmpl, "growth-"+strconv.FormatInt(i, 10))
+					ev.Subject = subjects[i%int64(len(subjects))]
+					evs = append(evs, ev)
+				}
+				for {
+					_, _, err := l.Append(context.Background(), evs)
+					if isErr(err, ErrPushback) {
+						time.Sleep(time.Millisecond)
+						continue
+					}
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					break
+				}
+				n := done.Add(int64(len(evs)))
+				if s := (n - int64(len(evs))) / segment; s != n/segment || n == int64(b.N) {
+					// This append completed a segment.
+					segMu.Lock()
+					now, c := time.Now(), processCPU()
+					k := min(int((n-1)/segment), len(segs)-1)
+					segs[k], cpus[k] = now.Sub(segStart), c-segCPU
+					segStart, segCPU = now, c
+					segMu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	cpu := processCPU() - cpu0
+	b.StopTimer()
+	for k, d := range segs {
+		n := min(segment, b.N-k*segment)
+		if d > 0 {
+			b.ReportMetric(float64(n)/d.Seconds(), "seg"+strconv.Itoa(k+1)+"-events/s")
+			b.ReportMetric(float64(cpus[k].Microseconds())/float64(n), "seg"+strconv.Itoa(k+1)+"-cpu-µs/event")
+		}
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
 }

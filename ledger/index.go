@@ -96,7 +96,7 @@ func (l *Log) indexedTo(size uint64) (uint64, error) {
 // separate index store, in commits within its limits, each advancing the
 // watermark.
 func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
-	chunk := uint64(max(1, min(fsckChunk, l.maxCount*9/10/4-1)))
+	chunk := uint64(max(1, min(fsckChunk, l.ixCount*9/10/4-1)))
 	for start := from; start < size; start += chunk {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -106,7 +106,7 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 		if err != nil {
 			return err
 		}
-		w := newWrites(len(es))
+		w := newWritesPer(len(es), 3)
 		for _, e := range es {
 			h := LeafHash(e.Leaf)
 			en, err := event.DecodeLeaf(e.Leaf)

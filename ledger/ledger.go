@@ -111,10 +111,13 @@ type Options struct {
 	// index entries to Index, while the next batch commits to the main
 	// store. Appends are answered, and the checkpoint covering them
 	// published, only once both commits are done. Index need not be
-	// durable when Commit returns: after a crash it may have lost a suffix
-	// of its commits (each commit all or nothing), and Open rebuilds the
-	// entries of the leaves it lacks from the leaves, before serving (see
-	// docs/design.md, "Indexes off the durable commit"). An Index holding
+	// durable when Commit returns, nor atomic: after a crash it may hold a
+	// prefix of its commits and any part of the next one, provided a
+	// commit's last entry (the log puts its watermark there) is kept only
+	// with all of that commit (badgerstore with NoSync applies a commit in
+	// key-ordered transactions, the last entry alone and last). Open
+	// rebuilds the entries of the leaves it lacks from the leaves, before
+	// serving (see docs/design.md, "Indexes off the durable commit"). An Index holding
 	// entries beyond the main store's tree (the main store was restored
 	// from an older backup) is emptied through its DropAll() error method
 	// and rebuilt; without one Open fails with ErrCorrupt. A main store once
@@ -180,6 +183,8 @@ type Log struct {
 
 	maxCount int   // store limit: entries per commit
 	maxBytes int64 // store limit: estimated bytes per commit
+	ixCount  int   // the same for the index store (the main store's without one)
+	ixBytes  int64
 
 	cur atomic.Pointer[state] // the published state
 
@@ -275,12 +280,12 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 		l.ix, l.split = o.Index, true
 	}
 	l.maxCount, l.maxBytes = st.Limits()
+	l.ixCount, l.ixBytes = l.maxCount, l.maxBytes
 	if l.split {
 		// Index entries go to the index store: a batch's main commit holds
-		// the leaves, and each commit's index entries stay within the index
-		// store's limits too.
-		c, b := o.Index.Limits()
-		l.maxCount, l.maxBytes = min(l.maxCount, c), min(l.maxBytes, b)
+		// the leaves, its index commit the index entries, each within its
+		// own store's limits (see fit).
+		l.ixCount, l.ixBytes = o.Index.Limits()
 	}
 	s, err := l.load(ctx)
 	if err != nil {

@@ -431,20 +431,52 @@ func TestPushbackAndCloseDrains(t *testing.T) {
 	checkViolations(t, st)
 }
 
+// TestBatchesRespectStoreLimits appends more than one commit holds, with
+// the indexes in the main store or in a separate index store, either store
+// the smaller: every commit stays within its own store's limits, and a
+// small index store does not shrink the main store's commits below what
+// its own limits need.
 func TestBatchesRespectStoreLimits(t *testing.T) {
-	st := newFakeStore()
-	st.maxCount = 500 // ~100 events per commit
-	l := openFake(t, st)
-	a := acked{}
-	evs := testEvents(0, 1000)
-	res := mustAppend(t, l, evs)
-	a.add(t, evs, res)
-	if b := l.Stats().Batches; b < 10 {
-		t.Fatalf("1000 events in %d batches; want >= 10 with a 500-entry commit limit", b)
+	for _, tc := range []struct {
+		name               string
+		split              bool
+		mainCount, ixCount int
+		minBatches         uint64 // at least this many batches for 1000 events
+		maxBatches         uint64 // at most (0: no bound)
+	}{
+		{"one store", false, 500, 0, 10, 0},                                // ~120 events per commit
+		{"index store smaller", true, 1 << 20, 300, 10, 13},                // ~89 events per index commit (3 entries each)
+		{"main store smaller", true, 300, 1 << 20, 4, 6},                   // ~249 leaves per main commit (1 entry each)
+		{"index limits only bind the index", true, 1 << 20, 1 << 20, 1, 3}, // one or a few batches
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newFakeStore()
+			st.maxCount = tc.mainCount
+			var ix *fakeStore
+			var l *Log
+			if tc.split {
+				ix = newFakeStore()
+				ix.maxCount = tc.ixCount
+				l = mustOpenSplit(t, st, ix)
+			} else {
+				l = openFake(t, st)
+			}
+			a := acked{}
+			evs := testEvents(0, 1000)
+			res := mustAppend(t, l, evs)
+			a.add(t, evs, res)
+			b := l.Stats().Batches
+			if b < tc.minBatches || (tc.maxBatches > 0 && b > tc.maxBatches) {
+				t.Fatalf("1000 events in %d batches; want %d..%d", b, tc.minBatches, tc.maxBatches)
+			}
+			checkInvariants(t, l, a)
+			l.Close()
+			checkViolations(t, st)
+			if ix != nil {
+				checkViolations(t, ix)
+			}
+		})
 	}
-	checkInvariants(t, l, a)
-	l.Close()
-	checkViolations(t, st)
 }
 
 func TestOpenRequiresOptions(t *testing.T) {

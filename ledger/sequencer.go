@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/transparency-dev/merkle/compact"
@@ -222,32 +224,56 @@ recv:
 	return batch[:n]
 }
 
+// commitRoom tracks what a commit holds against 90% of a store's limits.
+type commitRoom struct{ count, bytes, maxCount, maxBytes int64 }
+
+func newCommitRoom(maxCount int, maxBytes int64) commitRoom {
+	return commitRoom{maxCount: int64(maxCount) * 9 / 10, maxBytes: maxBytes * 9 / 10}
+}
+
+// fits reports whether c more entries of b bytes stay within the limits.
+func (r *commitRoom) fits(c, b int64) bool { return r.count+c <= r.maxCount && r.bytes+b <= r.maxBytes }
+
+func (r *commitRoom) add(c, b int64) { r.count, r.bytes = r.count+c, r.bytes+b }
+
 // fit is how many of batch's events one commit takes: at most MaxBatch and
-// within 90% of the store's limits (at least one event).
+// within 90% of the store's limits (at least one event). With a separate
+// index store the main commit (leaves, tiles, checkpoint, subject map) and
+// the index commit (three index entries per event) are counted against
+// their own store's limits, so that the smaller store does not bound the
+// other's commits too.
 func (l *Log) fit(batch []item) int {
-	maxCount, maxBytes := int64(l.maxCount)*9/10, l.maxBytes*9/10
-	count := int64(2*64/TileHeight + 4) // tiles of every level, twice, checkpoint, latest size
-	bytes := count * entrySize(10, 8192)
+	main := newCommitRoom(l.maxCount, l.maxBytes)
+	ix := &main
+	if l.split {
+		r := newCommitRoom(l.ixCount, l.ixBytes)
+		ix = &r
+	}
+	tiles := int64(2*64/TileHeight + 4) // tiles of every level, twice, checkpoint, latest size
+	main.add(tiles, tiles*entrySize(10, 8192))
 	mapCount, mapBytes := l.mapBudget()
-	count, bytes = count+2, bytes+entrySize(9, 64)+entrySize(1+indexKeyLen, 8) // the map leaf
+	main.add(1, entrySize(9, 64))            // the map leaf
+	ix.add(2, 2*entrySize(1+indexKeyLen, 8)) // its hash entry, the watermark
 	for i, it := range batch {
 		if i == l.o.MaxBatch {
 			return i
 		}
 		p := &it.r.items[it.i]
-		c := int64(4)
-		b := entrySize(9, len(p.leaf)+event.ObservedRoom) +
-			2*entrySize(1+indexKeyLen, 8) +
-			entrySize(len(p.subject)+12, 0)
-		c, b = c+mapCount, b+mapBytes
+		mc, mb := 1+mapCount, entrySize(9, len(p.leaf)+event.ObservedRoom)+mapBytes
 		if i%tileWidth == 0 {
-			c++
-			b += entrySize(10, 8192)
+			mc++
+			mb += entrySize(10, 8192)
 		}
-		if i > 0 && (count+c > maxCount || bytes+b > maxBytes) {
+		ic, ib := int64(3), 2*entrySize(1+indexKeyLen, 8)+entrySize(len(p.subject)+12, 0)
+		if l.split {
+			if i > 0 && !(main.fits(mc, mb) && ix.fits(ic, ib)) {
+				return i
+			}
+		} else if i > 0 && !main.fits(mc+ic, mb+ib) {
 			return i
 		}
-		count, bytes = count+c, bytes+b
+		main.add(mc, mb)
+		ix.add(ic, ib)
 	}
 	return len(batch)
 }
@@ -287,10 +313,12 @@ func (l *Log) build(batch []item) *built {
 		return b
 	}
 	b.res = res
-	w := newWrites(len(fresh))
-	ix := w
+	var w, ix *writes
 	if l.split {
-		ix = newWrites(len(fresh))
+		w, ix = newWritesPer(len(fresh), 1), newWritesPer(len(fresh), 3)
+	} else {
+		w = newWrites(len(fresh))
+		ix = w
 	}
 	now := l.o.Now()
 	b.dedupes, err = l.encode(batch, fresh, repeatOf, res, event.EncodeTimestamp(now), w, ix)
@@ -343,8 +371,15 @@ type writes struct {
 	arena      []byte
 }
 
-func newWrites(events int) *writes {
-	return &writes{keys: make([][]byte, 0, 4*events+20), vals: make([][]byte, 0, 4*events+20)}
+// newWrites makes room for the entries of events events when one store
+// takes them all (a leaf and three index entries each).
+func newWrites(events int) *writes { return newWritesPer(events, 4) }
+
+// newWritesPer makes room for perEvent entries for each of events events,
+// and for the tiles, checkpoint and size records of a batch.
+func newWritesPer(events, perEvent int) *writes {
+	n := perEvent*events + events/tileWidth + 20
+	return &writes{keys: make([][]byte, 0, n), vals: make([][]byte, 0, n)}
 }
 
 func (w *writes) put(k, v []byte) {
@@ -500,25 +535,23 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 	tw := &l.seq.tiles
 	tw.begin()
 	visit := func(id compact.NodeID, h []byte) { tw.visit(id, h, w) }
-	for _, p := range fresh {
+	leaves, hashes := l.hashLeaves(batch, fresh, ts)
+	for n, p := range fresh {
 		pr := &batch[p].r.items[batch[p].i]
-		// The leaf is completed in the buffer prepare encoded it into.
-		full := pr.appendObserved(ts)
-		h := sha256.Sum256(full)
-		leaf := full[1:]
+		h, leaf := &hashes[n], leaves[n]
 		idx := next
 		next++
-		res[p] = AppendResult{Index: idx, LeafHash: h}
+		res[p] = AppendResult{Index: idx, LeafHash: *h}
 		l.seq.dd.canon[p] = pr.eventField()
 		dedupes = append(dedupes, pr.dedupe)
 		if err := l.seq.rng.Append(h[:], visit); err != nil {
 			return nil, fmt.Errorf("extending the tree at %d: %w", idx, err)
 		}
 		lk := w.key(9, func(b []byte) []byte { return be64(append(b, kLeaf), idx) })
-		w.put(lk, leaf[:len(leaf):len(leaf)])
+		w.put(lk, leaf)
 		ix.putIndexes(idx, lk[1:], h[:indexKeyLen], pr.dedupe[:indexKeyLen], pr.subject)
 		if l.seq.smap != nil {
-			l.seq.smap.add(pr.subject, idx, h)
+			l.seq.smap.add(pr.subject, idx, *h)
 		}
 	}
 	if tw.err != nil {
@@ -533,6 +566,40 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		}
 	}
 	return dedupes, nil
+}
+
+// hashParallelMin is the fewest fresh events for which hashLeaves spreads
+// the work over several goroutines.
+const hashParallelMin = 256
+
+// hashLeaves completes the leaf of each fresh event (positions into batch)
+// with the observed time ts, in the buffer prepare encoded it into, and
+// returns the leaves (without the 0x00 prefix) and their leaf hashes, in the
+// order of fresh. The events are independent, so a large batch is hashed on
+// every core: the sequencer is one goroutine, and this is its largest share
+// of CPU after the dedupe lookups.
+func (l *Log) hashLeaves(batch []item, fresh []int, ts []byte) ([][]byte, [][32]byte) {
+	leaves, hashes := make([][]byte, len(fresh)), make([][32]byte, len(fresh))
+	one := func(from, to int) {
+		for n := from; n < to; n++ {
+			pr := &batch[fresh[n]].r.items[batch[fresh[n]].i]
+			full := pr.appendObserved(ts)
+			hashes[n] = sha256.Sum256(full)
+			leaves[n] = full[1:len(full):len(full)]
+		}
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(fresh)/hashParallelMin)
+	if workers <= 1 {
+		one(0, len(fresh))
+		return leaves, hashes
+	}
+	var wg sync.WaitGroup
+	per := (len(fresh) + workers - 1) / workers
+	for from := 0; from < len(fresh); from += per {
+		wg.Go(func() { one(from, min(from+per, len(fresh))) })
+	}
+	wg.Wait()
+	return leaves, hashes
 }
 
 // tileWriter is the edge-tile writer: it keeps the bottom rows of the

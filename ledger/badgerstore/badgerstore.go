@@ -7,6 +7,7 @@
 package badgerstore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -72,10 +74,15 @@ type Options struct {
 	// SyncWrites must stay true for the durability contract to hold.
 	BadgerOptions func(badger.Options) badger.Options
 	// NoSync makes Commit return without waiting for fsync: after a crash
-	// the database holds a prefix of its commits (each all or nothing) and
-	// may have lost the rest. Only for data that can be rebuilt from
-	// elsewhere, such as the ledger's separate index store (ledger
-	// Options.Index); never for the ledger's main store.
+	// the database holds a prefix of its commits and may have lost the
+	// rest. Only for data that can be rebuilt from elsewhere, such as the
+	// ledger's separate index store (ledger Options.Index); never for the
+	// ledger's main store. Such a store also commits a batch as several
+	// badger transactions in key order, the batch's last entry alone and
+	// last (see Commit): badger inserts a transaction's entries into its
+	// memtable in random order, and random inserts into a large skiplist
+	// miss the CPU cache at almost every level, while neighbouring keys
+	// reuse the path of the one before.
 	NoSync bool
 	// MinFreeBytes is the free disk space below which Commit refuses to
 	// write (ErrDiskFull). Zero means twice the memtable size plus twice
@@ -114,7 +121,15 @@ type Store struct {
 	minFree int64
 	reads   *readErrors
 	mapped  *mappedBound // nil without Options.MaxMappedBytes
+	ordered bool         // Commit in sorted chunks (Options.NoSync)
 }
+
+// orderedChunk is how many entries, neighbours in key order, one badger
+// transaction of an ordered commit holds. Measured with random 17-byte keys
+// into a 300k-entry memtable: one transaction per 32 sorted keys inserts
+// about twice as fast as one transaction of the whole batch, and the cost
+// of a transaction (its commit timestamp, its marker entry) is then small.
+const orderedChunk = 32
 
 // Open opens (creating if needed) the badger database in dir. Writes are
 // synchronous (fsync before Commit returns) and values are checked against
@@ -144,6 +159,9 @@ func Open(dir string, o Options) (s *Store, err error) {
 		WithDetectConflicts(false).
 		WithCompression(options.None).
 		WithVerifyValueChecksum(true).
+		// Badger's expvar counters (several map updates per read and write)
+		// are read by nothing in Grantline.
+		WithMetricsEnabled(false).
 		WithLogger(logger{l: o.Logger, reads: reads})
 	budget := o.MemoryBudget
 	if budget <= 0 {
@@ -161,7 +179,7 @@ func Open(dir string, o Options) (s *Store, err error) {
 	if minFree == 0 {
 		minFree = 2*bo.MemTableSize + 2*db.MaxBatchSize() + 16<<20
 	}
-	s = &Store{db: db, dir: dir, minFree: minFree, reads: reads}
+	s = &Store{db: db, dir: dir, minFree: minFree, reads: reads, ordered: o.NoSync}
 	if o.MaxMappedBytes > 0 {
 		s.mapped = startMappedBound(dir, o.MaxMappedBytes, cmp.Or(o.MappedCheckInterval, DefaultMappedCheckInterval), o.Logger)
 	}
@@ -302,6 +320,15 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 // or after a crash, when it returns an error other than one from a failed
 // fsync (after which the database should be reopened). A batch beyond Limits
 // fails with ErrTooBig; one when the disk is nearly full, with ErrDiskFull.
+//
+// A store opened with NoSync commits differently: the entries but the last,
+// in key order (a repeated key keeps its last value), in transactions of
+// orderedChunk neighbouring keys, then the last entry in a transaction of
+// its own once all the others are applied. Readers may see part of a batch
+// while it commits, and after a crash the store holds a prefix of those
+// transactions: so if the batch's last entry is present, all of it is (the
+// ledger puts its index watermark last). After an error, any part of the
+// batch may be present.
 func (s *Store) Commit(keys, values [][]byte) error {
 	if len(keys) != len(values) {
 		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
@@ -310,6 +337,9 @@ func (s *Store) Commit(keys, values [][]byte) error {
 		if free := freeBytes(s.dir); free >= 0 && free < s.minFree {
 			return fmt.Errorf("%w: %d bytes free in %s, below the %d-byte reserve; free disk space, then restart", ErrDiskFull, free, s.dir, s.minFree)
 		}
+	}
+	if s.ordered && len(keys) > 1 {
+		return s.commitOrdered(keys, values)
 	}
 	txn := s.db.NewTransaction(true)
 	defer txn.Discard()
@@ -320,6 +350,80 @@ func (s *Store) Commit(keys, values [][]byte) error {
 			}
 			return fmt.Errorf("badger set: %w", err)
 		}
+	}
+	if err := txn.Commit(); err != nil {
+		return fmt.Errorf("badger commit: %w", err)
+	}
+	return nil
+}
+
+// commitOrdered is Commit for a NoSync store (see Commit).
+func (s *Store) commitOrdered(keys, values [][]byte) error {
+	count, size := s.Limits()
+	total := int64(0)
+	for i, k := range keys {
+		total += int64(len(k) + len(values[i]) + 16)
+	}
+	if len(keys) > count || total > size {
+		return fmt.Errorf("commit of %d entries, %d bytes: %w", len(keys), total, ErrTooBig)
+	}
+	last := len(keys) - 1
+	order := make([]int, last)
+	for i := range order {
+		order[i] = i
+	}
+	// Stable: of entries with the same key, the later stays later, in the
+	// same transaction or a later one, and wins.
+	slices.SortStableFunc(order, func(a, b int) int { return bytes.Compare(keys[a], keys[b]) })
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		first error
+	)
+	fail := func(err error) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if first == nil {
+			first = err
+		}
+	}
+	// All transactions are made before any commits: a new transaction
+	// waits until every committed one is applied, which would make each
+	// chunk wait for the one before. Nothing reads in them, and badger
+	// applies transactions in the order they commit, so they are committed
+	// without waiting and the writer applies them in a few writes.
+	txns := make([]*badger.Txn, 0, (len(order)+orderedChunk-1)/orderedChunk)
+	defer func() {
+		for _, txn := range txns {
+			txn.Discard()
+		}
+	}()
+	for from := 0; from < len(order); from += orderedChunk {
+		txn := s.db.NewTransaction(true)
+		txns = append(txns, txn)
+		for _, i := range order[from:min(from+orderedChunk, len(order))] {
+			if err := txn.Set(keys[i], values[i]); err != nil {
+				return fmt.Errorf("badger set: %w", err)
+			}
+		}
+	}
+	for _, txn := range txns {
+		wg.Add(1)
+		txn.CommitWith(func(err error) {
+			if err != nil {
+				fail(fmt.Errorf("badger commit: %w", err))
+			}
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	txn := s.db.NewTransaction(true)
+	defer txn.Discard()
+	if err := txn.Set(keys[last], values[last]); err != nil {
+		return fmt.Errorf("badger set: %w", err)
 	}
 	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("badger commit: %w", err)

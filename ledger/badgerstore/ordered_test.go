@@ -1,0 +1,86 @@
+package badgerstore
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+)
+
+// TestOrderedCommit checks the NoSync store's commit in ordered
+// transactions (commitOrdered): every entry of a batch given in any order
+// is stored, a key repeated in a batch keeps its last value, the batch's
+// last entry is stored, all of it survives a clean reopen, and the limits
+// are those of Limits (a batch at them accepted, one beyond refused with
+// nothing written).
+func TestOrderedCommit(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		n    int // entries before the last
+	}{
+		{"one entry", 0},
+		{"under a chunk", orderedChunk - 3},
+		{"several chunks", 5*orderedChunk + 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := open(t, dir, Options{NoSync: true})
+			var keys, vals [][]byte
+			for i := range tc.n {
+				// Descending keys: the store must sort them.
+				keys = append(keys, fmt.Appendf(nil, "k%06d", tc.n-i))
+				vals = append(vals, fmt.Appendf(nil, "v%d", i))
+			}
+			if tc.n > 2 {
+				// A repeated key: the later value wins.
+				keys = append(keys, keys[1])
+				vals = append(vals, []byte("again"))
+			}
+			keys = append(keys, []byte("m-watermark"))
+			vals = append(vals, []byte("last"))
+			if err := s.Commit(keys, vals); err != nil {
+				t.Fatal(err)
+			}
+			want := map[string]string{}
+			for i, k := range keys {
+				want[string(k)] = string(vals[i])
+			}
+			check := func(s *Store, when string) {
+				t.Helper()
+				for k, v := range want {
+					got, err := s.Get([]byte(k))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if string(got[0]) != v {
+						t.Errorf("%s: %s = %q, want %q", when, k, got[0], v)
+					}
+				}
+			}
+			check(s, "after commit")
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s = open(t, dir, Options{NoSync: true})
+			defer s.Close()
+			check(s, "after reopen")
+		})
+	}
+	t.Run("limits", func(t *testing.T) {
+		s := open(t, t.TempDir(), Options{NoSync: true})
+		defer s.Close()
+		count, _ := s.Limits()
+		keys, vals := make([][]byte, count+1), make([][]byte, count+1)
+		for i := range keys {
+			keys[i], vals[i] = fmt.Appendf(nil, "k%08d", i), []byte{}
+		}
+		if err := s.Commit(keys, vals); !errors.Is(err, ErrTooBig) {
+			t.Fatalf("commit of %d entries (limit %d): %v, want ErrTooBig", len(keys), count, err)
+		}
+		if got, err := s.Get(keys[0]); err != nil || got[0] != nil {
+			t.Fatalf("after a refused commit, %s = %q (%v), want missing", keys[0], got[0], err)
+		}
+		if err := s.Commit(keys[:count], vals[:count]); err != nil {
+			t.Fatalf("commit of %d entries (the limit): %v", count, err)
+		}
+	})
+}
