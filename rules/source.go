@@ -294,54 +294,24 @@ type chunkSys struct {
 // chunks are read and not yet merged, so beside the index itself the build
 // holds a bounded number of entries.
 func buildSourceIndexFromLog(ctx context.Context, sc LogScanner, now time.Time, workers int) (*sourceIndex, error) {
-	parent := ctx // the evaluation's: ids are read back while it runs
 	size := sc.LogSize()
 	chunks := int((size + scanChunk - 1) / scanChunk)
 	workers = max(1, min(workers, chunks))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	nowSec, nowNsec := recTime(now)
-	results := make([]chan *chunkStairs, chunks)
-	for i := range results {
-		results[i] = make(chan *chunkStairs, 1)
-	}
-	tokens := make(chan struct{}, 2*workers)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				select {
-				case tokens <- struct{}{}:
-				case <-ctx.Done():
-					return
-				}
-				c := int(next.Add(1) - 1)
-				if c >= chunks {
-					return
-				}
-				start := uint64(c) * scanChunk
-				results[c] <- scanChunkStairs(ctx, sc, start, min(start+scanChunk, size), nowSec, nowNsec)
+	chunkNumbers := func(yield func(int, error) bool) {
+		for c := range chunks {
+			if !yield(c, nil) {
+				return
 			}
-		})
+		}
+	}
+	scan := func(ctx context.Context, c int) (*chunkStairs, error) {
+		start := uint64(c) * scanChunk
+		cs := scanChunkStairs(ctx, sc, start, min(start+scanChunk, size), nowSec, nowNsec)
+		return cs, cs.err
 	}
 	b := indexBuilder{systems: map[string]*stairs{}}
-	var err error
-	for c := range chunks {
-		var cs *chunkStairs
-		select {
-		case cs = <-results[c]:
-		case <-ctx.Done():
-		}
-		if cs == nil {
-			err = context.Cause(ctx)
-			break
-		}
-		<-tokens
-		if cs.err != nil {
-			err = cs.err
-			break
-		}
+	merge := func(cs *chunkStairs) error {
 		for name, cy := range cs.systems {
 			s := b.system([]byte(name))
 			for i, r := range cy.recs {
@@ -350,14 +320,13 @@ func buildSourceIndexFromLog(ctx context.Context, sc LogScanner, now time.Time, 
 				}
 			}
 		}
+		return nil
 	}
-	cancel(err)
-	wg.Wait()
-	if err != nil {
+	if err := inOrder(ctx, workers, 2*workers, chunkNumbers, scan, merge); err != nil {
 		return nil, err
 	}
 	x := b.index()
-	x.readID = func(index uint64) (string, error) { return readEntryID(parent, sc, index) }
+	x.readID = func(index uint64) (string, error) { return readEntryID(ctx, sc, index) } // ctx: the evaluation's, ids are read back while it runs
 	return x, nil
 }
 

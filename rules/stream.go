@@ -136,41 +136,43 @@ func subjectResultOf(subject string, r subjectResult, asOf time.Time) *SubjectRe
 	return out
 }
 
-// inOrder calls fn for every subject the sequence yields, on up to workers
-// goroutines, and hands the results to emit on the calling goroutine in the
-// order of the sequence. At most window subjects are between being taken
-// and being emitted (a slow emit, such as a slow client, holds the workers
-// back), so memory is bounded by window results whatever the number of
-// subjects. The sequence is pulled by one worker at a time. The first error
-// (from the sequence, fn or emit) or ctx's cancellation stops the rest and
-// is returned.
-func inOrder[T any](ctx context.Context, workers, window int, subjects iter.Seq2[string, error], fn func(context.Context, string) (T, error), emit func(T) error) error {
+// inOrder calls fn for every item the sequence yields (subjects, or the
+// chunks of a log scan), on up to workers goroutines, and hands the results
+// to emit on the calling goroutine in the order of the sequence. At most
+// window items are between being taken and being emitted (a slow emit, such
+// as a slow client, holds the workers back), so memory is bounded by window
+// results whatever the number of items. The sequence is pulled by one worker
+// at a time. The first error (from the sequence, fn or emit) or ctx's
+// cancellation stops the rest and is returned; an error from the sequence
+// is wrapped as one listing the subjects, the only sequence that can fail.
+func inOrder[K, T any](ctx context.Context, workers, window int, items iter.Seq2[K, error], fn func(context.Context, K) (T, error), emit func(T) error) error {
 	workers = max(workers, 1)
 	window = max(window, workers)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	next, stop := iter.Pull2(subjects)
+	next, stop := iter.Pull2(items)
 	defer stop()
 	var mu sync.Mutex
 	seq, done := 0, false
-	take := func() (int, string, bool) {
+	take := func() (int, K, bool) {
+		var zero K
 		mu.Lock()
 		defer mu.Unlock()
 		if done || ctx.Err() != nil {
-			return 0, "", false
+			return 0, zero, false
 		}
-		sub, err, ok := next()
+		item, err, ok := next()
 		switch {
 		case !ok:
 			done = true
-			return 0, "", false
+			return 0, zero, false
 		case err != nil:
 			done = true
 			cancel(fmt.Errorf("listing the subjects: %w", err))
-			return 0, "", false
+			return 0, zero, false
 		}
 		seq++
-		return seq - 1, sub, true
+		return seq - 1, item, true
 	}
 	type result struct {
 		i int
@@ -189,12 +191,12 @@ func inOrder[T any](ctx context.Context, workers, window int, subjects iter.Seq2
 				case <-ctx.Done():
 					return
 				}
-				i, sub, ok := take()
+				i, item, ok := take()
 				if !ok {
 					<-tokens
 					return
 				}
-				v, err := fn(ctx, sub)
+				v, err := fn(ctx, item)
 				if err != nil {
 					cancel(err)
 					return
