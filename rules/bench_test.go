@@ -162,19 +162,7 @@ func benchSet(b *testing.B) *Set { return benchSetOptions(b, Options{}) }
 
 func benchSetOptions(b *testing.B, o Options) *Set {
 	b.Helper()
-	rs, err := Builtin()
-	if err != nil {
-		b.Fatal(err)
-	}
-	p, err := ParseParams("bench", []byte("sod_pairs: [[payments-create, payments-approve]]\n"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := NewSetWithOptions(rs, p, o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return s
+	return catalogSet(b, mustParams(b, "sod_pairs: [[payments-create, payments-approve]]\n"), o, nil)
 }
 
 // BenchmarkCatalog1M: the whole built-in catalog over 1,000,000 events across 10,000

@@ -12,18 +12,7 @@ import (
 // the tracker is at most the static estimate for that subject's size bound.
 func TestStaticCostBoundHolds(t *testing.T) {
 	src, subjects := genOrg(60, 150)
-	rs, err := Builtin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ParseParams("params.yaml", []byte("sod_pairs: [[payments-create, payments-approve], [prod-admin, db-admin]]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := NewSet(rs, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	set := catalogSet(t, mustParams(t, sodParams), Options{}, nil)
 	adapter := set.rules[0].rule.env.CELTypeAdapter()
 	for _, days := range []int{30, 200} {
 		now := benchStart.Add(time.Duration(days) * 24 * time.Hour)

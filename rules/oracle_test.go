@@ -15,24 +15,16 @@ import (
 // demands the same findings: (rule, subject, primary entry) and exposure.
 func TestAgainstOracle(t *testing.T) {
 	src, subjects := genOrg(150, 120)
-	rs, err := Builtin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ParseParams("params.yaml", []byte("sod_pairs: [[payments-create, payments-approve], [prod-admin, db-admin]]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := NewSet(rs, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	set := catalogSet(t, mustParams(t, sodParams), Options{}, nil)
 	// At three instants, then over three periods (from, to in days).
 	for _, days := range [][2]int{{30, 30}, {120, 120}, {200, 200}, {0, 60}, {90, 120}, {150, 200}} {
 		from := benchStart.Add(time.Duration(days[0]) * 24 * time.Hour)
 		now := benchStart.Add(time.Duration(days[1]) * 24 * time.Hour)
 		period := days[0] != days[1]
-		var res *Result
+		var (
+			res *Result
+			err error
+		)
 		if period {
 			res, err = set.EvaluatePeriod(t.Context(), subjects, src, from, now)
 		} else {

@@ -158,18 +158,7 @@ func populationCase(t *testing.T, r *Rule, file string) string {
 // the cost tracker within that bound.
 func TestPopulationStaticCostBoundHolds(t *testing.T) {
 	src, subjects := genOrg(60, 150)
-	rs, err := Builtin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ParseParams("params.yaml", []byte("sod_pairs: [[payments-create, payments-approve], [prod-admin, db-admin]]\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := NewSet(rs, p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	set := catalogSet(t, mustParams(t, sodParams), Options{}, nil)
 	adapter := set.rules[0].rule.env.CELTypeAdapter()
 	checked := 0
 	for _, days := range []int{30, 200} {

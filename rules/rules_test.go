@@ -295,3 +295,17 @@ func TestDocsExamples(t *testing.T) {
 		t.Errorf("docs/rules.md: %d example rules compiled, want the file example and two worked examples", n)
 	}
 }
+
+// sodParams are the params of the tests that run the whole catalog over a
+// generated organisation: two separation-of-duties pairs it plants.
+const sodParams = "sod_pairs: [[payments-create, payments-approve], [prod-admin, db-admin]]\n"
+
+// mustParams parses params YAML for a test.
+func mustParams(tb testing.TB, yaml string) Params {
+	tb.Helper()
+	p, err := ParseParams("params.yaml", []byte(yaml))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}

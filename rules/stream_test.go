@@ -42,18 +42,18 @@ func synthOrg(t *testing.T, identities int) (leafChains, []string, Params, time.
 }
 
 // catalogSet is the built-in catalog, less the rules drop rejects.
-func catalogSet(t *testing.T, params Params, o Options, drop func(*Rule) bool) *Set {
-	t.Helper()
+func catalogSet(tb testing.TB, params Params, o Options, drop func(*Rule) bool) *Set {
+	tb.Helper()
 	builtin, err := Builtin()
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	if drop != nil {
 		builtin = slices.DeleteFunc(builtin, drop)
 	}
 	set, err := NewSetWithOptions(builtin, params, o)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return set
 }
