@@ -714,24 +714,22 @@ func mapNodeHash(l prefix.Label, value [32]byte) [32]byte {
 // or to what is unsettled.
 func (m *subjectMap) evict() {
 	settled := func(seal uint64) bool { return seal == 0 || seal+mapSettledSeals <= m.seals }
-	if len(m.nodes) > m.limit {
-		for l, c := range m.nodes {
-			if len(m.nodes) <= m.limit*3/4 {
-				break
-			}
-			if settled(c.seal) {
-				delete(m.nodes, l)
-			}
-		}
+	evictSettled(m.nodes, m.limit, func(c cachedNode) bool { return settled(c.seal) })
+	evictSettled(m.states, m.limit, func(c cachedState) bool { return settled(c.seal) })
+}
+
+// evictSettled deletes entries of cache for which settled holds, beyond
+// limit entries, down to three quarters of limit or to what is unsettled.
+func evictSettled[K comparable, V any](cache map[K]V, limit int, settled func(V) bool) {
+	if len(cache) <= limit {
+		return
 	}
-	if len(m.states) > m.limit {
-		for l, c := range m.states {
-			if len(m.states) <= m.limit*3/4 {
-				break
-			}
-			if settled(c.seal) {
-				delete(m.states, l)
-			}
+	for k, v := range cache {
+		if len(cache) <= limit*3/4 {
+			return
+		}
+		if settled(v) {
+			delete(cache, k)
 		}
 	}
 }
