@@ -99,17 +99,9 @@ func BenchmarkAppend(b *testing.B) {
 							ev.Subject = subjects[i%int64(len(subjects))]
 							evs = append(evs, ev)
 						}
-						for {
-							_, _, err := l.Append(context.Background(), evs)
-							if isErr(err, ErrPushback) {
-								time.Sleep(time.Millisecond)
-								continue
-							}
-							if err != nil {
-								b.Error(err)
-								return
-							}
-							break
+						if err := appendRetrying(l, evs); err != nil {
+							b.Error(err)
+							return
 						}
 					}
 				}()
@@ -227,17 +219,9 @@ func BenchmarkAppendGrowth(b *testing.B) {
 					ev.Subject = subjects[i%int64(len(subjects))]
 					evs = append(evs, ev)
 				}
-				for {
-					_, _, err := l.Append(context.Background(), evs)
-					if isErr(err, ErrPushback) {
-						time.Sleep(time.Millisecond)
-						continue
-					}
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					break
+				if err := appendRetrying(l, evs); err != nil {
+					b.Error(err)
+					return
 				}
 				n := done.Add(int64(len(evs)))
 				if s := (n - int64(len(evs))) / segment; s != n/segment || n == int64(b.N) {
@@ -265,4 +249,16 @@ func BenchmarkAppendGrowth(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
+}
+
+// appendRetrying appends evs, waiting a millisecond and retrying while the
+// log pushes back.
+func appendRetrying(l *Log, evs []*pb.Event) error {
+	for {
+		_, _, err := l.Append(context.Background(), evs)
+		if !isErr(err, ErrPushback) {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
