@@ -170,11 +170,11 @@ func (f *dedupeFilter) add(d *[32]byte) {
 	s.n++
 }
 
-// fill sets the bits of every dedupe record of st in the first segment
-// (safe beside the sequencer's adds), stopping early with errStop once
-// stop reports true.
-func (f *dedupeFilter) fill(st Store, stop func() bool) error {
-	s := f.segs[0]
+// fill sets the bits of every dedupe record of st in s, the filter's first
+// segment (safe beside the sequencer's adds: the caller takes s from segs
+// before the sequencer starts), stopping early with errStop once stop
+// reports true.
+func fill(st Store, s *filterSeg, stop func() bool) error {
 	n := 0
 	err := st.Scan([]byte{kDedupe}, []byte{kDedupe + 1}, func(k, _ []byte) error {
 		if n++; n%4096 == 0 && stop() {
@@ -210,7 +210,7 @@ func (l *Log) startDedupeFilter() error {
 		return nil
 	}
 	if size <= filterSyncMax {
-		if err := f.fill(l.ix, func() bool { return false }); err != nil {
+		if err := fill(l.ix, f.segs[0], func() bool { return false }); err != nil {
 			return err
 		}
 		f.ready.Store(true)
@@ -219,12 +219,13 @@ func (l *Log) startDedupeFilter() error {
 	}
 	l.filter = f
 	l.filterDone = make(chan struct{})
+	first := f.segs[0]
 	go func() {
 		defer close(l.filterDone)
-		switch err := f.fill(l.ix, l.filterStop.Load); {
+		switch err := fill(l.ix, first, l.filterStop.Load); {
 		case err == nil:
 			f.ready.Store(true)
-			l.logger.Info("ledger dedupe filter ready", "records_up_to", size, "bytes", f.bytes())
+			l.logger.Info("ledger dedupe filter ready", "tree_size_at_open", size)
 		case l.filterStop.Load():
 		default:
 			l.logger.Warn("ledger dedupe filter not filled; every dedupe key is looked up in the index store", "err", err)
