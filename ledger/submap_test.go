@@ -725,3 +725,48 @@ func TestSubjectMapSplitCrashAtEveryStep(t *testing.T) {
 		}
 	}
 }
+
+// TestSubjectMapMissingState: a seal reads a subject's stored state only
+// when the tree holds the subject's leaf, and a leaf whose state record is
+// gone is ErrCorrupt at the next seal that changes it, not a chain started
+// again from zero (which would silently commit a wrong map root).
+func TestSubjectMapMissingState(t *testing.T) {
+	for _, f := range []mapFormat{mapWide, mapCompact} {
+		t.Run(fmt.Sprintf("format %d", f), func(t *testing.T) {
+			st := newFakeStore()
+			m := newSubjectMap(st, f)
+			a, b := SubjectLabel("a"), SubjectLabel("b")
+			w := newWrites(0)
+			if _, err := m.apply([]mapItem{{a, 0, [32]byte{1}}, {b, 1, [32]byte{2}}}, 3, w); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Commit(w.keys, w.vals); err != nil {
+				t.Fatal(err)
+			}
+			stateKey := subjStateKey(b)
+			if f == mapCompact {
+				stateKey = mapNodeKey(leafLabel(b), 3, f)
+			}
+			if vals, err := st.Get(stateKey); err != nil || vals[0] == nil {
+				t.Fatalf("b's state record %x: %v, %v", stateKey, vals, err)
+			}
+			// A cold cache: a new subject and a known one read from the
+			// store give the same root as the warm map.
+			warm := newWrites(0)
+			want, err := m.apply([]mapItem{{SubjectLabel("c"), 4, [32]byte{3}}, {a, 5, [32]byte{4}}}, 7, warm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cold := newSubjectMap(st.clone(), f)
+			got, err := cold.apply([]mapItem{{SubjectLabel("c"), 4, [32]byte{3}}, {a, 5, [32]byte{4}}}, 7, newWrites(0))
+			if err != nil || got != want {
+				t.Fatalf("cold map: root %x (%v), warm map %x", got, err, want)
+			}
+			st.corrupt(stateKey, nil)
+			_, err = newSubjectMap(st, f).apply([]mapItem{{b, 8, [32]byte{5}}}, 10, newWrites(0))
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("seal of a subject whose state record is gone: %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
