@@ -1040,14 +1040,21 @@ func (l *Log) subjectProof(ctx context.Context, subject string, size uint64, f m
 	return p, nil
 }
 
-// mapBudget bounds what one event adds to a sealing commit through the
-// subject map, for Log.fit: its subject's state and the prefix-tree nodes
-// on its path, at most about log2(subjects)+2 deep, and subjects never
-// outnumber leaves (shared nodes near the root make the real total lower).
+// mapBudget bounds what one event adds through the subject map to the
+// commit that takes the map's records (the index store's when the log has
+// one, Log.fit): its subject's state and the prefix-tree nodes on its
+// path, at most about log2(subjects)+2 deep, and subjects never outnumber
+// leaves (shared nodes near the root make the real total lower). A node
+// record is at most 45+140 bytes in a mapWide log, 43+100 in a mapCompact
+// one (whose leaf record is the state: 43+48).
 func (l *Log) mapBudget() (count, bytes int64) {
-	if l.seq.smap == nil {
+	m := l.seq.smap
+	if m == nil {
 		return 0, 0
 	}
 	nodes := int64(bits.Len64(l.seq.rng.End())) + 3
+	if m.format == mapCompact {
+		return 1 + nodes, entrySize(1+2+32+8, 48) + nodes*entrySize(1+2+32+8, 32+2*(2+32))
+	}
 	return 1 + nodes, entrySize(33, 48) + nodes*entrySize(1+36+8, 3*36+32)
 }

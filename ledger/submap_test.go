@@ -770,3 +770,41 @@ func TestSubjectMapMissingState(t *testing.T) {
 		})
 	}
 }
+
+// TestSubjectMapBatchesRespectStoreLimits: with a separate index store the
+// map's records go there, so the batches a seal's map writes bound are the
+// index store's: every index commit stays within its limits however many
+// subjects a batch changes, and the main store's commits are not shrunk
+// by records they do not hold.
+func TestSubjectMapBatchesRespectStoreLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		mainCount, ixCount     int
+		minBatches, maxBatches uint64 // for 1000 events
+	}{
+		{"index store smaller", 1 << 20, 3000, 4, 0},
+		{"main store smaller", 300, 1 << 20, 4, 6}, // ~249 leaves per main commit, as without a map
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, ix := newFakeStore(), newFakeStore()
+			st.maxCount, ix.maxCount = tc.mainCount, tc.ixCount
+			o := mapOptions()
+			o.Index = ix
+			l, err := Open(t.Context(), st, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := acked{}
+			evs := testEvents(0, 1000)
+			a.add(t, evs, mustAppend(t, l, evs))
+			if b := l.Stats().Batches; b < tc.minBatches || (tc.maxBatches > 0 && b > tc.maxBatches) {
+				t.Fatalf("1000 events in %d batches; want %d..%d", b, tc.minBatches, tc.maxBatches)
+			}
+			checkInvariants(t, l, a)
+			checkSubjectProofs(t, l, l.Latest().Size)
+			l.Close()
+			checkViolations(t, st)
+			checkViolations(t, ix)
+		})
+	}
+}
