@@ -272,3 +272,32 @@ func validStrings(ev *pb.Event) bool {
 	}
 	return ok
 }
+
+// MarshalBatch appends to b the encoding of an append request holding seq
+// at field number seqNum (0: the message has none; proto3 leaves a zero
+// seq out) and evs as the repeated Event field evNum (AppendStreamRequest
+// is (1, 2), AppendRequest (0, 1)), in the runtime's deterministic
+// encoding, written by hand as StartLeaf writes events. It returns false,
+// and b unchanged, when an event is nil or one the hand-written encoder
+// leaves to the runtime (unknown fields, a string that is not UTF-8): the
+// caller then marshals with the runtime, which produces its own result or
+// error. TestMarshalBatchIsDeterministicMarshal holds it to the runtime.
+func MarshalBatch(b []byte, seqNum protowire.Number, seq uint64, evNum protowire.Number, evs []*pb.Event) ([]byte, bool) {
+	start := len(b)
+	if seqNum != 0 && seq != 0 {
+		b = protowire.AppendTag(b, seqNum, protowire.VarintType)
+		b = protowire.AppendVarint(b, seq)
+	}
+	for _, ev := range evs {
+		if ev == nil || !wireable(ev) {
+			return b[:start], false
+		}
+		b = protowire.AppendTag(b, evNum, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(wireSize(ev)))
+		var ok bool
+		if b, ok = appendWire(b, ev); !ok {
+			return b[:start], false
+		}
+	}
+	return b, true
+}

@@ -415,3 +415,35 @@ func BenchmarkStartLeafWire(b *testing.B) {
 		}
 	})
 }
+
+func TestMarshalBatchIsDeterministicMarshal(t *testing.T) {
+	evs := append(sampleEvents(), randomEvents(8, 500)...)
+	for _, seq := range []uint64{0, 1, 1 << 40} {
+		for _, m := range []proto.Message{&pb.AppendStreamRequest{Seq: seq, Events: evs}, &pb.AppendRequest{Events: evs}, &pb.AppendStreamRequest{Seq: seq}} {
+			want, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []byte
+			var ok bool
+			switch m := m.(type) {
+			case *pb.AppendStreamRequest:
+				got, ok = MarshalBatch([]byte("p"), 1, m.Seq, 2, m.Events)
+			case *pb.AppendRequest:
+				got, ok = MarshalBatch([]byte("p"), 0, 0, 1, m.Events)
+			}
+			if !ok || string(got) != "p"+string(want) {
+				t.Fatalf("%T seq %d: MarshalBatch = %v, %d bytes; want the runtime's %d bytes", m, seq, ok, len(got), len(want))
+			}
+		}
+	}
+	// Left to the runtime, with the buffer unchanged.
+	unknown := newEvent("s", "1", "grant.activated", "alice")
+	unknown.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+	badUTF8 := newEvent("s", "2", "grant.activated", "\xff")
+	for _, bad := range []*pb.Event{nil, unknown, badUTF8} {
+		if got, ok := MarshalBatch([]byte("p"), 1, 5, 2, []*pb.Event{evs[0], bad}); ok || string(got) != "p" {
+			t.Errorf("MarshalBatch with %v = %q, %v; want the buffer unchanged and false", bad, got, ok)
+		}
+	}
+}
