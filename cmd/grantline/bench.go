@@ -190,14 +190,28 @@ type benchResult struct {
 	streams, batch int
 	eventSize      int
 	treeSize       uint64
+	cpu            time.Duration // this process's CPU time (user+sys) during the run; 0: not measured
 }
 
 func (r benchResult) rate() float64 { return float64(r.events) / r.elapsed.Seconds() }
 
+// cpuPerEvent is the process's CPU time per acknowledged event, 0 if not
+// measured.
+func (r benchResult) cpuPerEvent() time.Duration {
+	if r.events == 0 {
+		return 0
+	}
+	return r.cpu / time.Duration(r.events)
+}
+
 func (r benchResult) String() string {
-	return fmt.Sprintf("bench: %d events (%d duplicate) in %.2fs over %d streams, batch %d, ~%d-byte events: %.0f events/s; ack latency per batch p50 %s p99 %s max %s; tree size %d",
+	s := fmt.Sprintf("bench: %d events (%d duplicate) in %.2fs over %d streams, batch %d, ~%d-byte events: %.0f events/s; ack latency per batch p50 %s p99 %s max %s; tree size %d",
 		r.events, r.dup, r.elapsed.Seconds(), r.streams, r.batch, r.eventSize, r.rate(),
 		r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond), r.pmax.Round(100*time.Microsecond), r.treeSize)
+	if c := r.cpuPerEvent(); c > 0 {
+		s += fmt.Sprintf("; CPU %.1f µs per event (this process, user+sys)", float64(c.Nanoseconds())/1000)
+	}
+	return s
 }
 
 // runBench appends generated events and measures throughput and per-batch
@@ -207,7 +221,7 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 	batches := make(chan *client.Batch, cfg.Streams*cfg.Window)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	deadline := time.Time{}
 	if cfg.duration > 0 {
 		deadline = start.Add(cfg.duration)
@@ -269,14 +283,14 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 		lats = append(lats, lat)
 		mu.Unlock()
 	})
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
 	close(stopTicker)
 	if err != nil {
 		return benchResult{}, fmt.Errorf("after %d events: %s", st.Acked.Load(), describeRPCError(err))
 	}
 	slices.Sort(lats)
 	r := benchResult{events: st.Acked.Load(), dup: st.Dup.Load(), batches: len(lats), elapsed: elapsed,
-		streams: cfg.Streams, batch: cfg.batch, eventSize: cfg.eventSize, treeSize: st.TreeSize.Load()}
+		streams: cfg.Streams, batch: cfg.batch, eventSize: cfg.eventSize, treeSize: st.TreeSize.Load(), cpu: cpu}
 	if len(lats) > 0 {
 		r.p50 = percentile(lats, 0.50)
 		r.p99 = percentile(lats, 0.99)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -83,6 +84,9 @@ func TestBenchAgainstFake(t *testing.T) {
 	if !strings.Contains(out, "bench: 20000 events (0 duplicate)") || !strings.Contains(out, "tree size 20000") {
 		t.Errorf("bench output lacks the count:\n%s", out)
 	}
+	if processCPU() > 0 && !regexp.MustCompile(`; CPU [0-9]+\.[0-9] µs per event \(this process`).MatchString(out) {
+		t.Errorf("bench output lacks the CPU per event:\n%s", out)
+	}
 	if !strings.Contains(out, "verify: 20000 entries and 80 tiles fetched") || !strings.Contains(out, "checkpoint signature verified") {
 		t.Errorf("verify output:\n%s", out)
 	}
@@ -147,6 +151,7 @@ func BenchmarkStreamTransport(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(res.rate(), "events/s")
+	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 }
 
@@ -181,6 +186,7 @@ func BenchmarkBenchInProcess(b *testing.B) {
 		b.Fatalf("%d events acknowledged (%d duplicate), want %d new", res.events, res.dup, b.N)
 	}
 	b.ReportMetric(res.rate(), "events/s")
+	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
 	b.ReportMetric(float64(res.p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 }
