@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -48,6 +49,22 @@ func TestStrictCodecDecodesAsProtoUnmarshal(t *testing.T) {
 		}
 		if err == nil && !proto.Equal(got, want) {
 			t.Errorf("%s: decoded %v\nwant %v", tt.name, got, want)
+		}
+	}
+}
+
+// TestToPBResults: every acknowledgement carries its own result's index,
+// flags and leaf hash.
+func TestToPBResults(t *testing.T) {
+	res := make([]ledger.AppendResult, 5)
+	for i := range res {
+		res[i] = ledger.AppendResult{Index: uint64(10 + i), Duplicate: i == 1, Conflict: i == 2}
+		res[i].LeafHash[0], res[i].LeafHash[31] = byte(i), byte(100+i)
+	}
+	for i, m := range toPBResults(res) {
+		r := res[i]
+		if m.GetIndex() != r.Index || m.GetDuplicate() != r.Duplicate || m.GetConflict() != r.Conflict || string(m.GetLeafHash()) != string(r.LeafHash[:]) {
+			t.Errorf("result %d = %v, want %+v", i, m, r)
 		}
 	}
 }
