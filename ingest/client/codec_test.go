@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -46,5 +47,22 @@ func TestProtoCodecMarshalsAsTheRuntime(t *testing.T) {
 	}
 	if _, err := (protoCodec{}).Marshal("not a message"); err == nil {
 		t.Error("Marshal of a string: no error")
+	}
+}
+
+// TestEncodedBatchIsSentAsItsEvents: a batch given as bytes goes out as
+// the AppendStreamRequest of its events.
+func TestEncodedBatchIsSentAsItsEvents(t *testing.T) {
+	evs := []*pb.Event{{Id: "e1", Subject: &pb.Identity{Id: "alice"}}, {Id: "e2", Reason: "r"}}
+	enc, ok := event.MarshalBatch(nil, 0, 0, 2, evs)
+	if !ok {
+		t.Fatal("MarshalBatch refused")
+	}
+	for _, b := range []*Batch{{Seq: 4, Encoded: enc, Count: 2}, {Seq: 4, Events: evs}} {
+		want, _ := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.AppendStreamRequest{Seq: 4, Events: evs})
+		got, err := protoCodec{}.MarshalAppend(nil, b.request())
+		if err != nil || string(got) != string(want) || b.Len() != 2 {
+			t.Errorf("batch (encoded %v): sent %x, %v, Len %d; want %x, 2", b.Encoded != nil, got, err, b.Len(), want)
+		}
 	}
 }
