@@ -38,7 +38,7 @@ func UnmarshalBatch(data []byte, seqNum, evNum protowire.Number) (seq uint64, ev
 		b = b[l:]
 		switch {
 		case num == evNum && typ == protowire.BytesType:
-			_, l := protowire.ConsumeBytes(b)
+			_, l := consumeBytes(b)
 			if l < 0 {
 				return 0, nil, false
 			}
@@ -69,7 +69,7 @@ func UnmarshalBatch(data []byte, seqNum, evNum protowire.Number) (seq uint64, ev
 			b = b[l:]
 			continue
 		}
-		v, l := protowire.ConsumeBytes(b)
+		v, l := consumeBytes(b)
 		b = b[l:]
 		ev := &slab[len(evs)]
 		if !d.event(ev, v) {
@@ -90,9 +90,9 @@ type batchDecoder struct {
 	ents  []pb.Entitlement
 	refs  []pb.Refs
 	// s is the event being decoded as a string and end the capacity of
-	// its bytes: every field's bytes are a sub-slice of them (protowire's
-	// Consume functions re-slice without a capacity bound), so a
-	// sub-slice x starts at end-cap(x) in s.
+	// its bytes: every field's bytes are a sub-slice of them, re-sliced
+	// without a capacity bound (consumeBytes), so a sub-slice x starts at
+	// end-cap(x) in s.
 	s   string
 	end int
 }
@@ -117,6 +117,19 @@ func (d *batchDecoder) str(x []byte) (string, bool) {
 	return s, utf8.ValidString(s)
 }
 
+// consumeBytes is protowire.ConsumeBytes, with the value sliced so that its
+// capacity runs to the end of b's (batchDecoder.str relies on it).
+func consumeBytes(b []byte) ([]byte, int) {
+	m, n := protowire.ConsumeVarint(b)
+	if n < 0 {
+		return nil, n
+	}
+	if m > uint64(len(b)-n) {
+		return nil, -1
+	}
+	return b[n : n+int(m)], n + int(m)
+}
+
 // field reads one field's tag and, for the two wire types the schema
 // uses, its value: v for a varint, x for bytes. ok false on a malformed
 // field or another wire type.
@@ -130,7 +143,7 @@ func field(b []byte) (num protowire.Number, typ protowire.Type, v uint64, x, res
 	case protowire.VarintType:
 		v, l = protowire.ConsumeVarint(b)
 	case protowire.BytesType:
-		x, l = protowire.ConsumeBytes(b)
+		x, l = consumeBytes(b)
 	default:
 		return 0, 0, 0, nil, nil, false
 	}
