@@ -37,9 +37,10 @@ func init() {
 }
 
 // benchServer starts the in-process server bench uses when no --server is
-// given, on a free loopback port.
-func benchServer(ctx context.Context, dataDir string) (*server.Server, error) {
-	return server.Start(ctx, server.Config{DataDir: dataDir, Listen: "127.0.0.1:0"})
+// given, on a free loopback port, with a memory budget as serve's
+// --memory-budget (0: none, the default of bench, unlike serve's).
+func benchServer(ctx context.Context, dataDir string, memoryBudget int64) (*server.Server, error) {
+	return server.Start(ctx, server.Config{DataDir: dataDir, Listen: "127.0.0.1:0", MemoryBudget: memoryBudget})
 }
 
 // ledgerSummary says where the server's time went, from the ledger's counters.
@@ -82,6 +83,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	keyFile := fs.String("log-key", "", "with --verify against --server: the log's verifier key (DATA/keys/log.vkey)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run (client and in-process server) to this file")
 	dataDir := fs.String("data", "", "in-process server: data directory (default: a temporary one, removed afterwards)")
+	memBudget := fs.String("memory-budget", "0", "in-process server: serve's --memory-budget (e.g. 512MiB, serve's default; 0: none): the Go memory limit and the store's caches")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -97,6 +99,13 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if cfg.eventSize < 200 || cfg.eventSize > 30000 {
 		return &exitError{code: 2, msg: fmt.Sprintf("--event-size %d: want 200..30000", cfg.eventSize)}
+	}
+	budget, err := parseSize(*memBudget)
+	if err != nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("--memory-budget %q: %v", *memBudget, err)}
+	}
+	if budget > 0 && budget < minMemoryBudget {
+		return &exitError{code: 2, msg: fmt.Sprintf("--memory-budget %s: want at least %s (or 0 for none)", *memBudget, sizeString(minMemoryBudget))}
 	}
 	serverSet := env.getenv("GRANTLINE_SERVER") != ""
 	fs.Visit(func(f *flag.Flag) { serverSet = serverSet || f.Name == "server" })
@@ -118,7 +127,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			defer os.RemoveAll(tmp)
 			dir = tmp
 		}
-		rs, err := benchServer(ctx, dir)
+		rs, err := benchServer(ctx, dir, budget)
 		if err != nil {
 			return fmt.Errorf("starting the in-process server: %w", err)
 		}

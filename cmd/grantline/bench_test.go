@@ -136,6 +136,18 @@ func TestBenchAgainstFake(t *testing.T) {
 	}
 }
 
+func TestBenchMemoryBudgetFlag(t *testing.T) {
+	for _, tt := range []struct{ value, want string }{
+		{"lots", `--memory-budget "lots"`},
+		{"1MiB", "--memory-budget 1MiB: want at least"},
+	} {
+		code, _, errs := runCmd(t, "", "bench", "--events", "10", "--memory-budget", tt.value)
+		if code != 2 || !strings.Contains(errs, tt.want) {
+			t.Errorf("bench --memory-budget %s: exit %d, stderr %q; want 2 and %q", tt.value, code, errs, tt.want)
+		}
+	}
+}
+
 // nullIngest acknowledges every batch at once without storing anything, to
 // measure what the client and the Connect transport cost on their own.
 type nullIngest struct {
@@ -198,7 +210,7 @@ func BenchmarkStreamTransport(b *testing.B) {
 //
 //	go test -run '^$' -bench BenchInProcess -benchtime 300000x -count 3 ./cmd/grantline/
 func BenchmarkBenchInProcess(b *testing.B) {
-	rs, err := benchServer(b.Context(), b.TempDir())
+	rs, err := benchServer(b.Context(), b.TempDir(), 0)
 	if err != nil {
 		b.Fatal(err)
 	}
