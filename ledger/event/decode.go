@@ -97,6 +97,9 @@ type batchDecoder struct {
 	end int
 }
 
+// take returns the next element of *slab, making a slab of n when it is
+// used up (each singular field is decoded at most once per event, so a
+// batch needs at most 2n timestamps and identities, n of the others).
 func take[T any](slab *[]T, n int) *T {
 	if len(*slab) == 0 {
 		*slab = make([]T, n)
