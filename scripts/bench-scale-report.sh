@@ -2,7 +2,7 @@
 # bench-scale-report.sh OUT EVENTS: the table of a scale run from the files
 # scripts/bench-scale.sh left in OUT (it calls this at its end; run it again
 # on a kept OUT to reprint): samples.txt, bench.txt, evaluate.json,
-# evaluate.rc, load.txt, fsck.time, disk.txt, max-mapped (and export.* with
+# evaluate.rc, evaluate.cpu, load.txt, fsck.time, disk.txt, max-mapped (and export.* with
 # EXPORT=1).
 set -euo pipefail
 OUT=$1
@@ -59,6 +59,7 @@ cat <<TABLE
 | peak RssAnon / RssFile evaluating | $(peak evaluate 3) / $(peak evaluate 4) |
 | RssFile evaluating, median / 95th percentile of the samples | $(pct evaluate 4) |
 | RssFile evaluating, samples above --max-mapped $BOUND | $(above evaluate) |
+| server CPU evaluating (user+system), page faults minor / major | $(awk '{printf "%s s, %d / %d", $1, $2, $3}' "$OUT/evaluate.cpu" 2>/dev/null || echo -) |
 ${EXPORT_ROWS}| fsck --data --max-mapped $BOUND (load $(load fsck)) | ${FSCK_WALL:--} wall, peak RSS ${FSCK_RSS:--} |
 | RssFile of fsck: peak, median / 95th percentile; samples above $BOUND | $(peak fsck 4), $(pct fsck 4); $(above fsck) |
 | disk | $DISK bytes, $((DISK / (EVENTS > 0 ? EVENTS : 1))) bytes per event |

@@ -96,6 +96,10 @@ SAMPLER=$!
 
 heap() { curl -fsS -H "Authorization: Bearer $TOKEN" "$URL/debug/pprof/heap" -o "$OUT/$1" || say "heap profile $1 failed"; }
 
+# The server's CPU seconds (user+system) and page faults (minor, major)
+# from /proc/PID/stat: CPU time moves less with the machine's load than
+# wall time, and major faults count the pages read again from disk.
+cpufaults() { awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%.2f %d %d\n", ($12+$13)/hz, $8, $10}' "/proc/$1/stat"; }
 loadavg() { echo "$1 $(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/load.txt"; }
 : >"$OUT/load.txt"
 loadavg append
@@ -110,6 +114,7 @@ loadavg append
 echo evaluate >"$OUT/phase"
 loadavg evaluate
 e0=$(date +%s.%N)
+c0=$(cpufaults "$SERVER")
 timeout "$EVAL_TIMEOUT" "$GRANTLINE" evaluate --server "$URL" --token "$TOKEN" --json >"$OUT/evaluate.json" 2>"$OUT/evaluate.err" &
 EVAL=$!
 # Heap profiles while evaluating: after 5 s, then every 30 s (the last one kept as heap-evaluate.pb.gz).
@@ -126,6 +131,9 @@ PROFILER=$!
 EVAL_RC=0
 wait "$EVAL" || EVAL_RC=$?
 e1=$(date +%s.%N)
+c1=$(cpufaults "$SERVER")
+# "cpu_seconds minor_faults major_faults" of the server while evaluating
+paste -d' ' <(echo "$c0" | tr ' ' '\n') <(echo "$c1" | tr ' ' '\n') | awk '{printf "%s%s", (NR>1 ? " " : ""), $2-$1} END{print ""}' >"$OUT/evaluate.cpu"
 kill "$PROFILER" 2>/dev/null || true
 loadavg evaluate
 echo "$EVAL_RC" >"$OUT/evaluate.rc"
