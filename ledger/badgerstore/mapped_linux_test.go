@@ -373,3 +373,13 @@ func TestMappedHold(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRssFile is the cost of one check of the bound (reading
+// /proc/self/status), which sets how often it can run near the bound.
+func BenchmarkRssFile(b *testing.B) {
+	for b.Loop() {
+		if _, err := rssFile(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
