@@ -233,7 +233,7 @@ func (s *Store) Get(keys ...[]byte) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	err := s.db.View(func(txn *badger.Txn) error {
 		for i, k := range keys {
-			s.mapped.wait()
+			readGate.wait()
 			item, err := txn.Get(k)
 			if errors.Is(err, badger.ErrKeyNotFound) {
 				continue
@@ -297,7 +297,7 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 			if end != nil && string(k) >= string(end) {
 				return nil
 			}
-			s.mapped.wait()
+			readGate.wait()
 			err := item.Value(func(v []byte) error {
 				if err := s.checkValue(item, v); err != nil {
 					return err

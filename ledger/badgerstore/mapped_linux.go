@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -40,8 +39,10 @@ const madvPageout = 21
 // Should RssFile be above reclaimHold of the bound when a reclaim starts,
 // or pass it while one runs (a scan faulting pages in faster than they are
 // given up, or a machine so loaded that the reclaimer runs late), the
-// store's reads (Get, and each entry of a Scan) wait until the reclaim is
-// done. Reads in flight finish; writes never wait.
+// reads of every store of the process (Get, and each entry of a Scan)
+// wait until the reclaim is done: RssFile is the process's, and the
+// ledger's index store, opened without a bound of its own, is read as
+// much as the main one. Reads in flight finish; writes never wait.
 //
 // It checks adaptively (see next): every interval while RssFile is far
 // below the high watermark and steady, more often as it nears it or grows
@@ -50,13 +51,12 @@ const madvPageout = 21
 // fixed 2-second check gives them up.
 type mappedBound struct {
 	dir    string
-	limit  int64                         // the bound
-	high   int64                         // reclaim above this
-	low    int64                         // down to this
-	hold   int64                         // above this, reads wait for the reclaim
-	every  time.Duration                 // the longest interval between two checks
-	gate   atomic.Pointer[chan struct{}] // while non-nil, reads wait for it to close
-	stuck  bool                          // the last reclaim left RssFile above high: do not hold reads for the next
+	limit  int64         // the bound
+	high   int64         // reclaim above this
+	low    int64         // down to this
+	hold   int64         // above this, reads wait for the reclaim
+	every  time.Duration // the longest interval between two checks
+	stuck  bool          // the last reclaim left RssFile above high: do not hold reads for the next
 	logger *slog.Logger
 	done   chan struct{}
 	once   sync.Once
@@ -152,26 +152,9 @@ func (m *mappedBound) stop() {
 	m.wg.Wait()
 }
 
-// wait returns once no reclaim holds reads (at once, almost always). The
-// store calls it before each read; nil-safe.
-func (m *mappedBound) wait() {
-	if m == nil {
-		return
-	}
-	if ch := m.gate.Load(); ch != nil {
-		<-*ch
-	}
-}
-
-// pause makes reads wait until the returned release is called.
-func (m *mappedBound) pause() (release func()) {
-	ch := make(chan struct{})
-	m.gate.Store(&ch)
-	return func() {
-		m.gate.Store(nil)
-		close(ch)
-	}
-}
+// pause makes the reads of every store of the process wait until the
+// returned release is called.
+func (m *mappedBound) pause() (release func()) { return readGate.hold() }
 
 // holdReads says whether a reclaim starting at RssFile rss makes reads wait:
 // when rss is above the hold watermark, unless the last reclaim could not

@@ -295,43 +295,58 @@ func TestPageOutLargestFirst(t *testing.T) {
 	}
 }
 
-// TestMappedHold: while a reclaim holds reads, the store's Get and Scan
-// wait, and go on with the same answers once it is done; a reclaim holds
-// them only above the hold watermark, and not after one that could not
-// bring RssFile under the high watermark.
+// TestMappedHold: while a reclaim holds reads, Get and Scan wait, those
+// of a store without a bound of its own too (the ledger's index store: the
+// bound is on the process's memory), and go on with the same answers once
+// it is done; a reclaim holds them only above the hold watermark, and not
+// after one that could not bring RssFile under the high watermark.
 func TestMappedHold(t *testing.T) {
 	const mib = 1 << 20
 	dir := t.TempDir()
 	// A bound far above RssFile: the store's own checks never reclaim.
 	s := open(t, dir, Options{MaxMappedBytes: 1 << 50, MappedCheckInterval: time.Hour})
 	defer s.Close()
-	if err := s.Commit([][]byte{[]byte("a"), []byte("b")}, [][]byte{[]byte("1"), bytes.Repeat([]byte("2"), 1000)}); err != nil {
-		t.Fatal(err)
+	ix := open(t, filepath.Join(dir, "index"), Options{NoSync: true})
+	defer ix.Close()
+	for _, st := range []*Store{s, ix} {
+		if err := st.Commit([][]byte{[]byte("a"), []byte("b")}, [][]byte{[]byte("1"), bytes.Repeat([]byte("2"), 1000)}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	reads := map[string]func() (string, error){
-		"Get": func() (string, error) {
-			v, err := s.Get([]byte("b"))
+	get := func(st *Store) func() (string, error) {
+		return func() (string, error) {
+			v, err := st.Get([]byte("b"))
 			if err != nil {
 				return "", err
 			}
 			return fmt.Sprintf("%d bytes", len(v[0])), nil
-		},
-		"Scan": func() (string, error) {
+		}
+	}
+	scan := func(st *Store) func() (string, error) {
+		return func() (string, error) {
 			var keys []string
-			err := s.Scan(nil, nil, func(k, v []byte) error {
+			err := st.Scan(nil, nil, func(k, v []byte) error {
 				keys = append(keys, fmt.Sprintf("%s=%d", k, len(v)))
 				return nil
 			})
 			return strings.Join(keys, " "), err
-		},
+		}
 	}
-	want := map[string]string{"Get": "1000 bytes", "Scan": "a=1 b=1000"}
-	for name, read := range reads {
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		read func() (string, error)
+		want string
+	}{
+		{"Get", get(s), "1000 bytes"},
+		{"Scan", scan(s), "a=1 b=1000"},
+		{"Get of a store without a bound", get(ix), "1000 bytes"},
+		{"Scan of a store without a bound", scan(ix), "a=1 b=1000"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			release := s.mapped.pause()
 			done := make(chan string, 1)
 			go func() {
-				got, err := read()
+				got, err := tc.read()
 				if err != nil {
 					got = err.Error()
 				}
@@ -340,17 +355,17 @@ func TestMappedHold(t *testing.T) {
 			select {
 			case got := <-done:
 				release()
-				t.Fatalf("%s returned %q while a reclaim held reads", name, got)
+				t.Fatalf("returned %q while a reclaim held reads", got)
 			case <-time.After(100 * time.Millisecond):
 			}
 			release()
 			select {
 			case got := <-done:
-				if got != want[name] {
-					t.Fatalf("%s after the hold = %q, want %q", name, got, want[name])
+				if got != tc.want {
+					t.Fatalf("after the hold = %q, want %q", got, tc.want)
 				}
 			case <-time.After(5 * time.Second):
-				t.Fatalf("%s still waits after the reclaim released reads", name)
+				t.Fatal("still waits after the reclaim released reads")
 			}
 		})
 	}
@@ -382,4 +397,42 @@ func BenchmarkRssFile(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestReadGate: reads go on once every reclaim holding them released it,
+// and a release called twice counts once.
+func TestReadGate(t *testing.T) {
+	var g gate
+	g.wait() // nothing holds it: returns at once
+	r1, r2 := g.hold(), g.hold()
+	done := make(chan struct{})
+	go func() { g.wait(); close(done) }()
+	waiting := func() bool {
+		select {
+		case <-done:
+			return false
+		case <-time.After(50 * time.Millisecond):
+			return true
+		}
+	}
+	if !waiting() {
+		t.Fatal("wait returned while two reclaims held reads")
+	}
+	r1()
+	r1()
+	if !waiting() {
+		t.Fatal("wait returned while one reclaim still held reads (a release called twice counted twice?)")
+	}
+	r2()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("wait still blocks after both releases")
+	}
+	r3 := g.hold() // a new hold after all were released holds again
+	if g.holds.Load() != 1 {
+		t.Fatalf("holds = %d after a new hold, want 1", g.holds.Load())
+	}
+	r3()
+	g.wait()
 }

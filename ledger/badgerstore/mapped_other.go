@@ -14,5 +14,3 @@ type mappedBound struct{ trims int }
 func startMappedBound(string, int64, time.Duration, *slog.Logger) *mappedBound { return nil }
 
 func (m *mappedBound) stop() {}
-
-func (m *mappedBound) wait() {}
