@@ -50,19 +50,19 @@ const madvPageout = 21
 // read-heavy scan (evaluate, export, fsck) faults pages in faster than a
 // fixed 2-second check gives them up.
 type mappedBound struct {
-	dir    string
-	limit  int64         // the bound
-	high   int64         // reclaim above this
-	low    int64         // down to this
-	hold   int64         // above this, reads wait for the reclaim
-	every  time.Duration // the longest interval between two checks
-	stuck  bool          // the last reclaim left RssFile above high: do not hold reads for the next
-	logger *slog.Logger
-	done   chan struct{}
-	once   sync.Once
-	wg     sync.WaitGroup
-	trims  int // how often it reclaimed; read after stop (tests)
-	checks int // how often it read RssFile; read after stop (tests)
+	dir       string
+	limit     int64         // the bound
+	high      int64         // reclaim above this
+	low       int64         // down to this
+	hold      int64         // above this, reads wait for the reclaim
+	every     time.Duration // the longest interval between two checks
+	fruitless int           // reclaims in a row that left RssFile above high
+	logger    *slog.Logger
+	done      chan struct{}
+	once      sync.Once
+	wg        sync.WaitGroup
+	trims     int // how often it reclaimed; read after stop (tests)
+	checks    int // how often it read RssFile; read after stop (tests)
 }
 
 // The watermarks, in fractions of the bound. Measured on evaluate of a
@@ -157,11 +157,13 @@ func (m *mappedBound) stop() {
 func (m *mappedBound) pause() (release func()) { return readGate.hold() }
 
 // holdReads says whether a reclaim starting at RssFile rss makes reads wait:
-// when rss is above the hold watermark, unless the last reclaim could not
-// bring RssFile under the high watermark (what is left is not the store's:
-// holding reads would only slow them, reclaim after reclaim).
+// when rss is above the hold watermark, unless the last two reclaims could
+// not bring RssFile under the high watermark (what is left is not the
+// store's: holding reads would only slow them, reclaim after reclaim). One
+// fruitless reclaim is not enough: under heavy load a scan can refill what
+// a reclaim gives up while it runs, and the next reclaim must hold reads.
 func (m *mappedBound) holdReads(rss int64) bool {
-	return rss > m.hold && !m.stuck
+	return rss > m.hold && m.fruitless < 2
 }
 
 // check reclaims the store's mapped pages when RssFile is above the high
@@ -202,7 +204,11 @@ func (m *mappedBound) check() (int64, bool) {
 	if held {
 		release()
 	}
-	m.stuck = aerr == nil && after > m.high
+	if aerr == nil && after > m.high {
+		m.fruitless++
+	} else {
+		m.fruitless = 0
+	}
 	if m.logger != nil {
 		if err != nil {
 			m.logger.Warn("badger: reclaiming mapped store files", "rss_file_bytes", rss, "bound", m.limit, "err", err)
