@@ -2,15 +2,20 @@ package ledger
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -178,13 +183,48 @@ func BenchmarkInclusionProof(b *testing.B) {
 // 250,000-event segment (seg1-events/s, seg2-events/s, ...), so that a
 // slowdown as the store grows shows (docs/BENCHMARKS.md, "Appends at the
 // limit"). Opt-in: the plain Append pattern does not match it.
+//
+// Two environment variables help find where a segment's time goes:
+// GRANTLINE_GROWTH_PROFILE=dir writes a CPU profile of every segment to
+// dir/segN.pprof (not together with -cpuprofile), and GRANTLINE_GROWTH_LOG=1
+// prints badger's own log lines (flushes, compactions, value-log files) of
+// both stores to stderr, each with the seconds since the start and the
+// events appended by then. GRANTLINE_GROWTH_INDEX_L0=n, an experiment, lets
+// the index store gather n level-0 tables (badger's default: 5) before it
+// compacts them.
 func BenchmarkAppendGrowth(b *testing.B) {
 	const segment, callers, chunk = 250_000, 64, 100
 	o := testOptions()
 	o.Now = time.Now
 	dir := filepath.Join(b.TempDir(), "ledger")
-	store := openBadgerStore(b, dir, badgerstore.Options{})
-	o.Index = openBadgerStore(b, filepath.Join(dir, "index"), badgerstore.Options{NoSync: true})
+	var next, done atomic.Int64
+	mainOpts, indexOpts := badgerstore.Options{}, badgerstore.Options{NoSync: true}
+	if os.Getenv("GRANTLINE_GROWTH_LOG") != "" {
+		t0 := time.Now()
+		mainOpts.BadgerOptions = growthLogger("main", t0, &done)
+		indexOpts.BadgerOptions = growthLogger("index", t0, &done)
+		stop := make(chan struct{})
+		defer close(stop)
+		go watchFiles("main", dir, t0, &done, stop)
+		go watchFiles("index", filepath.Join(dir, "index"), t0, &done, stop)
+	}
+	if v := os.Getenv("GRANTLINE_GROWTH_INDEX_L0"); v != "" {
+		// An experiment (docs/BENCHMARKS.md, "Round 4, continued"): how
+		// many level-0 tables the index store gathers before compacting.
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("GRANTLINE_GROWTH_INDEX_L0=%q: want a positive number of tables", v)
+		}
+		logOpts := indexOpts.BadgerOptions
+		indexOpts.BadgerOptions = func(bo badger.Options) badger.Options {
+			if logOpts != nil {
+				bo = logOpts(bo)
+			}
+			return bo.WithNumLevelZeroTables(n).WithNumLevelZeroTablesStall(max(15, 2*n))
+		}
+	}
+	store := openBadgerStore(b, dir, mainOpts)
+	o.Index = openBadgerStore(b, filepath.Join(dir, "index"), indexOpts)
 	l, err := Open(context.Background(), store, o)
 	if err != nil {
 		b.Fatal(err)
@@ -195,11 +235,38 @@ func BenchmarkAppendGrowth(b *testing.B) {
 	for i := range subjects {
 		subjects[i] = &pb.Identity{Id: "user-" + strconv.Itoa(i), Kind: "human", Display: "Some User"}
 	}
-	var next, done atomic.Int64
 	segs := make([]time.Duration, (b.N+segment-1)/segment)
 	cpus := make([]time.Duration, len(segs))
 	var segMu sync.Mutex
+	profDir := os.Getenv("GRANTLINE_GROWTH_PROFILE")
+	var prof *os.File
+	profile := func(k int) { // stop the running profile, start segment k's
+		if profDir == "" {
+			return
+		}
+		if prof != nil {
+			pprof.StopCPUProfile()
+			prof.Close()
+			prof = nil
+		}
+		if k >= len(segs) {
+			return
+		}
+		f, err := os.Create(filepath.Join(profDir, "seg"+strconv.Itoa(k+1)+".pprof"))
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Error(err)
+			f.Close()
+			return
+		}
+		prof = f
+	}
 	b.ResetTimer()
+	profile(0)
+	defer profile(len(segs))
 	start, cpu0 := time.Now(), processCPU()
 	segStart, segCPU := start, cpu0
 	var wg sync.WaitGroup
@@ -231,6 +298,7 @@ func BenchmarkAppendGrowth(b *testing.B) {
 					k := min(int((n-1)/segment), len(segs)-1)
 					segs[k], cpus[k] = now.Sub(segStart), c-segCPU
 					segStart, segCPU = now, c
+					profile(k + 1)
 					segMu.Unlock()
 				}
 			}
@@ -249,6 +317,55 @@ func BenchmarkAppendGrowth(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
+}
+
+// growthLogger returns badger options that print badger's log lines, all
+// levels, to stderr with the store's name, the seconds since t0 and the
+// events done by then (BenchmarkAppendGrowth, GRANTLINE_GROWTH_LOG).
+func growthLogger(name string, t0 time.Time, done *atomic.Int64) func(badger.Options) badger.Options {
+	return func(bo badger.Options) badger.Options {
+		return bo.WithLogger(growthLog{name: name, t0: t0, done: done})
+	}
+}
+
+// watchFiles prints to stderr, once a second until stop is closed, when the
+// number of value-log (.vlog) or table (.sst) files in dir changes.
+func watchFiles(name, dir string, t0 time.Time, done *atomic.Int64, stop <-chan struct{}) {
+	last := ""
+	for {
+		select {
+		case <-stop:
+			return
+		case <-time.After(time.Second):
+		}
+		vlog, _ := filepath.Glob(filepath.Join(dir, "*.vlog"))
+		sst, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
+		if now := fmt.Sprintf("%d vlog, %d sst files", len(vlog), len(sst)); now != last {
+			growthLog{name: name, t0: t0, done: done}.printf("FILES", "%s", now)
+			last = now
+		}
+	}
+}
+
+type growthLog struct {
+	name string
+	t0   time.Time
+	done *atomic.Int64
+}
+
+func (g growthLog) printf(level, f string, a ...any) {
+	fmt.Fprintf(os.Stderr, "%8.2fs %9d %s %s: %s\n", time.Since(g.t0).Seconds(), g.done.Load(), g.name, level,
+		strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (g growthLog) Errorf(f string, a ...any)   { g.printf("ERROR", f, a...) }
+func (g growthLog) Warningf(f string, a ...any) { g.printf("WARN", f, a...) }
+func (g growthLog) Infof(f string, a ...any)    { g.printf("INFO", f, a...) }
+func (g growthLog) Debugf(f string, a ...any) {
+	// Only memtable flushes and finished compactions: the other debug
+	// lines come with every write.
+	if strings.HasPrefix(f, "Flushing memtable, mt.size") || strings.Contains(f, "LOG Compact. Added") {
+		g.printf("DEBUG", f, a...)
+	}
 }
 
 // appendRetrying appends evs, waiting a millisecond and retrying while the
