@@ -292,6 +292,10 @@ func chainOrder(a, b *Event) int {
 type eventSlab struct {
 	events []Event
 	ptrs   []*Event
+	// decode, with its interner, decodes leaves into events; it keeps the
+	// strings of the chains decoded through this slab before.
+	decode leafVisitor
+	intern interner
 }
 
 var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
@@ -306,9 +310,10 @@ func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
 		sl.ptrs = make([]*Event, len(chain))
 	}
 	slab, evs := sl.events[:len(chain)], sl.ptrs[:len(chain)]
+	sl.decode.in = &sl.intern
 	for i, en := range chain {
 		if en.Event == nil && en.Leaf != nil {
-			if err := decodeLeaf(&slab[i], en.Index, en.Leaf); err != nil {
+			if err := decodeLeafWith(&sl.decode, &slab[i], en.Index, en.Leaf); err != nil {
 				return nil, err
 			}
 		} else {
