@@ -86,6 +86,10 @@ type Event struct {
 
 	// CEL values, made on first use (see viewvals.go).
 	celVal, subjectVal, actorVal, entitlementVal, refsVal ref.Val
+	// The CEL values of the fields rules read most, made on first read
+	// (fields.go): a string or timestamp handed to CEL is boxed, one
+	// allocation per read otherwise.
+	typeVal, timeVal, systemVal, expiresVal ref.Val
 }
 
 // Session is a session.started with its first end.
@@ -276,6 +280,7 @@ func fillEvent(e *Event, en Entry) {
 	e.ObservedTime, e.HasObservedTime = en.Observed, !en.Observed.IsZero()
 	e.Opening, e.HasOpening, e.src = nil, false, nil
 	e.celVal, e.subjectVal, e.actorVal, e.entitlementVal, e.refsVal = nil, nil, nil, nil, nil
+	e.typeVal, e.timeVal, e.systemVal, e.expiresVal = nil, nil, nil, nil
 }
 
 // chainOrder sorts events by time, then ledger index.
