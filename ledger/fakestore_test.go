@@ -270,5 +270,9 @@ func (s *fakeStore) corrupt(key []byte, v []byte) {
 		s.keys = slices.DeleteFunc(s.keys, func(x string) bool { return x == k })
 		return
 	}
+	if _, ok := s.data[k]; !ok {
+		i, _ := slices.BinarySearch(s.keys, k)
+		s.keys = slices.Insert(s.keys, i, k) // a planted key: scans see it too
+	}
 	s.data[k] = v
 }

@@ -448,7 +448,8 @@ func resolveRepeat(r AppendResult, canon, ev []byte) AppendResult {
 // and results complete for the firsts already stored or in flight: the
 // stored entry's index and leaf hash, with Duplicate set when the event is
 // the stored one and Conflict when it differs (anything but the observed
-// time). It reads the store once for the candidates, in key order, and
+// time). It reads the store once for the candidates (the keys neither in
+// flight nor ruled out by the dedupe filter, dedupefilter.go), in key order, and
 // confirms each hit on the leaf it names (ErrCorrupt if that leaf is another
 // key's event), comparing the event bytes there: only hits cost a compare.
 // It does not change the tree.
@@ -476,6 +477,9 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 			res[p] = resolveRepeat(e.res, e.event, it.r.items[it.i].eventField())
 			stored[p], canon[p] = true, e.event
 			continue
+		}
+		if !l.filter.mayContain(&d) {
+			continue // neither stored nor in flight: new
 		}
 		pos = append(pos, p)
 	}
@@ -544,6 +548,7 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		res[p] = AppendResult{Index: idx, LeafHash: *h}
 		l.seq.dd.canon[p] = pr.eventField()
 		dedupes = append(dedupes, pr.dedupe)
+		l.filter.add(&pr.dedupe)
 		if err := l.seq.rng.Append(h[:], visit); err != nil {
 			return nil, fmt.Errorf("extending the tree at %d: %w", idx, err)
 		}

@@ -372,9 +372,15 @@ func (s *Store) commitOrdered(keys, values [][]byte) error {
 	for i := range order {
 		order[i] = i
 	}
-	// Stable: of entries with the same key, the later stays later, in the
-	// same transaction or a later one, and wins.
-	slices.SortStableFunc(order, func(a, b int) int { return bytes.Compare(keys[a], keys[b]) })
+	// Of entries with the same key, the later stays later, in the same
+	// transaction or a later one, and wins: ties are broken by position,
+	// which sorts as a stable sort would, at the cost of an unstable one.
+	slices.SortFunc(order, func(a, b int) int {
+		if c := bytes.Compare(keys[a], keys[b]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a, b)
+	})
 	var (
 		wg    sync.WaitGroup
 		errMu sync.Mutex
