@@ -221,10 +221,12 @@ func (s *Server) appendWaiting(ctx context.Context, evs []*pb.Event, wait time.D
 }
 
 func toPBResults(res []ledger.AppendResult) []*pb.AppendResult {
-	// One allocation for the messages, instead of one per event.
+	// One allocation for the messages, instead of one per event; the leaf
+	// hashes point into res (a copy of each result, sliced, would be moved
+	// to the heap one by one).
 	out, msgs := make([]*pb.AppendResult, len(res)), make([]pb.AppendResult, len(res))
-	for i, r := range res {
-		m := &msgs[i]
+	for i := range res {
+		r, m := &res[i], &msgs[i]
 		m.Index, m.LeafHash, m.Duplicate, m.Conflict = r.Index, r.LeafHash[:], r.Duplicate, r.Conflict
 		out[i] = m
 	}

@@ -259,12 +259,13 @@ func (l *Log) fit(batch []item) int {
 			return i
 		}
 		p := &it.r.items[it.i]
-		mc, mb := 1+mapCount, entrySize(9, len(p.leaf)+event.ObservedRoom)+mapBytes
+		mc, mb := int64(1), entrySize(9, len(p.leaf)+event.ObservedRoom)
 		if i%tileWidth == 0 {
 			mc++
 			mb += entrySize(10, 8192)
 		}
-		ic, ib := int64(3), 2*entrySize(1+indexKeyLen, 8)+entrySize(len(p.subject)+12, 0)
+		// The subject map's records go with the indexes (appendMapLeaf).
+		ic, ib := 3+mapCount, 2*entrySize(1+indexKeyLen, 8)+entrySize(len(p.subject)+12, 0)+mapBytes
 		if l.split {
 			if i > 0 && !(main.fits(mc, mb) && ix.fits(ic, ib)) {
 				return i

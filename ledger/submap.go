@@ -51,10 +51,12 @@ func SubjectLabel(subject string) [32]byte { return sha256.Sum256([]byte(subject
 // the newest at index last, whose leaf hashes chain to chain (ChainNext):
 // SHA-256("grantline subject v1" 0x00 be64(count) be64(last) chain).
 func SubjectValue(count, last uint64, chain [32]byte) [32]byte {
-	b := make([]byte, 0, 21+16+32)
-	b = append(b, "grantline subject v1\x00"...)
-	b = be64(be64(b, count), last)
-	return sha256.Sum256(append(b, chain[:]...))
+	var b [21 + 16 + 32]byte
+	copy(b[:], "grantline subject v1\x00")
+	binary.BigEndian.PutUint64(b[21:], count)
+	binary.BigEndian.PutUint64(b[29:], last)
+	copy(b[37:], chain[:])
+	return sha256.Sum256(b[:])
 }
 
 // ChainNext extends a subject's chain hash by the leaf hash of its next
@@ -133,8 +135,10 @@ type subjectState struct {
 
 func (s subjectState) value() [32]byte { return SubjectValue(s.count, s.last, s.chain) }
 
-func (s subjectState) encode() []byte {
-	b := make([]byte, 0, 48)
+func (s subjectState) encode() []byte { return s.appendTo(make([]byte, 0, 48)) }
+
+// appendTo appends the state's 48-byte record to b.
+func (s subjectState) appendTo(b []byte) []byte {
 	b = be64(be64(b, s.count), s.last)
 	return append(b, s.chain[:]...)
 }
@@ -200,14 +204,16 @@ const kMapNodeC = 'q'
 
 // mapNodePrefix is the key prefix of every version of the node labelled l.
 func mapNodePrefix(l prefix.Label, f mapFormat) []byte {
+	return appendMapNodePrefix(make([]byte, 0, 1+4+32+8), l, f)
+}
+
+// appendMapNodePrefix appends mapNodePrefix(l, f) to b.
+func appendMapNodePrefix(b []byte, l prefix.Label, f mapFormat) []byte {
 	if f == mapCompact {
-		n := (l.BitLen() + 7) / 8
-		b := make([]byte, 0, 1+2+n+8)
 		b = append(b, kMapNodeC)
 		b = binary.BigEndian.AppendUint16(b, uint16(l.BitLen()))
-		return append(b, l.Bytes()[:n]...)
+		return append(b, l.Bytes()[:(l.BitLen()+7)/8]...)
 	}
-	b := make([]byte, 0, 1+4+32+8)
 	b = append(b, kMapNode)
 	b = binary.BigEndian.AppendUint32(b, l.BitLen())
 	return append(b, l.Bytes()...)
@@ -230,11 +236,15 @@ func decodeLabel(b []byte) (prefix.Label, error) {
 // encodeNode is a node's stored value. mapWide: label, left, right (36
 // bytes each) and hash; mapCompact: see kMapNodeC.
 func encodeNode(n *prefix.Node, f mapFormat) []byte {
+	return appendNode(make([]byte, 0, 3*36+32), n, f)
+}
+
+// appendNode appends encodeNode(n, f) to b.
+func appendNode(b []byte, n *prefix.Node, f mapFormat) []byte {
 	if f == mapCompact {
 		if n.Label.IsLeaf() {
 			panic("internal error: a compact leaf record is its subject's state")
 		}
-		b := make([]byte, 0, 32+2*(2+32))
 		b = append(b, n.Hash[:]...)
 		for _, c := range []prefix.Label{n.Left, n.Right} {
 			if c == prefix.EmptyNodeLabel {
@@ -246,7 +256,6 @@ func encodeNode(n *prefix.Node, f mapFormat) []byte {
 		}
 		return b
 	}
-	b := make([]byte, 0, 3*36+32)
 	b = encodeLabel(encodeLabel(encodeLabel(b, n.Label), n.Left), n.Right)
 	return append(b, n.Hash[:]...)
 }
@@ -481,14 +490,25 @@ type mapKV struct{ label, value [32]byte }
 // leaves the map in an unknown state: the log must stop appending.
 func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte, error) {
 	m.seals++
-	// The states of the subjects changed, read once for those not cached.
+	// The states of the subjects changed, read once for those not cached
+	// that the tree holds: a subject without a leaf has none to read
+	// (inTree reads only the internal nodes on its path, which the update
+	// below loads anyway).
 	var missLabels [][32]byte
-	seen := make(map[[32]byte]bool)
 	for _, it := range items {
-		if _, ok := m.states[it.label]; !ok && !seen[it.label] {
-			seen[it.label] = true
-			missLabels = append(missLabels, it.label)
+		if _, ok := m.states[it.label]; ok {
+			continue
 		}
+		in, err := m.inTree(it.label)
+		if err != nil {
+			return [32]byte{}, err
+		}
+		if !in {
+			m.states[it.label] = cachedState{subjectState{}, 0}
+			continue
+		}
+		m.states[it.label] = cachedState{} // read below; marks it seen
+		missLabels = append(missLabels, it.label)
 	}
 	if len(missLabels) > 0 {
 		vals, err := readStates(m.st, m.format, missLabels)
@@ -496,11 +516,12 @@ func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte,
 			return [32]byte{}, err
 		}
 		for j, v := range vals {
-			s := subjectState{}
-			if v != nil {
-				if s, err = decodeSubjectState(v); err != nil {
-					return [32]byte{}, err
-				}
+			if v == nil {
+				return [32]byte{}, fmt.Errorf("%w: subject map leaf %x has no stored state; run grantline fsck", ErrCorrupt, missLabels[j])
+			}
+			s, err := decodeSubjectState(v)
+			if err != nil {
+				return [32]byte{}, err
 			}
 			m.states[missLabels[j]] = cachedState{s, 0}
 		}
@@ -533,42 +554,90 @@ func (m *subjectMap) apply(items []mapItem, cpSize uint64, w *writes) ([32]byte,
 	}
 	if len(kvs) > 0 {
 		m.changed = m.changed[:0]
-		k := splitAt(kvs, 0)
-		var sides [2]*prefix.Node
-		for i, part := range [2][]mapKV{kvs[:k], kvs[k:]} {
-			child := root.Left
-			if i == 1 {
-				child = root.Right
-			}
-			if sides[i], err = m.load(child); err != nil {
-				return [32]byte{}, err
-			}
-			if len(part) > 0 {
-				if sides[i], err = m.insert(sides[i], part); err != nil {
-					return [32]byte{}, err
-				}
-			}
+		if root, err = m.insert(root, kvs); err != nil {
+			return [32]byte{}, err
 		}
-		root = &prefix.Node{Label: prefix.RootLabel, Left: sides[0].Label, Right: sides[1].Label,
-			Hash: mapNodeHash(prefix.RootLabel, mapHash(append(sides[0].Hash[:], sides[1].Hash[:]...)))}
-		m.changed = append(m.changed, root)
 		for _, n := range m.changed {
 			m.nodes[n.Label] = cachedNode{n, m.seals}
+			k := w.key(1+4+32+8+3*36+32, func(b []byte) []byte { return be64(appendMapNodePrefix(b, n.Label, m.format), ^cpSize) })
 			if n.Label.IsLeaf() && m.format == mapCompact {
-				var lb [32]byte
-				copy(lb[:], n.Label.Bytes())
-				w.put(mapNodeKey(n.Label, cpSize, m.format), m.states[lb].s.encode())
+				s := m.states[[32]byte(n.Label.Bytes())].s
+				w.put(k, w.key(0, s.appendTo))
 				continue
 			}
-			w.put(mapNodeKey(n.Label, cpSize, m.format), encodeNode(n, m.format))
+			w.put(k, w.key(0, func(b []byte) []byte { return appendNode(b, n, m.format) }))
 		}
 	}
 	m.evict()
 	return root.Hash, nil
 }
 
+// inTree reports whether the subject labelled lb has a leaf in the newest
+// tree. It loads only the internal nodes on lb's path.
+func (m *subjectMap) inTree(lb [32]byte) (bool, error) {
+	leaf := leafLabel(lb)
+	n, err := m.load(prefix.RootLabel)
+	for {
+		if err != nil {
+			return false, err
+		}
+		child := n.Left
+		if bit := n.Label.BitLen(); lb[bit/8]>>(7-bit%8)&1 == 1 {
+			child = n.Right
+		}
+		switch {
+		case child == leaf:
+			return true, nil
+		case child.IsLeaf() || !hasPrefix(&lb, child): // also the empty node
+			return false, nil
+		}
+		n, err = m.load(child)
+	}
+}
+
+// hasPrefix reports whether the label lb (256 bits) starts with the label
+// p: prefix.Label.HasPrefix without making a Label of lb.
+func hasPrefix(lb *[32]byte, p prefix.Label) bool {
+	if p == prefix.EmptyNodeLabel {
+		return false
+	}
+	bits := p.BitLen()
+	pb := p.Bytes()
+	n := bits / 8
+	if !bytes.Equal(lb[:n], pb[:n]) {
+		return false
+	}
+	if r := bits % 8; r != 0 {
+		mask := byte(0xff << (8 - r))
+		return lb[n]&mask == pb[n]
+	}
+	return true
+}
+
+// insertAt is insert of the node labelled l, which it loads only if its
+// hash or children are needed: not for the empty node, nor for a leaf
+// that kvs replaces.
+func (m *subjectMap) insertAt(l prefix.Label, kvs []mapKV) (*prefix.Node, error) {
+	if l == prefix.EmptyNodeLabel {
+		return m.build(kvs, nil)
+	}
+	if l.IsLeaf() {
+		if _, found := slices.BinarySearchFunc(kvs, l, func(kv mapKV, l prefix.Label) int {
+			return bytes.Compare(kv.label[:], l.Bytes())
+		}); found {
+			return m.build(kvs, nil) // the leaf's new value replaces it
+		}
+	}
+	n, err := m.load(l)
+	if err != nil {
+		return nil, err
+	}
+	return m.insert(n, kvs)
+}
+
 // insert returns the subtree n with the leaves kvs (sorted, distinct, all
-// below n's parent on n's side) set, noting every new node in m.changed.
+// below n's parent on n's side; for the root, any) set, noting every new
+// node in m.changed.
 func (m *subjectMap) insert(n *prefix.Node, kvs []mapKV) (*prefix.Node, error) {
 	switch {
 	case n.Label == prefix.EmptyNodeLabel:
@@ -581,14 +650,17 @@ func (m *subjectMap) insert(n *prefix.Node, kvs []mapKV) (*prefix.Node, error) {
 		}
 		return m.build(kvs, n)
 	}
-	// An internal node: the leaves below it are a contiguous run of kvs.
-	i := 0
-	for i < len(kvs) && !leafLabel(kvs[i].label).HasPrefix(n.Label) {
-		i++
-	}
-	j := i
-	for j < len(kvs) && leafLabel(kvs[j].label).HasPrefix(n.Label) {
-		j++
+	// An internal node: the leaves below it are a contiguous run of kvs
+	// (all of them when the first and the last are).
+	i, j := 0, len(kvs)
+	if !hasPrefix(&kvs[0].label, n.Label) || !hasPrefix(&kvs[j-1].label, n.Label) {
+		for i < len(kvs) && !hasPrefix(&kvs[i].label, n.Label) {
+			i++
+		}
+		j = i
+		for j < len(kvs) && hasPrefix(&kvs[j].label, n.Label) {
+			j++
+		}
 	}
 	if i == j {
 		return m.build(kvs, n) // none below n
@@ -614,13 +686,13 @@ func (m *subjectMap) insert(n *prefix.Node, kvs []mapKV) (*prefix.Node, error) {
 			child = n.Right
 		}
 		var err error
-		if sides[s], err = m.load(child); err != nil {
-			return nil, err
+		if len(part) == 0 {
+			sides[s], err = m.load(child)
+		} else {
+			sides[s], err = m.insertAt(child, part)
 		}
-		if len(part) > 0 {
-			if sides[s], err = m.insert(sides[s], part); err != nil {
-				return nil, err
-			}
+		if err != nil {
+			return nil, err
 		}
 	}
 	return m.parent(n.Label, sides[0], sides[1]), nil
@@ -670,8 +742,10 @@ func (m *subjectMap) join(units []*prefix.Node) *prefix.Node {
 
 // parent returns the new internal node l over left and right.
 func (m *subjectMap) parent(l prefix.Label, left, right *prefix.Node) *prefix.Node {
-	n := &prefix.Node{Label: l, Left: left.Label, Right: right.Label,
-		Hash: mapNodeHash(l, mapHash(append(left.Hash[:], right.Hash[:]...)))}
+	var b [64]byte
+	copy(b[:32], left.Hash[:])
+	copy(b[32:], right.Hash[:])
+	n := &prefix.Node{Label: l, Left: left.Label, Right: right.Label, Hash: mapNodeHash(l, mapHash(b[:]))}
 	m.changed = append(m.changed, n)
 	return n
 }
@@ -966,14 +1040,21 @@ func (l *Log) subjectProof(ctx context.Context, subject string, size uint64, f m
 	return p, nil
 }
 
-// mapBudget bounds what one event adds to a sealing commit through the
-// subject map, for Log.fit: its subject's state and the prefix-tree nodes
-// on its path, at most about log2(subjects)+2 deep, and subjects never
-// outnumber leaves (shared nodes near the root make the real total lower).
+// mapBudget bounds what one event adds through the subject map to the
+// commit that takes the map's records (the index store's when the log has
+// one, Log.fit): its subject's state and the prefix-tree nodes on its
+// path, at most about log2(subjects)+2 deep, and subjects never outnumber
+// leaves (shared nodes near the root make the real total lower). A node
+// record is at most 45+140 bytes in a mapWide log, 43+100 in a mapCompact
+// one (whose leaf record is the state: 43+48).
 func (l *Log) mapBudget() (count, bytes int64) {
-	if l.seq.smap == nil {
+	m := l.seq.smap
+	if m == nil {
 		return 0, 0
 	}
 	nodes := int64(bits.Len64(l.seq.rng.End())) + 3
+	if m.format == mapCompact {
+		return 1 + nodes, entrySize(1+2+32+8, 48) + nodes*entrySize(1+2+32+8, 32+2*(2+32))
+	}
 	return 1 + nodes, entrySize(33, 48) + nodes*entrySize(1+36+8, 3*36+32)
 }

@@ -725,3 +725,86 @@ func TestSubjectMapSplitCrashAtEveryStep(t *testing.T) {
 		}
 	}
 }
+
+// TestSubjectMapMissingState: a seal reads a subject's stored state only
+// when the tree holds the subject's leaf, and a leaf whose state record is
+// gone is ErrCorrupt at the next seal that changes it, not a chain started
+// again from zero (which would silently commit a wrong map root).
+func TestSubjectMapMissingState(t *testing.T) {
+	for _, f := range []mapFormat{mapWide, mapCompact} {
+		t.Run(fmt.Sprintf("format %d", f), func(t *testing.T) {
+			st := newFakeStore()
+			m := newSubjectMap(st, f)
+			a, b := SubjectLabel("a"), SubjectLabel("b")
+			w := newWrites(0)
+			if _, err := m.apply([]mapItem{{a, 0, [32]byte{1}}, {b, 1, [32]byte{2}}}, 3, w); err != nil {
+				t.Fatal(err)
+			}
+			if err := st.Commit(w.keys, w.vals); err != nil {
+				t.Fatal(err)
+			}
+			stateKey := subjStateKey(b)
+			if f == mapCompact {
+				stateKey = mapNodeKey(leafLabel(b), 3, f)
+			}
+			if vals, err := st.Get(stateKey); err != nil || vals[0] == nil {
+				t.Fatalf("b's state record %x: %v, %v", stateKey, vals, err)
+			}
+			// A cold cache: a new subject and a known one read from the
+			// store give the same root as the warm map.
+			warm := newWrites(0)
+			want, err := m.apply([]mapItem{{SubjectLabel("c"), 4, [32]byte{3}}, {a, 5, [32]byte{4}}}, 7, warm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cold := newSubjectMap(st.clone(), f)
+			got, err := cold.apply([]mapItem{{SubjectLabel("c"), 4, [32]byte{3}}, {a, 5, [32]byte{4}}}, 7, newWrites(0))
+			if err != nil || got != want {
+				t.Fatalf("cold map: root %x (%v), warm map %x", got, err, want)
+			}
+			st.corrupt(stateKey, nil)
+			_, err = newSubjectMap(st, f).apply([]mapItem{{b, 8, [32]byte{5}}}, 10, newWrites(0))
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("seal of a subject whose state record is gone: %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+// TestSubjectMapBatchesRespectStoreLimits: with a separate index store the
+// map's records go there, so the batches a seal's map writes bound are the
+// index store's: every index commit stays within its limits however many
+// subjects a batch changes, and the main store's commits are not shrunk
+// by records they do not hold.
+func TestSubjectMapBatchesRespectStoreLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		mainCount, ixCount     int
+		minBatches, maxBatches uint64 // for 1000 events
+	}{
+		{"index store smaller", 1 << 20, 3000, 4, 0},
+		{"main store smaller", 300, 1 << 20, 4, 6}, // ~249 leaves per main commit, as without a map
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, ix := newFakeStore(), newFakeStore()
+			st.maxCount, ix.maxCount = tc.mainCount, tc.ixCount
+			o := mapOptions()
+			o.Index = ix
+			l, err := Open(t.Context(), st, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := acked{}
+			evs := testEvents(0, 1000)
+			a.add(t, evs, mustAppend(t, l, evs))
+			if b := l.Stats().Batches; b < tc.minBatches || (tc.maxBatches > 0 && b > tc.maxBatches) {
+				t.Fatalf("1000 events in %d batches; want %d..%d", b, tc.minBatches, tc.maxBatches)
+			}
+			checkInvariants(t, l, a)
+			checkSubjectProofs(t, l, l.Latest().Size)
+			l.Close()
+			checkViolations(t, st)
+			checkViolations(t, ix)
+		})
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -36,9 +37,10 @@ func init() {
 }
 
 // benchServer starts the in-process server bench uses when no --server is
-// given, on a free loopback port.
-func benchServer(ctx context.Context, dataDir string) (*server.Server, error) {
-	return server.Start(ctx, server.Config{DataDir: dataDir, Listen: "127.0.0.1:0"})
+// given, on a free loopback port, with a memory budget as serve's
+// --memory-budget (0: none, the default of bench, unlike serve's).
+func benchServer(ctx context.Context, dataDir string, memoryBudget int64) (*server.Server, error) {
+	return server.Start(ctx, server.Config{DataDir: dataDir, Listen: "127.0.0.1:0", MemoryBudget: memoryBudget})
 }
 
 // ledgerSummary says where the server's time went, from the ledger's counters.
@@ -81,6 +83,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	keyFile := fs.String("log-key", "", "with --verify against --server: the log's verifier key (DATA/keys/log.vkey)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run (client and in-process server) to this file")
 	dataDir := fs.String("data", "", "in-process server: data directory (default: a temporary one, removed afterwards)")
+	memBudget := fs.String("memory-budget", "0", "in-process server: serve's --memory-budget (e.g. 512MiB, serve's default; 0: none): the Go memory limit and the store's caches")
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -96,6 +99,13 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if cfg.eventSize < 200 || cfg.eventSize > 30000 {
 		return &exitError{code: 2, msg: fmt.Sprintf("--event-size %d: want 200..30000", cfg.eventSize)}
+	}
+	budget, err := parseSize(*memBudget)
+	if err != nil {
+		return &exitError{code: 2, msg: fmt.Sprintf("--memory-budget %q: %v", *memBudget, err)}
+	}
+	if budget > 0 && budget < minMemoryBudget {
+		return &exitError{code: 2, msg: fmt.Sprintf("--memory-budget %s: want at least %s (or 0 for none)", *memBudget, sizeString(minMemoryBudget))}
 	}
 	serverSet := env.getenv("GRANTLINE_SERVER") != ""
 	fs.Visit(func(f *flag.Flag) { serverSet = serverSet || f.Name == "server" })
@@ -117,7 +127,7 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			defer os.RemoveAll(tmp)
 			dir = tmp
 		}
-		rs, err := benchServer(ctx, dir)
+		rs, err := benchServer(ctx, dir, budget)
 		if err != nil {
 			return fmt.Errorf("starting the in-process server: %w", err)
 		}
@@ -190,14 +200,28 @@ type benchResult struct {
 	streams, batch int
 	eventSize      int
 	treeSize       uint64
+	cpu            time.Duration // this process's CPU time (user+sys) during the run; 0: not measured
 }
 
 func (r benchResult) rate() float64 { return float64(r.events) / r.elapsed.Seconds() }
 
+// cpuPerEvent is the process's CPU time per acknowledged event, 0 if not
+// measured.
+func (r benchResult) cpuPerEvent() time.Duration {
+	if r.events == 0 {
+		return 0
+	}
+	return r.cpu / time.Duration(r.events)
+}
+
 func (r benchResult) String() string {
-	return fmt.Sprintf("bench: %d events (%d duplicate) in %.2fs over %d streams, batch %d, ~%d-byte events: %.0f events/s; ack latency per batch p50 %s p99 %s max %s; tree size %d",
+	s := fmt.Sprintf("bench: %d events (%d duplicate) in %.2fs over %d streams, batch %d, ~%d-byte events: %.0f events/s; ack latency per batch p50 %s p99 %s max %s; tree size %d",
 		r.events, r.dup, r.elapsed.Seconds(), r.streams, r.batch, r.eventSize, r.rate(),
 		r.p50.Round(100*time.Microsecond), r.p99.Round(100*time.Microsecond), r.pmax.Round(100*time.Microsecond), r.treeSize)
+	if c := r.cpuPerEvent(); c > 0 {
+		s += fmt.Sprintf("; CPU %.1f µs per event (this process, user+sys)", float64(c.Nanoseconds())/1000)
+	}
+	return s
 }
 
 // runBench appends generated events and measures throughput and per-batch
@@ -207,7 +231,7 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 	batches := make(chan *client.Batch, cfg.Streams*cfg.Window)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	deadline := time.Time{}
 	if cfg.duration > 0 {
 		deadline = start.Add(cfg.duration)
@@ -229,7 +253,10 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 			if deadline.IsZero() {
 				n = min(n, cfg.events-next)
 			}
-			b := &client.Batch{Seq: seq, Events: gen.batch(next, int(n)), Where: "event " + strconv.FormatUint(next, 10)}
+			// Encoded once by the generator, sent as they are: the
+			// generator shares the two cores with the server it measures.
+			enc := gen.encoded(make([]byte, 0, int(n)*(cfg.eventSize+64)), next, int(n))
+			b := &client.Batch{Seq: seq, Encoded: enc, Count: int(n), Where: "event " + strconv.FormatUint(next, 10)}
 			next += n
 			select {
 			case batches <- b:
@@ -269,14 +296,14 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 		lats = append(lats, lat)
 		mu.Unlock()
 	})
-	elapsed := time.Since(start)
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
 	close(stopTicker)
 	if err != nil {
 		return benchResult{}, fmt.Errorf("after %d events: %s", st.Acked.Load(), describeRPCError(err))
 	}
 	slices.Sort(lats)
 	r := benchResult{events: st.Acked.Load(), dup: st.Dup.Load(), batches: len(lats), elapsed: elapsed,
-		streams: cfg.Streams, batch: cfg.batch, eventSize: cfg.eventSize, treeSize: st.TreeSize.Load()}
+		streams: cfg.Streams, batch: cfg.batch, eventSize: cfg.eventSize, treeSize: st.TreeSize.Load(), cpu: cpu}
 	if len(lats) > 0 {
 		r.p50 = percentile(lats, 0.50)
 		r.p99 = percentile(lats, 0.99)
@@ -342,26 +369,65 @@ func (g *benchGen) batch(first uint64, n int) []*pb.Event {
 	srcs := make([]pb.Source, n)
 	refs := make([]pb.Refs, n)
 	times := make([]timestamppb.Timestamp, n)
+	var buf []byte
 	for k := range out {
-		i := first + uint64(k)
-		is := strconv.FormatUint(i, 10)
-		req := strconv.FormatUint(i/6, 10)
-		t := g.base.Add(time.Duration(i%(1<<30)) * time.Millisecond)
-		times[k].Seconds, times[k].Nanos = t.Unix(), int32(t.Nanosecond())
-		srcs[k].System, srcs[k].Product, srcs[k].RawId = "bench", "grantline-bench", is
-		refs[k].Request, refs[k].Grant, refs[k].Ticket = "req-"+req, "grant-"+req, "CHG-"+is
-		ev := &evs[k]
-		ev.Id = g.run + "-" + is
-		ev.Type = benchTypes[i%uint64(len(benchTypes))]
-		ev.Time = &times[k]
-		ev.Source = &srcs[k]
-		ev.Subject = g.subjects[i%benchUsers]
-		ev.Actor = g.actor
-		ev.Entitlement = g.ents[i%uint64(len(g.ents))]
-		ev.Refs = &refs[k]
-		ev.Reason = "bench load"
-		ev.Attributes = g.attrs
-		out[k] = ev
+		buf = g.fill(&evs[k], &times[k], &srcs[k], &refs[k], first+uint64(k), buf)
+		out[k] = &evs[k]
 	}
 	return out
+}
+
+// encoded appends events first to first+n-1 to b encoded, as
+// AppendStreamRequest events fields (client.Batch.Encoded): the bytes
+// event.MarshalBatch writes for batch(first, n), made by refilling one
+// event for each index instead of building a batch of them.
+func (g *benchGen) encoded(b []byte, first uint64, n int) []byte {
+	var (
+		ev   pb.Event
+		t    timestamppb.Timestamp
+		src  pb.Source
+		refs pb.Refs
+		buf  []byte
+	)
+	one := []*pb.Event{&ev}
+	for k := range n {
+		buf = g.fill(&ev, &t, &src, &refs, first+uint64(k), buf)
+		var ok bool
+		if b, ok = event.MarshalBatch(b, 0, 0, 2, one); !ok {
+			panic("bench: a generated event is not encodable") // its strings are ASCII and it has no unknown fields
+		}
+	}
+	return b
+}
+
+// fill sets ev, with its time, source and refs, to event i; buf is scratch
+// space, returned for reuse. The strings that vary with i share one
+// allocation.
+func (g *benchGen) fill(ev *pb.Event, t *timestamppb.Timestamp, src *pb.Source, refs *pb.Refs, i uint64, buf []byte) []byte {
+	// id = run-i, then req-(i/6), grant-(i/6), CHG-i, in one string.
+	buf = append(append(buf[:0], g.run...), '-')
+	isAt := len(buf)
+	buf = strconv.AppendUint(buf, i, 10)
+	idEnd := len(buf)
+	buf = strconv.AppendUint(append(buf, "req-"...), i/6, 10)
+	reqEnd := len(buf)
+	buf = append(append(buf, "grant-"...), buf[idEnd+len("req-"):reqEnd]...)
+	grantEnd := len(buf)
+	buf = append(append(buf, "CHG-"...), buf[isAt:idEnd]...)
+	str := string(buf)
+	ts := g.base.Add(time.Duration(i%(1<<30)) * time.Millisecond)
+	t.Seconds, t.Nanos = ts.Unix(), int32(ts.Nanosecond())
+	src.System, src.Product, src.RawId = "bench", "grantline-bench", str[isAt:idEnd]
+	refs.Request, refs.Grant, refs.Ticket = str[idEnd:reqEnd], str[reqEnd:grantEnd], str[grantEnd:]
+	ev.Id = str[:idEnd]
+	ev.Type = benchTypes[i%uint64(len(benchTypes))]
+	ev.Time = t
+	ev.Source = src
+	ev.Subject = g.subjects[i%benchUsers]
+	ev.Actor = g.actor
+	ev.Entitlement = g.ents[i%uint64(len(g.ents))]
+	ev.Refs = refs
+	ev.Reason = "bench load"
+	ev.Attributes = g.attrs
+	return buf
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -60,13 +61,47 @@ func TestBenchGenDeterministicAndSized(t *testing.T) {
 	}
 }
 
-// BenchmarkBenchGen measures the load generator alone. b.N counts events.
+// TestBenchGenEncoded: the encoded batches bench sends are the events of
+// batch, in the deterministic encoding, and decode to them.
+func TestBenchGenEncoded(t *testing.T) {
+	g := newBenchGen("r", 500)
+	for _, tt := range []struct {
+		first uint64
+		n     int
+	}{{0, 1}, {299995, 10}, {1 << 40, 3}, {999999, 1000}} {
+		evs := g.batch(tt.first, tt.n)
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.AppendStreamRequest{Events: evs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := g.encoded([]byte("p"), tt.first, tt.n)
+		if string(got) != "p"+string(want) {
+			t.Fatalf("encoded(%d, %d): %d bytes, want the %d of the deterministic encoding of batch", tt.first, tt.n, len(got)-1, len(want))
+		}
+		back := &pb.AppendStreamRequest{}
+		if err := proto.Unmarshal(got[1:], back); err != nil || !proto.Equal(back, &pb.AppendStreamRequest{Events: evs}) {
+			t.Fatalf("encoded(%d, %d) decodes to %d events, %v; want the batch's", tt.first, tt.n, len(back.GetEvents()), err)
+		}
+	}
+}
+
+// BenchmarkBenchGen measures the load generator alone, building events
+// (batch) and encoding them (encoded, what bench sends). b.N counts events.
 func BenchmarkBenchGen(b *testing.B) {
 	g := newBenchGen("bench", 500)
-	b.ReportAllocs()
-	for i := 0; i < b.N; i += 1000 {
-		g.batch(uint64(i), 1000)
-	}
+	b.Run("batch", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; i < b.N; i += 1000 {
+			g.batch(uint64(i), 1000)
+		}
+	})
+	b.Run("encoded", func(b *testing.B) {
+		b.ReportAllocs()
+		buf := make([]byte, 0, 600_000)
+		for i := 0; i < b.N; i += 1000 {
+			buf = g.encoded(buf[:0], uint64(i), 1000)
+		}
+	})
 }
 
 func TestBenchAgainstFake(t *testing.T) {
@@ -83,6 +118,9 @@ func TestBenchAgainstFake(t *testing.T) {
 	if !strings.Contains(out, "bench: 20000 events (0 duplicate)") || !strings.Contains(out, "tree size 20000") {
 		t.Errorf("bench output lacks the count:\n%s", out)
 	}
+	if processCPU() > 0 && !regexp.MustCompile(`; CPU [0-9]+\.[0-9] µs per event \(this process`).MatchString(out) {
+		t.Errorf("bench output lacks the CPU per event:\n%s", out)
+	}
 	if !strings.Contains(out, "verify: 20000 entries and 80 tiles fetched") || !strings.Contains(out, "checkpoint signature verified") {
 		t.Errorf("verify output:\n%s", out)
 	}
@@ -95,6 +133,18 @@ func TestBenchAgainstFake(t *testing.T) {
 	code, out, errs = runCmd(t, "", "bench", "--server", url, "--token", "test-token", "--events", "10", "--verify", "--log-key", key)
 	if code != 1 || !strings.Contains(errs, "/tile/1/000.p/78: hash 0 is") {
 		t.Errorf("bench --verify with a tampered tile = exit %d\nstdout %s\nstderr %s\nwant exit 1 naming the tile", code, out, errs)
+	}
+}
+
+func TestBenchMemoryBudgetFlag(t *testing.T) {
+	for _, tt := range []struct{ value, want string }{
+		{"lots", `--memory-budget "lots"`},
+		{"1MiB", "--memory-budget 1MiB: want at least"},
+	} {
+		code, _, errs := runCmd(t, "", "bench", "--events", "10", "--memory-budget", tt.value)
+		if code != 2 || !strings.Contains(errs, tt.want) {
+			t.Errorf("bench --memory-budget %s: exit %d, stderr %q; want 2 and %q", tt.value, code, errs, tt.want)
+		}
 	}
 }
 
@@ -147,6 +197,7 @@ func BenchmarkStreamTransport(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(res.rate(), "events/s")
+	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 }
 
@@ -159,7 +210,7 @@ func BenchmarkStreamTransport(b *testing.B) {
 //
 //	go test -run '^$' -bench BenchInProcess -benchtime 300000x -count 3 ./cmd/grantline/
 func BenchmarkBenchInProcess(b *testing.B) {
-	rs, err := benchServer(b.Context(), b.TempDir())
+	rs, err := benchServer(b.Context(), b.TempDir(), 0)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -181,6 +232,7 @@ func BenchmarkBenchInProcess(b *testing.B) {
 		b.Fatalf("%d events acknowledged (%d duplicate), want %d new", res.events, res.dup, b.N)
 	}
 	b.ReportMetric(res.rate(), "events/s")
+	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
 	b.ReportMetric(float64(res.p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 }

@@ -33,6 +33,35 @@ type Batch struct {
 	// Events[i]), so that a caller can name the events the server
 	// answered with a conflict (see Conflicts). Packer sets it.
 	Origins []string
+	// Encoded, when set, is the batch already encoded, for a caller that
+	// makes its events as bytes (grantline bench's load generator): Count
+	// events, each as an AppendStreamRequest events field (tag 2, length,
+	// the Event's encoding), in order, which event.MarshalBatch(nil, 0, 0,
+	// 2, events) writes. The client sends these bytes as they are, and
+	// Events may be nil (Conflicts then names no events).
+	Encoded []byte
+	Count   int
+}
+
+// Len is the number of events in b.
+func (b *Batch) Len() int {
+	if b.Encoded != nil {
+		return b.Count
+	}
+	return len(b.Events)
+}
+
+// request is b's AppendStreamRequest. An encoded batch's bytes go out as
+// the message's unknown fields, which the protobuf runtime writes verbatim
+// after seq: on the wire it is the AppendStreamRequest holding those
+// events, which the server decodes as any other.
+func (b *Batch) request() *pb.AppendStreamRequest {
+	req := &pb.AppendStreamRequest{Seq: b.Seq, Events: b.Events}
+	if b.Encoded != nil {
+		req.Events = nil
+		req.ProtoReflect().SetUnknown(b.Encoded)
+	}
+	return req
 }
 
 // Conflict is an event the server answered with a conflict: its
@@ -270,8 +299,8 @@ func (s *streamWorker) once(ctx context.Context) (progress bool, err error) {
 				recvErr = connect.NewError(connect.CodeInternal, fmt.Errorf("server acknowledged unknown batch %d", resp.GetSeq()))
 				return
 			}
-			if len(resp.GetResults()) != len(f.b.Events) {
-				recvErr = connect.NewError(connect.CodeInternal, fmt.Errorf("batch from %s: server returned %d results for %d events", f.b.Where, len(resp.GetResults()), len(f.b.Events)))
+			if len(resp.GetResults()) != f.b.Len() {
+				recvErr = connect.NewError(connect.CodeInternal, fmt.Errorf("batch from %s: server returned %d results for %d events", f.b.Where, len(resp.GetResults()), f.b.Len()))
 				return
 			}
 			acked.Store(true)
@@ -294,7 +323,7 @@ func (s *streamWorker) once(ctx context.Context) (progress bool, err error) {
 		open[b.Seq] = inflight{b: b, sent: time.Now()}
 		mu.Unlock()
 		// A failed Send means the stream ended; Receive has the reason.
-		return stream.Send(&pb.AppendStreamRequest{Seq: b.Seq, Events: b.Events}) == nil
+		return stream.Send(b.request()) == nil
 	}
 
 	ok := true

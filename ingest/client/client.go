@@ -72,6 +72,7 @@ func Dial(serverURL string, o Options) (*Client, error) {
 	opts := []connect.ClientOption{
 		connect.WithInterceptors(Bearer(o.Token)),
 		connect.WithReadMaxBytes(64 << 20),
+		connect.WithCodec(protoCodec{}),
 	}
 	if o.NoGzip {
 		opts = append(opts, connect.WithAcceptCompression("gzip", nil, nil))

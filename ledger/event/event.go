@@ -5,7 +5,12 @@
 // and the leaf codec — a stored leaf is the deterministic protobuf encoding of
 // grantline.v1.Entry{Event, ObservedTime}, decoded either into that message
 // (DecodeLeaf) or, without building messages, through a Visitor (VisitLeaf).
-// It imports only the generated protobuf package, protobuf and the standard
+// For the append path it also has a hand-written codec of the event schema
+// (wire.go, decode.go): StartLeaf encodes events, MarshalBatch and
+// UnmarshalBatch encode and decode append requests, each byte for byte or
+// message for message what the protobuf runtime does, and each handing
+// whatever it does not cover (unknown fields, invalid UTF-8, unusual
+// encodings) to the runtime. It imports only the generated protobuf package, protobuf and the standard
 // library. docs/design.md describes the contract for integrators.
 package event
 

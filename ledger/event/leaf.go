@@ -102,22 +102,25 @@ const LeafOverhead = 1 + 3 + 1 + 1 + ObservedRoom
 // tag, a 1-byte length and a Timestamp of at most 11+6 bytes.
 const ObservedRoom = 1 + 1 + 17
 
-// EventSize is the size of ev's deterministic encoding; it caches the sizes
-// of ev's messages for the StartLeaf that follows. EventSize+LeafOverhead
+// EventSize is the size of ev's deterministic encoding. EventSize+LeafOverhead
 // bounds the size of ev's leaf.
 func EventSize(ev *pb.Event) int {
+	if wireable(ev) {
+		return wireSize(ev)
+	}
 	// The order of map entries does not change the size.
 	return proto.MarshalOptions{}.Size(ev)
 }
 
-// leafOptions returns the marshal options of ev's leaf encoding. In the
-// protobuf runtime the module pins, Deterministic changes one thing: map
-// entries are sorted by key (through reflection, the costly part of
-// encoding an event). An event's one map is its attributes, so with at most
-// one attribute the plain encoding is the deterministic one;
-// TestStartLeafFastPathDeterministic holds this to EncodeLeaf.
+// leafOptions returns the marshal options of ev's leaf encoding when the
+// hand-written encoder (wire.go) does not apply. In the protobuf runtime the
+// module pins, Deterministic changes one thing: map entries are sorted by
+// key (through reflection, the costly part of encoding an event). An
+// event's one map is its attributes, so with at most one attribute the plain
+// encoding is the deterministic one; TestStartLeafFastPathDeterministic
+// holds this to EncodeLeaf.
 func leafOptions(ev *pb.Event) proto.MarshalOptions {
-	return proto.MarshalOptions{Deterministic: len(ev.GetAttributes()) > 1, UseCachedSize: true}
+	return proto.MarshalOptions{Deterministic: len(ev.GetAttributes()) > 1}
 }
 
 // StartLeaf is the first half of EncodeLeaf, for a caller (the sequencer)
@@ -131,9 +134,15 @@ func StartLeaf(prefix []byte, ev *pb.Event, size int) ([]byte, error) {
 	b = protowire.AppendTag(b, 1, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(size))
 	head := len(b)
-	b, err := leafOptions(ev).MarshalAppend(b, ev)
-	if err != nil {
-		return nil, fmt.Errorf("encoding event: %w", err)
+	ok := false
+	if wireable(ev) {
+		b, ok = appendWire(b, ev)
+	}
+	if !ok {
+		var err error
+		if b, err = leafOptions(ev).MarshalAppend(b, ev); err != nil {
+			return nil, fmt.Errorf("encoding event: %w", err)
+		}
 	}
 	if len(b)-head != size {
 		return nil, fmt.Errorf("event changed while being encoded (%d bytes, then %d); do not modify events during Append", size, len(b)-head)
