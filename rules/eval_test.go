@@ -48,6 +48,10 @@ expression: '[finding(events[5], [], "x")]'
 			map[string]string{"heavy": "cost limit exceeded", "broken": "index"}},
 		{"deadline", Options{SubjectTimeout: time.Nanosecond, CostTrackedEntries: -1},
 			map[string]string{"heavy": "deadline exceeded"}},
+		// Untracked, the cheap rules would run with Eval (uncheckedCost);
+		// past the deadline they run with ContextEval as the rest do.
+		{"deadline, untracked", Options{SubjectTimeout: time.Nanosecond},
+			map[string]string{"heavy": "deadline exceeded"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			set, err := NewSetWithOptions([]*Rule{builtin["standing-privilege"], heavy, broken}, Params{}, tc.opts)
@@ -70,7 +74,7 @@ expression: '[finding(events[5], [], "x")]'
 					t.Errorf("rule %s error = %q, want it to mention %q (all: %v)", rule, got[rule], want, res.Errors)
 				}
 			}
-			if tc.name == "cost limit" && (len(res.Findings) != 1 || res.Findings[0].Rule != "standing-privilege") {
+			if tc.name != "deadline" && (len(res.Findings) != 1 || res.Findings[0].Rule != "standing-privilege") {
 				t.Errorf("findings = %v, want the one standing-privilege finding", res.Findings)
 			}
 		})
@@ -219,5 +223,40 @@ func TestRuleErrorIsError(t *testing.T) {
 	var re RuleError
 	if !errors.As(err, &re) || err.Error() != "rule r, subject s: m" {
 		t.Errorf("RuleError = %v", err)
+	}
+}
+
+// TestUncheckedEvalAgrees: the catalog gives the same findings whether the
+// rules whose static cost is small run with cel-go's Eval (uncheckedCost,
+// the default) or every rule runs under the cost tracker with ContextEval;
+// and the generated organisation exercises both paths.
+func TestUncheckedEvalAgrees(t *testing.T) {
+	src, subjects := genOrg(60, 80)
+	params := mustParams(t, sodParams)
+	now := benchStart.Add(200 * 24 * time.Hour)
+	fast := catalogSet(t, params, Options{}, nil)
+	checked := catalogSet(t, params, Options{CostTrackedEntries: -1}, nil)
+	unchecked := 0
+	for _, c := range fast.rules {
+		if c.uncheckedUpTo >= 128 {
+			unchecked++
+		}
+	}
+	if unchecked == 0 || unchecked == len(fast.rules) {
+		t.Fatalf("%d of %d rules run unchecked on 128-entry chains, want some but not all", unchecked, len(fast.rules))
+	}
+	got, err := fast.Evaluate(t.Context(), subjects, src, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := checked.Evaluate(t.Context(), subjects, src, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Errors)+len(want.Errors) > 0 {
+		t.Fatalf("rule errors: %v %v", got.Errors, want.Errors)
+	}
+	if len(got.Findings) == 0 || !reflect.DeepEqual(got.Findings, want.Findings) {
+		t.Errorf("%d findings with Eval for cheap rules, %d all tracked; they differ", len(got.Findings), len(want.Findings))
 	}
 }

@@ -20,11 +20,42 @@ type getter func(a types.Adapter, obj any) ref.Val
 
 var getters = map[string]map[string]getter{
 	"rules.Event": {
-		"index":      func(_ types.Adapter, o any) ref.Val { return types.Int(o.(*Event).Index) },
-		"id":         func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Event).ID) },
-		"type":       func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Event).Type) },
-		"time":       func(_ types.Adapter, o any) ref.Val { return types.Timestamp{Time: o.(*Event).Time} },
-		"expires_at": func(_ types.Adapter, o any) ref.Val { return types.Timestamp{Time: o.(*Event).ExpiresAt} },
+		"index": func(_ types.Adapter, o any) ref.Val { return types.Int(o.(*Event).Index) },
+		"id":    func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Event).ID) },
+		// The fields rules read most keep their CEL value (see Event).
+		"type": func(_ types.Adapter, o any) ref.Val {
+			e := o.(*Event)
+			if e.typeVal == nil {
+				v := ref.Val(types.String(e.Type))
+				if e == emptyEvent { // shared: never cached
+					return v
+				}
+				e.typeVal = v
+			}
+			return e.typeVal
+		},
+		"time": func(_ types.Adapter, o any) ref.Val {
+			e := o.(*Event)
+			if e.timeVal == nil {
+				v := ref.Val(types.Timestamp{Time: e.Time})
+				if e == emptyEvent { // shared: never cached
+					return v
+				}
+				e.timeVal = v
+			}
+			return e.timeVal
+		},
+		"expires_at": func(_ types.Adapter, o any) ref.Val {
+			e := o.(*Event)
+			if e.expiresVal == nil {
+				v := ref.Val(types.Timestamp{Time: e.ExpiresAt})
+				if e == emptyEvent { // shared: never cached
+					return v
+				}
+				e.expiresVal = v
+			}
+			return e.expiresVal
+		},
 		"has_expiry": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).HasExpiry) },
 		"privileged": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).Privileged) },
 		"mfa":        func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).MFA) },
@@ -40,8 +71,18 @@ var getters = map[string]map[string]getter{
 		},
 		"opening":     func(a types.Adapter, o any) ref.Val { return objVal(a, orEmpty(o.(*Event).Opening)) },
 		"has_opening": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).HasOpening) },
-		"system":      func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Event).System) },
-		"approvals":   func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Event).Approvals) },
+		"system": func(_ types.Adapter, o any) ref.Val {
+			e := o.(*Event)
+			if e.systemVal == nil {
+				v := ref.Val(types.String(e.System))
+				if e == emptyEvent { // shared: never cached
+					return v
+				}
+				e.systemVal = v
+			}
+			return e.systemVal
+		},
+		"approvals": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Event).Approvals) },
 		"breakglass_reviews": func(a types.Adapter, o any) ref.Val {
 			return newViewList(a, o.(*Event).BreakglassReviews)
 		},

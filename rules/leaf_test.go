@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"reflect"
@@ -49,20 +50,54 @@ func TestDecodeLeafMatchesProtoUnmarshal(t *testing.T) {
 			Actor:  &pb.Identity{Id: "a", Kind: "bot", Display: "A", OwnerId: "o"},
 			Refs:   &pb.Refs{Request: "1", Grant: "2", Session: "3", Credential: "4", Review: "5", Ticket: "6"}},
 	}
-	for i, ev := range append(extra, org.Events...) {
-		leaf := encodeLeaf(t, ev)
-		want, err := reference(leaf, uint64(i))
-		if err != nil {
-			t.Fatal(err)
+	// Every event decoded alone, and through one interning visitor that
+	// has seen every event before (twice over: its table keeps the strings
+	// of the earlier events, the second pass reuses them).
+	interned := &leafVisitor{in: &interner{}}
+	all := append(extra, org.Events...)
+	for pass := range 3 {
+		for i, ev := range all {
+			leaf := encodeLeaf(t, ev)
+			want, err := reference(leaf, uint64(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got Event
+			got.Reason = "left over from a previous subject"
+			if pass == 0 {
+				err = decodeLeaf(&got, uint64(i), leaf)
+			} else {
+				err = decodeLeafWith(interned, &got, uint64(i), leaf)
+			}
+			if err != nil {
+				t.Fatalf("pass %d, event %d (%s): decodeLeaf: %v", pass, i, ev.GetId(), err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("pass %d, event %d (%s): decodeLeaf = %+v\nwant %+v", pass, i, ev.GetId(), got, want)
+			}
 		}
-		var got Event
-		got.Reason = "left over from a previous subject"
-		if err := decodeLeaf(&got, uint64(i), leaf); err != nil {
-			t.Fatalf("event %d (%s): decodeLeaf: %v", i, ev.GetId(), err)
+	}
+}
+
+// TestInternerCollisions: with more distinct values than slots, so that
+// values overwrite each other, every value handed out equals its bytes.
+func TestInternerCollisions(t *testing.T) {
+	in := &interner{}
+	for round := range 3 {
+		for i := range 3 * internSlots {
+			b := fmt.Appendf(nil, "value-%d", i%(2*internSlots+round))
+			if got := in.str(b); got != string(b) {
+				t.Fatalf("round %d: str(%q) = %q", round, b, got)
+			}
 		}
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("event %d (%s): decodeLeaf = %+v\nwant %+v", i, ev.GetId(), got, want)
-		}
+	}
+	long := bytes.Repeat([]byte("x"), internMaxLen+1)
+	if got := in.str(long); got != string(long) {
+		t.Fatalf("str of a long value = %q", got)
+	}
+	var none *interner
+	if got := none.str([]byte("a")); got != "a" {
+		t.Fatalf("nil interner: str = %q", got)
 	}
 }
 
@@ -98,18 +133,26 @@ func FuzzDecodeLeaf(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, leaf []byte) {
 		want, werr := reference(leaf, 1)
-		var got Event
-		gerr := decodeLeaf(&got, 1, leaf)
-		if (werr == nil) != (gerr == nil) {
-			t.Fatalf("proto.Unmarshal error %v, decodeLeaf error %v", werr, gerr)
-		}
 		// proto.Unmarshal may leave an empty, non-nil attributes map behind
 		// a map field of the wrong wire type; empty is empty.
 		if len(want.Attributes) == 0 {
 			want.Attributes = nil
 		}
-		if werr == nil && !reflect.DeepEqual(got, want) {
-			t.Fatalf("decodeLeaf = %+v\nwant %+v", got, want)
+		interned := &leafVisitor{in: &interner{}}
+		for pass := range 3 { // alone, then interned twice (the second reuses)
+			var got Event
+			var gerr error
+			if pass == 0 {
+				gerr = decodeLeaf(&got, 1, leaf)
+			} else {
+				gerr = decodeLeafWith(interned, &got, 1, leaf)
+			}
+			if (werr == nil) != (gerr == nil) {
+				t.Fatalf("pass %d: proto.Unmarshal error %v, decodeLeaf error %v", pass, werr, gerr)
+			}
+			if werr == nil && !reflect.DeepEqual(got, want) {
+				t.Fatalf("pass %d: decodeLeaf = %+v\nwant %+v", pass, got, want)
+			}
 		}
 	})
 }

@@ -86,6 +86,10 @@ type Event struct {
 
 	// CEL values, made on first use (see viewvals.go).
 	celVal, subjectVal, actorVal, entitlementVal, refsVal ref.Val
+	// The CEL values of the fields rules read most, made on first read
+	// (fields.go): a string or timestamp handed to CEL is boxed, one
+	// allocation per read otherwise.
+	typeVal, timeVal, systemVal, expiresVal ref.Val
 }
 
 // Session is a session.started with its first end.
@@ -276,6 +280,7 @@ func fillEvent(e *Event, en Entry) {
 	e.ObservedTime, e.HasObservedTime = en.Observed, !en.Observed.IsZero()
 	e.Opening, e.HasOpening, e.src = nil, false, nil
 	e.celVal, e.subjectVal, e.actorVal, e.entitlementVal, e.refsVal = nil, nil, nil, nil, nil
+	e.typeVal, e.timeVal, e.systemVal, e.expiresVal = nil, nil, nil, nil
 }
 
 // chainOrder sorts events by time, then ledger index.
@@ -292,6 +297,10 @@ func chainOrder(a, b *Event) int {
 type eventSlab struct {
 	events []Event
 	ptrs   []*Event
+	// decode, with its interner, decodes leaves into events; it keeps the
+	// strings of the chains decoded through this slab before.
+	decode leafVisitor
+	intern interner
 }
 
 var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
@@ -306,9 +315,10 @@ func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
 		sl.ptrs = make([]*Event, len(chain))
 	}
 	slab, evs := sl.events[:len(chain)], sl.ptrs[:len(chain)]
+	sl.decode.in = &sl.intern
 	for i, en := range chain {
 		if en.Event == nil && en.Leaf != nil {
-			if err := decodeLeaf(&slab[i], en.Index, en.Leaf); err != nil {
+			if err := decodeLeafWith(&sl.decode, &slab[i], en.Index, en.Leaf); err != nil {
 				return nil, err
 			}
 		} else {

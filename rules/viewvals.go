@@ -139,3 +139,78 @@ var (
 	_ traits.Zeroer   = (*viewList[*Event])(nil)
 	_ traits.Iterator = (*viewIter[*Event])(nil)
 )
+
+// viewMap is a CEL map over a view map with string keys. cel-go's map over
+// a Go map reads it through reflection and wraps the value it finds anew on
+// every lookup (a list of events as a reflective list, whose elements are
+// wrapped again on every read); rules look these maps up once per element
+// they iterate. Find, Get and Contains with a string key read the Go map
+// directly and hand out the values' cached CEL values (val); everything
+// else is cel-go's map over the same Go map, made only if needed, so
+// results and errors are the same.
+type viewMap[V any] struct {
+	a   types.Adapter
+	m   map[string]V
+	val func(types.Adapter, V) ref.Val
+	std traits.Mapper
+}
+
+func newObjMap[T cachedObj](a types.Adapter, m map[string]T) *viewMap[T] {
+	return &viewMap[T]{a: a, m: m, val: objVal[T]}
+}
+
+func newListMap[T cachedObj](a types.Adapter, m map[string][]T) *viewMap[[]T] {
+	return &viewMap[[]T]{a: a, m: m, val: func(a types.Adapter, items []T) ref.Val { return newViewList(a, items) }}
+}
+
+// base is cel-go's map over the same Go map.
+func (m *viewMap[V]) base() traits.Mapper {
+	if m.std == nil {
+		m.std = m.a.NativeToValue(m.m).(traits.Mapper)
+	}
+	return m.std
+}
+
+func (m *viewMap[V]) Find(key ref.Val) (ref.Val, bool) {
+	if k, ok := key.(types.String); ok {
+		v, found := m.m[string(k)]
+		if !found {
+			return nil, false
+		}
+		return m.val(m.a, v), true
+	}
+	return m.base().Find(key)
+}
+
+func (m *viewMap[V]) Get(key ref.Val) ref.Val {
+	if _, ok := key.(types.String); ok {
+		if v, found := m.Find(key); found {
+			return v
+		}
+	}
+	return m.base().Get(key) // the missing-key error, or a bad key's
+}
+
+func (m *viewMap[V]) Contains(key ref.Val) ref.Val {
+	if k, ok := key.(types.String); ok {
+		_, found := m.m[string(k)]
+		return types.Bool(found)
+	}
+	return m.base().Contains(key)
+}
+
+func (m *viewMap[V]) Size() ref.Val             { return types.Int(len(m.m)) }
+func (m *viewMap[V]) IsZeroValue() bool         { return len(m.m) == 0 }
+func (m *viewMap[V]) Iterator() traits.Iterator { return m.base().Iterator() }
+func (m *viewMap[V]) Equal(o ref.Val) ref.Val   { return m.base().Equal(o) }
+func (m *viewMap[V]) ConvertToNative(t reflect.Type) (any, error) {
+	return m.base().ConvertToNative(t)
+}
+func (m *viewMap[V]) ConvertToType(t ref.Type) ref.Val { return m.base().ConvertToType(t) }
+func (m *viewMap[V]) Type() ref.Type                   { return types.MapType }
+func (m *viewMap[V]) Value() any                       { return m.m }
+
+var (
+	_ traits.Mapper = (*viewMap[*Event])(nil)
+	_ traits.Zeroer = (*viewMap[*Event])(nil)
+)
