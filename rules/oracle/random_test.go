@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,6 +145,11 @@ func TestCatalogMatchesOracleRandom(t *testing.T) {
 				for _, f := range res.Findings {
 					got = append(got, key(f.Rule, f.Subject, refs(f.Entries), f.ExposureSeconds)+when(f.OpenedAt, f.ClosedAt))
 					perRule[f.Rule]++
+					// A message reads as a sentence whatever the chain leaves
+					// out: an empty id shows as "(no id)", never as a gap.
+					if strings.Contains(f.Message, "  ") || strings.TrimSpace(f.Message) != f.Message || f.Message == "" {
+						t.Errorf("draw %d: rule %s: message %q has an empty part", i, f.Rule, f.Message)
+					}
 					if f.Open() {
 						open++
 					} else {
