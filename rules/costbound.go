@@ -79,13 +79,14 @@ func (u uniformSizes) EstimateSize(node checker.AstNode) *checker.SizeEstimate {
 // maxConvertedLen bounds the length of string(timestamp) (RFC 3339 with
 // nanoseconds, years 0001-9999: 30 characters), string(duration)
 // (seconds with up to 9 decimals, at most about 23 characters) and
-// string(int) or string(uint) (at most 20 characters).
+// string(int) or string(uint) (at most 20 characters), and durationText
+// (two units, e.g. "106751d 23h" at most).
 const maxConvertedLen = 64
 
 func (u uniformSizes) EstimateCallCost(function, overloadID string, target *checker.AstNode, args []checker.AstNode) *checker.CallEstimate {
 	one := checker.CostEstimate{Min: 1, Max: 1} // what the runtime tracker charges for these calls
 	switch overloadID {
-	case overloads.TimestampToString, overloads.DurationToString, overloads.IntToString, overloads.UintToString:
+	case overloads.TimestampToString, overloads.DurationToString, overloads.IntToString, overloads.UintToString, "durationText_duration":
 		return &checker.CallEstimate{CostEstimate: one, ResultSize: &checker.SizeEstimate{Min: 0, Max: maxConvertedLen}}
 	}
 	switch function {

@@ -13,6 +13,8 @@ import (
 	"github.com/google/cel-go/common/types/traits"
 	"github.com/google/cel-go/ext"
 	"github.com/google/cel-go/interpreter"
+
+	"github.com/grantline/grantline/verify/format"
 )
 
 // CEL types of the views.
@@ -403,6 +405,15 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 						return types.NewErr("window: want (timestamp, list of events)")
 					}
 					return &windowVal{opened: t, closing: earliest(evs)}
+				}))),
+		cel.Function("durationText",
+			cel.Overload("durationText_duration", []*cel.Type{cel.DurationType}, cel.StringType,
+				cel.UnaryBinding(func(a ref.Val) ref.Val {
+					d, ok := a.(types.Duration)
+					if !ok {
+						return types.NewErr("durationText: want a duration")
+					}
+					return types.String(format.Duration(int64(d.Duration / time.Second)))
 				}))),
 		cel.Function("instant",
 			cel.Overload("instant_event", []*cel.Type{eventType}, windowType,

@@ -309,3 +309,40 @@ func mustParams(tb testing.TB, yaml string) Params {
 	}
 	return p
 }
+
+// TestDurationText checks the helper messages use for durations: the two
+// largest units, as reports write them, where string(d) gives seconds.
+func TestDurationText(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"259200s", "3d"},
+		{"2160h", "90d"},
+		{"90m", "1h 30m"},
+		{"26h", "1d 2h"},
+		{"45s", "45s"},
+		{"0s", "0s"},
+		{"-5m", "0s"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			r, err := ParseRule("d.yaml", []byte("id: d\ntitle: d\nseverity: low\ncontrols: [AC-2]\nexpression: |\n"+
+				"  events.map(e, finding(e, [], durationText(duration(\""+tc.in+"\")), instant(e)))\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			set, err := NewSet([]*Rule{r}, Params{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := parseChain(t, []byte(`{"id":"a1","type":"session.started","time":"2026-01-01T00:00:00Z","subject":{"id":"alice","kind":"human"}}`+"\n"))
+			res, err := set.Evaluate(t.Context(), src.subjects(), src, time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Errors) > 0 || len(res.Findings) != 1 {
+				t.Fatalf("errors %v, %d findings", res.Errors, len(res.Findings))
+			}
+			if got := res.Findings[0].Message; got != tc.want {
+				t.Errorf("durationText(duration(%q)) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
