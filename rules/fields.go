@@ -23,39 +23,12 @@ var getters = map[string]map[string]getter{
 		"index": func(_ types.Adapter, o any) ref.Val { return types.Int(o.(*Event).Index) },
 		"id":    func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Event).ID) },
 		// The fields rules read most keep their CEL value (see Event).
-		"type": func(_ types.Adapter, o any) ref.Val {
-			e := o.(*Event)
-			if e.typeVal == nil {
-				v := ref.Val(types.String(e.Type))
-				if e == emptyEvent { // shared: never cached
-					return v
-				}
-				e.typeVal = v
-			}
-			return e.typeVal
-		},
-		"time": func(_ types.Adapter, o any) ref.Val {
-			e := o.(*Event)
-			if e.timeVal == nil {
-				v := ref.Val(types.Timestamp{Time: e.Time})
-				if e == emptyEvent { // shared: never cached
-					return v
-				}
-				e.timeVal = v
-			}
-			return e.timeVal
-		},
-		"expires_at": func(_ types.Adapter, o any) ref.Val {
-			e := o.(*Event)
-			if e.expiresVal == nil {
-				v := ref.Val(types.Timestamp{Time: e.ExpiresAt})
-				if e == emptyEvent { // shared: never cached
-					return v
-				}
-				e.expiresVal = v
-			}
-			return e.expiresVal
-		},
+		"type": cachedEventField(func(e *Event) *ref.Val { return &e.typeVal },
+			func(e *Event) ref.Val { return types.String(e.Type) }),
+		"time": cachedEventField(func(e *Event) *ref.Val { return &e.timeVal },
+			func(e *Event) ref.Val { return types.Timestamp{Time: e.Time} }),
+		"expires_at": cachedEventField(func(e *Event) *ref.Val { return &e.expiresVal },
+			func(e *Event) ref.Val { return types.Timestamp{Time: e.ExpiresAt} }),
 		"has_expiry": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).HasExpiry) },
 		"privileged": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).Privileged) },
 		"mfa":        func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).MFA) },
@@ -71,17 +44,8 @@ var getters = map[string]map[string]getter{
 		},
 		"opening":     func(a types.Adapter, o any) ref.Val { return objVal(a, orEmpty(o.(*Event).Opening)) },
 		"has_opening": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).HasOpening) },
-		"system": func(_ types.Adapter, o any) ref.Val {
-			e := o.(*Event)
-			if e.systemVal == nil {
-				v := ref.Val(types.String(e.System))
-				if e == emptyEvent { // shared: never cached
-					return v
-				}
-				e.systemVal = v
-			}
-			return e.systemVal
-		},
+		"system": cachedEventField(func(e *Event) *ref.Val { return &e.systemVal },
+			func(e *Event) ref.Val { return types.String(e.System) }),
 		"approvals": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Event).Approvals) },
 		"breakglass_reviews": func(a types.Adapter, o any) ref.Val {
 			return newViewList(a, o.(*Event).BreakglassReviews)
@@ -210,5 +174,23 @@ func (p *fastProvider) FindStructFieldType(structType, fieldName string) (*types
 func fastFields() cel.EnvOption {
 	return func(e *cel.Env) (*cel.Env, error) {
 		return cel.CustomTypeProvider(&fastProvider{Provider: e.CELTypeProvider(), adapter: e.CELTypeAdapter()})(e)
+	}
+}
+
+// cachedEventField is the getter of an event field rules read most: its
+// CEL value is made once per event and kept in the slot (see Event); the
+// shared emptyEvent is never cached.
+func cachedEventField(slot func(*Event) *ref.Val, val func(*Event) ref.Val) getter {
+	return func(_ types.Adapter, o any) ref.Val {
+		e := o.(*Event)
+		c := slot(e)
+		if *c == nil {
+			v := val(e)
+			if e == emptyEvent {
+				return v
+			}
+			*c = v
+		}
+		return *c
 	}
 }
