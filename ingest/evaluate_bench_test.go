@@ -10,7 +10,6 @@ import (
 	rtmetrics "runtime/metrics"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/auth"
+	"github.com/grantline/grantline/internal/cputime"
 	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
@@ -70,7 +70,7 @@ func benchEvaluatePaths(b *testing.B, l *ledger.Log, set *rules.Set, asOf time.T
 	for _, path := range []string{"stream", "unary", "inprocess"} {
 		b.Run("path="+path, func(b *testing.B) {
 			var entries, findings uint64
-			cpu0 := cpuTime()
+			cpu0 := cputime.Process()
 			peak := heapPeak(b, func() {
 				for b.Loop() {
 					if path == "inprocess" {
@@ -82,7 +82,7 @@ func benchEvaluatePaths(b *testing.B, l *ledger.Log, set *rules.Set, asOf time.T
 			})
 			b.ReportMetric(float64(entries)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
 			// CPU time is the figure that survives a loaded machine.
-			b.ReportMetric(float64(entries)*float64(b.N)/(cpuTime()-cpu0).Seconds(), "events/cpu-s")
+			b.ReportMetric(float64(entries)*float64(b.N)/(cputime.Process()-cpu0).Seconds(), "events/cpu-s")
 			b.ReportMetric(float64(peak)/(1<<20), "peak-live-MiB")
 			b.ReportMetric(float64(entries), "entries")
 			b.ReportMetric(float64(findings), "findings")
@@ -153,15 +153,6 @@ func benchInProcess(b *testing.B, srv *Server, set *rules.Set, asOf time.Time) (
 		b.Fatal(err)
 	}
 	return uint64(sum.Entries), uint64(sum.Findings)
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // heapPeak runs f and returns the highest live heap seen at the end of a

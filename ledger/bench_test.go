@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/grantline/grantline/internal/cputime"
 	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -85,7 +86,7 @@ func BenchmarkAppend(b *testing.B) {
 			}
 			var next atomic.Int64
 			b.ResetTimer()
-			cpu0 := processCPU()
+			cpu0 := cputime.Process()
 			start := time.Now()
 			var wg sync.WaitGroup
 			for c := 0; c < tc.callers; c++ {
@@ -113,7 +114,7 @@ func BenchmarkAppend(b *testing.B) {
 			}
 			wg.Wait()
 			elapsed := time.Since(start)
-			cpu := processCPU() - cpu0
+			cpu := cputime.Process() - cpu0
 			b.StopTimer()
 			st := l.Stats()
 			if got := l.Latest().Size; got != uint64(b.N) && (!tc.smap || got != uint64(b.N)+st.Batches) {
@@ -267,7 +268,7 @@ func BenchmarkAppendGrowth(b *testing.B) {
 	b.ResetTimer()
 	profile(0)
 	defer profile(len(segs))
-	start, cpu0 := time.Now(), processCPU()
+	start, cpu0 := time.Now(), cputime.Process()
 	segStart, segCPU := start, cpu0
 	var wg sync.WaitGroup
 	for range callers {
@@ -294,7 +295,7 @@ func BenchmarkAppendGrowth(b *testing.B) {
 				if s := (n - int64(len(evs))) / segment; s != n/segment || n == int64(b.N) {
 					// This append completed a segment.
 					segMu.Lock()
-					now, c := time.Now(), processCPU()
+					now, c := time.Now(), cputime.Process()
 					k := min(int((n-1)/segment), len(segs)-1)
 					segs[k], cpus[k] = now.Sub(segStart), c-segCPU
 					segStart, segCPU = now, c
@@ -306,7 +307,7 @@ func BenchmarkAppendGrowth(b *testing.B) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := processCPU() - cpu0
+	cpu := cputime.Process() - cpu0
 	b.StopTimer()
 	for k, d := range segs {
 		n := min(segment, b.N-k*segment)

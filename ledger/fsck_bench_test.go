@@ -4,10 +4,9 @@ import (
 	"context"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
-	"time"
 
+	"github.com/grantline/grantline/internal/cputime"
 	"github.com/grantline/grantline/ledger/badgerstore"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -49,7 +48,7 @@ func BenchmarkFsck(b *testing.B) {
 		}},
 	} {
 		b.Run("leaves=100000/impl="+impl.name, func(b *testing.B) {
-			cpu0 := cpuTime()
+			cpu0 := cputime.Process()
 			for b.Loop() {
 				if err := impl.run(b.Context(), st); err != nil {
 					b.Fatal(err)
@@ -58,16 +57,7 @@ func BenchmarkFsck(b *testing.B) {
 			b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "leaves/s")
 			// CPU seconds of the whole process per pass: on a loaded
 			// machine the wall time says more about the neighbours.
-			b.ReportMetric((cpuTime()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
+			b.ReportMetric((cputime.Process()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
 		})
 	}
-}
-
-// cpuTime is the user+system CPU time the process used so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grantline/grantline/internal/cputime"
 	"github.com/grantline/grantline/ledger/badgerstore"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -63,7 +64,7 @@ func BenchmarkSubjectMapApply(b *testing.B) {
 			}
 			var keys, bytes, nodes, leaves, tiles int
 			b.ResetTimer()
-			cpu0 := processCPU()
+			cpu0 := cputime.Process()
 			seals := 0
 			for done := 0; done < b.N; done += tc.batch {
 				w := seal(min(tc.batch, b.N-done))
@@ -90,7 +91,7 @@ func BenchmarkSubjectMapApply(b *testing.B) {
 					}
 				}
 			}
-			cpu := processCPU() - cpu0
+			cpu := cputime.Process() - cpu0
 			b.StopTimer()
 			b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "cpu-µs/event")
 			// SHA-256 calls: ChainNext per event; three per changed node (a
@@ -140,7 +141,7 @@ func BenchmarkSubjectMapBurst(b *testing.B) {
 			}
 			var next atomic.Int64
 			b.ResetTimer()
-			cpu0 := processCPU()
+			cpu0 := cputime.Process()
 			start := time.Now()
 			var wg sync.WaitGroup
 			for range callers {
@@ -166,7 +167,7 @@ func BenchmarkSubjectMapBurst(b *testing.B) {
 			}
 			wg.Wait()
 			elapsed := time.Since(start)
-			cpu := processCPU() - cpu0
+			cpu := cputime.Process() - cpu0
 			b.StopTimer()
 			st := l.Stats()
 			if got := l.Latest().Size; got != uint64(b.N) && (!smap || got != uint64(b.N)+st.Batches) {

@@ -7,13 +7,13 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/internal/cputime"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -239,14 +239,14 @@ func benchOrgSource(b *testing.B, identities int, o Options, chainsOnlySource bo
 	now := benchStart.Add(200 * 24 * time.Hour)
 	b.ResetTimer()
 	var res *Result
-	cpu0 := cpuTime()
+	cpu0 := cputime.Process()
 	for b.Loop() {
 		var err error
 		if res, err = s.Evaluate(b.Context(), subjects, src, now); err != nil {
 			b.Fatal(err)
 		}
 	}
-	cpu := cpuTime() - cpu0
+	cpu := cputime.Process() - cpu0
 	if len(res.Errors) > 0 {
 		b.Fatalf("rule errors: %v", res.Errors[0])
 	}
@@ -267,15 +267,6 @@ func BenchmarkServiceAccount(b *testing.B) {
 	for _, n := range []int{12_500, 25_000, 50_000, 100_000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) { benchOneChain(b, n) })
 	}
-}
-
-// cpuTime is the user+sys CPU time of the process so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func benchOneChain(b *testing.B, n int) {

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/internal/cputime"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -110,14 +111,14 @@ func benchFeed(b *testing.B, subjects, perSubject int, s *Set) {
 	now := benchStart.Add(340 * 24 * time.Hour)
 	b.ResetTimer()
 	var res *Result
-	cpu0 := cpuTime()
+	cpu0 := cputime.Process()
 	for b.Loop() {
 		var err error
 		if res, err = s.Evaluate(b.Context(), names, src, now); err != nil {
 			b.Fatal(err)
 		}
 	}
-	cpu := cpuTime() - cpu0
+	cpu := cputime.Process() - cpu0
 	if len(res.Errors) > 0 {
 		b.Fatalf("%d rule errors, the first: %v", len(res.Errors), res.Errors[0])
 	}

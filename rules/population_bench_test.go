@@ -3,6 +3,8 @@ package rules
 import (
 	"testing"
 	"time"
+
+	"github.com/grantline/grantline/internal/cputime"
 )
 
 // BenchmarkPopulation100k derives the population of every built-in rule
@@ -24,13 +26,13 @@ func BenchmarkPopulation100k(b *testing.B) {
 	}
 	b.ResetTimer()
 	var items []Item
-	cpu0 := cpuTime()
+	cpu0 := cputime.Process()
 	for b.Loop() {
 		if items, err = s.Population(b.Context(), subjects, src, now, now, primaries); err != nil {
 			b.Fatal(err)
 		}
 	}
-	cpu := cpuTime() - cpu0
+	cpu := cputime.Process() - cpu0
 	b.ReportMetric(float64(res.Entries)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
 	b.ReportMetric(float64(res.Entries)*float64(b.N)/cpu.Seconds(), "events/cpu-s")
 	b.ReportMetric(float64(len(items)), "items")

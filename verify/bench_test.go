@@ -5,12 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/internal/cputime"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
 )
@@ -105,7 +105,7 @@ func BenchmarkExport(b *testing.B) {
 			var findings, entries int
 			var size int64
 			var eval time.Duration
-			cpu0 := cpuTime()
+			cpu0 := cputime.Process()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				dir := filepath.Join(b.TempDir(), "pkg")
@@ -123,7 +123,7 @@ func BenchmarkExport(b *testing.B) {
 			b.ReportMetric(float64(entries), "pkg-entries")
 			b.ReportMetric(float64(size)/(1<<20), "pkg-MiB")
 			b.ReportMetric(eval.Seconds()/float64(b.N), "rules-eval-s/op")
-			b.ReportMetric((cpuTime()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
+			b.ReportMetric((cputime.Process()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
 		})
 	}
 }
@@ -142,7 +142,7 @@ func BenchmarkVerify(b *testing.B) {
 			}
 			keys := Keys{LogKey: l.vkey(), EvidenceKey: pub}
 			var rep *Report
-			cpu0 := cpuTime()
+			cpu0 := cputime.Process()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				var err error
@@ -152,7 +152,7 @@ func BenchmarkVerify(b *testing.B) {
 			}
 			b.ReportMetric(float64(rep.Findings), "findings")
 			b.ReportMetric(float64(rep.Entries), "pkg-entries")
-			b.ReportMetric((cpuTime()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
+			b.ReportMetric((cputime.Process()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
 		})
 	}
 }
@@ -175,14 +175,4 @@ func dirStats(b *testing.B, dir string) (size int64, entries, findings int) {
 		}
 	}
 	return size, entries, len(doc.Findings)
-}
-
-// cpuTime is the process's user+system CPU time, so that figures taken on a
-// shared, loaded machine can be read beside the wall time.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

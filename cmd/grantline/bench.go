@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/client"
+	"github.com/grantline/grantline/internal/cputime"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
@@ -231,7 +232,7 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 	batches := make(chan *client.Batch, cfg.Streams*cfg.Window)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	start, cpu0 := time.Now(), processCPU()
+	start, cpu0 := time.Now(), cputime.Process()
 	deadline := time.Time{}
 	if cfg.duration > 0 {
 		deadline = start.Add(cfg.duration)
@@ -296,7 +297,7 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 		lats = append(lats, lat)
 		mu.Unlock()
 	})
-	elapsed, cpu := time.Since(start), processCPU()-cpu0
+	elapsed, cpu := time.Since(start), cputime.Process()-cpu0
 	close(stopTicker)
 	if err != nil {
 		return benchResult{}, fmt.Errorf("after %d events: %s", st.Acked.Load(), describeRPCError(err))

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/client"
+	"github.com/grantline/grantline/internal/cputime"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
@@ -118,7 +119,7 @@ func TestBenchAgainstFake(t *testing.T) {
 	if !strings.Contains(out, "bench: 20000 events (0 duplicate)") || !strings.Contains(out, "tree size 20000") {
 		t.Errorf("bench output lacks the count:\n%s", out)
 	}
-	if processCPU() > 0 && !regexp.MustCompile(`; CPU [0-9]+\.[0-9] µs per event \(this process`).MatchString(out) {
+	if cputime.Process() > 0 && !regexp.MustCompile(`; CPU [0-9]+\.[0-9] µs per event \(this process`).MatchString(out) {
 		t.Errorf("bench output lacks the CPU per event:\n%s", out)
 	}
 	if !strings.Contains(out, "verify: 20000 entries and 80 tiles fetched") || !strings.Contains(out, "checkpoint signature verified") {
