@@ -84,49 +84,70 @@ func BenchmarkAppend(b *testing.B) {
 			if tc.subjects == 0 {
 				subjects[0] = tmpl.Subject
 			}
-			var next atomic.Int64
 			b.ResetTimer()
 			cpu0 := cputime.Process()
 			start := time.Now()
-			var wg sync.WaitGroup
-			for c := 0; c < tc.callers; c++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					evs := make([]*pb.Event, 0, tc.chunk)
-					for {
-						first := next.Add(int64(tc.chunk)) - int64(tc.chunk)
-						if first >= int64(b.N) {
-							return
-						}
-						evs = evs[:0]
-						for i := first; i < min(first+int64(tc.chunk), int64(b.N)); i++ {
-							ev := benchEvent(tmpl, "bench-"+strconv.FormatInt(i, 10))
-							ev.Subject = subjects[i%int64(len(subjects))]
-							evs = append(evs, ev)
-						}
-						if err := appendRetrying(l, evs); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
+			appendFromCallers(b, l, tc.callers, tc.chunk, tmpl, "bench-",
+				func(i int64) *pb.Identity { return subjects[i%int64(len(subjects))] }, nil)
 			elapsed := time.Since(start)
 			cpu := cputime.Process() - cpu0
 			b.StopTimer()
-			st := l.Stats()
-			if got := l.Latest().Size; got != uint64(b.N) && (!tc.smap || got != uint64(b.N)+st.Batches) {
-				b.Fatalf("size = %d, want %d events (and a map leaf for each of %d batches with a subject map)", got, b.N, st.Batches)
-			}
-			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
-			b.ReportMetric(float64(st.BatchEvents)/float64(max(st.Batches, 1)), "events/batch")
+			st := reportAppend(b, l, tc.smap, elapsed, cpu)
 			b.ReportMetric(float64(st.CommitTime.Milliseconds())/float64(max(st.Batches, 1)), "ms/batch")
 			b.ReportMetric(float64(st.StoreTime.Milliseconds())/float64(max(st.Batches, 1)), "store-ms/batch")
-			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
 		})
 	}
+}
+
+// appendFromCallers appends b.N events from callers goroutines, each taking
+// the next chunk of indexes: event i is benchEvent(tmpl, prefix+i) on
+// subject(i). After each successful append, appended (if not nil) gets its
+// events. The append benchmarks share it so that they measure the same
+// load.
+func appendFromCallers(b *testing.B, l *Log, callers, chunk int, tmpl *pb.Event, prefix string,
+	subject func(i int64) *pb.Identity, appended func(evs []*pb.Event)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			evs := make([]*pb.Event, 0, chunk)
+			for {
+				first := next.Add(int64(chunk)) - int64(chunk)
+				if first >= int64(b.N) {
+					return
+				}
+				evs = evs[:0]
+				for i := first; i < min(first+int64(chunk), int64(b.N)); i++ {
+					ev := benchEvent(tmpl, prefix+strconv.FormatInt(i, 10))
+					ev.Subject = subject(i)
+					evs = append(evs, ev)
+				}
+				if err := appendRetrying(l, evs); err != nil {
+					b.Error(err)
+					return
+				}
+				if appended != nil {
+					appended(evs)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// reportAppend checks that the log holds b.N events (and a map leaf per
+// batch with a subject map) and reports the metrics every append benchmark
+// gives: events/s, events/batch and cpu-µs/event.
+func reportAppend(b *testing.B, l *Log, smap bool, elapsed, cpu time.Duration) Stats {
+	b.Helper()
+	st := l.Stats()
+	if got := l.Latest().Size; got != uint64(b.N) && (!smap || got != uint64(b.N)+st.Batches) {
+		b.Fatalf("size = %d, want %d events (and a map leaf for each of %d batches with a subject map)", got, b.N, st.Batches)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(st.BatchEvents)/float64(max(st.Batches, 1)), "events/batch")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
+	return st
 }
 
 func mustEncode(b testing.TB, ev *pb.Event) []byte {
@@ -198,7 +219,7 @@ func BenchmarkAppendGrowth(b *testing.B) {
 	o := testOptions()
 	o.Now = time.Now
 	dir := filepath.Join(b.TempDir(), "ledger")
-	var next, done atomic.Int64
+	var done atomic.Int64
 	mainOpts, indexOpts := badgerstore.Options{}, badgerstore.Options{NoSync: true}
 	if os.Getenv("GRANTLINE_GROWTH_LOG") != "" {
 		t0 := time.Now()
@@ -270,42 +291,21 @@ func BenchmarkAppendGrowth(b *testing.B) {
 	defer profile(len(segs))
 	start, cpu0 := time.Now(), cputime.Process()
 	segStart, segCPU := start, cpu0
-	var wg sync.WaitGroup
-	for range callers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			evs := make([]*pb.Event, 0, chunk)
-			for {
-				first := next.Add(chunk) - chunk
-				if first >= int64(b.N) {
-					return
-				}
-				evs = evs[:0]
-				for i := first; i < min(first+chunk, int64(b.N)); i++ {
-					ev := benchEvent(tmpl, "growth-"+strconv.FormatInt(i, 10))
-					ev.Subject = subjects[i%int64(len(subjects))]
-					evs = append(evs, ev)
-				}
-				if err := appendRetrying(l, evs); err != nil {
-					b.Error(err)
-					return
-				}
-				n := done.Add(int64(len(evs)))
-				if s := (n - int64(len(evs))) / segment; s != n/segment || n == int64(b.N) {
-					// This append completed a segment.
-					segMu.Lock()
-					now, c := time.Now(), cputime.Process()
-					k := min(int((n-1)/segment), len(segs)-1)
-					segs[k], cpus[k] = now.Sub(segStart), c-segCPU
-					segStart, segCPU = now, c
-					profile(k + 1)
-					segMu.Unlock()
-				}
+	appendFromCallers(b, l, callers, chunk, tmpl, "growth-",
+		func(i int64) *pb.Identity { return subjects[i%int64(len(subjects))] },
+		func(evs []*pb.Event) {
+			n := done.Add(int64(len(evs)))
+			if s := (n - int64(len(evs))) / segment; s != n/segment || n == int64(b.N) {
+				// This append completed a segment.
+				segMu.Lock()
+				now, c := time.Now(), cputime.Process()
+				k := min(int((n-1)/segment), len(segs)-1)
+				segs[k], cpus[k] = now.Sub(segStart), c-segCPU
+				segStart, segCPU = now, c
+				profile(k + 1)
+				segMu.Unlock()
 			}
-		}()
-	}
-	wg.Wait()
+		})
 	elapsed := time.Since(start)
 	cpu := cputime.Process() - cpu0
 	b.StopTimer()

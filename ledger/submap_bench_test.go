@@ -6,8 +6,6 @@ import (
 	"encoding/binary"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -139,43 +137,15 @@ func BenchmarkSubjectMapBurst(b *testing.B) {
 			for i := range ids {
 				ids[i] = &pb.Identity{Id: "user-" + strconv.Itoa(i), Kind: "human", Display: "Some User"}
 			}
-			var next atomic.Int64
 			b.ResetTimer()
 			cpu0 := cputime.Process()
 			start := time.Now()
-			var wg sync.WaitGroup
-			for range callers {
-				wg.Go(func() {
-					evs := make([]*pb.Event, 0, chunk)
-					for {
-						first := next.Add(chunk) - chunk
-						if first >= int64(b.N) {
-							return
-						}
-						evs = evs[:0]
-						for i := first; i < min(first+chunk, int64(b.N)); i++ {
-							ev := benchEvent(tmpl, "bench-"+strconv.FormatInt(i, 10))
-							ev.Subject = ids[i/burst%subjects]
-							evs = append(evs, ev)
-						}
-						if err := appendRetrying(l, evs); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
+			appendFromCallers(b, l, callers, chunk, tmpl, "bench-",
+				func(i int64) *pb.Identity { return ids[i/burst%subjects] }, nil)
 			elapsed := time.Since(start)
 			cpu := cputime.Process() - cpu0
 			b.StopTimer()
-			st := l.Stats()
-			if got := l.Latest().Size; got != uint64(b.N) && (!smap || got != uint64(b.N)+st.Batches) {
-				b.Fatalf("size = %d, want %d events (and a map leaf for each of %d batches with a subject map)", got, b.N, st.Batches)
-			}
-			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
-			b.ReportMetric(float64(st.BatchEvents)/float64(max(st.Batches, 1)), "events/batch")
-			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/event")
+			reportAppend(b, l, smap, elapsed, cpu)
 		})
 	}
 }
