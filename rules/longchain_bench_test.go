@@ -9,7 +9,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/grantline/grantline/internal/cputime"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -108,23 +107,6 @@ func BenchmarkLongChainsRule(b *testing.B) {
 func benchFeed(b *testing.B, subjects, perSubject int, s *Set) {
 	b.Helper()
 	src, names := feedSource(b, subjects, perSubject)
-	now := benchStart.Add(340 * 24 * time.Hour)
-	b.ResetTimer()
-	var res *Result
-	cpu0 := cputime.Process()
-	for b.Loop() {
-		var err error
-		if res, err = s.Evaluate(b.Context(), names, src, now); err != nil {
-			b.Fatal(err)
-		}
-	}
-	cpu := cputime.Process() - cpu0
-	if len(res.Errors) > 0 {
-		b.Fatalf("%d rule errors, the first: %v", len(res.Errors), res.Errors[0])
-	}
-	events := float64(res.Entries) * float64(b.N)
-	b.ReportMetric(events/b.Elapsed().Seconds(), "events/s")
-	b.ReportMetric(events/cpu.Seconds(), "events/cpu-s")
+	events := benchEvaluate(b, s, names, src, benchStart.Add(340*24*time.Hour))
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/events, "ns/event")
-	b.ReportMetric(float64(len(res.Findings)), "findings")
 }
