@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -671,10 +672,11 @@ type activation struct {
 }
 
 func (a *activation) ResolveName(name string) (any, bool) {
-	if v, ok := a.vals[name]; ok {
-		return v, true
+	if strings.HasPrefix(name, "params.") { // no variable's name has the prefix
+		v, ok := a.params[name]
+		return v, ok
 	}
-	v, ok := a.params[name]
+	v, ok := a.vals[name]
 	return v, ok
 }
 
