@@ -30,6 +30,7 @@ var getters = map[string]map[string]getter{
 		"expires_at": cachedEventField(func(e *Event) *ref.Val { return &e.expiresVal },
 			func(e *Event) ref.Val { return types.Timestamp{Time: e.ExpiresAt} }),
 		"has_expiry": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).HasExpiry) },
+		"reason":     func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Event).Reason) },
 		"privileged": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).Privileged) },
 		"mfa":        func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Event).MFA) },
 		"mfa_recorded": func(_ types.Adapter, o any) ref.Val {
@@ -68,15 +69,34 @@ var getters = map[string]map[string]getter{
 		"grant":      func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Refs).Grant) },
 		"session":    func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Refs).Session) },
 		"credential": func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Refs).Credential) },
+		"review":     func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Refs).Review) },
+		"ticket":     func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Refs).Ticket) },
 	},
 	"rules.Identity": {
 		"id":       func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Identity).ID) },
 		"kind":     func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Identity).Kind) },
+		"display":  func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Identity).Display) },
 		"owner_id": func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Identity).OwnerID) },
 	},
 	"rules.Entitlement": {
 		"id":         func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Entitlement).ID) },
+		"resource":   func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Entitlement).Resource) },
 		"privileged": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Entitlement).Privileged) },
+	},
+	// The subject and its owner are read by many rules once per element
+	// they walk (subject.id in a message or a comparison).
+	"rules.Subject": {
+		"id":        func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Subject).ID) },
+		"kind":      func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Subject).Kind) },
+		"owner":     func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Subject).Owner) },
+		"has_owner": func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Subject).HasOwner) },
+	},
+	"rules.Owner": {
+		"id":           func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Owner).ID) },
+		"known":        func(_ types.Adapter, o any) ref.Val { return types.Bool(o.(*Owner).Known) },
+		"terminations": func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Owner).Terminations) },
+		"moves":        func(a types.Adapter, o any) ref.Val { return newViewList(a, o.(*Owner).Moves) },
+		"stated":       func(a types.Adapter, o any) ref.Val { return objVal(a, orEmpty(o.(*Owner).Stated)) },
 	},
 	"rules.Grant": {
 		"id":              func(_ types.Adapter, o any) ref.Val { return types.String(o.(*Grant).ID) },
