@@ -905,7 +905,8 @@ func (v *views) linkClosings(src *sourceIndex) {
 // approvalsUnder returns the approvals e is under: those of its
 // refs.request, and those of the requests of its refs.grant's grant events.
 func approvalsUnder(e *Event, byReq map[string][]*Approval, ga *grantAgg) []*Event {
-	var reqs []string
+	var buf [4]string // on the stack for the usual one or two requests
+	reqs := buf[:0]
 	if e.Refs.Request != "" {
 		reqs = append(reqs, e.Refs.Request)
 	}
