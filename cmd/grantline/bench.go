@@ -23,6 +23,7 @@ import (
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/internal/server"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
@@ -100,6 +101,12 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if cfg.eventSize < 200 || cfg.eventSize > 30000 {
 		return &exitError{code: 2, msg: fmt.Sprintf("--event-size %d: want 200..30000", cfg.eventSize)}
+	}
+	if cfg.runID != "" {
+		// The generator writes the run id into every event id as it is.
+		if err := event.ValidateID("--run-id", cfg.runID+"-0"); err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("%v (it prefixes every event id)", err)}
+		}
 	}
 	budget, err := parseSize(*memBudget)
 	if err != nil {

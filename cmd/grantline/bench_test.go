@@ -178,6 +178,17 @@ func TestBenchMemoryBudgetFlag(t *testing.T) {
 	}
 }
 
+// TestBenchRunIDFlag: a run id that cannot prefix an event id is refused
+// before anything is sent.
+func TestBenchRunIDFlag(t *testing.T) {
+	for _, id := range []string{"a\xffb", "a\u200bb", strings.Repeat("x", 600)} {
+		code, _, errs := runCmd(t, "", "bench", "--server", "http://127.0.0.1:1", "--token", "t", "--events", "10", "--run-id", id)
+		if code != 2 || !strings.Contains(errs, "--run-id") {
+			t.Errorf("bench --run-id %q: exit %d, stderr %q; want 2 naming --run-id", id, code, errs)
+		}
+	}
+}
+
 // nullIngest acknowledges every batch at once without storing anything, to
 // measure what the client and the Connect transport cost on their own.
 type nullIngest struct {
