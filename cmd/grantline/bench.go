@@ -440,7 +440,7 @@ func (g *benchGen) appendEvent(b []byte, i uint64) []byte {
 	if nanos != 0 {
 		tlen += 1 + protowire.SizeVarint(nanos)
 	}
-	b = append(b, 3<<3|2, byte(tlen)) // at most 2+10+1+5 bytes: one-byte length
+	b = append(b, 3<<3|2, byte(tlen)) // at most 1+10+1+5 bytes: a one-byte length
 	if sec != 0 {
 		b = protowire.AppendVarint(append(b, 1<<3|0), uint64(sec))
 	}
