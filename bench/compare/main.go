@@ -14,7 +14,14 @@
 // durably assigned the index), the weaker condition of the two. So Tessera
 // gets two figures: "sequenced" (until the last future resolved) and
 // "published" (until the checkpoint it publishes covers every entry, the
-// condition Grantline's answer already meets), with a ratio for each.
+// condition Grantline's answer already meets), with a ratio for each, and
+// each system's CPU time per event. Tessera publishes checkpoints every
+// 100 ms (its POSIX driver's minimum) unless told otherwise; Grantline
+// signs one per batch. The events spread over 1,000 subjects (-subjects),
+// and are made as the driver appends them, as a server makes them from
+// the wire: holding a round's events as live messages would make the Go
+// GC mark them again and again while Grantline runs (-prebuilt measures
+// that). docs/BENCHMARKS.md, "Round 5", says what each setting changes.
 package main
 
 import (
