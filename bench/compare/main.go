@@ -14,7 +14,14 @@
 // durably assigned the index), the weaker condition of the two. So Tessera
 // gets two figures: "sequenced" (until the last future resolved) and
 // "published" (until the checkpoint it publishes covers every entry, the
-// condition Grantline's answer already meets), with a ratio for each.
+// condition Grantline's answer already meets), with a ratio for each, and
+// each system's CPU time per event. Tessera publishes checkpoints every
+// 100 ms (its POSIX driver's minimum) unless told otherwise; Grantline
+// signs one per batch. The events spread over 1,000 subjects (-subjects),
+// and are made as the driver appends them, as a server makes them from
+// the wire: holding a round's events as live messages would make the Go
+// GC mark them again and again while Grantline runs (-prebuilt measures
+// that). docs/BENCHMARKS.md, "Round 5", says what each setting changes.
 package main
 
 import (
@@ -41,6 +48,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/klog/v2"
 
+	"github.com/grantline/grantline/internal/cputime"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/badgerstore"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -55,14 +63,21 @@ func main() {
 	batchAge := flag.Duration("tessera-batch-age", 100*time.Millisecond, "Tessera's batch age (WithBatching); Grantline needs none (group commit)")
 	dir := flag.String("dir", "", "where the rounds' stores are made (and removed); default the system's temporary directory")
 	separate := flag.Bool("separate-index", true, "Grantline keeps its indexes in a separate index store (ledger Options.Index), as grantline serve does")
+	subjects := flag.Int("subjects", 1000, "distinct subjects the events spread over (1: every event has one subject, as the ledger's Append benchmark does)")
+	cpInterval := flag.Duration("tessera-checkpoint-interval", 100*time.Millisecond, "Tessera's checkpoint interval (WithCheckpointInterval; its POSIX driver's minimum is 100ms); Grantline signs one per batch")
+	prebuilt := flag.Bool("prebuilt", false, "hold every event of a round as its own message from the start (how the harness ran before round 5: hundreds of MB of live pointers that the Go GC marks again and again while Grantline runs, which Tessera's byte slices do not cost it)")
+	only := flag.String("only", "", "run one system only: grantline or tessera (for profiling one of them; no ratios)")
 	verbose := flag.Bool("v", false, "show Tessera's log lines")
 	flag.Parse()
 	if !*verbose {
 		klog.LogToStderr(false)
 		klog.SetOutput(io.Discard)
 	}
-	if *events <= 0 || *rounds <= 0 || *callers <= 0 || *chunk <= 0 {
-		log.Fatal("-events, -rounds, -callers and -chunk must be positive")
+	if *events <= 0 || *rounds <= 0 || *callers <= 0 || *chunk <= 0 || *subjects <= 0 {
+		log.Fatal("-events, -rounds, -callers, -chunk and -subjects must be positive")
+	}
+	if *only != "" && *only != "grantline" && *only != "tessera" {
+		log.Fatalf("-only %q: want grantline or tessera", *only)
 	}
 	base, err := os.MkdirTemp(*dir, "bench-compare-")
 	if err != nil {
@@ -86,27 +101,33 @@ func main() {
 	tmpl := templateEvent()
 	size := len(mustMarshal(tmpl))
 	fmt.Printf("# %s; load average %s\n", time.Now().UTC().Format(time.RFC3339), loadAvg())
-	fmt.Printf("# %d events of ~%d bytes per system per round, %d callers x %d, batch %d, fsync on\n",
-		*events, size, *callers, *chunk, *batch)
-	fmt.Printf("%-6s %16s %18s %18s %10s %10s\n", "round", "grantline ev/s", "tessera seq ev/s", "tessera pub ev/s", "ratio seq", "ratio pub")
-	var gs, ts, tps, rs, rps []float64
+	fmt.Printf("# %d events of ~%d bytes per system per round over %d subjects, %d callers x %d, batch %d, fsync on; Tessera checkpoint interval %v\n",
+		*events, size, *subjects, *callers, *chunk, *batch, *cpInterval)
+	fmt.Printf("# cpu-µs/ev: the process's CPU time per event from the first append to the last answer (Grantline) or the published checkpoint (Tessera); moved less by other load than ev/s\n")
+	fmt.Printf("%-6s %14s %10s %16s %16s %10s %10s %10s\n", "round", "grantline ev/s", "cpu-µs/ev", "tessera seq ev/s", "tessera pub ev/s", "cpu-µs/ev", "ratio seq", "ratio pub")
+	var gs, gcs, ts, tps, tcs, rs, rps []float64
 	ctx := context.Background()
 	for r := range *rounds {
-		evs := make([]*pb.Event, *events)
+		src := newEntries(tmpl, r, *events, *subjects, *prebuilt)
 		raw := make([][]byte, *events)
-		for i := range evs {
-			evs[i] = withID(tmpl, fmt.Sprintf("r%d-%d", r, i), i)
-			raw[i] = mustMarshal(evs[i])
+		for i := range raw {
+			raw[i] = mustMarshal(src.event(i))
 		}
-		var g, t, tp float64
+		var g, gc, t, tp, tc float64
 		runG := func() {
-			g, err = runGrantline(ctx, filepath.Join(base, fmt.Sprintf("grantline-%d", r)), signer, verifier, evs, *callers, *chunk, *batch, *separate)
+			if *only == "tessera" {
+				return
+			}
+			g, gc, err = runGrantline(ctx, filepath.Join(base, fmt.Sprintf("grantline-%d", r)), signer, verifier, src, *callers, *chunk, *batch, *separate)
 			if err != nil {
 				log.Fatalf("grantline, round %d: %v", r, err)
 			}
 		}
 		runT := func() {
-			t, tp, err = runTessera(ctx, filepath.Join(base, fmt.Sprintf("tessera-%d", r)), signer, raw, *callers, *chunk, *batch, *batchAge)
+			if *only == "grantline" {
+				return
+			}
+			t, tp, tc, err = runTessera(ctx, filepath.Join(base, fmt.Sprintf("tessera-%d", r)), signer, raw, *callers, *chunk, *batch, *batchAge, *cpInterval)
 			if err != nil {
 				log.Fatalf("tessera, round %d: %v", r, err)
 			}
@@ -118,26 +139,39 @@ func main() {
 			runT()
 			runG()
 		}
-		gs, ts, tps, rs, rps = append(gs, g), append(ts, t), append(tps, tp), append(rs, g/t), append(rps, g/tp)
-		fmt.Printf("%-6d %16.0f %18.0f %18.0f %10.2f %10.2f\n", r+1, g, t, tp, g/t, g/tp)
+		gs, gcs, ts, tps, tcs = append(gs, g), append(gcs, gc), append(ts, t), append(tps, tp), append(tcs, tc)
+		rs, rps = append(rs, ratio(g, t)), append(rps, ratio(g, tp))
+		fmt.Printf("%-6d %14.0f %10.1f %16.0f %16.0f %10.1f %10.2f %10.2f\n", r+1, g, gc, t, tp, tc, ratio(g, t), ratio(g, tp))
 	}
-	fmt.Printf("%-6s %16.0f %18.0f %18.0f %10.2f %10.2f\n", "median", median(gs), median(ts), median(tps), median(rs), median(rps))
+	fmt.Printf("%-6s %14.0f %10.1f %16.0f %16.0f %10.1f %10.2f %10.2f\n", "median", median(gs), median(gcs), median(ts), median(tps), median(tcs), median(rs), median(rps))
 	fmt.Printf("# load average at the end %s\n", loadAvg())
 }
 
-// runGrantline appends evs to a new ledger in dir from callers goroutines
-// and returns events/s until the last append is answered.
-func runGrantline(ctx context.Context, dir string, s note.Signer, v note.Verifier, evs []*pb.Event, callers, chunk, batch int, separate bool) (float64, error) {
+// perEvent is d in microseconds per event.
+func perEvent(d time.Duration, n int) float64 { return float64(d.Microseconds()) / float64(n) }
+
+// ratio is a/b, or 0 when one system did not run (-only).
+func ratio(a, b float64) float64 {
+	if a == 0 || b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// runGrantline appends the events of src to a new ledger in dir from callers
+// goroutines and returns events/s until the last append is answered, and the
+// process's CPU time per event (µs) from the first append to then.
+func runGrantline(ctx context.Context, dir string, s note.Signer, v note.Verifier, src *entries, callers, chunk, batch int, separate bool) (rate, cpu float64, err error) {
 	st, err := badgerstore.Open(filepath.Join(dir, "ledger"), badgerstore.Options{})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	o := ledger.Options{Signer: s, Verifier: v, MaxBatch: batch}
 	if separate {
 		ix, err := badgerstore.Open(filepath.Join(dir, "ledger", "index"), badgerstore.Options{NoSync: true})
 		if err != nil {
 			st.Close()
-			return 0, err
+			return 0, 0, err
 		}
 		o.Index = ix
 	}
@@ -147,13 +181,19 @@ func runGrantline(ctx context.Context, dir string, s note.Signer, v note.Verifie
 		if o.Index != nil {
 			o.Index.Close()
 		}
-		return 0, err
+		return 0, 0, err
 	}
 	defer os.RemoveAll(dir)
 	defer l.Close()
-	elapsed, err := drive(len(evs), callers, chunk, func(from, to int) error {
+	cpu0 := cputime.Process()
+	n := src.n()
+	elapsed, err := drive(n, callers, chunk, func(from, to int) error {
+		evs := make([]*pb.Event, 0, to-from)
+		for i := from; i < to; i++ {
+			evs = append(evs, src.event(i))
+		}
 		for {
-			_, _, err := l.Append(ctx, evs[from:to])
+			_, _, err := l.Append(ctx, evs)
 			if errors.Is(err, ledger.ErrPushback) {
 				time.Sleep(time.Millisecond)
 				continue
@@ -161,20 +201,22 @@ func runGrantline(ctx context.Context, dir string, s note.Signer, v note.Verifie
 			return err
 		}
 	})
+	cpu = perEvent(cputime.Process()-cpu0, n)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	if got := l.Latest().Size; got != uint64(len(evs)) {
-		return 0, fmt.Errorf("tree size %d after %d appends", got, len(evs))
+	if got := l.Latest().Size; got != uint64(n) {
+		return 0, 0, fmt.Errorf("tree size %d after %d appends", got, n)
 	}
-	return float64(len(evs)) / elapsed.Seconds(), nil
+	return float64(n) / elapsed.Seconds(), cpu, nil
 }
 
 // runTessera adds raw to a new Tessera POSIX log in dir from callers
 // goroutines and returns events/s until the last index future resolved
 // (sequenced) and until the published checkpoint covered every entry
-// (published).
-func runTessera(ctx context.Context, dir string, s note.Signer, raw [][]byte, callers, chunk, batch int, age time.Duration) (seq, pub float64, err error) {
+// (published), and the process's CPU time per event (µs) from the first add
+// to the published checkpoint.
+func runTessera(ctx context.Context, dir string, s note.Signer, raw [][]byte, callers, chunk, batch int, age, cpInterval time.Duration) (seq, pub, cpu float64, err error) {
 	defer os.RemoveAll(dir)
 	// Tessera's background loops (integration, publishing) run until ctx
 	// ends: cancelled after the shutdown below, before dir is removed.
@@ -182,17 +224,18 @@ func runTessera(ctx context.Context, dir string, s note.Signer, raw [][]byte, ca
 	defer cancel()
 	driver, err := posix.New(ctx, posix.Config{Path: dir})
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	app, shutdown, _, err := tessera.NewAppender(ctx, driver, tessera.NewAppendOptions().
 		WithCheckpointSigner(s).
-		WithCheckpointInterval(time.Second).
+		WithCheckpointInterval(cpInterval).
 		WithBatching(uint(batch), age).
 		WithPushback(64*1024).
 		WithAntispam(tessera.DefaultAntispamInMemorySize, nil))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
+	cpu0 := cputime.Process()
 	start := time.Now()
 	elapsed, err := drive(len(raw), callers, chunk, func(from, to int) error {
 		fs := make([]tessera.IndexFuture, 0, to-from)
@@ -219,6 +262,7 @@ func runTessera(ctx context.Context, dir string, s note.Signer, raw [][]byte, ca
 	if err == nil {
 		err = awaitCheckpoint(ctx, filepath.Join(dir, "checkpoint"), uint64(len(raw)))
 		published = time.Since(start)
+		cpu = perEvent(cputime.Process()-cpu0, len(raw))
 	}
 	if serr := shutdown(ctx); err == nil && serr != nil {
 		err = serr
@@ -226,9 +270,9 @@ func runTessera(ctx context.Context, dir string, s note.Signer, raw [][]byte, ca
 	cancel()
 	time.Sleep(100 * time.Millisecond) // let the loops see it before dir goes
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
-	return float64(len(raw)) / elapsed.Seconds(), float64(len(raw)) / published.Seconds(), nil
+	return float64(len(raw)) / elapsed.Seconds(), float64(len(raw)) / published.Seconds(), cpu, nil
 }
 
 // awaitCheckpoint polls the checkpoint a Tessera POSIX log publishes at path
@@ -299,13 +343,53 @@ func templateEvent() *pb.Event {
 	}
 }
 
-// withID is a copy of tmpl with its id set and the subject of event i,
-// one of 1,000 identities.
-func withID(tmpl *pb.Event, id string, i int) *pb.Event {
-	ev := proto.CloneOf(tmpl)
-	ev.Id = id
-	ev.Subject.Id = "user-" + strconv.Itoa(i*7919%1000)
-	return ev
+// entries are a round's events: event i is tmpl with the id "rROUND-i" and
+// the subject of i, one of subjects identities. They are made when the
+// driver appends them, sharing every sub-message but the subject with tmpl,
+// as a server makes them from the wire and drops them once answered; with
+// prebuilt, every event is a deep copy made in advance and held for the
+// whole round.
+type entries struct {
+	tmpl     *pb.Event
+	ids      []string
+	subjects []*pb.Identity
+	all      []*pb.Event // prebuilt
+}
+
+func newEntries(tmpl *pb.Event, round, n, subjects int, prebuilt bool) *entries {
+	e := &entries{tmpl: tmpl, ids: make([]string, n), subjects: make([]*pb.Identity, subjects)}
+	for i := range e.ids {
+		e.ids[i] = fmt.Sprintf("r%d-%d", round, i)
+	}
+	for i := range e.subjects {
+		e.subjects[i] = &pb.Identity{Id: "user-" + strconv.Itoa(i), Kind: tmpl.Subject.Kind, Display: tmpl.Subject.Display}
+	}
+	if prebuilt {
+		e.all = make([]*pb.Event, n)
+		for i := range e.all {
+			ev := proto.CloneOf(tmpl)
+			ev.Id, ev.Subject.Id = e.ids[i], e.subject(i).Id
+			e.all[i] = ev
+		}
+	}
+	return e
+}
+
+func (e *entries) n() int { return len(e.ids) }
+
+func (e *entries) subject(i int) *pb.Identity { return e.subjects[i*7919%len(e.subjects)] }
+
+// event returns event i.
+func (e *entries) event(i int) *pb.Event {
+	if e.all != nil {
+		return e.all[i]
+	}
+	t := e.tmpl
+	return &pb.Event{
+		Id: e.ids[i], Type: t.Type, Time: t.Time, Source: t.Source, Subject: e.subject(i),
+		Actor: t.Actor, Entitlement: t.Entitlement, Refs: t.Refs, Reason: t.Reason,
+		Attributes: t.Attributes,
+	}
 }
 
 func mustMarshal(ev *pb.Event) []byte {

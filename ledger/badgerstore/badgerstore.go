@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -130,9 +131,14 @@ type Store struct {
 // orderedChunk is how many entries, neighbours in key order, one badger
 // transaction of an ordered commit holds. Measured with random 17-byte keys
 // into a 300k-entry memtable: one transaction per 32 sorted keys inserts
-// about twice as fast as one transaction of the whole batch, and the cost
-// of a transaction (its commit timestamp, its marker entry) is then small.
-const orderedChunk = 32
+// about twice as fast as one transaction of the whole batch. With the
+// ledger's index batches (BenchmarkCommitIndex: ~6,000 keys of three kinds
+// per commit, docs/BENCHMARKS.md "Round 5"), 128 keys per transaction cost
+// 5-15% less CPU than 32 (fewer transactions to make, time-stamp, commit
+// and mark), while 256 and 512 cost more again: badger inserts a
+// transaction's keys in map order, so a larger chunk loses the locality
+// the sort gave it.
+const orderedChunk = 128
 
 // Open opens (creating if needed) the badger database in dir. Writes are
 // synchronous (fsync before Commit returns) and values are checked against
@@ -348,8 +354,10 @@ func (s *Store) Commit(keys, values [][]byte) error {
 	}
 	txn := s.db.NewTransaction(true)
 	defer txn.Discard()
+	ents := make([]badger.Entry, len(keys)) // one allocation, not one per entry
 	for i, k := range keys {
-		if err := txn.Set(k, values[i]); err != nil {
+		ents[i].Key, ents[i].Value = k, values[i]
+		if err := txn.SetEntry(&ents[i]); err != nil {
 			if errors.Is(err, badger.ErrTxnTooBig) {
 				return fmt.Errorf("commit of %d entries: %w", len(keys), ErrTooBig)
 			}
@@ -373,19 +381,7 @@ func (s *Store) commitOrdered(keys, values [][]byte) error {
 		return fmt.Errorf("commit of %d entries, %d bytes: %w", len(keys), total, ErrTooBig)
 	}
 	last := len(keys) - 1
-	order := make([]int, last)
-	for i := range order {
-		order[i] = i
-	}
-	// Of entries with the same key, the later stays later, in the same
-	// transaction or a later one, and wins: ties are broken by position,
-	// which sorts as a stable sort would, at the cost of an unstable one.
-	slices.SortFunc(order, func(a, b int) int {
-		if c := bytes.Compare(keys[a], keys[b]); c != 0 {
-			return c
-		}
-		return cmp.Compare(a, b)
-	})
+	order := sortedOrder(keys[:last])
 	var (
 		wg    sync.WaitGroup
 		errMu sync.Mutex
@@ -409,11 +405,14 @@ func (s *Store) commitOrdered(keys, values [][]byte) error {
 			txn.Discard()
 		}
 	}()
+	ents := make([]badger.Entry, len(order)) // one allocation, not one per entry
 	for from := 0; from < len(order); from += orderedChunk {
 		txn := s.db.NewTransaction(true)
 		txns = append(txns, txn)
-		for _, i := range order[from:min(from+orderedChunk, len(order))] {
-			if err := txn.Set(keys[i], values[i]); err != nil {
+		for n, i := range order[from:min(from+orderedChunk, len(order))] {
+			e := &ents[from+n]
+			e.Key, e.Value = keys[i], values[i]
+			if err := txn.SetEntry(e); err != nil {
 				return fmt.Errorf("badger set: %w", err)
 			}
 		}
@@ -440,6 +439,40 @@ func (s *Store) commitOrdered(keys, values [][]byte) error {
 		return fmt.Errorf("badger commit: %w", err)
 	}
 	return nil
+}
+
+// sortedOrder returns the positions of keys in ascending key order; of
+// equal keys, the earlier position comes first (as a stable sort would
+// give). It sorts by each key's first 8 bytes as one integer and compares
+// whole keys only where those are equal: most index keys differ in their
+// first 8 bytes (the leaf-hash and dedupe keys are a kind byte and a hash),
+// and comparing integers in place costs far less than comparing slices
+// through the positions.
+func sortedOrder(keys [][]byte) []int {
+	type ranked struct {
+		head uint64 // the key's first 8 bytes, big-endian, zero-padded
+		pos  int
+	}
+	rs := make([]ranked, len(keys))
+	for i, k := range keys {
+		var h [8]byte
+		copy(h[:], k)
+		rs[i] = ranked{binary.BigEndian.Uint64(h[:]), i}
+	}
+	slices.SortFunc(rs, func(a, b ranked) int {
+		if c := cmp.Compare(a.head, b.head); c != 0 {
+			return c
+		}
+		if c := bytes.Compare(keys[a.pos], keys[b.pos]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.pos, b.pos)
+	})
+	order := make([]int, len(rs))
+	for i, r := range rs {
+		order[i] = r.pos
+	}
+	return order
 }
 
 // Backup writes a full backup of the database (badger's backup format) to w.

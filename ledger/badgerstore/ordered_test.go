@@ -1,10 +1,60 @@
 package badgerstore
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 )
+
+// TestSortedOrder checks the order commitOrdered applies a batch in
+// against a stable sort of the keys: ascending bytes, equal keys in batch
+// order (so the later value wins), with keys shorter than, as long as and
+// longer than the 8-byte head it sorts by first, heads that are equal but
+// keys that are not, and a key that is another's prefix padded with zeros.
+func TestSortedOrder(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 9))
+	random := func(n int) [][]byte {
+		ks := make([][]byte, n)
+		for i := range ks {
+			k := make([]byte, r.IntN(20))
+			for j := range k {
+				k[j] = byte(r.IntN(3)) // few symbols: many equal heads and equal keys
+			}
+			ks[i] = k
+		}
+		return ks
+	}
+	for _, tc := range []struct {
+		name string
+		keys [][]byte
+	}{
+		{"empty", nil},
+		{"one", [][]byte{[]byte("k")}},
+		{"zero padding", [][]byte{[]byte("ab\x00"), []byte("ab"), []byte("ab\x00\x00\x00\x00\x00\x00\x00"), []byte("ab\x00"), {}, []byte("ab\x00\x00\x00\x00\x00\x00")}},
+		{"equal heads", [][]byte{[]byte("s-user-1\x00\x01z"), []byte("s-user-1\x00\x01a"), []byte("s-user-1"), []byte("s-user-1\x00\x01a")}},
+		{"index keys", [][]byte{[]byte("hAAAAAAAAAAAAAAAA"), []byte("dBBBBBBBBBBBBBBBB"), []byte("hAAAAAAAAAAAAAAAA"), []byte("hAAAAAAA0AAAAAAAA")}},
+		{"random", random(5000)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := make([]int, len(tc.keys))
+			for i := range want {
+				want[i] = i
+			}
+			slices.SortStableFunc(want, func(a, b int) int { return bytes.Compare(tc.keys[a], tc.keys[b]) })
+			got := sortedOrder(tc.keys)
+			if !slices.Equal(got, want) {
+				i := 0
+				for i < min(len(got), len(want)) && got[i] == want[i] {
+					i++
+				}
+				t.Fatalf("order differs from a stable sort at position %d of %d: got %v, want %v", i, len(want), got[i:min(i+5, len(got))], want[i:min(i+5, len(want))])
+			}
+		})
+	}
+}
 
 // TestOrderedCommit checks the NoSync store's commit in ordered
 // transactions (commitOrdered): every entry of a batch given in any order
