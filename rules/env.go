@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -438,7 +439,7 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 							out = append(out, a.(traits.Lister).Get(types.Int(i)))
 						}
 					}
-					return types.NewDynamicList(types.DefaultTypeAdapter, out)
+					return listOf(out)
 				}))),
 		cel.Function("nextAfter",
 			cel.Overload("nextAfter_list_event", []*cel.Type{cel.ListType(eventType), eventType}, cel.ListType(eventType),
@@ -456,7 +457,7 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 						return -1
 					})
 					if i >= len(evs) {
-						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+						return emptyList
 					}
 					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i))})
 				}))),
@@ -476,7 +477,7 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					if w := lapse(g, anchors, d.Duration, from, now); w != nil {
 						out = append(out, w)
 					}
-					return types.NewDynamicList(types.DefaultTypeAdapter, out)
+					return listOf(out)
 				})),
 			// An item that is an event, in force until the first of ends
 			// after it in chain order (docs/rules.md rules 35 and 38).
@@ -502,7 +503,7 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					if w := lapseOf(start, end, anchors, d.Duration, from, now); w != nil {
 						out = append(out, w)
 					}
-					return types.NewDynamicList(types.DefaultTypeAdapter, out)
+					return listOf(out)
 				}))),
 		cel.Function("sodConflict",
 			cel.Overload("sodConflict_list_string_string_timestamp_timestamp",
@@ -518,7 +519,7 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 					}
 					g, h := sodConflict(gs, string(a), string(b), from, to)
 					if g == nil {
-						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+						return emptyList
 					}
 					l := args[0].(traits.Lister)
 					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{listElem(l, gs, g), listElem(l, gs, h)})
@@ -576,7 +577,7 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 						return types.WrapErr(fmt.Errorf("newerFromSource: %w", err))
 					}
 					if rec == nil {
-						return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+						return emptyList
 					}
 					// rec is new: this subject's own CEL value caches in it.
 					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{objVal(adapter, rec)})
@@ -617,6 +618,19 @@ var baseEnv = sync.OnceValues(func() (*cel.Env, error) {
 	return env, nil
 })
 
+// emptyList is the empty list the functions above return: CEL lists are
+// immutable (a comprehension that starts from an empty list accumulates
+// into a new one), so one value serves every call, with no allocation.
+var emptyList = types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+
+// listOf is the CEL list of vals; emptyList when there are none.
+func listOf(vals []ref.Val) ref.Val {
+	if len(vals) == 0 {
+		return emptyList
+	}
+	return types.NewDynamicList(types.DefaultTypeAdapter, vals)
+}
+
 // searchTime returns the index of the first event of evs (in chain order)
 // whose time is at or after t, or strictly after t when strict.
 func searchTime(evs []*Event, t time.Time, strict bool) int {
@@ -645,7 +659,7 @@ func eventNearFunc(name string, pick func(evs []*Event, t time.Time) int) cel.En
 				}
 				i := pick(evs, t.Time)
 				if i < 0 || i >= len(evs) {
-					return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{})
+					return emptyList
 				}
 				return types.NewDynamicList(types.DefaultTypeAdapter, []ref.Val{a.(traits.Lister).Get(types.Int(i))})
 			})))
@@ -658,10 +672,11 @@ type activation struct {
 }
 
 func (a *activation) ResolveName(name string) (any, bool) {
-	if v, ok := a.vals[name]; ok {
-		return v, true
+	if strings.HasPrefix(name, "params.") { // no variable's name has the prefix
+		v, ok := a.params[name]
+		return v, ok
 	}
-	v, ok := a.params[name]
+	v, ok := a.vals[name]
 	return v, ok
 }
 

@@ -270,6 +270,9 @@ type compiled struct {
 	// estimate is within uncheckedCost, so that the rule runs without
 	// per-call interruption (see uncheckedCost); -1: never.
 	uncheckedUpTo int64
+	// emptyWhen: a subject with every variable of one of these sets empty
+	// gets [] from the rule, with no error (skip.go), so it is not run.
+	emptyWhen alts
 	// pop and popLong run the rule's population expression (nil without
 	// one), with and without the cost tracker like prg and long.
 	pop, popLong cel.Program
@@ -393,6 +396,7 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 		c.freeUpTo = costFreeUpTo(r.env, r.ast, o.CostLimit)
 		c.uncheckedUpTo = costFreeUpTo(r.env, r.ast, min(o.CostLimit, uncheckedCost))
 		c.paramBound = paramsSize(c.params)
+		c.emptyWhen = emptyWhenOf(r.ast.NativeRep())
 		s.rules = append(s.rules, c)
 		s.needOwner = s.needOwner || r.usesOwner
 		s.needHolders = s.needHolders || r.usesHolders
@@ -552,10 +556,16 @@ func (s *Set) evaluateSubject(ctx context.Context, subject string, src ChainSour
 	if srcIdx != nil {
 		bound = max(bound, srcIdx.bound)
 	}
+	nonEmpty := v.nonEmpty()
 	for _, c := range s.rules {
 		act.params = c.params
 		size := max(bound, c.paramBound)
 		untracked := !tracked || (s.opts.CostTrackedEntries >= 0 && c.freeUpTo >= 0 && size <= uint64(c.freeUpTo))
+		if untracked && c.emptyWhen.skips(nonEmpty) && sctx.Err() == nil {
+			// Provably [] (skip.go): what running it would give, since
+			// untracked it cannot exceed the cost limit either.
+			continue
+		}
 		var (
 			out ref.Val
 			err error

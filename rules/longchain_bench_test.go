@@ -44,16 +44,18 @@ func feedEvent(i uint64, subjects uint64) *pb.Event {
 func feedSource(b *testing.B, subjects, perSubject int) (*leafSource, []string) {
 	b.Helper()
 	total := uint64(subjects * perSubject)
-	ls := &leafSource{index: map[string][]uint64{}, log: make([][]byte, total)}
+	ls := &leafSource{index: map[string][]uint64{}}
+	log := make([][]byte, total)
 	for i := range total {
 		ev := feedEvent(i, uint64(subjects))
 		data, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.Entry{Event: ev})
 		if err != nil {
 			b.Fatal(err)
 		}
-		ls.log[i] = data
+		log[i] = data
 		ls.index[ev.Subject.Id] = append(ls.index[ev.Subject.Id], i)
 	}
+	ls.packLeaves(log)
 	names := make([]string, subjects)
 	for i := range names {
 		names[i] = "user-" + strconv.Itoa(i)

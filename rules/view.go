@@ -301,7 +301,33 @@ type eventSlab struct {
 	// strings of the chains decoded through this slab before.
 	decode leafVisitor
 	intern interner
+	// The subject's grants, sessions and approvals (buildViews), likewise
+	// reused: each is overwritten whole when handed out again.
+	grants    chunks[Grant]
+	sessions  chunks[Session]
+	approvals chunks[Approval]
 }
+
+// chunks hands out values from fixed-size arrays kept across uses, so that
+// the pointers handed out stay valid while more are taken.
+type chunks[T any] struct {
+	all  [][]T
+	next int // values handed out since reset
+}
+
+const chunkLen = 32
+
+// take returns a value to overwrite.
+func (c *chunks[T]) take() *T {
+	i, j := c.next/chunkLen, c.next%chunkLen
+	if i == len(c.all) {
+		c.all = append(c.all, make([]T, chunkLen))
+	}
+	c.next++
+	return &c.all[i][j]
+}
+
+func (c *chunks[T]) reset() { c.next = 0 }
 
 var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
 
@@ -315,6 +341,9 @@ func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
 		sl.ptrs = make([]*Event, len(chain))
 	}
 	slab, evs := sl.events[:len(chain)], sl.ptrs[:len(chain)]
+	sl.grants.reset()
+	sl.sessions.reset()
+	sl.approvals.reset()
 	sl.decode.in = &sl.intern
 	for i, en := range chain {
 		if en.Event == nil && en.Leaf != nil {
@@ -377,6 +406,7 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 	}
 	evs = asOfPrefix(evs, now)
 	v.events = evs
+	sl := v.slabs[0] // this chain's storage, for the grants, sessions and approvals
 
 	byGrant := map[string]*grantAgg{} // grant id -> what hangs off it
 	grant := func(id string) *grantAgg {
@@ -418,7 +448,8 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 			if e.Refs.Grant == "" {
 				break
 			}
-			g := &Grant{ID: e.Refs.Grant, Type: e.Type, Event: e, Time: e.Time,
+			g := sl.grants.take()
+			*g = Grant{ID: e.Refs.Grant, Type: e.Type, Event: e, Time: e.Time,
 				Entitlement: e.Entitlement.ID, Privileged: e.Entitlement.Privileged,
 				HasExpiry: e.HasExpiry, ExpiresAt: e.ExpiresAt, Request: e.Refs.Request}
 			v.grants = append(v.grants, g)
@@ -436,7 +467,8 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 				ga.ends = append(ga.ends, e)
 			}
 		case "session.started":
-			s := &Session{ID: e.Refs.Session, Grant: e.Refs.Grant, Start: e}
+			s := sl.sessions.take()
+			*s = Session{ID: e.Refs.Session, Grant: e.Refs.Grant, Start: e}
 			v.sessions = append(v.sessions, s)
 			if s.ID != "" {
 				sessionsByID[s.ID] = append(sessionsByID[s.ID], s)
@@ -448,7 +480,8 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 				}
 			}
 		case "access.approved":
-			a := &Approval{Request: e.Refs.Request, Event: e}
+			a := sl.approvals.take()
+			*a = Approval{Request: e.Refs.Request, Event: e}
 			v.approvals = append(v.approvals, a)
 			if a.Request != "" {
 				approvalsByReq[a.Request] = append(approvalsByReq[a.Request], a)
@@ -872,7 +905,8 @@ func (v *views) linkClosings(src *sourceIndex) {
 // approvalsUnder returns the approvals e is under: those of its
 // refs.request, and those of the requests of its refs.grant's grant events.
 func approvalsUnder(e *Event, byReq map[string][]*Approval, ga *grantAgg) []*Event {
-	var reqs []string
+	var buf [4]string // on the stack for the usual one or two requests
+	reqs := buf[:0]
 	if e.Refs.Request != "" {
 		reqs = append(reqs, e.Refs.Request)
 	}
