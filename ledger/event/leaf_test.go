@@ -184,8 +184,11 @@ func checkAgree(t *testing.T, leaf []byte) {
 		t.Fatalf("DecodeLeaf error %v, VisitLeaf error %v", werr, gerr)
 	}
 	if gerr != nil {
-		if !errors.Is(gerr, ErrMalformedLeaf) || !errors.Is(werr, ErrMalformedLeaf) {
-			t.Fatalf("errors %v and %v do not match ErrMalformedLeaf", gerr, werr)
+		// Both see a map leaf, or both refuse the leaf as malformed.
+		mapLeaf := errors.Is(gerr, ErrMapLeaf) && errors.Is(werr, ErrMapLeaf)
+		malformed := errors.Is(gerr, ErrMalformedLeaf) && errors.Is(werr, ErrMalformedLeaf)
+		if !mapLeaf && !malformed {
+			t.Fatalf("VisitLeaf error %v and DecodeLeaf error %v are not both ErrMapLeaf or both ErrMalformedLeaf", gerr, werr)
 		}
 		return
 	}
@@ -333,4 +336,26 @@ func BenchmarkVisitLeaf(b *testing.B) {
 	}
 	// On a loaded machine wall time says little: CPU time per leaf.
 	b.ReportMetric(float64((cputime.Process()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
+// TestVisitLeafRefusesMalformedMapRoot: a map leaf whose root does not
+// parse is malformed for VisitLeaf as for DecodeLeaf (found by
+// FuzzVisitLeaf: VisitLeaf said "map leaf" without reading the root).
+func TestVisitLeafRefusesMalformedMapRoot(t *testing.T) {
+	for _, leaf := range [][]byte{
+		[]byte("\x1a\x010"),        // map root holding a varint tag and no varint
+		[]byte("\x1a\x02\x0a\x05"), // map root whose bytes field runs past its end
+		[]byte("\x1a\x01\x00"),     // map root holding field number 0
+	} {
+		if _, err := DecodeLeaf(leaf); !errors.Is(err, ErrMalformedLeaf) {
+			t.Fatalf("DecodeLeaf(%q) = %v, want ErrMalformedLeaf", leaf, err)
+		}
+		if _, err := visited(leaf); !errors.Is(err, ErrMalformedLeaf) {
+			t.Errorf("VisitLeaf(%q) = %v, want ErrMalformedLeaf", leaf, err)
+		}
+		checkAgree(t, leaf)
+	}
+	if _, err := visited(EncodeMapLeaf([32]byte{1}, 7)); !errors.Is(err, ErrMapLeaf) {
+		t.Errorf("VisitLeaf(a map leaf) = %v, want ErrMapLeaf", err)
+	}
 }

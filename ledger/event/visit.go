@@ -112,7 +112,17 @@ func VisitLeaf(leaf []byte, v Visitor) error {
 					return err
 				}
 			case entryMapRoot:
+				// Its fields are not reported, but they must parse, as
+				// proto.Unmarshal parses them, for VisitLeaf to refuse
+				// what DecodeLeaf refuses.
 				sawMap = true
+				for m := x; len(m) > 0; {
+					_, _, _, rest, err := nextField(m)
+					if err != nil {
+						return err
+					}
+					m = rest
+				}
 			}
 		}
 		return nil
