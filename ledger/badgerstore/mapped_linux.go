@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,15 +17,29 @@ import (
 	"time"
 )
 
-// madvPageout is MADV_PAGEOUT (Linux 5.4): reclaim the pages of a range.
-// Unlike MADV_DONTNEED it never changes what the memory holds, so it is
-// harmless even if the range was unmapped and reused meanwhile.
+// madvPageout is MADV_PAGEOUT (Linux 5.4): reclaim the pages of a range,
+// out of the page cache too (clean file pages are dropped, so reading them
+// again reads the disk). Unlike MADV_DONTNEED it never changes what the
+// memory holds, so it is harmless even if the range was unmapped and
+// reused meanwhile: it is the advice for every mapping a reclaim cannot
+// prove pinned (mapped_pin.go).
 const madvPageout = 21
+
+// madvDontneed is MADV_DONTNEED: drop the process's page-table entries of
+// a range. On a shared file mapping the pages stay in the page cache
+// (reading them again is a minor fault, and it is the kernel's to evict
+// them under memory pressure); on anything else it would discard memory,
+// so it goes only to mappings pinned for the whole reclaim (mapped_pin.go).
+const madvDontneed = syscall.MADV_DONTNEED
 
 // mappedBound keeps the file-backed resident memory of the process under a
 // bound by asking the kernel to reclaim pages of the store's mapped tables
-// and value-log files. Reading them again faults the pages back in from
-// the page cache or the disk.
+// and value-log files: with MADV_DONTNEED, which leaves them in the page
+// cache, where the reclaim can prove the mapping stays put while it runs
+// (the files pinStores pins: the tables of the stores open in the process,
+// their value-log files but the two newest), with MADV_PAGEOUT, which
+// drops them from the page cache too, elsewhere. Reading them again faults
+// the pages back in from the page cache (a minor fault) or the disk.
 //
 // It works between two watermarks below the bound, so that what a scan
 // maps between two checks, or while a reclaim runs, still fits under it:
@@ -83,12 +96,8 @@ const (
 const minMappedCheck = 20 * time.Millisecond
 
 func newMappedBound(dir string, limit int64, every time.Duration, logger *slog.Logger) *mappedBound {
-	abs, err := filepath.Abs(dir)
-	if err == nil {
-		dir = abs
-	}
 	return &mappedBound{
-		dir: dir, limit: limit,
+		dir: realDir(dir), limit: limit,
 		high:  int64(float64(limit) * reclaimHigh),
 		low:   int64(float64(limit) * reclaimLow),
 		hold:  int64(float64(limit) * reclaimHold),
@@ -188,7 +197,7 @@ func (m *mappedBound) check() (int64, bool) {
 	// After each chunk: done once RssFile is at the low watermark; reads
 	// wait from the moment it passes the hold watermark (a scan faulting
 	// pages in faster than they are given up).
-	n, err := pageOutStoreFiles(m.dir, func() bool {
+	r, err := reclaimStoreFiles(m.dir, func() bool {
 		now, err := rssFile()
 		if err != nil {
 			return true
@@ -213,7 +222,8 @@ func (m *mappedBound) check() (int64, bool) {
 		if err != nil {
 			m.logger.Warn("badger: reclaiming mapped store files", "rss_file_bytes", rss, "bound", m.limit, "err", err)
 		} else {
-			m.logger.Debug("badger: reclaimed mapped store files", "rss_file_bytes", rss, "after_bytes", after, "bound", m.limit, "chunks", n, "took", time.Since(t0), "held_reads", held)
+			m.logger.Debug("badger: reclaimed mapped store files", "rss_file_bytes", rss, "after_bytes", after, "bound", m.limit, "chunks", r.chunks,
+				"dontneed_bytes", r.dontneed, "pageout_bytes", r.pageout, "pinned_stores", r.stores, "pin_took", r.pinTook, "took", time.Since(t0), "held_reads", held)
 		}
 	}
 	if aerr != nil {
@@ -246,6 +256,7 @@ type storeMapping struct {
 	start, end uint64
 	rss        int64 // bytes
 	path       string
+	shared     bool // MAP_SHARED ("s" in its permissions)
 }
 
 // storeMappings lists the mappings of table and value-log files in dir or
@@ -254,7 +265,8 @@ type storeMapping struct {
 // DIR/ledger/index and is opened without a bound of its own, yet its pages
 // count in the same RssFile; leaving them out left the bound unreachable
 // while evaluation read subjects through the index. Memtable logs (.mem),
-// which badger writes through their mapping, are left out.
+// which badger writes through their mapping, are left out, and so are
+// files deleted while mapped (their path ends in " (deleted)").
 func storeMappings(smaps, dir string) ([]storeMapping, error) {
 	f, err := os.Open(smaps)
 	if err != nil {
@@ -301,7 +313,7 @@ func storeMappings(smaps, dir string) ([]storeMapping, error) {
 		if err1 != nil || err2 != nil || end <= start {
 			continue
 		}
-		cur = &storeMapping{start: start, end: end, path: path}
+		cur = &storeMapping{start: start, end: end, path: path, shared: len(fields[1]) == 4 && fields[1][3] == 's'}
 	}
 	return out, sc.Err()
 }
@@ -317,28 +329,60 @@ func byResident(ms []storeMapping) {
 // enough is given up and notices a scan outrunning it.
 const pageOutChunk = 16 << 20
 
-// pageOutStoreFiles asks the kernel to reclaim the pages of the store's
+// reclaimed is what one reclaim advised.
+type reclaimed struct {
+	chunks            int   // madvise calls
+	dontneed, pageout int64 // bytes advised with MADV_DONTNEED and MADV_PAGEOUT
+	stores            int   // stores whose files were pinned
+	pinTook           time.Duration
+}
+
+// madvise is the system call; tests replace it to see what a reclaim of
+// a made-up /proc/self/smaps would advise.
+var madvise = func(addr, n uintptr, advice int) syscall.Errno {
+	_, _, e := syscall.Syscall(syscall.SYS_MADVISE, addr, n, uintptr(advice))
+	return e
+}
+
+// reclaimStoreFiles asks the kernel to reclaim the pages of the store's
 // mappings in dir or below it, those holding the most resident pages
 // first, a chunk at a time, until enough (called after each chunk) says
-// so. It returns how many chunks it advised.
-func pageOutStoreFiles(dir string, enough func() bool) (int, error) {
-	ms, err := storeMappings("/proc/self/smaps", dir)
+// so: with MADV_DONTNEED the files pinStores pinned, which it holds until
+// the last chunk is advised, with MADV_PAGEOUT the others.
+func reclaimStoreFiles(dir string, enough func() bool) (reclaimed, error) {
+	t0 := time.Now()
+	pins := pinStores(dir)
+	defer pins.release()
+	return reclaimMappings("/proc/self/smaps", dir, pins, enough, reclaimed{stores: pins.stores, pinTook: time.Since(t0)})
+}
+
+// reclaimMappings is reclaimStoreFiles once the files are pinned, reading
+// the mappings from smaps; r is what it adds to.
+func reclaimMappings(smaps, dir string, pins *pinnedFiles, enough func() bool, r reclaimed) (reclaimed, error) {
+	ms, err := storeMappings(smaps, dir)
 	if err != nil {
-		return 0, err
+		return r, err
 	}
 	byResident(ms)
-	n := 0
 	for _, m := range ms {
+		advice, name, bytes := madvPageout, "MADV_PAGEOUT", &r.pageout
+		if pins.dontNeed(m.path, m.shared) {
+			advice, name, bytes = madvDontneed, "MADV_DONTNEED", &r.dontneed
+		}
 		for lo := m.start; lo < m.end; lo += pageOutChunk {
 			hi := min(lo+pageOutChunk, m.end)
-			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, uintptr(lo), uintptr(hi-lo), madvPageout); e != 0 && e != syscall.ENOMEM {
-				return n, fmt.Errorf("madvise(MADV_PAGEOUT) on %s: %w", m.path, e)
+			// ENOMEM: part of the range is not mapped. For PAGEOUT that is
+			// a mapping gone since smaps was read, which is harmless; for
+			// DONTNEED it would be a pin that does not hold.
+			if e := madvise(uintptr(lo), uintptr(hi-lo), advice); e != 0 && (e != syscall.ENOMEM || advice == madvDontneed) {
+				return r, fmt.Errorf("madvise(%s) on %s: %w", name, m.path, e)
 			}
-			n++
+			r.chunks++
+			*bytes += int64(hi - lo)
 			if enough() {
-				return n, nil
+				return r, nil
 			}
 		}
 	}
-	return n, nil
+	return r, nil
 }

@@ -136,8 +136,9 @@ func TestMappedBoundOff(t *testing.T) {
 
 // TestStoreMappings reads the store's mappings and their resident bytes
 // from a file in the format of /proc/self/smaps: table and value-log files
-// in the directory or below it, with resident pages; not memtable logs,
-// not other directories' files, not mappings without pages.
+// in the directory or below it, with resident pages, and whether they are
+// shared; not memtable logs, not other directories' files, not mappings
+// without pages, not files deleted while mapped.
 func TestStoreMappings(t *testing.T) {
 	dir := t.TempDir()
 	const smaps = `55d0c0000000-55d0c0400000 r-xp 00000000 fd:00 123 /usr/bin/grantline
@@ -168,9 +169,12 @@ Rss:                2048 kB
 7f0014800000-7f0014a00000 rw-p 00000000 00:00 0
 Size:               2048 kB
 Rss:                2048 kB
-7f0014a00000-7f0014c00000 r--s 00000000 fd:00 17 DIR/sub dir/000004.vlog
+7f0014a00000-7f0014c00000 r--p 00000000 fd:00 17 DIR/sub dir/000004.vlog
 Size:               2048 kB
 Rss:                   8 kB
+7f0014c00000-7f0014e00000 r--s 00000000 fd:00 18 DIR/000005.sst (deleted)
+Size:               2048 kB
+Rss:                2048 kB
 `
 	p := filepath.Join(t.TempDir(), "smaps")
 	if err := os.WriteFile(p, []byte(strings.ReplaceAll(smaps, "DIR", dir)), 0o600); err != nil {
@@ -181,10 +185,10 @@ Rss:                   8 kB
 		t.Fatal(err)
 	}
 	want := []storeMapping{
-		{0x7f0000000000, 0x7f0010000000, 30720 << 10, dir + "/000001.vlog"},
-		{0x7f0010000000, 0x7f0010200000, 512 << 10, dir + "/000007.sst"},
-		{0x7f0014400000, 0x7f0014600000, 1024 << 10, dir + "/index/000002.sst"},
-		{0x7f0014a00000, 0x7f0014c00000, 8 << 10, dir + "/sub dir/000004.vlog"},
+		{0x7f0000000000, 0x7f0010000000, 30720 << 10, dir + "/000001.vlog", true},
+		{0x7f0010000000, 0x7f0010200000, 512 << 10, dir + "/000007.sst", true},
+		{0x7f0014400000, 0x7f0014600000, 1024 << 10, dir + "/index/000002.sst", true},
+		{0x7f0014a00000, 0x7f0014c00000, 8 << 10, dir + "/sub dir/000004.vlog", false},
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("storeMappings =\n%+v\nwant\n%+v", got, want)
@@ -223,7 +227,8 @@ func TestByResident(t *testing.T) {
 
 // TestPageOutLargestFirst maps two store files, touches all their pages,
 // and has enough after the first chunk: the larger file's pages go, the
-// smaller file's stay mapped; without enough, both go, a chunk at a time.
+// smaller file's stay mapped; without enough, both go, a chunk at a time,
+// paged out (no store is open there to pin them).
 func TestPageOutLargestFirst(t *testing.T) {
 	dir := t.TempDir()
 	mapFile := func(name string, size int) []byte {
@@ -272,12 +277,12 @@ func TestPageOutLargestFirst(t *testing.T) {
 		t.Fatalf("resident before reclaiming: %v, want all of both files", before)
 	}
 	calls := 0
-	n, err := pageOutStoreFiles(dir, func() bool { calls++; return true })
+	r, err := reclaimStoreFiles(dir, func() bool { calls++; return true })
 	if err != nil {
 		t.Fatal(err)
 	}
 	after := resident()
-	if n != 1 || calls != 1 || after["000001.vlog"] > 8<<20 || after["000002.sst"] < 2<<20 {
+	if n := r.chunks; n != 1 || calls != 1 || after["000001.vlog"] > 8<<20 || after["000002.sst"] < 2<<20 {
 		t.Fatalf("reclaiming until the first chunk is enough: %d chunks advised, enough called %d times, resident %v; want 1 and 1, the value-log file's pages gone and the table's kept", n, calls, after)
 	}
 	if big[12345] != 7 || small[4097] != 7 {
@@ -286,12 +291,16 @@ func TestPageOutLargestFirst(t *testing.T) {
 	for i := 0; i < len(big); i += 4096 { // all resident again
 		calls += int(big[i])
 	}
-	n, err = pageOutStoreFiles(dir, func() bool { return false })
+	r2, err := reclaimStoreFiles(dir, func() bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after := resident(); n != 2 || len(after) != 0 {
+	if after, n := resident(), r2.chunks; n != 2 || len(after) != 0 {
 		t.Fatalf("reclaiming without enough: %d chunks advised, resident %v; want 2 (16 MiB and 2 MiB) and nothing", n, after)
+	}
+	// No store is open in dir: nothing is pinned, all of it was paged out.
+	if r.dontneed+r2.dontneed != 0 || r.pageout+r2.pageout != 34<<20 {
+		t.Fatalf("advised %d bytes with MADV_DONTNEED and %d with MADV_PAGEOUT, want 0 and 34 MiB (files of no open store are never pinned)", r.dontneed+r2.dontneed, r.pageout+r2.pageout)
 	}
 }
 
