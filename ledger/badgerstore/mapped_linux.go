@@ -32,6 +32,18 @@ const madvPageout = 21
 // so it goes only to mappings pinned for the whole reclaim (mapped_pin.go).
 const madvDontneed = syscall.MADV_DONTNEED
 
+// madvNohugepage is MADV_NOHUGEPAGE. Where the page cache holds large
+// folios (ext4 and xfs on Linux 6.x), a read fault on a file mapping that
+// allows transparent huge pages maps a whole 2 MiB folio with one page-
+// middle-directory entry: a read of one value adds 2 MiB to RssFile, and
+// a bound of 128 MiB is refilled by 64 reads (docs/BENCHMARKS.md, "Memory
+// (issue 16)"). On a mapping advised MADV_NOHUGEPAGE the kernel maps such
+// folios a page at a time, with its fault-around (64 KiB), which is what
+// a read needs. It only changes the huge-page policy of a range, so it is
+// harmless even on a range unmapped and reused meanwhile; a reclaim gives
+// it to every store mapping it lists that does not have it yet.
+const madvNohugepage = syscall.MADV_NOHUGEPAGE
+
 // mappedBound keeps the file-backed resident memory of the process under a
 // bound by asking the kernel to reclaim pages of the store's mapped tables
 // and value-log files: with MADV_DONTNEED, which leaves them in the page
@@ -70,6 +82,7 @@ type mappedBound struct {
 	hold      int64         // above this, reads wait for the reclaim
 	every     time.Duration // the longest interval between two checks
 	fruitless int           // reclaims in a row that left RssFile above high
+	noHuge    noHugeAdvised // the store mappings advised MADV_NOHUGEPAGE
 	logger    *slog.Logger
 	done      chan struct{}
 	once      sync.Once
@@ -101,7 +114,7 @@ func newMappedBound(dir string, limit int64, every time.Duration, logger *slog.L
 		high:  int64(float64(limit) * reclaimHigh),
 		low:   int64(float64(limit) * reclaimLow),
 		hold:  int64(float64(limit) * reclaimHold),
-		every: every, logger: logger, done: make(chan struct{}),
+		every: every, logger: logger, done: make(chan struct{}), noHuge: noHugeAdvised{},
 	}
 }
 
@@ -191,13 +204,21 @@ func (m *mappedBound) check() (int64, bool) {
 			release = m.pause()
 		}
 	}
-	if m.holdReads(rss) {
-		hold()
+	// Once the mappings are pinned and listed, before the first madvise:
+	// reads wait if RssFile is above the hold watermark. Not before:
+	// pinning and listing give nothing up, and when a reclaim read
+	// /proc/self/smaps first (15-100 ms on a loaded machine), holding
+	// reads through it, reclaim after reclaim, held them half the time at
+	// a tight bound.
+	begin := func() {
+		if now, err := rssFile(); err == nil && m.holdReads(max(now, rss)) {
+			hold()
+		}
 	}
 	// After each chunk: done once RssFile is at the low watermark; reads
 	// wait from the moment it passes the hold watermark (a scan faulting
 	// pages in faster than they are given up).
-	r, err := reclaimStoreFiles(m.dir, func() bool {
+	r, err := reclaimStoreFiles(m.dir, m.noHuge, begin, func() bool {
 		now, err := rssFile()
 		if err != nil {
 			return true
@@ -223,7 +244,7 @@ func (m *mappedBound) check() (int64, bool) {
 			m.logger.Warn("badger: reclaiming mapped store files", "rss_file_bytes", rss, "bound", m.limit, "err", err)
 		} else {
 			m.logger.Debug("badger: reclaimed mapped store files", "rss_file_bytes", rss, "after_bytes", after, "bound", m.limit, "chunks", r.chunks,
-				"dontneed_bytes", r.dontneed, "pageout_bytes", r.pageout, "pinned_stores", r.stores, "pin_took", r.pinTook, "took", time.Since(t0), "held_reads", held)
+				"dontneed_bytes", r.dontneed, "pageout_bytes", r.pageout, "read_smaps", r.smaps, "nohugepage", r.noHuge, "pinned_stores", r.stores, "pin_took", r.pinTook, "took", time.Since(t0), "held_reads", held)
 		}
 	}
 	if aerr != nil {
@@ -254,39 +275,45 @@ func rssFile() (int64, error) {
 // storeMapping is one mapping of a store file and its resident pages.
 type storeMapping struct {
 	start, end uint64
-	rss        int64 // bytes
+	rss        int64 // bytes; zero when listed from /proc/self/maps
 	path       string
 	shared     bool // MAP_SHARED ("s" in its permissions)
 }
 
 // storeMappings lists the mappings of table and value-log files in dir or
-// below it with resident pages, from /proc/self/smaps (or a file in its
-// format). Below it: the ledger's separate index store lives in
-// DIR/ledger/index and is opened without a bound of its own, yet its pages
-// count in the same RssFile; leaving them out left the bound unreachable
-// while evaluation read subjects through the index. Memtable logs (.mem),
-// which badger writes through their mapping, are left out, and so are
-// files deleted while mapped (their path ends in " (deleted)").
-func storeMappings(smaps, dir string) ([]storeMapping, error) {
-	f, err := os.Open(smaps)
+// below it, from /proc/self/smaps or /proc/self/maps (or a file in their
+// format): from smaps those with resident pages and how many, from maps
+// (resident false) all of them. Below it: the ledger's separate index
+// store lives in DIR/ledger/index and is opened without a bound of its
+// own, yet its pages count in the same RssFile; leaving them out left the
+// bound unreachable while evaluation read subjects through the index.
+// Memtable logs (.mem), which badger writes through their mapping, are
+// left out, and so are files deleted while mapped (their path ends in
+// " (deleted)").
+func storeMappings(file, dir string, resident bool) ([]storeMapping, error) {
+	f, err := os.Open(file)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
 	var out []storeMapping
 	var cur *storeMapping // the store mapping whose fields follow, if any
+	done := func() {
+		if cur != nil && (cur.rss > 0 || !resident) {
+			out = append(out, *cur)
+		}
+		cur = nil
+	}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Bytes()
 		if v, ok := bytes.CutPrefix(line, []byte("Rss:")); ok {
 			if cur != nil {
 				if f := strings.Fields(string(v)); len(f) > 0 {
-					if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil && kb > 0 {
+					if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
 						cur.rss = kb << 10
-						out = append(out, *cur)
 					}
 				}
-				cur = nil
 			}
 			continue
 		}
@@ -296,7 +323,7 @@ func storeMappings(smaps, dir string) ([]storeMapping, error) {
 		if len(fields) == 0 || strings.HasSuffix(fields[0], ":") {
 			continue
 		}
-		cur = nil
+		done()
 		if len(fields) < 6 {
 			continue
 		}
@@ -315,6 +342,7 @@ func storeMappings(smaps, dir string) ([]storeMapping, error) {
 		}
 		cur = &storeMapping{start: start, end: end, path: path, shared: len(fields[1]) == 4 && fields[1][3] == 's'}
 	}
+	done()
 	return out, sc.Err()
 }
 
@@ -323,62 +351,134 @@ func byResident(ms []storeMapping) {
 	slices.SortStableFunc(ms, func(a, b storeMapping) int { return cmp.Compare(b.rss, a.rss) })
 }
 
+// bySize orders ms by size, largest first.
+func bySize(ms []storeMapping) {
+	slices.SortStableFunc(ms, func(a, b storeMapping) int { return cmp.Compare(b.end-b.start, a.end-a.start) })
+}
+
 // pageOutChunk is how much of a mapping one madvise covers. A value-log
 // mapping is 512 MiB and paging out what it holds can take a few hundred
 // milliseconds on a loaded machine; in chunks, the reclaim stops as soon as
-// enough is given up and notices a scan outrunning it.
+// enough is given up and notices a scan outrunning it. MADV_DONTNEED,
+// which only drops page-table entries, takes a mapping at a time, and the
+// reclaim asks whether it is enough after each pageOutChunk of them.
 const pageOutChunk = 16 << 20
 
 // reclaimed is what one reclaim advised.
 type reclaimed struct {
-	chunks            int   // madvise calls
+	chunks            int   // madvise calls but MADV_NOHUGEPAGE
 	dontneed, pageout int64 // bytes advised with MADV_DONTNEED and MADV_PAGEOUT
 	stores            int   // stores whose files were pinned
+	noHuge            int   // mappings advised MADV_NOHUGEPAGE
+	smaps             bool  // whether it read /proc/self/smaps (the pinned files were not enough)
 	pinTook           time.Duration
 }
 
 // madvise is the system call; tests replace it to see what a reclaim of
-// a made-up /proc/self/smaps would advise.
+// made-up mappings would advise.
 var madvise = func(addr, n uintptr, advice int) syscall.Errno {
 	_, _, e := syscall.Syscall(syscall.SYS_MADVISE, addr, n, uintptr(advice))
 	return e
 }
 
+// noHugeAdvised are the store mappings a bound advised MADV_NOHUGEPAGE, by
+// start address, with their paths: each new one gets it once.
+type noHugeAdvised map[uint64]string
+
 // reclaimStoreFiles asks the kernel to reclaim the pages of the store's
-// mappings in dir or below it, those holding the most resident pages
-// first, a chunk at a time, until enough (called after each chunk) says
-// so: with MADV_DONTNEED the files pinStores pinned, which it holds until
-// the last chunk is advised, with MADV_PAGEOUT the others.
-func reclaimStoreFiles(dir string, enough func() bool) (reclaimed, error) {
+// mappings in dir or below it until enough (called after each madvise of
+// PAGEOUT, and after each pageOutChunk of DONTNEED) says so. First the
+// files pinStores pinned, listed from /proc/self/maps (a tenth of a
+// millisecond, where /proc/self/smaps, which walks the page tables of
+// every mapping, takes 15-100 ms on a loaded machine), the largest first,
+// a mapping at a time with MADV_DONTNEED; then, only if that was not
+// enough, the others as before: listed from /proc/self/smaps, those
+// holding the most resident pages first, a chunk at a time with
+// MADV_PAGEOUT. The pins are held until the last madvise. Every mapping
+// listed that is not in advised is advised MADV_NOHUGEPAGE first, and
+// advised is left holding the mappings listed. begin, if not nil, is
+// called once the mappings are listed, before the first madvise.
+func reclaimStoreFiles(dir string, advised noHugeAdvised, begin func(), enough func() bool) (reclaimed, error) {
 	t0 := time.Now()
 	pins := pinStores(dir)
 	defer pins.release()
-	return reclaimMappings("/proc/self/smaps", dir, pins, enough, reclaimed{stores: pins.stores, pinTook: time.Since(t0)})
+	return reclaimMappings("/proc/self/maps", "/proc/self/smaps", dir, pins, advised, begin, enough, reclaimed{stores: pins.stores, pinTook: time.Since(t0)})
 }
 
-// reclaimMappings is reclaimStoreFiles once the files are pinned, reading
-// the mappings from smaps; r is what it adds to.
-func reclaimMappings(smaps, dir string, pins *pinnedFiles, enough func() bool, r reclaimed) (reclaimed, error) {
-	ms, err := storeMappings(smaps, dir)
+// reclaimMappings is reclaimStoreFiles once the files are pinned, listing
+// the mappings from maps and smaps; r is what it adds to.
+func reclaimMappings(maps, smaps, dir string, pins *pinnedFiles, advised noHugeAdvised, begin func(), enough func() bool, r reclaimed) (reclaimed, error) {
+	all, err := storeMappings(maps, dir, false)
+	if err != nil {
+		return r, err
+	}
+	listed := make(map[uint64]bool, len(all))
+	for _, m := range all {
+		listed[m.start] = true
+		if p, ok := advised[m.start]; ok && p == m.path {
+			continue
+		}
+		// Advisory: an error (the mapping gone since it was listed)
+		// changes nothing.
+		if madvise(uintptr(m.start), uintptr(m.end-m.start), madvNohugepage) == 0 {
+			r.noHuge++
+		}
+		if advised != nil {
+			advised[m.start] = m.path
+		}
+	}
+	for start := range advised {
+		if !listed[start] {
+			delete(advised, start)
+		}
+	}
+	if begin != nil {
+		begin()
+	}
+
+	var pinned []storeMapping
+	for _, m := range all {
+		if pins.dontNeed(m.path, m.shared) {
+			pinned = append(pinned, m)
+		}
+	}
+	bySize(pinned)
+	var since uint64 // bytes advised since enough was last asked
+	for i, m := range pinned {
+		if e := madvise(uintptr(m.start), uintptr(m.end-m.start), madvDontneed); e != 0 {
+			// Even ENOMEM: a range not mapped would be a pin that does not hold.
+			return r, fmt.Errorf("madvise(MADV_DONTNEED) on %s: %w", m.path, e)
+		}
+		r.chunks++
+		r.dontneed += int64(m.end - m.start)
+		since += m.end - m.start
+		if since >= pageOutChunk || i == len(pinned)-1 {
+			since = 0
+			if enough() {
+				return r, nil
+			}
+		}
+	}
+
+	r.smaps = true
+	ms, err := storeMappings(smaps, dir, true)
 	if err != nil {
 		return r, err
 	}
 	byResident(ms)
 	for _, m := range ms {
-		advice, name, bytes := madvPageout, "MADV_PAGEOUT", &r.pageout
 		if pins.dontNeed(m.path, m.shared) {
-			advice, name, bytes = madvDontneed, "MADV_DONTNEED", &r.dontneed
+			continue // given up above
 		}
 		for lo := m.start; lo < m.end; lo += pageOutChunk {
 			hi := min(lo+pageOutChunk, m.end)
-			// ENOMEM: part of the range is not mapped. For PAGEOUT that is
-			// a mapping gone since smaps was read, which is harmless; for
-			// DONTNEED it would be a pin that does not hold.
-			if e := madvise(uintptr(lo), uintptr(hi-lo), advice); e != 0 && (e != syscall.ENOMEM || advice == madvDontneed) {
-				return r, fmt.Errorf("madvise(%s) on %s: %w", name, m.path, e)
+			// ENOMEM: part of the range is not mapped, a mapping gone since
+			// smaps was read, which is harmless for PAGEOUT.
+			if e := madvise(uintptr(lo), uintptr(hi-lo), madvPageout); e != 0 && e != syscall.ENOMEM {
+				return r, fmt.Errorf("madvise(MADV_PAGEOUT) on %s: %w", m.path, e)
 			}
 			r.chunks++
-			*bytes += int64(hi - lo)
+			r.pageout += int64(hi - lo)
 			if enough() {
 				return r, nil
 			}

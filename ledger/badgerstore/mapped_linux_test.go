@@ -137,7 +137,7 @@ func TestMappedBoundOff(t *testing.T) {
 // TestStoreMappings reads the store's mappings and their resident bytes
 // from a file in the format of /proc/self/smaps: table and value-log files
 // in the directory or below it, with resident pages, and whether they are
-// shared; not memtable logs, not other directories' files, not mappings
+// shared (from /proc/self/maps, without resident pages: all of them); not memtable logs, not other directories' files, not mappings
 // without pages, not files deleted while mapped.
 func TestStoreMappings(t *testing.T) {
 	dir := t.TempDir()
@@ -180,7 +180,7 @@ Rss:                2048 kB
 	if err := os.WriteFile(p, []byte(strings.ReplaceAll(smaps, "DIR", dir)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got, err := storeMappings(p, dir)
+	got, err := storeMappings(p, dir, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,6 +192,16 @@ Rss:                2048 kB
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("storeMappings =\n%+v\nwant\n%+v", got, want)
+	}
+	// Not only those resident (as from /proc/self/maps, which has no Rss):
+	// every store mapping.
+	got, err = storeMappings(p, dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = slices.Insert(want, 2, storeMapping{0x7f0010200000, 0x7f0010400000, 0, dir + "/000008.sst", true})
+	if !slices.Equal(got, want) {
+		t.Fatalf("storeMappings, all of them =\n%+v\nwant\n%+v", got, want)
 	}
 }
 
@@ -262,7 +272,7 @@ func TestPageOutLargestFirst(t *testing.T) {
 	small := mapFile("000002.sst", 2<<20)
 	resident := func() map[string]int64 {
 		t.Helper()
-		ms, err := storeMappings("/proc/self/smaps", dir)
+		ms, err := storeMappings("/proc/self/smaps", dir, true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -277,7 +287,7 @@ func TestPageOutLargestFirst(t *testing.T) {
 		t.Fatalf("resident before reclaiming: %v, want all of both files", before)
 	}
 	calls := 0
-	r, err := reclaimStoreFiles(dir, func() bool { calls++; return true })
+	r, err := reclaimStoreFiles(dir, nil, nil, func() bool { calls++; return true })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +301,7 @@ func TestPageOutLargestFirst(t *testing.T) {
 	for i := 0; i < len(big); i += 4096 { // all resident again
 		calls += int(big[i])
 	}
-	r2, err := reclaimStoreFiles(dir, func() bool { return false })
+	r2, err := reclaimStoreFiles(dir, nil, nil, func() bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}

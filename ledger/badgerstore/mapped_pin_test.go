@@ -30,7 +30,8 @@ import (
 // table of the same id in another store, the two newest value-log files,
 // a value-log file of a store not pinned, a private mapping of a pinned
 // file, or a file not named as badger names them; with nothing pinned,
-// everything is paged out.
+// everything is paged out. Every mapping gets MADV_NOHUGEPAGE once: not
+// again if advised before at the same address.
 func TestReclaimAdvice(t *testing.T) {
 	dir := t.TempDir()
 	const smaps = `7f0000000000-7f0001000000 rw-s 00000000 fd:00 11 DIR/000001.vlog
@@ -92,16 +93,24 @@ Rss:                2048 kB
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ms, err := storeMappings(p, dir)
+			ms, err := storeMappings(p, dir, false)
 			if err != nil {
 				t.Fatal(err)
 			}
 			var calls []call
+			noHuge := map[string]int{}
 			defer func(f func(uintptr, uintptr, int) syscall.Errno) { madvise = f }(madvise)
 			madvise = func(addr, n uintptr, advice int) syscall.Errno {
 				for _, m := range ms {
 					if uint64(addr) >= m.start && uint64(addr+n) <= m.end {
 						rel, _ := filepath.Rel(dir, m.path)
+						if advice == madvNohugepage {
+							if uint64(addr) != m.start || uint64(addr+n) != m.end {
+								t.Errorf("MADV_NOHUGEPAGE on part of %s", rel)
+							}
+							noHuge[rel]++
+							return 0
+						}
 						calls = append(calls, call{rel, advice, n})
 						return 0
 					}
@@ -109,7 +118,10 @@ Rss:                2048 kB
 				t.Errorf("madvise of %#x+%d, in no mapping listed", addr, n)
 				return 0
 			}
-			r, err := reclaimMappings(p, dir, tc.pins, func() bool { return false }, reclaimed{})
+			// 000008.sst advised before; a mapping since gone; another
+			// file mapped where 000003.vlog was advised before.
+			advised := noHugeAdvised{0x7f0004200000: dir + "/000008.sst", 0x7f0100000000: dir + "/000001.sst", 0x7f0001000000: dir + "/000002.vlog"}
+			r, err := reclaimMappings(p, p, dir, tc.pins, advised, nil, func() bool { return false }, reclaimed{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -125,6 +137,24 @@ Rss:                2048 kB
 				} else {
 					pageout += int64(c.bytes)
 				}
+			}
+			// Every mapping listed, once, but the one advised before at
+			// the same address.
+			wantNoHuge := map[string]int{}
+			for f := range tc.want {
+				if f != "000008.sst" {
+					wantNoHuge[f] = 1
+				}
+			}
+			if !maps.Equal(noHuge, wantNoHuge) || r.noHuge != len(wantNoHuge) {
+				t.Errorf("MADV_NOHUGEPAGE on %v (%d counted), want %v", noHuge, r.noHuge, wantNoHuge)
+			}
+			wantAdvised := noHugeAdvised{}
+			for _, m := range ms {
+				wantAdvised[m.start] = m.path
+			}
+			if !maps.Equal(advised, wantAdvised) {
+				t.Errorf("advised afterwards = %v, want the mappings listed: %v", advised, wantAdvised)
 			}
 			if !maps.Equal(got, tc.want) {
 				t.Errorf("advice per file = %v\nwant %v (%d is MADV_DONTNEED, %d MADV_PAGEOUT)", got, tc.want, madvDontneed, madvPageout)
@@ -293,15 +323,15 @@ func TestReclaimKeepsPageCache(t *testing.T) {
 	defer s.Close()
 	readAll(t, s, want)
 
-	before, err := storeMappings("/proc/self/smaps", realDir(dir))
+	before, err := storeMappings("/proc/self/smaps", realDir(dir), true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := reclaimStoreFiles(dir, func() bool { return false })
+	r, err := reclaimStoreFiles(dir, nil, nil, func() bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}
-	after, err := storeMappings("/proc/self/smaps", realDir(dir))
+	after, err := storeMappings("/proc/self/smaps", realDir(dir), true)
 	if err != nil {
 		t.Fatal(err)
 	}
