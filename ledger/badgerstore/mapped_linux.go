@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -31,18 +32,6 @@ const madvPageout = 21
 // them under memory pressure); on anything else it would discard memory,
 // so it goes only to mappings pinned for the whole reclaim (mapped_pin.go).
 const madvDontneed = syscall.MADV_DONTNEED
-
-// madvNohugepage is MADV_NOHUGEPAGE. Where the page cache holds large
-// folios (ext4 and xfs on Linux 6.x), a read fault on a file mapping that
-// allows transparent huge pages maps a whole 2 MiB folio with one page-
-// middle-directory entry: a read of one value adds 2 MiB to RssFile, and
-// a bound of 128 MiB is refilled by 64 reads (docs/BENCHMARKS.md, "Memory
-// (issue 16)"). On a mapping advised MADV_NOHUGEPAGE the kernel maps such
-// folios a page at a time, with its fault-around (64 KiB), which is what
-// a read needs. It only changes the huge-page policy of a range, so it is
-// harmless even on a range unmapped and reused meanwhile; a reclaim gives
-// it to every store mapping it lists that does not have it yet.
-const madvNohugepage = syscall.MADV_NOHUGEPAGE
 
 // mappedBound keeps the file-backed resident memory of the process under a
 // bound by asking the kernel to reclaim pages of the store's mapped tables
@@ -82,13 +71,17 @@ type mappedBound struct {
 	hold      int64         // above this, reads wait for the reclaim
 	every     time.Duration // the longest interval between two checks
 	fruitless int           // reclaims in a row that left RssFile above high
-	noHuge    noHugeAdvised // the store mappings advised MADV_NOHUGEPAGE
+	mu        sync.Mutex    // held by the check running, the reclaimer's or a read's
+	due       atomic.Int64  // when the reclaimer means to check next (monoNow)
+	stopped   bool          // under mu: pace checks no more
+	unpace    func()        // takes pace out of the reads' pacers
 	logger    *slog.Logger
 	done      chan struct{}
 	once      sync.Once
 	wg        sync.WaitGroup
-	trims     int // how often it reclaimed; read after stop (tests)
-	checks    int // how often it read RssFile; read after stop (tests)
+	trims     int // how often it reclaimed; under mu
+	checks    int // how often it read RssFile; under mu
+	paced     int // how many of the checks reads made (pace); under mu
 }
 
 // The watermarks, in fractions of the bound. Measured on evaluate of a
@@ -114,14 +107,16 @@ func newMappedBound(dir string, limit int64, every time.Duration, logger *slog.L
 		high:  int64(float64(limit) * reclaimHigh),
 		low:   int64(float64(limit) * reclaimLow),
 		hold:  int64(float64(limit) * reclaimHold),
-		every: every, logger: logger, done: make(chan struct{}), noHuge: noHugeAdvised{},
+		every: every, logger: logger, done: make(chan struct{}),
 	}
 }
 
 func startMappedBound(dir string, limit int64, every time.Duration, logger *slog.Logger) *mappedBound {
 	m := newMappedBound(dir, limit, every, logger)
+	first := min(every, minMappedCheck)
+	m.due.Store(int64(monoNow() + first))
 	m.wg.Go(func() {
-		t := time.NewTimer(min(every, minMappedCheck))
+		t := time.NewTimer(first)
 		defer t.Stop()
 		var last int64
 		lastAt := time.Now()
@@ -132,13 +127,50 @@ func startMappedBound(dir string, limit int64, every time.Duration, logger *slog
 			case <-t.C:
 			}
 			now := time.Now()
+			m.mu.Lock()
 			rss, trimmed := m.check()
-			t.Reset(m.next(last, rss, now.Sub(lastAt), trimmed))
+			m.mu.Unlock()
+			d := m.next(last, rss, now.Sub(lastAt), trimmed)
+			m.due.Store(int64(monoNow() + d))
+			t.Reset(d)
 			last, lastAt = rss, now
 		}
 	})
+	m.unpace = addPacer(m.pace)
 	return m
 }
+
+// paceSlack is how late the reclaimer may be with a check before reads
+// check for it (pace). On a loaded machine its goroutine ran 100-200 ms
+// late, while a scan mapped pages at up to 1 GB/s: RssFile went past the
+// bound in 40% of the one-second samples of evaluate at a 128 MiB bound
+// (docs/BENCHMARKS.md, "Memory (issue 16)").
+const paceSlack = 5 * time.Millisecond
+
+// pace is called by every read of every store (readGate.wait): if the
+// reclaimer's next check is more than paceSlack overdue and no check is
+// running, the read checks (and reclaims if needed) itself. The reads that
+// fault pages in are then what keeps RssFile in check, however late the
+// reclaimer's goroutine is scheduled. Costs a clock reading per read.
+func (m *mappedBound) pace() {
+	now := monoNow()
+	if now < time.Duration(m.due.Load())+paceSlack || !m.mu.TryLock() {
+		return
+	}
+	defer m.mu.Unlock()
+	if m.stopped || now < time.Duration(m.due.Load())+paceSlack {
+		return
+	}
+	m.paced++
+	m.check()
+	m.due.Store(int64(monoNow() + min(minMappedCheck, m.every)))
+}
+
+// monoStart anchors monoNow.
+var monoStart = time.Now()
+
+// monoNow is the time on the monotonic clock since the process started.
+func monoNow() time.Duration { return time.Since(monoStart) }
 
 // next is how long to wait before the next check, given RssFile at the
 // last two checks (prev, then rss, dt apart; after a reclaim, rss is what
@@ -170,8 +202,16 @@ func (m *mappedBound) stop() {
 	if m == nil {
 		return
 	}
-	m.once.Do(func() { close(m.done) })
+	m.once.Do(func() {
+		if m.unpace != nil {
+			m.unpace()
+		}
+		close(m.done)
+	})
 	m.wg.Wait()
+	m.mu.Lock() // a read's check in flight ends
+	m.stopped = true
+	m.mu.Unlock()
 }
 
 // pause makes the reads of every store of the process wait until the
@@ -190,7 +230,7 @@ func (m *mappedBound) holdReads(rss int64) bool {
 
 // check reclaims the store's mapped pages when RssFile is above the high
 // watermark; it returns RssFile (zero on an error), after the reclaim if
-// there was one, and whether it reclaimed.
+// there was one, and whether it reclaimed. Called with mu held.
 func (m *mappedBound) check() (int64, bool) {
 	m.checks++
 	rss, err := rssFile()
@@ -218,7 +258,7 @@ func (m *mappedBound) check() (int64, bool) {
 	// After each chunk: done once RssFile is at the low watermark; reads
 	// wait from the moment it passes the hold watermark (a scan faulting
 	// pages in faster than they are given up).
-	r, err := reclaimStoreFiles(m.dir, m.noHuge, begin, func() bool {
+	r, err := reclaimStoreFiles(m.dir, begin, func() bool {
 		now, err := rssFile()
 		if err != nil {
 			return true
@@ -244,7 +284,7 @@ func (m *mappedBound) check() (int64, bool) {
 			m.logger.Warn("badger: reclaiming mapped store files", "rss_file_bytes", rss, "bound", m.limit, "err", err)
 		} else {
 			m.logger.Debug("badger: reclaimed mapped store files", "rss_file_bytes", rss, "after_bytes", after, "bound", m.limit, "chunks", r.chunks,
-				"dontneed_bytes", r.dontneed, "pageout_bytes", r.pageout, "read_smaps", r.smaps, "nohugepage", r.noHuge, "pinned_stores", r.stores, "pin_took", r.pinTook, "took", time.Since(t0), "held_reads", held)
+				"dontneed_bytes", r.dontneed, "pageout_bytes", r.pageout, "read_smaps", r.smaps, "pinned_stores", r.stores, "pin_took", r.pinTook, "took", time.Since(t0), "held_reads", held)
 		}
 	}
 	if aerr != nil {
@@ -369,7 +409,6 @@ type reclaimed struct {
 	chunks            int   // madvise calls but MADV_NOHUGEPAGE
 	dontneed, pageout int64 // bytes advised with MADV_DONTNEED and MADV_PAGEOUT
 	stores            int   // stores whose files were pinned
-	noHuge            int   // mappings advised MADV_NOHUGEPAGE
 	smaps             bool  // whether it read /proc/self/smaps (the pinned files were not enough)
 	pinTook           time.Duration
 }
@@ -381,10 +420,6 @@ var madvise = func(addr, n uintptr, advice int) syscall.Errno {
 	return e
 }
 
-// noHugeAdvised are the store mappings a bound advised MADV_NOHUGEPAGE, by
-// start address, with their paths: each new one gets it once.
-type noHugeAdvised map[uint64]string
-
 // reclaimStoreFiles asks the kernel to reclaim the pages of the store's
 // mappings in dir or below it until enough (called after each madvise of
 // PAGEOUT, and after each pageOutChunk of DONTNEED) says so. First the
@@ -394,43 +429,21 @@ type noHugeAdvised map[uint64]string
 // a mapping at a time with MADV_DONTNEED; then, only if that was not
 // enough, the others as before: listed from /proc/self/smaps, those
 // holding the most resident pages first, a chunk at a time with
-// MADV_PAGEOUT. The pins are held until the last madvise. Every mapping
-// listed that is not in advised is advised MADV_NOHUGEPAGE first, and
-// advised is left holding the mappings listed. begin, if not nil, is
-// called once the mappings are listed, before the first madvise.
-func reclaimStoreFiles(dir string, advised noHugeAdvised, begin func(), enough func() bool) (reclaimed, error) {
+// MADV_PAGEOUT. The pins are held until the last madvise. begin, if not
+// nil, is called once the mappings are listed, before the first madvise.
+func reclaimStoreFiles(dir string, begin func(), enough func() bool) (reclaimed, error) {
 	t0 := time.Now()
 	pins := pinStores(dir)
 	defer pins.release()
-	return reclaimMappings("/proc/self/maps", "/proc/self/smaps", dir, pins, advised, begin, enough, reclaimed{stores: pins.stores, pinTook: time.Since(t0)})
+	return reclaimMappings("/proc/self/maps", "/proc/self/smaps", dir, pins, begin, enough, reclaimed{stores: pins.stores, pinTook: time.Since(t0)})
 }
 
 // reclaimMappings is reclaimStoreFiles once the files are pinned, listing
 // the mappings from maps and smaps; r is what it adds to.
-func reclaimMappings(maps, smaps, dir string, pins *pinnedFiles, advised noHugeAdvised, begin func(), enough func() bool, r reclaimed) (reclaimed, error) {
+func reclaimMappings(maps, smaps, dir string, pins *pinnedFiles, begin func(), enough func() bool, r reclaimed) (reclaimed, error) {
 	all, err := storeMappings(maps, dir, false)
 	if err != nil {
 		return r, err
-	}
-	listed := make(map[uint64]bool, len(all))
-	for _, m := range all {
-		listed[m.start] = true
-		if p, ok := advised[m.start]; ok && p == m.path {
-			continue
-		}
-		// Advisory: an error (the mapping gone since it was listed)
-		// changes nothing.
-		if madvise(uintptr(m.start), uintptr(m.end-m.start), madvNohugepage) == 0 {
-			r.noHuge++
-		}
-		if advised != nil {
-			advised[m.start] = m.path
-		}
-	}
-	for start := range advised {
-		if !listed[start] {
-			delete(advised, start)
-		}
 	}
 	if begin != nil {
 		begin()

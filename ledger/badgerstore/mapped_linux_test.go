@@ -287,7 +287,7 @@ func TestPageOutLargestFirst(t *testing.T) {
 		t.Fatalf("resident before reclaiming: %v, want all of both files", before)
 	}
 	calls := 0
-	r, err := reclaimStoreFiles(dir, nil, nil, func() bool { calls++; return true })
+	r, err := reclaimStoreFiles(dir, nil, func() bool { calls++; return true })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func TestPageOutLargestFirst(t *testing.T) {
 	for i := 0; i < len(big); i += 4096 { // all resident again
 		calls += int(big[i])
 	}
-	r2, err := reclaimStoreFiles(dir, nil, nil, func() bool { return false })
+	r2, err := reclaimStoreFiles(dir, nil, func() bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,4 +456,59 @@ func TestReadGate(t *testing.T) {
 	}
 	r3()
 	g.wait()
+}
+
+// TestMappedPace: a read checks the bound itself (and reclaims) when the
+// reclaimer's check is overdue, not when it is not, not while another
+// check runs, and not once the bound stopped; every read of a store calls
+// the pacers until they are removed.
+func TestMappedPace(t *testing.T) {
+	dir := t.TempDir()
+	rss, err := rssFile()
+	if err != nil {
+		t.Skipf("no RssFile: %v", err)
+	}
+	m := newMappedBound(dir, rss/2, time.Hour, nil) // always above: every check reclaims
+	m.due.Store(int64(monoNow() + time.Hour))
+	m.pace()
+	if m.checks != 0 {
+		t.Fatalf("a read checked %d times while the reclaimer's check was not due", m.checks)
+	}
+	m.due.Store(0) // overdue
+	m.pace()
+	if m.checks != 1 || m.paced != 1 || m.trims != 1 {
+		t.Fatalf("an overdue check: %d checks, %d by reads, %d reclaims; want 1, 1 and 1", m.checks, m.paced, m.trims)
+	}
+	m.pace() // due again in minMappedCheck
+	m.due.Store(0)
+	m.mu.Lock() // another check runs
+	m.pace()
+	m.mu.Unlock()
+	m.stop()
+	m.pace()
+	if m.checks != 1 {
+		t.Fatalf("%d checks, want 1: a read checked while not due, while another check ran, or after stop", m.checks)
+	}
+
+	s := open(t, dir, Options{})
+	defer s.Close()
+	if err := s.Commit([][]byte{[]byte("a")}, [][]byte{[]byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	remove := addPacer(func() { calls++ })
+	if _, err := s.Get([]byte("a"), []byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Scan(nil, nil, func(k, v []byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	remove()
+	remove()
+	if _, err := s.Get([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 3 {
+		t.Fatalf("the pacer was called %d times, want 3 (two keys read by Get, one entry scanned, none once removed)", calls)
+	}
 }

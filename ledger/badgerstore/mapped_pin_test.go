@@ -30,8 +30,7 @@ import (
 // table of the same id in another store, the two newest value-log files,
 // a value-log file of a store not pinned, a private mapping of a pinned
 // file, or a file not named as badger names them; with nothing pinned,
-// everything is paged out. Every mapping gets MADV_NOHUGEPAGE once: not
-// again if advised before at the same address.
+// everything is paged out.
 func TestReclaimAdvice(t *testing.T) {
 	dir := t.TempDir()
 	const smaps = `7f0000000000-7f0001000000 rw-s 00000000 fd:00 11 DIR/000001.vlog
@@ -98,19 +97,11 @@ Rss:                2048 kB
 				t.Fatal(err)
 			}
 			var calls []call
-			noHuge := map[string]int{}
 			defer func(f func(uintptr, uintptr, int) syscall.Errno) { madvise = f }(madvise)
 			madvise = func(addr, n uintptr, advice int) syscall.Errno {
 				for _, m := range ms {
 					if uint64(addr) >= m.start && uint64(addr+n) <= m.end {
 						rel, _ := filepath.Rel(dir, m.path)
-						if advice == madvNohugepage {
-							if uint64(addr) != m.start || uint64(addr+n) != m.end {
-								t.Errorf("MADV_NOHUGEPAGE on part of %s", rel)
-							}
-							noHuge[rel]++
-							return 0
-						}
 						calls = append(calls, call{rel, advice, n})
 						return 0
 					}
@@ -118,10 +109,7 @@ Rss:                2048 kB
 				t.Errorf("madvise of %#x+%d, in no mapping listed", addr, n)
 				return 0
 			}
-			// 000008.sst advised before; a mapping since gone; another
-			// file mapped where 000003.vlog was advised before.
-			advised := noHugeAdvised{0x7f0004200000: dir + "/000008.sst", 0x7f0100000000: dir + "/000001.sst", 0x7f0001000000: dir + "/000002.vlog"}
-			r, err := reclaimMappings(p, p, dir, tc.pins, advised, nil, func() bool { return false }, reclaimed{})
+			r, err := reclaimMappings(p, p, dir, tc.pins, nil, func() bool { return false }, reclaimed{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,24 +125,6 @@ Rss:                2048 kB
 				} else {
 					pageout += int64(c.bytes)
 				}
-			}
-			// Every mapping listed, once, but the one advised before at
-			// the same address.
-			wantNoHuge := map[string]int{}
-			for f := range tc.want {
-				if f != "000008.sst" {
-					wantNoHuge[f] = 1
-				}
-			}
-			if !maps.Equal(noHuge, wantNoHuge) || r.noHuge != len(wantNoHuge) {
-				t.Errorf("MADV_NOHUGEPAGE on %v (%d counted), want %v", noHuge, r.noHuge, wantNoHuge)
-			}
-			wantAdvised := noHugeAdvised{}
-			for _, m := range ms {
-				wantAdvised[m.start] = m.path
-			}
-			if !maps.Equal(advised, wantAdvised) {
-				t.Errorf("advised afterwards = %v, want the mappings listed: %v", advised, wantAdvised)
 			}
 			if !maps.Equal(got, tc.want) {
 				t.Errorf("advice per file = %v\nwant %v (%d is MADV_DONTNEED, %d MADV_PAGEOUT)", got, tc.want, madvDontneed, madvPageout)
@@ -327,7 +297,7 @@ func TestReclaimKeepsPageCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := reclaimStoreFiles(dir, nil, nil, func() bool { return false })
+	r, err := reclaimStoreFiles(dir, nil, func() bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}
