@@ -44,25 +44,28 @@ const madvDontneed = syscall.MADV_DONTNEED
 //
 // It works between two watermarks below the bound, so that what a scan
 // maps between two checks, or while a reclaim runs, still fits under it:
-// above the high watermark (reclaimHigh of the bound) it reclaims the
-// store's mappings holding the most resident pages first (per mapping Rss
-// in /proc/self/smaps), a chunk at a time, until RssFile is at the low
-// watermark (reclaimLow of the bound). The mappings holding few pages, the
-// tables' blocks every lookup touches, mostly stay.
+// above the high watermark (reclaimHigh of the bound) it reclaims until
+// RssFile is at the low watermark (reclaimLow of the bound): first the
+// pinned files, the largest mappings first, a mapping at a time (listed
+// from /proc/self/maps: cheap); then, if that was not enough, the others,
+// those holding the most resident pages first (per mapping Rss in
+// /proc/self/smaps), a chunk at a time. The small mappings, the tables'
+// blocks every lookup touches, mostly stay.
 //
-// Should RssFile be above reclaimHold of the bound when a reclaim starts,
-// or pass it while one runs (a scan faulting pages in faster than they are
-// given up, or a machine so loaded that the reclaimer runs late), the
-// reads of every store of the process (Get, and each entry of a Scan)
-// wait until the reclaim is done: RssFile is the process's, and the
-// ledger's index store, opened without a bound of its own, is read as
-// much as the main one. Reads in flight finish; writes never wait.
+// Should RssFile be above reclaimHold of the bound when a reclaim starts
+// giving pages up, or pass it while one runs (a scan faulting pages in
+// faster than they are given up), the reads of every store of the process
+// (Get, and each entry of a Scan) wait until the reclaim is done: RssFile
+// is the process's, and the ledger's index store, opened without a bound
+// of its own, is read as much as the main one. Reads in flight finish;
+// writes never wait.
 //
 // It checks adaptively (see next): every interval while RssFile is far
 // below the high watermark and steady, more often as it nears it or grows
 // fast, and at the shortest interval right after a reclaim, because a
 // read-heavy scan (evaluate, export, fsck) faults pages in faster than a
-// fixed 2-second check gives them up.
+// fixed 2-second check gives them up. Should its goroutine be late (a
+// loaded machine), the reads check for it (see pace).
 type mappedBound struct {
 	dir       string
 	limit     int64         // the bound
@@ -131,7 +134,7 @@ func startMappedBound(dir string, limit int64, every time.Duration, logger *slog
 			rss, trimmed := m.check()
 			m.mu.Unlock()
 			d := m.next(last, rss, now.Sub(lastAt), trimmed)
-			m.due.Store(int64(monoNow() + d))
+			m.setDue(rss, trimmed, d)
 			t.Reset(d)
 			last, lastAt = rss, now
 		}
@@ -140,30 +143,42 @@ func startMappedBound(dir string, limit int64, every time.Duration, logger *slog
 	return m
 }
 
-// paceSlack is how late the reclaimer may be with a check before reads
-// check for it (pace). On a loaded machine its goroutine ran 100-200 ms
-// late, while a scan mapped pages at up to 1 GB/s: RssFile went past the
-// bound in 40% of the one-second samples of evaluate at a 128 MiB bound
-// (docs/BENCHMARKS.md, "Memory (issue 16)").
-const paceSlack = 5 * time.Millisecond
+// paceHot is the interval between two checks by reads (pace) while a scan
+// refills what reclaims give up: right after a reclaim, and while RssFile
+// is above the low watermark. Pages given up with MADV_DONTNEED come back
+// as minor faults of ~200 KB each (the kernel maps the page cache's large
+// folios whole): one reading goroutine mapped 60-90 MB in 25 ms, 3 GB/s,
+// which refills a 128 MiB bound from its low watermark in under 20 ms;
+// and on a loaded machine the reclaimer's goroutine ran 100-200 ms late.
+// A check costs 0.1-0.3 ms: at this pace, up to 3% of the reads' time.
+const paceHot = 5 * time.Millisecond
 
-// pace is called by every read of every store (readGate.wait): if the
-// reclaimer's next check is more than paceSlack overdue and no check is
-// running, the read checks (and reclaims if needed) itself. The reads that
-// fault pages in are then what keeps RssFile in check, however late the
-// reclaimer's goroutine is scheduled. Costs a clock reading per read.
+// setDue sets when reads next check for the reclaimer (pace), after a
+// check that left RssFile at rss, reclaimed or not, and planned the next
+// one in d: in paceHot while a scan refills (see paceHot), else in d.
+func (m *mappedBound) setDue(rss int64, trimmed bool, d time.Duration) {
+	if trimmed || rss > m.low {
+		d = min(d, paceHot)
+	}
+	m.due.Store(int64(monoNow() + d))
+}
+
+// pace is called by every read of every store (readGate.wait): if a check
+// is due (setDue) and none is running, the read checks (and reclaims if
+// needed) itself. The reads that fault pages in are then what keeps
+// RssFile in check, between the reclaimer's own checks and however late
+// its goroutine is scheduled. Costs a clock reading per read.
 func (m *mappedBound) pace() {
-	now := monoNow()
-	if now < time.Duration(m.due.Load())+paceSlack || !m.mu.TryLock() {
+	if monoNow() < time.Duration(m.due.Load()) || !m.mu.TryLock() {
 		return
 	}
 	defer m.mu.Unlock()
-	if m.stopped || now < time.Duration(m.due.Load())+paceSlack {
+	if m.stopped || monoNow() < time.Duration(m.due.Load()) {
 		return
 	}
 	m.paced++
-	m.check()
-	m.due.Store(int64(monoNow() + min(minMappedCheck, m.every)))
+	rss, trimmed := m.check()
+	m.setDue(rss, trimmed, min(minMappedCheck, m.every))
 }
 
 // monoStart anchors monoNow.

@@ -458,9 +458,9 @@ func TestReadGate(t *testing.T) {
 	g.wait()
 }
 
-// TestMappedPace: a read checks the bound itself (and reclaims) when the
-// reclaimer's check is overdue, not when it is not, not while another
-// check runs, and not once the bound stopped; every read of a store calls
+// TestMappedPace: a read checks the bound itself (and reclaims) when a
+// check is due, then again within paceHot; not when none is due, not while
+// another check runs, and not once the bound stopped; every read of a store calls
 // the pacers until they are removed.
 func TestMappedPace(t *testing.T) {
 	dir := t.TempDir()
@@ -474,12 +474,14 @@ func TestMappedPace(t *testing.T) {
 	if m.checks != 0 {
 		t.Fatalf("a read checked %d times while the reclaimer's check was not due", m.checks)
 	}
-	m.due.Store(0) // overdue
+	m.due.Store(0) // due
 	m.pace()
 	if m.checks != 1 || m.paced != 1 || m.trims != 1 {
 		t.Fatalf("an overdue check: %d checks, %d by reads, %d reclaims; want 1, 1 and 1", m.checks, m.paced, m.trims)
 	}
-	m.pace() // due again in minMappedCheck
+	if due := time.Duration(m.due.Load()); due <= monoNow()-time.Second || due > monoNow()+paceHot {
+		t.Fatalf("after a reclaim, due at %s, now %s: want within paceHot", due, monoNow())
+	}
 	m.due.Store(0)
 	m.mu.Lock() // another check runs
 	m.pace()
@@ -510,5 +512,29 @@ func TestMappedPace(t *testing.T) {
 	}
 	if calls != 3 {
 		t.Fatalf("the pacer was called %d times, want 3 (two keys read by Get, one entry scanned, none once removed)", calls)
+	}
+}
+
+// TestMappedDue: reads check within paceHot after a reclaim and while
+// RssFile is above the low watermark, else when the reclaimer would.
+func TestMappedDue(t *testing.T) {
+	const mib = 1 << 20
+	m := newMappedBound(t.TempDir(), 1000*mib, time.Second, nil) // low 600 MiB
+	for _, tc := range []struct {
+		rss     int64
+		trimmed bool
+		d, want time.Duration
+	}{
+		{500 * mib, true, minMappedCheck, paceHot},
+		{700 * mib, false, minMappedCheck, paceHot},
+		{700 * mib, false, time.Millisecond, time.Millisecond},
+		{500 * mib, false, time.Second, time.Second},
+	} {
+		before := monoNow()
+		m.setDue(tc.rss, tc.trimmed, tc.d)
+		after := monoNow()
+		if due := time.Duration(m.due.Load()); due < before+tc.want || due > after+tc.want {
+			t.Errorf("setDue(%d MiB, %v, %s): due in %s, want %s", tc.rss/mib, tc.trimmed, tc.d, due-before, tc.want)
+		}
 	}
 }
