@@ -259,12 +259,16 @@ func (m *mappedBound) check() (int64, bool) {
 			release = m.pause()
 		}
 	}
-	// Once the mappings are pinned and listed, before the first madvise:
-	// reads wait if RssFile is above the hold watermark. Not before:
-	// pinning and listing give nothing up, and when a reclaim read
-	// /proc/self/smaps first (15-100 ms on a loaded machine), holding
-	// reads through it, reclaim after reclaim, held them half the time at
-	// a tight bound.
+	// Reads wait if RssFile is above the hold watermark now, or once the
+	// mappings are pinned and listed (before the first madvise). Listing
+	// them from /proc/self/maps takes a fraction of a millisecond; when a
+	// reclaim read /proc/self/smaps first (15-100 ms on a loaded machine)
+	// and held reads through it, reclaim after reclaim, it held them half
+	// the time at a tight bound, which is why smaps is now read only when
+	// the pinned files were not enough.
+	if m.holdReads(rss) {
+		hold()
+	}
 	begin := func() {
 		if now, err := rssFile(); err == nil && m.holdReads(max(now, rss)) {
 			hold()
