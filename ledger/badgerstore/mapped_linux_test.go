@@ -5,6 +5,7 @@ package badgerstore
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -536,5 +537,59 @@ func TestMappedDue(t *testing.T) {
 		if due := time.Duration(m.due.Load()); due < before+tc.want || due > after+tc.want {
 			t.Errorf("setDue(%d MiB, %v, %s): due in %s, want %s", tc.rss/mib, tc.trimmed, tc.d, due-before, tc.want)
 		}
+	}
+}
+
+// BenchmarkRefault is what a page given up with MADV_DONTNEED costs when
+// read again: it maps a 64 MiB file (in the page cache), gives all of it
+// up, and reads one byte at random offsets, one read per 256 KiB on
+// average; it reports the CPU time per page fault and the bytes each
+// fault mapped (RssFile grown / faults), which with large page-cache
+// folios is far more than a page.
+func BenchmarkRefault(b *testing.B) {
+	const size = 64 << 20
+	path := filepath.Join(b.TempDir(), "000001.vlog")
+	if err := os.WriteFile(path, bytes.Repeat([]byte{7}, size), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	m, err := syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ, syscall.MAP_SHARED)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer syscall.Munmap(m)
+	sum := 0
+	for i := 0; i < size; i += 4096 {
+		sum += int(m[i])
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var faults, mapped int64
+	var cpu time.Duration
+	for b.Loop() {
+		if err := syscall.Madvise(m, syscall.MADV_DONTNEED); err != nil {
+			b.Fatal(err)
+		}
+		r0, _ := rssFile()
+		var u0, u1 syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_THREAD, &u0)
+		for range size / (256 << 10) {
+			sum += int(m[rng.IntN(size)])
+		}
+		syscall.Getrusage(syscall.RUSAGE_THREAD, &u1)
+		r1, _ := rssFile()
+		faults += u1.Minflt - u0.Minflt
+		mapped += r1 - r0
+		cpu += time.Duration(u1.Utime.Nano() + u1.Stime.Nano() - u0.Utime.Nano() - u0.Stime.Nano())
+	}
+	if faults > 0 {
+		b.ReportMetric(float64(cpu.Microseconds())/float64(faults), "µs-cpu/fault")
+		b.ReportMetric(float64(mapped)/float64(faults)/1024, "KiB-mapped/fault")
+	}
+	if sum == 0 {
+		b.Fatal("read nothing")
 	}
 }
