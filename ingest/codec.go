@@ -34,15 +34,12 @@ type strictProtoCodec struct{}
 
 func (strictProtoCodec) Name() string { return "proto" }
 
-func (strictProtoCodec) Marshal(m any) ([]byte, error) {
-	pm, ok := m.(proto.Message)
-	if !ok {
-		return nil, fmt.Errorf("%T is not a protobuf message", m)
-	}
-	return proto.Marshal(pm)
-}
+func (c strictProtoCodec) Marshal(m any) ([]byte, error) { return c.MarshalAppend(nil, m) }
 
 func (strictProtoCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
+	if b, ok := marshalAck(dst, m); ok {
+		return b, nil
+	}
 	pm, ok := m.(proto.Message)
 	if !ok {
 		return nil, fmt.Errorf("%T is not a protobuf message", m)

@@ -475,6 +475,16 @@ func (c *chainSource) Subjects(ctx context.Context) ([]string, error) {
 func (c *chainSource) LogSize() uint64 { return c.size }
 
 func (c *chainSource) ScanLog(ctx context.Context, start, end uint64, fn func(rules.Entry) error) error {
+	if sc, ok := c.l.(entryScanner); ok {
+		// The ledger's own scan: leaves checked in place, not copied.
+		err := sc.ScanEntries(ctx, start, end, func(e ledger.Entry) error {
+			return fn(rules.Entry{Index: e.Index, Leaf: e.Leaf})
+		})
+		if err != nil && isLedgerReadErr(err) {
+			return fmt.Errorf("reading the log from entry %d: %w", start, err)
+		}
+		return err
+	}
 	const page = 1024 // leaves per read: bounds what one scan holds
 	for start < end {
 		if err := ctx.Err(); err != nil {
@@ -497,6 +507,24 @@ func (c *chainSource) ScanLog(ctx context.Context, start, end uint64, fn func(ru
 	return nil
 }
 
+// entryScanner is the optional upgrade of a Ledger that ScanLog prefers
+// (ledger.Log.ScanEntries): the leaves of a range, checked, each valid
+// only during fn.
+type entryScanner interface {
+	ScanEntries(ctx context.Context, start, end uint64, fn func(ledger.Entry) error) error
+}
+
+// isLedgerReadErr tells a failed read of the log (a ledger sentinel) from
+// an error of ScanLog's fn, which is returned as is.
+func isLedgerReadErr(err error) bool {
+	for _, s := range []error{ledger.ErrCorrupt, ledger.ErrStorage, ledger.ErrOutOfRange, ledger.ErrNotFound, ledger.ErrClosed} {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *chainSource) Chain(ctx context.Context, subject string) ([]rules.Entry, error) {
 	var out []rules.Entry
 	start := uint64(0)
@@ -504,6 +532,9 @@ func (c *chainSource) Chain(ctx context.Context, subject string) ([]rules.Entry,
 		ents, err := c.l.SubjectEntries(ctx, subject, c.size, start, MaxPageSize)
 		if err != nil {
 			return nil, fmt.Errorf("reading the chain of %q: %w", subject, err)
+		}
+		if out == nil {
+			out = make([]rules.Entry, 0, len(ents))
 		}
 		for _, e := range ents {
 			out = append(out, rules.Entry{Index: e.Index, Leaf: e.Leaf})

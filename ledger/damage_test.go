@@ -46,6 +46,7 @@ func TestDamagedLeafServedAsError(t *testing.T) {
 			}
 			_, err := l.Entries(ctx, 290, 20)
 			check("Entries", err)
+			check("ScanEntries", l.ScanEntries(ctx, 0, 600, func(Entry) error { return nil }))
 			_, err = l.ReadEntryBundle(ctx, 1, tileWidth)
 			check("ReadEntryBundle", err)
 			en, _ := event.DecodeLeaf(v[0])
@@ -116,6 +117,7 @@ func TestValueLogChecksumIsCorrupt(t *testing.T) {
 	}
 	_, err = l.Entries(ctx, 0, 20)
 	check("Entries", err)
+	check("ScanEntries", l.ScanEntries(ctx, 0, 20, func(Entry) error { return nil }))
 	_, err = l.ReadEntryBundle(ctx, 0, tileWidth)
 	check("ReadEntryBundle", err)
 	l.Close()

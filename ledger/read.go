@@ -122,6 +122,77 @@ func (l *Log) entries(start, end uint64) ([]Entry, error) {
 	return out, nil
 }
 
+// ScanEntries calls fn for each leaf with start <= index < end of the
+// published tree (end clipped to its size), in index order, each checked
+// against its hash in the level-0 tile as Entries checks it, stopping at
+// fn's first error, which it returns as is. The Entry's Leaf is the
+// store's buffer, valid only during the call: unlike Entries, nothing is
+// copied or kept, so a scan of the whole log (the source index of
+// backdated-closure, docs/BENCHMARKS.md "Streamed evaluation") holds one
+// page of tile rows at a time. ErrOutOfRange when start is at or past the
+// end of the tree. Safe for concurrent use.
+func (l *Log) ScanEntries(ctx context.Context, start, end uint64, fn func(Entry) error) error {
+	s := l.cur.Load()
+	size := s.cp.Size
+	if start >= size {
+		return fmt.Errorf("entries from %d: the tree has %d entries: %w", start, size, ErrOutOfRange)
+	}
+	end = min(end, size)
+	rows := make([][]byte, 0, scanPage/tileWidth+1)
+	for start < end {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		pageEnd := min(end, (start/scanPage+1)*scanPage)
+		// The tile rows first, outside the store's scan: a store need not
+		// allow reads inside its Scan callback.
+		first := start / tileWidth
+		rows = rows[:0]
+		for ti := first; ti <= (pageEnd-1)/tileWidth; ti++ {
+			row, err := l.leafRow(s, ti)
+			if err != nil {
+				return err
+			}
+			rows = append(rows, row)
+		}
+		next := start
+		var fnErr error
+		err := l.st.Scan(leafKey(start), leafKey(pageEnd), func(k, v []byte) error {
+			i := binary.BigEndian.Uint64(k[1:])
+			if i != next {
+				return fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, next)
+			}
+			next++
+			row := rows[i/tileWidth-first]
+			j := i % tileWidth
+			if (j+1)*32 > uint64(len(row)) {
+				return fmt.Errorf("%w: leaf %d has no hash in tile 0/%d (width %d); run grantline fsck", ErrCorrupt, i, i/tileWidth, len(row)/32)
+			}
+			e := Entry{Index: i, Leaf: v}
+			if err := checkLeaf(e, row[j*32:(j+1)*32]); err != nil {
+				return err
+			}
+			fnErr = fn(e)
+			return fnErr
+		})
+		if fnErr != nil {
+			return fnErr
+		}
+		if err != nil {
+			return storageErr(err, "reading leaves")
+		}
+		if next != pageEnd {
+			return fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, next)
+		}
+		start = pageEnd
+	}
+	return nil
+}
+
+// scanPage is how many leaves ScanEntries reads in one store scan: 16
+// level-0 tiles, whose rows (128 KiB) it reads first.
+const scanPage = 16 * tileWidth
+
 // storageErr wraps a store error in ErrStorage unless it already carries a
 // ledger sentinel; a store's own integrity failure (see Store) becomes
 // ErrCorrupt.
@@ -247,19 +318,26 @@ func (l *Log) SubjectEntries(ctx context.Context, subject string, size, start ui
 	if start >= size {
 		return nil, nil
 	}
-	var keys [][]byte
+	// One buffer for the leaf keys of the whole chain, not one allocation
+	// per entry.
 	var idx []uint64
+	var kbuf []byte
 	err := l.ix.Scan(subjectKey(subject, start), subjectKey(subject, size), func(k, v []byte) error {
 		if limit > 0 && len(idx) >= limit {
 			return errStop
 		}
 		i := binary.BigEndian.Uint64(k[len(k)-8:])
 		idx = append(idx, i)
-		keys = append(keys, leafKey(i))
+		kbuf = be64(append(kbuf, kLeaf), i)
 		return nil
 	})
 	if err != nil && err != errStop {
 		return nil, storageErr(err, "reading the subject index")
+	}
+	const kl = 1 + 8 // len(leafKey(i))
+	keys := make([][]byte, len(idx))
+	for j := range keys {
+		keys[j] = kbuf[j*kl : (j+1)*kl : (j+1)*kl]
 	}
 	if len(keys) == 0 {
 		return nil, nil

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -100,6 +101,12 @@ func runBenchCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if cfg.eventSize < 200 || cfg.eventSize > 30000 {
 		return &exitError{code: 2, msg: fmt.Sprintf("--event-size %d: want 200..30000", cfg.eventSize)}
+	}
+	if cfg.runID != "" {
+		// The generator writes the run id into every event id as it is.
+		if err := event.ValidateID("--run-id", cfg.runID+"-0"); err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("%v (it prefixes every event id)", err)}
+		}
 	}
 	budget, err := parseSize(*memBudget)
 	if err != nil {
@@ -230,6 +237,10 @@ func (r benchResult) String() string {
 func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, cfg benchConfig, progressW io.Writer) (benchResult, error) {
 	gen := newBenchGen(cfg.runID, cfg.eventSize)
 	batches := make(chan *client.Batch, cfg.Streams*cfg.Window)
+	// The buffers of acknowledged batches, for the generator to reuse: the
+	// client is done with a batch once it is acknowledged (it keeps only
+	// unacknowledged ones, to send again on a new stream).
+	free := make(chan []byte, cfg.Streams*cfg.Window+1)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start, cpu0 := time.Now(), cputime.Process()
@@ -256,7 +267,13 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 			}
 			// Encoded once by the generator, sent as they are: the
 			// generator shares the two cores with the server it measures.
-			enc := gen.encoded(make([]byte, 0, int(n)*(cfg.eventSize+64)), next, int(n))
+			var buf []byte
+			select {
+			case buf = <-free:
+			default:
+				buf = make([]byte, 0, int(n)*(cfg.eventSize+64))
+			}
+			enc := gen.encoded(buf[:0], next, int(n))
 			b := &client.Batch{Seq: seq, Encoded: enc, Count: int(n), Where: "event " + strconv.FormatUint(next, 10)}
 			next += n
 			select {
@@ -291,11 +308,15 @@ func runBench(ctx context.Context, svc grantlinev1connect.IngestServiceClient, c
 			}
 		}()
 	}
-	err := client.AppendStream(ctx, svc, cfg.StreamOptions, batches, func(_ *client.Batch, resp *pb.AppendStreamResponse, lat time.Duration) {
+	err := client.AppendStream(ctx, svc, cfg.StreamOptions, batches, func(b *client.Batch, resp *pb.AppendStreamResponse, lat time.Duration) {
 		st.Add(resp)
 		mu.Lock()
 		lats = append(lats, lat)
 		mu.Unlock()
+		select {
+		case free <- b.Encoded:
+		default:
+		}
 	})
 	elapsed, cpu := time.Since(start), cputime.Process()-cpu0
 	close(stopTicker)
@@ -332,6 +353,7 @@ type benchGen struct {
 	actor    *pb.Identity
 	subjects []*pb.Identity    // by i % len
 	ents     []*pb.Entitlement // by i % len: role i%50, privileged when i%3 == 0
+	enc      benchEnc          // the same parts encoded, for encoded
 }
 
 var benchTypes = []string{"access.requested", "access.approved", "grant.activated", "session.started", "session.ended", "grant.deactivated"}
@@ -357,6 +379,7 @@ func newBenchGen(run string, size int) *benchGen {
 	if n := size - proto.Size(probe) - 8; n > 0 { // 8: the map entry's own framing
 		g.attrs = map[string]string{"pad": strings.Repeat("x", n)}
 	}
+	g.enc = newBenchEnc(g)
 	return g
 }
 
@@ -380,25 +403,119 @@ func (g *benchGen) batch(first uint64, n int) []*pb.Event {
 
 // encoded appends events first to first+n-1 to b encoded, as
 // AppendStreamRequest events fields (client.Batch.Encoded): the bytes
-// event.MarshalBatch writes for batch(first, n), made by refilling one
-// event for each index instead of building a batch of them.
+// event.MarshalBatch writes for batch(first, n), i.e. the deterministic
+// encoding (TestBenchGenEncoded holds it to proto.Marshal). The parts
+// that repeat are encoded once (newBenchGen's enc); only the id, the
+// time, the source and the refs are written per event, field by field in
+// number order as the runtime writes them.
 func (g *benchGen) encoded(b []byte, first uint64, n int) []byte {
-	var (
-		ev   pb.Event
-		t    timestamppb.Timestamp
-		src  pb.Source
-		refs pb.Refs
-		buf  []byte
-	)
-	one := []*pb.Event{&ev}
+	var ev []byte // one event's encoding, reused
 	for k := range n {
-		buf = g.fill(&ev, &t, &src, &refs, first+uint64(k), buf)
-		var ok bool
-		if b, ok = event.MarshalBatch(b, 0, 0, 2, one); !ok {
-			panic("bench: a generated event is not encodable") // its strings are ASCII and it has no unknown fields
-		}
+		ev = g.appendEvent(ev[:0], first+uint64(k))
+		b = protowire.AppendTag(b, 2, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(len(ev)))
+		b = append(b, ev...)
 	}
 	return b
+}
+
+// appendEvent appends the encoding of event i (the Event message's
+// fields, without a tag or length of its own) to b; fill builds the same
+// event as a message.
+func (g *benchGen) appendEvent(b []byte, i uint64) []byte {
+	e := &g.enc
+	// 1: id = run-i
+	b = append(b, 1<<3|2)
+	b = protowire.AppendVarint(b, uint64(len(g.run)+1+decimalLen(i)))
+	b = strconv.AppendUint(append(append(b, g.run...), '-'), i, 10)
+	// 2: type
+	b = append(b, e.types[i%uint64(len(benchTypes))]...)
+	// 3: time, a Timestamp: seconds (1) and nanos (2), each only if non-zero.
+	ms := int64(i % (1 << 30))
+	sec, nanos := g.base.Unix()+ms/1000, uint64(ms%1000)*1e6
+	tlen := 0
+	if sec != 0 {
+		tlen += 1 + protowire.SizeVarint(uint64(sec))
+	}
+	if nanos != 0 {
+		tlen += 1 + protowire.SizeVarint(nanos)
+	}
+	b = append(b, 3<<3|2, byte(tlen)) // at most 1+10+1+5 bytes: a one-byte length
+	if sec != 0 {
+		b = protowire.AppendVarint(append(b, 1<<3|0), uint64(sec))
+	}
+	if nanos != 0 {
+		b = protowire.AppendVarint(append(b, 2<<3|0), nanos)
+	}
+	// 4: source: system (1), product (2), raw_id (5) = i
+	d := decimalLen(i)
+	b = append(b, 4<<3|2)
+	b = protowire.AppendVarint(b, uint64(len(e.source)+2+d))
+	b = append(append(b, e.source...), 5<<3|2, byte(d))
+	b = strconv.AppendUint(b, i, 10)
+	// 5, 6, 7: subject, actor, entitlement
+	b = append(b, e.subjects[i%benchUsers]...)
+	b = append(b, e.actor...)
+	b = append(b, e.ents[i%uint64(len(e.ents))]...)
+	// 8: refs: request (1) req-i/6, grant (2) grant-i/6, ticket (6) CHG-i
+	q := i / 6
+	dq := decimalLen(q)
+	b = append(b, 8<<3|2)
+	b = protowire.AppendVarint(b, uint64(2+len("req-")+dq+2+len("grant-")+dq+2+len("CHG-")+d))
+	b = strconv.AppendUint(append(b, 1<<3|2, byte(len("req-")+dq), 'r', 'e', 'q', '-'), q, 10)
+	b = strconv.AppendUint(append(b, 2<<3|2, byte(len("grant-")+dq), 'g', 'r', 'a', 'n', 't', '-'), q, 10)
+	b = strconv.AppendUint(append(b, 6<<3|2, byte(len("CHG-")+d), 'C', 'H', 'G', '-'), i, 10)
+	// 10 and 13: reason and the padding attribute
+	return append(b, e.tail...)
+}
+
+// decimalLen is the number of decimal digits of i.
+func decimalLen(i uint64) int {
+	n := 1
+	for ; i >= 10; i /= 10 {
+		n++
+	}
+	return n
+}
+
+// benchEnc holds the encodings of the parts of bench events that repeat,
+// each a whole field (tag, length, message): see appendEvent.
+type benchEnc struct {
+	types    [][]byte // field 2, by i % len(benchTypes)
+	source   []byte   // the fields system and product of Source, without a tag of its own
+	subjects [][]byte // field 5, by i % benchUsers
+	actor    []byte   // field 6
+	ents     [][]byte // field 7, by i % len(ents)
+	tail     []byte   // fields 10 (reason) and 13 (the padding attribute, if any)
+}
+
+// newBenchEnc encodes g's repeating parts with the protobuf runtime
+// (deterministic, so the attribute map's encoding is fixed).
+func newBenchEnc(g *benchGen) benchEnc {
+	field := func(build func(ev *pb.Event)) []byte {
+		ev := &pb.Event{}
+		build(ev)
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+		if err != nil {
+			panic(fmt.Sprintf("bench: encoding a generated part: %v", err)) // ASCII strings, known fields
+		}
+		return b
+	}
+	var e benchEnc
+	for _, t := range benchTypes {
+		e.types = append(e.types, field(func(ev *pb.Event) { ev.Type = t }))
+	}
+	src := field(func(ev *pb.Event) { ev.Source = &pb.Source{System: "bench", Product: "grantline-bench"} })
+	e.source = src[2:] // the Source field's own tag and one-byte length
+	for _, s := range g.subjects {
+		e.subjects = append(e.subjects, field(func(ev *pb.Event) { ev.Subject = s }))
+	}
+	e.actor = field(func(ev *pb.Event) { ev.Actor = g.actor })
+	for _, en := range g.ents {
+		e.ents = append(e.ents, field(func(ev *pb.Event) { ev.Entitlement = en }))
+	}
+	e.tail = field(func(ev *pb.Event) { ev.Reason, ev.Attributes = "bench load", g.attrs })
+	return e
 }
 
 // fill sets ev, with its time, source and refs, to event i; buf is scratch

@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,8 +19,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/ingest"
+	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/ingest/client"
 	"github.com/grantline/grantline/internal/cputime"
+	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
@@ -63,25 +70,47 @@ func TestBenchGenDeterministicAndSized(t *testing.T) {
 }
 
 // TestBenchGenEncoded: the encoded batches bench sends are the events of
-// batch, in the deterministic encoding, and decode to them.
+// batch, in the deterministic encoding, and decode to them: for run ids
+// and event sizes that change the lengths of the fields (one- and two-byte
+// lengths), and indexes at every change in the number of digits of i and
+// i/6, where the time's nanos are 0, where the time wraps (i % 2^30), up to
+// the largest uint64.
 func TestBenchGenEncoded(t *testing.T) {
-	g := newBenchGen("r", 500)
-	for _, tt := range []struct {
+	ranges := []struct {
 		first uint64
 		n     int
-	}{{0, 1}, {299995, 10}, {1 << 40, 3}, {999999, 1000}} {
-		evs := g.batch(tt.first, tt.n)
-		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.AppendStreamRequest{Events: evs})
-		if err != nil {
-			t.Fatal(err)
+	}{{0, 1}, {299995, 10}, {1<<30 - 2, 4}, {1 << 40, 3}, {999999, 1000}, {math.MaxUint64 - 2, 3}}
+	for p := uint64(10); p < math.MaxUint64/10; p *= 10 {
+		ranges = append(ranges, struct {
+			first uint64
+			n     int
+		}{p - 7, 14}, struct {
+			first uint64
+			n     int
+		}{6*p - 7, 14})
+	}
+	for k, g := range []*benchGen{newBenchGen("r", 500), newBenchGen("bench-"+strings.Repeat("x", 130), 200), newBenchGen("bench", 30000)} {
+		rs := ranges
+		if k == 0 {
+			rs = append(rs, struct { // every subject and entitlement
+				first uint64
+				n     int
+			}{0, benchUsers})
 		}
-		got := g.encoded([]byte("p"), tt.first, tt.n)
-		if string(got) != "p"+string(want) {
-			t.Fatalf("encoded(%d, %d): %d bytes, want the %d of the deterministic encoding of batch", tt.first, tt.n, len(got)-1, len(want))
-		}
-		back := &pb.AppendStreamRequest{}
-		if err := proto.Unmarshal(got[1:], back); err != nil || !proto.Equal(back, &pb.AppendStreamRequest{Events: evs}) {
-			t.Fatalf("encoded(%d, %d) decodes to %d events, %v; want the batch's", tt.first, tt.n, len(back.GetEvents()), err)
+		for _, tt := range rs {
+			evs := g.batch(tt.first, tt.n)
+			want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.AppendStreamRequest{Events: evs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := g.encoded([]byte("p"), tt.first, tt.n)
+			if string(got) != "p"+string(want) {
+				t.Fatalf("run %.10q: encoded(%d, %d): %d bytes, want the %d of the deterministic encoding of batch", g.run, tt.first, tt.n, len(got)-1, len(want))
+			}
+			back := &pb.AppendStreamRequest{}
+			if err := proto.Unmarshal(got[1:], back); err != nil || !proto.Equal(back, &pb.AppendStreamRequest{Events: evs}) {
+				t.Fatalf("run %.10q: encoded(%d, %d) decodes to %d events, %v; want the batch's", g.run, tt.first, tt.n, len(back.GetEvents()), err)
+			}
 		}
 	}
 }
@@ -145,6 +174,17 @@ func TestBenchMemoryBudgetFlag(t *testing.T) {
 		code, _, errs := runCmd(t, "", "bench", "--events", "10", "--memory-budget", tt.value)
 		if code != 2 || !strings.Contains(errs, tt.want) {
 			t.Errorf("bench --memory-budget %s: exit %d, stderr %q; want 2 and %q", tt.value, code, errs, tt.want)
+		}
+	}
+}
+
+// TestBenchRunIDFlag: a run id that cannot prefix an event id is refused
+// before anything is sent.
+func TestBenchRunIDFlag(t *testing.T) {
+	for _, id := range []string{"a\xffb", "a\u200bb", strings.Repeat("x", 600)} {
+		code, _, errs := runCmd(t, "", "bench", "--server", "http://127.0.0.1:1", "--token", "t", "--events", "10", "--run-id", id)
+		if code != 2 || !strings.Contains(errs, "--run-id") {
+			t.Errorf("bench --run-id %q: exit %d, stderr %q; want 2 naming --run-id", id, code, errs)
 		}
 	}
 }
@@ -235,5 +275,88 @@ func BenchmarkBenchInProcess(b *testing.B) {
 	b.ReportMetric(res.rate(), "events/s")
 	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
 	b.ReportMetric(float64(res.p50.Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
+}
+
+// nullLedger is an ingest.Ledger whose Append acknowledges every event at
+// once without storing it (a new index each, a leaf hash made from the
+// index); its other methods are not used (nil interface: they panic).
+type nullLedger struct {
+	ingest.Ledger
+	mu   sync.Mutex
+	size uint64
+}
+
+func (l *nullLedger) Append(_ context.Context, evs []*pb.Event) ([]ledger.AppendResult, uint64, error) {
+	out := make([]ledger.AppendResult, len(evs))
+	l.mu.Lock()
+	first := l.size
+	l.size += uint64(len(evs))
+	size := l.size
+	l.mu.Unlock()
+	for i := range out {
+		out[i].Index = first + uint64(i)
+		out[i].LeafHash = sha256.Sum256(binary.BigEndian.AppendUint64(nil, out[i].Index))
+	}
+	return out, size, nil
+}
+
+// Latest is the size appended so far, unsigned (the metrics read it).
+func (l *nullLedger) Latest() ledger.Checkpoint {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return ledger.Checkpoint{Size: l.size}
+}
+
+// oneToken authenticates one bearer token as an admin.
+type oneToken string
+
+func (t oneToken) Authenticate(tok string) (auth.Principal, error) {
+	if tok != string(t) {
+		return auth.Principal{}, errors.New("unknown token")
+	}
+	return auth.Principal{Name: "bench", Role: auth.RoleAdmin}, nil
+}
+
+// BenchmarkBenchNullLedger is `grantline bench` against the real ingest
+// service (its codec, authentication, validation, stream pipeline, metrics
+// and serve's HTTP/2 settings) over loopback h2c, with a ledger that
+// acknowledges without storing: the CPU per event of everything in a bench
+// run but the ledger (client, generator, transport, server). b.N counts
+// events; bench's defaults (2 streams, window 1, batches of 1000 ~500-byte
+// events).
+//
+//	go test -run '^$' -bench BenchNullLedger -benchtime 300000x -count 5 ./cmd/grantline/
+func BenchmarkBenchNullLedger(b *testing.B) {
+	const tok = "bench-token"
+	api, err := ingest.New(ingest.Config{Ledger: &nullLedger{}, Auth: oneToken(tok)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(api.Handler())
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetHTTP1(true)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Config.HTTP2 = ingest.HTTP2Config()
+	srv.Start()
+	defer srv.Close()
+	cf := clientFlags{server: srv.URL, token: tok}
+	cl, err := cf.dialWith(true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: client.StreamOptions{Streams: 2, Window: 1, Retries: 20}},
+		events: uint64(b.N), eventSize: 500, runID: "bench"}
+	b.ResetTimer()
+	res, err := runBench(b.Context(), cl.Ingest(), cfg, io.Discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	if res.events != uint64(b.N) {
+		b.Fatalf("%d events acknowledged, want %d", res.events, b.N)
+	}
+	b.ReportMetric(res.rate(), "events/s")
+	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strings"
@@ -284,6 +285,56 @@ func TestCheckpointSize(t *testing.T) {
 	for note, want := range map[string]uint64{"o\n42\nroot\n\nsig\n": 42, "o\n": 0, "": 0, "o\nx\n": 0} {
 		if got := checkpointSize(note); got != want {
 			t.Errorf("checkpointSize(%q) = %d, want %d", note, got, want)
+		}
+	}
+}
+
+// TestAppendFindingJSON holds the hand-written finding encoder of
+// evaluate --json to encoding/json's output for the same finding, byte for
+// byte: fixed cases, then random findings whose strings mix every escape
+// encoding/json knows (control characters, quotes, HTML characters, U+2028,
+// invalid UTF-8) with plain and multi-byte text.
+func TestAppendFindingJSON(t *testing.T) {
+	ts := func(sec int64) *timestamppb.Timestamp { return timestamppb.New(time.Unix(sec, 0)) }
+	cases := []*pb.Finding{
+		{},
+		{Rule: "r", Subject: "s", Severity: "low", Entries: []*pb.EntryRef{}, Message: ""},
+		{Rule: "r", Subject: "s", Entries: []*pb.EntryRef{{Index: 0}}, OpenedAt: ts(0)},
+		{Rule: "r", Entries: []*pb.EntryRef{{Index: 1<<64 - 1, EventId: "a"}, {Index: 2, EventId: "b"}}, ExposureSeconds: -5,
+			OpenedAt: ts(1767225600), ClosedAt: ts(4102444800), SharesPrimaryWith: "other"},
+		{Message: "<html> & \"quotes\" \\ \u2028 \u2029 \x00\x01\x1f\x7f \b\f\n\r\t \xff\xfe é 日本 \U0001F600 \xe2\x80"},
+	}
+	r := rand.New(rand.NewPCG(7, 11))
+	alphabet := []string{"a", "Z", "0", " ", "\"", "\\", "<", ">", "&", "\u2028", "\u2029", "\x00", "\x1f", "\x7f", "\b", "\f", "\n", "\r", "\t",
+		"\xff", "\xc3", "é", "日", "\U0001F600", "\ufffd", "\xed\xa0\x80", "/", "'", "%"}
+	str := func() string {
+		var b strings.Builder
+		for range r.IntN(12) {
+			b.WriteString(alphabet[r.IntN(len(alphabet))])
+		}
+		return b.String()
+	}
+	for range 2000 {
+		f := &pb.Finding{Rule: str(), Subject: str(), Severity: str(), Message: str(), ExposureSeconds: r.Int64N(1<<40) - 1<<39,
+			SharesPrimaryWith: str()}
+		for range r.IntN(4) {
+			f.Entries = append(f.Entries, &pb.EntryRef{Index: r.Uint64(), EventId: str()})
+		}
+		if r.IntN(2) == 0 {
+			f.OpenedAt = ts(r.Int64N(1 << 33))
+		}
+		if r.IntN(2) == 0 {
+			f.ClosedAt = &timestamppb.Timestamp{Seconds: r.Int64N(1 << 33), Nanos: r.Int32N(1e9)}
+		}
+		cases = append(cases, f)
+	}
+	for i, f := range cases {
+		want, err := json.MarshalIndent(findingOf(f), "    ", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendFindingJSON([]byte("x"), f); string(got[1:]) != string(want) {
+			t.Fatalf("case %d (%q): wrote\n%s\nencoding/json writes\n%s", i, f.GetMessage(), got[1:], want)
 		}
 	}
 }

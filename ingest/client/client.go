@@ -21,10 +21,13 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
@@ -82,14 +85,71 @@ func Dial(serverURL string, o Options) (*Client, error) {
 	if o.GRPC {
 		opts = append(opts, connect.WithGRPC())
 	}
-	return &Client{
+	c := &Client{
 		http:     hc,
 		baseURL:  base,
 		token:    o.Token,
-		ingest:   grantlinev1connect.NewIngestServiceClient(hc, base, opts...),
 		log:      grantlinev1connect.NewLogServiceClient(hc, base, opts...),
 		evidence: grantlinev1connect.NewEvidenceServiceClient(hc, base, opts...),
-	}, nil
+	}
+	var hopts []connect.ClientOption
+	if o.GRPC {
+		hopts = append(hopts, connect.WithGRPC())
+	}
+	c.ingest = &settledIngest{IngestServiceClient: grantlinev1connect.NewIngestServiceClient(hc, base, opts...),
+		health: grpchealth.NewClient(hc, base, hopts...)}
+	return c, nil
+}
+
+// settledIngest is the IngestService client of a Client: its AppendStream
+// first makes sure the HTTP/2 connection has the server's SETTINGS.
+//
+// Go's HTTP/2 transport sizes the buffer a request body is sent from by
+// the largest frame the server accepts as known when the request starts,
+// and keeps it for the request's life. A stream opened on a new
+// connection, before the server's SETTINGS arrive, therefore sends its
+// whole life in 16 KiB DATA frames, which the server reads with two
+// system calls each; an AppendStream batch of 1000 events (~500 KiB) took
+// ~35 frames instead of one (docs/BENCHMARKS.md, "End to end", round 5).
+// A health check answered on the connection means its SETTINGS were read
+// (they come first), so streams opened after it send large frames.
+type settledIngest struct {
+	grantlinev1connect.IngestServiceClient
+	health *grpchealth.Client
+
+	mu      sync.Mutex
+	settled bool
+}
+
+// settleTimeout bounds the health check before the first stream; the
+// stream is opened whatever its outcome.
+const settleTimeout = 5 * time.Second
+
+func (s *settledIngest) AppendStream(ctx context.Context) *connect.BidiStreamForClient[pb.AppendStreamRequest, pb.AppendStreamResponse] {
+	s.settle(ctx)
+	return s.IngestServiceClient.AppendStream(ctx)
+}
+
+// settle makes one health check on the connection, once per Client: any
+// answer, an error status included (a server or proxy without the health
+// service), means the connection is up and its SETTINGS were read. A
+// failure to reach the server is left to the stream to report; the next
+// stream tries again.
+func (s *settledIngest) settle(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.settled {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	if _, err := s.health.Check(ctx, &grpchealth.CheckRequest{}); err != nil {
+		switch connect.CodeOf(err) {
+		case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeCanceled:
+			return // not reached, or not answered
+		}
+	}
+	s.settled = true
 }
 
 // newHTTPClient returns a client that speaks only HTTP/2, which
@@ -98,8 +158,13 @@ func newHTTPClient(useTLS bool, caFile string) (*http.Client, error) {
 	var protos http.Protocols
 	tr := &http.Transport{
 		Protocols: &protos,
-		// Ping an idle connection so a dead peer is noticed mid-stream.
-		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second},
+		HTTP2: &http.HTTP2Config{
+			// Ping an idle connection so a dead peer is noticed mid-stream.
+			SendPingTimeout: 30 * time.Second,
+			// Let the server send an acknowledgement of 1000 results
+			// (~45 KB) in one DATA frame rather than three of 16 KiB.
+			MaxReadFrameSize: 1 << 20,
+		},
 	}
 	if !useTLS {
 		protos.SetUnencryptedHTTP2(true)

@@ -9,8 +9,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -146,6 +149,10 @@ func TestNoGzipAsksForPlainResponses(t *testing.T) {
 	mux := http.NewServeMux()
 	mux.Handle(grantlinev1connect.NewIngestServiceHandler(grantlinev1connect.UnimplementedIngestServiceHandler{}))
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != grantlinev1connect.IngestServiceAppendStreamProcedure {
+			mux.ServeHTTP(w, r) // the health check before the first stream
+			return
+		}
 		select {
 		case headers <- r.Header.Clone():
 		default:
@@ -172,6 +179,52 @@ func TestNoGzipAsksForPlainResponses(t *testing.T) {
 		h := <-headers
 		if got := h.Get("Connect-Content-Encoding") + " " + h.Get("Connect-Accept-Encoding"); got != tt.want {
 			t.Errorf("NoGzip %v: stream encodings %q, want %q", tt.noGzip, got, tt.want)
+		}
+	}
+}
+
+// TestAppendStreamSettlesTheConnectionFirst: a Client's first AppendStream
+// is preceded by one health check on the connection (so that the stream
+// is sent in large HTTP/2 frames: settledIngest), later streams are not,
+// and a server that does not serve the health check (an error answer)
+// still gets its streams, with no second check.
+func TestAppendStreamSettlesTheConnectionFirst(t *testing.T) {
+	for _, withHealth := range []bool{true, false} {
+		var (
+			mu    sync.Mutex
+			paths []string
+		)
+		mux := http.NewServeMux()
+		mux.Handle(grantlinev1connect.NewIngestServiceHandler(grantlinev1connect.UnimplementedIngestServiceHandler{}))
+		if withHealth {
+			mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker()))
+		}
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			paths = append(paths, r.URL.Path)
+			mu.Unlock()
+			mux.ServeHTTP(w, r)
+		}))
+		srv.Config.Protocols = new(http.Protocols)
+		srv.Config.Protocols.SetUnencryptedHTTP2(true)
+		srv.Start()
+		cl, err := Dial(srv.URL, Options{Token: "t", NoGzip: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			st := cl.Ingest().AppendStream(t.Context())
+			_ = st.Send(&pb.AppendStreamRequest{Seq: 1})
+			_ = st.CloseRequest()
+			if _, err := st.Receive(); connect.CodeOf(err) != connect.CodeUnimplemented {
+				t.Errorf("health %v: stream answered %v, want the server's Unimplemented", withHealth, err)
+			}
+			_ = st.CloseResponse()
+		}
+		srv.Close()
+		check, stream := "/grpc.health.v1.Health/Check", grantlinev1connect.IngestServiceAppendStreamProcedure
+		if want := []string{check, stream, stream}; !slices.Equal(paths, want) {
+			t.Errorf("health %v: requests %q, want %q", withHealth, paths, want)
 		}
 	}
 }

@@ -41,6 +41,9 @@ func (protoCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
 }
 
 func (protoCodec) Unmarshal(data []byte, m any) error {
+	if unmarshalAck(data, m) {
+		return nil
+	}
 	pm, ok := m.(proto.Message)
 	if !ok {
 		return fmt.Errorf("%T is not a protobuf message", m)
