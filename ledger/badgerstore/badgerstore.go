@@ -97,16 +97,13 @@ type Options struct {
 	// MaxMappedBytes bounds the file-backed resident memory of the process
 	// (RssFile in /proc/self/status), which badger's memory-mapped tables
 	// and value-log files make grow with every value read: from 80% of it
-	// on, the store asks the kernel to reclaim pages of its mapped files,
-	// and of any store opened in a subdirectory of its own (the ledger's
-	// index store), the files holding the most first, down to 60%; reads
-	// wait for a reclaim that starts above 90%. Files it can pin for the
-	// reclaim (tables, and value-log files but the two newest, of stores
-	// open in the process) are unmapped with madvise MADV_DONTNEED, which
-	// leaves their pages in the page cache; others with MADV_PAGEOUT (Linux
-	// 5.4 and later), which drops them from it (mapped_pin.go). Checked at
-	// most MappedCheckInterval apart and more often as RssFile nears 80%.
-	// Zero: no bound. See docs/operations.md, "Memory".
+	// on, the store asks the kernel to reclaim pages of its mapped files
+	// (madvise MADV_PAGEOUT, Linux 5.4 and later), and of any store opened
+	// in a subdirectory of its own (the ledger's index store), the files
+	// holding the most first, down to 60%; reads wait for a reclaim that
+	// starts above 90%. Checked at most MappedCheckInterval apart and more
+	// often as RssFile nears 80%. Zero: no bound. See docs/operations.md,
+	// "Memory".
 	MaxMappedBytes int64
 	// MappedCheckInterval is the longest interval between two checks of
 	// MaxMappedBytes; zero means DefaultMappedCheckInterval.
@@ -128,7 +125,6 @@ type Store struct {
 	minFree int64
 	reads   *readErrors
 	mapped  *mappedBound // nil without Options.MaxMappedBytes
-	pins    *storeHandle // what reclaims pin its files through (mapped_pin.go)
 	ordered bool         // Commit in sorted chunks (Options.NoSync)
 }
 
@@ -193,7 +189,6 @@ func Open(dir string, o Options) (s *Store, err error) {
 		minFree = 2*bo.MemTableSize + 2*db.MaxBatchSize() + 16<<20
 	}
 	s = &Store{db: db, dir: dir, minFree: minFree, reads: reads, ordered: o.NoSync}
-	s.pins = registerStore(dir, db)
 	if o.MaxMappedBytes > 0 {
 		s.mapped = startMappedBound(dir, o.MaxMappedBytes, cmp.Or(o.MappedCheckInterval, DefaultMappedCheckInterval), o.Logger)
 	}
@@ -508,8 +503,6 @@ func (s *Store) Restore(r io.Reader) error {
 // DropAll deletes every key of the database (badger's DropAll). The
 // ledger empties a separate index store with it before rebuilding it.
 func (s *Store) DropAll() error {
-	release := s.pins.exclusive() // it deletes the files a reclaim may have pinned
-	defer release()
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("badger drop all: %w", err)
 	}
@@ -519,7 +512,6 @@ func (s *Store) DropAll() error {
 // Close flushes and closes the database. The store is unusable afterwards.
 func (s *Store) Close() error {
 	s.mapped.stop()
-	s.pins.close() // waits for a reclaim that pinned its files
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("closing badger: %w", err)
 	}

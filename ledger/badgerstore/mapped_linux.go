@@ -9,63 +9,46 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// madvPageout is MADV_PAGEOUT (Linux 5.4): reclaim the pages of a range,
-// out of the page cache too (clean file pages are dropped, so reading them
-// again reads the disk). Unlike MADV_DONTNEED it never changes what the
-// memory holds, so it is harmless even if the range was unmapped and
-// reused meanwhile: it is the advice for every mapping a reclaim cannot
-// prove pinned (mapped_pin.go).
+// madvPageout is MADV_PAGEOUT (Linux 5.4): reclaim the pages of a range.
+// Unlike MADV_DONTNEED it never changes what the memory holds, so it is
+// harmless even if the range was unmapped and reused meanwhile.
 const madvPageout = 21
-
-// madvDontneed is MADV_DONTNEED: drop the process's page-table entries of
-// a range. On a shared file mapping the pages stay in the page cache
-// (reading them again is a minor fault, and it is the kernel's to evict
-// them under memory pressure); on anything else it would discard memory,
-// so it goes only to mappings pinned for the whole reclaim (mapped_pin.go).
-const madvDontneed = syscall.MADV_DONTNEED
 
 // mappedBound keeps the file-backed resident memory of the process under a
 // bound by asking the kernel to reclaim pages of the store's mapped tables
-// and value-log files: with MADV_DONTNEED, which leaves them in the page
-// cache, where the reclaim can prove the mapping stays put while it runs
-// (the files pinStores pins: the tables of the stores open in the process,
-// their value-log files but the two newest), with MADV_PAGEOUT, which
-// drops them from the page cache too, elsewhere. Reading them again faults
-// the pages back in from the page cache (a minor fault) or the disk.
+// and value-log files. Reading them again faults the pages back in from
+// the page cache or the disk.
 //
 // It works between two watermarks below the bound, so that what a scan
 // maps between two checks, or while a reclaim runs, still fits under it:
-// above the high watermark (reclaimHigh of the bound) it reclaims until
-// RssFile is at the low watermark (reclaimLow of the bound): first the
-// pinned files, the largest mappings first, a mapping at a time (listed
-// from /proc/self/maps: cheap); then, if that was not enough, the others,
-// those holding the most resident pages first (per mapping Rss in
-// /proc/self/smaps), a chunk at a time. The small mappings, the tables'
-// blocks every lookup touches, mostly stay.
+// above the high watermark (reclaimHigh of the bound) it reclaims the
+// store's mappings holding the most resident pages first (per mapping Rss
+// in /proc/self/smaps), a chunk at a time, until RssFile is at the low
+// watermark (reclaimLow of the bound). The mappings holding few pages, the
+// tables' blocks every lookup touches, mostly stay.
 //
-// Should RssFile be above reclaimHold of the bound when a reclaim starts
-// giving pages up, or pass it while one runs (a scan faulting pages in
-// faster than they are given up), the reads of every store of the process
-// (Get, and each entry of a Scan) wait until the reclaim is done: RssFile
-// is the process's, and the ledger's index store, opened without a bound
-// of its own, is read as much as the main one. Reads in flight finish;
-// writes never wait.
+// Should RssFile be above reclaimHold of the bound when a reclaim starts,
+// or pass it while one runs (a scan faulting pages in faster than they are
+// given up, or a machine so loaded that the reclaimer runs late), the
+// reads of every store of the process (Get, and each entry of a Scan)
+// wait until the reclaim is done: RssFile is the process's, and the
+// ledger's index store, opened without a bound of its own, is read as
+// much as the main one. Reads in flight finish; writes never wait.
 //
 // It checks adaptively (see next): every interval while RssFile is far
 // below the high watermark and steady, more often as it nears it or grows
 // fast, and at the shortest interval right after a reclaim, because a
 // read-heavy scan (evaluate, export, fsck) faults pages in faster than a
-// fixed 2-second check gives them up. Should its goroutine be late (a
-// loaded machine), the reads check for it (see pace).
+// fixed 2-second check gives them up.
 type mappedBound struct {
 	dir       string
 	limit     int64         // the bound
@@ -74,17 +57,12 @@ type mappedBound struct {
 	hold      int64         // above this, reads wait for the reclaim
 	every     time.Duration // the longest interval between two checks
 	fruitless int           // reclaims in a row that left RssFile above high
-	mu        sync.Mutex    // held by the check running, the reclaimer's or a read's
-	due       atomic.Int64  // when the reclaimer means to check next (monoNow)
-	stopped   bool          // under mu: pace checks no more
-	unpace    func()        // takes pace out of the reads' pacers
 	logger    *slog.Logger
 	done      chan struct{}
 	once      sync.Once
 	wg        sync.WaitGroup
-	trims     int // how often it reclaimed; under mu
-	checks    int // how often it read RssFile; under mu
-	paced     int // how many of the checks reads made (pace); under mu
+	trims     int // how often it reclaimed; read after stop (tests)
+	checks    int // how often it read RssFile; read after stop (tests)
 }
 
 // The watermarks, in fractions of the bound. Measured on evaluate of a
@@ -105,8 +83,12 @@ const (
 const minMappedCheck = 20 * time.Millisecond
 
 func newMappedBound(dir string, limit int64, every time.Duration, logger *slog.Logger) *mappedBound {
+	abs, err := filepath.Abs(dir)
+	if err == nil {
+		dir = abs
+	}
 	return &mappedBound{
-		dir: realDir(dir), limit: limit,
+		dir: dir, limit: limit,
 		high:  int64(float64(limit) * reclaimHigh),
 		low:   int64(float64(limit) * reclaimLow),
 		hold:  int64(float64(limit) * reclaimHold),
@@ -116,10 +98,8 @@ func newMappedBound(dir string, limit int64, every time.Duration, logger *slog.L
 
 func startMappedBound(dir string, limit int64, every time.Duration, logger *slog.Logger) *mappedBound {
 	m := newMappedBound(dir, limit, every, logger)
-	first := min(every, minMappedCheck)
-	m.due.Store(int64(monoNow() + first))
 	m.wg.Go(func() {
-		t := time.NewTimer(first)
+		t := time.NewTimer(min(every, minMappedCheck))
 		defer t.Stop()
 		var last int64
 		lastAt := time.Now()
@@ -130,62 +110,13 @@ func startMappedBound(dir string, limit int64, every time.Duration, logger *slog
 			case <-t.C:
 			}
 			now := time.Now()
-			m.mu.Lock()
 			rss, trimmed := m.check()
-			m.mu.Unlock()
-			d := m.next(last, rss, now.Sub(lastAt), trimmed)
-			m.setDue(rss, trimmed, d)
-			t.Reset(d)
+			t.Reset(m.next(last, rss, now.Sub(lastAt), trimmed))
 			last, lastAt = rss, now
 		}
 	})
-	m.unpace = addPacer(m.pace)
 	return m
 }
-
-// paceHot is the interval between two checks by reads (pace) while a scan
-// refills what reclaims give up: right after a reclaim, and while RssFile
-// is above the low watermark. Pages given up with MADV_DONTNEED come back
-// as minor faults of ~200 KB each (the kernel maps the page cache's large
-// folios whole): one reading goroutine mapped 60-90 MB in 25 ms, 3 GB/s,
-// which refills a 128 MiB bound from its low watermark in under 20 ms;
-// and on a loaded machine the reclaimer's goroutine ran 100-200 ms late.
-// A check costs 0.1-0.3 ms: at this pace, up to 3% of the reads' time.
-const paceHot = 5 * time.Millisecond
-
-// setDue sets when reads next check for the reclaimer (pace), after a
-// check that left RssFile at rss, reclaimed or not, and planned the next
-// one in d: in paceHot while a scan refills (see paceHot), else in d.
-func (m *mappedBound) setDue(rss int64, trimmed bool, d time.Duration) {
-	if trimmed || rss > m.low {
-		d = min(d, paceHot)
-	}
-	m.due.Store(int64(monoNow() + d))
-}
-
-// pace is called by every read of every store (readGate.wait): if a check
-// is due (setDue) and none is running, the read checks (and reclaims if
-// needed) itself. The reads that fault pages in are then what keeps
-// RssFile in check, between the reclaimer's own checks and however late
-// its goroutine is scheduled. Costs a clock reading per read.
-func (m *mappedBound) pace() {
-	if monoNow() < time.Duration(m.due.Load()) || !m.mu.TryLock() {
-		return
-	}
-	defer m.mu.Unlock()
-	if m.stopped || monoNow() < time.Duration(m.due.Load()) {
-		return
-	}
-	m.paced++
-	rss, trimmed := m.check()
-	m.setDue(rss, trimmed, min(minMappedCheck, m.every))
-}
-
-// monoStart anchors monoNow.
-var monoStart = time.Now()
-
-// monoNow is the time on the monotonic clock since the process started.
-func monoNow() time.Duration { return time.Since(monoStart) }
 
 // next is how long to wait before the next check, given RssFile at the
 // last two checks (prev, then rss, dt apart; after a reclaim, rss is what
@@ -217,16 +148,8 @@ func (m *mappedBound) stop() {
 	if m == nil {
 		return
 	}
-	m.once.Do(func() {
-		if m.unpace != nil {
-			m.unpace()
-		}
-		close(m.done)
-	})
+	m.once.Do(func() { close(m.done) })
 	m.wg.Wait()
-	m.mu.Lock() // a read's check in flight ends
-	m.stopped = true
-	m.mu.Unlock()
 }
 
 // pause makes the reads of every store of the process wait until the
@@ -245,7 +168,7 @@ func (m *mappedBound) holdReads(rss int64) bool {
 
 // check reclaims the store's mapped pages when RssFile is above the high
 // watermark; it returns RssFile (zero on an error), after the reclaim if
-// there was one, and whether it reclaimed. Called with mu held.
+// there was one, and whether it reclaimed.
 func (m *mappedBound) check() (int64, bool) {
 	m.checks++
 	rss, err := rssFile()
@@ -259,25 +182,13 @@ func (m *mappedBound) check() (int64, bool) {
 			release = m.pause()
 		}
 	}
-	// Reads wait if RssFile is above the hold watermark now, or once the
-	// mappings are pinned and listed (before the first madvise). Listing
-	// them from /proc/self/maps takes a fraction of a millisecond; when a
-	// reclaim read /proc/self/smaps first (15-100 ms on a loaded machine)
-	// and held reads through it, reclaim after reclaim, it held them half
-	// the time at a tight bound, which is why smaps is now read only when
-	// the pinned files were not enough.
 	if m.holdReads(rss) {
 		hold()
-	}
-	begin := func() {
-		if now, err := rssFile(); err == nil && m.holdReads(max(now, rss)) {
-			hold()
-		}
 	}
 	// After each chunk: done once RssFile is at the low watermark; reads
 	// wait from the moment it passes the hold watermark (a scan faulting
 	// pages in faster than they are given up).
-	r, err := reclaimStoreFiles(m.dir, begin, func() bool {
+	n, err := pageOutStoreFiles(m.dir, func() bool {
 		now, err := rssFile()
 		if err != nil {
 			return true
@@ -302,8 +213,7 @@ func (m *mappedBound) check() (int64, bool) {
 		if err != nil {
 			m.logger.Warn("badger: reclaiming mapped store files", "rss_file_bytes", rss, "bound", m.limit, "err", err)
 		} else {
-			m.logger.Debug("badger: reclaimed mapped store files", "rss_file_bytes", rss, "after_bytes", after, "bound", m.limit, "chunks", r.chunks,
-				"dontneed_bytes", r.dontneed, "pageout_bytes", r.pageout, "read_smaps", r.smaps, "pinned_stores", r.stores, "pin_took", r.pinTook, "took", time.Since(t0), "held_reads", held)
+			m.logger.Debug("badger: reclaimed mapped store files", "rss_file_bytes", rss, "after_bytes", after, "bound", m.limit, "chunks", n, "took", time.Since(t0), "held_reads", held)
 		}
 	}
 	if aerr != nil {
@@ -334,45 +244,37 @@ func rssFile() (int64, error) {
 // storeMapping is one mapping of a store file and its resident pages.
 type storeMapping struct {
 	start, end uint64
-	rss        int64 // bytes; zero when listed from /proc/self/maps
+	rss        int64 // bytes
 	path       string
-	shared     bool // MAP_SHARED ("s" in its permissions)
 }
 
 // storeMappings lists the mappings of table and value-log files in dir or
-// below it, from /proc/self/smaps or /proc/self/maps (or a file in their
-// format): from smaps those with resident pages and how many, from maps
-// (resident false) all of them. Below it: the ledger's separate index
-// store lives in DIR/ledger/index and is opened without a bound of its
-// own, yet its pages count in the same RssFile; leaving them out left the
-// bound unreachable while evaluation read subjects through the index.
-// Memtable logs (.mem), which badger writes through their mapping, are
-// left out, and so are files deleted while mapped (their path ends in
-// " (deleted)").
-func storeMappings(file, dir string, resident bool) ([]storeMapping, error) {
-	f, err := os.Open(file)
+// below it with resident pages, from /proc/self/smaps (or a file in its
+// format). Below it: the ledger's separate index store lives in
+// DIR/ledger/index and is opened without a bound of its own, yet its pages
+// count in the same RssFile; leaving them out left the bound unreachable
+// while evaluation read subjects through the index. Memtable logs (.mem),
+// which badger writes through their mapping, are left out.
+func storeMappings(smaps, dir string) ([]storeMapping, error) {
+	f, err := os.Open(smaps)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
 	var out []storeMapping
 	var cur *storeMapping // the store mapping whose fields follow, if any
-	done := func() {
-		if cur != nil && (cur.rss > 0 || !resident) {
-			out = append(out, *cur)
-		}
-		cur = nil
-	}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Bytes()
 		if v, ok := bytes.CutPrefix(line, []byte("Rss:")); ok {
 			if cur != nil {
 				if f := strings.Fields(string(v)); len(f) > 0 {
-					if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+					if kb, err := strconv.ParseInt(f[0], 10, 64); err == nil && kb > 0 {
 						cur.rss = kb << 10
+						out = append(out, *cur)
 					}
 				}
+				cur = nil
 			}
 			continue
 		}
@@ -382,7 +284,7 @@ func storeMappings(file, dir string, resident bool) ([]storeMapping, error) {
 		if len(fields) == 0 || strings.HasSuffix(fields[0], ":") {
 			continue
 		}
-		done()
+		cur = nil
 		if len(fields) < 6 {
 			continue
 		}
@@ -399,9 +301,8 @@ func storeMappings(file, dir string, resident bool) ([]storeMapping, error) {
 		if err1 != nil || err2 != nil || end <= start {
 			continue
 		}
-		cur = &storeMapping{start: start, end: end, path: path, shared: len(fields[1]) == 4 && fields[1][3] == 's'}
+		cur = &storeMapping{start: start, end: end, path: path}
 	}
-	done()
 	return out, sc.Err()
 }
 
@@ -410,111 +311,34 @@ func byResident(ms []storeMapping) {
 	slices.SortStableFunc(ms, func(a, b storeMapping) int { return cmp.Compare(b.rss, a.rss) })
 }
 
-// bySize orders ms by size, largest first.
-func bySize(ms []storeMapping) {
-	slices.SortStableFunc(ms, func(a, b storeMapping) int { return cmp.Compare(b.end-b.start, a.end-a.start) })
-}
-
 // pageOutChunk is how much of a mapping one madvise covers. A value-log
 // mapping is 512 MiB and paging out what it holds can take a few hundred
 // milliseconds on a loaded machine; in chunks, the reclaim stops as soon as
-// enough is given up and notices a scan outrunning it. MADV_DONTNEED,
-// which only drops page-table entries, takes a mapping at a time, and the
-// reclaim asks whether it is enough after each pageOutChunk of them.
+// enough is given up and notices a scan outrunning it.
 const pageOutChunk = 16 << 20
 
-// reclaimed is what one reclaim advised.
-type reclaimed struct {
-	chunks            int   // madvise calls but MADV_NOHUGEPAGE
-	dontneed, pageout int64 // bytes advised with MADV_DONTNEED and MADV_PAGEOUT
-	stores            int   // stores whose files were pinned
-	smaps             bool  // whether it read /proc/self/smaps (the pinned files were not enough)
-	pinTook           time.Duration
-}
-
-// madvise is the system call; tests replace it to see what a reclaim of
-// made-up mappings would advise.
-var madvise = func(addr, n uintptr, advice int) syscall.Errno {
-	_, _, e := syscall.Syscall(syscall.SYS_MADVISE, addr, n, uintptr(advice))
-	return e
-}
-
-// reclaimStoreFiles asks the kernel to reclaim the pages of the store's
-// mappings in dir or below it until enough (called after each madvise of
-// PAGEOUT, and after each pageOutChunk of DONTNEED) says so. First the
-// files pinStores pinned, listed from /proc/self/maps (a tenth of a
-// millisecond, where /proc/self/smaps, which walks the page tables of
-// every mapping, takes 15-100 ms on a loaded machine), the largest first,
-// a mapping at a time with MADV_DONTNEED; then, only if that was not
-// enough, the others as before: listed from /proc/self/smaps, those
-// holding the most resident pages first, a chunk at a time with
-// MADV_PAGEOUT. The pins are held until the last madvise. begin, if not
-// nil, is called once the mappings are listed, before the first madvise.
-func reclaimStoreFiles(dir string, begin func(), enough func() bool) (reclaimed, error) {
-	t0 := time.Now()
-	pins := pinStores(dir)
-	defer pins.release()
-	return reclaimMappings("/proc/self/maps", "/proc/self/smaps", dir, pins, begin, enough, reclaimed{stores: pins.stores, pinTook: time.Since(t0)})
-}
-
-// reclaimMappings is reclaimStoreFiles once the files are pinned, listing
-// the mappings from maps and smaps; r is what it adds to.
-func reclaimMappings(maps, smaps, dir string, pins *pinnedFiles, begin func(), enough func() bool, r reclaimed) (reclaimed, error) {
-	all, err := storeMappings(maps, dir, false)
+// pageOutStoreFiles asks the kernel to reclaim the pages of the store's
+// mappings in dir or below it, those holding the most resident pages
+// first, a chunk at a time, until enough (called after each chunk) says
+// so. It returns how many chunks it advised.
+func pageOutStoreFiles(dir string, enough func() bool) (int, error) {
+	ms, err := storeMappings("/proc/self/smaps", dir)
 	if err != nil {
-		return r, err
-	}
-	if begin != nil {
-		begin()
-	}
-
-	var pinned []storeMapping
-	for _, m := range all {
-		if pins.dontNeed(m.path, m.shared) {
-			pinned = append(pinned, m)
-		}
-	}
-	bySize(pinned)
-	var since uint64 // bytes advised since enough was last asked
-	for i, m := range pinned {
-		if e := madvise(uintptr(m.start), uintptr(m.end-m.start), madvDontneed); e != 0 {
-			// Even ENOMEM: a range not mapped would be a pin that does not hold.
-			return r, fmt.Errorf("madvise(MADV_DONTNEED) on %s: %w", m.path, e)
-		}
-		r.chunks++
-		r.dontneed += int64(m.end - m.start)
-		since += m.end - m.start
-		if since >= pageOutChunk || i == len(pinned)-1 {
-			since = 0
-			if enough() {
-				return r, nil
-			}
-		}
-	}
-
-	r.smaps = true
-	ms, err := storeMappings(smaps, dir, true)
-	if err != nil {
-		return r, err
+		return 0, err
 	}
 	byResident(ms)
+	n := 0
 	for _, m := range ms {
-		if pins.dontNeed(m.path, m.shared) {
-			continue // given up above
-		}
 		for lo := m.start; lo < m.end; lo += pageOutChunk {
 			hi := min(lo+pageOutChunk, m.end)
-			// ENOMEM: part of the range is not mapped, a mapping gone since
-			// smaps was read, which is harmless for PAGEOUT.
-			if e := madvise(uintptr(lo), uintptr(hi-lo), madvPageout); e != 0 && e != syscall.ENOMEM {
-				return r, fmt.Errorf("madvise(MADV_PAGEOUT) on %s: %w", m.path, e)
+			if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, uintptr(lo), uintptr(hi-lo), madvPageout); e != 0 && e != syscall.ENOMEM {
+				return n, fmt.Errorf("madvise(MADV_PAGEOUT) on %s: %w", m.path, e)
 			}
-			r.chunks++
-			r.pageout += int64(hi - lo)
+			n++
 			if enough() {
-				return r, nil
+				return n, nil
 			}
 		}
 	}
-	return r, nil
+	return n, nil
 }

@@ -5,7 +5,6 @@ package badgerstore
 import (
 	"bytes"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -137,9 +136,8 @@ func TestMappedBoundOff(t *testing.T) {
 
 // TestStoreMappings reads the store's mappings and their resident bytes
 // from a file in the format of /proc/self/smaps: table and value-log files
-// in the directory or below it, with resident pages, and whether they are
-// shared (from /proc/self/maps, without resident pages: all of them); not memtable logs, not other directories' files, not mappings
-// without pages, not files deleted while mapped.
+// in the directory or below it, with resident pages; not memtable logs,
+// not other directories' files, not mappings without pages.
 func TestStoreMappings(t *testing.T) {
 	dir := t.TempDir()
 	const smaps = `55d0c0000000-55d0c0400000 r-xp 00000000 fd:00 123 /usr/bin/grantline
@@ -170,39 +168,26 @@ Rss:                2048 kB
 7f0014800000-7f0014a00000 rw-p 00000000 00:00 0
 Size:               2048 kB
 Rss:                2048 kB
-7f0014a00000-7f0014c00000 r--p 00000000 fd:00 17 DIR/sub dir/000004.vlog
+7f0014a00000-7f0014c00000 r--s 00000000 fd:00 17 DIR/sub dir/000004.vlog
 Size:               2048 kB
 Rss:                   8 kB
-7f0014c00000-7f0014e00000 r--s 00000000 fd:00 18 DIR/000005.sst (deleted)
-Size:               2048 kB
-Rss:                2048 kB
 `
 	p := filepath.Join(t.TempDir(), "smaps")
 	if err := os.WriteFile(p, []byte(strings.ReplaceAll(smaps, "DIR", dir)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got, err := storeMappings(p, dir, true)
+	got, err := storeMappings(p, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []storeMapping{
-		{0x7f0000000000, 0x7f0010000000, 30720 << 10, dir + "/000001.vlog", true},
-		{0x7f0010000000, 0x7f0010200000, 512 << 10, dir + "/000007.sst", true},
-		{0x7f0014400000, 0x7f0014600000, 1024 << 10, dir + "/index/000002.sst", true},
-		{0x7f0014a00000, 0x7f0014c00000, 8 << 10, dir + "/sub dir/000004.vlog", false},
+		{0x7f0000000000, 0x7f0010000000, 30720 << 10, dir + "/000001.vlog"},
+		{0x7f0010000000, 0x7f0010200000, 512 << 10, dir + "/000007.sst"},
+		{0x7f0014400000, 0x7f0014600000, 1024 << 10, dir + "/index/000002.sst"},
+		{0x7f0014a00000, 0x7f0014c00000, 8 << 10, dir + "/sub dir/000004.vlog"},
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("storeMappings =\n%+v\nwant\n%+v", got, want)
-	}
-	// Not only those resident (as from /proc/self/maps, which has no Rss):
-	// every store mapping.
-	got, err = storeMappings(p, dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want = slices.Insert(want, 2, storeMapping{0x7f0010200000, 0x7f0010400000, 0, dir + "/000008.sst", true})
-	if !slices.Equal(got, want) {
-		t.Fatalf("storeMappings, all of them =\n%+v\nwant\n%+v", got, want)
 	}
 }
 
@@ -238,8 +223,7 @@ func TestByResident(t *testing.T) {
 
 // TestPageOutLargestFirst maps two store files, touches all their pages,
 // and has enough after the first chunk: the larger file's pages go, the
-// smaller file's stay mapped; without enough, both go, a chunk at a time,
-// paged out (no store is open there to pin them).
+// smaller file's stay mapped; without enough, both go, a chunk at a time.
 func TestPageOutLargestFirst(t *testing.T) {
 	dir := t.TempDir()
 	mapFile := func(name string, size int) []byte {
@@ -273,7 +257,7 @@ func TestPageOutLargestFirst(t *testing.T) {
 	small := mapFile("000002.sst", 2<<20)
 	resident := func() map[string]int64 {
 		t.Helper()
-		ms, err := storeMappings("/proc/self/smaps", dir, true)
+		ms, err := storeMappings("/proc/self/smaps", dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -288,12 +272,12 @@ func TestPageOutLargestFirst(t *testing.T) {
 		t.Fatalf("resident before reclaiming: %v, want all of both files", before)
 	}
 	calls := 0
-	r, err := reclaimStoreFiles(dir, nil, func() bool { calls++; return true })
+	n, err := pageOutStoreFiles(dir, func() bool { calls++; return true })
 	if err != nil {
 		t.Fatal(err)
 	}
 	after := resident()
-	if n := r.chunks; n != 1 || calls != 1 || after["000001.vlog"] > 8<<20 || after["000002.sst"] < 2<<20 {
+	if n != 1 || calls != 1 || after["000001.vlog"] > 8<<20 || after["000002.sst"] < 2<<20 {
 		t.Fatalf("reclaiming until the first chunk is enough: %d chunks advised, enough called %d times, resident %v; want 1 and 1, the value-log file's pages gone and the table's kept", n, calls, after)
 	}
 	if big[12345] != 7 || small[4097] != 7 {
@@ -302,16 +286,12 @@ func TestPageOutLargestFirst(t *testing.T) {
 	for i := 0; i < len(big); i += 4096 { // all resident again
 		calls += int(big[i])
 	}
-	r2, err := reclaimStoreFiles(dir, nil, func() bool { return false })
+	n, err = pageOutStoreFiles(dir, func() bool { return false })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after, n := resident(), r2.chunks; n != 2 || len(after) != 0 {
+	if after := resident(); n != 2 || len(after) != 0 {
 		t.Fatalf("reclaiming without enough: %d chunks advised, resident %v; want 2 (16 MiB and 2 MiB) and nothing", n, after)
-	}
-	// No store is open in dir: nothing is pinned, all of it was paged out.
-	if r.dontneed+r2.dontneed != 0 || r.pageout+r2.pageout != 34<<20 {
-		t.Fatalf("advised %d bytes with MADV_DONTNEED and %d with MADV_PAGEOUT, want 0 and 34 MiB (files of no open store are never pinned)", r.dontneed+r2.dontneed, r.pageout+r2.pageout)
 	}
 }
 
@@ -457,139 +437,4 @@ func TestReadGate(t *testing.T) {
 	}
 	r3()
 	g.wait()
-}
-
-// TestMappedPace: a read checks the bound itself (and reclaims) when a
-// check is due, then again within paceHot; not when none is due, not while
-// another check runs, and not once the bound stopped; every read of a store calls
-// the pacers until they are removed.
-func TestMappedPace(t *testing.T) {
-	dir := t.TempDir()
-	rss, err := rssFile()
-	if err != nil {
-		t.Skipf("no RssFile: %v", err)
-	}
-	m := newMappedBound(dir, rss/2, time.Hour, nil) // always above: every check reclaims
-	m.due.Store(int64(monoNow() + time.Hour))
-	m.pace()
-	if m.checks != 0 {
-		t.Fatalf("a read checked %d times while the reclaimer's check was not due", m.checks)
-	}
-	m.due.Store(0) // due
-	m.pace()
-	if m.checks != 1 || m.paced != 1 || m.trims != 1 {
-		t.Fatalf("an overdue check: %d checks, %d by reads, %d reclaims; want 1, 1 and 1", m.checks, m.paced, m.trims)
-	}
-	if due := time.Duration(m.due.Load()); due <= monoNow()-time.Second || due > monoNow()+paceHot {
-		t.Fatalf("after a reclaim, due at %s, now %s: want within paceHot", due, monoNow())
-	}
-	m.due.Store(0)
-	m.mu.Lock() // another check runs
-	m.pace()
-	m.mu.Unlock()
-	m.stop()
-	m.pace()
-	if m.checks != 1 {
-		t.Fatalf("%d checks, want 1: a read checked while not due, while another check ran, or after stop", m.checks)
-	}
-
-	s := open(t, dir, Options{})
-	defer s.Close()
-	if err := s.Commit([][]byte{[]byte("a")}, [][]byte{[]byte("1")}); err != nil {
-		t.Fatal(err)
-	}
-	calls := 0
-	remove := addPacer(func() { calls++ })
-	if _, err := s.Get([]byte("a"), []byte("b")); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Scan(nil, nil, func(k, v []byte) error { return nil }); err != nil {
-		t.Fatal(err)
-	}
-	remove()
-	remove()
-	if _, err := s.Get([]byte("a")); err != nil {
-		t.Fatal(err)
-	}
-	if calls != 3 {
-		t.Fatalf("the pacer was called %d times, want 3 (two keys read by Get, one entry scanned, none once removed)", calls)
-	}
-}
-
-// TestMappedDue: reads check within paceHot after a reclaim and while
-// RssFile is above the low watermark, else when the reclaimer would.
-func TestMappedDue(t *testing.T) {
-	const mib = 1 << 20
-	m := newMappedBound(t.TempDir(), 1000*mib, time.Second, nil) // low 600 MiB
-	for _, tc := range []struct {
-		rss     int64
-		trimmed bool
-		d, want time.Duration
-	}{
-		{500 * mib, true, minMappedCheck, paceHot},
-		{700 * mib, false, minMappedCheck, paceHot},
-		{700 * mib, false, time.Millisecond, time.Millisecond},
-		{500 * mib, false, time.Second, time.Second},
-	} {
-		before := monoNow()
-		m.setDue(tc.rss, tc.trimmed, tc.d)
-		after := monoNow()
-		if due := time.Duration(m.due.Load()); due < before+tc.want || due > after+tc.want {
-			t.Errorf("setDue(%d MiB, %v, %s): due in %s, want %s", tc.rss/mib, tc.trimmed, tc.d, due-before, tc.want)
-		}
-	}
-}
-
-// BenchmarkRefault is what a page given up with MADV_DONTNEED costs when
-// read again: it maps a 64 MiB file (in the page cache), gives all of it
-// up, and reads one byte at random offsets, one read per 256 KiB on
-// average; it reports the CPU time per page fault and the bytes each
-// fault mapped (RssFile grown / faults), which with large page-cache
-// folios is far more than a page.
-func BenchmarkRefault(b *testing.B) {
-	const size = 64 << 20
-	path := filepath.Join(b.TempDir(), "000001.vlog")
-	if err := os.WriteFile(path, bytes.Repeat([]byte{7}, size), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	m, err := syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ, syscall.MAP_SHARED)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer syscall.Munmap(m)
-	sum := 0
-	for i := 0; i < size; i += 4096 {
-		sum += int(m[i])
-	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	var faults, mapped int64
-	var cpu time.Duration
-	for b.Loop() {
-		if err := syscall.Madvise(m, syscall.MADV_DONTNEED); err != nil {
-			b.Fatal(err)
-		}
-		r0, _ := rssFile()
-		var u0, u1 syscall.Rusage
-		syscall.Getrusage(syscall.RUSAGE_THREAD, &u0)
-		for range size / (256 << 10) {
-			sum += int(m[rng.IntN(size)])
-		}
-		syscall.Getrusage(syscall.RUSAGE_THREAD, &u1)
-		r1, _ := rssFile()
-		faults += u1.Minflt - u0.Minflt
-		mapped += r1 - r0
-		cpu += time.Duration(u1.Utime.Nano() + u1.Stime.Nano() - u0.Utime.Nano() - u0.Stime.Nano())
-	}
-	if faults > 0 {
-		b.ReportMetric(float64(cpu.Microseconds())/float64(faults), "µs-cpu/fault")
-		b.ReportMetric(float64(mapped)/float64(faults)/1024, "KiB-mapped/fault")
-	}
-	if sum == 0 {
-		b.Fatal("read nothing")
-	}
 }

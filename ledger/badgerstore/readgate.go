@@ -1,7 +1,6 @@
 package badgerstore
 
 import (
-	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -46,15 +45,7 @@ func (g *gate) hold() (release func()) {
 }
 
 // wait returns at once unless a reclaim holds reads, then when none does.
-// Then it calls the pacers (addPacer).
 func (g *gate) wait() {
-	if ps := pacers.list.Load(); ps != nil {
-		defer func() {
-			for _, p := range *ps {
-				p()
-			}
-		}()
-	}
 	if g.holds.Load() == 0 {
 		return
 	}
@@ -65,44 +56,3 @@ func (g *gate) wait() {
 		<-ch
 	}
 }
-
-// pacers are called by every read of every store, after the gate: each
-// mapped-file bound's pace, which checks the bound itself when its
-// reclaimer is late (mapped_linux.go).
-var pacers struct {
-	mu   sync.Mutex
-	list atomic.Pointer[[]func()]
-}
-
-// addPacer has every read call p, until remove is called.
-func addPacer(p func()) (remove func()) {
-	id := new(func())
-	*id = p
-	update := func(f func([]*func()) []*func()) {
-		pacers.mu.Lock()
-		defer pacers.mu.Unlock()
-		ids := f(pacerIDs)
-		pacerIDs = ids
-		if len(ids) == 0 {
-			pacers.list.Store(nil)
-			return
-		}
-		fs := make([]func(), len(ids))
-		for i, id := range ids {
-			fs[i] = *id
-		}
-		pacers.list.Store(&fs)
-	}
-	update(func(ids []*func()) []*func() { return append(slices.Clip(ids), id) })
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			update(func(ids []*func()) []*func() {
-				return slices.DeleteFunc(slices.Clone(ids), func(x *func()) bool { return x == id })
-			})
-		})
-	}
-}
-
-// pacerIDs are the pacers added, under pacers.mu.
-var pacerIDs []*func()
