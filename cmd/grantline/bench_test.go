@@ -226,19 +226,34 @@ func BenchmarkStreamTransport(b *testing.B) {
 	srv.Config.Protocols.SetUnencryptedHTTP2(true)
 	srv.Start()
 	defer srv.Close()
-	cf := clientFlags{server: srv.URL, token: "x"}
+	benchOverLoopback(b, srv.URL, "x", client.StreamOptions{Streams: 4, Window: 4})
+}
+
+// benchOverLoopback runs bench's generator for b.N events against the
+// server at url (batches of 1000 ~500-byte events, the given streams),
+// fails b unless every event was acknowledged as new, and reports events/s,
+// CPU-µs per event (the whole process: client and any in-process server)
+// and ack latency p50/p99 per batch.
+func benchOverLoopback(b *testing.B, url, token string, opts client.StreamOptions) {
+	b.Helper()
+	cf := clientFlags{server: url, token: token}
 	cl, err := cf.dialWith(true)
 	if err != nil {
 		b.Fatal(err)
 	}
-	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: client.StreamOptions{Streams: 4, Window: 4}}, events: uint64(b.N), eventSize: 500, runID: "t"}
+	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: opts}, events: uint64(b.N), eventSize: 500, runID: "bench"}
 	b.ResetTimer()
 	res, err := runBench(b.Context(), cl.Ingest(), cfg, io.Discard)
 	if err != nil {
 		b.Fatal(err)
 	}
+	b.StopTimer()
+	if res.events != uint64(b.N) || res.dup != 0 {
+		b.Fatalf("%d events acknowledged (%d duplicate), want %d new", res.events, res.dup, b.N)
+	}
 	b.ReportMetric(res.rate(), "events/s")
 	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
+	b.ReportMetric(float64(res.p50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
 }
 
@@ -256,26 +271,7 @@ func BenchmarkBenchInProcess(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { _ = rs.Close(context.Background()) }()
-	cf := clientFlags{server: rs.URL, token: rs.AdminToken}
-	cl, err := cf.dialWith(true)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: client.StreamOptions{Streams: 2, Window: 1, Retries: 20}},
-		events: uint64(b.N), eventSize: 500, runID: "bench"}
-	b.ResetTimer()
-	res, err := runBench(b.Context(), cl.Ingest(), cfg, io.Discard)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.StopTimer()
-	if res.events != uint64(b.N) || res.dup != 0 {
-		b.Fatalf("%d events acknowledged (%d duplicate), want %d new", res.events, res.dup, b.N)
-	}
-	b.ReportMetric(res.rate(), "events/s")
-	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
-	b.ReportMetric(float64(res.p50.Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
+	benchOverLoopback(b, rs.URL, rs.AdminToken, client.StreamOptions{Streams: 2, Window: 1, Retries: 20})
 }
 
 // nullLedger is an ingest.Ledger whose Append acknowledges every event at
@@ -340,23 +336,5 @@ func BenchmarkBenchNullLedger(b *testing.B) {
 	srv.Config.HTTP2 = ingest.HTTP2Config()
 	srv.Start()
 	defer srv.Close()
-	cf := clientFlags{server: srv.URL, token: tok}
-	cl, err := cf.dialWith(true)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg := benchConfig{streamConfig: streamConfig{batch: 1000, StreamOptions: client.StreamOptions{Streams: 2, Window: 1, Retries: 20}},
-		events: uint64(b.N), eventSize: 500, runID: "bench"}
-	b.ResetTimer()
-	res, err := runBench(b.Context(), cl.Ingest(), cfg, io.Discard)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.StopTimer()
-	if res.events != uint64(b.N) {
-		b.Fatalf("%d events acknowledged, want %d", res.events, b.N)
-	}
-	b.ReportMetric(res.rate(), "events/s")
-	b.ReportMetric(float64(res.cpuPerEvent().Nanoseconds())/1000, "cpu-µs/event")
-	b.ReportMetric(float64(res.p99.Microseconds())/1000, "p99-ms")
+	benchOverLoopback(b, srv.URL, tok, client.StreamOptions{Streams: 2, Window: 1, Retries: 20})
 }
