@@ -84,6 +84,7 @@ func TestCatalogEmptyWhen(t *testing.T) {
 		"mover-access-retained":       "{moves}",
 		"review-campaign-incomplete":  "{campaigns}",
 		"not-independent":             "{approvals,reviews,breakglass_reviews}",
+		"approval-used-after-expiry":  "{approvals}",
 		"nhi-without-owner":           "",
 	}
 	for _, r := range rs {
