@@ -183,9 +183,9 @@ func (m *viewMap[V]) Find(key ref.Val) (ref.Val, bool) {
 }
 
 func (m *viewMap[V]) Get(key ref.Val) ref.Val {
-	if _, ok := key.(types.String); ok {
-		if v, found := m.Find(key); found {
-			return v
+	if k, ok := key.(types.String); ok {
+		if v, found := m.m[string(k)]; found {
+			return m.val(m.a, v)
 		}
 	}
 	return m.base().Get(key) // the missing-key error, or a bad key's

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/cel-go/cel"
 	"github.com/google/cel-go/common/types/ref"
 	"github.com/google/cel-go/common/types/traits"
 )
@@ -13,18 +14,8 @@ import (
 // TestViewListsBehaveAsCELLists: the cached view lists answer every list
 // operation as cel-go's own lists do.
 func TestViewListsBehaveAsCELLists(t *testing.T) {
-	src := parseChain(t, []byte(oneEventChain+strings.ReplaceAll(oneEventChain, `"a1"`, `"a2"`)))
-	chain, _ := src.Chain(t.Context(), "alice")
-	v, err := buildViews("alice", chain, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.release()
-	env, err := baseEnv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	act := &activation{vals: subjectVals(env.CELTypeAdapter(), v, time.Now(), time.Now())}
+	env, vals := aliceVals(t, oneEventChain+strings.ReplaceAll(oneEventChain, `"a1"`, `"a2"`))
+	act := &activation{vals: vals}
 	for _, tc := range []struct {
 		expr, want string
 	}{
@@ -59,6 +50,23 @@ func TestViewListsBehaveAsCELLists(t *testing.T) {
 	}
 }
 
+// aliceVals builds alice's views of a JSON-lines chain and returns the base
+// environment with her CEL variables; the views are released at cleanup.
+func aliceVals(t *testing.T, chain string) (*cel.Env, map[string]ref.Val) {
+	t.Helper()
+	entries, _ := parseChain(t, []byte(chain)).Chain(t.Context(), "alice")
+	v, err := buildViews("alice", entries, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.release)
+	env, err := baseEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env, subjectVals(env.CELTypeAdapter(), v, time.Now(), time.Now())
+}
+
 func fmtVal(v interface{ Value() any }) string {
 	if l, ok := v.Value().([]ref.Val); ok {
 		parts := make([]string, len(l))
@@ -79,19 +87,8 @@ func TestViewMapsBehaveAsCELMaps(t *testing.T) {
 {"id":"a2","type":"grant.assigned","time":"2026-01-01T02:00:00Z","subject":{"id":"alice","kind":"human"},"entitlement":{"id":"db-admin"},"refs":{"grant":"g2"}}
 {"id":"d1","type":"grant.deactivated","time":"2026-01-01T03:00:00Z","subject":{"id":"alice","kind":"human"},"refs":{"grant":"g1"}}
 `
-	src := parseChain(t, []byte(chain))
-	entries, _ := src.Chain(t.Context(), "alice")
-	v, err := buildViews("alice", entries, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.release()
-	env, err := baseEnv()
-	if err != nil {
-		t.Fatal(err)
-	}
+	env, vals := aliceVals(t, chain)
 	adapter := env.CELTypeAdapter()
-	vals := subjectVals(adapter, v, time.Now(), time.Now())
 	// The reference: the same Go maps as cel-go's own maps.
 	std := map[string]ref.Val{}
 	maps := 0
