@@ -57,46 +57,57 @@ func BenchmarkAppend(b *testing.B) {
 		{"callers=64/chunk=100/subjects=10000/map=on", 64, 100, false, 10000, true, true},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			o := testOptions()
-			o.Now = time.Now
-			o.SubjectMap = tc.smap
-			var store Store = newFakeStore()
-			if !tc.memory {
-				dir := filepath.Join(b.TempDir(), "ledger")
-				store = openBadgerStore(b, dir, badgerstore.Options{})
-				if tc.split {
-					o.Index = openBadgerStore(b, filepath.Join(dir, "index"), badgerstore.Options{NoSync: true})
-				}
-			}
-			l, err := Open(context.Background(), store, o)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
-			tmpl := testEvent(0)
-			if n := len(mustEncode(b, tmpl)); n < 450 || n > 600 {
-				b.Fatalf("template event encodes to %d bytes, want ~500", n)
-			}
-			subjects := make([]*pb.Identity, max(tc.subjects, 1))
-			for i := range subjects {
-				subjects[i] = &pb.Identity{Id: "user-" + strconv.Itoa(i), Kind: "human", Display: "Some User"}
-			}
-			if tc.subjects == 0 {
-				subjects[0] = tmpl.Subject
-			}
-			b.ResetTimer()
-			cpu0 := cputime.Process()
-			start := time.Now()
-			appendFromCallers(b, l, tc.callers, tc.chunk, tmpl, "bench-",
-				func(i int64) *pb.Identity { return subjects[i%int64(len(subjects))] }, nil)
-			elapsed := time.Since(start)
-			cpu := cputime.Process() - cpu0
-			b.StopTimer()
-			st := reportAppend(b, l, tc.smap, elapsed, cpu)
+			st := appendBench(b, tc.callers, tc.chunk, tc.subjects, 1, tc.memory, tc.split, tc.smap)
 			b.ReportMetric(float64(st.CommitTime.Milliseconds())/float64(max(st.Batches, 1)), "ms/batch")
 			b.ReportMetric(float64(st.StoreTime.Milliseconds())/float64(max(st.Batches, 1)), "store-ms/batch")
 		})
 	}
+}
+
+// appendBench is one append benchmark run: a log on the in-memory fake
+// store (memory) or on badger, its indexes in a separate badger store
+// (split) or not, with the subject map (smap) or not, appended to by
+// appendFromCallers and checked and reported by reportAppend. The events
+// go to subjects distinct subjects, burst events in a row to one (subject
+// (i/burst) mod subjects); subjects 0 keeps the template's one.
+func appendBench(b *testing.B, callers, chunk, subjects, burst int, memory, split, smap bool) Stats {
+	b.Helper()
+	o := testOptions()
+	o.Now = time.Now
+	o.SubjectMap = smap
+	var store Store = newFakeStore()
+	if !memory {
+		dir := filepath.Join(b.TempDir(), "ledger")
+		store = openBadgerStore(b, dir, badgerstore.Options{})
+		if split {
+			o.Index = openBadgerStore(b, filepath.Join(dir, "index"), badgerstore.Options{NoSync: true})
+		}
+	}
+	l, err := Open(context.Background(), store, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	tmpl := testEvent(0)
+	if n := len(mustEncode(b, tmpl)); n < 450 || n > 600 {
+		b.Fatalf("template event encodes to %d bytes, want ~500", n)
+	}
+	ids := make([]*pb.Identity, max(subjects, 1))
+	for i := range ids {
+		ids[i] = &pb.Identity{Id: "user-" + strconv.Itoa(i), Kind: "human", Display: "Some User"}
+	}
+	if subjects == 0 {
+		ids[0] = tmpl.Subject
+	}
+	b.ResetTimer()
+	cpu0 := cputime.Process()
+	start := time.Now()
+	appendFromCallers(b, l, callers, chunk, tmpl, "bench-",
+		func(i int64) *pb.Identity { return ids[i/int64(burst)%int64(len(ids))] }, nil)
+	elapsed := time.Since(start)
+	cpu := cputime.Process() - cpu0
+	b.StopTimer()
+	return reportAppend(b, l, smap, elapsed, cpu)
 }
 
 // appendFromCallers appends b.N events from callers goroutines, each taking

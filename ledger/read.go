@@ -75,16 +75,21 @@ func (l *Log) checkLeaves(es []Entry) error {
 				return err
 			}
 		}
-		j := e.Index % tileWidth
-		if (j+1)*32 > uint64(len(row)) {
-			return fmt.Errorf("%w: leaf %d has no hash in tile 0/%d (width %d); run grantline fsck", ErrCorrupt, e.Index, ti, len(row)/32)
-		}
-		want := row[j*32 : (j+1)*32]
-		if err := checkLeaf(e, want); err != nil {
+		if err := checkLeafInRow(e, row); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// checkLeafInRow checks a leaf against its hash in row, the leaf hashes of
+// its level-0 tile.
+func checkLeafInRow(e Entry, row []byte) error {
+	j := e.Index % tileWidth
+	if (j+1)*32 > uint64(len(row)) {
+		return fmt.Errorf("%w: leaf %d has no hash in tile 0/%d (width %d); run grantline fsck", ErrCorrupt, e.Index, e.Index/tileWidth, len(row)/32)
+	}
+	return checkLeaf(e, row[j*32:(j+1)*32])
 }
 
 // checkLeaf compares a leaf with its expected hash and says what is wrong.
@@ -163,13 +168,8 @@ func (l *Log) ScanEntries(ctx context.Context, start, end uint64, fn func(Entry)
 				return fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, next)
 			}
 			next++
-			row := rows[i/tileWidth-first]
-			j := i % tileWidth
-			if (j+1)*32 > uint64(len(row)) {
-				return fmt.Errorf("%w: leaf %d has no hash in tile 0/%d (width %d); run grantline fsck", ErrCorrupt, i, i/tileWidth, len(row)/32)
-			}
 			e := Entry{Index: i, Leaf: v}
-			if err := checkLeaf(e, row[j*32:(j+1)*32]); err != nil {
+			if err := checkLeafInRow(e, rows[i/tileWidth-first]); err != nil {
 				return err
 			}
 			fnErr = fn(e)

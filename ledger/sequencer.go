@@ -365,8 +365,8 @@ func (l *Log) build(batch []item) *built {
 	return b
 }
 
-// writes are the key-value pairs of one commit. The keys of a batch share
-// arenas.
+// writes are the key-value pairs of one commit. The keys of a batch (and
+// the subject map's node records) share arenas.
 type writes struct {
 	keys, vals [][]byte
 	arena      []byte
@@ -400,7 +400,9 @@ func (w *writes) putIndexes(idx uint64, iv, hk, dk []byte, subject string) {
 	}
 }
 
-// key appends a key built by f to the arena and returns it.
+// key appends the bytes built by f (a key, or a subject map record) to the
+// arena and returns them; need is the room to make first, for these and
+// the appends that follow.
 func (w *writes) key(need int, f func([]byte) []byte) []byte {
 	if cap(w.arena)-len(w.arena) < need {
 		w.arena = make([]byte, 0, max(need, 64<<10))

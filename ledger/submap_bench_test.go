@@ -1,17 +1,12 @@
 package ledger
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"path/filepath"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/grantline/grantline/internal/cputime"
-	"github.com/grantline/grantline/ledger/badgerstore"
-	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
 // BenchmarkSubjectMapApply measures the subject map's update of one seal
@@ -120,32 +115,7 @@ func BenchmarkSubjectMapBurst(b *testing.B) {
 			name = "callers=64/chunk=100/subjects=10000/burst=6/map=on"
 		}
 		b.Run(name, func(b *testing.B) {
-			const callers, chunk, subjects, burst = 64, 100, 10000, 6
-			o := testOptions()
-			o.Now = time.Now
-			o.SubjectMap = smap
-			dir := filepath.Join(b.TempDir(), "ledger")
-			store := openBadgerStore(b, dir, badgerstore.Options{})
-			o.Index = openBadgerStore(b, filepath.Join(dir, "index"), badgerstore.Options{NoSync: true})
-			l, err := Open(context.Background(), store, o)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer l.Close()
-			tmpl := testEvent(0)
-			ids := make([]*pb.Identity, subjects)
-			for i := range ids {
-				ids[i] = &pb.Identity{Id: "user-" + strconv.Itoa(i), Kind: "human", Display: "Some User"}
-			}
-			b.ResetTimer()
-			cpu0 := cputime.Process()
-			start := time.Now()
-			appendFromCallers(b, l, callers, chunk, tmpl, "bench-",
-				func(i int64) *pb.Identity { return ids[i/burst%subjects] }, nil)
-			elapsed := time.Since(start)
-			cpu := cputime.Process() - cpu0
-			b.StopTimer()
-			reportAppend(b, l, smap, elapsed, cpu)
+			appendBench(b, 64, 100, 10000, 6, false, true, smap)
 		})
 	}
 }
