@@ -58,9 +58,6 @@ func (strictProtoCodec) Unmarshal(data []byte, m any) error {
 	if err := proto.Unmarshal(data, pm); err != nil {
 		return err
 	}
-	if noUnknownEvents(pm) {
-		return nil
-	}
 	return CheckUnknownFields(pm)
 }
 
@@ -89,31 +86,6 @@ func unmarshalAppend(data []byte, pm proto.Message) bool {
 		return ok
 	}
 	return false
-}
-
-// noUnknownEvents is the fast path of the strict check for the append
-// requests, the bulk of what the server decodes: true if pm is one of them
-// and neither it nor any of its events carries an unknown field. Otherwise
-// the reflective walk decides, and names the field.
-func noUnknownEvents(pm proto.Message) bool {
-	var evs []*pb.Event
-	switch r := pm.(type) {
-	case *pb.AppendStreamRequest:
-		evs = r.GetEvents()
-	case *pb.AppendRequest:
-		evs = r.GetEvents()
-	default:
-		return false
-	}
-	if len(pm.ProtoReflect().GetUnknown()) > 0 {
-		return false
-	}
-	for _, ev := range evs {
-		if ev == nil || event.HasUnknown(ev) {
-			return false
-		}
-	}
-	return true
 }
 
 // CheckUnknownFields returns an error wrapping ErrUnknownField, naming the

@@ -120,8 +120,10 @@ func (d *batchDecoder) str(x []byte) (string, bool) {
 	return s, utf8.ValidString(s)
 }
 
-// consumeBytes is protowire.ConsumeBytes, with the value sliced so that its
-// capacity runs to the end of b's (batchDecoder.str relies on it).
+// consumeBytes is protowire.ConsumeBytes, with the value's capacity running
+// to the end of b's, which batchDecoder.str relies on. protowire's own
+// slices the same way today but does not document it, so this package
+// keeps its own copy rather than depend on that detail.
 func consumeBytes(b []byte) ([]byte, int) {
 	m, n := protowire.ConsumeVarint(b)
 	if n < 0 {

@@ -10,8 +10,9 @@
 // UnmarshalBatch encode and decode append requests, each byte for byte or
 // message for message what the protobuf runtime does, and each handing
 // whatever it does not cover (unknown fields, invalid UTF-8, unusual
-// encodings) to the runtime. It imports only the generated protobuf package, protobuf and the standard
-// library. docs/design.md describes the contract for integrators.
+// encodings) to the runtime. It imports only the generated protobuf
+// package, protobuf and the standard library. docs/design.md describes the
+// contract for integrators.
 package event
 
 import (

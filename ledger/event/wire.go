@@ -20,8 +20,9 @@ import (
 // sorted by key, each with its key and value even when empty; Timestamp
 // fields as varints (a negative nanos sign-extended to ten bytes).
 //
-// It covers the schema as this package knows it (schemaFields lists it,
-// and TestWireSchemaIsKnown fails when the .proto gains a field); an event
+// It covers the schema as this package knows it (wireSchema in
+// wire_test.go lists it, and TestWireSchemaIsKnown fails when the .proto
+// gains a field); an event
 // carrying unknown fields, or a string that is not valid UTF-8 (which the
 // runtime refuses to encode), takes the runtime's path, so the result is
 // always the runtime's. TestWireEncodingIsDeterministicMarshal and
