@@ -38,9 +38,10 @@ import (
 type ScanMode int
 
 const (
-	// ScanAuto partitions when the store's files are larger than
-	// EvaluateScan.MappedBound (the bound on mapped files, past which
-	// point reads fault pages in from disk); with no bound it never does.
+	// ScanAuto partitions when the store's files are larger than half of
+	// EvaluateScan.MappedBound (the bound on mapped files: the reclaimer
+	// gives pages up from 80% of it, and past that point reads fault
+	// leaves in from disk again); with no bound it never does.
 	ScanAuto ScanMode = iota
 	// ScanOn always partitions a full evaluation.
 	ScanOn
@@ -161,7 +162,7 @@ func (s *Server) usePartitions(cs *chainSource) bool {
 	if c.Mode == ScanOn {
 		return true
 	}
-	return c.MappedBound > 0 && c.StoreDir != "" && storeBytes(c.StoreDir) > c.MappedBound
+	return c.MappedBound > 0 && c.StoreDir != "" && storeBytes(c.StoreDir) > c.MappedBound/2
 }
 
 // The record of a leaf in a spill file: uvarint len(subject), subject,

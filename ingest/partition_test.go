@@ -423,3 +423,49 @@ func TestPartialTeeStartsOver(t *testing.T) {
 	}
 	assertNoSpill(t, dir)
 }
+
+// TestScanModeChoice: auto partitions a full evaluation when the store's
+// files are larger than half the mapped bound, never without a bound or a
+// spill directory; on and off force it.
+func TestScanModeChoice(t *testing.T) {
+	l, _, _ := synthLedger(t, 40)
+	store := t.TempDir()
+	if err := os.WriteFile(filepath.Join(store, "000001.vlog"), make([]byte, 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(store, "index"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(store, "index", "000001.sst"), make([]byte, 200), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cs := &chainSource{l: l, size: l.Latest().Size}
+	for _, tc := range []struct {
+		mode  ScanMode
+		dir   string
+		bound int64
+		want  bool
+	}{
+		{ScanAuto, "d", 2000, true},  // 1,200 bytes > 1,000
+		{ScanAuto, "d", 2400, false}, // = half the bound
+		{ScanAuto, "d", 0, false},    // no bound
+		{ScanAuto, "", 100, false},   // no spill directory
+		{ScanOn, "d", 0, true},
+		{ScanOn, "", 0, false},
+		{ScanOff, "d", 100, false},
+	} {
+		s := &Server{cfg: Config{EvaluateScan: EvaluateScan{Mode: tc.mode, StoreDir: store, MappedBound: tc.bound}}}
+		if tc.dir != "" {
+			s.cfg.EvaluateScan.Dir = t.TempDir()
+		}
+		if got := s.usePartitions(cs); got != tc.want {
+			t.Errorf("%v, dir %q, bound %d: partitioned %v, want %v", tc.mode, tc.dir, tc.bound, got, tc.want)
+		}
+	}
+	// A ledger without the upgrades (ForEachSubjectCount, ScanEntries):
+	// point reads.
+	s := &Server{cfg: Config{EvaluateScan: EvaluateScan{Mode: ScanOn, Dir: t.TempDir()}}}
+	if s.usePartitions(&chainSource{l: &gatedLedger{Ledger: l}, size: 5}) {
+		t.Error("partitioned over a ledger that cannot count subjects")
+	}
+}

@@ -104,7 +104,7 @@ type Config struct {
 	// EvaluateScan chooses how a full evaluation reads chains (serve
 	// --evaluate-scan): ingest.ScanAuto, the default, reads the log in one
 	// sequential pass spilled to DataDir/evaluate-spill when the store's
-	// files are larger than MaxMappedBytes (docs/design.md "Streamed
+	// files are larger than half of MaxMappedBytes (docs/design.md "Streamed
 	// evaluation"). With Store set, chains are always point reads.
 	EvaluateScan ingest.ScanMode
 }
