@@ -51,7 +51,9 @@ type evaluation struct {
 // it whatever way the evaluation ended.
 func (e *evaluation) Close() {
 	if e.part != nil {
-		e.part.Close()
+		if err := e.part.Close(); err != nil {
+			e.part.log.Warn("spill files left behind (removed at the next start)", "err", err)
+		}
 	}
 }
 

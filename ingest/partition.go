@@ -76,7 +76,8 @@ type EvaluateScan struct {
 	MappedBound int64
 	// PartitionBytes bounds the spilled bytes (leaves, ids, indexes) of one
 	// subject range, which the evaluation holds in memory while it
-	// evaluates the range (two at a time at most when a range ends);
+	// evaluates the range (three at a time at most: the one before while
+	// its last subjects finish, and the next, read ahead);
 	// 0 is DefaultPartitionBytes. A single chain longer than that is one
 	// range.
 	PartitionBytes int64
@@ -188,6 +189,21 @@ type partSource struct {
 	cur     int    // the range of the last subject yielded; -1 before
 	loaded  []int  // ranges in memory
 	stats   partStats
+
+	// next is the range being read ahead, while the one before it is
+	// evaluated; only enter and Close touch it (never at once: the
+	// sequence has ended when Close runs).
+	next *readAhead
+}
+
+// readAhead is a range read on its own goroutine; done is closed when the
+// fields are set.
+type readAhead struct {
+	ri     int
+	done   chan struct{}
+	data   []byte
+	chains map[string][]leafRef
+	err    error
 }
 
 type span struct{ start, end uint64 }
@@ -524,9 +540,31 @@ func (p *partSource) enter(subject string) error {
 		// Outside the lock: workers go on reading the ranges in memory.
 		// enter is called by the subject sequence only, one at a time.
 		t0 := time.Now()
-		data, chains, err := loadRange(r)
+		var data []byte
+		var chains map[string][]leafRef
+		var err error
+		if ra := p.next; ra != nil {
+			<-ra.done
+			p.next = nil
+			if ra.ri == ri {
+				data, chains, err = ra.data, ra.chains, ra.err
+			}
+		}
+		if chains == nil && err == nil {
+			data, chains, err = loadRange(r)
+		}
 		if err != nil {
 			return err
+		}
+		// Read the next range while this one is evaluated: its file
+		// may have to come from disk.
+		if ri+1 < len(p.ranges) {
+			ra := &readAhead{ri: ri + 1, done: make(chan struct{})}
+			p.next = ra
+			go func() {
+				defer close(ra.done)
+				ra.data, ra.chains, ra.err = loadRange(p.ranges[ra.ri])
+			}()
 		}
 		p.mu.Lock()
 		r.data, r.chains, r.awaiting = data, chains, map[string]struct{}{}
@@ -656,6 +694,10 @@ func (p *partSource) Chain(ctx context.Context, subject string) ([]rules.Entry, 
 
 // Close removes the evaluation's spill files, whatever state it ended in.
 func (p *partSource) Close() error {
+	if p.next != nil {
+		<-p.next.done
+		p.next = nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, r := range p.ranges {
@@ -665,10 +707,11 @@ func (p *partSource) Close() error {
 		}
 		r.data, r.chains = nil, nil
 	}
+	err := os.RemoveAll(p.dir)
 	p.log.Info("partitioned evaluation", "ranges", len(p.ranges), "spilled_bytes", p.stats.spilledBytes,
 		"pass_shared_with_source_index", p.stats.teed, "pass_seconds", p.stats.passTime.Seconds(),
-		"load_seconds", p.stats.loadTime.Seconds(), "chains_from_ranges", p.stats.served, "chains_by_point_reads", p.stats.fellBack)
-	if err := os.RemoveAll(p.dir); err != nil {
+		"range_wait_seconds", p.stats.loadTime.Seconds(), "chains_from_ranges", p.stats.served, "chains_by_point_reads", p.stats.fellBack)
+	if err != nil {
 		return fmt.Errorf("removing the spill files of an evaluation: %w", err)
 	}
 	return nil
