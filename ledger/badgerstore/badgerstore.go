@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -180,7 +181,14 @@ func Open(dir string, o Options) (s *Store, err error) {
 	if o.BadgerOptions != nil {
 		bo = o.BadgerOptions(bo)
 	}
-	db, err := badger.Open(bo)
+	// Badger's goroutines (its writer, memtable flushes, compactions)
+	// inherit these labels, so that a CPU profile of a process with both
+	// of the ledger's stores splits their work by store
+	// (go tool pprof -tags; docs/BENCHMARKS.md, "Round 6").
+	var db *badger.DB
+	pprof.Do(context.Background(), pprof.Labels("badgerstore", storeLabel(o.NoSync)), func(context.Context) {
+		db, err = badger.Open(bo)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
 	}
@@ -193,6 +201,16 @@ func Open(dir string, o Options) (s *Store, err error) {
 		s.mapped = startMappedBound(dir, o.MaxMappedBytes, cmp.Or(o.MappedCheckInterval, DefaultMappedCheckInterval), o.Logger)
 	}
 	return s, nil
+}
+
+// storeLabel is the profiler label of a store's badger goroutines:
+// "durable" for a store that syncs its commits (the ledger's main store),
+// "nosync" for one that does not (its separate index store).
+func storeLabel(noSync bool) string {
+	if noSync {
+		return "nosync"
+	}
+	return "durable"
 }
 
 // scaleMemory sizes badger's memory from a budget, the Go heap the store
