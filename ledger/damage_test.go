@@ -98,9 +98,9 @@ func TestValueLogChecksumIsCorrupt(t *testing.T) {
 	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// The store keeps leaves in bundles of 256 (ledger/badgerstore,
+	// The store keeps leaves in bundles of 16 (ledger/badgerstore,
 	// bundles.go): the damaged record is leaf 7's bundle.
-	want := []string{"leaves 0-255", "checksum mismatch"}
+	want := []string{"leaves 0-15", "checksum mismatch"}
 	check := func(what string, err error) {
 		t.Helper()
 		if !errors.Is(err, ErrCorrupt) {

@@ -14,10 +14,15 @@ import (
 //
 // The ledger stores each leaf under its own key, 'l' be64(index) (the key
 // layout of ledger/store.go). A synced store made by this version keeps
-// those keys in bundles instead: one badger value per 256 consecutive
-// indexes, as tlog-tiles serves entries, so that a commit of ~2,000 leaves
-// is ~8 badger entries instead of ~2,000, each of which badger would write
-// into its value log, its memtable's write-ahead log and its skiplist.
+// those keys in bundles instead: one badger value per 16 consecutive
+// indexes (16 divides a tlog-tiles entry bundle's 256), so that a commit of
+// ~2,000 leaves is ~130 badger entries instead of ~2,000, each of which
+// badger would write into its value log, its memtable's write-ahead log
+// and its skiplist. Why 16 and not 256: badger checks a value-log record's
+// checksum over the whole record at every read, so a point read of one
+// leaf (a subject's chain) reads its whole bundle: 256 leaves of ~560
+// bytes made chain reads 2-3x slower, 16 made them no slower, and appends
+// cost the same CPU with either (docs/BENCHMARKS.md, "Round 6").
 // Callers still see one key per leaf: Commit splits a batch's leaf keys
 // into their bundles (rewriting the bundle at the batch's edge, which the
 // batch before left partial), and Get and Scan answer leaf keys from the
@@ -30,14 +35,14 @@ import (
 // store, which holds no leaves) does not bundle.
 
 const (
-	bundleWidth = 256 // leaves per bundle; a tlog-tiles entry bundle's width
+	bundleWidth = 16  // leaves per bundle (see the comment above)
 	leafKind    = 'l' // the first byte of a ledger leaf key
 	leafKeyLen  = 9   // 'l' be64(index)
 
 	// bundleFormat is the first byte of every bundle value.
 	bundleFormat = 1
 	// bundleHeader is the bytes before the end offsets: the format byte
-	// and the number of slots (big-endian uint16, 1..256).
+	// and the number of slots (big-endian uint16, 1..bundleWidth).
 	bundleHeader = 3
 	// present marks a slot's end offset as holding a value: a slot without
 	// it is a leaf never written (a leaf's value may be empty).
@@ -53,8 +58,8 @@ var (
 	// layoutKey holds the store's layout, layoutBundles, when it keeps its
 	// leaves in bundles; absent, a store keeps each under its own key.
 	layoutKey     = append(bytes.Clone(reservedPrefix), "layout"...)
-	layoutBundles = []byte("leaf-bundles-v1")
-	bundleKind    = byte('b') // reservedPrefix 'b' be64(index/256) -> bundle
+	layoutBundles = []byte("leaf-bundles-16-v1") // bundles of bundleWidth leaves
+	bundleKind    = byte('b')                    // reservedPrefix 'b' be64(index/bundleWidth) -> bundle
 )
 
 // ErrReservedKey is returned by Commit for a key starting with the bytes
@@ -75,9 +80,10 @@ func bundleKey(n uint64) []byte {
 
 func isReserved(k []byte) bool { return bytes.HasPrefix(k, reservedPrefix) }
 
-// bundle is a decoded bundle value: slot j holds leaf n*256+j when has[j].
+// bundle is a decoded bundle value: slot j holds leaf n*bundleWidth+j when
+// has[j].
 type bundle struct {
-	n    int // slots covered, 0..256
+	n    int // slots covered, 0..bundleWidth
 	has  [bundleWidth]bool
 	slot [bundleWidth][]byte // alias the decoded value
 }

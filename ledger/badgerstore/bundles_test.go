@@ -386,13 +386,15 @@ func TestLeafBundleDamage(t *testing.T) {
 	check := func(what string, err error) {
 		t.Helper()
 		var d *damagedError
-		if !errors.Is(err, ErrDamaged) || !errors.As(err, &d) || !strings.Contains(err.Error(), "leaf bundle 1 (the values of leaves 256-511)") || !strings.Contains(err.Error(), "checksum mismatch") {
-			t.Fatalf("%s = %v, want ErrDamaged naming bundle 1 and a checksum mismatch", what, err)
+		n := 300 / bundleWidth
+		want := fmt.Sprintf("leaf bundle %d (the values of leaves %d-%d)", n, n*bundleWidth, n*bundleWidth+bundleWidth-1)
+		if !errors.Is(err, ErrDamaged) || !errors.As(err, &d) || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "checksum mismatch") {
+			t.Fatalf("%s = %v, want ErrDamaged naming %q and a checksum mismatch", what, err, want)
 		}
 	}
-	_, err = s.Get(leafK(400))
-	check("Get(leaf 400)", err)
-	err = s.Scan(leafK(200), leafK(300), func(k, v []byte) error { return nil })
+	_, err = s.Get(leafK(301))
+	check("Get(leaf 301)", err)
+	err = s.Scan(leafK(200), leafK(301), func(k, v []byte) error { return nil })
 	check("Scan", err)
 	if got, err := s.Get(leafK(0), leafK(700)); err != nil || !bytes.Equal(got[0], vs[0]) || !bytes.Equal(got[1], vs[700]) {
 		t.Fatalf("Get of leaves in intact bundles = %v", err)
