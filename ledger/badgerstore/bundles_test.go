@@ -17,11 +17,15 @@ import (
 
 func leafK(i uint64) []byte { return appendLeafKey(nil, i) }
 
+// small sizes a store's memtables down (8 MiB), so that the many opens of
+// these tests do not each zero badger's default 64 MiB arenas.
+var small = Options{MemoryBudget: 64 << 20}
+
 // plainStore makes, in dir, a store as versions before leaf bundles made
 // it: each leaf under its own key, no layout record.
 func plainStore(t *testing.T, dir string, leaves int) {
 	t.Helper()
-	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
+	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil).WithMemTableSize(8 << 20))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +92,7 @@ func TestLeafBundlesAgainstModel(t *testing.T) {
 				}
 				model["mtree"] = binary.BigEndian.AppendUint64(nil, 300)
 			}
-			s := open(t, dir, Options{})
+			s := open(t, dir, small)
 			if s.bundles != (layout == "bundles") {
 				t.Fatalf("store keeps bundles = %v, want %v", s.bundles, layout == "bundles")
 			}
@@ -97,7 +101,7 @@ func TestLeafBundlesAgainstModel(t *testing.T) {
 			if layout == "plain" {
 				next = 300
 			}
-			for gen := 1; gen <= 40; gen++ {
+			for gen := 1; gen <= 24; gen++ {
 				var ks, vs [][]byte
 				add := func(k, v []byte) {
 					ks, vs = append(ks, k), append(vs, v)
@@ -148,11 +152,11 @@ func TestLeafBundlesAgainstModel(t *testing.T) {
 				if err := s.Commit(ks, vs); err != nil {
 					t.Fatalf("batch %d: %v", gen, err)
 				}
-				if gen%10 == 0 {
+				if gen%8 == 0 {
 					if err := s.Close(); err != nil {
 						t.Fatal(err)
 					}
-					s = open(t, dir, Options{})
+					s = open(t, dir, small)
 				}
 				checkModel(t, s, model, next, r)
 			}
@@ -265,7 +269,7 @@ func checkModel(t *testing.T, s *Store, model map[string][]byte, next uint64, r 
 // refused with an error saying what to do.
 func TestLeafBundlesLayout(t *testing.T) {
 	dir := t.TempDir()
-	s := open(t, filepath.Join(dir, "new"), Options{})
+	s := open(t, filepath.Join(dir, "new"), small)
 	if !s.bundles {
 		t.Fatal("a new store does not keep its leaves in bundles")
 	}
@@ -282,14 +286,14 @@ func TestLeafBundlesLayout(t *testing.T) {
 	if err := s.Commit(ks, vs); err != nil {
 		t.Fatal(err)
 	}
-	ix := open(t, filepath.Join(dir, "index"), Options{NoSync: true})
+	ix := open(t, filepath.Join(dir, "index"), Options{NoSync: true, MemoryBudget: small.MemoryBudget})
 	if ix.bundles {
 		t.Fatal("a NoSync store keeps leaves in bundles")
 	}
 	ix.Close()
 
 	plainStore(t, filepath.Join(dir, "old"), 600)
-	old := open(t, filepath.Join(dir, "old"), Options{})
+	old := open(t, filepath.Join(dir, "old"), small)
 	if old.bundles {
 		t.Fatal("a store made before bundles was switched to bundles")
 	}
@@ -305,7 +309,7 @@ func TestLeafBundlesLayout(t *testing.T) {
 		if err := src.Backup(t.Context(), &buf); err != nil {
 			t.Fatal(err)
 		}
-		dst := open(t, t.TempDir(), Options{})
+		dst := open(t, t.TempDir(), small)
 		if err := dst.Restore(&buf); err != nil {
 			t.Fatal(err)
 		}
@@ -325,7 +329,7 @@ func TestLeafBundlesLayout(t *testing.T) {
 
 	// A layout this version does not know.
 	p := filepath.Join(dir, "future")
-	db, err := badger.Open(badger.DefaultOptions(p).WithLogger(nil))
+	db, err := badger.Open(badger.DefaultOptions(p).WithLogger(nil).WithMemTableSize(8 << 20))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +337,7 @@ func TestLeafBundlesLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	if _, err := Open(p, Options{}); err == nil || !strings.Contains(err.Error(), "leaf-bundles-v9") || !strings.Contains(err.Error(), "version that made it") {
+	if _, err := Open(p, small); err == nil || !strings.Contains(err.Error(), "leaf-bundles-v9") || !strings.Contains(err.Error(), "version that made it") {
 		t.Fatalf("Open(unknown layout) = %v, want an error naming the layout and what to do", err)
 	}
 }
@@ -446,7 +450,7 @@ func TestDecodeBundle(t *testing.T) {
 // built writes nothing, and the next commit builds on what the store holds,
 // not on the failed batch (the kept edge bundle is dropped with it).
 func TestLeafBundleFailedCommit(t *testing.T) {
-	s := open(t, t.TempDir(), Options{})
+	s := open(t, t.TempDir(), small)
 	defer s.Close()
 	var ks, vs [][]byte
 	for i := range uint64(10) {
