@@ -270,7 +270,7 @@ func (s *Store) bundleBatch(keys, values [][]byte) (k2, v2 [][]byte, last tailBu
 	ls := make([]leaf, 0, leaves)
 	k2 = make([][]byte, 0, len(keys)-leaves+leaves/bundleWidth+2)
 	v2 = make([][]byte, 0, cap(k2))
-	sorted := true
+	sorted := true // strictly ascending: no index repeated
 	for p, k := range keys {
 		if !isLeafKey(k) {
 			k2, v2 = append(k2, k), append(v2, values[p])
@@ -301,10 +301,10 @@ func (s *Store) bundleBatch(keys, values [][]byte) (k2, v2 [][]byte, last tailBu
 		for to < len(ls) && ls[to].i/bundleWidth == n {
 			to++
 		}
-		// What the store holds in bundle n, unless the batch fills it from
-		// its first slot on.
+		// What the store holds in bundle n, unless the batch fills every
+		// slot of it (bundleWidth distinct indexes from its first).
 		b = bundle{}
-		if !(ls[from].i%bundleWidth == 0 && to-from == bundleWidth) {
+		if !(sorted && ls[from].i%bundleWidth == 0 && to-from == bundleWidth) {
 			old, err := s.storedBundle(n)
 			if err != nil {
 				return nil, nil, tailBundle{}, err

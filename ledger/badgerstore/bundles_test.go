@@ -478,3 +478,34 @@ func TestLeafBundleFailedCommit(t *testing.T) {
 		t.Fatalf("after a failed commit, leaves 9-11 = %q, want [leaf 9, missing, eleven]", got)
 	}
 }
+
+// TestLeafBundleRepeatsKeepSlots: a batch with as many leaf keys as a
+// bundle has slots, one of them repeated, does not fill the bundle: the
+// slot it misses keeps what the store held.
+func TestLeafBundleRepeatsKeepSlots(t *testing.T) {
+	s := open(t, t.TempDir(), small)
+	defer s.Close()
+	var ks, vs [][]byte
+	for i := range uint64(bundleWidth) {
+		ks, vs = append(ks, leafK(i)), append(vs, leafValue(i, 0))
+	}
+	if err := s.Commit(ks, vs); err != nil {
+		t.Fatal(err)
+	}
+	ks, vs = nil, nil
+	for i := range uint64(bundleWidth - 1) {
+		ks, vs = append(ks, leafK(i)), append(vs, leafValue(i, 1))
+	}
+	ks, vs = append(ks, leafK(3)), append(vs, []byte("three again"))
+	s.tail = tailBundle{} // read the bundle back from the store, too
+	if err := s.Commit(ks, vs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(leafK(3), leafK(bundleWidth-1), leafK(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got[0]) != "three again" || !bytes.Equal(got[1], leafValue(bundleWidth-1, 0)) || !bytes.Equal(got[2], leafValue(0, 1)) {
+		t.Fatalf("leaves 3, %d, 0 = %q, want [three again, its first value, the second value of leaf 0]", bundleWidth-1, got)
+	}
+}
