@@ -435,23 +435,18 @@ func (s *Store) getBundled(txn *badger.Txn, keys [][]byte, out [][]byte) error {
 }
 
 // leafRange is the range of leaf indexes [lo, hi) whose keys lie in the key
-// range [start, end) (end nil: unbounded); all is true when hi is 2^64.
+// range [start, end) (end nil: unbounded); all is true when hi is 2^64,
+// and ok false when no leaf key lies in the range.
 func leafRange(start, end []byte) (lo, hi uint64, all, ok bool) {
-	lo, lall, lok := firstLeafAtOrAfter(start)
-	if !lok {
+	lo, past := firstLeafAtOrAfter(start)
+	if past {
 		return 0, 0, false, false
-	}
-	if lall {
-		return 0, 0, false, false // start is beyond every leaf key
 	}
 	if end == nil {
 		return lo, 0, true, true
 	}
-	hi, hall, hok := firstLeafAtOrAfter(end)
-	if !hok {
-		return 0, 0, false, false
-	}
-	if hall {
+	hi, past = firstLeafAtOrAfter(end)
+	if past {
 		return lo, 0, true, true
 	}
 	if hi <= lo {
@@ -461,14 +456,13 @@ func leafRange(start, end []byte) (lo, hi uint64, all, ok bool) {
 }
 
 // firstLeafAtOrAfter returns the first leaf index whose key is >= k; past
-// is true when none is (k beyond every leaf key). ok is false never; it is
-// kept for symmetry of the callers.
-func firstLeafAtOrAfter(k []byte) (i uint64, past, ok bool) {
+// is true when there is none (k is beyond every leaf key).
+func firstLeafAtOrAfter(k []byte) (i uint64, past bool) {
 	switch {
 	case len(k) == 0 || k[0] < leafKind:
-		return 0, false, true
+		return 0, false
 	case k[0] > leafKind:
-		return 0, true, true
+		return 0, true
 	}
 	var b [8]byte
 	copy(b[:], k[1:])
@@ -476,11 +470,11 @@ func firstLeafAtOrAfter(k []byte) (i uint64, past, ok bool) {
 	if len(k) > leafKeyLen {
 		// k extends leafKey(i), so leafKey(i) < k.
 		if i == 1<<64-1 {
-			return 0, true, true
+			return 0, true
 		}
 		i++
 	}
-	return i, false, true
+	return i, false
 }
 
 // scanBundled is Scan for a store that keeps its leaves in bundles: it
