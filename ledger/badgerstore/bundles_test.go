@@ -83,6 +83,7 @@ func rawKeys(t *testing.T, s *Store) [][]byte {
 func TestLeafBundlesAgainstModel(t *testing.T) {
 	for _, layout := range []string{"bundles", "plain"} {
 		t.Run(layout, func(t *testing.T) {
+			t.Parallel()
 			dir := t.TempDir()
 			model := map[string][]byte{}
 			if layout == "plain" {
