@@ -150,6 +150,75 @@ func (r refList) sub(idx []int) nlist {
 }
 func (r refList) events() ([]*Event, bool) { return nil, false }
 
+// objList is a list of view structs made natively ([x], map).
+type objList []any
+
+func (r objList) n() int                             { return len(r) }
+func (r objList) at(i int) any                       { return r[i] }
+func (r objList) val(a types.Adapter, i int) ref.Val { return objAny(a, r[i]) }
+func (r objList) sub(idx []int) nlist {
+	out := make(objList, len(idx))
+	for j, i := range idx {
+		out[j] = r[i]
+	}
+	return out
+}
+func (r objList) events() ([]*Event, bool) { return nil, false }
+
+// catList is a + b.
+type catList struct{ a, b nlist }
+
+func (l catList) n() int { return l.a.n() + l.b.n() }
+func (l catList) at(i int) any {
+	if i < l.a.n() {
+		return l.a.at(i)
+	}
+	return l.b.at(i - l.a.n())
+}
+func (l catList) val(a types.Adapter, i int) ref.Val {
+	if i < l.a.n() {
+		return l.a.val(a, i)
+	}
+	return l.b.val(a, i-l.a.n())
+}
+func (l catList) sub(idx []int) nlist {
+	out := make(objList, len(idx))
+	for j, i := range idx {
+		out[j] = l.at(i)
+	}
+	return out
+}
+func (l catList) events() ([]*Event, bool) { return nil, false }
+
+// cachedType reports whether the view struct typ caches its CEL value
+// (objVal), which is what a list element of it is in CEL.
+func cachedType(typ string) bool {
+	switch typ {
+	case "rules.Event", "rules.Grant", "rules.Session", "rules.Approval", "rules.Credential", "rules.Checkout":
+		return true
+	}
+	return false
+}
+
+// objAny is objVal for a view struct of a cached type, nil otherwise.
+func objAny(a types.Adapter, o any) ref.Val {
+	switch x := o.(type) {
+	case *Event:
+		return objVal(a, x)
+	case *Grant:
+		return objVal(a, x)
+	case *Session:
+		return objVal(a, x)
+	case *Approval:
+		return objVal(a, x)
+	case *Credential:
+		return objVal(a, x)
+	case *Checkout:
+		return objVal(a, x)
+	}
+	return nil
+}
+
 // toNList is the nlist of a CEL list value.
 func toNList(v ref.Val) (nlist, bool) {
 	switch l := v.(type) {
@@ -282,6 +351,7 @@ type nativeFold struct {
 	rngI    interpreter.InterpretableV2 // cel-go's plan of the range
 	pred    nexpr                       // nkBool
 	tr      interpreter.InterpretableV2 // the transform of a map
+	trN     nexpr                       // or its native form (2-argument map)
 	iter    string
 	slot    int
 	nslots  int
@@ -296,7 +366,8 @@ const (
 	foldFilter
 	foldExists
 	foldAll
-	foldMap // 3-argument map
+	foldMap  // 3-argument map
+	foldMap2 // 2-argument map
 	foldBind
 )
 
@@ -392,6 +463,37 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 		}
 		if len(out) == 0 {
 			return emptyList, true
+		}
+		return types.NewRefValList(c.adapter, out), true
+	case foldMap2:
+		if size == 0 {
+			return emptyList, true
+		}
+		out := make([]ref.Val, 0, size)
+		for i := range size {
+			s.o = l.at(i)
+			var v ref.Val
+			if n.tr == nil {
+				o, ok := n.trN.o(c)
+				if !ok {
+					return nil, false
+				}
+				if v = objAny(c.adapter, o); v == nil {
+					return nil, false
+				}
+			} else {
+				act := &iterAct{name: n.iter, v: l.val(c.adapter, i)}
+				child := c.frame.Push(act)
+				v = n.tr.Exec(child)
+				child.Pop()
+				if types.IsUnknownOrError(v) {
+					return nil, false
+				}
+			}
+			out = append(out, v)
+			if !c.loopCheck() {
+				return nil, false
+			}
 		}
 		return types.NewRefValList(c.adapter, out), true
 	case foldMap:
@@ -498,6 +600,10 @@ func shape(comp ast.ComprehensionExpr) (foldKind, ast.Expr, ast.Expr) {
 	}
 	switch {
 	case emptyList(init) && lit(cond, types.True):
+		if add := call(step, operators.Add, 2); add != nil && isAccu(add[0]) && add[1].Kind() == ast.ListKind &&
+			len(add[1].AsList().Elements()) == 1 && len(add[1].AsList().OptionalIndices()) == 0 {
+			return foldMap2, nil, add[1].AsList().Elements()[0]
+		}
 		a := call(step, operators.Conditional, 3)
 		if a == nil || !isAccu(a[2]) {
 			return foldNone, nil, nil
@@ -546,7 +652,7 @@ func planFold(rep *ast.AST, e ast.Expr, orig interpreter.InterpretableV2, captur
 	comp := e.AsComprehension()
 	kind, pred, tr := shape(comp)
 	switch kind {
-	case foldFilter, foldExists, foldAll, foldMap:
+	case foldFilter, foldExists, foldAll, foldMap, foldMap2:
 	default:
 		return nil
 	}
@@ -565,6 +671,17 @@ func planFold(rep *ast.AST, e ast.Expr, orig interpreter.InterpretableV2, captur
 		return nil
 	}
 	n.slot = nc.bind(n.iter, nkObj, elem)
+	if kind == foldMap2 {
+		// The transform natively when it is a view struct cel-go caches,
+		// else cel-go's plan of it.
+		if x, ok := nc.compile(tr); ok && x.kind == nkObj && cachedType(x.typ) {
+			n.trN = x
+		} else if n.tr = captured[tr.ID()]; n.tr == nil {
+			return nil
+		}
+		n.nslots = nc.nslots
+		return n
+	}
 	p, ok := nc.compile(pred)
 	if !ok || p.kind != nkBool {
 		return nil
@@ -732,8 +849,41 @@ func (nc *ncomp) compile(e ast.Expr) (nexpr, bool) {
 		return nc.call(e)
 	case ast.ComprehensionKind:
 		return nc.comprehension(e)
+	case ast.ListKind:
+		return nc.list(e)
 	}
 	return nexpr{}, false
+}
+
+// list compiles a list literal of view structs of a cached type.
+func (nc *ncomp) list(e ast.Expr) (nexpr, bool) {
+	l := e.AsList()
+	typ := elemType(nc.a, e)
+	if len(l.OptionalIndices()) != 0 || !cachedType(typ) {
+		return nexpr{}, false
+	}
+	var els []func(*nctx) (any, bool)
+	for _, el := range l.Elements() {
+		x, ok := nc.compile(el)
+		if !ok || x.kind != nkObj || x.typ != typ {
+			return nexpr{}, false
+		}
+		els = append(els, x.o)
+	}
+	return nexpr{kind: nkList, typ: typ, l: func(c *nctx) (nlist, bool) {
+		if len(els) == 0 {
+			return objList(nil), true
+		}
+		out := make(objList, len(els))
+		for i, f := range els {
+			o, ok := f(c)
+			if !ok {
+				return nil, false
+			}
+			out[i] = o
+		}
+		return out, true
+	}}, true
 }
 
 func (nc *ncomp) ident(e ast.Expr) (nexpr, bool) {
@@ -1032,6 +1182,19 @@ func (nc *ncomp) call(e ast.Expr) (nexpr, bool) {
 		return nexpr{}, false
 	}
 	fn := call.FunctionName()
+	// duration("...") and timestamp("...") of a literal: cel-go's own
+	// conversion, once; a literal it rejects is left to cel-go.
+	if (fn == "duration" || fn == "timestamp") && len(call.Args()) == 1 && call.Args()[0].Kind() == ast.LiteralKind {
+		if lit, ok := call.Args()[0].AsLiteral().(types.String); ok {
+			switch v := lit.ConvertToType(map[string]ref.Type{"duration": types.DurationType, "timestamp": types.TimestampType}[fn]).(type) {
+			case types.Duration:
+				return nexpr{kind: nkDur, d: func(*nctx) (time.Duration, bool) { return v.Duration, true }}, true
+			case types.Timestamp:
+				return nexpr{kind: nkTime, t: func(*nctx) (time.Time, bool) { return v.Time, true }}, true
+			}
+		}
+		return nexpr{}, false
+	}
 	var args []nexpr
 	// A ternary's branches and an empty list literal are compiled below.
 	if fn != operators.Conditional {
@@ -1104,6 +1267,26 @@ func (nc *ncomp) call(e ast.Expr) (nexpr, bool) {
 		}
 		return compare(fn, args[0], args[1])
 	case operators.Add, operators.Subtract:
+		if fn == operators.Add && kinds(nkList, nkList) && args[0].typ == args[1].typ {
+			x, y := args[0].l, args[1].l
+			return nexpr{kind: nkList, typ: args[0].typ, l: func(c *nctx) (nlist, bool) {
+				a, ok1 := x(c)
+				if !ok1 {
+					return nil, false
+				}
+				b, ok2 := y(c)
+				if !ok2 {
+					return nil, false
+				}
+				switch {
+				case a.n() == 0:
+					return b, true
+				case b.n() == 0:
+					return a, true
+				}
+				return catList{a, b}, true
+			}}, true
+		}
 		return arith(fn, args)
 	case operators.In:
 		return nc.in(call.Args(), args)
@@ -1166,6 +1349,33 @@ func (nc *ncomp) call(e ast.Expr) (nexpr, bool) {
 			}
 			i := pick(evs, at)
 			if i < 0 || i >= len(evs) {
+				return sliceList[*Event](nil), true
+			}
+			return sliceList[*Event](evs[i : i+1]), true
+		}}, true
+	case "nextAfter":
+		if !kinds(nkList, nkObj) || args[0].typ != "rules.Event" || args[1].typ != "rules.Event" {
+			return nexpr{}, false
+		}
+		l, ev := args[0].l, args[1].o
+		return nexpr{kind: nkList, typ: "rules.Event", l: func(c *nctx) (nlist, bool) {
+			x, ok1 := l(c)
+			o, ok2 := ev(c)
+			e, ok3 := o.(*Event)
+			if !ok1 || !ok2 || !ok3 || e == nil {
+				return nil, false
+			}
+			evs, ok := x.events()
+			if !ok {
+				return nil, false
+			}
+			i, _ := slices.BinarySearchFunc(evs, e, func(x, e *Event) int {
+				if chainOrder(x, e) > 0 {
+					return 1
+				}
+				return -1
+			})
+			if i >= len(evs) {
 				return sliceList[*Event](nil), true
 			}
 			return sliceList[*Event](evs[i : i+1]), true
