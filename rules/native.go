@@ -1771,15 +1771,15 @@ func field(op nexpr, name string) (nexpr, bool) {
 
 type nfield func(op func(*nctx) (any, bool)) nexpr
 
-func fBool[T any](get func(T) bool) nfield {
+func fBool[T any](get func(*T) bool) nfield {
 	return func(op func(*nctx) (any, bool)) nexpr {
 		return boolExpr(func(c *nctx) (bool, bool) {
 			o, ok := op(c)
 			if !ok {
 				return false, false
 			}
-			x, ok := o.(T)
-			if !ok {
+			x, ok := o.(*T)
+			if !ok || x == nil {
 				return false, false
 			}
 			return get(x), true
@@ -1787,15 +1787,15 @@ func fBool[T any](get func(T) bool) nfield {
 	}
 }
 
-func fStr[T any](get func(T) string) nfield {
+func fStr[T any](get func(*T) string) nfield {
 	return func(op func(*nctx) (any, bool)) nexpr {
 		return nexpr{kind: nkStr, s: func(c *nctx) (string, bool) {
 			o, ok := op(c)
 			if !ok {
 				return "", false
 			}
-			x, ok := o.(T)
-			if !ok {
+			x, ok := o.(*T)
+			if !ok || x == nil {
 				return "", false
 			}
 			return get(x), true
@@ -1803,15 +1803,15 @@ func fStr[T any](get func(T) string) nfield {
 	}
 }
 
-func fInt[T any](get func(T) int64) nfield {
+func fInt[T any](get func(*T) int64) nfield {
 	return func(op func(*nctx) (any, bool)) nexpr {
 		return nexpr{kind: nkInt, i: func(c *nctx) (int64, bool) {
 			o, ok := op(c)
 			if !ok {
 				return 0, false
 			}
-			x, ok := o.(T)
-			if !ok {
+			x, ok := o.(*T)
+			if !ok || x == nil {
 				return 0, false
 			}
 			return get(x), true
@@ -1819,15 +1819,15 @@ func fInt[T any](get func(T) int64) nfield {
 	}
 }
 
-func fTime[T any](get func(T) time.Time) nfield {
+func fTime[T any](get func(*T) time.Time) nfield {
 	return func(op func(*nctx) (any, bool)) nexpr {
 		return nexpr{kind: nkTime, t: func(c *nctx) (time.Time, bool) {
 			o, ok := op(c)
 			if !ok {
 				return time.Time{}, false
 			}
-			x, ok := o.(T)
-			if !ok {
+			x, ok := o.(*T)
+			if !ok || x == nil {
 				return time.Time{}, false
 			}
 			return get(x), true
@@ -1837,15 +1837,15 @@ func fTime[T any](get func(T) time.Time) nfield {
 
 // fObj reads a struct-valued field; get returns nil for a missing one,
 // which then falls back (the getters of fields.go say what CEL sees).
-func fObj[T any](typ string, get func(T) any) nfield {
+func fObj[T any](typ string, get func(*T) any) nfield {
 	return func(op func(*nctx) (any, bool)) nexpr {
 		return nexpr{kind: nkObj, typ: typ, o: func(c *nctx) (any, bool) {
 			o, ok := op(c)
 			if !ok {
 				return nil, false
 			}
-			x, ok := o.(T)
-			if !ok {
+			x, ok := o.(*T)
+			if !ok || x == nil {
 				return nil, false
 			}
 			v := get(x)
@@ -1854,15 +1854,15 @@ func fObj[T any](typ string, get func(T) any) nfield {
 	}
 }
 
-func fList[T any](typ string, get func(T) nlist) nfield {
+func fList[T any](typ string, get func(*T) nlist) nfield {
 	return func(op func(*nctx) (any, bool)) nexpr {
 		return nexpr{kind: nkList, typ: typ, l: func(c *nctx) (nlist, bool) {
 			o, ok := op(c)
 			if !ok {
 				return nil, false
 			}
-			x, ok := o.(T)
-			if !ok {
+			x, ok := o.(*T)
+			if !ok || x == nil {
 				return nil, false
 			}
 			return get(x), true
