@@ -166,7 +166,7 @@ func TestNativeMatchesCEL(t *testing.T) {
 	native, plain := nativePair(t, params)
 	nativeX, plainX := nativePair(t, extremeParams)
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	draws := 150
+	draws := 90
 	if testing.Short() {
 		draws = 40
 	}
@@ -198,7 +198,7 @@ func TestNativeMatchesCEL(t *testing.T) {
 	t.Logf("random: %d findings, %d rule errors, identical", findings, errs)
 
 	t.Run("synthetic", func(t *testing.T) {
-		leaves, subjects, params, asOf := synthOrg(t, 120)
+		leaves, subjects, params, asOf := synthOrg(t, 80)
 		native, plain := nativePair(t, params)
 		a, b := evalBoth(t, native, plain, subjects, leaves, asOf, asOf, false)
 		sameResult(t, "synthetic, as of", a, b)
