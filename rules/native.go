@@ -156,14 +156,8 @@ type objList []any
 func (r objList) n() int                             { return len(r) }
 func (r objList) at(i int) any                       { return r[i] }
 func (r objList) val(a types.Adapter, i int) ref.Val { return objAny(a, r[i]) }
-func (r objList) sub(idx []int) nlist {
-	out := make(objList, len(idx))
-	for j, i := range idx {
-		out[j] = r[i]
-	}
-	return out
-}
-func (r objList) events() ([]*Event, bool) { return nil, false }
+func (r objList) sub(idx []int) nlist                { return pickList{r, idx} }
+func (r objList) events() ([]*Event, bool)           { return nil, false }
 
 // catList is a + b.
 type catList struct{ a, b nlist }
@@ -181,14 +175,26 @@ func (l catList) val(a types.Adapter, i int) ref.Val {
 	}
 	return l.b.val(a, i-l.a.n())
 }
-func (l catList) sub(idx []int) nlist {
-	out := make(objList, len(idx))
-	for j, i := range idx {
-		out[j] = l.at(i)
-	}
-	return out
-}
+func (l catList) sub(idx []int) nlist      { return pickList{l, idx} }
 func (l catList) events() ([]*Event, bool) { return nil, false }
+
+// pickList is the elements idx of base, keeping base's CEL values.
+type pickList struct {
+	base nlist
+	idx  []int
+}
+
+func (l pickList) n() int                             { return len(l.idx) }
+func (l pickList) at(i int) any                       { return l.base.at(l.idx[i]) }
+func (l pickList) val(a types.Adapter, i int) ref.Val { return l.base.val(a, l.idx[i]) }
+func (l pickList) sub(idx []int) nlist {
+	out := make([]int, len(idx))
+	for j, i := range idx {
+		out[j] = l.idx[i]
+	}
+	return pickList{l.base, out}
+}
+func (l pickList) events() ([]*Event, bool) { return nil, false }
 
 // cachedType reports whether the view struct typ caches its CEL value
 // (objVal), which is what a list element of it is in CEL.
@@ -455,7 +461,11 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 				return nil, false
 			}
 			if b {
-				out = append(out, l.val(c.adapter, i))
+				v := l.val(c.adapter, i)
+				if v == nil {
+					return nil, false
+				}
+				out = append(out, v)
 			}
 			if !c.loopCheck() {
 				return nil, false
@@ -482,8 +492,11 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 					return nil, false
 				}
 			} else {
-				act := &iterAct{name: n.iter, v: l.val(c.adapter, i)}
-				child := c.frame.Push(act)
+				ev := l.val(c.adapter, i)
+				if ev == nil {
+					return nil, false
+				}
+				child := c.frame.Push(&iterAct{name: n.iter, v: ev})
 				v = n.tr.Exec(child)
 				child.Pop()
 				if types.IsUnknownOrError(v) {
@@ -505,8 +518,11 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 				return nil, false
 			}
 			if b {
-				act := &iterAct{name: n.iter, v: l.val(c.adapter, i)}
-				child := c.frame.Push(act)
+				ev := l.val(c.adapter, i)
+				if ev == nil {
+					return nil, false
+				}
+				child := c.frame.Push(&iterAct{name: n.iter, v: ev})
 				v := n.tr.Exec(child)
 				child.Pop()
 				if types.IsUnknownOrError(v) {
