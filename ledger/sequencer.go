@@ -477,12 +477,15 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 	clear(canon)
 	sc.canon = canon
 	pos := sc.pos[:0]
+	repeatOf = make([]int, len(batch))
 	l.inflightMu.Lock()
 	for p, it := range batch {
 		d := it.r.items[it.i].dedupe
-		if _, ok := first[d]; ok {
+		if f, ok := first[d]; ok {
+			repeatOf[p] = f
 			continue
 		}
+		repeatOf[p] = -1
 		first[d] = p
 		if e, ok := l.inflight[d]; ok {
 			res[p] = resolveRepeat(e.res, e.event, it.r.items[it.i].eventField())
@@ -520,16 +523,9 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 			return nil, nil, nil, err
 		}
 	}
-	for p, it := range batch {
-		if first[it.r.items[it.i].dedupe] == p && !stored[p] {
+	for p := range batch {
+		if repeatOf[p] < 0 && !stored[p] {
 			fresh = append(fresh, p)
-		}
-	}
-	repeatOf = make([]int, len(batch))
-	for p, it := range batch {
-		repeatOf[p] = -1
-		if f := first[it.r.items[it.i].dedupe]; f != p {
-			repeatOf[p] = f
 		}
 	}
 	return fresh, repeatOf, res, nil
