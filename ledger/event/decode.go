@@ -351,7 +351,7 @@ func (d *batchDecoder) event(ev *pb.Event, eb []byte) bool {
 		}
 		isBytes := typ == protowire.BytesType
 		switch {
-		case isBytes && num <= 2 || num == 10:
+		case isBytes && (num <= 2 || num == 10):
 			if len(x) == 0 {
 				d.canon = false // an empty string is left out
 			}
