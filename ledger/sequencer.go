@@ -812,10 +812,12 @@ func (l *Log) indexBatch(b *built) {
 		l.stats.conflicts.Add(conflicts)
 		l.stats.duplicates.Add(uint64(len(b.items)) - (b.size - b.first) - conflicts)
 	}
-	l.finish(b.items, b.res, b.size, err)
+	// The batch's stats are counted before its callers are answered, so a
+	// caller that reads Stats after Append returns sees its own batch.
 	l.stats.batches.Add(1)
 	l.stats.batchEvents.Add(uint64(len(b.items)))
 	l.stats.commitNanos.Add(uint64(time.Since(b.start)))
+	l.finish(b.items, b.res, b.size, err)
 }
 
 // markBroken stops appends after a failure that leaves the store's state
