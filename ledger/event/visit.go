@@ -158,6 +158,20 @@ type stamp struct{ sec, nsec int64 }
 // The decoding loops call it in turn rather than taking a callback per
 // field, which made VisitLeaf several times slower.
 func nextField(b []byte) (num protowire.Number, typ protowire.Type, x, rest []byte, err error) {
+	// The usual case first: a one-byte tag of a field numbered 1-15
+	// followed by a one-byte length or a one-byte varint. Anything else,
+	// including every malformed input, takes the general path below.
+	if len(b) >= 2 && b[0] < 0x80 && b[0] >= 8 && b[1] < 0x80 {
+		num, typ = protowire.Number(b[0]>>3), protowire.Type(b[0]&7)
+		switch typ {
+		case protowire.BytesType:
+			if end := 2 + int(b[1]); end <= len(b) {
+				return num, typ, b[2:end], b[end:], nil
+			}
+		case protowire.VarintType:
+			return num, typ, b[1:2], b[2:], nil
+		}
+	}
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 {
 		return 0, 0, nil, nil, protowire.ParseError(n)
