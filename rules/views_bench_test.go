@@ -1,8 +1,13 @@
+//go:build linux
+
 package rules
 
 import (
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/grantline/grantline/internal/cputime"
 )
 
 // BenchmarkViews builds the views of Catalog1M's organisation, a tenth of
@@ -18,8 +23,13 @@ func BenchmarkViews(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	best := time.Duration(1 << 62)
 	events := 0
 	for b.Loop() {
+		events = 0
+		t0 := threadCPU(b)
 		for _, sub := range subjects {
 			v, _, err := s.loadViews(b.Context(), sub, src, now, idx)
 			if err != nil {
@@ -28,8 +38,10 @@ func BenchmarkViews(b *testing.B) {
 			events += len(v.events)
 			v.release()
 		}
+		best = min(best, threadCPU(b)-t0)
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
+	// The least thread CPU of b.N passes: load can only lengthen a pass.
+	b.ReportMetric(float64(best.Nanoseconds())/float64(events), "cpu-ns/event")
 }
 
 // BenchmarkSourceScan builds backdated-closure's source index from a log of
@@ -40,10 +52,15 @@ func BenchmarkSourceScan(b *testing.B) {
 	mem, _ := genOrg(1_000, 100)
 	src := newLeafSource(b, mem)
 	now := benchStart.Add(200 * 24 * time.Hour)
+	best := time.Duration(1 << 62)
 	for b.Loop() {
+		t0 := cputime.Process()
 		if _, err := buildSourceIndex(b.Context(), nil, src, now, 1); err != nil {
 			b.Fatal(err)
 		}
+		best = min(best, cputime.Process()-t0)
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*int(src.LogSize())), "ns/entry")
+	// The least process CPU of b.N passes (the scan runs on a worker
+	// goroutine; GC included): load can only lengthen a pass.
+	b.ReportMetric(float64(best.Nanoseconds())/float64(src.LogSize()), "cpu-ns/entry")
 }
