@@ -312,6 +312,57 @@ type eventSlab struct {
 	checkouts   chunks[Checkout]
 	aggs        chunks[grantAgg]
 	scratch     viewScratch
+	// lists are the backing arrays of the view lists of the chain last
+	// built in this slab (keepLists), reused by the next one.
+	lists keptLists
+}
+
+// keptLists are the backing arrays of a views' lists.
+type keptLists struct {
+	events      [numEventLists][]*Event
+	grants      []*Grant
+	sessions    []*Session
+	approvals   []*Approval
+	credentials []*Credential
+}
+
+const numEventLists = 15
+
+// eventLists are v's lists of events that buildViews appends to.
+func (v *views) eventLists() [numEventLists]*[]*Event {
+	r := &v.r2
+	return [...]*[]*Event{&v.activity, &v.terminations, &v.offboardings, &v.enablements, &v.moves,
+		&v.reviews, &v.breakglass, &v.bgReviews, &v.closings, &r.logins, &r.uses, &r.accounts,
+		&r.windows, &r.leavings, &r.campaigns}
+}
+
+// reuseLists makes v's lists (all empty) append into k's arrays.
+func (v *views) reuseLists(k *keptLists) {
+	for i, l := range v.eventLists() {
+		*l = k.events[i][:0]
+	}
+	v.grants, v.sessions, v.approvals, v.credentials = k.grants[:0], k.sessions[:0], k.approvals[:0], k.credentials[:0]
+}
+
+// keepLists records v's lists' arrays in k for the next chain, and makes
+// every empty list nil, as it was before arrays were reused: nothing can
+// tell a list built in a kept array from one built anew.
+func (v *views) keepLists(k *keptLists) {
+	for i, l := range v.eventLists() {
+		k.events[i] = (*l)[:0]
+		if len(*l) == 0 {
+			*l = nil
+		}
+	}
+	k.grants, k.sessions, k.approvals, k.credentials = v.grants[:0], v.sessions[:0], v.approvals[:0], v.credentials[:0]
+	v.grants, v.sessions, v.approvals, v.credentials = nilIfEmpty(v.grants), nilIfEmpty(v.sessions), nilIfEmpty(v.approvals), nilIfEmpty(v.credentials)
+}
+
+func nilIfEmpty[T any](s []T) []T {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
 }
 
 // viewScratch are the maps buildViews and linkClosings look entries up in
@@ -447,6 +498,7 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 	sl := v.slabs[0] // this chain's storage, for the grants, sessions and approvals
 
 	sc := &sl.scratch
+	v.reuseLists(&sl.lists)
 	byGrant := reuse(&sc.byGrant) // grant id -> what hangs off it
 	grant := func(id string) *grantAgg {
 		a := byGrant[id]
@@ -705,6 +757,7 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 	}
 	v.linkClosings(src, &sc.openings)
 	v.buildRound2(rotations)
+	v.keepLists(&sl.lists)
 	v.owner.ID = v.subject.Owner
 	return v, nil
 }
