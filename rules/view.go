@@ -417,10 +417,14 @@ func (c *chunks[T]) reset() { c.next = 0 }
 
 var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
 
+// getSlab takes a slab from slabPool (a variable for tests, which compare
+// views built in reused slabs with views built in new ones).
+var getSlab = func() *eventSlab { return slabPool.Get().(*eventSlab) }
+
 // sortedEvents converts a chain and orders it by time, then index. The
 // events live in a pooled slab, recorded in v for release.
 func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
-	sl := slabPool.Get().(*eventSlab)
+	sl := getSlab()
 	v.slabs = append(v.slabs, sl)
 	if cap(sl.events) < len(chain) {
 		sl.events = make([]Event, len(chain))
