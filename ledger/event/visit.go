@@ -1,6 +1,7 @@
 package event
 
 import (
+	"encoding/binary"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -207,9 +208,26 @@ func varint(v []byte) uint64 {
 	return x
 }
 
+// validUTF8 is utf8.Valid with the usual case, a short ASCII string,
+// checked inline: most of a leaf's strings are ids of a few dozen bytes.
+func validUTF8(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
+			return utf8.Valid(b)
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c >= 0x80 {
+			return utf8.Valid(b)
+		}
+	}
+	return true
+}
+
 // str reports a string field after checking it is UTF-8.
 func (d *decoder) str(f Field, v []byte, name string) error {
-	if !utf8.Valid(v) {
+	if !validUTF8(v) {
 		return fmt.Errorf("field %s: invalid UTF-8", name)
 	}
 	d.v.String(f, v)
@@ -328,7 +346,7 @@ func (d *decoder) attribute(b []byte) error {
 		default:
 			continue
 		}
-		if !utf8.Valid(w) {
+		if !validUTF8(w) {
 			return fmt.Errorf("field attributes: invalid UTF-8")
 		}
 	}

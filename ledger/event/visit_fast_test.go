@@ -1,8 +1,10 @@
 package event
 
 import (
+	"bytes"
 	"math/rand/v2"
 	"testing"
+	"unicode/utf8"
 )
 
 // TestVisitLeafAgreesOnMutatedLeaves: VisitLeaf's one-byte fast path in
@@ -42,5 +44,38 @@ func TestVisitLeafAgreesOnMutatedLeaves(t *testing.T) {
 			}
 		}
 		checkAgree(t, leaf)
+	}
+}
+
+// TestValidUTF8IsUTF8Valid: validUTF8's inline ASCII check gives
+// utf8.Valid's answer for strings of every length up to 40 with a non-ASCII
+// byte (valid or not) at every position, and on random bytes.
+func TestValidUTF8IsUTF8Valid(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 9))
+	for n := range 41 {
+		b := bytes.Repeat([]byte{'a'}, n)
+		if validUTF8(b) != utf8.Valid(b) {
+			t.Fatalf("validUTF8(%q) != utf8.Valid", b)
+		}
+		for pos := range n {
+			for _, ins := range [][]byte{{0xff}, {0x80}, {0xc3, 0xa9}, {0xe2, 0x82}, {0xf0, 0x9f, 0x98, 0x80}} {
+				c := append(append(append([]byte(nil), b[:pos]...), ins...), b[pos:]...)
+				if validUTF8(c) != utf8.Valid(c) {
+					t.Fatalf("validUTF8(%q) = %v, utf8.Valid %v", c, validUTF8(c), utf8.Valid(c))
+				}
+			}
+		}
+	}
+	for range 20_000 {
+		b := make([]byte, rng.IntN(48))
+		for i := range b {
+			b[i] = byte(rng.IntN(256))
+			if rng.IntN(4) > 0 {
+				b[i] &= 0x7f
+			}
+		}
+		if validUTF8(b) != utf8.Valid(b) {
+			t.Fatalf("validUTF8(%q) = %v, utf8.Valid %v", b, validUTF8(b), utf8.Valid(b))
+		}
 	}
 }
