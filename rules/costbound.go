@@ -28,6 +28,13 @@ import (
 // cost limit (costFreeUpTo); a subject at or under it runs without the
 // tracker, with the same result, because the limit provably cannot be hit.
 // The deadline still applies.
+//
+// The untracked program runs some comprehensions natively (native.go). The
+// estimate stays an upper bound for it: it is computed from the rule's CEL
+// text, which the native loops do not change, and a native loop visits the
+// same elements as cel-go's fold or fewer (a comprehension that falls back
+// to cel-go's node does its work at most twice). The tracked program is
+// never made native, so the runtime tracker measures exactly cel-go's cost.
 
 // uniformSizes is a checker.CostEstimator in which every list, map and
 // string reachable from a declared variable has at most n elements. It

@@ -84,6 +84,10 @@ type Options struct {
 	// CostTrackedEntries: see DefaultCostTrackedEntries; negative tracks
 	// cost for every chain and every rule, static bound or not.
 	CostTrackedEntries int
+
+	// plainCEL runs every rule with cel-go's own plan only, without the
+	// native comprehensions of native.go (the tests compare both).
+	plainCEL bool
 }
 
 // RuleInfo describes a loaded rule (for evidence and listings).
@@ -277,6 +281,9 @@ type compiled struct {
 	// one), with and without the cost tracker like prg and long.
 	pop, popLong cel.Program
 	popFreeUpTo  int64 // freeUpTo of the population expression
+	// natives is how many of the rule's comprehensions long runs
+	// natively (native.go).
+	natives int
 }
 
 // Set is a compiled rule set. It is immutable and safe for concurrent use.
@@ -357,11 +364,24 @@ func NewSetWithOptions(rs []*Rule, overrides Params, o Options) (*Set, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: building program: %w", r.File, err)
 		}
-		long, err := r.env.Program(r.ast, cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize))
+		// The program without the cost tracker runs the comprehensions it
+		// can natively (native.go); the tracked one stays cel-go's own, so
+		// that its cost-limit errors are exactly cel-go's.
+		longOpts := []cel.ProgramOption{cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize)}
+		var natives *int
+		if !o.plainCEL {
+			var dec cel.ProgramOption
+			dec, natives = nativeDecorator(r.ast, r.env.CELTypeAdapter())
+			longOpts = append(longOpts, dec)
+		}
+		long, err := r.env.Program(r.ast, longOpts...)
 		if err != nil {
 			return nil, fmt.Errorf("%s: building program: %w", r.File, err)
 		}
 		c := &compiled{rule: r, prg: prg, long: long, params: map[string]ref.Val{}}
+		if natives != nil {
+			c.natives = *natives
+		}
 		if r.popAst != nil {
 			if c.pop, c.popLong, c.popFreeUpTo, err = populationPrograms(r, o); err != nil {
 				return nil, err
