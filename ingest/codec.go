@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"weak"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -62,30 +64,68 @@ func (strictProtoCodec) Unmarshal(data []byte, m any) error {
 }
 
 // unmarshalAppend decodes the append requests, the bulk of what the server
-// decodes, with event.UnmarshalBatch, which builds what proto.Unmarshal
+// decodes, with event.DecodeBatch, which builds what proto.Unmarshal
 // builds from a few allocations per batch instead of ~30 per event, and
-// decodes only messages without unknown fields. False: pm is another
-// message, or the request is not in the shape UnmarshalBatch decodes (an
+// decodes only messages without unknown fields; what it knows of the
+// events goes to the handler through keepDecoded. False: pm is another
+// message, or the request is not in the shape DecodeBatch decodes (an
 // unknown field, a malformed encoding, ...), and proto.Unmarshal and the
 // strict check decide, with their errors.
 func unmarshalAppend(data []byte, pm proto.Message) bool {
 	switch r := pm.(type) {
 	case *pb.AppendStreamRequest:
-		seq, evs, ok := event.UnmarshalBatch(data, 1, 2) // fields seq and events
+		seq, evs, dec, ok := event.DecodeBatch(data, 1, 2) // fields seq and events
 		if ok {
 			proto.Reset(r)
 			r.Seq, r.Events = seq, evs
+			keepDecoded(evs, dec)
 		}
 		return ok
 	case *pb.AppendRequest:
-		_, evs, ok := event.UnmarshalBatch(data, 0, 1) // field events
+		_, evs, dec, ok := event.DecodeBatch(data, 0, 1) // field events
 		if ok {
 			proto.Reset(r)
 			r.Events = evs
+			keepDecoded(evs, dec)
 		}
 		return ok
 	}
 	return false
+}
+
+// decoded holds what the decoder knew of the events of each append request
+// the codec decoded (event.Decoded: the bytes of those in their
+// deterministic encoding, and that none has unknown fields or invalid
+// UTF-8), until the handler that receives the message takes it
+// (batchOf): connect hands the handler the message alone. Keyed weakly by
+// the request's first event, an entry goes when the handler takes it or,
+// for a message the handler never sees (an interceptor refused it), when
+// the events are collected; it never keeps them alive.
+var decoded sync.Map // weak.Pointer[pb.Event] -> *event.Decoded
+
+// keepDecoded keeps dec, decoded with evs, for batchOf.
+func keepDecoded(evs []*pb.Event, dec *event.Decoded) {
+	if dec == nil || len(evs) == 0 {
+		return
+	}
+	k := dec.Key()
+	decoded.Store(k, dec)
+	runtime.AddCleanup(evs[0], func(k weak.Pointer[pb.Event]) { decoded.Delete(k) }, k)
+}
+
+// batchOf returns a request's events as an event.Batch, with what the
+// decoder knew of them when the codec decoded them by hand, so that
+// validation and the ledger do not check or encode them again; else a
+// plain batch, checked and encoded as before.
+func batchOf(evs []*pb.Event) *event.Batch {
+	if len(evs) > 0 {
+		if d, ok := decoded.LoadAndDelete(event.KeyOf(evs)); ok {
+			if b := d.(*event.Decoded).Batch(evs); b != nil {
+				return b
+			}
+		}
+	}
+	return event.NewBatch(evs)
 }
 
 // CheckUnknownFields returns an error wrapping ErrUnknownField, naming the

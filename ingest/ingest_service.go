@@ -35,11 +35,11 @@ type ingestService struct {
 }
 
 func (h *ingestService) Append(ctx context.Context, req *connect.Request[pb.AppendRequest]) (*connect.Response[pb.AppendResponse], error) {
-	evs := req.Msg.GetEvents()
-	if err := h.s.checkBatch(ctx, evs); err != nil {
+	b := batchOf(req.Msg.GetEvents())
+	if err := h.s.checkBatch(ctx, b); err != nil {
 		return nil, err
 	}
-	res, size, err := h.s.append(ctx, evs)
+	res, size, err := h.s.append(ctx, b)
 	if err != nil {
 		return nil, err
 	}
@@ -60,6 +60,13 @@ type received struct {
 	err error
 }
 
+// checked is a stream message that passed checkBatch, with its events as
+// checked.
+type checked struct {
+	seq   uint64
+	batch *event.Batch
+}
+
 // AppendStream validates and appends the batches of a stream up to
 // StreamWindow at a time and acknowledges them in order (pipeline.Ordered).
 // A read or validation error is returned after the batches before it are
@@ -68,7 +75,7 @@ func (h *ingestService) AppendStream(ctx context.Context, stream *connect.BidiSt
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // stops the receiver; returning also ends a Receive in progress
 	msgs := h.s.receive(ctx, stream)
-	read := func(ctx context.Context, emit func(*pb.AppendStreamRequest) error) error {
+	read := func(ctx context.Context, emit func(checked) error) error {
 		for {
 			var r received
 			select {
@@ -82,22 +89,23 @@ func (h *ingestService) AppendStream(ctx context.Context, stream *connect.BidiSt
 			if r.err != nil {
 				return r.err
 			}
-			if err := h.s.checkBatch(ctx, r.msg.GetEvents()); err != nil {
+			b := batchOf(r.msg.GetEvents())
+			if err := h.s.checkBatch(ctx, b); err != nil {
 				return fmt.Errorf("batch seq %d: %w", r.msg.GetSeq(), err)
 			}
-			if err := emit(r.msg); err != nil {
+			if err := emit(checked{r.msg.GetSeq(), b}); err != nil {
 				return err
 			}
 		}
 	}
-	appendBatch := func(ctx context.Context, msg *pb.AppendStreamRequest) (b streamBatch) {
-		b.seq = msg.GetSeq()
+	appendBatch := func(ctx context.Context, msg checked) (b streamBatch) {
+		b.seq = msg.seq
 		defer func() {
 			if p := recover(); p != nil {
 				b.err = h.s.recovered(ctx, connect.Spec{Procedure: grantlinev1connect.IngestServiceAppendStreamProcedure}, nil, p)
 			}
 		}()
-		b.res, b.size, b.err = h.s.appendWaiting(ctx, msg.GetEvents(), streamPushbackWait)
+		b.res, b.size, b.err = h.s.appendWaiting(ctx, msg.batch, streamPushbackWait)
 		return b
 	}
 	ack := func(b streamBatch) error {
@@ -144,10 +152,11 @@ func (s *Server) receive(ctx context.Context, stream *connect.BidiStream[pb.Appe
 
 // checkBatch validates a whole batch and the caller's right to append each
 // event, before anything is stored.
-func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
-	if err := event.ValidateBatch("events", evs, s.now()); err != nil {
+func (s *Server) checkBatch(ctx context.Context, b *event.Batch) error {
+	if err := b.Validate("events", s.now()); err != nil {
 		return err
 	}
+	evs := b.Events()
 	p, ok := PrincipalFrom(ctx)
 	if !ok {
 		return fmt.Errorf("%w: no principal", ErrUnauthenticated)
@@ -163,13 +172,29 @@ func (s *Server) checkBatch(ctx context.Context, evs []*pb.Event) error {
 	return nil
 }
 
+// BatchAppender is a Ledger that also takes a batch with what decoding and
+// validation know of its events (event.Batch), so that it does not check
+// or encode them again: *ledger.Log. The server uses it when the Ledger
+// has it, with the results and errors of Append.
+type BatchAppender interface {
+	AppendBatch(ctx context.Context, b *event.Batch) ([]ledger.AppendResult, uint64, error)
+}
+
 // append sends a validated batch to the ledger and records metrics.
-func (s *Server) append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendResult, uint64, error) {
+func (s *Server) append(ctx context.Context, b *event.Batch) ([]ledger.AppendResult, uint64, error) {
+	evs := b.Events()
 	n := len(evs)
 	s.m.inflight.Add(float64(n))
 	defer s.m.inflight.Sub(float64(n))
 	start := time.Now()
-	res, size, err := s.cfg.Ledger.Append(ctx, evs)
+	var res []ledger.AppendResult
+	var size uint64
+	var err error
+	if ba, ok := s.cfg.Ledger.(BatchAppender); ok {
+		res, size, err = ba.AppendBatch(ctx, b)
+	} else {
+		res, size, err = s.cfg.Ledger.Append(ctx, evs)
+	}
 	if err != nil {
 		s.m.appendErrors.Inc()
 		return nil, 0, err
@@ -201,11 +226,11 @@ func (s *Server) append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendRe
 
 // appendWaiting is append that retries on ledger.ErrPushback, with growing pauses,
 // for at most wait.
-func (s *Server) appendWaiting(ctx context.Context, evs []*pb.Event, wait time.Duration) ([]ledger.AppendResult, uint64, error) {
+func (s *Server) appendWaiting(ctx context.Context, b *event.Batch, wait time.Duration) ([]ledger.AppendResult, uint64, error) {
 	deadline := time.Now().Add(wait)
 	pause := 5 * time.Millisecond
 	for {
-		res, size, err := s.append(ctx, evs)
+		res, size, err := s.append(ctx, b)
 		if !errors.Is(err, ledger.ErrPushback) || time.Now().Add(pause).After(deadline) {
 			return res, size, err
 		}

@@ -127,10 +127,11 @@ func (s *Server) push(ctx context.Context, f source.Format, system string, body 
 		res.TreeSize = s.cfg.Ledger.Latest().Size
 		return res, nil
 	}
-	if err := s.checkBatch(ctx, evs); err != nil {
+	b := event.NewBatch(evs)
+	if err := s.checkBatch(ctx, b); err != nil {
 		return res, err
 	}
-	results, size, err := s.append(ctx, evs)
+	results, size, err := s.append(ctx, b)
 	if err != nil {
 		return res, err
 	}

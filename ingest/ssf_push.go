@@ -81,10 +81,11 @@ func (s *Server) storeSET(ctx context.Context, set *ssf.SET) (dup bool, err erro
 	if err != nil || len(evs) == 0 {
 		return false, err
 	}
-	if err := event.ValidateBatch("events", evs, s.now()); err != nil {
+	b := event.NewBatch(evs)
+	if err := b.Validate("events", s.now()); err != nil {
 		return false, &ssf.Error{Code: ssf.InvalidRequest, Description: err.Error()}
 	}
-	res, _, err := s.append(ctx, evs)
+	res, _, err := s.append(ctx, b)
 	if err != nil {
 		return false, err
 	}

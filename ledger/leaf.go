@@ -3,8 +3,6 @@ package ledger
 import (
 	"fmt"
 
-	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
-
 	"github.com/grantline/grantline/ledger/event"
 )
 
@@ -23,22 +21,24 @@ type prepared struct {
 	subject string
 }
 
-// prepare encodes ev and checks its size; i is its position for messages.
-func prepare(i int, ev *pb.Event) (prepared, error) {
+// prepare encodes event i of b and checks its size (i is its position for
+// messages): from what b knows of it (event.Batch), with the same result.
+func prepare(b *event.Batch, i int) (prepared, error) {
+	ev := b.Events()[i]
 	if ev == nil {
 		return prepared{}, fmt.Errorf("event %d is nil: send an event", i)
 	}
-	n := event.EventSize(ev)
+	n := b.EventSize(i)
 	if n+event.LeafOverhead > MaxLeafSize {
 		return prepared{}, fmt.Errorf("event %d (id %q) encodes to %d bytes, over the %d-byte leaf limit; shorten its reason or attributes: %w",
 			i, ev.GetId(), n+event.LeafOverhead, MaxLeafSize, ErrTooLarge)
 	}
-	b, err := event.StartLeaf([]byte{0x00}, ev, n)
+	leaf, err := b.StartLeaf([]byte{0x00}, i, n)
 	if err != nil {
 		return prepared{}, fmt.Errorf("event %d (id %q): %w", i, ev.GetId(), err)
 	}
 	return prepared{
-		leaf:    b,
+		leaf:    leaf,
 		dedupe:  event.DedupeKey(ev.GetSource().GetSystem(), ev.GetId()),
 		subject: ev.GetSubject().GetId(),
 	}, nil

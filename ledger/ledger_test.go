@@ -39,26 +39,116 @@ func TestEncodeLeafMatchesFastPath(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := prepare(0, tt.ev)
+			kinds := batchKinds(t, []*pb.Event{tt.ev})
+			if tt.name == "full" && len(kinds) != 3 {
+				t.Fatalf("a valid event in %d kinds of batch, want 3", len(kinds))
+			}
+			for kind, b := range kinds {
+				p, err := prepare(b, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkPrepared(t, kind, p, tt.ev, tt.t, want)
+			}
+		})
+	}
+}
+
+// TestAppendBatchIsAppend: the same events appended with Append and with
+// AppendBatch from each kind of batch give the same leaves and results,
+// and a resend in another kind is answered with the same duplicates and
+// conflicts.
+func TestAppendBatchIsAppend(t *testing.T) {
+	evs := append(testEvents(0, 40), testEvent(3)) // a repeat within the batch
+	changed := testEvent(5)
+	changed.Reason = "other"
+	resend := []*pb.Event{testEvent(1), changed, testEvent(41), testEvent(41)}
+	append1 := func(l *Log, kind string, evs []*pb.Event) []AppendResult {
+		t.Helper()
+		b := batchKinds(t, evs)[kind]
+		if b == nil {
+			t.Fatalf("no %s batch", kind)
+		}
+		res, _, err := l.AppendBatch(t.Context(), b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	ref := openFake(t, newFakeStore())
+	defer ref.Close()
+	want := mustAppend(t, ref, evs)
+	wantResend := mustAppend(t, ref, resend)
+	if !wantResend[0].Duplicate || !wantResend[1].Conflict || !wantResend[3].Duplicate {
+		t.Fatalf("resend = %+v; want a duplicate, a conflict, a new event and its repeat", wantResend)
+	}
+	wantLeaves, err := ref.Entries(t.Context(), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, first := range []string{"events", "validated", "decoded"} {
+		for _, second := range []string{"events", "validated", "decoded"} {
+			l := openFake(t, newFakeStore())
+			if got := append1(l, first, evs); !slices.Equal(got, want) {
+				t.Fatalf("%s: results %+v, want %+v", first, got, want)
+			}
+			if got := append1(l, second, resend); !slices.Equal(got, wantResend) {
+				t.Fatalf("%s then %s: resend results %+v, want %+v", first, second, got, wantResend)
+			}
+			leaves, err := l.Entries(t.Context(), 0, 100)
 			if err != nil {
 				t.Fatal(err)
 			}
-			full := p.appendObserved(event.EncodeTimestamp(tt.t))
-			if full[0] != 0x00 {
-				t.Fatalf("appendObserved starts with %#x, want the leaf prefix 0x00", full[0])
+			if !slices.EqualFunc(leaves, wantLeaves, func(a, b Entry) bool { return a.Index == b.Index && bytes.Equal(a.Leaf, b.Leaf) }) {
+				t.Fatalf("%s then %s: the leaves differ from Append's", first, second)
 			}
-			got := full[1:]
-			if !bytes.Equal(got, want) {
-				t.Fatalf("appendObserved = %x, want EncodeLeaf's %x", got, want)
-			}
-			if len(got) > cap(p.leaf) {
-				t.Errorf("the leaf (%d bytes) outgrew the room prepare left (%d bytes)", len(got), cap(p.leaf))
-			}
-			e, err := event.DecodeLeaf(got)
-			if err != nil || !proto.Equal(e.GetEvent(), tt.ev) || !e.GetObservedTime().AsTime().Equal(tt.t) {
-				t.Fatalf("DecodeLeaf = %v, %v; want the event back", e, err)
-			}
-		})
+			l.Close()
+		}
+	}
+}
+
+// batchKinds returns evs in each kind of event.Batch the ledger takes: as
+// they are (Append), validated (when they are valid), and decoded from
+// their deterministic encoding, as the server receives them (AppendBatch).
+func batchKinds(t *testing.T, evs []*pb.Event) map[string]*event.Batch {
+	t.Helper()
+	out := map[string]*event.Batch{"events": event.NewBatch(evs)}
+	if v := event.NewBatch(evs); v.Validate("events", testNow) == nil {
+		out["validated"] = v
+	}
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.AppendStreamRequest{Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, dec, d, ok := event.DecodeBatch(data, 1, 2)
+	if !ok {
+		t.Fatal("DecodeBatch fell back")
+	}
+	out["decoded"] = d.Batch(dec)
+	return out
+}
+
+// checkPrepared checks that p, ev prepared from a batch of kind, holds
+// want, the leaf of ev observed at at.
+func checkPrepared(t *testing.T, kind string, p prepared, ev *pb.Event, at time.Time, want []byte) {
+	t.Helper()
+	full := p.appendObserved(event.EncodeTimestamp(at))
+	if full[0] != 0x00 {
+		t.Fatalf("appendObserved starts with %#x, want the leaf prefix 0x00", full[0])
+	}
+	got := full[1:]
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s: appendObserved = %x, want EncodeLeaf's %x", kind, got, want)
+	}
+	if len(got) > cap(p.leaf) {
+		t.Errorf("%s: the leaf (%d bytes) outgrew the room prepare left (%d bytes)", kind, len(got), cap(p.leaf))
+	}
+	e, err := event.DecodeLeaf(got)
+	if err != nil || !proto.Equal(e.GetEvent(), ev) || !e.GetObservedTime().AsTime().Equal(at) {
+		t.Fatalf("%s: DecodeLeaf = %v, %v; want the event back", kind, e, err)
+	}
+	if p.dedupe != event.DedupeKey(ev.GetSource().GetSystem(), ev.GetId()) || p.subject != ev.GetSubject().GetId() {
+		t.Fatalf("%s: dedupe key %x, subject %q; want the event's", kind, p.dedupe, p.subject)
 	}
 }
 

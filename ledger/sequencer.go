@@ -61,17 +61,25 @@ type sequencerState struct {
 // events may or may not be stored, and retrying is safe). If ctx ends first
 // Append returns its error while the events may still be appended.
 func (l *Log) Append(ctx context.Context, evs []*pb.Event) ([]AppendResult, uint64, error) {
-	if len(evs) == 0 {
+	return l.AppendBatch(ctx, event.NewBatch(evs))
+}
+
+// AppendBatch is Append of b.Events(), encoding their leaves from what b
+// knows of them (event.Batch: the bytes a request's events were decoded
+// from, or the checks its validation made) instead of checking and
+// encoding them again; the leaves, results and errors are Append's.
+func (l *Log) AppendBatch(ctx context.Context, b *event.Batch) ([]AppendResult, uint64, error) {
+	if b.Len() == 0 {
 		return nil, l.Latest().Size, nil
 	}
 	r := &request{
-		items:   make([]prepared, len(evs)),
-		results: make([]AppendResult, len(evs)),
-		left:    len(evs),
+		items:   make([]prepared, b.Len()),
+		results: make([]AppendResult, b.Len()),
+		left:    b.Len(),
 		done:    make(chan struct{}),
 	}
-	for i, ev := range evs {
-		p, err := prepare(i, ev)
+	for i := range r.items {
+		p, err := prepare(b, i)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -80,7 +88,7 @@ func (l *Log) Append(ctx context.Context, evs []*pb.Event) ([]AppendResult, uint
 	if err := l.broken.Load(); err != nil {
 		return nil, 0, *err
 	}
-	n := int64(len(evs))
+	n := int64(b.Len())
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
@@ -469,12 +477,15 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 	clear(canon)
 	sc.canon = canon
 	pos := sc.pos[:0]
+	repeatOf = make([]int, len(batch))
 	l.inflightMu.Lock()
 	for p, it := range batch {
 		d := it.r.items[it.i].dedupe
-		if _, ok := first[d]; ok {
+		if f, ok := first[d]; ok {
+			repeatOf[p] = f
 			continue
 		}
+		repeatOf[p] = -1
 		first[d] = p
 		if e, ok := l.inflight[d]; ok {
 			res[p] = resolveRepeat(e.res, e.event, it.r.items[it.i].eventField())
@@ -512,16 +523,9 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 			return nil, nil, nil, err
 		}
 	}
-	for p, it := range batch {
-		if first[it.r.items[it.i].dedupe] == p && !stored[p] {
+	for p := range batch {
+		if repeatOf[p] < 0 && !stored[p] {
 			fresh = append(fresh, p)
-		}
-	}
-	repeatOf = make([]int, len(batch))
-	for p, it := range batch {
-		repeatOf[p] = -1
-		if f := first[it.r.items[it.i].dedupe]; f != p {
-			repeatOf[p] = f
 		}
 	}
 	return fresh, repeatOf, res, nil
@@ -808,10 +812,12 @@ func (l *Log) indexBatch(b *built) {
 		l.stats.conflicts.Add(conflicts)
 		l.stats.duplicates.Add(uint64(len(b.items)) - (b.size - b.first) - conflicts)
 	}
-	l.finish(b.items, b.res, b.size, err)
+	// The batch's stats are counted before its callers are answered, so a
+	// caller that reads Stats after Append returns sees its own batch.
 	l.stats.batches.Add(1)
 	l.stats.batchEvents.Add(uint64(len(b.items)))
 	l.stats.commitNanos.Add(uint64(time.Since(b.start)))
+	l.finish(b.items, b.res, b.size, err)
 }
 
 // markBroken stops appends after a failure that leaves the store's state

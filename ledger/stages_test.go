@@ -31,8 +31,9 @@ func batchOf(t *testing.T, evs []*pb.Event) []item {
 	t.Helper()
 	r := &request{items: make([]prepared, len(evs)), results: make([]AppendResult, len(evs)), done: make(chan struct{})}
 	var out []item
-	for i, ev := range evs {
-		p, err := prepare(i, ev)
+	b := event.NewBatch(evs)
+	for i := range evs {
+		p, err := prepare(b, i)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -49,7 +50,7 @@ func TestDedupeStage(t *testing.T) {
 	l.Close()
 	l = newIdleLog(t, st.clone(), testOptions())
 	// Event 5 is in a batch still being committed.
-	p5, err := prepare(0, testEvent(5))
+	p5, err := prepare(event.NewBatch([]*pb.Event{testEvent(5)}), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

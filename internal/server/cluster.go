@@ -23,6 +23,7 @@ import (
 	"github.com/grantline/grantline/ingest"
 	"github.com/grantline/grantline/internal/datadir"
 	"github.com/grantline/grantline/ledger"
+	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/ledger/pgstore"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
@@ -336,6 +337,16 @@ func (c *cluster) Append(ctx context.Context, evs []*pb.Event) ([]ledger.AppendR
 		return nil, 0, c.notSequencer("this node follows the log read-only")
 	}
 	return r.log.Append(ctx, evs)
+}
+
+// AppendBatch is Append taking what ingest's decoder and validation know of
+// the events (ingest.BatchAppender).
+func (c *cluster) AppendBatch(ctx context.Context, b *event.Batch) ([]ledger.AppendResult, uint64, error) {
+	r := c.cur.Load()
+	if r.log == nil {
+		return nil, 0, c.notSequencer("this node follows the log read-only")
+	}
+	return r.log.AppendBatch(ctx, b)
 }
 
 func (c *cluster) Latest() ledger.Checkpoint { return c.cur.Load().ledger().Latest() }

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -126,6 +127,13 @@ type Store struct {
 	reads   *readErrors
 	mapped  *mappedBound // nil without Options.MaxMappedBytes
 	ordered bool         // Commit in sorted chunks (Options.NoSync)
+
+	// bundles: the store keeps the ledger's leaves in bundles (bundles.go),
+	// decided at Open. commitMu serialises the commits that rewrite
+	// bundles, and guards tail, the last bundle committed.
+	bundles  bool
+	commitMu sync.Mutex
+	tail     tailBundle
 }
 
 // orderedChunk is how many entries, neighbours in key order, one badger
@@ -180,7 +188,14 @@ func Open(dir string, o Options) (s *Store, err error) {
 	if o.BadgerOptions != nil {
 		bo = o.BadgerOptions(bo)
 	}
-	db, err := badger.Open(bo)
+	// Badger's goroutines (its writer, memtable flushes, compactions)
+	// inherit these labels, so that a CPU profile of a process with both
+	// of the ledger's stores splits their work by store
+	// (go tool pprof -tags; docs/BENCHMARKS.md, "Round 6").
+	var db *badger.DB
+	pprof.Do(context.Background(), pprof.Labels("badgerstore", storeLabel(o.NoSync)), func(context.Context) {
+		db, err = badger.Open(bo)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
 	}
@@ -189,10 +204,26 @@ func Open(dir string, o Options) (s *Store, err error) {
 		minFree = 2*bo.MemTableSize + 2*db.MaxBatchSize() + 16<<20
 	}
 	s = &Store{db: db, dir: dir, minFree: minFree, reads: reads, ordered: o.NoSync}
+	if !o.NoSync {
+		if err := s.detectLayout(); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("opening badger database in %s: %w", dir, err)
+		}
+	}
 	if o.MaxMappedBytes > 0 {
 		s.mapped = startMappedBound(dir, o.MaxMappedBytes, cmp.Or(o.MappedCheckInterval, DefaultMappedCheckInterval), o.Logger)
 	}
 	return s, nil
+}
+
+// storeLabel is the profiler label of a store's badger goroutines:
+// "durable" for a store that syncs its commits (the ledger's main store),
+// "nosync" for one that does not (its separate index store).
+func storeLabel(noSync bool) string {
+	if noSync {
+		return "nosync"
+	}
+	return "durable"
 }
 
 // scaleMemory sizes badger's memory from a budget, the Go heap the store
@@ -238,24 +269,18 @@ func (s *Store) Limits() (count int, bytes int64) {
 func (s *Store) Get(keys ...[]byte) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	err := s.db.View(func(txn *badger.Txn) error {
+		if s.bundles {
+			return s.getBundled(txn, keys, out)
+		}
 		for i, k := range keys {
-			readGate.wait()
-			item, err := txn.Get(k)
-			if errors.Is(err, badger.ErrKeyNotFound) {
+			if isReserved(k) {
 				continue
 			}
+			v, err := s.getOne(txn, k)
 			if err != nil {
 				return err
 			}
-			if out[i], err = item.ValueCopy(nil); err != nil {
-				return err
-			}
-			if err := s.checkValue(item, out[i]); err != nil {
-				return err
-			}
-			if out[i] == nil {
-				out[i] = []byte{}
-			}
+			out[i] = v
 		}
 		return nil
 	})
@@ -263,6 +288,30 @@ func (s *Store) Get(keys ...[]byte) ([][]byte, error) {
 		return nil, fmt.Errorf("badger read: %w", err)
 	}
 	return out, nil
+}
+
+// getOne reads the value of k as stored: nil if missing, a non-nil copy
+// otherwise.
+func (s *Store) getOne(txn *badger.Txn, k []byte) ([]byte, error) {
+	readGate.wait()
+	item, err := txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.checkValue(item, v); err != nil {
+		return nil, err
+	}
+	if v == nil {
+		v = []byte{}
+	}
+	return v, nil
 }
 
 // checkValue reports a value badger could not read. Badger answers a
@@ -291,6 +340,18 @@ func (s *Store) checkValue(item *badger.Item, v []byte) error {
 // no upper bound), from one consistent snapshot. key and value are only valid
 // during the call. An error from fn stops the scan and is returned as is.
 func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error {
+	if s.bundles {
+		var fnErr error
+		each := func(k, v []byte) error { fnErr = fn(k, v); return fnErr }
+		err := s.db.View(func(txn *badger.Txn) error { return s.scanBundled(txn, start, end, each) })
+		if fnErr != nil {
+			return fnErr
+		}
+		if err != nil {
+			return fmt.Errorf("badger scan: %w", err)
+		}
+		return nil
+	}
 	var fnErr error
 	err := s.db.View(func(txn *badger.Txn) error {
 		opt := badger.DefaultIteratorOptions
@@ -302,6 +363,9 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 			k := item.Key()
 			if end != nil && string(k) >= string(end) {
 				return nil
+			}
+			if isReserved(k) {
+				continue
 			}
 			readGate.wait()
 			err := item.Value(func(v []byte) error {
@@ -349,9 +413,33 @@ func (s *Store) Commit(keys, values [][]byte) error {
 			return fmt.Errorf("%w: %d bytes free in %s, below the %d-byte reserve; free disk space, then restart", ErrDiskFull, free, s.dir, s.minFree)
 		}
 	}
+	for _, k := range keys {
+		if isReserved(k) {
+			return fmt.Errorf("commit of key %x: %w", k, ErrReservedKey)
+		}
+	}
 	if s.ordered && len(keys) > 1 {
 		return s.commitOrdered(keys, values)
 	}
+	if s.bundles {
+		s.commitMu.Lock()
+		defer s.commitMu.Unlock()
+		k2, v2, last, err := s.bundleBatch(keys, values)
+		if err != nil {
+			return err
+		}
+		s.tail = tailBundle{} // unknown until the commit succeeds
+		if err := s.commitTxn(k2, v2); err != nil {
+			return err
+		}
+		s.tail = last
+		return nil
+	}
+	return s.commitTxn(keys, values)
+}
+
+// commitTxn commits keys and values as they are in one transaction.
+func (s *Store) commitTxn(keys, values [][]byte) error {
 	txn := s.db.NewTransaction(true)
 	defer txn.Discard()
 	ents := make([]badger.Entry, len(keys)) // one allocation, not one per entry
@@ -497,6 +585,13 @@ func (s *Store) Restore(r io.Reader) error {
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("badger sync after restore: %w", err)
 	}
+	if !s.ordered {
+		// The backup's layout wins over the one Open chose for the empty
+		// store.
+		s.commitMu.Lock()
+		defer s.commitMu.Unlock()
+		return s.detectLayout()
+	}
 	return nil
 }
 
@@ -505,6 +600,11 @@ func (s *Store) Restore(r io.Reader) error {
 func (s *Store) DropAll() error {
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("badger drop all: %w", err)
+	}
+	if !s.ordered {
+		s.commitMu.Lock()
+		defer s.commitMu.Unlock()
+		return s.detectLayout()
 	}
 	return nil
 }

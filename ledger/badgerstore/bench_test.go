@@ -15,7 +15,12 @@ import (
 // BenchmarkCommit measures one durable commit of a batch shaped like the
 // ledger's (per event: a ~600-byte leaf, and with indexes a leaf-hash, a
 // dedupe and a subject key), to show where append time goes. b.N counts
-// events.
+// events; cpu-ns/event is the process's CPU per event during the commits
+// (badger's writer goroutine included), which moves less with the
+// machine's load than events/s. batch=2048/leaves is the ledger's main
+// store in the Append benchmark (~2,000 events per batch, indexes in a
+// separate store): run it alternately against a build without leaf
+// bundles to see what they save (docs/BENCHMARKS.md, "Round 6").
 func BenchmarkCommit(b *testing.B) {
 	for _, tc := range []struct {
 		name    string
@@ -26,6 +31,7 @@ func BenchmarkCommit(b *testing.B) {
 	}{
 		{"batch=4096/leaves+indexes/memtable=16MB", 4096, true, true, 16},
 		{"batch=4096/leaves", 4096, false, true, 0},
+		{"batch=2048/leaves", 2048, false, true, 0},
 		{"batch=4096/leaves+indexes", 4096, true, true, 0},
 		{"batch=4096/leaves+indexes/nosync", 4096, true, false, 0},
 		{"batch=512/leaves+indexes", 512, true, true, 0},
@@ -45,6 +51,7 @@ func BenchmarkCommit(b *testing.B) {
 			leaf := make([]byte, 600)
 			var idx uint64
 			var commit time.Duration
+			var cpu time.Duration
 			b.ResetTimer()
 			for done := 0; done < b.N; done += tc.batch {
 				var ks, vs [][]byte
@@ -58,13 +65,15 @@ func BenchmarkCommit(b *testing.B) {
 					}
 					idx++
 				}
-				t0 := time.Now()
+				t0, c0 := time.Now(), cputime.Process()
 				if err := s.Commit(ks, vs); err != nil {
 					b.Fatal(err)
 				}
 				commit += time.Since(t0)
+				cpu += cputime.Process() - c0
 			}
 			b.ReportMetric(float64(b.N)/commit.Seconds(), "events/s")
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/event")
 		})
 	}
 }

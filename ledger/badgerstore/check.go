@@ -99,6 +99,12 @@ func checkTable(path string) error {
 		return bad("reading the footer: %v", err)
 	}
 	ckLen := int64(binary.BigEndian.Uint32(b))
+	if ckLen == 0 {
+		// Badger always writes a checksum; a table cut where its bytes are
+		// zeros would otherwise pass as an empty checksum of an empty
+		// index, and badger panics on it in a goroutine of its own.
+		return bad("the footer declares an empty index checksum (truncated?)")
+	}
 	if ckLen > pos-4 {
 		return bad("the footer declares a %d-byte checksum, more than the file holds (truncated?)", ckLen)
 	}
@@ -120,6 +126,9 @@ func checkTable(path string) error {
 		return bad("reading the index length: %v", err)
 	}
 	idxLen := int64(binary.BigEndian.Uint32(b))
+	if idxLen == 0 {
+		return bad("the footer declares an empty index (truncated?)")
+	}
 	if idxLen > pos {
 		return bad("the footer declares a %d-byte index, more than the file holds (truncated?)", idxLen)
 	}

@@ -2,6 +2,7 @@ package event
 
 import (
 	"unicode/utf8"
+	"weak"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -28,38 +29,54 @@ import (
 // allocation, a copy of that event's bytes (data itself is not retained):
 // keeping any part of an event keeps that event's bytes, no more.
 func UnmarshalBatch(data []byte, seqNum, evNum protowire.Number) (seq uint64, evs []*pb.Event, ok bool) {
+	seq, evs, _, ok = DecodeBatch(data, seqNum, evNum)
+	return seq, evs, ok
+}
+
+// DecodeBatch is UnmarshalBatch, also returning what it knows of the
+// events (nil when there are none): that they hold no unknown fields and
+// only valid UTF-8, and, for each event whose bytes were its deterministic
+// encoding (fields in number order, each in its one shortest encoding,
+// nothing the encoder leaves out, map entries sorted by key: what
+// MarshalBatch, StartLeaf and proto.MarshalOptions{Deterministic: true}
+// write), those bytes, the copy its strings share. Decoded.Batch joins it
+// with the events again, and the Batch then encodes their leaves by
+// copying those bytes (TestDecodeBatchKeepsTheEncoding and
+// FuzzUnmarshalBatch hold them to the runtime's encoding).
+func DecodeBatch(data []byte, seqNum, evNum protowire.Number) (seq uint64, evs []*pb.Event, dec *Decoded, ok bool) {
 	// First pass: the top level, counting events.
 	n, seenSeq := 0, false
 	for b := data; len(b) > 0; {
 		num, typ, l := protowire.ConsumeTag(b)
 		if l < 0 {
-			return 0, nil, false
+			return 0, nil, nil, false
 		}
 		b = b[l:]
 		switch {
 		case num == evNum && typ == protowire.BytesType:
 			_, l := consumeBytes(b)
 			if l < 0 {
-				return 0, nil, false
+				return 0, nil, nil, false
 			}
 			b = b[l:]
 			n++
 		case seqNum != 0 && num == seqNum && typ == protowire.VarintType && !seenSeq:
 			v, l := protowire.ConsumeVarint(b)
 			if l < 0 {
-				return 0, nil, false
+				return 0, nil, nil, false
 			}
 			b = b[l:]
 			seq, seenSeq = v, true
 		default:
-			return 0, nil, false
+			return 0, nil, nil, false
 		}
 	}
 	if n == 0 {
-		return seq, nil, true
+		return seq, nil, nil, true
 	}
 	d := &batchDecoder{n: n}
 	evs = make([]*pb.Event, 0, n)
+	dec = &Decoded{n: n, wire: make([]string, n), plain: make([]bool, n)}
 	slab := make([]pb.Event, n)
 	for b := data; len(b) > 0; {
 		num, _, l := protowire.ConsumeTag(b)
@@ -73,11 +90,16 @@ func UnmarshalBatch(data []byte, seqNum, evNum protowire.Number) (seq uint64, ev
 		b = b[l:]
 		ev := &slab[len(evs)]
 		if !d.event(ev, v) {
-			return 0, nil, false
+			return 0, nil, nil, false
 		}
+		if d.canon {
+			dec.wire[len(evs)] = d.s
+		}
+		dec.plain[len(evs)] = true
 		evs = append(evs, ev)
 	}
-	return seq, evs, true
+	dec.first = weak.Make(evs[0])
+	return seq, evs, dec, true
 }
 
 // batchDecoder hands out the messages of one batch from slabs of n, made
@@ -95,11 +117,20 @@ type batchDecoder struct {
 	// end-cap(x) in s.
 	s   string
 	end int
+	// canon is whether the event being decoded is, so far, in its
+	// deterministic encoding; key is its last attribute key so far (the
+	// entries of that encoding are sorted by key) and keyed whether it has
+	// one.
+	canon bool
+	key   string
+	keyed bool
 }
 
 // take returns the next element of *slab, making a slab of n when it is
 // used up (each singular field is decoded at most once per event, so a
 // batch needs at most 2n timestamps and identities, n of the others).
+// (Slabs of at most 64, for the allocator's per-core caches, cost ~15%
+// more CPU in BenchmarkUnmarshalBatch: docs/BENCHMARKS.md, round 6.)
 func take[T any](slab *[]T, n int) *T {
 	if len(*slab) == 0 {
 		*slab = make([]T, n)
@@ -137,18 +168,28 @@ func consumeBytes(b []byte) ([]byte, int) {
 
 // field reads one field's tag and, for the two wire types the schema
 // uses, its value: v for a varint, x for bytes. ok false on a malformed
-// field or another wire type.
-func field(b []byte) (num protowire.Number, typ protowire.Type, v uint64, x, rest []byte, ok bool) {
+// field or another wire type. A tag, varint or length in more bytes than
+// its shortest encoding clears d.canon.
+func (d *batchDecoder) field(b []byte) (num protowire.Number, typ protowire.Type, v uint64, x, rest []byte, ok bool) {
 	num, typ, l := protowire.ConsumeTag(b)
 	if l < 0 {
 		return 0, 0, 0, nil, nil, false
+	}
+	if l != protowire.SizeTag(num) {
+		d.canon = false
 	}
 	b = b[l:]
 	switch typ {
 	case protowire.VarintType:
 		v, l = protowire.ConsumeVarint(b)
+		if l > 0 && l != protowire.SizeVarint(v) {
+			d.canon = false
+		}
 	case protowire.BytesType:
 		x, l = consumeBytes(b)
+		if l > 0 && l != protowire.SizeBytes(len(x)) {
+			d.canon = false
+		}
 	default:
 		return 0, 0, 0, nil, nil, false
 	}
@@ -156,6 +197,15 @@ func field(b []byte) (num protowire.Number, typ protowire.Type, v uint64, x, res
 		return 0, 0, 0, nil, nil, false
 	}
 	return num, typ, v, x, b[l:], true
+}
+
+// order clears d.canon unless field num comes after prev, which it then
+// becomes: the deterministic encoding writes fields in number order.
+func (d *batchDecoder) order(prev *protowire.Number, num protowire.Number) {
+	if num <= *prev {
+		d.canon = false
+	}
+	*prev = num
 }
 
 // once marks field num seen in *seen and reports whether it was not
@@ -170,34 +220,59 @@ func once(seen *uint64, num protowire.Number) bool {
 }
 
 // strings decodes a message whose fields are all strings, numbered 1 to
-// len(dst), into dst.
+// len(dst), into dst (proto3 strings: the deterministic encoding leaves an
+// empty one out).
 func (d *batchDecoder) strings(b []byte, dst ...*string) bool {
+	_, ok := d.stringFields(b, false, dst...)
+	return ok
+}
+
+// stringFields is strings, also returning the number of fields decoded;
+// with empties, an empty string is as its deterministic encoding writes
+// it (a map entry's key and value).
+func (d *batchDecoder) stringFields(b []byte, empties bool, dst ...*string) (int, bool) {
 	var seen uint64
+	var prev protowire.Number
+	n := 0
 	for len(b) > 0 {
-		num, typ, _, x, rest, ok := field(b)
+		num, typ, _, x, rest, ok := d.field(b)
 		if !ok || typ != protowire.BytesType || num < 1 || int(num) > len(dst) || !once(&seen, num) {
-			return false
+			return 0, false
+		}
+		d.order(&prev, num)
+		if len(x) == 0 && !empties {
+			d.canon = false
 		}
 		if *dst[num-1], ok = d.str(x); !ok {
-			return false
+			return 0, false
 		}
 		b = rest
+		n++
 	}
-	return true
+	return n, true
 }
 
 func (d *batchDecoder) timestamp(b []byte) (*timestamppb.Timestamp, bool) {
 	t := take(&d.times, 2*d.n)
 	var seen uint64
+	var prev protowire.Number
 	for len(b) > 0 {
-		num, typ, v, _, rest, ok := field(b)
+		num, typ, v, _, rest, ok := d.field(b)
 		if !ok || typ != protowire.VarintType || num < 1 || num > 2 || !once(&seen, num) {
 			return nil, false
 		}
+		d.order(&prev, num)
 		if num == 1 {
 			t.Seconds = int64(v)
 		} else {
 			t.Nanos = int32(v)
+			// The encoder writes nanos sign-extended to 64 bits.
+			if v != uint64(int64(t.Nanos)) {
+				d.canon = false
+			}
+		}
+		if v == 0 {
+			d.canon = false
 		}
 		b = rest
 	}
@@ -212,10 +287,15 @@ func (d *batchDecoder) identity(b []byte) (*pb.Identity, bool) {
 func (d *batchDecoder) entitlement(b []byte) (*pb.Entitlement, bool) {
 	e := take(&d.ents, d.n)
 	var seen uint64
+	var prev protowire.Number
 	for len(b) > 0 {
-		num, typ, v, x, rest, ok := field(b)
+		num, typ, v, x, rest, ok := d.field(b)
 		if !ok || !once(&seen, num) {
 			return nil, false
+		}
+		d.order(&prev, num)
+		if (typ == protowire.BytesType && len(x) == 0) || (typ == protowire.VarintType && v != 1) {
+			d.canon = false // an empty string or a false is left out, a true is 1
 		}
 		switch {
 		case num == 1 && typ == protowire.BytesType:
@@ -239,23 +319,45 @@ func (d *batchDecoder) entitlement(b []byte) (*pb.Entitlement, bool) {
 // absent meaning "".
 func (d *batchDecoder) entry(b []byte, m map[string]string) bool {
 	var k, v string
-	if !d.strings(b, &k, &v) {
+	n, ok := d.stringFields(b, true, &k, &v)
+	if !ok {
 		return false
 	}
+	// The deterministic encoding writes the key, then the value, both
+	// even when empty (their order is checked with the rest), and the
+	// entries in increasing key order.
+	if n != 2 || (d.keyed && k <= d.key) {
+		d.canon = false
+	}
+	d.key, d.keyed = k, true
 	m[k] = v
 	return true
 }
 
-// event decodes one event from eb.
+// event decodes one event from eb, and d.canon reports whether eb is its
+// deterministic encoding.
 func (d *batchDecoder) event(ev *pb.Event, eb []byte) bool {
 	d.s, d.end = string(eb), cap(eb)
+	d.canon, d.keyed = true, false
 	var seen uint64
+	var prev protowire.Number
 	for b := eb; len(b) > 0; {
-		num, typ, v, x, rest, ok := field(b)
+		num, typ, v, x, rest, ok := d.field(b)
 		if !ok || (num != 13 && !once(&seen, num)) {
 			return false
 		}
+		if num != 13 || prev != 13 {
+			d.order(&prev, num) // entries (13) in a row: entry checks their order
+		}
 		isBytes := typ == protowire.BytesType
+		switch {
+		case isBytes && (num <= 2 || num == 10):
+			if len(x) == 0 {
+				d.canon = false // an empty string is left out
+			}
+		case num == 11 && v > 1, num == 12 && v != 1:
+			d.canon = false // mfa (optional) is written as set, breakglass only when true, as 0 or 1
+		}
 		switch {
 		case num == 1 && isBytes:
 			ev.Id, ok = d.str(x)

@@ -10,7 +10,9 @@
 // UnmarshalBatch encode and decode append requests, each byte for byte or
 // message for message what the protobuf runtime does, and each handing
 // whatever it does not cover (unknown fields, invalid UTF-8, unusual
-// encodings) to the runtime. It imports only the generated protobuf
+// encodings) to the runtime; Batch carries what decoding and validation
+// proved of a request's events to the log, so that each is checked and
+// encoded once (batch.go). It imports only the generated protobuf
 // package, protobuf and the standard library. docs/design.md describes the
 // contract for integrators.
 package event

@@ -32,22 +32,35 @@ func (e *FieldError) Is(target error) bool { return target == ErrInvalid }
 // ValidateBatch validates every event of a request before anything is stored;
 // paths are prefixed with field, e.g. "events[3].type".
 func ValidateBatch(field string, evs []*pb.Event, now time.Time) error {
-	if len(evs) == 0 {
-		return &FieldError{field, "at least one event is required"}
-	}
-	if len(evs) > MaxBatchEvents {
-		return &FieldError{field, fmt.Sprintf("%d events exceed the limit of %d per request; split the batch", len(evs), MaxBatchEvents)}
+	if err := checkCount(field, len(evs)); err != nil {
+		return err
 	}
 	for i, ev := range evs {
 		if err := Validate(ev, now); err != nil {
-			var fe *FieldError
-			if errors.As(err, &fe) {
-				return &FieldError{fmt.Sprintf("%s[%d].%s", field, i, fe.Path), fe.Msg}
-			}
-			return err
+			return batchError(field, i, err)
 		}
 	}
 	return nil
+}
+
+// checkCount checks the number of events of a request.
+func checkCount(field string, n int) error {
+	if n == 0 {
+		return &FieldError{field, "at least one event is required"}
+	}
+	if n > MaxBatchEvents {
+		return &FieldError{field, fmt.Sprintf("%d events exceed the limit of %d per request; split the batch", n, MaxBatchEvents)}
+	}
+	return nil
+}
+
+// batchError puts the path of event i of field in front of its error.
+func batchError(field string, i int, err error) error {
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return &FieldError{fmt.Sprintf("%s[%d].%s", field, i, fe.Path), fe.Msg}
+	}
+	return err
 }
 
 // Validate checks one event against the contract of docs/design.md:
@@ -56,8 +69,19 @@ func ValidateBatch(field string, evs []*pb.Event, now time.Time) error {
 // bounds, and the encoded size. The error is a *FieldError whose path starts
 // at the event (e.g. "subject.id"); it matches ErrInvalid.
 func Validate(ev *pb.Event, now time.Time) error {
+	_, err := validate(ev, now, false)
+	return err
+}
+
+// validate is Validate for an event known to hold no unknown fields when
+// known is set (the decoder's, see Batch), which it then does not search
+// again. plain reports, for a valid event, that it is known to hold no
+// unknown fields and (as every valid event) only valid UTF-8 strings:
+// TestValidateRefusesInvalidUTF8 holds every string field of the schema to
+// that.
+func validate(ev *pb.Event, now time.Time, known bool) (plain bool, err error) {
 	if ev == nil {
-		return &FieldError{"event", "required"}
+		return false, &FieldError{"event", "required"}
 	}
 	v := validator{}
 	v.id("id", ev.GetId(), true)
@@ -132,17 +156,17 @@ func Validate(ev *pb.Event, now time.Time) error {
 		}
 	}
 	if v.err != nil {
-		return v.err
+		return false, v.err
 	}
 	// v.bytes bounds the encoded size from above unless a message carries
 	// unknown fields; only near the limit is the exact size computed.
-	if v.bytes+eventOverhead <= MaxEventBytes && !HasUnknown(ev) {
-		return nil
+	if v.bytes+eventOverhead <= MaxEventBytes && (known || !HasUnknown(ev)) {
+		return true, nil
 	}
 	if n := proto.Size(ev); n > MaxEventBytes {
-		return &FieldError{"event", fmt.Sprintf("encoded size %d bytes exceeds the limit of %d; move bulky data out of reason and attributes", n, MaxEventBytes)}
+		return false, &FieldError{"event", fmt.Sprintf("encoded size %d bytes exceeds the limit of %d; move bulky data out of reason and attributes", n, MaxEventBytes)}
 	}
-	return nil
+	return known, nil
 }
 
 // eventOverhead bounds the encoded size of everything in an event that is

@@ -168,6 +168,12 @@ func appendWire(b []byte, ev *pb.Event) ([]byte, bool) {
 	if !validStrings(ev) {
 		return b, false
 	}
+	return appendFields(b, ev), true
+}
+
+// appendFields appends ev's deterministic encoding, ev wireable and its
+// strings valid UTF-8.
+func appendFields(b []byte, ev *pb.Event) []byte {
 	b = appendStr(b, 1, ev.Id)
 	b = appendStr(b, 2, ev.Type)
 	if ev.Time != nil {
@@ -230,7 +236,7 @@ func appendWire(b []byte, ev *pb.Event) ([]byte, bool) {
 			b = appendEntry(b, k, ev.Attributes[k])
 		}
 	}
-	return b, true
+	return b
 }
 
 // appendEntry appends one attributes map entry (field 13): key and value,

@@ -214,12 +214,22 @@ func TestWireSchemaIsKnown(t *testing.T) {
 // checkUnmarshalBatch holds UnmarshalBatch to proto.Unmarshal on data: when
 // it decodes, proto.Unmarshal succeeds with the same message and no unknown
 // fields. It returns whether the fast path decoded.
+//
+// It holds DecodeBatch's knowledge to the runtime too: every event it keeps
+// bytes for is exactly the runtime's deterministic encoding of the event,
+// so that a leaf made from them (Batch.StartLeaf) is the leaf EncodeLeaf
+// makes; and the leaves its Batch starts are StartLeaf's.
 func checkUnmarshalBatch(t *testing.T, data []byte) bool {
 	t.Helper()
 	seq, evs, ok := UnmarshalBatch(data, 1, 2)
+	seq2, evs2, dec, ok2 := DecodeBatch(data, 1, 2)
+	if ok != ok2 || seq != seq2 || len(evs) != len(evs2) {
+		t.Fatalf("DecodeBatch = %d, %d events, %v; UnmarshalBatch = %d, %d events, %v", seq2, len(evs2), ok2, seq, len(evs), ok)
+	}
 	if !ok {
 		return false
 	}
+	checkDecoded(t, evs2, dec)
 	want := &pb.AppendStreamRequest{}
 	if err := proto.Unmarshal(data, want); err != nil {
 		t.Fatalf("UnmarshalBatch decoded what proto.Unmarshal refuses (%v): %x", err, data)
@@ -307,6 +317,129 @@ func TestUnmarshalBatchIsProtoUnmarshal(t *testing.T) {
 			mut := slices.Clone(data)
 			mut[i] = x
 			checkUnmarshalBatch(t, mut)
+		}
+	}
+}
+
+// checkDecoded checks what DecodeBatch knows of evs against the runtime:
+// kept bytes are the deterministic encoding, and the Batch's leaves are
+// StartLeaf's, byte for byte.
+func checkDecoded(t *testing.T, evs []*pb.Event, dec *Decoded) {
+	t.Helper()
+	if len(evs) == 0 {
+		if dec != nil {
+			t.Fatalf("DecodeBatch of no events returned a Decoded")
+		}
+		return
+	}
+	b := dec.Batch(evs)
+	if b == nil {
+		t.Fatal("Decoded.Batch refused the events it was decoded with")
+	}
+	for i, ev := range evs {
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+		if err != nil {
+			t.Fatalf("event %d: the runtime cannot encode what DecodeBatch decoded: %v", i, err)
+		}
+		if w := dec.wire[i]; w != "" && w != string(want) {
+			t.Fatalf("event %d: DecodeBatch kept %x as its encoding; the deterministic encoding is %x", i, w, want)
+		}
+		if !dec.plain[i] {
+			t.Fatalf("event %d: decoded but not known plain", i)
+		}
+		size := b.EventSize(i)
+		if size != EventSize(ev) {
+			t.Fatalf("event %d: Batch.EventSize = %d, EventSize = %d", i, size, EventSize(ev))
+		}
+		got, err := b.StartLeaf([]byte{0}, i, size)
+		start, err2 := StartLeaf([]byte{0}, ev, EventSize(ev))
+		if err != nil || err2 != nil || string(got) != string(start) {
+			t.Fatalf("event %d: Batch.StartLeaf = %x, %v; StartLeaf = %x, %v", i, got, err, start, err2)
+		}
+	}
+}
+
+// TestDecodeBatchKeepsTheEncoding: the events of a request in the
+// deterministic encoding (what the client and bench send) are all kept as
+// received; encodings that differ from it in any way the runtime accepts
+// are not, and their leaves are encoded as before.
+func TestDecodeBatchKeepsTheEncoding(t *testing.T) {
+	evs := append(sampleEvents(), randomEvents(5, 500)...)
+	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.AppendStreamRequest{Seq: 1, Events: evs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, got, dec, ok := DecodeBatch(data, 1, 2)
+	if !ok {
+		t.Fatal("fell back")
+	}
+	for i := range got {
+		if dec.wire[i] == "" && proto.Size(got[i]) > 0 { // an empty event has no bytes to keep
+			t.Fatalf("event %d (%v) in its deterministic encoding was not kept", i, got[i])
+		}
+	}
+	checkDecoded(t, got, dec)
+	if NewBatch(got).Len() != len(got) || dec.Batch(got[1:]) != nil || dec.Batch(evs) != nil || (*Decoded)(nil).Batch(got) != nil {
+		t.Fatal("Decoded.Batch joined events it was not decoded with")
+	}
+
+	// Other encodings of one event, each decoded as the runtime decodes
+	// it (checkUnmarshalBatch) and none kept.
+	ev := func(fields ...[]byte) []byte { return slices.Concat(fields...) }
+	str := func(num protowire.Number, s string) []byte {
+		return protowire.AppendString(protowire.AppendTag(nil, num, protowire.BytesType), s)
+	}
+	msg := func(num protowire.Number, fields ...[]byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), slices.Concat(fields...))
+	}
+	varint := func(num protowire.Number, v uint64) []byte {
+		return protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), v)
+	}
+	long := func(num protowire.Number, s string) []byte { // a length in two bytes
+		b := protowire.AppendTag(nil, num, protowire.BytesType)
+		return append(append(b, byte(len(s))|0x80, 0), s...)
+	}
+	entry := func(k, v string) []byte { return msg(13, str(1, k), str(2, v)) }
+	for _, tt := range []struct {
+		name string
+		raw  []byte
+		keep bool
+	}{
+		{"deterministic", ev(str(1, "a"), str(2, "b"), msg(3, varint(1, 5), varint(2, 6)), entry("k", "v"), entry("l", "")), true},
+		{"empty entry", ev(str(1, "a"), entry("", "")), true},
+		{"fields out of order", ev(str(2, "b"), str(1, "a")), false},
+		{"empty string written", ev(str(1, ""), str(2, "b")), false},
+		{"empty reason written", ev(str(1, "a"), str(10, "")), false},
+		{"long length", ev(long(1, "a")), false},
+		{"long tag", ev([]byte{1<<3 | 2 | 0x80, 0, 1, 'a'}), false},
+		{"long varint", ev(msg(3, []byte{1 << 3, 0x85, 0})), false},
+		{"zero seconds written", ev(msg(3, varint(1, 0))), false},
+		{"zero nanos written", ev(msg(3, varint(1, 1), varint(2, 0))), false},
+		{"nanos not sign-extended", ev(msg(3, varint(2, uint64(uint32(0xffffffff))))), false},
+		{"timestamp fields out of order", ev(msg(3, varint(2, 1), varint(1, 1))), false},
+		{"source fields out of order", ev(msg(4, str(2, "p"), str(1, "s"))), false},
+		{"empty subject id written", ev(msg(5, str(1, ""))), false},
+		{"privileged false written", ev(msg(7, str(1, "e"), varint(3, 0))), false},
+		{"privileged as 2", ev(msg(7, varint(3, 2))), false},
+		{"mfa false", ev(str(1, "a"), varint(11, 0)), true},
+		{"mfa as 2", ev(varint(11, 2)), false},
+		{"breakglass false written", ev(varint(12, 0)), false},
+		{"breakglass as 7", ev(varint(12, 7)), false},
+		{"entries out of order", ev(entry("l", "1"), entry("k", "2")), false},
+		{"entry key twice", ev(entry("k", "1"), entry("k", "2")), false},
+		{"entry without its value", ev(msg(13, str(1, "k"))), false},
+		{"entry without its key", ev(msg(13, str(2, "v"))), false},
+		{"entry value before key", ev(msg(13, str(2, "v"), str(1, "k"))), false},
+		{"entry before a field", ev(entry("k", "v"), varint(12, 1)), false},
+		{"entries around a field", ev(entry("k", "v"), varint(12, 1), entry("l", "v")), false},
+	} {
+		data := protowire.AppendBytes(protowire.AppendTag(nil, 2, protowire.BytesType), tt.raw)
+		if !checkUnmarshalBatch(t, data) {
+			t.Fatalf("%s: fell back", tt.name)
+		}
+		_, _, dec, _ := DecodeBatch(data, 1, 2)
+		if kept := dec.wire[0] != ""; kept != tt.keep {
+			t.Errorf("%s (%x): kept %v, want %v", tt.name, tt.raw, kept, tt.keep)
 		}
 	}
 }
