@@ -6,8 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,12 +146,33 @@ func (s *stairs) offer(r stairRec) bool {
 
 // firstAfter returns the first record with time after (sec, nsec).
 func (s *stairs) firstAfter(sec int64, nsec int32) (stairRec, bool) {
+	return s.firstAfterBelow(sec, nsec, math.MaxUint64)
+}
+
+// firstAfterBelow returns the first record with time after (sec, nsec) if
+// its index is below the given one; false otherwise. Records' indices grow
+// with their times, so when the head of the block the answer would be in
+// already has an index at or above below, the block is not decoded: for a
+// closing dated in time order (the usual case) the lookup is a binary
+// search of the heads.
+func (s *stairs) firstAfterBelow(sec int64, nsec int32, below uint64) (stairRec, bool) {
 	h := s.heads
 	// The first block whose head is after t; the answer is in the block
 	// before it, or is that block's head.
-	b := sort.Search(len(h), func(i int) bool {
-		return h[i].sec > sec || (h[i].sec == sec && h[i].nsec > nsec)
-	})
+	b, hi := 0, len(h)
+	for b < hi {
+		m := int(uint(b+hi) >> 1)
+		if h[m].sec > sec || (h[m].sec == sec && h[m].nsec > nsec) {
+			hi = m
+		} else {
+			b = m + 1
+		}
+	}
+	if b > 0 && h[b-1].index >= below {
+		// The answer, in block b-1 after its head or block b's head, has
+		// a higher index still.
+		return stairRec{}, false
+	}
 	if b > 0 {
 		end := uint64(len(s.data))
 		if b < len(h) {
@@ -164,13 +185,16 @@ func (s *stairs) firstAfter(sec int64, nsec int32) (stairRec, bool) {
 			if r, p, ok = s.decode(prev, p); !ok {
 				break // cannot happen: add wrote it
 			}
+			if r.index >= below {
+				return stairRec{}, false
+			}
 			if r.after(sec, nsec) {
 				return r, true
 			}
 			prev = r
 		}
 	}
-	if b < len(h) {
+	if b < len(h) && h[b].index < below {
 		r, _, _ := s.decode(stairRec{index: h[b].index, sec: h[b].sec}, s.data[h[b].off:])
 		return r, true
 	}
@@ -211,8 +235,9 @@ func (x *sourceIndex) newerFromSource(e *Event, t time.Time) (*Event, error) {
 	if s == nil {
 		return nil, nil
 	}
-	r, ok := s.firstAfter(recTime(t))
-	if !ok || r.index >= uint64(e.Index) {
+	sec, nsec := recTime(t)
+	r, ok := s.firstAfterBelow(sec, nsec, uint64(e.Index))
+	if !ok {
 		return nil, nil
 	}
 	id := string(r.id)
@@ -232,12 +257,12 @@ type indexBuilder struct {
 	maxID   int  // the longest id seen, when they do not
 }
 
-func (b *indexBuilder) system(name []byte) *stairs {
-	if s, ok := b.systems[string(name)]; ok { // no allocation: the compiler's map lookup with string(bytes)
+func (b *indexBuilder) system(name string) *stairs {
+	if s, ok := b.systems[name]; ok {
 		return s
 	}
 	s := &stairs{ids: b.ids}
-	b.systems[string(name)] = s
+	b.systems[name] = s
 	return s
 }
 
@@ -283,8 +308,33 @@ type chunkStairs struct {
 }
 
 type chunkSys struct {
-	recs   []stairRec // without ids
-	idLens []int32    // the length of each one's id
+	recs []chunkRec
+}
+
+// chunkRec is a record of a chunk: no id, only its length; no pointers, so
+// the garbage collector does not scan a chunk's records.
+type chunkRec struct {
+	index uint64
+	sec   int64
+	nsec  int32
+	idLen int32
+}
+
+// chunkPool keeps chunkStairs between chunks (a 1M-entry log has 31): a
+// chunk's records, nearly one per entry for a source reporting in time
+// order, were most of the scan's allocations.
+var chunkPool = sync.Pool{New: func() any { return &chunkStairs{systems: map[string]*chunkSys{}} }}
+
+// release returns cs to chunkPool, its records emptied.
+func (cs *chunkStairs) release() {
+	for _, cy := range cs.systems {
+		cy.recs = cy.recs[:0]
+	}
+	cs.err = nil
+	if len(cs.systems) > 64 {
+		clear(cs.systems) // a log with many systems: do not keep them all
+	}
+	chunkPool.Put(cs)
 }
 
 // buildSourceIndexFromLog reads the log in chunks of scanChunk entries on
@@ -313,13 +363,17 @@ func buildSourceIndexFromLog(ctx context.Context, sc LogScanner, now time.Time, 
 	b := indexBuilder{systems: map[string]*stairs{}}
 	merge := func(cs *chunkStairs) error {
 		for name, cy := range cs.systems {
-			s := b.system([]byte(name))
-			for i, r := range cy.recs {
-				if s.offer(r) {
-					b.maxID = max(b.maxID, int(cy.idLens[i]))
+			if len(cy.recs) == 0 {
+				continue // a system of an earlier chunk kept by the pool
+			}
+			s := b.system(name)
+			for _, r := range cy.recs {
+				if s.offer(stairRec{index: r.index, sec: r.sec, nsec: r.nsec}) {
+					b.maxID = max(b.maxID, int(r.idLen))
 				}
 			}
 		}
+		cs.release()
 		return nil
 	}
 	if err := inOrder(ctx, workers, 2*workers, chunkNumbers, scan, merge); err != nil {
@@ -351,7 +405,7 @@ func readEntryID(ctx context.Context, sc LogScanner, index uint64) (string, erro
 
 // scanChunkStairs reads the entries [start, end) of the log.
 func scanChunkStairs(ctx context.Context, sc LogScanner, start, end uint64, nowSec int64, nowNsec int32) *chunkStairs {
-	cs := &chunkStairs{systems: map[string]*chunkSys{}}
+	cs := chunkPool.Get().(*chunkStairs)
 	var v sourceVisitor
 	cs.err = sc.ScanLog(ctx, start, end, func(en Entry) error {
 		rec, sys, id, err := v.read(en)
@@ -372,8 +426,7 @@ func scanChunkStairs(ctx context.Context, sc LogScanner, start, end uint64, nowS
 		if n := len(cy.recs); n > 0 && !rec.after(cy.recs[n-1].sec, cy.recs[n-1].nsec) {
 			return nil
 		}
-		cy.recs = append(cy.recs, rec)
-		cy.idLens = append(cy.idLens, int32(len(id)))
+		cy.recs = append(cy.recs, chunkRec{index: rec.index, sec: rec.sec, nsec: rec.nsec, idLen: int32(len(id))})
 		return nil
 	})
 	return cs
@@ -466,7 +519,7 @@ func buildSourceIndexFromChains(ctx context.Context, subjects []string, src Chai
 	b := indexBuilder{systems: map[string]*stairs{}, ids: true}
 	for name, es := range bySystem {
 		slices.SortFunc(es, func(a, b ref) int { return cmp.Compare(a.e.index, b.e.index) })
-		s := b.system([]byte(name))
+		s := b.system(name)
 		for i, r := range es {
 			if i > 0 && r.e.index == es[i-1].e.index {
 				continue // the same entry read twice (a subject listed twice)

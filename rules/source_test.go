@@ -278,3 +278,44 @@ func decodeForTest(en Entry) (*Event, error) {
 	var e Event
 	return &e, decodeLeaf(&e, en.Index, en.Leaf)
 }
+
+// TestFirstAfterBelow: the early exits of firstAfterBelow (a block head
+// already at or past the index bound, a record past it inside a block)
+// give what firstAfter followed by the index check gives, on staircases
+// whose records are spaced so that both happen, in blocks of every fill.
+func TestFirstAfterBelow(t *testing.T) {
+	rng := rand.New(rand.NewPCG(4, 2))
+	for _, n := range []int{1, stairBlock - 1, stairBlock, stairBlock + 1, 5*stairBlock + 3} {
+		for _, ids := range []bool{false, true} {
+			s := &stairs{ids: ids}
+			index, sec := uint64(rng.IntN(3)), int64(1_000_000)
+			var recs []stairRec
+			for range n {
+				r := stairRec{index: index, sec: sec, nsec: int32(rng.IntN(1_000_000_000))}
+				if ids {
+					r.id = fmt.Appendf(nil, "id-%d", index)
+				}
+				s.add(r)
+				recs = append(recs, r)
+				index += uint64(1 + rng.IntN(4))
+				sec += int64(rng.IntN(3)) + 1
+			}
+			last := recs[len(recs)-1]
+			for range 3000 {
+				qs := recs[0].sec - 2 + int64(rng.IntN(int(last.sec-recs[0].sec)+4))
+				qn := int32(rng.IntN(1_000_000_000))
+				if rng.IntN(4) == 0 { // exactly a record's time
+					r := recs[rng.IntN(len(recs))]
+					qs, qn = r.sec, r.nsec
+				}
+				below := uint64(rng.IntN(int(last.index) + 3))
+				want, ok := s.firstAfter(qs, qn)
+				ok = ok && want.index < below
+				got, gok := s.firstAfterBelow(qs, qn, below)
+				if gok != ok || ok && (got.index != want.index || got.sec != want.sec || got.nsec != want.nsec || string(got.id) != string(want.id)) {
+					t.Fatalf("n %d ids %v: firstAfterBelow(%d.%09d, %d) = %+v %v, want %+v %v", n, ids, qs, qn, below, got, gok, want, ok)
+				}
+			}
+		}
+	}
+}

@@ -306,6 +306,92 @@ type eventSlab struct {
 	grants    chunks[Grant]
 	sessions  chunks[Session]
 	approvals chunks[Approval]
+	// Likewise the credentials and checkouts, and the maps buildViews uses
+	// while it builds, which no view holds (cleared when reused).
+	credentials chunks[Credential]
+	checkouts   chunks[Checkout]
+	aggs        chunks[grantAgg]
+	scratch     viewScratch
+	// lists are the backing arrays of the view lists of the chain last
+	// built in this slab (keepLists), reused by the next one.
+	lists keptLists
+}
+
+// keptLists are the backing arrays of a views' lists.
+type keptLists struct {
+	events      [numEventLists][]*Event
+	grants      []*Grant
+	sessions    []*Session
+	approvals   []*Approval
+	credentials []*Credential
+}
+
+const numEventLists = 15
+
+// eventLists are v's lists of events that buildViews appends to.
+func (v *views) eventLists() [numEventLists]*[]*Event {
+	r := &v.r2
+	return [...]*[]*Event{&v.activity, &v.terminations, &v.offboardings, &v.enablements, &v.moves,
+		&v.reviews, &v.breakglass, &v.bgReviews, &v.closings, &r.logins, &r.uses, &r.accounts,
+		&r.windows, &r.leavings, &r.campaigns}
+}
+
+// reuseLists makes v's lists (all empty) append into k's arrays.
+func (v *views) reuseLists(k *keptLists) {
+	for i, l := range v.eventLists() {
+		*l = k.events[i][:0]
+	}
+	v.grants, v.sessions, v.approvals, v.credentials = k.grants[:0], k.sessions[:0], k.approvals[:0], k.credentials[:0]
+}
+
+// keepLists records v's lists' arrays in k for the next chain, and makes
+// every empty list nil, as it was before arrays were reused: nothing can
+// tell a list built in a kept array from one built anew.
+func (v *views) keepLists(k *keptLists) {
+	for i, l := range v.eventLists() {
+		k.events[i] = (*l)[:0]
+		if len(*l) == 0 {
+			*l = nil
+		}
+	}
+	k.grants, k.sessions, k.approvals, k.credentials = v.grants[:0], v.sessions[:0], v.approvals[:0], v.credentials[:0]
+	v.grants, v.sessions, v.approvals, v.credentials = nilIfEmpty(v.grants), nilIfEmpty(v.sessions), nilIfEmpty(v.approvals), nilIfEmpty(v.credentials)
+}
+
+func nilIfEmpty[T any](s []T) []T {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
+}
+
+// viewScratch are the maps buildViews and linkClosings look entries up in
+// while building one chain's views; kept with the slab so that each
+// subject does not make them anew.
+type viewScratch struct {
+	byGrant        map[string]*grantAgg
+	approvalsByReq map[string][]*Approval
+	sessionsByID   map[string][]*Session
+	credByID       map[string]*Credential
+	rotations      map[string][]*Event
+	approvalOf     map[*Event]*Approval
+	closersByReq   map[string][]*Event
+	openings       [4]map[string]*Event // linkClosings: grants, approvals, sessions, credentials
+}
+
+// maxReusedMap is the most entries a scratch map may have had for it to be
+// cleared and reused: clearing costs as much as the map's capacity, so a
+// map grown by a long chain is dropped instead.
+const maxReusedMap = 256
+
+// reuse returns *m emptied, or a new map when it is nil or was large.
+func reuse[K comparable, V any](m *map[K]V) map[K]V {
+	if *m == nil || len(*m) > maxReusedMap {
+		*m = make(map[K]V)
+	} else {
+		clear(*m)
+	}
+	return *m
 }
 
 // chunks hands out values from fixed-size arrays kept across uses, so that
@@ -331,10 +417,14 @@ func (c *chunks[T]) reset() { c.next = 0 }
 
 var slabPool = sync.Pool{New: func() any { return new(eventSlab) }}
 
+// getSlab takes a slab from slabPool (a variable for tests, which compare
+// views built in reused slabs with views built in new ones).
+var getSlab = func() *eventSlab { return slabPool.Get().(*eventSlab) }
+
 // sortedEvents converts a chain and orders it by time, then index. The
 // events live in a pooled slab, recorded in v for release.
 func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
-	sl := slabPool.Get().(*eventSlab)
+	sl := getSlab()
 	v.slabs = append(v.slabs, sl)
 	if cap(sl.events) < len(chain) {
 		sl.events = make([]Event, len(chain))
@@ -344,6 +434,9 @@ func (v *views) sortedEvents(chain []Entry) ([]*Event, error) {
 	sl.grants.reset()
 	sl.sessions.reset()
 	sl.approvals.reset()
+	sl.credentials.reset()
+	sl.checkouts.reset()
+	sl.aggs.reset()
 	sl.decode.in = &sl.intern
 	for i, en := range chain {
 		if en.Event == nil && en.Leaf != nil {
@@ -408,23 +501,27 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 	v.events = evs
 	sl := v.slabs[0] // this chain's storage, for the grants, sessions and approvals
 
-	byGrant := map[string]*grantAgg{} // grant id -> what hangs off it
+	sc := &sl.scratch
+	v.reuseLists(&sl.lists)
+	byGrant := reuse(&sc.byGrant) // grant id -> what hangs off it
 	grant := func(id string) *grantAgg {
 		a := byGrant[id]
 		if a == nil {
-			a = &grantAgg{}
+			a = sl.aggs.take()
+			*a = grantAgg{}
 			byGrant[id] = a
 		}
 		return a
 	}
-	approvalsByReq := map[string][]*Approval{} // request -> approvals
-	sessionsByID := map[string][]*Session{}    // session id -> sessions
-	credByID := map[string]*Credential{}       // credential id -> credential
-	rotations := map[string][]*Event{}         // credential id -> rotated/revoked events
+	approvalsByReq := reuse(&sc.approvalsByReq) // request -> approvals
+	sessionsByID := reuse(&sc.sessionsByID)     // session id -> sessions
+	credByID := reuse(&sc.credByID)             // credential id -> credential
+	rotations := reuse(&sc.rotations)           // credential id -> rotated/revoked events
 	credential := func(id string) *Credential {
 		c := credByID[id]
 		if c == nil {
-			c = &Credential{ID: id}
+			c = sl.credentials.take()
+			*c = Credential{ID: id}
 			credByID[id] = c
 			v.credentials = append(v.credentials, c)
 		}
@@ -501,7 +598,9 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 			rotations[c.ID] = append(rotations[c.ID], e)
 		case "credential.checked_out":
 			c := credential(e.Refs.Credential)
-			c.Checkouts = append(c.Checkouts, &Checkout{Event: e})
+			k := sl.checkouts.take()
+			*k = Checkout{Event: e}
+			c.Checkouts = append(c.Checkouts, k)
 		case "identity.terminated":
 			v.terminations = append(v.terminations, e)
 			v.offboardings = append(v.offboardings, e)
@@ -572,7 +671,7 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 	}
 
 	// Derived event fields: privileged through the grant, approvals it is under.
-	approvalOf := make(map[*Event]*Approval, len(v.approvals))
+	approvalOf := reuse(&sc.approvalOf)
 	for _, a := range v.approvals {
 		approvalOf[a.Event] = a
 	}
@@ -598,7 +697,7 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 	// Closing events of approvals: revocations/expiries of the request and
 	// end events of grants under it, with time >= the approval's time.
 	if len(v.approvals) > 0 {
-		closersByReq := map[string][]*Event{}
+		closersByReq := reuse(&sc.closersByReq)
 		for _, e := range evs {
 			var reqs []string
 			switch {
@@ -660,8 +759,9 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 			}
 		}
 	}
-	v.linkClosings(src)
+	v.linkClosings(src, &sc.openings)
 	v.buildRound2(rotations)
+	v.keepLists(&sl.lists)
 	v.owner.ID = v.subject.Owner
 	return v, nil
 }
@@ -854,15 +954,16 @@ func (v *views) buildRound2(rotations map[string][]*Event) {
 // its request; for session.ended/session.revoked the earliest
 // session.started of its session; for credential.rotated/credential.revoked
 // the earliest credential.created or credential.checked_out of its
-// credential. An empty ref links nothing.
-func (v *views) linkClosings(src *sourceIndex) {
-	var grants, approvals, sessions, creds map[string]*Event
+// credential. An empty ref links nothing. Its four lookup maps are kept in
+// maps (the slab's scratch) from one chain to the next.
+func (v *views) linkClosings(src *sourceIndex, maps *[4]map[string]*Event) {
+	for i := range maps {
+		reuse(&maps[i])
+	}
+	grants, approvals, sessions, creds := maps[0], maps[1], maps[2], maps[3]
 	first := func(m *map[string]*Event, id string, e *Event) {
 		if id == "" {
 			return
-		}
-		if *m == nil {
-			*m = map[string]*Event{}
 		}
 		if _, ok := (*m)[id]; !ok {
 			(*m)[id] = e

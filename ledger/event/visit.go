@@ -1,6 +1,7 @@
 package event
 
 import (
+	"encoding/binary"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -158,6 +159,20 @@ type stamp struct{ sec, nsec int64 }
 // The decoding loops call it in turn rather than taking a callback per
 // field, which made VisitLeaf several times slower.
 func nextField(b []byte) (num protowire.Number, typ protowire.Type, x, rest []byte, err error) {
+	// The usual case first: a one-byte tag of a field numbered 1-15
+	// followed by a one-byte length or a one-byte varint. Anything else,
+	// including every malformed input, takes the general path below.
+	if len(b) >= 2 && b[0] < 0x80 && b[0] >= 8 && b[1] < 0x80 {
+		num, typ = protowire.Number(b[0]>>3), protowire.Type(b[0]&7)
+		switch typ {
+		case protowire.BytesType:
+			if end := 2 + int(b[1]); end <= len(b) {
+				return num, typ, b[2:end], b[end:], nil
+			}
+		case protowire.VarintType:
+			return num, typ, b[1:2], b[2:], nil
+		}
+	}
 	num, typ, n := protowire.ConsumeTag(b)
 	if n < 0 {
 		return 0, 0, nil, nil, protowire.ParseError(n)
@@ -193,9 +208,26 @@ func varint(v []byte) uint64 {
 	return x
 }
 
+// validUTF8 is utf8.Valid with the usual case, a short ASCII string,
+// checked inline: most of a leaf's strings are ids of a few dozen bytes.
+func validUTF8(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
+			return utf8.Valid(b)
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c >= 0x80 {
+			return utf8.Valid(b)
+		}
+	}
+	return true
+}
+
 // str reports a string field after checking it is UTF-8.
 func (d *decoder) str(f Field, v []byte, name string) error {
-	if !utf8.Valid(v) {
+	if !validUTF8(v) {
 		return fmt.Errorf("field %s: invalid UTF-8", name)
 	}
 	d.v.String(f, v)
@@ -314,7 +346,7 @@ func (d *decoder) attribute(b []byte) error {
 		default:
 			continue
 		}
-		if !utf8.Valid(w) {
+		if !validUTF8(w) {
 			return fmt.Errorf("field attributes: invalid UTF-8")
 		}
 	}
