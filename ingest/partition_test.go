@@ -217,11 +217,14 @@ func assertNoSpill(t *testing.T, dir string) {
 	}
 }
 
-// spillCount counts the files under dir's spill directory.
+// spillCount counts the files and directories under dir's spill
+// directory: an evaluation's own directory exists from its plan to its
+// end, its range files from the pass until each is read back.
 func spillCount(dir string) int {
 	n := 0
-	filepath.WalkDir(filepath.Join(dir, SpillDirName), func(_ string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
+	root := filepath.Join(dir, SpillDirName)
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && p != root {
 			n++
 		}
 		return nil
@@ -230,15 +233,15 @@ func spillCount(dir string) int {
 }
 
 // failingLog is a ledger.Log whose point reads of chains (SubjectEntries)
-// fail, or wait for the call's end, once the spill files exist; it keeps
-// the upgrades a partitioned evaluation needs.
+// fail, or wait for the call's end, while a partitioned evaluation's spill
+// directory exists; it keeps the upgrades a partitioned evaluation needs.
 type failingLog struct {
 	*ledger.Log
 	dir     string
 	block   bool          // wait for ctx instead of failing
 	inside  chan struct{} // closed at the first gated read
 	once    atomic.Bool
-	spilled atomic.Int64 // spill files seen at the first gated read
+	spilled atomic.Int64 // spill entries seen at the first gated read
 }
 
 func (f *failingLog) SubjectEntries(ctx context.Context, subject string, size, start uint64, limit int) ([]ledger.Entry, error) {
