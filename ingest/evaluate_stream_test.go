@@ -30,7 +30,13 @@ import (
 // rule set with the org's params, and the org's as-of time.
 func synthLedger(t testing.TB, identities int) (*ledger.Log, *rules.Set, time.Time) {
 	t.Helper()
-	org, err := synth.Generate(synth.Config{Seed: 21, Identities: identities, FailureRate: 0.2})
+	return synthLedgerSeed(t, 21, identities)
+}
+
+// synthLedgerSeed is synthLedger with the org of another seed.
+func synthLedgerSeed(t testing.TB, seed uint64, identities int) (*ledger.Log, *rules.Set, time.Time) {
+	t.Helper()
+	org, err := synth.Generate(synth.Config{Seed: seed, Identities: identities, FailureRate: 0.2})
 	if err != nil {
 		t.Fatal(err)
 	}

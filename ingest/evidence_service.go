@@ -44,6 +44,17 @@ type evaluation struct {
 	want     []string // rules whose results are kept; empty: all
 	subjects iter.Seq2[string, error]
 	src      rules.ChainSource
+	part     *partSource // a partitioned evaluation's source, nil for point reads
+}
+
+// Close removes a partitioned evaluation's spill files; the handlers call
+// it whatever way the evaluation ended.
+func (e *evaluation) Close() {
+	if e.part != nil {
+		if err := e.part.Close(); err != nil {
+			e.part.log.Warn("spill files left behind (removed at the next start)", "err", err)
+		}
+	}
 }
 
 // plan validates an evaluation request. The subjects are not listed here:
@@ -71,14 +82,23 @@ func (h *evidenceService) plan(ctx context.Context, req *pb.EvaluateRequest) (*e
 			return nil, &event.FieldError{Path: fmt.Sprintf("rules[%d]", i), Msg: fmt.Sprintf("unknown rule %q; loaded rules: %v", event.Clip(id), known)}
 		}
 	}
-	e := &evaluation{cp: cp, from: from, asOf: asOf, want: want, src: &chainSource{l: h.s.cfg.Ledger, size: cp.Size}}
-	if named := req.GetSubjects(); len(named) > 0 {
+	cs := &chainSource{l: h.s.cfg.Ledger, size: cp.Size}
+	e := &evaluation{cp: cp, from: from, asOf: asOf, want: want, src: cs}
+	switch named := req.GetSubjects(); {
+	case len(named) > 0:
 		list, err := h.s.subjects(ctx, cp.Size, named)
 		if err != nil {
 			return nil, err
 		}
 		e.subjects = rules.Subjects(list)
-	} else {
+	case h.s.usePartitions(cs):
+		// A full evaluation of a store larger than the mapped bound: one
+		// sequential read of the log (partition.go).
+		if e.part, err = h.s.newPartSource(ctx, cs); err != nil {
+			return nil, err
+		}
+		e.src, e.subjects = e.part, e.part.subjects(ctx)
+	default:
 		e.subjects = h.s.eachSubject(ctx, cp.Size)
 	}
 	return e, nil
@@ -118,6 +138,7 @@ func (h *evidenceService) Evaluate(ctx context.Context, req *connect.Request[pb.
 	if err != nil {
 		return nil, err
 	}
+	defer e.Close()
 	resp := &pb.EvaluateResponse{Checkpoint: string(e.cp.Note), AsOf: timestamppb.New(e.asOf), ExposureBySubject: map[string]int64{}}
 	if !e.from.IsZero() {
 		resp.From = timestamppb.New(e.from)
@@ -173,6 +194,7 @@ func (h *evidenceService) EvaluateStream(ctx context.Context, req *connect.Reque
 	if err != nil {
 		return err
 	}
+	defer e.Close()
 	head := &pb.EvaluateHeader{Checkpoint: string(e.cp.Note), AsOf: timestamppb.New(e.asOf)}
 	if !e.from.IsZero() {
 		head.From = timestamppb.New(e.from)

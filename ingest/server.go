@@ -64,6 +64,11 @@ type Config struct {
 	// refused with ErrEvaluateTooLarge, pointing at EvaluateStream; 0 is
 	// DefaultUnaryEvaluateMaxBytes.
 	UnaryEvaluateMaxBytes int
+	// EvaluateScan chooses how a full evaluation reads chains: by point
+	// reads, or partitioned, by one sequential read of the log spilled to
+	// disk (docs/design.md "Streamed evaluation"). The zero value reads by
+	// point reads (it has no Dir).
+	EvaluateScan EvaluateScan
 }
 
 // Defaults for Config.
@@ -110,8 +115,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.BodyReadTimeout < 0 || cfg.StreamIdleTimeout < 0 || cfg.StreamMaxLifetime < 0 {
 		return nil, errors.New("ingest: Config timeouts must not be negative")
 	}
-	if cfg.EvaluateChunkBytes < 0 || cfg.UnaryEvaluateMaxBytes < 0 {
+	if cfg.EvaluateChunkBytes < 0 || cfg.UnaryEvaluateMaxBytes < 0 || cfg.EvaluateScan.PartitionBytes < 0 {
 		return nil, errors.New("ingest: Config evaluation limits must not be negative")
+	}
+	if err := removeSpillLeftovers(cfg.EvaluateScan, cfg.Logger); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry,
 		bodyTimeout:  orDefault(cfg.BodyReadTimeout, DefaultBodyReadTimeout),

@@ -457,3 +457,64 @@ func (l *Log) Stats() Stats {
 		Size:         l.Latest().Size,
 	}
 }
+
+// ForEachSubjectCount calls fn once for each distinct subject id with an
+// entry below size, in ascending byte order (ForEachSubject's order), with
+// the number of its entries below size, stopping at fn's first error,
+// which it returns. It reads every key of the subject index once, in runs
+// of subjects, and calls fn outside the store's read transactions. A
+// partitioned evaluation (ingest, docs/design.md "Streamed evaluation")
+// plans its subject ranges from these counts.
+func (l *Log) ForEachSubjectCount(ctx context.Context, size uint64, fn func(subject string, entries uint64) error) error {
+	const run = 1024 // subjects per scan
+	type hit struct {
+		subject string
+		n       uint64
+	}
+	from, end := []byte{kSubject}, []byte{kSubject + 1}
+	for from != nil {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var hits []hit
+		var prefix []byte // of the current subject's keys
+		seen := 0
+		next := []byte(nil)
+		err := l.ix.Scan(from, end, func(k, v []byte) error {
+			if len(k) < 1+2+8 {
+				return fmt.Errorf("%w: malformed subject index key %x; run grantline fsck", ErrCorrupt, k)
+			}
+			p, i := k[:len(k)-8], binary.BigEndian.Uint64(k[len(k)-8:])
+			if seen == 0 || !bytes.Equal(p, prefix) {
+				s, _, ok := parseSubjectKey(k)
+				if !ok {
+					return fmt.Errorf("%w: malformed subject index key %x; run grantline fsck", ErrCorrupt, k)
+				}
+				if seen == run {
+					next = subjectPrefix(s) // resume here
+					return errStop
+				}
+				prefix = append(prefix[:0], p...)
+				seen++
+				hits = append(hits, hit{subject: s})
+			}
+			if i < size {
+				hits[len(hits)-1].n++
+			}
+			return nil
+		})
+		if err != nil && err != errStop {
+			return storageErr(err, "reading the subject index")
+		}
+		for _, h := range hits {
+			if h.n == 0 {
+				continue // every entry at or above size
+			}
+			if err := fn(h.subject, h.n); err != nil {
+				return err
+			}
+		}
+		from = next
+	}
+	return nil
+}

@@ -23,6 +23,7 @@
 #               samples above)
 #   EXPORT=1    also run `evidence export --all` through the server after
 #               evaluate (its package is written to OUT/export and removed)
+#   SKIP_FSCK=1 do not run fsck after evaluate (re-runs of evaluate on a kept ledger)
 #   EVAL_TIMEOUT  stop evaluate after this long (default 3600s)
 #   PORT        the server's port (default 7871)
 set -euo pipefail
@@ -163,6 +164,11 @@ SAMPLER=
 du -sb "$DATA" >"$OUT/disk.txt"
 loadavg fsck
 echo fsck >"$OUT/phase"
+if [[ "${SKIP_FSCK:-0}" == 1 ]]; then
+	: >"$OUT/fsck.time"
+	"$(dirname "$0")/bench-scale-report.sh" "$OUT" "$EVENTS"
+	exit 0
+fi
 /usr/bin/time -v "$GRANTLINE" fsck --data "$DATA" --max-mapped "$MAX_MAPPED" --quiet >"$OUT/fsck.txt" 2>"$OUT/fsck.time" &
 TIMER=$!
 FSCK=

@@ -235,6 +235,7 @@ func TestServeFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"--log-format", "xml"},
 		{"--log-level", "loud"},
+		{"--evaluate-scan", "sometimes"},
 		{"extra-arg"},
 	} {
 		var stderr bytes.Buffer

@@ -101,6 +101,21 @@ type Config struct {
 	// of the process, which the badger store's mapped files make grow with
 	// the log (serve --max-mapped; badgerstore.Options.MaxMappedBytes).
 	MaxMappedBytes int64
+	// EvaluateScan chooses how a full evaluation reads chains (serve
+	// --evaluate-scan): ingest.ScanAuto, the default, reads the log in one
+	// sequential pass spilled to DataDir/evaluate-spill when the store's
+	// files are larger than half of MaxMappedBytes (docs/design.md "Streamed
+	// evaluation"). With Store set, chains are always point reads.
+	EvaluateScan ingest.ScanMode
+}
+
+// partitionBytes is the size of a partitioned evaluation's subject ranges
+// for a memory budget: 1/32 of it (16 MiB by default), 4-64 MiB.
+func partitionBytes(budget int64) int64 {
+	if budget <= 0 {
+		return ingest.DefaultPartitionBytes
+	}
+	return min(max(budget/32, 4<<20), 64<<20)
 }
 
 // The memory defaults of `grantline serve` (docs/operations.md, "Memory").
@@ -298,6 +313,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Exporter: &exporter{l: led, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg, SSF: rcv,
 		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
+	}
+	if cfg.Store == "" {
+		icfg.EvaluateScan = ingest.EvaluateScan{Mode: cfg.EvaluateScan, Dir: cfg.DataDir,
+			StoreDir: filepath.Join(cfg.DataDir, datadir.LedgerDir), MappedBound: cfg.MaxMappedBytes,
+			PartitionBytes: partitionBytes(cfg.MemoryBudget)}
 	}
 	var wit *witness.Witnesser
 	witStop := func() {}
