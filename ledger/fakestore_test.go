@@ -51,6 +51,8 @@ type fakeStore struct {
 	// an index store a crash left with part of a commit above its
 	// watermark (see partialLast), whose entries Open writes again.
 	rewriteSame bool
+	// atomicCommit marks a history entry made by CommitAtomic.
+	atomicCommit bool
 
 	violations []string
 }
@@ -166,7 +168,13 @@ func (s *fakeStore) Scan(start, end []byte, fn func(k, v []byte) error) error {
 	return nil
 }
 
-func (s *fakeStore) Commit(keys, values [][]byte) error {
+func (s *fakeStore) Commit(keys, values [][]byte) error { return s.commit(keys, values, false) }
+
+// CommitAtomic is Commit, recorded in history as a commit a crash cannot
+// tear (see partialLast), as badgerstore's CommitAtomic on a NoSync store.
+func (s *fakeStore) CommitAtomic(keys, values [][]byte) error { return s.commit(keys, values, true) }
+
+func (s *fakeStore) commit(keys, values [][]byte, atomic bool) error {
 	if s.gate != nil {
 		s.entered <- struct{}{}
 		<-s.gate
@@ -240,7 +248,9 @@ func (s *fakeStore) Commit(keys, values [][]byte) error {
 	}
 	s.keys = merged
 	if s.history != nil {
-		s.history = append(s.history, s.cloneLocked())
+		snap := s.cloneLocked()
+		snap.atomicCommit = atomic
+		s.history = append(s.history, snap)
 	}
 	if f == failCommitButPersist {
 		return fmt.Errorf("commit (written): %w", errInjected)

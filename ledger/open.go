@@ -300,7 +300,7 @@ func (l *Log) sealTail(cpSize uint64, published *state) (*state, error) {
 		// short and its map one checkpoint behind: the next Open redoes
 		// both from the leaves.
 		ix.put(keyIndexed, be64(nil, size))
-		if err := l.ix.Commit(ix.keys, ix.vals); err != nil {
+		if err := commitAtomic(l.ix, ix.keys, ix.vals); err != nil {
 			return nil, fmt.Errorf("%w: indexing the map leaf of checkpoint %d: %w", ErrStorage, size, err)
 		}
 	}

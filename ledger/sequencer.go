@@ -289,12 +289,16 @@ func (l *Log) fit(batch []item) int {
 
 // built is a batch ready to commit.
 type built struct {
-	items   []item
-	res     []AppendResult
-	keys    [][]byte
-	vals    [][]byte
-	ixKeys  [][]byte   // index entries for a separate index store
-	ixVals  [][]byte   // (empty when the indexes are in keys)
+	items  []item
+	res    []AppendResult
+	keys   [][]byte
+	vals   [][]byte
+	ixKeys [][]byte // index entries for a separate index store
+	ixVals [][]byte // (empty when the indexes are in keys)
+	// ixMap, when > 0, is 1 + the position in ixKeys of the subject map's
+	// records (appendMapLeaf), which with everything after them (the map
+	// leaf's hash entry, the watermarks) commit in one CommitAtomic.
+	ixMap   int
 	dedupes [][32]byte // new events' dedupe keys, in flight until indexed
 	first   uint64     // tree size before
 	size    uint64     // tree size after
@@ -342,6 +346,9 @@ func (l *Log) build(batch []item) *built {
 	}
 	sealing := l.sealDue(time.Now()) || len(batch) == 0
 	if sealing && l.seq.smap != nil {
+		if l.split {
+			b.ixMap = 1 + len(ix.keys)
+		}
 		if size, err = l.appendMapLeaf(w, ix); err != nil {
 			l.markBroken(err)
 			b.err = fmt.Errorf("%w: %w", ErrStorage, err)
@@ -781,7 +788,7 @@ func (l *Log) indexBatch(b *built) {
 			err = *berr
 		} else {
 			t0 := time.Now()
-			err = l.ix.Commit(b.ixKeys, b.ixVals)
+			err = l.commitIndex(b)
 			l.stats.indexNanos.Add(uint64(time.Since(t0)))
 			if err != nil {
 				err = fmt.Errorf("%w: committing the index entries of %d events (up to tree size %d): %w", ErrStorage, b.size-b.first, b.size, err)
@@ -818,6 +825,26 @@ func (l *Log) indexBatch(b *built) {
 	l.stats.batchEvents.Add(uint64(len(b.items)))
 	l.stats.commitNanos.Add(uint64(time.Since(b.start)))
 	l.finish(b.items, b.res, b.size, err)
+}
+
+// commitIndex commits b's index entries to the separate index store. The
+// subject map's records of a sealed batch, and the watermarks after them,
+// go in a commit of their own that a crash cannot tear (commitAtomic):
+// the index entries before them are rewritten from the leaves when a crash
+// tears their commit (Open, from the watermark), but the map's subject
+// states are overwritten in place, so a torn commit of them would leave
+// some states newer than the map's watermark, and the next map root wrong.
+func (l *Log) commitIndex(b *built) error {
+	if b.ixMap == 0 {
+		return l.ix.Commit(b.ixKeys, b.ixVals)
+	}
+	at := b.ixMap - 1
+	if at > 0 {
+		if err := l.ix.Commit(b.ixKeys[:at], b.ixVals[:at]); err != nil {
+			return err
+		}
+	}
+	return commitAtomic(l.ix, b.ixKeys[at:], b.ixVals[at:])
 }
 
 // markBroken stops appends after a failure that leaves the store's state

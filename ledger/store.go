@@ -41,6 +41,25 @@ type Store interface {
 	Close() error
 }
 
+// atomicCommitter is the optional method of a store whose Commit a crash
+// can tear (badgerstore opened with NoSync, used as Options.Index):
+// CommitAtomic writes keys[i] = values[i] in one transaction, of which a
+// crash keeps all or nothing, within the same Limits; like that store's
+// Commit it need not be durable when it returns.
+type atomicCommitter interface {
+	CommitAtomic(keys, values [][]byte) error
+}
+
+// commitAtomic commits keys and values to st so that a crash keeps all or
+// none of them: through CommitAtomic when st has it, else through Commit,
+// which is then atomic (the Store contract).
+func commitAtomic(st Store, keys, values [][]byte) error {
+	if a, ok := st.(atomicCommitter); ok {
+		return a.CommitAtomic(keys, values)
+	}
+	return st.Commit(keys, values)
+}
+
 // EntryOverhead is what each entry of a batch counts against the byte limit
 // of Store.Limits beyond its key and value.
 const EntryOverhead = 16

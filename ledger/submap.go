@@ -929,7 +929,7 @@ func (l *Log) rebuildMap(ctx context.Context, from, to uint64) error {
 					return fmt.Errorf("%w: map leaf %d holds subject map root %x, but the leaves before it give %x; run grantline fsck", ErrCorrupt, e.Index, want, root)
 				}
 				w.put(keyMapped, be64(nil, e.Index+1))
-				if err := l.ix.Commit(w.keys, w.vals); err != nil {
+				if err := commitAtomic(l.ix, w.keys, w.vals); err != nil {
 					return fmt.Errorf("%w: writing the subject map records of checkpoint %d: %w", ErrStorage, e.Index+1, err)
 				}
 				items = items[:0]

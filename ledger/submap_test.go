@@ -644,8 +644,9 @@ func TestCompactNodeDecode(t *testing.T) {
 // TestSubjectMapSplitCrashAtEveryStep: with the subject map and a separate
 // index store, a fault at every operation of either store (failed, or
 // written but reported failed), then a restart on the main store's durable
-// state with the index store as it was, without its last commit, or empty.
-// The restarted log must have every acknowledged event once, a map leaf
+// state with the index store as it was, without its last commit, torn in
+// its last commit as badgerstore's NoSync commits can be (see partialLast),
+// or empty. The restarted log must have every acknowledged event once, a map leaf
 // ending each checkpoint, fsck clean, and proofs for every subject.
 func TestSubjectMapSplitCrashAtEveryStep(t *testing.T) {
 	ctx := t.Context()
@@ -691,13 +692,19 @@ func TestSubjectMapSplitCrashAtEveryStep(t *testing.T) {
 					if !failed {
 						t.Fatalf("fault at operation %d of the %s store did not surface", at, target)
 					}
-					for _, loss := range []string{"kept", "last-lost", "all-lost"} {
+					for _, loss := range []string{"kept", "last-lost", "all-lost", "last-but-watermark", "last-half"} {
 						m := st.clone()
 						x := map[string]func() *fakeStore{
-							"kept":      ix.clone,
-							"last-lost": func() *fakeStore { return historyAt(ix, len(ix.history)-2) },
-							"all-lost":  newFakeStore,
+							"kept":               ix.clone,
+							"last-lost":          func() *fakeStore { return historyAt(ix, len(ix.history)-2) },
+							"all-lost":           newFakeStore,
+							"last-but-watermark": func() *fakeStore { return partialLast(ix, false) },
+							"last-half":          func() *fakeStore { return partialLast(ix, true) },
 						}[loss]()
+						// A fault between a batch's index entries and its
+						// map records (Log.commitIndex) leaves entries above
+						// the watermark, which Open writes again.
+						x.rewriteSame = true
 						o := o
 						o.Index = x
 						l, err := Open(ctx, m, o)

@@ -408,15 +408,8 @@ func (s *Store) Commit(keys, values [][]byte) error {
 	if len(keys) != len(values) {
 		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
 	}
-	if s.minFree > 0 {
-		if free := freeBytes(s.dir); free >= 0 && free < s.minFree {
-			return fmt.Errorf("%w: %d bytes free in %s, below the %d-byte reserve; free disk space, then restart", ErrDiskFull, free, s.dir, s.minFree)
-		}
-	}
-	for _, k := range keys {
-		if isReserved(k) {
-			return fmt.Errorf("commit of key %x: %w", k, ErrReservedKey)
-		}
+	if err := s.checkCommit(keys); err != nil {
+		return err
 	}
 	if s.ordered && len(keys) > 1 {
 		return s.commitOrdered(keys, values)
@@ -434,6 +427,41 @@ func (s *Store) Commit(keys, values [][]byte) error {
 		}
 		s.tail = last
 		return nil
+	}
+	return s.commitTxn(keys, values)
+}
+
+// checkCommit refuses a commit when the disk is nearly full or a key is
+// reserved.
+func (s *Store) checkCommit(keys [][]byte) error {
+	if s.minFree > 0 {
+		if free := freeBytes(s.dir); free >= 0 && free < s.minFree {
+			return fmt.Errorf("%w: %d bytes free in %s, below the %d-byte reserve; free disk space, then restart", ErrDiskFull, free, s.dir, s.minFree)
+		}
+	}
+	for _, k := range keys {
+		if isReserved(k) {
+			return fmt.Errorf("commit of key %x: %w", k, ErrReservedKey)
+		}
+	}
+	return nil
+}
+
+// CommitAtomic writes keys[i] = values[i] for all i in one transaction, of
+// which a crash keeps all or nothing, within Limits (beyond them:
+// ErrTooBig). On a store opened without NoSync it is Commit. On a NoSync
+// store it is Commit's all-or-nothing form, for what a torn commit would
+// damage (the ledger's subject map records): like Commit there, it is not
+// fsynced when it returns.
+func (s *Store) CommitAtomic(keys, values [][]byte) error {
+	if !s.ordered {
+		return s.Commit(keys, values)
+	}
+	if len(keys) != len(values) {
+		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
+	}
+	if err := s.checkCommit(keys); err != nil {
+		return err
 	}
 	return s.commitTxn(keys, values)
 }

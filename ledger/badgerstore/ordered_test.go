@@ -134,3 +134,51 @@ func TestOrderedCommit(t *testing.T) {
 		}
 	})
 }
+
+// TestCommitAtomic: CommitAtomic writes every entry, on a NoSync store as
+// on a durable one, and refuses what Commit refuses: a reserved key, keys
+// and values of different lengths, a batch beyond Limits.
+func TestCommitAtomic(t *testing.T) {
+	for _, noSync := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoSync=%v", noSync), func(t *testing.T) {
+			dir := t.TempDir()
+			s := open(t, dir, Options{NoSync: noSync})
+			keys := [][]byte{[]byte("mmapped"), []byte("vstate"), []byte("qnode"), []byte("mindexed")}
+			vals := [][]byte{{1}, {2}, {3}, {4}}
+			if err := s.CommitAtomic(keys, vals); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.CommitAtomic([][]byte{append(bytes.Clone(reservedPrefix), 'x')}, [][]byte{{1}}); !errors.Is(err, ErrReservedKey) {
+				t.Errorf("CommitAtomic of a reserved key = %v, want ErrReservedKey", err)
+			}
+			if err := s.CommitAtomic(keys, vals[:1]); err == nil {
+				t.Error("CommitAtomic of 4 keys and 1 value = nil, want an error")
+			}
+			count, _ := s.Limits()
+			many := make([][]byte, count+1)
+			for i := range many {
+				many[i] = fmt.Appendf(nil, "k%08d", i)
+			}
+			if err := s.CommitAtomic(many, many); !errors.Is(err, ErrTooBig) {
+				t.Errorf("CommitAtomic of %d entries (limit %d) = %v, want ErrTooBig", len(many), count, err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			s = open(t, dir, Options{NoSync: noSync})
+			defer s.Close()
+			got, err := s.Get(keys...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, v := range got {
+				if !bytes.Equal(v, vals[i]) {
+					t.Errorf("after reopening, %s = %v, want %v", keys[i], v, vals[i])
+				}
+			}
+			if got, err := s.Get(many[0]); err != nil || got[0] != nil {
+				t.Errorf("an entry of the refused batch is present: %v, %v", got, err)
+			}
+		})
+	}
+}
