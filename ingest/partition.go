@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/grantline/grantline/internal/diskfree"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/rules"
@@ -125,8 +126,8 @@ func removeSpillLeftovers(c EvaluateScan, log *slog.Logger) error {
 	return nil
 }
 
-// diskFree is freeBytes, a variable for tests.
-var diskFree = freeBytes
+// diskFree is diskfree.Bytes, a variable for tests.
+var diskFree = diskfree.Bytes
 
 // subjectCounter is the Ledger upgrade a partitioned evaluation needs
 // (ledger.Log.ForEachSubjectCount).
