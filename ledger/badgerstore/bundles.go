@@ -481,8 +481,14 @@ func firstLeafAtOrAfter(k []byte) (i uint64, past bool) {
 // merges the stored keys of [start, end) (the reserved ones skipped) with
 // the leaf keys its bundles hold there, in key order.
 func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, value []byte) error) error {
+	lo, hi, all, ok := leafRange(start, end)
 	opt := badger.DefaultIteratorOptions
 	opt.PrefetchSize = 64
+	// A range with leaves holds few stored keys, if any, and usually ends
+	// in the leaves: prefetching would read the values of the 64 keys after
+	// them (the tiles) at every call only to stop before them. Values are
+	// read as they are emitted instead.
+	opt.PrefetchValues = !ok
 	it := txn.NewIterator(opt)
 	defer it.Close()
 	// next advances it past reserved keys to the next stored key before
@@ -531,7 +537,6 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 		return nil
 	}
 	it.Seek(start)
-	lo, hi, all, ok := leafRange(start, end)
 	if ok {
 		bo := badger.DefaultIteratorOptions
 		bo.PrefetchValues = false // one bundle at a time, read in place
