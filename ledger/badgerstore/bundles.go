@@ -91,14 +91,10 @@ type bundle struct {
 // decodeBundle splits a bundle value into its slots, which alias v.
 func decodeBundle(v []byte, b *bundle) error {
 	*b = bundle{}
-	if len(v) < bundleHeader || v[0] != bundleFormat {
-		return fmt.Errorf("leaf bundle of %d bytes: bad header (format byte %#x, want %d)", len(v), firstByte(v), bundleFormat)
+	n, data, err := bundleSlots(v)
+	if err != nil {
+		return err
 	}
-	n := int(binary.BigEndian.Uint16(v[1:]))
-	if n < 1 || n > bundleWidth || len(v) < bundleHeader+4*n {
-		return fmt.Errorf("leaf bundle of %d bytes: %d slots (want 1..%d, with room for their offsets)", len(v), n, bundleWidth)
-	}
-	data := v[bundleHeader+4*n:]
 	prev := uint32(0)
 	for j := range n {
 		e := binary.BigEndian.Uint32(v[bundleHeader+4*j:])
@@ -121,6 +117,19 @@ func decodeBundle(v []byte, b *bundle) error {
 	return nil
 }
 
+// bundleSlots checks a bundle value's header and returns its number of
+// slots and the bytes after its end offsets.
+func bundleSlots(v []byte) (n int, data []byte, err error) {
+	if len(v) < bundleHeader || v[0] != bundleFormat {
+		return 0, nil, fmt.Errorf("leaf bundle of %d bytes: bad header (format byte %#x, want %d)", len(v), firstByte(v), bundleFormat)
+	}
+	n = int(binary.BigEndian.Uint16(v[1:]))
+	if n < 1 || n > bundleWidth || len(v) < bundleHeader+4*n {
+		return 0, nil, fmt.Errorf("leaf bundle of %d bytes: %d slots (want 1..%d, with room for their offsets)", len(v), n, bundleWidth)
+	}
+	return n, v[bundleHeader+4*n:], nil
+}
+
 func firstByte(v []byte) byte {
 	if len(v) == 0 {
 		return 0
@@ -131,17 +140,13 @@ func firstByte(v []byte) byte {
 // slotOf returns the leaf at slot j of the bundle value v without decoding
 // the others; ok is false if the bundle does not hold it.
 func slotOf(v []byte, j int) (leaf []byte, ok bool, err error) {
-	if len(v) < bundleHeader || v[0] != bundleFormat {
-		return nil, false, fmt.Errorf("leaf bundle of %d bytes: bad header (format byte %#x, want %d)", len(v), firstByte(v), bundleFormat)
-	}
-	n := int(binary.BigEndian.Uint16(v[1:]))
-	if n < 1 || n > bundleWidth || len(v) < bundleHeader+4*n {
-		return nil, false, fmt.Errorf("leaf bundle of %d bytes: %d slots (want 1..%d, with room for their offsets)", len(v), n, bundleWidth)
+	n, data, err := bundleSlots(v)
+	if err != nil {
+		return nil, false, err
 	}
 	if j >= n {
 		return nil, false, nil
 	}
-	data := v[bundleHeader+4*n:]
 	start := uint32(0)
 	if j > 0 {
 		start = binary.BigEndian.Uint32(v[bundleHeader+4*(j-1):]) &^ present
