@@ -54,6 +54,9 @@ const (
 // skips them.
 var reservedPrefix = []byte{0xff, 0xfe}
 
+// reservedEnd is the first key after every reserved one.
+var reservedEnd = []byte{0xff, 0xff}
+
 var (
 	// layoutKey holds the store's layout, layoutBundles, when it keeps its
 	// leaves in bundles; absent, a store keeps each under its own key.
@@ -499,7 +502,7 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 	// next advances it past reserved keys to the next stored key before
 	// end; ok is false when there is none.
 	next := func() bool {
-		for ; it.Valid(); it.Next() {
+		for it.Valid() {
 			k := it.Item().Key()
 			if end != nil && bytes.Compare(k, end) >= 0 {
 				return false
@@ -507,15 +510,7 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 			if !isReserved(k) {
 				return true
 			}
-			it.Seek(prefixEnd(reservedPrefix))
-			if !it.Valid() {
-				return false
-			}
-			k = it.Item().Key()
-			if end != nil && bytes.Compare(k, end) >= 0 {
-				return false
-			}
-			return true
+			it.Seek(reservedEnd)
 		}
 		return false
 	}
@@ -600,18 +595,6 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 	for next() {
 		if err := emit(); err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-// prefixEnd is the first key after every key starting with p (nil: none).
-func prefixEnd(p []byte) []byte {
-	e := bytes.Clone(p)
-	for i := len(e) - 1; i >= 0; i-- {
-		if e[i] < 0xff {
-			e[i]++
-			return e[:i+1]
 		}
 	}
 	return nil
