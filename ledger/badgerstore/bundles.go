@@ -515,8 +515,8 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 		return false
 	}
 	// emit calls fn with the stored key it is at, and moves past it. An
-	// error of fn is kept in fnErr, to be returned unchanged.
-	var fnErr error
+	// error of fn comes back unchanged (badger's Item.Value returns its
+	// callback's error as is), and so from scanBundled.
 	emit := func() error {
 		item := it.Item()
 		readGate.wait()
@@ -524,12 +524,8 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 			if err := s.checkValue(item, v); err != nil {
 				return err
 			}
-			fnErr = fn(item.Key(), v)
-			return fnErr
+			return fn(item.Key(), v)
 		})
-		if fnErr != nil {
-			return fnErr
-		}
 		if err != nil {
 			return err
 		}
@@ -578,15 +574,12 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 							return err
 						}
 					}
-					if fnErr = fn(kbuf, b.slot[j]); fnErr != nil {
-						return fnErr
+					if err := fn(kbuf, b.slot[j]); err != nil {
+						return err
 					}
 				}
 				return nil
 			})
-			if fnErr != nil {
-				return fnErr
-			}
 			if err != nil {
 				return err
 			}
