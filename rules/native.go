@@ -24,8 +24,8 @@ import (
 // macros filter, exists, all and the 3-argument map expanded, and when the
 // predicate only uses what this file can compute in Go (field reads of the
 // view structs, comparisons, &&, ||, !, ?:, timestamp arithmetic, size,
-// indexing, `in`, cel.bind, nested filter/exists/all, and the list
-// functions endedBy, inForceAt, firstAfter, firstAtOrAfter, lastBefore,
+// indexing, `in`, cel.bind, nested filter/exists/all, and the functions
+// endedBy, inForceAt, firstAfter, firstAtOrAfter, lastBefore, nextAfter,
 // anyBetween and newerFromSource), it replaces cel-go's fold node with a
 // nativeFold: a Go loop over the view slice that evaluates the predicate as
 // compiled Go closures. A map's transform stays cel-go's own plan, run per
@@ -353,7 +353,7 @@ type nativeFold struct {
 	id      int64
 	orig    interpreter.InterpretableV2 // cel-go's node: the fallback
 	kind    foldKind
-	rng     nexpr                       // nkList, or r unset and rngI set
+	rng     nexpr                       // nkList; unset when rngI is set
 	rngI    interpreter.InterpretableV2 // cel-go's plan of the range
 	pred    nexpr                       // nkBool
 	tr      interpreter.InterpretableV2 // the transform of a map
