@@ -1787,68 +1787,37 @@ func field(op nexpr, name string) (nexpr, bool) {
 
 type nfield func(op func(*nctx) (any, bool)) nexpr
 
-func fBool[T any](get func(*T) bool) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return boolExpr(func(c *nctx) (bool, bool) {
-			o, ok := op(c)
-			if !ok {
-				return false, false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return false, false
-			}
-			return get(x), true
-		})
+// readField reads get of the *T that op yields; false when op fails or
+// yields anything but a non-nil *T.
+func readField[T, V any](op func(*nctx) (any, bool), get func(*T) V) func(*nctx) (V, bool) {
+	return func(c *nctx) (V, bool) {
+		var zero V
+		o, ok := op(c)
+		if !ok {
+			return zero, false
+		}
+		x, ok := o.(*T)
+		if !ok || x == nil {
+			return zero, false
+		}
+		return get(x), true
 	}
+}
+
+func fBool[T any](get func(*T) bool) nfield {
+	return func(op func(*nctx) (any, bool)) nexpr { return boolExpr(readField(op, get)) }
 }
 
 func fStr[T any](get func(*T) string) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return nexpr{kind: nkStr, s: func(c *nctx) (string, bool) {
-			o, ok := op(c)
-			if !ok {
-				return "", false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return "", false
-			}
-			return get(x), true
-		}}
-	}
+	return func(op func(*nctx) (any, bool)) nexpr { return nexpr{kind: nkStr, s: readField(op, get)} }
 }
 
 func fInt[T any](get func(*T) int64) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return nexpr{kind: nkInt, i: func(c *nctx) (int64, bool) {
-			o, ok := op(c)
-			if !ok {
-				return 0, false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return 0, false
-			}
-			return get(x), true
-		}}
-	}
+	return func(op func(*nctx) (any, bool)) nexpr { return nexpr{kind: nkInt, i: readField(op, get)} }
 }
 
 func fTime[T any](get func(*T) time.Time) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return nexpr{kind: nkTime, t: func(c *nctx) (time.Time, bool) {
-			o, ok := op(c)
-			if !ok {
-				return time.Time{}, false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return time.Time{}, false
-			}
-			return get(x), true
-		}}
-	}
+	return func(op func(*nctx) (any, bool)) nexpr { return nexpr{kind: nkTime, t: readField(op, get)} }
 }
 
 // fObj reads a struct-valued field; get returns nil for a missing one,
@@ -1871,19 +1840,7 @@ func fObj[T any](typ string, get func(*T) any) nfield {
 }
 
 func fList[T any](typ string, get func(*T) nlist) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return nexpr{kind: nkList, typ: typ, l: func(c *nctx) (nlist, bool) {
-			o, ok := op(c)
-			if !ok {
-				return nil, false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return nil, false
-			}
-			return get(x), true
-		}}
-	}
+	return func(op func(*nctx) (any, bool)) nexpr { return nexpr{kind: nkList, typ: typ, l: readField(op, get)} }
 }
 
 // evOrEmpty is orEmpty as an any that is never a typed nil.
