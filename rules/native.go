@@ -1052,65 +1052,36 @@ func withPre(x nexpr, pre func(*nctx) bool) nexpr {
 	y := nexpr{kind: x.kind, typ: x.typ}
 	switch x.kind {
 	case nkBool:
-		y.b = func(c *nctx) (bool, bool) {
-			if !pre(c) {
-				return false, false
-			}
-			return x.b(c)
-		}
+		y.b = after(pre, x.b)
 	case nkStr:
-		y.s = func(c *nctx) (string, bool) {
-			if !pre(c) {
-				return "", false
-			}
-			return x.s(c)
-		}
+		y.s = after(pre, x.s)
 	case nkInt:
-		y.i = func(c *nctx) (int64, bool) {
-			if !pre(c) {
-				return 0, false
-			}
-			return x.i(c)
-		}
+		y.i = after(pre, x.i)
 	case nkTime:
-		y.t = func(c *nctx) (time.Time, bool) {
-			if !pre(c) {
-				return time.Time{}, false
-			}
-			return x.t(c)
-		}
+		y.t = after(pre, x.t)
 	case nkDur:
-		y.d = func(c *nctx) (time.Duration, bool) {
-			if !pre(c) {
-				return 0, false
-			}
-			return x.d(c)
-		}
+		y.d = after(pre, x.d)
 	case nkObj:
-		y.o = func(c *nctx) (any, bool) {
-			if !pre(c) {
-				return nil, false
-			}
-			return x.o(c)
-		}
+		y.o = after(pre, x.o)
 	case nkList:
-		y.l = func(c *nctx) (nlist, bool) {
-			if !pre(c) {
-				return nil, false
-			}
-			return x.l(c)
-		}
+		y.l = after(pre, x.l)
 	case nkRef:
-		y.r = func(c *nctx) (ref.Val, bool) {
-			if !pre(c) {
-				return nil, false
-			}
-			return x.r(c)
-		}
+		y.r = after(pre, x.r)
 	default:
 		return nexpr{}
 	}
 	return y
+}
+
+// after is f run after pre, which must succeed.
+func after[V any](pre func(*nctx) bool, f func(*nctx) (V, bool)) func(*nctx) (V, bool) {
+	return func(c *nctx) (V, bool) {
+		if !pre(c) {
+			var zero V
+			return zero, false
+		}
+		return f(c)
+	}
 }
 
 // cond is c ? x : y for x and y of the same kind.
@@ -1118,76 +1089,41 @@ func cond(p, x, y nexpr) (nexpr, bool) {
 	if x.kind != y.kind || x.typ != y.typ || x.kind == nkNone {
 		return nexpr{}, false
 	}
-	choose := func(c *nctx) (bool, bool) { return p.b(c) }
 	z := nexpr{kind: x.kind, typ: x.typ}
 	switch x.kind {
 	case nkBool:
-		z.b = func(c *nctx) (bool, bool) {
-			if v, ok := choose(c); !ok {
-				return false, false
-			} else if v {
-				return x.b(c)
-			}
-			return y.b(c)
-		}
+		z.b = choose(p.b, x.b, y.b)
 	case nkStr:
-		z.s = func(c *nctx) (string, bool) {
-			if v, ok := choose(c); !ok {
-				return "", false
-			} else if v {
-				return x.s(c)
-			}
-			return y.s(c)
-		}
+		z.s = choose(p.b, x.s, y.s)
 	case nkInt:
-		z.i = func(c *nctx) (int64, bool) {
-			if v, ok := choose(c); !ok {
-				return 0, false
-			} else if v {
-				return x.i(c)
-			}
-			return y.i(c)
-		}
+		z.i = choose(p.b, x.i, y.i)
 	case nkTime:
-		z.t = func(c *nctx) (time.Time, bool) {
-			if v, ok := choose(c); !ok {
-				return time.Time{}, false
-			} else if v {
-				return x.t(c)
-			}
-			return y.t(c)
-		}
+		z.t = choose(p.b, x.t, y.t)
 	case nkDur:
-		z.d = func(c *nctx) (time.Duration, bool) {
-			if v, ok := choose(c); !ok {
-				return 0, false
-			} else if v {
-				return x.d(c)
-			}
-			return y.d(c)
-		}
+		z.d = choose(p.b, x.d, y.d)
 	case nkObj:
-		z.o = func(c *nctx) (any, bool) {
-			if v, ok := choose(c); !ok {
-				return nil, false
-			} else if v {
-				return x.o(c)
-			}
-			return y.o(c)
-		}
+		z.o = choose(p.b, x.o, y.o)
 	case nkList:
-		z.l = func(c *nctx) (nlist, bool) {
-			if v, ok := choose(c); !ok {
-				return nil, false
-			} else if v {
-				return x.l(c)
-			}
-			return y.l(c)
-		}
+		z.l = choose(p.b, x.l, y.l)
 	default:
 		return nexpr{}, false
 	}
 	return z, true
+}
+
+// choose is p ? x : y.
+func choose[V any](p func(*nctx) (bool, bool), x, y func(*nctx) (V, bool)) func(*nctx) (V, bool) {
+	return func(c *nctx) (V, bool) {
+		v, ok := p(c)
+		if !ok {
+			var zero V
+			return zero, false
+		}
+		if v {
+			return x(c)
+		}
+		return y(c)
+	}
 }
 
 func boolExpr(f func(*nctx) (bool, bool)) nexpr { return nexpr{kind: nkBool, b: f} }
