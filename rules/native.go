@@ -1380,40 +1380,9 @@ func compare(fn string, x, y nexpr) (nexpr, bool) {
 	var cmpf func(c *nctx) (int, bool)
 	switch x.kind {
 	case nkStr:
-		a, b := x.s, y.s
-		cmpf = func(c *nctx) (int, bool) {
-			u, ok1 := a(c)
-			if !ok1 {
-				return 0, false
-			}
-			v, ok2 := b(c)
-			if !ok2 {
-				return 0, false
-			}
-			switch {
-			case u < v:
-				return -1, true
-			case u > v:
-				return 1, true
-			}
-			return 0, true
-		}
+		cmpf = cmpOrdered(x.s, y.s)
 	case nkInt:
-		a, b := x.i, y.i
-		cmpf = func(c *nctx) (int, bool) {
-			u, ok1 := a(c)
-			v, ok2 := b(c)
-			if !ok1 || !ok2 {
-				return 0, false
-			}
-			switch {
-			case u < v:
-				return -1, true
-			case u > v:
-				return 1, true
-			}
-			return 0, true
-		}
+		cmpf = cmpOrdered(x.i, y.i)
 	case nkTime:
 		a, b := x.t, y.t
 		cmpf = func(c *nctx) (int, bool) {
@@ -1425,21 +1394,7 @@ func compare(fn string, x, y nexpr) (nexpr, bool) {
 			return u.Compare(v), true
 		}
 	case nkDur:
-		a, b := x.d, y.d
-		cmpf = func(c *nctx) (int, bool) {
-			u, ok1 := a(c)
-			v, ok2 := b(c)
-			if !ok1 || !ok2 {
-				return 0, false
-			}
-			switch {
-			case u < v:
-				return -1, true
-			case u > v:
-				return 1, true
-			}
-			return 0, true
-		}
+		cmpf = cmpOrdered(x.d, y.d)
 	case nkBool:
 		if fn != operators.Equals && fn != operators.NotEquals {
 			return nexpr{}, false
@@ -1478,6 +1433,27 @@ func compare(fn string, x, y nexpr) (nexpr, bool) {
 		r, ok := cmpf(c)
 		return ok && test(r), ok
 	}), true
+}
+
+// cmpOrdered compares x and y, not evaluating y when x fails.
+func cmpOrdered[V int64 | string | time.Duration](x, y func(*nctx) (V, bool)) func(*nctx) (int, bool) {
+	return func(c *nctx) (int, bool) {
+		u, ok := x(c)
+		if !ok {
+			return 0, false
+		}
+		v, ok := y(c)
+		if !ok {
+			return 0, false
+		}
+		switch {
+		case u < v:
+			return -1, true
+		case u > v:
+			return 1, true
+		}
+		return 0, true
+	}
 }
 
 func arith(fn string, args []nexpr) (nexpr, bool) {
