@@ -420,17 +420,14 @@ func (a *iterAct) Parent() interpreter.Activation { return nil }
 
 func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 	var l nlist
+	var ok bool
 	if n.rngI != nil {
-		v := n.rngI.Exec(c.frame)
-		var ok bool
-		if l, ok = toNList(v); !ok {
-			return nil, false
-		}
+		l, ok = toNList(n.rngI.Exec(c.frame))
 	} else {
-		var ok bool
-		if l, ok = n.rng.l(c); !ok {
-			return nil, false
-		}
+		l, ok = n.rng.l(c)
+	}
+	if !ok {
+		return nil, false
 	}
 	s := &c.slots[n.slot]
 	s.set = true
@@ -452,29 +449,6 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 			}
 		}
 		return types.Bool(!want), true
-	case foldFilter:
-		var out []ref.Val
-		for i := range size {
-			s.o = l.at(i)
-			b, ok := n.pred.b(c)
-			if !ok {
-				return nil, false
-			}
-			if b {
-				v := l.val(c.adapter, i)
-				if v == nil {
-					return nil, false
-				}
-				out = append(out, v)
-			}
-			if !c.loopCheck() {
-				return nil, false
-			}
-		}
-		if len(out) == 0 {
-			return emptyList, true
-		}
-		return types.NewRefValList(c.adapter, out), true
 	case foldMap2:
 		if size == 0 {
 			return emptyList, true
@@ -492,14 +466,7 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 					return nil, false
 				}
 			} else {
-				ev := l.val(c.adapter, i)
-				if ev == nil {
-					return nil, false
-				}
-				child := c.frame.Push(&iterAct{name: n.iter, v: ev})
-				v = n.tr.Exec(child)
-				child.Pop()
-				if types.IsUnknownOrError(v) {
+				if v = n.transform(c, l.val(c.adapter, i)); v == nil {
 					return nil, false
 				}
 			}
@@ -509,7 +476,8 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 			}
 		}
 		return types.NewRefValList(c.adapter, out), true
-	case foldMap:
+	case foldFilter, foldMap:
+		// The selected elements, or (a 3-argument map) their transforms.
 		var out []ref.Val
 		for i := range size {
 			s.o = l.at(i)
@@ -518,14 +486,11 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 				return nil, false
 			}
 			if b {
-				ev := l.val(c.adapter, i)
-				if ev == nil {
-					return nil, false
+				v := l.val(c.adapter, i)
+				if n.kind == foldMap {
+					v = n.transform(c, v)
 				}
-				child := c.frame.Push(&iterAct{name: n.iter, v: ev})
-				v := n.tr.Exec(child)
-				child.Pop()
-				if types.IsUnknownOrError(v) {
+				if v == nil {
 					return nil, false
 				}
 				out = append(out, v)
@@ -540,6 +505,21 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 		return types.NewRefValList(c.adapter, out), true
 	}
 	return nil, false
+}
+
+// transform runs cel-go's plan of a map's transform on the element ev:
+// nil when ev is nil or the transform yields an error or unknown.
+func (n *nativeFold) transform(c *nctx, ev ref.Val) ref.Val {
+	if ev == nil {
+		return nil
+	}
+	child := c.frame.Push(&iterAct{name: n.iter, v: ev})
+	v := n.tr.Exec(child)
+	child.Pop()
+	if types.IsUnknownOrError(v) {
+		return nil
+	}
+	return v
 }
 
 // nativeDecorator returns the plan decorator that makes the comprehensions
