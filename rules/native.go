@@ -434,21 +434,8 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 	size := l.n()
 	switch n.kind {
 	case foldExists, foldAll:
-		want := n.kind == foldExists
-		for i := range size {
-			s.o = l.at(i)
-			b, ok := n.pred.b(c)
-			if !ok {
-				return nil, false
-			}
-			if b == want {
-				return types.Bool(want), true
-			}
-			if !c.loopCheck() {
-				return nil, false
-			}
-		}
-		return types.Bool(!want), true
+		b, ok := c.quantify(l, s, n.pred.b, n.kind == foldExists)
+		return types.Bool(b), ok
 	case foldMap2:
 		if size == 0 {
 			return emptyList, true
@@ -985,22 +972,27 @@ func (nc *ncomp) comprehension(e ast.Expr) (nexpr, bool) {
 		if !ok {
 			return false, false
 		}
-		s := &c.slots[k]
-		for i := range l.n() {
-			s.o = l.at(i)
-			b, ok := p.b(c)
-			if !ok {
-				return false, false
-			}
-			if b == want {
-				return want, true
-			}
-			if !c.loopCheck() {
-				return false, false
-			}
-		}
-		return !want, true
+		return c.quantify(l, &c.slots[k], p.b, want)
 	}}, true
+}
+
+// quantify is exists (want true) or all (want false) of the predicate p over l,
+// each element in turn in s.o.
+func (c *nctx) quantify(l nlist, s *nslot, p func(*nctx) (bool, bool), want bool) (bool, bool) {
+	for i := range l.n() {
+		s.o = l.at(i)
+		b, ok := p(c)
+		if !ok {
+			return false, false
+		}
+		if b == want {
+			return want, true
+		}
+		if !c.loopCheck() {
+			return false, false
+		}
+	}
+	return !want, true
 }
 
 // store evaluates x into s.
