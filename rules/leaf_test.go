@@ -162,6 +162,23 @@ type leafChains map[string][]Entry
 
 func (m leafChains) Chain(_ context.Context, s string) ([]Entry, error) { return m[s], nil }
 
+// orgChains splits events (their index in the log is their position) into
+// chains per subject, decoded and as leaves, with the subjects in order of
+// first appearance.
+func orgChains(t testing.TB, events []*pb.Event) (subjects []string, decoded, leaves leafChains) {
+	t.Helper()
+	decoded, leaves = leafChains{}, leafChains{}
+	for i, ev := range events {
+		s := ev.GetSubject().GetId()
+		if _, ok := decoded[s]; !ok {
+			subjects = append(subjects, s)
+		}
+		decoded[s] = append(decoded[s], Entry{Index: uint64(i), Event: ev})
+		leaves[s] = append(leaves[s], Entry{Index: uint64(i), Leaf: encodeLeaf(t, ev)})
+	}
+	return subjects, decoded, leaves
+}
+
 // TestEvaluateFromLeaves: the catalog over leaves finds exactly what it finds
 // over decoded events.
 func TestEvaluateFromLeaves(t *testing.T) {
@@ -181,16 +198,7 @@ func TestEvaluateFromLeaves(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	decoded, leaves := leafChains{}, leafChains{}
-	var subjects []string
-	for i, ev := range org.Events {
-		s := ev.GetSubject().GetId()
-		if _, ok := decoded[s]; !ok {
-			subjects = append(subjects, s)
-		}
-		decoded[s] = append(decoded[s], Entry{Index: uint64(i), Event: ev})
-		leaves[s] = append(leaves[s], Entry{Index: uint64(i), Leaf: encodeLeaf(t, ev)})
-	}
+	subjects, decoded, leaves := orgChains(t, org.Events)
 	a, err := set.Evaluate(t.Context(), subjects, decoded, org.AsOf)
 	if err != nil {
 		t.Fatal(err)

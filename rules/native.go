@@ -24,8 +24,8 @@ import (
 // macros filter, exists, all and the 3-argument map expanded, and when the
 // predicate only uses what this file can compute in Go (field reads of the
 // view structs, comparisons, &&, ||, !, ?:, timestamp arithmetic, size,
-// indexing, `in`, cel.bind, nested filter/exists/all, and the list
-// functions endedBy, inForceAt, firstAfter, firstAtOrAfter, lastBefore,
+// indexing, `in`, cel.bind, nested filter/exists/all, and the functions
+// endedBy, inForceAt, firstAfter, firstAtOrAfter, lastBefore, nextAfter,
 // anyBetween and newerFromSource), it replaces cel-go's fold node with a
 // nativeFold: a Go loop over the view slice that evaluates the predicate as
 // compiled Go closures. A map's transform stays cel-go's own plan, run per
@@ -353,7 +353,7 @@ type nativeFold struct {
 	id      int64
 	orig    interpreter.InterpretableV2 // cel-go's node: the fallback
 	kind    foldKind
-	rng     nexpr                       // nkList, or r unset and rngI set
+	rng     nexpr                       // nkList; unset when rngI is set
 	rngI    interpreter.InterpretableV2 // cel-go's plan of the range
 	pred    nexpr                       // nkBool
 	tr      interpreter.InterpretableV2 // the transform of a map
@@ -420,61 +420,22 @@ func (a *iterAct) Parent() interpreter.Activation { return nil }
 
 func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 	var l nlist
+	var ok bool
 	if n.rngI != nil {
-		v := n.rngI.Exec(c.frame)
-		var ok bool
-		if l, ok = toNList(v); !ok {
-			return nil, false
-		}
+		l, ok = toNList(n.rngI.Exec(c.frame))
 	} else {
-		var ok bool
-		if l, ok = n.rng.l(c); !ok {
-			return nil, false
-		}
+		l, ok = n.rng.l(c)
+	}
+	if !ok {
+		return nil, false
 	}
 	s := &c.slots[n.slot]
 	s.set = true
 	size := l.n()
 	switch n.kind {
 	case foldExists, foldAll:
-		want := n.kind == foldExists
-		for i := range size {
-			s.o = l.at(i)
-			b, ok := n.pred.b(c)
-			if !ok {
-				return nil, false
-			}
-			if b == want {
-				return types.Bool(want), true
-			}
-			if !c.loopCheck() {
-				return nil, false
-			}
-		}
-		return types.Bool(!want), true
-	case foldFilter:
-		var out []ref.Val
-		for i := range size {
-			s.o = l.at(i)
-			b, ok := n.pred.b(c)
-			if !ok {
-				return nil, false
-			}
-			if b {
-				v := l.val(c.adapter, i)
-				if v == nil {
-					return nil, false
-				}
-				out = append(out, v)
-			}
-			if !c.loopCheck() {
-				return nil, false
-			}
-		}
-		if len(out) == 0 {
-			return emptyList, true
-		}
-		return types.NewRefValList(c.adapter, out), true
+		b, ok := c.quantify(l, s, n.pred.b, n.kind == foldExists)
+		return types.Bool(b), ok
 	case foldMap2:
 		if size == 0 {
 			return emptyList, true
@@ -492,14 +453,7 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 					return nil, false
 				}
 			} else {
-				ev := l.val(c.adapter, i)
-				if ev == nil {
-					return nil, false
-				}
-				child := c.frame.Push(&iterAct{name: n.iter, v: ev})
-				v = n.tr.Exec(child)
-				child.Pop()
-				if types.IsUnknownOrError(v) {
+				if v = n.transform(c, l.val(c.adapter, i)); v == nil {
 					return nil, false
 				}
 			}
@@ -509,7 +463,8 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 			}
 		}
 		return types.NewRefValList(c.adapter, out), true
-	case foldMap:
+	case foldFilter, foldMap:
+		// The selected elements, or (a 3-argument map) their transforms.
 		var out []ref.Val
 		for i := range size {
 			s.o = l.at(i)
@@ -518,14 +473,11 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 				return nil, false
 			}
 			if b {
-				ev := l.val(c.adapter, i)
-				if ev == nil {
-					return nil, false
+				v := l.val(c.adapter, i)
+				if n.kind == foldMap {
+					v = n.transform(c, v)
 				}
-				child := c.frame.Push(&iterAct{name: n.iter, v: ev})
-				v := n.tr.Exec(child)
-				child.Pop()
-				if types.IsUnknownOrError(v) {
+				if v == nil {
 					return nil, false
 				}
 				out = append(out, v)
@@ -540,6 +492,21 @@ func (n *nativeFold) run(c *nctx) (ref.Val, bool) {
 		return types.NewRefValList(c.adapter, out), true
 	}
 	return nil, false
+}
+
+// transform runs cel-go's plan of a map's transform on the element ev:
+// nil when ev is nil or the transform yields an error or unknown.
+func (n *nativeFold) transform(c *nctx, ev ref.Val) ref.Val {
+	if ev == nil {
+		return nil
+	}
+	child := c.frame.Push(&iterAct{name: n.iter, v: ev})
+	v := n.tr.Exec(child)
+	child.Pop()
+	if types.IsUnknownOrError(v) {
+		return nil
+	}
+	return v
 }
 
 // nativeDecorator returns the plan decorator that makes the comprehensions
@@ -1005,22 +972,27 @@ func (nc *ncomp) comprehension(e ast.Expr) (nexpr, bool) {
 		if !ok {
 			return false, false
 		}
-		s := &c.slots[k]
-		for i := range l.n() {
-			s.o = l.at(i)
-			b, ok := p.b(c)
-			if !ok {
-				return false, false
-			}
-			if b == want {
-				return want, true
-			}
-			if !c.loopCheck() {
-				return false, false
-			}
-		}
-		return !want, true
+		return c.quantify(l, &c.slots[k], p.b, want)
 	}}, true
+}
+
+// quantify is exists (want true) or all (want false) of the predicate p over l,
+// each element in turn in s.o.
+func (c *nctx) quantify(l nlist, s *nslot, p func(*nctx) (bool, bool), want bool) (bool, bool) {
+	for i := range l.n() {
+		s.o = l.at(i)
+		b, ok := p(c)
+		if !ok {
+			return false, false
+		}
+		if b == want {
+			return want, true
+		}
+		if !c.loopCheck() {
+			return false, false
+		}
+	}
+	return !want, true
 }
 
 // store evaluates x into s.
@@ -1052,65 +1024,36 @@ func withPre(x nexpr, pre func(*nctx) bool) nexpr {
 	y := nexpr{kind: x.kind, typ: x.typ}
 	switch x.kind {
 	case nkBool:
-		y.b = func(c *nctx) (bool, bool) {
-			if !pre(c) {
-				return false, false
-			}
-			return x.b(c)
-		}
+		y.b = after(pre, x.b)
 	case nkStr:
-		y.s = func(c *nctx) (string, bool) {
-			if !pre(c) {
-				return "", false
-			}
-			return x.s(c)
-		}
+		y.s = after(pre, x.s)
 	case nkInt:
-		y.i = func(c *nctx) (int64, bool) {
-			if !pre(c) {
-				return 0, false
-			}
-			return x.i(c)
-		}
+		y.i = after(pre, x.i)
 	case nkTime:
-		y.t = func(c *nctx) (time.Time, bool) {
-			if !pre(c) {
-				return time.Time{}, false
-			}
-			return x.t(c)
-		}
+		y.t = after(pre, x.t)
 	case nkDur:
-		y.d = func(c *nctx) (time.Duration, bool) {
-			if !pre(c) {
-				return 0, false
-			}
-			return x.d(c)
-		}
+		y.d = after(pre, x.d)
 	case nkObj:
-		y.o = func(c *nctx) (any, bool) {
-			if !pre(c) {
-				return nil, false
-			}
-			return x.o(c)
-		}
+		y.o = after(pre, x.o)
 	case nkList:
-		y.l = func(c *nctx) (nlist, bool) {
-			if !pre(c) {
-				return nil, false
-			}
-			return x.l(c)
-		}
+		y.l = after(pre, x.l)
 	case nkRef:
-		y.r = func(c *nctx) (ref.Val, bool) {
-			if !pre(c) {
-				return nil, false
-			}
-			return x.r(c)
-		}
+		y.r = after(pre, x.r)
 	default:
 		return nexpr{}
 	}
 	return y
+}
+
+// after is f run after pre, which must succeed.
+func after[V any](pre func(*nctx) bool, f func(*nctx) (V, bool)) func(*nctx) (V, bool) {
+	return func(c *nctx) (V, bool) {
+		if !pre(c) {
+			var zero V
+			return zero, false
+		}
+		return f(c)
+	}
 }
 
 // cond is c ? x : y for x and y of the same kind.
@@ -1118,76 +1061,41 @@ func cond(p, x, y nexpr) (nexpr, bool) {
 	if x.kind != y.kind || x.typ != y.typ || x.kind == nkNone {
 		return nexpr{}, false
 	}
-	choose := func(c *nctx) (bool, bool) { return p.b(c) }
 	z := nexpr{kind: x.kind, typ: x.typ}
 	switch x.kind {
 	case nkBool:
-		z.b = func(c *nctx) (bool, bool) {
-			if v, ok := choose(c); !ok {
-				return false, false
-			} else if v {
-				return x.b(c)
-			}
-			return y.b(c)
-		}
+		z.b = choose(p.b, x.b, y.b)
 	case nkStr:
-		z.s = func(c *nctx) (string, bool) {
-			if v, ok := choose(c); !ok {
-				return "", false
-			} else if v {
-				return x.s(c)
-			}
-			return y.s(c)
-		}
+		z.s = choose(p.b, x.s, y.s)
 	case nkInt:
-		z.i = func(c *nctx) (int64, bool) {
-			if v, ok := choose(c); !ok {
-				return 0, false
-			} else if v {
-				return x.i(c)
-			}
-			return y.i(c)
-		}
+		z.i = choose(p.b, x.i, y.i)
 	case nkTime:
-		z.t = func(c *nctx) (time.Time, bool) {
-			if v, ok := choose(c); !ok {
-				return time.Time{}, false
-			} else if v {
-				return x.t(c)
-			}
-			return y.t(c)
-		}
+		z.t = choose(p.b, x.t, y.t)
 	case nkDur:
-		z.d = func(c *nctx) (time.Duration, bool) {
-			if v, ok := choose(c); !ok {
-				return 0, false
-			} else if v {
-				return x.d(c)
-			}
-			return y.d(c)
-		}
+		z.d = choose(p.b, x.d, y.d)
 	case nkObj:
-		z.o = func(c *nctx) (any, bool) {
-			if v, ok := choose(c); !ok {
-				return nil, false
-			} else if v {
-				return x.o(c)
-			}
-			return y.o(c)
-		}
+		z.o = choose(p.b, x.o, y.o)
 	case nkList:
-		z.l = func(c *nctx) (nlist, bool) {
-			if v, ok := choose(c); !ok {
-				return nil, false
-			} else if v {
-				return x.l(c)
-			}
-			return y.l(c)
-		}
+		z.l = choose(p.b, x.l, y.l)
 	default:
 		return nexpr{}, false
 	}
 	return z, true
+}
+
+// choose is p ? x : y.
+func choose[V any](p func(*nctx) (bool, bool), x, y func(*nctx) (V, bool)) func(*nctx) (V, bool) {
+	return func(c *nctx) (V, bool) {
+		v, ok := p(c)
+		if !ok {
+			var zero V
+			return zero, false
+		}
+		if v {
+			return x(c)
+		}
+		return y(c)
+	}
 }
 
 func boolExpr(f func(*nctx) (bool, bool)) nexpr { return nexpr{kind: nkBool, b: f} }
@@ -1444,40 +1352,9 @@ func compare(fn string, x, y nexpr) (nexpr, bool) {
 	var cmpf func(c *nctx) (int, bool)
 	switch x.kind {
 	case nkStr:
-		a, b := x.s, y.s
-		cmpf = func(c *nctx) (int, bool) {
-			u, ok1 := a(c)
-			if !ok1 {
-				return 0, false
-			}
-			v, ok2 := b(c)
-			if !ok2 {
-				return 0, false
-			}
-			switch {
-			case u < v:
-				return -1, true
-			case u > v:
-				return 1, true
-			}
-			return 0, true
-		}
+		cmpf = cmpOrdered(x.s, y.s)
 	case nkInt:
-		a, b := x.i, y.i
-		cmpf = func(c *nctx) (int, bool) {
-			u, ok1 := a(c)
-			v, ok2 := b(c)
-			if !ok1 || !ok2 {
-				return 0, false
-			}
-			switch {
-			case u < v:
-				return -1, true
-			case u > v:
-				return 1, true
-			}
-			return 0, true
-		}
+		cmpf = cmpOrdered(x.i, y.i)
 	case nkTime:
 		a, b := x.t, y.t
 		cmpf = func(c *nctx) (int, bool) {
@@ -1489,21 +1366,7 @@ func compare(fn string, x, y nexpr) (nexpr, bool) {
 			return u.Compare(v), true
 		}
 	case nkDur:
-		a, b := x.d, y.d
-		cmpf = func(c *nctx) (int, bool) {
-			u, ok1 := a(c)
-			v, ok2 := b(c)
-			if !ok1 || !ok2 {
-				return 0, false
-			}
-			switch {
-			case u < v:
-				return -1, true
-			case u > v:
-				return 1, true
-			}
-			return 0, true
-		}
+		cmpf = cmpOrdered(x.d, y.d)
 	case nkBool:
 		if fn != operators.Equals && fn != operators.NotEquals {
 			return nexpr{}, false
@@ -1542,6 +1405,27 @@ func compare(fn string, x, y nexpr) (nexpr, bool) {
 		r, ok := cmpf(c)
 		return ok && test(r), ok
 	}), true
+}
+
+// cmpOrdered compares x and y, not evaluating y when x fails.
+func cmpOrdered[V int64 | string | time.Duration](x, y func(*nctx) (V, bool)) func(*nctx) (int, bool) {
+	return func(c *nctx) (int, bool) {
+		u, ok := x(c)
+		if !ok {
+			return 0, false
+		}
+		v, ok := y(c)
+		if !ok {
+			return 0, false
+		}
+		switch {
+		case u < v:
+			return -1, true
+		case u > v:
+			return 1, true
+		}
+		return 0, true
+	}
 }
 
 func arith(fn string, args []nexpr) (nexpr, bool) {
@@ -1787,68 +1671,37 @@ func field(op nexpr, name string) (nexpr, bool) {
 
 type nfield func(op func(*nctx) (any, bool)) nexpr
 
-func fBool[T any](get func(*T) bool) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return boolExpr(func(c *nctx) (bool, bool) {
-			o, ok := op(c)
-			if !ok {
-				return false, false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return false, false
-			}
-			return get(x), true
-		})
+// readField reads get of the *T that op yields; false when op fails or
+// yields anything but a non-nil *T.
+func readField[T, V any](op func(*nctx) (any, bool), get func(*T) V) func(*nctx) (V, bool) {
+	return func(c *nctx) (V, bool) {
+		var zero V
+		o, ok := op(c)
+		if !ok {
+			return zero, false
+		}
+		x, ok := o.(*T)
+		if !ok || x == nil {
+			return zero, false
+		}
+		return get(x), true
 	}
+}
+
+func fBool[T any](get func(*T) bool) nfield {
+	return func(op func(*nctx) (any, bool)) nexpr { return boolExpr(readField(op, get)) }
 }
 
 func fStr[T any](get func(*T) string) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return nexpr{kind: nkStr, s: func(c *nctx) (string, bool) {
-			o, ok := op(c)
-			if !ok {
-				return "", false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return "", false
-			}
-			return get(x), true
-		}}
-	}
+	return func(op func(*nctx) (any, bool)) nexpr { return nexpr{kind: nkStr, s: readField(op, get)} }
 }
 
 func fInt[T any](get func(*T) int64) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return nexpr{kind: nkInt, i: func(c *nctx) (int64, bool) {
-			o, ok := op(c)
-			if !ok {
-				return 0, false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return 0, false
-			}
-			return get(x), true
-		}}
-	}
+	return func(op func(*nctx) (any, bool)) nexpr { return nexpr{kind: nkInt, i: readField(op, get)} }
 }
 
 func fTime[T any](get func(*T) time.Time) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return nexpr{kind: nkTime, t: func(c *nctx) (time.Time, bool) {
-			o, ok := op(c)
-			if !ok {
-				return time.Time{}, false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return time.Time{}, false
-			}
-			return get(x), true
-		}}
-	}
+	return func(op func(*nctx) (any, bool)) nexpr { return nexpr{kind: nkTime, t: readField(op, get)} }
 }
 
 // fObj reads a struct-valued field; get returns nil for a missing one,
@@ -1871,19 +1724,7 @@ func fObj[T any](typ string, get func(*T) any) nfield {
 }
 
 func fList[T any](typ string, get func(*T) nlist) nfield {
-	return func(op func(*nctx) (any, bool)) nexpr {
-		return nexpr{kind: nkList, typ: typ, l: func(c *nctx) (nlist, bool) {
-			o, ok := op(c)
-			if !ok {
-				return nil, false
-			}
-			x, ok := o.(*T)
-			if !ok || x == nil {
-				return nil, false
-			}
-			return get(x), true
-		}}
-	}
+	return func(op func(*nctx) (any, bool)) nexpr { return nexpr{kind: nkList, typ: typ, l: readField(op, get)} }
 }
 
 // evOrEmpty is orEmpty as an any that is never a typed nil.

@@ -267,7 +267,7 @@ func TestNativeFallback(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				// The outermost comprehension with a predicate is native.
+				// At least tc.natives of the comprehensions are native.
 				if !plainCEL && s.rules[0].natives < tc.natives {
 					t.Fatalf("%s: %d comprehensions made native, want %d", tc.expr, s.rules[0].natives, tc.natives)
 				}

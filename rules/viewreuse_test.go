@@ -18,16 +18,7 @@ func TestViewsOnReusedSlabs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	decoded, leaves := leafChains{}, leafChains{}
-	var subjects []string
-	for i, ev := range org.Events {
-		s := ev.GetSubject().GetId()
-		if _, ok := decoded[s]; !ok {
-			subjects = append(subjects, s)
-		}
-		decoded[s] = append(decoded[s], Entry{Index: uint64(i), Event: ev})
-		leaves[s] = append(leaves[s], Entry{Index: uint64(i), Leaf: encodeLeaf(t, ev)})
-	}
+	subjects, decoded, leaves := orgChains(t, org.Events)
 	defer func(g func() *eventSlab) { getSlab = g }(getSlab)
 	// One slab, reused for every chain (as one worker's pool does).
 	shared := new(eventSlab)

@@ -267,7 +267,8 @@ func (s *Store) Limits() (count int, bytes int64) {
 
 // Get reads the values of keys from one consistent snapshot. A missing key is
 // a nil entry in the result (an empty present value is a non-nil empty
-// slice), never an error. The returned slices are copies owned by the caller.
+// slice), never an error; so is a key in the store's reserved range (see
+// ErrReservedKey). The returned slices are copies owned by the caller.
 func (s *Store) Get(keys ...[]byte) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -340,7 +341,8 @@ func (s *Store) checkValue(item *badger.Item, v []byte) error {
 
 // Scan calls fn for each key in [start, end) in ascending order (end nil means
 // no upper bound), from one consistent snapshot. key and value are only valid
-// during the call. An error from fn stops the scan and is returned as is.
+// during the call. An error from fn stops the scan and is returned as is. Keys
+// in the store's reserved range (see ErrReservedKey) are skipped.
 func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error {
 	if s.bundles {
 		var fnErr error
@@ -396,7 +398,8 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 // is durable (fsynced) when Commit returns nil, and none of it is visible, now
 // or after a crash, when it returns an error other than one from a failed
 // fsync (after which the database should be reopened). A batch beyond Limits
-// fails with ErrTooBig; one when the disk is nearly full, with ErrDiskFull.
+// fails with ErrTooBig; one when the disk is nearly full, with ErrDiskFull;
+// one with a key in the store's reserved range, with ErrReservedKey.
 //
 // A store opened with NoSync commits differently: the entries but the last,
 // in key order (a repeated key keeps its last value), in transactions of

@@ -54,6 +54,9 @@ const (
 // skips them.
 var reservedPrefix = []byte{0xff, 0xfe}
 
+// reservedEnd is the first key after every reserved one.
+var reservedEnd = []byte{0xff, 0xff}
+
 var (
 	// layoutKey holds the store's layout, layoutBundles, when it keeps its
 	// leaves in bundles; absent, a store keeps each under its own key.
@@ -91,14 +94,10 @@ type bundle struct {
 // decodeBundle splits a bundle value into its slots, which alias v.
 func decodeBundle(v []byte, b *bundle) error {
 	*b = bundle{}
-	if len(v) < bundleHeader || v[0] != bundleFormat {
-		return fmt.Errorf("leaf bundle of %d bytes: bad header (format byte %#x, want %d)", len(v), firstByte(v), bundleFormat)
+	n, data, err := bundleSlots(v)
+	if err != nil {
+		return err
 	}
-	n := int(binary.BigEndian.Uint16(v[1:]))
-	if n < 1 || n > bundleWidth || len(v) < bundleHeader+4*n {
-		return fmt.Errorf("leaf bundle of %d bytes: %d slots (want 1..%d, with room for their offsets)", len(v), n, bundleWidth)
-	}
-	data := v[bundleHeader+4*n:]
 	prev := uint32(0)
 	for j := range n {
 		e := binary.BigEndian.Uint32(v[bundleHeader+4*j:])
@@ -121,6 +120,19 @@ func decodeBundle(v []byte, b *bundle) error {
 	return nil
 }
 
+// bundleSlots checks a bundle value's header and returns its number of
+// slots and the bytes after its end offsets.
+func bundleSlots(v []byte) (n int, data []byte, err error) {
+	if len(v) < bundleHeader || v[0] != bundleFormat {
+		return 0, nil, fmt.Errorf("leaf bundle of %d bytes: bad header (format byte %#x, want %d)", len(v), firstByte(v), bundleFormat)
+	}
+	n = int(binary.BigEndian.Uint16(v[1:]))
+	if n < 1 || n > bundleWidth || len(v) < bundleHeader+4*n {
+		return 0, nil, fmt.Errorf("leaf bundle of %d bytes: %d slots (want 1..%d, with room for their offsets)", len(v), n, bundleWidth)
+	}
+	return n, v[bundleHeader+4*n:], nil
+}
+
 func firstByte(v []byte) byte {
 	if len(v) == 0 {
 		return 0
@@ -131,17 +143,13 @@ func firstByte(v []byte) byte {
 // slotOf returns the leaf at slot j of the bundle value v without decoding
 // the others; ok is false if the bundle does not hold it.
 func slotOf(v []byte, j int) (leaf []byte, ok bool, err error) {
-	if len(v) < bundleHeader || v[0] != bundleFormat {
-		return nil, false, fmt.Errorf("leaf bundle of %d bytes: bad header (format byte %#x, want %d)", len(v), firstByte(v), bundleFormat)
-	}
-	n := int(binary.BigEndian.Uint16(v[1:]))
-	if n < 1 || n > bundleWidth || len(v) < bundleHeader+4*n {
-		return nil, false, fmt.Errorf("leaf bundle of %d bytes: %d slots (want 1..%d, with room for their offsets)", len(v), n, bundleWidth)
+	n, data, err := bundleSlots(v)
+	if err != nil {
+		return nil, false, err
 	}
 	if j >= n {
 		return nil, false, nil
 	}
-	data := v[bundleHeader+4*n:]
 	start := uint32(0)
 	if j > 0 {
 		start = binary.BigEndian.Uint32(v[bundleHeader+4*(j-1):]) &^ present
@@ -481,14 +489,20 @@ func firstLeafAtOrAfter(k []byte) (i uint64, past bool) {
 // merges the stored keys of [start, end) (the reserved ones skipped) with
 // the leaf keys its bundles hold there, in key order.
 func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, value []byte) error) error {
+	lo, hi, all, ok := leafRange(start, end)
 	opt := badger.DefaultIteratorOptions
 	opt.PrefetchSize = 64
+	// A range with leaves holds few stored keys, if any, and usually ends
+	// in the leaves: prefetching would read the values of the 64 keys after
+	// them (the tiles) at every call only to stop before them. Values are
+	// read as they are emitted instead.
+	opt.PrefetchValues = !ok
 	it := txn.NewIterator(opt)
 	defer it.Close()
 	// next advances it past reserved keys to the next stored key before
 	// end; ok is false when there is none.
 	next := func() bool {
-		for ; it.Valid(); it.Next() {
+		for it.Valid() {
 			k := it.Item().Key()
 			if end != nil && bytes.Compare(k, end) >= 0 {
 				return false
@@ -496,21 +510,13 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 			if !isReserved(k) {
 				return true
 			}
-			it.Seek(prefixEnd(reservedPrefix))
-			if !it.Valid() {
-				return false
-			}
-			k = it.Item().Key()
-			if end != nil && bytes.Compare(k, end) >= 0 {
-				return false
-			}
-			return true
+			it.Seek(reservedEnd)
 		}
 		return false
 	}
 	// emit calls fn with the stored key it is at, and moves past it. An
-	// error of fn is kept in fnErr, to be returned unchanged.
-	var fnErr error
+	// error of fn comes back unchanged (badger's Item.Value returns its
+	// callback's error as is), and so from scanBundled.
 	emit := func() error {
 		item := it.Item()
 		readGate.wait()
@@ -518,12 +524,8 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 			if err := s.checkValue(item, v); err != nil {
 				return err
 			}
-			fnErr = fn(item.Key(), v)
-			return fnErr
+			return fn(item.Key(), v)
 		})
-		if fnErr != nil {
-			return fnErr
-		}
 		if err != nil {
 			return err
 		}
@@ -531,7 +533,6 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 		return nil
 	}
 	it.Seek(start)
-	lo, hi, all, ok := leafRange(start, end)
 	if ok {
 		bo := badger.DefaultIteratorOptions
 		bo.PrefetchValues = false // one bundle at a time, read in place
@@ -573,15 +574,12 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 							return err
 						}
 					}
-					if fnErr = fn(kbuf, b.slot[j]); fnErr != nil {
-						return fnErr
+					if err := fn(kbuf, b.slot[j]); err != nil {
+						return err
 					}
 				}
 				return nil
 			})
-			if fnErr != nil {
-				return fnErr
-			}
 			if err != nil {
 				return err
 			}
@@ -590,18 +588,6 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 	for next() {
 		if err := emit(); err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-// prefixEnd is the first key after every key starting with p (nil: none).
-func prefixEnd(p []byte) []byte {
-	e := bytes.Clone(p)
-	for i := len(e) - 1; i >= 0; i-- {
-		if e[i] < 0xff {
-			e[i]++
-			return e[:i+1]
 		}
 	}
 	return nil
