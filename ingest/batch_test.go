@@ -21,7 +21,7 @@ import (
 
 // openBadgerLedger opens a new ledger.Log on badger in a temporary
 // directory, closed when the test ends.
-func openBadgerLedger(t *testing.T) *ledger.Log {
+func openBadgerLedger(t testing.TB) *ledger.Log {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, "grantline.test/batch")
 	if err != nil {

@@ -47,6 +47,24 @@ func BenchmarkEvaluate(b *testing.B) {
 	}
 }
 
+// h2cEvidenceClient serves srv over h2c on loopback until b ends and
+// returns an EvidenceService client of it that authenticates as the
+// auditor.
+func h2cEvidenceClient(b *testing.B, srv *Server, opts ...connect.ClientOption) grantlinev1connect.EvidenceServiceClient {
+	b.Helper()
+	hs := httptest.NewUnstartedServer(srv.Handler())
+	hs.Config.Protocols = new(http.Protocols)
+	hs.Config.Protocols.SetUnencryptedHTTP2(true)
+	hs.Config.HTTP2 = HTTP2Config()
+	hs.Start()
+	b.Cleanup(hs.Close)
+	tr := &http.Transport{Protocols: new(http.Protocols)}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	b.Cleanup(tr.CloseIdleConnections)
+	return grantlinev1connect.NewEvidenceServiceClient(&http.Client{Transport: tr}, hs.URL,
+		append([]connect.ClientOption{connect.WithInterceptors(bearerAuth(auditorTok))}, opts...)...)
+}
+
 // benchEvaluatePaths runs the three paths over l with set, behind one
 // server.
 func benchEvaluatePaths(b *testing.B, l *ledger.Log, set *rules.Set, asOf time.Time) {
@@ -55,17 +73,7 @@ func benchEvaluatePaths(b *testing.B, l *ledger.Log, set *rules.Set, asOf time.T
 	if err != nil {
 		b.Fatal(err)
 	}
-	hs := httptest.NewUnstartedServer(srv.Handler())
-	hs.Config.Protocols = new(http.Protocols)
-	hs.Config.Protocols.SetUnencryptedHTTP2(true)
-	hs.Config.HTTP2 = HTTP2Config()
-	hs.Start()
-	defer hs.Close()
-	tr := &http.Transport{Protocols: new(http.Protocols)}
-	tr.Protocols.SetUnencryptedHTTP2(true)
-	defer tr.CloseIdleConnections()
-	cl := grantlinev1connect.NewEvidenceServiceClient(&http.Client{Transport: tr}, hs.URL,
-		connect.WithInterceptors(bearerAuth(auditorTok)), connect.WithReadMaxBytes(1<<30))
+	cl := h2cEvidenceClient(b, srv, connect.WithReadMaxBytes(1<<30))
 	req := &pb.EvaluateRequest{AsOf: timestamppb.New(asOf)}
 	for _, path := range []string{"stream", "unary", "inprocess"} {
 		b.Run("path="+path, func(b *testing.B) {

@@ -3,9 +3,7 @@ package ingest
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,13 +12,11 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/internal/synth"
 	"github.com/grantline/grantline/ledger"
-	"github.com/grantline/grantline/ledger/badgerstore"
 	"github.com/grantline/grantline/ledger/event"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
@@ -40,33 +36,20 @@ func synthLedgerSeed(t testing.TB, seed uint64, identities int) (*ledger.Log, *r
 	if err != nil {
 		t.Fatal(err)
 	}
-	skey, vkey, err := note.GenerateKey(rand.Reader, "grantline.test/stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := note.NewVerifier(vkey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bs, err := badgerstore.Open(filepath.Join(t.TempDir(), "ledger"), badgerstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := ledger.Open(context.Background(), bs, ledger.Options{Signer: signer, Verifier: verifier})
-	if err != nil {
-		bs.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := openBadgerLedger(t)
 	for evs := range slices.Chunk(org.Events, 500) {
 		if _, _, err := l.Append(t.Context(), evs); err != nil {
 			t.Fatal(err)
 		}
 	}
+	set := synthRules(t, org, nil)
+	return l, set, org.AsOf
+}
+
+// synthRules is the built-in rules but those drop reports (nil: none),
+// with org's parameters.
+func synthRules(t testing.TB, org *synth.Org, drop func(*rules.Rule) bool) *rules.Set {
+	t.Helper()
 	params, err := rules.ParseParams("sod.yaml", org.ParamsYAML())
 	if err != nil {
 		t.Fatal(err)
@@ -75,11 +58,14 @@ func synthLedgerSeed(t testing.TB, seed uint64, identities int) (*ledger.Log, *r
 	if err != nil {
 		t.Fatal(err)
 	}
+	if drop != nil {
+		builtin = slices.DeleteFunc(builtin, drop)
+	}
 	set, err := rules.NewSet(builtin, params)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return l, set, org.AsOf
+	return set
 }
 
 // logChains is the log's chains built from a full read of its entries,

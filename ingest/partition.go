@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -16,6 +17,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/grantline/grantline/internal/diskfree"
 	"github.com/grantline/grantline/ledger"
 	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/rules"
@@ -125,8 +127,8 @@ func removeSpillLeftovers(c EvaluateScan, log *slog.Logger) error {
 	return nil
 }
 
-// diskFree is freeBytes, a variable for tests.
-var diskFree = freeBytes
+// diskFree is diskfree.Bytes, a variable for tests.
+var diskFree = diskfree.Bytes
 
 // subjectCounter is the Ledger upgrade a partitioned evaluation needs
 // (ledger.Log.ForEachSubjectCount).
@@ -436,7 +438,7 @@ func (p *partSource) teeComplete() bool {
 		return false
 	}
 	cov := slices.Clone(p.covered)
-	slices.SortFunc(cov, func(a, b span) int { return cmpU(a.start, b.start) })
+	slices.SortFunc(cov, func(a, b span) int { return cmp.Compare(a.start, b.start) })
 	at := uint64(0)
 	for _, s := range cov {
 		if s.start != at {
@@ -445,16 +447,6 @@ func (p *partSource) teeComplete() bool {
 		at = s.end
 	}
 	return at == p.size
-}
-
-func cmpU(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // makePass finishes the spill files: kept from the tee when it saw the
@@ -639,8 +631,8 @@ func loadRange(r *partRange) ([]byte, map[string][]leafRef, error) {
 	}
 	for _, refs := range chains {
 		// The tee's parallel scan writes pieces of the log out of order.
-		if !slices.IsSortedFunc(refs, func(a, b leafRef) int { return cmpU(a.index, b.index) }) {
-			slices.SortFunc(refs, func(a, b leafRef) int { return cmpU(a.index, b.index) })
+		if !slices.IsSortedFunc(refs, func(a, b leafRef) int { return cmp.Compare(a.index, b.index) }) {
+			slices.SortFunc(refs, func(a, b leafRef) int { return cmp.Compare(a.index, b.index) })
 		}
 	}
 	return data, chains, nil

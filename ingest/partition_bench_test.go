@@ -4,17 +4,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"testing"
 
-	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/ingest/auth"
 	"github.com/grantline/grantline/internal/cputime"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
-	"github.com/grantline/grantline/proto/gen/grantline/v1/grantlinev1connect"
 )
 
 // BenchmarkEvaluateScan compares the two ways a full evaluation reads
@@ -40,17 +36,7 @@ func BenchmarkEvaluateScan(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			hs := httptest.NewUnstartedServer(srv.Handler())
-			hs.Config.Protocols = new(http.Protocols)
-			hs.Config.Protocols.SetUnencryptedHTTP2(true)
-			hs.Config.HTTP2 = HTTP2Config()
-			hs.Start()
-			defer hs.Close()
-			tr := &http.Transport{Protocols: new(http.Protocols)}
-			tr.Protocols.SetUnencryptedHTTP2(true)
-			defer tr.CloseIdleConnections()
-			cl := grantlinev1connect.NewEvidenceServiceClient(&http.Client{Transport: tr}, hs.URL,
-				connect.WithInterceptors(bearerAuth(auditorTok)))
+			cl := h2cEvidenceClient(b, srv)
 			var entries, findings uint64
 			cpu0 := cputime.Process()
 			peak := heapPeak(b, func() {

@@ -104,19 +104,7 @@ func withoutBackdated(t *testing.T, seed uint64, identities int) *rules.Set {
 	if err != nil {
 		t.Fatal(err)
 	}
-	params, err := rules.ParseParams("sod.yaml", org.ParamsYAML())
-	if err != nil {
-		t.Fatal(err)
-	}
-	builtin, err := rules.Builtin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := rules.NewSet(slices.DeleteFunc(builtin, func(r *rules.Rule) bool { return r.ID == "backdated-closure" }), params)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return set
+	return synthRules(t, org, func(r *rules.Rule) bool { return r.ID == "backdated-closure" })
 }
 
 // TestPartitionedEvaluationMatchesPointReads: on the same ledger, a full

@@ -364,46 +364,7 @@ func (l *Log) SubjectEntries(ctx context.Context, subject string, size, start ui
 // it returns. It reads the subject index in runs of subjects and calls fn
 // outside the store's read transactions.
 func (l *Log) ForEachSubject(ctx context.Context, size uint64, fn func(subject string) error) error {
-	const run = 1024 // subjects per scan
-	from, end := []byte{kSubject}, []byte{kSubject + 1}
-	for from != nil {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		var hits []string
-		var cur string
-		seen := 0
-		next := []byte(nil)
-		err := l.ix.Scan(from, end, func(k, v []byte) error {
-			s, i, ok := parseSubjectKey(k)
-			if !ok {
-				return fmt.Errorf("%w: malformed subject index key %x; run grantline fsck", ErrCorrupt, k)
-			}
-			if seen > 0 && s == cur {
-				return nil // a later entry of the same subject
-			}
-			if seen == run {
-				next = subjectPrefix(s) // resume here
-				return errStop
-			}
-			cur = s
-			seen++
-			if i < size { // a subject's first entry has its lowest index
-				hits = append(hits, s)
-			}
-			return nil
-		})
-		if err != nil && err != errStop {
-			return storageErr(err, "reading the subject index")
-		}
-		for _, s := range hits {
-			if err := fn(s); err != nil {
-				return err
-			}
-		}
-		from = next
-	}
-	return nil
+	return l.ForEachSubjectCount(ctx, size, func(subject string, _ uint64) error { return fn(subject) })
 }
 
 // Backup writes a backup of the store (for ledger/badgerstore, badger's

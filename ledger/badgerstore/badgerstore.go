@@ -25,6 +25,8 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
+
+	"github.com/grantline/grantline/internal/diskfree"
 )
 
 // ErrTooBig is returned by Commit when a batch does not fit into one badger
@@ -438,7 +440,7 @@ func (s *Store) Commit(keys, values [][]byte) error {
 // reserved.
 func (s *Store) checkCommit(keys [][]byte) error {
 	if s.minFree > 0 {
-		if free := freeBytes(s.dir); free >= 0 && free < s.minFree {
+		if free := diskfree.Bytes(s.dir); free >= 0 && free < s.minFree {
 			return fmt.Errorf("%w: %d bytes free in %s, below the %d-byte reserve; free disk space, then restart", ErrDiskFull, free, s.dir, s.minFree)
 		}
 	}

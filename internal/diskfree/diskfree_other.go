@@ -1,0 +1,6 @@
+//go:build !unix
+
+package diskfree
+
+// Bytes is unknown (-1) on this platform: the free-space guards are off.
+func Bytes(dir string) int64 { return -1 }
