@@ -278,10 +278,15 @@ func parseEntryBundle(data []byte) ([][]byte, error) {
 }
 
 // LookupLeafHash returns the index of the leaf with that RFC 6962 leaf hash.
-// ErrNotFound if no published leaf has it.
+// ErrNotFound if no published leaf has it. Like every read of the indexes
+// it first waits until they cover the published tree (waitIndexed).
 func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
 	if len(hash) != 32 {
 		return 0, fmt.Errorf("leaf hash has %d bytes, want 32: %w", len(hash), ErrNotFound)
+	}
+	size := l.Latest().Size
+	if err := l.waitIndexed(ctx, size); err != nil {
+		return 0, fmt.Errorf("looking up leaf hash %x: %w", hash, err)
 	}
 	vals, err := l.ix.Get(hashKey(hash))
 	if err != nil {
@@ -291,7 +296,7 @@ func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
 		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
 	}
 	i := binary.BigEndian.Uint64(vals[0])
-	if i >= l.Latest().Size {
+	if i >= size {
 		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
 	}
 	// The index key holds only a prefix of the hash: confirm it on the leaf.
@@ -317,6 +322,9 @@ func (l *Log) SubjectEntries(ctx context.Context, subject string, size, start ui
 	}
 	if start >= size {
 		return nil, nil
+	}
+	if err := l.waitIndexed(ctx, size); err != nil {
+		return nil, fmt.Errorf("subject entries of %q at size %d: %w", subject, size, err)
 	}
 	// One buffer for the leaf keys of the whole chain, not one allocation
 	// per entry.
@@ -431,6 +439,9 @@ func (l *Log) ForEachSubjectCount(ctx context.Context, size uint64, fn func(subj
 	type hit struct {
 		subject string
 		n       uint64
+	}
+	if err := l.waitIndexed(ctx, size); err != nil {
+		return fmt.Errorf("subjects at size %d: %w", size, err)
 	}
 	from, end := []byte{kSubject}, []byte{kSubject + 1}
 	for from != nil {
