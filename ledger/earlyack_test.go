@@ -16,12 +16,17 @@ import (
 // index store's commit follows (docs/design.md, "Indexes off the durable
 // commit"). These tests hold the index store's commits at its gate.
 
-// holdIndex makes every later commit of ix wait at its gate until release
-// is called (once or more). Call it before the Append whose commit it
-// holds: the send on the append queue orders it before the indexer's read.
-// Defer release after the deferred Close, so that a failing test does not
-// leave Close waiting for a held commit.
-func holdIndex(ix *fakeStore) (release func()) {
+// holdIndex makes every later commit of ix, the index store of l, wait at
+// its gate until release is called (once or more). It first waits until
+// the index commits of the batches already answered are done; the send on
+// the append queue then orders the gate before the indexer's next read of
+// it. Defer release after the deferred Close, so that a failing test does
+// not leave Close waiting for a held commit.
+func holdIndex(t *testing.T, l *Log, ix *fakeStore) (release func()) {
+	t.Helper()
+	if err := l.waitIndexed(t.Context(), l.Latest().Size); err != nil {
+		t.Fatalf("waiting for the index: %v", err)
+	}
 	ix.gate, ix.entered = make(chan struct{}), make(chan struct{}, 64)
 	return sync.OnceFunc(func() { close(ix.gate) })
 }
@@ -56,7 +61,7 @@ func TestReadAfterAckWaitsForIndex(t *testing.T) {
 			}
 			defer l.Close()
 			mustAppend(t, l, testEvents(0, 50))
-			release := holdIndex(ix)
+			release := holdIndex(t, l, ix)
 			defer release()
 			ev := testEvent(500)
 			subject := ev.GetSubject().GetId() // also that of event 15
@@ -115,8 +120,9 @@ func TestReadAfterAckWaitsForIndex(t *testing.T) {
 			}
 			errs := make(map[string]chan error, len(reads))
 			for name, read := range reads {
-				errs[name] = make(chan error, 1)
-				go func() { errs[name] <- read(t.Context()) }()
+				c := make(chan error, 1)
+				errs[name] = c
+				go func() { c <- read(t.Context()) }()
 			}
 			release()
 			for name, c := range errs {
@@ -139,7 +145,7 @@ func TestIndexFailureFailsWaitingReads(t *testing.T) {
 	defer l.Close() // a second Close (after the one below) returns ErrClosed
 	a := acked{}
 	a.add(t, testEvents(0, 20), mustAppend(t, l, testEvents(0, 20)))
-	release := holdIndex(ix)
+	release := holdIndex(t, l, ix)
 	defer release()
 	ev := []*pb.Event{testEvent(700)}
 	res, size := appendHeld(t, l, ev)
@@ -197,7 +203,7 @@ func TestCrashBeforeIndexCommit(t *testing.T) {
 			work := [][]*pb.Event{testEvents(0, 40), testEvents(30, 40), testEvents(100, 3)}
 			defer l.Close() // a second Close (after the one below) returns ErrClosed
 			a.add(t, work[0], mustAppend(t, l, work[0]))
-			release := holdIndex(ix)
+			release := holdIndex(t, l, ix)
 			defer release()
 			for _, evs := range work[1:] {
 				res, _ := appendHeld(t, l, evs)
@@ -241,7 +247,7 @@ func TestIndexLagBound(t *testing.T) {
 	st, ix := newFakeStore(), newFakeStore()
 	l := mustOpenSplit(t, st, ix)
 	defer l.Close()
-	release := holdIndex(ix)
+	release := holdIndex(t, l, ix)
 	defer release()
 	var size uint64
 	for i := range maxUnindexed {
