@@ -398,9 +398,9 @@ type Stats struct {
 	Conflicts    uint64        // events answered as conflicts (same key, other content)
 	Batches      uint64        // sequencer batches
 	BatchEvents  uint64        // events over all batches
-	CommitTime   time.Duration // total time integrating batches
+	CommitTime   time.Duration // total time integrating batches: from the start of each build to its answer, after its durable commit
 	StoreTime    time.Duration // of which in the store's durable commit
-	IndexTime    time.Duration // in the separate index store's commits (Options.Index)
+	IndexTime    time.Duration // in the separate index store's commits (Options.Index), after the answers, off the ack path
 	Pushbacks    uint64        // Appends refused with ErrPushback
 	QueuedEvents int64         // events waiting now
 	Size         uint64        // latest checkpoint size
