@@ -275,4 +275,7 @@ func TestIndexLagBound(t *testing.T) {
 	if err := <-next; err != nil {
 		t.Fatalf("append after the index commits went on: %v", err)
 	}
+	if w := l.Stats().IndexWait; w < 50*time.Millisecond {
+		t.Errorf("Stats().IndexWait = %v after the committer waited at least 100ms for the indexer", w)
+	}
 }

@@ -401,13 +401,14 @@ type Stats struct {
 	CommitTime   time.Duration // total time integrating batches: from the start of each build to its answer, after its durable commit
 	StoreTime    time.Duration // of which in the store's durable commit
 	IndexTime    time.Duration // in the separate index store's commits (Options.Index), after the answers, off the ack path
+	IndexWait    time.Duration // the committer waiting for room in the indexer's queue: the index store was the slower
 	Pushbacks    uint64        // Appends refused with ErrPushback
 	QueuedEvents int64         // events waiting now
 	Size         uint64        // latest checkpoint size
 }
 
 type stats struct {
-	appended, duplicates, conflicts, batches, batchEvents, commitNanos, storeNanos, indexNanos, pushbacks atomic.Uint64
+	appended, duplicates, conflicts, batches, batchEvents, commitNanos, storeNanos, indexNanos, indexWaitNanos, pushbacks atomic.Uint64
 }
 
 // Stats returns the log's counters.
@@ -421,6 +422,7 @@ func (l *Log) Stats() Stats {
 		CommitTime:   time.Duration(l.stats.commitNanos.Load()),
 		StoreTime:    time.Duration(l.stats.storeNanos.Load()),
 		IndexTime:    time.Duration(l.stats.indexNanos.Load()),
+		IndexWait:    time.Duration(l.stats.indexWaitNanos.Load()),
 		Pushbacks:    l.stats.pushbacks.Load(),
 		QueuedEvents: l.pending.Load(),
 		Size:         l.Latest().Size,

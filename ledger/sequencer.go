@@ -159,7 +159,13 @@ func (l *Log) commit() {
 			l.settle(b)
 		}
 		l.answer(b)
-		l.indexes <- b
+		select {
+		case l.indexes <- b:
+		default: // the queue is full: the index store is the slower
+			t0 := time.Now()
+			l.indexes <- b
+			l.stats.indexWaitNanos.Add(uint64(time.Since(t0)))
+		}
 	}
 }
 
