@@ -27,8 +27,9 @@ import (
 //
 //   - changed: the subjects with an entry at or above the cached size
 //     (read from the entries appended since);
-//   - related: the subjects whose owner or credential holders (the other
-//     chains their rules read) changed;
+//   - related: the subjects whose owner or a credential holder (the other
+//     chains their rules read) has a new entry of a type the rules see in
+//     such a chain (rules.RelatedChainEvent: a termination or a move);
 //   - errored: subjects whose results held a rule error (a time limit may
 //     have caused it), always evaluated again.
 //
@@ -160,7 +161,7 @@ func (inc *incremental) open(ctx context.Context, s *Server, path string, cp led
 			return fmt.Errorf("%w: %s was written for another log (its tree of size %d is not a prefix of this one): %v", errCacheDamaged, path, cr.size, err)
 		}
 	}
-	changed, err := changedSubjects(ctx, cs, cr.size, cp.Size)
+	changed, seen, err := changedSubjects(ctx, cs, cr.size, cp.Size)
 	if err != nil {
 		return err
 	}
@@ -186,7 +187,7 @@ func (inc *incremental) open(ctx context.Context, s *Server, path string, cp led
 		switch {
 		case len(rec.result.Errors) > 0:
 			inc.errored++
-		case slices.ContainsFunc(rec.related, func(r string) bool { _, ok := changed[r]; return ok }):
+		case slices.ContainsFunc(rec.related, func(r string) bool { _, ok := seen[r]; return ok }):
 			inc.related++
 		default:
 			continue
@@ -212,15 +213,18 @@ func (inc *incremental) open(ctx context.Context, s *Server, path string, cp led
 	return nil
 }
 
-// changedSubjects returns the subjects of the entries in [start, end).
-func changedSubjects(ctx context.Context, cs *chainSource, start, end uint64) (map[string]struct{}, error) {
-	out := map[string]struct{}{}
+// changedSubjects returns the subjects of the entries in [start, end), and
+// those of them whose new entries include an event their readers see
+// (rules.RelatedChainEvent: a subject reading its chain as an owner's or a
+// credential holder's may then find otherwise).
+func changedSubjects(ctx context.Context, cs *chainSource, start, end uint64) (changed, seen map[string]struct{}, err error) {
+	changed, seen = map[string]struct{}{}, map[string]struct{}{}
 	if start >= end {
-		return out, nil
+		return changed, seen, nil
 	}
-	var v subjectVisitor
-	err := cs.ScanLog(ctx, start, end, func(e rules.Entry) error {
-		v.subject = nil
+	var v changeVisitor
+	err = cs.ScanLog(ctx, start, end, func(e rules.Entry) error {
+		v = changeVisitor{}
 		err := event.VisitLeaf(e.Leaf, &v)
 		if errors.Is(err, event.ErrMapLeaf) {
 			return nil
@@ -228,18 +232,37 @@ func changedSubjects(ctx context.Context, cs *chainSource, start, end uint64) (m
 		if err != nil {
 			return fmt.Errorf("%w: leaf %d does not decode: %w; run grantline fsck", ledger.ErrCorrupt, e.Index, err)
 		}
-		if len(v.subject) > 0 {
-			if _, ok := out[string(v.subject)]; !ok {
-				out[string(v.subject)] = struct{}{}
-			}
+		if len(v.subject) == 0 {
+			return nil
+		}
+		if _, ok := changed[string(v.subject)]; !ok {
+			changed[string(v.subject)] = struct{}{}
+		}
+		if rules.RelatedChainEvent(string(v.typ)) {
+			seen[string(v.subject)] = struct{}{}
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("reading the entries appended since the cached evaluation: %w", err)
+		return nil, nil, fmt.Errorf("reading the entries appended since the cached evaluation: %w", err)
 	}
-	return out, nil
+	return changed, seen, nil
 }
+
+// changeVisitor keeps a leaf's subject id and type (aliasing the leaf).
+type changeVisitor struct{ subject, typ []byte }
+
+func (v *changeVisitor) String(f event.Field, b []byte) {
+	switch f {
+	case event.SubjectID:
+		v.subject = b
+	case event.Type:
+		v.typ = b
+	}
+}
+func (v *changeVisitor) Bool(event.Field, bool)      {}
+func (v *changeVisitor) Time(event.Field, time.Time) {}
+func (v *changeVisitor) Attribute(key, value []byte) {}
 
 // isDirty reports whether subject is evaluated again.
 func (inc *incremental) isDirty(subject string) bool {
