@@ -29,7 +29,9 @@ import (
 // appended after an evaluation at a fixed as-of time was cached. full
 // evaluates the grown log on a server without a cache; incremental on one
 // whose cache holds the evaluation before the append (put back before each
-// run, so each run reuses the same base). cpu-us/event is the process's
+// run, so each run reuses the same base); full-writing-cache is full on a
+// server with a cache (of nothing reusable), which writes the results.
+// cpu-us/event is the process's
 // CPU time per entry of the log. BENCH_IDENTITIES sets the org's size
 // (default 2000). Run:
 //
@@ -84,7 +86,9 @@ func BenchmarkEvaluateIncremental(b *testing.B) {
 	}
 	full := h2cEvidenceClient(b, newServer(EvaluateCache{}, io.Discard))
 	b.Logf("%d events, %d appended after the cached evaluation", len(base)+len(held), len(held))
-	for _, mode := range []string{"full", "incremental"} {
+	wdir := b.TempDir()
+	writing := h2cEvidenceClient(b, newServer(EvaluateCache{Dir: wdir, MaxBytes: 1 << 30}, io.Discard))
+	for _, mode := range []string{"full", "full-writing-cache", "incremental"} {
 		b.Run(mode, func(b *testing.B) {
 			var entries uint64
 			var cpu time.Duration
@@ -92,6 +96,11 @@ func BenchmarkEvaluateIncremental(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
 				cl := full
+				if mode == "full-writing-cache" {
+					// An empty cache: nothing reused, the results written.
+					cl = writing
+					os.RemoveAll(filepath.Join(wdir, EvalCacheDirName))
+				}
 				if mode == "incremental" {
 					cl = cached
 					os.RemoveAll(filepath.Join(dir, EvalCacheDirName))
