@@ -428,6 +428,23 @@ func openCache(path string, k cacheKey) (*cacheReader, error) {
 
 func (cr *cacheReader) Close() error { return cr.f.Close() }
 
+// rewind goes back to the first record (the same open file: one removed
+// or replaced meanwhile is still read whole).
+func (cr *cacheReader) rewind() error {
+	if _, err := cr.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("%w: rewinding %s: %w", errCacheDamaged, cr.path, err)
+	}
+	cr.r.Reset(cr.f)
+	if _, err := cr.r.Discard(len(evalCacheMagic)); err != nil {
+		return fmt.Errorf("%w: %s is cut short", errCacheDamaged, cr.path)
+	}
+	if _, err := cr.frame(); err != nil {
+		return err
+	}
+	cr.records, cr.total, cr.ended, cr.last = 0, 0, false, ""
+	return nil
+}
+
 // frame reads the next frame's payload (valid until the next call).
 func (cr *cacheReader) frame() ([]byte, error) {
 	n, err := binary.ReadUvarint(cr.r)

@@ -144,7 +144,11 @@ func (inc *incremental) open(ctx context.Context, s *Server, path string, cp led
 		}
 		return fmt.Errorf("%w: %w", errCacheDamaged, err)
 	}
-	defer cr.Close()
+	defer func() {
+		if inc.base != cr {
+			cr.Close()
+		}
+	}()
 	if cr.size > cp.Size || cr.size == 0 {
 		return fmt.Errorf("%w: %s holds tree size %d", errCacheDamaged, path, cr.size)
 	}
@@ -200,11 +204,10 @@ func (inc *incremental) open(ctx context.Context, s *Server, path string, cp led
 		inc.reason = fmt.Sprintf("%d of %d subjects to evaluate again", len(dirty), subjects)
 		return nil
 	}
-	base, err := openCache(path, inc.key)
-	if err != nil {
+	if err := cr.rewind(); err != nil {
 		return err
 	}
-	inc.base, inc.baseSize, inc.reason = base, cr.size, ""
+	inc.base, inc.baseSize, inc.reason = cr, cr.size, ""
 	inc.dirty = make([]string, 0, len(dirty))
 	for sub := range dirty {
 		inc.dirty = append(inc.dirty, sub)

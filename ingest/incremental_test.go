@@ -541,8 +541,14 @@ func TestIncrementalOwnerAndHolder(t *testing.T) {
 			}
 		}
 		el := lastEvalLog(t, inc)
+		// A rules filter applies to what is sent; the cache holds all.
+		filtered := &pb.EvaluateRequest{AsOf: req.AsOf, Rules: []string{"orphaned-nhi"}}
+		sameStreamed(t, fmt.Sprintf("round %d, one rule", round), evaluateStreamed(t, inc, filtered), evaluateStreamed(t, full, filtered))
 		if round == 1 && (el.Cache != "reused" || el.Changed != 3 || el.Related != 2 || el.Reused != el.Subjects-5) {
 			t.Errorf("round 1: %+v; want 3 subjects changed, 2 evaluated again for their owner or holder, the rest reused", el)
+		}
+		if el := lastEvalLog(t, inc); round == 1 && (el.Cache != "reused" || el.Evaluated != 0) {
+			t.Errorf("round 1, one rule, after the evaluation of all rules at this size: %+v; want all reused", el)
 		}
 	}
 }
