@@ -396,6 +396,9 @@ type cacheReader struct {
 	total   uint64 // from the trailer, once read
 	ended   bool
 	last    string
+	// fileSize bounds a frame's length: a damaged length is never
+	// allocated for.
+	fileSize int64
 }
 
 // openCache opens a cache file and checks its header against key.
@@ -404,7 +407,12 @@ func openCache(path string, k cacheKey) (*cacheReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	cr := &cacheReader{path: path, f: f, r: bufio.NewReaderSize(f, 256<<10)}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	cr := &cacheReader{path: path, f: f, r: bufio.NewReaderSize(f, 256<<10), fileSize: fi.Size()}
 	magic := make([]byte, len(evalCacheMagic))
 	if _, err := io.ReadFull(cr.r, magic); err != nil || string(magic) != evalCacheMagic {
 		f.Close()
@@ -448,7 +456,7 @@ func (cr *cacheReader) rewind() error {
 // frame reads the next frame's payload (valid until the next call).
 func (cr *cacheReader) frame() ([]byte, error) {
 	n, err := binary.ReadUvarint(cr.r)
-	if err != nil || n > maxFrame {
+	if err != nil || n > maxFrame || n > uint64(cr.fileSize) {
 		return nil, fmt.Errorf("%w: %s is cut short or has a bad frame length", errCacheDamaged, cr.path)
 	}
 	if uint64(cap(cr.buf)) < n+4 {

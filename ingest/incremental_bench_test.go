@@ -85,7 +85,7 @@ func BenchmarkEvaluateIncremental(b *testing.B) {
 		}
 	}
 	full := h2cEvidenceClient(b, newServer(EvaluateCache{}, io.Discard))
-	b.Logf("%d events, %d appended after the cached evaluation", len(base)+len(held), len(held))
+	b.Logf("%d events, %d appended after the cached evaluation; cache file %d bytes", len(base)+len(held), len(held), len(kept))
 	wdir := b.TempDir()
 	writing := h2cEvidenceClient(b, newServer(EvaluateCache{Dir: wdir, MaxBytes: 1 << 30}, io.Discard))
 	for _, mode := range []string{"full", "full-writing-cache", "incremental"} {
