@@ -371,7 +371,8 @@ func (inc *incremental) replay(limit string, all bool, out func(*rules.SubjectRe
 				return nil
 			}
 			if err != nil {
-				return fmt.Errorf("replaying the evaluation cache (it changed since it was checked; the next evaluation runs in full): %w", err)
+				os.Remove(inc.base.path)
+				return fmt.Errorf("replaying the evaluation cache (it changed on disk since it was checked, and is removed: evaluate again, in full): %w", err)
 			}
 			inc.next = rec
 		}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -558,4 +560,48 @@ func b2i(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// TestReplayOfChangedFile: a cache file that is damaged after it was
+// checked fails the replay (and is removed) rather than give a result.
+func TestReplayOfChangedFile(t *testing.T) {
+	dir := t.TempDir()
+	c := &evalCache{cfg: EvaluateCache{Dir: dir, MaxBytes: 1 << 20}, log: slog.New(slog.DiscardHandler)}
+	k := cacheKey{origin: "o", asOf: time.Unix(1e9, 0), rules: "r"}
+	w, err := c.create(k, 10, [32]byte{1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4000 {
+		s := fmt.Sprintf("s-%04d", i)
+		if err := w.add(&cacheRecord{subject: s, result: rules.SubjectResult{Subject: s, Entries: i,
+			Findings: []rules.Finding{{Rule: "r", Subject: s, Entries: []rules.EntryRef{{Index: uint64(i), EventID: "e"}}, Message: strings.Repeat("x", 200)}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if kept, _, err := w.commit(); !kept || err != nil {
+		t.Fatal(kept, err)
+	}
+	path, _, ok := c.best(k, 10)
+	if !ok {
+		t.Fatal("no cache file")
+	}
+	cr, err := openCache(path, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inc := &incremental{base: cr}
+	defer inc.close()
+	fi, _ := os.Stat(path)
+	if err := os.Truncate(path, fi.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err = inc.finish(func(*rules.SubjectResult) error { n++; return nil })
+	if !errors.Is(err, errCacheDamaged) || n == 0 || n >= 4000 {
+		t.Fatalf("replay of a file cut after its check: %d subjects, err %v", n, err)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Error("the damaged file stays")
+	}
 }
