@@ -127,8 +127,11 @@ func removeSpillLeftovers(c EvaluateScan, log *slog.Logger) error {
 	return nil
 }
 
-// diskFree is diskfree.Bytes, a variable for tests.
-var diskFree = diskfree.Bytes
+// spillSpace is where partitioned evaluations reserve the disk for their
+// spill files: the process's, so that evaluations running at once (on one
+// server or several in the process) do not each count the same free bytes.
+// A variable for tests, which give it a fake free-space figure.
+var spillSpace = diskfree.Process
 
 // subjectCounter is the Ledger upgrade a partitioned evaluation needs
 // (ledger.Log.ForEachSubjectCount).
@@ -180,6 +183,8 @@ type partSource struct {
 	*chainSource
 	dir    string // this evaluation's spill directory
 	log    *slog.Logger
+	res    *diskfree.Reservation // its spill's disk, in spillSpace, until Close
+	need   int64                 // the bytes reserved
 	ranges []*partRange
 	firsts []string // ranges[i].first, for the search
 	wbuf   int      // bytes buffered per range before a write
@@ -273,12 +278,25 @@ func (s *Server) newPartSource(ctx context.Context, cs *chainSource) (*partSourc
 		return nil, fmt.Errorf("making the spill directory for a partitioned evaluation: %w", err)
 	}
 	need := int64(float64(total)*per*1.1) + 16<<20
-	if free := diskFree(root); free >= 0 && free < need {
+	// Reserved until Close: the evaluations already running have their
+	// spill to write too (docs/design.md "Streamed evaluation").
+	if p.res, err = spillSpace.Reserve(root, need); err != nil {
+		var short *diskfree.ShortError
+		if !errors.As(err, &short) {
+			return nil, fmt.Errorf("reserving disk for a partitioned evaluation: %w", err)
+		}
+		others, todo := "", ""
+		if short.Others > 0 {
+			others = fmt.Sprintf(", and the %d partitioned evaluation(s) already running reserved %d MiB of it for spill files they have yet to write", short.Others, short.Reserved>>20)
+			todo = "wait for them to end, "
+		}
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
-			"%w: evaluating all subjects by one sequential read of the log (serve --evaluate-scan) spills the %d entries' leaves to %s, about %d MiB, and only %d MiB are free there; free disk space, or restart the server with --evaluate-scan off, which reads chains with no spill but faults pages in from disk when the store is larger than --max-mapped (docs/operations.md \"Memory\")",
-			ErrSpillSpace, total, root, need>>20, free>>20))
+			"%w: evaluating all subjects by one sequential read of the log (serve --evaluate-scan) spills the %d entries' leaves to %s, about %d MiB; %d MiB are free there%s; %sfree disk space, or restart the server with --evaluate-scan off, which needs no disk but faults pages in from disk when the store is larger than --max-mapped (docs/operations.md \"Disk for evaluation\")",
+			ErrSpillSpace, total, root, need>>20, short.Free>>20, others, todo))
 	}
+	p.need = need
 	if p.dir, err = os.MkdirTemp(root, "eval-"); err != nil {
+		p.res.Release()
 		return nil, fmt.Errorf("making the spill directory for a partitioned evaluation: %w", err)
 	}
 	for i, r := range p.ranges {
@@ -393,6 +411,7 @@ func (p *partSource) flush(r *partRange, closeAfter bool) error {
 			return fmt.Errorf("writing a spill file of the partitioned evaluation (%s): %w; it needs about the size of the leaves free on disk (docs/operations.md \"Memory\")", r.path, err)
 		}
 		p.stats.spilledBytes += int64(len(r.buf))
+		p.res.Wrote(p.stats.spilledBytes)
 		r.buf = r.buf[:0]
 	}
 	if closeAfter && r.f != nil {
@@ -468,6 +487,7 @@ func (p *partSource) makePass(ctx context.Context) error {
 			r.buf, r.spilled = r.buf[:0], 0
 		}
 		p.stats.spilledBytes = 0
+		p.res.Wrote(0) // removed: to be written again
 	}
 	p.mu.Unlock()
 	if !teed {
@@ -700,7 +720,8 @@ func (p *partSource) Close() error {
 		r.data, r.chains = nil, nil
 	}
 	err := os.RemoveAll(p.dir)
-	p.log.Info("partitioned evaluation", "ranges", len(p.ranges), "spilled_bytes", p.stats.spilledBytes,
+	p.res.Release()
+	p.log.Info("partitioned evaluation", "ranges", len(p.ranges), "spill_reserved_bytes", p.need, "spilled_bytes", p.stats.spilledBytes,
 		"pass_shared_with_source_index", p.stats.teed, "pass_seconds", p.stats.passTime.Seconds(),
 		"range_wait_seconds", p.stats.loadTime.Seconds(), "chains_from_ranges", p.stats.served, "chains_by_point_reads", p.stats.fellBack)
 	if err != nil {

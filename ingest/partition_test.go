@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/grantline/grantline/internal/diskfree"
 	"github.com/grantline/grantline/internal/synth"
 	"github.com/grantline/grantline/ledger"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
@@ -73,11 +75,12 @@ func evaluateStreamed(t *testing.T, e *testEnv, req *pb.EvaluateRequest) streame
 
 // partLog is the last "partitioned evaluation" line of the server's log.
 type partLog struct {
-	Ranges     int  `json:"ranges"`
-	Spilled    int  `json:"spilled_bytes"`
-	Shared     bool `json:"pass_shared_with_source_index"`
-	Served     int  `json:"chains_from_ranges"`
-	PointReads int  `json:"chains_by_point_reads"`
+	Ranges     int   `json:"ranges"`
+	Spilled    int   `json:"spilled_bytes"`
+	Shared     bool  `json:"pass_shared_with_source_index"`
+	Reserved   int64 `json:"spill_reserved_bytes"`
+	Served     int   `json:"chains_from_ranges"`
+	PointReads int   `json:"chains_by_point_reads"`
 }
 
 func lastPartLog(t *testing.T, e *testEnv) (partLog, bool) {
@@ -318,8 +321,8 @@ func TestPartitionSpillRemoved(t *testing.T) {
 		assertNoSpill(t, dir)
 	})
 	t.Run("no-room", func(t *testing.T) {
-		defer func(f func(string) int64) { diskFree = f }(diskFree)
-		diskFree = func(string) int64 { return 1 << 20 }
+		defer func(s *diskfree.Space) { spillSpace = s }(spillSpace)
+		spillSpace = diskfree.NewSpace(func(string) int64 { return 1 << 20 })
 		dir := t.TempDir()
 		err := drain(t.Context(), env(l, dir))
 		if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "MiB are free") ||
@@ -328,6 +331,152 @@ func TestPartitionSpillRemoved(t *testing.T) {
 		}
 		assertNoSpill(t, dir)
 	})
+}
+
+// gateLog is a ledger.Log whose first log scan (ScanEntries) made while a
+// partitioned evaluation's spill directory exists waits for the call's end:
+// that evaluation holds its disk reservation and has written nothing.
+// Every other call goes through.
+type gateLog struct {
+	*ledger.Log
+	dir    string
+	inside chan struct{} // closed when the scan waits
+	once   atomic.Bool
+}
+
+func (g *gateLog) ScanEntries(ctx context.Context, start, end uint64, fn func(ledger.Entry) error) error {
+	if spillCount(g.dir) > 0 && g.once.CompareAndSwap(false, true) {
+		close(g.inside)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return g.Log.ScanEntries(ctx, start, end, fn)
+}
+
+// TestConcurrentEvaluationsReserveSpill: an evaluation that starts while
+// another is running counts the spill the other reserved, whether the
+// other is still before its pass (nothing written) or evaluating from its
+// spill files, and is refused (FailedPrecondition, saying what it needs,
+// what is free, what the others reserved and that --evaluate-scan off
+// needs no disk) when the free disk would hold one spill and not two; once
+// the first has ended, the same evaluation runs.
+func TestConcurrentEvaluationsReserveSpill(t *testing.T) {
+	defer func(s *diskfree.Space) { spillSpace = s }(spillSpace)
+	l, set, asOf := synthLedger(t, 40)
+	req := &pb.EvaluateStreamRequest{Request: &pb.EvaluateRequest{AsOf: timestamppb.New(asOf)}}
+	env := func(led Ledger, dir string) *testEnv {
+		return newEnv(t, func(c *Config) {
+			c.Ledger, c.Evaluator, c.EvaluateChunkBytes = led, set, 512
+			c.EvaluateScan = EvaluateScan{Mode: ScanOn, Dir: dir, PartitionBytes: 2 << 10}
+		})
+	}
+	drain := func(ctx context.Context, e *testEnv) error {
+		stream, err := e.clients(protocols[0], auditorTok).evidence.EvaluateStream(ctx, connect.NewRequest(req))
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
+		for stream.Receive() {
+		}
+		return stream.Err()
+	}
+	waitEnded := func(t *testing.T, e *testEnv) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(e.logs.String(), `"msg":"partitioned evaluation"`) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the evaluation did not end within 10s; log:\n%s", e.logs.String())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	// What one evaluation reserves, with the guard off.
+	spillSpace = diskfree.NewSpace(func(string) int64 { return -1 })
+	plain := env(l, t.TempDir())
+	if err := drain(t.Context(), plain); err != nil {
+		t.Fatal(err)
+	}
+	pl, ok := lastPartLog(t, plain)
+	if !ok || pl.Reserved <= 0 {
+		t.Fatalf("no reservation logged (%+v, found %v)", pl, ok)
+	}
+	one := pl.Reserved
+
+	for _, tc := range []struct {
+		name string
+		gate func(dir string) (Ledger, chan struct{}) // the first evaluation's ledger, and when it waits
+	}{
+		{"first before its pass", func(dir string) (Ledger, chan struct{}) {
+			g := &gateLog{Log: l, dir: dir, inside: make(chan struct{})}
+			return g, g.inside
+		}},
+		{"first evaluating from its spill", func(dir string) (Ledger, chan struct{}) {
+			f := &failingLog{Log: l, dir: dir, block: true, inside: make(chan struct{})}
+			return f, f.inside
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			// Room for one spill and a half: the spill files on disk
+			// take from it, as on a real disk.
+			room := one + one/2
+			spillSpace = diskfree.NewSpace(func(string) int64 {
+				var used int64
+				filepath.WalkDir(filepath.Join(dir, SpillDirName), func(_ string, d os.DirEntry, err error) error {
+					if err == nil && d.Type().IsRegular() {
+						if fi, err := d.Info(); err == nil {
+							used += fi.Size()
+						}
+					}
+					return nil
+				})
+				return room - used
+			})
+			led, inside := tc.gate(dir)
+			e := env(led, dir)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			first := make(chan error, 1)
+			go func() { first <- drain(ctx, e) }()
+			select {
+			case <-inside:
+			case err := <-first:
+				t.Fatalf("the first evaluation ended (%v) before it waited", err)
+			case <-time.After(20 * time.Second):
+				t.Fatal("the first evaluation did not reach its wait within 20s")
+			}
+
+			// Bounded: admitted by mistake, it would wait in the same
+			// gated reads as the first.
+			ctx2, cancel2 := context.WithTimeout(t.Context(), 20*time.Second)
+			defer cancel2()
+			err := drain(ctx2, e)
+			msg := ""
+			if err != nil {
+				msg = err.Error()
+			}
+			if connect.CodeOf(err) != connect.CodeFailedPrecondition {
+				t.Fatalf("second evaluation while the first runs: %v, want FailedPrecondition", err)
+			}
+			for _, want := range []string{fmt.Sprintf("about %d MiB", one>>20), "MiB are free", "1 partitioned evaluation(s) already running reserved", "--evaluate-scan off, which needs no disk"} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("refusal %q does not say %q", msg, want)
+				}
+			}
+
+			cancel()
+			<-first
+			waitEnded(t, e)
+			assertNoSpill(t, dir)
+			if n, held := spillSpace.Reserved(dir); n != 0 || held != 0 {
+				t.Fatalf("%d bytes still reserved by %d evaluations after the first ended", n, held)
+			}
+			if err := drain(t.Context(), env(l, dir)); err != nil {
+				t.Fatalf("the same evaluation after the first ended: %v", err)
+			}
+		})
+	}
 }
 
 // TestSpillLeftoversRemovedAtStart: New removes the spill files a crashed

@@ -174,6 +174,11 @@ func (s *fakeStore) Commit(keys, values [][]byte) error { return s.commit(keys, 
 // tear (see partialLast), as badgerstore's CommitAtomic on a NoSync store.
 func (s *fakeStore) CommitAtomic(keys, values [][]byte) error { return s.commit(keys, values, true) }
 
+// TearableCommits reports what the fake stands for: a store that need not
+// be durable (lazy), whose commits a crash may tear, as badgerstore's with
+// NoSync.
+func (s *fakeStore) TearableCommits() bool { return s.history != nil }
+
 func (s *fakeStore) commit(keys, values [][]byte, atomic bool) error {
 	if s.gate != nil {
 		s.entered <- struct{}{}

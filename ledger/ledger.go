@@ -115,12 +115,15 @@ type Options struct {
 	// prefix of its commits and any part of the next one, provided a
 	// commit's last entry (the log puts its watermark there) is kept only
 	// with all of that commit (badgerstore with NoSync applies a commit in
-	// key-ordered transactions, the last entry alone and last). Such an
-	// Index must also have a CommitAtomic(keys, values [][]byte) error
-	// method whose writes a crash keeps all or none of (badgerstore has
-	// one): the log commits the subject map's records through it, because
-	// their states are overwritten in place and a torn commit of them
-	// could not be redone from the leaves. Open
+	// key-ordered transactions, the last entry alone and last). For a log
+	// with a subject map, such an Index must also have a
+	// CommitAtomic(keys, values [][]byte) error method whose writes a
+	// crash keeps all or none of (badgerstore has one): the log commits
+	// the subject map's records through it, because their states are
+	// overwritten in place and a torn commit of them could not be redone
+	// from the leaves. Open refuses an Index without it (ErrIndexNotAtomic)
+	// unless the store has a TearableCommits() bool method reporting false
+	// (its Commit is atomic; badgerstore's reports NoSync). Open
 	// rebuilds the entries of the leaves it lacks from the leaves, before
 	// serving (see docs/design.md, "Indexes off the durable commit"). An Index holding
 	// entries beyond the main store's tree (the main store was restored

@@ -39,6 +39,9 @@ func (l *Log) load(ctx context.Context) (*state, error) {
 		return nil, err
 	}
 	l.smapOn = format != mapNone
+	if err := checkIndexAtomic(l.ix, l.split, l.smapOn); err != nil {
+		return nil, err
+	}
 	if l.smapOn != l.o.SubjectMap {
 		l.logger.Warn("ledger: the subject map is fixed when a log is created; this log keeps its own", "subject_map", l.smapOn)
 	}
@@ -217,6 +220,9 @@ func (l *Log) initEmpty() (*state, error) {
 	}
 	if l.o.MustExist {
 		return nil, fmt.Errorf("the store is empty although a log was created in it: %w", ErrNotFound)
+	}
+	if err := checkIndexAtomic(l.ix, l.split, l.o.SubjectMap); err != nil {
+		return nil, err // before the store holds anything
 	}
 	cp, err := l.sign(0, [32]byte(hasher.EmptyRoot()))
 	if err != nil {

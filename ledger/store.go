@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -48,6 +49,46 @@ type Store interface {
 // Commit it need not be durable when it returns.
 type atomicCommitter interface {
 	CommitAtomic(keys, values [][]byte) error
+}
+
+// tearableStore is the optional method by which a store says whether a
+// crash can tear its Commit (keep part of a commit): badgerstore's
+// TearableCommits returns true when it was opened with NoSync, false
+// otherwise. Options.Index allows an index store whose commits a crash
+// tears, so an index store that does not say is taken to be one
+// (checkIndexAtomic); the main store's Commit is atomic by the Store
+// contract.
+type tearableStore interface {
+	TearableCommits() bool
+}
+
+// ErrIndexNotAtomic is Open's refusal, for a log with a subject map, of a
+// separate index store (Options.Index) whose commits a crash can tear (it
+// says so, or does not say otherwise) and which has no CommitAtomic.
+var ErrIndexNotAtomic = errors.New("the index store can tear a commit and has no CommitAtomic")
+
+// checkIndexAtomic refuses, for a log with a subject map, a separate index
+// store that has no CommitAtomic unless it says a crash cannot tear its
+// commits (TearableCommits false): the subject map's records, overwritten
+// in place, must be committed all or nothing (docs/design.md "Indexes off
+// the durable commit"), and through a tearable Commit a crash could keep
+// half of them, which the leaves cannot redo. Without the subject map, or
+// without a separate index store, there is nothing to refuse.
+func checkIndexAtomic(ix Store, split, subjectMap bool) error {
+	if !split || !subjectMap {
+		return nil
+	}
+	if _, ok := ix.(atomicCommitter); ok {
+		return nil
+	}
+	says := "does not say whether a crash can tear its commits (no TearableCommits() bool method), so it is taken to be one that can, as Options.Index allows"
+	if t, ok := ix.(tearableStore); ok {
+		if !t.TearableCommits() {
+			return nil
+		}
+		says = "says a crash can tear its commits (TearableCommits)"
+	}
+	return fmt.Errorf("%w: the log has a subject map, whose records a crash must keep all or none of, and its index store (Options.Index, %T) %s but has no CommitAtomic(keys, values [][]byte) error method; give the index store that method (badgerstore has it), or open it so that its Commit is atomic and have TearableCommits report false, or pass no Options.Index to keep the indexes in the main store (docs/design.md, \"Indexes off the durable commit\")", ErrIndexNotAtomic, ix, says)
 }
 
 // commitAtomic commits keys and values to st so that a crash keeps all or

@@ -2,7 +2,11 @@
 
 package diskfree
 
-import "golang.org/x/sys/unix"
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
 
 // Bytes reports the bytes available to unprivileged users on the
 // filesystem holding dir, or -1 if unknown.
@@ -12,4 +16,14 @@ func Bytes(dir string) int64 {
 		return -1
 	}
 	return int64(st.Bavail) * int64(st.Bsize)
+}
+
+// fsKey names the filesystem holding dir: its device number, or dir
+// itself if it cannot be read.
+func fsKey(dir string) string {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return pathKey(dir)
+	}
+	return fmt.Sprintf("dev:%d", st.Dev)
 }

@@ -484,6 +484,12 @@ func (s *Store) checkCommit(keys [][]byte) error {
 	return nil
 }
 
+// TearableCommits reports whether a crash can keep part of a Commit: true
+// on a store opened with NoSync, whose Commit applies its entries in
+// key-ordered transactions (CommitAtomic is then the all-or-nothing form).
+// The ledger checks it of its index store (ledger.Options.Index).
+func (s *Store) TearableCommits() bool { return s.ordered }
+
 // CommitAtomic writes keys[i] = values[i] for all i in one transaction, of
 // which a crash keeps all or nothing, within Limits (beyond them:
 // ErrTooBig). On a store opened without NoSync it is Commit. On a NoSync

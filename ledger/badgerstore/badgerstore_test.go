@@ -142,3 +142,18 @@ func TestBadgerOptionsEscapeHatch(t *testing.T) {
 		t.Fatalf("Limits bytes = %d, want 15%% of the 16 MiB memtable", bytes)
 	}
 }
+
+// TestTearableCommits: a store opened with NoSync says a crash can tear
+// its commits (the ledger then requires its CommitAtomic of it as the
+// index store of a log with a subject map); one opened without does not.
+func TestTearableCommits(t *testing.T) {
+	for _, noSync := range []bool{false, true} {
+		s := open(t, t.TempDir(), Options{NoSync: noSync})
+		if got := s.TearableCommits(); got != noSync {
+			t.Errorf("TearableCommits of a store opened with NoSync %v = %v, want %v", noSync, got, noSync)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

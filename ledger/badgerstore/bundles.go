@@ -319,7 +319,7 @@ func (s *Store) bundleBatch(keys, values [][]byte) (k2, v2 [][]byte, last tailBu
 			}
 			if old != nil {
 				if err := decodeBundle(old, &b); err != nil {
-					return nil, nil, tailBundle{}, s.bundleDamaged(n, nil, err.Error())
+					return nil, nil, tailBundle{}, s.bundleDamaged(n, appendLeafKey(nil, n*bundleWidth), err.Error())
 				}
 			}
 		}
@@ -355,7 +355,9 @@ func (s *Store) storedBundle(n uint64) ([]byte, error) {
 			return err
 		}
 		if len(out) == 0 {
-			return s.checkBundle(item, out, n, nil)
+			// Damage, never a bundle to start afresh (which would drop
+			// the leaves it held without a sign).
+			return s.checkBundle(item, out, n, appendLeafKey(nil, n*bundleWidth))
 		}
 		return nil
 	})
@@ -366,25 +368,33 @@ func (s *Store) storedBundle(n uint64) ([]byte, error) {
 }
 
 // bundleDamaged is the error for a bundle that cannot be read: it names
-// the bundle, its leaves and, as its Key, the leaf asked for (nil when
-// none was).
+// the bundle, its leaves, what to do and, as its Key, the leaf asked for
+// (Get), the first of the bundle's leaves in the range (Scan) or its first
+// leaf (Commit extending it).
 func (s *Store) bundleDamaged(n uint64, asked []byte, cause string) error {
-	err := damaged("leaf bundle %d (the values of leaves %d-%d) cannot be read: %s", n, n*bundleWidth, n*bundleWidth+bundleWidth-1, cause)
+	err := damaged("leaf bundle %d (the values of leaves %d-%d) cannot be read: %s; restore the store from a backup (docs/operations.md, \"Backup and restore\")", n, n*bundleWidth, n*bundleWidth+bundleWidth-1, cause)
 	if asked != nil {
 		err.(*damagedError).key = bytes.Clone(asked)
 	}
 	return err
 }
 
-// checkBundle is checkValue for a bundle: an empty value where badger
-// recorded a long one is damage, named by the bundle.
+// checkBundle is checkValue for a bundle, stricter: an empty bundle value
+// is damage whatever badger recorded, named by the bundle, because every
+// bundle written holds at least its header. Get, Scan and Commit (reading
+// the bundle it extends) all answer it so: none skips it or reads it as a
+// missing bundle.
 func (s *Store) checkBundle(item *badger.Item, v []byte, n uint64, asked []byte) error {
-	if len(v) > 0 || item.ValueSize() <= 0 {
+	if len(v) > 0 {
 		return nil
 	}
-	cause := s.reads.take(item.Key())
-	if cause == "" {
-		cause = "unreadable value-log record"
+	var cause string
+	if item.ValueSize() > 0 {
+		if cause = s.reads.take(item.Key()); cause == "" {
+			cause = "unreadable value-log record"
+		}
+	} else {
+		cause = fmt.Sprintf("its value is empty, and every bundle written holds at least its %d-byte header", bundleHeader)
 	}
 	return s.bundleDamaged(n, asked, cause)
 }
@@ -554,11 +564,12 @@ func (s *Store) scanBundled(txn *badger.Txn, start, end []byte, fn func(key, val
 			readGate.wait()
 			err := item.Value(func(v []byte) error {
 				var b bundle
+				// Damage names the bundle's first leaf in the range.
 				if len(v) == 0 {
-					return s.checkBundle(item, v, n, nil)
+					return s.checkBundle(item, v, n, appendLeafKey(nil, max(lo, n*bundleWidth)))
 				}
 				if err := decodeBundle(v, &b); err != nil {
-					return s.bundleDamaged(n, nil, err.Error())
+					return s.bundleDamaged(n, appendLeafKey(nil, max(lo, n*bundleWidth)), err.Error())
 				}
 				for j := range b.n {
 					i := n*bundleWidth + uint64(j)

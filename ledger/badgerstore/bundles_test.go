@@ -510,3 +510,74 @@ func TestLeafBundleRepeatsKeepSlots(t *testing.T) {
 		t.Fatalf("leaves 3, %d, 0 = %q, want [three again, its first value, the second value of leaf 0]", bundleWidth-1, got)
 	}
 }
+
+// TestLeafBundleEmpty: a bundle whose stored value is empty (no commit
+// writes one: every bundle holds at least its header) is damage for every
+// path that reads it: Get of one of its leaves, a Scan over it, and a
+// Commit that extends it. Each answers ErrDamaged naming the bundle, its
+// leaves, the empty value and what to do, with a leaf of it as the Key;
+// none skips the bundle or starts it afresh.
+func TestLeafBundleEmpty(t *testing.T) {
+	const n = 2 // the emptied bundle: leaves 32-47
+	for _, tc := range []struct {
+		name    string
+		read    func(s *Store) error
+		wantKey uint64 // the leaf the error names
+	}{
+		{"Get", func(s *Store) error {
+			_, err := s.Get(leafK(n*bundleWidth + 5))
+			return err
+		}, n*bundleWidth + 5},
+		{"Get of the next bundle too", func(s *Store) error {
+			_, err := s.Get(leafK(n*bundleWidth+15), leafK(n*bundleWidth+16))
+			return err
+		}, n*bundleWidth + 15},
+		{"Scan", func(s *Store) error {
+			return s.Scan(leafK(10), nil, func(k, v []byte) error { return nil })
+		}, n * bundleWidth},
+		{"Scan from inside the bundle", func(s *Store) error {
+			return s.Scan(leafK(n*bundleWidth+3), leafK(n*bundleWidth+9), func(k, v []byte) error { return nil })
+		}, n*bundleWidth + 3},
+		{"Commit extending it", func(s *Store) error {
+			return s.Commit([][]byte{leafK(n*bundleWidth + 15)}, [][]byte{[]byte("again")})
+		}, n * bundleWidth},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t, t.TempDir(), small)
+			defer s.Close()
+			var ks, vs [][]byte
+			for i := range uint64(5 * bundleWidth) {
+				ks, vs = append(ks, leafK(i)), append(vs, leafValue(i, 0))
+			}
+			if err := s.Commit(ks, vs); err != nil {
+				t.Fatal(err)
+			}
+			// Damage behind the store's back: Commit refuses reserved keys.
+			if err := s.db.Update(func(txn *badger.Txn) error { return txn.Set(bundleKey(n), []byte{}) }); err != nil {
+				t.Fatal(err)
+			}
+			s.tail = tailBundle{}
+			err := tc.read(s)
+			var d *damagedError
+			if !errors.Is(err, ErrDamaged) || !errors.As(err, &d) {
+				t.Fatalf("%s over an empty bundle = %v, want ErrDamaged", tc.name, err)
+			}
+			for _, want := range []string{
+				fmt.Sprintf("leaf bundle %d (the values of leaves %d-%d)", n, n*bundleWidth, n*bundleWidth+bundleWidth-1),
+				"its value is empty", "restore the store from a backup",
+			} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			if !bytes.Equal(d.Key(), leafK(tc.wantKey)) {
+				t.Errorf("Key() = %x, want leaf %d's key %x", d.Key(), tc.wantKey, leafK(tc.wantKey))
+			}
+			// The bundles around it still read.
+			got, err := s.Get(leafK(n*bundleWidth-1), leafK(n*bundleWidth+bundleWidth))
+			if err != nil || !bytes.Equal(got[0], leafValue(n*bundleWidth-1, 0)) || !bytes.Equal(got[1], leafValue(n*bundleWidth+bundleWidth, 0)) {
+				t.Fatalf("leaves beside the empty bundle = %q, %v", got, err)
+			}
+		})
+	}
+}
