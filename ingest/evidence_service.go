@@ -45,11 +45,17 @@ type evaluation struct {
 	subjects iter.Seq2[string, error]
 	src      rules.ChainSource
 	part     *partSource // a partitioned evaluation's source, nil for point reads
+	// inc is the evaluation cache's part (incremental.go); nil when
+	// subjects are named.
+	inc *incremental
 }
 
 // Close removes a partitioned evaluation's spill files; the handlers call
 // it whatever way the evaluation ended.
 func (e *evaluation) Close() {
+	if e.inc != nil {
+		e.inc.close()
+	}
 	if e.part != nil {
 		if err := e.part.Close(); err != nil {
 			e.part.log.Warn("spill files left behind (removed at the next start)", "err", err)
@@ -84,13 +90,24 @@ func (h *evidenceService) plan(ctx context.Context, req *pb.EvaluateRequest) (*e
 	}
 	cs := &chainSource{l: h.s.cfg.Ledger, size: cp.Size}
 	e := &evaluation{cp: cp, from: from, asOf: asOf, want: want, src: cs}
-	switch named := req.GetSubjects(); {
-	case len(named) > 0:
+	if named := req.GetSubjects(); len(named) > 0 {
 		list, err := h.s.subjects(ctx, cp.Size, named)
 		if err != nil {
 			return nil, err
 		}
 		e.subjects = rules.Subjects(list)
+		return e, nil
+	}
+	// A full evaluation: reuse what a cached evaluation of a smaller tree
+	// holds (incremental.go).
+	fixed := fixedTime(req.GetAsOf(), req.GetFrom(), req.GetTo())
+	if e.inc, err = h.s.planIncremental(ctx, fixed, cp, from, asOf, cs); err != nil {
+		return nil, err
+	}
+	switch {
+	case e.inc.base != nil:
+		// Only the subjects that may have changed, by point reads.
+		e.subjects = rules.Subjects(e.inc.dirty)
 	case h.s.usePartitions(cs):
 		// A full evaluation of a store larger than the mapped bound: one
 		// sequential read of the log (partition.go).
@@ -109,7 +126,10 @@ func (h *evidenceService) plan(ctx context.Context, req *pb.EvaluateRequest) (*e
 func (h *evidenceService) run(ctx context.Context, e *evaluation, emit func(*rules.SubjectResult) error) (rules.Summary, error) {
 	start := time.Now()
 	findings, errs := 0, 0 // of the wanted rules
-	sum, err := h.s.cfg.Evaluator.Stream(ctx, e.subjects, e.src, e.from, e.asOf, !e.from.IsZero(), func(r *rules.SubjectResult) error {
+	subjects, entries := 0, 0
+	out := func(r *rules.SubjectResult) error {
+		subjects++
+		entries += r.Entries
 		if len(e.want) > 0 {
 			r.Findings = slices.DeleteFunc(r.Findings, func(f rules.Finding) bool { return !slices.Contains(e.want, f.Rule) })
 			r.Errors = slices.DeleteFunc(r.Errors, func(x rules.RuleError) bool { return !slices.Contains(e.want, x.Rule) })
@@ -119,9 +139,50 @@ func (h *evidenceService) run(ctx context.Context, e *evaluation, emit func(*rul
 		findings += len(r.Findings)
 		errs += len(r.Errors)
 		return emit(r)
-	})
-	sum.Findings, sum.Errors = findings, errs
+	}
+	var sum rules.Summary
+	var err error
+	inc := e.inc
+	switch {
+	case inc == nil:
+		sum, err = h.s.cfg.Evaluator.Stream(ctx, e.subjects, e.src, e.from, e.asOf, !e.from.IsZero(), out)
+	case inc.base != nil && len(inc.dirty) == 0:
+		// Nothing to evaluate again: no rule runs (and backdated-closure
+		// builds no source index).
+		err = inc.finish(out)
+	default:
+		src, subs := inc.wrap(e.src, e.subjects)
+		sum, err = h.s.cfg.Evaluator.Stream(ctx, subs, src, e.from, e.asOf, !e.from.IsZero(), func(r *rules.SubjectResult) error {
+			return inc.emit(r, out)
+		})
+		if err == nil {
+			err = inc.finish(out)
+		}
+	}
+	// The subjects emitted, evaluated or replayed; the wanted rules' results.
+	sum.Subjects, sum.Entries, sum.Findings, sum.Errors = subjects, entries, findings, errs
 	h.s.m.evalSeconds.Observe(time.Since(start).Seconds())
+	if inc != nil {
+		h.s.m.evalSubjects.WithLabelValues("reused").Add(float64(inc.reused))
+		h.s.m.evalSubjects.WithLabelValues("evaluated").Add(float64(subjects - inc.reused))
+		attrs := []any{"tree_size", e.cp.Size, "as_of", e.asOf, "subjects", subjects,
+			"subjects_reused", inc.reused, "subjects_evaluated", subjects - inc.reused,
+			"cache", inc.cacheState(), "seconds", time.Since(start).Seconds()}
+		if !e.from.IsZero() {
+			attrs = append(attrs, "from", e.from)
+		}
+		if inc.base != nil {
+			attrs = append(attrs, "cache_base_size", inc.baseSize, "changed_subjects", inc.changed,
+				"related_changed_subjects", inc.related, "errored_subjects", inc.errored)
+		}
+		if inc.kept {
+			attrs = append(attrs, "cache_written_bytes", inc.written)
+		}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+		}
+		h.s.log.Info("evaluation", attrs...)
+	}
 	if err != nil {
 		return sum, fmt.Errorf("evaluating rules at tree size %d: %w", e.cp.Size, err)
 	}

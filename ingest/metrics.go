@@ -19,6 +19,7 @@ type metrics struct {
 	refused       *prometheus.CounterVec // code, reason
 	duration      *prometheus.HistogramVec
 	evalSeconds   prometheus.Histogram
+	evalSubjects  *prometheus.CounterVec // how = reused | evaluated
 	ages          *checkpointAge
 }
 
@@ -75,8 +76,11 @@ func newMetrics(reg *prometheus.Registry, l Ledger, now func() time.Time) *metri
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
 		}),
 	}
+	m.evalSubjects = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "grantline_evaluation_subjects_total", Help: "Subjects of full evaluations, by how their results were had: evaluated, or reused from the evaluation cache (docs/design.md \"Incremental evaluation\").",
+	}, []string{"how"})
 	reg.MustRegister(m.appended, m.appendErrors, m.batchSize, m.appendLatency, m.inflight,
-		m.requests, m.refused, m.duration, m.evalSeconds)
+		m.requests, m.refused, m.duration, m.evalSeconds, m.evalSubjects)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "grantline_tree_size", Help: "Size of the latest published checkpoint.",
 	}, func() float64 { return float64(l.Latest().Size) }))

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/authn"
@@ -69,6 +70,11 @@ type Config struct {
 	// disk (docs/design.md "Streamed evaluation"). The zero value reads by
 	// point reads (it has no Dir).
 	EvaluateScan EvaluateScan
+	// EvaluateCache keeps the results of full evaluations at a fixed as-of
+	// time or period on disk, so that a later evaluation of the grown log
+	// re-evaluates only the subjects that may have changed (docs/design.md
+	// "Incremental evaluation"). The zero value keeps none.
+	EvaluateCache EvaluateCache
 }
 
 // Defaults for Config.
@@ -89,6 +95,10 @@ type Server struct {
 	bodyTimeout, idleTimeout, maxLifetime time.Duration
 	// The size limits of evaluation results, defaults applied.
 	evalChunk, unaryEvalMax int
+	// cache is the evaluation cache; nil when off.
+	cache *evalCache
+	// ruleHash digests the rule set (ruleSetHash), computed once.
+	ruleHash func() string
 }
 
 // serviceNames are the services reflection and health report.
@@ -121,6 +131,9 @@ func New(cfg Config) (*Server, error) {
 	if err := removeSpillLeftovers(cfg.EvaluateScan, cfg.Logger); err != nil {
 		return nil, err
 	}
+	if err := prepareEvalCache(cfg.EvaluateCache, cfg.Logger); err != nil {
+		return nil, err
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry,
 		bodyTimeout:  orDefault(cfg.BodyReadTimeout, DefaultBodyReadTimeout),
 		idleTimeout:  orDefault(cfg.StreamIdleTimeout, DefaultStreamIdleTimeout),
@@ -129,6 +142,10 @@ func New(cfg Config) (*Server, error) {
 		unaryEvalMax: orDefault(cfg.UnaryEvaluateMaxBytes, DefaultUnaryEvaluateMaxBytes),
 	}
 	s.m = newMetrics(cfg.Registry, cfg.Ledger, cfg.Now)
+	if cfg.EvaluateCache.enabled() && cfg.Evaluator != nil {
+		s.cache = &evalCache{cfg: cfg.EvaluateCache, log: cfg.Logger}
+		s.ruleHash = sync.OnceValue(func() string { return ruleSetHash(cfg.Evaluator.Rules()) })
+	}
 	s.health = grpchealth.NewStaticChecker(serviceNames...)
 
 	// Authentication and the role check run in HTTP middleware (guard),

@@ -821,6 +821,17 @@ func (v *views) holders() []string {
 	return out
 }
 
+// RelatedChainEvent reports whether an event of type typ in the chain of
+// an owner or a credential holder is one the rules see when they evaluate
+// the subjects that read that chain (owner.terminations, owner.moves,
+// holder_leavings): events of other types there change no finding of those
+// subjects. The views read only these (setOwner, setHolder), and the
+// incremental evaluation (docs/design.md "Incremental evaluation") relies
+// on it to decide which subjects a related chain's new entries affect.
+func RelatedChainEvent(typ string) bool {
+	return typ == "identity.terminated" || typ == "identity.moved"
+}
+
 // setHolder records the leavings in a holder's chain (already read).
 func (v *views) setHolder(id string, chain []Entry, now time.Time) error {
 	evs, err := v.sortedEvents(chain)
@@ -831,7 +842,7 @@ func (v *views) setHolder(id string, chain []Entry, now time.Time) error {
 	v.ownerBound = max(v.ownerBound, chainSizeBound("", evs))
 	var ls []*Event
 	for _, e := range evs {
-		if e.Type == "identity.terminated" || e.Type == "identity.moved" {
+		if RelatedChainEvent(e.Type) {
 			ls = append(ls, e)
 		}
 	}
@@ -1040,6 +1051,9 @@ func (v *views) setOwner(chain []Entry, now time.Time) error {
 	evs = asOfPrefix(evs, now)
 	v.ownerBound = chainSizeBound("", evs)
 	for _, e := range evs {
+		if !RelatedChainEvent(e.Type) {
+			continue // seen by no rule (RelatedChainEvent)
+		}
 		if e.Type == "identity.terminated" {
 			v.owner.Terminations = append(v.owner.Terminations, e)
 		}

@@ -20,7 +20,7 @@ func init() {
 		name: "serve",
 		usage: "[--data DIR] [--store postgres://... [--advertise-url URL]] [--listen HOST:PORT] [--params FILE] [--rules DIR] [--origin O] " +
 			"[--tls-cert F --tls-key F] [--log-format text|json] [--metrics-public] [--witness-policy FILE] " +
-			"[--stream-idle-timeout D] [--stream-max-lifetime D] [--memory-budget SIZE] [--max-mapped SIZE] [--evaluate-scan auto|on|off] [--init]",
+			"[--stream-idle-timeout D] [--stream-max-lifetime D] [--memory-budget SIZE] [--max-mapped SIZE] [--evaluate-scan auto|on|off] [--evaluate-cache SIZE|off] [--init]",
 		summary: "run the ledger service (Connect/gRPC APIs, tlog-tiles, /metrics)",
 		run:     runServe,
 	})
@@ -52,6 +52,7 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 	memBudget := fs.String("memory-budget", sizeString(server.DefaultMemoryBudget), "anonymous memory to stay within (e.g. 512MiB, 2GiB; 0: none): sets the Go memory limit unless GOMEMLIMIT is set, and sizes the store's caches; see docs/operations.md")
 	maxMapped := fs.String("max-mapped", sizeString(server.DefaultMaxMappedBytes), "bound on the file-backed resident memory of the store's mapped files (e.g. 1GiB; 0: none): pages are reclaimed from 80% of it, down to 60%; see docs/operations.md")
 	evalScan := fs.String("evaluate-scan", "auto", "how evaluating all subjects reads the chains: auto (one sequential read of the log, spilled to DATA/evaluate-spill, when the store is larger than half of --max-mapped), on, or off (a point read per entry); see docs/operations.md")
+	evalCache := fs.String("evaluate-cache", sizeString(server.DefaultEvaluateCacheBytes), "disk for the results of evaluations at a fixed as-of time or period, in DATA/evaluate-cache, so that evaluating the grown log again re-evaluates only the subjects that may have changed (e.g. 1GiB; 0 or off: no cache); see docs/operations.md")
 	logFormat := fs.String("log-format", "text", "log format on stderr: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -74,6 +75,13 @@ func runServe(ctx context.Context, env *cmdEnv, args []string) error {
 			return &exitError{code: 2, msg: fmt.Sprintf("--%s %q: %v", name, p.v, err)}
 		}
 		*p.dst = n
+	}
+	if *evalCache != "off" {
+		n, err := parseSize(*evalCache)
+		if err != nil {
+			return &exitError{code: 2, msg: fmt.Sprintf("--evaluate-cache %q: %v, or off", *evalCache, err)}
+		}
+		cfg.EvaluateCacheBytes = n
 	}
 	mode, err := ingest.ParseScanMode(*evalScan)
 	if err != nil {

@@ -236,6 +236,8 @@ func TestServeFlags(t *testing.T) {
 		{"--log-format", "xml"},
 		{"--log-level", "loud"},
 		{"--evaluate-scan", "sometimes"},
+		{"--evaluate-cache", "lots"},
+		{"--evaluate-cache", "-1"},
 		{"extra-arg"},
 	} {
 		var stderr bytes.Buffer

@@ -107,7 +107,16 @@ type Config struct {
 	// files are larger than half of MaxMappedBytes (docs/design.md "Streamed
 	// evaluation"). With Store set, chains are always point reads.
 	EvaluateScan ingest.ScanMode
+	// EvaluateCacheBytes bounds the evaluation cache in
+	// DataDir/evaluate-cache (serve --evaluate-cache): results of full
+	// evaluations at a fixed as-of time or period, reused by later
+	// evaluations of the grown log (docs/design.md "Incremental
+	// evaluation"). 0: no cache, and the directory is removed at start.
+	EvaluateCacheBytes int64
 }
+
+// DefaultEvaluateCacheBytes is serve --evaluate-cache's default.
+const DefaultEvaluateCacheBytes = ingest.DefaultEvaluateCacheBytes
 
 // partitionBytes is the size of a partitioned evaluation's subject ranges
 // for a memory budget: 1/32 of it (16 MiB by default), 4-64 MiB.
@@ -313,6 +322,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		Exporter: &exporter{l: led, set: set, params: paramsYAML, signer: evSigner, logKey: keys.VerifierKey},
 		Logger:   cfg.Logger, MetricsPublic: cfg.MetricsPublic, Registry: reg, SSF: rcv,
 		StreamIdleTimeout: cfg.StreamIdleTimeout, StreamMaxLifetime: cfg.StreamMaxLifetime,
+		EvaluateCache: ingest.EvaluateCache{Dir: cfg.DataDir, MaxBytes: cfg.EvaluateCacheBytes},
 	}
 	if cfg.Store == "" {
 		icfg.EvaluateScan = ingest.EvaluateScan{Mode: cfg.EvaluateScan, Dir: cfg.DataDir,
