@@ -86,7 +86,8 @@ type Options struct {
 	// last (see Commit): badger inserts a transaction's entries into its
 	// memtable in random order, and random inserts into a large skiplist
 	// miss the CPU cache at almost every level, while neighbouring keys
-	// reuse the path of the one before.
+	// reuse the path of the one before. Its LSM tree is shaped for random
+	// keys: small memtables, many level-0 tables (noSyncOptions).
 	NoSync bool
 	// MinFreeBytes is the free disk space below which Commit refuses to
 	// write (ErrDiskFull). Zero means twice the memtable size plus twice
@@ -187,6 +188,9 @@ func Open(dir string, o Options) (s *Store, err error) {
 		budget = debug.SetMemoryLimit(-1)
 	}
 	bo = scaleMemory(bo, budget)
+	if o.NoSync {
+		bo = noSyncOptions(bo)
+	}
 	if o.BadgerOptions != nil {
 		bo = o.BadgerOptions(bo)
 	}
@@ -251,6 +255,34 @@ func scaleMemory(bo badger.Options, budget int64) badger.Options {
 		WithBaseTableSize(min(mem/4, 2<<20)).
 		WithValueLogFileSize(clamp(budget/2, 64<<20, 1<<30-1))
 	return bo
+}
+
+// The LSM shape of a NoSync store (the ledger's separate index store), set
+// by noSyncOptions. Its keys are random (leaf hashes, dedupe keys), so its
+// cost is the memtable's skiplist inserts, whose path misses the CPU cache at
+// almost every level of a large skiplist, and the compactions of level 0
+// into the level below, each of which rewrites all of that level. Small
+// memtables make the inserts cheap; many of them gathered in level 0 before
+// a compaction keep the compactions as rare and as large as with badger's
+// default memtables (level 0 compacts at the same number of bytes: 40 x 8
+// MiB against 5 x 64 MiB). Measured in docs/BENCHMARKS.md, "Round 7: the
+// index store".
+const (
+	noSyncMemTableSize    = 8 << 20
+	noSyncLevelZeroTables = 40
+	noSyncLevelZeroStall  = 2 * noSyncLevelZeroTables
+)
+
+// noSyncOptions gives the options of a NoSync store its LSM shape (see
+// noSyncMemTableSize): memtables of at most noSyncMemTableSize (never larger
+// than the budget made them, so the store takes no more memory), and
+// noSyncLevelZeroTables of them in level 0 before it compacts. Reads probe
+// every level-0 table; each has a bloom filter, which a point read checks
+// before the table.
+func noSyncOptions(bo badger.Options) badger.Options {
+	return bo.WithMemTableSize(min(bo.MemTableSize, noSyncMemTableSize)).
+		WithNumLevelZeroTables(noSyncLevelZeroTables).
+		WithNumLevelZeroTablesStall(noSyncLevelZeroStall)
 }
 
 // Limits reports the largest batch Commit accepts, in the terms of

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 // TestSortedOrder checks the order commitOrdered applies a batch in
@@ -181,4 +184,93 @@ func TestCommitAtomic(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNoSyncLevelZero checks a NoSync store in the LSM shape noSyncOptions
+// gives it, with many more level-0 tables than badger's default allows
+// before compacting: random keys committed over many memtable flushes (the
+// memtable shrunk so that the test is quick) read back identically by point
+// reads and by ordered scans, before and after a reopen, against a map of
+// what was committed (overwritten keys keep their latest value).
+func TestNoSyncLevelZero(t *testing.T) {
+	const memtable = 256 << 10
+	o := Options{NoSync: true, BadgerOptions: func(bo badger.Options) badger.Options {
+		if bo.NumLevelZeroTables != noSyncLevelZeroTables || bo.NumLevelZeroTablesStall != noSyncLevelZeroStall || bo.MemTableSize > noSyncMemTableSize {
+			t.Errorf("a NoSync store opens with %d level-0 tables (stall %d), memtable %d; want %d (stall %d), at most %d",
+				bo.NumLevelZeroTables, bo.NumLevelZeroTablesStall, bo.MemTableSize, noSyncLevelZeroTables, noSyncLevelZeroStall, noSyncMemTableSize)
+		}
+		return bo.WithMemTableSize(memtable)
+	}}
+	dir := t.TempDir()
+	s := open(t, dir, o)
+	r := rand.New(rand.NewPCG(3, 5))
+	want := map[string]string{}
+	var keys, vals, all [][]byte
+	for batch := range 150 {
+		keys, vals = keys[:0], vals[:0]
+		for range 250 {
+			k := make([]byte, 17)
+			k[0] = "hd"[r.IntN(2)]
+			for j := 1; j < len(k); j++ {
+				k[j] = byte(r.Uint32())
+			}
+			if len(all) > 0 && r.IntN(50) == 0 {
+				k = all[r.IntN(len(all))] // overwrite an earlier key
+			} else {
+				all = append(all, k)
+			}
+			keys = append(keys, k)
+			vals = append(vals, fmt.Appendf(nil, "%08d", batch))
+		}
+		keys = append(keys, []byte("m-watermark"))
+		vals = append(vals, fmt.Appendf(nil, "%d", batch))
+		if err := s.Commit(keys, vals); err != nil {
+			t.Fatal(err)
+		}
+		for i, k := range keys {
+			want[string(k)] = string(vals[i])
+		}
+	}
+	check := func(s *Store, when string) {
+		t.Helper()
+		sorted := slices.Sorted(maps.Keys(want))
+		ks := make([][]byte, len(sorted))
+		for i, k := range sorted {
+			ks[i] = []byte(k)
+		}
+		got, err := s.Get(ks...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, k := range sorted {
+			if string(got[i]) != want[k] {
+				t.Fatalf("%s: Get %x = %q, want %q", when, k, got[i], want[k])
+			}
+		}
+		i := 0
+		err = s.Scan(nil, nil, func(k, v []byte) error {
+			if i >= len(sorted) || string(k) != sorted[i] || string(v) != want[sorted[i]] {
+				return fmt.Errorf("scan entry %d: %x = %q, want %x = %q", i, k, v, sorted[min(i, len(sorted)-1)], want[sorted[min(i, len(sorted)-1)]])
+			}
+			i++
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		if i != len(sorted) {
+			t.Fatalf("%s: scan gave %d entries, want %d", when, i, len(sorted))
+		}
+	}
+	check(s, "after the commits")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, dir, o)
+	defer s.Close()
+	// Close flushed the memtables; nothing compacted level 0.
+	if l0 := s.db.Levels()[0].NumTables; l0 <= 5 {
+		t.Fatalf("level 0 holds %d tables, want more than badger's default of 5 (flushes of %d-byte memtables)", l0, memtable)
+	}
+	check(s, "after a reopen")
 }
