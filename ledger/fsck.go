@@ -31,6 +31,9 @@ const fsckChunk = 16 * tileWidth
 // may go on meanwhile.
 func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any)) error {
 	size := l.Latest().Size
+	if err := l.waitIndexed(ctx, size); err != nil {
+		return fmt.Errorf("fsck at size %d: %w", size, err)
+	}
 	return fsck(ctx, l.st, l.ix, l.o.Verifier, size, size, size, true, report)
 }
 

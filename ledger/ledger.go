@@ -18,12 +18,14 @@
 // queues them (a bounded queue: ErrPushback when full). The sequencer takes
 // whatever is queued (up to MaxBatch and the store's transaction limits),
 // builds the batch in four stages (dedupe, encode, edge-tile writer, seal;
-// see build) while the committer goroutine makes the previous one durable;
-// the indexer goroutine then commits that batch's index entries (to a
-// separate index store, Options.Index, while the committer makes the next
-// batch durable; with the indexes in the main store they were part of the
-// durable commit), publishes its checkpoint and answers its callers. So batches grow with load on their own and an idle
-// log answers a lone append after one commit.
+// see build) while the committer goroutine makes the previous one durable,
+// then publishes its checkpoint and answers its callers; the indexer
+// goroutine then commits that batch's index entries to a separate index
+// store (Options.Index; with the indexes in the main store they were part
+// of the durable commit), at most a few batches behind (maxUnindexed),
+// and reads that consult the index wait until it has reached the tree
+// size they read. So batches grow with load on their own and an idle log
+// answers a lone append after one commit.
 //
 // Failures: a failed store commit leaves the store's state unknown (the
 // write may have landed), so the log then refuses appends with ErrStorage
@@ -110,7 +112,12 @@ type Options struct {
 	// leaves, tiles and checkpoint durably to the main store, then its
 	// index entries to Index, while the next batch commits to the main
 	// store. Appends are answered, and the checkpoint covering them
-	// published, only once both commits are done. Index need not be
+	// published, once the durable commit is done; the index commit follows,
+	// at most a few batches behind, and every read that consults the
+	// indexes (SubjectEntries, LookupLeafHash, ForEachSubject*,
+	// SubjectProof, Fsck) first waits, within its context, until they
+	// cover the tree size it reads, so a read issued after an append
+	// returned sees its events. Index need not be
 	// durable when Commit returns, nor atomic: after a crash it may hold a
 	// prefix of its commits and any part of the next one, provided a
 	// commit's last entry (the log puts its watermark there) is kept only
@@ -212,7 +219,12 @@ type Log struct {
 	broken  atomic.Pointer[error]
 	done    chan struct{} // closed when the indexer has finished
 	commits chan *built   // sequencer -> committer
-	indexes chan *built   // committer -> indexer
+	indexes chan *built   // committer -> indexer (indexQueue batches)
+
+	// ixw is the tree size the separate index store has reached; reads
+	// that consult it wait for the size they read (waitIndexed). Unused
+	// without a separate index store.
+	ixw indexWatch
 
 	inflightMu sync.Mutex
 	inflight   map[[32]byte]inflightEntry // dedupe keys of built, uncommitted batches
@@ -298,8 +310,11 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 		done:   make(chan struct{}),
 		// Unbuffered: one batch commits while the next is built, and the
 		// sequencer keeps collecting until the committer is free.
-		commits:  make(chan *built),
-		indexes:  make(chan *built),
+		commits: make(chan *built),
+		// Answered batches wait here for their index commit: a bounded
+		// queue, so the committer stays at most maxUnindexed batches
+		// ahead of the indexer.
+		indexes:  make(chan *built, indexQueue),
 		inflight: make(map[[32]byte]inflightEntry),
 	}
 	l.ix = st
@@ -326,6 +341,8 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 	}
 	l.cur.Store(s)
 	l.seq.last = s
+	// Open indexed every leaf (openIndex, openMap) before serving.
+	l.ixw.init(l.seq.rng.End())
 	return l, nil
 }
 
@@ -343,7 +360,11 @@ func (l *Log) Close() error {
 	l.closed = true
 	close(l.queue)
 	l.mu.Unlock()
-	<-l.done
+	<-l.done // the indexer has committed every answered batch's index entries
+	// Nothing advances the index any more: a read still waiting (only
+	// after an index failure, which already answered it) or arriving
+	// later for a size the index lacks is answered, not left waiting.
+	l.ixw.fail(fmt.Errorf("reading the index: %w", ErrClosed))
 	l.stopDedupeFilter()
 	err := l.st.Close()
 	if l.split {
@@ -355,6 +376,94 @@ func (l *Log) Close() error {
 		return fmt.Errorf("%w: %w", ErrStorage, err)
 	}
 	return nil
+}
+
+// indexWatch is the tree size a separate index store has reached: every
+// leaf below it has its index records there, visible to reads. The indexer
+// advances it after each index commit; reads that consult the index wait
+// on it for the tree size of the state they read.
+type indexWatch struct {
+	size atomic.Uint64 // read without mu on the fast path
+	mu   sync.Mutex
+	next chan struct{} // closed and replaced at each advance; closed for good on failure
+	err  error         // set once: the index store failed (or the log closed)
+}
+
+func (w *indexWatch) init(size uint64) {
+	w.size.Store(size)
+	w.next = make(chan struct{})
+}
+
+// advance records that the index reached size and wakes the waiters.
+func (w *indexWatch) advance(size uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return
+	}
+	if size > w.size.Load() {
+		w.size.Store(size)
+	}
+	close(w.next)
+	w.next = make(chan struct{})
+}
+
+// fail records that the index will not advance any more: waiters for a
+// size above it, now or later, get err (the first one given).
+func (w *indexWatch) fail(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return
+	}
+	w.err = err
+	if w.next != nil {
+		close(w.next)
+	}
+}
+
+// failed returns the error fail recorded, or nil.
+func (w *indexWatch) failed() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// wait returns once the index has reached size; the failure's error if it
+// will not; ctx's error (wrapped) if ctx ends first.
+func (w *indexWatch) wait(ctx context.Context, size uint64) error {
+	for {
+		if w.size.Load() >= size {
+			return nil
+		}
+		w.mu.Lock()
+		reached, err, next := w.size.Load() >= size, w.err, w.next
+		w.mu.Unlock()
+		switch {
+		case reached:
+			return nil
+		case err != nil:
+			return fmt.Errorf("the index covers %d leaves, not the %d of the tree read: %w", w.size.Load(), size, err)
+		}
+		select {
+		case <-next:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the index to cover tree size %d: %w", size, ctx.Err())
+		}
+	}
+}
+
+// waitIndexed returns once the index covers the first size leaves (at
+// once without a separate index store: the indexes are in the durable
+// commit), or an error: the index store failed (ErrStorage), the log
+// closed (ErrClosed), or ctx ended. Every read that consults the index
+// calls it with the tree size of the state it reads, so it sees every
+// event answered in that state.
+func (l *Log) waitIndexed(ctx context.Context, size uint64) error {
+	if !l.split {
+		return nil
+	}
+	return l.ixw.wait(ctx, size)
 }
 
 // checkKeyPair checks that v verifies what s signs: same key name (the

@@ -278,10 +278,15 @@ func parseEntryBundle(data []byte) ([][]byte, error) {
 }
 
 // LookupLeafHash returns the index of the leaf with that RFC 6962 leaf hash.
-// ErrNotFound if no published leaf has it.
+// ErrNotFound if no published leaf has it. Like every read of the indexes
+// it first waits until they cover the published tree (waitIndexed).
 func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
 	if len(hash) != 32 {
 		return 0, fmt.Errorf("leaf hash has %d bytes, want 32: %w", len(hash), ErrNotFound)
+	}
+	size := l.Latest().Size
+	if err := l.waitIndexed(ctx, size); err != nil {
+		return 0, fmt.Errorf("looking up leaf hash %x: %w", hash, err)
 	}
 	vals, err := l.ix.Get(hashKey(hash))
 	if err != nil {
@@ -291,7 +296,7 @@ func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
 		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
 	}
 	i := binary.BigEndian.Uint64(vals[0])
-	if i >= l.Latest().Size {
+	if i >= size {
 		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
 	}
 	// The index key holds only a prefix of the hash: confirm it on the leaf.
@@ -317,6 +322,9 @@ func (l *Log) SubjectEntries(ctx context.Context, subject string, size, start ui
 	}
 	if start >= size {
 		return nil, nil
+	}
+	if err := l.waitIndexed(ctx, size); err != nil {
+		return nil, fmt.Errorf("subject entries of %q at size %d: %w", subject, size, err)
 	}
 	// One buffer for the leaf keys of the whole chain, not one allocation
 	// per entry.
@@ -390,16 +398,17 @@ type Stats struct {
 	Conflicts    uint64        // events answered as conflicts (same key, other content)
 	Batches      uint64        // sequencer batches
 	BatchEvents  uint64        // events over all batches
-	CommitTime   time.Duration // total time integrating batches
+	CommitTime   time.Duration // total time integrating batches: from the start of each build to its answer, after its durable commit
 	StoreTime    time.Duration // of which in the store's durable commit
-	IndexTime    time.Duration // in the separate index store's commits (Options.Index)
+	IndexTime    time.Duration // in the separate index store's commits (Options.Index), after the answers, off the ack path
+	IndexWait    time.Duration // the committer waiting for room in the indexer's queue: the index store was the slower
 	Pushbacks    uint64        // Appends refused with ErrPushback
 	QueuedEvents int64         // events waiting now
 	Size         uint64        // latest checkpoint size
 }
 
 type stats struct {
-	appended, duplicates, conflicts, batches, batchEvents, commitNanos, storeNanos, indexNanos, pushbacks atomic.Uint64
+	appended, duplicates, conflicts, batches, batchEvents, commitNanos, storeNanos, indexNanos, indexWaitNanos, pushbacks atomic.Uint64
 }
 
 // Stats returns the log's counters.
@@ -413,6 +422,7 @@ func (l *Log) Stats() Stats {
 		CommitTime:   time.Duration(l.stats.commitNanos.Load()),
 		StoreTime:    time.Duration(l.stats.storeNanos.Load()),
 		IndexTime:    time.Duration(l.stats.indexNanos.Load()),
+		IndexWait:    time.Duration(l.stats.indexWaitNanos.Load()),
 		Pushbacks:    l.stats.pushbacks.Load(),
 		QueuedEvents: l.pending.Load(),
 		Size:         l.Latest().Size,
@@ -431,6 +441,9 @@ func (l *Log) ForEachSubjectCount(ctx context.Context, size uint64, fn func(subj
 	type hit struct {
 		subject string
 		n       uint64
+	}
+	if err := l.waitIndexed(ctx, size); err != nil {
+		return fmt.Errorf("subjects at size %d: %w", size, err)
 	}
 	from, end := []byte{kSubject}, []byte{kSubject + 1}
 	for from != nil {

@@ -146,24 +146,55 @@ func (l *Log) sealDue(now time.Time) bool {
 }
 
 // commit is the committer goroutine: it durably commits built batches in
-// order and hands each to the indexer.
+// order, answers each batch's callers and publishes its state as soon as
+// its main commit returns, then hands it to the indexer (a queue of
+// indexQueue batches: see maxUnindexed).
 func (l *Log) commit() {
 	defer close(l.indexes)
 	for b := range l.commits {
 		l.commitBatch(b)
-		l.indexes <- b
+		if !l.split {
+			// The index records were in the durable commit: the batch's
+			// dedupe keys are in the store now.
+			l.settle(b)
+		}
+		l.answer(b)
+		select {
+		case l.indexes <- b:
+		default: // the queue is full: the index store is the slower
+			t0 := time.Now()
+			l.indexes <- b
+			l.stats.indexWaitNanos.Add(uint64(time.Since(t0)))
+		}
 	}
 }
 
 // index is the indexer goroutine: in order, it commits each durable batch's
-// index entries to the index store (when separate), then publishes the
-// batch's checkpoint and completes its requests.
+// index entries to the index store (when separate), advances the tree size
+// the index has reached (Log.ixw), and drops the batch's dedupe keys from
+// the in-flight map.
 func (l *Log) index() {
 	defer close(l.done)
 	for b := range l.indexes {
 		l.indexBatch(b)
 	}
 }
+
+// indexQueue is how many answered batches may wait for the indexer while it
+// commits another's index entries; maxUnindexed is then the most batches
+// answered (durable, their checkpoint published) whose index commit is not
+// done: the one being indexed, indexQueue waiting, and the one the committer
+// holds, answered, while it waits for room. Two absorb one slow index
+// commit (a badger memtable flush) without stalling the committer, since an
+// index commit takes about as long as a durable commit; more would only let
+// a slow index store fall further behind, while a read of the index waits
+// for the index commits ahead of the state it reads (at most maxUnindexed,
+// ~10-15 ms each for 2000 events) and their writes stay in memory (a few MB
+// at MaxBatch). See docs/design.md, "Indexes off the durable commit".
+const (
+	indexQueue   = 2
+	maxUnindexed = indexQueue + 2
+)
 
 // collect returns the next batch: what is queued, up to MaxBatch events and
 // the store's transaction limits, waiting up to MaxBatchAge for more after
@@ -299,7 +330,7 @@ type built struct {
 	// records (appendMapLeaf), which with everything after them (the map
 	// leaf's hash entry, the watermarks) commit in one CommitAtomic.
 	ixMap   int
-	dedupes [][32]byte // new events' dedupe keys, in flight until indexed
+	dedupes [][32]byte // new events' dedupe keys, in flight until their index commit is applied
 	first   uint64     // tree size before
 	size    uint64     // tree size after
 	state   *state     // to publish once durable; nil when the batch signed no checkpoint
@@ -776,35 +807,15 @@ func (l *Log) commitBatch(b *built) {
 	}
 }
 
-// indexBatch commits a durable batch's entries to a separate index store,
-// then publishes its checkpoint and completes its events. A failed index
-// commit marks the log broken like a failed main commit: the batch's
-// leaves are durable but unanswered, and the next Open rebuilds their index
-// entries (retries are then answered as duplicates).
-func (l *Log) indexBatch(b *built) {
+// answer completes a batch's events once its durable commit returned (or
+// it failed) and publishes its sealed state: its leaves, tiles and
+// checkpoint are durable, and a separate index store's commit of its index
+// entries follows in the indexer, so reads that consult the index wait for
+// it (waitIndexed) and the in-flight map keeps its dedupe keys until then.
+func (l *Log) answer(b *built) {
 	err := b.err
-	if err == nil && len(b.ixKeys) > 0 {
-		if berr := l.broken.Load(); berr != nil {
-			err = *berr
-		} else {
-			t0 := time.Now()
-			err = l.commitIndex(b)
-			l.stats.indexNanos.Add(uint64(time.Since(t0)))
-			if err != nil {
-				err = fmt.Errorf("%w: committing the index entries of %d events (up to tree size %d): %w", ErrStorage, b.size-b.first, b.size, err)
-				l.markBroken(err)
-			}
-		}
-	}
 	if err == nil && b.state != nil {
 		l.cur.Store(b.state)
-	}
-	if len(b.dedupes) > 0 {
-		l.inflightMu.Lock()
-		for _, d := range b.dedupes {
-			delete(l.inflight, d)
-		}
-		l.inflightMu.Unlock()
 	}
 	if err != nil {
 		l.logger.Error("ledger append failed", "events", len(b.items), "err", err)
@@ -825,6 +836,47 @@ func (l *Log) indexBatch(b *built) {
 	l.stats.batchEvents.Add(uint64(len(b.items)))
 	l.stats.commitNanos.Add(uint64(time.Since(b.start)))
 	l.finish(b.items, b.res, b.size, err)
+}
+
+// indexBatch commits an answered batch's entries to a separate index store
+// and advances the tree size the index has reached, then drops the batch's
+// dedupe keys from the in-flight map. It commits a batch whose durable
+// commit succeeded even when a later batch's failed: its records describe
+// durable leaves. A failed index commit marks the log broken like a failed
+// main commit (appends stop; the next Open rebuilds the index entries of
+// the leaves past the index store's watermark, so retries are answered as
+// duplicates) and fails the index watch: reads waiting for the index, now
+// or later, get the error instead of waiting for ever. Once the index
+// store failed, later batches' index commits are skipped (its state is
+// unknown; the watermark must advance in batch order).
+func (l *Log) indexBatch(b *built) {
+	if b.err == nil && len(b.ixKeys) > 0 && l.ixw.failed() == nil {
+		t0 := time.Now()
+		err := l.commitIndex(b)
+		l.stats.indexNanos.Add(uint64(time.Since(t0)))
+		if err != nil {
+			err = fmt.Errorf("%w: committing the index entries of %d answered events (up to tree size %d; they are durable, and the next Open indexes them): %w", ErrStorage, b.size-b.first, b.size, err)
+			l.markBroken(err)
+			l.ixw.fail(err)
+			l.logger.Error("ledger index commit failed", "events", b.size-b.first, "size", b.size, "err", err)
+		} else {
+			l.ixw.advance(b.size)
+		}
+	}
+	l.settle(b)
+}
+
+// settle drops a batch's dedupe keys from the in-flight map once the store
+// the dedupe stage reads (the index store) holds them, or the batch failed.
+func (l *Log) settle(b *built) {
+	if len(b.dedupes) > 0 {
+		l.inflightMu.Lock()
+		for _, d := range b.dedupes {
+			delete(l.inflight, d)
+		}
+		l.inflightMu.Unlock()
+		b.dedupes = nil
+	}
 }
 
 // commitIndex commits b's index entries to the separate index store. The

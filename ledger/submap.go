@@ -422,12 +422,11 @@ const mapCacheLimit = 1 << 18
 
 // mapSettledSeals is how many seals after its own a seal's writes are
 // surely in the store. The sequencer hands batch n to the committer only
-// once the committer has handed batch n-1 to the indexer, which takes it
-// only once it finished committing batch n-2 (the channels are
-// unbuffered). So while batch n is built, every batch up to n-3 is
-// committed to both stores, and a seal (at most one per batch) three seals
-// back is there too. Four leaves a margin.
-const mapSettledSeals = 4
+// once the committer has put batch n-1 in the indexer's queue, so while
+// batch n is built every batch up to n-1-maxUnindexed has its index
+// commit done (sequencer.go, maxUnindexed), and a seal (at most one per
+// batch) maxUnindexed+1 seals back is there too. One more leaves a margin.
+const mapSettledSeals = maxUnindexed + 2
 
 // keyMapped, in a separate index store, is the size of the latest
 // checkpoint whose subject map records the index store holds (be64).
@@ -991,6 +990,11 @@ func (l *Log) SubjectProof(ctx context.Context, subject string, size uint64) (Su
 func (l *Log) subjectProof(ctx context.Context, subject string, size uint64, f mapFormat) (SubjectProof, error) {
 	if _, err := l.CheckpointAt(ctx, size); err != nil {
 		return SubjectProof{}, err
+	}
+	// The map's records of checkpoint size are in the index commit of the
+	// batch that sealed it.
+	if err := l.waitIndexed(ctx, size); err != nil {
+		return SubjectProof{}, fmt.Errorf("subject proof of %q at %d: %w", subject, size, err)
 	}
 	p := SubjectProof{Subject: subject, Size: size}
 	if size == 0 {
