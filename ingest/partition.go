@@ -244,9 +244,10 @@ type leafRef struct {
 }
 
 // newPartSource plans a partitioned evaluation of cs's tree: it samples
-// leaves for their size, cuts the subjects into ranges, checks the disk
-// has room for the spill files and makes the spill directory. The caller
-// must Close it.
+// leaves for their size, cuts the subjects into ranges, reserves the disk
+// for the spill files in spillSpace (refused with ErrSpillSpace when it
+// does not fit) and makes the spill directory. The caller must Close it,
+// which releases the reservation.
 func (s *Server) newPartSource(ctx context.Context, cs *chainSource) (*partSource, error) {
 	c := s.cfg.EvaluateScan
 	limit := c.PartitionBytes
