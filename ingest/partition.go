@@ -409,7 +409,7 @@ func (p *partSource) flush(r *partRange, closeAfter bool) error {
 			r.f = f
 		}
 		if _, err := r.f.Write(r.buf); err != nil {
-			return fmt.Errorf("writing a spill file of the partitioned evaluation (%s): %w; it needs about the size of the leaves free on disk (docs/operations.md \"Memory\")", r.path, err)
+			return fmt.Errorf("writing a spill file of the partitioned evaluation (%s): %w; it needs about the size of the leaves free on disk (docs/operations.md \"Disk for evaluation\")", r.path, err)
 		}
 		p.stats.spilledBytes += int64(len(r.buf))
 		p.res.Wrote(p.stats.spilledBytes)
