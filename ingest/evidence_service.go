@@ -112,6 +112,7 @@ func (h *evidenceService) plan(ctx context.Context, req *pb.EvaluateRequest) (*e
 		// A full evaluation of a store larger than the mapped bound: one
 		// sequential read of the log (partition.go).
 		if e.part, err = h.s.newPartSource(ctx, cs); err != nil {
+			e.Close() // the cache file planIncremental opened
 			return nil, err
 		}
 		e.src, e.subjects = e.part, e.part.subjects(ctx)

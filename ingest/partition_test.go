@@ -323,13 +323,24 @@ func TestPartitionSpillRemoved(t *testing.T) {
 	t.Run("no-room", func(t *testing.T) {
 		defer func(s *diskfree.Space) { spillSpace = s }(spillSpace)
 		spillSpace = diskfree.NewSpace(func(string) int64 { return 1 << 20 })
-		dir := t.TempDir()
-		err := drain(t.Context(), env(l, dir))
+		dir, cacheDir := t.TempDir(), t.TempDir()
+		e := newEnv(t, func(c *Config) {
+			c.Ledger, c.Evaluator, c.EvaluateChunkBytes = l, set, 512
+			c.EvaluateScan = EvaluateScan{Mode: ScanOn, Dir: dir, PartitionBytes: 2 << 10}
+			// A fixed as-of time: the evaluation would write the cache.
+			c.EvaluateCache = EvaluateCache{Dir: cacheDir, MaxBytes: 64 << 20}
+		})
+		err := drain(t.Context(), e)
 		if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "MiB are free") ||
 			!strings.Contains(err.Error(), "--evaluate-scan off") {
 			t.Fatalf("evaluation on a full disk: %v, want FailedPrecondition saying what is needed and what to do", err)
 		}
 		assertNoSpill(t, dir)
+		// The refused evaluation's cache file is closed and removed, not
+		// left for each retry to add another.
+		if left, _ := os.ReadDir(filepath.Join(cacheDir, EvalCacheDirName)); len(left) != 0 {
+			t.Errorf("the refused evaluation left %d files in the cache directory (first %s)", len(left), left[0].Name())
+		}
 	})
 }
 
