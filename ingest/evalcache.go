@@ -388,13 +388,11 @@ type cacheReader struct {
 	path    string
 	f       *os.File
 	r       *bufio.Reader
-	key     cacheKey
 	size    uint64
 	root    [32]byte
 	buf     []byte
 	records uint64 // read so far
-	total   uint64 // from the trailer, once read
-	ended   bool
+	ended   bool   // the trailer was read
 	last    string
 	// fileSize bounds a frame's length: a damaged length is never
 	// allocated for.
@@ -428,7 +426,6 @@ func openCache(path string, k cacheKey) (*cacheReader, error) {
 		f.Close()
 		return nil, fmt.Errorf("%w: %s is the cache of another log, as-of time, period or rule set", errCacheDamaged, path)
 	}
-	cr.key = k
 	cr.size = binary.BigEndian.Uint64(p[len(want):])
 	copy(cr.root[:], p[len(want)+8:])
 	return cr, nil
@@ -449,7 +446,7 @@ func (cr *cacheReader) rewind() error {
 	if _, err := cr.frame(); err != nil {
 		return err
 	}
-	cr.records, cr.total, cr.ended, cr.last = 0, 0, false, ""
+	cr.records, cr.ended, cr.last = 0, false, ""
 	return nil
 }
 
@@ -491,7 +488,7 @@ func (cr *cacheReader) next(r *cacheRecord) error {
 		if _, err := cr.r.ReadByte(); err != io.EOF {
 			return fmt.Errorf("%w: %s goes on after its trailer", errCacheDamaged, cr.path)
 		}
-		cr.ended, cr.total = true, n
+		cr.ended = true
 		return io.EOF
 	case len(p) > 0 && p[0] == frameSubject:
 		if err := decodeRecord(p, r); err != nil {

@@ -69,7 +69,7 @@ type incremental struct {
 	mu      sync.Mutex
 	pending map[string]*relatedOfSubject // yielded, not yet emitted
 
-	reused, evaluated int
+	reused int // subjects replayed from base
 }
 
 // relatedOfSubject is a subject's related chains, once its chain was read.
@@ -338,7 +338,6 @@ func (inc *incremental) emit(r *rules.SubjectResult, out func(*rules.SubjectResu
 	if err := inc.replay(r.Subject, false, out); err != nil {
 		return err
 	}
-	inc.evaluated++
 	if inc.w != nil {
 		inc.mu.Lock()
 		p := inc.pending[r.Subject]
