@@ -210,9 +210,10 @@ func (c *evalCache) best(k cacheKey, size uint64) (path string, base uint64, ok 
 	return path, base, ok
 }
 
-// prune removes the least recently used cache files until they fit
-// MaxBytes, and the files of key at sizes other than keep (superseded by
-// the newer one).
+// prune removes the files of key at sizes other than keep (usually older
+// ones, superseded; when evaluations of the same key at two tree sizes end
+// out of order, the larger one goes, which costs only its reuse), then the
+// least recently used cache files until they fit MaxBytes.
 func (c *evalCache) prune(k cacheKey, keep uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
