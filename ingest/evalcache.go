@@ -210,9 +210,10 @@ func (c *evalCache) best(k cacheKey, size uint64) (path string, base uint64, ok 
 	return path, base, ok
 }
 
-// prune removes the least recently used cache files until they fit
-// MaxBytes, and the files of key at sizes other than keep (superseded by
-// the newer one).
+// prune removes the files of key at sizes other than keep (usually older
+// ones, superseded; when evaluations of the same key at two tree sizes end
+// out of order, the larger one goes, which costs only its reuse), then the
+// least recently used cache files until they fit MaxBytes.
 func (c *evalCache) prune(k cacheKey, keep uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -388,13 +389,11 @@ type cacheReader struct {
 	path    string
 	f       *os.File
 	r       *bufio.Reader
-	key     cacheKey
 	size    uint64
 	root    [32]byte
 	buf     []byte
 	records uint64 // read so far
-	total   uint64 // from the trailer, once read
-	ended   bool
+	ended   bool   // the trailer was read
 	last    string
 	// fileSize bounds a frame's length: a damaged length is never
 	// allocated for.
@@ -428,7 +427,6 @@ func openCache(path string, k cacheKey) (*cacheReader, error) {
 		f.Close()
 		return nil, fmt.Errorf("%w: %s is the cache of another log, as-of time, period or rule set", errCacheDamaged, path)
 	}
-	cr.key = k
 	cr.size = binary.BigEndian.Uint64(p[len(want):])
 	copy(cr.root[:], p[len(want)+8:])
 	return cr, nil
@@ -449,7 +447,7 @@ func (cr *cacheReader) rewind() error {
 	if _, err := cr.frame(); err != nil {
 		return err
 	}
-	cr.records, cr.total, cr.ended, cr.last = 0, 0, false, ""
+	cr.records, cr.ended, cr.last = 0, false, ""
 	return nil
 }
 
@@ -491,7 +489,7 @@ func (cr *cacheReader) next(r *cacheRecord) error {
 		if _, err := cr.r.ReadByte(); err != io.EOF {
 			return fmt.Errorf("%w: %s goes on after its trailer", errCacheDamaged, cr.path)
 		}
-		cr.ended, cr.total = true, n
+		cr.ended = true
 		return io.EOF
 	case len(p) > 0 && p[0] == frameSubject:
 		if err := decodeRecord(p, r); err != nil {

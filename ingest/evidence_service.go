@@ -173,7 +173,7 @@ func (h *evidenceService) run(ctx context.Context, e *evaluation, emit func(*rul
 			attrs = append(attrs, "from", e.from)
 		}
 		if inc.base != nil {
-			attrs = append(attrs, "cache_base_size", inc.baseSize, "changed_subjects", inc.changed,
+			attrs = append(attrs, "cache_base_size", inc.base.size, "changed_subjects", inc.changed,
 				"related_changed_subjects", inc.related, "errored_subjects", inc.errored)
 		}
 		if inc.kept {

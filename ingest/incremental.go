@@ -53,14 +53,12 @@ type incremental struct {
 	// reason says why nothing is reused (empty when the base is used).
 	reason string
 
-	base     *cacheReader // replayed from; nil: a full evaluation
-	baseSize uint64
-	dirty    []string // sorted: the subjects evaluated again, with base
-	changed  int      // subjects with entries since baseSize
-	related  int      // subjects evaluated again for a related chain
-	errored  int      // subjects evaluated again for a rule error
-	next     *cacheRecord
-	baseDone bool
+	base    *cacheReader // replayed from; nil: a full evaluation
+	dirty   []string     // sorted: the subjects evaluated again, with base
+	changed int          // subjects with entries since base.size
+	related int          // subjects evaluated again for a related chain
+	errored int          // subjects evaluated again for a rule error
+	next    *cacheRecord // read from base, not yet handed on
 
 	w       *cacheWriter // the cache of this evaluation; nil: none written
 	written int64
@@ -69,7 +67,7 @@ type incremental struct {
 	mu      sync.Mutex
 	pending map[string]*relatedOfSubject // yielded, not yet emitted
 
-	reused, evaluated int
+	reused int // subjects replayed from base
 }
 
 // relatedOfSubject is a subject's related chains, once its chain was read.
@@ -114,7 +112,7 @@ func (s *Server) planIncremental(ctx context.Context, fixed bool, cp ledger.Chec
 			return nil, err
 		}
 	}
-	if inc.base != nil && inc.baseSize == cp.Size {
+	if inc.base != nil && inc.base.size == cp.Size {
 		now := time.Now()
 		os.Chtimes(inc.base.path, now, now) // recently used
 		if len(inc.dirty) == 0 {
@@ -207,7 +205,7 @@ func (inc *incremental) open(ctx context.Context, s *Server, path string, cp led
 	if err := cr.rewind(); err != nil {
 		return err
 	}
-	inc.base, inc.baseSize, inc.reason = cr, cr.size, ""
+	inc.base, inc.reason = cr, ""
 	inc.dirty = make([]string, 0, len(dirty))
 	for sub := range dirty {
 		inc.dirty = append(inc.dirty, sub)
@@ -338,7 +336,6 @@ func (inc *incremental) emit(r *rules.SubjectResult, out func(*rules.SubjectResu
 	if err := inc.replay(r.Subject, false, out); err != nil {
 		return err
 	}
-	inc.evaluated++
 	if inc.w != nil {
 		inc.mu.Lock()
 		p := inc.pending[r.Subject]
@@ -362,12 +359,11 @@ func (inc *incremental) replay(limit string, all bool, out func(*rules.SubjectRe
 	if inc.base == nil {
 		return nil
 	}
-	for !inc.baseDone {
+	for !inc.base.ended {
 		if inc.next == nil {
 			rec := &cacheRecord{}
 			err := inc.base.next(rec)
 			if err == io.EOF {
-				inc.baseDone = true
 				return nil
 			}
 			if err != nil {
