@@ -176,9 +176,12 @@ type AppendResult struct {
 	Conflict bool
 }
 
-// inflightEntry is a new event of a built batch not yet committed: its
-// result and its event bytes (the leaf's first field with its tag and
-// length), against which a later event with its dedupe key is compared.
+// inflightEntry is a new event of a built batch, kept until the store the
+// dedupe stage reads holds its dedupe record (after the batch's durable
+// commit; with a separate index store, after its index commit, which
+// follows the answer) or the batch failed (settle): its result and its
+// event bytes (the leaf's first field with its tag and length), against
+// which a later event with its dedupe key is compared.
 type inflightEntry struct {
 	res   AppendResult
 	event []byte
@@ -227,7 +230,7 @@ type Log struct {
 	ixw indexWatch
 
 	inflightMu sync.Mutex
-	inflight   map[[32]byte]inflightEntry // dedupe keys of built, uncommitted batches
+	inflight   map[[32]byte]inflightEntry // dedupe keys of built batches not yet settled (settle)
 
 	filter     *dedupeFilter // nil: none (Options.DedupeFilterBytes < 0)
 	filterDone chan struct{} // closed when a background fill ends; nil without one
