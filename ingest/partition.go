@@ -244,9 +244,10 @@ type leafRef struct {
 }
 
 // newPartSource plans a partitioned evaluation of cs's tree: it samples
-// leaves for their size, cuts the subjects into ranges, checks the disk
-// has room for the spill files and makes the spill directory. The caller
-// must Close it.
+// leaves for their size, cuts the subjects into ranges, reserves the disk
+// for the spill files in spillSpace (refused with ErrSpillSpace when it
+// does not fit) and makes the spill directory. The caller must Close it,
+// which releases the reservation.
 func (s *Server) newPartSource(ctx context.Context, cs *chainSource) (*partSource, error) {
 	c := s.cfg.EvaluateScan
 	limit := c.PartitionBytes
@@ -408,7 +409,7 @@ func (p *partSource) flush(r *partRange, closeAfter bool) error {
 			r.f = f
 		}
 		if _, err := r.f.Write(r.buf); err != nil {
-			return fmt.Errorf("writing a spill file of the partitioned evaluation (%s): %w; it needs about the size of the leaves free on disk (docs/operations.md \"Memory\")", r.path, err)
+			return fmt.Errorf("writing a spill file of the partitioned evaluation (%s): %w; it needs about the size of the leaves free on disk (docs/operations.md \"Disk for evaluation\")", r.path, err)
 		}
 		p.stats.spilledBytes += int64(len(r.buf))
 		p.res.Wrote(p.stats.spilledBytes)

@@ -114,7 +114,8 @@ func appendBench(b *testing.B, callers, chunk, subjects, burst int, memory, spli
 // the next chunk of indexes: event i is benchEvent(tmpl, prefix+i) on
 // subject(i). After each successful append, appended (if not nil) gets its
 // events. The append benchmarks share it so that they measure the same
-// load.
+// load. It returns once the indexes cover every event (WaitIndexed): the
+// index commits that follow the last answers are part of the work timed.
 func appendFromCallers(b *testing.B, l *Log, callers, chunk int, tmpl *pb.Event, prefix string,
 	subject func(i int64) *pb.Identity, appended func(evs []*pb.Event)) {
 	var next atomic.Int64
@@ -144,6 +145,9 @@ func appendFromCallers(b *testing.B, l *Log, callers, chunk int, tmpl *pb.Event,
 		})
 	}
 	wg.Wait()
+	if err := l.WaitIndexed(context.Background()); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // reportAppend checks that the log holds b.N events (and a map leaf per

@@ -98,7 +98,8 @@ func TestReadAfterAckWaitsForIndex(t *testing.T) {
 					}
 					return err
 				},
-				"Fsck": func(ctx context.Context) error { return l.Fsck(ctx, nil) },
+				"Fsck":        func(ctx context.Context) error { return l.Fsck(ctx, nil) },
+				"WaitIndexed": func(ctx context.Context) error { return l.WaitIndexed(ctx) },
 			}
 			if smap {
 				reads["SubjectProof"] = func(ctx context.Context) error {

@@ -228,6 +228,9 @@ type Log struct {
 	// that consult it wait for the size they read (waitIndexed). Unused
 	// without a separate index store.
 	ixw indexWatch
+	// answeredTo is the tree size up to which events were answered
+	// (durable and integrated; advanced in order by the committer).
+	answeredTo atomic.Uint64
 
 	inflightMu sync.Mutex
 	inflight   map[[32]byte]inflightEntry // dedupe keys of built batches not yet settled (settle)
@@ -456,6 +459,17 @@ func (w *indexWatch) wait(ctx context.Context, size uint64) error {
 			return fmt.Errorf("waiting for the index to cover tree size %d: %w", size, ctx.Err())
 		}
 	}
+}
+
+// WaitIndexed returns once the indexes cover every event answered before
+// the call: reads by subject, leaf hash or dedupe key then need not wait for
+// them. Reads wait by themselves, so callers need it only to measure: the
+// benchmarks (go test -bench ./ledger/, bench/compare) stop their clock
+// after it, so that the index commits that follow the last answers count.
+// It returns at once without a separate index store, and fails like the
+// reads do: ErrStorage when the index store failed, or ctx's error.
+func (l *Log) WaitIndexed(ctx context.Context) error {
+	return l.waitIndexed(ctx, l.answeredTo.Load())
 }
 
 // waitIndexed returns once the index covers the first size leaves (at

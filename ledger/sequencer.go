@@ -820,6 +820,7 @@ func (l *Log) answer(b *built) {
 	if err != nil {
 		l.logger.Error("ledger append failed", "events", len(b.items), "err", err)
 	} else {
+		l.answeredTo.Store(b.size)
 		conflicts := uint64(0)
 		for _, r := range b.res {
 			if r.Conflict {
