@@ -176,9 +176,12 @@ type AppendResult struct {
 	Conflict bool
 }
 
-// inflightEntry is a new event of a built batch not yet committed: its
-// result and its event bytes (the leaf's first field with its tag and
-// length), against which a later event with its dedupe key is compared.
+// inflightEntry is a new event of a built batch, kept until the store the
+// dedupe stage reads holds its dedupe record (after the batch's durable
+// commit; with a separate index store, after its index commit, which
+// follows the answer) or the batch failed (settle): its result and its
+// event bytes (the leaf's first field with its tag and length), against
+// which a later event with its dedupe key is compared.
 type inflightEntry struct {
 	res   AppendResult
 	event []byte
@@ -230,7 +233,7 @@ type Log struct {
 	answeredTo atomic.Uint64
 
 	inflightMu sync.Mutex
-	inflight   map[[32]byte]inflightEntry // dedupe keys of built, uncommitted batches
+	inflight   map[[32]byte]inflightEntry // dedupe keys of built batches not yet settled (settle)
 
 	filter     *dedupeFilter // nil: none (Options.DedupeFilterBytes < 0)
 	filterDone chan struct{} // closed when a background fill ends; nil without one
@@ -353,7 +356,8 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 func (l *Log) Latest() Checkpoint { return l.cur.Load().cp }
 
 // Close stops accepting appends, integrates everything already queued,
-// stops the sequencer and closes the store. Later calls return ErrClosed.
+// waits for the index commits of the answered batches, stops the
+// sequencer and closes the stores. Later calls return ErrClosed.
 func (l *Log) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -363,10 +367,11 @@ func (l *Log) Close() error {
 	l.closed = true
 	close(l.queue)
 	l.mu.Unlock()
-	<-l.done // the indexer has committed every answered batch's index entries
-	// Nothing advances the index any more: a read still waiting (only
-	// after an index failure, which already answered it) or arriving
-	// later for a size the index lacks is answered, not left waiting.
+	<-l.done // the indexer has committed every answered batch's index entries (unless the index store failed)
+	// Nothing advances the index any more, so a read waiting, now or
+	// later, for a size the index lacks (one beyond the tree; after an
+	// index failure the watch already holds that error) is answered with
+	// ErrClosed, not left waiting.
 	l.ixw.fail(fmt.Errorf("reading the index: %w", ErrClosed))
 	l.stopDedupeFilter()
 	err := l.st.Close()

@@ -330,7 +330,7 @@ type built struct {
 	// records (appendMapLeaf), which with everything after them (the map
 	// leaf's hash entry, the watermarks) commit in one CommitAtomic.
 	ixMap   int
-	dedupes [][32]byte // new events' dedupe keys, in flight until their index commit is applied
+	dedupes [][32]byte // new events' dedupe keys, in flight until the dedupe stage's store holds them (settle)
 	first   uint64     // tree size before
 	size    uint64     // tree size after
 	state   *state     // to publish once durable; nil when the batch signed no checkpoint
