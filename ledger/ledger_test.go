@@ -393,6 +393,12 @@ func TestSubjects(t *testing.T) {
 	if len(got) != 5+2500 || !slices.IsSorted(got) || got[4] != "s00000" || got[len(got)-1] != "zed" {
 		t.Fatalf("ForEachSubject over 2505 subjects = %d subjects (sorted %v), want 2505 sorted", len(got), slices.IsSorted(got))
 	}
+	// A size beyond the tree is the caller's mistake, answered at once.
+	beyond, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := l.ForEachSubject(beyond, l.Latest().Size+1, func(string) error { return nil }); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("ForEachSubject beyond the tree = %v, want ErrOutOfRange", err)
+	}
 	stop := errors.New("stop")
 	if err := l.ForEachSubject(ctx, 8, func(string) error { return stop }); err != stop {
 		t.Fatalf("ForEachSubject error = %v, want fn's error", err)

@@ -435,12 +435,16 @@ func (l *Log) Stats() Stats {
 // which it returns. It reads every key of the subject index once, in runs
 // of subjects, and calls fn outside the store's read transactions. A
 // partitioned evaluation (ingest, docs/design.md "Streamed evaluation")
-// plans its subject ranges from these counts.
+// plans its subject ranges from these counts. A size beyond the published
+// tree is ErrOutOfRange, as for SubjectEntries.
 func (l *Log) ForEachSubjectCount(ctx context.Context, size uint64, fn func(subject string, entries uint64) error) error {
 	const run = 1024 // subjects per scan
 	type hit struct {
 		subject string
 		n       uint64
+	}
+	if latest := l.Latest().Size; size > latest {
+		return fmt.Errorf("subjects at size %d: the tree has %d entries: %w", size, latest, ErrOutOfRange)
 	}
 	if err := l.waitIndexed(ctx, size); err != nil {
 		return fmt.Errorf("subjects at size %d: %w", size, err)
