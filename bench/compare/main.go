@@ -103,7 +103,7 @@ func main() {
 	fmt.Printf("# %s; load average %s\n", time.Now().UTC().Format(time.RFC3339), loadAvg())
 	fmt.Printf("# %d events of ~%d bytes per system per round over %d subjects, %d callers x %d, batch %d, fsync on; Tessera checkpoint interval %v\n",
 		*events, size, *subjects, *callers, *chunk, *batch, *cpInterval)
-	fmt.Printf("# cpu-µs/ev: the process's CPU time per event from the first append to the last answer (Grantline) or the published checkpoint (Tessera); moved less by other load than ev/s\n")
+	fmt.Printf("# cpu-µs/ev: the process's CPU time per event from the first append until the indexes cover the last event (Grantline) or the published checkpoint (Tessera); moved less by other load than ev/s\n")
 	fmt.Printf("%-6s %14s %10s %16s %16s %10s %10s %10s\n", "round", "grantline ev/s", "cpu-µs/ev", "tessera seq ev/s", "tessera pub ev/s", "cpu-µs/ev", "ratio seq", "ratio pub")
 	var gs, gcs, ts, tps, tcs, rs, rps []float64
 	ctx := context.Background()
