@@ -251,7 +251,10 @@ func changedSubjects(ctx context.Context, cs *chainSource, start, end uint64) (c
 }
 
 // changeVisitor keeps a leaf's subject id and type (aliasing the leaf).
-type changeVisitor struct{ subject, typ []byte }
+type changeVisitor struct {
+	stringsOnly
+	subject, typ []byte
+}
 
 func (v *changeVisitor) String(f event.Field, b []byte) {
 	switch f {
@@ -261,9 +264,6 @@ func (v *changeVisitor) String(f event.Field, b []byte) {
 		v.typ = b
 	}
 }
-func (v *changeVisitor) Bool(event.Field, bool)      {}
-func (v *changeVisitor) Time(event.Field, time.Time) {}
-func (v *changeVisitor) Attribute(key, value []byte) {}
 
 // isDirty reports whether subject is evaluated again.
 func (inc *incremental) isDirty(subject string) bool {
