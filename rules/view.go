@@ -499,7 +499,7 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 	}
 	evs = asOfPrefix(evs, now)
 	v.events = evs
-	sl := v.slabs[0] // this chain's storage, for the grants, sessions and approvals
+	sl := v.slabs[0] // this chain's storage: grants, sessions, approvals, credentials, checkouts, lists and scratch maps
 
 	sc := &sl.scratch
 	v.reuseLists(&sl.lists)
