@@ -362,13 +362,18 @@ func (s *Store) checkValue(item *badger.Item, v []byte) error {
 	if want <= 0 {
 		return nil
 	}
-	cause := s.reads.take(item.Key())
-	if cause == "" {
-		cause = "unreadable value-log record"
-	}
-	err := damaged("the value of key %x (about %d bytes) cannot be read: %s", item.Key(), want, cause)
+	err := damaged("the value of key %x (about %d bytes) cannot be read: %s", item.Key(), want, s.unreadableCause(item.Key()))
 	err.(*damagedError).key = item.KeyCopy(nil)
 	return err
+}
+
+// unreadableCause is why badger could not read the value of key: the
+// cause its log line gave, else a generic one.
+func (s *Store) unreadableCause(key []byte) string {
+	if cause := s.reads.take(key); cause != "" {
+		return cause
+	}
+	return "unreadable value-log record"
 }
 
 // Scan calls fn for each key in [start, end) in ascending order (end nil means

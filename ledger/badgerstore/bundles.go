@@ -390,9 +390,7 @@ func (s *Store) checkBundle(item *badger.Item, v []byte, n uint64, asked []byte)
 	}
 	var cause string
 	if item.ValueSize() > 0 {
-		if cause = s.reads.take(item.Key()); cause == "" {
-			cause = "unreadable value-log record"
-		}
+		cause = s.unreadableCause(item.Key())
 	} else {
 		cause = fmt.Sprintf("its value is empty, and every bundle written holds at least its %d-byte header", bundleHeader)
 	}
