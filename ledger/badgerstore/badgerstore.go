@@ -381,20 +381,13 @@ func (s *Store) unreadableCause(key []byte) string {
 // during the call. An error from fn stops the scan and is returned as is. Keys
 // in the store's reserved range (see ErrReservedKey) are skipped.
 func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error {
-	if s.bundles {
-		var fnErr error
-		each := func(k, v []byte) error { fnErr = fn(k, v); return fnErr }
-		err := s.db.View(func(txn *badger.Txn) error { return s.scanBundled(txn, start, end, each) })
-		if fnErr != nil {
-			return fnErr
-		}
-		if err != nil {
-			return fmt.Errorf("badger scan: %w", err)
-		}
-		return nil
-	}
+	// fnErr tells fn's errors (returned as they are) from badger's (wrapped).
 	var fnErr error
+	each := func(k, v []byte) error { fnErr = fn(k, v); return fnErr }
 	err := s.db.View(func(txn *badger.Txn) error {
+		if s.bundles {
+			return s.scanBundled(txn, start, end, each)
+		}
 		opt := badger.DefaultIteratorOptions
 		opt.PrefetchSize = 64
 		it := txn.NewIterator(opt)
@@ -413,8 +406,7 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 				if err := s.checkValue(item, v); err != nil {
 					return err
 				}
-				fnErr = fn(k, v)
-				return fnErr
+				return each(k, v)
 			})
 			if err != nil {
 				return err
