@@ -2,6 +2,7 @@ package badgerstore
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -292,15 +293,7 @@ func (s *Store) bundleBatch(keys, values [][]byte) (k2, v2 [][]byte, last tailBu
 	}
 	if !sorted {
 		// A stable sort keeps repeats in batch order; the last one wins.
-		slices.SortStableFunc(ls, func(a, b leaf) int {
-			switch {
-			case a.i < b.i:
-				return -1
-			case a.i > b.i:
-				return 1
-			}
-			return 0
-		})
+		slices.SortStableFunc(ls, func(a, b leaf) int { return cmp.Compare(a.i, b.i) })
 	}
 	var b bundle
 	for from := 0; from < len(ls); {
