@@ -132,7 +132,7 @@ type Store struct {
 	ordered bool         // Commit in sorted chunks (Options.NoSync)
 
 	// bundles: the store keeps the ledger's leaves in bundles (bundles.go),
-	// decided at Open. commitMu serialises the commits that rewrite
+	// decided at Open and again by Restore and DropAll. commitMu serialises the commits that rewrite
 	// bundles, and guards tail, the last bundle committed.
 	bundles  bool
 	commitMu sync.Mutex
@@ -653,14 +653,8 @@ func (s *Store) Restore(r io.Reader) error {
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("badger sync after restore: %w", err)
 	}
-	if !s.ordered {
-		// The backup's layout wins over the one Open chose for the empty
-		// store.
-		s.commitMu.Lock()
-		defer s.commitMu.Unlock()
-		return s.detectLayout()
-	}
-	return nil
+	// The backup's layout wins over the one Open chose for the empty store.
+	return s.redetectLayout()
 }
 
 // DropAll deletes every key of the database (badger's DropAll). The
@@ -669,12 +663,18 @@ func (s *Store) DropAll() error {
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("badger drop all: %w", err)
 	}
-	if !s.ordered {
-		s.commitMu.Lock()
-		defer s.commitMu.Unlock()
-		return s.detectLayout()
+	return s.redetectLayout()
+}
+
+// redetectLayout decides the layout again (detectLayout) after Restore or
+// DropAll replaced the store's contents; a NoSync store never bundles.
+func (s *Store) redetectLayout() error {
+	if s.ordered {
+		return nil
 	}
-	return nil
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	return s.detectLayout()
 }
 
 // Close flushes and closes the database. The store is unusable afterwards.
