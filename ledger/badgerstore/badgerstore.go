@@ -439,10 +439,7 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 // ledger puts its index watermark last). After an error, any part of the
 // batch may be present.
 func (s *Store) Commit(keys, values [][]byte) error {
-	if len(keys) != len(values) {
-		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
-	}
-	if err := s.checkCommit(keys); err != nil {
+	if err := s.checkCommit(keys, values); err != nil {
 		return err
 	}
 	if s.ordered && len(keys) > 1 {
@@ -465,9 +462,12 @@ func (s *Store) Commit(keys, values [][]byte) error {
 	return s.commitTxn(keys, values)
 }
 
-// checkCommit refuses a commit when the disk is nearly full or a key is
-// reserved.
-func (s *Store) checkCommit(keys [][]byte) error {
+// checkCommit refuses a commit whose keys and values do not pair up, when
+// the disk is nearly full, or with a reserved key.
+func (s *Store) checkCommit(keys, values [][]byte) error {
+	if len(keys) != len(values) {
+		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
+	}
 	if s.minFree > 0 {
 		if free := diskfree.Bytes(s.dir); free >= 0 && free < s.minFree {
 			return fmt.Errorf("%w: %d bytes free in %s, below the %d-byte reserve; free disk space, then restart", ErrDiskFull, free, s.dir, s.minFree)
@@ -497,10 +497,7 @@ func (s *Store) CommitAtomic(keys, values [][]byte) error {
 	if !s.ordered {
 		return s.Commit(keys, values)
 	}
-	if len(keys) != len(values) {
-		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
-	}
-	if err := s.checkCommit(keys); err != nil {
+	if err := s.checkCommit(keys, values); err != nil {
 		return err
 	}
 	return s.commitTxn(keys, values)
