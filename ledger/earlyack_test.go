@@ -31,6 +31,21 @@ func holdIndex(t *testing.T, l *Log, ix *fakeStore) (release func()) {
 	return sync.OnceFunc(func() { close(ix.gate) })
 }
 
+// openSplitFake opens a log in a new fake store with its indexes in
+// another, with a subject map or without; o is the options it was opened
+// with, for a restart.
+func openSplitFake(t *testing.T, smap bool) (l *Log, st, ix *fakeStore, o Options) {
+	t.Helper()
+	st, ix = newFakeStore(), newFakeStore()
+	o = testOptions()
+	o.Index, o.SubjectMap = ix, smap
+	l, err := Open(t.Context(), st, o)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return l, st, ix, o
+}
+
 // appendHeld appends evs and fails the test if Append does not return
 // while the index store's commits are held.
 func appendHeld(t *testing.T, l *Log, evs []*pb.Event) ([]AppendResult, uint64) {
@@ -52,13 +67,7 @@ func appendHeld(t *testing.T, l *Log, evs []*pb.Event) ([]AppendResult, uint64) 
 func TestReadAfterAckWaitsForIndex(t *testing.T) {
 	for _, smap := range []bool{false, true} {
 		t.Run(fmt.Sprintf("subject-map=%v", smap), func(t *testing.T) {
-			st, ix := newFakeStore(), newFakeStore()
-			o := testOptions()
-			o.Index, o.SubjectMap = ix, smap
-			l, err := Open(t.Context(), st, o)
-			if err != nil {
-				t.Fatalf("Open: %v", err)
-			}
+			l, _, ix, _ := openSplitFake(t, smap)
 			defer l.Close()
 			mustAppend(t, l, testEvents(0, 50))
 			release := holdIndex(t, l, ix)
@@ -193,13 +202,7 @@ func TestIndexFailureFailsWaitingReads(t *testing.T) {
 func TestCrashBeforeIndexCommit(t *testing.T) {
 	for _, smap := range []bool{false, true} {
 		t.Run(fmt.Sprintf("subject-map=%v", smap), func(t *testing.T) {
-			st, ix := newFakeStore(), newFakeStore()
-			o := testOptions()
-			o.Index, o.SubjectMap = ix, smap
-			l, err := Open(t.Context(), st, o)
-			if err != nil {
-				t.Fatalf("Open: %v", err)
-			}
+			l, st, ix, o := openSplitFake(t, smap)
 			a := acked{}
 			work := [][]*pb.Event{testEvents(0, 40), testEvents(30, 40), testEvents(100, 3)}
 			defer l.Close() // a second Close (after the one below) returns ErrClosed

@@ -369,8 +369,10 @@ func (l *Log) SubjectEntries(ctx context.Context, subject string, size, start ui
 
 // ForEachSubject calls fn once for each distinct subject id with an entry
 // below size, in ascending byte order, stopping at fn's first error, which
-// it returns. It reads the subject index in runs of subjects and calls fn
-// outside the store's read transactions.
+// it returns. It is ForEachSubjectCount without the counts: it reads the
+// subject index in runs of subjects, calls fn outside the store's read
+// transactions, first waits until the indexes cover size, and answers a
+// size beyond the published tree with ErrOutOfRange.
 func (l *Log) ForEachSubject(ctx context.Context, size uint64, fn func(subject string) error) error {
 	return l.ForEachSubjectCount(ctx, size, func(subject string, _ uint64) error { return fn(subject) })
 }

@@ -22,6 +22,24 @@ func threadCPU(tb testing.TB) time.Duration {
 	return time.Duration(ts.Nano())
 }
 
+// threadBench prepares a benchmark of evaluation's work on one locked
+// thread: Catalog1M's organisation, a tenth of it (1,000 identities of 100
+// events), as leaves, the catalog on one worker, and its source index. The
+// calling goroutine is locked to its thread; the caller unlocks it.
+func threadBench(b *testing.B) (s *Set, src *leafSource, subjects []string, now time.Time, idx *sourceIndex) {
+	b.Helper()
+	mem, subjects := genOrg(1_000, 100)
+	src = newLeafSource(b, mem)
+	s = benchSetOptions(b, Options{Workers: 1})
+	now = benchStart.Add(200 * 24 * time.Hour)
+	idx, err := buildSourceIndex(b.Context(), nil, src, now, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	runtime.LockOSThread()
+	return s, src, subjects, now, idx
+}
+
 // BenchmarkRuleCPU evaluates the catalog over 1,000 identities of 100
 // events (Catalog1M's organisation, a tenth of it) on one locked thread and
 // reports, per rule, the thread CPU time it took per event, the least of
@@ -29,15 +47,7 @@ func threadCPU(tb testing.TB) time.Duration {
 // views ("views"). It shows where evaluation time goes on a loaded machine.
 // Run: go test -run '^$' -bench 'RuleCPU' -benchtime 5x ./rules/
 func BenchmarkRuleCPU(b *testing.B) {
-	mem, subjects := genOrg(1_000, 100)
-	src := newLeafSource(b, mem)
-	s := benchSetOptions(b, Options{Workers: 1})
-	now := benchStart.Add(200 * 24 * time.Hour)
-	idx, err := buildSourceIndex(b.Context(), nil, src, now, 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	runtime.LockOSThread()
+	s, src, subjects, now, idx := threadBench(b)
 	defer runtime.UnlockOSThread()
 	best := make([]time.Duration, len(s.rules)+1)
 	for i := range best {

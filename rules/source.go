@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -142,11 +141,6 @@ func (s *stairs) offer(r stairRec) bool {
 		return true
 	}
 	return false
-}
-
-// firstAfter returns the first record with time after (sec, nsec).
-func (s *stairs) firstAfter(sec int64, nsec int32) (stairRec, bool) {
-	return s.firstAfterBelow(sec, nsec, math.MaxUint64)
 }
 
 // firstAfterBelow returns the first record with time after (sec, nsec) if

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -277,6 +278,12 @@ func TestRelatedCache(t *testing.T) {
 func decodeForTest(en Entry) (*Event, error) {
 	var e Event
 	return &e, decodeLeaf(&e, en.Index, en.Leaf)
+}
+
+// firstAfter returns the first record with time after (sec, nsec): the
+// lookup without an index bound, whose early exits never fire.
+func (s *stairs) firstAfter(sec int64, nsec int32) (stairRec, bool) {
+	return s.firstAfterBelow(sec, nsec, math.MaxUint64)
 }
 
 // TestFirstAfterBelow: the early exits of firstAfterBelow (a block head

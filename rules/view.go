@@ -499,7 +499,7 @@ func buildViews(subject string, chain []Entry, now time.Time, src *sourceIndex) 
 	}
 	evs = asOfPrefix(evs, now)
 	v.events = evs
-	sl := v.slabs[0] // this chain's storage, for the grants, sessions and approvals
+	sl := v.slabs[0] // this chain's storage: grants, sessions, approvals, credentials, checkouts, lists and scratch maps
 
 	sc := &sl.scratch
 	v.reuseLists(&sl.lists)
@@ -1051,13 +1051,10 @@ func (v *views) setOwner(chain []Entry, now time.Time) error {
 	evs = asOfPrefix(evs, now)
 	v.ownerBound = chainSizeBound("", evs)
 	for _, e := range evs {
-		if !RelatedChainEvent(e.Type) {
-			continue // seen by no rule (RelatedChainEvent)
-		}
-		if e.Type == "identity.terminated" {
+		switch e.Type { // the types RelatedChainEvent names; the rest no rule sees
+		case "identity.terminated":
 			v.owner.Terminations = append(v.owner.Terminations, e)
-		}
-		if e.Type == "identity.moved" {
+		case "identity.moved":
 			v.owner.Moves = append(v.owner.Moves, e)
 		}
 	}

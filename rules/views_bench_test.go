@@ -15,15 +15,7 @@ import (
 // related chains as an evaluation reads them: the work around the rules.
 // Run: go test -run '^$' -bench 'Views$' -benchmem ./rules/
 func BenchmarkViews(b *testing.B) {
-	mem, subjects := genOrg(1_000, 100)
-	src := newLeafSource(b, mem)
-	s := benchSetOptions(b, Options{Workers: 1})
-	now := benchStart.Add(200 * 24 * time.Hour)
-	idx, err := buildSourceIndex(b.Context(), nil, src, now, 1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	runtime.LockOSThread()
+	s, src, subjects, now, idx := threadBench(b)
 	defer runtime.UnlockOSThread()
 	best := time.Duration(1 << 62)
 	events := 0

@@ -132,7 +132,7 @@ type Store struct {
 	ordered bool         // Commit in sorted chunks (Options.NoSync)
 
 	// bundles: the store keeps the ledger's leaves in bundles (bundles.go),
-	// decided at Open. commitMu serialises the commits that rewrite
+	// decided at Open and again by Restore and DropAll. commitMu serialises the commits that rewrite
 	// bundles, and guards tail, the last bundle committed.
 	bundles  bool
 	commitMu sync.Mutex
@@ -362,13 +362,18 @@ func (s *Store) checkValue(item *badger.Item, v []byte) error {
 	if want <= 0 {
 		return nil
 	}
-	cause := s.reads.take(item.Key())
-	if cause == "" {
-		cause = "unreadable value-log record"
-	}
-	err := damaged("the value of key %x (about %d bytes) cannot be read: %s", item.Key(), want, cause)
+	err := damaged("the value of key %x (about %d bytes) cannot be read: %s", item.Key(), want, s.unreadableCause(item.Key()))
 	err.(*damagedError).key = item.KeyCopy(nil)
 	return err
+}
+
+// unreadableCause is why badger could not read the value of key: the
+// cause its log line gave, else a generic one.
+func (s *Store) unreadableCause(key []byte) string {
+	if cause := s.reads.take(key); cause != "" {
+		return cause
+	}
+	return "unreadable value-log record"
 }
 
 // Scan calls fn for each key in [start, end) in ascending order (end nil means
@@ -376,20 +381,13 @@ func (s *Store) checkValue(item *badger.Item, v []byte) error {
 // during the call. An error from fn stops the scan and is returned as is. Keys
 // in the store's reserved range (see ErrReservedKey) are skipped.
 func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error {
-	if s.bundles {
-		var fnErr error
-		each := func(k, v []byte) error { fnErr = fn(k, v); return fnErr }
-		err := s.db.View(func(txn *badger.Txn) error { return s.scanBundled(txn, start, end, each) })
-		if fnErr != nil {
-			return fnErr
-		}
-		if err != nil {
-			return fmt.Errorf("badger scan: %w", err)
-		}
-		return nil
-	}
+	// fnErr tells fn's errors (returned as they are) from badger's (wrapped).
 	var fnErr error
+	each := func(k, v []byte) error { fnErr = fn(k, v); return fnErr }
 	err := s.db.View(func(txn *badger.Txn) error {
+		if s.bundles {
+			return s.scanBundled(txn, start, end, each)
+		}
 		opt := badger.DefaultIteratorOptions
 		opt.PrefetchSize = 64
 		it := txn.NewIterator(opt)
@@ -408,8 +406,7 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 				if err := s.checkValue(item, v); err != nil {
 					return err
 				}
-				fnErr = fn(k, v)
-				return fnErr
+				return each(k, v)
 			})
 			if err != nil {
 				return err
@@ -442,10 +439,7 @@ func (s *Store) Scan(start, end []byte, fn func(key, value []byte) error) error 
 // ledger puts its index watermark last). After an error, any part of the
 // batch may be present.
 func (s *Store) Commit(keys, values [][]byte) error {
-	if len(keys) != len(values) {
-		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
-	}
-	if err := s.checkCommit(keys); err != nil {
+	if err := s.checkCommit(keys, values); err != nil {
 		return err
 	}
 	if s.ordered && len(keys) > 1 {
@@ -468,9 +462,12 @@ func (s *Store) Commit(keys, values [][]byte) error {
 	return s.commitTxn(keys, values)
 }
 
-// checkCommit refuses a commit when the disk is nearly full or a key is
-// reserved.
-func (s *Store) checkCommit(keys [][]byte) error {
+// checkCommit refuses a commit whose keys and values do not pair up, when
+// the disk is nearly full, or with a reserved key.
+func (s *Store) checkCommit(keys, values [][]byte) error {
+	if len(keys) != len(values) {
+		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
+	}
 	if s.minFree > 0 {
 		if free := diskfree.Bytes(s.dir); free >= 0 && free < s.minFree {
 			return fmt.Errorf("%w: %d bytes free in %s, below the %d-byte reserve; free disk space, then restart", ErrDiskFull, free, s.dir, s.minFree)
@@ -500,10 +497,7 @@ func (s *Store) CommitAtomic(keys, values [][]byte) error {
 	if !s.ordered {
 		return s.Commit(keys, values)
 	}
-	if len(keys) != len(values) {
-		return fmt.Errorf("commit: %d keys but %d values", len(keys), len(values))
-	}
-	if err := s.checkCommit(keys); err != nil {
+	if err := s.checkCommit(keys, values); err != nil {
 		return err
 	}
 	return s.commitTxn(keys, values)
@@ -656,14 +650,8 @@ func (s *Store) Restore(r io.Reader) error {
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("badger sync after restore: %w", err)
 	}
-	if !s.ordered {
-		// The backup's layout wins over the one Open chose for the empty
-		// store.
-		s.commitMu.Lock()
-		defer s.commitMu.Unlock()
-		return s.detectLayout()
-	}
-	return nil
+	// The backup's layout wins over the one Open chose for the empty store.
+	return s.redetectLayout()
 }
 
 // DropAll deletes every key of the database (badger's DropAll). The
@@ -672,12 +660,18 @@ func (s *Store) DropAll() error {
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("badger drop all: %w", err)
 	}
-	if !s.ordered {
-		s.commitMu.Lock()
-		defer s.commitMu.Unlock()
-		return s.detectLayout()
+	return s.redetectLayout()
+}
+
+// redetectLayout decides the layout again (detectLayout) after Restore or
+// DropAll replaced the store's contents; a NoSync store never bundles.
+func (s *Store) redetectLayout() error {
+	if s.ordered {
+		return nil
 	}
-	return nil
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	return s.detectLayout()
 }
 
 // Close flushes and closes the database. The store is unusable afterwards.

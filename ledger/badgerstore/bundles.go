@@ -2,6 +2,7 @@ package badgerstore
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -292,15 +293,7 @@ func (s *Store) bundleBatch(keys, values [][]byte) (k2, v2 [][]byte, last tailBu
 	}
 	if !sorted {
 		// A stable sort keeps repeats in batch order; the last one wins.
-		slices.SortStableFunc(ls, func(a, b leaf) int {
-			switch {
-			case a.i < b.i:
-				return -1
-			case a.i > b.i:
-				return 1
-			}
-			return 0
-		})
+		slices.SortStableFunc(ls, func(a, b leaf) int { return cmp.Compare(a.i, b.i) })
 	}
 	var b bundle
 	for from := 0; from < len(ls); {
@@ -390,9 +383,7 @@ func (s *Store) checkBundle(item *badger.Item, v []byte, n uint64, asked []byte)
 	}
 	var cause string
 	if item.ValueSize() > 0 {
-		if cause = s.reads.take(item.Key()); cause == "" {
-			cause = "unreadable value-log record"
-		}
+		cause = s.unreadableCause(item.Key())
 	} else {
 		cause = fmt.Sprintf("its value is empty, and every bundle written holds at least its %d-byte header", bundleHeader)
 	}

@@ -1,11 +1,8 @@
 package event
 
 import (
-	"fmt"
 	"time"
 	"weak"
-
-	"google.golang.org/protobuf/encoding/protowire"
 
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
@@ -87,18 +84,15 @@ func (b *Batch) StartLeaf(prefix []byte, i, size int) ([]byte, error) {
 	if w == "" && !plain {
 		return StartLeaf(prefix, b.evs[i], size)
 	}
-	out := make([]byte, 0, len(prefix)+1+protowire.SizeVarint(uint64(size))+size+ObservedRoom)
-	out = append(out, prefix...)
-	out = protowire.AppendTag(out, 1, protowire.BytesType)
-	out = protowire.AppendVarint(out, uint64(size))
+	out := leafHead(prefix, size)
 	head := len(out)
 	if w != "" {
 		out = append(out, w...)
 	} else {
 		out = appendFields(out, b.evs[i])
 	}
-	if len(out)-head != size {
-		return nil, fmt.Errorf("event changed while being encoded (%d bytes, then %d); do not modify events during Append", size, len(out)-head)
+	if err := checkLeafSize(out, head, size); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

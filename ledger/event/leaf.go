@@ -129,10 +129,7 @@ func leafOptions(ev *pb.Event) proto.MarshalOptions {
 // behind its tag and length — with spare capacity for FinishLeaf. size is
 // EventSize(ev), called just before with no change to ev in between.
 func StartLeaf(prefix []byte, ev *pb.Event, size int) ([]byte, error) {
-	b := make([]byte, 0, len(prefix)+1+protowire.SizeVarint(uint64(size))+size+ObservedRoom)
-	b = append(b, prefix...)
-	b = protowire.AppendTag(b, 1, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(size))
+	b := leafHead(prefix, size)
 	head := len(b)
 	ok := false
 	if wireable(ev) {
@@ -144,10 +141,29 @@ func StartLeaf(prefix []byte, ev *pb.Event, size int) ([]byte, error) {
 			return nil, fmt.Errorf("encoding event: %w", err)
 		}
 	}
-	if len(b)-head != size {
-		return nil, fmt.Errorf("event changed while being encoded (%d bytes, then %d); do not modify events during Append", size, len(b)-head)
+	if err := checkLeafSize(b, head, size); err != nil {
+		return nil, err
 	}
 	return b, nil
+}
+
+// leafHead is the start of StartLeaf's result: prefix, then the tag and
+// length of the leaf's first field, an encoded event of size bytes, with
+// room for that event and FinishLeaf.
+func leafHead(prefix []byte, size int) []byte {
+	b := make([]byte, 0, len(prefix)+1+protowire.SizeVarint(uint64(size))+size+ObservedRoom)
+	b = append(b, prefix...)
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(size))
+}
+
+// checkLeafSize reports an event whose encoding, appended to the first head
+// bytes of b, is not the size it was measured at before.
+func checkLeafSize(b []byte, head, size int) error {
+	if len(b)-head != size {
+		return fmt.Errorf("event changed while being encoded (%d bytes, then %d); do not modify events during Append", size, len(b)-head)
+	}
+	return nil
 }
 
 // EncodeTimestamp is the deterministic encoding of a Timestamp for t, the
