@@ -19,11 +19,10 @@ import (
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
-// openBadgerLedger opens a new ledger.Log on badger in a temporary
-// directory, closed when the test ends.
-func openBadgerLedger(t testing.TB) *ledger.Log {
+// testNoteKeys are a new checkpoint signer and its verifier, for name.
+func testNoteKeys(t testing.TB, name string) (note.Signer, note.Verifier) {
 	t.Helper()
-	skey, vkey, err := note.GenerateKey(rand.Reader, "grantline.test/batch")
+	skey, vkey, err := note.GenerateKey(rand.Reader, name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,6 +34,14 @@ func openBadgerLedger(t testing.TB) *ledger.Log {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return signer, verifier
+}
+
+// openBadgerLedger opens a new ledger.Log on badger in a temporary
+// directory, closed when the test ends.
+func openBadgerLedger(t testing.TB) *ledger.Log {
+	t.Helper()
+	signer, verifier := testNoteKeys(t, "grantline.test/batch")
 	bs, err := badgerstore.Open(filepath.Join(t.TempDir(), "ledger"), badgerstore.Options{})
 	if err != nil {
 		t.Fatal(err)

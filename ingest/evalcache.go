@@ -681,6 +681,7 @@ func decodeRecord(p []byte, r *cacheRecord) error {
 // evaluation"). It over-approximates what the engine reads (the owner and
 // holders as of the evaluation time): more re-evaluation, never less.
 type relatedVisitor struct {
+	stringsOnly
 	typ, actor, owner []byte
 }
 
@@ -694,9 +695,6 @@ func (v *relatedVisitor) String(f event.Field, b []byte) {
 		v.owner = b
 	}
 }
-func (v *relatedVisitor) Bool(event.Field, bool)      {}
-func (v *relatedVisitor) Time(event.Field, time.Time) {}
-func (v *relatedVisitor) Attribute(key, value []byte) {}
 
 // relatedOf returns the sorted subjects other than subject that chain's
 // rules may read.

@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -52,18 +51,7 @@ type fakeLedger struct {
 
 func newFakeLedger(t testing.TB) *fakeLedger {
 	t.Helper()
-	skey, vkey, err := note.GenerateKey(rand.Reader, "grantline.test/log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifier, err := note.NewVerifier(vkey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	signer, verifier := testNoteKeys(t, "grantline.test/log")
 	l := &fakeLedger{
 		t: t, signer: signer, verifier: verifier,
 		tree: testonly.New(rfc6962.DefaultHasher), keys: map[string]uint64{},

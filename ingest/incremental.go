@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -167,10 +168,7 @@ func (inc *incremental) open(ctx context.Context, s *Server, path string, cp led
 	if err != nil {
 		return err
 	}
-	dirty := make(map[string]struct{}, len(changed))
-	for sub := range changed {
-		dirty[sub] = struct{}{}
-	}
+	dirty := maps.Clone(changed)
 	var rec cacheRecord
 	total, old := 0, 0
 	for {
@@ -206,11 +204,7 @@ func (inc *incremental) open(ctx context.Context, s *Server, path string, cp led
 		return err
 	}
 	inc.base, inc.reason = cr, ""
-	inc.dirty = make([]string, 0, len(dirty))
-	for sub := range dirty {
-		inc.dirty = append(inc.dirty, sub)
-	}
-	slices.Sort(inc.dirty)
+	inc.dirty = slices.Sorted(maps.Keys(dirty))
 	return nil
 }
 
@@ -251,7 +245,10 @@ func changedSubjects(ctx context.Context, cs *chainSource, start, end uint64) (c
 }
 
 // changeVisitor keeps a leaf's subject id and type (aliasing the leaf).
-type changeVisitor struct{ subject, typ []byte }
+type changeVisitor struct {
+	stringsOnly
+	subject, typ []byte
+}
 
 func (v *changeVisitor) String(f event.Field, b []byte) {
 	switch f {
@@ -261,9 +258,6 @@ func (v *changeVisitor) String(f event.Field, b []byte) {
 		v.typ = b
 	}
 }
-func (v *changeVisitor) Bool(event.Field, bool)      {}
-func (v *changeVisitor) Time(event.Field, time.Time) {}
-func (v *changeVisitor) Attribute(key, value []byte) {}
 
 // isDirty reports whether subject is evaluated again.
 func (inc *incremental) isDirty(subject string) bool {

@@ -1,20 +1,15 @@
 package ingest
 
 import (
-	"context"
-	"crypto/rand"
 	"fmt"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
-	"golang.org/x/mod/sumdb/note"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/grantline/grantline/internal/cputime"
 	"github.com/grantline/grantline/ledger"
-	"github.com/grantline/grantline/ledger/badgerstore"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 	"github.com/grantline/grantline/rules"
 )
@@ -61,28 +56,7 @@ func BenchmarkLongChains(b *testing.B) {
 // of the bench feed (feedEvent).
 func feedLedger(b *testing.B, subjects, perSubject int) *ledger.Log {
 	b.Helper()
-	skey, vkey, err := note.GenerateKey(rand.Reader, "grantline.test/longchains")
-	if err != nil {
-		b.Fatal(err)
-	}
-	signer, err := note.NewSigner(skey)
-	if err != nil {
-		b.Fatal(err)
-	}
-	verifier, err := note.NewVerifier(vkey)
-	if err != nil {
-		b.Fatal(err)
-	}
-	bs, err := badgerstore.Open(filepath.Join(b.TempDir(), "ledger"), badgerstore.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, err := ledger.Open(context.Background(), bs, ledger.Options{Signer: signer, Verifier: verifier})
-	if err != nil {
-		bs.Close()
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { l.Close() })
+	l := openBadgerLedger(b)
 	total := uint64(subjects * perSubject)
 	batch := make([]*pb.Event, 0, 1000)
 	for i := range total {

@@ -352,17 +352,25 @@ func (p *partSource) rangeOf(subject []byte) int {
 	return lo - 1
 }
 
+// stringsOnly is embedded by event.Visitors that read string fields only:
+// it ignores the other reports.
+type stringsOnly struct{}
+
+func (stringsOnly) Bool(event.Field, bool)      {}
+func (stringsOnly) Time(event.Field, time.Time) {}
+func (stringsOnly) Attribute(key, value []byte) {}
+
 // subjectVisitor keeps a leaf's subject.id (aliasing the leaf).
-type subjectVisitor struct{ subject []byte }
+type subjectVisitor struct {
+	stringsOnly
+	subject []byte
+}
 
 func (v *subjectVisitor) String(f event.Field, b []byte) {
 	if f == event.SubjectID {
 		v.subject = b
 	}
 }
-func (v *subjectVisitor) Bool(event.Field, bool)      {}
-func (v *subjectVisitor) Time(event.Field, time.Time) {}
-func (v *subjectVisitor) Attribute(key, value []byte) {}
 
 // spill appends a leaf to its range's spill file; leaves that are in no
 // chain (map leaves, events without a subject) are skipped.

@@ -251,39 +251,49 @@ func (f *failingLog) SubjectEntries(ctx context.Context, subject string, size, s
 	return nil, errors.New("injected read failure")
 }
 
+// spillEnv is a server evaluating on led with set, spilling to dir in
+// ranges of 2 KiB (owners' chains are read by point reads).
+func spillEnv(t *testing.T, led Ledger, set *rules.Set, dir string) *testEnv {
+	t.Helper()
+	return newEnv(t, func(c *Config) {
+		c.Ledger, c.Evaluator, c.EvaluateChunkBytes = led, set, 512
+		c.EvaluateScan = EvaluateScan{Mode: ScanOn, Dir: dir, PartitionBytes: 2 << 10}
+	})
+}
+
+// drainEvaluation runs req on e's server, reading the stream to its end.
+func drainEvaluation(ctx context.Context, e *testEnv, req *pb.EvaluateStreamRequest) error {
+	stream, err := e.clients(protocols[0], auditorTok).evidence.EvaluateStream(ctx, connect.NewRequest(req))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	for stream.Receive() {
+	}
+	return stream.Err()
+}
+
+// waitPartitionedEnded waits (10s at most) for e's server to log the end
+// of a partitioned evaluation.
+func waitPartitionedEnded(t *testing.T, e *testEnv) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.logs.String(), `"msg":"partitioned evaluation"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the evaluation did not end within 10s; log:\n%s", e.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestPartitionSpillRemoved: the spill files are removed when the
 // evaluation fails and when its client cancels; a disk without room fails
 // up front, saying what and how much, and leaves nothing.
 func TestPartitionSpillRemoved(t *testing.T) {
 	l, set, asOf := synthLedger(t, 40)
 	req := &pb.EvaluateStreamRequest{Request: &pb.EvaluateRequest{AsOf: timestamppb.New(asOf)}}
-	env := func(led Ledger, dir string) *testEnv {
-		return newEnv(t, func(c *Config) {
-			c.Ledger, c.Evaluator, c.EvaluateChunkBytes = led, set, 512
-			// Ranges of 2 KiB: owners' chains are read by point reads.
-			c.EvaluateScan = EvaluateScan{Mode: ScanOn, Dir: dir, PartitionBytes: 2 << 10}
-		})
-	}
-	drain := func(ctx context.Context, e *testEnv) error {
-		stream, err := e.clients(protocols[0], auditorTok).evidence.EvaluateStream(ctx, connect.NewRequest(req))
-		if err != nil {
-			return err
-		}
-		defer stream.Close()
-		for stream.Receive() {
-		}
-		return stream.Err()
-	}
-	waitEnded := func(t *testing.T, e *testEnv) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !strings.Contains(e.logs.String(), `"msg":"partitioned evaluation"`) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the evaluation did not end within 10s; log:\n%s", e.logs.String())
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	env := func(led Ledger, dir string) *testEnv { return spillEnv(t, led, set, dir) }
+	drain := func(ctx context.Context, e *testEnv) error { return drainEvaluation(ctx, e, req) }
 
 	t.Run("error", func(t *testing.T) {
 		dir := t.TempDir()
@@ -296,7 +306,7 @@ func TestPartitionSpillRemoved(t *testing.T) {
 		if f.spilled.Load() == 0 {
 			t.Fatal("the failure came before any spill file existed: the test checks nothing")
 		}
-		waitEnded(t, e)
+		waitPartitionedEnded(t, e)
 		assertNoSpill(t, dir)
 	})
 	t.Run("cancel", func(t *testing.T) {
@@ -317,7 +327,7 @@ func TestPartitionSpillRemoved(t *testing.T) {
 		if err := <-done; connect.CodeOf(err) != connect.CodeCanceled && !errors.Is(err, context.Canceled) {
 			t.Errorf("stream after cancel: %v, want canceled", err)
 		}
-		waitEnded(t, e)
+		waitPartitionedEnded(t, e)
 		assertNoSpill(t, dir)
 	})
 	t.Run("no-room", func(t *testing.T) {
@@ -375,32 +385,8 @@ func TestConcurrentEvaluationsReserveSpill(t *testing.T) {
 	defer func(s *diskfree.Space) { spillSpace = s }(spillSpace)
 	l, set, asOf := synthLedger(t, 40)
 	req := &pb.EvaluateStreamRequest{Request: &pb.EvaluateRequest{AsOf: timestamppb.New(asOf)}}
-	env := func(led Ledger, dir string) *testEnv {
-		return newEnv(t, func(c *Config) {
-			c.Ledger, c.Evaluator, c.EvaluateChunkBytes = led, set, 512
-			c.EvaluateScan = EvaluateScan{Mode: ScanOn, Dir: dir, PartitionBytes: 2 << 10}
-		})
-	}
-	drain := func(ctx context.Context, e *testEnv) error {
-		stream, err := e.clients(protocols[0], auditorTok).evidence.EvaluateStream(ctx, connect.NewRequest(req))
-		if err != nil {
-			return err
-		}
-		defer stream.Close()
-		for stream.Receive() {
-		}
-		return stream.Err()
-	}
-	waitEnded := func(t *testing.T, e *testEnv) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !strings.Contains(e.logs.String(), `"msg":"partitioned evaluation"`) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the evaluation did not end within 10s; log:\n%s", e.logs.String())
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	env := func(led Ledger, dir string) *testEnv { return spillEnv(t, led, set, dir) }
+	drain := func(ctx context.Context, e *testEnv) error { return drainEvaluation(ctx, e, req) }
 
 	// What one evaluation reserves, with the guard off.
 	spillSpace = diskfree.NewSpace(func(string) int64 { return -1 })
@@ -478,7 +464,7 @@ func TestConcurrentEvaluationsReserveSpill(t *testing.T) {
 
 			cancel()
 			<-first
-			waitEnded(t, e)
+			waitPartitionedEnded(t, e)
 			assertNoSpill(t, dir)
 			if n, held := spillSpace.Reserved(dir); n != 0 || held != 0 {
 				t.Fatalf("%d bytes still reserved by %d evaluations after the first ended", n, held)

@@ -59,12 +59,10 @@ func (s *Space) Reserve(dir string, need int64) (*Reservation, error) {
 	key := fsKey(dir)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var reserved int64
-	for r := range s.held[key] {
-		reserved += r.outstanding()
-	}
-	if free := s.free(dir); free >= 0 && free-reserved < need {
-		return nil, &ShortError{Dir: dir, Need: need, Free: free, Reserved: reserved, Others: len(s.held[key])}
+	if free := s.free(dir); free >= 0 {
+		if reserved, others := s.reserved(key); free-reserved < need {
+			return nil, &ShortError{Dir: dir, Need: need, Free: free, Reserved: reserved, Others: others}
+		}
 	}
 	r := &Reservation{s: s, key: key, need: need}
 	if s.held[key] == nil {
@@ -80,6 +78,11 @@ func (s *Space) Reserved(dir string) (bytes int64, held int) {
 	key := fsKey(dir)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.reserved(key)
+}
+
+// reserved is Reserved for the filesystem key. s.mu is held.
+func (s *Space) reserved(key string) (bytes int64, held int) {
 	for r := range s.held[key] {
 		bytes += r.outstanding()
 	}
