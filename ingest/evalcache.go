@@ -681,7 +681,7 @@ func decodeRecord(p []byte, r *cacheRecord) error {
 // evaluation"). It over-approximates what the engine reads (the owner and
 // holders as of the evaluation time): more re-evaluation, never less.
 type relatedVisitor struct {
-	stringsOnly
+	event.Ignore
 	typ, actor, owner []byte
 }
 

@@ -246,7 +246,7 @@ func changedSubjects(ctx context.Context, cs *chainSource, start, end uint64) (c
 
 // changeVisitor keeps a leaf's subject id and type (aliasing the leaf).
 type changeVisitor struct {
-	stringsOnly
+	event.Ignore
 	subject, typ []byte
 }
 

@@ -352,17 +352,9 @@ func (p *partSource) rangeOf(subject []byte) int {
 	return lo - 1
 }
 
-// stringsOnly is embedded by event.Visitors that read string fields only:
-// it ignores the other reports.
-type stringsOnly struct{}
-
-func (stringsOnly) Bool(event.Field, bool)      {}
-func (stringsOnly) Time(event.Field, time.Time) {}
-func (stringsOnly) Attribute(key, value []byte) {}
-
 // subjectVisitor keeps a leaf's subject.id (aliasing the leaf).
 type subjectVisitor struct {
-	stringsOnly
+	event.Ignore
 	subject []byte
 }
 

@@ -545,6 +545,7 @@ func (v *sourceVisitor) read(en Entry) (stairRec, []byte, []byte, error) {
 // sourceVisitor keeps the id, source.system and time of a leaf (aliasing
 // the leaf's bytes).
 type sourceVisitor struct {
+	event.Ignore
 	id, system []byte
 	time       time.Time
 }
@@ -558,12 +559,8 @@ func (v *sourceVisitor) String(f event.Field, b []byte) {
 	}
 }
 
-func (v *sourceVisitor) Bool(event.Field, bool) {}
-
 func (v *sourceVisitor) Time(f event.Field, t time.Time) {
 	if f == event.Time {
 		v.time = t
 	}
 }
-
-func (v *sourceVisitor) Attribute(key, value []byte) {}

@@ -64,6 +64,15 @@ type Visitor interface {
 	Attribute(key, value []byte)
 }
 
+// Ignore is a Visitor that ignores every report. A Visitor that wants only
+// some reports embeds it and defines just those methods.
+type Ignore struct{}
+
+func (Ignore) String(Field, []byte)        {}
+func (Ignore) Bool(Field, bool)            {}
+func (Ignore) Time(Field, time.Time)       {}
+func (Ignore) Attribute(key, value []byte) {}
+
 // Field numbers of Entry, Event and the messages inside it.
 const (
 	entryEvent, entryObservedTime, entryMapRoot = 1, 2, 3
