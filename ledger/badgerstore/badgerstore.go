@@ -132,7 +132,8 @@ type Store struct {
 	ordered bool         // Commit in sorted chunks (Options.NoSync)
 
 	// bundles: the store keeps the ledger's leaves in bundles (bundles.go),
-	// decided at Open and again by Restore and DropAll. commitMu serialises the commits that rewrite
+	// decided at Open and again by Restore and DropAll (which run alone,
+	// so reads need no lock for it). commitMu serialises the commits that rewrite
 	// bundles, and guards tail, the last bundle committed.
 	bundles  bool
 	commitMu sync.Mutex
@@ -642,7 +643,10 @@ func (s *Store) Backup(ctx context.Context, w io.Writer) error {
 }
 
 // Restore loads a backup written by Backup into the store, which should be
-// empty, and syncs it to disk.
+// empty, and syncs it to disk. Like DropAll it replaces what the store
+// holds and its layout, so it must not run alongside other calls (no
+// ledger is open on the store); every other method is safe for concurrent
+// use.
 func (s *Store) Restore(r io.Reader) error {
 	if err := s.db.Load(r, 256); err != nil {
 		return fmt.Errorf("badger restore: %w", err)
@@ -655,7 +659,9 @@ func (s *Store) Restore(r io.Reader) error {
 }
 
 // DropAll deletes every key of the database (badger's DropAll). The
-// ledger empties a separate index store with it before rebuilding it.
+// ledger empties a separate index store with it before rebuilding it, at
+// Open, before anything else reads it; like Restore it must not run
+// alongside other calls.
 func (s *Store) DropAll() error {
 	if err := s.db.DropAll(); err != nil {
 		return fmt.Errorf("badger drop all: %w", err)
