@@ -98,6 +98,10 @@ func (l *Log) leafHashLayout(from uint64, runs bool) (uint64, error) {
 	return from, nil
 }
 
+// leafHashRunEntries is the leaf-hash runs' FlushEntries (0: the
+// default); tests make it small so that runs are written and merged.
+var leafHashRunEntries int
+
 // openLeafHashes opens the leaf-hash runs in Options.LeafHashDir for a
 // tree of size leaves (runs beyond it are dropped) and appends the leaf
 // hashes of the leaves they lack, read from the level-0 tiles. Runs that
@@ -105,7 +109,7 @@ func (l *Log) leafHashLayout(from uint64, runs bool) (uint64, error) {
 // and rebuilt: they hold nothing the tiles do not.
 func (l *Log) openLeafHashes(ctx context.Context, size uint64) error {
 	dir := l.o.LeafHashDir
-	o := runindex.Options{Logger: l.logger.With("component", "leafhash")}
+	o := runindex.Options{FlushEntries: leafHashRunEntries, Logger: l.logger.With("component", "leafhash")}
 	x, err := runindex.Open(dir, size, o)
 	if errors.Is(err, runindex.ErrDamaged) {
 		aside := fmt.Sprintf("%s.damaged-%d", dir, time.Now().Unix())
