@@ -213,14 +213,14 @@ type Entry struct {
 
 // Log is an open ledger. All methods are safe for concurrent use.
 type Log struct {
-	o      Options
-	st     Store
-	ix     Store // where the indexes are: Options.Index, else st
-	split  bool  // the indexes are in a store of their own
+	o     Options
+	st    Store
+	ix    Store // where the indexes are: Options.Index, else st
+	split bool  // the indexes are in a store of their own
 	// lh, when Options.LeafHashDir is set, is the leaf-hash index: the
 	// indexer appends each batch's leaf hashes to it with its index
 	// commit, instead of leaf-hash entries in ix.
-	lh *runindex.Index
+	lh     *runindex.Index
 	logger *slog.Logger
 	rf     *compact.RangeFactory
 	cache  *tileCache

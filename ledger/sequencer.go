@@ -332,13 +332,13 @@ type built struct {
 	// leaf's hash entry, the watermarks) commit in one CommitAtomic.
 	ixMap      int
 	leafHashes []runindex.Key // with leaf-hash runs: the leaf-hash prefixes of leaves first..size
-	dedupes    [][32]byte // new events' dedupe keys, in flight until the dedupe stage's store holds them (settle)
-	first   uint64     // tree size before
-	size    uint64     // tree size after
-	state   *state     // to publish once durable; nil when the batch signed no checkpoint
-	commit  bool       // there is something to commit
-	err     error      // the batch failed before its commit
-	start   time.Time
+	dedupes    [][32]byte     // new events' dedupe keys, in flight until the dedupe stage's store holds them (settle)
+	first      uint64         // tree size before
+	size       uint64         // tree size after
+	state      *state         // to publish once durable; nil when the batch signed no checkpoint
+	commit     bool           // there is something to commit
+	err        error          // the batch failed before its commit
+	start      time.Time
 }
 
 // build sequences one batch in four stages: dedupe (which events are new),

@@ -36,7 +36,7 @@ const (
 	// sorted run files (not fsynced with the leaves either: rebuilt from
 	// the tiles; see docs/design.md, "The leaf-hash runs").
 	LeafHashDir = "leafhash"
-	KeysDir  = "keys" // LogKeyFile, LogVerifierKeyFile, EvidenceKeyFile, EvidencePubFile
+	KeysDir     = "keys" // LogKeyFile, LogVerifierKeyFile, EvidenceKeyFile, EvidencePubFile
 )
 
 // Default is the data directory of a command given no --data.
