@@ -66,11 +66,13 @@ func (x *Index) merger() {
 		for _, r := range in {
 			r.acquire()
 		}
+		x.merging = true
 		x.mu.Unlock()
 
 		out, err := x.merge(in)
 
 		x.mu.Lock()
+		x.merging = false
 		switch {
 		case errors.Is(err, errAbandoned):
 		case err != nil:

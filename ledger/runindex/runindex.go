@@ -83,6 +83,7 @@ type Index struct {
 	err      error // sticky background failure
 	stopping bool
 	closed   bool
+	merging  bool
 	merges   uint64
 	flushes  uint64
 }
