@@ -82,7 +82,7 @@ func writeRun(t testing.TB, dir string, from, to uint64) string {
 		k := keyOf(i)
 		recs = append(recs, recOf(&k, i))
 	}
-	sortRecs(recs)
+	recs = sortRecs(recs)
 	w, err := createRun(dir, from, to)
 	if err != nil {
 		t.Fatal(err)

@@ -497,7 +497,7 @@ func (x *Index) writeBuffer(b *buffer) (*run, error) {
 	for i := range b.keys {
 		recs[i] = recOf(&b.keys[i], b.base+uint64(i))
 	}
-	sortRecs(recs)
+	recs = sortRecs(recs)
 	w, err := createRun(x.dir, b.base, b.base+uint64(len(recs)))
 	if err != nil {
 		return nil, err

@@ -428,3 +428,36 @@ func TestBackgroundFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestSortRecs: the bucket sort gives exactly the order of sorting by
+// (key, index), for random keys and for keys ground to share leading bits.
+func TestSortRecs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	tests := []struct {
+		name string
+		n    int
+		key  func(i int) (hi, lo uint64)
+	}{
+		{"random", 70000, func(int) (uint64, uint64) { return rng.Uint64(), rng.Uint64() }},
+		{"small", 500, func(int) (uint64, uint64) { return rng.Uint64(), rng.Uint64() }},
+		{"one leading prefix", 5000, func(int) (uint64, uint64) { return 0xabcd<<48 | rng.Uint64N(1<<20), rng.Uint64() }},
+		{"buckets of 20", 4000, func(i int) (uint64, uint64) { return uint64(i/20) << 52, rng.Uint64() }},
+		{"buckets of 12", 4000, func(i int) (uint64, uint64) { return uint64(i/12) << 52, rng.Uint64N(4) }},
+		{"equal keys", 3000, func(i int) (uint64, uint64) { return uint64(i%7) << 60, 42 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			recs := make([]rec, tt.n)
+			for i := range recs {
+				hi, lo := tt.key(i)
+				recs[i] = rec{hi, lo, uint64(1000 + i)}
+			}
+			rng.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+			want := slices.Clone(recs)
+			slices.SortFunc(want, cmpRec)
+			if got := sortRecs(recs); !slices.Equal(got, want) {
+				t.Fatalf("sortRecs differs from sorting by (key, index)")
+			}
+		})
+	}
+}
