@@ -76,6 +76,9 @@ func TestConcurrentReads(t *testing.T) {
 		n := min(uint64(rng.IntN(300)), total-c)
 		appendT(t, x, c, keysFor(c, c+n))
 		c += n
+		if b := x.Stats().Buffered; b > 3*64 {
+			t.Fatalf("%d keys buffered, want at most three buffers of 64 (back-pressure)", b)
+		}
 	}
 	if err := x.quiesce(); err != nil {
 		t.Fatal(err)
