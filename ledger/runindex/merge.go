@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/bits"
 	"slices"
 )
 
@@ -13,7 +14,54 @@ import (
 // deleted.
 var errAbandoned = errors.New("merge abandoned")
 
-func sortRecs(recs []rec) { slices.SortFunc(recs, cmpRec) }
+// sortRecs sorts recs by (key, index), returning the sorted records (in
+// recs or in a new slice). Keys are uniformly random (prefixes of SHA-256
+// leaf hashes), so it scatters the records into about one bucket per
+// record by their leading bits, then sorts each bucket: insertion sort for
+// the expected handful, the library's pdqsort for a large bucket (keys
+// ground to share leading bits cost O(n log n), never O(n²)). Stable for
+// equal keys, and the order is the total order cmpRec, so the output is
+// the same as slices.SortFunc(recs, cmpRec)'s.
+func sortRecs(recs []rec) []rec {
+	n := len(recs)
+	if n < 1024 {
+		slices.SortFunc(recs, cmpRec)
+		return recs
+	}
+	b := bits.Len(uint(n)) // 2^(b-1) <= n < 2^b buckets: one or two records each
+	shift := 64 - b
+	start := make([]int32, 1<<b+1)
+	for _, r := range recs {
+		start[r.hi>>shift+1]++
+	}
+	for i := 1; i < len(start); i++ {
+		start[i] += start[i-1]
+	}
+	out := make([]rec, n)
+	next := start[:1<<b]
+	for _, r := range recs {
+		out[next[r.hi>>shift]] = r
+		next[r.hi>>shift]++
+	}
+	// next[i] is now the end of bucket i, the start of bucket i+1.
+	lo := 0
+	for _, hi := range next {
+		bucket := out[lo:hi]
+		lo = int(hi)
+		switch {
+		case len(bucket) < 2:
+		case len(bucket) <= 16:
+			for i := 1; i < len(bucket); i++ {
+				for j := i; j > 0 && cmpRec(bucket[j], bucket[j-1]) < 0; j-- {
+					bucket[j], bucket[j-1] = bucket[j-1], bucket[j]
+				}
+			}
+		default:
+			slices.SortFunc(bucket, cmpRec)
+		}
+	}
+	return out
+}
 
 // tier is a run's size class: 0 up to FlushEntries records, t up to
 // FlushEntries*Fanout^t.
@@ -66,11 +114,13 @@ func (x *Index) merger() {
 		for _, r := range in {
 			r.acquire()
 		}
+		x.merging = true
 		x.mu.Unlock()
 
 		out, err := x.merge(in)
 
 		x.mu.Lock()
+		x.merging = false
 		switch {
 		case errors.Is(err, errAbandoned):
 		case err != nil:

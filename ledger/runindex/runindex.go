@@ -83,6 +83,7 @@ type Index struct {
 	err      error // sticky background failure
 	stopping bool
 	closed   bool
+	merging  bool
 	merges   uint64
 	flushes  uint64
 }
@@ -247,8 +248,10 @@ func (x *Index) onRelease(r *run) {
 	}
 }
 
+// newBuffer starts a buffer at leaf base. Appends may reallocate its keys
+// (beyond 65,536): a snapshot keeps the old array, whose keys never change.
 func (x *Index) newBuffer(base uint64) *buffer {
-	return &buffer{base: base, keys: make([]Key, 0, x.flush)}
+	return &buffer{base: base, keys: make([]Key, 0, min(x.flush, 1<<16))}
 }
 
 // Covered returns the index of the next leaf Append expects: every leaf below it is findable.
@@ -301,14 +304,14 @@ func (x *Index) Append(first uint64, keys []Key) error {
 // sealLocked hands the active buffer to the writer, waiting while two are
 // already waiting, and starts a new one.
 func (x *Index) sealLocked() error {
-	for len(x.imm) >= 2 && x.err == nil && !x.closed {
+	for len(x.imm) >= 2 && x.err == nil && !x.stopping {
 		x.cond.Wait()
 	}
 	if x.err != nil {
 		return x.err
 	}
-	if x.closed {
-		return ErrClosed
+	if x.stopping {
+		return ErrClosed // Close took the buffer
 	}
 	x.imm = append(x.imm, x.active)
 	x.active = x.newBuffer(x.covered)
@@ -408,7 +411,7 @@ func (x *Index) snapshot() (*snapshot, error) {
 	for _, b := range x.imm {
 		s.bufs = append(s.bufs, *b)
 	}
-	s.bufs = append(s.bufs, *x.active) // the slice header: later appends land beyond its length
+	s.bufs = append(s.bufs, *x.active) // the slice header: later appends land beyond its length, or in a new array
 	for _, r := range s.runs {
 		r.acquire()
 	}
@@ -496,7 +499,7 @@ func (x *Index) writeBuffer(b *buffer) (*run, error) {
 	for i := range b.keys {
 		recs[i] = recOf(&b.keys[i], b.base+uint64(i))
 	}
-	sortRecs(recs)
+	recs = sortRecs(recs)
 	w, err := createRun(x.dir, b.base, b.base+uint64(len(recs)))
 	if err != nil {
 		return nil, err
