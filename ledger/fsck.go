@@ -17,6 +17,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/grantline/grantline/ledger/event"
+	"github.com/grantline/grantline/ledger/runindex"
 )
 
 // fsckChunk is how many leaves one fsck job reads: 16 level-0 tiles.
@@ -34,8 +35,23 @@ func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any))
 	if err := l.waitIndexed(ctx, size); err != nil {
 		return fmt.Errorf("fsck at size %d: %w", size, err)
 	}
-	return fsck(ctx, l.st, l.ix, l.o.Verifier, size, size, size, true, report)
+	lr := fsckRuns{x: l.lh, to: size, dir: l.o.LeafHashDir}
+	return fsck(ctx, l.st, l.ix, l.o.Verifier, size, size, size, true, lr, report)
 }
+
+// fsckRuns is what fsck checks of the leaf-hash runs (Options.LeafHashDir):
+// with x nil the leaf-hash entries are in the index store (unless
+// marked says they are in runs that were not given); otherwise the runs
+// must hold exactly the leaf hashes of the leaves below to.
+type fsckRuns struct {
+	x      *runindex.Index
+	marked bool // the index store keeps no leaf-hash entries (keyLeafHashRuns)
+	to     uint64
+	dir    string
+}
+
+// on says that the leaf-hash entries are not in the index store.
+func (r fsckRuns) on() bool { return r.x != nil || r.marked }
 
 // Fsck checks the store of a log that is not open (it may be one Open
 // refuses), as `grantline fsck` does, with v, the verifier of the log's key.
@@ -56,6 +72,18 @@ func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format str
 // not checked, and report is told so; for a log whose indexes live in st,
 // ix is ignored.
 func FsckWithIndex(ctx context.Context, st, ix Store, v note.Verifier, report func(format string, args ...any)) error {
+	return FsckWithLeafHashes(ctx, st, ix, "", v, report)
+}
+
+// FsckWithLeafHashes is FsckWithIndex for a log that keeps its leaf-hash
+// index in runs in leafHashDir (Options.LeafHashDir; "" if not at hand, and
+// then they are not checked, which it reports). The runs must hold exactly
+// the leaf hashes of the leaves they cover; the leaves beyond are not in
+// them yet (the next Open appends them), which it reports. Like Open, it
+// deletes what a crash left in leafHashDir (temporary files, the inputs of
+// a finished merge) and runs beyond the tree (the main store was restored
+// from an older backup).
+func FsckWithLeafHashes(ctx context.Context, st, ix Store, leafHashDir string, v note.Verifier, report func(format string, args ...any)) error {
 	if v == nil && report != nil {
 		report("fsck: no log verifier key: checkpoint signatures are NOT checked, only the tree's structure")
 	}
@@ -101,7 +129,30 @@ func FsckWithIndex(ctx context.Context, st, ix Store, v note.Verifier, report fu
 			report("fsck: the index store covers %d of %d leaves; the next Open indexes the rest from the leaves", indexed, size)
 		}
 	}
-	return fsck(ctx, st, ix, v, cpSize, size, indexed, false, report)
+	var lr fsckRuns
+	if separate && ix != nil {
+		m, err := ix.Get(keyLeafHashRuns)
+		if err != nil {
+			return storageErr(err, "reading the index store's leaf-hash marker")
+		}
+		lr.marked = m[0] != nil
+	}
+	switch {
+	case !lr.marked:
+	case leafHashDir == "":
+		report("fsck: the log keeps its leaf-hash index in runs, whose directory was not given: not checked")
+	default:
+		x, err := runindex.Open(leafHashDir, size, runindex.Options{})
+		if err != nil {
+			return fmt.Errorf("%w: opening the leaf-hash runs in %s: %w", ErrCorrupt, leafHashDir, err)
+		}
+		defer x.Close()
+		lr.x, lr.to, lr.dir = x, x.Covered(), leafHashDir
+		if lr.to < size {
+			report("fsck: the leaf-hash runs cover %d of %d leaves; the next Open appends the rest from the tiles", lr.to, size)
+		}
+	}
+	return fsck(ctx, st, ix, v, cpSize, size, indexed, false, lr, report)
 }
 
 // Restorer is a Store that can load a backup written by its Backup method
@@ -151,7 +202,7 @@ func Restore(ctx context.Context, st Store, r io.Reader) error {
 // (Options.Index); nil: the indexes are not checked. Only the entries of the
 // leaves below indexed (size, or a separate index store's watermark) are
 // checked: above it, a separate index store has not indexed them yet.
-func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, indexed uint64, live bool, report func(string, ...any)) error {
+func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, indexed uint64, live bool, lr fsckRuns, report func(string, ...any)) error {
 	if report == nil {
 		report = func(string, ...any) {}
 	}
@@ -211,7 +262,7 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 				return
 			}
 			select {
-			case jobs <- func() { res <- checkChunk(ctx, st, start, end, size, indexed, live) }:
+			case jobs <- func() { res <- checkChunk(ctx, st, start, end, size, indexed, live, lr) }:
 			case <-ctx.Done():
 				return
 			}
@@ -243,6 +294,7 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 			return err
 		}
 		idx.leaves.add(&r.digest)
+		idx.runsLeaves.add(&r.runsDigest)
 		if end := r.start + uint64(len(r.hashes)); end%(64*fsckChunk) == 0 || end == size {
 			report("fsck: %d/%d leaves verified", end, size)
 		}
@@ -285,9 +337,18 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 	if ix != nil {
 		if idx.leaves != idx.stored {
 			report("fsck: the indexes do not match the leaves; looking for the first bad entry")
-			return findIndexFault(context.WithoutCancel(ctx), st, ix, indexed, idx)
+			return findIndexFault(context.WithoutCancel(ctx), st, ix, indexed, lr.on(), idx)
 		}
-		report("fsck: leaf-hash, dedupe and subject indexes match the leaves")
+		if lr.on() {
+			report("fsck: dedupe and subject indexes match the leaves")
+		} else {
+			report("fsck: leaf-hash, dedupe and subject indexes match the leaves")
+		}
+	}
+	if lr.x != nil {
+		if err := checkRuns(ctx, st, lr, idx.runsLeaves, report); err != nil {
+			return err
+		}
 	}
 
 	vals, err := st.Get(leafKey(size))
@@ -354,6 +415,8 @@ type fsckChunkResult struct {
 	start  uint64
 	hashes [][32]byte // of the leaves read, in order
 	digest indexDigest
+	// runsDigest is the leaf-hash entries' digest when they are in runs.
+	runsDigest indexDigest
 	// err is the first fault found, at leaf errAt; hashes stop there or
 	// go on past it (a leaf that does not decode still has a hash).
 	err   error
@@ -405,7 +468,7 @@ func (s *leafSuspect) unresolved() error {
 // checkChunk reads the leaves [start, end) of a tree of size leaves in one
 // scan, hashes and decodes each, adds the index entries each needs to the
 // digest, and compares the hashes with the stored level-0 tiles.
-func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64, live bool) fsckChunkResult {
+func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64, live bool, lr fsckRuns) fsckChunkResult {
 	r := fsckChunkResult{start: start, hashes: make([][32]byte, 0, end-start), errAt: end}
 	fail := func(at uint64, err error) {
 		if r.err == nil || at < r.errAt {
@@ -415,6 +478,18 @@ func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64,
 	next := start
 	var key []byte
 	var val [8]byte
+	// addHash adds leaf i's leaf-hash entry to the digest of the store
+	// that holds it: the index store's, or the runs'.
+	addHash := func(i uint64, key, val []byte) {
+		switch {
+		case !lr.on():
+			if i < indexed {
+				r.digest.addEntry(key, val)
+			}
+		case lr.x != nil && i < lr.to:
+			r.runsDigest.addEntry(key, val)
+		}
+	}
 	err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
 		i := binary.BigEndian.Uint64(k[1:])
 		if i != next {
@@ -435,9 +510,7 @@ func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64,
 			// A map leaf has a leaf-hash entry only; fsckMap checks it.
 			binary.BigEndian.PutUint64(val[:], i)
 			key = append(append(key[:0], kHash), h[:indexKeyLen]...)
-			if inIndex {
-				r.digest.addEntry(key, val[:])
-			}
+			addHash(i, key, val[:])
 			r.subjects = append(r.subjects, "")
 			r.mapLeaves = append(r.mapLeaves, fsckMapLeaf{i, bytes.Clone(v)})
 			return nil
@@ -450,9 +523,7 @@ func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64,
 		r.subjects = append(r.subjects, e.GetEvent().GetSubject().GetId())
 		binary.BigEndian.PutUint64(val[:], i)
 		key = append(append(key[:0], kHash), h[:indexKeyLen]...)
-		if inIndex {
-			r.digest.addEntry(key, val[:])
-		}
+		addHash(i, key, val[:])
 		d := event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
 		key = append(append(key[:0], kDedupe), d[:indexKeyLen]...)
 		if inIndex {
@@ -685,6 +756,7 @@ func (d *indexDigest) add(o *indexDigest) {
 // those stored.
 type fsckIndexes struct {
 	leaves, stored indexDigest
+	runsLeaves     indexDigest // the leaf-hash entries in runs the leaves need
 	scanned        []indexScan
 }
 
@@ -761,7 +833,10 @@ func scanIndex(ctx context.Context, st Store, r [2][]byte, size uint64) indexSca
 // first a leaf whose entries are missing or point elsewhere (looked up
 // leaf by leaf), then an entry that no leaf needs. It always returns an
 // error. The leaves are read from st, the index entries from ix.
-func findIndexFault(ctx context.Context, st, ix Store, size uint64, idx fsckIndexes) error {
+//
+// With runs (the leaf hashes are in leaf-hash runs), the index store must
+// hold no leaf-hash entry at all.
+func findIndexFault(ctx context.Context, st, ix Store, size uint64, runs bool, idx fsckIndexes) error {
 	for start := uint64(0); start < size; start += fsckChunk {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -779,11 +854,12 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, idx fsckInde
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
 			}
-			sk := hashKey(h[:]) // placeholder: its own entry, checked below
+			dk := dedupeKey(event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()))
+			sk := dk // placeholder: its own entry, checked below
 			if s := e.GetEvent().GetSubject().GetId(); s != "" {
 				sk = subjectKey(s, i)
 			}
-			keys = append(keys, hashKey(h[:]), dedupeKey(event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())), sk)
+			keys = append(keys, hashKey(h[:]), dk, sk)
 			return nil
 		})
 		if err != nil {
@@ -804,7 +880,7 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, idx fsckInde
 		for j := 0; j < len(vals); j += 3 {
 			i := start + uint64(j/3)
 			hv, dv, sv := vals[j], vals[j+1], vals[j+2]
-			if hv == nil || len(hv) != 8 || binary.BigEndian.Uint64(hv) != i {
+			if !runs && (hv == nil || len(hv) != 8 || binary.BigEndian.Uint64(hv) != i) {
 				return fmt.Errorf("%w: the leaf-hash index of leaf %d is missing or points elsewhere", ErrCorrupt, i)
 			}
 			if isMap[j/3] {
@@ -819,6 +895,16 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, idx fsckInde
 		}
 	}
 	// Every leaf has its entries: some entry belongs to no leaf.
+	if runs {
+		var k []byte
+		err := ix.Scan([]byte{kHash}, []byte{kHash + 1}, func(key, _ []byte) error { k = bytes.Clone(key); return errStop })
+		if err != nil && err != errStop {
+			return storageErr(err, "reading indexes")
+		}
+		if k != nil {
+			return fmt.Errorf("%w: the index store holds a leaf-hash entry (key %x) but the log keeps its leaf hashes in runs: an entry was added; restore from a backup", ErrCorrupt, k)
+		}
+	}
 	for _, kind := range []byte{kHash, kDedupe, kSubject} {
 		if err := findStrayEntry(ctx, ix, kind, size); err != nil {
 			return err
@@ -1050,4 +1136,54 @@ func (m *fsckMap) checkStored(ctx context.Context, st Store, f mapFormat, cpSize
 		}
 	}
 	return nil
+}
+
+// checkRuns compares the leaf-hash runs with the leaves: the digest of
+// every (leaf-hash prefix, index) they hold below lr.to with want, the
+// digest of those the leaves need. When the digests differ it names the
+// first leaf whose hash the runs lack (looked up leaf by leaf), or else
+// says that the runs hold an entry no leaf has. The runs verify their own
+// framing and checksums as they are read.
+func checkRuns(ctx context.Context, st Store, lr fsckRuns, want indexDigest, report func(string, ...any)) error {
+	var got indexDigest
+	var key [1 + indexKeyLen]byte
+	var val [8]byte
+	key[0] = kHash
+	err := lr.x.Verify(ctx, lr.to, func(k runindex.Key, i uint64) {
+		copy(key[1:], k[:])
+		binary.BigEndian.PutUint64(val[:], i)
+		got.addEntry(key[:], val[:])
+	})
+	if err != nil {
+		return fmt.Errorf("%w: the leaf-hash runs in %s: %w; they are derived from the tiles: stop the server, delete that directory and start it to rebuild them", ErrCorrupt, lr.dir, err)
+	}
+	if got == want {
+		report("fsck: the leaf-hash runs match the leaves")
+		return nil
+	}
+	report("fsck: the leaf-hash runs do not match the leaves; looking for the first bad entry")
+	fix := fmt.Sprintf("the runs are derived from the tiles: stop the server, delete %s and start it to rebuild them", lr.dir)
+	for t := uint64(0); t*tileWidth < lr.to; t++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		vals, err := st.Get(tileKey(0, t))
+		if err != nil {
+			return storageErr(err, "reading tiles")
+		}
+		for i := t * tileWidth; i < min((t+1)*tileWidth, lr.to); i++ {
+			off := int(i%tileWidth) * 32
+			if len(vals[0]) < off+32 {
+				return fmt.Errorf("%w: tile 0/%d holds %d bytes, too few for leaf %d", ErrCorrupt, t, len(vals[0]), i)
+			}
+			found := false
+			if err := lr.x.Lookup(runindex.Key(vals[0][off:off+indexKeyLen]), func(j uint64) bool { found = j == i; return !found }); err != nil {
+				return fmt.Errorf("%w: looking up leaf %d in the leaf-hash runs in %s: %w", ErrStorage, i, lr.dir, err)
+			}
+			if !found {
+				return fmt.Errorf("%w: the leaf-hash runs in %s lack leaf %d (hash %x); %s", ErrCorrupt, lr.dir, i, vals[0][off:off+32], fix)
+			}
+		}
+	}
+	return fmt.Errorf("%w: the leaf-hash runs in %s hold an entry that no leaf below %d has; %s", ErrCorrupt, lr.dir, lr.to, fix)
 }

@@ -16,9 +16,37 @@ import (
 // openSplit opens a log in st with its indexes in ix.
 func openSplit(t testing.TB, st, ix Store) (*Log, error) {
 	t.Helper()
+	return openSplitRuns(t, st, ix, "")
+}
+
+// openSplitRuns opens a log in st with its indexes in ix and its leaf-hash
+// runs in runs ("": in ix).
+func openSplitRuns(t testing.TB, st, ix Store, runs string) (*Log, error) {
+	t.Helper()
 	o := testOptions()
-	o.Index = ix
+	o.Index, o.LeafHashDir = ix, runs
 	return Open(t.Context(), st, o)
+}
+
+// copyDir copies the files of dir (no subdirectories) into a new temporary
+// directory, which it returns: the leaf-hash runs as a crash left them.
+func copyDir(t testing.TB, dir string) string {
+	t.Helper()
+	out := t.TempDir()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(out, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
 }
 
 func mustOpenSplit(t testing.TB, st, ix Store) *Log {
@@ -38,10 +66,32 @@ func mustOpenSplit(t testing.TB, st, ix Store) *Log {
 // rebuild what the index store lacks: every acknowledged event present
 // once at its index, found by leaf hash and by subject, and the workload
 // appended again answered as duplicates.
+//
+// With leaf-hash runs (a run written every 64 leaves here, merged every
+// 8), the runs come back as the first log left them or lost; either way
+// Open appends what they lack from the tiles.
 func TestSplitIndexCrashAtEveryStep(t *testing.T) {
+	t.Run("index-store", func(t *testing.T) { testSplitIndexCrash(t, false) })
+	t.Run("runs", func(t *testing.T) {
+		defer func(n int) { leafHashRunEntries = n }(leafHashRunEntries)
+		leafHashRunEntries = 64
+		testSplitIndexCrash(t, true)
+	})
+}
+
+func testSplitIndexCrash(t *testing.T, withRuns bool) {
 	ctx := t.Context()
+	runsDir := func() string {
+		if withRuns {
+			return t.TempDir()
+		}
+		return ""
+	}
 	st, ix := newFakeStore(), lazy()
-	l := mustOpenSplit(t, st, ix)
+	l, err := openSplitRuns(t, st, ix, runsDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, evs := range crashWorkload() {
 		mustAppend(t, l, evs)
 	}
@@ -61,7 +111,8 @@ func TestSplitIndexCrashAtEveryStep(t *testing.T) {
 					f.faultAt, f.kind = at, kind
 					a := acked{}
 					failed := false
-					l, err := openSplit(t, st, ix)
+					runs := runsDir()
+					l, err := openSplitRuns(t, st, ix, runs)
 					if err != nil {
 						if !errors.Is(err, ErrStorage) {
 							t.Fatalf("Open with a failing store: %v, want ErrStorage", err)
@@ -117,11 +168,28 @@ func TestSplitIndexCrashAtEveryStep(t *testing.T) {
 						"last-but-watermark": func() *fakeStore { return partialLast(ix, false) },
 						"last-half":          func() *fakeStore { return partialLast(ix, true) },
 					}
+					type restart struct{ loss, runs string }
+					var restarts []restart
 					for _, loss := range []string{"kept", "last-lost", "all-lost", "last-but-watermark", "last-half"} {
+						restarts = append(restarts, restart{loss, "kept"})
+						if withRuns && (loss == "kept" || loss == "last-half") {
+							restarts = append(restarts, restart{loss, "lost"})
+						}
+					}
+					for _, r := range restarts {
+						loss := r.loss
 						m, x := st.clone(), kept[loss]()
-						l2, err := openSplit(t, m, x)
+						var runs2 string
+						switch {
+						case !withRuns:
+						case r.runs == "lost":
+							runs2 = t.TempDir()
+						default:
+							runs2 = copyDir(t, runs)
+						}
+						l2, err := openSplitRuns(t, m, x, runs2)
 						if err != nil {
-							t.Fatalf("restart with the index store %s: %v", loss, err)
+							t.Fatalf("restart with the index store %s, runs %s: %v", loss, r.runs, err)
 						}
 						b := acked{}
 						for k, v := range a {

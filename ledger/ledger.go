@@ -48,6 +48,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/grantline/grantline/ledger/event"
+	"github.com/grantline/grantline/ledger/runindex"
 )
 
 // Defaults for Options fields left zero.
@@ -139,6 +140,21 @@ type Options struct {
 	// used with an Index is refused without one. The Log closes Index in
 	// Close; on an error from Open the caller still owns it.
 	Index Store
+	// LeafHashDir, with Index, is a directory of the log's own where it
+	// keeps its leaf-hash index (LookupLeafHash) as sorted run files
+	// (ledger/runindex) instead of one Index entry per leaf: each batch's
+	// leaf hashes are appended to a buffer in memory, written out as a
+	// sorted run every 65,536 leaves and merged in the background, which
+	// costs a fraction of a random insert into Index. Like Index it need
+	// not survive a crash: Open re-appends the leaf hashes of the leaves
+	// it lacks from the level-0 tiles, and a log restored from an older
+	// backup drops the runs beyond its tree. An Index that held the
+	// leaf-hash entries (a log indexed before without LeafHashDir) is
+	// emptied and rebuilt once, and so is one indexed with a LeafHashDir
+	// when opened without it. Empty: leaf-hash entries go to Index (or
+	// the main store). Requires Index. See docs/design.md, "The leaf-hash
+	// runs".
+	LeafHashDir string
 	// MustExist makes Open fail, with an error wrapping ErrNotFound,
 	// instead of creating a new log when the store is empty. Callers that
 	// know a log was created (its keys signed checkpoints) set it, so that a
@@ -197,10 +213,14 @@ type Entry struct {
 
 // Log is an open ledger. All methods are safe for concurrent use.
 type Log struct {
-	o      Options
-	st     Store
-	ix     Store // where the indexes are: Options.Index, else st
-	split  bool  // the indexes are in a store of their own
+	o     Options
+	st    Store
+	ix    Store // where the indexes are: Options.Index, else st
+	split bool  // the indexes are in a store of their own
+	// lh, when Options.LeafHashDir is set, is the leaf-hash index: the
+	// indexer appends each batch's leaf hashes to it with its index
+	// commit, instead of leaf-hash entries in ix.
+	lh     *runindex.Index
 	logger *slog.Logger
 	rf     *compact.RangeFactory
 	cache  *tileCache
@@ -263,11 +283,17 @@ func Open(ctx context.Context, st Store, o Options) (*Log, error) {
 	if err := checkKeyPair(o.Signer, o.Verifier); err != nil {
 		return nil, err
 	}
-	l, err := newLog(ctx, o.withDefaults(), st)
-	if err != nil {
-		return nil, err
+	if o.LeafHashDir != "" && o.Index == nil {
+		return nil, errors.New("ledger: Options.LeafHashDir needs a separate index store (Options.Index): the leaf-hash runs follow the index commits")
 	}
-	if err := l.startDedupeFilter(); err != nil {
+	l, err := newLog(ctx, o.withDefaults(), st)
+	if err == nil {
+		err = l.startDedupeFilter()
+	}
+	if err != nil {
+		if l != nil && l.lh != nil {
+			l.lh.Close()
+		}
 		return nil, err
 	}
 	go l.sequence()
@@ -304,7 +330,7 @@ func (o Options) withDefaults() Options {
 
 // newLog loads (or initialises) the state from st without starting the
 // sequencer.
-func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
+func newLog(ctx context.Context, o Options, st Store) (_ *Log, err error) {
 	l := &Log{
 		o:      o,
 		st:     st,
@@ -335,6 +361,11 @@ func newLog(ctx context.Context, o Options, st Store) (*Log, error) {
 		// own store's limits (see fit).
 		l.ixCount, l.ixBytes = o.Index.Limits()
 	}
+	defer func() {
+		if err != nil && l.lh != nil {
+			l.lh.Close() // the caller owns the stores, not the runs opened here
+		}
+	}()
 	s, err := l.load(ctx)
 	if err != nil {
 		return nil, err
@@ -375,6 +406,13 @@ func (l *Log) Close() error {
 	l.ixw.fail(fmt.Errorf("reading the index: %w", ErrClosed))
 	l.stopDedupeFilter()
 	err := l.st.Close()
+	if l.lh != nil {
+		// The indexer is done: nothing appends any more. Close writes the
+		// buffered leaf hashes as a run, so the next Open has none to redo.
+		if lerr := l.lh.Close(); err == nil {
+			err = lerr
+		}
+	}
 	if l.split {
 		if ierr := l.ix.Close(); err == nil {
 			err = ierr

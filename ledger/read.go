@@ -9,6 +9,8 @@ import (
 	"io"
 	"sync/atomic"
 	"time"
+
+	"github.com/grantline/grantline/ledger/runindex"
 )
 
 // CheckpointAt returns the checkpoint published at size. ErrNotFound if none
@@ -288,6 +290,40 @@ func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
 	if err := l.waitIndexed(ctx, size); err != nil {
 		return 0, fmt.Errorf("looking up leaf hash %x: %w", hash, err)
 	}
+	// The index holds only a prefix of the hash: confirm each candidate
+	// on its leaf.
+	confirm := func(i uint64) (bool, error) {
+		if i >= size {
+			return false, nil
+		}
+		leaves, err := l.st.Get(leafKey(i))
+		if err != nil {
+			return false, storageErr(err, "looking up a leaf hash")
+		}
+		if leaves[0] == nil {
+			return false, fmt.Errorf("%w: leaf %d, named by the leaf-hash index, is missing; run grantline fsck", ErrCorrupt, i)
+		}
+		return LeafHash(leaves[0]) == [32]byte(hash), nil
+	}
+	if l.lh != nil {
+		var found uint64
+		var ok bool
+		var cerr error
+		err := l.lh.Lookup(runindex.Key(hash[:indexKeyLen]), func(i uint64) bool {
+			ok, cerr = confirm(i)
+			found = i
+			return !ok && cerr == nil
+		})
+		switch {
+		case err != nil:
+			return 0, fmt.Errorf("%w: looking up leaf hash %x in the leaf-hash runs: %w", ErrStorage, hash, err)
+		case cerr != nil:
+			return 0, cerr
+		case !ok:
+			return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
+		}
+		return found, nil
+	}
 	vals, err := l.ix.Get(hashKey(hash))
 	if err != nil {
 		return 0, storageErr(err, "looking up a leaf hash")
@@ -296,18 +332,11 @@ func (l *Log) LookupLeafHash(ctx context.Context, hash []byte) (uint64, error) {
 		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
 	}
 	i := binary.BigEndian.Uint64(vals[0])
-	if i >= size {
-		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
-	}
-	// The index key holds only a prefix of the hash: confirm it on the leaf.
-	leaves, err := l.st.Get(leafKey(i))
+	ok, err := confirm(i)
 	if err != nil {
-		return 0, storageErr(err, "looking up a leaf hash")
+		return 0, err
 	}
-	if leaves[0] == nil {
-		return 0, fmt.Errorf("%w: leaf %d, named by the leaf-hash index, is missing; run grantline fsck", ErrCorrupt, i)
-	}
-	if LeafHash(leaves[0]) != [32]byte(hash) {
+	if !ok {
 		return 0, fmt.Errorf("leaf hash %x: %w", hash, ErrNotFound)
 	}
 	return i, nil

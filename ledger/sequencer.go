@@ -14,6 +14,7 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 
 	"github.com/grantline/grantline/ledger/event"
+	"github.com/grantline/grantline/ledger/runindex"
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
@@ -329,14 +330,15 @@ type built struct {
 	// ixMap, when > 0, is 1 + the position in ixKeys of the subject map's
 	// records (appendMapLeaf), which with everything after them (the map
 	// leaf's hash entry, the watermarks) commit in one CommitAtomic.
-	ixMap   int
-	dedupes [][32]byte // new events' dedupe keys, in flight until the dedupe stage's store holds them (settle)
-	first   uint64     // tree size before
-	size    uint64     // tree size after
-	state   *state     // to publish once durable; nil when the batch signed no checkpoint
-	commit  bool       // there is something to commit
-	err     error      // the batch failed before its commit
-	start   time.Time
+	ixMap      int
+	leafHashes []runindex.Key // with leaf-hash runs: the leaf-hash prefixes of leaves first..size
+	dedupes    [][32]byte     // new events' dedupe keys, in flight until the dedupe stage's store holds them (settle)
+	first      uint64         // tree size before
+	size       uint64         // tree size after
+	state      *state         // to publish once durable; nil when the batch signed no checkpoint
+	commit     bool           // there is something to commit
+	err        error          // the batch failed before its commit
+	start      time.Time
 }
 
 // build sequences one batch in four stages: dedupe (which events are new),
@@ -399,7 +401,7 @@ func (l *Log) build(batch []item) *built {
 	}
 	if l.split && size > b.first {
 		ix.put(keyIndexed, be64(nil, size))
-		b.ixKeys, b.ixVals = ix.keys, ix.vals
+		b.ixKeys, b.ixVals, b.leafHashes = ix.keys, ix.vals, ix.leafHashes
 	}
 	b.keys, b.vals, b.size, b.commit = w.keys, w.vals, size, true
 	l.inflightMu.Lock()
@@ -416,6 +418,10 @@ func (l *Log) build(batch []item) *built {
 type writes struct {
 	keys, vals [][]byte
 	arena      []byte
+	// leafHashes, with leaf-hash runs (Log.lh), are the leaf-hash
+	// prefixes of the batch's leaves in index order, from the batch's
+	// first: they go to the runs, not to keys.
+	leafHashes []runindex.Key
 }
 
 // newWrites makes room for the entries of events events when one store
@@ -436,11 +442,15 @@ func (w *writes) put(k, v []byte) {
 
 // putIndexes adds the leaf-hash, dedupe and subject index entries of leaf
 // idx (iv: be64(idx), the value of the first two; hk, dk: the prefixes of
-// its leaf hash and dedupe key; subject may be empty).
+// its leaf hash and dedupe key; subject may be empty). With leaf-hash runs
+// the caller passes hk nil: the leaf hash goes to w.leafHashes instead.
 func (w *writes) putIndexes(idx uint64, iv, hk, dk []byte, subject string) {
 	need := 2*(1+indexKeyLen) + len(subject)*2 + 11
-	w.put(w.key(need, func(b []byte) []byte { return append(append(b, kHash), hk...) }), iv)
-	w.put(w.key(0, func(b []byte) []byte { return append(append(b, kDedupe), dk...) }), iv)
+	if hk != nil {
+		w.put(w.key(need, func(b []byte) []byte { return append(append(b, kHash), hk...) }), iv)
+		need = 0
+	}
+	w.put(w.key(need, func(b []byte) []byte { return append(append(b, kDedupe), dk...) }), iv)
 	if subject != "" {
 		w.put(w.key(0, func(b []byte) []byte { return appendSubjectKey(b, subject, idx) }), []byte{})
 	}
@@ -599,7 +609,12 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		}
 		lk := w.key(9, func(b []byte) []byte { return be64(append(b, kLeaf), idx) })
 		w.put(lk, leaf)
-		ix.putIndexes(idx, lk[1:], h[:indexKeyLen], pr.dedupe[:indexKeyLen], pr.subject)
+		hk := h[:indexKeyLen]
+		if l.lh != nil {
+			ix.leafHashes = append(ix.leafHashes, runindex.Key(hk))
+			hk = nil
+		}
+		ix.putIndexes(idx, lk[1:], hk, pr.dedupe[:indexKeyLen], pr.subject)
 		if l.seq.smap != nil {
 			l.seq.smap.add(pr.subject, idx, *h)
 		}
@@ -854,6 +869,11 @@ func (l *Log) indexBatch(b *built) {
 	if b.err == nil && len(b.ixKeys) > 0 && l.ixw.failed() == nil {
 		t0 := time.Now()
 		err := l.commitIndex(b)
+		if err == nil && l.lh != nil {
+			if err = l.lh.Append(b.first, b.leafHashes); err != nil {
+				err = fmt.Errorf("appending their leaf hashes to the runs in %s: %w", l.o.LeafHashDir, err)
+			}
+		}
 		l.stats.indexNanos.Add(uint64(time.Since(t0)))
 		if err != nil {
 			err = fmt.Errorf("%w: committing the index entries of %d answered events (up to tree size %d; they are durable, and the next Open indexes them): %w", ErrStorage, b.size-b.first, b.size, err)

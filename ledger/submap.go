@@ -15,6 +15,7 @@ import (
 	"github.com/transparency-dev/merkle/compact"
 
 	"github.com/grantline/grantline/ledger/event"
+	"github.com/grantline/grantline/ledger/runindex"
 )
 
 // The subject map (docs/completeness.md): a Merkle prefix tree
@@ -838,7 +839,11 @@ func (l *Log) appendMapLeaf(w, ix *writes) (uint64, error) {
 		return 0, tw.err
 	}
 	w.put(leafKey(idx), leaf)
-	ix.put(hashKey(h[:]), be64(nil, idx))
+	if l.lh != nil {
+		ix.leafHashes = append(ix.leafHashes, runindex.Key(h[:indexKeyLen]))
+	} else {
+		ix.put(hashKey(h[:]), be64(nil, idx))
+	}
 	return cpSize, nil
 }
 

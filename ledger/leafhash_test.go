@@ -1,0 +1,320 @@
+package ledger
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/grantline/grantline/ledger/runindex"
+)
+
+// withSmallRuns makes the leaf-hash runs write a run every n leaves for
+// the rest of the test, so that runs are written and merged.
+func withSmallRuns(t *testing.T, n int) {
+	t.Helper()
+	old := leafHashRunEntries
+	leafHashRunEntries = n
+	t.Cleanup(func() { leafHashRunEntries = old })
+}
+
+// appendRounds appends rounds batches of n new events from first to l and
+// records their answers in a.
+func appendRounds(t *testing.T, l *Log, a acked, first, rounds, n int) {
+	t.Helper()
+	for r := range rounds {
+		evs := testEvents(first+r*n, n)
+		a.add(t, evs, mustAppend(t, l, evs))
+	}
+}
+
+// hashEntries counts the leaf-hash entries in an index store.
+func hashEntries(t *testing.T, ix *fakeStore) int {
+	t.Helper()
+	n := 0
+	if err := ix.Scan([]byte{kHash}, []byte{kHash + 1}, func(k, v []byte) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestLeafHashRuns appends with the leaf hashes in runs, with and without
+// a subject map (whose map leaves have leaf hashes too), and checks that
+// every leaf is found by its hash, that the index store holds no leaf-hash
+// entry, and that a restart finds them all on disk (Close flushes).
+func TestLeafHashRuns(t *testing.T) {
+	withSmallRuns(t, 50)
+	for _, smap := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "subject-map"}[smap], func(t *testing.T) {
+			st, ix, dir := newFakeStore(), lazy(), t.TempDir()
+			o := testOptions()
+			o.Index, o.LeafHashDir, o.SubjectMap = ix, dir, smap
+			l, err := Open(t.Context(), st, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := acked{}
+			appendRounds(t, l, a, 0, 12, 97)
+			checkInvariants(t, l, a)
+			checkAllLeafHashes(t, l)
+			if n := hashEntries(t, ix); n != 0 {
+				t.Fatalf("the index store holds %d leaf-hash entries; the runs should hold them all", n)
+			}
+			if s := l.lh.Stats(); s.Flushes == 0 || s.Merges == 0 {
+				t.Fatalf("runs stats %+v: want flushes and merges with runs of 50 leaves", s)
+			}
+			size := l.Latest().Size
+			l.Close()
+
+			o.Index = ix.clone()
+			l, err = Open(t.Context(), st.clone(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			if got := l.lh.Durable(); got != size {
+				t.Fatalf("after a clean restart the runs hold %d leaves on disk, want all %d", got, size)
+			}
+			checkInvariants(t, l, a)
+			checkAllLeafHashes(t, l)
+		})
+	}
+}
+
+// checkAllLeafHashes looks every leaf of l up by its leaf hash.
+func checkAllLeafHashes(t *testing.T, l *Log) {
+	t.Helper()
+	size := l.Latest().Size
+	es, err := l.Entries(t.Context(), 0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		h := LeafHash(e.Leaf)
+		got, err := l.LookupLeafHash(t.Context(), h[:])
+		if err != nil || got != e.Index {
+			t.Fatalf("LookupLeafHash(leaf %d) = %d, %v", e.Index, got, err)
+		}
+	}
+	var absent [32]byte
+	absent[0] = 0xaa
+	if _, err := l.LookupLeafHash(t.Context(), absent[:]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("LookupLeafHash(absent) = %v, want ErrNotFound", err)
+	}
+}
+
+// TestLeafHashRunsLayoutSwitch opens a log indexed without runs with them,
+// and back: each time the index store is emptied and rebuilt in the asked
+// layout, and every leaf is still found by its hash.
+func TestLeafHashRunsLayoutSwitch(t *testing.T) {
+	withSmallRuns(t, 64)
+	st, ix, dir := newFakeStore(), lazy(), t.TempDir()
+	a := acked{}
+	// Each Open is a restart on clones of the stores the last one closed.
+	open := func(runs string) *Log {
+		t.Helper()
+		st, ix = st.clone(), ix.clone()
+		l, err := openSplitRuns(t, st, ix, runs)
+		if err != nil {
+			t.Fatalf("Open (runs %q): %v", runs, err)
+		}
+		return l
+	}
+	l := open("")
+	appendRounds(t, l, a, 0, 3, 100)
+	l.Close()
+	if n := hashEntries(t, ix.clone()); n != 300 {
+		t.Fatalf("without runs the index store holds %d leaf-hash entries, want 300", n)
+	}
+	for step, runs := range []string{dir, "", dir} {
+		l := open(runs)
+		if ix.drops != 1 {
+			t.Fatalf("step %d: the index store was emptied %d times on a layout switch, want once", step, ix.drops)
+		}
+		checkInvariants(t, l, a)
+		checkAllLeafHashes(t, l)
+		want := 0
+		if runs == "" {
+			want = int(l.Latest().Size)
+		}
+		if n := hashEntries(t, ix.clone()); n != want {
+			t.Fatalf("step %d (runs %q): the index store holds %d leaf-hash entries, want %d", step, runs, n, want)
+		}
+		appendRounds(t, l, a, 1000*(step+1), 2, 50)
+		checkInvariants(t, l, a)
+		l.Close()
+		// The same layout again: nothing to empty.
+		l = open(runs)
+		if ix.drops != 0 {
+			t.Fatalf("step %d: reopened in the same layout, the index store was emptied again", step)
+		}
+		checkInvariants(t, l, a)
+		l.Close()
+	}
+}
+
+// TestLeafHashRunsOlderMainStore opens runs that cover more leaves than the
+// main store's tree (the main store was restored from an older backup):
+// the runs beyond the tree are dropped, and the new leaves appended at
+// those positions are found by their own hashes, never the old ones.
+func TestLeafHashRunsOlderMainStore(t *testing.T) {
+	withSmallRuns(t, 40)
+	st, ix, dir := newFakeStore(), lazy(), t.TempDir()
+	l, err := openSplitRuns(t, st, ix, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := acked{}
+	appendRounds(t, l, a, 0, 3, 70)
+	older, olderIx := st.clone(), ix.clone()
+	olderAcked := acked{}
+	for k, v := range a {
+		olderAcked[k] = v
+	}
+	later := testEvents(500, 150)
+	res := mustAppend(t, l, later)
+	l.Close()
+
+	l, err = openSplitRuns(t, older, olderIx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if c := l.lh.Covered(); c != l.Latest().Size {
+		t.Fatalf("runs cover %d leaves after Open, tree has %d", c, l.Latest().Size)
+	}
+	// The leaves appended after the backup are gone: not found.
+	for i, r := range res {
+		if _, err := l.LookupLeafHash(t.Context(), r.LeafHash[:]); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("leaf hash of event %d appended after the backup: %v, want ErrNotFound", i, err)
+		}
+	}
+	appendRounds(t, l, olderAcked, 2000, 2, 90)
+	checkInvariants(t, l, olderAcked)
+	checkAllLeafHashes(t, l)
+}
+
+// TestLeafHashRunsFsck checks that Fsck, on an open log and offline,
+// names what is wrong with the runs: a damaged file, and runs that are
+// well formed but lack a leaf.
+func TestLeafHashRunsFsck(t *testing.T) {
+	withSmallRuns(t, 64)
+	st, ix, dir := newFakeStore(), lazy(), t.TempDir()
+	l, err := openSplitRuns(t, st, ix, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendRounds(t, l, acked{}, 0, 4, 80)
+	if err := l.Fsck(t.Context(), nil); err != nil {
+		t.Fatalf("Fsck of sound runs: %v", err)
+	}
+	es, err := l.Entries(t.Context(), 0, l.Latest().Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if err := FsckWithLeafHashes(t.Context(), st.clone(), ix.clone(), dir, testVerifier, nil); err != nil {
+		t.Fatalf("offline fsck of sound runs: %v", err)
+	}
+
+	t.Run("flipped byte", func(t *testing.T) {
+		d := copyDir(t, dir)
+		ents, _ := os.ReadDir(d)
+		if len(ents) == 0 {
+			t.Fatal("no run files")
+		}
+		p := filepath.Join(d, ents[0].Name())
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[len(b)/2] ^= 0x40 // a record, not the header or the sparse keys
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err = FsckWithLeafHashes(t.Context(), st.clone(), ix.clone(), d, testVerifier, nil)
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), d) {
+			t.Fatalf("offline fsck of a run with a flipped byte: %v, want ErrCorrupt naming %s", err, d)
+		}
+	})
+
+	t.Run("missing leaf", func(t *testing.T) {
+		// Well-formed runs of every leaf's hash but leaf 77's, which has
+		// another key: only comparing them with the leaves can tell.
+		d := t.TempDir()
+		x, err := runindex.Open(d, uint64(len(es)), runindex.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := make([]runindex.Key, len(es))
+		for i, e := range es {
+			h := LeafHash(e.Leaf)
+			keys[i] = runindex.Key(h[:indexKeyLen])
+		}
+		keys[77][0] ^= 1
+		if err := x.Append(0, keys); err != nil {
+			t.Fatal(err)
+		}
+		if err := x.Close(); err != nil {
+			t.Fatal(err)
+		}
+		err = FsckWithLeafHashes(t.Context(), st.clone(), ix.clone(), d, testVerifier, nil)
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "lack leaf 77 ") {
+			t.Fatalf("offline fsck of runs lacking leaf 77: %v, want ErrCorrupt naming leaf 77", err)
+		}
+		l, err := openSplitRuns(t, st.clone(), ix.clone(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if err := l.Fsck(t.Context(), nil); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "lack leaf 77 ") {
+			t.Fatalf("Fsck of runs lacking leaf 77: %v, want ErrCorrupt naming leaf 77", err)
+		}
+		h := LeafHash(es[77].Leaf)
+		if _, err := l.LookupLeafHash(t.Context(), h[:]); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("LookupLeafHash of the leaf the runs lack: %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("damaged at open", func(t *testing.T) {
+		// A run file that no crash could leave (its header is wrong) is
+		// moved aside with its directory, and the runs are rebuilt from
+		// the tiles.
+		d := copyDir(t, dir)
+		ents, _ := os.ReadDir(d)
+		p := filepath.Join(d, ents[0].Name())
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[0] ^= 0xff
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		l, err := openSplitRuns(t, st.clone(), ix.clone(), d)
+		if err != nil {
+			t.Fatalf("Open with a damaged run file: %v", err)
+		}
+		defer l.Close()
+		aside, _ := filepath.Glob(d + ".damaged-*")
+		if len(aside) != 1 {
+			t.Fatalf("damaged runs moved aside to %v, want one directory", aside)
+		}
+		checkAllLeafHashes(t, l)
+		if err := l.Fsck(t.Context(), nil); err != nil {
+			t.Fatalf("Fsck after the rebuild: %v", err)
+		}
+	})
+}
+
+// TestLeafHashRunsNeedIndex: runs without a separate index store are
+// refused, saying what is needed.
+func TestLeafHashRunsNeedIndex(t *testing.T) {
+	o := testOptions()
+	o.LeafHashDir = t.TempDir()
+	_, err := Open(t.Context(), newFakeStore(), o)
+	if err == nil || !strings.Contains(err.Error(), "Options.Index") {
+		t.Fatalf("Open with LeafHashDir but no Index: %v, want an error naming Options.Index", err)
+	}
+}
