@@ -351,7 +351,7 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 			return findIndexFault(context.WithoutCancel(ctx), st, ix, indexed, lr.on(), idx)
 		}
 		if lr.on() {
-			report("fsck: dedupe and subject indexes match the leaves")
+			report("fsck: the subject index matches the leaves")
 		} else {
 			report("fsck: leaf-hash, dedupe and subject indexes match the leaves")
 		}

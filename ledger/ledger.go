@@ -108,7 +108,8 @@ type Options struct {
 	// two); an interval bounds how many accumulate.
 	CheckpointInterval time.Duration
 	// Index, when set, is a store of its own for the log's indexes (the
-	// leaf-hash, dedupe and subject entries of every leaf), which then stay
+	// leaf-hash, dedupe and subject entries of every leaf; see RunsDir for
+	// the first two), which then stay
 	// out of the main store's durable commits: each batch commits its
 	// leaves, tiles and checkpoint durably to the main store, then its
 	// index entries to Index, while the next batch commits to the main
