@@ -416,24 +416,39 @@ type snapshot struct {
 }
 
 func (x *Index) snapshot() (*snapshot, error) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.closed || x.stopping {
-		return nil, ErrClosed
-	}
-	s := &snapshot{bufs: make([]buffer, 0, len(x.imm)+1), runs: slices.Clone(x.runs)}
-	for _, b := range x.imm {
-		s.bufs = append(s.bufs, *b)
-	}
-	s.bufs = append(s.bufs, *x.active) // the slice header: later appends land beyond its length, or in a new array
-	for _, r := range s.runs {
-		r.acquire()
+	s := &snapshot{}
+	var err error
+	s.bufs, s.runs, err = x.snapshotInto(nil, nil)
+	if err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
-func (s *snapshot) release() {
-	for _, r := range s.runs {
+// snapshotInto appends the buffers and the (acquired) runs to bufs and
+// runs: a caller passing arrays of its own stack takes a snapshot without
+// allocating (Lookup's hot path).
+func (x *Index) snapshotInto(bufs []buffer, runs []*run) ([]buffer, []*run, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed || x.stopping {
+		return nil, nil, ErrClosed
+	}
+	for _, b := range x.imm {
+		bufs = append(bufs, *b)
+	}
+	bufs = append(bufs, *x.active) // the slice header: later appends land beyond its length, or in a new array
+	runs = append(runs, x.runs...)
+	for _, r := range runs {
+		r.acquire()
+	}
+	return bufs, runs, nil
+}
+
+func (s *snapshot) release() { releaseRuns(s.runs) }
+
+func releaseRuns(runs []*run) {
+	for _, r := range runs {
 		r.release()
 	}
 }
@@ -444,18 +459,20 @@ func (s *snapshot) release() {
 // in progress (runs are reference-counted: a replaced run's file is closed and removed when its last
 // reader is done).
 func (x *Index) Lookup(k Key, fn func(index uint64) bool) error {
-	s, err := x.snapshot()
+	var bufArr [3]buffer // at most two full buffers and the active one
+	var runArr [32]*run  // ~25 runs at 100 million leaves; more spill to the heap
+	bufs, runs, err := x.snapshotInto(bufArr[:0], runArr[:0])
 	if err != nil {
 		return err
 	}
-	defer s.release()
-	for i := len(s.bufs) - 1; i >= 0; i-- {
-		if !s.bufs[i].lookup(&k, fn) {
+	defer releaseRuns(runs)
+	for i := len(bufs) - 1; i >= 0; i-- {
+		if !bufs[i].lookup(&k, fn) {
 			return nil
 		}
 	}
-	for i := len(s.runs) - 1; i >= 0; i-- {
-		more, err := s.runs[i].lookup(&k, fn)
+	for i := len(runs) - 1; i >= 0; i-- {
+		more, err := runs[i].lookup(&k, fn)
 		if err != nil {
 			return fmt.Errorf("looking up a key in the %s: %w", x.name, err)
 		}
