@@ -18,7 +18,8 @@ import (
 // empty slot. A key's home slot comes from a seeded mix of all 16 bytes
 // (keys are random, but a caller's hand-picked keys sharing a prefix must
 // not pile up in one cluster); collisions probe linearly. The table is
-// sized once, at creation, and never moved.
+// sized at creation and allocated with the first key (under the lock, so
+// every snapshot that holds keys holds the table), and never moved.
 //
 // Concurrency: one goroutine (Append's, holding the index's lock) adds keys;
 // readers probe without the lock. A reader takes the buffer (its keys slice
@@ -31,7 +32,8 @@ import (
 type buffer struct {
 	base  uint64
 	keys  []Key
-	slots []atomic.Uint32 // nil only for a buffer that never takes keys (after Close)
+	slots []atomic.Uint32 // nil until the first key: Open and Close allocate none
+	size  int             // the table's length (a power of two)
 	seed  hashSeed
 }
 
@@ -54,6 +56,9 @@ func (s hashSeed) home(k *Key) uint64 {
 // add appends keys and publishes them in the table. The caller holds the
 // index's lock and keeps len(b.keys)+len(keys) within the table's bound.
 func (b *buffer) add(keys []Key) {
+	if b.slots == nil {
+		b.slots = make([]atomic.Uint32, b.size)
+	}
 	start := len(b.keys)
 	b.keys = append(b.keys, keys...) // stored before any slot names them
 	mask := uint64(len(b.slots) - 1)

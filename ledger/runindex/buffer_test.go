@@ -103,6 +103,9 @@ func TestTableSize(t *testing.T) {
 	}
 	// FlushEntries 1: every key fills a buffer and is flushed at once.
 	x := openT(t, t.TempDir(), 0, Options{FlushEntries: 1, Fanout: 2})
+	if got := lookupAll(t, x, keyOf(0)); len(got) != 0 { // an empty buffer has no table yet
+		t.Fatalf("Lookup in an empty index = %v, want none", got)
+	}
 	for i := range uint64(20) {
 		appendT(t, x, i, []Key{keyOf(i % 3)})
 	}

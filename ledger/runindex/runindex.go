@@ -262,10 +262,10 @@ func (x *Index) onRelease(r *run) {
 
 // newBuffer starts a buffer at leaf base. Appends may reallocate its keys
 // (beyond 65,536): a snapshot keeps the old array, whose keys never change.
-// Its hash table is sized for FlushEntries keys now and never moves.
+// Its hash table is sized for FlushEntries keys now, allocated by the first
+// Append and never moved.
 func (x *Index) newBuffer(base uint64) *buffer {
-	return &buffer{base: base, keys: make([]Key, 0, min(x.flush, 1<<16)),
-		slots: make([]atomic.Uint32, tableSlots(x.flush)), seed: x.seed}
+	return &buffer{base: base, keys: make([]Key, 0, min(x.flush, 1<<16)), size: tableSlots(x.flush), seed: x.seed}
 }
 
 // Covered returns the index of the next leaf Append expects: every leaf below it is findable.
@@ -364,7 +364,7 @@ func (x *Index) Close() error {
 		if x.err == nil && len(x.active.keys) > 0 {
 			// No back-pressure: the writer drains every buffer before it stops.
 			x.imm = append(x.imm, x.active)
-			x.active = &buffer{base: x.covered} // no table: nothing appends or reads it once stopping
+			x.active = x.newBuffer(x.covered)
 		}
 		x.stopping = true
 		x.cond.Broadcast()
