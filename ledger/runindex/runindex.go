@@ -7,8 +7,8 @@
 // and adjacent runs of one size tier are merged in the background into one.
 // Appending costs a copy and a hash-table insert; a lookup costs a probe of
 // each memory buffer's table, and a binary search in memory and one read of
-// at most a few KiB per run. Lookups return candidates: two leaves may share a key, so
-// the caller confirms each on the leaf. Runs are written to a temporary file,
+// at most a few KiB per run. Lookups return candidates: two leaves may share
+// a key, so the caller confirms each on the leaf. Runs are written to a temporary file,
 // synced and renamed, so a crash leaves whole runs; Open keeps the chain of
 // runs from leaf 0 and the caller re-appends the leaves after it. The file
 // format, merging, the crash story and the memory used are in docs/design.md,
@@ -454,8 +454,9 @@ func releaseRuns(runs []*run) {
 }
 
 // Lookup calls fn with the index of every leaf whose key is k (memory buffers first, then runs newest
-// first), until fn returns false. Candidates only: the caller confirms each on the leaf. A miss calls
-// fn never and returns nil. Safe for concurrent use; a merge finishing meanwhile does not break a lookup
+// first), until fn returns false: a memory buffer costs a probe of its hash table (no allocation), a
+// run one read. Candidates only: the caller confirms each on the leaf. A miss calls fn never and
+// returns nil. Safe for concurrent use; a merge finishing meanwhile does not break a lookup
 // in progress (runs are reference-counted: a replaced run's file is closed and removed when its last
 // reader is done).
 func (x *Index) Lookup(k Key, fn func(index uint64) bool) error {
