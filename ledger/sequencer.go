@@ -779,40 +779,43 @@ func (l *Log) seal(size uint64, w *writes) (*state, error) {
 // stored (stored[p]): its result is the original's, marked Duplicate or
 // Conflict, and canon[p] the original's leaf.
 func (l *Log) lookupDedupeRuns(batch []item, pos []int, res []AppendResult, stored []bool, canon [][]byte) error {
-	var cands []uint64
 	for _, p := range pos {
 		it := batch[p]
 		d := &it.r.items[it.i].dedupe
-		cands = cands[:0]
+		// Candidates come newest first (a retry of a recent event is found
+		// in the runs' memory buffer); the first confirmed ends the lookup.
+		var cerr error
 		err := l.dd.Lookup(runindex.Key(d[:indexKeyLen]), func(i uint64) bool {
-			cands = append(cands, i)
-			return true
+			vals, err := l.st.Get(leafKey(i))
+			if err != nil {
+				cerr = storageErr(err, "reading the originals of duplicates")
+				return false
+			}
+			v := vals[0]
+			if v == nil {
+				cerr = fmt.Errorf("%w: the dedupe runs name leaf %d, which is missing; run grantline fsck", ErrCorrupt, i)
+				return false
+			}
+			e, err := event.DecodeLeaf(v)
+			if errors.Is(err, event.ErrMapLeaf) {
+				return true
+			}
+			if err != nil {
+				cerr = fmt.Errorf("%w: leaf %d, named by the dedupe runs, does not decode; run grantline fsck: %w", ErrCorrupt, i, err)
+				return false
+			}
+			if event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != *d {
+				return true
+			}
+			res[p] = resolveRepeat(AppendResult{Index: i, LeafHash: LeafHash(v)}, v, it.r.items[it.i].eventField())
+			stored[p], canon[p] = true, v
+			return false
 		})
 		if err != nil {
 			return fmt.Errorf("%w: looking up duplicates in the dedupe runs: %w", ErrStorage, err)
 		}
-		for _, i := range cands {
-			vals, err := l.st.Get(leafKey(i))
-			if err != nil {
-				return storageErr(err, "reading the originals of duplicates")
-			}
-			v := vals[0]
-			if v == nil {
-				return fmt.Errorf("%w: the dedupe runs name leaf %d, which is missing; run grantline fsck", ErrCorrupt, i)
-			}
-			e, err := event.DecodeLeaf(v)
-			if errors.Is(err, event.ErrMapLeaf) {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("%w: leaf %d, named by the dedupe runs, does not decode; run grantline fsck: %w", ErrCorrupt, i, err)
-			}
-			if event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != *d {
-				continue
-			}
-			res[p] = resolveRepeat(AppendResult{Index: i, LeafHash: LeafHash(v)}, v, it.r.items[it.i].eventField())
-			stored[p], canon[p] = true, v
-			break
+		if cerr != nil {
+			return cerr
 		}
 	}
 	return nil
