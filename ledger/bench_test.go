@@ -81,7 +81,7 @@ func appendBench(b *testing.B, callers, chunk, subjects, burst int, memory, spli
 		store = openBadgerStore(b, dir, badgerstore.Options{})
 		if split {
 			o.Index = openBadgerStore(b, filepath.Join(dir, "index"), badgerstore.Options{NoSync: true})
-			o.LeafHashDir = filepath.Join(dir, "leafhash")
+			o.RunsDir = filepath.Join(dir, "runs")
 		}
 	}
 	l, err := Open(context.Background(), store, o)
@@ -263,7 +263,7 @@ func BenchmarkAppendGrowth(b *testing.B) {
 	}
 	store := openBadgerStore(b, dir, mainOpts)
 	o.Index = openBadgerStore(b, filepath.Join(dir, "index"), indexOpts)
-	o.LeafHashDir = filepath.Join(dir, "leafhash")
+	o.RunsDir = filepath.Join(dir, "runs")
 	l, err := Open(context.Background(), store, o)
 	if err != nil {
 		b.Fatal(err)

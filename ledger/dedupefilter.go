@@ -1,10 +1,13 @@
 package ledger
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"math/bits"
 	"sync/atomic"
+
+	"github.com/grantline/grantline/ledger/runindex"
 )
 
 // DefaultDedupeFilterBytes is the memory the dedupe filter may take unless
@@ -191,6 +194,30 @@ func fill(st Store, s *filterSeg, stop func() bool) error {
 	return nil
 }
 
+// fillRuns sets the bits of every key of the dedupe runs x in s, as fill
+// does from an index store (the map leaves' zero key too: one more key
+// that may be present, never one fewer), stopping early with errStop once
+// stop reports true. It reads the runs as fsck does (Verify), checking
+// them as it goes.
+func fillRuns(x *runindex.Index, s *filterSeg, stop func() bool) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := 0
+	err := x.Verify(ctx, x.Covered(), func(k runindex.Key, _ uint64) {
+		if n++; n%4096 == 0 && stop() {
+			cancel()
+		}
+		s.set(k[:])
+	})
+	switch {
+	case err != nil && stop():
+		return errStop
+	case err != nil:
+		return fmt.Errorf("%w: reading the dedupe runs to fill the dedupe filter: %w", ErrStorage, err)
+	}
+	return nil
+}
+
 // startDedupeFilter makes the log's dedupe filter (none when
 // Options.DedupeFilterBytes is negative) and fills it from the index
 // store, which Open has made complete up to the tree size: before it
@@ -210,7 +237,7 @@ func (l *Log) startDedupeFilter() error {
 		return nil
 	}
 	if size <= filterSyncMax {
-		if err := fill(l.ix, f.segs[0], func() bool { return false }); err != nil {
+		if err := l.fillFilter(f.segs[0], func() bool { return false }); err != nil {
 			return err
 		}
 		f.ready.Store(true)
@@ -222,7 +249,7 @@ func (l *Log) startDedupeFilter() error {
 	first := f.segs[0]
 	go func() {
 		defer close(l.filterDone)
-		switch err := fill(l.ix, first, l.filterStop.Load); {
+		switch err := l.fillFilter(first, l.filterStop.Load); {
 		case err == nil:
 			f.ready.Store(true)
 			l.logger.Info("ledger dedupe filter ready", "tree_size_at_open", size)
@@ -232,6 +259,15 @@ func (l *Log) startDedupeFilter() error {
 		}
 	}()
 	return nil
+}
+
+// fillFilter fills s from where the log keeps its dedupe keys: the dedupe
+// runs, or the index store.
+func (l *Log) fillFilter(s *filterSeg, stop func() bool) error {
+	if l.dd != nil {
+		return fillRuns(l.dd, s, stop)
+	}
+	return fill(l.ix, s, stop)
 }
 
 // stopDedupeFilter stops a background fill and waits for it.

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"path/filepath"
 	"runtime"
 	"sync"
 
@@ -35,23 +36,24 @@ func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any))
 	if err := l.waitIndexed(ctx, size); err != nil {
 		return fmt.Errorf("fsck at size %d: %w", size, err)
 	}
-	lr := fsckRuns{x: l.lh, to: size, dir: l.o.LeafHashDir}
+	lr := fsckRuns{hash: l.lh, dedupe: l.dd, to: size, dir: l.o.RunsDir}
 	return fsck(ctx, l.st, l.ix, l.o.Verifier, size, size, size, true, lr, report)
 }
 
-// fsckRuns is what fsck checks of the leaf-hash runs (Options.LeafHashDir):
-// with x nil the leaf-hash entries are in the index store (unless
-// marked says they are in runs that were not given); otherwise the runs
-// must hold exactly the leaf hashes of the leaves below to.
+// fsckRuns is what fsck checks of the runs (Options.RunsDir): with hash
+// nil the leaf-hash and dedupe entries are in the index store (unless
+// marked says they are in runs that were not given); otherwise the
+// leaf-hash and dedupe runs must hold exactly the keys of the leaves below
+// to.
 type fsckRuns struct {
-	x      *runindex.Index
-	marked bool // the index store keeps no leaf-hash entries (keyLeafHashRuns)
-	to     uint64
-	dir    string
+	hash, dedupe *runindex.Index
+	marked       bool // the index store keeps no leaf-hash or dedupe entries (keyRuns)
+	to           uint64
+	dir          string
 }
 
-// on says that the leaf-hash entries are not in the index store.
-func (r fsckRuns) on() bool { return r.x != nil || r.marked }
+// on says that the leaf-hash and dedupe entries are not in the index store.
+func (r fsckRuns) on() bool { return r.hash != nil || r.marked }
 
 // Fsck checks the store of a log that is not open (it may be one Open
 // refuses), as `grantline fsck` does, with v, the verifier of the log's key.
@@ -72,18 +74,18 @@ func Fsck(ctx context.Context, st Store, v note.Verifier, report func(format str
 // not checked, and report is told so; for a log whose indexes live in st,
 // ix is ignored.
 func FsckWithIndex(ctx context.Context, st, ix Store, v note.Verifier, report func(format string, args ...any)) error {
-	return FsckWithLeafHashes(ctx, st, ix, "", v, report)
+	return FsckWithRuns(ctx, st, ix, "", v, report)
 }
 
-// FsckWithLeafHashes is FsckWithIndex for a log that keeps its leaf-hash
-// index in runs in leafHashDir (Options.LeafHashDir; "" if not at hand, and
-// then they are not checked, which it reports). The runs must hold exactly
-// the leaf hashes of the leaves they cover; the leaves beyond are not in
+// FsckWithRuns is FsckWithIndex for a log that keeps its leaf-hash and
+// dedupe indexes in runs in runsDir (Options.RunsDir; "" if not at hand,
+// and then they are not checked, which it reports). The runs must hold
+// exactly the keys of the leaves they cover; the leaves beyond are not in
 // them yet (the next Open appends them), which it reports. Like Open, it
-// deletes what a crash left in leafHashDir (temporary files, the inputs of
-// a finished merge) and runs beyond the tree (the main store was restored
+// deletes what a crash left in runsDir (temporary files, the inputs of a
+// finished merge) and runs beyond the tree (the main store was restored
 // from an older backup).
-func FsckWithLeafHashes(ctx context.Context, st, ix Store, leafHashDir string, v note.Verifier, report func(format string, args ...any)) error {
+func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Verifier, report func(format string, args ...any)) error {
 	if v == nil && report != nil {
 		report("fsck: no log verifier key: checkpoint signatures are NOT checked, only the tree's structure")
 	}
@@ -131,25 +133,33 @@ func FsckWithLeafHashes(ctx context.Context, st, ix Store, leafHashDir string, v
 	}
 	var lr fsckRuns
 	if separate && ix != nil {
-		m, err := ix.Get(keyLeafHashRuns)
+		m, err := ix.Get(keyRuns)
 		if err != nil {
-			return storageErr(err, "reading the index store's leaf-hash marker")
+			return storageErr(err, "reading the index store's runs marker")
 		}
 		lr.marked = m[0] != nil
 	}
 	switch {
 	case !lr.marked:
-	case leafHashDir == "":
-		report("fsck: the log keeps its leaf-hash index in runs, whose directory was not given: not checked")
+	case runsDir == "":
+		report("fsck: the log keeps its leaf-hash and dedupe indexes in runs, whose directory was not given: not checked")
 	default:
-		x, err := runindex.Open(leafHashDir, size, runindex.Options{})
-		if err != nil {
-			return fmt.Errorf("%w: opening the leaf-hash runs in %s: %w", ErrCorrupt, leafHashDir, err)
+		lr.dir, lr.to = runsDir, size
+		for _, r := range []struct {
+			sub, name string
+			x         **runindex.Index
+		}{{leafHashRuns, "leaf-hash index", &lr.hash}, {dedupeRuns, "dedupe index", &lr.dedupe}} {
+			dir := filepath.Join(runsDir, r.sub)
+			x, err := runindex.Open(dir, size, runindex.Options{Name: r.name})
+			if err != nil {
+				return fmt.Errorf("%w: opening the %s's runs in %s: %w", ErrCorrupt, r.name, dir, err)
+			}
+			defer x.Close()
+			*r.x = x
+			lr.to = min(lr.to, x.Covered())
 		}
-		defer x.Close()
-		lr.x, lr.to, lr.dir = x, x.Covered(), leafHashDir
 		if lr.to < size {
-			report("fsck: the leaf-hash runs cover %d of %d leaves; the next Open appends the rest from the tiles", lr.to, size)
+			report("fsck: the runs cover %d of %d leaves; the next Open appends the rest", lr.to, size)
 		}
 	}
 	return fsck(ctx, st, ix, v, cpSize, size, indexed, false, lr, report)
@@ -294,7 +304,8 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 			return err
 		}
 		idx.leaves.add(&r.digest)
-		idx.runsLeaves.add(&r.runsDigest)
+		idx.hashLeaves.add(&r.hashDigest)
+		idx.dedupeLeaves.add(&r.dedupeDigest)
 		if end := r.start + uint64(len(r.hashes)); end%(64*fsckChunk) == 0 || end == size {
 			report("fsck: %d/%d leaves verified", end, size)
 		}
@@ -340,13 +351,16 @@ func fsck(ctx context.Context, st, ix Store, ver note.Verifier, cpSize, size, in
 			return findIndexFault(context.WithoutCancel(ctx), st, ix, indexed, lr.on(), idx)
 		}
 		if lr.on() {
-			report("fsck: dedupe and subject indexes match the leaves")
+			report("fsck: the subject index matches the leaves")
 		} else {
 			report("fsck: leaf-hash, dedupe and subject indexes match the leaves")
 		}
 	}
-	if lr.x != nil {
-		if err := checkRuns(ctx, st, lr, idx.runsLeaves, report); err != nil {
+	if lr.hash != nil {
+		if err := checkRuns(ctx, st, lr.hash, kHash, lr.to, lr.dir, idx.hashLeaves, tileHashKeys, report); err != nil {
+			return err
+		}
+		if err := checkRuns(ctx, st, lr.dedupe, kDedupe, lr.to, lr.dir, idx.dedupeLeaves, leafDedupeKeys, report); err != nil {
 			return err
 		}
 	}
@@ -415,8 +429,9 @@ type fsckChunkResult struct {
 	start  uint64
 	hashes [][32]byte // of the leaves read, in order
 	digest indexDigest
-	// runsDigest is the leaf-hash entries' digest when they are in runs.
-	runsDigest indexDigest
+	// hashDigest and dedupeDigest are the leaf-hash and dedupe entries'
+	// digests when they are in runs.
+	hashDigest, dedupeDigest indexDigest
 	// err is the first fault found, at leaf errAt; hashes stop there or
 	// go on past it (a leaf that does not decode still has a hash).
 	err   error
@@ -478,18 +493,22 @@ func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64,
 	next := start
 	var key []byte
 	var val [8]byte
-	// addHash adds leaf i's leaf-hash entry to the digest of the store
-	// that holds it: the index store's, or the runs'.
-	addHash := func(i uint64, key, val []byte) {
+	// addRun adds leaf i's leaf-hash or dedupe entry to the digest of the
+	// store that holds it: the index store's, or the runs'.
+	addRun := func(i uint64, key, val []byte) {
 		switch {
 		case !lr.on():
 			if i < indexed {
 				r.digest.addEntry(key, val)
 			}
-		case lr.x != nil && i < lr.to:
-			r.runsDigest.addEntry(key, val)
+		case lr.hash != nil && i < lr.to && key[0] == kHash:
+			r.hashDigest.addEntry(key, val)
+		case lr.hash != nil && i < lr.to:
+			r.dedupeDigest.addEntry(key, val)
 		}
 	}
+	var zeroDedupe [1 + indexKeyLen]byte // a map leaf's key in the dedupe runs
+	zeroDedupe[0] = kDedupe
 	err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
 		i := binary.BigEndian.Uint64(k[1:])
 		if i != next {
@@ -510,7 +529,10 @@ func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64,
 			// A map leaf has a leaf-hash entry only; fsckMap checks it.
 			binary.BigEndian.PutUint64(val[:], i)
 			key = append(append(key[:0], kHash), h[:indexKeyLen]...)
-			addHash(i, key, val[:])
+			addRun(i, key, val[:])
+			if lr.on() {
+				addRun(i, zeroDedupe[:], val[:])
+			}
 			r.subjects = append(r.subjects, "")
 			r.mapLeaves = append(r.mapLeaves, fsckMapLeaf{i, bytes.Clone(v)})
 			return nil
@@ -523,12 +545,10 @@ func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64,
 		r.subjects = append(r.subjects, e.GetEvent().GetSubject().GetId())
 		binary.BigEndian.PutUint64(val[:], i)
 		key = append(append(key[:0], kHash), h[:indexKeyLen]...)
-		addHash(i, key, val[:])
+		addRun(i, key, val[:])
 		d := event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
 		key = append(append(key[:0], kDedupe), d[:indexKeyLen]...)
-		if inIndex {
-			r.digest.addEntry(key, val[:])
-		}
+		addRun(i, key, val[:])
 		if s := e.GetEvent().GetSubject().GetId(); s != "" {
 			key = appendSubjectKey(key[:0], s, i)
 			if inIndex {
@@ -756,8 +776,9 @@ func (d *indexDigest) add(o *indexDigest) {
 // those stored.
 type fsckIndexes struct {
 	leaves, stored indexDigest
-	runsLeaves     indexDigest // the leaf-hash entries in runs the leaves need
-	scanned        []indexScan
+	// the leaf-hash and dedupe entries in runs the leaves need
+	hashLeaves, dedupeLeaves indexDigest
+	scanned                  []indexScan
 }
 
 // indexScan is what scanIndex found in one key range.
@@ -834,8 +855,8 @@ func scanIndex(ctx context.Context, st Store, r [2][]byte, size uint64) indexSca
 // leaf by leaf), then an entry that no leaf needs. It always returns an
 // error. The leaves are read from st, the index entries from ix.
 //
-// With runs (the leaf hashes are in leaf-hash runs), the index store must
-// hold no leaf-hash entry at all.
+// With runs (the leaf hashes and dedupe keys are in runs), the index store
+// must hold no leaf-hash or dedupe entry at all.
 func findIndexFault(ctx context.Context, st, ix Store, size uint64, runs bool, idx fsckIndexes) error {
 	for start := uint64(0); start < size; start += fsckChunk {
 		if err := ctx.Err(); err != nil {
@@ -843,23 +864,26 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, runs bool, i
 		}
 		end := min(start+fsckChunk, size)
 		var keys [][]byte
+		var noSubject []bool
 		err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
 			i := binary.BigEndian.Uint64(k[1:])
 			h := LeafHash(v)
 			e, err := event.DecodeLeaf(v)
 			if errors.Is(err, event.ErrMapLeaf) {
 				keys = append(keys, hashKey(h[:]), nil, nil) // no dedupe record, no subject
+				noSubject = append(noSubject, true)
 				return nil
 			}
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
 			}
 			dk := dedupeKey(event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()))
-			sk := dk // placeholder: its own entry, checked below
+			sk := dk // placeholder, not checked
 			if s := e.GetEvent().GetSubject().GetId(); s != "" {
 				sk = subjectKey(s, i)
 			}
 			keys = append(keys, hashKey(h[:]), dk, sk)
+			noSubject = append(noSubject, sk[0] != kSubject)
 			return nil
 		})
 		if err != nil {
@@ -886,23 +910,26 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, runs bool, i
 			if isMap[j/3] {
 				continue
 			}
-			if dv == nil || len(dv) != 8 || binary.BigEndian.Uint64(dv) != i {
+			if !runs && (dv == nil || len(dv) != 8 || binary.BigEndian.Uint64(dv) != i) {
 				return fmt.Errorf("%w: the dedupe record of leaf %d is missing or points elsewhere", ErrCorrupt, i)
 			}
-			if sv == nil {
+			if sv == nil && !noSubject[j/3] {
 				return fmt.Errorf("%w: the subject index entry of leaf %d is missing", ErrCorrupt, i)
 			}
 		}
 	}
 	// Every leaf has its entries: some entry belongs to no leaf.
-	if runs {
+	for _, kind := range []byte{kHash, kDedupe} {
+		if !runs {
+			break
+		}
 		var k []byte
-		err := ix.Scan([]byte{kHash}, []byte{kHash + 1}, func(key, _ []byte) error { k = bytes.Clone(key); return errStop })
+		err := ix.Scan([]byte{kind}, []byte{kind + 1}, func(key, _ []byte) error { k = bytes.Clone(key); return errStop })
 		if err != nil && err != errStop {
 			return storageErr(err, "reading indexes")
 		}
 		if k != nil {
-			return fmt.Errorf("%w: the index store holds a leaf-hash entry (key %x) but the log keeps its leaf hashes in runs: an entry was added; restore from a backup", ErrCorrupt, k)
+			return fmt.Errorf("%w: the index store holds a %s entry (key %x) but the log keeps that index in runs: an entry was added; restore from a backup", ErrCorrupt, indexNames[kind], k)
 		}
 	}
 	for _, kind := range []byte{kHash, kDedupe, kSubject} {
@@ -1138,52 +1165,51 @@ func (m *fsckMap) checkStored(ctx context.Context, st Store, f mapFormat, cpSize
 	return nil
 }
 
-// checkRuns compares the leaf-hash runs with the leaves: the digest of
-// every (leaf-hash prefix, index) they hold below lr.to with want, the
-// digest of those the leaves need. When the digests differ it names the
-// first leaf whose hash the runs lack (looked up leaf by leaf), or else
-// says that the runs hold an entry no leaf has. The runs verify their own
-// framing and checksums as they are read.
-func checkRuns(ctx context.Context, st Store, lr fsckRuns, want indexDigest, report func(string, ...any)) error {
+// checkRuns compares the runs x of one index (kind: kHash or kDedupe) with
+// the leaves: the digest of every (key prefix, index) they hold below to
+// with want, the digest of those the leaves need. When the digests differ
+// it names the first leaf whose key the runs lack (looked up leaf by leaf,
+// its key from keysOf), or else says that the runs hold an entry no leaf
+// has. The runs verify their own framing and checksums as they are read.
+func checkRuns(ctx context.Context, st Store, x *runindex.Index, kind byte, to uint64, dir string, want indexDigest, keysOf runKeys, report func(string, ...any)) error {
+	name := indexNames[kind]
+	fix := fmt.Sprintf("the runs are derived from the log: stop the server, delete %s and start it to rebuild them", dir)
 	var got indexDigest
 	var key [1 + indexKeyLen]byte
 	var val [8]byte
-	key[0] = kHash
-	err := lr.x.Verify(ctx, lr.to, func(k runindex.Key, i uint64) {
+	key[0] = kind
+	err := x.Verify(ctx, to, func(k runindex.Key, i uint64) {
 		copy(key[1:], k[:])
 		binary.BigEndian.PutUint64(val[:], i)
 		got.addEntry(key[:], val[:])
 	})
 	if err != nil {
-		return fmt.Errorf("%w: the leaf-hash runs in %s: %w; they are derived from the tiles: stop the server, delete that directory and start it to rebuild them", ErrCorrupt, lr.dir, err)
+		return fmt.Errorf("%w: the %s's runs in %s: %w; %s", ErrCorrupt, name, dir, err, fix)
 	}
 	if got == want {
-		report("fsck: the leaf-hash runs match the leaves")
+		report("fsck: the %s's runs match the leaves", name)
 		return nil
 	}
-	report("fsck: the leaf-hash runs do not match the leaves; looking for the first bad entry")
-	fix := fmt.Sprintf("the runs are derived from the tiles: stop the server, delete %s and start it to rebuild them", lr.dir)
-	for t := uint64(0); t*tileWidth < lr.to; t++ {
+	report("fsck: the %s's runs do not match the leaves; looking for the first bad entry", name)
+	for start := uint64(0); start < to; start += fsckChunk {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		vals, err := st.Get(tileKey(0, t))
+		end := min(start+fsckChunk, to)
+		keys, err := keysOf(st, start, end)
 		if err != nil {
-			return storageErr(err, "reading tiles")
+			return err
 		}
-		for i := t * tileWidth; i < min((t+1)*tileWidth, lr.to); i++ {
-			off := int(i%tileWidth) * 32
-			if len(vals[0]) < off+32 {
-				return fmt.Errorf("%w: tile 0/%d holds %d bytes, too few for leaf %d", ErrCorrupt, t, len(vals[0]), i)
-			}
+		for n, k := range keys {
+			i := start + uint64(n)
 			found := false
-			if err := lr.x.Lookup(runindex.Key(vals[0][off:off+indexKeyLen]), func(j uint64) bool { found = j == i; return !found }); err != nil {
-				return fmt.Errorf("%w: looking up leaf %d in the leaf-hash runs in %s: %w", ErrStorage, i, lr.dir, err)
+			if err := x.Lookup(k, func(j uint64) bool { found = j == i; return !found }); err != nil {
+				return fmt.Errorf("%w: looking up leaf %d in the %s's runs in %s: %w", ErrStorage, i, name, dir, err)
 			}
 			if !found {
-				return fmt.Errorf("%w: the leaf-hash runs in %s lack leaf %d (hash %x); %s", ErrCorrupt, lr.dir, i, vals[0][off:off+32], fix)
+				return fmt.Errorf("%w: the %s's runs in %s lack leaf %d (key %x); %s", ErrCorrupt, name, dir, i, k, fix)
 			}
 		}
 	}
-	return fmt.Errorf("%w: the leaf-hash runs in %s hold an entry that no leaf below %d has; %s", ErrCorrupt, lr.dir, lr.to, fix)
+	return fmt.Errorf("%w: the %s's runs in %s hold an entry that no leaf below %d has; %s", ErrCorrupt, name, dir, to, fix)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/grantline/grantline/ledger/event"
@@ -43,8 +44,8 @@ func (l *Log) openIndex(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	runs := l.o.LeafHashDir != ""
-	if from, err = l.leafHashLayout(from, runs); err != nil {
+	runs := l.o.RunsDir != ""
+	if from, err = l.runsLayout(from, runs); err != nil {
 		return err
 	}
 	if !marked {
@@ -60,110 +61,203 @@ func (l *Log) openIndex(ctx context.Context) error {
 		l.logger.Info("ledger rebuilt the index entries of leaves the index store lacked", "from", from, "size", size)
 	}
 	if runs {
-		return l.openLeafHashes(ctx, size)
+		return l.openRuns(ctx, size)
 	}
 	return nil
 }
 
-// leafHashLayout makes the index store's layout of leaf-hash entries the
-// one asked for (runs: in Options.LeafHashDir, not in the index store) and
-// returns its watermark. An index store holding the other layout's data
-// (leaf-hash entries the runs make redundant, or lacking those the index
-// store must then hold) is emptied, to be rebuilt from the leaves, and 0
-// returned. A store about to take the runs' layout is marked (keyLeafHashRuns)
-// in a commit ending with its watermark, unchanged.
-func (l *Log) leafHashLayout(from uint64, runs bool) (uint64, error) {
-	vals, err := l.ix.Get(keyLeafHashRuns)
+// runsLayout makes the index store's layout the one asked for (runs: the
+// leaf-hash and dedupe entries in runs in Options.RunsDir, not in the index
+// store) and returns its watermark. An index store holding the other
+// layout's data (entries the runs make redundant, or lacking those the
+// index store must then hold) is emptied, to be rebuilt from the leaves,
+// and 0 returned. A store about to take the runs' layout is marked
+// (keyRuns) in a commit ending with its watermark, unchanged.
+func (l *Log) runsLayout(from uint64, runs bool) (uint64, error) {
+	vals, err := l.ix.Get(keyRuns)
 	if err != nil {
-		return 0, fmt.Errorf("%w: reading the index store's leaf-hash marker: %w", ErrStorage, err)
+		return 0, fmt.Errorf("%w: reading the index store's runs marker: %w", ErrStorage, err)
 	}
 	had := vals[0] != nil
 	switch {
 	case runs && !had && from > 0:
-		if err := l.dropIndex("its leaf-hash entries move to the leaf-hash runs in " + l.o.LeafHashDir); err != nil {
+		if err := l.dropIndex("its leaf-hash and dedupe entries move to the runs in " + l.o.RunsDir); err != nil {
 			return 0, err
 		}
 		from = 0
 	case !runs && had:
-		if err := l.dropIndex("it lacks the leaf-hash entries, which were kept in leaf-hash runs (Options.LeafHashDir), and the log is opened without them"); err != nil {
+		if err := l.dropIndex("it lacks the leaf-hash and dedupe entries, which were kept in runs (Options.RunsDir), and the log is opened without them"); err != nil {
 			return 0, err
 		}
 		return 0, nil
 	}
 	if runs && !had {
-		if err := l.ix.Commit([][]byte{keyLeafHashRuns, keyIndexed}, [][]byte{{1}, be64(nil, from)}); err != nil {
-			return 0, fmt.Errorf("%w: marking the index store as keeping its leaf hashes in runs: %w", ErrStorage, err)
+		if err := l.ix.Commit([][]byte{keyRuns, keyIndexed}, [][]byte{{1}, be64(nil, from)}); err != nil {
+			return 0, fmt.Errorf("%w: marking the index store as keeping its leaf hashes and dedupe keys in runs: %w", ErrStorage, err)
 		}
 	}
 	return from, nil
 }
 
-// leafHashRunEntries is the leaf-hash runs' FlushEntries (0: the
-// default); tests make it small so that runs are written and merged.
+// Subdirectories of Options.RunsDir.
+const (
+	leafHashRuns = "leafhash"
+	dedupeRuns   = "dedupe"
+)
+
+// leafHashRunEntries is the runs' FlushEntries (0: the default); tests
+// make it small so that runs are written and merged.
 var leafHashRunEntries int
 
-// openLeafHashes opens the leaf-hash runs in Options.LeafHashDir for a
-// tree of size leaves (runs beyond it are dropped) and appends the leaf
-// hashes of the leaves they lack, read from the level-0 tiles. Runs that
-// are damaged are moved aside (the directory renamed DIR.damaged-UNIXTIME)
-// and rebuilt: they hold nothing the tiles do not.
-func (l *Log) openLeafHashes(ctx context.Context, size uint64) error {
-	dir := l.o.LeafHashDir
-	o := runindex.Options{FlushEntries: leafHashRunEntries, Logger: l.logger.With("component", "leafhash")}
+// openRuns opens the leaf-hash and dedupe runs in Options.RunsDir for a
+// tree of size leaves (runs beyond it are dropped) and appends the keys of
+// the leaves they lack: leaf hashes from the level-0 tiles, dedupe keys
+// from the leaves.
+func (l *Log) openRuns(ctx context.Context, size uint64) error {
+	var err error
+	if l.lh, err = l.openRunIndex(filepath.Join(l.o.RunsDir, leafHashRuns), "leaf-hash index", size); err != nil {
+		return err
+	}
+	if l.dd, err = l.openRunIndex(filepath.Join(l.o.RunsDir, dedupeRuns), "dedupe index", size); err != nil {
+		return err
+	}
+	for _, r := range []struct {
+		x      *runindex.Index
+		name   string
+		keysOf runKeys
+		chunk  uint64
+	}{
+		{l.lh, "leaf-hash index", tileHashKeys, 64 * tileWidth},
+		{l.dd, "dedupe index", leafDedupeKeys, fsckChunk},
+	} {
+		if from := r.x.Covered(); from < size {
+			if err := l.appendRunKeys(ctx, r.x, r.name, r.keysOf, r.chunk, from, size); err != nil {
+				return err
+			}
+			l.logger.Info("ledger appended the keys its runs lacked", "index", r.name, "from", from, "size", size)
+		}
+	}
+	return nil
+}
+
+// openRunIndex opens the runs of one index (name, for errors) in dir.
+// Runs that are damaged are moved aside (the directory renamed
+// DIR.damaged-UNIXTIME) and rebuilt: they hold nothing the log does not.
+func (l *Log) openRunIndex(dir, name string, size uint64) (*runindex.Index, error) {
+	o := runindex.Options{FlushEntries: leafHashRunEntries, Name: name, Logger: l.logger.With("component", "runs", "index", name)}
 	x, err := runindex.Open(dir, size, o)
 	if errors.Is(err, runindex.ErrDamaged) {
 		aside := fmt.Sprintf("%s.damaged-%d", dir, time.Now().Unix())
 		if rerr := os.Rename(dir, aside); rerr != nil {
-			return fmt.Errorf("%w: the leaf-hash runs in %s are damaged (%w) and could not be moved aside: %w; delete the directory (it is rebuilt from the log)", ErrStorage, dir, err, rerr)
+			return nil, fmt.Errorf("%w: the %s's runs in %s are damaged (%w) and could not be moved aside: %w; delete the directory (it is rebuilt from the log)", ErrStorage, name, dir, err, rerr)
 		}
-		l.logger.Warn("ledger moved damaged leaf-hash runs aside; they are rebuilt from the tiles", "dir", dir, "moved_to", aside, "err", err)
+		l.logger.Warn("ledger moved damaged runs aside; they are rebuilt from the log", "index", name, "dir", dir, "moved_to", aside, "err", err)
 		x, err = runindex.Open(dir, size, o)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: opening the leaf-hash runs in %s: %w", ErrStorage, dir, err)
+		return nil, fmt.Errorf("%w: opening the %s's runs in %s: %w", ErrStorage, name, dir, err)
 	}
-	l.lh = x
-	from := x.Covered()
-	if from >= size {
-		return nil
+	return x, nil
+}
+
+// appendRuns appends the leaf-hash and dedupe key prefixes of leaves
+// [first, first+len(hashes)) to the runs.
+func (l *Log) appendRuns(first uint64, hashes, dedupes []runindex.Key) error {
+	if err := l.lh.Append(first, hashes); err != nil {
+		return fmt.Errorf("appending their leaf hashes to the runs in %s: %w", l.o.RunsDir, err)
 	}
-	if err := l.appendTileHashes(ctx, from, size); err != nil {
-		return err
+	if err := l.dd.Append(first, dedupes); err != nil {
+		return fmt.Errorf("appending their dedupe keys to the runs in %s: %w", l.o.RunsDir, err)
 	}
-	l.logger.Info("ledger appended the leaf hashes the leaf-hash runs lacked", "from", from, "size", size)
 	return nil
 }
 
-// appendTileHashes appends to the leaf-hash runs the hashes of leaves
-// [from, size), read from the level-0 tiles, 64 tiles per store read.
-func (l *Log) appendTileHashes(ctx context.Context, from, size uint64) error {
-	const tilesPerRead = 64
-	keys := make([]runindex.Key, 0, tileWidth*tilesPerRead)
-	for t := from / tileWidth; t*tileWidth < size; t += tilesPerRead {
+// closeRuns closes the runs (writing their buffered keys as runs), if open.
+func (l *Log) closeRuns() error {
+	var err error
+	for _, x := range []*runindex.Index{l.lh, l.dd} {
+		if x != nil {
+			if cerr := x.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
+	}
+	return err
+}
+
+// runKeys returns the keys of leaves [start, end) in one index's runs.
+type runKeys func(st Store, start, end uint64) ([]runindex.Key, error)
+
+// tileHashKeys are the leaf-hash prefixes of leaves [start, end), read
+// from the level-0 tiles in one store read.
+func tileHashKeys(st Store, start, end uint64) ([]runindex.Key, error) {
+	first, last := start/tileWidth, (end-1)/tileWidth
+	tk := make([][]byte, 0, last-first+1)
+	for t := first; t <= last; t++ {
+		tk = append(tk, tileKey(0, t))
+	}
+	vals, err := st.Get(tk...)
+	if err != nil {
+		return nil, storageErr(err, fmt.Sprintf("reading level-0 tiles %d..%d", first, last))
+	}
+	keys := make([]runindex.Key, 0, end-start)
+	for i := start; i < end; i++ {
+		v := vals[i/tileWidth-first]
+		off := int(i%tileWidth) * 32
+		if len(v) < off+32 || len(v)%32 != 0 {
+			return nil, fmt.Errorf("%w: tile 0/%d holds %d bytes, too few for leaf %d; run grantline fsck", ErrCorrupt, i/tileWidth, len(v), i)
+		}
+		keys = append(keys, runindex.Key(v[off:off+indexKeyLen]))
+	}
+	return keys, nil
+}
+
+// leafDedupeKeys are the dedupe key prefixes of leaves [start, end), read
+// and decoded from the leaves in one scan (a map leaf's is the zero key).
+func leafDedupeKeys(st Store, start, end uint64) ([]runindex.Key, error) {
+	keys := make([]runindex.Key, 0, end-start)
+	next := start
+	err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
+		i := binary.BigEndian.Uint64(k[1:])
+		if i != next {
+			return fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, next)
+		}
+		next++
+		e, err := event.DecodeLeaf(v)
+		if errors.Is(err, event.ErrMapLeaf) {
+			keys = append(keys, runindex.Key{})
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: leaf %d does not decode; run grantline fsck: %w", ErrCorrupt, i, err)
+		}
+		d := event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId())
+		keys = append(keys, runindex.Key(d[:indexKeyLen]))
+		return nil
+	})
+	if err == nil && next != end {
+		err = fmt.Errorf("%w: leaf %d is missing; run grantline fsck", ErrCorrupt, next)
+	}
+	if err != nil {
+		return nil, storageErr(err, "reading leaves")
+	}
+	return keys, nil
+}
+
+// appendRunKeys appends the keys of leaves [from, size) to the runs x (of
+// the index name), chunk leaves at a time.
+func (l *Log) appendRunKeys(ctx context.Context, x *runindex.Index, name string, keysOf runKeys, chunk, from, size uint64) error {
+	for start := from; start < size; start += chunk {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		last := min(t+tilesPerRead, (size+tileWidth-1)/tileWidth)
-		tk := make([][]byte, 0, last-t)
-		for i := t; i < last; i++ {
-			tk = append(tk, tileKey(0, i))
-		}
-		vals, err := l.st.Get(tk...)
+		end := min(start+chunk, size)
+		keys, err := keysOf(l.st, start, end)
 		if err != nil {
-			return fmt.Errorf("%w: reading level-0 tiles %d..%d for the leaf-hash runs: %w", ErrStorage, t, last-1, err)
+			return fmt.Errorf("rebuilding the %s's runs: %w", name, err)
 		}
-		keys = keys[:0]
-		lo := max(from, t*tileWidth)
-		for i := lo; i < min(size, last*tileWidth); i++ {
-			v := vals[i/tileWidth-t]
-			off := int(i%tileWidth) * 32
-			if len(v) < off+32 || len(v)%32 != 0 {
-				return fmt.Errorf("%w: tile 0/%d holds %d bytes, too few for leaf %d; run grantline fsck", ErrCorrupt, i/tileWidth, len(v), i)
-			}
-			keys = append(keys, runindex.Key(v[off:off+indexKeyLen]))
-		}
-		if err := l.lh.Append(lo, keys); err != nil {
-			return fmt.Errorf("%w: appending leaf hashes %d..%d to the runs in %s: %w", ErrStorage, lo, lo+uint64(len(keys)), l.o.LeafHashDir, err)
+		if err := x.Append(start, keys); err != nil {
+			return fmt.Errorf("%w: appending the keys of leaves %d..%d to the %s's runs in %s: %w", ErrStorage, start, end, name, l.o.RunsDir, err)
 		}
 	}
 	return nil
@@ -218,6 +312,7 @@ func (l *Log) dropIndex(why string) error {
 // separate index store, in commits within its limits, each advancing the
 // watermark.
 func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
+	runs := l.o.RunsDir != ""
 	chunk := uint64(max(1, min(fsckChunk, l.ixCount*9/10/4-1)))
 	for start := from; start < size; start += chunk {
 		if err := ctx.Err(); err != nil {
@@ -233,7 +328,7 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 			h := LeafHash(e.Leaf)
 			en, err := event.DecodeLeaf(e.Leaf)
 			if errors.Is(err, event.ErrMapLeaf) {
-				if l.o.LeafHashDir == "" { // else the runs take it (openLeafHashes)
+				if !runs { // else the runs take it (openRuns)
 					w.put(hashKey(h[:]), be64(nil, e.Index)) // a map leaf: no dedupe record, no subject
 				}
 				continue
@@ -242,11 +337,11 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 				return fmt.Errorf("%w: leaf %d does not decode while rebuilding the indexes; run grantline fsck: %w", ErrCorrupt, e.Index, err)
 			}
 			d := event.DedupeKey(en.GetEvent().GetSource().GetSystem(), en.GetEvent().GetId())
-			hk := h[:indexKeyLen]
-			if l.o.LeafHashDir != "" {
-				hk = nil // the runs take it (openLeafHashes)
+			hk, dk := h[:indexKeyLen], d[:indexKeyLen]
+			if runs {
+				hk, dk = nil, nil // the runs take them (openRuns)
 			}
-			w.putIndexes(e.Index, be64(nil, e.Index), hk, d[:indexKeyLen], en.GetEvent().GetSubject().GetId())
+			w.putIndexes(e.Index, be64(nil, e.Index), hk, dk, en.GetEvent().GetSubject().GetId())
 		}
 		w.put(keyIndexed, be64(nil, end))
 		if err := l.ix.Commit(w.keys, w.vals); err != nil {

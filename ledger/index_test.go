@@ -24,27 +24,17 @@ func openSplit(t testing.TB, st, ix Store) (*Log, error) {
 func openSplitRuns(t testing.TB, st, ix Store, runs string) (*Log, error) {
 	t.Helper()
 	o := testOptions()
-	o.Index, o.LeafHashDir = ix, runs
+	o.Index, o.RunsDir = ix, runs
 	return Open(t.Context(), st, o)
 }
 
-// copyDir copies the files of dir (no subdirectories) into a new temporary
-// directory, which it returns: the leaf-hash runs as a crash left them.
+// copyDir copies dir (the runs as a crash left them) into a new temporary
+// directory, which it returns.
 func copyDir(t testing.TB, dir string) string {
 	t.Helper()
 	out := t.TempDir()
-	ents, err := os.ReadDir(dir)
-	if err != nil {
+	if err := os.CopyFS(out, os.DirFS(dir)); err != nil {
 		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(out, e.Name()), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return out
 }

@@ -108,7 +108,8 @@ type Options struct {
 	// two); an interval bounds how many accumulate.
 	CheckpointInterval time.Duration
 	// Index, when set, is a store of its own for the log's indexes (the
-	// leaf-hash, dedupe and subject entries of every leaf), which then stay
+	// leaf-hash, dedupe and subject entries of every leaf; see RunsDir for
+	// the first two), which then stay
 	// out of the main store's durable commits: each batch commits its
 	// leaves, tiles and checkpoint durably to the main store, then its
 	// index entries to Index, while the next batch commits to the main
@@ -140,21 +141,21 @@ type Options struct {
 	// used with an Index is refused without one. The Log closes Index in
 	// Close; on an error from Open the caller still owns it.
 	Index Store
-	// LeafHashDir, with Index, is a directory of the log's own where it
-	// keeps its leaf-hash index (LookupLeafHash) as sorted run files
-	// (ledger/runindex) instead of one Index entry per leaf: each batch's
-	// leaf hashes are appended to a buffer in memory, written out as a
-	// sorted run every 65,536 leaves and merged in the background, which
-	// costs a fraction of a random insert into Index. Like Index it need
-	// not survive a crash: Open re-appends the leaf hashes of the leaves
-	// it lacks from the level-0 tiles, and a log restored from an older
-	// backup drops the runs beyond its tree. An Index that held the
-	// leaf-hash entries (a log indexed before without LeafHashDir) is
-	// emptied and rebuilt once, and so is one indexed with a LeafHashDir
-	// when opened without it. Empty: leaf-hash entries go to Index (or
-	// the main store). Requires Index. See docs/design.md, "The leaf-hash
-	// runs".
-	LeafHashDir string
+	// RunsDir, with Index, is a directory of the log's own where it keeps
+	// its leaf-hash index (LookupLeafHash) and its dedupe index as sorted
+	// run files (ledger/runindex; in RunsDir/leafhash and RunsDir/dedupe)
+	// instead of one Index entry per leaf for each: a batch's leaf-hash
+	// and dedupe key prefixes are appended to buffers in memory, written
+	// out as sorted runs every 65,536 leaves and merged in the background,
+	// which costs a fraction of a random insert into Index. Like Index
+	// they need not survive a crash: Open re-appends what they lack (leaf
+	// hashes from the level-0 tiles, dedupe keys from the leaves), and a
+	// log restored from an older backup drops the runs beyond its tree. An
+	// Index that held those entries (a log indexed before without RunsDir)
+	// is emptied and rebuilt once, and so is one indexed with a RunsDir
+	// when opened without it. Empty: the entries go to Index (or the main
+	// store). Requires Index. See docs/design.md, "The leaf-hash runs".
+	RunsDir string
 	// MustExist makes Open fail, with an error wrapping ErrNotFound,
 	// instead of creating a new log when the store is empty. Callers that
 	// know a log was created (its keys signed checkpoints) set it, so that a
@@ -217,10 +218,11 @@ type Log struct {
 	st    Store
 	ix    Store // where the indexes are: Options.Index, else st
 	split bool  // the indexes are in a store of their own
-	// lh, when Options.LeafHashDir is set, is the leaf-hash index: the
-	// indexer appends each batch's leaf hashes to it with its index
-	// commit, instead of leaf-hash entries in ix.
-	lh     *runindex.Index
+	// lh and dd, when Options.RunsDir is set, are the leaf-hash and the
+	// dedupe index: the indexer appends each batch's leaf-hash and dedupe
+	// key prefixes to them with its index commit, instead of entries in
+	// ix.
+	lh, dd *runindex.Index
 	logger *slog.Logger
 	rf     *compact.RangeFactory
 	cache  *tileCache
@@ -283,16 +285,16 @@ func Open(ctx context.Context, st Store, o Options) (*Log, error) {
 	if err := checkKeyPair(o.Signer, o.Verifier); err != nil {
 		return nil, err
 	}
-	if o.LeafHashDir != "" && o.Index == nil {
-		return nil, errors.New("ledger: Options.LeafHashDir needs a separate index store (Options.Index): the leaf-hash runs follow the index commits")
+	if o.RunsDir != "" && o.Index == nil {
+		return nil, errors.New("ledger: Options.RunsDir needs a separate index store (Options.Index): the runs follow the index commits")
 	}
 	l, err := newLog(ctx, o.withDefaults(), st)
 	if err == nil {
 		err = l.startDedupeFilter()
 	}
 	if err != nil {
-		if l != nil && l.lh != nil {
-			l.lh.Close()
+		if l != nil {
+			l.closeRuns()
 		}
 		return nil, err
 	}
@@ -362,8 +364,8 @@ func newLog(ctx context.Context, o Options, st Store) (_ *Log, err error) {
 		l.ixCount, l.ixBytes = o.Index.Limits()
 	}
 	defer func() {
-		if err != nil && l.lh != nil {
-			l.lh.Close() // the caller owns the stores, not the runs opened here
+		if err != nil {
+			l.closeRuns() // the caller owns the stores, not the runs opened here
 		}
 	}()
 	s, err := l.load(ctx)
@@ -406,12 +408,11 @@ func (l *Log) Close() error {
 	l.ixw.fail(fmt.Errorf("reading the index: %w", ErrClosed))
 	l.stopDedupeFilter()
 	err := l.st.Close()
-	if l.lh != nil {
-		// The indexer is done: nothing appends any more. Close writes the
-		// buffered leaf hashes as a run, so the next Open has none to redo.
-		if lerr := l.lh.Close(); err == nil {
-			err = lerr
-		}
+	// The indexer is done: nothing appends to the runs any more. Closing
+	// them writes their buffered keys as runs, so the next Open has none
+	// to redo.
+	if rerr := l.closeRuns(); err == nil {
+		err = rerr
 	}
 	if l.split {
 		if ierr := l.ix.Close(); err == nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -330,15 +331,16 @@ type built struct {
 	// ixMap, when > 0, is 1 + the position in ixKeys of the subject map's
 	// records (appendMapLeaf), which with everything after them (the map
 	// leaf's hash entry, the watermarks) commit in one CommitAtomic.
-	ixMap      int
-	leafHashes []runindex.Key // with leaf-hash runs: the leaf-hash prefixes of leaves first..size
-	dedupes    [][32]byte     // new events' dedupe keys, in flight until the dedupe stage's store holds them (settle)
-	first      uint64         // tree size before
-	size       uint64         // tree size after
-	state      *state         // to publish once durable; nil when the batch signed no checkpoint
-	commit     bool           // there is something to commit
-	err        error          // the batch failed before its commit
-	start      time.Time
+	ixMap int
+	// With runs: the leaf-hash and dedupe key prefixes of leaves first..size.
+	leafHashes, dedupeKeys []runindex.Key
+	dedupes                [][32]byte // new events' dedupe keys, in flight until the dedupe stage's store holds them (settle)
+	first                  uint64     // tree size before
+	size                   uint64     // tree size after
+	state                  *state     // to publish once durable; nil when the batch signed no checkpoint
+	commit                 bool       // there is something to commit
+	err                    error      // the batch failed before its commit
+	start                  time.Time
 }
 
 // build sequences one batch in four stages: dedupe (which events are new),
@@ -401,7 +403,7 @@ func (l *Log) build(batch []item) *built {
 	}
 	if l.split && size > b.first {
 		ix.put(keyIndexed, be64(nil, size))
-		b.ixKeys, b.ixVals, b.leafHashes = ix.keys, ix.vals, ix.leafHashes
+		b.ixKeys, b.ixVals, b.leafHashes, b.dedupeKeys = ix.keys, ix.vals, ix.leafHashes, ix.dedupeKeys
 	}
 	b.keys, b.vals, b.size, b.commit = w.keys, w.vals, size, true
 	l.inflightMu.Lock()
@@ -418,10 +420,11 @@ func (l *Log) build(batch []item) *built {
 type writes struct {
 	keys, vals [][]byte
 	arena      []byte
-	// leafHashes, with leaf-hash runs (Log.lh), are the leaf-hash
-	// prefixes of the batch's leaves in index order, from the batch's
-	// first: they go to the runs, not to keys.
-	leafHashes []runindex.Key
+	// leafHashes and dedupeKeys, with runs (Log.lh, Log.dd), are the
+	// leaf-hash and dedupe key prefixes of the batch's leaves in index
+	// order, from the batch's first (a map leaf's dedupe key is the zero
+	// key, which names no event): they go to the runs, not to keys.
+	leafHashes, dedupeKeys []runindex.Key
 }
 
 // newWrites makes room for the entries of events events when one store
@@ -442,15 +445,18 @@ func (w *writes) put(k, v []byte) {
 
 // putIndexes adds the leaf-hash, dedupe and subject index entries of leaf
 // idx (iv: be64(idx), the value of the first two; hk, dk: the prefixes of
-// its leaf hash and dedupe key; subject may be empty). With leaf-hash runs
-// the caller passes hk nil: the leaf hash goes to w.leafHashes instead.
+// its leaf hash and dedupe key; subject may be empty). With runs the
+// caller passes hk and dk nil: they go to w.leafHashes and w.dedupeKeys.
 func (w *writes) putIndexes(idx uint64, iv, hk, dk []byte, subject string) {
 	need := 2*(1+indexKeyLen) + len(subject)*2 + 11
 	if hk != nil {
 		w.put(w.key(need, func(b []byte) []byte { return append(append(b, kHash), hk...) }), iv)
 		need = 0
 	}
-	w.put(w.key(need, func(b []byte) []byte { return append(append(b, kDedupe), dk...) }), iv)
+	if dk != nil {
+		w.put(w.key(need, func(b []byte) []byte { return append(append(b, kDedupe), dk...) }), iv)
+		need = 0
+	}
 	if subject != "" {
 		w.put(w.key(0, func(b []byte) []byte { return appendSubjectKey(b, subject, idx) }), []byte{})
 	}
@@ -552,6 +558,13 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 		a, b := &batch[p].r.items[batch[p].i].dedupe, &batch[q].r.items[batch[q].i].dedupe
 		return bytes.Compare(a[:], b[:])
 	})
+	if l.dd != nil {
+		sc.pos = pos
+		if err := l.lookupDedupeRuns(batch, pos, res, stored, canon); err != nil {
+			return nil, nil, nil, err
+		}
+		pos = pos[:0] // looked up
+	}
 	keys, kb := sc.keys[:0], sc.keyBuf[:0]
 	if n := len(pos) * (1 + indexKeyLen); cap(kb) < n {
 		kb = make([]byte, 0, n)
@@ -609,12 +622,13 @@ func (l *Log) encode(batch []item, fresh, repeatOf []int, res []AppendResult, ts
 		}
 		lk := w.key(9, func(b []byte) []byte { return be64(append(b, kLeaf), idx) })
 		w.put(lk, leaf)
-		hk := h[:indexKeyLen]
+		hk, dk := h[:indexKeyLen], pr.dedupe[:indexKeyLen]
 		if l.lh != nil {
 			ix.leafHashes = append(ix.leafHashes, runindex.Key(hk))
-			hk = nil
+			ix.dedupeKeys = append(ix.dedupeKeys, runindex.Key(dk))
+			hk, dk = nil, nil
 		}
-		ix.putIndexes(idx, lk[1:], hk, pr.dedupe[:indexKeyLen], pr.subject)
+		ix.putIndexes(idx, lk[1:], hk, dk, pr.subject)
 		if l.seq.smap != nil {
 			l.seq.smap.add(pr.subject, idx, *h)
 		}
@@ -758,6 +772,55 @@ func (l *Log) seal(size uint64, w *writes) (*state, error) {
 // its leaf, which also gives the leaf hash and the stored event, compared
 // with the sent one (duplicate or conflict; canon[p] keeps the stored leaf).
 // Resends are rare, so reading their leaves costs little.
+// lookupDedupeRuns looks the dedupe keys of the events at pos (positions
+// into batch) up in the dedupe runs and confirms each candidate on its
+// leaf: a candidate whose leaf is a map leaf (the runs' zero key) or
+// another event's (a shared key prefix) is passed over. An event found is
+// stored (stored[p]): its result is the original's, marked Duplicate or
+// Conflict, and canon[p] the original's leaf.
+func (l *Log) lookupDedupeRuns(batch []item, pos []int, res []AppendResult, stored []bool, canon [][]byte) error {
+	for _, p := range pos {
+		it := batch[p]
+		d := &it.r.items[it.i].dedupe
+		// Candidates come newest first (a retry of a recent event is found
+		// in the runs' memory buffer); the first confirmed ends the lookup.
+		var cerr error
+		err := l.dd.Lookup(runindex.Key(d[:indexKeyLen]), func(i uint64) bool {
+			vals, err := l.st.Get(leafKey(i))
+			if err != nil {
+				cerr = storageErr(err, "reading the originals of duplicates")
+				return false
+			}
+			v := vals[0]
+			if v == nil {
+				cerr = fmt.Errorf("%w: the dedupe runs name leaf %d, which is missing; run grantline fsck", ErrCorrupt, i)
+				return false
+			}
+			e, err := event.DecodeLeaf(v)
+			if errors.Is(err, event.ErrMapLeaf) {
+				return true
+			}
+			if err != nil {
+				cerr = fmt.Errorf("%w: leaf %d, named by the dedupe runs, does not decode; run grantline fsck: %w", ErrCorrupt, i, err)
+				return false
+			}
+			if event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()) != *d {
+				return true
+			}
+			res[p] = resolveRepeat(AppendResult{Index: i, LeafHash: LeafHash(v)}, v, it.r.items[it.i].eventField())
+			stored[p], canon[p] = true, v
+			return false
+		})
+		if err != nil {
+			return fmt.Errorf("%w: looking up duplicates in the dedupe runs: %w", ErrStorage, err)
+		}
+		if cerr != nil {
+			return cerr
+		}
+	}
+	return nil
+}
+
 func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][]byte, res []AppendResult, stored []bool, canon [][]byte) error {
 	var leafKeys [][]byte
 	var hits []int
@@ -870,9 +933,7 @@ func (l *Log) indexBatch(b *built) {
 		t0 := time.Now()
 		err := l.commitIndex(b)
 		if err == nil && l.lh != nil {
-			if err = l.lh.Append(b.first, b.leafHashes); err != nil {
-				err = fmt.Errorf("appending their leaf hashes to the runs in %s: %w", l.o.LeafHashDir, err)
-			}
+			err = l.appendRuns(b.first, b.leafHashes, b.dedupeKeys)
 		}
 		l.stats.indexNanos.Add(uint64(time.Since(t0)))
 		if err != nil {

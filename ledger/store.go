@@ -137,11 +137,12 @@ var (
 	// indexes in a separate index store: the main store lacks index entries
 	// of the leaves appended since, so Open refuses it without one.
 	keySeparateIndex = []byte("mindex-separate")
-	// keyLeafHashRuns, in a separate index store, says that the log keeps
-	// its leaf-hash index in runs (Options.LeafHashDir), not as kHash
-	// entries in that store (which, from an older layout, it may not hold
-	// either: Open empties a store whose layout is not the one asked for).
-	keyLeafHashRuns = []byte("mleafhash-runs")
+	// keyRuns, in a separate index store, says that the log keeps its
+	// leaf-hash and dedupe indexes in runs (Options.RunsDir), not as kHash
+	// and kDedupe entries in that store (which, from an older layout, it
+	// may not hold either: Open empties a store whose layout is not the
+	// one asked for).
+	keyRuns = []byte("mindex-runs")
 	// keyTree is the size of the tree as integrated, which is beyond the
 	// latest checkpoint while leaves wait for the next one (with a
 	// checkpoint interval). Missing: the latest checkpoint's size.
@@ -155,7 +156,8 @@ var (
 // the log answer with the wrong one.
 const indexKeyLen = 16
 
-// The leaf-hash runs keep the same prefix of a leaf hash as kHash entries.
+// The runs keep the same prefix of a leaf hash or dedupe key as kHash and
+// kDedupe entries.
 var _ = runindex.Key([indexKeyLen]byte{})
 
 func be64(b []byte, v uint64) []byte { return binary.BigEndian.AppendUint64(b, v) }

@@ -841,6 +841,7 @@ func (l *Log) appendMapLeaf(w, ix *writes) (uint64, error) {
 	w.put(leafKey(idx), leaf)
 	if l.lh != nil {
 		ix.leafHashes = append(ix.leafHashes, runindex.Key(h[:indexKeyLen]))
+		ix.dedupeKeys = append(ix.dedupeKeys, runindex.Key{}) // no event, no dedupe key
 	} else {
 		ix.put(hashKey(h[:]), be64(nil, idx))
 	}

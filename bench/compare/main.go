@@ -174,7 +174,7 @@ func runGrantline(ctx context.Context, dir string, s note.Signer, v note.Verifie
 			return 0, 0, err
 		}
 		o.Index = ix
-		o.LeafHashDir = filepath.Join(dir, "ledger", "leafhash")
+		o.RunsDir = filepath.Join(dir, "ledger", "runs")
 	}
 	l, err := ledger.Open(ctx, st, o)
 	if err != nil {

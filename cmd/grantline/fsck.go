@@ -134,7 +134,7 @@ func fsckDataDir(ctx context.Context, dir string, mem badgerstore.Options, progr
 	if err == nil {
 		ix := openIndexForFsck(filepath.Join(ldir, datadir.IndexDir), mem, report)
 		if ix != nil {
-			err = ledger.FsckWithLeafHashes(ctx, st, ix, filepath.Join(ldir, datadir.LeafHashDir), v, report)
+			err = ledger.FsckWithRuns(ctx, st, ix, filepath.Join(ldir, datadir.RunsDir), v, report)
 			if cerr := ix.Close(); err == nil && cerr != nil {
 				err = fmt.Errorf("%w: closing the index store: %w", ledger.ErrStorage, cerr)
 			}

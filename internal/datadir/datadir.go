@@ -32,11 +32,11 @@ const (
 	// not fsynced: the ledger rebuilds it from the leaves; see
 	// docs/design.md, "Indexes off the durable commit").
 	IndexDir = "index"
-	// LeafHashDir, inside LedgerDir, holds the ledger's leaf-hash index as
-	// sorted run files (not fsynced with the leaves either: rebuilt from
-	// the tiles; see docs/design.md, "The leaf-hash runs").
-	LeafHashDir = "leafhash"
-	KeysDir     = "keys" // LogKeyFile, LogVerifierKeyFile, EvidenceKeyFile, EvidencePubFile
+	// RunsDir, inside LedgerDir, holds the ledger's leaf-hash and dedupe
+	// indexes as sorted run files (not fsynced with the leaves either:
+	// rebuilt from the log; see docs/design.md, "The leaf-hash runs").
+	RunsDir = "runs"
+	KeysDir = "keys" // LogKeyFile, LogVerifierKeyFile, EvidenceKeyFile, EvidencePubFile
 )
 
 // Default is the data directory of a command given no --data.
@@ -225,7 +225,7 @@ func (d *Dir) OpenLedger(ctx context.Context, o ledger.Options) (*ledger.Log, er
 		return nil, err
 	}
 	o.Index = ix
-	o.LeafHashDir = filepath.Join(ldir, LeafHashDir)
+	o.RunsDir = filepath.Join(ldir, RunsDir)
 	o.Signer, o.Verifier = d.Keys.LogSigner, d.Keys.LogVerifier
 	l, err := ledger.Open(ctx, st, o)
 	if err != nil {

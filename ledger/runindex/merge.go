@@ -124,8 +124,8 @@ func (x *Index) merger() {
 		switch {
 		case errors.Is(err, errAbandoned):
 		case err != nil:
-			x.err = fmt.Errorf("leaf-hash index: merging leaves [%d, %d): %w", in[0].from, in[len(in)-1].to, err)
-			x.log.Error("leaf-hash index: background merge failed; appends stop until the index is reopened", "err", err)
+			x.err = fmt.Errorf("%s: merging leaves [%d, %d): %w", x.name, in[0].from, in[len(in)-1].to, err)
+			x.log.Error(x.name+": background merge failed; appends stop until the index is reopened", "err", err)
 		default:
 			i := slices.Index(x.runs, in[0])
 			if i < 0 || len(x.runs) < i+len(in) || !slices.Equal(x.runs[i:i+len(in)], in) {

@@ -1,12 +1,14 @@
-// Package runindex is the ledger's index from leaf hash to leaf index: a
-// tiny log-structured merge tree of fixed-size records. Keys (16-byte
+// Package runindex is an index from 16-byte keys to leaf index (the
+// ledger's leaf-hash index, and its dedupe index): a tiny log-structured
+// merge tree of fixed-size records. Keys (for the leaf-hash index, 16-byte
 // prefixes of RFC 6962 leaf hashes) are appended in leaf order into a memory
-// buffer; a full buffer is sorted and written by a background goroutine as an
-// immutable run file covering leaves [from, to), and adjacent runs of one
-// size tier are merged in the background into one. Appending costs a copy;
-// a lookup costs a binary search in memory and one read of at most a few
-// KiB per run. Lookups return candidates: two leaves may share a key, so
-// the caller confirms each on the leaf. Runs are written to a temporary file,
+// buffer with a hash table over it; a full buffer is sorted and written by a
+// background goroutine as an immutable run file covering leaves [from, to),
+// and adjacent runs of one size tier are merged in the background into one.
+// Appending costs a copy and a hash-table insert; a lookup costs a probe of
+// each memory buffer's table, and a binary search in memory and one read of
+// at most a few KiB per run. Lookups return candidates: two leaves may share
+// a key, so the caller confirms each on the leaf. Runs are written to a temporary file,
 // synced and renamed, so a crash leaves whole runs; Open keeps the chain of
 // runs from leaf 0 and the caller re-appends the leaves after it. The file
 // format, merging, the crash story and the memory used are in docs/design.md,
@@ -17,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,22 +28,32 @@ import (
 	"sync/atomic"
 )
 
-// Key is the indexed prefix of a leaf hash.
+// Key is an indexed key: for the leaf-hash index, the first 16 bytes of a
+// leaf hash.
 type Key = [16]byte
 
 // Defaults for Options.
 const (
 	DefaultFlushEntries = 65536
 	DefaultFanout       = 8
+	DefaultName         = "leaf-hash index"
+	// MaxFlushEntries bounds FlushEntries: a buffer's hash table names
+	// positions in 32 bits, and takes 8 bytes per FlushEntries.
+	MaxFlushEntries = 1 << 30
 )
 
 // Options tune an Index. The zero value is the defaults.
 type Options struct {
 	// FlushEntries: keys held in memory before they are written as a run. 0: DefaultFlushEntries (65536).
+	// At most MaxFlushEntries. Each memory buffer (at most three) takes 16 bytes per key it holds plus
+	// a hash table of 8 bytes per FlushEntries (2 x FlushEntries 4-byte slots, rounded up to a power of two).
 	FlushEntries int
 	// Fanout: this many adjacent runs of one tier are merged into one. 0: DefaultFanout (8). <2 invalid.
 	Fanout int
 	Logger *slog.Logger // nil discards
+	// Name names the index in every error and log message ("": DefaultName, "leaf-hash index"),
+	// e.g. "dedupe index".
+	Name string
 }
 
 var (
@@ -53,18 +66,12 @@ var (
 	ErrClosed = errors.New("runindex: closed")
 )
 
-// buffer holds the keys of leaves [base, base+len(keys)) in append order.
-// Once full (or flushed) it is immutable until dropped: snapshots read it
-// without the lock, so a buffer is never reused.
-type buffer struct {
-	base uint64
-	keys []Key
-}
-
-// Index is an open leaf-hash index. Its methods are safe for concurrent
+// Index is an open index. Its methods are safe for concurrent
 // use, except that Appends must come from one goroutine at a time.
 type Index struct {
 	dir   string
+	name  string // Options.Name
+	seed  hashSeed
 	flush int
 	fan   int
 	log   *slog.Logger
@@ -99,13 +106,18 @@ type Index struct {
 // Open starts two goroutines (a writer and a merger) that Close stops, and
 // keeps one file descriptor open per run.
 func Open(dir string, limit uint64, o Options) (*Index, error) {
-	if o.FlushEntries < 0 {
-		return nil, fmt.Errorf("opening leaf-hash index %s: FlushEntries %d is negative (0 means %d)", dir, o.FlushEntries, DefaultFlushEntries)
+	name := o.Name
+	if name == "" {
+		name = DefaultName
+	}
+	if o.FlushEntries < 0 || o.FlushEntries > MaxFlushEntries {
+		return nil, fmt.Errorf("opening %s %s: FlushEntries %d, want 0 (meaning %d) to %d", name, dir, o.FlushEntries, DefaultFlushEntries, MaxFlushEntries)
 	}
 	if o.Fanout < 0 || o.Fanout == 1 {
-		return nil, fmt.Errorf("opening leaf-hash index %s: Fanout %d, want 0 (%d) or at least 2", dir, o.Fanout, DefaultFanout)
+		return nil, fmt.Errorf("opening %s %s: Fanout %d, want 0 (%d) or at least 2", name, dir, o.Fanout, DefaultFanout)
 	}
-	x := &Index{dir: dir, flush: o.FlushEntries, fan: o.Fanout, log: o.Logger}
+	x := &Index{dir: dir, name: name, flush: o.FlushEntries, fan: o.Fanout, log: o.Logger,
+		seed: hashSeed{rand.Uint64(), rand.Uint64()}}
 	if x.flush == 0 {
 		x.flush = DefaultFlushEntries
 	}
@@ -117,7 +129,7 @@ func Open(dir string, limit uint64, o Options) (*Index, error) {
 	}
 	x.cond = sync.NewCond(&x.mu)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("opening leaf-hash index: %w", err)
+		return nil, fmt.Errorf("opening %s: %w", x.name, err)
 	}
 	runs, err := x.load(limit)
 	if err != nil {
@@ -141,7 +153,7 @@ func Open(dir string, limit uint64, o Options) (*Index, error) {
 func (x *Index) load(limit uint64) ([]*run, error) {
 	ents, err := os.ReadDir(x.dir)
 	if err != nil {
-		return nil, fmt.Errorf("opening leaf-hash index: %w", err)
+		return nil, fmt.Errorf("opening %s: %w", x.name, err)
 	}
 	type cand struct {
 		name     string
@@ -153,14 +165,14 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 		name := e.Name()
 		switch from, to, ok := parseRunName(name); {
 		case strings.HasSuffix(name, tmpSuffix) && strings.HasPrefix(name, runPrefix):
-			x.log.Info("leaf-hash index: deleting an unfinished run (a crash or failure while writing it)", "file", filepath.Join(x.dir, name))
+			x.log.Info(x.name+": deleting an unfinished run (a crash or failure while writing it)", "file", filepath.Join(x.dir, name))
 			drop = append(drop, name)
 		case !ok || e.IsDir():
 			// Not ours: leave it.
 		case from >= to:
 			return nil, damaged(filepath.Join(x.dir, name), 0, fmt.Sprintf("the name's range [%d, %d) is empty", from, to))
 		case to > limit:
-			x.log.Info("leaf-hash index: deleting a run beyond the log's tree size (the log was restored from an older backup)",
+			x.log.Info(x.name+": deleting a run beyond the log's tree size (the log was restored from an older backup)",
 				"file", filepath.Join(x.dir, name), "tree_size", limit)
 			drop = append(drop, name)
 		default:
@@ -182,10 +194,10 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 			chain = append(chain, c)
 			pos = c.to
 		case c.from < pos:
-			x.log.Info("leaf-hash index: deleting a run a larger run covers (the input of a finished merge)", "file", filepath.Join(x.dir, c.name))
+			x.log.Info(x.name+": deleting a run a larger run covers (the input of a finished merge)", "file", filepath.Join(x.dir, c.name))
 			drop = append(drop, c.name)
 		default:
-			x.log.Info("leaf-hash index: deleting a run after a gap in the chain (its leaves are indexed again from the log)",
+			x.log.Info(x.name+": deleting a run after a gap in the chain (its leaves are indexed again from the log)",
 				"file", filepath.Join(x.dir, c.name), "gap_at", pos)
 			drop = append(drop, c.name)
 		}
@@ -197,7 +209,7 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 			for _, r := range runs {
 				r.f.Close()
 			}
-			return nil, fmt.Errorf("opening leaf-hash index: %w", err)
+			return nil, fmt.Errorf("opening %s: %w", x.name, err)
 		}
 		x.adopt(r)
 		runs = append(runs, r)
@@ -207,7 +219,7 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 			for _, r := range runs {
 				r.f.Close()
 			}
-			return nil, fmt.Errorf("opening leaf-hash index: %w", err)
+			return nil, fmt.Errorf("opening %s: %w", x.name, err)
 		}
 	}
 	if len(drop) > 0 {
@@ -215,7 +227,7 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 			for _, r := range runs {
 				r.f.Close()
 			}
-			return nil, fmt.Errorf("opening leaf-hash index: %w", err)
+			return nil, fmt.Errorf("opening %s: %w", x.name, err)
 		}
 	}
 	return runs, nil
@@ -239,19 +251,21 @@ func (x *Index) adopt(r *run) {
 
 func (x *Index) onRelease(r *run) {
 	if err := r.f.Close(); err != nil {
-		x.log.Warn("leaf-hash index: closing a run", "file", r.path, "err", err)
+		x.log.Warn(x.name+": closing a run", "file", r.path, "err", err)
 	}
 	if r.obsolete.Load() {
 		if err := os.Remove(r.path); err != nil {
-			x.log.Warn("leaf-hash index: deleting a merged run (Open deletes it next time)", "file", r.path, "err", err)
+			x.log.Warn(x.name+": deleting a merged run (Open deletes it next time)", "file", r.path, "err", err)
 		}
 	}
 }
 
 // newBuffer starts a buffer at leaf base. Appends may reallocate its keys
 // (beyond 65,536): a snapshot keeps the old array, whose keys never change.
+// Its hash table is sized for FlushEntries keys now, allocated by the first
+// Append and never moved.
 func (x *Index) newBuffer(base uint64) *buffer {
-	return &buffer{base: base, keys: make([]Key, 0, min(x.flush, 1<<16))}
+	return &buffer{base: base, keys: make([]Key, 0, min(x.flush, 1<<16)), size: tableSlots(x.flush), seed: x.seed}
 }
 
 // Covered returns the index of the next leaf Append expects: every leaf below it is findable.
@@ -284,12 +298,12 @@ func (x *Index) Append(first uint64, keys []Key) error {
 		return x.err
 	}
 	if first != x.covered {
-		return fmt.Errorf("appending to leaf-hash index %s: leaves from %d, but the index covers %d (append from Covered())", x.dir, first, x.covered)
+		return fmt.Errorf("appending to %s %s: leaves from %d, but the index covers %d (append from Covered())", x.name, x.dir, first, x.covered)
 	}
 	for len(keys) > 0 {
 		a := x.active
 		n := min(len(keys), x.flush-len(a.keys))
-		a.keys = append(a.keys, keys[:n]...)
+		a.add(keys[:n])
 		keys = keys[n:]
 		x.covered += uint64(n)
 		if len(a.keys) == x.flush {
@@ -402,51 +416,66 @@ type snapshot struct {
 }
 
 func (x *Index) snapshot() (*snapshot, error) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.closed || x.stopping {
-		return nil, ErrClosed
-	}
-	s := &snapshot{bufs: make([]buffer, 0, len(x.imm)+1), runs: slices.Clone(x.runs)}
-	for _, b := range x.imm {
-		s.bufs = append(s.bufs, *b)
-	}
-	s.bufs = append(s.bufs, *x.active) // the slice header: later appends land beyond its length, or in a new array
-	for _, r := range s.runs {
-		r.acquire()
+	s := &snapshot{}
+	var err error
+	s.bufs, s.runs, err = x.snapshotInto(nil, nil)
+	if err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
-func (s *snapshot) release() {
-	for _, r := range s.runs {
+// snapshotInto appends the buffers and the (acquired) runs to bufs and
+// runs: a caller passing arrays of its own stack takes a snapshot without
+// allocating (Lookup's hot path).
+func (x *Index) snapshotInto(bufs []buffer, runs []*run) ([]buffer, []*run, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.closed || x.stopping {
+		return nil, nil, ErrClosed
+	}
+	for _, b := range x.imm {
+		bufs = append(bufs, *b)
+	}
+	bufs = append(bufs, *x.active) // the slice header: later appends land beyond its length, or in a new array
+	runs = append(runs, x.runs...)
+	for _, r := range runs {
+		r.acquire()
+	}
+	return bufs, runs, nil
+}
+
+func (s *snapshot) release() { releaseRuns(s.runs) }
+
+func releaseRuns(runs []*run) {
+	for _, r := range runs {
 		r.release()
 	}
 }
 
 // Lookup calls fn with the index of every leaf whose key is k (memory buffers first, then runs newest
-// first), until fn returns false. Candidates only: the caller confirms each on the leaf. A miss calls
-// fn never and returns nil. Safe for concurrent use; a merge finishing meanwhile does not break a lookup
+// first), until fn returns false: a memory buffer costs a probe of its hash table (no allocation), a
+// run one read. Candidates only: the caller confirms each on the leaf. A miss calls fn never and
+// returns nil. Safe for concurrent use; a merge finishing meanwhile does not break a lookup
 // in progress (runs are reference-counted: a replaced run's file is closed and removed when its last
 // reader is done).
 func (x *Index) Lookup(k Key, fn func(index uint64) bool) error {
-	s, err := x.snapshot()
+	var bufArr [3]buffer // at most two full buffers and the active one
+	var runArr [32]*run  // ~25 runs at 100 million leaves; more spill to the heap
+	bufs, runs, err := x.snapshotInto(bufArr[:0], runArr[:0])
 	if err != nil {
 		return err
 	}
-	defer s.release()
-	for i := len(s.bufs) - 1; i >= 0; i-- {
-		b := s.bufs[i]
-		for j := range b.keys {
-			if b.keys[j] == k && !fn(b.base+uint64(j)) {
-				return nil
-			}
+	defer releaseRuns(runs)
+	for i := len(bufs) - 1; i >= 0; i-- {
+		if !bufs[i].lookup(&k, fn) {
+			return nil
 		}
 	}
-	for i := len(s.runs) - 1; i >= 0; i-- {
-		more, err := s.runs[i].lookup(&k, fn)
+	for i := len(runs) - 1; i >= 0; i-- {
+		more, err := runs[i].lookup(&k, fn)
 		if err != nil {
-			return fmt.Errorf("looking up a leaf hash: %w", err)
+			return fmt.Errorf("looking up a key in the %s: %w", x.name, err)
 		}
 		if !more {
 			return nil
@@ -477,8 +506,8 @@ func (x *Index) writer() {
 
 		x.mu.Lock()
 		if err != nil {
-			x.err = fmt.Errorf("leaf-hash index: writing leaves [%d, %d) as a run: %w", b.base, b.base+uint64(len(b.keys)), err)
-			x.log.Error("leaf-hash index: background write failed; appends stop until the index is reopened", "err", err)
+			x.err = fmt.Errorf("%s: writing leaves [%d, %d) as a run: %w", x.name, b.base, b.base+uint64(len(b.keys)), err)
+			x.log.Error(x.name+": background write failed; appends stop until the index is reopened", "err", err)
 		} else {
 			x.adopt(r)
 			x.runs = append(x.runs, r)

@@ -3,7 +3,6 @@ package runindex
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -12,18 +11,34 @@ import (
 	"testing"
 )
 
-// TestOracle appends random batches with a small FlushEntries so that many
-// flushes and merges happen, looks up present, duplicated and absent keys
-// against a map, reopens now and then, and checks that Verify yields
-// exactly the appended (key, index) set.
+// TestOracle appends random batches, looks up present, duplicated and
+// absent keys against a map, and checks that Verify yields exactly the
+// appended (key, index) set. With a small FlushEntries many flushes and
+// merges happen and the index is flushed and reopened now and then; with a
+// large one every key stays in the memory buffers (their hash tables), or
+// some do while others are in runs, duplicates spanning both.
 func TestOracle(t *testing.T) {
-	for _, fan := range []int{2, 3, 4} {
-		t.Run(fmt.Sprintf("fanout=%d", fan), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(uint64(fan), 7))
+	tests := []struct {
+		name       string
+		flush, fan int
+		reopen     bool // Flush and reopen now and then
+		buffered   bool // nothing is ever flushed
+	}{
+		{name: "fanout=2", flush: 64, fan: 2, reopen: true},
+		{name: "fanout=3", flush: 64, fan: 3, reopen: true},
+		{name: "fanout=4", flush: 64, fan: 4, reopen: true},
+		{name: "all in buffers", flush: 1 << 15, fan: 2, buffered: true},
+		{name: "buffers and runs", flush: 1500, fan: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fan := tc.fan
+			rng := rand.New(rand.NewPCG(uint64(tc.flush*10+fan), 7))
 			dir := t.TempDir()
-			o := Options{FlushEntries: 64, Fanout: fan}
+			o := Options{FlushEntries: tc.flush, Fanout: fan}
 			x := openT(t, dir, 0, o)
-			var keys []Key // keys[i] is leaf i's key
+			hot := randKey(rng) // appended again and again: a long run of duplicates
+			var keys []Key      // keys[i] is leaf i's key
 			want := map[Key][]uint64{}
 			check := func(step int) {
 				t.Helper()
@@ -33,6 +48,13 @@ func TestOracle(t *testing.T) {
 					if got := lookupAll(t, x, k); !slices.Equal(got, want[k]) {
 						t.Fatalf("step %d: Lookup(key of leaf %d) = %v, want %v", step, i, got, want[k])
 					}
+				}
+				// The newest leaf's key is in the active buffer.
+				if k := keys[len(keys)-1]; !slices.Equal(lookupAll(t, x, k), want[k]) {
+					t.Fatalf("step %d: Lookup(key of the newest leaf %d) = %v, want %v", step, len(keys)-1, lookupAll(t, x, k), want[k])
+				}
+				if got := lookupAll(t, x, hot); !slices.Equal(got, want[hot]) {
+					t.Fatalf("step %d: Lookup(a key appended %d times) = %v, want %v", step, len(want[hot]), got, want[hot])
 				}
 				for range 2 {
 					if got := lookupAll(t, x, randKey(rng)); len(got) != 0 {
@@ -45,9 +67,12 @@ func TestOracle(t *testing.T) {
 				n := rng.IntN(120)
 				batch := make([]Key, n)
 				for j := range batch {
-					if len(keys) > 0 && rng.IntN(50) == 0 {
+					switch {
+					case len(keys) > 0 && rng.IntN(50) == 0:
 						batch[j] = keys[rng.IntN(len(keys))] // a shared key
-					} else {
+					case rng.IntN(100) == 0:
+						batch[j] = hot
+					default:
 						batch[j] = randKey(rng)
 					}
 				}
@@ -65,6 +90,7 @@ func TestOracle(t *testing.T) {
 					check(step)
 				}
 				switch {
+				case !tc.reopen:
 				case step%83 == 82:
 					s := x.Stats()
 					merges, flushes = merges+s.Merges, flushes+s.Flushes
@@ -89,8 +115,19 @@ func TestOracle(t *testing.T) {
 			}
 			s := x.Stats()
 			merges, flushes = merges+s.Merges, flushes+s.Flushes
-			if merges < 20 || flushes < 100 {
-				t.Errorf("%d merges and %d flushes, want many of both", merges, flushes)
+			switch {
+			case tc.buffered:
+				if s.Flushes != 0 || s.Buffered != len(keys) {
+					t.Errorf("stats %+v, want all %d keys in the buffer", s, len(keys))
+				}
+			case tc.reopen:
+				if merges < 20 || flushes < 100 {
+					t.Errorf("%d merges and %d flushes, want many of both", merges, flushes)
+				}
+			default:
+				if flushes < 5 || s.Buffered == 0 {
+					t.Errorf("stats %+v, want some keys flushed and some in the buffer", s)
+				}
 			}
 			if s.Runs > 12*fan {
 				t.Errorf("%d runs after merging settled, want few (fanout %d)", s.Runs, fan)

@@ -2,12 +2,15 @@ package ledger
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/ledger/runindex"
+	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
 // withSmallRuns makes the leaf-hash runs write a run every n leaves for
@@ -49,7 +52,7 @@ func TestLeafHashRuns(t *testing.T) {
 		t.Run(map[bool]string{false: "plain", true: "subject-map"}[smap], func(t *testing.T) {
 			st, ix, dir := newFakeStore(), lazy(), t.TempDir()
 			o := testOptions()
-			o.Index, o.LeafHashDir, o.SubjectMap = ix, dir, smap
+			o.Index, o.RunsDir, o.SubjectMap = ix, dir, smap
 			l, err := Open(t.Context(), st, o)
 			if err != nil {
 				t.Fatal(err)
@@ -214,76 +217,98 @@ func TestLeafHashRunsFsck(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
-	if err := FsckWithLeafHashes(t.Context(), st.clone(), ix.clone(), dir, testVerifier, nil); err != nil {
+	if err := FsckWithRuns(t.Context(), st.clone(), ix.clone(), dir, testVerifier, nil); err != nil {
 		t.Fatalf("offline fsck of sound runs: %v", err)
 	}
 
-	t.Run("flipped byte", func(t *testing.T) {
-		d := copyDir(t, dir)
-		ents, _ := os.ReadDir(d)
-		if len(ents) == 0 {
-			t.Fatal("no run files")
-		}
-		p := filepath.Join(d, ents[0].Name())
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b[len(b)/2] ^= 0x40 // a record, not the header or the sparse keys
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		err = FsckWithLeafHashes(t.Context(), st.clone(), ix.clone(), d, testVerifier, nil)
-		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), d) {
-			t.Fatalf("offline fsck of a run with a flipped byte: %v, want ErrCorrupt naming %s", err, d)
-		}
-	})
+	for _, sub := range []string{leafHashRuns, dedupeRuns} {
+		t.Run("flipped byte/"+sub, func(t *testing.T) {
+			d := copyDir(t, dir)
+			ents, _ := os.ReadDir(filepath.Join(d, sub))
+			if len(ents) == 0 {
+				t.Fatal("no run files")
+			}
+			p := filepath.Join(d, sub, ents[0].Name())
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b[len(b)/2] ^= 0x40 // a record, not the header or the sparse keys
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			err = FsckWithRuns(t.Context(), st.clone(), ix.clone(), d, testVerifier, nil)
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), d) {
+				t.Fatalf("offline fsck of a run with a flipped byte: %v, want ErrCorrupt naming %s", err, d)
+			}
+		})
+	}
 
-	t.Run("missing leaf", func(t *testing.T) {
-		// Well-formed runs of every leaf's hash but leaf 77's, which has
-		// another key: only comparing them with the leaves can tell.
-		d := t.TempDir()
-		x, err := runindex.Open(d, uint64(len(es)), runindex.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys := make([]runindex.Key, len(es))
-		for i, e := range es {
-			h := LeafHash(e.Leaf)
-			keys[i] = runindex.Key(h[:indexKeyLen])
-		}
-		keys[77][0] ^= 1
-		if err := x.Append(0, keys); err != nil {
-			t.Fatal(err)
-		}
-		if err := x.Close(); err != nil {
-			t.Fatal(err)
-		}
-		err = FsckWithLeafHashes(t.Context(), st.clone(), ix.clone(), d, testVerifier, nil)
-		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "lack leaf 77 ") {
-			t.Fatalf("offline fsck of runs lacking leaf 77: %v, want ErrCorrupt naming leaf 77", err)
-		}
-		l, err := openSplitRuns(t, st.clone(), ix.clone(), d)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		if err := l.Fsck(t.Context(), nil); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "lack leaf 77 ") {
-			t.Fatalf("Fsck of runs lacking leaf 77: %v, want ErrCorrupt naming leaf 77", err)
-		}
-		h := LeafHash(es[77].Leaf)
-		if _, err := l.LookupLeafHash(t.Context(), h[:]); !errors.Is(err, ErrNotFound) {
-			t.Fatalf("LookupLeafHash of the leaf the runs lack: %v, want ErrNotFound", err)
-		}
-	})
+	for _, tc := range []struct {
+		sub, name string
+		keyOf     func(e Entry) runindex.Key
+	}{
+		{leafHashRuns, "leaf-hash index", func(e Entry) runindex.Key { h := LeafHash(e.Leaf); return runindex.Key(h[:indexKeyLen]) }},
+		{dedupeRuns, "dedupe index", func(e Entry) runindex.Key {
+			en, err := event.DecodeLeaf(e.Leaf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := event.DedupeKey(en.GetEvent().GetSource().GetSystem(), en.GetEvent().GetId())
+			return runindex.Key(d[:indexKeyLen])
+		}},
+	} {
+		t.Run("missing leaf/"+tc.sub, func(t *testing.T) {
+			// Well-formed runs of every leaf's key but leaf 77's, which has
+			// another: only comparing them with the leaves can tell.
+			d := copyDir(t, dir)
+			if err := os.RemoveAll(filepath.Join(d, tc.sub)); err != nil {
+				t.Fatal(err)
+			}
+			x, err := runindex.Open(filepath.Join(d, tc.sub), uint64(len(es)), runindex.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys := make([]runindex.Key, len(es))
+			for i, e := range es {
+				keys[i] = tc.keyOf(e)
+			}
+			keys[77][0] ^= 1
+			if err := x.Append(0, keys); err != nil {
+				t.Fatal(err)
+			}
+			if err := x.Close(); err != nil {
+				t.Fatal(err)
+			}
+			want := "the " + tc.name + "'s runs in " + d + " lack leaf 77 "
+			err = FsckWithRuns(t.Context(), st.clone(), ix.clone(), d, testVerifier, nil)
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("offline fsck of runs lacking leaf 77: %v, want ErrCorrupt saying %q", err, want)
+			}
+			l, err := openSplitRuns(t, st.clone(), ix.clone(), d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			if err := l.Fsck(t.Context(), nil); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("Fsck of runs lacking leaf 77: %v, want ErrCorrupt saying %q", err, want)
+			}
+			if tc.sub == leafHashRuns {
+				h := LeafHash(es[77].Leaf)
+				if _, err := l.LookupLeafHash(t.Context(), h[:]); !errors.Is(err, ErrNotFound) {
+					t.Fatalf("LookupLeafHash of the leaf the runs lack: %v, want ErrNotFound", err)
+				}
+			}
+		})
+	}
 
 	t.Run("damaged at open", func(t *testing.T) {
 		// A run file that no crash could leave (its header is wrong) is
 		// moved aside with its directory, and the runs are rebuilt from
 		// the tiles.
 		d := copyDir(t, dir)
-		ents, _ := os.ReadDir(d)
-		p := filepath.Join(d, ents[0].Name())
+		ents, _ := os.ReadDir(filepath.Join(d, leafHashRuns))
+		p := filepath.Join(d, leafHashRuns, ents[0].Name())
 		b, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
@@ -297,7 +322,7 @@ func TestLeafHashRunsFsck(t *testing.T) {
 			t.Fatalf("Open with a damaged run file: %v", err)
 		}
 		defer l.Close()
-		aside, _ := filepath.Glob(d + ".damaged-*")
+		aside, _ := filepath.Glob(filepath.Join(d, leafHashRuns) + ".damaged-*")
 		if len(aside) != 1 {
 			t.Fatalf("damaged runs moved aside to %v, want one directory", aside)
 		}
@@ -312,9 +337,89 @@ func TestLeafHashRunsFsck(t *testing.T) {
 // refused, saying what is needed.
 func TestLeafHashRunsNeedIndex(t *testing.T) {
 	o := testOptions()
-	o.LeafHashDir = t.TempDir()
+	o.RunsDir = t.TempDir()
 	_, err := Open(t.Context(), newFakeStore(), o)
 	if err == nil || !strings.Contains(err.Error(), "Options.Index") {
 		t.Fatalf("Open with LeafHashDir but no Index: %v, want an error naming Options.Index", err)
+	}
+}
+
+// TestRunsDedupe keeps the dedupe keys in runs (a run every 40 leaves,
+// merged every 8) and retries events from every part of the log (merged
+// runs, small runs, the buffer): each is answered as a duplicate at its
+// original index, and an event changed under a stored key as a conflict,
+// with nothing stored. So again after a clean restart (the dedupe filter
+// filled from the runs), and after the dedupe runs were lost (rebuilt from
+// the leaves); with and without the dedupe filter.
+func TestRunsDedupe(t *testing.T) {
+	withSmallRuns(t, 40)
+	for _, filter := range []int64{0, -1} {
+		t.Run(fmt.Sprintf("filter=%v", filter >= 0), func(t *testing.T) {
+			st, ix, dir := newFakeStore(), lazy(), t.TempDir()
+			o := testOptions()
+			o.DedupeFilterBytes = filter
+			open := func() *Log {
+				t.Helper()
+				st, ix = st.clone(), ix.clone()
+				o.Index, o.RunsDir = ix, dir
+				l, err := Open(t.Context(), st, o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return l
+			}
+			l := open()
+			a := acked{}
+			appendRounds(t, l, a, 0, 10, 101)
+			retry := func(l *Log, phase string) {
+				t.Helper()
+				size := l.Latest().Size
+				for _, from := range []int{0, 3, 333, 700, 1000} {
+					evs := testEvents(from, 10)
+					for i, r := range mustAppend(t, l, evs) {
+						want := a[event.DedupeKey(evs[i].GetSource().GetSystem(), evs[i].GetId())]
+						if !r.Duplicate || r.Index != want.Index || r.LeafHash != want.LeafHash {
+							t.Fatalf("%s: retry of event %d = %+v, want a duplicate at %d", phase, from+i, r, want.Index)
+						}
+					}
+				}
+				changed := testEvent(555)
+				changed.Reason = "changed"
+				r := mustAppend(t, l, []*pb.Event{changed})[0]
+				want := a[event.DedupeKey(changed.GetSource().GetSystem(), changed.GetId())]
+				if !r.Conflict || r.Index != want.Index {
+					t.Fatalf("%s: changed event 555 = %+v, want a conflict at %d", phase, r, want.Index)
+				}
+				if got := l.Latest().Size; got != size {
+					t.Fatalf("%s: retries grew the log from %d to %d", phase, size, got)
+				}
+			}
+			retry(l, "open")
+			checkInvariants(t, l, a)
+			l.Close()
+
+			l = open()
+			retry(l, "after a restart")
+			l.Close()
+
+			if err := os.RemoveAll(filepath.Join(dir, dedupeRuns)); err != nil {
+				t.Fatal(err)
+			}
+			l = open()
+			defer l.Close()
+			if c := l.dd.Covered(); c != l.Latest().Size {
+				t.Fatalf("the dedupe runs cover %d leaves after a rebuild, want %d", c, l.Latest().Size)
+			}
+			retry(l, "after the dedupe runs were lost")
+			appendRounds(t, l, a, 5000, 2, 50)
+			checkInvariants(t, l, a)
+			if n := func() int {
+				n := 0
+				ix.Scan([]byte{kDedupe}, []byte{kDedupe + 1}, func(k, v []byte) error { n++; return nil })
+				return n
+			}(); n != 0 {
+				t.Fatalf("the index store holds %d dedupe entries; the runs should hold them all", n)
+			}
+		})
 	}
 }
