@@ -26,6 +26,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/grantline/grantline/internal/atomicfile"
 )
 
 // Key is an indexed key: for the leaf-hash index, the first 16 bytes of a
@@ -223,7 +225,7 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 		}
 	}
 	if len(drop) > 0 {
-		if err := syncDir(x.dir); err != nil {
+		if err := atomicfile.SyncDir(x.dir); err != nil {
 			for _, r := range runs {
 				r.f.Close()
 			}
