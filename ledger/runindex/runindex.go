@@ -16,6 +16,7 @@
 package runindex
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -184,9 +185,9 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 	// By start, then the largest first.
 	slices.SortFunc(cands, func(a, b cand) int {
 		if a.from != b.from {
-			return cmpU64(a.from, b.from)
+			return cmp.Compare(a.from, b.from)
 		}
-		return cmpU64(b.to, a.to)
+		return cmp.Compare(b.to, a.to)
 	})
 	var chain []cand
 	var pos uint64
@@ -205,44 +206,31 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 		}
 	}
 	runs := make([]*run, 0, len(chain))
+	fail := func(err error) ([]*run, error) {
+		for _, r := range runs {
+			r.f.Close()
+		}
+		return nil, fmt.Errorf("opening %s: %w", x.name, err)
+	}
 	for _, c := range chain {
 		r, err := openRun(filepath.Join(x.dir, c.name), c.from, c.to)
 		if err != nil {
-			for _, r := range runs {
-				r.f.Close()
-			}
-			return nil, fmt.Errorf("opening %s: %w", x.name, err)
+			return fail(err)
 		}
 		x.adopt(r)
 		runs = append(runs, r)
 	}
 	for _, name := range drop {
 		if err := os.Remove(filepath.Join(x.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			for _, r := range runs {
-				r.f.Close()
-			}
-			return nil, fmt.Errorf("opening %s: %w", x.name, err)
+			return fail(err)
 		}
 	}
 	if len(drop) > 0 {
 		if err := atomicfile.SyncDir(x.dir); err != nil {
-			for _, r := range runs {
-				r.f.Close()
-			}
-			return nil, fmt.Errorf("opening %s: %w", x.name, err)
+			return fail(err)
 		}
 	}
 	return runs, nil
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // adopt gives r the index's reference and its release hook.
