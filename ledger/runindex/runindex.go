@@ -91,8 +91,7 @@ type Index struct {
 	covered  uint64
 	durable  uint64
 	err      error // sticky background failure
-	stopping bool
-	closed   bool
+	stopping bool  // set by Close, never cleared
 	merging  bool
 	merges   uint64
 	flushes  uint64
@@ -362,7 +361,6 @@ func (x *Index) Close() error {
 		x.abort.Store(true)
 		x.wg.Wait()
 		x.mu.Lock()
-		x.closed = true
 		runs := x.runs
 		x.runs = nil
 		x.cerr = x.err
@@ -421,7 +419,7 @@ func (x *Index) snapshot() (*snapshot, error) {
 func (x *Index) snapshotInto(bufs []buffer, runs []*run) ([]buffer, []*run, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.closed || x.stopping {
+	if x.stopping {
 		return nil, nil, ErrClosed
 	}
 	for _, b := range x.imm {
