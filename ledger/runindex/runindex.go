@@ -396,26 +396,11 @@ func (x *Index) Stats() Stats {
 	return s
 }
 
-// snapshot is what a reader sees: buffers and runs at one moment, the runs
-// referenced so that a merge replacing them does not close them under it.
-type snapshot struct {
-	bufs []buffer // oldest first; keys slices fixed at snapshot time
-	runs []*run   // oldest first
-}
-
-func (x *Index) snapshot() (*snapshot, error) {
-	s := &snapshot{}
-	var err error
-	s.bufs, s.runs, err = x.snapshotInto(nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// snapshotInto appends the buffers and the (acquired) runs to bufs and
-// runs: a caller passing arrays of its own stack takes a snapshot without
-// allocating (Lookup's hot path).
+// snapshotInto takes what a reader sees: it appends the buffers (oldest
+// first, their keys slices fixed now) to bufs and the runs (oldest first,
+// acquired so that a merge replacing them does not close them under the
+// reader; releaseRuns gives them back) to runs. A caller passing arrays of
+// its own stack takes a snapshot without allocating (Lookup's hot path).
 func (x *Index) snapshotInto(bufs []buffer, runs []*run) ([]buffer, []*run, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -432,8 +417,6 @@ func (x *Index) snapshotInto(bufs []buffer, runs []*run) ([]buffer, []*run, erro
 	}
 	return bufs, runs, nil
 }
-
-func (s *snapshot) release() { releaseRuns(s.runs) }
 
 func releaseRuns(runs []*run) {
 	for _, r := range runs {

@@ -18,13 +18,13 @@ import (
 // name the file and record offset. It works on a snapshot (reference-counted) so Appends and merges go
 // on meanwhile. After Close it returns ErrClosed.
 func (x *Index) Verify(ctx context.Context, below uint64, fn func(k Key, index uint64)) error {
-	s, err := x.snapshot()
+	bufs, runs, err := x.snapshotInto(nil, nil)
 	if err != nil {
 		return err
 	}
-	defer s.release()
+	defer releaseRuns(runs)
 	var pos uint64
-	for _, r := range s.runs {
+	for _, r := range runs {
 		if r.from != pos {
 			return damaged(r.path, 8, fmt.Sprintf("the chain of runs jumps from leaf %d to %d", pos, r.from))
 		}
@@ -33,7 +33,7 @@ func (x *Index) Verify(ctx context.Context, below uint64, fn func(k Key, index u
 		}
 		pos = r.to
 	}
-	for _, b := range s.bufs {
+	for _, b := range bufs {
 		if b.base != pos {
 			return fmt.Errorf("%w: the memory buffer of leaves from %d follows leaf %d (a bug)", ErrDamaged, b.base, pos)
 		}
