@@ -280,11 +280,8 @@ func (x *Index) Durable() uint64 {
 func (x *Index) Append(first uint64, keys []Key) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.stopping {
-		return ErrClosed
-	}
-	if x.err != nil {
-		return x.err
+	if err := x.refuseLocked(); err != nil {
+		return err
 	}
 	if first != x.covered {
 		return fmt.Errorf("appending to %s %s: leaves from %d, but the index covers %d (append from Covered())", x.name, x.dir, first, x.covered)
@@ -302,6 +299,15 @@ func (x *Index) Append(first uint64, keys []Key) error {
 		}
 	}
 	return nil
+}
+
+// refuseLocked returns why Append or Flush cannot go on: ErrClosed after
+// Close, else the sticky background failure, else nil.
+func (x *Index) refuseLocked() error {
+	if x.stopping {
+		return ErrClosed
+	}
+	return x.err
 }
 
 // sealLocked hands the active buffer to the writer, waiting while two are
@@ -326,11 +332,8 @@ func (x *Index) sealLocked() error {
 func (x *Index) Flush() error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.stopping {
-		return ErrClosed
-	}
-	if x.err != nil {
-		return x.err
+	if err := x.refuseLocked(); err != nil {
+		return err
 	}
 	if len(x.active.keys) > 0 {
 		if err := x.sealLocked(); err != nil {
