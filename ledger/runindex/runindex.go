@@ -103,7 +103,7 @@ type Index struct {
 // contiguous chain of runs from 0 (0 for a new/empty dir); the caller re-appends [Covered(), limit).
 // A run file that is malformed (bad magic/header, size not matching its count, or name not matching
 // header) is an error wrapping ErrDamaged naming the file and saying: delete the directory, it is rebuilt
-// from the log. Open reads only headers and sparse sections, never whole runs.
+// from the log. Open reads only headers, sparse sections and trailers, never whole runs.
 //
 // Open starts two goroutines (a writer and a merger) that Close stops, and
 // keeps one file descriptor open per run.
