@@ -14,9 +14,10 @@ import (
 // count bits: memory count/8 bytes) and that the sparse section matches the records; and that the runs
 // and buffers form one chain from leaf 0. It calls fn for each (key, index) with index < below (records
 // at or beyond are skipped: they belong to appends after the caller's snapshot); fn may have been
-// called for some records of a run before that run's damage is reported. Errors wrap ErrDamaged and
-// name the file and record offset. It works on a snapshot (reference-counted) so Appends and merges go
-// on meanwhile. After Close it returns ErrClosed.
+// called for some records of a run before that run's damage is reported. Damage is an error wrapping
+// ErrDamaged that names the file and byte offset; a failed read names the file; a cancelled ctx returns
+// ctx.Err(). It works on a snapshot (reference-counted) so Appends and merges go on meanwhile. After
+// Close it returns ErrClosed.
 func (x *Index) Verify(ctx context.Context, below uint64, fn func(k Key, index uint64)) error {
 	bufs, runs, err := x.snapshotInto(nil, nil)
 	if err != nil {
