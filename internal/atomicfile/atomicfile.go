@@ -27,7 +27,7 @@ func WriteFile(path string, data []byte, mode fs.FileMode) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // WriteNew creates path holding data, with the given mode, and never
@@ -46,7 +46,7 @@ func WriteNew(path string, data []byte, mode fs.FileMode) error {
 		}
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // writeTemp writes data to a synced temporary file beside path and returns
@@ -74,14 +74,17 @@ func writeTemp(path string, data []byte, mode fs.FileMode) (string, error) {
 	return tmp, nil
 }
 
-func syncDir(dir string) error {
+// SyncDir fsyncs the directory dir, so that the names created, renamed or
+// removed in it survive a crash. Other crash-safe writers (ledger/runindex's
+// run files) call it after their own rename or remove.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
 	}
 	return nil
 }

@@ -17,6 +17,38 @@ func benchKeys(n int) []Key {
 	return ks
 }
 
+// benchLookups runs the sub-benchmarks "present" (random keys of present,
+// each must be found) and "absent" (random keys of absent, none may be
+// found) of Lookup in x.
+func benchLookups(b *testing.B, x *Index, present, absent []Key) {
+	b.Helper()
+	for _, tc := range []struct {
+		name string
+		keys []Key
+	}{{"present", present}, {"absent", absent}} {
+		b.Run(tc.name, func(b *testing.B) {
+			rng := rand.New(rand.NewPCG(3, 4))
+			found := 0
+			cpu0 := cputime.Process()
+			i := 0
+			for b.Loop() {
+				k := tc.keys[rng.IntN(len(tc.keys))]
+				if err := x.Lookup(k, func(uint64) bool { found++; return true }); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+			b.ReportMetric(float64((cputime.Process()-cpu0).Nanoseconds())/float64(i), "cpu-ns/lookup")
+			if tc.name == "present" && found < i {
+				b.Fatalf("%d of %d present keys found", found, i)
+			}
+			if tc.name == "absent" && found != 0 {
+				b.Fatalf("%d absent keys found", found)
+			}
+		})
+	}
+}
+
 // BenchmarkAppend appends b.N random keys in batches of 2,000 with the
 // default options, then waits for the last flush and every merge it set
 // off: ns/op is ns per key, cpu-ns/key is the process's CPU (the
@@ -69,31 +101,7 @@ func BenchmarkLookup(b *testing.B) {
 	}
 	b.Logf("%+v", x.Stats())
 	absent := benchKeys(n + 4096)[n:] // the same stream, beyond the appended ones
-	for _, tc := range []struct {
-		name string
-		keys []Key
-	}{{"present", keys}, {"absent", absent}} {
-		b.Run(tc.name, func(b *testing.B) {
-			rng := rand.New(rand.NewPCG(3, 4))
-			found := 0
-			cpu0 := cputime.Process()
-			i := 0
-			for b.Loop() {
-				k := tc.keys[rng.IntN(len(tc.keys))]
-				if err := x.Lookup(k, func(uint64) bool { found++; return true }); err != nil {
-					b.Fatal(err)
-				}
-				i++
-			}
-			b.ReportMetric(float64((cputime.Process()-cpu0).Nanoseconds())/float64(i), "cpu-ns/lookup")
-			if tc.name == "present" && found < i {
-				b.Fatalf("%d of %d present keys found", found, i)
-			}
-			if tc.name == "absent" && found != 0 {
-				b.Fatalf("%d absent keys found", found)
-			}
-		})
-	}
+	benchLookups(b, x, keys, absent)
 	b.Run("open", func(b *testing.B) {
 		if err := x.Close(); err != nil {
 			b.Fatal(err)
@@ -129,31 +137,7 @@ func BenchmarkLookupBuffered(b *testing.B) {
 	if s := x.Stats(); s.Buffered != n || s.Flushes != 0 {
 		b.Fatalf("stats %+v, want all %d keys in the buffer", s, n)
 	}
-	for _, tc := range []struct {
-		name string
-		keys []Key
-	}{{"present", keys}, {"absent", absent}} {
-		b.Run(tc.name, func(b *testing.B) {
-			rng := rand.New(rand.NewPCG(3, 4))
-			found := 0
-			cpu0 := cputime.Process()
-			i := 0
-			for b.Loop() {
-				k := tc.keys[rng.IntN(len(tc.keys))]
-				if err := x.Lookup(k, func(uint64) bool { found++; return true }); err != nil {
-					b.Fatal(err)
-				}
-				i++
-			}
-			b.ReportMetric(float64((cputime.Process()-cpu0).Nanoseconds())/float64(i), "cpu-ns/lookup")
-			if tc.name == "present" && found < i {
-				b.Fatalf("%d of %d present keys found", found, i)
-			}
-			if tc.name == "absent" && found != 0 {
-				b.Fatalf("%d absent keys found", found)
-			}
-		})
-	}
+	benchLookups(b, x, keys, absent)
 }
 
 // BenchmarkBufferAdd is Append's own share of the work, in batches of

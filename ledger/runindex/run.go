@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+
+	"github.com/grantline/grantline/internal/atomicfile"
 )
 
 // The run file format (docs/design.md, "The leaf-hash runs"); all integers
@@ -212,25 +214,13 @@ func (w *runWriter) finish() (*run, error) {
 		w.abort()
 		return nil, fmt.Errorf("renaming run %s: %w", w.path+tmpSuffix, err)
 	}
-	if err := syncDir(filepath.Dir(w.path)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(w.path)); err != nil {
 		// The run is in place but maybe not durably named: keep it (a
 		// restart finds it or re-appends) and report the failure.
 		w.f.Close()
 		return nil, err
 	}
 	return &run{path: w.path, from: w.from, to: w.to, f: w.f, sparse: w.sparse}, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 // damaged is the error for a run file that cannot come from a crash.

@@ -16,6 +16,7 @@
 package runindex
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/grantline/grantline/internal/atomicfile"
 )
 
 // Key is an indexed key: for the leaf-hash index, the first 16 bytes of a
@@ -88,8 +91,7 @@ type Index struct {
 	covered  uint64
 	durable  uint64
 	err      error // sticky background failure
-	stopping bool
-	closed   bool
+	stopping bool  // set by Close, never cleared
 	merging  bool
 	merges   uint64
 	flushes  uint64
@@ -101,7 +103,7 @@ type Index struct {
 // contiguous chain of runs from 0 (0 for a new/empty dir); the caller re-appends [Covered(), limit).
 // A run file that is malformed (bad magic/header, size not matching its count, or name not matching
 // header) is an error wrapping ErrDamaged naming the file and saying: delete the directory, it is rebuilt
-// from the log. Open reads only headers and sparse sections, never whole runs.
+// from the log. Open reads only headers, sparse sections and trailers, never whole runs.
 //
 // Open starts two goroutines (a writer and a merger) that Close stops, and
 // keeps one file descriptor open per run.
@@ -182,9 +184,9 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 	// By start, then the largest first.
 	slices.SortFunc(cands, func(a, b cand) int {
 		if a.from != b.from {
-			return cmpU64(a.from, b.from)
+			return cmp.Compare(a.from, b.from)
 		}
-		return cmpU64(b.to, a.to)
+		return cmp.Compare(b.to, a.to)
 	})
 	var chain []cand
 	var pos uint64
@@ -203,44 +205,31 @@ func (x *Index) load(limit uint64) ([]*run, error) {
 		}
 	}
 	runs := make([]*run, 0, len(chain))
+	fail := func(err error) ([]*run, error) {
+		for _, r := range runs {
+			r.f.Close()
+		}
+		return nil, fmt.Errorf("opening %s: %w", x.name, err)
+	}
 	for _, c := range chain {
 		r, err := openRun(filepath.Join(x.dir, c.name), c.from, c.to)
 		if err != nil {
-			for _, r := range runs {
-				r.f.Close()
-			}
-			return nil, fmt.Errorf("opening %s: %w", x.name, err)
+			return fail(err)
 		}
 		x.adopt(r)
 		runs = append(runs, r)
 	}
 	for _, name := range drop {
 		if err := os.Remove(filepath.Join(x.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			for _, r := range runs {
-				r.f.Close()
-			}
-			return nil, fmt.Errorf("opening %s: %w", x.name, err)
+			return fail(err)
 		}
 	}
 	if len(drop) > 0 {
-		if err := syncDir(x.dir); err != nil {
-			for _, r := range runs {
-				r.f.Close()
-			}
-			return nil, fmt.Errorf("opening %s: %w", x.name, err)
+		if err := atomicfile.SyncDir(x.dir); err != nil {
+			return fail(err)
 		}
 	}
 	return runs, nil
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // adopt gives r the index's reference and its release hook.
@@ -291,11 +280,8 @@ func (x *Index) Durable() uint64 {
 func (x *Index) Append(first uint64, keys []Key) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.stopping {
-		return ErrClosed
-	}
-	if x.err != nil {
-		return x.err
+	if err := x.refuseLocked(); err != nil {
+		return err
 	}
 	if first != x.covered {
 		return fmt.Errorf("appending to %s %s: leaves from %d, but the index covers %d (append from Covered())", x.name, x.dir, first, x.covered)
@@ -313,6 +299,15 @@ func (x *Index) Append(first uint64, keys []Key) error {
 		}
 	}
 	return nil
+}
+
+// refuseLocked returns why Append or Flush cannot go on: ErrClosed after
+// Close, else the sticky background failure, else nil.
+func (x *Index) refuseLocked() error {
+	if x.stopping {
+		return ErrClosed
+	}
+	return x.err
 }
 
 // sealLocked hands the active buffer to the writer, waiting while two are
@@ -337,11 +332,8 @@ func (x *Index) sealLocked() error {
 func (x *Index) Flush() error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.stopping {
-		return ErrClosed
-	}
-	if x.err != nil {
-		return x.err
+	if err := x.refuseLocked(); err != nil {
+		return err
 	}
 	if len(x.active.keys) > 0 {
 		if err := x.sealLocked(); err != nil {
@@ -372,7 +364,6 @@ func (x *Index) Close() error {
 		x.abort.Store(true)
 		x.wg.Wait()
 		x.mu.Lock()
-		x.closed = true
 		runs := x.runs
 		x.runs = nil
 		x.cerr = x.err
@@ -408,30 +399,15 @@ func (x *Index) Stats() Stats {
 	return s
 }
 
-// snapshot is what a reader sees: buffers and runs at one moment, the runs
-// referenced so that a merge replacing them does not close them under it.
-type snapshot struct {
-	bufs []buffer // oldest first; keys slices fixed at snapshot time
-	runs []*run   // oldest first
-}
-
-func (x *Index) snapshot() (*snapshot, error) {
-	s := &snapshot{}
-	var err error
-	s.bufs, s.runs, err = x.snapshotInto(nil, nil)
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// snapshotInto appends the buffers and the (acquired) runs to bufs and
-// runs: a caller passing arrays of its own stack takes a snapshot without
-// allocating (Lookup's hot path).
+// snapshotInto takes what a reader sees: it appends the buffers (oldest
+// first, their keys slices fixed now) to bufs and the runs (oldest first,
+// acquired so that a merge replacing them does not close them under the
+// reader; releaseRuns gives them back) to runs. A caller passing arrays of
+// its own stack takes a snapshot without allocating (Lookup's hot path).
 func (x *Index) snapshotInto(bufs []buffer, runs []*run) ([]buffer, []*run, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.closed || x.stopping {
+	if x.stopping {
 		return nil, nil, ErrClosed
 	}
 	for _, b := range x.imm {
@@ -444,8 +420,6 @@ func (x *Index) snapshotInto(bufs []buffer, runs []*run) ([]buffer, []*run, erro
 	}
 	return bufs, runs, nil
 }
-
-func (s *snapshot) release() { releaseRuns(s.runs) }
 
 func releaseRuns(runs []*run) {
 	for _, r := range runs {

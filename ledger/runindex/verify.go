@@ -14,17 +14,18 @@ import (
 // count bits: memory count/8 bytes) and that the sparse section matches the records; and that the runs
 // and buffers form one chain from leaf 0. It calls fn for each (key, index) with index < below (records
 // at or beyond are skipped: they belong to appends after the caller's snapshot); fn may have been
-// called for some records of a run before that run's damage is reported. Errors wrap ErrDamaged and
-// name the file and record offset. It works on a snapshot (reference-counted) so Appends and merges go
-// on meanwhile. After Close it returns ErrClosed.
+// called for some records of a run before that run's damage is reported. Damage is an error wrapping
+// ErrDamaged that names the file and byte offset; a failed read names the file; a cancelled ctx returns
+// ctx.Err(). It works on a snapshot (reference-counted) so Appends and merges go on meanwhile. After
+// Close it returns ErrClosed.
 func (x *Index) Verify(ctx context.Context, below uint64, fn func(k Key, index uint64)) error {
-	s, err := x.snapshot()
+	bufs, runs, err := x.snapshotInto(nil, nil)
 	if err != nil {
 		return err
 	}
-	defer s.release()
+	defer releaseRuns(runs)
 	var pos uint64
-	for _, r := range s.runs {
+	for _, r := range runs {
 		if r.from != pos {
 			return damaged(r.path, 8, fmt.Sprintf("the chain of runs jumps from leaf %d to %d", pos, r.from))
 		}
@@ -33,7 +34,7 @@ func (x *Index) Verify(ctx context.Context, below uint64, fn func(k Key, index u
 		}
 		pos = r.to
 	}
-	for _, b := range s.bufs {
+	for _, b := range bufs {
 		if b.base != pos {
 			return fmt.Errorf("%w: the memory buffer of leaves from %d follows leaf %d (a bug)", ErrDamaged, b.base, pos)
 		}
