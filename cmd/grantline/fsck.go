@@ -120,7 +120,7 @@ func fsckDataDir(ctx context.Context, dir string, mem badgerstore.Options, progr
 	if err != nil {
 		return &exitError{code: 2, msg: err.Error()}
 	}
-	ldir := filepath.Join(dir, "ledger")
+	ldir := filepath.Join(dir, datadir.LedgerDir)
 	if _, err := os.Stat(ldir); err != nil {
 		return &exitError{code: 2, msg: fmt.Sprintf("--data %s: no ledger here (%v)", dir, err)}
 	}

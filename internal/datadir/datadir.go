@@ -33,8 +33,10 @@ const (
 	// docs/design.md, "Indexes off the durable commit").
 	IndexDir = "index"
 	// RunsDir, inside LedgerDir, holds the ledger's leaf-hash and dedupe
-	// indexes as sorted run files (not fsynced with the leaves either:
-	// rebuilt from the log; see docs/design.md, "The leaf-hash runs").
+	// indexes as sorted run files (written in the background behind the
+	// leaves' durable commit, from buffers a crash loses: the ledger
+	// re-appends what they lack from the log; see docs/design.md, "The
+	// leaf-hash runs").
 	RunsDir = "runs"
 	KeysDir = "keys" // LogKeyFile, LogVerifierKeyFile, EvidenceKeyFile, EvidencePubFile
 )
