@@ -423,3 +423,25 @@ func TestRunsDedupe(t *testing.T) {
 		})
 	}
 }
+
+// TestFsckRunsNilReport checks that the offline fsck of a log keeping its
+// indexes in runs accepts a nil report, as fsck does elsewhere, both when
+// the runs' directory is not given and when the runs lag the tree.
+func TestFsckRunsNilReport(t *testing.T) {
+	withSmallRuns(t, 64)
+	st, ix, dir := newFakeStore(), lazy(), t.TempDir()
+	l, err := openSplitRuns(t, st, ix, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendRounds(t, l, acked{}, 0, 1, 10)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := FsckWithIndex(t.Context(), st.clone(), ix.clone(), testVerifier, nil); err != nil {
+		t.Fatalf("FsckWithIndex without the runs' directory: %v", err)
+	}
+	if err := FsckWithRuns(t.Context(), st.clone(), ix.clone(), t.TempDir(), testVerifier, nil); err != nil {
+		t.Fatalf("FsckWithRuns with empty runs: %v", err)
+	}
+}
