@@ -867,26 +867,23 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, runs bool, i
 		}
 		end := min(start+fsckChunk, size)
 		var keys [][]byte
-		var noSubject []bool
 		err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
 			i := binary.BigEndian.Uint64(k[1:])
 			h := LeafHash(v)
 			e, err := event.DecodeLeaf(v)
 			if errors.Is(err, event.ErrMapLeaf) {
 				keys = append(keys, hashKey(h[:]), nil, nil) // no dedupe record, no subject
-				noSubject = append(noSubject, true)
 				return nil
 			}
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
 			}
 			dk := dedupeKey(event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()))
-			sk := dk // placeholder, not checked
+			sk := dk // placeholder: no subject, not checked
 			if s := e.GetEvent().GetSubject().GetId(); s != "" {
 				sk = subjectKey(s, i)
 			}
 			keys = append(keys, hashKey(h[:]), dk, sk)
-			noSubject = append(noSubject, sk[0] != kSubject)
 			return nil
 		})
 		if err != nil {
@@ -916,23 +913,22 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, runs bool, i
 			if !runs && (dv == nil || len(dv) != 8 || binary.BigEndian.Uint64(dv) != i) {
 				return fmt.Errorf("%w: the dedupe record of leaf %d is missing or points elsewhere", ErrCorrupt, i)
 			}
-			if sv == nil && !noSubject[j/3] {
+			if sv == nil && keys[j+2][0] == kSubject {
 				return fmt.Errorf("%w: the subject index entry of leaf %d is missing", ErrCorrupt, i)
 			}
 		}
 	}
 	// Every leaf has its entries: some entry belongs to no leaf.
-	for _, kind := range []byte{kHash, kDedupe} {
-		if !runs {
-			break
-		}
-		var k []byte
-		err := ix.Scan([]byte{kind}, []byte{kind + 1}, func(key, _ []byte) error { k = bytes.Clone(key); return errStop })
-		if err != nil && err != errStop {
-			return storageErr(err, "reading indexes")
-		}
-		if k != nil {
-			return fmt.Errorf("%w: the index store holds a %s entry (key %x) but the log keeps that index in runs: an entry was added; restore from a backup", ErrCorrupt, indexNames[kind], k)
+	if runs {
+		for _, kind := range []byte{kHash, kDedupe} {
+			var k []byte
+			err := ix.Scan([]byte{kind}, []byte{kind + 1}, func(key, _ []byte) error { k = bytes.Clone(key); return errStop })
+			if err != nil && err != errStop {
+				return storageErr(err, "reading indexes")
+			}
+			if k != nil {
+				return fmt.Errorf("%w: the index store holds a %s entry (key %x) but the log keeps that index in runs: an entry was added; restore from a backup", ErrCorrupt, indexNames[kind], k)
+			}
 		}
 	}
 	for _, kind := range []byte{kHash, kDedupe, kSubject} {
