@@ -579,11 +579,7 @@ func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64,
 	// hashes of its 256 leaves (fewer in the tree's last, partial tile,
 	// which may have grown since on a live log).
 	first, last := start/tileWidth, (read-1)/tileWidth
-	keys := make([][]byte, 0, last-first+1)
-	for ti := first; ti <= last; ti++ {
-		keys = append(keys, tileKey(0, ti))
-	}
-	tiles, err := st.Get(keys...)
+	tiles, err := st.Get(leafTileKeys(first, last)...)
 	if err != nil {
 		fail(start, storageErr(err, fmt.Sprintf("reading tiles 0/%d-0/%d", first, last)))
 		return r

@@ -192,11 +192,7 @@ type runKeys func(st Store, start, end uint64) ([]runindex.Key, error)
 // from the level-0 tiles in one store read.
 func tileHashKeys(st Store, start, end uint64) ([]runindex.Key, error) {
 	first, last := start/tileWidth, (end-1)/tileWidth
-	tk := make([][]byte, 0, last-first+1)
-	for t := first; t <= last; t++ {
-		tk = append(tk, tileKey(0, t))
-	}
-	vals, err := st.Get(tk...)
+	vals, err := st.Get(leafTileKeys(first, last)...)
 	if err != nil {
 		return nil, storageErr(err, fmt.Sprintf("reading level-0 tiles %d..%d", first, last))
 	}
