@@ -105,9 +105,9 @@ const (
 	dedupeRuns   = "dedupe"
 )
 
-// leafHashRunEntries is the runs' FlushEntries (0: the default); tests
-// make it small so that runs are written and merged.
-var leafHashRunEntries int
+// runFlushEntries is the FlushEntries of both indexes' runs (0: the
+// default); tests make it small so that runs are written and merged.
+var runFlushEntries int
 
 // openRuns opens the leaf-hash and dedupe runs in Options.RunsDir for a
 // tree of size leaves (runs beyond it are dropped) and appends the keys of
@@ -144,7 +144,7 @@ func (l *Log) openRuns(ctx context.Context, size uint64) error {
 // Runs that are damaged are moved aside (the directory renamed
 // DIR.damaged-UNIXTIME) and rebuilt: they hold nothing the log does not.
 func (l *Log) openRunIndex(dir, name string, size uint64) (*runindex.Index, error) {
-	o := runindex.Options{FlushEntries: leafHashRunEntries, Name: name, Logger: l.logger.With("component", "runs", "index", name)}
+	o := runindex.Options{FlushEntries: runFlushEntries, Name: name, Logger: l.logger.With("component", "runs", "index", name)}
 	x, err := runindex.Open(dir, size, o)
 	if errors.Is(err, runindex.ErrDamaged) {
 		aside := fmt.Sprintf("%s.damaged-%d", dir, time.Now().Unix())

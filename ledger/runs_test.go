@@ -13,13 +13,13 @@ import (
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
-// withSmallRuns makes the leaf-hash runs write a run every n leaves for
+// withSmallRuns makes the leaf-hash and dedupe runs write a run every n leaves for
 // the rest of the test, so that runs are written and merged.
 func withSmallRuns(t *testing.T, n int) {
 	t.Helper()
-	old := leafHashRunEntries
-	leafHashRunEntries = n
-	t.Cleanup(func() { leafHashRunEntries = old })
+	old := runFlushEntries
+	runFlushEntries = n
+	t.Cleanup(func() { runFlushEntries = old })
 }
 
 // appendRounds appends rounds batches of n new events from first to l and
