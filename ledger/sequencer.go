@@ -448,7 +448,9 @@ func (w *writes) put(k, v []byte) {
 // its leaf hash and dedupe key; subject may be empty). With runs the
 // caller passes hk and dk nil: they go to w.leafHashes and w.dedupeKeys.
 func (w *writes) putIndexes(idx uint64, iv, hk, dk []byte, subject string) {
-	need := 2*(1+indexKeyLen) + len(subject)*2 + 11
+	// The first key makes room in the arena for all of them (the subject
+	// key: the subject escaped, at most twice its length, and 11 bytes).
+	need := 1 + len(hk) + 1 + len(dk) + len(subject)*2 + 11
 	if hk != nil {
 		w.put(w.key(need, func(b []byte) []byte { return append(append(b, kHash), hk...) }), iv)
 		need = 0
@@ -458,7 +460,7 @@ func (w *writes) putIndexes(idx uint64, iv, hk, dk []byte, subject string) {
 		need = 0
 	}
 	if subject != "" {
-		w.put(w.key(0, func(b []byte) []byte { return appendSubjectKey(b, subject, idx) }), []byte{})
+		w.put(w.key(need, func(b []byte) []byte { return appendSubjectKey(b, subject, idx) }), []byte{})
 	}
 }
 
