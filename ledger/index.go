@@ -321,10 +321,12 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 		}
 		w := newWritesPer(len(es), 3)
 		for _, e := range es {
-			h := LeafHash(e.Leaf)
+			// With runs, the runs take the leaf hashes and dedupe keys
+			// (openRuns): neither is computed here.
 			en, err := event.DecodeLeaf(e.Leaf)
 			if errors.Is(err, event.ErrMapLeaf) {
-				if !runs { // else the runs take it (openRuns)
+				if !runs {
+					h := LeafHash(e.Leaf)
 					w.put(hashKey(h[:]), be64(nil, e.Index)) // a map leaf: no dedupe record, no subject
 				}
 				continue
@@ -332,10 +334,11 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode while rebuilding the indexes; run grantline fsck: %w", ErrCorrupt, e.Index, err)
 			}
-			d := event.DedupeKey(en.GetEvent().GetSource().GetSystem(), en.GetEvent().GetId())
-			hk, dk := h[:indexKeyLen], d[:indexKeyLen]
-			if runs {
-				hk, dk = nil, nil // the runs take them (openRuns)
+			var hk, dk []byte
+			if !runs {
+				h := LeafHash(e.Leaf)
+				d := event.DedupeKey(en.GetEvent().GetSource().GetSystem(), en.GetEvent().GetId())
+				hk, dk = h[:indexKeyLen], d[:indexKeyLen]
 			}
 			w.putIndexes(e.Index, be64(nil, e.Index), hk, dk, en.GetEvent().GetSubject().GetId())
 		}
