@@ -26,7 +26,10 @@ var errSeparateIndex = errors.New("the log keeps its indexes in a separate index
 // the leaves a crash left unindexed, or all of them for a new or emptied
 // index store. An index store ahead of the tree (the main store was
 // restored from an older backup), or holding data without a watermark, is
-// emptied first (DropAll), or refused with ErrCorrupt if it cannot be.
+// emptied first (DropAll), or refused with ErrCorrupt if it cannot be;
+// so is one kept in the other layout than Options.RunsDir asks for
+// (runsLayout). With RunsDir it then opens the leaf-hash and dedupe runs
+// and appends the keys they lack (openRuns).
 func (l *Log) openIndex(ctx context.Context) error {
 	vals, err := l.st.Get(keySeparateIndex)
 	if err != nil {
