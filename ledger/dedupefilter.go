@@ -38,9 +38,9 @@ const (
 // sequencer's dedupe stage skips the index lookup of such keys, which for
 // new events (nearly all of them) is a lookup in every memtable and level
 // of the index store that finds nothing. It has no false negatives: it is
-// filled from the index store's dedupe records after Open has made the
-// index complete up to the tree size (see docs/design.md, "Indexes off the
-// durable commit"), and the sequencer adds each new event's key when it
+// filled from the index store's dedupe records, or the dedupe runs
+// (Options.RunsDir), after Open has made them complete up to the tree size
+// (see docs/design.md, "Indexes off the durable commit"), and the sequencer adds each new event's key when it
 // builds the batch, before the batch commits. Being in memory only, it
 // needs no recovery after a crash: the next Open fills it again.
 //
@@ -220,7 +220,8 @@ func fillRuns(x *runindex.Index, s *filterSeg, stop func() bool) error {
 
 // startDedupeFilter makes the log's dedupe filter (none when
 // Options.DedupeFilterBytes is negative) and fills it from the index
-// store, which Open has made complete up to the tree size: before it
+// store or the dedupe runs (fillFilter), which Open has made complete up
+// to the tree size: before it
 // returns for a log of up to filterSyncMax leaves, else in a goroutine
 // that Close waits for. Every record present when the fill's scan starts
 // is read by it, and every key of a batch built after this call is added
@@ -255,7 +256,7 @@ func (l *Log) startDedupeFilter() error {
 			l.logger.Info("ledger dedupe filter ready", "tree_size_at_open", size)
 		case l.filterStop.Load():
 		default:
-			l.logger.Warn("ledger dedupe filter not filled; every dedupe key is looked up in the index store", "err", err)
+			l.logger.Warn("ledger dedupe filter not filled; every dedupe key is looked up in the index", "err", err)
 		}
 	}()
 	return nil

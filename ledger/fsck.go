@@ -86,7 +86,10 @@ func FsckWithIndex(ctx context.Context, st, ix Store, v note.Verifier, report fu
 // finished merge) and runs beyond the tree (the main store was restored
 // from an older backup).
 func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Verifier, report func(format string, args ...any)) error {
-	if v == nil && report != nil {
+	if report == nil {
+		report = func(string, ...any) {}
+	}
+	if v == nil {
 		report("fsck: no log verifier key: checkpoint signatures are NOT checked, only the tree's structure")
 	}
 	vals, err := st.Get(keyLatest, keyTree, keySeparateIndex)
@@ -96,7 +99,7 @@ func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Veri
 	separate := vals[2] != nil
 	if !separate {
 		ix = st
-	} else if ix == nil && report != nil {
+	} else if ix == nil {
 		report("fsck: the log keeps its indexes in a separate index store, which was not given: indexes not checked")
 	}
 	if vals[0] == nil || len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
@@ -127,7 +130,7 @@ func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Veri
 		if indexed > size {
 			return fmt.Errorf("%w: the index store indexes %d leaves but the tree has %d: it belongs to a longer log (was the main store restored from an older backup?); the next Open empties and rebuilds it", ErrCorrupt, indexed, size)
 		}
-		if indexed < size && report != nil {
+		if indexed < size {
 			report("fsck: the index store covers %d of %d leaves; the next Open indexes the rest from the leaves", indexed, size)
 		}
 	}
@@ -576,11 +579,7 @@ func checkChunk(ctx context.Context, st Store, start, end, size, indexed uint64,
 	// hashes of its 256 leaves (fewer in the tree's last, partial tile,
 	// which may have grown since on a live log).
 	first, last := start/tileWidth, (read-1)/tileWidth
-	keys := make([][]byte, 0, last-first+1)
-	for ti := first; ti <= last; ti++ {
-		keys = append(keys, tileKey(0, ti))
-	}
-	tiles, err := st.Get(keys...)
+	tiles, err := st.Get(leafTileKeys(first, last)...)
 	if err != nil {
 		fail(start, storageErr(err, fmt.Sprintf("reading tiles 0/%d-0/%d", first, last)))
 		return r
@@ -864,26 +863,23 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, runs bool, i
 		}
 		end := min(start+fsckChunk, size)
 		var keys [][]byte
-		var noSubject []bool
 		err := st.Scan(leafKey(start), leafKey(end), func(k, v []byte) error {
 			i := binary.BigEndian.Uint64(k[1:])
 			h := LeafHash(v)
 			e, err := event.DecodeLeaf(v)
 			if errors.Is(err, event.ErrMapLeaf) {
 				keys = append(keys, hashKey(h[:]), nil, nil) // no dedupe record, no subject
-				noSubject = append(noSubject, true)
 				return nil
 			}
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode: %w", ErrCorrupt, i, err)
 			}
 			dk := dedupeKey(event.DedupeKey(e.GetEvent().GetSource().GetSystem(), e.GetEvent().GetId()))
-			sk := dk // placeholder, not checked
+			sk := dk // placeholder: no subject, not checked
 			if s := e.GetEvent().GetSubject().GetId(); s != "" {
 				sk = subjectKey(s, i)
 			}
 			keys = append(keys, hashKey(h[:]), dk, sk)
-			noSubject = append(noSubject, sk[0] != kSubject)
 			return nil
 		})
 		if err != nil {
@@ -913,23 +909,22 @@ func findIndexFault(ctx context.Context, st, ix Store, size uint64, runs bool, i
 			if !runs && (dv == nil || len(dv) != 8 || binary.BigEndian.Uint64(dv) != i) {
 				return fmt.Errorf("%w: the dedupe record of leaf %d is missing or points elsewhere", ErrCorrupt, i)
 			}
-			if sv == nil && !noSubject[j/3] {
+			if sv == nil && keys[j+2][0] == kSubject {
 				return fmt.Errorf("%w: the subject index entry of leaf %d is missing", ErrCorrupt, i)
 			}
 		}
 	}
 	// Every leaf has its entries: some entry belongs to no leaf.
-	for _, kind := range []byte{kHash, kDedupe} {
-		if !runs {
-			break
-		}
-		var k []byte
-		err := ix.Scan([]byte{kind}, []byte{kind + 1}, func(key, _ []byte) error { k = bytes.Clone(key); return errStop })
-		if err != nil && err != errStop {
-			return storageErr(err, "reading indexes")
-		}
-		if k != nil {
-			return fmt.Errorf("%w: the index store holds a %s entry (key %x) but the log keeps that index in runs: an entry was added; restore from a backup", ErrCorrupt, indexNames[kind], k)
+	if runs {
+		for _, kind := range []byte{kHash, kDedupe} {
+			var k []byte
+			err := ix.Scan([]byte{kind}, []byte{kind + 1}, func(key, _ []byte) error { k = bytes.Clone(key); return errStop })
+			if err != nil && err != errStop {
+				return storageErr(err, "reading indexes")
+			}
+			if k != nil {
+				return fmt.Errorf("%w: the index store holds a %s entry (key %x) but the log keeps that index in runs: an entry was added; restore from a backup", ErrCorrupt, indexNames[kind], k)
+			}
 		}
 	}
 	for _, kind := range []byte{kHash, kDedupe, kSubject} {

@@ -26,7 +26,10 @@ var errSeparateIndex = errors.New("the log keeps its indexes in a separate index
 // the leaves a crash left unindexed, or all of them for a new or emptied
 // index store. An index store ahead of the tree (the main store was
 // restored from an older backup), or holding data without a watermark, is
-// emptied first (DropAll), or refused with ErrCorrupt if it cannot be.
+// emptied first (DropAll), or refused with ErrCorrupt if it cannot be;
+// so is one kept in the other layout than Options.RunsDir asks for
+// (runsLayout). With RunsDir it then opens the leaf-hash and dedupe runs
+// and appends the keys they lack (openRuns).
 func (l *Log) openIndex(ctx context.Context) error {
 	vals, err := l.st.Get(keySeparateIndex)
 	if err != nil {
@@ -105,9 +108,9 @@ const (
 	dedupeRuns   = "dedupe"
 )
 
-// leafHashRunEntries is the runs' FlushEntries (0: the default); tests
-// make it small so that runs are written and merged.
-var leafHashRunEntries int
+// runFlushEntries is the FlushEntries of both indexes' runs (0: the
+// default); tests make it small so that runs are written and merged.
+var runFlushEntries int
 
 // openRuns opens the leaf-hash and dedupe runs in Options.RunsDir for a
 // tree of size leaves (runs beyond it are dropped) and appends the keys of
@@ -144,7 +147,7 @@ func (l *Log) openRuns(ctx context.Context, size uint64) error {
 // Runs that are damaged are moved aside (the directory renamed
 // DIR.damaged-UNIXTIME) and rebuilt: they hold nothing the log does not.
 func (l *Log) openRunIndex(dir, name string, size uint64) (*runindex.Index, error) {
-	o := runindex.Options{FlushEntries: leafHashRunEntries, Name: name, Logger: l.logger.With("component", "runs", "index", name)}
+	o := runindex.Options{FlushEntries: runFlushEntries, Name: name, Logger: l.logger.With("component", "runs", "index", name)}
 	x, err := runindex.Open(dir, size, o)
 	if errors.Is(err, runindex.ErrDamaged) {
 		aside := fmt.Sprintf("%s.damaged-%d", dir, time.Now().Unix())
@@ -192,11 +195,7 @@ type runKeys func(st Store, start, end uint64) ([]runindex.Key, error)
 // from the level-0 tiles in one store read.
 func tileHashKeys(st Store, start, end uint64) ([]runindex.Key, error) {
 	first, last := start/tileWidth, (end-1)/tileWidth
-	tk := make([][]byte, 0, last-first+1)
-	for t := first; t <= last; t++ {
-		tk = append(tk, tileKey(0, t))
-	}
-	vals, err := st.Get(tk...)
+	vals, err := st.Get(leafTileKeys(first, last)...)
 	if err != nil {
 		return nil, storageErr(err, fmt.Sprintf("reading level-0 tiles %d..%d", first, last))
 	}
@@ -325,10 +324,12 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 		}
 		w := newWritesPer(len(es), 3)
 		for _, e := range es {
-			h := LeafHash(e.Leaf)
+			// With runs, the runs take the leaf hashes and dedupe keys
+			// (openRuns): neither is computed here.
 			en, err := event.DecodeLeaf(e.Leaf)
 			if errors.Is(err, event.ErrMapLeaf) {
-				if !runs { // else the runs take it (openRuns)
+				if !runs {
+					h := LeafHash(e.Leaf)
 					w.put(hashKey(h[:]), be64(nil, e.Index)) // a map leaf: no dedupe record, no subject
 				}
 				continue
@@ -336,10 +337,11 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 			if err != nil {
 				return fmt.Errorf("%w: leaf %d does not decode while rebuilding the indexes; run grantline fsck: %w", ErrCorrupt, e.Index, err)
 			}
-			d := event.DedupeKey(en.GetEvent().GetSource().GetSystem(), en.GetEvent().GetId())
-			hk, dk := h[:indexKeyLen], d[:indexKeyLen]
-			if runs {
-				hk, dk = nil, nil // the runs take them (openRuns)
+			var hk, dk []byte
+			if !runs {
+				h := LeafHash(e.Leaf)
+				d := event.DedupeKey(en.GetEvent().GetSource().GetSystem(), en.GetEvent().GetId())
+				hk, dk = h[:indexKeyLen], d[:indexKeyLen]
 			}
 			w.putIndexes(e.Index, be64(nil, e.Index), hk, dk, en.GetEvent().GetSubject().GetId())
 		}

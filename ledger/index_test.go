@@ -63,8 +63,7 @@ func mustOpenSplit(t testing.TB, st, ix Store) *Log {
 func TestSplitIndexCrashAtEveryStep(t *testing.T) {
 	t.Run("index-store", func(t *testing.T) { testSplitIndexCrash(t, false) })
 	t.Run("runs", func(t *testing.T) {
-		defer func(n int) { leafHashRunEntries = n }(leafHashRunEntries)
-		leafHashRunEntries = 64
+		withSmallRuns(t, 64)
 		testSplitIndexCrash(t, true)
 	})
 }

@@ -288,14 +288,12 @@ func Open(ctx context.Context, st Store, o Options) (*Log, error) {
 	if o.RunsDir != "" && o.Index == nil {
 		return nil, errors.New("ledger: Options.RunsDir needs a separate index store (Options.Index): the runs follow the index commits")
 	}
-	l, err := newLog(ctx, o.withDefaults(), st)
-	if err == nil {
-		err = l.startDedupeFilter()
-	}
+	l, err := newLog(ctx, o.withDefaults(), st) // on an error it has closed the runs it opened
 	if err != nil {
-		if l != nil {
-			l.closeRuns()
-		}
+		return nil, err
+	}
+	if err := l.startDedupeFilter(); err != nil {
+		l.closeRuns()
 		return nil, err
 	}
 	go l.sequence()

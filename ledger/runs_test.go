@@ -13,13 +13,13 @@ import (
 	pb "github.com/grantline/grantline/proto/gen/grantline/v1"
 )
 
-// withSmallRuns makes the leaf-hash runs write a run every n leaves for
+// withSmallRuns makes the leaf-hash and dedupe runs write a run every n leaves for
 // the rest of the test, so that runs are written and merged.
 func withSmallRuns(t *testing.T, n int) {
 	t.Helper()
-	old := leafHashRunEntries
-	leafHashRunEntries = n
-	t.Cleanup(func() { leafHashRunEntries = old })
+	old := runFlushEntries
+	runFlushEntries = n
+	t.Cleanup(func() { runFlushEntries = old })
 }
 
 // appendRounds appends rounds batches of n new events from first to l and
@@ -30,16 +30,6 @@ func appendRounds(t *testing.T, l *Log, a acked, first, rounds, n int) {
 		evs := testEvents(first+r*n, n)
 		a.add(t, evs, mustAppend(t, l, evs))
 	}
-}
-
-// hashEntries counts the leaf-hash entries in an index store.
-func hashEntries(t *testing.T, ix *fakeStore) int {
-	t.Helper()
-	n := 0
-	if err := ix.Scan([]byte{kHash}, []byte{kHash + 1}, func(k, v []byte) error { n++; return nil }); err != nil {
-		t.Fatal(err)
-	}
-	return n
 }
 
 // TestLeafHashRuns appends with the leaf hashes in runs, with and without
@@ -61,7 +51,7 @@ func TestLeafHashRuns(t *testing.T) {
 			appendRounds(t, l, a, 0, 12, 97)
 			checkInvariants(t, l, a)
 			checkAllLeafHashes(t, l)
-			if n := hashEntries(t, ix); n != 0 {
+			if n := countKind(t, ix, kHash); n != 0 {
 				t.Fatalf("the index store holds %d leaf-hash entries; the runs should hold them all", n)
 			}
 			if s := l.lh.Stats(); s.Flushes == 0 || s.Merges == 0 {
@@ -127,7 +117,7 @@ func TestLeafHashRunsLayoutSwitch(t *testing.T) {
 	l := open("")
 	appendRounds(t, l, a, 0, 3, 100)
 	l.Close()
-	if n := hashEntries(t, ix.clone()); n != 300 {
+	if n := countKind(t, ix.clone(), kHash); n != 300 {
 		t.Fatalf("without runs the index store holds %d leaf-hash entries, want 300", n)
 	}
 	for step, runs := range []string{dir, "", dir} {
@@ -141,7 +131,7 @@ func TestLeafHashRunsLayoutSwitch(t *testing.T) {
 		if runs == "" {
 			want = int(l.Latest().Size)
 		}
-		if n := hashEntries(t, ix.clone()); n != want {
+		if n := countKind(t, ix.clone(), kHash); n != want {
 			t.Fatalf("step %d (runs %q): the index store holds %d leaf-hash entries, want %d", step, runs, n, want)
 		}
 		appendRounds(t, l, a, 1000*(step+1), 2, 50)
@@ -413,13 +403,31 @@ func TestRunsDedupe(t *testing.T) {
 			retry(l, "after the dedupe runs were lost")
 			appendRounds(t, l, a, 5000, 2, 50)
 			checkInvariants(t, l, a)
-			if n := func() int {
-				n := 0
-				ix.Scan([]byte{kDedupe}, []byte{kDedupe + 1}, func(k, v []byte) error { n++; return nil })
-				return n
-			}(); n != 0 {
+			if n := countKind(t, ix, kDedupe); n != 0 {
 				t.Fatalf("the index store holds %d dedupe entries; the runs should hold them all", n)
 			}
 		})
+	}
+}
+
+// TestFsckRunsNilReport checks that the offline fsck of a log keeping its
+// indexes in runs accepts a nil report, as fsck does elsewhere, both when
+// the runs' directory is not given and when the runs lag the tree.
+func TestFsckRunsNilReport(t *testing.T) {
+	withSmallRuns(t, 64)
+	st, ix, dir := newFakeStore(), lazy(), t.TempDir()
+	l, err := openSplitRuns(t, st, ix, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendRounds(t, l, acked{}, 0, 1, 10)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := FsckWithIndex(t.Context(), st.clone(), ix.clone(), testVerifier, nil); err != nil {
+		t.Fatalf("FsckWithIndex without the runs' directory: %v", err)
+	}
+	if err := FsckWithRuns(t.Context(), st.clone(), ix.clone(), t.TempDir(), testVerifier, nil); err != nil {
+		t.Fatalf("FsckWithRuns with empty runs: %v", err)
 	}
 }

@@ -448,7 +448,9 @@ func (w *writes) put(k, v []byte) {
 // its leaf hash and dedupe key; subject may be empty). With runs the
 // caller passes hk and dk nil: they go to w.leafHashes and w.dedupeKeys.
 func (w *writes) putIndexes(idx uint64, iv, hk, dk []byte, subject string) {
-	need := 2*(1+indexKeyLen) + len(subject)*2 + 11
+	// The first key makes room in the arena for all of them (the subject
+	// key: the subject escaped, at most twice its length, and 11 bytes).
+	need := 1 + len(hk) + 1 + len(dk) + len(subject)*2 + 11
 	if hk != nil {
 		w.put(w.key(need, func(b []byte) []byte { return append(append(b, kHash), hk...) }), iv)
 		need = 0
@@ -458,7 +460,7 @@ func (w *writes) putIndexes(idx uint64, iv, hk, dk []byte, subject string) {
 		need = 0
 	}
 	if subject != "" {
-		w.put(w.key(0, func(b []byte) []byte { return appendSubjectKey(b, subject, idx) }), []byte{})
+		w.put(w.key(need, func(b []byte) []byte { return appendSubjectKey(b, subject, idx) }), []byte{})
 	}
 }
 
@@ -517,7 +519,8 @@ func resolveRepeat(r AppendResult, canon, ev []byte) AppendResult {
 // flight nor ruled out by the dedupe filter, dedupefilter.go), in key order, and
 // confirms each hit on the leaf it names (ErrCorrupt if that leaf is another
 // key's event), comparing the event bytes there: only hits cost a compare.
-// It does not change the tree.
+// With dedupe runs it looks each candidate up in them instead
+// (lookupDedupeRuns). It does not change the tree.
 func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, err error) {
 	res = make([]AppendResult, len(batch))
 	sc := &l.seq.dd
@@ -766,12 +769,6 @@ func (l *Log) seal(size uint64, w *writes) (*state, error) {
 	return s, nil
 }
 
-// confirmDuplicates completes the results of the batch events whose dedupe
-// keys were found stored (vals[j] for keys[j], event batch[pos[j]]): the
-// records hold only the index under a key prefix, so each hit is confirmed on
-// its leaf, which also gives the leaf hash and the stored event, compared
-// with the sent one (duplicate or conflict; canon[p] keeps the stored leaf).
-// Resends are rare, so reading their leaves costs little.
 // lookupDedupeRuns looks the dedupe keys of the events at pos (positions
 // into batch) up in the dedupe runs and confirms each candidate on its
 // leaf: a candidate whose leaf is a map leaf (the runs' zero key) or
@@ -821,6 +818,12 @@ func (l *Log) lookupDedupeRuns(batch []item, pos []int, res []AppendResult, stor
 	return nil
 }
 
+// confirmDuplicates completes the results of the batch events whose dedupe
+// keys were found stored (vals[j] for keys[j], event batch[pos[j]]): the
+// records hold only the index under a key prefix, so each hit is confirmed on
+// its leaf, which also gives the leaf hash and the stored event, compared
+// with the sent one (duplicate or conflict; canon[p] keeps the stored leaf).
+// Resends are rare, so reading their leaves costs little.
 func (l *Log) confirmDuplicates(batch []item, keys [][]byte, pos []int, vals [][]byte, res []AppendResult, stored []bool, canon [][]byte) error {
 	var leafKeys [][]byte
 	var hits []int
@@ -949,7 +952,8 @@ func (l *Log) indexBatch(b *built) {
 }
 
 // settle drops a batch's dedupe keys from the in-flight map once the store
-// the dedupe stage reads (the index store) holds them, or the batch failed.
+// the dedupe stage reads (the index store, or the dedupe runs) holds them,
+// or the batch failed.
 func (l *Log) settle(b *built) {
 	if len(b.dedupes) > 0 {
 		l.inflightMu.Lock()

@@ -267,11 +267,12 @@ func TestSealStage(t *testing.T) {
 	}
 }
 
-// countCheckpoints counts the checkpoints in st.
-func countCheckpoints(t *testing.T, st *fakeStore) int {
+// countKind counts the entries of one kind (their first key byte: kHash,
+// kCheckpoint, ...) in st.
+func countKind(t *testing.T, st Store, kind byte) int {
 	t.Helper()
 	n := 0
-	if err := st.Scan([]byte{kCheckpoint}, []byte{kCheckpoint + 1}, func(k, v []byte) error { n++; return nil }); err != nil {
+	if err := st.Scan([]byte{kind}, []byte{kind + 1}, func(k, v []byte) error { n++; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return n
@@ -309,7 +310,7 @@ func TestCheckpointInterval(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		// The size-0 checkpoint, then at most one per interval begun.
-		if n, most := countCheckpoints(t, st), 1+int(time.Since(start)/o.CheckpointInterval)+1; n > most {
+		if n, most := countKind(t, st, kCheckpoint), 1+int(time.Since(start)/o.CheckpointInterval)+1; n > most {
 			t.Errorf("%d checkpoints over %v of appends with interval %v, want at most %d", n, elapsed, o.CheckpointInterval, most)
 		}
 		checkInvariants(t, l, a)

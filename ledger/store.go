@@ -170,6 +170,16 @@ func tileKey(level, index uint64) []byte {
 	return be64([]byte{kTile, byte(level)}, index)
 }
 
+// leafTileKeys are the keys of level-0 tiles first..last (inclusive): the
+// leaf hashes of leaves first*tileWidth up to (last+1)*tileWidth.
+func leafTileKeys(first, last uint64) [][]byte {
+	keys := make([][]byte, 0, last-first+1)
+	for t := first; t <= last; t++ {
+		keys = append(keys, tileKey(0, t))
+	}
+	return keys
+}
+
 // subjectPrefix is the key prefix of a subject's index entries. The subject
 // is escaped (0x00 -> 0x00 0xff) and terminated by 0x00 0x01 so that prefixes
 // of different subjects never overlap and keys sort by subject.
