@@ -144,6 +144,17 @@ func TestLeafHashRunsLayoutSwitch(t *testing.T) {
 		if n := hashEntries(t, ix.clone()); n != want {
 			t.Fatalf("step %d (runs %q): the index store holds %d leaf-hash entries, want %d", step, runs, n, want)
 		}
+		// The watermark says the layout: a binary that reads only
+		// keyIndexed (opened without runs, or from before them) must find
+		// data without it, and rebuild, rather than a complete store
+		// lacking the leaf-hash and dedupe entries.
+		marks, err := ix.clone().Get(keyIndexed, keyIndexedRuns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (marks[0] != nil) != (runs == "") || (marks[1] != nil) != (runs != "") {
+			t.Fatalf("step %d (runs %q): watermarks mindexed %x, mindexed-runs %x: want only the layout's own", step, runs, marks[0], marks[1])
+		}
 		appendRounds(t, l, a, 1000*(step+1), 2, 50)
 		checkInvariants(t, l, a)
 		l.Close()
