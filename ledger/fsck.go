@@ -86,7 +86,10 @@ func FsckWithIndex(ctx context.Context, st, ix Store, v note.Verifier, report fu
 // finished merge) and runs beyond the tree (the main store was restored
 // from an older backup).
 func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Verifier, report func(format string, args ...any)) error {
-	if v == nil && report != nil {
+	if report == nil {
+		report = func(string, ...any) {}
+	}
+	if v == nil {
 		report("fsck: no log verifier key: checkpoint signatures are NOT checked, only the tree's structure")
 	}
 	vals, err := st.Get(keyLatest, keyTree, keySeparateIndex)
@@ -96,7 +99,7 @@ func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Veri
 	separate := vals[2] != nil
 	if !separate {
 		ix = st
-	} else if ix == nil && report != nil {
+	} else if ix == nil {
 		report("fsck: the log keeps its indexes in a separate index store, which was not given: indexes not checked")
 	}
 	if vals[0] == nil || len(vals[0]) != 8 || (vals[1] != nil && len(vals[1]) != 8) {
@@ -135,7 +138,7 @@ func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Veri
 		if indexed > size {
 			return fmt.Errorf("%w: the index store indexes %d leaves but the tree has %d: it belongs to a longer log (was the main store restored from an older backup?); the next Open empties and rebuilds it", ErrCorrupt, indexed, size)
 		}
-		if indexed < size && report != nil {
+		if indexed < size {
 			report("fsck: the index store covers %d of %d leaves; the next Open indexes the rest from the leaves", indexed, size)
 		}
 	}
@@ -151,8 +154,11 @@ func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Veri
 		}{{leafHashRuns, "leaf-hash index", &lr.hash}, {dedupeRuns, "dedupe index", &lr.dedupe}} {
 			dir := filepath.Join(runsDir, r.sub)
 			x, err := runindex.Open(dir, size, runindex.Options{Name: r.name})
+			if errors.Is(err, runindex.ErrDamaged) {
+				return fmt.Errorf("%w: opening the %s's runs in %s: %w; they are derived from the log: stop the server, delete %s and start it to rebuild them", ErrCorrupt, r.name, dir, err, runsDir)
+			}
 			if err != nil {
-				return fmt.Errorf("%w: opening the %s's runs in %s: %w", ErrCorrupt, r.name, dir, err)
+				return fmt.Errorf("%w: opening the %s's runs in %s: %w", ErrStorage, r.name, dir, err)
 			}
 			defer x.Close()
 			*r.x = x
