@@ -47,7 +47,7 @@ func (l *Log) Fsck(ctx context.Context, report func(format string, args ...any))
 // to.
 type fsckRuns struct {
 	hash, dedupe *runindex.Index
-	marked       bool // the index store keeps no leaf-hash or dedupe entries (keyRuns)
+	marked       bool // the index store keeps no leaf-hash or dedupe entries (keyIndexedRuns)
 	to           uint64
 	dir          string
 }
@@ -114,18 +114,26 @@ func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Veri
 		return fmt.Errorf("%w: the tree size record says %d, below the latest checkpoint's %d", ErrCorrupt, size, cpSize)
 	}
 	indexed := size
+	var lr fsckRuns
 	if separate && ix != nil {
-		w, err := ix.Get(keyIndexed)
+		w, err := ix.Get(keyIndexed, keyIndexedRuns)
 		if err != nil {
 			return storageErr(err, "reading the index store's watermark")
 		}
+		mark := w[0]
+		if w[1] != nil {
+			// The log keeps its leaf-hash and dedupe indexes in runs.
+			mark, lr.marked = w[1], true
+		}
 		switch {
-		case w[0] == nil:
+		case w[0] != nil && w[1] != nil:
+			return fmt.Errorf("%w: the index store holds the watermarks of both layouts, with and without runs (the next Open empties and rebuilds it)", ErrCorrupt)
+		case mark == nil:
 			indexed = 0
-		case len(w[0]) != 8:
-			return fmt.Errorf("%w: the index store's watermark has %d bytes, want 8 (the next Open rebuilds the index store)", ErrCorrupt, len(w[0]))
+		case len(mark) != 8:
+			return fmt.Errorf("%w: the index store's watermark has %d bytes, want 8 (the next Open rebuilds the index store)", ErrCorrupt, len(mark))
 		default:
-			indexed = binary.BigEndian.Uint64(w[0])
+			indexed = binary.BigEndian.Uint64(mark)
 		}
 		if indexed > size {
 			return fmt.Errorf("%w: the index store indexes %d leaves but the tree has %d: it belongs to a longer log (was the main store restored from an older backup?); the next Open empties and rebuilds it", ErrCorrupt, indexed, size)
@@ -133,14 +141,6 @@ func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Veri
 		if indexed < size {
 			report("fsck: the index store covers %d of %d leaves; the next Open indexes the rest from the leaves", indexed, size)
 		}
-	}
-	var lr fsckRuns
-	if separate && ix != nil {
-		m, err := ix.Get(keyRuns)
-		if err != nil {
-			return storageErr(err, "reading the index store's runs marker")
-		}
-		lr.marked = m[0] != nil
 	}
 	switch {
 	case !lr.marked:
@@ -154,8 +154,11 @@ func FsckWithRuns(ctx context.Context, st, ix Store, runsDir string, v note.Veri
 		}{{leafHashRuns, "leaf-hash index", &lr.hash}, {dedupeRuns, "dedupe index", &lr.dedupe}} {
 			dir := filepath.Join(runsDir, r.sub)
 			x, err := runindex.Open(dir, size, runindex.Options{Name: r.name})
+			if errors.Is(err, runindex.ErrDamaged) {
+				return fmt.Errorf("%w: opening the %s's runs in %s: %w; they are derived from the log: stop the server, delete %s and start it to rebuild them", ErrCorrupt, r.name, dir, err, runsDir)
+			}
 			if err != nil {
-				return fmt.Errorf("%w: opening the %s's runs in %s: %w", ErrCorrupt, r.name, dir, err)
+				return fmt.Errorf("%w: opening the %s's runs in %s: %w", ErrStorage, r.name, dir, err)
 			}
 			defer x.Close()
 			*r.x = x

@@ -22,14 +22,14 @@ var errSeparateIndex = errors.New("the log keeps its indexes in a separate index
 // the leaves), but a main store marked as using a separate index store is
 // refused. With a separate index store (Options.Index) it marks the main
 // store as such, then rebuilds, from the leaves, the index entries of every
-// leaf from the index store's watermark (keyIndexed) up to the tree size:
+// leaf from the index store's watermark (keyIndexed, or keyIndexedRuns with
+// runs) up to the tree size:
 // the leaves a crash left unindexed, or all of them for a new or emptied
 // index store. An index store ahead of the tree (the main store was
-// restored from an older backup), or holding data without a watermark, is
-// emptied first (DropAll), or refused with ErrCorrupt if it cannot be;
-// so is one kept in the other layout than Options.RunsDir asks for
-// (runsLayout). With RunsDir it then opens the leaf-hash and dedupe runs
-// and appends the keys they lack (openRuns).
+// restored from an older backup), or holding data without its watermark
+// (among them one indexed with runs when the log is opened without, and the
+// reverse), is emptied first (DropAll), or refused with ErrCorrupt if it
+// cannot be. With runs it then opens them (openRuns).
 func (l *Log) openIndex(ctx context.Context) error {
 	vals, err := l.st.Get(keySeparateIndex)
 	if err != nil {
@@ -47,10 +47,6 @@ func (l *Log) openIndex(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	runs := l.o.RunsDir != ""
-	if from, err = l.runsLayout(from, runs); err != nil {
-		return err
-	}
 	if !marked {
 		// Before any append whose index entries the main store lacks.
 		if err := l.st.Commit([][]byte{keySeparateIndex}, [][]byte{{1}}); err != nil {
@@ -63,43 +59,10 @@ func (l *Log) openIndex(ctx context.Context) error {
 		}
 		l.logger.Info("ledger rebuilt the index entries of leaves the index store lacked", "from", from, "size", size)
 	}
-	if runs {
+	if l.o.RunsDir != "" {
 		return l.openRuns(ctx, size)
 	}
 	return nil
-}
-
-// runsLayout makes the index store's layout the one asked for (runs: the
-// leaf-hash and dedupe entries in runs in Options.RunsDir, not in the index
-// store) and returns its watermark. An index store holding the other
-// layout's data (entries the runs make redundant, or lacking those the
-// index store must then hold) is emptied, to be rebuilt from the leaves,
-// and 0 returned. A store about to take the runs' layout is marked
-// (keyRuns) in a commit ending with its watermark, unchanged.
-func (l *Log) runsLayout(from uint64, runs bool) (uint64, error) {
-	vals, err := l.ix.Get(keyRuns)
-	if err != nil {
-		return 0, fmt.Errorf("%w: reading the index store's runs marker: %w", ErrStorage, err)
-	}
-	had := vals[0] != nil
-	switch {
-	case runs && !had && from > 0:
-		if err := l.dropIndex("its leaf-hash and dedupe entries move to the runs in " + l.o.RunsDir); err != nil {
-			return 0, err
-		}
-		from = 0
-	case !runs && had:
-		if err := l.dropIndex("it lacks the leaf-hash and dedupe entries, which were kept in runs (Options.RunsDir), and the log is opened without them"); err != nil {
-			return 0, err
-		}
-		return 0, nil
-	}
-	if runs && !had {
-		if err := l.ix.Commit([][]byte{keyRuns, keyIndexed}, [][]byte{{1}, be64(nil, from)}); err != nil {
-			return 0, fmt.Errorf("%w: marking the index store as keeping its leaf hashes and dedupe keys in runs: %w", ErrStorage, err)
-		}
-	}
-	return from, nil
 }
 
 // Subdirectories of Options.RunsDir.
@@ -262,16 +225,27 @@ func (l *Log) appendRunKeys(ctx context.Context, x *runindex.Index, name string,
 	return nil
 }
 
-// indexedTo returns the separate index store's watermark: every leaf below
-// it has its index entries there. It empties an index store that is ahead
-// of the tree (size) or holds data without a watermark, and then returns 0.
+// indexedTo returns the separate index store's watermark (l.ixMark): every
+// leaf below it has its index entries there. It empties an index store
+// that is ahead of the tree (size) or holds data without that watermark
+// (none, or the other layout's: with or without runs), and then returns 0.
 func (l *Log) indexedTo(size uint64) (uint64, error) {
-	vals, err := l.ix.Get(keyIndexed)
+	other := keyIndexedRuns
+	if l.o.RunsDir != "" {
+		other = keyIndexed
+	}
+	vals, err := l.ix.Get(l.ixMark, other)
 	if err != nil {
 		return 0, fmt.Errorf("%w: reading the index store's watermark: %w", ErrStorage, err)
 	}
 	why := ""
 	switch v := vals[0]; {
+	case v != nil && vals[1] != nil:
+		why = "it holds the watermarks of both layouts (with and without runs)"
+	case v == nil && vals[1] != nil && l.o.RunsDir != "":
+		why = "its leaf-hash and dedupe entries move to the runs in " + l.o.RunsDir
+	case v == nil && vals[1] != nil:
+		why = "it lacks the leaf-hash and dedupe entries, which were kept in runs (Options.RunsDir), and the log is opened without them"
 	case v == nil:
 		nonEmpty := false
 		if err := l.ix.Scan(nil, nil, func(k, v []byte) error { nonEmpty = true; return errStop }); err != nil && err != errStop {
@@ -345,7 +319,7 @@ func (l *Log) rebuildIndex(ctx context.Context, from, size uint64) error {
 			}
 			w.putIndexes(e.Index, be64(nil, e.Index), hk, dk, en.GetEvent().GetSubject().GetId())
 		}
-		w.put(keyIndexed, be64(nil, end))
+		w.put(l.ixMark, be64(nil, end))
 		if err := l.ix.Commit(w.keys, w.vals); err != nil {
 			return fmt.Errorf("%w: rebuilding the index entries of leaves %d..%d: %w", ErrStorage, start, end, err)
 		}

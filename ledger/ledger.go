@@ -223,6 +223,9 @@ type Log struct {
 	// key prefixes to them with its index commit, instead of entries in
 	// ix.
 	lh, dd *runindex.Index
+	// ixMark is the index store's watermark key: keyIndexed, or
+	// keyIndexedRuns with Options.RunsDir.
+	ixMark []byte
 	logger *slog.Logger
 	rf     *compact.RangeFactory
 	cache  *tileCache
@@ -349,7 +352,10 @@ func newLog(ctx context.Context, o Options, st Store) (_ *Log, err error) {
 		indexes:  make(chan *built, indexQueue),
 		inflight: make(map[[32]byte]inflightEntry),
 	}
-	l.ix = st
+	l.ix, l.ixMark = st, keyIndexed
+	if o.RunsDir != "" {
+		l.ixMark = keyIndexedRuns
+	}
 	if o.Index != nil {
 		l.ix, l.split = o.Index, true
 	}

@@ -305,7 +305,7 @@ func (l *Log) sealTail(cpSize uint64, published *state) (*state, error) {
 		// A crash before this commit leaves the index store one leaf
 		// short and its map one checkpoint behind: the next Open redoes
 		// both from the leaves.
-		ix.put(keyIndexed, be64(nil, size))
+		ix.put(l.ixMark, be64(nil, size))
 		if err := commitAtomic(l.ix, ix.keys, ix.vals); err != nil {
 			return nil, fmt.Errorf("%w: indexing the map leaf of checkpoint %d: %w", ErrStorage, size, err)
 		}

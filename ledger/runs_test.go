@@ -134,6 +134,17 @@ func TestLeafHashRunsLayoutSwitch(t *testing.T) {
 		if n := countKind(t, ix.clone(), kHash); n != want {
 			t.Fatalf("step %d (runs %q): the index store holds %d leaf-hash entries, want %d", step, runs, n, want)
 		}
+		// The watermark says the layout: a binary that reads only
+		// keyIndexed (opened without runs, or from before them) must find
+		// data without it, and rebuild, rather than a complete store
+		// lacking the leaf-hash and dedupe entries.
+		marks, err := ix.clone().Get(keyIndexed, keyIndexedRuns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (marks[0] != nil) != (runs == "") || (marks[1] != nil) != (runs != "") {
+			t.Fatalf("step %d (runs %q): watermarks mindexed %x, mindexed-runs %x: want only the layout's own", step, runs, marks[0], marks[1])
+		}
 		appendRounds(t, l, a, 1000*(step+1), 2, 50)
 		checkInvariants(t, l, a)
 		l.Close()
@@ -410,24 +421,26 @@ func TestRunsDedupe(t *testing.T) {
 	}
 }
 
-// TestFsckRunsNilReport checks that the offline fsck of a log keeping its
-// indexes in runs accepts a nil report, as fsck does elsewhere, both when
-// the runs' directory is not given and when the runs lag the tree.
-func TestFsckRunsNilReport(t *testing.T) {
+// TestRunsFsckWithoutReport runs the offline fsck of a log indexed with
+// runs with report nil (its doc allows it), both when the runs are not
+// given and when they cover fewer leaves than the tree: no report, no
+// panic, and the log is sound.
+func TestRunsFsckWithoutReport(t *testing.T) {
 	withSmallRuns(t, 64)
 	st, ix, dir := newFakeStore(), lazy(), t.TempDir()
 	l, err := openSplitRuns(t, st, ix, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	appendRounds(t, l, acked{}, 0, 1, 10)
-	if err := l.Close(); err != nil {
+	appendRounds(t, l, acked{}, 0, 3, 50)
+	l.Close()
+	if err := FsckWithIndex(t.Context(), st.clone(), ix.clone(), testVerifier, nil); err != nil {
+		t.Fatalf("offline fsck without the runs' directory: %v", err)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, dedupeRuns)); err != nil {
 		t.Fatal(err)
 	}
-	if err := FsckWithIndex(t.Context(), st.clone(), ix.clone(), testVerifier, nil); err != nil {
-		t.Fatalf("FsckWithIndex without the runs' directory: %v", err)
-	}
-	if err := FsckWithRuns(t.Context(), st.clone(), ix.clone(), t.TempDir(), testVerifier, nil); err != nil {
-		t.Fatalf("FsckWithRuns with empty runs: %v", err)
+	if err := FsckWithRuns(t.Context(), st.clone(), ix.clone(), dir, testVerifier, nil); err != nil {
+		t.Fatalf("offline fsck with runs behind the tree: %v", err)
 	}
 }

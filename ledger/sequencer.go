@@ -402,7 +402,7 @@ func (l *Log) build(batch []item) *built {
 		b.state = s
 	}
 	if l.split && size > b.first {
-		ix.put(keyIndexed, be64(nil, size))
+		ix.put(l.ixMark, be64(nil, size))
 		b.ixKeys, b.ixVals, b.leafHashes, b.dedupeKeys = ix.keys, ix.vals, ix.leafHashes, ix.dedupeKeys
 	}
 	b.keys, b.vals, b.size, b.commit = w.keys, w.vals, size, true

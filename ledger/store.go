@@ -137,12 +137,14 @@ var (
 	// indexes in a separate index store: the main store lacks index entries
 	// of the leaves appended since, so Open refuses it without one.
 	keySeparateIndex = []byte("mindex-separate")
-	// keyRuns, in a separate index store, says that the log keeps its
-	// leaf-hash and dedupe indexes in runs (Options.RunsDir), not as kHash
-	// and kDedupe entries in that store (which, from an older layout, it
-	// may not hold either: Open empties a store whose layout is not the
-	// one asked for).
-	keyRuns = []byte("mindex-runs")
+	// keyIndexedRuns is keyIndexed's stand-in in the index store of a log
+	// that keeps its leaf-hash and dedupe indexes in runs (Options.RunsDir):
+	// such a store holds no kHash or kDedupe entries, and a log opened
+	// without runs (or by a binary from before them), finding data without
+	// the watermark it reads, empties the store and rebuilds it from the
+	// leaves rather than take it as complete. Likewise a log opened with
+	// runs empties a store watermarked by keyIndexed.
+	keyIndexedRuns = []byte("mindexed-runs")
 	// keyTree is the size of the tree as integrated, which is beyond the
 	// latest checkpoint while leaves wait for the next one (with a
 	// checkpoint interval). Missing: the latest checkpoint's size.
