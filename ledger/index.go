@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/grantline/grantline/internal/atomicfile"
 	"github.com/grantline/grantline/ledger/event"
 	"github.com/grantline/grantline/ledger/runindex"
 )
@@ -43,9 +44,21 @@ func (l *Log) openIndex(ctx context.Context) error {
 		return nil
 	}
 	size := l.seq.rng.End()
-	from, err := l.indexedTo(size)
+	from, kept, err := l.indexedTo(size)
 	if err != nil {
 		return err
+	}
+	if l.o.RunsDir != "" && !kept {
+		// The runs are trusted only beside an index store indexed with
+		// them: one that was empty, emptied or in the other layout says
+		// the log may have run without the runs (after a restore, say),
+		// and their keys for leaves since rewritten would hide those
+		// leaves (a retry would be stored twice). Discarded before the
+		// store gets its watermark, so a crash in between discards them
+		// again.
+		if err := l.discardRuns(); err != nil {
+			return err
+		}
 	}
 	if !marked {
 		// Before any append whose index entries the main store lacks.
@@ -74,6 +87,31 @@ const (
 // runFlushEntries is the FlushEntries of both indexes' runs (0: the
 // default); tests make it small so that runs are written and merged.
 var runFlushEntries int
+
+// discardRuns removes the leaf-hash and dedupe runs in Options.RunsDir
+// (openRuns then rebuilds them from the log), and makes the removal
+// durable.
+func (l *Log) discardRuns() error {
+	found := false
+	for _, sub := range []string{leafHashRuns, dedupeRuns} {
+		dir := filepath.Join(l.o.RunsDir, sub)
+		if _, err := os.Stat(dir); err != nil {
+			continue
+		}
+		found = true
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("%w: removing runs the index store does not vouch for, in %s: %w; remove the directory by hand (it is rebuilt from the log)", ErrStorage, dir, err)
+		}
+	}
+	if !found {
+		return nil
+	}
+	if err := atomicfile.SyncDir(l.o.RunsDir); err != nil {
+		return fmt.Errorf("%w: %w", ErrStorage, err)
+	}
+	l.logger.Warn("ledger removed runs its index store does not vouch for (the store was new, emptied or indexed without runs); they are rebuilt from the log", "dir", l.o.RunsDir)
+	return nil
+}
 
 // openRuns opens the leaf-hash and dedupe runs in Options.RunsDir for a
 // tree of size leaves (runs beyond it are dropped) and appends the keys of
@@ -229,14 +267,16 @@ func (l *Log) appendRunKeys(ctx context.Context, x *runindex.Index, name string,
 // leaf below it has its index entries there. It empties an index store
 // that is ahead of the tree (size) or holds data without that watermark
 // (none, or the other layout's: with or without runs), and then returns 0.
-func (l *Log) indexedTo(size uint64) (uint64, error) {
+// kept reports that it found its own watermark and kept the store.
+func (l *Log) indexedTo(size uint64) (from uint64, kept bool, err error) {
 	other := keyIndexedRuns
 	if l.o.RunsDir != "" {
 		other = keyIndexed
 	}
 	vals, err := l.ix.Get(l.ixMark, other)
+	// kept: the store keeps its own watermark, below the tree.
 	if err != nil {
-		return 0, fmt.Errorf("%w: reading the index store's watermark: %w", ErrStorage, err)
+		return 0, false, fmt.Errorf("%w: reading the index store's watermark: %w", ErrStorage, err)
 	}
 	why := ""
 	switch v := vals[0]; {
@@ -249,10 +289,10 @@ func (l *Log) indexedTo(size uint64) (uint64, error) {
 	case v == nil:
 		nonEmpty := false
 		if err := l.ix.Scan(nil, nil, func(k, v []byte) error { nonEmpty = true; return errStop }); err != nil && err != errStop {
-			return 0, fmt.Errorf("%w: scanning the index store: %w", ErrStorage, err)
+			return 0, false, fmt.Errorf("%w: scanning the index store: %w", ErrStorage, err)
 		}
 		if !nonEmpty {
-			return 0, nil
+			return 0, false, nil
 		}
 		why = "it holds data but no watermark"
 	case len(v) != 8:
@@ -260,9 +300,9 @@ func (l *Log) indexedTo(size uint64) (uint64, error) {
 	case binary.BigEndian.Uint64(v) > size:
 		why = fmt.Sprintf("it indexes %d leaves but the tree has %d (was the main store restored from an older backup?)", binary.BigEndian.Uint64(v), size)
 	default:
-		return binary.BigEndian.Uint64(v), nil
+		return binary.BigEndian.Uint64(v), true, nil
 	}
-	return 0, l.dropIndex(why)
+	return 0, false, l.dropIndex(why)
 }
 
 // dropIndex empties the separate index store through its DropAll method,
