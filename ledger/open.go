@@ -309,6 +309,13 @@ func (l *Log) sealTail(cpSize uint64, published *state) (*state, error) {
 		if err := commitAtomic(l.ix, ix.keys, ix.vals); err != nil {
 			return nil, fmt.Errorf("%w: indexing the map leaf of checkpoint %d: %w", ErrStorage, size, err)
 		}
+		if l.lh != nil {
+			// The runs hold the leaves before it (openRuns); the map
+			// leaf's keys go there as the indexer's would.
+			if err := l.appendRuns(size-uint64(len(ix.leafHashes)), ix.leafHashes, ix.dedupeKeys); err != nil {
+				return nil, fmt.Errorf("%w: indexing the map leaf of checkpoint %d: %w", ErrStorage, size, err)
+			}
+		}
 	}
 	l.logger.Info("ledger signed the leaves integrated after its last checkpoint", "from", cpSize, "size", size)
 	return s, nil

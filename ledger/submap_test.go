@@ -451,15 +451,31 @@ func TestSubjectMapBatchedUpdate(t *testing.T) {
 // commits or all of it, between batches of a CheckpointInterval (the tail
 // is sealed once the map is complete), and for a log whose map records are
 // in the main store (made before they moved). Proofs at every checkpoint
-// and fsck agree afterwards.
+// and fsck agree afterwards. So again with the leaf-hash and dedupe
+// indexes in runs, which each restart finds as the first log left them
+// (Open seals the tail's map leaf, whose keys go to the runs too).
 func TestSubjectMapSplitIndex(t *testing.T) {
-	for _, interval := range []time.Duration{0, time.Hour} {
-		t.Run(fmt.Sprintf("interval %v", interval), func(t *testing.T) {
+	for _, c := range []struct {
+		interval time.Duration
+		runs     bool
+	}{{0, false}, {time.Hour, false}, {0, true}, {time.Hour, true}} {
+		interval := c.interval
+		t.Run(fmt.Sprintf("interval %v runs %v", interval, c.runs), func(t *testing.T) {
 			ctx := t.Context()
 			st, ix := newFakeStore(), lazy()
 			o := mapOptions()
 			o.CheckpointInterval = interval
 			o.Index = ix
+			runsDir := func(from string) string {
+				switch {
+				case !c.runs:
+					return ""
+				case from == "":
+					return t.TempDir()
+				}
+				return copyDir(t, from)
+			}
+			o.RunsDir = runsDir("")
 			l, err := Open(ctx, st, o)
 			if err != nil {
 				t.Fatal(err)
@@ -512,7 +528,7 @@ func TestSubjectMapSplitIndex(t *testing.T) {
 				t.Run(name, func(t *testing.T) {
 					m, x := main.clone(), idx()
 					o := o
-					o.Index = x
+					o.Index, o.RunsDir = x, runsDir(o.RunsDir)
 					l2, err := Open(ctx, m, o)
 					if err != nil {
 						t.Fatalf("restart: %v", err)
@@ -549,8 +565,8 @@ func TestSubjectMapSplitIndex(t *testing.T) {
 					if err := l3.Close(); err != nil {
 						t.Fatal(err)
 					}
-					if err := FsckWithIndex(ctx, m.clone(), x.clone(), testVerifier, nil); err != nil {
-						t.Fatalf("FsckWithIndex after the restart: %v", err)
+					if err := FsckWithRuns(ctx, m.clone(), x.clone(), o.RunsDir, testVerifier, nil); err != nil {
+						t.Fatalf("FsckWithRuns after the restart: %v", err)
 					}
 					checkViolations(t, m)
 					checkViolations(t, x)
