@@ -555,19 +555,19 @@ func (l *Log) dedupe(batch []item) (fresh, repeatOf []int, res []AppendResult, e
 		pos = append(pos, p)
 	}
 	l.inflightMu.Unlock()
+	if l.dd != nil {
+		// One lookup per key in the runs: their order does not matter.
+		if err := l.lookupDedupeRuns(batch, pos, res, stored, canon); err != nil {
+			return nil, nil, nil, err
+		}
+		pos = pos[:0] // looked up
+	}
 	// In key order, consecutive lookups walk the store's index along nearby
 	// paths that are still in the CPU cache.
 	slices.SortFunc(pos, func(p, q int) int {
 		a, b := &batch[p].r.items[batch[p].i].dedupe, &batch[q].r.items[batch[q].i].dedupe
 		return bytes.Compare(a[:], b[:])
 	})
-	if l.dd != nil {
-		sc.pos = pos
-		if err := l.lookupDedupeRuns(batch, pos, res, stored, canon); err != nil {
-			return nil, nil, nil, err
-		}
-		pos = pos[:0] // looked up
-	}
 	keys, kb := sc.keys[:0], sc.keyBuf[:0]
 	if n := len(pos) * (1 + indexKeyLen); cap(kb) < n {
 		kb = make([]byte, 0, n)
