@@ -274,7 +274,6 @@ func (l *Log) indexedTo(size uint64) (from uint64, kept bool, err error) {
 		other = keyIndexed
 	}
 	vals, err := l.ix.Get(l.ixMark, other)
-	// kept: the store keeps its own watermark, below the tree.
 	if err != nil {
 		return 0, false, fmt.Errorf("%w: reading the index store's watermark: %w", ErrStorage, err)
 	}
